@@ -1,0 +1,432 @@
+//! The startup config: one TOML file, validated into the types the rest of graygate runs on.
+//!
+//! Like `nginx -t`, `graygate check` runs exactly this code, so what it accepts is what `run`
+//! starts with. Every error names the file, the line and the field: syntax errors and unknown keys
+//! come from the TOML parser with their position; errors found after parsing (an address that does
+//! not parse, a policy that references an unknown upstream) carry a field path that [`locate`]
+//! turns back into a line.
+//!
+//! Relative paths in the file (`policy_file`, `store.path`) are relative to the file's directory.
+
+mod locate;
+
+use crate::policy::{self, PolicyDoc};
+use crate::proxy::{ClientIpConfig, ClientIpMode, ServerConfig, Timeouts, UpstreamConfig};
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A config that cannot be used, and where the problem is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `file:line:column: field: message`.
+    #[error("{file}:{line}:{column}: {field}: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        column: usize,
+        field: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The field path the error is about (`upstreams[0].servers[1]`), empty for read errors.
+    pub fn field(&self) -> &str {
+        match self {
+            ConfigError::Invalid { field, .. } => field,
+            ConfigError::Read { .. } => "",
+        }
+    }
+}
+
+/// The validated startup config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from; `policy_file` and store paths are resolved against its directory.
+    pub file: PathBuf,
+    /// Addresses the data plane listens on.
+    pub listen: Vec<SocketAddr>,
+    pub store: StoreConfig,
+    pub client_ip: ClientIpConfig,
+    pub timeouts: Timeouts,
+    /// Largest request head (request line and headers) accepted; larger gets 431.
+    pub max_header_bytes: usize,
+    pub upstreams: Vec<UpstreamConfig>,
+    /// The policy written in the config (inline `[policy]` or `policy_file`), already validated
+    /// against the upstreams. It seeds a store that holds no policy yet, and SIGHUP applies it.
+    pub policy: Option<PolicySource>,
+    /// How often the full policy is reloaded from the store, as a safety net for a missed change
+    /// notification.
+    pub reload_interval: Duration,
+    /// Request header naming the chosen version, sent to the upstream (`None`: not sent).
+    pub version_header: Option<String>,
+}
+
+/// Where the policy is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// redb in this directory (created if missing).
+    Embedded { dir: PathBuf },
+}
+
+/// A policy read from the config, with where it came from.
+#[derive(Debug, Clone)]
+pub struct PolicySource {
+    pub doc: PolicyDoc,
+    /// The file it was read from (the config itself for an inline policy).
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    listen: Vec<String>,
+    #[serde(default)]
+    store: StoreFile,
+    #[serde(default)]
+    client_ip: ClientIpFile,
+    #[serde(default)]
+    timeouts: TimeoutsFile,
+    #[serde(default)]
+    max_header_bytes: Option<usize>,
+    #[serde(default)]
+    upstreams: Vec<UpstreamFile>,
+    #[serde(default)]
+    policy: Option<PolicyDoc>,
+    #[serde(default)]
+    policy_file: Option<String>,
+    #[serde(default)]
+    reload_interval: Option<String>,
+    #[serde(default)]
+    version_header: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreFile {
+    kind: Option<String>,
+    path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientIpFile {
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    mode: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimeoutsFile {
+    connect: Option<String>,
+    header: Option<String>,
+    upstream_response: Option<String>,
+    idle: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamFile {
+    name: String,
+    servers: Vec<String>,
+}
+
+/// Default size limit of a request head, as nginx's `large_client_header_buffers` (4 x 8k).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = read(path)?;
+    parse(&text, path)
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: path.display().to_string(),
+        source,
+    })
+}
+
+/// Validates config text; `path` names it in errors and anchors relative paths.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let file: ConfigFile = toml::from_str(text).map_err(|e| syntax_error(text, path, &e))?;
+    let at = |field: &str, message: String| invalid(text, path, field, message);
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+
+    if file.listen.is_empty() {
+        return Err(at(
+            "listen",
+            "needs at least one address, like \"127.0.0.1:8080\"".into(),
+        ));
+    }
+    let mut listen = Vec::new();
+    for (i, addr) in file.listen.iter().enumerate() {
+        let parsed = addr.parse::<SocketAddr>().map_err(|_| {
+            at(
+                &format!("listen[{i}]"),
+                format!("`{addr}` is not an address like 127.0.0.1:8080 or [::1]:8080"),
+            )
+        })?;
+        listen.push(parsed);
+    }
+
+    let store = match file.store.kind.as_deref().unwrap_or("embedded") {
+        "embedded" => StoreConfig::Embedded {
+            dir: base.join(file.store.path.as_deref().unwrap_or("graygate-data")),
+        },
+        other => {
+            return Err(at(
+                "store.kind",
+                format!("unknown store `{other}` (known: embedded)"),
+            ))
+        }
+    };
+
+    let mut trusted = Vec::new();
+    for (i, net) in file.client_ip.trusted_proxies.iter().enumerate() {
+        let parsed = policy::IpTable::parse_net(net)
+            .map_err(|e| at(&format!("client_ip.trusted_proxies[{i}]"), e))?;
+        trusted.push(parsed);
+    }
+    let mode = match file.client_ip.mode.as_deref().unwrap_or("forwarded") {
+        "forwarded" => ClientIpMode::Forwarded,
+        "original" => ClientIpMode::Original,
+        other => {
+            return Err(at(
+                "client_ip.mode",
+                format!("unknown mode `{other}` (known: forwarded, original)"),
+            ))
+        }
+    };
+    let client_ip = ClientIpConfig {
+        trusted_proxies: trusted,
+        mode,
+    };
+
+    let defaults = Timeouts::default();
+    let duration =
+        |field: &str, value: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+            match value {
+                None => Ok(default),
+                Some(v) => match humantime::parse_duration(v) {
+                    Ok(d) if !d.is_zero() => Ok(d),
+                    Ok(_) => Err(at(field, "must be longer than zero".into())),
+                    Err(e) => Err(at(
+                        field,
+                        format!("`{v}` is not a duration like \"2s\" or \"300ms\": {e}"),
+                    )),
+                },
+            }
+        };
+    let t = &file.timeouts;
+    let timeouts = Timeouts {
+        connect: duration("timeouts.connect", &t.connect, defaults.connect)?,
+        header: duration("timeouts.header", &t.header, defaults.header)?,
+        upstream_response: duration(
+            "timeouts.upstream_response",
+            &t.upstream_response,
+            defaults.upstream_response,
+        )?,
+        idle: duration("timeouts.idle", &t.idle, defaults.idle)?,
+    };
+    let reload_interval = duration(
+        "reload_interval",
+        &file.reload_interval,
+        Duration::from_secs(5),
+    )?;
+
+    let max_header_bytes = file.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES);
+    if max_header_bytes < 1024 {
+        return Err(at(
+            "max_header_bytes",
+            format!("{max_header_bytes} is too small (at least 1024)"),
+        ));
+    }
+
+    let mut upstreams = Vec::new();
+    let mut names = HashSet::new();
+    for (i, u) in file.upstreams.iter().enumerate() {
+        if u.name.trim().is_empty() {
+            return Err(at(
+                &format!("upstreams[{i}].name"),
+                "an upstream needs a name".into(),
+            ));
+        }
+        if !names.insert(u.name.as_str()) {
+            return Err(at(
+                &format!("upstreams[{i}].name"),
+                format!("upstream `{}` is defined twice", u.name),
+            ));
+        }
+        if u.servers.is_empty() {
+            return Err(at(
+                &format!("upstreams[{i}].servers"),
+                "needs at least one server".into(),
+            ));
+        }
+        let mut servers = Vec::new();
+        for (j, s) in u.servers.iter().enumerate() {
+            servers
+                .push(parse_server(s).map_err(|e| at(&format!("upstreams[{i}].servers[{j}]"), e))?);
+        }
+        upstreams.push(UpstreamConfig {
+            name: u.name.clone(),
+            servers,
+        });
+    }
+    let upstream_names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+
+    let policy = match (&file.policy, &file.policy_file) {
+        (Some(_), Some(_)) => {
+            return Err(at(
+                "policy_file",
+                "give the policy inline (`[policy]`) or in `policy_file`, not both".into(),
+            ))
+        }
+        (Some(doc), None) => {
+            policy::compile(doc, &upstream_names)
+                .map_err(|e| at(&format!("policy.{}", e.path), e.message))?;
+            Some(PolicySource {
+                doc: doc.clone(),
+                file: path.to_path_buf(),
+            })
+        }
+        (None, Some(p)) => {
+            let policy_path = base.join(p);
+            Some(load_policy_file(&policy_path, &upstream_names)?)
+        }
+        (None, None) => None,
+    };
+
+    let version_header = match file.version_header {
+        Some(h) if h.is_empty() => None,
+        Some(h) => {
+            http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                at(
+                    "version_header",
+                    format!("`{h}` is not a valid header name"),
+                )
+            })?;
+            Some(h)
+        }
+        None => Some("x-graygate-version".to_string()),
+    };
+
+    Ok(Config {
+        file: path.to_path_buf(),
+        listen,
+        store,
+        client_ip,
+        timeouts,
+        max_header_bytes,
+        upstreams,
+        policy,
+        reload_interval,
+        version_header,
+    })
+}
+
+/// Reads a policy file (TOML with top-level `routes` and `services`) and validates it against the
+/// upstream names.
+pub fn load_policy_file(path: &Path, upstreams: &[&str]) -> Result<PolicySource, ConfigError> {
+    let text = read(path)?;
+    let doc: PolicyDoc = toml::from_str(&text).map_err(|e| syntax_error(&text, path, &e))?;
+    policy::compile(&doc, upstreams).map_err(|e| invalid(&text, path, &e.path, e.message))?;
+    Ok(PolicySource {
+        doc,
+        file: path.to_path_buf(),
+    })
+}
+
+/// Reads the policy the config names again (for SIGHUP): the inline one from the config file, or
+/// the policy file.
+pub fn reload_policy(config: &Config) -> Result<Option<PolicySource>, ConfigError> {
+    Ok(load(&config.file)?.policy)
+}
+
+/// `"127.0.0.1:8080"` or `"backend.local:8080 weight=3"`.
+fn parse_server(text: &str) -> Result<ServerConfig, String> {
+    let mut parts = text.split_whitespace();
+    let addr = parts.next().ok_or_else(|| "empty server".to_string())?;
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{addr}` has no port: write host:port"))?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("`{addr}` is not host:port"));
+    }
+    let mut weight = 1;
+    for part in parts {
+        match part.split_once('=') {
+            Some(("weight", w)) => {
+                weight = w
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|w| (1..=1000).contains(w))
+                    .ok_or_else(|| format!("weight `{w}` is not a whole number from 1 to 1000"))?;
+            }
+            _ => return Err(format!("unknown server option `{part}` (known: weight=N)")),
+        }
+    }
+    Ok(ServerConfig {
+        addr: addr.to_string(),
+        weight,
+    })
+}
+
+fn syntax_error(text: &str, path: &Path, e: &toml::de::Error) -> ConfigError {
+    let offset = e.span().map_or(0, |s| s.start);
+    let (line, column) = locate::line_col(text, offset);
+    let field = field_at(text, offset);
+    ConfigError::Invalid {
+        file: path.display().to_string(),
+        line,
+        column,
+        field,
+        message: e.message().trim().to_string(),
+    }
+}
+
+/// The key written at or before a byte offset (best effort, for syntax errors that name no field).
+fn field_at(text: &str, offset: usize) -> String {
+    let end = text[..offset.min(text.len())]
+        .rfind('\n')
+        .map_or(text.len().min(offset), |i| {
+            // include the line the offset is on
+            text[i + 1..].find('\n').map_or(text.len(), |j| i + 1 + j)
+        });
+    for line in text[..end].lines().rev() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            return header
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string();
+        }
+        if let Some((key, _)) = line.split_once('=') {
+            return key.trim().to_string();
+        }
+    }
+    String::new()
+}
+
+fn invalid(text: &str, path: &Path, field: &str, message: String) -> ConfigError {
+    let (line, column) =
+        locate::offset_of(text, field).map_or((1, 1), |o| locate::line_col(text, o));
+    ConfigError::Invalid {
+        file: path.display().to_string(),
+        line,
+        column,
+        field: field.to_string(),
+        message,
+    }
+}

@@ -1,0 +1,250 @@
+//! `graygate demo`: the whole product in one command, with no external service.
+//!
+//! Starts two small built-in backends (each answers with its name: `stable` or `canary`), an
+//! embedded store in a fresh temporary directory, and graygate in front of them with an example
+//! policy: an IP gray list (the nginx + memcached design, on the embedded store), a user-id range
+//! rule (the OpenResty + Redis design), a 10% sticky split and a tester override. Then it prints
+//! curl commands, each with the version it reaches.
+
+use crate::app::{self, StartError};
+use crate::config::{Config, PolicySource, StoreConfig, DEFAULT_MAX_HEADER_BYTES};
+use crate::policy::{self, PolicyDoc};
+use crate::proxy::{ClientIpConfig, ClientIpMode, ServerConfig, Timeouts, UpstreamConfig};
+use crate::store::{EmbeddedStore, Entry, Store, StoreError};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("demo backend: {0}")]
+    Backend(#[from] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// The example policy, in the same TOML an operator writes.
+pub const DEMO_POLICY: &str = r#"
+[[routes]]
+service = "web"
+
+[[services]]
+name = "web"
+stable = "stable"
+versions = { stable = "stable", canary = "canary" }
+# Testers: `X-Gray: always` forces the canary, `X-Gray: never` keeps stable.
+override = { header = "X-Gray", version = "canary" }
+
+# The nginx + lua + memcached design: a gray list of client IPs, value "1" -> canary.
+[[services.rules]]
+name = "gray-ips"
+version = "canary"
+when = { client_ip = true, lookup = { list = "gray_ips" }, equals = "1" }
+
+# The OpenResty + Redis design: user ids in a range go to the canary.
+[[services.rules]]
+name = "beta-users"
+version = "canary"
+when = { header = "X-User-Id", range = { start = 1, end = 1000 } }
+
+# Everyone else: 10% of users, sticky by user id.
+[services.split]
+weights = { canary = 10 }
+by = { header = "X-User-Id" }
+"#;
+
+/// The IP the demo puts on the gray list.
+pub const DEMO_GRAY_IP: &str = "10.0.0.7";
+
+/// Runs the demo until `shutdown` completes. `listen` is where graygate listens; if it is taken,
+/// a free port is used instead.
+pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
+    let stable = spawn_backend("stable").await?;
+    let canary = spawn_backend("canary").await?;
+    let dir = TempDir::new()?;
+    let store = Arc::new(EmbeddedStore::open(&dir.0)?);
+    store
+        .put_entries("gray_ips", &[Entry::new(DEMO_GRAY_IP, "1", None)])
+        .await?;
+
+    let doc: PolicyDoc = toml::from_str(DEMO_POLICY).expect("the demo policy parses");
+    let mut config = demo_config(listen, &dir.0, stable, canary, doc);
+    let running = match app::start(&config, store.clone()).await {
+        Ok(r) => r,
+        Err(StartError::Bind { source, .. }) if source.kind() == std::io::ErrorKind::AddrInUse => {
+            config.listen = vec![SocketAddr::new(listen.ip(), 0)];
+            eprintln!("graygate demo: {listen} is in use; listening on a free port instead");
+            app::start(&config, store.clone()).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    print_tour(running.addrs[0], stable, canary, &dir.0);
+    shutdown.await;
+    println!("graygate demo: stopping");
+    running.shutdown().await;
+    Ok(())
+}
+
+fn demo_config(
+    listen: SocketAddr,
+    dir: &std::path::Path,
+    stable: SocketAddr,
+    canary: SocketAddr,
+    doc: PolicyDoc,
+) -> Config {
+    let upstream = |name: &str, addr: SocketAddr| UpstreamConfig {
+        name: name.to_string(),
+        servers: vec![ServerConfig {
+            addr: addr.to_string(),
+            weight: 1,
+        }],
+    };
+    Config {
+        file: PathBuf::from("<demo>"),
+        listen: vec![listen],
+        store: StoreConfig::Embedded {
+            dir: dir.to_path_buf(),
+        },
+        // curl runs on this machine: trust loopback so that its X-Real-IP header counts, in the
+        // original design's order (X-Real-IP, else X-Forwarded-For, else the peer).
+        client_ip: ClientIpConfig {
+            trusted_proxies: vec![
+                "127.0.0.0/8".parse().expect("valid"),
+                "::1/128".parse().expect("valid"),
+            ],
+            mode: ClientIpMode::Original,
+        },
+        timeouts: Timeouts::default(),
+        max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+        upstreams: vec![upstream("stable", stable), upstream("canary", canary)],
+        policy: Some(PolicySource {
+            doc,
+            file: PathBuf::from("<demo>"),
+        }),
+        reload_interval: Duration::from_secs(5),
+        version_header: Some("x-graygate-version".into()),
+    }
+}
+
+/// The smallest user id above the range rule that the 10% split puts on `canary` (or not).
+pub fn demo_split_user(canary: bool) -> u64 {
+    (1001..)
+        .find(|id| (policy::bucket_of("web", &id.to_string()) < 1000) == canary)
+        .expect("some id matches")
+}
+
+fn print_tour(addr: SocketAddr, stable: SocketAddr, canary: SocketAddr, dir: &std::path::Path) {
+    let url = format!("http://{addr}/");
+    let in_split = demo_split_user(true);
+    let out_split = demo_split_user(false);
+    println!("graygate demo: listening on {url}");
+    println!(
+        "  backends: stable on {stable}, canary on {canary}; embedded store in {}",
+        dir.display()
+    );
+    println!("  gray list `gray_ips`: {DEMO_GRAY_IP} = 1");
+    println!();
+    println!("Each command prints the version that answered:");
+    let tour: [(String, &str, String); 8] = [
+        (
+            String::new(),
+            "stable",
+            "no rule matches, no user id: stable".into(),
+        ),
+        (
+            format!("-H 'X-Real-IP: {DEMO_GRAY_IP}' "),
+            "canary",
+            "rule gray-ips: the IP is on the gray list".into(),
+        ),
+        (
+            "-H 'X-Real-IP: 10.0.0.8' ".into(),
+            "stable",
+            "10.0.0.8 is not on the gray list".into(),
+        ),
+        (
+            "-H 'X-User-Id: 42' ".into(),
+            "canary",
+            "rule beta-users: user id in 1..=1000".into(),
+        ),
+        (
+            format!("-H 'X-User-Id: {in_split}' "),
+            "canary",
+            "split: this user is in the sticky 10%".into(),
+        ),
+        (
+            format!("-H 'X-User-Id: {out_split}' "),
+            "stable",
+            "split: this user is in the other 90%".into(),
+        ),
+        (
+            "-H 'X-Gray: always' ".into(),
+            "canary",
+            "tester override forces the canary".into(),
+        ),
+        (
+            "-H 'X-Gray: never' -H 'X-User-Id: 42' ".into(),
+            "stable",
+            "tester override keeps stable".into(),
+        ),
+    ];
+    for (args, want, why) in tour {
+        println!("  curl -s {args}{url}    # -> {want}   ({why})");
+    }
+    println!();
+    println!("Press Ctrl-C to stop.");
+}
+
+/// A backend that answers every request with `name` and a newline.
+pub async fn spawn_backend(name: &'static str) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(move |_req| async move {
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(format!(
+                        "{name}\n"
+                    )))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// A directory under the system temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> std::io::Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir =
+            std::env::temp_dir().join(format!("graygate-demo-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,26 @@
+//! graygate: a gray-release (canary) gateway.
+//!
+//! For every HTTP request graygate decides which version of a service answers it, the stable one
+//! or a canary, from rules that operators change at runtime, and proxies the request there.
+//!
+//! # Layout
+//! The data walks one way: request -> facts -> policy decision -> upstream -> response.
+//!
+//! - [`policy`]: PURE core. The rule model (serde), its compilation into lookup structures, and
+//!   evaluation of request facts into a decision with its reason. No I/O, no async.
+//! - [`store`]: one trait for the policy document, identity lists and change notifications; the
+//!   embedded store (redb) is the default.
+//! - [`proxy`]: the data plane on hyper: listener, client IP, forwarding, upstream pools, fallback.
+//! - [`config`]: the TOML startup config, validated into the types above; errors name file, line
+//!   and field.
+//! - [`gateway`]: glue that keeps the live policy snapshot, answers the data plane's routing
+//!   question from it, and applies store changes without a restart.
+//! - [`demo`]: `graygate demo`: built-in backends and an example policy on the embedded store.
+
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod gateway;
+pub mod policy;
+pub mod proxy;
+pub mod store;

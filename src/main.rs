@@ -1,0 +1,164 @@
+//! The `graygate` command: parses arguments and hands over to the library. `anyhow` lives only
+//! here, where errors become messages and exit codes.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use graygate::{app, config, demo};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "graygate", version, about = "A gray-release (canary) gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway with a config file. SIGHUP re-reads the config's policy and applies it;
+    /// SIGINT/SIGTERM stop it gracefully.
+    Run {
+        #[arg(long, short, env = "GRAYGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file (and the policy it names), like `nginx -t`: exit 0 if valid, 1 if not.
+    Check {
+        #[arg(long, short, env = "GRAYGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Start a self-contained demo: built-in stable and canary backends, an embedded store and an
+    /// example policy, then print curl commands that show each rule.
+    Demo {
+        /// Where the demo gateway listens (a free port is used if this one is taken).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Check { config } => return check(&config),
+        Command::Run { config } => runtime().and_then(|rt| rt.block_on(run(config))),
+        Command::Demo { listen } => runtime().and_then(|rt| {
+            rt.block_on(demo::run(listen, stop_signal()))
+                .map_err(Into::into)
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("graygate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GRAYGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Worker threads: `GRAYGATE_WORKERS` (benchmarks against one nginx worker set 1), else one per core.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Ok(n) = std::env::var("GRAYGATE_WORKERS") {
+        let n: usize = n
+            .parse()
+            .context("GRAYGATE_WORKERS must be a whole number")?;
+        builder.worker_threads(n.max(1));
+    }
+    builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn check(path: &PathBuf) -> ExitCode {
+    match config::load(path) {
+        Ok(c) => {
+            let policy = c
+                .policy
+                .as_ref()
+                .map_or("no policy (seeded later)".to_string(), |p| {
+                    format!(
+                        "policy from {} with {} services",
+                        p.file.display(),
+                        p.doc.services.len()
+                    )
+                });
+            println!(
+                "graygate: {} is valid: {} listener(s), {} upstream(s), {policy}",
+                path.display(),
+                c.listen.len(),
+                c.upstreams.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("graygate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(path: PathBuf) -> anyhow::Result<()> {
+    let config = config::load(&path)?;
+    let store = app::open_store(&config.store)?;
+    let running = app::start(&config, store).await?;
+    for addr in &running.addrs {
+        // A stable line on stdout: scripts and tests read the bound address from it.
+        println!("graygate: listening on http://{addr}");
+    }
+    let gateway = running.gateway.clone();
+    let reloads = tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match config::reload_policy(&config) {
+                Ok(Some(source)) => match gateway.apply(&source.doc).await {
+                    Ok(revision) => {
+                        tracing::info!(revision, file = %source.file.display(), "SIGHUP: policy applied")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: policy not applied; the running policy stays")
+                    }
+                },
+                Ok(None) => tracing::warn!("SIGHUP: the config names no policy; nothing to apply"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: config invalid; the running policy stays")
+                }
+            }
+        }
+    });
+    stop_signal().await;
+    tracing::info!("stopping: finishing requests in flight");
+    reloads.abort();
+    running.shutdown().await;
+    Ok(())
+}
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM.
+async fn stop_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

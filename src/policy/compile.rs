@@ -1,0 +1,632 @@
+//! Validates a [`PolicyDoc`] as a whole and compiles it into the structures evaluation walks.
+//!
+//! Everything an operator can get wrong is caught here, with the path of the offending field
+//! (`services[0].rules[2].when.cidr[1]`), so that a bad policy is rejected before it replaces the
+//! running one. Lists become hash sets and CIDR tables; hosts become a hash map; regexes are built
+//! once.
+
+use super::iptable::IpTable;
+use super::model::*;
+use http::HeaderName;
+use regex::Regex;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// A policy that failed validation: where, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct CompileError {
+    /// The field, as a path into the document (`services[0].rules[2].version`).
+    pub path: String,
+    pub message: String,
+}
+
+fn err<T>(path: impl Into<String>, message: impl Into<String>) -> Result<T, CompileError> {
+    Err(CompileError {
+        path: path.into(),
+        message: message.into(),
+    })
+}
+
+/// A compiled, validated policy: immutable, shared by every request that started while it was
+/// current.
+#[derive(Debug)]
+pub struct Policy {
+    pub(super) doc: PolicyDoc,
+    pub(super) routes: RouteTable,
+    pub(super) services: Vec<Service>,
+    pub(super) lists: Vec<Arc<str>>,
+}
+
+impl Policy {
+    /// The document this policy was compiled from.
+    pub fn doc(&self) -> &PolicyDoc {
+        &self.doc
+    }
+
+    /// Names of the store lists the rules look values up in.
+    pub fn lookup_lists(&self) -> &[Arc<str>] {
+        &self.lists
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct RouteTable {
+    /// Exact host -> routes, longest path prefix first.
+    pub exact: HashMap<String, Vec<RouteEntry>>,
+    /// `*.example.com` as `.example.com` -> routes, longest suffix first.
+    pub wildcard: Vec<(String, Vec<RouteEntry>)>,
+    /// Routes without hosts.
+    pub any: Vec<RouteEntry>,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct RouteEntry {
+    /// Without a trailing `/` (empty for `/`), so that matching on `/` boundaries is a comparison.
+    pub prefix: String,
+    pub name: Arc<str>,
+    pub service: usize,
+}
+
+#[derive(Debug)]
+pub(super) struct Service {
+    pub name: Arc<str>,
+    pub stable: usize,
+    pub versions: Vec<Version>,
+    pub override_: Option<Override>,
+    pub rules: Vec<Rule>,
+    pub split: Option<Split>,
+}
+
+#[derive(Debug)]
+pub(super) struct Version {
+    pub name: Arc<str>,
+    pub upstream: usize,
+}
+
+#[derive(Debug)]
+pub(super) struct Override {
+    pub source: Source,
+    pub version: usize,
+}
+
+#[derive(Debug)]
+pub(super) struct Rule {
+    pub name: Arc<str>,
+    pub version: usize,
+    pub cond: Cond,
+}
+
+#[derive(Debug)]
+pub(super) struct Split {
+    pub by: Option<Source>,
+    pub seed: u64,
+    /// (bucket upper bound exclusive, version), ascending; buckets past the last go to stable.
+    pub bounds: Vec<(u32, usize)>,
+}
+
+#[derive(Debug)]
+pub(super) enum Cond {
+    All(Vec<Cond>),
+    Any(Vec<Cond>),
+    Not(Box<Cond>),
+    Test {
+        source: Source,
+        lookup: Option<Lookup>,
+        test: Test,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub(super) enum Source {
+    Header(HeaderName),
+    Cookie(String),
+    Query(String),
+    ClientIp,
+}
+
+#[derive(Debug)]
+pub(super) struct Lookup {
+    pub list: Arc<str>,
+    /// The key template split at `{}`.
+    pub before: String,
+    pub after: String,
+}
+
+#[derive(Debug)]
+pub(super) enum Test {
+    Equals(String),
+    In(HashSet<String>),
+    Regex(Regex),
+    Cidr(IpTable),
+    Range {
+        start: f64,
+        end: f64,
+        exclusive: bool,
+    },
+    Ids(HashSet<i64>),
+    Suffix(Vec<String>),
+    Modulo {
+        divisor: u64,
+        remainders: HashSet<u64>,
+    },
+    Percent {
+        threshold: u32,
+        seed: u64,
+    },
+    Present(bool),
+}
+
+/// Buckets per 100%: percentages have two decimals.
+pub(super) const BUCKETS: u32 = 10_000;
+
+/// Validates `doc` and builds the policy. `upstreams` are the upstream names of the startup
+/// config; a version's upstream is resolved to its index in that slice.
+pub fn compile(doc: &PolicyDoc, upstreams: &[&str]) -> Result<Policy, CompileError> {
+    let mut services = Vec::with_capacity(doc.services.len());
+    let mut service_index: HashMap<&str, usize> = HashMap::new();
+    let mut lists: Vec<Arc<str>> = Vec::new();
+    for (i, s) in doc.services.iter().enumerate() {
+        let path = format!("services[{i}]");
+        if s.name.trim().is_empty() {
+            return err(format!("{path}.name"), "a service needs a name");
+        }
+        if service_index.insert(&s.name, i).is_some() {
+            return err(
+                format!("{path}.name"),
+                format!("service `{}` is defined twice", s.name),
+            );
+        }
+        services.push(compile_service(s, &path, upstreams, &mut lists)?);
+    }
+
+    let mut routes = RouteTable::default();
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    for (i, r) in doc.routes.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        let Some(&service) = service_index.get(r.service.as_str()) else {
+            return err(
+                format!("{path}.service"),
+                format!("unknown service `{}`", r.service),
+            );
+        };
+        let prefix = r.path_prefix.as_deref().unwrap_or("/");
+        if !prefix.starts_with('/') {
+            return err(
+                format!("{path}.path_prefix"),
+                format!("`{prefix}` must start with `/`"),
+            );
+        }
+        let entry = RouteEntry {
+            prefix: prefix.trim_end_matches('/').to_string(),
+            name: Arc::from(r.name.as_deref().unwrap_or(&r.service)),
+            service,
+        };
+        let hosts: Vec<Option<String>> = if r.hosts.is_empty() {
+            vec![None]
+        } else {
+            let mut hosts = Vec::new();
+            for (h, host) in r.hosts.iter().enumerate() {
+                let host = host.trim().to_ascii_lowercase();
+                if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+                    return err(
+                        format!("{path}.hosts[{h}]"),
+                        format!("`{host}` is not a host name"),
+                    );
+                }
+                hosts.push(Some(host));
+            }
+            hosts
+        };
+        for host in hosts {
+            let key = (host.clone().unwrap_or_default(), entry.prefix.clone());
+            if !seen.insert(key) {
+                return err(
+                    path.clone(),
+                    format!(
+                        "another route already serves host `{}` with path prefix `{prefix}`",
+                        host.as_deref().unwrap_or("*")
+                    ),
+                );
+            }
+            let bucket = match host {
+                None => &mut routes.any,
+                Some(h) if h.starts_with("*.") => {
+                    let suffix = h[1..].to_string();
+                    match routes.wildcard.iter().position(|(s, _)| *s == suffix) {
+                        Some(at) => &mut routes.wildcard[at].1,
+                        None => {
+                            routes.wildcard.push((suffix, Vec::new()));
+                            &mut routes.wildcard.last_mut().expect("just pushed").1
+                        }
+                    }
+                }
+                Some(h) => routes.exact.entry(h).or_default(),
+            };
+            bucket.push(entry.clone());
+        }
+    }
+    let by_prefix = |v: &mut Vec<RouteEntry>| v.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+    routes.exact.values_mut().for_each(by_prefix);
+    routes.wildcard.iter_mut().for_each(|(_, v)| by_prefix(v));
+    routes.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    by_prefix(&mut routes.any);
+
+    Ok(Policy {
+        doc: doc.clone(),
+        routes,
+        services,
+        lists,
+    })
+}
+
+fn compile_service(
+    s: &ServiceDoc,
+    path: &str,
+    upstreams: &[&str],
+    lists: &mut Vec<Arc<str>>,
+) -> Result<Service, CompileError> {
+    if s.versions.is_empty() {
+        return err(
+            format!("{path}.versions"),
+            "a service needs at least one version",
+        );
+    }
+    let mut versions = Vec::with_capacity(s.versions.len());
+    for (name, upstream) in &s.versions {
+        let Some(u) = upstreams.iter().position(|u| u == upstream) else {
+            return err(
+                format!("{path}.versions.{name}"),
+                format!(
+                    "unknown upstream `{upstream}` (configured upstreams: {})",
+                    upstreams.join(", ")
+                ),
+            );
+        };
+        versions.push(Version {
+            name: Arc::from(name.as_str()),
+            upstream: u,
+        });
+    }
+    let version = |field: String, name: &str| -> Result<usize, CompileError> {
+        versions.iter().position(|v| &*v.name == name).map_or_else(
+            || {
+                let known: Vec<&str> = versions.iter().map(|v| &*v.name).collect();
+                err(
+                    field,
+                    format!("unknown version `{name}` (versions: {})", known.join(", ")),
+                )
+            },
+            Ok,
+        )
+    };
+    let stable = version(format!("{path}.stable"), &s.stable)?;
+
+    let override_ = match &s.override_ {
+        None => None,
+        Some(o) => {
+            let opath = format!("{path}.override");
+            let source = match (&o.header, &o.cookie) {
+                (Some(h), None) => Source::Header(header_name(&format!("{opath}.header"), h)?),
+                (None, Some(c)) => Source::Cookie(c.clone()),
+                _ => return err(opath, "needs exactly one of `header` or `cookie`"),
+            };
+            Some(Override {
+                source,
+                version: version(format!("{opath}.version"), &o.version)?,
+            })
+        }
+    };
+
+    let mut rules = Vec::with_capacity(s.rules.len());
+    let mut names = HashSet::new();
+    for (i, r) in s.rules.iter().enumerate() {
+        let rpath = format!("{path}.rules[{i}]");
+        if r.name.trim().is_empty() {
+            return err(format!("{rpath}.name"), "a rule needs a name");
+        }
+        if !names.insert(r.name.as_str()) {
+            return err(
+                format!("{rpath}.name"),
+                format!("rule `{}` is defined twice", r.name),
+            );
+        }
+        let v = version(format!("{rpath}.version"), &r.version)?;
+        let cond = compile_cond(&r.when, &format!("{rpath}.when"), &r.name, lists)?;
+        rules.push(Rule {
+            name: Arc::from(r.name.as_str()),
+            version: v,
+            cond,
+        });
+    }
+
+    let split = match &s.split {
+        None => None,
+        Some(sp) => {
+            let spath = format!("{path}.split");
+            let by = sp
+                .by
+                .as_ref()
+                .map(|b| identity_source(b, &format!("{spath}.by")))
+                .transpose()?;
+            let mut bounds = Vec::new();
+            let mut total = 0u32;
+            for (name, weight) in &sp.weights {
+                let wpath = format!("{spath}.weights.{name}");
+                let v = version(wpath.clone(), name)?;
+                if v == stable {
+                    return err(
+                        wpath,
+                        "the stable version gets what the other weights leave; do not weigh it",
+                    );
+                }
+                total += percent_to_buckets(&wpath, *weight)?;
+                if total > BUCKETS {
+                    return err(
+                        format!("{spath}.weights"),
+                        format!(
+                            "weights add up to more than 100 ({:.2})",
+                            f64::from(total) / 100.0
+                        ),
+                    );
+                }
+                bounds.push((total, v));
+            }
+            let salt = sp.salt.clone().unwrap_or_else(|| s.name.clone());
+            Some(Split {
+                by,
+                seed: seed_of(&salt),
+                bounds,
+            })
+        }
+    };
+
+    Ok(Service {
+        name: Arc::from(s.name.as_str()),
+        stable,
+        versions,
+        override_,
+        rules,
+        split,
+    })
+}
+
+fn percent_to_buckets(path: &str, percent: f64) -> Result<u32, CompileError> {
+    if !(0.0..=100.0).contains(&percent) || percent.is_nan() {
+        return err(path, format!("{percent} is not a percentage from 0 to 100"));
+    }
+    Ok((percent * 100.0).round() as u32)
+}
+
+pub(super) fn seed_of(salt: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(salt.as_bytes())
+}
+
+fn header_name(path: &str, name: &str) -> Result<HeaderName, CompileError> {
+    HeaderName::from_bytes(name.trim().as_bytes())
+        .or_else(|_| err(path, format!("`{name}` is not a valid header name")))
+}
+
+fn identity_source(id: &IdentityDoc, path: &str) -> Result<Source, CompileError> {
+    let mut found = Vec::new();
+    if let Some(h) = &id.header {
+        found.push(Source::Header(header_name(&format!("{path}.header"), h)?));
+    }
+    if let Some(c) = &id.cookie {
+        found.push(Source::Cookie(c.clone()));
+    }
+    if let Some(q) = &id.query {
+        found.push(Source::Query(q.clone()));
+    }
+    if id.client_ip == Some(true) {
+        found.push(Source::ClientIp);
+    }
+    if found.len() != 1 {
+        return err(
+            path,
+            "needs exactly one of `header`, `cookie`, `query` or `client_ip = true`",
+        );
+    }
+    Ok(found.pop().expect("one source"))
+}
+
+fn compile_cond(
+    c: &Condition,
+    path: &str,
+    rule: &str,
+    lists: &mut Vec<Arc<str>>,
+) -> Result<Cond, CompileError> {
+    let combinators = [c.all.is_some(), c.any.is_some(), c.not.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    let source_given =
+        c.header.is_some() || c.cookie.is_some() || c.query.is_some() || c.client_ip.is_some();
+    let tests: Vec<&str> = [
+        ("equals", c.equals.is_some()),
+        ("in", c.in_.is_some()),
+        ("regex", c.regex.is_some()),
+        ("cidr", c.cidr.is_some()),
+        ("range", c.range.is_some()),
+        ("ids", c.ids.is_some()),
+        ("suffix", c.suffix.is_some()),
+        ("modulo", c.modulo.is_some()),
+        ("percent", c.percent.is_some()),
+        ("present", c.present.is_some()),
+    ]
+    .iter()
+    .filter(|(_, given)| *given)
+    .map(|(name, _)| *name)
+    .collect();
+
+    if combinators > 0 {
+        if combinators > 1 || source_given || !tests.is_empty() || c.lookup.is_some() {
+            return err(
+                path,
+                "`all`, `any` and `not` stand alone: put other tests inside them",
+            );
+        }
+        let list = |items: &Vec<Condition>, key: &str, lists: &mut Vec<Arc<str>>| {
+            if items.is_empty() {
+                return err(format!("{path}.{key}"), "needs at least one condition");
+            }
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| compile_cond(item, &format!("{path}.{key}[{i}]"), rule, lists))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        return Ok(match (&c.all, &c.any, &c.not) {
+            (Some(items), _, _) => Cond::All(list(items, "all", lists)?),
+            (_, Some(items), _) => Cond::Any(list(items, "any", lists)?),
+            (_, _, Some(inner)) => Cond::Not(Box::new(compile_cond(
+                inner,
+                &format!("{path}.not"),
+                rule,
+                lists,
+            )?)),
+            _ => unreachable!("one combinator is set"),
+        });
+    }
+
+    if tests.len() != 1 {
+        let msg = if tests.is_empty() {
+            "needs one test: equals, in, regex, cidr, range, ids, suffix, modulo, percent or present".to_string()
+        } else {
+            format!(
+                "has {} tests ({}); combine several with `all` or `any`",
+                tests.len(),
+                tests.join(", ")
+            )
+        };
+        return err(path, msg);
+    }
+    if c.salt.is_some() && c.percent.is_none() {
+        return err(format!("{path}.salt"), "`salt` only goes with `percent`");
+    }
+
+    let source = if !source_given && c.cidr.is_some() && c.lookup.is_none() {
+        Source::ClientIp
+    } else {
+        let id = IdentityDoc {
+            header: c.header.clone(),
+            cookie: c.cookie.clone(),
+            query: c.query.clone(),
+            client_ip: c.client_ip,
+        };
+        identity_source(&id, path)?
+    };
+
+    let lookup = match &c.lookup {
+        None => None,
+        Some(l) => {
+            let lpath = format!("{path}.lookup");
+            if l.list.trim().is_empty() {
+                return err(format!("{lpath}.list"), "names no list");
+            }
+            let template = l.key.as_deref().unwrap_or("{}");
+            let Some((before, after)) = template.split_once("{}") else {
+                return err(
+                    format!("{lpath}.key"),
+                    format!("`{template}` has no `{{}}` where the value goes"),
+                );
+            };
+            if after.contains("{}") {
+                return err(
+                    format!("{lpath}.key"),
+                    format!("`{template}` has more than one `{{}}`"),
+                );
+            }
+            let list: Arc<str> = Arc::from(l.list.as_str());
+            if !lists.contains(&list) {
+                lists.push(list.clone());
+            }
+            Some(Lookup {
+                list,
+                before: before.to_string(),
+                after: after.to_string(),
+            })
+        }
+    };
+
+    let test = if let Some(v) = &c.equals {
+        Test::Equals(v.clone())
+    } else if let Some(set) = &c.in_ {
+        if set.is_empty() {
+            return err(format!("{path}.in"), "the set is empty");
+        }
+        Test::In(set.iter().cloned().collect())
+    } else if let Some(re) = &c.regex {
+        Test::Regex(
+            Regex::new(re)
+                .or_else(|e| err(format!("{path}.regex"), format!("invalid regex: {e}")))?,
+        )
+    } else if let Some(nets) = &c.cidr {
+        let mut table = IpTable::new();
+        for (i, n) in nets.iter().enumerate() {
+            table.insert(IpTable::parse_net(n).or_else(|e| err(format!("{path}.cidr[{i}]"), e))?);
+        }
+        Test::Cidr(table)
+    } else if let Some(r) = &c.range {
+        let ok = if r.exclusive {
+            r.start < r.end
+        } else {
+            r.start <= r.end
+        };
+        if !ok {
+            return err(
+                format!("{path}.range"),
+                format!(
+                    "start {} is not below end {}: the range is empty",
+                    r.start, r.end
+                ),
+            );
+        }
+        Test::Range {
+            start: r.start as f64,
+            end: r.end as f64,
+            exclusive: r.exclusive,
+        }
+    } else if let Some(ids) = &c.ids {
+        Test::Ids(ids.iter().copied().collect())
+    } else if let Some(suffixes) = &c.suffix {
+        for (i, s) in suffixes.iter().enumerate() {
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return err(
+                    format!("{path}.suffix[{i}]"),
+                    format!("`{s}` is not a string of digits"),
+                );
+            }
+        }
+        Test::Suffix(suffixes.clone())
+    } else if let Some(m) = &c.modulo {
+        if m.divisor == 0 {
+            return err(format!("{path}.modulo.divisor"), "must be at least 1");
+        }
+        if let Some(r) = m.remainders.iter().find(|r| **r >= m.divisor) {
+            return err(
+                format!("{path}.modulo.remainders"),
+                format!("remainder {r} is not below divisor {}", m.divisor),
+            );
+        }
+        Test::Modulo {
+            divisor: m.divisor,
+            remainders: m.remainders.iter().copied().collect(),
+        }
+    } else if let Some(p) = c.percent {
+        let salt = c.salt.as_deref().unwrap_or(rule);
+        Test::Percent {
+            threshold: percent_to_buckets(&format!("{path}.percent"), p)?,
+            seed: seed_of(salt),
+        }
+    } else if let Some(p) = c.present {
+        Test::Present(p)
+    } else {
+        unreachable!("exactly one test is set")
+    };
+    Ok(Cond::Test {
+        source,
+        lookup,
+        test,
+    })
+}

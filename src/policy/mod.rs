@@ -1,0 +1,135 @@
+//! The policy core: which version of which service answers a request, and why.
+//!
+//! PURE: no I/O, no async, no clock, no randomness of its own. The data plane gathers the facts of
+//! a request ([`RequestFacts`]), and the policy answers with a [`Decision`] that carries its
+//! [`Reason`]. Values that live in a store (gray lists, token -> user id) come in through the
+//! [`Lookups`] trait; when one is not known yet, evaluation stops with
+//! [`Evaluation::NeedLookup`] and the caller fetches it and evaluates again, so that the core never
+//! waits on anything.
+//!
+//! - `model`: the serde types operators write (TOML, JSON).
+//! - `compile`: validates a [`PolicyDoc`] as a whole and builds lookup structures whose cost does
+//!   not grow with list sizes (hash sets, CIDR tables by prefix length, host maps).
+//! - `evaluate`: request facts -> decision.
+
+mod compile;
+mod evaluate;
+mod iptable;
+pub mod model;
+
+pub use compile::{compile, CompileError, Policy};
+pub use evaluate::{bucket_of, Evaluation};
+pub use iptable::IpTable;
+pub use model::PolicyDoc;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// What the policy needs to know about a request. Borrowed from the request: building it costs no
+/// allocation.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    /// `Host` header (or URI authority), possibly with a port.
+    pub host: &'a str,
+    pub path: &'a str,
+    /// The raw query string, without `?`.
+    pub query: Option<&'a str>,
+    /// The client IP as the data plane resolved it (trusted proxies applied).
+    pub client_ip: IpAddr,
+    pub headers: &'a http::HeaderMap,
+    /// A random number for splits without an identity; the caller draws it.
+    pub random: u64,
+}
+
+/// The answer of a store lookup, as far as the caller knows it right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupAnswer {
+    /// The store holds this value under the key.
+    Value(Arc<str>),
+    /// The store holds nothing under the key.
+    Absent,
+    /// The store could not answer (down, timeout). The condition is false: fail safe to stable.
+    Unavailable,
+    /// Not known yet: evaluation returns [`Evaluation::NeedLookup`].
+    Unknown,
+}
+
+/// Store values as the caller knows them (a cache, a per-request map).
+pub trait Lookups {
+    /// The value of `key` in `list`, or [`LookupAnswer::Unknown`] if it must be fetched first.
+    fn get(&self, list: &str, key: &str) -> LookupAnswer;
+}
+
+/// No store values at all: every lookup is absent. For policies without lookups and for tests.
+pub struct NoLookups;
+
+impl Lookups for NoLookups {
+    fn get(&self, _list: &str, _key: &str) -> LookupAnswer {
+        LookupAnswer::Absent
+    }
+}
+
+/// Which version answers a request. Names are shared with the [`Policy`] they came from (cloning
+/// an `Arc<str>` costs no allocation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub route: Arc<str>,
+    pub service: Arc<str>,
+    pub version: Arc<str>,
+    /// Index into the upstream names given to [`compile`].
+    pub upstream: usize,
+    /// The service's stable version and its upstream: where the request goes if `upstream`
+    /// cannot be reached.
+    pub stable_version: Arc<str>,
+    pub stable_upstream: usize,
+    pub reason: Reason,
+}
+
+impl Decision {
+    /// True when the decision sends the request to the stable version.
+    pub fn is_stable(&self) -> bool {
+        self.version == self.stable_version
+    }
+}
+
+/// Why a decision was taken: for logs, metrics and `explain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// The tester override header or cookie said `always` or `never`.
+    Override { value: OverrideValue },
+    /// This rule matched (first match wins).
+    Rule { name: Arc<str> },
+    /// No rule matched; the weighted split put the request in this bucket (0..10000).
+    Split { bucket: u32, sticky: bool },
+    /// No rule matched and no split sent it elsewhere: stable.
+    Default,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverrideValue {
+    Always,
+    Never,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Override {
+                value: OverrideValue::Always,
+            } => f.write_str("override:always"),
+            Reason::Override {
+                value: OverrideValue::Never,
+            } => f.write_str("override:never"),
+            Reason::Rule { name } => write!(f, "rule:{name}"),
+            Reason::Split {
+                bucket,
+                sticky: true,
+            } => write!(f, "split:sticky:{bucket}"),
+            Reason::Split {
+                bucket,
+                sticky: false,
+            } => write!(f, "split:random:{bucket}"),
+            Reason::Default => f.write_str("default"),
+        }
+    }
+}

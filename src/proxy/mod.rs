@@ -1,0 +1,99 @@
+//! The data plane: accepts client connections, asks the policy where each request goes, and
+//! proxies it to the chosen version of the service, falling back to the stable version when a
+//! canary cannot be reached.
+//!
+//! The policy core knows nothing about sockets; this module knows nothing about rules. They meet
+//! at one question, [`Router::route`], which the gateway answers from the live policy.
+//!
+//! # The phases of a request
+//! 1. **Accept** ([`serve`]): one task per client connection, HTTP/1.1 with keep-alive. The
+//!    request headers must arrive within [`Timeouts::header`] and fit in
+//!    [`ProxyConfig::max_header_bytes`] (hyper answers 431 otherwise).
+//! 2. **Client IP** ([`ClientIpConfig::resolve`]): the peer, or the client behind our own trusted
+//!    proxies. Rules match on it, so a header from an untrusted peer is never believed.
+//! 3. **Route** ([`Router::route`]): the request facts (host, path, query, headers, client IP, a
+//!    random number) go to the policy. No route: 404.
+//! 4. **Rewrite** (`forward`): hop-by-hop headers removed, `X-Forwarded-For` appended,
+//!    `X-Real-IP` set, URI in origin-form, `Host` kept as the client sent it.
+//! 5. **Upstream** ([`Upstreams`]): weighted round robin over the servers of the chosen version,
+//!    pooled keep-alive connections. A server that cannot be connected to is skipped; when no
+//!    server of a canary can be reached, the request goes to the stable version instead (the
+//!    request body has not started to flow at that point, so nothing is lost). Nothing reachable:
+//!    502. No response headers in time: 504.
+//! 6. **Respond**: the response is rewritten (hop-by-hop headers removed) and its body streamed
+//!    back as it arrives. A `101 Switching Protocols` (WebSocket) turns the two connections
+//!    into a byte tunnel.
+//! 7. **Observe** ([`Observer::on_response`]): one record per request for metrics and the access
+//!    log.
+//!
+//! Bodies are never buffered: a request body flows to the upstream as the client sends it, a
+//! response body flows back as the upstream sends it.
+//!
+//! # Files
+//! - `client_ip`: which address a request comes from.
+//! - `upstream`: the upstream table, weighted round robin, connection pools, connect failover.
+//! - `forward`: header and URI rewriting in both directions.
+//! - `server`: the listener, per-connection serving, the request phases above, graceful
+//!   shutdown.
+
+mod client_ip;
+mod forward;
+mod server;
+mod upstream;
+
+pub use client_ip::{ClientIpConfig, ClientIpMode, X_FORWARDED_FOR, X_REAL_IP};
+pub use forward::DEFAULT_VERSION_HEADER;
+pub use server::{bind, serve, Observer, ProxyConfig, RequestRecord, Timeouts};
+pub use upstream::{
+    Activity, Exchange, SendError, ServerConfig, TrackedBody, UpstreamConfig, UpstreamConfigError,
+    UpstreamError, Upstreams,
+};
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+
+use crate::policy::RequestFacts;
+
+/// The body type the proxy hands to hyper in both directions: a client's streaming body, an
+/// upstream's streaming body, or a short answer of graygate's own. Boxed so that HTTP/2 and TLS
+/// can be added later without changing a signature.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Where a request goes, decided by the policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteChoice {
+    /// Index into the upstream table ([`Upstreams`]) of the version that answers.
+    pub upstream: usize,
+    /// Upstream of the service's stable version: tried when `upstream` cannot be reached
+    /// (connect failed on every server) and the request body has not started to be sent.
+    pub stable_upstream: usize,
+    /// The route that matched the request: names the request in logs and metrics.
+    pub route: Arc<str>,
+    /// The service the route leads to.
+    pub service: Arc<str>,
+    /// The version that answers (stable or a canary); also sent upstream in the optional
+    /// version header.
+    pub version: Arc<str>,
+    /// The service's stable version: what answers if the request falls back.
+    pub stable_version: Arc<str>,
+    /// Why (for logs), e.g. "rule:gray-ips"
+    pub reason: String,
+}
+
+/// The routing question the data plane asks for every request; the gateway answers it from the
+/// live policy.
+pub trait Router: Send + Sync + 'static {
+    /// Called once per request, after the client IP is resolved. `None` -> no route: graygate
+    /// answers 404 with a short body.
+    ///
+    /// The future may wait (a store lookup the policy needs), and the request waits with it: it
+    /// should answer quickly and fail safe (to stable) rather than block.
+    fn route<'a>(
+        &'a self,
+        facts: RequestFacts<'a>,
+    ) -> Pin<Box<dyn Future<Output = Option<RouteChoice>> + Send + 'a>>;
+}

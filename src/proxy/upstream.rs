@@ -1,0 +1,945 @@
+//! The upstream table: for every version of every service, its servers, how requests are spread
+//! over them, and the kept-alive connections to them.
+//!
+//! - **Weighted round robin.** nginx's smooth weighted round robin, computed once when the table
+//!   is built into a schedule (for weights 3:1: `a a b a`, repeated), and walked with an atomic
+//!   counter: no lock and no arithmetic beyond a modulo per request.
+//! - **Our own connection pool.** A small pool of HTTP/1.1 senders per server. We do not use
+//!   hyper-util's client because graygate must know that a connection is established *before*
+//!   the request body starts to flow: a server that cannot be connected to is skipped for the
+//!   next one, and a canary that cannot be reached at all falls back to the stable version, and
+//!   both are only possible while the (streamed, never buffered) body is still unread.
+//!   `try_send_request` gives a request back when a pooled connection turns out to be dead before
+//!   anything was written, so that it is retried on a fresh connection.
+//! - **Down servers.** A server whose connect failed is "down": logged once when it goes down and
+//!   once when it comes back (no log flood), and tried after the servers that are up until a
+//!   recheck interval has passed, so that a dead server does not add a connect timeout to every
+//!   request.
+
+use std::error::Error as StdError;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use super::{ProxyBody, Timeouts};
+
+/// Idle connections kept per server. Beyond this, a connection that finishes a request is
+/// closed: enough to absorb bursts, small enough not to hold thousands of sockets open.
+const MAX_IDLE_PER_SERVER: usize = 64;
+
+/// How long a server that failed to connect is tried only after the others. After that one
+/// request probes it again in its normal turn.
+const DOWN_RECHECK: Duration = Duration::from_secs(5);
+
+/// Longest precomputed round-robin schedule. Larger weight sums are scaled down to this; the
+/// ratio stays within 1/`MAX_SCHEDULE` of what was configured.
+const MAX_SCHEDULE: u64 = 10_000;
+
+/// Pooled connections that turned out dead tried for one request before a fresh connect, so
+/// that a pool of stale connections cannot make one request loop.
+const MAX_STALE_RETRIES: usize = 4;
+
+/// One upstream (a version of a service) as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// The name policies use to point at this upstream (e.g. `shop-v2`).
+    pub name: String,
+    /// The servers that run this version.
+    pub servers: Vec<ServerConfig>,
+}
+
+/// One server of an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// `host:port` (`[v6]:port` for IPv6). Host names are resolved on every connect, so a DNS
+    /// change is picked up by the next new connection.
+    pub addr: String,
+    /// Share of the requests relative to the other servers of the upstream. 0 drains the server:
+    /// it gets no requests, not even as a retry.
+    pub weight: u32,
+}
+
+/// A mistake in the upstream configuration, found when the table is built.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UpstreamConfigError {
+    /// Two upstreams with one name: policies could not say which one they mean.
+    #[error("upstream `{name}` is defined more than once")]
+    Duplicate { name: String },
+    /// No server with a weight above 0: every request to it would fail.
+    #[error("upstream `{upstream}` has no server with a weight above 0")]
+    NoServers { upstream: String },
+    /// An address that is not `host:port`.
+    #[error("upstream `{upstream}`: server address `{addr}` is not host:port")]
+    BadAddr { upstream: String, addr: String },
+}
+
+/// Why a request could not be exchanged with an upstream. Small typed variants, so that the
+/// caller can pick the status (502 or 504) and tests can check which one happened.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The TCP connect did not finish within [`Timeouts::connect`].
+    #[error("connect to {server} timed out")]
+    ConnectTimeout { server: Arc<str> },
+    /// The TCP connect failed (refused, unreachable, name not resolved).
+    #[error("connect to {server} failed: {source}")]
+    Connect {
+        server: Arc<str>,
+        #[source]
+        source: io::Error,
+    },
+    /// The HTTP/1 handshake over a new connection failed.
+    #[error("HTTP handshake with {server} failed: {source}")]
+    Handshake {
+        server: Arc<str>,
+        #[source]
+        source: hyper::Error,
+    },
+    /// A new connection closed before the request could be written on it.
+    #[error("connection to {server} closed before the request was sent")]
+    Closed { server: Arc<str> },
+    /// No server of the upstream could be reached (or it has none; or the index is unknown).
+    #[error("no server of upstream `{upstream}` can be reached")]
+    AllServersDown { upstream: Arc<str> },
+    /// The request went out, but no response headers came back in time.
+    #[error("{server} sent no response headers within {timeout:?}")]
+    ResponseTimeout { server: Arc<str>, timeout: Duration },
+    /// The request went out (at least partly) and the exchange failed: it cannot be retried.
+    #[error("request to {server} failed: {source}")]
+    Request {
+        server: Arc<str>,
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+/// A request that could not be exchanged, and whether it can still go elsewhere.
+pub enum SendError {
+    /// No server of the upstream could be reached. The request was not sent and comes back
+    /// whole, body unread: the caller may send it to another upstream (the stable one).
+    Unreachable {
+        request: Request<ProxyBody>,
+        error: UpstreamError,
+    },
+    /// The request was (at least partly) sent to `server`: its body is gone, it cannot be
+    /// retried anywhere.
+    Failed {
+        server: Arc<str>,
+        error: UpstreamError,
+    },
+}
+
+impl std::fmt::Debug for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Unreachable { error, .. } => {
+                f.debug_struct("Unreachable").field("error", error).finish()
+            }
+            SendError::Failed { server, error } => f
+                .debug_struct("Failed")
+                .field("server", server)
+                .field("error", error)
+                .finish(),
+        }
+    }
+}
+
+/// A response from an upstream server.
+#[derive(Debug)]
+pub struct Exchange {
+    /// The upstream's response; its body streams from the upstream connection.
+    pub response: Response<Incoming>,
+    /// The server (`host:port`) that answered: for the access log.
+    pub server: Arc<str>,
+    /// From the request going out on a connection until the response headers came back.
+    pub headers_after: Duration,
+}
+
+/// The upstream table, built once from the configuration and shared by every connection.
+pub struct Upstreams {
+    /// The upstreams, in configuration order; a policy refers to them by index.
+    upstreams: Vec<Upstream>,
+    /// Bound of a TCP connect to one server before the next one is tried.
+    connect_timeout: Duration,
+    /// Bound of the wait for response headers while nothing moves ([`Activity`]).
+    response_timeout: Duration,
+    /// Origin of the millisecond clocks kept in atomics (down-server rechecks).
+    epoch: Instant,
+    /// HTTP/1 client settings for every new upstream connection.
+    client: http1::Builder,
+}
+
+/// One upstream: a version of a service and its servers.
+struct Upstream {
+    /// The name policies use.
+    name: Arc<str>,
+    servers: Vec<Server>,
+    /// Smooth weighted round robin: which server starts the attempt order, by turn.
+    schedule: Box<[usize]>,
+    /// Requests started on this upstream, modulo the schedule: the current turn.
+    cursor: AtomicUsize,
+    /// True after a request found no server reachable, until one is again: to log the state
+    /// change once instead of once per request.
+    unreachable: AtomicBool,
+}
+
+/// One server of an upstream.
+struct Server {
+    /// `host:port`, shared with logs and responses without copying.
+    addr: Arc<str>,
+    /// 0: drained, never tried.
+    weight: u32,
+    /// Idle keep-alive connections to this server.
+    pool: Arc<Pool>,
+    /// True after a connect failed, until one succeeds: the state change is logged once.
+    down: AtomicBool,
+    /// While down, tried after the servers that are up until this time (ms since `epoch`).
+    recheck_at_ms: AtomicU64,
+    /// Connect failures since start, for metrics and tests.
+    connect_failures: AtomicU64,
+}
+
+/// Idle connections to one server, newest last (reused first, so the oldest ones expire).
+struct Pool {
+    idle: Mutex<Vec<IdleSender>>,
+    /// Connections idle longer than this are closed, not reused: the upstream may have closed
+    /// them already.
+    idle_timeout: Duration,
+}
+
+/// A connection that finished its last exchange at `since`.
+struct IdleSender {
+    sender: SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+impl Upstreams {
+    /// Builds the table. Checks what would otherwise fail at request time: duplicate names,
+    /// upstreams without a usable server, addresses that are not `host:port`.
+    pub fn new(
+        configs: Vec<UpstreamConfig>,
+        timeouts: &Timeouts,
+    ) -> Result<Self, UpstreamConfigError> {
+        let mut upstreams: Vec<Upstream> = Vec::with_capacity(configs.len());
+        for cfg in configs {
+            if upstreams.iter().any(|u| *u.name == *cfg.name) {
+                return Err(UpstreamConfigError::Duplicate { name: cfg.name });
+            }
+            let mut servers = Vec::with_capacity(cfg.servers.len());
+            for s in &cfg.servers {
+                if !is_host_port(&s.addr) {
+                    return Err(UpstreamConfigError::BadAddr {
+                        upstream: cfg.name.clone(),
+                        addr: s.addr.clone(),
+                    });
+                }
+                servers.push(Server {
+                    addr: Arc::from(s.addr.as_str()),
+                    weight: s.weight,
+                    pool: Arc::new(Pool {
+                        idle: Mutex::new(Vec::new()),
+                        idle_timeout: timeouts.idle,
+                    }),
+                    down: AtomicBool::new(false),
+                    recheck_at_ms: AtomicU64::new(0),
+                    connect_failures: AtomicU64::new(0),
+                });
+            }
+            let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
+            let schedule = smooth_schedule(&weights);
+            if schedule.is_empty() {
+                return Err(UpstreamConfigError::NoServers { upstream: cfg.name });
+            }
+            upstreams.push(Upstream {
+                name: Arc::from(cfg.name.as_str()),
+                servers,
+                schedule: schedule.into_boxed_slice(),
+                cursor: AtomicUsize::new(0),
+                unreachable: AtomicBool::new(false),
+            });
+        }
+        Ok(Upstreams {
+            upstreams,
+            connect_timeout: timeouts.connect,
+            response_timeout: timeouts.upstream_response,
+            epoch: Instant::now(),
+            client: http1::Builder::new(),
+        })
+    }
+
+    /// The index of the upstream called `name`: how the policy compiler turns names into the
+    /// indexes of [`super::RouteChoice`].
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.upstreams.iter().position(|u| &*u.name == name)
+    }
+
+    /// All upstream names, in index order.
+    pub fn names(&self) -> Vec<&str> {
+        self.upstreams.iter().map(|u| &*u.name).collect()
+    }
+
+    /// The name of upstream `index`.
+    pub fn name(&self, index: usize) -> Option<&str> {
+        self.upstreams.get(index).map(|u| &*u.name)
+    }
+
+    /// Number of upstreams.
+    pub fn len(&self) -> usize {
+        self.upstreams.len()
+    }
+
+    /// True when the table has no upstream.
+    pub fn is_empty(&self) -> bool {
+        self.upstreams.is_empty()
+    }
+
+    /// Connect failures of server `addr` of upstream `index` since start (for metrics).
+    pub fn connect_failures(&self, index: usize, addr: &str) -> Option<u64> {
+        let server = self
+            .upstreams
+            .get(index)?
+            .servers
+            .iter()
+            .find(|s| &*s.addr == addr)?;
+        Some(server.connect_failures.load(Ordering::Relaxed))
+    }
+
+    /// Phase "upstream": sends `request` to one server of upstream `index` and waits for the
+    /// response headers.
+    ///
+    /// Servers are tried from the round-robin turn on, each at most once (servers that are down
+    /// last). A server is skipped when no connection to it can be established; a pooled
+    /// connection found dead before the request was written is replaced by a fresh one. When
+    /// every server failed this way, the request comes back in [`SendError::Unreachable`] for
+    /// the caller to send elsewhere. Once the request has gone out, a failure is final
+    /// ([`SendError::Failed`]); no response headers within [`Timeouts::upstream_response`] of
+    /// the last `activity` is [`UpstreamError::ResponseTimeout`].
+    ///
+    /// The connection goes back to the pool when the response (body included) is complete,
+    /// unless it was upgraded (101).
+    pub async fn send(
+        &self,
+        index: usize,
+        mut request: Request<ProxyBody>,
+        activity: &Activity,
+    ) -> Result<Exchange, SendError> {
+        let Some(upstream) = self.upstreams.get(index) else {
+            return Err(SendError::Unreachable {
+                request,
+                error: UpstreamError::AllServersDown {
+                    upstream: Arc::from(format!("#{index}")),
+                },
+            });
+        };
+        let order = self.attempt_order(upstream);
+        let mut last_error = None;
+        for server in order.into_iter().map(|i| &upstream.servers[i]) {
+            match self.try_server(upstream, server, request, activity).await {
+                Ok(exchange) => {
+                    if upstream.unreachable.load(Ordering::Relaxed)
+                        && upstream.unreachable.swap(false, Ordering::Relaxed)
+                    {
+                        info!(upstream = %upstream.name, "upstream reachable again");
+                    }
+                    return Ok(exchange);
+                }
+                Err(Attempt::NotSent(back, error)) => {
+                    request = back;
+                    last_error = Some(error);
+                }
+                Err(Attempt::Sent(error)) => {
+                    return Err(SendError::Failed {
+                        server: server.addr.clone(),
+                        error,
+                    });
+                }
+            }
+        }
+        if !upstream.unreachable.swap(true, Ordering::Relaxed) {
+            match &last_error {
+                Some(e) => {
+                    warn!(upstream = %upstream.name, error = %e, "no server of the upstream can be reached")
+                }
+                None => {
+                    warn!(upstream = %upstream.name, "no server of the upstream can be reached")
+                }
+            }
+        }
+        Err(SendError::Unreachable {
+            request,
+            error: UpstreamError::AllServersDown {
+                upstream: upstream.name.clone(),
+            },
+        })
+    }
+
+    /// Which servers to try, in order: from the round-robin turn on, every server with a
+    /// weight once, those down (and not due for a recheck) at the end.
+    fn attempt_order(&self, upstream: &Upstream) -> Vec<usize> {
+        let n = upstream.servers.len();
+        let turn = upstream.cursor.fetch_add(1, Ordering::Relaxed) % upstream.schedule.len();
+        let first = upstream.schedule[turn];
+        let now = self.now_ms();
+        let mut order = Vec::with_capacity(n);
+        let mut later = Vec::new();
+        for i in (0..n).map(|k| (first + k) % n) {
+            let server = &upstream.servers[i];
+            if server.weight == 0 {
+                continue;
+            }
+            let resting = server.down.load(Ordering::Relaxed)
+                && now < server.recheck_at_ms.load(Ordering::Relaxed);
+            if resting {
+                later.push(i);
+            } else {
+                order.push(i);
+            }
+        }
+        order.extend(later);
+        order
+    }
+
+    /// One server: a pooled connection if one is alive, else a new one; then the exchange.
+    async fn try_server(
+        &self,
+        upstream: &Upstream,
+        server: &Server,
+        mut request: Request<ProxyBody>,
+        activity: &Activity,
+    ) -> Result<Exchange, Attempt> {
+        let mut stale_retries = 0;
+        loop {
+            let pooled = if stale_retries < MAX_STALE_RETRIES {
+                server.pool.take()
+            } else {
+                None
+            };
+            let is_pooled = pooled.is_some();
+            let mut sender = match pooled {
+                Some(sender) => sender,
+                None => match self.connect(upstream, server).await {
+                    Ok(sender) => sender,
+                    Err(error) => return Err(Attempt::NotSent(request, error)),
+                },
+            };
+            activity.touch();
+            let started = Instant::now();
+            match self.exchange(&mut sender, request, activity).await {
+                Ok(response) => {
+                    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                        checkin_when_ready(&server.pool, sender);
+                    }
+                    return Ok(Exchange {
+                        response,
+                        server: server.addr.clone(),
+                        headers_after: started.elapsed(),
+                    });
+                }
+                Err(ExchangeError::NotSent(back, error)) => {
+                    request = back;
+                    if is_pooled {
+                        debug!(server = %server.addr, error = %error, "pooled connection was dead, retrying");
+                        stale_retries += 1;
+                        continue;
+                    }
+                    debug!(server = %server.addr, error = %error, "new connection closed before the request was sent");
+                    return Err(Attempt::NotSent(
+                        request,
+                        UpstreamError::Closed {
+                            server: server.addr.clone(),
+                        },
+                    ));
+                }
+                Err(ExchangeError::Timeout) => {
+                    return Err(Attempt::Sent(UpstreamError::ResponseTimeout {
+                        server: server.addr.clone(),
+                        timeout: self.response_timeout,
+                    }))
+                }
+                Err(ExchangeError::Failed(source)) => {
+                    return Err(Attempt::Sent(UpstreamError::Request {
+                        server: server.addr.clone(),
+                        source,
+                    }))
+                }
+            }
+        }
+    }
+
+    /// A new connection to `server`, with the down/up bookkeeping.
+    async fn connect(
+        &self,
+        upstream: &Upstream,
+        server: &Server,
+    ) -> Result<SendRequest<ProxyBody>, UpstreamError> {
+        let connected =
+            tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*server.addr)).await;
+        let stream = match connected {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => {
+                let error = UpstreamError::Connect {
+                    server: server.addr.clone(),
+                    source,
+                };
+                self.mark_down(upstream, server, &error);
+                return Err(error);
+            }
+            Err(_elapsed) => {
+                let error = UpstreamError::ConnectTimeout {
+                    server: server.addr.clone(),
+                };
+                self.mark_down(upstream, server, &error);
+                return Err(error);
+            }
+        };
+        // Requests and their headers are small writes: do not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = self
+            .client
+            .handshake::<_, ProxyBody>(TokioIo::new(stream))
+            .await
+            .map_err(|source| UpstreamError::Handshake {
+                server: server.addr.clone(),
+                source,
+            })?;
+        let addr = server.addr.clone();
+        tokio::spawn(async move {
+            // Upgrades: a 101 hands the socket over to the WebSocket tunnel.
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(server = %addr, error = %e, "upstream connection ended with an error");
+            }
+        });
+        if server.down.load(Ordering::Relaxed) && server.down.swap(false, Ordering::Relaxed) {
+            info!(upstream = %upstream.name, server = %server.addr, "upstream server is back up");
+        }
+        Ok(sender)
+    }
+
+    /// Counts a connect failure; logs only when the server goes from up to down.
+    fn mark_down(&self, upstream: &Upstream, server: &Server, error: &UpstreamError) {
+        server.connect_failures.fetch_add(1, Ordering::Relaxed);
+        let recheck = self.now_ms() + DOWN_RECHECK.as_millis() as u64;
+        server.recheck_at_ms.store(recheck, Ordering::Relaxed);
+        if !server.down.swap(true, Ordering::Relaxed) {
+            warn!(upstream = %upstream.name, server = %server.addr, error = %error, "upstream server is down");
+        } else {
+            debug!(upstream = %upstream.name, server = %server.addr, error = %error, "upstream server still down");
+        }
+    }
+
+    /// Sends on `sender` and waits for the response headers, bounded by the response timeout
+    /// counted from the last [`Activity`] (so a long upload is not cut off while it moves).
+    async fn exchange(
+        &self,
+        sender: &mut SendRequest<ProxyBody>,
+        request: Request<ProxyBody>,
+        activity: &Activity,
+    ) -> Result<Response<Incoming>, ExchangeError> {
+        let sent = sender.try_send_request(request);
+        tokio::pin!(sent);
+        loop {
+            let deadline = activity.last() + self.response_timeout;
+            tokio::select! {
+                result = &mut sent => {
+                    return match result {
+                        Ok(response) => Ok(response),
+                        Err(mut e) => match e.take_message() {
+                            Some(request) => Err(ExchangeError::NotSent(request, e.into_error())),
+                            None => Err(ExchangeError::Failed(e.into_error())),
+                        },
+                    };
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    if activity.last() + self.response_timeout <= Instant::now() {
+                        // Dropping `sent` cancels the request and closes the connection.
+                        return Err(ExchangeError::Timeout);
+                    }
+                }
+            }
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+}
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut list = f.debug_list();
+        for u in &self.upstreams {
+            let servers: Vec<(&str, u32)> =
+                u.servers.iter().map(|s| (&*s.addr, s.weight)).collect();
+            list.entry(&(&*u.name, servers));
+        }
+        list.finish()
+    }
+}
+
+/// The outcome of one server attempt.
+enum Attempt {
+    /// Nothing was sent: the request comes back for the next server.
+    NotSent(Request<ProxyBody>, UpstreamError),
+    /// The request went out: final.
+    Sent(UpstreamError),
+}
+
+/// The outcome of one exchange on one connection.
+enum ExchangeError {
+    NotSent(Request<ProxyBody>, hyper::Error),
+    Failed(hyper::Error),
+    Timeout,
+}
+
+impl Pool {
+    /// A live idle connection, if any. Expired and closed ones met on the way are dropped.
+    fn take(&self) -> Option<SendRequest<ProxyBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(entry) = idle.pop() {
+            if entry.since.elapsed() < self.idle_timeout
+                && !entry.sender.is_closed()
+                && entry.sender.is_ready()
+            {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    /// Keeps `sender` for reuse, unless the pool is full.
+    fn put(&self, sender: SendRequest<ProxyBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let timeout = self.idle_timeout;
+        idle.retain(|e| e.since.elapsed() < timeout && !e.sender.is_closed());
+        if idle.len() < MAX_IDLE_PER_SERVER {
+            idle.push(IdleSender {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// Returns the connection to the pool once it can take the next request: HTTP/1 carries one
+/// exchange at a time, so that is when the response body has been read to its end. A
+/// connection that closes instead (the client went away mid-body, `Connection: close`) is
+/// dropped.
+fn checkin_when_ready(pool: &Arc<Pool>, mut sender: SendRequest<ProxyBody>) {
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        if sender.ready().await.is_ok() {
+            pool.put(sender);
+        }
+    });
+}
+
+/// Smooth weighted round robin (nginx): every turn, each server gains its weight, the one with
+/// the most goes next and pays the total. For 5:1:1 this gives `a a b a c a a` rather than
+/// `a a a a a b c`. Weights are reduced by their gcd (3:1 and 300:100 are one schedule) and
+/// scaled down if their sum exceeds [`MAX_SCHEDULE`]. Servers of weight 0 never appear.
+fn smooth_schedule(weights: &[u32]) -> Vec<usize> {
+    let mut w: Vec<u64> = weights.iter().map(|&w| u64::from(w)).collect();
+    let total: u64 = w.iter().sum();
+    if total == 0 {
+        return Vec::new();
+    }
+    if total > MAX_SCHEDULE {
+        for x in w.iter_mut().filter(|x| **x > 0) {
+            *x = (*x * MAX_SCHEDULE / total).max(1);
+        }
+    }
+    let g = w.iter().copied().filter(|&x| x > 0).fold(0, gcd);
+    for x in &mut w {
+        *x /= g;
+    }
+    let total: i64 = w.iter().sum::<u64>() as i64;
+    let mut current = vec![0i64; w.len()];
+    let mut schedule = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best: Option<usize> = None;
+        for (i, &weight) in w.iter().enumerate() {
+            if weight == 0 {
+                continue;
+            }
+            current[i] += weight as i64;
+            if best.is_none_or(|b| current[i] > current[b]) {
+                best = Some(i);
+            }
+        }
+        if let Some(b) = best {
+            current[b] -= total;
+            schedule.push(b);
+        }
+    }
+    schedule
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// `host:port` with a non-empty host and a numeric port (`[v6]:port` for IPv6).
+fn is_host_port(addr: &str) -> bool {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = if let Some(inner) = host.strip_prefix('[') {
+        inner
+            .strip_suffix(']')
+            .is_some_and(|v6| v6.parse::<std::net::Ipv6Addr>().is_ok())
+    } else {
+        !host.is_empty() && !host.contains(':')
+    };
+    host_ok && port.parse::<u16>().is_ok()
+}
+
+/// When a request last made progress: it went out, or a chunk of its body did. The upstream
+/// response timeout counts from here, so that it bounds a silent upstream and a stalled
+/// upload, but not an upload that is still moving.
+#[derive(Debug)]
+pub struct Activity {
+    /// Origin of `last_ms`.
+    epoch: Instant,
+    /// Milliseconds from `epoch` to the last progress.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    /// Activity starting now.
+    pub fn new() -> Self {
+        Activity {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Records progress now.
+    pub fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// When the last progress happened.
+    pub fn last(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A request body that records [`Activity`] for every chunk that flows; otherwise passes the
+/// body through untouched (no buffering, same size hint).
+#[derive(Debug)]
+pub struct TrackedBody<B> {
+    /// The client's body.
+    inner: B,
+    /// Shared with the exchange that enforces the response timeout.
+    activity: Arc<Activity>,
+}
+
+impl<B> TrackedBody<B> {
+    /// Wraps `inner`, reporting its progress to `activity`.
+    pub fn new(inner: B, activity: Arc<Activity>) -> Self {
+        TrackedBody { inner, activity }
+    }
+}
+
+impl<B> Body for TrackedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn counts(schedule: &[usize], n: usize) -> Vec<usize> {
+        let mut c = vec![0; n];
+        for &i in schedule {
+            c[i] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn smooth_schedule_interleaves() {
+        assert_eq!(smooth_schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(smooth_schedule(&[3, 1]), vec![0, 0, 1, 0]);
+        assert_eq!(smooth_schedule(&[300, 100]), vec![0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn zero_weight_never_scheduled_and_all_zero_is_empty() {
+        assert_eq!(smooth_schedule(&[0, 2, 0]), vec![1]);
+        assert!(smooth_schedule(&[0, 0]).is_empty());
+        assert!(smooth_schedule(&[]).is_empty());
+    }
+
+    #[test]
+    fn huge_weights_are_scaled_keeping_the_ratio() {
+        let s = smooth_schedule(&[u32::MAX, u32::MAX / 3, 1]);
+        assert!(s.len() as u64 <= MAX_SCHEDULE + 3);
+        let c = counts(&s, 3);
+        assert!(c[2] >= 1, "a tiny weight still gets a turn");
+        let ratio = c[0] as f64 / c[1] as f64;
+        assert!((ratio - 3.0).abs() < 0.01, "ratio {ratio}");
+    }
+
+    #[test]
+    fn host_port_validation() {
+        for ok in ["127.0.0.1:80", "svc.internal:8080", "[::1]:443"] {
+            assert!(is_host_port(ok), "{ok}");
+        }
+        for bad in [
+            "127.0.0.1",
+            ":80",
+            "host:http",
+            "::1:80",
+            "[::1]",
+            "[zz]:80",
+            "h:70000",
+        ] {
+            assert!(!is_host_port(bad), "{bad}");
+        }
+    }
+
+    fn server(addr: &str, weight: u32) -> ServerConfig {
+        ServerConfig {
+            addr: addr.into(),
+            weight,
+        }
+    }
+
+    #[test]
+    fn config_errors_name_the_upstream() {
+        let t = Timeouts::default();
+        let dup = Upstreams::new(
+            vec![
+                UpstreamConfig {
+                    name: "a".into(),
+                    servers: vec![server("h:1", 1)],
+                },
+                UpstreamConfig {
+                    name: "a".into(),
+                    servers: vec![server("h:2", 1)],
+                },
+            ],
+            &t,
+        )
+        .unwrap_err();
+        assert_eq!(dup.to_string(), "upstream `a` is defined more than once");
+
+        let empty = Upstreams::new(
+            vec![UpstreamConfig {
+                name: "b".into(),
+                servers: vec![server("h:1", 0)],
+            }],
+            &t,
+        )
+        .unwrap_err();
+        assert_eq!(
+            empty.to_string(),
+            "upstream `b` has no server with a weight above 0"
+        );
+
+        let bad = Upstreams::new(
+            vec![UpstreamConfig {
+                name: "c".into(),
+                servers: vec![server("nohost", 1)],
+            }],
+            &t,
+        )
+        .unwrap_err();
+        assert_eq!(
+            bad.to_string(),
+            "upstream `c`: server address `nohost` is not host:port"
+        );
+    }
+
+    #[test]
+    fn names_and_indexes() {
+        let u = Upstreams::new(
+            vec![
+                UpstreamConfig {
+                    name: "stable".into(),
+                    servers: vec![server("h:1", 1)],
+                },
+                UpstreamConfig {
+                    name: "canary".into(),
+                    servers: vec![server("h:2", 1)],
+                },
+            ],
+            &Timeouts::default(),
+        )
+        .unwrap();
+        assert_eq!(u.names(), vec!["stable", "canary"]);
+        assert_eq!(u.index_of("canary"), Some(1));
+        assert_eq!(u.index_of("nope"), None);
+        assert_eq!(u.name(0), Some("stable"));
+        assert_eq!(u.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn unknown_index_gives_the_request_back() {
+        let u = Upstreams::new(vec![], &Timeouts::default()).unwrap();
+        let req = Request::new(
+            http_body_util::Empty::<Bytes>::new()
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        let activity = Activity::new();
+        match u.send(3, req, &activity).await {
+            Err(SendError::Unreachable {
+                error: UpstreamError::AllServersDown { .. },
+                ..
+            }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

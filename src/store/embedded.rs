@@ -1,0 +1,913 @@
+//! The embedded store: policy and lists in one local [redb] file, with every list mirrored in
+//! memory.
+//!
+//! This is graygate's default store, for a single instance (or instances that each own their
+//! data). It exists so that graygate runs with no external service to set up: redb is an embedded
+//! key-value database in pure Rust whose write transactions are ACID and crash-safe (a commit is
+//! either fully on disk or not at all, even after a power cut), which is what the policy revision
+//! counter and "one atomic step" list updates of [`Store`] need.
+//!
+//! # Layout on disk
+//! One file, `graygate.redb` ([`DB_FILE`]) inside the data directory, with two tables:
+//! - `meta`: `"policy"` -> `(revision, json)`; the revision and the document are one value so that
+//!   they can never disagree;
+//! - `entries`: `(list, key)` -> `(value, expires_at)` with `expires_at` in Unix milliseconds,
+//!   `0` meaning "never". Expiry times are absolute, so TTLs keep counting while graygate is down.
+//!
+//! # Reads and writes
+//! Every list is mirrored in a `HashMap` behind a [`RwLock`], loaded at [`EmbeddedStore::open`]:
+//! [`Store::lookup_local`] runs on the request path and answers from memory, without I/O and
+//! without allocating (a hit clones an `Arc`). Writes (admin-driven, rare) go to redb first, in one
+//! write transaction that is committed (fsync) before the mirror is updated and subscribers are
+//! told, so that memory never shows data the disk does not hold. redb calls block for a few
+//! milliseconds; they are called directly from the async methods, which is acceptable for rare
+//! admin writes and keeps the code simple.
+//!
+//! Expired entries count as absent everywhere (lookups, listings, removal counts). They are
+//! deleted lazily: at open, from the list touched by each write, and by
+//! [`EmbeddedStore::purge_expired`].
+
+use super::{Change, Entry, Store, StoreError, StoredPolicy};
+use async_trait::async_trait;
+use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::broadcast;
+
+/// Name of the database file inside the data directory.
+pub const DB_FILE: &str = "graygate.redb";
+
+/// Value of [`StoreError`]'s `store` field for this store.
+const STORE: &str = "embedded";
+
+/// How many changes a subscriber may fall behind before it lags (and must reload everything).
+const CHANGE_CAPACITY: usize = 256;
+
+/// `"policy"` -> `(revision, policy json)`.
+const META: TableDefinition<&str, (u64, &str)> = TableDefinition::new("meta");
+
+/// Key of the policy document in [`META`].
+const POLICY_KEY: &str = "policy";
+
+/// `(list, key)` -> `(value, expires_at as Unix millis, 0 = never)`.
+const ENTRIES: TableDefinition<(&str, &str), (&str, u64)> = TableDefinition::new("entries");
+
+/// The [`ENTRIES`] table opened in a write transaction.
+type EntriesTable<'txn> = redb::Table<'txn, (&'static str, &'static str), (&'static str, u64)>;
+
+/// A list entry as mirrored in memory: the value, shared with callers without copying, and when
+/// it stops counting.
+type MirrorEntry = (Arc<str>, Option<SystemTime>);
+
+/// list name -> key -> entry.
+type Mirror = HashMap<String, HashMap<String, MirrorEntry>>;
+
+/// The redb-backed [`Store`]. See the module documentation.
+pub struct EmbeddedStore {
+    /// The open database; redb serializes write transactions and lets reads run alongside them.
+    db: Database,
+    /// Path of the database file, to name it in error messages and logs.
+    path: PathBuf,
+    /// Every list, as committed on disk, so that request-path lookups never touch the disk.
+    mirror: RwLock<Mirror>,
+    /// Held by every write from the start of its transaction until subscribers are notified, so
+    /// that mirror updates and notifications happen in commit order (two writers committing
+    /// `A` then `B` must not leave the mirror with `A`'s value).
+    writer: Mutex<()>,
+    /// Sender of change notifications; [`Store::subscribe`] hands out receivers.
+    changes: broadcast::Sender<Change>,
+}
+
+impl fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir`: creates the directory if missing and the database
+    /// file [`DB_FILE`] inside it, deletes entries that expired while graygate was down, and loads
+    /// every list in memory.
+    ///
+    /// Fails with [`StoreError::Open`] naming the directory or file, e.g. when the directory cannot
+    /// be created, the file is not a redb database, or another process has it open.
+    pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+            path: dir.display().to_string(),
+            detail: format!("cannot create the data directory: {e}"),
+        })?;
+        let path = dir.join(DB_FILE);
+        let open_err = |what: &str, e: &dyn fmt::Display| StoreError::Open {
+            path: path.display().to_string(),
+            detail: format!("{what}: {e}"),
+        };
+
+        let db = Database::create(&path).map_err(|e| open_err("cannot open the database", &e))?;
+
+        // Create both tables (so that later reads find them) and purge what expired meanwhile.
+        let now = SystemTime::now();
+        let txn = db
+            .begin_write()
+            .map_err(|e| open_err("cannot start a write transaction", &e))?;
+        {
+            txn.open_table(META)
+                .map_err(|e| open_err("cannot open table meta", &e))?;
+            let mut entries = txn
+                .open_table(ENTRIES)
+                .map_err(|e| open_err("cannot open table entries", &e))?;
+            entries
+                .retain(|_, (_, ms)| !expired(ms, now))
+                .map_err(|e| open_err("cannot purge expired entries", &e))?;
+        }
+        txn.commit()
+            .map_err(|e| open_err("cannot commit the initial transaction", &e))?;
+
+        let mut mirror = Mirror::new();
+        let read = db
+            .begin_read()
+            .map_err(|e| open_err("cannot start a read transaction", &e))?;
+        let entries = read
+            .open_table(ENTRIES)
+            .map_err(|e| open_err("cannot open table entries", &e))?;
+        let iter = entries
+            .iter()
+            .map_err(|e| open_err("cannot read table entries", &e))?;
+        for item in iter {
+            let (k, v) = item.map_err(|e| open_err("cannot read table entries", &e))?;
+            let (list, key) = k.value();
+            let (value, ms) = v.value();
+            mirror
+                .entry(list.to_owned())
+                .or_default()
+                .insert(key.to_owned(), (Arc::from(value), decode_expiry(ms)));
+        }
+        drop(entries);
+        drop(read);
+
+        let (changes, _) = broadcast::channel(CHANGE_CAPACITY);
+        Ok(EmbeddedStore {
+            db,
+            path,
+            mirror: RwLock::new(mirror),
+            writer: Mutex::new(()),
+            changes,
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Deletes every expired entry from disk and memory and returns how many there were.
+    ///
+    /// Expired entries are already invisible, so this sends no [`Change`]; call it now and then
+    /// to reclaim space from lists that are never written to.
+    pub fn purge_expired(&self) -> Result<usize, StoreError> {
+        let _writer = self.lock_writer();
+        let now = SystemTime::now();
+        let purged = self.write_txn("purging expired entries", |txn| {
+            let mut table = self.open_entries(txn)?;
+            let mut purged = 0usize;
+            table
+                .retain(|_, (_, ms)| {
+                    let keep = !expired(ms, now);
+                    if !keep {
+                        purged += 1;
+                    }
+                    keep
+                })
+                .map_err(|e| self.db_err("purging expired entries", "entries", e))?;
+            Ok(purged)
+        })?;
+        let mut mirror = self.mirror_write();
+        mirror.retain(|_, entries| {
+            entries.retain(|_, (_, at)| live(*at, now));
+            !entries.is_empty()
+        });
+        Ok(purged)
+    }
+
+    /// Names of the lists that hold at least one live entry, sorted.
+    pub fn list_names(&self) -> Vec<String> {
+        let now = SystemTime::now();
+        let mirror = self.mirror_read();
+        let mut names: Vec<String> = mirror
+            .iter()
+            .filter(|(_, entries)| entries.values().any(|(_, at)| live(*at, now)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// How many live entries `list` holds (0 for an unknown list).
+    pub fn count(&self, list: &str) -> usize {
+        let now = SystemTime::now();
+        self.mirror_read().get(list).map_or(0, |entries| {
+            entries.values().filter(|(_, at)| live(*at, now)).count()
+        })
+    }
+
+    fn load_policy_sync(&self) -> Result<Option<StoredPolicy>, StoreError> {
+        const WHAT: &str = "reading the policy";
+        let read = self
+            .db
+            .begin_read()
+            .map_err(|e| self.db_err(WHAT, "meta", e))?;
+        let meta = read
+            .open_table(META)
+            .map_err(|e| self.db_err(WHAT, "meta", e))?;
+        let stored = meta
+            .get(POLICY_KEY)
+            .map_err(|e| self.db_err(WHAT, "meta/policy", e))?;
+        Ok(stored.map(|guard| {
+            let (revision, json) = guard.value();
+            StoredPolicy {
+                revision,
+                json: json.to_owned(),
+            }
+        }))
+    }
+
+    fn save_policy_sync(&self, json: &str, expected: Option<u64>) -> Result<u64, StoreError> {
+        const WHAT: &str = "saving the policy";
+        let _writer = self.lock_writer();
+        let revision = self.write_txn(WHAT, |txn| {
+            let mut meta = txn
+                .open_table(META)
+                .map_err(|e| self.db_err(WHAT, "meta", e))?;
+            let actual = meta
+                .get(POLICY_KEY)
+                .map_err(|e| self.db_err(WHAT, "meta/policy", e))?
+                .map_or(0, |guard| guard.value().0);
+            if let Some(expected) = expected {
+                if expected != actual {
+                    return Err(StoreError::Conflict { expected, actual });
+                }
+            }
+            let next = actual.checked_add(1).ok_or_else(|| StoreError::BadData {
+                store: STORE,
+                key: "meta/policy".to_owned(),
+                detail: format!("revision {actual} cannot grow any more"),
+            })?;
+            meta.insert(POLICY_KEY, (next, json))
+                .map_err(|e| self.db_err(WHAT, "meta/policy", e))?;
+            Ok(next)
+        })?;
+        let _ = self.changes.send(Change::Policy { revision });
+        Ok(revision)
+    }
+
+    fn put_entries_sync(&self, list: &str, entries: &[Entry]) -> Result<(), StoreError> {
+        const WHAT: &str = "writing list entries";
+        let _writer = self.lock_writer();
+        let now = SystemTime::now();
+        let purged = self.write_txn(WHAT, |txn| {
+            let mut table = self.open_entries(txn)?;
+            let purged = self.purge_list(&mut table, list, now)?;
+            for entry in entries {
+                table
+                    .insert(
+                        (list, entry.key.as_str()),
+                        (entry.value.as_str(), encode_expiry(entry.expires_at)),
+                    )
+                    .map_err(|e| self.db_err(WHAT, list, e))?;
+            }
+            Ok(purged)
+        })?;
+        {
+            let mut mirror = self.mirror_write();
+            let map = match mirror.get_mut(list) {
+                Some(map) => map,
+                None => mirror.entry(list.to_owned()).or_default(),
+            };
+            for key in &purged {
+                map.remove(key);
+            }
+            for entry in entries {
+                // Through the on-disk encoding, so that memory matches what a reopen would load.
+                let at = decode_expiry(encode_expiry(entry.expires_at));
+                map.insert(entry.key.clone(), (Arc::from(entry.value.as_str()), at));
+            }
+            if map.is_empty() {
+                mirror.remove(list);
+            }
+        }
+        let _ = self.changes.send(Change::List {
+            list: list.to_owned(),
+        });
+        Ok(())
+    }
+
+    fn remove_entries_sync(&self, list: &str, keys: &[String]) -> Result<usize, StoreError> {
+        const WHAT: &str = "removing list entries";
+        let _writer = self.lock_writer();
+        let now = SystemTime::now();
+        let (purged, removed) = self.write_txn(WHAT, |txn| {
+            let mut table = self.open_entries(txn)?;
+            // Expired entries go first, so they are not counted as removed below.
+            let purged = self.purge_list(&mut table, list, now)?;
+            let mut removed = 0usize;
+            for key in keys {
+                let old = table
+                    .remove((list, key.as_str()))
+                    .map_err(|e| self.db_err(WHAT, list, e))?;
+                if old.is_some_and(|guard| !expired(guard.value().1, now)) {
+                    removed += 1;
+                }
+            }
+            Ok((purged, removed))
+        })?;
+        {
+            let mut mirror = self.mirror_write();
+            if let Some(map) = mirror.get_mut(list) {
+                for key in purged.iter().chain(keys) {
+                    map.remove(key);
+                }
+                if map.is_empty() {
+                    mirror.remove(list);
+                }
+            }
+        }
+        let _ = self.changes.send(Change::List {
+            list: list.to_owned(),
+        });
+        Ok(removed)
+    }
+
+    fn list_entries_sync(&self, list: &str) -> Vec<Entry> {
+        let now = SystemTime::now();
+        let mut out: Vec<Entry> = self.mirror_read().get(list).map_or_else(Vec::new, |map| {
+            map.iter()
+                .filter(|(_, (_, at))| live(*at, now))
+                .map(|(key, (value, at))| Entry {
+                    key: key.clone(),
+                    value: value.to_string(),
+                    expires_at: *at,
+                })
+                .collect()
+        });
+        out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
+    /// Deletes the expired entries of `list` inside `table`'s transaction and returns their keys.
+    fn purge_list(
+        &self,
+        table: &mut EntriesTable<'_>,
+        list: &str,
+        now: SystemTime,
+    ) -> Result<Vec<String>, StoreError> {
+        const WHAT: &str = "purging expired entries";
+        let mut expired_keys = Vec::new();
+        // Keys are ordered by list then key, so the list's entries are one run starting at
+        // `(list, "")`.
+        let range = table
+            .range((list, "")..)
+            .map_err(|e| self.db_err(WHAT, list, e))?;
+        for item in range {
+            let (k, v) = item.map_err(|e| self.db_err(WHAT, list, e))?;
+            let (l, key) = k.value();
+            if l != list {
+                break;
+            }
+            if expired(v.value().1, now) {
+                expired_keys.push(key.to_owned());
+            }
+        }
+        for key in &expired_keys {
+            table
+                .remove((list, key.as_str()))
+                .map_err(|e| self.db_err(WHAT, list, e))?;
+        }
+        Ok(expired_keys)
+    }
+
+    fn open_entries<'txn>(
+        &self,
+        txn: &'txn WriteTransaction,
+    ) -> Result<EntriesTable<'txn>, StoreError> {
+        txn.open_table(ENTRIES)
+            .map_err(|e| self.db_err("opening table entries", "entries", e))
+    }
+
+    /// Runs `body` in one write transaction and commits it if `body` succeeds; aborts it (nothing
+    /// changes) if `body` fails.
+    fn write_txn<T>(
+        &self,
+        what: &str,
+        body: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| self.db_err(what, "transaction", e))?;
+        match body(&txn) {
+            Ok(value) => {
+                txn.commit().map_err(|e| self.db_err(what, "commit", e))?;
+                Ok(value)
+            }
+            Err(err) => {
+                // The caller's error is the one that matters; an abort failure leaves nothing
+                // committed either.
+                let _ = txn.abort();
+                Err(err)
+            }
+        }
+    }
+
+    /// Maps a redb error to a [`StoreError`] naming the operation, the table or list (`key`) and
+    /// the database file.
+    fn db_err(&self, what: &str, key: &str, err: impl Into<redb::Error>) -> StoreError {
+        let err: redb::Error = err.into();
+        match err {
+            redb::Error::Corrupted(_)
+            | redb::Error::TableTypeMismatch { .. }
+            | redb::Error::TableIsMultimap(_)
+            | redb::Error::TableIsNotMultimap(_)
+            | redb::Error::TypeDefinitionChanged { .. } => StoreError::BadData {
+                store: STORE,
+                key: format!("{key} in {}", self.path.display()),
+                detail: format!("{what}: {err}"),
+            },
+            _ => StoreError::Unavailable {
+                store: STORE,
+                detail: format!("{what} ({key}) in {}: {err}", self.path.display()),
+            },
+        }
+    }
+
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The mutex guards no data, only ordering: a panic while holding it leaves nothing broken.
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn mirror_read(&self) -> std::sync::RwLockReadGuard<'_, Mirror> {
+        self.mirror
+            .read()
+            .expect("embedded store mirror lock poisoned")
+    }
+
+    fn mirror_write(&self) -> std::sync::RwLockWriteGuard<'_, Mirror> {
+        self.mirror
+            .write()
+            .expect("embedded store mirror lock poisoned")
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn kind(&self) -> &'static str {
+        STORE
+    }
+
+    async fn load_policy(&self) -> Result<Option<StoredPolicy>, StoreError> {
+        self.load_policy_sync()
+    }
+
+    async fn save_policy(&self, json: &str, expected: Option<u64>) -> Result<u64, StoreError> {
+        self.save_policy_sync(json, expected)
+    }
+
+    fn lookup_local(&self, list: &str, key: &str) -> Option<Option<Arc<str>>> {
+        let mirror = self.mirror_read();
+        let hit = match mirror.get(list).and_then(|map| map.get(key)) {
+            Some((value, None)) => Some(Arc::clone(value)),
+            Some((value, Some(at))) if *at > SystemTime::now() => Some(Arc::clone(value)),
+            _ => None,
+        };
+        Some(hit)
+    }
+
+    async fn lookup(&self, list: &str, key: &str) -> Result<Option<Arc<str>>, StoreError> {
+        Ok(self.lookup_local(list, key).flatten())
+    }
+
+    async fn put_entries(&self, list: &str, entries: &[Entry]) -> Result<(), StoreError> {
+        self.put_entries_sync(list, entries)
+    }
+
+    async fn remove_entries(&self, list: &str, keys: &[String]) -> Result<usize, StoreError> {
+        self.remove_entries_sync(list, keys)
+    }
+
+    async fn list_entries(&self, list: &str) -> Result<Vec<Entry>, StoreError> {
+        Ok(self.list_entries_sync(list))
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+}
+
+/// Expiry as stored: Unix milliseconds rounded up (an entry never ends before its TTL), 0 for
+/// "never", at least 1 for any time (times before 1970 are long past anyway).
+fn encode_expiry(at: Option<SystemTime>) -> u64 {
+    let Some(at) = at else { return 0 };
+    match at.duration_since(UNIX_EPOCH) {
+        Ok(d) => {
+            let ceil = d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 != 0);
+            u64::try_from(ceil).unwrap_or(u64::MAX).max(1)
+        }
+        Err(_) => 1,
+    }
+}
+
+/// Inverse of [`encode_expiry`]; a time too far to represent counts as "never".
+fn decode_expiry(ms: u64) -> Option<SystemTime> {
+    if ms == 0 {
+        None
+    } else {
+        UNIX_EPOCH.checked_add(Duration::from_millis(ms))
+    }
+}
+
+/// Whether an entry expiring at `at` still counts at `now`.
+fn live(at: Option<SystemTime>, now: SystemTime) -> bool {
+    at.is_none_or(|at| at > now)
+}
+
+/// Whether a stored expiry (see [`encode_expiry`]) is past at `now`; same rule as [`live`].
+fn expired(ms: u64, now: SystemTime) -> bool {
+    !live(decode_expiry(ms), now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn open(dir: &tempfile::TempDir) -> EmbeddedStore {
+        EmbeddedStore::open(dir.path()).expect("open store")
+    }
+
+    fn keys(entries: &[Entry]) -> Vec<&str> {
+        entries.iter().map(|e| e.key.as_str()).collect()
+    }
+
+    fn past() -> Option<SystemTime> {
+        Some(SystemTime::now() - Duration::from_secs(1))
+    }
+
+    #[tokio::test]
+    async fn policy_save_load_and_revisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        assert_eq!(store.kind(), "embedded");
+        assert_eq!(store.load_policy().await.unwrap(), None);
+
+        assert_eq!(store.save_policy("{\"v\":1}", Some(0)).await.unwrap(), 1);
+        assert_eq!(store.save_policy("{\"v\":2}", None).await.unwrap(), 2);
+        assert_eq!(store.save_policy("{\"v\":3}", Some(2)).await.unwrap(), 3);
+        assert_eq!(
+            store.load_policy().await.unwrap(),
+            Some(StoredPolicy {
+                revision: 3,
+                json: "{\"v\":3}".into()
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn conflict_leaves_the_policy_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        store.save_policy("first", None).await.unwrap();
+        let mut changes = store.subscribe();
+
+        let err = store.save_policy("second", Some(0)).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Conflict {
+                    expected: 0,
+                    actual: 1
+                }
+            ),
+            "{err:?}"
+        );
+        let err = store.save_policy("second", Some(7)).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Conflict {
+                    expected: 7,
+                    actual: 1
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "policy revision conflict: expected 7, store has 1"
+        );
+
+        let stored = store.load_policy().await.unwrap().unwrap();
+        assert_eq!((stored.revision, stored.json.as_str()), (1, "first"));
+        assert!(changes.try_recv().is_err(), "a conflict must not notify");
+
+        // Expecting a revision on an empty store conflicts with 0.
+        let dir2 = tempfile::tempdir().unwrap();
+        let empty = open(&dir2);
+        let err = empty.save_policy("x", Some(1)).await.unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::Conflict {
+                expected: 1,
+                actual: 0
+            }
+        ));
+        assert_eq!(empty.load_policy().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn entries_put_lookup_remove_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        assert_eq!(store.lookup_local("ips", "a"), Some(None));
+
+        store
+            .put_entries(
+                "ips",
+                &[
+                    Entry::new("c", "3", None),
+                    Entry::new("a", "1", None),
+                    Entry::new("b", "2", Some(Duration::from_secs(3600))),
+                ],
+            )
+            .await
+            .unwrap();
+        store
+            .put_entries("tokens", &[Entry::new("a", "user-a", None)])
+            .await
+            .unwrap();
+
+        assert_eq!(store.lookup_local("ips", "a"), Some(Some(Arc::from("1"))));
+        assert_eq!(
+            store.lookup("ips", "b").await.unwrap(),
+            Some(Arc::from("2"))
+        );
+        assert_eq!(store.lookup_local("ips", "zz"), Some(None));
+        assert_eq!(store.lookup("nolist", "a").await.unwrap(), None);
+        assert_eq!(
+            store.lookup_local("tokens", "a"),
+            Some(Some(Arc::from("user-a")))
+        );
+
+        let listed = store.list_entries("ips").await.unwrap();
+        assert_eq!(keys(&listed), ["a", "b", "c"]);
+        assert!(listed[1].expires_at.is_some());
+        assert_eq!(listed[0].expires_at, None);
+        assert_eq!(store.count("ips"), 3);
+        assert_eq!(store.list_names(), ["ips", "tokens"]);
+
+        // Replace a value.
+        store
+            .put_entries("ips", &[Entry::new("a", "one", None)])
+            .await
+            .unwrap();
+        assert_eq!(store.lookup_local("ips", "a"), Some(Some(Arc::from("one"))));
+        assert_eq!(store.count("ips"), 3);
+
+        // Remove: only existing keys count, other lists are untouched.
+        let removed = store
+            .remove_entries("ips", &["a".into(), "missing".into(), "a".into()])
+            .await
+            .unwrap();
+        assert_eq!(removed, 1);
+        assert_eq!(store.lookup_local("ips", "a"), Some(None));
+        assert_eq!(
+            store.lookup_local("tokens", "a"),
+            Some(Some(Arc::from("user-a")))
+        );
+        assert_eq!(keys(&store.list_entries("ips").await.unwrap()), ["b", "c"]);
+
+        assert_eq!(
+            store.remove_entries("tokens", &["a".into()]).await.unwrap(),
+            1
+        );
+        assert_eq!(store.list_names(), ["ips"]);
+        assert_eq!(store.count("tokens"), 0);
+        assert!(store.list_entries("tokens").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn expired_entries_are_absent_everywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        store
+            .put_entries(
+                "ips",
+                &[
+                    Entry {
+                        key: "old".into(),
+                        value: "x".into(),
+                        expires_at: past(),
+                    },
+                    Entry::new("new", "y", None),
+                ],
+            )
+            .await
+            .unwrap();
+        store
+            .put_entries(
+                "gone",
+                &[Entry {
+                    key: "k".into(),
+                    value: "v".into(),
+                    expires_at: past(),
+                }],
+            )
+            .await
+            .unwrap();
+
+        assert_eq!(store.lookup_local("ips", "old"), Some(None));
+        assert_eq!(store.lookup("ips", "old").await.unwrap(), None);
+        assert_eq!(keys(&store.list_entries("ips").await.unwrap()), ["new"]);
+        assert_eq!(store.count("ips"), 1);
+        assert_eq!(store.list_names(), ["ips"]);
+
+        // Removing an expired key does not count it.
+        assert_eq!(
+            store.remove_entries("ips", &["old".into()]).await.unwrap(),
+            0
+        );
+        // "gone/k" is still on disk until purged.
+        assert_eq!(store.purge_expired().unwrap(), 1);
+        assert_eq!(store.purge_expired().unwrap(), 0);
+        assert_eq!(store.lookup_local("ips", "new"), Some(Some(Arc::from("y"))));
+    }
+
+    #[tokio::test]
+    async fn ttl_expires_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        store
+            .put_entries(
+                "ips",
+                &[Entry::new("k", "v", Some(Duration::from_millis(50)))],
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.lookup_local("ips", "k"), Some(Some(Arc::from("v"))));
+
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while store.lookup_local("ips", "k") != Some(None) {
+            assert!(Instant::now() < deadline, "entry did not expire");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(store.list_entries("ips").await.unwrap().is_empty());
+        assert_eq!(store.count("ips"), 0);
+        assert_eq!(store.purge_expired().unwrap(), 1);
+        drop(store);
+
+        let store = open(&dir);
+        assert_eq!(store.purge_expired().unwrap(), 0);
+        assert!(store.list_names().is_empty());
+    }
+
+    #[tokio::test]
+    async fn data_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let expires = SystemTime::now() + Duration::from_secs(3600);
+        {
+            let store = open(&dir);
+            store.save_policy("p1", None).await.unwrap();
+            store.save_policy("p2", Some(1)).await.unwrap();
+            store
+                .put_entries(
+                    "ips",
+                    &[
+                        Entry::new("10.0.0.1", "gray", None),
+                        Entry {
+                            key: "10.0.0.2".into(),
+                            value: "gray".into(),
+                            expires_at: Some(expires),
+                        },
+                        Entry {
+                            key: "10.0.0.3".into(),
+                            value: "gray".into(),
+                            expires_at: past(),
+                        },
+                    ],
+                )
+                .await
+                .unwrap();
+            store
+                .put_entries("tokens", &[Entry::new("t", "u", None)])
+                .await
+                .unwrap();
+            store.remove_entries("tokens", &["t".into()]).await.unwrap();
+        }
+
+        let store = open(&dir);
+        assert_eq!(
+            store.load_policy().await.unwrap(),
+            Some(StoredPolicy {
+                revision: 2,
+                json: "p2".into()
+            })
+        );
+        let listed = store.list_entries("ips").await.unwrap();
+        assert_eq!(keys(&listed), ["10.0.0.1", "10.0.0.2"]);
+        assert_eq!(listed[0].expires_at, None);
+        let kept = listed[1].expires_at.unwrap();
+        let drift = kept.duration_since(expires).unwrap_or_default();
+        assert!(
+            kept >= expires && drift < Duration::from_millis(1),
+            "{drift:?}"
+        );
+        assert_eq!(
+            store.lookup_local("ips", "10.0.0.1"),
+            Some(Some(Arc::from("gray")))
+        );
+        assert_eq!(store.list_names(), ["ips"]);
+        // The expired entry was purged at open.
+        assert_eq!(store.purge_expired().unwrap(), 0);
+        // Revisions continue where they were.
+        assert_eq!(store.save_policy("p3", Some(2)).await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn every_write_notifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let mut changes = store.subscribe();
+        let next = |rx: &mut broadcast::Receiver<Change>| rx.try_recv().expect("a change");
+
+        store.save_policy("p", None).await.unwrap();
+        assert_eq!(next(&mut changes), Change::Policy { revision: 1 });
+        store.save_policy("p", Some(1)).await.unwrap();
+        assert_eq!(next(&mut changes), Change::Policy { revision: 2 });
+        store
+            .put_entries("ips", &[Entry::new("a", "1", None)])
+            .await
+            .unwrap();
+        assert_eq!(next(&mut changes), Change::List { list: "ips".into() });
+        store.remove_entries("ips", &["a".into()]).await.unwrap();
+        assert_eq!(next(&mut changes), Change::List { list: "ips".into() });
+        assert!(changes.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn open_errors_name_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let bad = file.join("data");
+        let err = EmbeddedStore::open(&bad).unwrap_err();
+        assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains(&bad.display().to_string()),
+            "{err}"
+        );
+
+        // A file that is not a redb database.
+        let dir2 = tempfile::tempdir().unwrap();
+        std::fs::write(dir2.path().join(DB_FILE), b"definitely not redb").unwrap();
+        let err = EmbeddedStore::open(dir2.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+        assert!(err.to_string().contains(DB_FILE), "{err}");
+    }
+
+    #[tokio::test]
+    async fn second_open_of_the_same_directory_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = open(&dir);
+        let err = EmbeddedStore::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn creates_missing_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a").join("b");
+        let store = EmbeddedStore::open(&nested).unwrap();
+        assert_eq!(store.path(), nested.join(DB_FILE));
+        assert!(nested.join(DB_FILE).is_file());
+    }
+
+    #[test]
+    fn expiry_encoding() {
+        assert_eq!(encode_expiry(None), 0);
+        assert_eq!(decode_expiry(0), None);
+        assert_eq!(encode_expiry(Some(UNIX_EPOCH)), 1);
+        assert_eq!(encode_expiry(Some(UNIX_EPOCH - Duration::from_secs(5))), 1);
+        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(encode_expiry(Some(t)), 1_700_000_000_123);
+        assert_eq!(decode_expiry(1_700_000_000_123), Some(t));
+        // Rounded up, never down.
+        assert_eq!(
+            encode_expiry(Some(t + Duration::from_nanos(1))),
+            1_700_000_000_124
+        );
+        assert!(expired(1, SystemTime::now()));
+        assert!(!expired(0, SystemTime::now()));
+    }
+}

@@ -1,0 +1,124 @@
+//! Where the policy and the identity lists live, behind one trait.
+//!
+//! A store holds three things:
+//! - the **policy document** (JSON text of a [`crate::policy::PolicyDoc`]) with a revision that
+//!   grows by one on every change, for optimistic concurrency;
+//! - **lists**: named key -> value tables (gray IPs, token -> user id), each entry with an
+//!   optional expiry, as memcached has;
+//! - **change notifications**, so that every instance applies a change without polling.
+//!
+//! The request path never waits on a store for the policy: it is loaded once, kept in memory, and
+//! replaced when a [`Change`] arrives. List values are read through [`Store::lookup_local`] when
+//! the store keeps them in memory (the embedded store does), else through [`Store::lookup`] behind
+//! a bounded cache.
+//!
+//! Implementations: `embedded` (redb, the default). Redis and memcached come next.
+
+pub mod embedded;
+
+use async_trait::async_trait;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+pub use embedded::EmbeddedStore;
+
+/// A store failure. Every variant names what failed so that an operator can act on the message.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or answered with an error.
+    #[error("store {store} unavailable: {detail}")]
+    Unavailable { store: &'static str, detail: String },
+    /// The on-disk or remote data is not what graygate wrote (corrupt, foreign format).
+    #[error("store {store}: bad data under {key}: {detail}")]
+    BadData {
+        store: &'static str,
+        key: String,
+        detail: String,
+    },
+    /// A conditional write found another revision than the caller read: someone else changed the
+    /// policy in between.
+    #[error("policy revision conflict: expected {expected}, store has {actual}")]
+    Conflict { expected: u64, actual: u64 },
+    /// The data directory or file could not be opened.
+    #[error("cannot open store at {path}: {detail}")]
+    Open { path: String, detail: String },
+}
+
+/// The policy document as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPolicy {
+    /// Grows by one on every change; 0 never occurs for a stored document.
+    pub revision: u64,
+    /// JSON text of a `PolicyDoc`.
+    pub json: String,
+}
+
+/// One list entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub value: String,
+    /// When the entry stops counting; `None` keeps it until removed.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl Entry {
+    /// An entry that lives `ttl` from now (`None`: forever).
+    pub fn new(key: impl Into<String>, value: impl Into<String>, ttl: Option<Duration>) -> Self {
+        Entry {
+            key: key.into(),
+            value: value.into(),
+            expires_at: ttl.map(|t| SystemTime::now() + t),
+        }
+    }
+}
+
+/// What changed in a store; sent to every subscriber (and, for shared stores, every instance).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The policy document is now at this revision.
+    Policy { revision: u64 },
+    /// Entries of this list were added, changed or removed.
+    List { list: String },
+    /// One key of a list changed (shared stores report single keys, e.g. a `SET` by redis-cli).
+    Key { list: String, key: String },
+    /// Notifications may have been missed (a reconnect): every cached value may be stale.
+    Reset,
+}
+
+/// The one interface the data plane and the control plane use to reach stored data.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Short name for logs and metrics (`embedded`, `redis`, `memcached`).
+    fn kind(&self) -> &'static str;
+
+    /// The stored policy, or `None` when the store holds none yet.
+    async fn load_policy(&self) -> Result<Option<StoredPolicy>, StoreError>;
+
+    /// Stores a new policy document atomically and returns its revision. With `expected`, the
+    /// write happens only if the stored revision is that one (0: no policy stored yet), else
+    /// [`StoreError::Conflict`] and nothing changes. Subscribers get [`Change::Policy`].
+    async fn save_policy(&self, json: &str, expected: Option<u64>) -> Result<u64, StoreError>;
+
+    /// Answers a lookup from memory, without I/O, if this store can: `Some(Some(v))` value,
+    /// `Some(None)` absent, `None` "ask [`Store::lookup`]". Called on the request path.
+    fn lookup_local(&self, list: &str, key: &str) -> Option<Option<Arc<str>>> {
+        let _ = (list, key);
+        None
+    }
+
+    /// The value of `key` in `list` (`None`: absent or expired). Called on a cache miss.
+    async fn lookup(&self, list: &str, key: &str) -> Result<Option<Arc<str>>, StoreError>;
+
+    /// Adds or replaces entries in one atomic step. Subscribers get [`Change::List`].
+    async fn put_entries(&self, list: &str, entries: &[Entry]) -> Result<(), StoreError>;
+
+    /// Removes entries by key in one atomic step; returns how many existed.
+    async fn remove_entries(&self, list: &str, keys: &[String]) -> Result<usize, StoreError>;
+
+    /// Every live (unexpired) entry of a list, sorted by key.
+    async fn list_entries(&self, list: &str) -> Result<Vec<Entry>, StoreError>;
+
+    /// A receiver of every change made from now on. Lagging receivers should reload everything.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change>;
+}

@@ -1,0 +1,309 @@
+//! End to end: the real `graygate run` process between a real client and real backends, routing
+//! by every kind of matcher, surviving restarts, swaps and dead upstreams.
+
+mod support;
+
+use std::time::Duration;
+use support::{dead_addr, eventually, upstreams, Backend, Client, Graygate};
+
+const SERVICE: &str = "[[policy.routes]]\nservice = \"web\"\n\
+    [[policy.services]]\nname = \"web\"\nstable = \"stable\"\nversions = { stable = \"stable\", canary = \"canary\" }\n";
+
+fn rule(name: &str, when: &str) -> String {
+    format!("[[policy.services.rules]]\nname = \"{name}\"\nversion = \"canary\"\nwhen = {when}\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_matcher_routes_as_specified() {
+    let (stable, canary) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let config = format!(
+        "{}[client_ip]\ntrusted_proxies = [\"127.0.0.1\"]\n{SERVICE}\
+         override = {{ cookie = \"gray\", version = \"canary\" }}\n{}{}{}{}{}{}{}{}{}{}{}",
+        upstreams(stable.addr, canary.addr),
+        rule("office", "{ cidr = [\"10.20.0.0/16\"] }"),
+        rule("env", "{ header = \"X-Env\", equals = \"beta\" }"),
+        rule("teams", "{ cookie = \"team\", in = [\"red\", \"blue\"] }"),
+        rule("mobile", "{ header = \"User-Agent\", regex = \"(?i)iphone|android\" }"),
+        rule("ab", "{ query = \"ab\", equals = \"b\" }"),
+        rule("range", "{ header = \"X-Uid\", range = { start = 100, end = 199 } }"),
+        rule("vip", "{ header = \"X-Uid\", ids = [7, 4242] }"),
+        rule("tail", "{ header = \"X-Uid\", suffix = [\"77\"] }"),
+        rule("mod", "{ header = \"X-Uid\", modulo = { divisor = 1000, remainders = [500] } }"),
+        rule("both", "{ all = [ { header = \"X-A\", present = true }, { any = [ { header = \"X-B\", equals = \"1\" }, { not = { header = \"X-C\", present = true } } ] } ] }"),
+        rule("pct", "{ header = \"X-Pct\", percent = 50 }"),
+    );
+    let gg = Graygate::start(&config);
+    let mut c = Client::new(gg.addr);
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[], "stable"),
+        (&[("X-Forwarded-For", "10.20.3.4")], "canary"),
+        (&[("X-Forwarded-For", "10.21.3.4")], "stable"),
+        (&[("X-Env", "beta")], "canary"),
+        (&[("X-Env", "prod")], "stable"),
+        (&[("Cookie", "a=1; team=blue")], "canary"),
+        (&[("Cookie", "team=green")], "stable"),
+        (&[("User-Agent", "Mozilla/5.0 (iPhone)")], "canary"),
+        (&[("User-Agent", "curl/8")], "stable"),
+        (&[("X-Uid", "150")], "canary"),
+        (&[("X-Uid", "200")], "stable"),
+        (&[("X-Uid", "4242")], "canary"),
+        (&[("X-Uid", "1077")], "canary"),
+        (&[("X-Uid", "3500")], "canary"),
+        (&[("X-Uid", "3501")], "stable"),
+        (&[("X-A", "1")], "canary"),
+        (&[("X-A", "1"), ("X-C", "1")], "stable"),
+        (&[("X-A", "1"), ("X-C", "1"), ("X-B", "1")], "canary"),
+        (&[("Cookie", "gray=always")], "canary"),
+        (&[("Cookie", "gray=never"), ("X-Env", "beta")], "stable"),
+    ];
+    for (headers, want) in cases {
+        assert_eq!(c.version(headers).await, *want, "headers {headers:?}");
+    }
+    let q = c.request("GET", "/x?ab=b", &[], Default::default()).await;
+    assert_eq!(q.body, "canary\n");
+    let q = c.request("GET", "/x?ab=a", &[], Default::default()).await;
+    assert_eq!(q.body, "stable\n");
+    // The percent rule: some identities in, some out, each one always the same.
+    let mut seen = std::collections::HashSet::new();
+    for id in 0..40 {
+        let id = format!("user-{id}");
+        let first = c.version(&[("X-Pct", &id)]).await;
+        assert_eq!(first, c.version(&[("X-Pct", &id)]).await);
+        seen.insert(first);
+    }
+    assert_eq!(seen.len(), 2, "a 50% rule sends some identities each way");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_split_holds_its_weight_and_survives_a_restart() {
+    let (stable, canary) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let config = format!(
+        "{}{SERVICE}[policy.services.split]\nweights = {{ canary = 10 }}\nby = {{ header = \"X-User\" }}\n",
+        upstreams(stable.addr, canary.addr)
+    );
+    let gg = Graygate::start(&config);
+    let mut c = Client::new(gg.addr);
+    let mut answers = Vec::with_capacity(10_000);
+    for id in 0..10_000 {
+        answers.push(c.version(&[("X-User", &format!("u{id}"))]).await == "canary");
+    }
+    let share = answers.iter().filter(|a| **a).count() as f64 / 100.0;
+    assert!(
+        (8.5..=11.5).contains(&share),
+        "canary share {share}% is not within 1.5 points of 10%"
+    );
+
+    // Same data directory, new process: every identity gets the same version.
+    let dir = gg.stop();
+    let gg = Graygate::start_in(dir, &config);
+    let mut c = Client::new(gg.addr);
+    for (id, was_canary) in answers.iter().enumerate() {
+        let now = c.version(&[("X-User", &format!("u{id}"))]).await == "canary";
+        assert_eq!(
+            now, *was_canary,
+            "identity u{id} changed version after a restart"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_forwarded_for_from_an_untrusted_peer_cannot_select_the_canary() {
+    let (stable, canary) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let policy = format!("{SERVICE}{}", rule("gray-ip", "{ cidr = [\"10.0.0.7\"] }"));
+    let spoof: &[(&str, &str)] = &[("X-Forwarded-For", "10.0.0.7"), ("X-Real-IP", "10.0.0.7")];
+
+    // No trusted proxies: the peer (127.0.0.1) is the client, whatever the headers say.
+    let gg = Graygate::start(&format!("{}{policy}", upstreams(stable.addr, canary.addr)));
+    let mut c = Client::new(gg.addr);
+    assert_eq!(c.version(spoof).await, "stable");
+    assert_eq!(
+        c.version(&[("X-Forwarded-For", "1.1.1.1, 10.0.0.7")]).await,
+        "stable"
+    );
+    // What the backend sees: the real peer appended, X-Real-IP replaced.
+    let r = c.get(spoof).await;
+    assert_eq!(r.headers["echo-x-forwarded-for"], "10.0.0.7, 127.0.0.1");
+    assert_eq!(r.headers["echo-x-real-ip"], "127.0.0.1");
+    drop(gg);
+
+    // Loopback trusted (a proxy in front): now the forwarded address counts, rightmost untrusted.
+    let trusted = format!(
+        "{}[client_ip]\ntrusted_proxies = [\"127.0.0.0/8\"]\n{policy}",
+        upstreams(stable.addr, canary.addr)
+    );
+    let gg = Graygate::start(&trusted);
+    let mut c = Client::new(gg.addr);
+    assert_eq!(
+        c.version(&[("X-Forwarded-For", "10.0.0.7")]).await,
+        "canary"
+    );
+    // The client itself claimed 10.0.0.7, the proxy saw 1.1.1.1: the proxy's word counts.
+    assert_eq!(
+        c.version(&[("X-Forwarded-For", "10.0.0.7, 1.1.1.1")]).await,
+        "stable"
+    );
+    drop(gg);
+
+    // The original design's order, for operators whose own load balancer sets the headers.
+    let original = format!(
+        "{}[client_ip]\ntrusted_proxies = [\"127.0.0.0/8\"]\nmode = \"original\"\n{policy}",
+        upstreams(stable.addr, canary.addr)
+    );
+    let gg = Graygate::start(&original);
+    let mut c = Client::new(gg.addr);
+    assert_eq!(c.version(&[("X-Real-IP", "10.0.0.7")]).await, "canary");
+    assert_eq!(
+        c.version(&[("X-Real-IP", "10.0.0.8"), ("X-Forwarded-For", "10.0.0.7")])
+            .await,
+        "stable"
+    );
+    assert_eq!(
+        c.version(&[("X-Forwarded-For", "10.0.0.7")]).await,
+        "canary"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_swap_under_concurrent_requests_loses_none() {
+    let (stable, canary) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let policy = |to: &str| {
+        format!(
+            "[[routes]]\nservice = \"web\"\n[[services]]\nname = \"web\"\nstable = \"stable\"\n\
+             versions = {{ stable = \"stable\", canary = \"canary\" }}\n\
+             [[services.rules]]\nname = \"all\"\nversion = \"{to}\"\nwhen = {{ cidr = [\"0.0.0.0/0\"] }}\n"
+        )
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("graygate-e2e")
+        .tempdir()
+        .unwrap()
+        .keep();
+    std::fs::write(dir.join("policy.toml"), policy("stable")).unwrap();
+    let gg = Graygate::start_in(
+        dir.clone(),
+        &format!(
+            "policy_file = \"policy.toml\"\n{}",
+            upstreams(stable.addr, canary.addr)
+        ),
+    );
+
+    let addr = gg.addr;
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut c = Client::new(addr);
+                let mut seen = Vec::new();
+                for _ in 0..600 {
+                    let r = c.get(&[]).await;
+                    assert_eq!(r.status, 200, "a request failed during the swap: {r:?}");
+                    seen.push(r.body);
+                }
+                seen
+            })
+        })
+        .collect();
+    // Swap while the workers run.
+    let mut c = Client::new(addr);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            stable.requests.load(std::sync::atomic::Ordering::Relaxed) > 200
+        })
+        .await
+    );
+    std::fs::write(dir.join("policy.toml"), policy("canary")).unwrap();
+    gg.sighup();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while c.version(&[]).await != "canary" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new policy never took effect; log:\n{}",
+            gg.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut total = 0;
+    for w in workers {
+        let seen = w.await.expect("worker");
+        total += seen.len();
+        assert!(seen.iter().all(|b| b == "stable\n" || b == "canary\n"));
+    }
+    assert_eq!(total, 2400);
+
+    // A broken policy is rejected and the running one stays.
+    std::fs::write(dir.join("policy.toml"), policy("nonexistent")).unwrap();
+    gg.sighup();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            gg.log_text().contains("unknown version `nonexistent`")
+        })
+        .await
+    );
+    assert_eq!(c.version(&[]).await, "canary");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_down_is_served_by_stable_and_stable_down_is_a_clear_502() {
+    let stable = Backend::start("stable").await;
+    let config = format!(
+        "{}{SERVICE}override = {{ header = \"X-Gray\", version = \"canary\" }}\n",
+        upstreams(stable.addr, dead_addr())
+    );
+    let gg = Graygate::start(&config);
+    let mut c = Client::new(gg.addr);
+    for _ in 0..5 {
+        assert_eq!(c.version(&[("X-Gray", "always")]).await, "stable");
+    }
+    drop(gg);
+
+    let config = format!("{}{SERVICE}", upstreams(dead_addr(), dead_addr()));
+    let gg = Graygate::start(&config);
+    let r = Client::new(gg.addr).get(&[]).await;
+    assert_eq!(r.status, 502);
+    assert!(
+        r.body.contains("graygate"),
+        "short body naming graygate: {:?}",
+        r.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_50_mb_body_streams_through_intact() {
+    let (stable, canary) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let gg = Graygate::start(&format!("{}{SERVICE}", upstreams(stable.addr, canary.addr)));
+    let body = bytes::Bytes::from(vec![b'x'; 50 * 1024 * 1024]);
+    let r = Client::new(gg.addr)
+        .request("POST", "/upload", &[], body)
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["x-body-bytes"], (50 * 1024 * 1024).to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_route_is_a_404() {
+    let (stable, canary) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let config = format!(
+        "{}[[policy.routes]]\nhosts = [\"api.test\"]\nservice = \"web\"\n[[policy.services]]\nname = \"web\"\nstable = \"stable\"\nversions = {{ stable = \"stable\" }}\n",
+        upstreams(stable.addr, canary.addr)
+    );
+    let gg = Graygate::start(&config);
+    let r = Client::new(gg.addr).get(&[]).await;
+    assert_eq!(r.status, 404);
+}
