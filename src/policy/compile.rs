@@ -144,6 +144,13 @@ pub(super) enum Test {
         end: f64,
         exclusive: bool,
     },
+    RangeFrom {
+        list: Arc<str>,
+        key: String,
+        start: String,
+        end: String,
+        exclusive: bool,
+    },
     Ids(HashSet<i64>),
     Suffix(Vec<String>),
     Modulo {
@@ -391,6 +398,18 @@ fn compile_service(
     })
 }
 
+/// Records that the policy reads `name` (for cache warm-up and invalidation) and returns it shared.
+fn register_list(lists: &mut Vec<Arc<str>>, name: &str) -> Arc<str> {
+    match lists.iter().find(|l| &***l == name) {
+        Some(known) => known.clone(),
+        None => {
+            let list: Arc<str> = Arc::from(name);
+            lists.push(list.clone());
+            list
+        }
+    }
+}
+
 fn percent_to_buckets(path: &str, percent: f64) -> Result<u32, CompileError> {
     if !(0.0..=100.0).contains(&percent) || percent.is_nan() {
         return err(path, format!("{percent} is not a percentage from 0 to 100"));
@@ -448,6 +467,7 @@ fn compile_cond(
         ("regex", c.regex.is_some()),
         ("cidr", c.cidr.is_some()),
         ("range", c.range.is_some()),
+        ("range_from", c.range_from.is_some()),
         ("ids", c.ids.is_some()),
         ("suffix", c.suffix.is_some()),
         ("modulo", c.modulo.is_some()),
@@ -491,7 +511,7 @@ fn compile_cond(
 
     if tests.len() != 1 {
         let msg = if tests.is_empty() {
-            "needs one test: equals, in, regex, cidr, range, ids, suffix, modulo, percent or present".to_string()
+            "needs one test: equals, in, regex, cidr, range, range_from, ids, suffix, modulo, percent or present".to_string()
         } else {
             format!(
                 "has {} tests ({}); combine several with `all` or `any`",
@@ -537,10 +557,7 @@ fn compile_cond(
                     format!("`{template}` has more than one `{{}}`"),
                 );
             }
-            let list: Arc<str> = Arc::from(l.list.as_str());
-            if !lists.contains(&list) {
-                lists.push(list.clone());
-            }
+            let list = register_list(lists, &l.list);
             Some(Lookup {
                 list,
                 before: before.to_string(),
@@ -585,6 +602,18 @@ fn compile_cond(
         Test::Range {
             start: r.start as f64,
             end: r.end as f64,
+            exclusive: r.exclusive,
+        }
+    } else if let Some(r) = &c.range_from {
+        if r.list.trim().is_empty() || r.key.is_empty() {
+            return err(format!("{path}.range_from"), "needs a `list` and a `key`");
+        }
+        let list = register_list(lists, &r.list);
+        Test::RangeFrom {
+            list,
+            key: r.key.clone(),
+            start: r.start.clone(),
+            end: r.end.clone(),
             exclusive: r.exclusive,
         }
     } else if let Some(ids) = &c.ids {

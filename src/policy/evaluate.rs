@@ -216,10 +216,21 @@ fn eval_cond(
                     }
                 },
             };
-            Ok(match value {
-                None => matches!(test, Test::Present(false)),
-                Some(v) => run_test(test, &v),
-            })
+            let Some(v) = value else {
+                return Ok(matches!(test, Test::Present(false)));
+            };
+            if let Test::RangeFrom { list, key, start, end, exclusive } = test {
+                return match lookups.get(list, key) {
+                    LookupAnswer::Value(doc) => Ok(in_stored_range(&doc, start, end, *exclusive, &v)),
+                    LookupAnswer::Absent => Ok(false),
+                    LookupAnswer::Unavailable => {
+                        *unavailable = true;
+                        Ok(false)
+                    }
+                    LookupAnswer::Unknown => Err(Stop::Need(list.clone(), key.clone())),
+                };
+            }
+            Ok(run_test(test, &v))
         }
     }
 }
@@ -260,6 +271,7 @@ fn run_test(test: &Test, value: &str) -> bool {
                 *start <= n && n <= *end
             }
         }),
+        Test::RangeFrom { .. } => unreachable!("needs a lookup: handled in eval_cond"),
         Test::Ids(set) => parse_integer(value).is_some_and(|n| set.contains(&n)),
         Test::Suffix(suffixes) => parse_integer(value).is_some_and(|n| {
             let text = n.unsigned_abs().to_string();
@@ -272,6 +284,28 @@ fn run_test(test: &Test, value: &str) -> bool {
             .is_some_and(|n| remainders.contains(&(n.rem_euclid(*divisor as i64) as u64))),
         Test::Percent { threshold, seed } => bucket_seeded(*seed, value) < *threshold,
         Test::Present(p) => *p,
+    }
+}
+
+/// Whether `value` lies in the range stored as JSON `doc` (`{"idStart":1,"idEnd":5000}`), bounds
+/// being numbers or numeric strings as the original's `tonumber` reads them. Bad JSON or bounds
+/// match nothing.
+fn in_stored_range(doc: &str, start: &str, end: &str, exclusive: bool, value: &str) -> bool {
+    let Ok(serde_json::Value::Object(fields)) = serde_json::from_str::<serde_json::Value>(doc) else {
+        return false;
+    };
+    let bound = |name: &str| match fields.get(name)? {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => parse_number(s),
+        _ => None,
+    };
+    let (Some(lo), Some(hi), Some(n)) = (bound(start), bound(end), parse_number(value)) else {
+        return false;
+    };
+    if exclusive {
+        lo < n && n < hi
+    } else {
+        lo <= n && n <= hi
     }
 }
 
@@ -749,6 +783,45 @@ mod tests {
             .insert(("redis".into(), "TOKEN_abc".into()), LookupAnswer::Absent);
         assert_eq!(&*decision(&p, &r, &known).version, "v1");
         // no header: no lookup at all
+        assert_eq!(&*decision(&p, &req(), &known).version, "v1");
+    }
+
+    #[test]
+    fn the_original_token_and_stored_range_layout() {
+        let p = web(&format!(
+            "{RULE}when = {{ header = \"TOKEN\", lookup = {{ list = \"redis\", key = \"TOKEN_{{}}\" }}, range_from = {{ list = \"redis\", key = \"Grayscale_Range\", exclusive = true }} }}"
+        ));
+        let r = req().header("token", "abc");
+        let mut known = Map(HashMap::new());
+        let set = |known: &mut Map, k: &str, v: Option<&str>| {
+            let answer = v.map_or(LookupAnswer::Absent, |v| LookupAnswer::Value(v.into()));
+            known.0.insert(("redis".into(), k.into()), answer);
+        };
+        set(&mut known, "TOKEN_abc", Some("1234"));
+        assert_eq!(
+            p.evaluate(&r.facts(), &known),
+            Evaluation::NeedLookup { list: "redis".into(), key: "Grayscale_Range".into() }
+        );
+        let cases: &[(Option<&str>, &str)] = &[
+            (Some(r#"{"idStart":1,"idEnd":5000}"#), "v2"),
+            (Some(r#"{"idStart":"1","idEnd":" 5000 "}"#), "v2"),
+            (Some(r#"{"idStart":1234,"idEnd":5000}"#), "v1"),
+            (Some(r#"{"idStart":1,"idEnd":1234}"#), "v1"),
+            (Some(r#"{"idStart":1}"#), "v1"),
+            (Some(r#"{"idStart":"x","idEnd":5000}"#), "v1"),
+            (Some("not json"), "v1"),
+            (Some("[1,5000]"), "v1"),
+            (None, "v1"),
+        ];
+        for (range, want) in cases {
+            set(&mut known, "Grayscale_Range", *range);
+            assert_eq!(&*decision(&p, &r, &known).version, *want, "range {range:?}");
+        }
+        set(&mut known, "Grayscale_Range", Some(r#"{"idStart":1,"idEnd":5000}"#));
+        set(&mut known, "TOKEN_abc", Some("12x"));
+        assert_eq!(&*decision(&p, &r, &known).version, "v1");
+        set(&mut known, "TOKEN_abc", None);
+        assert_eq!(&*decision(&p, &r, &known).version, "v1");
         assert_eq!(&*decision(&p, &req(), &known).version, "v1");
     }
 

@@ -123,6 +123,10 @@ pub struct Condition {
     /// The value is an integer inside this range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub range: Option<RangeDoc>,
+    /// The value is a number inside a range that is itself stored as JSON in a store list (the
+    /// original OpenResty design's `Grayscale_Range` key): editing that key moves users at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range_from: Option<RangeFromDoc>,
     /// The value is one of these integers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ids: Option<Vec<i64>>,
@@ -163,6 +167,32 @@ pub struct RangeDoc {
     pub end: i64,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub exclusive: bool,
+}
+
+/// A range read from a JSON object stored under `key` in `list`, like
+/// `{"idStart":1,"idEnd":5000}`; the bounds may be numbers or numeric strings. A missing key or
+/// malformed JSON matches nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RangeFromDoc {
+    pub list: String,
+    pub key: String,
+    /// JSON field of the lower bound; default `idStart`.
+    #[serde(default = "default_start_field")]
+    pub start: String,
+    /// JSON field of the upper bound; default `idEnd`.
+    #[serde(default = "default_end_field")]
+    pub end: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exclusive: bool,
+}
+
+fn default_start_field() -> String {
+    "idStart".into()
+}
+
+fn default_end_field() -> String {
+    "idEnd".into()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -75,8 +75,9 @@ pub struct Timeouts {
     /// Upstream response headers must arrive within this after the request (and its body)
     /// stopped moving; otherwise 504. Default 30 s.
     pub upstream_response: Duration,
-    /// Keep-alive idle time of pooled upstream connections (and the client side's upper bound).
-    /// Default 60 s.
+    /// Keep-alive idle time of pooled upstream connections: older ones are closed instead of
+    /// reused, since the upstream may have closed them already. (Idle client connections are
+    /// closed after `header`, see there.) Default 60 s.
     pub idle: Duration,
 }
 
@@ -386,7 +387,7 @@ async fn proxy(
                 error = %error,
                 "falling back to stable",
             );
-            let mut request = request;
+            let mut request = *request;
             if let Some(name) = &shared.cfg.version_header {
                 forward::set_version_header(request.headers_mut(), name, &choice.stable_version);
             }
@@ -829,7 +830,10 @@ mod tests {
 
     /// Records what the observer was told.
     #[derive(Default)]
-    struct Recorder(Mutex<Vec<(StatusCode, bool, Option<String>, Option<String>)>>);
+    struct Recorder(Mutex<Vec<Seen>>);
+
+    /// Status, fell back, version that answered, upstream that answered.
+    type Seen = (StatusCode, bool, Option<String>, Option<String>);
 
     impl Observer for Recorder {
         fn on_response(&self, r: &RequestRecord<'_>) {
@@ -1039,6 +1043,39 @@ mod tests {
             let took = started.elapsed();
             assert!(took < Duration::from_secs(5), "closed after {took:?}");
             assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
+        })
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_clients_share_the_pool() {
+        within(async {
+            let b = echo_backend("stable").await;
+            let p = proxy()
+                .upstream("stable", &[(b.addr, 1)])
+                .route("stable", "stable")
+                .start()
+                .await;
+            let mut tasks = Vec::new();
+            for _ in 0..20 {
+                let addr = p.addr;
+                tasks.push(tokio::spawn(async move {
+                    let mut c = client(addr).await;
+                    for _ in 0..20 {
+                        let (status, _, body) = c.get("/", &[]).await;
+                        assert_eq!(status, StatusCode::OK);
+                        assert!(body.starts_with("stable\n"));
+                    }
+                }));
+            }
+            for task in tasks {
+                task.await.unwrap();
+            }
+            let opened = b.connections.load(Ordering::SeqCst);
+            assert!(
+                opened < 200,
+                "400 requests opened {opened} upstream connections"
+            );
         })
         .await
     }

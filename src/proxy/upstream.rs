@@ -129,7 +129,7 @@ pub enum SendError {
     /// No server of the upstream could be reached. The request was not sent and comes back
     /// whole, body unread: the caller may send it to another upstream (the stable one).
     Unreachable {
-        request: Request<ProxyBody>,
+        request: Box<Request<ProxyBody>>,
         error: UpstreamError,
     },
     /// The request was (at least partly) sent to `server`: its body is gone, it cannot be
@@ -336,7 +336,7 @@ impl Upstreams {
     ) -> Result<Exchange, SendError> {
         let Some(upstream) = self.upstreams.get(index) else {
             return Err(SendError::Unreachable {
-                request,
+                request: Box::new(request),
                 error: UpstreamError::AllServersDown {
                     upstream: Arc::from(format!("#{index}")),
                 },
@@ -355,7 +355,7 @@ impl Upstreams {
                     return Ok(exchange);
                 }
                 Err(Attempt::NotSent(back, error)) => {
-                    request = back;
+                    request = *back;
                     last_error = Some(error);
                 }
                 Err(Attempt::Sent(error)) => {
@@ -377,7 +377,7 @@ impl Upstreams {
             }
         }
         Err(SendError::Unreachable {
-            request,
+            request: Box::new(request),
             error: UpstreamError::AllServersDown {
                 upstream: upstream.name.clone(),
             },
@@ -430,7 +430,7 @@ impl Upstreams {
                 Some(sender) => sender,
                 None => match self.connect(upstream, server).await {
                     Ok(sender) => sender,
-                    Err(error) => return Err(Attempt::NotSent(request, error)),
+                    Err(error) => return Err(Attempt::NotSent(Box::new(request), error)),
                 },
             };
             activity.touch();
@@ -447,7 +447,7 @@ impl Upstreams {
                     });
                 }
                 Err(ExchangeError::NotSent(back, error)) => {
-                    request = back;
+                    request = *back;
                     if is_pooled {
                         debug!(server = %server.addr, error = %error, "pooled connection was dead, retrying");
                         stale_retries += 1;
@@ -455,7 +455,7 @@ impl Upstreams {
                     }
                     debug!(server = %server.addr, error = %error, "new connection closed before the request was sent");
                     return Err(Attempt::NotSent(
-                        request,
+                        Box::new(request),
                         UpstreamError::Closed {
                             server: server.addr.clone(),
                         },
@@ -555,7 +555,7 @@ impl Upstreams {
                     return match result {
                         Ok(response) => Ok(response),
                         Err(mut e) => match e.take_message() {
-                            Some(request) => Err(ExchangeError::NotSent(request, e.into_error())),
+                            Some(request) => Err(ExchangeError::NotSent(Box::new(request), e.into_error())),
                             None => Err(ExchangeError::Failed(e.into_error())),
                         },
                     };
@@ -590,14 +590,14 @@ impl std::fmt::Debug for Upstreams {
 /// The outcome of one server attempt.
 enum Attempt {
     /// Nothing was sent: the request comes back for the next server.
-    NotSent(Request<ProxyBody>, UpstreamError),
+    NotSent(Box<Request<ProxyBody>>, UpstreamError),
     /// The request went out: final.
     Sent(UpstreamError),
 }
 
 /// The outcome of one exchange on one connection.
 enum ExchangeError {
-    NotSent(Request<ProxyBody>, hyper::Error),
+    NotSent(Box<Request<ProxyBody>>, hyper::Error),
     Failed(hyper::Error),
     Timeout,
 }
