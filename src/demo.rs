@@ -133,6 +133,7 @@ fn demo_config(
         }),
         reload_interval: Duration::from_secs(5),
         version_header: Some("x-graygate-version".into()),
+        workers: None,
     }
 }
 

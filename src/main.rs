@@ -42,11 +42,11 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Check { config } => return check(&config),
-        Command::Run { config } => runtime().and_then(|rt| rt.block_on(run(config))),
-        Command::Demo { listen } => runtime().and_then(|rt| {
-            rt.block_on(demo::run(listen, stop_signal()))
-                .map_err(Into::into)
-        }),
+        Command::Run { config } => config::load(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| runtime(c.workers).and_then(|rt| rt.block_on(run(c)))),
+        Command::Demo { listen } => runtime(None)
+            .and_then(|rt| rt.block_on(demo::run(listen, stop_signal())).map_err(Into::into)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -66,13 +66,14 @@ fn init_logging() {
         .init();
 }
 
-/// Worker threads: `GRAYGATE_WORKERS` (benchmarks against one nginx worker set 1), else one per core.
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// Worker threads: `GRAYGATE_WORKERS`, else the config's `workers`, else one per core.
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Ok(n) = std::env::var("GRAYGATE_WORKERS") {
-        let n: usize = n
-            .parse()
-            .context("GRAYGATE_WORKERS must be a whole number")?;
+    let from_env = match std::env::var("GRAYGATE_WORKERS") {
+        Ok(n) => Some(n.parse::<usize>().context("GRAYGATE_WORKERS must be a whole number")?),
+        Err(_) => None,
+    };
+    if let Some(n) = from_env.or(workers) {
         builder.worker_threads(n.max(1));
     }
     builder
@@ -109,8 +110,7 @@ fn check(path: &PathBuf) -> ExitCode {
     }
 }
 
-async fn run(path: PathBuf) -> anyhow::Result<()> {
-    let config = config::load(&path)?;
+async fn run(config: config::Config) -> anyhow::Result<()> {
     let store = app::open_store(&config.store)?;
     let running = app::start(&config, store).await?;
     for addr in &running.addrs {

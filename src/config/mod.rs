@@ -69,6 +69,9 @@ pub struct Config {
     pub reload_interval: Duration,
     /// Request header naming the chosen version, sent to the upstream (`None`: not sent).
     pub version_header: Option<String>,
+    /// Worker threads of the data plane (`None`: one per core). Benchmarks against one nginx
+    /// worker set 1, so that both sides use one core.
+    pub workers: Option<usize>,
 }
 
 /// Where the policy is kept.
@@ -108,6 +111,8 @@ struct ConfigFile {
     reload_interval: Option<String>,
     #[serde(default)]
     version_header: Option<String>,
+    #[serde(default)]
+    workers: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -322,7 +327,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         None => Some("x-graygate-version".to_string()),
     };
 
+    if file.workers == Some(0) {
+        return Err(at("workers", "must be at least 1 (leave it out for one per core)".into()));
+    }
+
     Ok(Config {
+        workers: file.workers,
         file: path.to_path_buf(),
         listen,
         store,
