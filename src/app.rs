@@ -62,7 +62,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
     let upstreams = Arc::new(Upstreams::new(config.upstreams.clone(), &config.timeouts)?);
     let proxy_config = Arc::new(ProxyConfig {
         listen: config.listen[0],
-        timeouts: config.timeouts.clone(),
+        timeouts: config.timeouts,
         max_header_bytes: config.max_header_bytes,
         client_ip: config.client_ip.clone(),
         version_header: config

@@ -253,10 +253,10 @@ pub fn compile(doc: &PolicyDoc, upstreams: &[&str]) -> Result<Policy, CompileErr
             bucket.push(entry.clone());
         }
     }
-    let by_prefix = |v: &mut Vec<RouteEntry>| v.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+    let by_prefix = |v: &mut Vec<RouteEntry>| v.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
     routes.exact.values_mut().for_each(by_prefix);
     routes.wildcard.iter_mut().for_each(|(_, v)| by_prefix(v));
-    routes.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    routes.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
     by_prefix(&mut routes.any);
 
     Ok(Policy {

@@ -884,7 +884,7 @@ mod tests {
             (&format!("{RULE}when = {{ header = \"a\", range = {{ start = 9, end = 1 }} }}"), "the range is empty"),
             (&format!("{RULE}when = {{ header = \"a\", percent = 120.0 }}"), "120 is not a percentage"),
             (&format!("{RULE}when = {{ header = \"a\", modulo = {{ divisor = 10, remainders = [10] }} }}"), "remainder 10 is not below divisor 10"),
-            (&format!("[[services.rules]]\nname = \"r\"\nversion = \"v9\"\nwhen = {{ header = \"a\", present = true }}"), "services[0].rules[0].version: unknown version `v9`"),
+            ("[[services.rules]]\nname = \"r\"\nversion = \"v9\"\nwhen = { header = \"a\", present = true }", "services[0].rules[0].version: unknown version `v9`"),
             ("[services.split]\nweights = { v2 = 101.0 }", "services[0].split.weights.v2: 101 is not a percentage"),
             ("[services.split]\nweights = { v1 = 10 }", "the stable version gets what the other weights leave"),
             ("override = { version = \"v2\" }", "services[0].override: needs exactly one of `header` or `cookie`"),

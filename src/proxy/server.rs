@@ -685,6 +685,15 @@ mod tests {
         listener.local_addr().unwrap()
     }
 
+    /// A raw test server task, aborted when the test ends (also on failure).
+    struct Stop(JoinHandle<()>);
+
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+
     // ----- the proxy -----
 
     /// A running proxy; stopped on drop.
@@ -991,7 +1000,7 @@ mod tests {
             let rude_addr = rude.local_addr().unwrap();
             let accepted = Arc::new(AtomicUsize::new(0));
             let counted = accepted.clone();
-            let server = tokio::spawn(async move {
+            let _server = Stop(tokio::spawn(async move {
                 while let Ok((mut stream, _)) = rude.accept().await {
                     counted.fetch_add(1, Ordering::SeqCst);
                     let mut head = Vec::new();
@@ -1007,7 +1016,7 @@ mod tests {
                         .await;
                     drop(stream);
                 }
-            });
+            }));
             let p = proxy()
                 .upstream("stable", &[(rude_addr, 1)])
                 .route("stable", "stable")
@@ -1020,7 +1029,6 @@ mod tests {
                 assert_eq!(body, "ok");
             }
             assert_eq!(accepted.load(Ordering::SeqCst), 20);
-            server.abort();
         })
         .await
     }
@@ -1198,12 +1206,12 @@ mod tests {
             // Accepts connections, reads nothing, answers nothing.
             let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let silent_addr = silent.local_addr().unwrap();
-            let holder = tokio::spawn(async move {
+            let _holder = Stop(tokio::spawn(async move {
                 let mut held = Vec::new();
                 while let Ok((stream, _)) = silent.accept().await {
                     held.push(stream);
                 }
-            });
+            }));
             let p = proxy()
                 .upstream("stable", &[(silent_addr, 1)])
                 .route("stable", "stable")
@@ -1213,7 +1221,6 @@ mod tests {
             let started = Instant::now();
             let (status, _, body) = get(p.addr, "/").await;
             let took = started.elapsed();
-            holder.abort();
             assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
             assert_eq!(body, TIMED_OUT);
             assert!(
@@ -1282,7 +1289,7 @@ mod tests {
             // The backend speaks WebSocket on a raw TCP listener.
             let ws_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let ws_addr = ws_listener.local_addr().unwrap();
-            let ws_backend = tokio::spawn(async move {
+            let _ws_backend = Stop(tokio::spawn(async move {
                 while let Ok((stream, _)) = ws_listener.accept().await {
                     tokio::spawn(async move {
                         let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
@@ -1295,7 +1302,7 @@ mod tests {
                         }
                     });
                 }
-            });
+            }));
             let p = proxy()
                 .upstream("stable", &[(ws_addr, 1)])
                 .route("stable", "stable")
@@ -1314,7 +1321,6 @@ mod tests {
                 assert_eq!(echoed.into_text().unwrap(), text);
             }
             ws.close(None).await.unwrap();
-            ws_backend.abort();
         })
         .await
     }
