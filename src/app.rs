@@ -7,7 +7,7 @@
 use crate::config::{Config, StoreConfig};
 use crate::gateway::{Gateway, GatewayError};
 use crate::proxy::{self, ProxyConfig, UpstreamConfigError, Upstreams};
-use crate::store::{EmbeddedStore, Store, StoreError};
+use crate::store::{CachedStore, EmbeddedStore, MemcachedStore, RedisStore, Store, StoreError};
 use http::HeaderName;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,22 +41,29 @@ pub struct Running {
     watcher: JoinHandle<()>,
 }
 
-/// Opens the store a config names.
-pub fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
-    match config {
-        StoreConfig::Embedded { dir } => Ok(Arc::new(EmbeddedStore::open(dir)?)),
-    }
+/// Opens the store a config names. A shared store (Redis, memcached) gets the lookup cache in
+/// front; the embedded store answers lookups from memory and needs none. A shared store that
+/// cannot be reached yet is not an error: it starts degraded and connects when it can.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    let store: Arc<dyn Store> = match &config.store {
+        StoreConfig::Embedded { dir } => return Ok(Arc::new(EmbeddedStore::open(dir)?)),
+        StoreConfig::Redis(redis) => Arc::new(RedisStore::connect(redis.clone()).await?),
+        StoreConfig::Memcached { memcached, dir } => {
+            let policy: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir)?);
+            Arc::new(MemcachedStore::connect(memcached.clone(), policy).await?)
+        }
+    };
+    Ok(Arc::new(CachedStore::new(store, config.cache)))
 }
 
 /// Starts graygate on `store` (opened from the config by [`open_store`], or handed in by the demo).
 pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, StartError> {
     let upstream_names: Vec<String> = config.upstreams.iter().map(|u| u.name.clone()).collect();
-    let gateway = Gateway::start(
-        store,
-        upstream_names,
-        config.policy.as_ref().map(|p| &p.doc),
-    )
-    .await?;
+    let seed = config.policy.as_ref().map(|p| &p.doc);
+    // A little above the cache's own bound, so that the cache (which can serve a stale value)
+    // answers first.
+    let lookup_timeout = config.cache.lookup_timeout + std::time::Duration::from_millis(10);
+    let gateway = Gateway::start(store, upstream_names, seed, lookup_timeout).await?;
     let watcher = gateway.spawn_watcher(config.reload_interval);
 
     let upstreams = Arc::new(Upstreams::new(config.upstreams.clone(), &config.timeouts)?);

@@ -10,7 +10,7 @@ use crate::app::{self, StartError};
 use crate::config::{Config, PolicySource, StoreConfig, DEFAULT_MAX_HEADER_BYTES};
 use crate::policy::{self, PolicyDoc};
 use crate::proxy::{ClientIpConfig, ClientIpMode, ServerConfig, Timeouts, UpstreamConfig};
-use crate::store::{EmbeddedStore, Entry, Store, StoreError};
+use crate::store::{CacheConfig, EmbeddedStore, Entry, Store, StoreError};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
@@ -115,6 +115,7 @@ fn demo_config(
         store: StoreConfig::Embedded {
             dir: dir.to_path_buf(),
         },
+        cache: CacheConfig::default(),
         // curl runs on this machine: trust loopback so that its X-Real-IP header counts, in the
         // original design's order (X-Real-IP, else X-Forwarded-For, else the peer).
         client_ip: ClientIpConfig {

@@ -15,7 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast::error::RecvError;
 
 /// Why a policy could not be loaded or applied.
@@ -37,12 +37,18 @@ pub struct Gateway {
     policy: ArcSwap<Policy>,
     /// Revision of the stored document `policy` was compiled from (0: none stored).
     revision: AtomicU64,
+    /// When a policy was last installed, in ms since the Unix epoch (0: never), for the
+    /// metrics: an operator checks that a change has landed everywhere.
+    last_reload_ms: AtomicU64,
     store: Arc<dyn Store>,
     /// Upstream names, in the order of the data plane's upstream table: a compiled policy refers
     /// to upstreams by index into this list.
     upstreams: Vec<String>,
     /// How long a request waits for a store lookup before it is decided as if the store were down.
     lookup_timeout: Duration,
+    /// The config's policy, when the store could not be read at start: written to the store by
+    /// the first reload that finds the store answering and empty.
+    pending_seed: std::sync::Mutex<Option<PolicyDoc>>,
 }
 
 impl Gateway {
@@ -52,18 +58,21 @@ impl Gateway {
         store: Arc<dyn Store>,
         upstreams: Vec<String>,
         seed: Option<&PolicyDoc>,
+        lookup_timeout: Duration,
     ) -> Result<Arc<Self>, GatewayError> {
         let names: Vec<&str> = upstreams.iter().map(String::as_str).collect();
         let empty = policy::compile(&PolicyDoc::default(), &names)?;
         let gateway = Arc::new(Gateway {
             policy: ArcSwap::from_pointee(empty),
             revision: AtomicU64::new(0),
+            last_reload_ms: AtomicU64::new(0),
             store,
             upstreams,
-            lookup_timeout: Duration::from_millis(50),
+            lookup_timeout,
+            pending_seed: std::sync::Mutex::new(None),
         });
-        match gateway.store.load_policy().await? {
-            Some(stored) => {
+        match gateway.store.load_policy().await {
+            Ok(Some(stored)) => {
                 let compiled = gateway.compile_json(stored.revision, &stored.json)?;
                 gateway.install(compiled, stored.revision);
                 if seed.is_some() {
@@ -73,13 +82,21 @@ impl Gateway {
                     );
                 }
             }
-            None => match seed {
+            Ok(None) => match seed {
                 Some(doc) => {
                     gateway.apply(doc).await?;
                 }
-                None => tracing::warn!(
-                    "no policy in the store or the config: every request gets 404 until one is set"
-                ),
+                None => tracing::warn!("no policy in the store or the config: every request gets 404 until one is set"),
+            },
+            // A shared store that is down must not keep graygate from serving: run on the
+            // config's policy and write it once the store answers (see `reload`).
+            Err(e) => match seed {
+                Some(doc) => {
+                    tracing::warn!(error = %e, "store unavailable at start: serving the config's policy until it answers");
+                    gateway.install(gateway.compile(doc)?, 0);
+                    *gateway.pending_seed.lock().expect("seed lock") = Some(doc.clone());
+                }
+                None => return Err(e.into()),
             },
         }
         Ok(gateway)
@@ -93,6 +110,15 @@ impl Gateway {
     /// The revision of the running policy (0: none stored).
     pub fn revision(&self) -> u64 {
         self.revision.load(Ordering::Acquire)
+    }
+
+    /// When the running policy was installed (at start, by `apply` or by a reload); `None`
+    /// while no policy was ever installed.
+    pub fn last_reload(&self) -> Option<SystemTime> {
+        match self.last_reload_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(UNIX_EPOCH + Duration::from_millis(ms)),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -114,8 +140,14 @@ impl Gateway {
     /// that does not compile is logged once and the running policy stays.
     pub async fn reload(&self) -> Result<bool, GatewayError> {
         let Some(stored) = self.store.load_policy().await? else {
+            let seed = self.pending_seed.lock().expect("seed lock").take();
+            if let Some(doc) = seed {
+                self.apply(&doc).await?;
+                return Ok(true);
+            }
             return Ok(false);
         };
+        self.pending_seed.lock().expect("seed lock").take();
         if stored.revision == self.revision() {
             return Ok(false);
         }
@@ -185,6 +217,10 @@ impl Gateway {
     fn install(&self, policy: Policy, revision: u64) {
         self.policy.store(Arc::new(policy));
         self.revision.store(revision, Ordering::Release);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis().max(1) as u64);
+        self.last_reload_ms.store(now_ms, Ordering::Release);
     }
 
     /// Decides for a request: evaluates on one snapshot, fetching store values the rules need

@@ -111,7 +111,7 @@ fn check(path: &PathBuf) -> ExitCode {
 }
 
 async fn run(config: config::Config) -> anyhow::Result<()> {
-    let store = app::open_store(&config.store)?;
+    let store = app::open_store(&config).await?;
     let running = app::start(&config, store).await?;
     for addr in &running.addrs {
         // A stable line on stdout: scripts and tests read the bound address from it.

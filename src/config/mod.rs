@@ -12,6 +12,8 @@ mod locate;
 
 use crate::policy::{self, PolicyDoc};
 use crate::proxy::{ClientIpConfig, ClientIpMode, ServerConfig, Timeouts, UpstreamConfig};
+use crate::store::{CacheConfig, MemcachedConfig, RedisConfig};
+use std::collections::HashMap;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -56,6 +58,8 @@ pub struct Config {
     /// Addresses the data plane listens on.
     pub listen: Vec<SocketAddr>,
     pub store: StoreConfig,
+    /// The lookup cache in front of a shared store (Redis, memcached).
+    pub cache: CacheConfig,
     pub client_ip: ClientIpConfig,
     pub timeouts: Timeouts,
     /// Largest request head (request line and headers) accepted; larger gets 431.
@@ -74,11 +78,16 @@ pub struct Config {
     pub workers: Option<usize>,
 }
 
-/// Where the policy is kept.
+/// Where the policy and the identity lists are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreConfig {
     /// redb in this directory (created if missing).
     Embedded { dir: PathBuf },
+    /// Policy and lists in Redis, shared by every instance pointed at it.
+    Redis(RedisConfig),
+    /// Lists in memcached (the original IP gray-list layout); the policy in an embedded store in
+    /// `dir`, since memcached can neither keep a document safely nor notify.
+    Memcached { memcached: MemcachedConfig, dir: PathBuf },
 }
 
 /// A policy read from the config, with where it came from.
@@ -95,6 +104,8 @@ struct ConfigFile {
     listen: Vec<String>,
     #[serde(default)]
     store: StoreFile,
+    #[serde(default)]
+    cache: CacheFile,
     #[serde(default)]
     client_ip: ClientIpFile,
     #[serde(default)]
@@ -119,7 +130,25 @@ struct ConfigFile {
 #[serde(deny_unknown_fields)]
 struct StoreFile {
     kind: Option<String>,
+    /// embedded, memcached: the embedded store's directory.
     path: Option<String>,
+    /// redis
+    url: Option<String>,
+    /// redis
+    key_prefix: Option<String>,
+    /// memcached
+    servers: Option<Vec<String>>,
+    /// redis, memcached: list name -> key prefix.
+    lists: Option<HashMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheFile {
+    max_entries: Option<usize>,
+    ttl: Option<String>,
+    negative_ttl: Option<String>,
+    lookup_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -185,17 +214,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         listen.push(parsed);
     }
 
-    let store = match file.store.kind.as_deref().unwrap_or("embedded") {
-        "embedded" => StoreConfig::Embedded {
-            dir: base.join(file.store.path.as_deref().unwrap_or("graygate-data")),
-        },
-        other => {
-            return Err(at(
-                "store.kind",
-                format!("unknown store `{other}` (known: embedded)"),
-            ))
-        }
-    };
+    let store = store_config(&file.store, &base, &at)?;
 
     let mut trusted = Vec::new();
     for (i, net) in file.client_ip.trusted_proxies.iter().enumerate() {
@@ -249,6 +268,18 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         &file.reload_interval,
         Duration::from_secs(5),
     )?;
+    let cache_defaults = CacheConfig::default();
+    let c = &file.cache;
+    let cache = CacheConfig {
+        max_entries: match c.max_entries {
+            Some(0) => return Err(at("cache.max_entries", "must be at least 1".into())),
+            Some(n) => n,
+            None => cache_defaults.max_entries,
+        },
+        ttl: duration("cache.ttl", &c.ttl, cache_defaults.ttl)?,
+        negative_ttl: duration("cache.negative_ttl", &c.negative_ttl, cache_defaults.negative_ttl)?,
+        lookup_timeout: duration("cache.lookup_timeout", &c.lookup_timeout, cache_defaults.lookup_timeout)?,
+    };
 
     let max_header_bytes = file.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES);
     if max_header_bytes < 1024 {
@@ -336,6 +367,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         file: path.to_path_buf(),
         listen,
         store,
+        cache,
         client_ip,
         timeouts,
         max_header_bytes,
@@ -344,6 +376,64 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         reload_interval,
         version_header,
     })
+}
+
+/// The `[store]` table: which keys go with which kind, and what they default to.
+fn store_config(
+    f: &StoreFile,
+    base: &Path,
+    at: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<StoreConfig, ConfigError> {
+    let kind = f.kind.as_deref().unwrap_or("embedded");
+    let only = |field: &str, given: bool, kinds: &str| -> Result<(), ConfigError> {
+        if given {
+            Err(at(&format!("store.{field}"), format!("`{field}` is not a setting of the {kind} store (only of: {kinds})")))
+        } else {
+            Ok(())
+        }
+    };
+    let dir = base.join(f.path.as_deref().unwrap_or("graygate-data"));
+    match kind {
+        "embedded" => {
+            only("url", f.url.is_some(), "redis")?;
+            only("key_prefix", f.key_prefix.is_some(), "redis")?;
+            only("servers", f.servers.is_some(), "memcached")?;
+            only("lists", f.lists.is_some(), "redis, memcached")?;
+            Ok(StoreConfig::Embedded { dir })
+        }
+        "redis" => {
+            only("path", f.path.is_some(), "embedded, memcached")?;
+            only("servers", f.servers.is_some(), "memcached")?;
+            let Some(url) = &f.url else {
+                return Err(at("store", "the redis store needs `url`, like \"redis://127.0.0.1:6379/0\"".into()));
+            };
+            if let Err(e) = redis::Client::open(url.as_str()) {
+                return Err(at("store.url", format!("`{url}` is not a Redis URL: {e}")));
+            }
+            let mut config = RedisConfig::new(url.clone());
+            if let Some(p) = &f.key_prefix {
+                config.key_prefix = p.clone();
+            }
+            config.lists = f.lists.clone().unwrap_or_default();
+            Ok(StoreConfig::Redis(config))
+        }
+        "memcached" => {
+            only("url", f.url.is_some(), "redis")?;
+            only("key_prefix", f.key_prefix.is_some(), "redis")?;
+            let servers = f.servers.clone().unwrap_or_default();
+            if servers.is_empty() {
+                return Err(at("store", "the memcached store needs `servers`, like [\"127.0.0.1:11211\"]".into()));
+            }
+            for (i, s) in servers.iter().enumerate() {
+                if parse_server(s).map(|p| p.weight != 1 || p.addr != *s).unwrap_or(true) {
+                    return Err(at(&format!("store.servers[{i}]"), format!("`{s}` is not host:port")));
+                }
+            }
+            let memcached = MemcachedConfig { servers, lists: f.lists.clone().unwrap_or_default() };
+            Ok(StoreConfig::Memcached { memcached, dir })
+        }
+        other => Err(at("store.kind", format!("unknown store `{other}` (known: embedded, redis, memcached)"))),
+    }
 }
 
 /// Reads a policy file (TOML with top-level `routes` and `services`) and validates it against the

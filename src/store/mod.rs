@@ -12,15 +12,23 @@
 //! the store keeps them in memory (the embedded store does), else through [`Store::lookup`] behind
 //! a bounded cache.
 //!
-//! Implementations: `embedded` (redb, the default). Redis and memcached come next.
+//! Implementations: `embedded` (redb, the default), `redis` (policy and lists shared by every
+//! instance, with push invalidation), `memcached` (identity lists only; the policy stays in another
+//! store). `cache` puts a bounded lookup cache in front of any of them.
 
+pub mod cache;
 pub mod embedded;
+pub mod memcached;
+pub mod redis;
 
 use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+pub use self::redis::{InvalidationMode, RedisConfig, RedisStore};
+pub use cache::{CacheConfig, CacheStats, CachedStore};
 pub use embedded::EmbeddedStore;
+pub use memcached::{MemcachedConfig, MemcachedStore};
 
 /// A store failure. Every variant names what failed so that an operator can act on the message.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +94,96 @@ pub enum Change {
     Reset,
 }
 
+/// Whether a store is reachable, for logs, metrics and the admin state.
+///
+/// A shared store (Redis, memcached) is *degraded* while graygate cannot reach it: lookups fail
+/// fast (the request is decided as if the store were down, or from the last known value) and the
+/// store reconnects by itself with backoff.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreHealth {
+    /// True while the store cannot be reached.
+    pub degraded: bool,
+    /// When the current state began: since when the store is degraded, or when it last recovered
+    /// (`None`: it never was degraded).
+    pub since: Option<SystemTime>,
+    /// The last connection error seen, kept after recovery so that an operator can see what
+    /// happened.
+    pub last_error: Option<String>,
+}
+
+/// Tracks a shared store's [`StoreHealth`] and logs each change of state once (`warn` when it
+/// becomes degraded, `info` when it recovers), never per request.
+pub(crate) struct HealthTracker {
+    /// [`StoreError`]'s `store` name, for the log lines.
+    store: &'static str,
+    /// Mirror of `state.degraded`, read on every request without taking the lock.
+    degraded: std::sync::atomic::AtomicBool,
+    state: std::sync::Mutex<StoreHealth>,
+}
+
+impl HealthTracker {
+    pub(crate) fn new(store: &'static str) -> Self {
+        HealthTracker {
+            store,
+            degraded: std::sync::atomic::AtomicBool::new(false),
+            state: std::sync::Mutex::new(StoreHealth::default()),
+        }
+    }
+
+    pub(crate) fn is_degraded(&self) -> bool {
+        self.degraded.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Records a connection failure; logs only if the store was healthy until now.
+    pub(crate) fn mark_degraded(&self, error: &str) {
+        let mut state = self.lock();
+        state.last_error = Some(error.to_owned());
+        if !state.degraded {
+            state.degraded = true;
+            state.since = Some(SystemTime::now());
+            self.degraded
+                .store(true, std::sync::atomic::Ordering::Release);
+            tracing::warn!(
+                store = self.store,
+                error,
+                "store degraded: lookups are decided as if the store were down (or from the last known value) until it recovers; reconnecting with backoff"
+            );
+        }
+    }
+
+    /// Records that the store answers again; logs only if it was degraded. Returns whether it was.
+    pub(crate) fn mark_recovered(&self) -> bool {
+        let mut state = self.lock();
+        if !state.degraded {
+            return false;
+        }
+        let down_for = state
+            .since
+            .and_then(|since| since.elapsed().ok())
+            .unwrap_or_default();
+        state.degraded = false;
+        state.since = Some(SystemTime::now());
+        self.degraded
+            .store(false, std::sync::atomic::Ordering::Release);
+        tracing::info!(
+            store = self.store,
+            down_for = %humantime::format_duration(Duration::from_millis(down_for.as_millis() as u64)),
+            "store recovered"
+        );
+        true
+    }
+
+    pub(crate) fn snapshot(&self) -> StoreHealth {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StoreHealth> {
+        // The state is plain data, always consistent between statements: a panic elsewhere while
+        // holding the lock leaves nothing half-written.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The one interface the data plane and the control plane use to reach stored data.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -121,4 +219,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// A receiver of every change made from now on. Lagging receivers should reload everything.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change>;
+
+    /// Whether the store is reachable right now. Local stores are always healthy.
+    fn health(&self) -> StoreHealth {
+        StoreHealth::default()
+    }
 }

@@ -1,0 +1,901 @@
+//! The lookup cache: a [`Store`] decorator that answers repeated per-identity lookups from memory.
+//!
+//! A shared store (Redis, memcached) costs a network round trip per lookup; a request must not pay
+//! it for a key that was just looked up. [`CachedStore`] wraps any store and:
+//!
+//! - keeps up to [`CacheConfig::max_entries`] answers, values and *absences* alike (a token that
+//!   maps to nobody is asked about as often as one that does), each fresh for
+//!   [`CacheConfig::ttl`] (absences: [`CacheConfig::negative_ttl`]);
+//! - answers a fresh entry synchronously from [`Store::lookup_local`], so the request path does
+//!   not even enter an `async` lookup for a hit;
+//! - fetches a missing key once, however many requests ask for it at the same time (one fetch in
+//!   flight per key: no stampede on the store when a popular key expires);
+//! - bounds a fetch by [`CacheConfig::lookup_timeout`]; past it the caller gets an error and the
+//!   request is decided as if the store were down;
+//! - serves the *last known* value of a key while the store fails (down, hanging), for up to
+//!   [`STALE_FACTOR`] times the TTL, so that an outage does not flip decisions it has answers for;
+//! - drops entries as soon as the wrapped store reports a change ([`Change::Key`] for one key,
+//!   [`Change::List`] for a list, [`Change::Reset`] for everything), and passes every change on to
+//!   its own subscribers, after the entries are gone.
+//!
+//! # Staleness
+//! A value can be older than the store's by at most the TTL when the store sends no change
+//! notifications (memcached), and by the notification delay when it does (Redis: a few ms).
+//!
+//! # While the store fails
+//! After a fetch fails, the cache stops waiting for the store: a lookup answers at once from the
+//! last known value (or fails, when there is none) and refreshes the key in the background. The
+//! first successful fetch ends that state. So an outage costs each request at most one lookup
+//! timeout, once, instead of one per request.
+
+use super::{Change, Entry, Store, StoreError, StoreHealth, StoredPolicy};
+use async_trait::async_trait;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, watch};
+
+/// How many times the TTL a value is kept after it stops being fresh, to be served only while the
+/// store fails.
+pub const STALE_FACTOR: u32 = 10;
+
+/// How many changes a subscriber of the cache may fall behind before it lags.
+const CHANGE_CAPACITY: usize = 1024;
+
+/// Sizes and times of a [`CachedStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Most entries kept (values and absences together); the least useful are evicted first.
+    pub max_entries: usize,
+    /// How long a value is used without asking the store again. Also the staleness bound when the
+    /// store sends no change notifications.
+    pub ttl: Duration,
+    /// How long an absence is used without asking the store again.
+    pub negative_ttl: Duration,
+    /// How long a lookup waits for the store before the request is decided as if the store were
+    /// down. Keep it below the gateway's own lookup timeout.
+    pub lookup_timeout: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_entries: 100_000,
+            ttl: Duration::from_secs(1),
+            negative_ttl: Duration::from_secs(1),
+            lookup_timeout: Duration::from_millis(50),
+        }
+    }
+}
+
+/// Counters since the cache was created, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Lookups answered from a fresh entry.
+    pub hits: u64,
+    /// Lookups that needed the store (no entry, or not fresh).
+    pub misses: u64,
+    /// Lookups answered from an expired entry because the store failed.
+    pub stale_served: u64,
+    /// Lookups that failed: the store failed and no earlier value was known.
+    pub errors: u64,
+    /// Fetches sent to the store (one per key however many lookups waited for it).
+    pub fetches: u64,
+    /// Entries held right now (approximate: evictions are applied in batches).
+    pub entries: u64,
+}
+
+/// A [`Store`] with a lookup cache in front. See the module documentation.
+pub struct CachedStore {
+    shared: Arc<Shared>,
+    /// Follows the wrapped store's changes; stopped when the cache is dropped.
+    follower: tokio::task::JoinHandle<()>,
+}
+
+/// A cached answer: the value (`None`: absent) and when it was fetched.
+#[derive(Clone)]
+struct Cached {
+    value: Option<Arc<str>>,
+    fetched: Instant,
+}
+
+/// What a fetch ended with: the answer, or the error message.
+type Outcome = Result<Option<Arc<str>>, Arc<str>>;
+
+/// One fetch in flight; every lookup of the key while it runs waits for this one.
+struct Flight {
+    done: watch::Sender<Option<Outcome>>,
+    /// Set when the key changed while the fetch ran: its answer may predate the change, so it is
+    /// handed to the waiting lookups but not cached.
+    invalidated: AtomicBool,
+}
+
+struct Shared {
+    inner: Arc<dyn Store>,
+    config: CacheConfig,
+    /// Cache key (see [`cache_key`]) -> answer. Entries live `STALE_FACTOR` x TTL; freshness is
+    /// checked on read.
+    values: moka::sync::Cache<String, Cached>,
+    /// Fetches in flight by cache key. Also the lock that orders "a fetch stores its answer"
+    /// against "a change drops entries", so that an answer fetched before a change is never
+    /// cached after it.
+    flights: Mutex<HashMap<String, Arc<Flight>>>,
+    changes: broadcast::Sender<Change>,
+    /// True from a failed fetch until the next successful one: lookups stop waiting for the store.
+    failing: AtomicBool,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    stale_served: AtomicU64,
+    errors: AtomicU64,
+    fetches: AtomicU64,
+}
+
+thread_local! {
+    /// Reused to build cache keys on the request path, so that a hit allocates nothing.
+    static KEY_BUF: RefCell<String> = RefCell::new(String::with_capacity(128));
+}
+
+/// The cache key of `key` in `list`: `"<len(list)>:<list><key>"`. The length makes the split
+/// unambiguous whatever characters the list and key hold, and makes every key of a list start
+/// with [`list_prefix`].
+fn cache_key(out: &mut String, list: &str, key: &str) {
+    out.clear();
+    let _ = write!(out, "{}:", list.len());
+    out.push_str(list);
+    out.push_str(key);
+}
+
+fn list_prefix(list: &str) -> String {
+    format!("{}:{list}", list.len())
+}
+
+impl CachedStore {
+    /// Wraps `inner`. Must be called inside a Tokio runtime: a task follows `inner`'s changes
+    /// until the cache is dropped.
+    pub fn new(inner: Arc<dyn Store>, config: CacheConfig) -> CachedStore {
+        let keep = config.ttl.max(config.negative_ttl) * STALE_FACTOR;
+        let values = moka::sync::Cache::builder()
+            .max_capacity(config.max_entries as u64)
+            .time_to_live(keep.max(Duration::from_millis(1)))
+            .support_invalidation_closures()
+            .build();
+        let (changes, _) = broadcast::channel(CHANGE_CAPACITY);
+        let mut source = inner.subscribe();
+        let shared = Arc::new(Shared {
+            inner,
+            config,
+            values,
+            flights: Mutex::new(HashMap::new()),
+            changes,
+            failing: AtomicBool::new(false),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            stale_served: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            fetches: AtomicU64::new(0),
+        });
+        let follower = {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                loop {
+                    let change = match source.recv().await {
+                        Ok(change) => change,
+                        // Changes were missed: any entry may be stale.
+                        Err(broadcast::error::RecvError::Lagged(_)) => Change::Reset,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    };
+                    shared.apply(&change);
+                    let _ = shared.changes.send(change);
+                }
+            })
+        };
+        CachedStore { shared, follower }
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &Arc<dyn Store> {
+        &self.shared.inner
+    }
+
+    pub fn config(&self) -> &CacheConfig {
+        &self.shared.config
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let s = &self.shared;
+        CacheStats {
+            hits: s.hits.load(Ordering::Relaxed),
+            misses: s.misses.load(Ordering::Relaxed),
+            stale_served: s.stale_served.load(Ordering::Relaxed),
+            errors: s.errors.load(Ordering::Relaxed),
+            fetches: s.fetches.load(Ordering::Relaxed),
+            entries: s.values.entry_count(),
+        }
+    }
+
+    /// Drops every entry, as a [`Change::Reset`] would.
+    pub fn clear(&self) {
+        self.shared.apply(&Change::Reset);
+    }
+
+    /// Applies pending evictions now, so that [`CacheStats::entries`] is exact. For tests.
+    pub fn run_pending_tasks(&self) {
+        self.shared.values.run_pending_tasks();
+    }
+}
+
+impl std::fmt::Debug for CachedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedStore")
+            .field("inner", &self.shared.inner.kind())
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for CachedStore {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
+
+impl Shared {
+    /// Drops the entries `change` makes stale, and marks fetches in flight for them so that their
+    /// answers are not cached.
+    fn apply(&self, change: &Change) {
+        let flights = self.lock_flights();
+        match change {
+            Change::Policy { .. } => {}
+            Change::Key { list, key } => {
+                let mut k = String::with_capacity(list.len() + key.len() + 4);
+                cache_key(&mut k, list, key);
+                if let Some(flight) = flights.get(&k) {
+                    flight.invalidated.store(true, Ordering::Release);
+                }
+                self.values.invalidate(&k);
+            }
+            Change::List { list } => {
+                let prefix = list_prefix(list);
+                for (k, flight) in flights.iter() {
+                    if k.starts_with(&prefix) {
+                        flight.invalidated.store(true, Ordering::Release);
+                    }
+                }
+                let result = self
+                    .values
+                    .invalidate_entries_if(move |k, _| k.starts_with(&prefix));
+                if result.is_err() {
+                    // Cannot happen (invalidation closures are enabled at build); never keep
+                    // stale entries if it does.
+                    self.values.invalidate_all();
+                }
+            }
+            Change::Reset => {
+                for flight in flights.values() {
+                    flight.invalidated.store(true, Ordering::Release);
+                }
+                self.values.invalidate_all();
+            }
+        }
+    }
+
+    fn is_fresh(&self, cached: &Cached) -> bool {
+        let ttl = if cached.value.is_some() {
+            self.config.ttl
+        } else {
+            self.config.negative_ttl
+        };
+        cached.fetched.elapsed() < ttl
+    }
+
+    /// Joins the fetch in flight for `k`, or starts one.
+    fn flight(
+        self: &Arc<Self>,
+        k: &str,
+        list: &str,
+        key: &str,
+    ) -> watch::Receiver<Option<Outcome>> {
+        let mut flights = self.lock_flights();
+        if let Some(flight) = flights.get(k) {
+            return flight.done.subscribe();
+        }
+        let (done, rx) = watch::channel(None);
+        let flight = Arc::new(Flight {
+            done,
+            invalidated: AtomicBool::new(false),
+        });
+        flights.insert(k.to_owned(), Arc::clone(&flight));
+        drop(flights);
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+
+        // The fetch runs on its own task: a caller that gives up (its request was cancelled, or it
+        // stopped waiting) does not cancel it for the others, and its answer still fills the
+        // cache.
+        let shared = Arc::clone(self);
+        let (k, list, key) = (k.to_owned(), list.to_owned(), key.to_owned());
+        tokio::spawn(async move {
+            let timeout = shared.config.lookup_timeout;
+            let outcome: Outcome =
+                match tokio::time::timeout(timeout, shared.inner.lookup(&list, &key)).await {
+                    Ok(Ok(value)) => Ok(value),
+                    Ok(Err(e)) => Err(Arc::from(e.to_string())),
+                    Err(_) => Err(Arc::from(format!(
+                        "store {} did not answer within {timeout:?}",
+                        shared.inner.kind()
+                    ))),
+                };
+            {
+                let mut flights = shared.lock_flights();
+                if let Ok(value) = &outcome {
+                    shared.failing.store(false, Ordering::Relaxed);
+                    if !flight.invalidated.load(Ordering::Acquire) {
+                        let cached = Cached {
+                            value: value.clone(),
+                            fetched: Instant::now(),
+                        };
+                        shared.values.insert(k.clone(), cached);
+                    }
+                } else {
+                    shared.failing.store(true, Ordering::Relaxed);
+                }
+                if flights.get(&k).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+                    flights.remove(&k);
+                }
+            }
+            let _ = flight.done.send(Some(outcome));
+        });
+        rx
+    }
+
+    /// The answer to give when the store failed with `detail`: the last known value if there is
+    /// one, else an error.
+    fn fallback(
+        &self,
+        stale: Option<Cached>,
+        detail: &str,
+    ) -> Result<Option<Arc<str>>, StoreError> {
+        match stale {
+            Some(stale) => {
+                self.stale_served.fetch_add(1, Ordering::Relaxed);
+                Ok(stale.value)
+            }
+            None => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                Err(StoreError::Unavailable {
+                    store: self.inner.kind(),
+                    detail: detail.to_owned(),
+                })
+            }
+        }
+    }
+
+    fn lock_flights(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Flight>>> {
+        // Every critical section leaves the map consistent: a panic cannot leave it half-updated.
+        self.flights.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl Store for CachedStore {
+    fn kind(&self) -> &'static str {
+        self.shared.inner.kind()
+    }
+
+    async fn load_policy(&self) -> Result<Option<StoredPolicy>, StoreError> {
+        self.shared.inner.load_policy().await
+    }
+
+    async fn save_policy(&self, json: &str, expected: Option<u64>) -> Result<u64, StoreError> {
+        self.shared.inner.save_policy(json, expected).await
+    }
+
+    /// The wrapped store's local answer if it has one, else a fresh cache entry, else `None`.
+    /// Allocates nothing.
+    fn lookup_local(&self, list: &str, key: &str) -> Option<Option<Arc<str>>> {
+        let shared = &self.shared;
+        if let Some(answer) = shared.inner.lookup_local(list, key) {
+            return Some(answer);
+        }
+        let cached = KEY_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            cache_key(&mut buf, list, key);
+            shared.values.get(buf.as_str())
+        })?;
+        if shared.is_fresh(&cached) {
+            shared.hits.fetch_add(1, Ordering::Relaxed);
+            Some(cached.value)
+        } else {
+            None
+        }
+    }
+
+    /// A fresh entry, else the store's answer (one fetch per key in flight, bounded by the lookup
+    /// timeout), else the last known value while the store fails, else an error.
+    async fn lookup(&self, list: &str, key: &str) -> Result<Option<Arc<str>>, StoreError> {
+        let shared = &self.shared;
+        if let Some(answer) = shared.inner.lookup_local(list, key) {
+            return Ok(answer);
+        }
+        let mut k = String::with_capacity(list.len() + key.len() + 4);
+        cache_key(&mut k, list, key);
+        let stale = match shared.values.get(&k) {
+            Some(cached) if shared.is_fresh(&cached) => {
+                shared.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(cached.value);
+            }
+            other => other,
+        };
+        shared.misses.fetch_add(1, Ordering::Relaxed);
+        let mut rx = shared.flight(&k, list, key);
+
+        if shared.failing.load(Ordering::Relaxed) {
+            // The store failed a moment ago: answer now; the fetch just started refreshes the key
+            // in the background and ends this state if it succeeds.
+            return shared.fallback(stale, "the store is failing; retrying in the background");
+        }
+
+        // With a last known value to fall back on, wait only half the timeout so that the answer
+        // reaches a caller that bounds the whole lookup by the same timeout.
+        let wait = if stale.is_some() {
+            shared.config.lookup_timeout / 2
+        } else {
+            shared.config.lookup_timeout
+        };
+        let waited = tokio::time::timeout(wait, rx.wait_for(Option::is_some))
+            .await
+            .map(|done| done.map(|outcome| outcome.clone()));
+        match waited {
+            Ok(Ok(Some(Ok(value)))) => Ok(value),
+            Ok(Ok(Some(Err(detail)))) => shared.fallback(stale, &detail),
+            // The fetch task cannot drop its sender without sending; treat it as a failure anyway.
+            Ok(Ok(None)) | Ok(Err(_)) => shared.fallback(stale, "the lookup was abandoned"),
+            Err(_) => {
+                // The store is hanging: stop waiting for it until a fetch succeeds again.
+                shared.failing.store(true, Ordering::Relaxed);
+                shared.fallback(
+                    stale,
+                    &format!(
+                        "store {} did not answer within {wait:?}",
+                        shared.inner.kind()
+                    ),
+                )
+            }
+        }
+    }
+
+    /// Writes through to the wrapped store, then drops the list's entries here at once, so that a
+    /// lookup on this instance sees the write without waiting for the change notification.
+    async fn put_entries(&self, list: &str, entries: &[Entry]) -> Result<(), StoreError> {
+        let result = self.shared.inner.put_entries(list, entries).await;
+        self.shared.apply(&Change::List {
+            list: list.to_owned(),
+        });
+        result
+    }
+
+    async fn remove_entries(&self, list: &str, keys: &[String]) -> Result<usize, StoreError> {
+        let result = self.shared.inner.remove_entries(list, keys).await;
+        self.shared.apply(&Change::List {
+            list: list.to_owned(),
+        });
+        result
+    }
+
+    async fn list_entries(&self, list: &str) -> Result<Vec<Entry>, StoreError> {
+        self.shared.inner.list_entries(list).await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.shared.changes.subscribe()
+    }
+
+    fn health(&self) -> StoreHealth {
+        self.shared.inner.health()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A store for the cache to front: values in a map, counts fetches, can be made slow or
+    /// failing, and never answers locally.
+    #[derive(Default)]
+    struct FakeStore {
+        values: Mutex<HashMap<(String, String), String>>,
+        fetches: AtomicUsize,
+        delay_ms: AtomicU64,
+        failing: AtomicBool,
+        changes: Option<broadcast::Sender<Change>>,
+    }
+
+    impl FakeStore {
+        fn new() -> Arc<FakeStore> {
+            let (tx, _) = broadcast::channel(64);
+            Arc::new(FakeStore {
+                changes: Some(tx),
+                ..FakeStore::default()
+            })
+        }
+
+        fn set(&self, list: &str, key: &str, value: &str) {
+            self.values
+                .lock()
+                .unwrap()
+                .insert((list.into(), key.into()), value.into());
+        }
+
+        fn del(&self, list: &str, key: &str) {
+            self.values
+                .lock()
+                .unwrap()
+                .remove(&(list.to_owned(), key.to_owned()));
+        }
+
+        fn fetches(&self) -> usize {
+            self.fetches.load(Ordering::SeqCst)
+        }
+
+        fn notify(&self, change: Change) {
+            self.changes.as_ref().unwrap().send(change).unwrap();
+        }
+    }
+
+    #[async_trait]
+    impl Store for FakeStore {
+        fn kind(&self) -> &'static str {
+            "fake"
+        }
+        async fn load_policy(&self) -> Result<Option<StoredPolicy>, StoreError> {
+            Ok(None)
+        }
+        async fn save_policy(&self, _: &str, _: Option<u64>) -> Result<u64, StoreError> {
+            Ok(1)
+        }
+        async fn lookup(&self, list: &str, key: &str) -> Result<Option<Arc<str>>, StoreError> {
+            self.fetches.fetch_add(1, Ordering::SeqCst);
+            let delay = self.delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable {
+                    store: "fake",
+                    detail: "down".into(),
+                });
+            }
+            let values = self.values.lock().unwrap();
+            Ok(values
+                .get(&(list.to_owned(), key.to_owned()))
+                .map(|v| Arc::from(v.as_str())))
+        }
+        async fn put_entries(&self, list: &str, entries: &[Entry]) -> Result<(), StoreError> {
+            for e in entries {
+                self.set(list, &e.key, &e.value);
+            }
+            Ok(())
+        }
+        async fn remove_entries(&self, list: &str, keys: &[String]) -> Result<usize, StoreError> {
+            for k in keys {
+                self.del(list, k);
+            }
+            Ok(keys.len())
+        }
+        async fn list_entries(&self, _: &str) -> Result<Vec<Entry>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn subscribe(&self) -> broadcast::Receiver<Change> {
+            self.changes.as_ref().unwrap().subscribe()
+        }
+    }
+
+    fn config(ttl_ms: u64) -> CacheConfig {
+        CacheConfig {
+            max_entries: 1000,
+            ttl: Duration::from_millis(ttl_ms),
+            negative_ttl: Duration::from_millis(ttl_ms),
+            lookup_timeout: Duration::from_millis(50),
+        }
+    }
+
+    fn cached(fake: &Arc<FakeStore>, config: CacheConfig) -> CachedStore {
+        CachedStore::new(Arc::clone(fake) as Arc<dyn Store>, config)
+    }
+
+    fn v(s: &str) -> Option<Arc<str>> {
+        Some(Arc::from(s))
+    }
+
+    /// Polls `cond` every 5 ms until it holds, failing the test after 2 s.
+    async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn hit_miss_and_negative_entries() {
+        let fake = FakeStore::new();
+        fake.set("tokens", "abc", "user-1");
+        let cache = cached(&fake, config(60_000));
+
+        assert_eq!(cache.lookup_local("tokens", "abc"), None, "cold");
+        assert_eq!(cache.lookup("tokens", "abc").await.unwrap(), v("user-1"));
+        assert_eq!(cache.lookup_local("tokens", "abc"), Some(v("user-1")));
+        assert_eq!(cache.lookup("tokens", "abc").await.unwrap(), v("user-1"));
+        assert_eq!(fake.fetches(), 1);
+
+        // Absent keys are cached too.
+        assert_eq!(cache.lookup("tokens", "nobody").await.unwrap(), None);
+        assert_eq!(cache.lookup_local("tokens", "nobody"), Some(None));
+        assert_eq!(cache.lookup("tokens", "nobody").await.unwrap(), None);
+        assert_eq!(fake.fetches(), 2);
+
+        // Same key in another list is another entry.
+        assert_eq!(cache.lookup_local("ips", "abc"), None);
+
+        let stats = cache.stats();
+        assert_eq!(
+            (stats.hits, stats.misses, stats.fetches),
+            (4, 2, 2),
+            "{stats:?}"
+        );
+        assert_eq!((stats.errors, stats.stale_served), (0, 0));
+    }
+
+    #[test]
+    fn cache_keys_do_not_collide_across_lists() {
+        let (mut a, mut b) = (String::new(), String::new());
+        cache_key(&mut a, "ab", "c");
+        cache_key(&mut b, "a", "bc");
+        assert_ne!(a, b);
+        assert!(a.starts_with(&list_prefix("ab")));
+        assert!(!b.starts_with(&list_prefix("ab")));
+    }
+
+    #[tokio::test]
+    async fn entries_expire_after_their_ttl() {
+        let fake = FakeStore::new();
+        fake.set("l", "k", "1");
+        let mut cfg = config(100);
+        cfg.negative_ttl = Duration::from_millis(60_000);
+        let cache = cached(&fake, cfg);
+
+        assert_eq!(cache.lookup("l", "k").await.unwrap(), v("1"));
+        assert_eq!(cache.lookup("l", "gone").await.unwrap(), None);
+        fake.set("l", "k", "2");
+        fake.set("l", "gone", "back");
+        eventually("the value expires", || {
+            cache.lookup_local("l", "k").is_none()
+        })
+        .await;
+        assert_eq!(cache.lookup("l", "k").await.unwrap(), v("2"));
+        assert_eq!(fake.fetches(), 3);
+        // The negative TTL is separate: still absent.
+        assert_eq!(cache.lookup_local("l", "gone"), Some(None));
+    }
+
+    #[tokio::test]
+    async fn one_fetch_for_many_concurrent_lookups() {
+        let fake = FakeStore::new();
+        fake.set("l", "hot", "v");
+        fake.delay_ms.store(20, Ordering::SeqCst);
+        let cache = Arc::new(cached(&fake, config(60_000)));
+
+        let lookups: Vec<_> = (0..50)
+            .map(|_| {
+                let cache = Arc::clone(&cache);
+                tokio::spawn(async move { cache.lookup("l", "hot").await })
+            })
+            .collect();
+        for lookup in lookups {
+            assert_eq!(lookup.await.unwrap().unwrap(), v("v"));
+        }
+        assert_eq!(fake.fetches(), 1);
+        assert_eq!(cache.stats().fetches, 1);
+    }
+
+    #[tokio::test]
+    async fn a_slow_store_times_out_as_an_error() {
+        let fake = FakeStore::new();
+        fake.set("l", "k", "v");
+        fake.delay_ms.store(1_000, Ordering::SeqCst);
+        let cache = cached(&fake, config(60_000));
+
+        let started = Instant::now();
+        let err = cache.lookup("l", "k").await.unwrap_err();
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(300), "{took:?}");
+        assert!(
+            matches!(err, StoreError::Unavailable { store: "fake", .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("did not answer within"), "{err}");
+        assert_eq!(cache.stats().errors, 1);
+
+        // Now failing: the next lookup does not wait at all.
+        let started = Instant::now();
+        assert!(cache.lookup("l", "other").await.is_err());
+        assert!(
+            started.elapsed() < Duration::from_millis(20),
+            "{:?}",
+            started.elapsed()
+        );
+
+        // The store answers again: the background refresh ends the failing state.
+        fake.delay_ms.store(0, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            if let Ok(value) = cache.lookup("l", "k").await {
+                assert_eq!(value, v("v"));
+                break;
+            }
+            assert!(Instant::now() < deadline, "never recovered");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_last_known_value_is_served_while_the_store_fails() {
+        let fake = FakeStore::new();
+        fake.set("l", "k", "known");
+        let cache = cached(&fake, config(50));
+        assert_eq!(cache.lookup("l", "k").await.unwrap(), v("known"));
+        assert_eq!(cache.lookup("l", "absent").await.unwrap(), None);
+        eventually("the entries go stale", || {
+            cache.lookup_local("l", "k").is_none() && cache.lookup_local("l", "absent").is_none()
+        })
+        .await;
+
+        fake.failing.store(true, Ordering::SeqCst);
+        assert_eq!(cache.lookup("l", "k").await.unwrap(), v("known"));
+        assert_eq!(cache.lookup("l", "absent").await.unwrap(), None);
+        assert!(cache.lookup("l", "never-seen").await.is_err());
+        // A hanging store: the stale value comes within half the lookup timeout.
+        fake.failing.store(false, Ordering::SeqCst);
+        fake.delay_ms.store(1_000, Ordering::SeqCst);
+        cache.shared.failing.store(false, Ordering::SeqCst);
+        let started = Instant::now();
+        assert_eq!(cache.lookup("l", "k").await.unwrap(), v("known"));
+        assert!(
+            started.elapsed() < Duration::from_millis(45),
+            "{:?}",
+            started.elapsed()
+        );
+
+        let stats = cache.stats();
+        assert_eq!(stats.stale_served, 3, "{stats:?}");
+        assert_eq!(stats.errors, 1, "{stats:?}");
+        // Never served as fresh.
+        assert_eq!(cache.lookup_local("l", "k"), None);
+    }
+
+    #[tokio::test]
+    async fn changes_drop_entries_and_are_passed_on() {
+        let fake = FakeStore::new();
+        for key in ["a", "b"] {
+            fake.set("l1", key, "1");
+            fake.set("l2", key, "1");
+        }
+        let cache = cached(&fake, config(60_000));
+        let mut changes = cache.subscribe();
+        let warm = || async {
+            for (l, k) in [("l1", "a"), ("l1", "b"), ("l2", "a"), ("l2", "b")] {
+                cache.lookup(l, k).await.unwrap();
+            }
+        };
+        let known = |l: &str, k: &str| cache.lookup_local(l, k).is_some();
+
+        warm().await;
+        fake.notify(Change::Key {
+            list: "l1".into(),
+            key: "a".into(),
+        });
+        assert_eq!(
+            changes.recv().await.unwrap(),
+            Change::Key {
+                list: "l1".into(),
+                key: "a".into()
+            }
+        );
+        assert!(!known("l1", "a"));
+        assert!(known("l1", "b") && known("l2", "a"));
+
+        warm().await;
+        fake.notify(Change::List { list: "l1".into() });
+        assert_eq!(
+            changes.recv().await.unwrap(),
+            Change::List { list: "l1".into() }
+        );
+        assert!(!known("l1", "a") && !known("l1", "b"));
+        assert!(known("l2", "a") && known("l2", "b"));
+
+        warm().await;
+        fake.notify(Change::Reset);
+        assert_eq!(changes.recv().await.unwrap(), Change::Reset);
+        for (l, k) in [("l1", "a"), ("l1", "b"), ("l2", "a"), ("l2", "b")] {
+            assert!(!known(l, k), "{l}/{k}");
+        }
+
+        fake.notify(Change::Policy { revision: 7 });
+        assert_eq!(
+            changes.recv().await.unwrap(),
+            Change::Policy { revision: 7 }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fetch_that_races_a_change_is_not_cached() {
+        let fake = FakeStore::new();
+        fake.set("l", "k", "old");
+        fake.delay_ms.store(30, Ordering::SeqCst);
+        let cache = Arc::new(cached(&fake, config(60_000)));
+        let mut changes = cache.subscribe();
+
+        let lookup = {
+            let cache = Arc::clone(&cache);
+            tokio::spawn(async move { cache.lookup("l", "k").await })
+        };
+        eventually("the fetch starts", || fake.fetches() == 1).await;
+        fake.notify(Change::Key {
+            list: "l".into(),
+            key: "k".into(),
+        });
+        changes.recv().await.unwrap();
+        // The lookup that was already waiting gets the answer it asked for ...
+        assert_eq!(lookup.await.unwrap().unwrap(), v("old"));
+        // ... but it is not cached: it may predate the change.
+        assert_eq!(cache.lookup_local("l", "k"), None);
+    }
+
+    #[tokio::test]
+    async fn writes_through_the_cache_are_seen_at_once() {
+        let fake = FakeStore::new();
+        let cache = cached(&fake, config(60_000));
+        assert_eq!(cache.lookup("l", "k").await.unwrap(), None);
+        cache
+            .put_entries("l", &[Entry::new("k", "v", None)])
+            .await
+            .unwrap();
+        assert_eq!(cache.lookup_local("l", "k"), None);
+        assert_eq!(cache.lookup("l", "k").await.unwrap(), v("v"));
+        cache.remove_entries("l", &["k".into()]).await.unwrap();
+        assert_eq!(cache.lookup("l", "k").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn the_number_of_entries_is_bounded() {
+        let fake = FakeStore::new();
+        let mut cfg = config(60_000);
+        cfg.max_entries = 100;
+        let cache = cached(&fake, cfg);
+        for i in 0..1_000 {
+            cache.lookup("l", &format!("k{i}")).await.unwrap();
+        }
+        cache.run_pending_tasks();
+        let entries = cache.stats().entries;
+        assert!(entries <= 100, "{entries} entries");
+        assert!(entries > 0);
+    }
+
+    #[tokio::test]
+    async fn local_answers_of_the_inner_store_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let embedded = Arc::new(crate::store::EmbeddedStore::open(dir.path()).unwrap());
+        embedded
+            .put_entries("l", &[Entry::new("k", "v", None)])
+            .await
+            .unwrap();
+        let cache = CachedStore::new(embedded, config(60_000));
+        assert_eq!(cache.lookup_local("l", "k"), Some(v("v")));
+        assert_eq!(cache.lookup_local("l", "x"), Some(None));
+        assert_eq!(cache.lookup("l", "k").await.unwrap(), v("v"));
+        assert_eq!(cache.stats(), CacheStats::default());
+    }
+}

@@ -1,0 +1,609 @@
+//! The memcached store: identity lookups (key -> value) from memcached, the policy from another
+//! store.
+//!
+//! memcached holds plain keys and values, as the OpenResty setup it replaces did (`get 10.0.0.7`,
+//! `get TOKEN_abc`); it has no documents with revisions and no notifications. So the policy, its
+//! revisions and its change notifications come from another store given to
+//! [`MemcachedStore::connect`] (the embedded store, seeded from the config), and list lookups go to
+//! memcached.
+//!
+//! # Staleness
+//! memcached cannot tell anyone that a key changed: a value written by another client is seen when
+//! the lookup cache's entry expires, so **the staleness bound is the cache TTL**
+//! ([`crate::store::CacheConfig::ttl`], 1 s by default). Writes made through this store announce a
+//! [`Change::List`] to this instance only.
+//!
+//! # Keys and servers
+//! A lookup of `key` in `list` is `get <prefix><key>` with the list's prefix from
+//! [`MemcachedConfig::lists`] (default `""`). A key memcached would reject (longer than 250 bytes,
+//! or with a space or a control character) is absent without a round trip. With several servers a
+//! key goes to server `xxh3(key) % n`; writers outside graygate must place keys the same way, so a
+//! single server (or a proxy such as mcrouter in front of several) is the simple setup.
+//!
+//! # Connections and outages
+//! Each server has a small pool of open connections, reused across requests (at most
+//! [`MAX_CONNECTIONS`] per server, [`MAX_IDLE`] kept idle); a connection that fails or times out is
+//! closed, never reused. Connecting is bounded by [`CONNECT_TIMEOUT`] and each command by
+//! [`RESPONSE_TIMEOUT`]. When a server cannot be reached or does not answer, the store turns
+//! degraded (logged once): its keys fail at once with [`StoreError::Unavailable`] while a
+//! background task reconnects with exponential backoff (50 ms doubling up to 5 s), then logs the
+//! recovery once and sends [`Change::Reset`] so that values cached during the outage are refetched.
+//!
+//! # Client
+//! The protocol is spoken by the `async-memcached` crate (Shopify's, maintained): one connection
+//! per client value, and cancelling an operation closes its connection so that a late reply can
+//! never be read as the answer to the next command. It has no pool, timeouts or reconnection; this
+//! module adds them.
+
+use super::{Change, Entry, HealthTracker, Store, StoreError, StoreHealth, StoredPolicy};
+use async_memcached::{AsciiProtocol, Client, Error as McError, Status};
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, Notify, Semaphore};
+
+/// Value of [`StoreError`]'s `store` field for this store.
+const STORE: &str = "memcached";
+
+/// How long opening a connection may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// How long a server may take to answer one command.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Most connections open to one server at once; more concurrent lookups wait for one (bounded by
+/// the response timeout).
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// Most idle connections kept per server.
+pub const MAX_IDLE: usize = 16;
+
+/// Longest key memcached accepts.
+pub const MAX_KEY_LEN: usize = 250;
+
+/// memcached reads an expiry above 30 days as a Unix time rather than a number of seconds.
+const RELATIVE_EXPIRY_LIMIT: u64 = 30 * 24 * 3600;
+
+/// First and last delay between reconnection attempts; it doubles in between.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// How many changes a subscriber may fall behind before it lags.
+const CHANGE_CAPACITY: usize = 256;
+
+/// Where the memcached store connects and how lists map to keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemcachedConfig {
+    /// `host:port` of each server.
+    pub servers: Vec<String>,
+    /// List name -> key prefix in memcached; a list not named here uses keys as they are.
+    pub lists: HashMap<String, String>,
+}
+
+/// The memcached-backed [`Store`]. See the module documentation.
+pub struct MemcachedStore {
+    shared: Arc<Shared>,
+    /// Forwards the policy store's changes, and reconnects failed servers.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+struct Shared {
+    servers: Vec<Server>,
+    lists: HashMap<String, String>,
+    /// Where the policy lives.
+    policy: Arc<dyn Store>,
+    changes: broadcast::Sender<Change>,
+    health: HealthTracker,
+    /// Wakes the reconnect task when a server fails.
+    wake: Notify,
+}
+
+/// One memcached server and its connection pool.
+struct Server {
+    addr: String,
+    /// `tcp://<addr>`, as the client wants it.
+    dsn: String,
+    /// Idle connections, most recently used last.
+    idle: Mutex<Vec<Client>>,
+    /// One permit per open connection.
+    permits: Semaphore,
+    /// Set when the server failed; its keys fail at once until the reconnect task clears it.
+    down: AtomicBool,
+}
+
+impl MemcachedStore {
+    /// Connects to `config.servers`; the policy and its changes come from `policy_store`.
+    ///
+    /// Fails with [`StoreError::Open`] when no server is configured or one is not `host:port`.
+    /// Servers that cannot be reached (yet) are not an error: the store starts degraded and
+    /// connects as soon as they answer.
+    pub async fn connect(
+        config: MemcachedConfig,
+        policy_store: Arc<dyn Store>,
+    ) -> Result<MemcachedStore, StoreError> {
+        if config.servers.is_empty() {
+            return Err(StoreError::Open {
+                path: "memcached".to_owned(),
+                detail: "no server configured (expected at least one host:port)".to_owned(),
+            });
+        }
+        for addr in &config.servers {
+            let valid = addr
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !valid {
+                return Err(StoreError::Open {
+                    path: addr.clone(),
+                    detail: "a memcached server must be given as host:port".to_owned(),
+                });
+            }
+        }
+        let (changes, _) = broadcast::channel(CHANGE_CAPACITY);
+        let shared = Arc::new(Shared {
+            servers: config
+                .servers
+                .iter()
+                .map(|addr| Server {
+                    addr: addr.clone(),
+                    dsn: format!("tcp://{addr}"),
+                    idle: Mutex::new(Vec::new()),
+                    permits: Semaphore::new(MAX_CONNECTIONS),
+                    down: AtomicBool::new(false),
+                })
+                .collect(),
+            lists: config.lists,
+            policy: Arc::clone(&policy_store),
+            changes,
+            health: HealthTracker::new(STORE),
+            wake: Notify::new(),
+        });
+
+        for server in &shared.servers {
+            match server.open().await {
+                Ok(client) => server.put_back(client),
+                Err(e) => shared.server_failed(server, &e),
+            }
+        }
+
+        let forward = {
+            let shared = Arc::clone(&shared);
+            let mut source = policy_store.subscribe();
+            tokio::spawn(async move {
+                loop {
+                    let change = match source.recv().await {
+                        Ok(change) => change,
+                        Err(broadcast::error::RecvError::Lagged(_)) => Change::Reset,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    };
+                    let _ = shared.changes.send(change);
+                }
+            })
+        };
+        let reconnect = tokio::spawn(Arc::clone(&shared).reconnect());
+        Ok(MemcachedStore {
+            shared,
+            tasks: vec![forward, reconnect],
+        })
+    }
+
+    /// The memcached key of `key` in `list`.
+    pub fn key_of(&self, list: &str, key: &str) -> String {
+        self.shared.key_of(list, key)
+    }
+}
+
+impl std::fmt::Debug for MemcachedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let servers: Vec<&str> = self
+            .shared
+            .servers
+            .iter()
+            .map(|s| s.addr.as_str())
+            .collect();
+        f.debug_struct("MemcachedStore")
+            .field("servers", &servers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for MemcachedStore {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Whether memcached accepts `key`: at most 250 bytes, no space, no control character.
+pub fn valid_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= MAX_KEY_LEN && key.bytes().all(|b| b > b' ' && b != 0x7f)
+}
+
+/// The `exptime` of an entry expiring at `at`: whole seconds rounded up, or a Unix time past 30
+/// days as memcached wants; `None` when `at` is past.
+fn exptime(at: Option<SystemTime>, now: SystemTime) -> Option<i64> {
+    let Some(at) = at else { return Some(0) };
+    let left = at.duration_since(now).ok().filter(|d| !d.is_zero())?;
+    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    let secs = if secs > RELATIVE_EXPIRY_LIMIT {
+        let unix = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+        unix.as_secs() + u64::from(unix.subsec_nanos() > 0)
+    } else {
+        secs
+    };
+    Some(i64::try_from(secs).unwrap_or(i64::MAX))
+}
+
+/// Whether `e` means the connection is unusable or the server unreachable, rather than an answer.
+fn is_connection_error(e: &McError) -> bool {
+    matches!(
+        e,
+        McError::Connect(_) | McError::Io(_) | McError::ConnectionClosed
+    )
+}
+
+/// Why a command failed.
+enum Failure {
+    /// The server cannot be reached or did not answer: it is marked down.
+    Connection(String),
+    /// The server answered with an error.
+    Answer(String),
+}
+
+impl Server {
+    async fn open(&self) -> Result<Client, String> {
+        match tokio::time::timeout(CONNECT_TIMEOUT, Client::new(&self.dsn)).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(e)) => Err(format!("cannot connect to {}: {e}", self.addr)),
+            Err(_) => Err(format!(
+                "cannot connect to {} within {CONNECT_TIMEOUT:?}",
+                self.addr
+            )),
+        }
+    }
+
+    fn put_back(&self, client: Client) {
+        if client.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(client);
+        }
+    }
+
+    fn take_idle(&self) -> Option<Client> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    fn drop_idle(&self) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Runs `op` on a pooled connection (opening one if none is idle), bounded by the response
+    /// timeout. The connection goes back to the pool only if the command completed.
+    async fn with_client<T>(
+        &self,
+        op: impl AsyncFnOnce(&mut Client) -> Result<T, McError>,
+    ) -> Result<T, Failure> {
+        let permit = tokio::time::timeout(RESPONSE_TIMEOUT, self.permits.acquire())
+            .await
+            .map_err(|_| {
+                Failure::Connection(format!(
+                    "all {MAX_CONNECTIONS} connections to {} busy for {RESPONSE_TIMEOUT:?}",
+                    self.addr
+                ))
+            })?
+            .expect("the semaphore is never closed");
+        let mut client = match self.take_idle() {
+            Some(client) => client,
+            None => self.open().await.map_err(Failure::Connection)?,
+        };
+        let result = tokio::time::timeout(RESPONSE_TIMEOUT, op(&mut client)).await;
+        drop(permit);
+        match result {
+            Ok(Ok(value)) => {
+                self.put_back(client);
+                Ok(value)
+            }
+            Ok(Err(e)) if is_connection_error(&e) => {
+                Err(Failure::Connection(format!("{}: {e}", self.addr)))
+            }
+            Ok(Err(e)) => {
+                self.put_back(client);
+                Err(Failure::Answer(format!("{}: {e}", self.addr)))
+            }
+            // Dropping the timed-out operation closed the connection; it is not put back.
+            Err(_) => Err(Failure::Connection(format!(
+                "{} did not answer within {RESPONSE_TIMEOUT:?}",
+                self.addr
+            ))),
+        }
+    }
+}
+
+impl Shared {
+    fn key_of(&self, list: &str, key: &str) -> String {
+        match self.lists.get(list) {
+            Some(prefix) => format!("{prefix}{key}"),
+            None => key.to_owned(),
+        }
+    }
+
+    fn server_for(&self, key: &str) -> &Server {
+        let n = self.servers.len();
+        let i = if n == 1 {
+            0
+        } else {
+            (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % n as u64) as usize
+        };
+        &self.servers[i]
+    }
+
+    fn server_failed(&self, server: &Server, error: &str) {
+        server.down.store(true, Ordering::Release);
+        server.drop_idle();
+        self.health.mark_degraded(error);
+        self.wake.notify_one();
+    }
+
+    fn unavailable(&self, what: &str, detail: impl std::fmt::Display) -> StoreError {
+        StoreError::Unavailable {
+            store: STORE,
+            detail: format!("{what}: {detail}"),
+        }
+    }
+
+    /// Runs `op` against the server of `key`: an error at once while that server is down.
+    async fn run<T>(
+        &self,
+        what: &str,
+        key: &str,
+        op: impl AsyncFnOnce(&mut Client) -> Result<T, McError>,
+    ) -> Result<T, StoreError> {
+        let server = self.server_for(key);
+        if server.down.load(Ordering::Acquire) {
+            return Err(self.unavailable(
+                what,
+                format_args!("{} is down; reconnecting in the background", server.addr),
+            ));
+        }
+        match server.with_client(op).await {
+            Ok(value) => Ok(value),
+            Err(Failure::Connection(e)) => {
+                self.server_failed(server, &e);
+                Err(self.unavailable(what, e))
+            }
+            Err(Failure::Answer(e)) => Err(self.unavailable(what, e)),
+        }
+    }
+
+    /// Reconnects failed servers with backoff until the store is dropped.
+    async fn reconnect(self: Arc<Self>) {
+        loop {
+            if !self.servers.iter().any(|s| s.down.load(Ordering::Acquire)) {
+                self.wake.notified().await;
+                continue;
+            }
+            let mut backoff = BACKOFF_MIN;
+            loop {
+                let mut all_up = true;
+                for server in &self.servers {
+                    if !server.down.load(Ordering::Acquire) {
+                        continue;
+                    }
+                    match self.probe(server).await {
+                        Ok(client) => {
+                            server.put_back(client);
+                            server.down.store(false, Ordering::Release);
+                        }
+                        Err(e) => {
+                            self.health.mark_degraded(&e);
+                            all_up = false;
+                        }
+                    }
+                }
+                if all_up {
+                    if self.health.mark_recovered() {
+                        // Values cached while the server could not be asked may be stale.
+                        let _ = self.changes.send(Change::Reset);
+                    }
+                    break;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+
+    /// Opens a connection and checks that the server answers on it.
+    async fn probe(&self, server: &Server) -> Result<Client, String> {
+        let mut client = server.open().await?;
+        match tokio::time::timeout(RESPONSE_TIMEOUT, client.version()).await {
+            Ok(Ok(_)) => Ok(client),
+            Ok(Err(e)) => Err(format!("{}: {e}", server.addr)),
+            Err(_) => Err(format!(
+                "{} did not answer within {RESPONSE_TIMEOUT:?}",
+                server.addr
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for MemcachedStore {
+    fn kind(&self) -> &'static str {
+        STORE
+    }
+
+    /// From the policy store.
+    async fn load_policy(&self) -> Result<Option<StoredPolicy>, StoreError> {
+        self.shared.policy.load_policy().await
+    }
+
+    /// To the policy store.
+    async fn save_policy(&self, json: &str, expected: Option<u64>) -> Result<u64, StoreError> {
+        self.shared.policy.save_policy(json, expected).await
+    }
+
+    async fn lookup(&self, list: &str, key: &str) -> Result<Option<Arc<str>>, StoreError> {
+        let mkey = self.shared.key_of(list, key);
+        if !valid_key(&mkey) {
+            return Ok(None);
+        }
+        let value = self
+            .shared
+            .run("lookup", &mkey, async |client: &mut Client| {
+                client.get(mkey.as_bytes()).await
+            })
+            .await?;
+        Ok(value
+            .and_then(|v| v.data)
+            .map(|data| Arc::from(String::from_utf8_lossy(&data).as_ref())))
+    }
+
+    /// `set` for each entry (expiry in whole seconds, rounded up), `delete` for entries already
+    /// expired. memcached has no multi-key transactions: entries are written one by one, and a
+    /// failure stops at the first entry that failed.
+    async fn put_entries(&self, list: &str, entries: &[Entry]) -> Result<(), StoreError> {
+        let s = &self.shared;
+        let keys: Vec<String> = entries.iter().map(|e| s.key_of(list, &e.key)).collect();
+        if let Some(bad) = keys.iter().find(|k| !valid_key(k)) {
+            return Err(StoreError::BadData {
+                store: STORE,
+                key: bad.clone(),
+                detail: format!(
+                    "memcached keys must be 1 to {MAX_KEY_LEN} bytes without spaces or control characters; nothing was written"
+                ),
+            });
+        }
+        let now = SystemTime::now();
+        let mut result = Ok(());
+        for (entry, key) in entries.iter().zip(&keys) {
+            let written = match exptime(entry.expires_at, now) {
+                Some(ttl) => {
+                    s.run("writing list entries", key, async |client: &mut Client| {
+                        client
+                            .set(key.as_bytes(), entry.value.as_bytes(), Some(ttl), None)
+                            .await
+                    })
+                    .await
+                }
+                None => {
+                    s.run(
+                        "writing list entries",
+                        key,
+                        async |client: &mut Client| match client.delete(key.as_bytes()).await {
+                            Err(McError::Protocol(Status::NotFound)) => Ok(()),
+                            other => other,
+                        },
+                    )
+                    .await
+                }
+            };
+            if let Err(e) = written {
+                result = Err(e);
+                break;
+            }
+        }
+        let _ = s.changes.send(Change::List {
+            list: list.to_owned(),
+        });
+        result
+    }
+
+    /// `delete` for each key; counts the keys that existed.
+    async fn remove_entries(&self, list: &str, keys: &[String]) -> Result<usize, StoreError> {
+        let s = &self.shared;
+        let mut removed = 0;
+        let mut result = Ok(());
+        for key in keys {
+            let mkey = s.key_of(list, key);
+            if !valid_key(&mkey) {
+                continue;
+            }
+            let deleted = s
+                .run(
+                    "removing list entries",
+                    &mkey,
+                    async |client: &mut Client| match client.delete(mkey.as_bytes()).await {
+                        Ok(()) => Ok(true),
+                        Err(McError::Protocol(Status::NotFound)) => Ok(false),
+                        Err(e) => Err(e),
+                    },
+                )
+                .await;
+            match deleted {
+                Ok(true) => removed += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let _ = s.changes.send(Change::List {
+            list: list.to_owned(),
+        });
+        result.map(|()| removed)
+    }
+
+    /// memcached cannot enumerate keys: always [`StoreError::Unavailable`].
+    async fn list_entries(&self, list: &str) -> Result<Vec<Entry>, StoreError> {
+        Err(StoreError::Unavailable {
+            store: STORE,
+            detail: format!(
+                "memcached cannot list the keys of list {list}: it only answers lookups of single keys; keep the list's source of truth elsewhere and look keys up one by one"
+            ),
+        })
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.shared.changes.subscribe()
+    }
+
+    fn health(&self) -> StoreHealth {
+        self.shared.health.snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_memcached_rejects() {
+        assert!(valid_key("10.0.0.7"));
+        assert!(valid_key("TOKEN_abc"));
+        assert!(valid_key(&"k".repeat(250)));
+        assert!(!valid_key(&"k".repeat(251)));
+        assert!(!valid_key(""));
+        assert!(!valid_key("a b"));
+        assert!(!valid_key("a\r\nset x 0 0 1"));
+        assert!(!valid_key("tab\there"));
+        assert!(!valid_key("del\u{7f}"));
+        // Non-ASCII UTF-8 is bytes >= 0x80: memcached accepts them.
+        assert!(valid_key("jürgen"));
+    }
+
+    #[test]
+    fn expiry_in_memcached_terms() {
+        let now = SystemTime::now();
+        assert_eq!(exptime(None, now), Some(0));
+        assert_eq!(exptime(Some(now + Duration::from_millis(1)), now), Some(1));
+        assert_eq!(exptime(Some(now + Duration::from_secs(2)), now), Some(2));
+        assert_eq!(
+            exptime(Some(now + Duration::from_millis(2001)), now),
+            Some(3)
+        );
+        assert_eq!(exptime(Some(now), now), None);
+        assert_eq!(exptime(Some(now - Duration::from_secs(1)), now), None);
+        // Past 30 days: an absolute Unix time.
+        let far = now + Duration::from_secs(RELATIVE_EXPIRY_LIMIT + 10);
+        let unix = far.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+        let got = exptime(Some(far), now).unwrap();
+        assert!(got == unix || got == unix + 1, "{got} vs {unix}");
+    }
+}

@@ -1,0 +1,1184 @@
+//! The Redis store: one policy and identity lists shared by every graygate instance, with changes
+//! pushed to all of them.
+//!
+//! # Layout in Redis
+//! - `<key_prefix>policy` (default `graygate:policy`): a hash with two fields, `revision` and
+//!   `policy` (the JSON text). A Lua script checks the expected revision, writes both fields and
+//!   publishes the change in one atomic step: two writers can never interleave half-updates, and
+//!   no instance can see the new document without its revision.
+//! - A list entry is a plain string key `<list prefix><key>`, so that existing data and other
+//!   tools (`redis-cli SET TOKEN_abc 42`) work as they are. A list's prefix comes from
+//!   [`RedisConfig::lists`]; a list not named there lives under `<key_prefix>list:<list>:`.
+//!   The OpenResty layout (`GET TOKEN_<token>`, `GET Grayscale_Range`) is a list with prefix `""`.
+//! - `<key_prefix>changes`: the pub/sub channel on which every write is announced, as JSON:
+//!   `{"revision":N}` for the policy, `{"list":"name"}` for list writes made through graygate.
+//!
+//! # Connections
+//! - Commands go through a [`ConnectionManager`] (one multiplexed connection, reconnected by the
+//!   manager) with short timeouts (connect 500 ms, response 200 ms), and every command is bounded
+//!   by [`OP_TIMEOUT`] as a whole, so a server that accepts connections but never answers stalls
+//!   nothing.
+//! - A background task owns a second, RESP3 connection that subscribes to the changes channel and
+//!   receives Redis' client-side caching invalidations (`CLIENT TRACKING ON BCAST PREFIX ...` for
+//!   the list prefixes): a `SET`/`DEL`/expiry of a list key by *any* client, redis-cli included,
+//!   becomes a [`Change::Key`] within milliseconds, with no server configuration. A flush becomes a
+//!   [`Change::Reset`]. It pings both connections every second.
+//!
+//!   The task uses RESP3 push messages rather than the RESP2 `REDIRECT <client id>` form of
+//!   tracking because the redis crate's RESP2 pub/sub connection cannot send `CLIENT ID` before it
+//!   subscribes, and its own documentation points to RESP3 pushes for this. Both need Redis 6 or
+//!   later. Fallbacks, chosen at each (re)connect and reported by [`RedisStore::invalidation`]:
+//!   without RESP3 (Redis < 6) the task subscribes over RESP2; without `CLIENT TRACKING` (older
+//!   server, or the command is disabled) it follows keyspace notifications if the server's
+//!   `notify-keyspace-events` has them on (`K` with `A`, or `$`/`g`/`x`); else it says once in the
+//!   log that list values can be stale for up to the lookup cache's TTL.
+//!
+//! # Outages
+//! When the server is stopped, killed or hangs, the store turns *degraded* (logged once, see
+//! [`Store::health`]): every call fails at once with [`StoreError::Unavailable`] instead of waiting,
+//! so the lookup cache serves the last known value or the request is decided as if the store were
+//! down. The background task reconnects with exponential backoff (50 ms doubling up to 5 s); when it
+//! is back the store logs its recovery once, and sends [`Change::Reset`] (invalidations may have
+//! been missed) and [`Change::Policy`] with the current revision (a policy change may have been
+//! missed). A server unreachable at startup starts the store degraded instead of failing it; a
+//! configuration mistake (bad URL, wrong password, DB index out of range) fails
+//! [`RedisStore::connect`].
+//!
+//! # URLs, TLS, Sentinel, Cluster
+//! `redis://[<user>][:<password>@]<host>[:<port>][/<db>]`, `rediss://` for TLS (rustls, checked
+//! against the Mozilla root certificates), `redis+unix:///path?db=N&pass=P` for a Unix socket.
+//!
+//! Redis Sentinel and Redis Cluster are **not supported** by this store. The redis crate has
+//! Sentinel and Cluster clients (behind its `sentinel` and `cluster-async` features, with no
+//! `redis+sentinel://` URL form), but graygate does not use them: the policy script and the
+//! change channel assume one primary, and Cluster would need the channel and keys in one hash slot.
+//! With Sentinel, point graygate at a stable address that always reaches the current primary (a
+//! TCP proxy such as HAProxy checking `role:master`, or a virtual IP moved by the failover); after
+//! a failover graygate reconnects by itself and reloads everything. For Cluster, use one
+//! non-cluster Redis (or a replica set behind such an address) for graygate's keys.
+
+use super::{Change, Entry, HealthTracker, Store, StoreError, StoreHealth, StoredPolicy};
+use ::redis::aio::{
+    ConnectionManager, ConnectionManagerConfig, MultiplexedConnection, PubSubSink, PubSubStream,
+};
+use ::redis::{
+    AsyncConnectionConfig, Client, ErrorKind, Msg, ProtocolVersion, PushInfo, PushKind, RedisError,
+    Value,
+};
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::{broadcast, mpsc, Notify};
+
+/// Value of [`StoreError`]'s `store` field for this store.
+const STORE: &str = "redis";
+
+/// How long a connection attempt may take (TCP, TLS and the handshake commands).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long the server may take to answer one command on an open connection.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Bound on one store call as a whole, including a wait for the connection manager's reconnect.
+pub const OP_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// How often the background task checks that both connections answer.
+const PING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// First and last delay between reconnection attempts; it doubles in between.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Most keys [`Store::list_entries`] returns; a bigger list is an error rather than a stall.
+pub const LIST_LIMIT: usize = 100_000;
+
+/// `SCAN ... COUNT` hint and `MGET` batch size for listings.
+const SCAN_COUNT: usize = 1_000;
+const MGET_BATCH: usize = 500;
+
+/// How many changes a subscriber may fall behind before it lags (and must reload everything).
+const CHANGE_CAPACITY: usize = 1024;
+
+/// Checks the expected revision, writes the new document with the next revision and announces it,
+/// all in one atomic step. `KEYS[1]` policy hash, `ARGV[1]` JSON, `ARGV[2]` expected revision or
+/// `""`, `ARGV[3]` changes channel. Returns `{1, new revision}` or `{0, stored revision}` on a
+/// conflict.
+const SAVE_POLICY_LUA: &str = r#"
+local stored = redis.call('HGET', KEYS[1], 'revision')
+local current = 0
+if stored then
+  current = tonumber(stored)
+  if current == nil then
+    return redis.error_reply('GRAYGATE revision field is not a number: ' .. stored)
+  end
+end
+if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= current then
+  return {0, current}
+end
+local nextrev = string.format('%d', current + 1)
+redis.call('HSET', KEYS[1], 'revision', nextrev, 'policy', ARGV[1])
+redis.call('PUBLISH', ARGV[3], '{"revision":' .. nextrev .. '}')
+return {1, current + 1}
+"#;
+
+/// Where the Redis store connects and where it keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://`, `rediss://` (TLS) or `redis+unix://` URL, with password and DB index.
+    pub url: String,
+    /// Prefix of graygate's own keys (policy, changes channel, lists without a configured prefix).
+    pub key_prefix: String,
+    /// List name -> prefix of its keys in Redis (`""`: the key as it is). A list not named here
+    /// lives under `<key_prefix>list:<list>:`.
+    pub lists: HashMap<String, String>,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".to_owned(),
+            key_prefix: "graygate:".to_owned(),
+            lists: HashMap::new(),
+        }
+    }
+}
+
+impl RedisConfig {
+    /// The default layout on the server at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisConfig {
+            url: url.into(),
+            ..RedisConfig::default()
+        }
+    }
+}
+
+/// How writes made by other clients reach this instance (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidationMode {
+    /// Not subscribed right now (connecting, or the server is down).
+    Disconnected,
+    /// Redis client-side caching invalidations (`CLIENT TRACKING ... BCAST`): every key change.
+    Tracking,
+    /// Keyspace notifications: every key change, as the server's configuration allows.
+    KeyspaceEvents,
+    /// Neither is available: only writes made through graygate are announced; a value set by
+    /// another client is seen when the lookup cache's entry expires.
+    TtlOnly,
+}
+
+impl InvalidationMode {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => InvalidationMode::Tracking,
+            2 => InvalidationMode::KeyspaceEvents,
+            3 => InvalidationMode::TtlOnly,
+            _ => InvalidationMode::Disconnected,
+        }
+    }
+
+    fn as_u8(self) -> u8 {
+        match self {
+            InvalidationMode::Disconnected => 0,
+            InvalidationMode::Tracking => 1,
+            InvalidationMode::KeyspaceEvents => 2,
+            InvalidationMode::TtlOnly => 3,
+        }
+    }
+}
+
+/// The Redis-backed [`Store`]. See the module documentation.
+pub struct RedisStore {
+    shared: Arc<Shared>,
+    /// The background task (subscription, invalidations, health); stopped when the store is
+    /// dropped.
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("target", &self.shared.target)
+            .field("key_prefix", &self.shared.key_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    /// Commands. Cloning it is cheap and shares the one connection.
+    manager: ConnectionManager,
+    /// The same server with RESP3, for the subscription connection.
+    resp3: Client,
+    /// The server as the user configured it (RESP2 unless the URL says otherwise), for the RESP2
+    /// fallback subscription.
+    client: Client,
+    /// The URL without its password, for messages.
+    target: String,
+    key_prefix: String,
+    /// Configured lists: name -> key prefix.
+    lists: HashMap<String, String>,
+    /// `<key_prefix>list:`: lists not in `lists` live under `<this><list>:`.
+    default_list_prefix: String,
+    policy_key: String,
+    channel: String,
+    /// `__keyspace@<db>__:`, the channel prefix of keyspace notifications.
+    keyspace_prefix: String,
+    save_script: ::redis::Script,
+    changes: broadcast::Sender<Change>,
+    health: HealthTracker,
+    /// An [`InvalidationMode`], as set by the background task.
+    mode: AtomicU8,
+    /// Set once the "staleness bound is the cache TTL" warning was logged.
+    warned_ttl_only: AtomicBool,
+    /// Wakes the background task to check the server now (a command just failed).
+    wake: Notify,
+}
+
+impl RedisStore {
+    /// Connects to the server in `config.url` and starts following its changes.
+    ///
+    /// Fails with [`StoreError::Open`] for a configuration mistake: a URL that does not parse, a
+    /// wrong password, a DB index the server does not have. A server that cannot be reached (yet)
+    /// is not an error: the store starts degraded and connects as soon as the server answers.
+    pub async fn connect(config: RedisConfig) -> Result<RedisStore, StoreError> {
+        let target = redact_url(&config.url);
+        let open_err = {
+            let target = target.clone();
+            move |detail: String| StoreError::Open {
+                path: target.clone(),
+                detail,
+            }
+        };
+        if config.url.starts_with("rediss:") || config.url.starts_with("valkeys:") {
+            // rustls needs a crypto provider; graygate builds it with ring. Installing fails
+            // harmlessly when the process already has one.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let client = Client::open(config.url.as_str())
+            .map_err(|e| open_err(format!("invalid Redis URL: {e}")))?;
+        let info = client.get_connection_info().clone();
+        let db = info.redis_settings().db();
+        let resp3_settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let resp3 = Client::open(info.set_redis_settings(resp3_settings))
+            .map_err(|e| open_err(format!("invalid Redis URL: {e}")))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_min_delay(BACKOFF_MIN)
+            .set_max_delay(BACKOFF_MIN * 4);
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+            .map_err(|e| open_err(e.to_string()))?;
+
+        let key_prefix = config.key_prefix;
+        let (changes, _) = broadcast::channel(CHANGE_CAPACITY);
+        let shared = Arc::new(Shared {
+            manager,
+            resp3,
+            client,
+            target,
+            default_list_prefix: format!("{key_prefix}list:"),
+            policy_key: format!("{key_prefix}policy"),
+            channel: format!("{key_prefix}changes"),
+            keyspace_prefix: format!("__keyspace@{db}__:"),
+            key_prefix,
+            lists: config.lists,
+            save_script: ::redis::Script::new(SAVE_POLICY_LUA),
+            changes,
+            health: HealthTracker::new(STORE),
+            mode: AtomicU8::new(InvalidationMode::Disconnected.as_u8()),
+            warned_ttl_only: AtomicBool::new(false),
+            wake: Notify::new(),
+        });
+
+        match shared.ping().await {
+            Ok(()) => {}
+            Err(e) if is_connection_error(&e) => shared
+                .health
+                .mark_degraded(&format!("cannot reach {}: {e}", shared.target)),
+            Err(e) => return Err(open_err(e.to_string())),
+        }
+        let watcher = tokio::spawn(Arc::clone(&shared).watch());
+        Ok(RedisStore { shared, watcher })
+    }
+
+    /// How writes made by other clients reach this instance right now.
+    pub fn invalidation(&self) -> InvalidationMode {
+        InvalidationMode::from_u8(self.shared.mode.load(Ordering::Acquire))
+    }
+
+    /// The Redis key prefix of `list`'s entries.
+    pub fn list_prefix(&self, list: &str) -> String {
+        self.shared.list_prefix(list)
+    }
+
+    /// The key of the policy hash.
+    pub fn policy_key(&self) -> &str {
+        &self.shared.policy_key
+    }
+
+    /// The pub/sub channel on which changes are announced.
+    pub fn changes_channel(&self) -> &str {
+        &self.shared.channel
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+/// Whether `e` means "the server cannot be reached or does not answer" (as opposed to "the server
+/// answered with an error", or a configuration mistake such as a wrong password).
+fn is_connection_error(e: &RedisError) -> bool {
+    e.kind() != ErrorKind::AuthenticationFailed
+        && (e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal())
+}
+
+/// `url` with its password replaced by `***`.
+fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        // Unix socket URLs carry the password in the query.
+        return match url.find("pass=") {
+            Some(i) => {
+                let end = url[i..].find('&').map_or(url.len(), |j| i + j);
+                format!("{}pass=***{}", &url[..i], &url[end..])
+            }
+            None => url.to_owned(),
+        };
+    };
+    let userinfo = &rest[..at];
+    let user = userinfo.split(':').next().unwrap_or("");
+    if userinfo.contains(':') {
+        format!("{}{user}:***{}", &url[..scheme_end], &rest[at..])
+    } else {
+        url.to_owned()
+    }
+}
+
+/// `s` with the glob characters of `SCAN MATCH`/`PSUBSCRIBE` escaped.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The smallest set of prefixes that covers `prefixes` (Redis rejects overlapping tracking
+/// prefixes), or `None` when one of them is empty, i.e. every key.
+fn covering_prefixes<'a>(prefixes: impl IntoIterator<Item = &'a str>) -> Option<Vec<String>> {
+    let mut all: Vec<&str> = prefixes.into_iter().collect();
+    if all.iter().any(|p| p.is_empty()) {
+        return None;
+    }
+    all.sort_by_key(|p| p.len());
+    let mut kept: Vec<String> = Vec::new();
+    for p in all {
+        if !kept.iter().any(|k| p.starts_with(k.as_str())) {
+            kept.push(p.to_owned());
+        }
+    }
+    Some(kept)
+}
+
+/// Milliseconds until `at`, rounded up; `None` when `at` is past.
+fn millis_until(at: SystemTime, now: SystemTime) -> Option<u64> {
+    let left = at.duration_since(now).ok().filter(|d| !d.is_zero())?;
+    let ms = left.as_millis() + u128::from(left.subsec_nanos() % 1_000_000 != 0);
+    Some(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+/// A change announced on the changes channel.
+#[derive(serde::Deserialize)]
+struct Notice {
+    revision: Option<u64>,
+    list: Option<String>,
+}
+
+impl Shared {
+    fn list_prefix(&self, list: &str) -> String {
+        match self.lists.get(list) {
+            Some(prefix) => prefix.clone(),
+            None => format!("{}{list}:", self.default_list_prefix),
+        }
+    }
+
+    /// The lists (and keys in them) that the Redis key `redis_key` belongs to.
+    fn owners(&self, redis_key: &str) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .lists
+            .iter()
+            .filter_map(|(list, prefix)| {
+                let key = redis_key.strip_prefix(prefix.as_str())?;
+                Some((list.clone(), key.to_owned()))
+            })
+            .collect();
+        if let Some((list, key)) = redis_key
+            .strip_prefix(self.default_list_prefix.as_str())
+            .and_then(|rest| rest.split_once(':'))
+        {
+            if !self.lists.contains_key(list) {
+                out.push((list.to_owned(), key.to_owned()));
+            }
+        }
+        out
+    }
+
+    /// Every list prefix this store reads, for tracking and keyspace subscriptions.
+    fn watched_prefixes(&self) -> Option<Vec<String>> {
+        covering_prefixes(
+            self.lists
+                .values()
+                .map(String::as_str)
+                .chain([self.default_list_prefix.as_str()]),
+        )
+    }
+
+    fn unavailable(&self, what: &str, detail: impl fmt::Display) -> StoreError {
+        StoreError::Unavailable {
+            store: STORE,
+            detail: format!("{what} on {}: {detail}", self.target),
+        }
+    }
+
+    /// Runs one store call: at once an error while the store is degraded, else `call` bounded by
+    /// [`OP_TIMEOUT`]. A connection failure degrades the store and wakes the background task.
+    async fn run<T>(
+        &self,
+        what: &str,
+        key: &str,
+        call: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, StoreError> {
+        if self.health.is_degraded() {
+            let detail = self
+                .health
+                .snapshot()
+                .last_error
+                .unwrap_or_else(|| "unreachable".to_owned());
+            return Err(self.unavailable(
+                what,
+                format_args!("degraded ({detail}); reconnecting in the background"),
+            ));
+        }
+        match tokio::time::timeout(OP_TIMEOUT, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) if is_connection_error(&e) => {
+                self.health.mark_degraded(&e.to_string());
+                self.wake.notify_one();
+                Err(self.unavailable(what, e))
+            }
+            Ok(Err(e))
+                if e.code() == Some("WRONGTYPE") || e.kind() == ErrorKind::UnexpectedReturnType =>
+            {
+                Err(StoreError::BadData {
+                    store: STORE,
+                    key: key.to_owned(),
+                    detail: format!("{what}: {e}"),
+                })
+            }
+            Ok(Err(e)) => Err(self.unavailable(what, e)),
+            Err(_) => {
+                let detail = format!("no answer within {OP_TIMEOUT:?}");
+                self.health.mark_degraded(&detail);
+                self.wake.notify_one();
+                Err(self.unavailable(what, detail))
+            }
+        }
+    }
+
+    /// `PING` through the command connection, bypassing the degraded gate. Tries twice: after a
+    /// lost connection the first attempt only tells the manager to reconnect.
+    async fn ping(&self) -> Result<(), RedisError> {
+        let mut last = None;
+        for _ in 0..2 {
+            let mut conn = self.manager.clone();
+            let cmd = ::redis::cmd("PING");
+            let ping = cmd.query_async::<()>(&mut conn);
+            match tokio::time::timeout(CONNECT_TIMEOUT + RESPONSE_TIMEOUT, ping).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) if !is_connection_error(&e) => return Err(e),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => {
+                    last = Some(RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no answer to PING",
+                    )))
+                }
+            }
+        }
+        Err(last.expect("the loop ran"))
+    }
+
+    fn send(&self, change: Change) {
+        let _ = self.changes.send(change);
+    }
+
+    /// The background task: keeps the subscription connection up, turns what arrives on it into
+    /// changes, and tracks the store's health. Runs until the store is dropped.
+    async fn watch(self: Arc<Self>) {
+        let mut backoff = BACKOFF_MIN;
+        let mut announce = self.health.is_degraded();
+        loop {
+            let connected = async {
+                let watch = self.open_watch().await?;
+                self.ping().await.map_err(|e| e.to_string())?;
+                Ok::<_, String>(watch)
+            }
+            .await;
+            match connected {
+                Ok(mut watch) => {
+                    backoff = BACKOFF_MIN;
+                    self.health.mark_recovered();
+                    if announce {
+                        self.announce_reconnect().await;
+                    }
+                    let lost = self.follow(&mut watch).await;
+                    self.mode
+                        .store(InvalidationMode::Disconnected.as_u8(), Ordering::Release);
+                    self.health
+                        .mark_degraded(&format!("lost the connection to {}: {lost}", self.target));
+                    announce = true;
+                }
+                Err(e) => {
+                    self.health
+                        .mark_degraded(&format!("cannot reach {}: {e}", self.target));
+                    announce = true;
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// After a reconnect: notifications may have been missed, so every cached value may be stale
+    /// and the policy may have changed.
+    async fn announce_reconnect(&self) {
+        self.send(Change::Reset);
+        let mut conn = self.manager.clone();
+        let mut cmd = ::redis::cmd("HGET");
+        cmd.arg(&self.policy_key).arg("revision");
+        let revision = cmd.query_async::<Option<u64>>(&mut conn);
+        if let Ok(Ok(Some(revision))) = tokio::time::timeout(OP_TIMEOUT, revision).await {
+            self.send(Change::Policy { revision });
+        }
+    }
+
+    /// Opens the subscription connection: RESP3 with tracking (or keyspace events), else RESP2.
+    async fn open_watch(&self) -> Result<Watch, String> {
+        let (tx, pushes) = mpsc::unbounded_channel();
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_push_sender(tx);
+        let bound = CONNECT_TIMEOUT + RESPONSE_TIMEOUT;
+        let conn = tokio::time::timeout(
+            bound,
+            self.resp3
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        .map_err(|_| format!("no answer within {bound:?}"))?;
+        match conn {
+            Ok(conn) => self.watch_resp3(conn, pushes).await,
+            Err(e) if is_connection_error(&e) => Err(e.to_string()),
+            // No RESP3 (Redis < 6): subscribe over RESP2.
+            Err(e) => {
+                tracing::debug!(error = %e, "RESP3 refused; subscribing over RESP2");
+                self.watch_resp2().await
+            }
+        }
+    }
+
+    async fn watch_resp3(
+        &self,
+        mut conn: MultiplexedConnection,
+        pushes: mpsc::UnboundedReceiver<PushInfo>,
+    ) -> Result<Watch, String> {
+        let step = |what: &'static str| move |e: RedisError| format!("{what}: {e}");
+        bounded(conn.subscribe(&self.channel))
+            .await?
+            .map_err(step("SUBSCRIBE"))?;
+        let mut tracking = ::redis::cmd("CLIENT");
+        tracking.arg("TRACKING").arg("ON").arg("BCAST");
+        for prefix in self.watched_prefixes().unwrap_or_default() {
+            tracking.arg("PREFIX").arg(prefix);
+        }
+        let mode = match bounded(tracking.query_async::<()>(&mut conn)).await? {
+            Ok(()) => InvalidationMode::Tracking,
+            Err(e) if is_connection_error(&e) => return Err(format!("CLIENT TRACKING: {e}")),
+            Err(e) => {
+                tracing::debug!(error = %e, "CLIENT TRACKING refused; trying keyspace notifications");
+                match self.keyspace_patterns(&mut conn).await? {
+                    Some(patterns) => {
+                        bounded(conn.psubscribe(patterns))
+                            .await?
+                            .map_err(step("PSUBSCRIBE"))?;
+                        InvalidationMode::KeyspaceEvents
+                    }
+                    None => InvalidationMode::TtlOnly,
+                }
+            }
+        };
+        self.set_mode(mode);
+        Ok(Watch::Resp3 { conn, pushes })
+    }
+
+    async fn watch_resp2(&self) -> Result<Watch, String> {
+        let pubsub = bounded(self.client.get_async_pubsub())
+            .await?
+            .map_err(|e| e.to_string())?;
+        let (mut sink, stream) = pubsub.split();
+        bounded(sink.subscribe(&self.channel))
+            .await?
+            .map_err(|e| format!("SUBSCRIBE: {e}"))?;
+        let mut conn = self.manager.clone();
+        let mode = match self.keyspace_patterns(&mut conn).await? {
+            Some(patterns) => {
+                bounded(sink.psubscribe(patterns))
+                    .await?
+                    .map_err(|e| format!("PSUBSCRIBE: {e}"))?;
+                InvalidationMode::KeyspaceEvents
+            }
+            None => InvalidationMode::TtlOnly,
+        };
+        self.set_mode(mode);
+        Ok(Watch::Resp2 { sink, stream })
+    }
+
+    /// The keyspace notification patterns for the list prefixes, if the server sends the
+    /// notifications (`notify-keyspace-events` with `K` and key-change events).
+    async fn keyspace_patterns(
+        &self,
+        conn: &mut impl ::redis::aio::ConnectionLike,
+    ) -> Result<Option<Vec<String>>, String> {
+        let mut cmd = ::redis::cmd("CONFIG");
+        cmd.arg("GET").arg("notify-keyspace-events");
+        // A flat array in RESP2, a map in RESP3: both read as a map.
+        let config = cmd.query_async::<HashMap<String, String>>(conn);
+        let flags = match bounded(config).await? {
+            Ok(reply) => reply
+                .get("notify-keyspace-events")
+                .cloned()
+                .unwrap_or_default(),
+            Err(e) if is_connection_error(&e) => return Err(format!("CONFIG GET: {e}")),
+            // CONFIG may be disabled (managed Redis): then we cannot know; assume off.
+            Err(_) => String::new(),
+        };
+        let enabled = flags.contains('K')
+            && (flags.contains('A')
+                || flags.contains('$')
+                || flags.contains('g')
+                || flags.contains('x'));
+        if !enabled {
+            return Ok(None);
+        }
+        let patterns = match self.watched_prefixes() {
+            None => vec![format!("{}*", self.keyspace_prefix)],
+            Some(prefixes) => prefixes
+                .iter()
+                .map(|p| format!("{}{}*", self.keyspace_prefix, glob_escape(p)))
+                .collect(),
+        };
+        Ok(Some(patterns))
+    }
+
+    fn set_mode(&self, mode: InvalidationMode) {
+        self.mode.store(mode.as_u8(), Ordering::Release);
+        match mode {
+            InvalidationMode::TtlOnly if !self.warned_ttl_only.swap(true, Ordering::Relaxed) => {
+                tracing::warn!(
+                        server = %self.target,
+                        "Redis offers neither client tracking (CLIENT TRACKING, Redis >= 6) nor keyspace notifications (notify-keyspace-events): list values written by other clients can be stale for up to the lookup cache TTL"
+                );
+            }
+            InvalidationMode::KeyspaceEvents => {
+                tracing::info!(server = %self.target, "following list keys through keyspace notifications")
+            }
+            _ => {}
+        }
+    }
+
+    /// Follows the subscription until a connection fails; returns why.
+    async fn follow(&self, watch: &mut Watch) -> String {
+        let mut tick = tokio::time::interval(PING_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            let check = tokio::select! {
+                event = watch.next() => {
+                    match event {
+                        Event::Message(msg) => self.on_message(&msg),
+                        Event::Invalidate(keys) => self.on_invalidate(keys),
+                        Event::Lost(why) => return why,
+                        Event::Other => {}
+                    }
+                    false
+                }
+                _ = tick.tick() => true,
+                _ = self.wake.notified() => true,
+            };
+            if check {
+                if let Err(why) = self.check(watch).await {
+                    return why;
+                }
+            }
+        }
+    }
+
+    /// Pings both connections; clears a degraded state that a failed command set meanwhile.
+    async fn check(&self, watch: &mut Watch) -> Result<(), String> {
+        bounded(watch.ping())
+            .await?
+            .map_err(|e| format!("PING on the subscription: {e}"))?;
+        self.ping().await.map_err(|e| e.to_string())?;
+        self.health.mark_recovered();
+        Ok(())
+    }
+
+    fn on_message(&self, msg: &Msg) {
+        let channel = msg.get_channel_name();
+        if channel == self.channel {
+            match serde_json::from_slice::<Notice>(msg.get_payload_bytes()) {
+                Ok(Notice {
+                    revision: Some(revision),
+                    ..
+                }) => self.send(Change::Policy { revision }),
+                Ok(Notice {
+                    list: Some(list), ..
+                }) => self.send(Change::List { list }),
+                _ => tracing::debug!(
+                    payload = %String::from_utf8_lossy(msg.get_payload_bytes()),
+                    "ignoring an unknown message on the changes channel"
+                ),
+            }
+        } else if let Some(key) = channel.strip_prefix(self.keyspace_prefix.as_str()) {
+            self.on_key(key);
+        }
+    }
+
+    /// A tracking invalidation: the keys that changed, or nil when the server flushed everything.
+    fn on_invalidate(&self, keys: Value) {
+        match keys {
+            Value::Array(keys) | Value::Set(keys) => {
+                for key in keys {
+                    match key {
+                        Value::BulkString(key) => self.on_key(&String::from_utf8_lossy(&key)),
+                        Value::SimpleString(key) => self.on_key(&key),
+                        _ => self.send(Change::Reset),
+                    }
+                }
+            }
+            Value::BulkString(key) => self.on_key(&String::from_utf8_lossy(&key)),
+            _ => self.send(Change::Reset),
+        }
+    }
+
+    fn on_key(&self, redis_key: &str) {
+        for (list, key) in self.owners(redis_key) {
+            self.send(Change::Key { list, key });
+        }
+    }
+
+    async fn list_entries_of(&self, list: &str) -> Result<Vec<Entry>, StoreError> {
+        const WHAT: &str = "listing entries";
+        let prefix = self.list_prefix(list);
+        let pattern = format!("{}*", glob_escape(&prefix));
+        // SCAN may return a key more than once; a set also sorts them.
+        let mut keys: BTreeSet<Vec<u8>> = BTreeSet::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let mut conn = self.manager.clone();
+            let (next, batch): (u64, Vec<Vec<u8>>) = self
+                .run(
+                    WHAT,
+                    list,
+                    ::redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(SCAN_COUNT)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            keys.extend(batch);
+            if keys.len() > LIST_LIMIT {
+                return Err(self.unavailable(
+                    WHAT,
+                    format_args!(
+                        "list {list} has more than {LIST_LIMIT} keys under {prefix:?}; list them with redis-cli --scan --pattern '{pattern}'"
+                    ),
+                ));
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+
+        let keys: Vec<Vec<u8>> = keys.into_iter().collect();
+        let mut found: BTreeMap<String, Entry> = BTreeMap::new();
+        let now = SystemTime::now();
+        for batch in keys.chunks(MGET_BATCH) {
+            let mut pipe = ::redis::pipe();
+            pipe.cmd("MGET").arg(batch);
+            for key in batch {
+                pipe.cmd("PTTL").arg(key);
+            }
+            let mut conn = self.manager.clone();
+            let (values, ttls): (Vec<Option<Vec<u8>>>, Vec<i64>) = self
+                .run(WHAT, list, async {
+                    let mut reply: Vec<Value> = pipe.query_async(&mut conn).await?;
+                    let ttls = reply.split_off(1);
+                    let values = ::redis::from_redis_value(reply.pop().unwrap_or(Value::Nil))?;
+                    let ttls = ttls
+                        .into_iter()
+                        .map(::redis::from_redis_value)
+                        .collect::<Result<Vec<i64>, _>>()?;
+                    Ok((values, ttls))
+                })
+                .await?;
+            for ((key, value), ttl) in batch.iter().zip(values).zip(ttls) {
+                // Gone since SCAN, not a string, or not text: not an entry.
+                let Some(value) = value.and_then(|v| String::from_utf8(v).ok()) else {
+                    continue;
+                };
+                let Ok(key) = std::str::from_utf8(key) else {
+                    continue;
+                };
+                let Some(key) = key.strip_prefix(prefix.as_str()) else {
+                    continue;
+                };
+                let expires_at = u64::try_from(ttl)
+                    .ok()
+                    .map(|ms| now + Duration::from_millis(ms));
+                found.insert(
+                    key.to_owned(),
+                    Entry {
+                        key: key.to_owned(),
+                        value,
+                        expires_at,
+                    },
+                );
+            }
+        }
+        Ok(found.into_values().collect())
+    }
+}
+
+/// `call` bounded by the response timeout (plus a margin for the connection's own timer).
+async fn bounded<T>(call: impl Future<Output = T>) -> Result<T, String> {
+    let bound = RESPONSE_TIMEOUT + Duration::from_millis(50);
+    tokio::time::timeout(bound, call)
+        .await
+        .map_err(|_| format!("no answer within {bound:?}"))
+}
+
+/// The subscription connection, in whichever protocol the server speaks.
+enum Watch {
+    Resp3 {
+        conn: MultiplexedConnection,
+        pushes: mpsc::UnboundedReceiver<PushInfo>,
+    },
+    Resp2 {
+        sink: PubSubSink,
+        stream: PubSubStream,
+    },
+}
+
+enum Event {
+    Message(Msg),
+    Invalidate(Value),
+    Lost(String),
+    Other,
+}
+
+impl Watch {
+    async fn next(&mut self) -> Event {
+        match self {
+            Watch::Resp3 { pushes, .. } => {
+                let Some(push) = pushes.recv().await else {
+                    return Event::Lost("the connection closed".to_owned());
+                };
+                match push.kind {
+                    PushKind::Disconnection => Event::Lost("the connection closed".to_owned()),
+                    PushKind::Invalidate => {
+                        Event::Invalidate(push.data.into_iter().next().unwrap_or(Value::Nil))
+                    }
+                    PushKind::Message | PushKind::PMessage => {
+                        Msg::from_push_info(push).map_or(Event::Other, Event::Message)
+                    }
+                    _ => Event::Other,
+                }
+            }
+            Watch::Resp2 { stream, .. } => match stream.next().await {
+                Some(msg) => Event::Message(msg),
+                None => Event::Lost("the pub/sub connection closed".to_owned()),
+            },
+        }
+    }
+
+    async fn ping(&mut self) -> Result<(), RedisError> {
+        match self {
+            Watch::Resp3 { conn, .. } => ::redis::cmd("PING").query_async::<Value>(conn).await,
+            Watch::Resp2 { sink, .. } => sink.ping::<Value>().await,
+        }
+        .map(drop)
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn kind(&self) -> &'static str {
+        STORE
+    }
+
+    async fn load_policy(&self) -> Result<Option<StoredPolicy>, StoreError> {
+        let s = &self.shared;
+        let mut conn = s.manager.clone();
+        let (revision, json): (Option<String>, Option<String>) = s
+            .run(
+                "reading the policy",
+                &s.policy_key,
+                ::redis::cmd("HMGET")
+                    .arg(&s.policy_key)
+                    .arg("revision")
+                    .arg("policy")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let bad = |detail: String| StoreError::BadData {
+            store: STORE,
+            key: s.policy_key.clone(),
+            detail,
+        };
+        match (revision, json) {
+            (None, None) => Ok(None),
+            (Some(revision), Some(json)) => {
+                let revision =
+                    revision
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|r| *r > 0)
+                        .ok_or_else(|| {
+                            bad(format!("revision {revision:?} is not a positive number"))
+                        })?;
+                Ok(Some(StoredPolicy { revision, json }))
+            }
+            (Some(_), None) => Err(bad("the hash has a revision but no policy field".to_owned())),
+            (None, Some(_)) => Err(bad("the hash has a policy but no revision field".to_owned())),
+        }
+    }
+
+    async fn save_policy(&self, json: &str, expected: Option<u64>) -> Result<u64, StoreError> {
+        let s = &self.shared;
+        let mut conn = s.manager.clone();
+        let expected_arg = expected.map(|e| e.to_string()).unwrap_or_default();
+        let (saved, revision): (i64, u64) = s
+            .run(
+                "saving the policy",
+                &s.policy_key,
+                s.save_script
+                    .key(&s.policy_key)
+                    .arg(json)
+                    .arg(&expected_arg)
+                    .arg(&s.channel)
+                    .invoke_async(&mut conn),
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::Unavailable { detail, .. } if detail.contains("GRAYGATE") => {
+                    StoreError::BadData {
+                        store: STORE,
+                        key: s.policy_key.clone(),
+                        detail,
+                    }
+                }
+                other => other,
+            })?;
+        if saved != 1 {
+            return Err(StoreError::Conflict {
+                expected: expected.unwrap_or(0),
+                actual: revision,
+            });
+        }
+        // Subscribers of this instance learn it now; the channel tells the others (and this one
+        // again, which is harmless).
+        s.send(Change::Policy { revision });
+        Ok(revision)
+    }
+
+    async fn lookup(&self, list: &str, key: &str) -> Result<Option<Arc<str>>, StoreError> {
+        let s = &self.shared;
+        let redis_key = match s.lists.get(list) {
+            Some(prefix) => format!("{prefix}{key}"),
+            None => format!("{}{list}:{key}", s.default_list_prefix),
+        };
+        let mut conn = s.manager.clone();
+        let value: Option<String> = s
+            .run(
+                "lookup",
+                &redis_key,
+                ::redis::cmd("GET").arg(&redis_key).query_async(&mut conn),
+            )
+            .await?;
+        Ok(value.map(Arc::from))
+    }
+
+    /// One `MULTI`/`EXEC`: every `SET` (with `PX` for entries that expire; a `DEL` for entries
+    /// already expired) and the announcement on the changes channel.
+    async fn put_entries(&self, list: &str, entries: &[Entry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let s = &self.shared;
+        let prefix = s.list_prefix(list);
+        let now = SystemTime::now();
+        let mut pipe = ::redis::pipe();
+        pipe.atomic();
+        for entry in entries {
+            let key = format!("{prefix}{}", entry.key);
+            match entry.expires_at {
+                None => pipe.cmd("SET").arg(key).arg(&entry.value).ignore(),
+                Some(at) => match millis_until(at, now) {
+                    Some(ms) => pipe
+                        .cmd("SET")
+                        .arg(key)
+                        .arg(&entry.value)
+                        .arg("PX")
+                        .arg(ms)
+                        .ignore(),
+                    None => pipe.cmd("DEL").arg(key).ignore(),
+                },
+            };
+        }
+        let notice = serde_json::json!({ "list": list }).to_string();
+        pipe.cmd("PUBLISH").arg(&s.channel).arg(notice).ignore();
+        let mut conn = s.manager.clone();
+        s.run(
+            "writing list entries",
+            list,
+            pipe.query_async::<()>(&mut conn),
+        )
+        .await?;
+        s.send(Change::List {
+            list: list.to_owned(),
+        });
+        Ok(())
+    }
+
+    /// One `MULTI`/`EXEC`: `DEL` of every key and the announcement on the changes channel.
+    async fn remove_entries(&self, list: &str, keys: &[String]) -> Result<usize, StoreError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let s = &self.shared;
+        let prefix = s.list_prefix(list);
+        let mut pipe = ::redis::pipe();
+        pipe.atomic();
+        let redis_keys: Vec<String> = keys.iter().map(|k| format!("{prefix}{k}")).collect();
+        pipe.cmd("DEL").arg(&redis_keys);
+        let notice = serde_json::json!({ "list": list }).to_string();
+        pipe.cmd("PUBLISH").arg(&s.channel).arg(notice).ignore();
+        let mut conn = s.manager.clone();
+        let (removed,): (usize,) = s
+            .run("removing list entries", list, pipe.query_async(&mut conn))
+            .await?;
+        s.send(Change::List {
+            list: list.to_owned(),
+        });
+        Ok(removed)
+    }
+
+    /// `SCAN MATCH <prefix>*` (at most [`LIST_LIMIT`] keys), then `MGET` and `PTTL` in batches.
+    /// Keys that hold something else than a string are not entries and are skipped.
+    async fn list_entries(&self, list: &str) -> Result<Vec<Entry>, StoreError> {
+        self.shared.list_entries_of(list).await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.shared.changes.subscribe()
+    }
+
+    fn health(&self) -> StoreHealth {
+        self.shared.health.snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact_url("redis://:secret@host:6379/2"),
+            "redis://:***@host:6379/2"
+        );
+        assert_eq!(
+            redact_url("rediss://user:p%40ss@host/1"),
+            "rediss://user:***@host/1"
+        );
+        assert_eq!(redact_url("redis://user@host"), "redis://user@host");
+        assert_eq!(
+            redact_url("redis+unix:///run/redis.sock?db=1&pass=x&user=u"),
+            "redis+unix:///run/redis.sock?db=1&pass=***&user=u"
+        );
+    }
+
+    #[test]
+    fn tracking_prefixes_never_overlap() {
+        assert_eq!(
+            covering_prefixes(["TOKEN_", "graygate:list:", "TOKEN_X", "graygate:"]),
+            Some(vec!["TOKEN_".to_owned(), "graygate:".to_owned()])
+        );
+        assert_eq!(covering_prefixes(["a", "", "b"]), None);
+        assert_eq!(
+            covering_prefixes(["b", "a"]),
+            Some(vec!["b".to_owned(), "a".to_owned()])
+        );
+    }
+
+    #[test]
+    fn globs_are_escaped() {
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+        assert_eq!(glob_escape("TOKEN_"), "TOKEN_");
+    }
+
+    #[test]
+    fn expiry_rounds_up_and_past_is_none() {
+        let now = SystemTime::now();
+        assert_eq!(millis_until(now + Duration::from_micros(1), now), Some(1));
+        assert_eq!(
+            millis_until(now + Duration::from_millis(1500), now),
+            Some(1500)
+        );
+        assert_eq!(millis_until(now, now), None);
+        assert_eq!(millis_until(now - Duration::from_secs(1), now), None);
+    }
+}

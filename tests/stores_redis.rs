@@ -1,0 +1,589 @@
+//! The Redis store against a real `redis-server`: the policy document, lists, change
+//! notifications between instances, invalidation of cached lookups by writes from any client, and
+//! outages (killed, restarted, hanging).
+
+#[path = "support/stores.rs"]
+mod stores;
+
+use graygate::store::{
+    CacheConfig, CachedStore, Change, Entry, InvalidationMode, RedisConfig, RedisStore, Store,
+    StoreError,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use stores::{eventually, HangingServer, RedisServer};
+use tokio::sync::broadcast;
+
+/// The OpenResty layout: list `redis` reads keys as they are (`GET TOKEN_abc`).
+fn config(server: &RedisServer) -> RedisConfig {
+    RedisConfig {
+        url: server.url(),
+        key_prefix: "graygate:".into(),
+        lists: HashMap::from([("redis".to_owned(), String::new())]),
+    }
+}
+
+async fn connect(server: &RedisServer) -> RedisStore {
+    RedisStore::connect(config(server)).await.expect("connect")
+}
+
+/// Waits until the store's subscription is up, so that notifications from now on arrive.
+async fn subscribed(store: &RedisStore) {
+    eventually("the subscription is up", Duration::from_secs(5), || {
+        store.invalidation() != InvalidationMode::Disconnected
+    })
+    .await;
+}
+
+fn v(s: &str) -> Option<Arc<str>> {
+    Some(Arc::from(s))
+}
+
+/// The next change within `within`, skipping changes that `skip` accepts.
+async fn next_change(
+    rx: &mut broadcast::Receiver<Change>,
+    within: Duration,
+    skip: impl Fn(&Change) -> bool,
+) -> Option<Change> {
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(end, rx.recv()).await {
+            Ok(Ok(change)) if skip(&change) => continue,
+            Ok(Ok(change)) => return Some(change),
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn policy_save_load_conflict_and_revisions() {
+    let server = RedisServer::start();
+    let store = connect(&server).await;
+    assert_eq!(store.kind(), "redis");
+    assert_eq!(store.load_policy().await.unwrap(), None);
+
+    assert_eq!(store.save_policy("{\"v\":1}", Some(0)).await.unwrap(), 1);
+    assert_eq!(store.save_policy("{\"v\":2}", None).await.unwrap(), 2);
+    let err = store.save_policy("{\"v\":x}", Some(1)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Conflict {
+                expected: 1,
+                actual: 2
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "policy revision conflict: expected 1, store has 2"
+    );
+    let err = store.save_policy("{}", Some(0)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Conflict {
+                expected: 0,
+                actual: 2
+            }
+        ),
+        "{err:?}"
+    );
+
+    let stored = store.load_policy().await.unwrap().unwrap();
+    assert_eq!((stored.revision, stored.json.as_str()), (2, "{\"v\":2}"));
+    // The document is a hash that operators can read with redis-cli.
+    assert_eq!(server.cli(&["HGET", "graygate:policy", "revision"]), "2");
+
+    // A foreign value under the policy key is reported, not misread.
+    server.cli(&["DEL", "graygate:policy"]);
+    server.cli(&["SET", "graygate:policy", "not a hash"]);
+    let err = store.load_policy().await.unwrap_err();
+    assert!(matches!(err, StoreError::BadData { .. }), "{err:?}");
+    assert!(err.to_string().contains("graygate:policy"), "{err}");
+}
+
+#[tokio::test]
+async fn concurrent_writers_never_share_a_revision() {
+    let server = RedisServer::start();
+    let a = Arc::new(connect(&server).await);
+    let b = Arc::new(connect(&server).await);
+    a.save_policy("base", None).await.unwrap();
+
+    let writers: Vec<_> = (0..20)
+        .map(|i| {
+            let store = if i % 2 == 0 {
+                Arc::clone(&a)
+            } else {
+                Arc::clone(&b)
+            };
+            tokio::spawn(async move { store.save_policy(&format!("doc {i}"), Some(1)).await })
+        })
+        .collect();
+    let mut won = Vec::new();
+    for (i, writer) in writers.into_iter().enumerate() {
+        match writer.await.unwrap() {
+            Ok(revision) => won.push((i, revision)),
+            Err(StoreError::Conflict {
+                expected: 1,
+                actual: 2,
+            }) => {}
+            Err(e) => panic!("writer {i}: {e:?}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "{won:?}");
+    let (winner, revision) = won[0];
+    assert_eq!(revision, 2);
+    let stored = a.load_policy().await.unwrap().unwrap();
+    assert_eq!(stored.json, format!("doc {winner}"));
+}
+
+#[tokio::test]
+async fn a_save_on_one_instance_reaches_the_other_within_100ms() {
+    let server = RedisServer::start();
+    let a = connect(&server).await;
+    let b = connect(&server).await;
+    subscribed(&b).await;
+    let mut changes = b.subscribe();
+
+    for expected in 1..=3u64 {
+        let started = Instant::now();
+        let revision = a
+            .save_policy(&format!("doc {expected}"), None)
+            .await
+            .unwrap();
+        assert_eq!(revision, expected);
+        let change = next_change(&mut changes, Duration::from_millis(100), |c| {
+            matches!(c, Change::Key { .. })
+        })
+        .await;
+        assert_eq!(
+            change,
+            Some(Change::Policy { revision }),
+            "after {:?}",
+            started.elapsed()
+        );
+    }
+
+    // List writes are announced too.
+    a.put_entries("ips", &[Entry::new("10.0.0.1", "1", None)])
+        .await
+        .unwrap();
+    let change = next_change(&mut changes, Duration::from_millis(100), |c| {
+        matches!(c, Change::Key { .. })
+    })
+    .await;
+    assert_eq!(change, Some(Change::List { list: "ips".into() }));
+}
+
+#[tokio::test]
+async fn entries_put_lookup_list_remove() {
+    let server = RedisServer::start();
+    let store = connect(&server).await;
+
+    store
+        .put_entries(
+            "ips",
+            &[
+                Entry::new("10.0.0.2", "gray", None),
+                Entry::new("10.0.0.1", "gray", Some(Duration::from_secs(3600))),
+                Entry::new("10.0.0.3", "short", Some(Duration::from_millis(300))),
+            ],
+        )
+        .await
+        .unwrap();
+    // Lists without a configured prefix live under <key_prefix>list:<list>:.
+    assert_eq!(store.list_prefix("ips"), "graygate:list:ips:");
+    assert_eq!(server.cli(&["GET", "graygate:list:ips:10.0.0.2"]), "gray");
+    let pttl: i64 = server
+        .cli(&["PTTL", "graygate:list:ips:10.0.0.1"])
+        .parse()
+        .unwrap();
+    assert!(pttl > 3_500_000 && pttl <= 3_600_000, "{pttl}");
+
+    assert_eq!(store.lookup("ips", "10.0.0.2").await.unwrap(), v("gray"));
+    assert_eq!(store.lookup("ips", "10.9.9.9").await.unwrap(), None);
+    assert_eq!(store.lookup("other", "10.0.0.2").await.unwrap(), None);
+
+    // Something else than a string under the list's prefix is not an entry.
+    server.cli(&["HSET", "graygate:list:ips:weird", "f", "v"]);
+    let listed = store.list_entries("ips").await.unwrap();
+    let keys: Vec<&str> = listed.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+    assert!(listed[0].expires_at.is_some());
+    assert_eq!(listed[1].expires_at, None);
+    let err = store.lookup("ips", "weird").await.unwrap_err();
+    assert!(matches!(err, StoreError::BadData { .. }), "{err:?}");
+
+    eventually("the 300 ms entry expires", Duration::from_secs(3), || {
+        server.cli(&["EXISTS", "graygate:list:ips:10.0.0.3"]) == "0"
+    })
+    .await;
+    assert_eq!(store.lookup("ips", "10.0.0.3").await.unwrap(), None);
+
+    let removed = store
+        .remove_entries(
+            "ips",
+            &["10.0.0.1".into(), "missing".into(), "10.0.0.1".into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    assert_eq!(store.lookup("ips", "10.0.0.1").await.unwrap(), None);
+    assert_eq!(store.remove_entries("ips", &[]).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn the_openresty_layout_reads_keys_as_they_are() {
+    let server = RedisServer::start();
+    let store = connect(&server).await;
+    server.cli(&["SET", "TOKEN_abc", "1042"]);
+    server.cli(&["SET", "Grayscale_Range", "1000-2000"]);
+    assert_eq!(store.lookup("redis", "TOKEN_abc").await.unwrap(), v("1042"));
+    assert_eq!(
+        store.lookup("redis", "Grayscale_Range").await.unwrap(),
+        v("1000-2000")
+    );
+    assert_eq!(store.lookup("redis", "TOKEN_nobody").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn writes_by_any_client_invalidate_cached_lookups_within_100ms() {
+    let server = RedisServer::start();
+    let redis = connect(&server).await;
+    subscribed(&redis).await;
+    assert_eq!(redis.invalidation(), InvalidationMode::Tracking);
+    let cache = CachedStore::new(
+        Arc::new(redis),
+        CacheConfig {
+            ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(60),
+            ..CacheConfig::default()
+        },
+    );
+
+    // Cached as absent, then set by redis-cli.
+    assert_eq!(cache.lookup("redis", "TOKEN_abc").await.unwrap(), None);
+    assert_eq!(cache.lookup_local("redis", "TOKEN_abc"), Some(None));
+    let started = Instant::now();
+    server.cli(&["SET", "TOKEN_abc", "42"]);
+    let set_at = Instant::now();
+    loop {
+        if cache.lookup("redis", "TOKEN_abc").await.unwrap() == v("42") {
+            break;
+        }
+        assert!(
+            set_at.elapsed() < Duration::from_millis(100),
+            "SET not seen after {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+
+    // Cached as a value, then deleted.
+    assert_eq!(cache.lookup_local("redis", "TOKEN_abc"), Some(v("42")));
+    server.cli(&["DEL", "TOKEN_abc"]);
+    let del_at = Instant::now();
+    loop {
+        if cache.lookup("redis", "TOKEN_abc").await.unwrap().is_none() {
+            break;
+        }
+        assert!(
+            del_at.elapsed() < Duration::from_millis(100),
+            "DEL not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+
+    // Lists under graygate's own prefix are tracked too, and FLUSHALL drops everything.
+    assert_eq!(cache.lookup("ips", "10.0.0.1").await.unwrap(), None);
+    server.cli(&["SET", "graygate:list:ips:10.0.0.1", "gray"]);
+    let at = Instant::now();
+    while cache.lookup("ips", "10.0.0.1").await.unwrap().is_none() {
+        assert!(
+            at.elapsed() < Duration::from_millis(100),
+            "SET under the list prefix not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    server.cli(&["FLUSHALL"]);
+    let at = Instant::now();
+    while cache.lookup("ips", "10.0.0.1").await.unwrap().is_some() {
+        assert!(
+            at.elapsed() < Duration::from_millis(100),
+            "FLUSHALL not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_killed_server_fails_fast_and_recovers_by_itself() {
+    let mut server = RedisServer::start();
+    let redis = Arc::new(connect(&server).await);
+    subscribed(&redis).await;
+    redis
+        .put_entries("ips", &[Entry::new("a", "1", None)])
+        .await
+        .unwrap();
+    let cache = CachedStore::new(
+        Arc::clone(&redis) as Arc<dyn Store>,
+        CacheConfig {
+            ttl: Duration::from_millis(100),
+            negative_ttl: Duration::from_millis(100),
+            ..CacheConfig::default()
+        },
+    );
+    assert_eq!(cache.lookup("ips", "a").await.unwrap(), v("1"));
+    assert!(!redis.health().degraded);
+    let mut changes = redis.subscribe();
+
+    server.stop();
+    eventually("the store reports degraded", Duration::from_secs(5), || {
+        redis.health().degraded
+    })
+    .await;
+    let health = redis.health();
+    assert!(
+        health.since.is_some() && health.last_error.is_some(),
+        "{health:?}"
+    );
+    assert_eq!(redis.invalidation(), InvalidationMode::Disconnected);
+    eventually(
+        "the cached value goes stale",
+        Duration::from_secs(2),
+        || cache.lookup_local("ips", "a").is_none(),
+    )
+    .await;
+
+    for i in 0..20 {
+        let started = Instant::now();
+        let err = redis.lookup("ips", &format!("k{i}")).await.unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            matches!(err, StoreError::Unavailable { store: "redis", .. }),
+            "{err:?}"
+        );
+        // Through the cache: the last known value, at once.
+        let started = Instant::now();
+        assert_eq!(cache.lookup("ips", "a").await.unwrap(), v("1"));
+        assert!(
+            started.elapsed() < Duration::from_millis(60),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert!(cache.stats().stale_served > 0, "{:?}", cache.stats());
+
+    server.restart();
+    eventually("the store recovers", Duration::from_secs(15), || {
+        !redis.health().degraded
+    })
+    .await;
+    assert!(redis.health().since.is_some());
+    // Everything cached may be stale after a reconnect.
+    let change = next_change(&mut changes, Duration::from_secs(2), |c| {
+        c != &Change::Reset
+    })
+    .await;
+    assert_eq!(change, Some(Change::Reset));
+    // The restarted server is empty.
+    assert_eq!(redis.lookup("ips", "a").await.unwrap(), None);
+    redis
+        .put_entries("ips", &[Entry::new("b", "2", None)])
+        .await
+        .unwrap();
+    assert_eq!(redis.lookup("ips", "b").await.unwrap(), v("2"));
+    subscribed(&redis).await;
+}
+
+#[tokio::test]
+async fn a_hanging_server_never_stalls_a_lookup() {
+    let hanging = HangingServer::start();
+    let started = Instant::now();
+    let redis = RedisStore::connect(RedisConfig::new(format!("redis://{}", hanging.addr())))
+        .await
+        .expect("an unreachable server starts the store degraded, not failed");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(redis.health().degraded);
+    for _ in 0..10 {
+        let started = Instant::now();
+        assert!(redis.lookup("ips", "a").await.is_err());
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_stops_answering_is_bounded_then_recovers() {
+    let mut server = RedisServer::start();
+    let redis = connect(&server).await;
+    subscribed(&redis).await;
+    redis
+        .put_entries("ips", &[Entry::new("a", "1", None)])
+        .await
+        .unwrap();
+
+    server.pause();
+    for _ in 0..10 {
+        let started = Instant::now();
+        assert!(redis.lookup("ips", "a").await.is_err());
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert!(redis.health().degraded);
+
+    server.resume();
+    eventually("the store recovers", Duration::from_secs(15), || {
+        !redis.health().degraded
+    })
+    .await;
+    assert_eq!(redis.lookup("ips", "a").await.unwrap(), v("1"));
+}
+
+#[tokio::test]
+async fn configuration_mistakes_fail_connect_with_a_clear_message() {
+    let server = RedisServer::start_with(&["--requirepass", "secret"]);
+
+    let err = RedisStore::connect(RedisConfig::new(format!(
+        "redis://:wrong@127.0.0.1:{}",
+        server.port()
+    )))
+    .await
+    .unwrap_err();
+    assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("redis://:***@127.0.0.1:{}", server.port())),
+        "{message}"
+    );
+    assert!(!message.contains("wrong"), "the password leaked: {message}");
+
+    let err = RedisStore::connect(RedisConfig::new("http://127.0.0.1:1"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("invalid Redis URL"), "{err}");
+
+    let store = RedisStore::connect(RedisConfig::new(format!(
+        "redis://:secret@127.0.0.1:{}/3",
+        server.port()
+    )))
+    .await
+    .expect("password and DB index");
+    store
+        .put_entries("ips", &[Entry::new("a", "1", None)])
+        .await
+        .unwrap();
+    assert_eq!(
+        server.cli(&["-a", "secret", "-n", "3", "GET", "graygate:list:ips:a"]),
+        "1"
+    );
+    subscribed(&store).await;
+    assert_eq!(store.invalidation(), InvalidationMode::Tracking);
+}
+
+#[tokio::test]
+async fn without_client_tracking_keyspace_notifications_are_used() {
+    let server = RedisServer::start_with(&[
+        "--rename-command",
+        "CLIENT",
+        "",
+        "--notify-keyspace-events",
+        "KA",
+    ]);
+    let redis = connect(&server).await;
+    subscribed(&redis).await;
+    assert_eq!(redis.invalidation(), InvalidationMode::KeyspaceEvents);
+    let mut changes = redis.subscribe();
+    server.cli(&["SET", "TOKEN_x", "1"]);
+    let change = next_change(&mut changes, Duration::from_millis(100), |_| false).await;
+    assert_eq!(
+        change,
+        Some(Change::Key {
+            list: "redis".into(),
+            key: "TOKEN_x".into()
+        })
+    );
+}
+
+#[tokio::test]
+async fn without_any_invalidation_the_store_says_the_ttl_bounds_staleness() {
+    let server = RedisServer::start_with(&["--rename-command", "CLIENT", ""]);
+    let a = connect(&server).await;
+    let b = connect(&server).await;
+    subscribed(&b).await;
+    assert_eq!(b.invalidation(), InvalidationMode::TtlOnly);
+    // Policy changes still travel on the changes channel.
+    let mut changes = b.subscribe();
+    let revision = a.save_policy("p", None).await.unwrap();
+    let change = next_change(&mut changes, Duration::from_millis(100), |_| false).await;
+    assert_eq!(change, Some(Change::Policy { revision }));
+}
+
+#[tokio::test]
+async fn without_resp3_the_subscription_falls_back_to_resp2() {
+    // A server without HELLO answers like Redis < 6.
+    let server = RedisServer::start_with(&[
+        "--rename-command",
+        "HELLO",
+        "",
+        "--notify-keyspace-events",
+        "KA",
+    ]);
+    let a = connect(&server).await;
+    let b = connect(&server).await;
+    subscribed(&b).await;
+    assert_eq!(b.invalidation(), InvalidationMode::KeyspaceEvents);
+    let mut changes = b.subscribe();
+
+    let revision = a.save_policy("p", None).await.unwrap();
+    let change = next_change(&mut changes, Duration::from_millis(100), |c| {
+        matches!(c, Change::Key { .. })
+    })
+    .await;
+    assert_eq!(change, Some(Change::Policy { revision }));
+
+    // The key belongs to list `ips` (and, by its empty prefix, to list `redis`).
+    server.cli(&["SET", "graygate:list:ips:10.0.0.9", "1"]);
+    let expected = Change::Key {
+        list: "ips".into(),
+        key: "10.0.0.9".into(),
+    };
+    let change = next_change(&mut changes, Duration::from_millis(100), |c| c != &expected).await;
+    assert_eq!(change, Some(expected));
+}
+
+#[tokio::test]
+async fn a_tls_url_against_a_plain_server_fails_without_hanging() {
+    let server = RedisServer::start();
+    let started = Instant::now();
+    let url = format!("rediss://127.0.0.1:{}", server.port());
+    match RedisStore::connect(RedisConfig::new(url)).await {
+        Ok(store) => {
+            assert!(store.health().degraded);
+            assert!(store.lookup("ips", "a").await.is_err());
+        }
+        Err(e) => assert!(matches!(e, StoreError::Open { .. }), "{e:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
