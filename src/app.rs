@@ -76,6 +76,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
             .version_header
             .as_deref()
             .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+        response_version_header: None,
         observer: None,
     });
     let (stop, stopped) = watch::channel(false);

@@ -25,12 +25,15 @@ use std::future::Future;
 use std::hash::BuildHasher;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST};
 use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::rt::{Read, Write};
@@ -108,6 +111,10 @@ pub struct ProxyConfig {
     /// ([`crate::proxy::DEFAULT_VERSION_HEADER`] is the usual name), so that a service can
     /// tell canary traffic from stable traffic in its own logs.
     pub version_header: Option<HeaderName>,
+    /// When set, the client's response carries this header naming the version that answered
+    /// (or was last tried), so that a tester sees at once whether they reached the canary.
+    /// Off by default: it tells every client that a canary exists.
+    pub response_version_header: Option<HeaderName>,
     /// Told about every request (metrics, access log); `None` costs nothing.
     pub observer: Option<Arc<dyn Observer>>,
 }
@@ -120,6 +127,7 @@ impl Default for ProxyConfig {
             max_header_bytes: 32 * 1024,
             client_ip: ClientIpConfig::default(),
             version_header: None,
+            response_version_header: None,
             observer: None,
         }
     }
@@ -133,6 +141,7 @@ impl std::fmt::Debug for ProxyConfig {
             .field("max_header_bytes", &self.max_header_bytes)
             .field("client_ip", &self.client_ip)
             .field("version_header", &self.version_header)
+            .field("response_version_header", &self.response_version_header)
             .field("observer", &self.observer.is_some())
             .finish()
     }
@@ -140,12 +149,22 @@ impl std::fmt::Debug for ProxyConfig {
 
 /// A hook at the end of every request, for metrics and the access log.
 pub trait Observer: Send + Sync + 'static {
-    /// Called once per request, when its response headers go back to the client (the body may
-    /// still be streaming), on the request's own task: keep it short (count, or hand the record
-    /// to a channel). Also called for graygate's own answers (404, 502, 504).
+    /// Called once per request, when its response is done: the last byte of the body was
+    /// handed to the client connection, or the body was abandoned (the client went away, the
+    /// upstream failed mid-body, a `HEAD`). Runs on the client connection's task, before the
+    /// connection moves on: keep it short (count, or hand the record to a channel). Also called
+    /// for graygate's own answers (404, 405, 502, 504).
     fn on_response(&self, record: &RequestRecord<'_>) {
         let _ = record;
     }
+
+    /// Called when a client connection is accepted, before its first request.
+    fn on_connection_open(&self) {}
+
+    /// Called once when a client connection ends, for every [`Observer::on_connection_open`]
+    /// (also when its task is dropped at shutdown). A connection upgraded to a tunnel
+    /// (WebSocket) counts as ended when the upgrade completes.
+    fn on_connection_close(&self) {}
 }
 
 /// What happened to one request. Borrowed: an observer copies what it keeps.
@@ -169,7 +188,11 @@ pub struct RequestRecord<'a> {
     pub status: StatusCode,
     /// True when the chosen version could not be reached and stable was tried instead.
     pub fell_back: bool,
-    /// From the request headers being read to the response headers being handed back.
+    /// Response body bytes handed to the client connection (headers and chunked framing not
+    /// counted). Smaller than the body's length when the response was abandoned.
+    pub bytes_sent: u64,
+    /// From the request headers being read to the response being done (see
+    /// [`Observer::on_response`]): includes streaming the body, as nginx's `$request_time`.
     pub total: Duration,
     /// How long the upstream took to send its response headers, if it did.
     pub upstream_headers: Option<Duration>,
@@ -216,6 +239,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
+                    let open = OpenConnection::new(shared.cfg.observer.clone());
                     let conn = serve_connection(
                         TokioIo::new(stream),
                         peer,
@@ -225,6 +249,7 @@ pub async fn serve(
                     let drain = drain_tx.clone();
                     tokio::spawn(async move {
                         conn.await;
+                        drop(open);
                         drop(drain);
                     });
                 }
@@ -242,6 +267,27 @@ pub async fn serve(
     drop(drain_tx);
     let _ = drain_rx.recv().await;
     Ok(())
+}
+
+/// Tells the observer that a client connection is open for as long as it lives, so that the
+/// close is reported however the connection task ends (also when it is dropped).
+struct OpenConnection(Option<Arc<dyn Observer>>);
+
+impl OpenConnection {
+    fn new(observer: Option<Arc<dyn Observer>>) -> Self {
+        if let Some(observer) = &observer {
+            observer.on_connection_open();
+        }
+        OpenConnection(observer)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if let Some(observer) = &self.0 {
+            observer.on_connection_close();
+        }
+    }
 }
 
 /// Serves one client connection: HTTP/1.1 with keep-alive and upgrades, until the client
@@ -306,28 +352,126 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
     let uri = req.uri().clone();
     let mut outcome = Outcome::default();
     let response = proxy(shared, peer, client_ip, req, &mut outcome).await;
-    let choice = outcome.choice.as_ref();
-    let version = choice.map(|c| {
-        if outcome.fell_back {
-            &*c.stable_version
-        } else {
-            &*c.version
-        }
-    });
-    observer.on_response(&RequestRecord {
-        method: &method,
-        uri: &uri,
+    // Phase "observe": reported when the body is done, so the record has its byte count.
+    let report = Report {
+        observer: observer.clone(),
+        upstreams: shared.upstreams.clone(),
+        method,
+        uri,
         client_ip,
-        choice,
-        version,
-        upstream: outcome.upstream.and_then(|i| shared.upstreams.name(i)),
-        server: outcome.server.as_deref(),
         status: response.status(),
-        fell_back: outcome.fell_back,
-        total: started.elapsed(),
-        upstream_headers: outcome.upstream_headers,
-    });
-    response
+        outcome,
+        started,
+    };
+    response.map(|body| {
+        ObservedBody {
+            inner: body,
+            report: Some(Box::new(report)),
+            bytes_sent: 0,
+        }
+        .boxed()
+    })
+}
+
+/// What the observer is told about a request, kept until its response body is done.
+struct Report {
+    observer: Arc<dyn Observer>,
+    /// For the name of the upstream in `outcome`.
+    upstreams: Arc<Upstreams>,
+    method: Method,
+    uri: Uri,
+    client_ip: IpAddr,
+    status: StatusCode,
+    outcome: Outcome,
+    started: Instant,
+}
+
+impl Report {
+    fn send(self, bytes_sent: u64) {
+        let outcome = &self.outcome;
+        let choice = outcome.choice.as_ref();
+        let version = choice.map(|c| {
+            if outcome.fell_back {
+                &*c.stable_version
+            } else {
+                &*c.version
+            }
+        });
+        self.observer.on_response(&RequestRecord {
+            method: &self.method,
+            uri: &self.uri,
+            client_ip: self.client_ip,
+            choice,
+            version,
+            upstream: outcome.upstream.and_then(|i| self.upstreams.name(i)),
+            server: outcome.server.as_deref(),
+            status: self.status,
+            fell_back: outcome.fell_back,
+            bytes_sent,
+            total: self.started.elapsed(),
+            upstream_headers: outcome.upstream_headers,
+        });
+    }
+}
+
+/// A response body that counts the bytes it hands to the client connection and reports the
+/// request to the observer once: at its end, or when it is dropped before (the client went
+/// away, hyper skipped the body of a `HEAD` or an empty one).
+struct ObservedBody {
+    inner: ProxyBody,
+    /// Taken when reported.
+    report: Option<Box<Report>>,
+    bytes_sent: u64,
+}
+
+impl ObservedBody {
+    fn finish(&mut self) {
+        if let Some(report) = self.report.take() {
+            report.send(self.bytes_sent);
+        }
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes_sent += data.len() as u64;
+                }
+                // hyper may not poll again after the last frame: report now rather than on
+                // drop, before the client can see the end of the response.
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
 /// Phases "route", "rewrite", "upstream" and "respond".
@@ -428,6 +572,15 @@ async fn proxy(
             }
         }
     };
+    let mut response = response;
+    if let Some(name) = &shared.cfg.response_version_header {
+        let version = if outcome.fell_back {
+            &choice.stable_version
+        } else {
+            &choice.version
+        };
+        forward::set_version_header(response.headers_mut(), name, version);
+    }
     outcome.choice = Some(choice);
     response
 }

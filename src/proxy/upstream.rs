@@ -304,6 +304,15 @@ impl Upstreams {
         self.upstreams.is_empty()
     }
 
+    /// The servers (`host:port`) of upstream `index`, in configuration order (none for an
+    /// unknown index): what the metrics report connect failures of.
+    pub fn servers(&self, index: usize) -> impl Iterator<Item = &str> + '_ {
+        self.upstreams
+            .get(index)
+            .into_iter()
+            .flat_map(|u| u.servers.iter().map(|s| &*s.addr))
+    }
+
     /// Connect failures of server `addr` of upstream `index` since start (for metrics).
     pub fn connect_failures(&self, index: usize, addr: &str) -> Option<u64> {
         let server = self
