@@ -6,10 +6,15 @@
 
 use crate::config::{Config, StoreConfig};
 use crate::gateway::{Gateway, GatewayError};
+use crate::observe::{
+    self, AccessLog, AccessLogFormat, AccessLogTarget, AccessLogWriter, Metrics, Observe,
+    StoreHealthSource,
+};
 use crate::proxy::{self, ProxyConfig, UpstreamConfigError, Upstreams};
 use crate::store::{CachedStore, EmbeddedStore, MemcachedStore, RedisStore, Store, StoreError};
 use http::HeaderName;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -29,6 +34,12 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot open the access log {path}: {source}")]
+    AccessLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A started graygate: its bound addresses and the handles to stop it.
@@ -36,9 +47,16 @@ pub struct Running {
     /// The addresses actually bound (port 0 in the config becomes the port the OS chose).
     pub addrs: Vec<SocketAddr>,
     pub gateway: Arc<Gateway>,
+    /// The metrics listener's bound address, when `[metrics] listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The admin API's bound address, when the config has `[admin]`.
+    pub admin_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
+    /// The traffic listeners and the metrics listener.
     servers: Vec<JoinHandle<std::io::Result<()>>>,
     watcher: JoinHandle<()>,
+    /// Flushed after the listeners stop, so that the last requests are logged.
+    access_log: Option<AccessLogWriter>,
 }
 
 /// Opens the store a config names. A shared store (Redis, memcached) gets the lookup cache in
@@ -67,21 +85,53 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
     let watcher = gateway.spawn_watcher(config.reload_interval);
 
     let upstreams = Arc::new(Upstreams::new(config.upstreams.clone(), &config.timeouts)?);
+
+    let Observation {
+        observer,
+        metrics,
+        access_log,
+    } = observation(config, &gateway, &upstreams).await?;
+
+    let version_header = config
+        .version_header
+        .as_deref()
+        .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok());
+    // The response header has the same name as the upstream one, or the usual name when the
+    // upstream one is off.
+    let response_version_header = config.response_version_header.then(|| {
+        version_header
+            .clone()
+            .unwrap_or(proxy::DEFAULT_VERSION_HEADER)
+    });
     let proxy_config = Arc::new(ProxyConfig {
         listen: config.listen[0],
         timeouts: config.timeouts,
         max_header_bytes: config.max_header_bytes,
         client_ip: config.client_ip.clone(),
-        version_header: config
-            .version_header
-            .as_deref()
-            .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
-        response_version_header: None,
-        observer: None,
+        version_header,
+        response_version_header,
+        observer,
     });
     let (stop, stopped) = watch::channel(false);
+    let shutdown_signal = |stopped: &watch::Receiver<bool>| {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
     let mut addrs = Vec::new();
     let mut servers = Vec::new();
+    let mut metrics_addr = None;
+    if let (Some(addr), Some(metrics)) = (config.metrics.listen, &metrics) {
+        let bind_error = |source| StartError::Bind { addr, source };
+        let listener = proxy::bind(addr).await.map_err(bind_error)?;
+        metrics_addr = Some(listener.local_addr().map_err(bind_error)?);
+        servers.push(tokio::spawn(observe::serve_metrics(
+            listener,
+            metrics.clone(),
+            shutdown_signal(&stopped),
+        )));
+    }
     for addr in &config.listen {
         let listener = proxy::bind(*addr)
             .await
@@ -94,10 +144,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
             source,
         })?;
         addrs.push(bound);
-        let mut stopped = stopped.clone();
-        let shutdown = async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        };
+        let shutdown = shutdown_signal(&stopped);
         let router: Arc<dyn proxy::Router> = gateway.clone();
         servers.push(tokio::spawn(proxy::serve(
             listener,
@@ -107,12 +154,91 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
             shutdown,
         )));
     }
+    // The admin API starts last: once it answers, the traffic listeners are up (`/readyz`).
+    let mut admin_addr = None;
+    if let Some(admin) = &config.admin {
+        let addr = admin.listen;
+        let bind_error = |source| StartError::Bind { addr, source };
+        let listener = proxy::bind(addr).await.map_err(bind_error)?;
+        admin_addr = Some(listener.local_addr().map_err(bind_error)?);
+        let state = crate::admin::AdminState::new(
+            gateway.clone(),
+            crate::admin::Auth::new(admin.tokens.clone()),
+            config.client_ip.clone(),
+        );
+        servers.push(tokio::spawn(crate::admin::serve(
+            listener,
+            state,
+            shutdown_signal(&stopped),
+        )));
+    }
     Ok(Running {
         addrs,
         gateway,
+        metrics_addr,
+        admin_addr,
         stop,
         servers,
         watcher,
+        access_log,
+    })
+}
+
+/// What observes the traffic: the data plane's observer, and the parts started beside it.
+struct Observation {
+    /// `None` when neither metrics nor the access log is on: the data plane then pays nothing.
+    observer: Option<Arc<dyn proxy::Observer>>,
+    /// For the metrics listener, when `[metrics] listen` is set.
+    metrics: Option<Arc<Metrics>>,
+    /// The access log's writer task, flushed at shutdown.
+    access_log: Option<AccessLogWriter>,
+}
+
+/// Builds the metrics (only when a listener can serve them) and starts the access log writer.
+async fn observation(
+    config: &Config,
+    gateway: &Arc<Gateway>,
+    upstreams: &Arc<Upstreams>,
+) -> Result<Observation, StartError> {
+    let metrics = config.metrics.listen.map(|_| {
+        Arc::new(Metrics::new(observe::Sources {
+            gateway: Some(gateway.clone()),
+            upstreams: Some(upstreams.clone()),
+            // The store's kind and health, and its lookup cache's counters when it has one.
+            store: Some(Arc::new(StoreHealthSource(gateway.store().clone()))),
+        }))
+    });
+    let (log, writer) = match config.access_log.format {
+        AccessLogFormat::Off => (None, None),
+        format => {
+            let target = &config.access_log.target;
+            let dropped = metrics.as_ref().map(|m| m.access_log_dropped());
+            let (log, writer) =
+                AccessLog::start(format, target, dropped)
+                    .await
+                    .map_err(|source| StartError::AccessLog {
+                        path: match target {
+                            AccessLogTarget::File(path) => path.clone(),
+                            AccessLogTarget::Stdout => PathBuf::from("-"),
+                        },
+                        source,
+                    })?;
+            (Some(log), Some(writer))
+        }
+    };
+    let observe = Observe {
+        metrics: metrics.clone(),
+        log,
+    };
+    let observer: Option<Arc<dyn proxy::Observer>> = if observe.is_idle() {
+        None
+    } else {
+        Some(Arc::new(observe))
+    };
+    Ok(Observation {
+        observer,
+        metrics,
+        access_log: writer,
     })
 }
 
@@ -128,5 +254,8 @@ impl Running {
             }
         }
         self.watcher.abort();
+        if let Some(access_log) = self.access_log {
+            access_log.finish().await;
+        }
     }
 }

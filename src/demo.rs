@@ -135,6 +135,10 @@ fn demo_config(
         reload_interval: Duration::from_secs(5),
         version_header: Some("x-graygate-version".into()),
         workers: None,
+        metrics: Default::default(),
+        access_log: Default::default(),
+        response_version_header: false,
+        admin: None,
     }
 }
 

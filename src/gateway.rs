@@ -7,10 +7,12 @@
 //! Changes arrive by push (the store's change notifications) and, as a safety net against a
 //! missed notification, by a periodic reload that compares revisions.
 
+use crate::policy::edit::EditError;
 use crate::policy::{self, Evaluation, LookupAnswer, Lookups, Policy, PolicyDoc, RequestFacts};
 use crate::proxy::{RouteChoice, Router};
 use crate::store::{Change, Store, StoreError};
 use arc_swap::ArcSwap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,7 +51,18 @@ pub struct Gateway {
     /// The config's policy, when the store could not be read at start: written to the store by
     /// the first reload that finds the store answering and empty.
     pending_seed: std::sync::Mutex<Option<PolicyDoc>>,
+    /// Requests routed to each version since start, for the admin API's status: rebuilt (keeping
+    /// the counts of versions that stay) whenever a policy is installed, so that the request path
+    /// only loads a snapshot and bumps an atomic.
+    traffic: ArcSwap<TrafficTable>,
 }
+
+/// service -> version -> requests routed there.
+type TrafficTable = HashMap<Arc<str>, HashMap<Arc<str>, Arc<AtomicU64>>>;
+
+/// How many times [`Gateway::change`] retries an edit whose write lost a race against another
+/// writer (only when the caller did not name the revision it expects).
+const CHANGE_ATTEMPTS: usize = 5;
 
 impl Gateway {
     /// Loads the stored policy. When the store holds none, `seed` (the config's policy) is written
@@ -70,6 +83,7 @@ impl Gateway {
             upstreams,
             lookup_timeout,
             pending_seed: std::sync::Mutex::new(None),
+            traffic: ArcSwap::from_pointee(TrafficTable::new()),
         });
         match gateway.store.load_policy().await {
             Ok(Some(stored)) => {
@@ -126,14 +140,193 @@ impl Gateway {
     }
 
     /// Validates `doc`, stores it as the next revision and makes it the running policy. A document
-    /// that does not compile changes nothing.
+    /// that does not compile changes nothing. Recorded in the history as made by `config`.
     pub async fn apply(&self, doc: &PolicyDoc) -> Result<u64, GatewayError> {
-        let compiled = self.compile(doc)?;
-        let json = serde_json::to_string(doc).expect("a policy document always serializes");
-        let revision = self.store.save_policy(&json, None).await?;
-        self.install(compiled, revision);
-        tracing::info!(revision, "policy applied");
-        Ok(revision)
+        let replace = |current: &mut PolicyDoc| {
+            current.clone_from(doc);
+            Ok(())
+        };
+        match self
+            .change(None, "config", "policy from the config file", replace)
+            .await
+        {
+            Ok(applied) => {
+                tracing::info!(revision = applied.revision, "policy applied");
+                Ok(applied.revision)
+            }
+            Err(ChangeError::Rejected(e)) => Err(GatewayError::Rejected(e)),
+            Err(ChangeError::Store(e)) => Err(GatewayError::Store(e)),
+            Err(e) => Err(GatewayError::Store(StoreError::Unavailable {
+                store: self.store.kind(),
+                detail: e.to_string(),
+            })),
+        }
+    }
+
+    /// Makes one change of the policy: `edit` changes a copy of the stored document, the result is
+    /// validated as a whole (compiled), written as the next revision together with its history
+    /// record, and installed. Every policy change (admin API, SIGHUP, seeding) goes through here.
+    ///
+    /// The store's conditional write is the serialization point: the write only happens if the
+    /// store is still at the revision the edit started from, so two admins (or two instances
+    /// sharing Redis) never interleave half-updates. With `expected` (the client's `If-Match`),
+    /// a store at another revision refuses the change with [`ChangeError::Stale`]; without it, an
+    /// edit that lost a race is made again on the newer document (a few times at most).
+    ///
+    /// The edit is pure and may run more than once; what it returns comes back in [`Applied`].
+    pub async fn change<T>(
+        &self,
+        expected: Option<u64>,
+        actor: &str,
+        summary: &str,
+        mut edit: impl FnMut(&mut PolicyDoc) -> Result<T, ChangeError>,
+    ) -> Result<Applied<T>, ChangeError> {
+        let mut last_conflict = None;
+        for _ in 0..CHANGE_ATTEMPTS {
+            let (current, before) = self.current_doc().await?;
+            if let Some(expected) = expected {
+                if expected != current {
+                    return Err(ChangeError::Stale {
+                        expected,
+                        actual: current,
+                    });
+                }
+            }
+            let mut after = before.clone();
+            let value = edit(&mut after)?;
+            let compiled = self.compile(&after)?;
+            let next = current + 1;
+            let record = HistoryEntry {
+                revision: next,
+                time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                actor: actor.to_string(),
+                summary: summary.to_string(),
+                before,
+                after,
+            };
+            let json = serde_json::to_string(&record.after)
+                .expect("a policy document always serializes");
+            let record_json =
+                serde_json::to_string(&record).expect("a history entry always serializes");
+            match self
+                .store
+                .save_policy_recorded(&json, current, &record_json)
+                .await
+            {
+                Ok(revision) => {
+                    if revision >= self.revision() {
+                        self.install(compiled, revision);
+                    }
+                    tracing::info!(revision, actor, summary, "policy changed");
+                    return Ok(Applied {
+                        revision,
+                        value,
+                        doc: record.after,
+                    });
+                }
+                Err(StoreError::Conflict { actual, .. }) => match expected {
+                    Some(expected) => return Err(ChangeError::Stale { expected, actual }),
+                    None => last_conflict = Some(actual),
+                },
+                Err(e) => return Err(ChangeError::Store(e)),
+            }
+        }
+        Err(ChangeError::Busy {
+            attempts: CHANGE_ATTEMPTS,
+            actual: last_conflict.unwrap_or_default(),
+        })
+    }
+
+    /// The stored revision and document: what a change starts from and what the admin API shows.
+    /// A stored document that does not parse (written by something else) is replaced by the
+    /// running one; an empty store that still owes the config's policy shows that.
+    pub async fn current_doc(&self) -> Result<(u64, PolicyDoc), ChangeError> {
+        match self.store.load_policy().await.map_err(ChangeError::Store)? {
+            Some(stored) => match serde_json::from_str::<PolicyDoc>(&stored.json) {
+                Ok(doc) => Ok((stored.revision, doc)),
+                Err(e) => {
+                    tracing::warn!(revision = stored.revision, error = %e, "the stored policy does not parse: this change starts from the running policy");
+                    Ok((stored.revision, self.policy().doc().clone()))
+                }
+            },
+            None => {
+                let seed = self.pending_seed.lock().expect("seed lock").clone();
+                Ok((0, seed.unwrap_or_default()))
+            }
+        }
+    }
+
+    /// The newest `limit` changes, newest first, from the store's history. Records that do not
+    /// parse (written by another version of graygate) are skipped.
+    pub async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+        let records = self.store.load_history(limit).await?;
+        Ok(records
+            .iter()
+            .filter_map(|r| match serde_json::from_str(r) {
+                Ok(entry) => Some(entry),
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping a history record that does not parse");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// Upstream names, in the order of the data plane's upstream table (a [`policy::Decision`]'s
+    /// `upstream` indexes this).
+    pub fn upstream_names(&self) -> &[String] {
+        &self.upstreams
+    }
+
+    /// Requests routed to each version of each service since start (this instance only), for
+    /// every version of the running policy.
+    pub fn traffic(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        self.traffic
+            .load()
+            .iter()
+            .map(|(service, versions)| {
+                let counts = versions
+                    .iter()
+                    .map(|(v, n)| (v.to_string(), n.load(Ordering::Relaxed)))
+                    .collect();
+                (service.to_string(), counts)
+            })
+            .collect()
+    }
+
+    /// Counts one request routed to `version` of `service`.
+    fn count(&self, service: &str, version: &str) {
+        if let Some(n) = self
+            .traffic
+            .load()
+            .get(service)
+            .and_then(|versions| versions.get(version))
+        {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A counter for every version of `doc`, reusing the counters of versions that stay.
+    fn rebuild_traffic(&self, doc: &PolicyDoc) {
+        let old = self.traffic.load();
+        let mut table = TrafficTable::new();
+        for s in &doc.services {
+            let service: Arc<str> = Arc::from(s.name.as_str());
+            let known = old.get(&service);
+            let versions = s
+                .versions
+                .keys()
+                .map(|v| {
+                    let counter = known
+                        .and_then(|k| k.get(v.as_str()))
+                        .cloned()
+                        .unwrap_or_default();
+                    (Arc::from(v.as_str()), counter)
+                })
+                .collect();
+            table.insert(service, versions);
+        }
+        self.traffic.store(Arc::new(table));
     }
 
     /// Reloads the stored policy if its revision differs from the running one. A stored document
@@ -215,6 +408,7 @@ impl Gateway {
     }
 
     fn install(&self, policy: Policy, revision: u64) {
+        self.rebuild_traffic(policy.doc());
         self.policy.store(Arc::new(policy));
         self.revision.store(revision, Ordering::Release);
         let now_ms = SystemTime::now()
@@ -268,6 +462,52 @@ impl Gateway {
     }
 }
 
+/// Why a [`Gateway::change`] was not applied. Nothing changed in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The edit itself was refused (unknown service, a name taken, ...).
+    #[error(transparent)]
+    Edit(#[from] EditError),
+    /// The edited document does not compile.
+    #[error("policy rejected: {0}")]
+    Rejected(#[from] policy::CompileError),
+    /// The caller expected another revision than the stored one.
+    #[error("the policy is at revision {actual}, not {expected}: read it again and retry")]
+    Stale { expected: u64, actual: u64 },
+    /// Other writers kept changing the policy while this edit was retried.
+    #[error("the policy changed {attempts} times while this change was made (now at revision {actual}); try again")]
+    Busy { attempts: usize, actual: u64 },
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+/// A change that was applied.
+#[derive(Debug, Clone)]
+pub struct Applied<T> {
+    /// The revision it became.
+    pub revision: u64,
+    /// What the edit returned.
+    pub value: T,
+    /// The document now stored and running.
+    pub doc: PolicyDoc,
+}
+
+/// One applied change, as kept in the store's history: who made it, when, and the document
+/// before and after. Undo applies an entry's `after` as a new change; history is never rewritten.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HistoryEntry {
+    /// The revision this change made.
+    pub revision: u64,
+    /// When, in RFC 3339 UTC with milliseconds.
+    pub time: String,
+    /// Who: the admin token's name, or `config` for the config's policy (start, SIGHUP).
+    pub actor: String,
+    /// What, in a few words (`weights web: canary=10`).
+    pub summary: String,
+    pub before: PolicyDoc,
+    pub after: PolicyDoc,
+}
+
 /// Store values for one request: what was fetched for it, else what the store knows in memory.
 struct RequestLookups<'a> {
     store: &'a dyn Store,
@@ -302,6 +542,7 @@ impl Router for Gateway {
         Box::pin(async move {
             let policy = self.policy.load_full();
             let d = self.decide(&policy, &facts).await?;
+            self.count(&d.service, &d.version);
             Some(RouteChoice {
                 upstream: d.upstream,
                 stable_upstream: d.stable_upstream,

@@ -11,16 +11,26 @@
 //! - [`store`]: one trait for the policy document, identity lists and change notifications; the
 //!   embedded store (redb) is the default.
 //! - [`proxy`]: the data plane on hyper: listener, client IP, forwarding, upstream pools, fallback.
+//! - [`observe`]: the end of the line: Prometheus metrics (on their own listener) and the access
+//!   log, fed by the data plane once per request without making it wait.
 //! - [`config`]: the TOML startup config, validated into the types above; errors name file, line
 //!   and field.
 //! - [`gateway`]: glue that keeps the live policy snapshot, answers the data plane's routing
 //!   question from it, and applies store changes without a restart.
+//! - [`import`]: `graygate import`: bulk-loads a list into a store.
+//! - [`admin`]: the control plane: an HTTP API (own listener, bearer tokens) to change the policy
+//!   live, run a rollout step by step, explain a decision, and undo.
+//! - [`cli`]: `graygate ctl`: one subcommand per admin endpoint, for people and scripts.
 //! - [`demo`]: `graygate demo`: built-in backends and an example policy on the embedded store.
 
+pub mod admin;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod gateway;
+pub mod observe;
+pub mod import;
 pub mod policy;
 pub mod proxy;
 pub mod store;

@@ -28,6 +28,20 @@ enum Command {
         #[arg(long, short, env = "GRAYGATE_CONFIG")]
         config: PathBuf,
     },
+    /// Bulk-load a list into the store the config names, from lines of `key [value]` (value 1
+    /// when absent). With the embedded store, run it while graygate is stopped.
+    Import {
+        #[arg(long, short, env = "GRAYGATE_CONFIG")]
+        config: PathBuf,
+        /// The list to write (e.g. gray_ips).
+        #[arg(long)]
+        list: String,
+        /// Time to live of every entry, like "1h" (default: no expiry).
+        #[arg(long)]
+        ttl: Option<humantime::Duration>,
+        /// The file to read; `-` or nothing reads standard input.
+        file: Option<PathBuf>,
+    },
     /// Start a self-contained demo: built-in stable and canary backends, an embedded store and an
     /// example policy, then print curl commands that show each rule.
     Demo {
@@ -45,6 +59,8 @@ fn main() -> ExitCode {
         Command::Run { config } => config::load(&config)
             .map_err(anyhow::Error::from)
             .and_then(|c| runtime(c.workers).and_then(|rt| rt.block_on(run(c)))),
+        Command::Import { config, list, ttl, file } => runtime(Some(1))
+            .and_then(|rt| rt.block_on(import(config, list, ttl.map(Into::into), file))),
         Command::Demo { listen } => runtime(None)
             .and_then(|rt| rt.block_on(demo::run(listen, stop_signal())).map_err(Into::into)),
     };
@@ -68,21 +84,28 @@ fn init_logging() {
 
 /// Worker threads: `GRAYGATE_WORKERS`, else the config's `workers`, else one per core.
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
     let from_env = match std::env::var("GRAYGATE_WORKERS") {
         Ok(n) => Some(n.parse::<usize>().context("GRAYGATE_WORKERS must be a whole number")?),
         Err(_) => None,
     };
-    if let Some(n) = from_env.or(workers) {
-        builder.worker_threads(n.max(1));
-    }
+    let mut builder = match from_env.or(workers) {
+        // One worker: everything on this thread, so no wake-up ever crosses threads (measured:
+        // the multi-thread scheduler with one worker spends its time in cross-thread wake-ups).
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")
 }
 
-fn check(path: &PathBuf) -> ExitCode {
+fn check(path: &std::path::Path) -> ExitCode {
     match config::load(path) {
         Ok(c) => {
             let policy = c
@@ -113,6 +136,10 @@ fn check(path: &PathBuf) -> ExitCode {
 async fn run(config: config::Config) -> anyhow::Result<()> {
     let store = app::open_store(&config).await?;
     let running = app::start(&config, store).await?;
+    if let Some(addr) = running.metrics_addr {
+        // Before the listening lines: a script that waits for those knows this one too.
+        println!("graygate: metrics on http://{addr}/metrics");
+    }
     for addr in &running.addrs {
         // A stable line on stdout: scripts and tests read the bound address from it.
         println!("graygate: listening on http://{addr}");
@@ -144,6 +171,30 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
     tracing::info!("stopping: finishing requests in flight");
     reloads.abort();
     running.shutdown().await;
+    Ok(())
+}
+
+async fn import(
+    path: PathBuf,
+    list: String,
+    ttl: Option<std::time::Duration>,
+    file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let config = config::load(&path)?;
+    let store = app::open_store(&config).await?;
+    let (name, written) = match file.filter(|f| f.as_os_str() != "-") {
+        Some(f) => {
+            let input = std::fs::File::open(&f).with_context(|| format!("cannot open {}", f.display()))?;
+            let name = f.display().to_string();
+            let n = graygate::import::import(&*store, &list, ttl, std::io::BufReader::new(input), &name).await?;
+            (name, n)
+        }
+        None => {
+            let n = graygate::import::import(&*store, &list, ttl, std::io::stdin().lock(), "stdin").await?;
+            ("stdin".to_string(), n)
+        }
+    };
+    println!("graygate: imported {written} entries from {name} into list `{list}`");
     Ok(())
 }
 

@@ -8,7 +8,12 @@
 //!
 //! Relative paths in the file (`policy_file`, `store.path`) are relative to the file's directory.
 
+mod admin;
 mod locate;
+mod observe;
+
+pub use admin::{AdminConfig, AdminToken, DEFAULT_ADMIN_LISTEN, MIN_TOKEN_LEN};
+pub use observe::{AccessLogConfig, MetricsConfig};
 
 use crate::policy::{self, PolicyDoc};
 use crate::proxy::{ClientIpConfig, ClientIpMode, ServerConfig, Timeouts, UpstreamConfig};
@@ -76,6 +81,15 @@ pub struct Config {
     /// Worker threads of the data plane (`None`: one per core). Benchmarks against one nginx
     /// worker set 1, so that both sides use one core.
     pub workers: Option<usize>,
+    /// The Prometheus metrics listener (`[metrics]`).
+    pub metrics: MetricsConfig,
+    /// The access log (`[access_log]`).
+    pub access_log: AccessLogConfig,
+    /// Also name the version that answered in a response header to the client (the
+    /// `version_header` name), so that testers see which version they reached. Default off.
+    pub response_version_header: bool,
+    /// The admin API (`[admin]`); `None`: no admin listener.
+    pub admin: Option<AdminConfig>,
 }
 
 /// Where the policy and the identity lists are kept.
@@ -124,6 +138,14 @@ struct ConfigFile {
     version_header: Option<String>,
     #[serde(default)]
     workers: Option<usize>,
+    #[serde(default)]
+    metrics: observe::MetricsFile,
+    #[serde(default)]
+    access_log: observe::AccessLogFile,
+    #[serde(default)]
+    response_version_header: bool,
+    #[serde(default)]
+    admin: Option<admin::AdminFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -362,7 +384,20 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         return Err(at("workers", "must be at least 1 (leave it out for one per core)".into()));
     }
 
+    let (metrics, access_log) =
+        observe::observe_config(&file.metrics, &file.access_log, &listen, &base, &at)?;
+
+    let admin = file
+        .admin
+        .as_ref()
+        .map(|a| admin::admin_config(a, &listen, &at))
+        .transpose()?;
+
     Ok(Config {
+        admin,
+        metrics,
+        access_log,
+        response_version_header: file.response_version_header,
         workers: file.workers,
         file: path.to_path_buf(),
         listen,

@@ -308,6 +308,9 @@ fn compile_service(
         )
     };
     let stable = version(format!("{path}.stable"), &s.stable)?;
+    if let Some(previous) = &s.previous_stable {
+        version(format!("{path}.previous_stable"), previous)?;
+    }
 
     let override_ = match &s.override_ {
         None => None,

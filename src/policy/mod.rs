@@ -11,8 +11,11 @@
 //! - `compile`: validates a [`PolicyDoc`] as a whole and builds lookup structures whose cost does
 //!   not grow with list sizes (hash sets, CIDR tables by prefix length, host maps).
 //! - `evaluate`: request facts -> decision.
+//! - [`edit`]: the admin API's edits of a document (routes, rules, weights, promote, rollback)
+//!   as pure functions, and the checks it makes beyond `compile`.
 
 mod compile;
+pub mod edit;
 mod evaluate;
 mod iptable;
 pub mod model;

@@ -56,6 +56,11 @@ pub struct ServiceDoc {
     /// When no rule matched: a weighted split between versions; the rest goes to stable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split: Option<SplitDoc>,
+    /// The stable version before the last promote: where a rollback sends everyone back. Set by
+    /// a promote, used and cleared by a rollback, cleared when a new canary starts (a weight above
+    /// zero or a rule is set through the admin API). See `policy::edit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_stable: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -20,11 +20,12 @@
 //!    server of a canary can be reached, the request goes to the stable version instead (the
 //!    request body has not started to flow at that point, so nothing is lost). Nothing reachable:
 //!    502. No response headers in time: 504.
-//! 6. **Respond**: the response is rewritten (hop-by-hop headers removed) and its body streamed
-//!    back as it arrives. A `101 Switching Protocols` (WebSocket) turns the two connections
-//!    into a byte tunnel.
+//! 6. **Respond**: the response is rewritten (hop-by-hop headers removed, and the optional
+//!    [`ProxyConfig::response_version_header`] set) and its body streamed back as it arrives. A
+//!    `101 Switching Protocols` (WebSocket) turns the two connections into a byte tunnel.
 //! 7. **Observe** ([`Observer::on_response`]): one record per request for metrics and the access
-//!    log.
+//!    log, when the response body is done (sent or abandoned), so that it carries the bytes sent
+//!    and the whole duration. The observer also hears of every connection opening and closing.
 //!
 //! Bodies are never buffered: a request body flows to the upstream as the client sends it, a
 //! response body flows back as the upstream sends it.

@@ -1008,6 +1008,28 @@ mod tests {
         }
     }
 
+    /// Records body bytes per request and counts connections.
+    #[derive(Default)]
+    struct Counting {
+        bytes_sent: Mutex<Vec<u64>>,
+        opened: AtomicUsize,
+        closed: AtomicUsize,
+    }
+
+    impl Observer for Counting {
+        fn on_response(&self, r: &RequestRecord<'_>) {
+            self.bytes_sent.lock().unwrap().push(r.bytes_sent);
+        }
+
+        fn on_connection_open(&self) {
+            self.opened.fetch_add(1, Ordering::SeqCst);
+        }
+
+        fn on_connection_close(&self) {
+            self.closed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
     // ----- tests -----
 
     #[tokio::test]
@@ -1556,6 +1578,86 @@ mod tests {
             assert_eq!(status, StatusCode::OK);
             assert_eq!(body, "done");
             (&mut p.task).await.unwrap().unwrap();
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn the_observer_sees_body_bytes_connections_and_abandoned_bodies() {
+        within(async {
+            let b = backend(Arc::new(|_req| {
+                Box::pin(async { Response::new(big_body()) })
+            }))
+            .await;
+            let seen = Arc::new(Counting::default());
+            let observer: Arc<dyn Observer> = seen.clone();
+            let p = proxy()
+                .upstream("stable", &[(b.addr, 1)])
+                .route("stable", "stable")
+                .config(|c| {
+                    c.observer = Some(observer);
+                    c.response_version_header = Some(DEFAULT_VERSION_HEADER);
+                })
+                .start()
+                .await;
+            let download = || {
+                Request::get("/download")
+                    .header("host", "app.example")
+                    .body(full(""))
+                    .unwrap()
+            };
+
+            // A whole body: reported once, with every byte.
+            let mut c = client(p.addr).await;
+            let resp = c.send(download()).await;
+            assert_eq!(resp.headers()["x-graygate-version"], "stable");
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body.len(), BIG);
+            eventually("the whole body is reported", || {
+                seen.bytes_sent.lock().unwrap().len() == 1
+            })
+            .await;
+            assert_eq!(*seen.bytes_sent.lock().unwrap(), vec![BIG as u64]);
+            assert_eq!(seen.opened.load(Ordering::SeqCst), 1);
+            assert_eq!(seen.closed.load(Ordering::SeqCst), 0);
+
+            // HEAD: no body goes out.
+            let head = Request::head("/download")
+                .header("host", "app.example")
+                .body(full(""))
+                .unwrap();
+            let resp = c.send(head).await;
+            assert_eq!(resp.status(), StatusCode::OK);
+            let _ = resp.into_body().collect().await;
+            eventually("the HEAD is reported", || {
+                seen.bytes_sent.lock().unwrap().len() == 2
+            })
+            .await;
+            assert_eq!(seen.bytes_sent.lock().unwrap()[1], 0);
+            drop(c);
+            eventually("the connection is closed", || {
+                seen.closed.load(Ordering::SeqCst) == 1
+            })
+            .await;
+
+            // A client that goes away after the first chunk: reported with what was sent.
+            let mut c = client(p.addr).await;
+            let mut body = c.send(download()).await.into_body();
+            let first = body.frame().await.unwrap().unwrap();
+            assert!(first.is_data());
+            drop(body);
+            drop(c);
+            eventually("the abandoned body is reported", || {
+                seen.bytes_sent.lock().unwrap().len() == 3
+            })
+            .await;
+            let sent = seen.bytes_sent.lock().unwrap()[2];
+            assert!(sent > 0 && sent < BIG as u64, "{sent} bytes reported");
+            eventually("both connections are closed", || {
+                seen.closed.load(Ordering::SeqCst) == 2
+            })
+            .await;
+            assert_eq!(seen.opened.load(Ordering::SeqCst), 2);
         })
         .await
     }

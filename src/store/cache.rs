@@ -380,6 +380,10 @@ impl Shared {
 
 #[async_trait]
 impl Store for CachedStore {
+    fn cache_stats(&self) -> Option<CacheStats> {
+        Some(self.stats())
+    }
+
     fn kind(&self) -> &'static str {
         self.shared.inner.kind()
     }
@@ -390,6 +394,22 @@ impl Store for CachedStore {
 
     async fn save_policy(&self, json: &str, expected: Option<u64>) -> Result<u64, StoreError> {
         self.shared.inner.save_policy(json, expected).await
+    }
+
+    async fn save_policy_recorded(
+        &self,
+        json: &str,
+        expected: u64,
+        record: &str,
+    ) -> Result<u64, StoreError> {
+        self.shared
+            .inner
+            .save_policy_recorded(json, expected, record)
+            .await
+    }
+
+    async fn load_history(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.shared.inner.load_history(limit).await
     }
 
     /// The wrapped store's local answer if it has one, else a fresh cache entry, else `None`.

@@ -13,6 +13,8 @@
 //!   they can never disagree;
 //! - `entries`: `(list, key)` -> `(value, expires_at)` with `expires_at` in Unix milliseconds,
 //!   `0` meaning "never". Expiry times are absolute, so TTLs keep counting while graygate is down.
+//! - `history`: policy revision -> the history record of the change that made it (JSON), written
+//!   in the policy's own transaction; the newest [`HISTORY_LIMIT`] are kept.
 //!
 //! # Reads and writes
 //! Every list is mirrored in a `HashMap` behind a [`RwLock`], loaded at [`EmbeddedStore::open`]:
@@ -27,7 +29,7 @@
 //! deleted lazily: at open, from the list touched by each write, and by
 //! [`EmbeddedStore::purge_expired`].
 
-use super::{Change, Entry, Store, StoreError, StoredPolicy};
+use super::{Change, Entry, Store, StoreError, StoredPolicy, HISTORY_LIMIT};
 use async_trait::async_trait;
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use std::collections::HashMap;
@@ -52,11 +54,29 @@ const META: TableDefinition<&str, (u64, &str)> = TableDefinition::new("meta");
 /// Key of the policy document in [`META`].
 const POLICY_KEY: &str = "policy";
 
+/// Policy revision -> history record (JSON) of the change that made it.
+const HISTORY: TableDefinition<u64, &str> = TableDefinition::new("history");
+
 /// `(list, key)` -> `(value, expires_at as Unix millis, 0 = never)`.
 const ENTRIES: TableDefinition<(&str, &str), (&str, u64)> = TableDefinition::new("entries");
 
 /// The [`ENTRIES`] table opened in a write transaction.
 type EntriesTable<'txn> = redb::Table<'txn, (&'static str, &'static str), (&'static str, u64)>;
+
+/// redb's page cache size.
+const REDB_CACHE_BYTES: usize = 16 << 20;
+
+/// The value as shared in the mirror. Gray lists hold the same few values (`1`, `0`) for millions
+/// of keys: those share one allocation instead of one each.
+fn shared_value(value: &str) -> Arc<str> {
+    static COMMON: std::sync::OnceLock<[Arc<str>; 2]> = std::sync::OnceLock::new();
+    let [one, zero] = COMMON.get_or_init(|| [Arc::from("1"), Arc::from("0")]);
+    match value {
+        "1" => one.clone(),
+        "0" => zero.clone(),
+        _ => Arc::from(value),
+    }
+}
 
 /// A list entry as mirrored in memory: the value, shared with callers without copying, and when
 /// it stops counting.
@@ -107,7 +127,12 @@ impl EmbeddedStore {
             detail: format!("{what}: {e}"),
         };
 
-        let db = Database::create(&path).map_err(|e| open_err("cannot open the database", &e))?;
+        // The mirror serves every read; redb's page cache only speeds up writes and the load at
+        // open, so keep it small (its default of 1 GiB shows up as resident memory).
+        let db = Database::builder()
+            .set_cache_size(REDB_CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| open_err("cannot open the database", &e))?;
 
         // Create both tables (so that later reads find them) and purge what expired meanwhile.
         let now = SystemTime::now();
@@ -117,6 +142,8 @@ impl EmbeddedStore {
         {
             txn.open_table(META)
                 .map_err(|e| open_err("cannot open table meta", &e))?;
+            txn.open_table(HISTORY)
+                .map_err(|e| open_err("cannot open table history", &e))?;
             let mut entries = txn
                 .open_table(ENTRIES)
                 .map_err(|e| open_err("cannot open table entries", &e))?;
@@ -144,7 +171,7 @@ impl EmbeddedStore {
             mirror
                 .entry(list.to_owned())
                 .or_default()
-                .insert(key.to_owned(), (Arc::from(value), decode_expiry(ms)));
+                .insert(key.to_owned(), (shared_value(value), decode_expiry(ms)));
         }
         drop(entries);
         drop(read);
@@ -235,7 +262,12 @@ impl EmbeddedStore {
         }))
     }
 
-    fn save_policy_sync(&self, json: &str, expected: Option<u64>) -> Result<u64, StoreError> {
+    fn save_policy_sync(
+        &self,
+        json: &str,
+        expected: Option<u64>,
+        record: Option<&str>,
+    ) -> Result<u64, StoreError> {
         const WHAT: &str = "saving the policy";
         let _writer = self.lock_writer();
         let revision = self.write_txn(WHAT, |txn| {
@@ -258,10 +290,42 @@ impl EmbeddedStore {
             })?;
             meta.insert(POLICY_KEY, (next, json))
                 .map_err(|e| self.db_err(WHAT, "meta/policy", e))?;
+            if let Some(record) = record {
+                let mut history = txn
+                    .open_table(HISTORY)
+                    .map_err(|e| self.db_err(WHAT, "history", e))?;
+                history
+                    .insert(next, record)
+                    .map_err(|e| self.db_err(WHAT, "history", e))?;
+                let keep_from = next.saturating_sub(HISTORY_LIMIT as u64 - 1);
+                history
+                    .retain_in(..keep_from, |_, _| false)
+                    .map_err(|e| self.db_err(WHAT, "history", e))?;
+            }
             Ok(next)
         })?;
         let _ = self.changes.send(Change::Policy { revision });
         Ok(revision)
+    }
+
+    fn load_history_sync(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        const WHAT: &str = "reading the policy history";
+        let read = self
+            .db
+            .begin_read()
+            .map_err(|e| self.db_err(WHAT, "history", e))?;
+        let history = read
+            .open_table(HISTORY)
+            .map_err(|e| self.db_err(WHAT, "history", e))?;
+        let mut out = Vec::new();
+        let iter = history
+            .iter()
+            .map_err(|e| self.db_err(WHAT, "history", e))?;
+        for item in iter.rev().take(limit) {
+            let (_, record) = item.map_err(|e| self.db_err(WHAT, "history", e))?;
+            out.push(record.value().to_owned());
+        }
+        Ok(out)
     }
 
     fn put_entries_sync(&self, list: &str, entries: &[Entry]) -> Result<(), StoreError> {
@@ -293,7 +357,7 @@ impl EmbeddedStore {
             for entry in entries {
                 // Through the on-disk encoding, so that memory matches what a reopen would load.
                 let at = decode_expiry(encode_expiry(entry.expires_at));
-                map.insert(entry.key.clone(), (Arc::from(entry.value.as_str()), at));
+                map.insert(entry.key.clone(), (shared_value(&entry.value), at));
             }
             if map.is_empty() {
                 mirror.remove(list);
@@ -472,7 +536,20 @@ impl Store for EmbeddedStore {
     }
 
     async fn save_policy(&self, json: &str, expected: Option<u64>) -> Result<u64, StoreError> {
-        self.save_policy_sync(json, expected)
+        self.save_policy_sync(json, expected, None)
+    }
+
+    async fn save_policy_recorded(
+        &self,
+        json: &str,
+        expected: u64,
+        record: &str,
+    ) -> Result<u64, StoreError> {
+        self.save_policy_sync(json, Some(expected), Some(record))
+    }
+
+    async fn load_history(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.load_history_sync(limit)
     }
 
     fn lookup_local(&self, list: &str, key: &str) -> Option<Option<Arc<str>>> {
@@ -572,6 +649,31 @@ mod tests {
                 json: "{\"v\":3}".into()
             })
         );
+    }
+
+    #[tokio::test]
+    async fn history_is_written_with_the_policy_newest_first_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        assert_eq!(store.load_history(10).await.unwrap(), Vec::<String>::new());
+        assert_eq!(store.save_policy_recorded("p1", 0, "r1").await.unwrap(), 1);
+        assert_eq!(store.save_policy_recorded("p2", 1, "r2").await.unwrap(), 2);
+        // A conflict records nothing.
+        assert!(store.save_policy_recorded("p3", 1, "r3").await.is_err());
+        assert_eq!(store.load_history(10).await.unwrap(), ["r2", "r1"]);
+        assert_eq!(store.load_history(1).await.unwrap(), ["r2"]);
+
+        for rev in 2..(HISTORY_LIMIT as u64 + 5) {
+            store
+                .save_policy_recorded("p", rev, &format!("r{}", rev + 1))
+                .await
+                .unwrap();
+        }
+        let all = store.load_history(usize::MAX).await.unwrap();
+        assert_eq!(all.len(), HISTORY_LIMIT);
+        assert_eq!(all[0], format!("r{}", HISTORY_LIMIT + 5));
+        drop(store);
+        assert_eq!(open(&dir).load_history(1).await.unwrap(), all[..1]);
     }
 
     #[tokio::test]

@@ -448,6 +448,24 @@ impl Store for MemcachedStore {
         self.shared.policy.save_policy(json, expected).await
     }
 
+    /// To the policy store, with its history.
+    async fn save_policy_recorded(
+        &self,
+        json: &str,
+        expected: u64,
+        record: &str,
+    ) -> Result<u64, StoreError> {
+        self.shared
+            .policy
+            .save_policy_recorded(json, expected, record)
+            .await
+    }
+
+    /// From the policy store.
+    async fn load_history(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.shared.policy.load_history(limit).await
+    }
+
     async fn lookup(&self, list: &str, key: &str) -> Result<Option<Arc<str>>, StoreError> {
         let mkey = self.shared.key_of(list, key);
         if !valid_key(&mkey) {

@@ -1,8 +1,11 @@
 //! Where the policy and the identity lists live, behind one trait.
 //!
-//! A store holds three things:
+//! A store holds four things:
 //! - the **policy document** (JSON text of a [`crate::policy::PolicyDoc`]) with a revision that
 //!   grows by one on every change, for optimistic concurrency;
+//! - the **policy history**: one record per change made through the gateway (who, when, before
+//!   and after), written in the same atomic step as the document, the newest [`HISTORY_LIMIT`]
+//!   kept;
 //! - **lists**: named key -> value tables (gray IPs, token -> user id), each entry with an
 //!   optional expiry, as memcached has;
 //! - **change notifications**, so that every instance applies a change without polling.
@@ -51,6 +54,9 @@ pub enum StoreError {
     #[error("cannot open store at {path}: {detail}")]
     Open { path: String, detail: String },
 }
+
+/// How many policy history entries a store keeps; older ones are dropped as new ones arrive.
+pub const HISTORY_LIMIT: usize = 1000;
 
 /// The policy document as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,6 +204,28 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::Conflict`] and nothing changes. Subscribers get [`Change::Policy`].
     async fn save_policy(&self, json: &str, expected: Option<u64>) -> Result<u64, StoreError>;
 
+    /// Like [`Store::save_policy`] with `Some(expected)`, and in the same atomic step records
+    /// `record` (one history entry, JSON text, describing revision `expected + 1`) in the policy
+    /// history, which keeps the newest [`HISTORY_LIMIT`] entries. A conflict records nothing.
+    ///
+    /// The default keeps no history (the record is dropped); every store graygate ships keeps it.
+    async fn save_policy_recorded(
+        &self,
+        json: &str,
+        expected: u64,
+        record: &str,
+    ) -> Result<u64, StoreError> {
+        let _ = record;
+        self.save_policy(json, Some(expected)).await
+    }
+
+    /// The newest `limit` history records (as given to [`Store::save_policy_recorded`]), newest
+    /// first. Empty for a store that keeps no history.
+    async fn load_history(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        let _ = limit;
+        Ok(Vec::new())
+    }
+
     /// Answers a lookup from memory, without I/O, if this store can: `Some(Some(v))` value,
     /// `Some(None)` absent, `None` "ask [`Store::lookup`]". Called on the request path.
     fn lookup_local(&self, list: &str, key: &str) -> Option<Option<Arc<str>>> {
@@ -219,6 +247,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// A receiver of every change made from now on. Lagging receivers should reload everything.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change>;
+
+    /// The lookup cache's counters, for a store with one in front ([`CachedStore`]); `None` for
+    /// the others.
+    fn cache_stats(&self) -> Option<CacheStats> {
+        None
+    }
 
     /// Whether the store is reachable right now. Local stores are always healthy.
     fn health(&self) -> StoreHealth {

@@ -10,6 +10,8 @@
 //!   tools (`redis-cli SET TOKEN_abc 42`) work as they are. A list's prefix comes from
 //!   [`RedisConfig::lists`]; a list not named there lives under `<key_prefix>list:<list>:`.
 //!   The OpenResty layout (`GET TOKEN_<token>`, `GET Grayscale_Range`) is a list with prefix `""`.
+//! - `<key_prefix>history`: a list of policy history records (JSON), newest first, capped at
+//!   [`HISTORY_LIMIT`]; pushed by the same Lua script that writes the policy.
 //! - `<key_prefix>changes`: the pub/sub channel on which every write is announced, as JSON:
 //!   `{"revision":N}` for the policy, `{"list":"name"}` for list writes made through graygate.
 //!
@@ -57,7 +59,9 @@
 //! a failover graygate reconnects by itself and reloads everything. For Cluster, use one
 //! non-cluster Redis (or a replica set behind such an address) for graygate's keys.
 
-use super::{Change, Entry, HealthTracker, Store, StoreError, StoreHealth, StoredPolicy};
+use super::{
+    Change, Entry, HealthTracker, Store, StoreError, StoreHealth, StoredPolicy, HISTORY_LIMIT,
+};
 use ::redis::aio::{
     ConnectionManager, ConnectionManagerConfig, MultiplexedConnection, PubSubSink, PubSubStream,
 };
@@ -104,10 +108,11 @@ const MGET_BATCH: usize = 500;
 /// How many changes a subscriber may fall behind before it lags (and must reload everything).
 const CHANGE_CAPACITY: usize = 1024;
 
-/// Checks the expected revision, writes the new document with the next revision and announces it,
-/// all in one atomic step. `KEYS[1]` policy hash, `ARGV[1]` JSON, `ARGV[2]` expected revision or
-/// `""`, `ARGV[3]` changes channel. Returns `{1, new revision}` or `{0, stored revision}` on a
-/// conflict.
+/// Checks the expected revision, writes the new document with the next revision, records the
+/// change in the history list and announces it, all in one atomic step. `KEYS[1]` policy hash,
+/// `KEYS[2]` history list, `ARGV[1]` JSON, `ARGV[2]` expected revision or `""`, `ARGV[3]` changes
+/// channel, `ARGV[4]` history record or `""` for none, `ARGV[5]` how many records to keep.
+/// Returns `{1, new revision}` or `{0, stored revision}` on a conflict.
 const SAVE_POLICY_LUA: &str = r#"
 local stored = redis.call('HGET', KEYS[1], 'revision')
 local current = 0
@@ -122,6 +127,10 @@ if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= current then
 end
 local nextrev = string.format('%d', current + 1)
 redis.call('HSET', KEYS[1], 'revision', nextrev, 'policy', ARGV[1])
+if ARGV[4] ~= '' then
+  redis.call('LPUSH', KEYS[2], ARGV[4])
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
+end
 redis.call('PUBLISH', ARGV[3], '{"revision":' .. nextrev .. '}')
 return {1, current + 1}
 "#;
@@ -225,6 +234,8 @@ struct Shared {
     /// `<key_prefix>list:`: lists not in `lists` live under `<this><list>:`.
     default_list_prefix: String,
     policy_key: String,
+    /// `<key_prefix>history`: the policy history list.
+    history_key: String,
     channel: String,
     /// `__keyspace@<db>__:`, the channel prefix of keyspace notifications.
     keyspace_prefix: String,
@@ -287,6 +298,7 @@ impl RedisStore {
             target,
             default_list_prefix: format!("{key_prefix}list:"),
             policy_key: format!("{key_prefix}policy"),
+            history_key: format!("{key_prefix}history"),
             channel: format!("{key_prefix}changes"),
             keyspace_prefix: format!("__keyspace@{db}__:"),
             key_prefix,
@@ -800,6 +812,54 @@ impl Shared {
         }
     }
 
+    /// Runs the policy script (see [`SAVE_POLICY_LUA`]); `record` `""` records no history.
+    async fn save_policy(
+        &self,
+        json: &str,
+        expected: Option<u64>,
+        record: &str,
+    ) -> Result<u64, StoreError> {
+        let s = self;
+        let mut conn = s.manager.clone();
+        let expected_arg = expected.map(|e| e.to_string()).unwrap_or_default();
+        let (saved, revision): (i64, u64) = s
+            .run(
+                "saving the policy",
+                &s.policy_key,
+                s.save_script
+                    .key(&s.policy_key)
+                    .key(&s.history_key)
+                    .arg(json)
+                    .arg(&expected_arg)
+                    .arg(&s.channel)
+                    .arg(record)
+                    .arg(HISTORY_LIMIT)
+                    .invoke_async(&mut conn),
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::Unavailable { detail, .. } if detail.contains("GRAYGATE") => {
+                    StoreError::BadData {
+                        store: STORE,
+                        key: s.policy_key.clone(),
+                        detail,
+                    }
+                }
+                other => other,
+            })?;
+        if saved != 1 {
+            return Err(StoreError::Conflict {
+                expected: expected.unwrap_or(0),
+                actual: revision,
+            });
+        }
+        // Subscribers of this instance learn it now; the channel tells the others (and this one
+        // again, which is harmless).
+        s.send(Change::Policy { revision });
+        Ok(revision)
+    }
+
+
     async fn list_entries_of(&self, list: &str) -> Result<Vec<Entry>, StoreError> {
         const WHAT: &str = "listing entries";
         let prefix = self.list_prefix(list);
@@ -992,41 +1052,36 @@ impl Store for RedisStore {
     }
 
     async fn save_policy(&self, json: &str, expected: Option<u64>) -> Result<u64, StoreError> {
+        self.shared.save_policy(json, expected, "").await
+    }
+
+    async fn save_policy_recorded(
+        &self,
+        json: &str,
+        expected: u64,
+        record: &str,
+    ) -> Result<u64, StoreError> {
+        self.shared.save_policy(json, Some(expected), record).await
+    }
+
+    /// `LRANGE <key_prefix>history 0 limit-1`.
+    async fn load_history(&self, limit: usize) -> Result<Vec<String>, StoreError> {
         let s = &self.shared;
-        let mut conn = s.manager.clone();
-        let expected_arg = expected.map(|e| e.to_string()).unwrap_or_default();
-        let (saved, revision): (i64, u64) = s
-            .run(
-                "saving the policy",
-                &s.policy_key,
-                s.save_script
-                    .key(&s.policy_key)
-                    .arg(json)
-                    .arg(&expected_arg)
-                    .arg(&s.channel)
-                    .invoke_async(&mut conn),
-            )
-            .await
-            .map_err(|e| match e {
-                StoreError::Unavailable { detail, .. } if detail.contains("GRAYGATE") => {
-                    StoreError::BadData {
-                        store: STORE,
-                        key: s.policy_key.clone(),
-                        detail,
-                    }
-                }
-                other => other,
-            })?;
-        if saved != 1 {
-            return Err(StoreError::Conflict {
-                expected: expected.unwrap_or(0),
-                actual: revision,
-            });
+        if limit == 0 {
+            return Ok(Vec::new());
         }
-        // Subscribers of this instance learn it now; the channel tells the others (and this one
-        // again, which is harmless).
-        s.send(Change::Policy { revision });
-        Ok(revision)
+        let last = i64::try_from(limit.min(HISTORY_LIMIT)).unwrap_or(i64::MAX) - 1;
+        let mut conn = s.manager.clone();
+        s.run(
+            "reading the policy history",
+            &s.history_key,
+            ::redis::cmd("LRANGE")
+                .arg(&s.history_key)
+                .arg(0)
+                .arg(last)
+                .query_async(&mut conn),
+        )
+        .await
     }
 
     async fn lookup(&self, list: &str, key: &str) -> Result<Option<Arc<str>>, StoreError> {

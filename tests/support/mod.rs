@@ -102,6 +102,12 @@ pub struct Graygate {
     child: Child,
     /// Lines the process wrote to stderr (its log), collected in the background.
     pub log: Arc<std::sync::Mutex<Vec<String>>>,
+    /// The metrics listener, when the config has `[metrics] listen` (read from the
+    /// `graygate: metrics on http://ADDR/metrics` line, printed before the listening line).
+    pub metrics: Option<SocketAddr>,
+    /// Lines the process wrote to stdout (the access log, when it goes there), collected in
+    /// the background.
+    pub out: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 pub fn binary() -> &'static str {
@@ -141,12 +147,21 @@ impl Graygate {
             }
         });
         let stdout = child.stdout.take().unwrap();
+        let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out_sink = out.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let mut metrics = None;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("graygate: listening on http://") {
-                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                if let Some(addr) = line
+                    .strip_prefix("graygate: metrics on http://")
+                    .and_then(|rest| rest.strip_suffix("/metrics"))
+                {
+                    metrics = Some(addr.parse::<SocketAddr>().unwrap());
+                } else if let Some(addr) = line.strip_prefix("graygate: listening on http://") {
+                    let _ = tx.send((addr.parse::<SocketAddr>().unwrap(), metrics));
                 }
+                out_sink.lock().unwrap().push(line);
             }
         });
         let mut gg = Graygate {
@@ -154,12 +169,34 @@ impl Graygate {
             dir,
             child,
             log,
+            metrics: None,
+            out,
         };
         match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => gg.addr = addr,
+            Ok((addr, metrics)) => {
+                gg.addr = addr;
+                gg.metrics = metrics;
+            }
             Err(_) => panic!("graygate did not start; log:\n{}", gg.log_text()),
         }
         gg
+    }
+
+    /// Lines written to stdout so far.
+    pub fn out_lines(&self) -> Vec<String> {
+        self.out.lock().unwrap().clone()
+    }
+
+    /// `GET /metrics` from the metrics listener: the Prometheus text.
+    pub async fn scrape(&self) -> String {
+        let addr = self
+            .metrics
+            .expect("graygate runs without a metrics listener");
+        let reply = Client::new(addr)
+            .request("GET", "/metrics", &[], Bytes::new())
+            .await;
+        assert_eq!(reply.status, 200, "scrape: {reply:?}");
+        reply.body
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -323,4 +360,33 @@ pub fn upstreams(stable: SocketAddr, canary: SocketAddr) -> String {
     format!(
         "[[upstreams]]\nname = \"stable\"\nservers = [\"{stable}\"]\n[[upstreams]]\nname = \"canary\"\nservers = [\"{canary}\"]\n"
     )
+}
+
+/// The value of one series in Prometheus text, e.g.
+/// `metric(&text, r#"graygate_requests_total{route="web",status_class="2xx",version="stable"}"#)`.
+/// Labels are written in the order the exporter sorts them (by name). `None`: no such series.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.trim().parse().expect("a number"))
+}
+
+/// Polls `file` until it holds at least `lines` lines (the access log is flushed about once a
+/// second); returns them. Panics after `within`.
+pub async fn read_lines(file: &Path, lines: usize, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let found: Vec<String> = text.lines().map(str::to_string).collect();
+        if found.len() >= lines {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} has {} lines, expected {lines}:\n{text}",
+            file.display(),
+            found.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -99,6 +99,29 @@ impl Process {
         }
     }
 
+    /// SIGSTOP, and waits until every thread of the process is stopped: `kill` returns before a
+    /// thread running on another CPU has stopped, and such a thread may still answer a request.
+    fn stop_process(&self) {
+        self.signal("-STOP");
+        let Some(pid) = self.pid() else { return };
+        let all_stopped = || {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                return false;
+            };
+            tasks.flatten().all(|task| {
+                std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                    // The state follows the command name in parentheses.
+                    stat.rsplit_once(") ")
+                        .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+                })
+            })
+        };
+        assert!(
+            wait_until(all_stopped, Duration::from_secs(5)),
+            "process {pid} did not stop"
+        );
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -219,7 +242,7 @@ impl RedisServer {
 
     /// Freezes the server (SIGSTOP): it keeps its connections and port but answers nothing.
     pub fn pause(&mut self) {
-        self.process.signal("-STOP");
+        self.process.stop_process();
         self.process.paused = true;
     }
 
@@ -320,7 +343,7 @@ impl MemcachedServer {
     }
 
     pub fn pause(&mut self) {
-        self.process.signal("-STOP");
+        self.process.stop_process();
         self.process.paused = true;
     }
 

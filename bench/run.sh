@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# graygate side by side with the original designs, in the same interleaved wrk rounds.
+#
+#   bench/run.sh            # ~6 minutes; writes docs/benchmarks.md
+#
+# Builds graygate in release mode, starts ../shared/peer (nginx + lua + memcached, OpenResty +
+# Redis, their keepalive-tuned variants, plain nginx proxy_pass, the backends), starts graygate with
+# examples/peer-seed-000.toml (memcached IP list), examples/peer-seed-001.toml (Redis user range)
+# and bench/embedded-1m.toml (IP list of one million identities in the embedded store), each with
+# one worker thread as the peers run one nginx worker, runs ../shared/peer/bench.sh over all of
+# them, samples graygate's RSS, runs the policy micro-benchmarks, and writes docs/benchmarks.md.
+# Env: passed to bench.sh (DUR, CONNS, THREADS, WARM, REPS); SKIP_MICRO=1 skips criterion.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PEER=${PEER:-$ROOT/../shared/peer}
+OUT=${OUT:-$ROOT/docs/benchmarks.md}
+WORK=/tmp/graygate-bench
+cd "$ROOT"
+
+need=()
+for c in nginx:nginx wrk:wrk redis-server:redis-server memcached:memcached curl:curl; do
+    command -v "${c%%:*}" >/dev/null 2>&1 || need+=("${c##*:}")
+done
+[ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] || need+=(libnginx-mod-http-lua lua-nginx-redis lua-nginx-memcached lua-cjson)
+if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo build --release --quiet
+BIN=$ROOT/target/release/graygate
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; "$PEER/stop.sh" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+
+"$PEER/start.sh" >/dev/null
+rm -rf "$WORK" "$ROOT/examples/graygate-data"
+mkdir -p "$WORK"
+
+# One million identities (10.0.0.7 among them, flagged 1; the rest 0 or 1), imported while no
+# graygate holds the store.
+python3 - "$WORK/ids.txt" <<'PY'
+import sys
+with open(sys.argv[1], "w") as f:
+    f.write("10.0.0.7 1\n")
+    n = 1
+    i = 0
+    while n < 1_000_000:
+        i += 1
+        a, b, c = (i >> 16) & 255, (i >> 8) & 255, i & 255
+        ip = f"10.{a}.{b}.{c}" if a < 255 else f"11.{a}.{b}.{c}"
+        if ip == "10.0.0.7":
+            continue
+        f.write(f"{ip} {i % 2}\n")
+        n += 1
+PY
+"$BIN" import --config bench/embedded-1m.toml --list gray_ips "$WORK/ids.txt" >"$WORK/import.log" 2>&1
+
+start() {  # start CONFIG PORT -> pid
+    "$BIN" run --config "$1" >"$WORK/$2.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$2) 2>/dev/null && return; sleep 0.1; done
+    echo "graygate on :$2 did not start:"; cat "$WORK/$2.log"; exit 1
+}
+start examples/peer-seed-000.toml 18201; PID_A=${pids[-1]}
+start examples/peer-seed-001.toml 18202; PID_B=${pids[-1]}
+start bench/embedded-1m.toml 18203; PID_E=${pids[-1]}
+
+# Routing check before measuring: each graygate target sends the gray identity to the canary.
+for t in "18201 X-Real-IP: 10.0.0.7" "18202 TOKEN: abc" "18203 X-Real-IP: 10.0.0.7"; do
+    set -- $t; got=$(curl -s -m 3 -H "${*:2}" "http://127.0.0.1:$1/")
+    [ "$got" = canary ] || { echo "graygate :$1 answered '$got' for ${*:2}, not canary"; exit 1; }
+done
+
+rss() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
+idle_a=$(rss $PID_A) idle_b=$(rss $PID_B) idle_e=$(rss $PID_E)
+
+peak="$WORK/peak"; echo "0 0 0" >"$peak"
+( while sleep 0.5; do
+    read -r pa pb pe <"$peak"
+    a=$(rss $PID_A) b=$(rss $PID_B) e=$(rss $PID_E)
+    echo "$(( a > pa ? a : pa )) $(( b > pb ? b : pb )) $(( e > pe ? e : pe ))" >"$peak"
+  done ) &
+sampler=$!; pids+=($sampler)
+
+TARGETS_EXTRA=$'graygate seed-000 (memc)|18201|X-Real-IP: 10.0.0.7\ngraygate seed-001 (redis)|18202|TOKEN: abc\ngraygate embedded 1M|18203|X-Real-IP: 10.0.0.7' \
+    "$PEER/bench.sh" | tee "$WORK/table.txt"
+kill $sampler 2>/dev/null || true
+read -r peak_a peak_b peak_e <"$peak"
+
+micro="(skipped)"
+if [ "${SKIP_MICRO:-0}" != 1 ]; then
+    cargo bench --quiet --bench policy -- --noplot 2>/dev/null | grep -E "^[a-z_0-9/]+ +time:|^[a-z_0-9/]+$|time:" >"$WORK/micro.txt" || true
+    micro=$(cat "$WORK/micro.txt")
+fi
+
+python3 - "$WORK/table.txt" "$OUT" "$idle_a" "$idle_b" "$idle_e" "$peak_a" "$peak_b" "$peak_e" "$WORK/micro.txt" "$(nproc)" <<'PY'
+import sys, re, datetime, os
+table, out = sys.argv[1], sys.argv[2]
+idle_a, idle_b, idle_e, peak_a, peak_b, peak_e = (int(x) for x in sys.argv[3:9])
+micro_path, cores = sys.argv[9], sys.argv[10]
+rows = {}
+lines = open(table).read().splitlines()
+for line in lines:
+    m = re.match(r"^(.+?)\s+(\d{4,5})\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+\[(.*)\]$", line)
+    if m:
+        rows[m.group(2)] = dict(name=m.group(1).strip(), rps=int(m.group(3)), p50=float(m.group(4)),
+                                p99=float(m.group(5)), errors=int(m.group(6)), runs=m.group(7))
+def ratio(a, b):
+    return rows[a]["rps"] / rows[b]["rps"] if a in rows and b in rows and rows[b]["rps"] else float("nan")
+def line(gg, peer, target):
+    r = ratio(gg, peer)
+    ok = "met" if r >= target else "NOT met"
+    return f"| {rows[gg]['name']} / {rows[peer]['name']} | {r:.2f}x | {target}x | {ok} |"
+def p99(gg, peer):
+    a, b = rows[gg]["p99"], rows[peer]["p99"]
+    return f"| {rows[gg]['name']} | {a:.2f} ms | {rows[peer]['name']} {b:.2f} ms | {'met' if a <= b else 'NOT met'} |"
+micro = open(micro_path).read().strip() if os.path.exists(micro_path) else "(skipped)"
+doc = f"""# Benchmarks
+
+Produced by `bench/run.sh` on {datetime.datetime.utcnow().strftime('%Y-%m-%d %H:%M')} UTC, on this
+project's machine ({cores} cores). Every figure below comes from that one run: the ratios compare
+targets measured in the same interleaved rounds of `../shared/peer/bench.sh`.
+
+Equal cores: every nginx runs one worker, and every graygate runs one worker thread (`workers = 1`
+in `examples/peer-seed-*.toml` and `bench/embedded-1m.toml`). wrk (2 threads), the backends, Redis
+and memcached share the same 2 cores with the system under test.
+
+The graygate targets send the gray identity, so every request goes down the lookup path to the
+canary: `X-Real-IP: 10.0.0.7` (memcached list, and the embedded list of one million identities)
+and `TOKEN: abc` (Redis token -> user id, then the `Grayscale_Range` JSON).
+
+## Same-run table
+
+```
+{chr(10).join(lines)}
+```
+
+## Ratios (requests per second, median of the rounds)
+
+| graygate / peer | ratio | target | |
+|---|---|---|---|
+{line('18201', '18001', 5)}
+{line('18202', '18002', 5)}
+{line('18201', '18011', 1.5)}
+{line('18202', '18012', 1.5)}
+{line('18201', '18003', 0.9)}
+{line('18202', '18003', 0.9)}
+{line('18203', '18003', 0.9)}
+
+p99 latency against plain nginx proxy_pass (target: no worse):
+
+| graygate | p99 | nginx | |
+|---|---|---|---|
+{p99('18201', '18003')}
+{p99('18202', '18003')}
+{p99('18203', '18003')}
+
+## Memory (RSS)
+
+| graygate | idle (after start) | peak under load |
+|---|---|---|
+| seed-000 (memcached list) | {idle_a/1024:.1f} MiB | {peak_a/1024:.1f} MiB |
+| seed-001 (Redis range) | {idle_b/1024:.1f} MiB | {peak_b/1024:.1f} MiB |
+| embedded, 1,000,000 identities | {idle_e/1024:.1f} MiB | {peak_e/1024:.1f} MiB |
+
+## Micro-benchmarks (`cargo bench --bench policy`)
+
+One decision that walks every rule (no rule matches, then the split), a CIDR lookup among one
+million networks, and the sticky bucketing hash. Target: at most 1 µs per decision at 1,000 rules.
+
+```
+{micro}
+```
+"""
+keep = ""
+if os.path.exists(out):
+    old = open(out).read()
+    i = old.find("\n## Profile")
+    if i >= 0:
+        keep = old[i:]
+open(out, "w").write(doc + keep)
+print(f"wrote {out}")
+PY

@@ -1,0 +1,202 @@
+//! Gray list endpoints: add and remove entries in bulk (with TTLs), list them, count them.
+//!
+//! Entries go straight to the store ([`Store::put_entries`](crate::store::Store::put_entries)),
+//! in the store's own layout: with memcached a gray IP is `set <ip> 0 <ttl> 1`, exactly what the
+//! original nginx + lua design reads. List writes are not policy changes: they do not move the
+//! revision and are not in the history (they are logged with the caller's name).
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::extract::JsonBody;
+use super::AdminState;
+use crate::policy::edit;
+use crate::store::Entry;
+use axum::extract::{Path, State};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+type Shared = State<Arc<AdminState>>;
+
+/// Most entries one request may write or remove.
+pub const MAX_ENTRIES: usize = 100_000;
+
+/// Longest key: memcached's limit, which every store can hold.
+const MAX_KEY_LEN: usize = 250;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddBody {
+    entries: Vec<EntryBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntryBody {
+    key: String,
+    /// Default `"1"`: the original design's gray flag.
+    #[serde(default)]
+    value: Option<String>,
+    /// How long the entry lives (`"1h"`, `"30m"`); absent: until removed.
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveBody {
+    keys: Vec<String>,
+}
+
+fn check_list(list: &str) -> Result<(), ApiError> {
+    if list.is_empty() || list.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ApiError::invalid(
+            "list",
+            format!("`{list}` is not a list name (no spaces or control characters)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a key: every store must be able to hold it, and a list that rules look the client IP
+/// up in only matches IP addresses.
+fn check_key(field: &str, key: &str, ip_list: Option<&str>) -> Result<(), ApiError> {
+    if key.is_empty()
+        || key.len() > MAX_KEY_LEN
+        || key.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(ApiError::invalid(
+            field,
+            format!("`{key}` is not a key: 1 to {MAX_KEY_LEN} bytes without spaces or control characters"),
+        ));
+    }
+    if let Some(rule) = ip_list {
+        if key.parse::<IpAddr>().is_err() {
+            return Err(ApiError::invalid(
+                field,
+                format!("`{key}` is not an IP address, and this list is looked up by client IP ({rule}): it would never match"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `POST /v1/lists/{list}/entries`.
+pub async fn add_entries(
+    State(s): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(list): Path<String>,
+    JsonBody(body): JsonBody<AddBody>,
+) -> Result<Json<Value>, ApiError> {
+    check_list(&list)?;
+    if body.entries.is_empty() || body.entries.len() > MAX_ENTRIES {
+        return Err(ApiError::invalid(
+            "entries",
+            format!("give 1 to {MAX_ENTRIES} entries, not {}", body.entries.len()),
+        ));
+    }
+    let ip_lists = edit::ip_keyed_lists(s.gateway.policy().doc());
+    let ip_list = ip_lists.get(&list).map(String::as_str);
+    let mut entries = Vec::with_capacity(body.entries.len());
+    for (i, e) in body.entries.iter().enumerate() {
+        check_key(&format!("entries[{i}].key"), &e.key, ip_list)?;
+        let ttl = match &e.ttl {
+            None => None,
+            Some(text) => match humantime::parse_duration(text) {
+                Ok(d) if d >= Duration::from_secs(1) => Some(d),
+                Ok(_) => {
+                    return Err(ApiError::invalid(
+                        format!("entries[{i}].ttl"),
+                        format!("`{text}` is shorter than a second (stores keep whole seconds)"),
+                    ))
+                }
+                Err(err) => {
+                    return Err(ApiError::invalid(
+                        format!("entries[{i}].ttl"),
+                        format!("`{text}` is not a duration like \"1h\" or \"30m\": {err}"),
+                    ))
+                }
+            },
+        };
+        let value = e.value.clone().unwrap_or_else(|| "1".to_string());
+        entries.push(Entry::new(e.key.clone(), value, ttl));
+    }
+    s.gateway.store().put_entries(&list, &entries).await?;
+    tracing::info!(actor = %caller.0, %list, written = entries.len(), "list entries written");
+    Ok(Json(json!({ "list": list, "written": entries.len() })))
+}
+
+/// `DELETE /v1/lists/{list}/entries`.
+pub async fn remove_entries(
+    State(s): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(list): Path<String>,
+    JsonBody(body): JsonBody<RemoveBody>,
+) -> Result<Json<Value>, ApiError> {
+    check_list(&list)?;
+    if body.keys.is_empty() || body.keys.len() > MAX_ENTRIES {
+        return Err(ApiError::invalid(
+            "keys",
+            format!("give 1 to {MAX_ENTRIES} keys, not {}", body.keys.len()),
+        ));
+    }
+    for (i, key) in body.keys.iter().enumerate() {
+        check_key(&format!("keys[{i}]"), key, None)?;
+    }
+    let removed = s.gateway.store().remove_entries(&list, &body.keys).await?;
+    tracing::info!(actor = %caller.0, %list, removed, "list entries removed");
+    Ok(Json(json!({ "list": list, "removed": removed })))
+}
+
+/// `GET /v1/lists/{list}/entries`: every live entry, sorted by key. Not with memcached, which
+/// cannot enumerate keys.
+pub async fn list_entries(
+    State(s): Shared,
+    Path(list): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    check_list(&list)?;
+    let entries = s.gateway.store().list_entries(&list).await?;
+    let now = SystemTime::now();
+    let shown: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            let mut v = json!({ "key": e.key, "value": e.value });
+            if let Some(at) = e.expires_at {
+                v["expires_at"] = json!(humantime::format_rfc3339_seconds(at).to_string());
+                let left = at.duration_since(now).unwrap_or_default().as_secs();
+                v["ttl_seconds"] = json!(left);
+            }
+            v
+        })
+        .collect();
+    Ok(Json(
+        json!({ "list": list, "count": shown.len(), "entries": shown }),
+    ))
+}
+
+/// `GET /v1/lists/{list}/count`.
+pub async fn count(State(s): Shared, Path(list): Path<String>) -> Result<Json<Value>, ApiError> {
+    check_list(&list)?;
+    let n = s.gateway.store().list_entries(&list).await?.len();
+    Ok(Json(json!({ "list": list, "count": n })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_every_store_can_hold() {
+        check_key("k", "10.0.0.7", Some("services[0].rules[0].when")).unwrap();
+        check_key("k", "TOKEN_abc", None).unwrap();
+        let e = check_key("entries[1].key", "a b", None).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("entries[1].key"));
+        let e = check_key("entries[0].key", "alice", Some("services[0].rules[0].when"))
+            .unwrap_err();
+        assert!(e.message.contains("is not an IP address"), "{e}");
+        assert!(check_key("k", &"x".repeat(251), None).is_err());
+    }
+}

@@ -1,0 +1,256 @@
+//! The control plane: an HTTP API to run a whole rollout live, on its own listener
+//! (`[admin] listen`, loopback by default). JSON in and out; `docs/admin-api.md` documents every
+//! endpoint and `docs/openapi.yaml` describes them for tools.
+//!
+//! # Endpoints
+//! Unauthenticated (for probes): `GET /healthz` (the process runs), `GET /readyz` (a policy is
+//! loaded and the listeners are up).
+//!
+//! With a bearer token (`Authorization: Bearer <token>`), everything under `/v1`:
+//!
+//! | endpoint | what |
+//! |---|---|
+//! | `GET /v1/status` | revision, store health, per service: stable, versions, split, rules, live traffic per version |
+//! | `GET, PUT /v1/policy` | the whole policy document |
+//! | `GET, POST /v1/routes`, `GET, PUT, DELETE /v1/routes/{name}` | routes |
+//! | `GET, POST /v1/services`, `GET, PUT, DELETE /v1/services/{name}` | services |
+//! | `GET, POST /v1/services/{s}/versions`, `GET, PUT, DELETE .../versions/{v}` | versions (name -> upstream) |
+//! | `GET, POST /v1/services/{s}/rules`, `GET, PUT, DELETE .../rules/{r}` | rules, in order |
+//! | `GET, PUT /v1/services/{s}/weights` | the weighted split |
+//! | `POST /v1/services/{s}/promote` | the canary becomes stable, in one step |
+//! | `POST /v1/services/{s}/rollback` | everyone back to stable, in one step |
+//! | `GET, POST, DELETE /v1/lists/{list}/entries`, `GET /v1/lists/{list}/count` | gray lists |
+//! | `POST /v1/explain` | which version a described request would reach, and why |
+//! | `GET /v1/history`, `POST /v1/undo` | every change, and going back to a revision |
+//!
+//! # Changes
+//! Every policy change goes through [`Gateway::change`]: edited on a copy of the stored document,
+//! validated as a whole, written as the next revision together with its history record by one
+//! conditional store write, then installed. The `ETag` of every policy response is its revision;
+//! a change sent with `If-Match: "<revision>"` is refused with 409 if the policy moved on. A
+//! change may not add two rules whose ranges overlap ([`crate::policy::edit::overlapping_ranges`]).
+//!
+//! # Files
+//! - `auth`: bearer tokens (constant-time comparison), loopback-only without tokens.
+//! - `error`: [`ApiError`], the one JSON error shape and its statuses.
+//! - `extract`: JSON bodies that name the field they trip on, `If-Match`.
+//! - `edits`: the policy endpoints (policy, routes, services, versions, rules, weights, promote,
+//!   rollback, history, undo).
+//! - `lists`: gray list entries.
+//! - `status`: health, readiness, status, explain.
+
+mod auth;
+mod edits;
+mod error;
+mod extract;
+mod lists;
+mod status;
+
+pub use auth::{Auth, Caller, LOCAL_CALLER};
+pub use error::ApiError;
+
+use crate::gateway::Gateway;
+use crate::proxy::ClientIpConfig;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+/// Per service, per version: requests routed there.
+type TrafficCounts = BTreeMap<String, BTreeMap<String, u64>>;
+
+/// How often the traffic counters are sampled, and how many samples are kept: live traffic is the
+/// rate over the last [`TRAFFIC_WINDOW`].
+const TRAFFIC_SAMPLE: Duration = Duration::from_secs(1);
+const TRAFFIC_WINDOW: Duration = Duration::from_secs(10);
+
+/// What every handler shares.
+pub struct AdminState {
+    pub gateway: Arc<Gateway>,
+    pub auth: Auth,
+    /// The data plane's trusted proxies, so that `explain` given a `peer` resolves the client IP
+    /// as a real request would.
+    pub client_ip: ClientIpConfig,
+    /// Recent samples of the gateway's traffic counters, oldest first.
+    samples: Mutex<VecDeque<(Instant, TrafficCounts)>>,
+}
+
+impl AdminState {
+    pub fn new(gateway: Arc<Gateway>, auth: Auth, client_ip: ClientIpConfig) -> Arc<Self> {
+        Arc::new(AdminState {
+            gateway,
+            auth,
+            client_ip,
+            samples: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// Keeps one more sample of the traffic counters, dropping those out of the window.
+    fn sample(&self) {
+        let now = Instant::now();
+        let counts = self.gateway.traffic();
+        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        samples.push_back((now, counts));
+        while samples
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > TRAFFIC_WINDOW)
+        {
+            samples.pop_front();
+        }
+    }
+
+    /// Requests per second for each version over the sampled window (since start, before the
+    /// first sample), with the counters now.
+    fn traffic(&self) -> (TrafficCounts, BTreeMap<String, BTreeMap<String, f64>>) {
+        let now_counts = self.gateway.traffic();
+        let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rates = BTreeMap::new();
+        if let Some((at, old)) = samples.front() {
+            let secs = at.elapsed().as_secs_f64().max(0.001);
+            for (service, versions) in &now_counts {
+                let per: BTreeMap<String, f64> = versions
+                    .iter()
+                    .map(|(v, n)| {
+                        let before = old.get(service).and_then(|o| o.get(v)).copied().unwrap_or(0);
+                        let rate = n.saturating_sub(before) as f64 / secs;
+                        (v.clone(), (rate * 100.0).round() / 100.0)
+                    })
+                    .collect();
+                rates.insert(service.clone(), per);
+            }
+        }
+        (now_counts, rates)
+    }
+}
+
+/// The admin API's routes on `state`.
+pub fn router(state: Arc<AdminState>) -> Router {
+    let v1 = Router::new()
+        .route("/v1/status", get(status::status))
+        .route("/v1/explain", post(status::explain))
+        .route("/v1/policy", get(edits::get_policy).put(edits::put_policy))
+        .route("/v1/routes", get(edits::list_routes).post(edits::create_route))
+        .route(
+            "/v1/routes/{name}",
+            get(edits::get_route)
+                .put(edits::put_route)
+                .delete(edits::delete_route),
+        )
+        .route(
+            "/v1/services",
+            get(edits::list_services).post(edits::create_service),
+        )
+        .route(
+            "/v1/services/{name}",
+            get(edits::get_service)
+                .put(edits::put_service)
+                .delete(edits::delete_service),
+        )
+        .route(
+            "/v1/services/{name}/versions",
+            get(edits::list_versions).post(edits::create_version),
+        )
+        .route(
+            "/v1/services/{name}/versions/{version}",
+            get(edits::get_version)
+                .put(edits::put_version)
+                .delete(edits::delete_version),
+        )
+        .route(
+            "/v1/services/{name}/rules",
+            get(edits::list_rules).post(edits::add_rule),
+        )
+        .route(
+            "/v1/services/{name}/rules/{rule}",
+            get(edits::get_rule)
+                .put(edits::replace_rule)
+                .delete(edits::delete_rule),
+        )
+        .route(
+            "/v1/services/{name}/weights",
+            get(edits::get_weights).put(edits::set_weights),
+        )
+        .route("/v1/services/{name}/promote", post(edits::promote))
+        .route("/v1/services/{name}/rollback", post(edits::rollback))
+        .route(
+            "/v1/lists/{list}/entries",
+            get(lists::list_entries)
+                .post(lists::add_entries)
+                .delete(lists::remove_entries),
+        )
+        .route("/v1/lists/{list}/count", get(lists::count))
+        .route("/v1/history", get(edits::history))
+        .route("/v1/undo", post(edits::undo))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ));
+    Router::new()
+        .route("/healthz", get(status::healthz))
+        .route("/readyz", get(status::readyz))
+        .merge(v1)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Serves the admin API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if state.auth.is_open() {
+        tracing::warn!(
+            "ADMIN API WITHOUT AUTHENTICATION: no [admin] tokens are configured, so anyone who can connect to {} can change the routing policy; it only answers clients on this machine. Configure `tokens` before exposing it.",
+            listener.local_addr().map_or_else(|_| "it".to_string(), |a| a.to_string())
+        );
+    }
+    let sampler = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TRAFFIC_SAMPLE);
+            loop {
+                tick.tick().await;
+                state.sample();
+            }
+        })
+    };
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    sampler.abort();
+    served
+}
+
+/// Lets a request through with its [`Caller`], or answers 401/403.
+async fn authenticate(
+    State(state): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let header = req.headers().get(http::header::AUTHORIZATION);
+    match state.auth.check(peer.ip(), header) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "no endpoint {} {} (see docs/admin-api.md)",
+        req.method(),
+        req.uri().path()
+    ))
+}

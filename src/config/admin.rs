@@ -1,0 +1,225 @@
+//! The `[admin]` table: where the control plane listens and who may use it.
+//!
+//! ```toml
+//! [admin]
+//! listen = "127.0.0.1:9901"          # absent table: no admin listener
+//! tokens = [
+//!   { name = "alice", token_env = "GRAYGATE_TOKEN_ALICE" },   # preferred: out of the file
+//!   { name = "ci", token = "a-long-random-secret" },
+//! ]
+//! ```
+//!
+//! Without tokens the API is open to anyone who can connect, so it must listen on a loopback
+//! address (checked here) and graygate warns at start.
+
+use super::ConfigError;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+/// Shortest token accepted: a guessable token is no protection.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// `[admin]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AdminFile {
+    listen: Option<String>,
+    #[serde(default)]
+    tokens: Vec<TokenFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenFile {
+    name: String,
+    token: Option<String>,
+    token_env: Option<String>,
+}
+
+/// The admin API's listener and tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Where the admin API listens (default `127.0.0.1:9901`). Port 0 picks a free port; the
+    /// bound address is printed at start.
+    pub listen: SocketAddr,
+    /// Bearer tokens; empty: no authentication, loopback only.
+    pub tokens: Vec<AdminToken>,
+}
+
+/// A bearer token and the name that changes made with it are recorded under.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken {
+    /// Shown in the history and the log; never the secret.
+    pub name: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminToken")
+            .field("name", &self.name)
+            .field("secret", &"***")
+            .finish()
+    }
+}
+
+/// The default admin address: loopback, so that an `[admin]` table without `listen` never
+/// exposes the API.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+
+/// Validates `[admin]`. `listen` is the traffic listeners', which the admin listener must not
+/// take. Tokens named by `token_env` are read from the environment now.
+pub(super) fn admin_config(
+    file: &AdminFile,
+    listen: &[SocketAddr],
+    at: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<AdminConfig, ConfigError> {
+    let text = file.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
+    let addr = text.parse::<SocketAddr>().map_err(|_| {
+        at(
+            "admin.listen",
+            format!("`{text}` is not an address like 127.0.0.1:9901 or [::1]:9901"),
+        )
+    })?;
+    if addr.port() != 0 && listen.contains(&addr) {
+        return Err(at(
+            "admin.listen",
+            format!("{addr} is also in `listen`: the admin API needs an address of its own"),
+        ));
+    }
+
+    let mut tokens = Vec::with_capacity(file.tokens.len());
+    let mut names = HashSet::new();
+    let mut secrets = HashSet::new();
+    for (i, t) in file.tokens.iter().enumerate() {
+        let field = |key: &str| format!("admin.tokens[{i}].{key}");
+        if t.name.trim().is_empty() {
+            return Err(at(&field("name"), "a token needs a name".into()));
+        }
+        if !names.insert(t.name.as_str()) {
+            return Err(at(
+                &field("name"),
+                format!("token name `{}` is used twice", t.name),
+            ));
+        }
+        let (secret, key) = match (&t.token, &t.token_env) {
+            (Some(token), None) => (token.clone(), "token"),
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(value) if !value.is_empty() => (value, "token_env"),
+                _ => {
+                    return Err(at(
+                        &field("token_env"),
+                        format!("environment variable {var} is not set (or empty)"),
+                    ))
+                }
+            },
+            _ => {
+                return Err(at(
+                    &format!("admin.tokens[{i}]"),
+                    "needs exactly one of `token` or `token_env`".into(),
+                ))
+            }
+        };
+        if secret.len() < MIN_TOKEN_LEN || secret.trim() != secret {
+            return Err(at(
+                &field(key),
+                format!(
+                    "the token of `{}` must be at least {MIN_TOKEN_LEN} characters without surrounding spaces",
+                    t.name
+                ),
+            ));
+        }
+        if !secrets.insert(secret.clone()) {
+            return Err(at(
+                &field(key),
+                format!("the token of `{}` is also another name's token", t.name),
+            ));
+        }
+        tokens.push(AdminToken {
+            name: t.name.clone(),
+            secret,
+        });
+    }
+    if tokens.is_empty() && !addr.ip().is_loopback() {
+        return Err(at(
+            "admin.listen",
+            format!(
+                "{addr} is not a loopback address: without `tokens` the admin API has no authentication, so it may only listen on 127.0.0.1 or [::1]"
+            ),
+        ));
+    }
+    Ok(AdminConfig {
+        listen: addr,
+        tokens,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{parse, ConfigError};
+    use std::path::Path;
+
+    fn config(admin: &str) -> Result<crate::config::Config, ConfigError> {
+        parse(
+            &format!("listen = [\"127.0.0.1:8080\"]\n{admin}"),
+            Path::new("g.toml"),
+        )
+    }
+
+    fn error(admin: &str) -> String {
+        config(admin).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn absent_table_means_no_admin_listener() {
+        assert_eq!(config("").unwrap().admin, None);
+        let c = config("[admin]\n").unwrap().admin.unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9901");
+        assert!(c.tokens.is_empty());
+    }
+
+    #[test]
+    fn tokens_inline_and_from_the_environment() {
+        std::env::set_var("GRAYGATE_TEST_ADMIN_TOKEN_ENV", "from-the-environment-0123");
+        let c = config(
+            "[admin]\nlisten = \"0.0.0.0:0\"\ntokens = [{ name = \"alice\", token_env = \"GRAYGATE_TEST_ADMIN_TOKEN_ENV\" }, { name = \"ci\", token = \"0123456789abcdef\" }]\n",
+        )
+        .unwrap()
+        .admin
+        .unwrap();
+        assert_eq!(c.tokens[0].name, "alice");
+        assert_eq!(c.tokens[0].secret, "from-the-environment-0123");
+        assert_eq!(c.tokens[1].secret, "0123456789abcdef");
+        assert!(!format!("{c:?}").contains("0123456789abcdef"), "Debug hides secrets");
+    }
+
+    #[test]
+    fn mistakes_name_their_line_and_field() {
+        assert_eq!(
+            error("[admin]\nlisten = \"0.0.0.0:9901\"\n"),
+            "g.toml:3:1: admin.listen: 0.0.0.0:9901 is not a loopback address: without `tokens` the admin API has no authentication, so it may only listen on 127.0.0.1 or [::1]"
+        );
+        assert_eq!(
+            error("[admin]\nlisten = \"nowhere\"\n"),
+            "g.toml:3:1: admin.listen: `nowhere` is not an address like 127.0.0.1:9901 or [::1]:9901"
+        );
+        assert!(
+            error("[admin]\nlisten = \"127.0.0.1:8080\"\n")
+                .ends_with("admin.listen: 127.0.0.1:8080 is also in `listen`: the admin API needs an address of its own")
+        );
+        assert!(error("[admin]\ntokens = [{ name = \"a\", token = \"short\" }]\n")
+            .ends_with("admin.tokens[0].token: the token of `a` must be at least 16 characters without surrounding spaces"));
+        assert!(error("[admin]\ntokens = [{ name = \"a\" }]\n")
+            .ends_with("admin.tokens[0]: needs exactly one of `token` or `token_env`"));
+        assert!(error(
+            "[admin]\ntokens = [{ name = \"a\", token_env = \"GRAYGATE_TEST_SURELY_UNSET\" }]\n"
+        )
+        .ends_with("admin.tokens[0].token_env: environment variable GRAYGATE_TEST_SURELY_UNSET is not set (or empty)"));
+        assert!(error(
+            "[admin]\ntokens = [{ name = \"a\", token = \"0123456789abcdef\" }, { name = \"a\", token = \"0123456789abcdeg\" }]\n"
+        )
+        .ends_with("admin.tokens[1].name: token name `a` is used twice"));
+        assert!(error("[admin]\nlisten = \"127.0.0.1:1\"\nbind = 1\n").contains("unknown field `bind`"));
+    }
+}

@@ -1,0 +1,210 @@
+//! The `[metrics]` and `[access_log]` tables: what the operator sees of the traffic.
+//!
+//! ```toml
+//! [metrics]
+//! listen = "127.0.0.1:9091"   # absent: no metrics listener
+//!
+//! [access_log]
+//! format = "json"             # off (default), text, json
+//! path = "access.log"         # "-" (default): stdout; relative to the config's directory
+//! ```
+
+use super::ConfigError;
+use crate::observe::{AccessLogFormat, AccessLogTarget};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// `[metrics]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MetricsFile {
+    listen: Option<String>,
+}
+
+/// `[access_log]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AccessLogFile {
+    format: Option<String>,
+    path: Option<String>,
+}
+
+/// Where the Prometheus metrics are served.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Address of the metrics listener, apart from the traffic listeners so that the metrics
+    /// are not served to clients; `None`: no listener, and nothing is counted.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Whether and where the access log is written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    /// `Off` (the default) writes nothing and costs nothing per request.
+    pub format: AccessLogFormat,
+    /// Stdout, or a file (resolved against the config's directory), appended to.
+    pub target: AccessLogTarget,
+}
+
+/// Validates both tables. `listen` is the traffic listeners', which the metrics listener must
+/// not take; `base` is the config's directory.
+pub(super) fn observe_config(
+    metrics: &MetricsFile,
+    access_log: &AccessLogFile,
+    listen: &[SocketAddr],
+    base: &Path,
+    at: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<(MetricsConfig, AccessLogConfig), ConfigError> {
+    let metrics_listen = match &metrics.listen {
+        None => None,
+        Some(text) => {
+            let addr = text.parse::<SocketAddr>().map_err(|_| {
+                at(
+                    "metrics.listen",
+                    format!("`{text}` is not an address like 127.0.0.1:9091 or [::1]:9091"),
+                )
+            })?;
+            if addr.port() != 0 && listen.contains(&addr) {
+                return Err(at(
+                    "metrics.listen",
+                    format!("{addr} is also in `listen`: the metrics need an address of their own"),
+                ));
+            }
+            Some(addr)
+        }
+    };
+
+    let format = match access_log.format.as_deref().unwrap_or("off") {
+        "off" => AccessLogFormat::Off,
+        "text" => AccessLogFormat::Text,
+        "json" => AccessLogFormat::Json,
+        other => {
+            return Err(at(
+                "access_log.format",
+                format!("unknown format `{other}` (known: off, text, json)"),
+            ))
+        }
+    };
+    let target = match access_log.path.as_deref() {
+        None | Some("-") => AccessLogTarget::Stdout,
+        Some("") => {
+            return Err(at(
+                "access_log.path",
+                "empty path: give a file, or \"-\" for stdout".into(),
+            ))
+        }
+        Some(p) => {
+            let path = base.join(p);
+            // Found by `graygate check` rather than at start; the file itself is created then.
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            if let Some(dir) = dir.filter(|d| !d.is_dir()) {
+                return Err(at(
+                    "access_log.path",
+                    format!("directory {} does not exist", dir.display()),
+                ));
+            }
+            AccessLogTarget::File(path)
+        }
+    };
+    Ok((
+        MetricsConfig {
+            listen: metrics_listen,
+        },
+        AccessLogConfig { format, target },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{parse, ConfigError};
+    use crate::observe::{AccessLogFormat, AccessLogTarget};
+    use std::path::Path;
+
+    const BASE: &str = "listen = [\"127.0.0.1:8080\"]\n";
+
+    fn config(extra: &str) -> Result<crate::config::Config, ConfigError> {
+        parse(
+            &format!("{BASE}{extra}"),
+            Path::new("/etc/graygate/graygate.toml"),
+        )
+    }
+
+    fn error(extra: &str) -> String {
+        config(extra).expect_err("invalid").to_string()
+    }
+
+    #[test]
+    fn defaults_are_off() {
+        let c = config("").unwrap();
+        assert_eq!(c.metrics.listen, None);
+        assert_eq!(c.access_log.format, AccessLogFormat::Off);
+        assert_eq!(c.access_log.target, AccessLogTarget::Stdout);
+        assert!(!c.response_version_header);
+    }
+
+    #[test]
+    fn reads_metrics_access_log_and_response_header() {
+        let c = config(
+            "response_version_header = true\n[metrics]\nlisten = \"127.0.0.1:9091\"\n\
+             [access_log]\nformat = \"json\"\npath = \"/tmp/access.log\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9091".parse().unwrap()));
+        assert_eq!(c.access_log.format, AccessLogFormat::Json);
+        assert_eq!(
+            c.access_log.target,
+            AccessLogTarget::File("/tmp/access.log".into())
+        );
+        assert!(c.response_version_header);
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("logs")).unwrap();
+        let c = parse(
+            &format!("{BASE}[access_log]\nformat = \"text\"\npath = \"logs/access.log\"\n"),
+            &dir.path().join("graygate.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.access_log.format, AccessLogFormat::Text);
+        assert_eq!(
+            c.access_log.target,
+            AccessLogTarget::File(dir.path().join("logs/access.log"))
+        );
+        let c = config("[access_log]\nformat = \"text\"\npath = \"-\"\n").unwrap();
+        assert_eq!(c.access_log.target, AccessLogTarget::Stdout);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        assert_eq!(
+            error("[access_log]\nformat = \"xml\"\n"),
+            "/etc/graygate/graygate.toml:3:1: access_log.format: unknown format `xml` (known: off, text, json)"
+        );
+        assert_eq!(
+            error("[metrics]\nlisten = \"localhost\"\n"),
+            "/etc/graygate/graygate.toml:3:1: metrics.listen: `localhost` is not an address like 127.0.0.1:9091 or [::1]:9091"
+        );
+        assert_eq!(
+            error("[metrics]\nlisten = \"127.0.0.1:8080\"\n"),
+            "/etc/graygate/graygate.toml:3:1: metrics.listen: 127.0.0.1:8080 is also in `listen`: the metrics need an address of their own"
+        );
+        assert_eq!(
+            error("[access_log]\nformat = \"json\"\npath = \"\"\n"),
+            "/etc/graygate/graygate.toml:4:1: access_log.path: empty path: give a file, or \"-\" for stdout"
+        );
+        assert_eq!(
+            error("[access_log]\nformat = \"json\"\npath = \"/no/such/dir/access.log\"\n"),
+            "/etc/graygate/graygate.toml:4:1: access_log.path: directory /no/such/dir does not exist"
+        );
+        let unknown = error("[metrics]\nport = 9091\n");
+        assert!(
+            unknown.starts_with("/etc/graygate/graygate.toml:3:1: port: unknown field `port`"),
+            "{unknown}"
+        );
+        let not_bool = error("response_version_header = \"yes\"\n");
+        assert!(
+            not_bool.starts_with("/etc/graygate/graygate.toml:2:"),
+            "{not_bool}"
+        );
+    }
+}

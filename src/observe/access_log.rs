@@ -1,0 +1,610 @@
+//! The access log: one line per request, as text (`key=value` pairs) or JSON, to stdout or a
+//! file.
+//!
+//! Writing never makes a request wait. The request path copies what it needs into an
+//! [`AccessRecord`] and offers it to a bounded channel ([`CHANNEL_CAPACITY`] records); a writer
+//! task formats the records and writes them through a buffer. When the writer falls behind
+//! (a slow disk, a blocked stdout pipe) and the channel is full, the record is dropped and
+//! counted in `graygate_access_log_dropped_total` instead.
+//!
+//! The buffer is flushed at most once per [`FLUSH_INTERVAL`] and when graygate stops
+//! ([`AccessLogWriter::finish`]): the first line after a quiet second is written at once, lines
+//! under load are batched, and none waits longer than about a second.
+//!
+//! # Fields
+//! In this order in both formats: `time` (RFC 3339 UTC with milliseconds, when the response was
+//! done), `client_ip` (the resolved one, trusted proxies applied), `method`, `path` (the request
+//! target: path and query), `route`, `service`, `version` (the one that answered), `reason` (of
+//! the decision), `upstream`, `server`, `status`, `bytes_sent` (response body bytes),
+//! `duration_ms` (whole request), `upstream_ms` (until the upstream's response headers),
+//! `fell_back`. A value that does not apply (no route: no version) is `null` in JSON and `-` in
+//! text.
+
+use std::fmt::Write as _;
+use std::io;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{Method, Uri};
+use prometheus::IntCounter;
+use serde::Serialize;
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::proxy::RequestRecord;
+
+/// Records the channel holds while the writer is busy; past it, records are dropped. 8192
+/// records is a few MB, seconds of logging at a high request rate.
+pub const CHANNEL_CAPACITY: usize = 8192;
+
+/// Longest time a written line waits in the buffer; also the shortest time between two
+/// flushes, so that a busy log costs one write call per second (or per buffer full).
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Size of the write buffer: one write call per this many bytes under load.
+const BUFFER_BYTES: usize = 64 * 1024;
+
+/// How access log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLogFormat {
+    /// No access log (the default): no channel, no task, nothing per request.
+    #[default]
+    Off,
+    /// One line of space-separated `key=value` pairs.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AccessLogTarget {
+    /// Standard output (`path = "-"`, the default).
+    #[default]
+    Stdout,
+    /// This file, appended to (created if missing).
+    File(PathBuf),
+}
+
+/// One request, owned, on its way to the writer task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessRecord {
+    /// When the response was done.
+    pub time: SystemTime,
+    /// The resolved client IP.
+    pub client_ip: IpAddr,
+    pub method: Method,
+    /// The request target; its path and query are logged.
+    pub uri: Uri,
+    pub route: Option<Arc<str>>,
+    pub service: Option<Arc<str>>,
+    /// The version that answered (stable after a fallback).
+    pub version: Option<Arc<str>>,
+    /// Why the policy chose the version (`rule:<name>`, `split:sticky:<bucket>`, ...).
+    pub reason: Option<String>,
+    pub upstream: Option<String>,
+    /// `host:port` of the server that answered.
+    pub server: Option<String>,
+    pub status: u16,
+    /// Response body bytes sent.
+    pub bytes_sent: u64,
+    /// The whole request.
+    pub duration: Duration,
+    /// Until the upstream's response headers.
+    pub upstream_headers: Option<Duration>,
+    /// The chosen version could not be reached; stable answered.
+    pub fell_back: bool,
+}
+
+impl AccessRecord {
+    /// Copies what the log needs out of the proxy's record. The route, service and version are
+    /// shared (`Arc` clones), the rest is short strings.
+    pub fn from_request(r: &RequestRecord<'_>, time: SystemTime) -> AccessRecord {
+        let choice = r.choice;
+        AccessRecord {
+            time,
+            client_ip: r.client_ip,
+            method: r.method.clone(),
+            uri: r.uri.clone(),
+            route: choice.map(|c| c.route.clone()),
+            service: choice.map(|c| c.service.clone()),
+            version: choice.map(|c| {
+                if r.fell_back {
+                    c.stable_version.clone()
+                } else {
+                    c.version.clone()
+                }
+            }),
+            reason: choice.map(|c| c.reason.clone()),
+            upstream: r.upstream.map(str::to_string),
+            server: r.server.map(str::to_string),
+            status: r.status.as_u16(),
+            bytes_sent: r.bytes_sent,
+            duration: r.total,
+            upstream_headers: r.upstream_headers,
+            fell_back: r.fell_back,
+        }
+    }
+
+    /// The request target as logged: path and query, `*` for `OPTIONS *`.
+    fn path(&self) -> &str {
+        self.uri
+            .path_and_query()
+            .map_or_else(|| self.uri.path(), |p| p.as_str())
+    }
+
+    /// Appends the record as one JSON line.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            time: String,
+            client_ip: IpAddr,
+            method: &'a str,
+            path: &'a str,
+            route: Option<&'a str>,
+            service: Option<&'a str>,
+            version: Option<&'a str>,
+            reason: Option<&'a str>,
+            upstream: Option<&'a str>,
+            server: Option<&'a str>,
+            status: u16,
+            bytes_sent: u64,
+            duration_ms: f64,
+            upstream_ms: Option<f64>,
+            fell_back: bool,
+        }
+        let line = Line {
+            time: humantime::format_rfc3339_millis(self.time).to_string(),
+            client_ip: self.client_ip,
+            method: self.method.as_str(),
+            path: self.path(),
+            route: self.route.as_deref(),
+            service: self.service.as_deref(),
+            version: self.version.as_deref(),
+            reason: self.reason.as_deref(),
+            upstream: self.upstream.as_deref(),
+            server: self.server.as_deref(),
+            status: self.status,
+            bytes_sent: self.bytes_sent,
+            duration_ms: millis(self.duration),
+            upstream_ms: self.upstream_headers.map(millis),
+            fell_back: self.fell_back,
+        };
+        serde_json::to_writer(&mut *out, &line).expect("a record always serializes");
+        out.push(b'\n');
+    }
+
+    /// Appends the record as one text line: space-separated `key=value`, values quoted when they
+    /// hold a space, a quote, `=` or a control character, `-` when absent.
+    pub fn write_text(&self, out: &mut Vec<u8>) {
+        let mut line = String::with_capacity(256);
+        let _ = write!(
+            line,
+            "time={} client_ip={} method=",
+            humantime::format_rfc3339_millis(self.time),
+            self.client_ip
+        );
+        push_value(&mut line, Some(self.method.as_str()));
+        let fields = [
+            (" path=", Some(self.path())),
+            (" route=", self.route.as_deref()),
+            (" service=", self.service.as_deref()),
+            (" version=", self.version.as_deref()),
+            (" reason=", self.reason.as_deref()),
+            (" upstream=", self.upstream.as_deref()),
+            (" server=", self.server.as_deref()),
+        ];
+        for (key, value) in fields {
+            line.push_str(key);
+            push_value(&mut line, value);
+        }
+        let _ = write!(
+            line,
+            " status={} bytes_sent={} duration_ms={} upstream_ms=",
+            self.status,
+            self.bytes_sent,
+            millis(self.duration)
+        );
+        match self.upstream_headers {
+            Some(d) => {
+                let _ = write!(line, "{}", millis(d));
+            }
+            None => line.push('-'),
+        }
+        let _ = writeln!(line, " fell_back={}", self.fell_back);
+        out.extend_from_slice(line.as_bytes());
+    }
+
+    fn write(&self, format: AccessLogFormat, out: &mut Vec<u8>) {
+        match format {
+            AccessLogFormat::Json => self.write_json(out),
+            AccessLogFormat::Text => self.write_text(out),
+            AccessLogFormat::Off => {}
+        }
+    }
+}
+
+/// Milliseconds with microsecond precision: `1.234`.
+fn millis(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
+}
+
+/// A text value: bare when it is safe, else quoted with `"` and `\` escaped; `-` when absent or
+/// empty (an empty value would read as a missing one anyway).
+fn push_value(line: &mut String, value: Option<&str>) {
+    let value = match value {
+        Some(v) if !v.is_empty() => v,
+        _ => {
+            line.push('-');
+            return;
+        }
+    };
+    let bare = value
+        .chars()
+        .all(|c| !c.is_whitespace() && !c.is_control() && !matches!(c, '"' | '\\' | '='));
+    if bare {
+        line.push_str(value);
+        return;
+    }
+    line.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => line.push_str("\\\""),
+            '\\' => line.push_str("\\\\"),
+            '\n' => line.push_str("\\n"),
+            '\r' => line.push_str("\\r"),
+            '\t' => line.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(line, "\\u{{{:x}}}", c as u32);
+            }
+            c => line.push(c),
+        }
+    }
+    line.push('"');
+}
+
+/// The request path's end of the access log: hands records to the writer task, never waits.
+pub struct AccessLog {
+    records: mpsc::Sender<AccessRecord>,
+    /// `graygate_access_log_dropped_total`.
+    dropped: IntCounter,
+}
+
+impl AccessLog {
+    /// Opens `target` and starts the writer task. Returns the request path's end and the handle
+    /// that flushes and stops the writer. `format` must not be [`AccessLogFormat::Off`] (there
+    /// is nothing to start then). Dropped records are counted in `dropped` (the metric, see
+    /// [`crate::observe::Metrics::access_log_dropped`]), or in a counter of their own when
+    /// metrics are off.
+    pub async fn start(
+        format: AccessLogFormat,
+        target: &AccessLogTarget,
+        dropped: Option<IntCounter>,
+    ) -> io::Result<(AccessLog, AccessLogWriter)> {
+        let dropped = match dropped {
+            Some(counter) => counter,
+            None => IntCounter::new(
+                "graygate_access_log_dropped_total",
+                "Access log records dropped because the writer fell behind.",
+            )
+            .map_err(io::Error::other)?,
+        };
+        let out: Box<dyn AsyncWrite + Send + Unpin> = match target {
+            AccessLogTarget::Stdout => Box::new(tokio::io::stdout()),
+            AccessLogTarget::File(path) => Box::new(
+                tokio::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .await?,
+            ),
+        };
+        let (log, records) = AccessLog::channel(CHANNEL_CAPACITY, dropped);
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(write_records(
+            records,
+            format,
+            BufWriter::with_capacity(BUFFER_BYTES, out),
+            stopped,
+        ));
+        Ok((
+            log,
+            AccessLogWriter {
+                stop: Some(stop),
+                task,
+            },
+        ))
+    }
+
+    /// The request path's end of a channel of `capacity` records, and the writer's end.
+    fn channel(capacity: usize, dropped: IntCounter) -> (AccessLog, mpsc::Receiver<AccessRecord>) {
+        let (records, receiver) = mpsc::channel(capacity);
+        (AccessLog { records, dropped }, receiver)
+    }
+
+    /// Offers one request to the writer; drops (and counts) it when the writer is behind.
+    pub fn record(&self, r: &RequestRecord<'_>) {
+        self.send(AccessRecord::from_request(r, SystemTime::now()));
+    }
+
+    fn send(&self, record: AccessRecord) {
+        if self.records.try_send(record).is_err() {
+            self.dropped.inc();
+        }
+    }
+}
+
+/// The writer task's handle: [`AccessLogWriter::finish`] writes what is queued, flushes and
+/// stops it.
+pub struct AccessLogWriter {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl AccessLogWriter {
+    /// Writes the records already queued, flushes, and returns when the writer has stopped.
+    /// Records offered after this are dropped.
+    pub async fn finish(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Err(e) = (&mut self.task).await {
+            tracing::warn!(error = %e, "access log writer failed");
+        }
+    }
+}
+
+impl Drop for AccessLogWriter {
+    fn drop(&mut self) {
+        // Not finished (start failed further on): stop the task rather than leak it.
+        if self.stop.is_some() {
+            self.task.abort();
+        }
+    }
+}
+
+/// The writer task: formats records into the buffer, flushes every [`FLUSH_INTERVAL`], and at
+/// the end (stop, or every sender gone) writes what is queued and flushes.
+async fn write_records(
+    mut records: mpsc::Receiver<AccessRecord>,
+    format: AccessLogFormat,
+    mut out: BufWriter<Box<dyn AsyncWrite + Send + Unpin>>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut line = Vec::with_capacity(512);
+    let mut failing = false;
+    let mut unflushed = false;
+    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            record = records.recv() => match record {
+                Some(record) => {
+                    line.clear();
+                    record.write(format, &mut line);
+                    let written = out.write_all(&line).await;
+                    report(&mut failing, written);
+                    unflushed = true;
+                }
+                None => break,
+            },
+            _ = tick.tick(), if unflushed => {
+                let flushed = out.flush().await;
+                report(&mut failing, flushed);
+                unflushed = false;
+            }
+            _ = &mut stop => {
+                records.close();
+                while let Ok(record) = records.try_recv() {
+                    line.clear();
+                    record.write(format, &mut line);
+                    let written = out.write_all(&line).await;
+                    report(&mut failing, written);
+                }
+                break;
+            }
+        }
+    }
+    let flushed = out.flush().await;
+    report(&mut failing, flushed);
+}
+
+/// Logs a write error once per failing spell, not once per line.
+fn report(failing: &mut bool, result: io::Result<()>) {
+    match result {
+        Ok(()) => {
+            if *failing {
+                tracing::info!("access log writes succeed again");
+            }
+            *failing = false;
+        }
+        Err(e) => {
+            if !*failing {
+                tracing::warn!(error = %e, "access log write failed; lines are lost until writes succeed again");
+            }
+            *failing = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> AccessRecord {
+        AccessRecord {
+            // 2024-05-06T07:08:09.123Z
+            time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_714_979_289_123),
+            client_ip: "10.0.0.7".parse().unwrap(),
+            method: Method::GET,
+            uri: Uri::from_static("/api/x?ab=b"),
+            route: Some("web".into()),
+            service: Some("web".into()),
+            version: Some("canary".into()),
+            reason: Some("rule:gray ips".into()),
+            upstream: Some("canary".into()),
+            server: Some("127.0.0.1:9001".into()),
+            status: 200,
+            bytes_sent: 7,
+            duration: Duration::from_micros(1234),
+            upstream_headers: Some(Duration::from_micros(900)),
+            fell_back: false,
+        }
+    }
+
+    fn no_route() -> AccessRecord {
+        AccessRecord {
+            route: None,
+            service: None,
+            version: None,
+            reason: None,
+            upstream: None,
+            server: None,
+            status: 404,
+            bytes_sent: 19,
+            upstream_headers: None,
+            uri: Uri::from_static("/nowhere"),
+            ..sample()
+        }
+    }
+
+    fn text(r: &AccessRecord) -> String {
+        let mut out = Vec::new();
+        r.write_text(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    fn json(r: &AccessRecord) -> serde_json::Value {
+        let mut out = Vec::new();
+        r.write_json(&mut out);
+        assert_eq!(out.last(), Some(&b'\n'));
+        assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1);
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn text_line_has_every_field_in_order() {
+        assert_eq!(
+            text(&sample()),
+            "time=2024-05-06T07:08:09.123Z client_ip=10.0.0.7 method=GET path=\"/api/x?ab=b\" \
+             route=web service=web version=canary reason=\"rule:gray ips\" upstream=canary \
+             server=127.0.0.1:9001 status=200 bytes_sent=7 duration_ms=1.234 upstream_ms=0.9 \
+             fell_back=false\n"
+        );
+        assert_eq!(
+            text(&no_route()),
+            "time=2024-05-06T07:08:09.123Z client_ip=10.0.0.7 method=GET path=/nowhere \
+             route=- service=- version=- reason=- upstream=- server=- status=404 bytes_sent=19 \
+             duration_ms=1.234 upstream_ms=- fell_back=false\n"
+        );
+    }
+
+    #[test]
+    fn text_values_are_quoted_and_escaped_when_needed() {
+        let mut line = String::new();
+        for v in [
+            "plain",
+            "a b",
+            "say \"hi\"",
+            "back\\slash",
+            "k=v",
+            "nl\n",
+            "bell\u{7}",
+            "",
+        ] {
+            push_value(&mut line, Some(v));
+            line.push('|');
+        }
+        push_value(&mut line, None);
+        assert_eq!(
+            line,
+            "plain|\"a b\"|\"say \\\"hi\\\"\"|\"back\\\\slash\"|\"k=v\"|\"nl\\n\"|\"bell\\u{7}\"|-|-"
+        );
+    }
+
+    #[test]
+    fn json_line_has_every_field() {
+        let v = json(&sample());
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "time": "2024-05-06T07:08:09.123Z",
+                "client_ip": "10.0.0.7",
+                "method": "GET",
+                "path": "/api/x?ab=b",
+                "route": "web",
+                "service": "web",
+                "version": "canary",
+                "reason": "rule:gray ips",
+                "upstream": "canary",
+                "server": "127.0.0.1:9001",
+                "status": 200,
+                "bytes_sent": 7,
+                "duration_ms": 1.234,
+                "upstream_ms": 0.9,
+                "fell_back": false,
+            })
+        );
+        let v = json(&no_route());
+        assert_eq!(v["route"], serde_json::Value::Null);
+        assert_eq!(v["upstream_ms"], serde_json::Value::Null);
+        assert_eq!(v["status"], 404);
+    }
+
+    #[test]
+    fn json_escapes_what_the_client_sent() {
+        let mut r = sample();
+        r.uri = Uri::from_static("/a%22b?q=%0A");
+        r.reason = Some("rule:\"quoted\"\n".into());
+        let v = json(&r);
+        assert_eq!(v["path"], "/a%22b?q=%0A");
+        assert_eq!(v["reason"], "rule:\"quoted\"\n");
+    }
+
+    #[test]
+    fn a_full_channel_drops_and_counts_instead_of_waiting() {
+        let dropped = IntCounter::new("dropped", "dropped").unwrap();
+        let (log, mut receiver) = AccessLog::channel(2, dropped.clone());
+        for _ in 0..5 {
+            log.send(sample());
+        }
+        assert_eq!(dropped.get(), 3);
+        assert!(receiver.try_recv().is_ok());
+        assert!(receiver.try_recv().is_ok());
+        assert!(receiver.try_recv().is_err());
+        // Room again: the next record goes through.
+        log.send(sample());
+        assert_eq!(dropped.get(), 3);
+        assert!(receiver.try_recv().is_ok());
+    }
+
+    #[tokio::test]
+    async fn finish_writes_queued_records_and_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let dropped = IntCounter::new("dropped", "dropped").unwrap();
+        let (log, writer) = AccessLog::start(
+            AccessLogFormat::Json,
+            &AccessLogTarget::File(path.clone()),
+            Some(dropped.clone()),
+        )
+        .await
+        .unwrap();
+        for _ in 0..3 {
+            log.send(sample());
+        }
+        writer.finish().await;
+        let written = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(written.lines().count(), 3, "{written}");
+        for line in written.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["version"], "canary");
+        }
+        // The writer is gone: a late record is dropped and counted, not queued forever.
+        log.send(sample());
+        assert_eq!(dropped.get(), 1);
+    }
+}

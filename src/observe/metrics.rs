@@ -1,0 +1,647 @@
+//! Prometheus metrics, in graygate's own [`Registry`] (nothing global, so tests and several
+//! gateways in one process do not mix).
+//!
+//! Two kinds of values:
+//! - **counted on the request path** ([`Metrics::record`], [`Metrics::connection_opened`]):
+//!   requests, latencies, decisions, fallbacks, open connections. Label values are borrowed from
+//!   the request record (`&str` out of `Arc<str>`s and static status classes), so a request
+//!   formats nothing and allocates nothing once its series exists; the cost is one hashed lookup
+//!   per metric family.
+//! - **pulled at scrape time** ([`Metrics::render`]) from where they already live ([`Sources`]):
+//!   policy revision and last reload, upstream connect failures, store and lookup-cache counters,
+//!   store health. Nothing on the request path pays for them.
+//!
+//! The metric names and labels are listed in `docs/metrics.md`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::StatusCode;
+use prometheus::{
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::gateway::Gateway;
+use crate::proxy::{RequestRecord, Upstreams};
+use crate::store::Store;
+
+/// Upper bounds (seconds) of the latency histograms: from a 1 ms local answer to a 30 s
+/// upstream timeout.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
+
+/// Counters of the store and its lookup cache, read at scrape time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// The store's kind (`embedded`, `redis`, `memcached`): the `store` label.
+    pub store: &'static str,
+    /// Lookups sent to the store since start; `None`: not counted by this store (the series is
+    /// not exported).
+    pub lookups: Option<u64>,
+    /// Lookups that failed since start; `None`: not counted.
+    pub errors: Option<u64>,
+    /// Lookup-cache hits and misses since start; `None`: no cache in front of the store.
+    pub cache: Option<CacheCounts>,
+    /// True while the store cannot be reached.
+    pub degraded: bool,
+}
+
+/// Hits and misses of a lookup cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheCounts {
+    /// Lookups answered from a fresh cached entry.
+    pub hits: u64,
+    /// Lookups that had to ask the store.
+    pub misses: u64,
+}
+
+/// Where the store metrics come from; read once per scrape.
+pub trait StoreStatsSource: Send + Sync + 'static {
+    /// The store's counters now. Called on the scrape's task: must not block.
+    fn store_stats(&self) -> StoreStats;
+}
+
+/// Store metrics of any store: its kind and health ([`Store::health`]), and for a store with a
+/// lookup cache in front ([`crate::store::CachedStore`]) its lookups, errors, hits and misses.
+pub struct StoreHealthSource(pub Arc<dyn Store>);
+
+impl StoreStatsSource for StoreHealthSource {
+    fn store_stats(&self) -> StoreStats {
+        let cache = self.0.cache_stats();
+        StoreStats {
+            store: self.0.kind(),
+            lookups: cache.map(|s| s.fetches),
+            errors: cache.map(|s| s.errors),
+            cache: cache.map(|s| CacheCounts { hits: s.hits, misses: s.misses }),
+            degraded: self.0.health().degraded,
+        }
+    }
+}
+
+/// What the scrape reads values from. Every part is optional: what is missing is not exported.
+#[derive(Default, Clone)]
+pub struct Sources {
+    /// Policy revision and last reload time.
+    pub gateway: Option<Arc<Gateway>>,
+    /// Connect failures of every upstream server.
+    pub upstreams: Option<Arc<Upstreams>>,
+    /// Store lookups, errors, cache hits and misses, degraded state.
+    pub store: Option<Arc<dyn StoreStatsSource>>,
+}
+
+/// A connect-failure counter bound to one upstream server, resolved once at start.
+struct ServerFailures {
+    upstream: usize,
+    server: Arc<str>,
+    counter: IntCounter,
+}
+
+/// Every metric graygate exports. See the module documentation.
+pub struct Metrics {
+    registry: Registry,
+    /// `graygate_requests_total{route, version, status_class}`.
+    requests: IntCounterVec,
+    /// `graygate_request_duration_seconds{service, version}`: the whole request, body included.
+    request_duration: HistogramVec,
+    /// `graygate_upstream_duration_seconds{service, version}`: until the upstream's response
+    /// headers.
+    upstream_duration: HistogramVec,
+    /// `graygate_decisions_total{service, version, reason}`.
+    decisions: IntCounterVec,
+    /// `graygate_fallbacks_total{service, version}`: canary unreachable, stable answered.
+    fallbacks: IntCounterVec,
+    /// `graygate_open_connections`.
+    open_connections: IntGauge,
+    /// `graygate_access_log_dropped_total`: shared with the access log, which counts.
+    access_log_dropped: IntCounter,
+    /// `graygate_policy_revision`, pulled (registered only with a gateway source).
+    policy_revision: IntGauge,
+    /// `graygate_policy_last_reload_timestamp_seconds`, pulled (likewise).
+    policy_last_reload: Gauge,
+    /// `graygate_upstream_connect_failures_total{upstream, server}`, pulled: one handle per
+    /// configured server, resolved at start so a scrape looks up no labels.
+    server_failures: Vec<ServerFailures>,
+    /// `graygate_store_lookups_total{store}`, pulled.
+    store_lookups: IntCounterVec,
+    /// `graygate_store_errors_total{store}`, pulled.
+    store_errors: IntCounterVec,
+    /// `graygate_store_cache_hits_total{store}`, pulled.
+    cache_hits: IntCounterVec,
+    /// `graygate_store_cache_misses_total{store}`, pulled.
+    cache_misses: IntCounterVec,
+    /// `graygate_store_degraded{store}`, pulled.
+    store_degraded: IntGaugeVec,
+    /// Where the pulled values come from.
+    sources: Sources,
+    /// Serializes scrapes: pulled counters are advanced by the difference to the source's value,
+    /// which is exact only one scrape at a time.
+    scrape: Mutex<()>,
+}
+
+impl Metrics {
+    /// Registers every metric in a new registry. Values pulled at scrape time come from
+    /// `sources`.
+    pub fn new(sources: Sources) -> Metrics {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(vec.clone()))
+                .expect("registered once");
+            vec
+        };
+        let histogram_vec = |name: &str, help: &str| {
+            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+            let vec = HistogramVec::new(opts, &["service", "version"]).expect("valid metric");
+            registry
+                .register(Box::new(vec.clone()))
+                .expect("registered once");
+            vec
+        };
+        let requests = counter_vec(
+            "graygate_requests_total",
+            "Requests answered, by route, version that answered and status class.",
+            &["route", "version", "status_class"],
+        );
+        let request_duration = histogram_vec(
+            "graygate_request_duration_seconds",
+            "From the request headers read to the last response byte sent, by the version that answered.",
+        );
+        let upstream_duration = histogram_vec(
+            "graygate_upstream_duration_seconds",
+            "From the request sent upstream to the upstream's response headers, by the version that answered.",
+        );
+        let decisions = counter_vec(
+            "graygate_decisions_total",
+            "Routing decisions, by service, chosen version and reason (rule:<name>, override:always, override:never, split, default).",
+            &["service", "version", "reason"],
+        );
+        let fallbacks = counter_vec(
+            "graygate_fallbacks_total",
+            "Requests whose chosen version could not be reached and that went to stable instead, by service and chosen version.",
+            &["service", "version"],
+        );
+        let open_connections =
+            IntGauge::new("graygate_open_connections", "Client connections open now.")
+                .expect("valid metric");
+        registry
+            .register(Box::new(open_connections.clone()))
+            .expect("registered once");
+        let access_log_dropped = IntCounter::new(
+            "graygate_access_log_dropped_total",
+            "Access log records dropped because the writer fell behind.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(access_log_dropped.clone()))
+            .expect("registered once");
+        let policy_revision = IntGauge::new(
+            "graygate_policy_revision",
+            "Revision of the running policy (0: none stored).",
+        )
+        .expect("valid metric");
+        let policy_last_reload = Gauge::new(
+            "graygate_policy_last_reload_timestamp_seconds",
+            "When the running policy was installed, in seconds since the Unix epoch (0: never).",
+        )
+        .expect("valid metric");
+        if sources.gateway.is_some() {
+            registry
+                .register(Box::new(policy_revision.clone()))
+                .expect("registered once");
+            registry
+                .register(Box::new(policy_last_reload.clone()))
+                .expect("registered once");
+        }
+        let connect_failures = counter_vec(
+            "graygate_upstream_connect_failures_total",
+            "Failed TCP connects to an upstream server, by upstream and server.",
+            &["upstream", "server"],
+        );
+        let mut server_failures = Vec::new();
+        if let Some(upstreams) = &sources.upstreams {
+            for index in 0..upstreams.len() {
+                let name = upstreams.name(index).unwrap_or_default();
+                for server in upstreams.servers(index) {
+                    server_failures.push(ServerFailures {
+                        upstream: index,
+                        server: Arc::from(server),
+                        counter: connect_failures.with_label_values(&[name, server]),
+                    });
+                }
+            }
+        }
+        let store_lookups = counter_vec(
+            "graygate_store_lookups_total",
+            "List lookups sent to the store (lookup-cache misses that fetched), by store.",
+            &["store"],
+        );
+        let store_errors = counter_vec(
+            "graygate_store_errors_total",
+            "List lookups that failed (store down or too slow, no earlier value known), by store.",
+            &["store"],
+        );
+        let cache_hits = counter_vec(
+            "graygate_store_cache_hits_total",
+            "Lookups answered by the lookup cache, by store.",
+            &["store"],
+        );
+        let cache_misses = counter_vec(
+            "graygate_store_cache_misses_total",
+            "Lookups the lookup cache could not answer, by store.",
+            &["store"],
+        );
+        let store_degraded = IntGaugeVec::new(
+            Opts::new(
+                "graygate_store_degraded",
+                "1 while the store cannot be reached, else 0, by store.",
+            ),
+            &["store"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(store_degraded.clone()))
+            .expect("registered once");
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            decisions,
+            fallbacks,
+            open_connections,
+            access_log_dropped,
+            policy_revision,
+            policy_last_reload,
+            server_failures,
+            store_lookups,
+            store_errors,
+            cache_hits,
+            cache_misses,
+            store_degraded,
+            sources,
+            scrape: Mutex::new(()),
+        }
+    }
+
+    /// Counts one finished request. Called on the request path.
+    pub fn record(&self, r: &RequestRecord<'_>) {
+        let (route, service) = r.choice.map_or(("", ""), |c| (&*c.route, &*c.service));
+        let version = r.version.unwrap_or("");
+        self.requests
+            .with_label_values(&[route, version, status_class(r.status)])
+            .inc();
+        self.request_duration
+            .with_label_values(&[service, version])
+            .observe(r.total.as_secs_f64());
+        if let Some(upstream) = r.upstream_headers {
+            self.upstream_duration
+                .with_label_values(&[service, version])
+                .observe(upstream.as_secs_f64());
+        }
+        if let Some(choice) = r.choice {
+            self.decisions
+                .with_label_values(&[service, &*choice.version, reason_label(&choice.reason)])
+                .inc();
+            if r.fell_back {
+                self.fallbacks
+                    .with_label_values(&[service, &*choice.version])
+                    .inc();
+            }
+        }
+    }
+
+    /// A client connection was accepted.
+    pub fn connection_opened(&self) {
+        self.open_connections.inc();
+    }
+
+    /// A client connection ended.
+    pub fn connection_closed(&self) {
+        self.open_connections.dec();
+    }
+
+    /// The counter of dropped access log records, for the access log to count into.
+    pub fn access_log_dropped(&self) -> IntCounter {
+        self.access_log_dropped.clone()
+    }
+
+    /// Reads the pulled values from their sources and renders every metric in the Prometheus
+    /// text format ([`CONTENT_TYPE`]).
+    pub fn render(&self) -> String {
+        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        self.pull();
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# graygate: cannot encode metrics: {e}\n"))
+    }
+
+    /// Brings the pulled metrics up to date.
+    fn pull(&self) {
+        if let Some(gateway) = &self.sources.gateway {
+            self.policy_revision
+                .set(i64::try_from(gateway.revision()).unwrap_or(i64::MAX));
+            self.policy_last_reload
+                .set(gateway.last_reload().map_or(0.0, unix_seconds));
+        }
+        if let Some(upstreams) = &self.sources.upstreams {
+            for s in &self.server_failures {
+                if let Some(n) = upstreams.connect_failures(s.upstream, &s.server) {
+                    advance(&s.counter, n);
+                }
+            }
+        }
+        if let Some(source) = &self.sources.store {
+            let stats = source.store_stats();
+            let label = [stats.store];
+            if let Some(n) = stats.lookups {
+                advance(&self.store_lookups.with_label_values(&label), n);
+            }
+            if let Some(n) = stats.errors {
+                advance(&self.store_errors.with_label_values(&label), n);
+            }
+            if let Some(cache) = stats.cache {
+                advance(&self.cache_hits.with_label_values(&label), cache.hits);
+                advance(&self.cache_misses.with_label_values(&label), cache.misses);
+            }
+            self.store_degraded
+                .with_label_values(&label)
+                .set(i64::from(stats.degraded));
+        }
+    }
+}
+
+/// Sets a counter to a value counted elsewhere. A source that went backwards (restarted) starts
+/// the counter over, which Prometheus reads as a counter reset.
+fn advance(counter: &IntCounter, value: u64) {
+    let current = counter.get();
+    if value >= current {
+        counter.inc_by(value - current);
+    } else {
+        counter.reset();
+        counter.inc_by(value);
+    }
+}
+
+/// `2xx`, `4xx`, ...: the `status_class` label, static so that labelling allocates nothing.
+/// Codes above 599 (which hyper lets through) count as `5xx`: not a success either way.
+pub fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// The `reason` label of a decision: bounded, so that a split's bucket does not create a series
+/// per bucket. `rule:<name>` and `override:always|never` stay as they are (rule names are few,
+/// written by operators); `split:sticky:<bucket>` and `split:random:<bucket>` become `split`.
+pub fn reason_label(reason: &str) -> &str {
+    if reason.starts_with("split:") {
+        "split"
+    } else {
+        reason
+    }
+}
+
+/// Seconds since the Unix epoch of `t` (0 before it): for timestamps in gauges.
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::RouteChoice;
+    use http::{Method, Uri};
+    use std::time::Duration;
+
+    #[test]
+    fn reasons_become_bounded_labels() {
+        assert_eq!(reason_label("rule:gray-ips"), "rule:gray-ips");
+        assert_eq!(reason_label("override:always"), "override:always");
+        assert_eq!(reason_label("override:never"), "override:never");
+        assert_eq!(reason_label("split:sticky:1234"), "split");
+        assert_eq!(reason_label("split:random:9"), "split");
+        assert_eq!(reason_label("default"), "default");
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(status_class(StatusCode::SWITCHING_PROTOCOLS), "1xx");
+        assert_eq!(status_class(StatusCode::OK), "2xx");
+        assert_eq!(status_class(StatusCode::FOUND), "3xx");
+        assert_eq!(status_class(StatusCode::NOT_FOUND), "4xx");
+        assert_eq!(status_class(StatusCode::BAD_GATEWAY), "5xx");
+    }
+
+    fn choice(version: &str, reason: &str) -> RouteChoice {
+        RouteChoice {
+            upstream: 1,
+            stable_upstream: 0,
+            route: "web".into(),
+            service: "web".into(),
+            version: version.into(),
+            stable_version: "stable".into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn record<'a>(
+        method: &'a Method,
+        uri: &'a Uri,
+        choice: Option<&'a RouteChoice>,
+        version: Option<&'a str>,
+        status: StatusCode,
+        fell_back: bool,
+    ) -> RequestRecord<'a> {
+        RequestRecord {
+            method,
+            uri,
+            client_ip: "10.0.0.7".parse().unwrap(),
+            choice,
+            version,
+            upstream: version,
+            server: Some("127.0.0.1:1"),
+            status,
+            fell_back,
+            bytes_sent: 7,
+            total: Duration::from_millis(3),
+            upstream_headers: choice.map(|_| Duration::from_millis(2)),
+        }
+    }
+
+    /// The line of `text` for this series, e.g. `graygate_requests_total{...} 2`.
+    fn value(text: &str, series: &str) -> Option<String> {
+        text.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')
+                .map(str::to_string)
+        })
+    }
+
+    #[test]
+    fn counts_requests_decisions_fallbacks_and_latencies() {
+        let m = Metrics::new(Sources::default());
+        let (get, uri) = (Method::GET, Uri::from_static("/x"));
+        let canary = choice("canary", "rule:beta");
+        let split = choice("stable", "split:sticky:4321");
+        m.record(&record(
+            &get,
+            &uri,
+            Some(&canary),
+            Some("canary"),
+            StatusCode::OK,
+            false,
+        ));
+        m.record(&record(
+            &get,
+            &uri,
+            Some(&canary),
+            Some("stable"),
+            StatusCode::OK,
+            true,
+        ));
+        m.record(&record(
+            &get,
+            &uri,
+            Some(&split),
+            Some("stable"),
+            StatusCode::OK,
+            false,
+        ));
+        m.record(&record(
+            &get,
+            &uri,
+            None,
+            None,
+            StatusCode::NOT_FOUND,
+            false,
+        ));
+        m.connection_opened();
+        m.connection_opened();
+        m.connection_closed();
+        let text = m.render();
+        let v = |series: &str| value(&text, series);
+        assert_eq!(
+            v(r#"graygate_requests_total{route="web",status_class="2xx",version="canary"}"#),
+            Some("1".into())
+        );
+        assert_eq!(
+            v(r#"graygate_requests_total{route="web",status_class="2xx",version="stable"}"#),
+            Some("2".into())
+        );
+        assert_eq!(
+            v(r#"graygate_requests_total{route="",status_class="4xx",version=""}"#),
+            Some("1".into())
+        );
+        assert_eq!(
+            v(r#"graygate_decisions_total{reason="rule:beta",service="web",version="canary"}"#),
+            Some("2".into())
+        );
+        assert_eq!(
+            v(r#"graygate_decisions_total{reason="split",service="web",version="stable"}"#),
+            Some("1".into())
+        );
+        assert_eq!(
+            v(r#"graygate_fallbacks_total{service="web",version="canary"}"#),
+            Some("1".into())
+        );
+        assert_eq!(
+            v(r#"graygate_request_duration_seconds_count{service="web",version="stable"}"#),
+            Some("2".into())
+        );
+        assert_eq!(
+            v(r#"graygate_upstream_duration_seconds_count{service="web",version="canary"}"#),
+            Some("1".into())
+        );
+        // No route: no upstream was asked.
+        assert_eq!(
+            v(r#"graygate_upstream_duration_seconds_count{service="",version=""}"#),
+            None
+        );
+        assert_eq!(v("graygate_open_connections"), Some("1".into()));
+        assert_eq!(v("graygate_access_log_dropped_total"), Some("0".into()));
+        // Nothing to pull from: not exported rather than a made-up 0.
+        assert_eq!(v("graygate_policy_revision"), None);
+    }
+
+    struct FakeStore(Mutex<StoreStats>);
+
+    impl StoreStatsSource for FakeStore {
+        fn store_stats(&self) -> StoreStats {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    #[test]
+    fn store_stats_are_pulled_at_scrape_time() {
+        let source = Arc::new(FakeStore(Mutex::new(StoreStats {
+            store: "redis",
+            lookups: Some(5),
+            errors: Some(1),
+            cache: Some(CacheCounts { hits: 9, misses: 5 }),
+            degraded: true,
+        })));
+        let m = Metrics::new(Sources {
+            store: Some(source.clone()),
+            ..Sources::default()
+        });
+        let text = m.render();
+        let v = |series: &str| value(&text, series);
+        assert_eq!(
+            v(r#"graygate_store_lookups_total{store="redis"}"#),
+            Some("5".into())
+        );
+        assert_eq!(
+            v(r#"graygate_store_errors_total{store="redis"}"#),
+            Some("1".into())
+        );
+        assert_eq!(
+            v(r#"graygate_store_cache_hits_total{store="redis"}"#),
+            Some("9".into())
+        );
+        assert_eq!(
+            v(r#"graygate_store_cache_misses_total{store="redis"}"#),
+            Some("5".into())
+        );
+        assert_eq!(
+            v(r#"graygate_store_degraded{store="redis"}"#),
+            Some("1".into())
+        );
+
+        {
+            let mut s = source.0.lock().unwrap();
+            s.lookups = Some(8);
+            s.degraded = false;
+        }
+        let text = m.render();
+        assert_eq!(
+            value(&text, r#"graygate_store_lookups_total{store="redis"}"#),
+            Some("8".into())
+        );
+        assert_eq!(
+            value(&text, r#"graygate_store_degraded{store="redis"}"#),
+            Some("0".into())
+        );
+    }
+
+    #[test]
+    fn a_pulled_counter_that_goes_back_starts_over() {
+        let c = IntCounter::new("c", "c").unwrap();
+        advance(&c, 10);
+        assert_eq!(c.get(), 10);
+        advance(&c, 12);
+        assert_eq!(c.get(), 12);
+        advance(&c, 3);
+        assert_eq!(c.get(), 3);
+    }
+}

@@ -1,0 +1,819 @@
+//! Edits of a policy document, as the admin API makes them: pure functions on a [`PolicyDoc`].
+//!
+//! Each function changes one part of the document (a route, a service, a version, a rule, the
+//! weights) or makes one rollout step (promote, rollback). None of them validates the document as
+//! a whole: the caller compiles the edited copy and applies it only if it compiles, so an edit
+//! here may leave something `compile` rejects (a rule naming a deleted version) and the change is
+//! refused with the path of that field.
+//!
+//! # Rollout steps
+//! - **promote** `V`: `V` becomes the stable version; rules and split are cleared (every request
+//!   goes to `V`); the old stable version is kept in `previous_stable`, the rollback target.
+//! - **rollback**: every split weight goes to 0 (the split's identity and salt stay, so raising a
+//!   weight again brings back the same users); rules are kept, or cleared on request; and if
+//!   `previous_stable` is set (no new canary started since the last promote), that version is
+//!   stable again and `previous_stable` is cleared. So a rollback undoes the latest step: a canary
+//!   in progress, or else the last promotion.
+//! - Starting a new canary (a weight above 0, a rule added or replaced) clears `previous_stable`:
+//!   the promotion is accepted, and a later rollback only stops the new canary.
+//!
+//! # Overlapping ranges
+//! [`overlapping_ranges`] finds two rules of one service whose whole condition is a `range` test
+//! on the same source (same header, cookie, query parameter or client IP, through the same lookup)
+//! with ranges that share a number and different versions: since the first matching rule wins, the
+//! second rule silently never sees those numbers, which is always a mistake. The admin API refuses
+//! a change that adds such a pair ([`check_no_new_overlaps`]); `compile` does not reject them, so
+//! that a stored policy keeps loading.
+
+use super::model::{
+    Condition, IdentityDoc, PolicyDoc, RouteDoc, RuleDoc, ServiceDoc, SplitDoc,
+};
+use std::collections::BTreeMap;
+
+/// Why an edit cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct EditError {
+    pub kind: EditErrorKind,
+    /// The field of the document (`services[0].rules[1]`) or of the request (`version`) at fault.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+/// What kind of refusal an [`EditError`] is; the admin API maps it to a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EditErrorKind {
+    /// The route, service, version or rule does not exist.
+    NotFound,
+    /// A create found one with the same name.
+    Exists,
+    /// The edit makes no sense (promote the stable version, delete a service a route uses).
+    Invalid,
+}
+
+impl EditError {
+    fn not_found(message: String) -> Self {
+        EditError {
+            kind: EditErrorKind::NotFound,
+            field: None,
+            message,
+        }
+    }
+
+    fn exists(field: String, message: String) -> Self {
+        EditError {
+            kind: EditErrorKind::Exists,
+            field: Some(field),
+            message,
+        }
+    }
+
+    /// An edit that makes no sense, about `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        EditError {
+            kind: EditErrorKind::Invalid,
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routes
+
+/// The name a route is addressed by: its `name`, else its service.
+pub fn route_name(route: &RouteDoc) -> &str {
+    route.name.as_deref().unwrap_or(&route.service)
+}
+
+/// The index of the route named `name`.
+pub fn route_index(doc: &PolicyDoc, name: &str) -> Result<usize, EditError> {
+    let found: Vec<usize> = doc
+        .routes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| route_name(r) == name)
+        .map(|(i, _)| i)
+        .collect();
+    match found.as_slice() {
+        [] => Err(EditError::not_found(format!("no route named `{name}`"))),
+        [one] => Ok(*one),
+        [first, ..] => Err(EditError::invalid(
+            format!("routes[{first}].name"),
+            format!(
+                "{} routes are named `{name}`; give them distinct `name`s (replace the whole policy) to address them one by one",
+                found.len()
+            ),
+        )),
+    }
+}
+
+/// Adds a route; refused if one with the same name exists.
+pub fn create_route(doc: &mut PolicyDoc, route: RouteDoc) -> Result<(), EditError> {
+    let name = route_name(&route).to_string();
+    if let Some(i) = doc.routes.iter().position(|r| route_name(r) == name) {
+        return Err(EditError::exists(
+            format!("routes[{i}]"),
+            format!("a route named `{name}` exists; replace it with PUT"),
+        ));
+    }
+    doc.routes.push(route);
+    Ok(())
+}
+
+/// Replaces the route named `name`, or adds it; returns true if it was added. The route keeps the
+/// name it is addressed by.
+pub fn put_route(doc: &mut PolicyDoc, name: &str, mut route: RouteDoc) -> Result<bool, EditError> {
+    if route_name(&route) != name {
+        route.name = Some(name.to_string());
+    }
+    match route_index(doc, name) {
+        Ok(i) => {
+            doc.routes[i] = route;
+            Ok(false)
+        }
+        Err(e) if e.kind == EditErrorKind::NotFound => {
+            doc.routes.push(route);
+            Ok(true)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub fn delete_route(doc: &mut PolicyDoc, name: &str) -> Result<RouteDoc, EditError> {
+    let i = route_index(doc, name)?;
+    Ok(doc.routes.remove(i))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Services
+
+pub fn service_index(doc: &PolicyDoc, name: &str) -> Result<usize, EditError> {
+    doc.services
+        .iter()
+        .position(|s| s.name == name)
+        .ok_or_else(|| EditError::not_found(format!("no service named `{name}`")))
+}
+
+fn service_mut<'a>(doc: &'a mut PolicyDoc, name: &str) -> Result<&'a mut ServiceDoc, EditError> {
+    let i = service_index(doc, name)?;
+    Ok(&mut doc.services[i])
+}
+
+pub fn create_service(doc: &mut PolicyDoc, service: ServiceDoc) -> Result<(), EditError> {
+    if let Ok(i) = service_index(doc, &service.name) {
+        return Err(EditError::exists(
+            format!("services[{i}].name"),
+            format!("a service named `{}` exists; replace it with PUT", service.name),
+        ));
+    }
+    doc.services.push(service);
+    Ok(())
+}
+
+/// Replaces the service named `name`, or adds it; returns true if it was added. The body must
+/// carry the same name: renaming a service would leave its routes pointing nowhere.
+pub fn put_service(doc: &mut PolicyDoc, name: &str, service: ServiceDoc) -> Result<bool, EditError> {
+    if service.name != name {
+        return Err(EditError::invalid(
+            "name",
+            format!(
+                "the body names service `{}` but the path names `{name}`; a service cannot be renamed in place",
+                service.name
+            ),
+        ));
+    }
+    match service_index(doc, name) {
+        Ok(i) => {
+            doc.services[i] = service;
+            Ok(false)
+        }
+        Err(_) => {
+            doc.services.push(service);
+            Ok(true)
+        }
+    }
+}
+
+/// Deletes a service; refused while a route leads to it.
+pub fn delete_service(doc: &mut PolicyDoc, name: &str) -> Result<ServiceDoc, EditError> {
+    let i = service_index(doc, name)?;
+    if let Some((r, route)) = doc
+        .routes
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.service == name)
+    {
+        return Err(EditError::invalid(
+            format!("routes[{r}].service"),
+            format!(
+                "route `{}` leads to service `{name}`; delete or change the route first",
+                route_name(route)
+            ),
+        ));
+    }
+    Ok(doc.services.remove(i))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Versions
+
+/// Sets the upstream of a version, adding the version if it is new; returns true if it was added.
+pub fn put_version(
+    doc: &mut PolicyDoc,
+    service: &str,
+    version: &str,
+    upstream: String,
+) -> Result<bool, EditError> {
+    if version.trim().is_empty() {
+        return Err(EditError::invalid("name", "a version needs a name"));
+    }
+    let s = service_mut(doc, service)?;
+    Ok(s.versions.insert(version.to_string(), upstream).is_none())
+}
+
+/// Adds a version; refused if it exists.
+pub fn create_version(
+    doc: &mut PolicyDoc,
+    service: &str,
+    version: &str,
+    upstream: String,
+) -> Result<(), EditError> {
+    let i = service_index(doc, service)?;
+    if doc.services[i].versions.contains_key(version) {
+        return Err(EditError::exists(
+            format!("services[{i}].versions.{version}"),
+            format!("service `{service}` already has a version `{version}`; replace it with PUT"),
+        ));
+    }
+    put_version(doc, service, version, upstream).map(drop)
+}
+
+/// Deletes a version. Refused for the stable version; its split weight and rollback target go
+/// with it (a rule that still sends to it makes the change fail to compile, naming the rule).
+pub fn delete_version(doc: &mut PolicyDoc, service: &str, version: &str) -> Result<(), EditError> {
+    let i = service_index(doc, service)?;
+    let s = &mut doc.services[i];
+    if s.stable == version {
+        return Err(EditError::invalid(
+            format!("services[{i}].stable"),
+            format!("`{version}` is the stable version of `{service}`; promote another one first"),
+        ));
+    }
+    if s.versions.remove(version).is_none() {
+        return Err(EditError::not_found(format!(
+            "service `{service}` has no version `{version}`"
+        )));
+    }
+    if let Some(split) = &mut s.split {
+        split.weights.remove(version);
+    }
+    if s.previous_stable.as_deref() == Some(version) {
+        s.previous_stable = None;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rules
+
+fn rule_index(doc: &PolicyDoc, service: &str, rule: &str) -> Result<(usize, usize), EditError> {
+    let s = service_index(doc, service)?;
+    let r = doc.services[s]
+        .rules
+        .iter()
+        .position(|r| r.name == rule)
+        .ok_or_else(|| {
+            EditError::not_found(format!("service `{service}` has no rule `{rule}`"))
+        })?;
+    Ok((s, r))
+}
+
+/// Inserts a rule at `position` (default: last); refused if one with its name exists. Starts a
+/// new canary: the rollback target of the last promote is dropped.
+pub fn add_rule(
+    doc: &mut PolicyDoc,
+    service: &str,
+    rule: RuleDoc,
+    position: Option<usize>,
+) -> Result<(), EditError> {
+    let i = service_index(doc, service)?;
+    let s = &mut doc.services[i];
+    if let Some(r) = s.rules.iter().position(|r| r.name == rule.name) {
+        return Err(EditError::exists(
+            format!("services[{i}].rules[{r}].name"),
+            format!("service `{service}` already has a rule `{}`", rule.name),
+        ));
+    }
+    let at = position.unwrap_or(s.rules.len());
+    if at > s.rules.len() {
+        return Err(EditError::invalid(
+            "position",
+            format!(
+                "position {at} is past the end (service `{service}` has {} rules)",
+                s.rules.len()
+            ),
+        ));
+    }
+    s.rules.insert(at, rule);
+    s.previous_stable = None;
+    Ok(())
+}
+
+/// Replaces the rule named `name` in place (it may be renamed, if the new name is free). Starts a
+/// new canary, like [`add_rule`].
+pub fn replace_rule(
+    doc: &mut PolicyDoc,
+    service: &str,
+    name: &str,
+    rule: RuleDoc,
+) -> Result<(), EditError> {
+    let (s, r) = rule_index(doc, service, name)?;
+    let svc = &mut doc.services[s];
+    if rule.name != name {
+        if let Some(other) = svc.rules.iter().position(|x| x.name == rule.name) {
+            return Err(EditError::exists(
+                format!("services[{s}].rules[{other}].name"),
+                format!("service `{service}` already has a rule `{}`", rule.name),
+            ));
+        }
+    }
+    svc.rules[r] = rule;
+    svc.previous_stable = None;
+    Ok(())
+}
+
+pub fn delete_rule(doc: &mut PolicyDoc, service: &str, name: &str) -> Result<RuleDoc, EditError> {
+    let (s, r) = rule_index(doc, service, name)?;
+    Ok(doc.services[s].rules.remove(r))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weights, promote, rollback
+
+/// Sets the split of a service: `weights` replace the previous ones (a version left out gets
+/// nothing); `by` and `salt` replace the previous ones when given and are kept otherwise. A weight
+/// above 0 starts a new canary (the rollback target of the last promote is dropped).
+pub fn set_weights(
+    doc: &mut PolicyDoc,
+    service: &str,
+    weights: BTreeMap<String, f64>,
+    by: Option<IdentityDoc>,
+    salt: Option<String>,
+) -> Result<(), EditError> {
+    let s = service_mut(doc, service)?;
+    let old = s.split.take();
+    let starts_canary = weights.values().any(|w| *w > 0.0);
+    s.split = Some(SplitDoc {
+        weights,
+        by: by.or_else(|| old.as_ref().and_then(|o| o.by.clone())),
+        salt: salt.or_else(|| old.and_then(|o| o.salt)),
+    });
+    if starts_canary {
+        s.previous_stable = None;
+    }
+    Ok(())
+}
+
+/// Which version a promote without a named version means: the only version besides stable, else
+/// the only one with a weight above 0.
+fn promote_target(s: &ServiceDoc) -> Option<String> {
+    let others: Vec<&String> = s.versions.keys().filter(|v| **v != s.stable).collect();
+    if let [only] = others.as_slice() {
+        return Some((*only).clone());
+    }
+    let weighted: Vec<&String> = s
+        .split
+        .iter()
+        .flat_map(|sp| sp.weights.iter())
+        .filter(|(v, w)| **w > 0.0 && **v != s.stable)
+        .map(|(v, _)| v)
+        .collect();
+    match weighted.as_slice() {
+        [only] => Some((*only).clone()),
+        _ => None,
+    }
+}
+
+/// Makes `version` (or the canary, see [`promote_target`]) the stable version: every request goes
+/// to it at once, rules and split are cleared, and the old stable version becomes the rollback
+/// target. Returns `(old stable, new stable)`.
+pub fn promote(
+    doc: &mut PolicyDoc,
+    service: &str,
+    version: Option<&str>,
+) -> Result<(String, String), EditError> {
+    let s = service_mut(doc, service)?;
+    let target = match version {
+        Some(v) => v.to_string(),
+        None => promote_target(s).ok_or_else(|| {
+            EditError::invalid(
+                "version",
+                format!(
+                    "name the version to promote: service `{service}` has versions {}",
+                    s.versions.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })?,
+    };
+    if !s.versions.contains_key(&target) {
+        return Err(EditError::invalid(
+            "version",
+            format!(
+                "service `{service}` has no version `{target}` (versions: {})",
+                s.versions.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    if target == s.stable {
+        return Err(EditError::invalid(
+            "version",
+            format!("`{target}` is already the stable version of `{service}`"),
+        ));
+    }
+    let old = std::mem::replace(&mut s.stable, target.clone());
+    s.previous_stable = Some(old.clone());
+    s.rules.clear();
+    s.split = None;
+    Ok((old, target))
+}
+
+/// What a rollback did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollback {
+    /// The stable version now.
+    pub stable: String,
+    /// Set when the rollback undid a promote: the version that was stable until now.
+    pub demoted: Option<String>,
+    /// How many rules were cleared.
+    pub rules_cleared: usize,
+}
+
+/// Sends every request back to stable: split weights to 0, rules cleared if `clear_rules`, and the
+/// last promote undone if no new canary started since (see the module documentation).
+pub fn rollback(doc: &mut PolicyDoc, service: &str, clear_rules: bool) -> Result<Rollback, EditError> {
+    let s = service_mut(doc, service)?;
+    let mut demoted = None;
+    if let Some(previous) = s.previous_stable.take() {
+        demoted = Some(std::mem::replace(&mut s.stable, previous));
+    }
+    if let Some(split) = &mut s.split {
+        split.weights.remove(&s.stable);
+        split.weights.values_mut().for_each(|w| *w = 0.0);
+    }
+    let rules_cleared = if clear_rules {
+        std::mem::take(&mut s.rules).len()
+    } else {
+        0
+    };
+    Ok(Rollback {
+        stable: s.stable.clone(),
+        demoted,
+        rules_cleared,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks the admin API makes beyond `compile`
+
+/// Two rules whose ranges overlap on the same source but send to different versions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overlap {
+    pub service: String,
+    /// The earlier rule (it wins the shared numbers) and the later one.
+    pub first: String,
+    pub second: String,
+    /// Path of the later rule's range: `services[0].rules[2].when.range`.
+    pub path: String,
+    pub message: String,
+}
+
+/// The source a condition reads, as text (`header x-user-id`, with its lookup), or `None` for a
+/// combination.
+fn source_of(c: &Condition) -> Option<String> {
+    let base = if let Some(h) = &c.header {
+        format!("header {}", h.trim().to_ascii_lowercase())
+    } else if let Some(k) = &c.cookie {
+        format!("cookie {k}")
+    } else if let Some(q) = &c.query {
+        format!("query {q}")
+    } else if c.client_ip == Some(true) {
+        "client IP".to_string()
+    } else {
+        return None;
+    };
+    Some(match &c.lookup {
+        Some(l) => format!(
+            "{base} looked up in list {} (key {})",
+            l.list,
+            l.key.as_deref().unwrap_or("{}")
+        ),
+        None => base,
+    })
+}
+
+/// Every pair of rules that [`Overlap`] describes, in document order.
+pub fn overlapping_ranges(doc: &PolicyDoc) -> Vec<Overlap> {
+    let mut out = Vec::new();
+    for (si, s) in doc.services.iter().enumerate() {
+        // (rule index, source, inclusive lo, inclusive hi)
+        let ranges: Vec<(usize, String, i128, i128)> = s
+            .rules
+            .iter()
+            .enumerate()
+            .filter_map(|(ri, r)| {
+                let range = r.when.range.as_ref()?;
+                let source = source_of(&r.when)?;
+                let (lo, hi) = if range.exclusive {
+                    (i128::from(range.start) + 1, i128::from(range.end) - 1)
+                } else {
+                    (i128::from(range.start), i128::from(range.end))
+                };
+                (lo <= hi).then_some((ri, source, lo, hi))
+            })
+            .collect();
+        for (b, (bi, bsrc, blo, bhi)) in ranges.iter().enumerate() {
+            for (ai, asrc, alo, ahi) in &ranges[..b] {
+                let (first, second) = (&s.rules[*ai], &s.rules[*bi]);
+                if asrc != bsrc || first.version == second.version {
+                    continue;
+                }
+                let (lo, hi) = ((*alo).max(*blo), (*ahi).min(*bhi));
+                if lo > hi {
+                    continue;
+                }
+                out.push(Overlap {
+                    service: s.name.clone(),
+                    first: first.name.clone(),
+                    second: second.name.clone(),
+                    path: format!("services[{si}].rules[{bi}].when.range"),
+                    message: format!(
+                        "overlaps rule `{}` on the same source ({asrc}): {lo}..={hi} would go to `{}`, never to `{}` (the first matching rule wins); make the ranges disjoint",
+                        first.name, first.version, second.version
+                    ),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Refuses `after` if it has an overlap `before` did not have (a change may not add one; one that
+/// was already there, e.g. from the config file, does not block unrelated changes).
+pub fn check_no_new_overlaps(before: &PolicyDoc, after: &PolicyDoc) -> Result<(), EditError> {
+    let known = overlapping_ranges(before);
+    let is_known = |o: &Overlap| {
+        known
+            .iter()
+            .any(|k| k.service == o.service && k.first == o.first && k.second == o.second)
+    };
+    match overlapping_ranges(after).into_iter().find(|o| !is_known(o)) {
+        Some(o) => Err(EditError::invalid(o.path, o.message)),
+        None => Ok(()),
+    }
+}
+
+/// Lists that a rule looks the client IP up in as it is (key template `{}`), with the path of the
+/// first such condition: their keys must be IP addresses, or they never match.
+pub fn ip_keyed_lists(doc: &PolicyDoc) -> BTreeMap<String, String> {
+    fn walk(c: &Condition, path: &str, out: &mut BTreeMap<String, String>) {
+        for (key, items) in [("all", &c.all), ("any", &c.any)] {
+            for (i, item) in items.iter().flatten().enumerate() {
+                walk(item, &format!("{path}.{key}[{i}]"), out);
+            }
+        }
+        if let Some(inner) = &c.not {
+            walk(inner, &format!("{path}.not"), out);
+        }
+        if let Some(l) = &c.lookup {
+            if c.client_ip == Some(true) && l.key.as_deref().unwrap_or("{}") == "{}" {
+                out.entry(l.list.clone()).or_insert_with(|| path.to_string());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (si, s) in doc.services.iter().enumerate() {
+        for (ri, r) in s.rules.iter().enumerate() {
+            walk(&r.when, &format!("services[{si}].rules[{ri}].when"), &mut out);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::compile;
+
+    const UPSTREAMS: &[&str] = &["prod", "gray", "next"];
+
+    fn doc() -> PolicyDoc {
+        serde_json::from_value(serde_json::json!({
+            "routes": [{"service": "web"}],
+            "services": [{
+                "name": "web",
+                "stable": "v1",
+                "versions": {"v1": "prod", "v2": "gray"},
+                "rules": [{"name": "gray-ips", "version": "v2",
+                           "when": {"client_ip": true, "lookup": {"list": "gray_ips"}, "equals": "1"}}],
+            }]
+        }))
+        .unwrap()
+    }
+
+    fn range_rule(name: &str, version: &str, start: i64, end: i64) -> RuleDoc {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "version": version,
+            "when": {"header": "X-User-Id", "range": {"start": start, "end": end}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn weights_replace_the_split_and_keep_its_identity() {
+        let mut d = doc();
+        let by = IdentityDoc {
+            header: Some("X-User-Id".into()),
+            ..IdentityDoc::default()
+        };
+        set_weights(&mut d, "web", [("v2".to_string(), 10.0)].into(), Some(by.clone()), None)
+            .unwrap();
+        set_weights(&mut d, "web", [("v2".to_string(), 50.0)].into(), None, None).unwrap();
+        let split = d.services[0].split.as_ref().unwrap();
+        assert_eq!(split.weights["v2"], 50.0);
+        assert_eq!(split.by.as_ref(), Some(&by), "`by` is kept when not given");
+        compile(&d, UPSTREAMS).unwrap();
+
+        let e = set_weights(&mut doc(), "nope", BTreeMap::new(), None, None).unwrap_err();
+        assert_eq!(e.kind, EditErrorKind::NotFound);
+        assert_eq!(e.message, "no service named `nope`");
+    }
+
+    #[test]
+    fn impossible_weights_are_left_for_compile_to_name() {
+        let mut d = doc();
+        set_weights(&mut d, "web", [("v2".to_string(), 150.0)].into(), None, None).unwrap();
+        let e = compile(&d, UPSTREAMS).unwrap_err();
+        assert_eq!(e.path, "services[0].split.weights.v2");
+        assert!(e.message.contains("not a percentage"), "{e}");
+    }
+
+    #[test]
+    fn promote_switches_everyone_and_remembers_the_old_stable() {
+        let mut d = doc();
+        set_weights(&mut d, "web", [("v2".to_string(), 50.0)].into(), None, None).unwrap();
+        assert_eq!(
+            promote(&mut d, "web", None).unwrap(),
+            ("v1".to_string(), "v2".to_string())
+        );
+        let s = &d.services[0];
+        assert_eq!(s.stable, "v2");
+        assert_eq!(s.previous_stable.as_deref(), Some("v1"));
+        assert!(s.rules.is_empty() && s.split.is_none());
+        compile(&d, UPSTREAMS).unwrap();
+
+        let e = promote(&mut d, "web", Some("v2")).unwrap_err();
+        assert_eq!(e.message, "`v2` is already the stable version of `web`");
+        let e = promote(&mut d, "web", Some("v9")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("version"));
+    }
+
+    #[test]
+    fn promote_without_a_version_needs_an_unambiguous_canary() {
+        let mut d = doc();
+        d.services[0].versions.insert("v3".into(), "next".into());
+        let e = promote(&mut d, "web", None).unwrap_err();
+        assert!(e.message.starts_with("name the version to promote"), "{e}");
+        set_weights(&mut d, "web", [("v3".to_string(), 5.0)].into(), None, None).unwrap();
+        assert_eq!(promote(&mut d, "web", None).unwrap().1, "v3");
+    }
+
+    #[test]
+    fn rollback_after_promote_restores_the_previous_stable_once() {
+        let mut d = doc();
+        promote(&mut d, "web", Some("v2")).unwrap();
+        let r = rollback(&mut d, "web", false).unwrap();
+        assert_eq!(r.stable, "v1");
+        assert_eq!(r.demoted.as_deref(), Some("v2"));
+        assert_eq!(d.services[0].previous_stable, None);
+        // A second rollback has nothing more to undo.
+        let r = rollback(&mut d, "web", false).unwrap();
+        assert_eq!((r.stable.as_str(), r.demoted), ("v1", None));
+        compile(&d, UPSTREAMS).unwrap();
+    }
+
+    #[test]
+    fn rollback_of_a_canary_zeroes_weights_and_keeps_or_clears_rules() {
+        let mut d = doc();
+        promote(&mut d, "web", Some("v2")).unwrap();
+        // A new canary accepts the promotion: rollback then only stops the canary.
+        set_weights(&mut d, "web", [("v1".to_string(), 10.0)].into(), None, None).unwrap();
+        assert_eq!(d.services[0].previous_stable, None);
+        let r = rollback(&mut d, "web", false).unwrap();
+        assert_eq!((r.stable.as_str(), r.demoted), ("v2", None));
+        assert_eq!(d.services[0].split.as_ref().unwrap().weights["v1"], 0.0);
+
+        let mut d = doc();
+        assert_eq!(rollback(&mut d, "web", false).unwrap().rules_cleared, 0);
+        assert_eq!(d.services[0].rules.len(), 1);
+        assert_eq!(rollback(&mut d, "web", true).unwrap().rules_cleared, 1);
+        assert!(d.services[0].rules.is_empty());
+    }
+
+    #[test]
+    fn adding_a_rule_starts_a_new_canary() {
+        let mut d = doc();
+        promote(&mut d, "web", Some("v2")).unwrap();
+        add_rule(&mut d, "web", range_rule("beta", "v1", 1, 10), Some(0)).unwrap();
+        assert_eq!(d.services[0].previous_stable, None);
+        let e = add_rule(&mut d, "web", range_rule("beta", "v1", 1, 10), None).unwrap_err();
+        assert_eq!(e.kind, EditErrorKind::Exists);
+        assert_eq!(e.field.as_deref(), Some("services[0].rules[0].name"));
+        let e = add_rule(&mut d, "web", range_rule("x", "v1", 1, 10), Some(9)).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("position"));
+    }
+
+    #[test]
+    fn rules_are_replaced_in_place_and_deleted() {
+        let mut d = doc();
+        add_rule(&mut d, "web", range_rule("beta", "v2", 1, 10), None).unwrap();
+        replace_rule(&mut d, "web", "beta", range_rule("beta2", "v2", 1, 20)).unwrap();
+        assert_eq!(d.services[0].rules[1].name, "beta2");
+        let e = replace_rule(&mut d, "web", "beta2", range_rule("gray-ips", "v2", 1, 2))
+            .unwrap_err();
+        assert_eq!(e.kind, EditErrorKind::Exists);
+        assert_eq!(delete_rule(&mut d, "web", "beta2").unwrap().name, "beta2");
+        let e = delete_rule(&mut d, "web", "beta2").unwrap_err();
+        assert_eq!(e.message, "service `web` has no rule `beta2`");
+    }
+
+    #[test]
+    fn routes_services_and_versions() {
+        let mut d = doc();
+        let route: RouteDoc =
+            serde_json::from_value(serde_json::json!({"service": "web", "path_prefix": "/api"}))
+                .unwrap();
+        let e = create_route(&mut d, route.clone()).unwrap_err();
+        assert_eq!(e.kind, EditErrorKind::Exists);
+        assert!(put_route(&mut d, "api", route).unwrap());
+        assert_eq!(d.routes[1].name.as_deref(), Some("api"));
+        assert_eq!(route_index(&d, "api").unwrap(), 1);
+        delete_route(&mut d, "api").unwrap();
+
+        let e = delete_service(&mut d, "web").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("routes[0].service"));
+        let mut other = d.services[0].clone();
+        other.name = "api".into();
+        let e = put_service(&mut d, "web", other.clone()).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("name"));
+        create_service(&mut d, other).unwrap();
+        delete_service(&mut d, "api").unwrap();
+
+        assert!(put_version(&mut d, "web", "v3", "next".into()).unwrap());
+        assert!(create_version(&mut d, "web", "v3", "next".into()).is_err());
+        set_weights(&mut d, "web", [("v3".to_string(), 5.0)].into(), None, None).unwrap();
+        delete_version(&mut d, "web", "v3").unwrap();
+        assert!(d.services[0].split.as_ref().unwrap().weights.is_empty());
+        let e = delete_version(&mut d, "web", "v1").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("services[0].stable"));
+        compile(&d, UPSTREAMS).unwrap();
+    }
+
+    #[test]
+    fn overlapping_ranges_on_one_source_with_different_versions() {
+        let mut d = doc();
+        add_rule(&mut d, "web", range_rule("a", "v2", 1, 5000), None).unwrap();
+        let before = d.clone();
+        // Same version: harmless. Disjoint: fine.
+        add_rule(&mut d, "web", range_rule("b", "v2", 10, 20), None).unwrap();
+        add_rule(&mut d, "web", range_rule("c", "v1", 5001, 6000), None).unwrap();
+        check_no_new_overlaps(&before, &d).unwrap();
+
+        add_rule(&mut d, "web", range_rule("d", "v1", 4000, 7000), None).unwrap();
+        let e = check_no_new_overlaps(&before, &d).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("services[0].rules[4].when.range"));
+        assert!(
+            e.message.starts_with("overlaps rule `a` on the same source (header x-user-id): 4000..=5000"),
+            "{e}"
+        );
+        // Exclusive ends touch without overlapping.
+        let mut d = before.clone();
+        let mut r = range_rule("e", "v1", 5000, 6000);
+        r.when.range.as_mut().unwrap().exclusive = true;
+        add_rule(&mut d, "web", r, None).unwrap();
+        assert!(overlapping_ranges(&d).is_empty());
+        // An overlap that was already there does not block other changes.
+        let mut old = before.clone();
+        add_rule(&mut old, "web", range_rule("f", "v1", 1, 2), None).unwrap();
+        let mut new = old.clone();
+        set_weights(&mut new, "web", [("v2".to_string(), 5.0)].into(), None, None).unwrap();
+        check_no_new_overlaps(&old, &new).unwrap();
+    }
+
+    #[test]
+    fn lists_looked_up_by_client_ip() {
+        let lists = ip_keyed_lists(&doc());
+        assert_eq!(lists.get("gray_ips").map(String::as_str), Some("services[0].rules[0].when"));
+        assert_eq!(lists.len(), 1);
+    }
+}

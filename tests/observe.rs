@@ -1,0 +1,521 @@
+//! End to end: what an operator sees of the traffic. The real `graygate run` process with its
+//! metrics listener and access log on, a known set of requests (stable, canary by a rule, a
+//! canary that is down, no route), then exact counts from `/metrics` and exact fields in every
+//! access log line.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use support::{dead_addr, eventually, metric, read_lines, Backend, Client, Graygate, Reply};
+
+/// Two services: `web` under /web (canary for `X-Env: beta`), and `shop` under /shop whose
+/// canary upstream is down (every request with `X-Shop` picks it and falls back to stable).
+/// Anything else has no route.
+fn config(stable: SocketAddr, canary: SocketAddr, dead: SocketAddr, extra: &str) -> String {
+    format!(
+        "{extra}\
+         [[upstreams]]\nname = \"stable\"\nservers = [\"{stable}\"]\n\
+         [[upstreams]]\nname = \"canary\"\nservers = [\"{canary}\"]\n\
+         [[upstreams]]\nname = \"dead\"\nservers = [\"{dead}\"]\n\
+         [[policy.routes]]\nname = \"web\"\npath_prefix = \"/web\"\nservice = \"web\"\n\
+         [[policy.routes]]\nname = \"shop\"\npath_prefix = \"/shop\"\nservice = \"shop\"\n\
+         [[policy.services]]\nname = \"web\"\nstable = \"stable\"\n\
+         versions = {{ stable = \"stable\", canary = \"canary\" }}\n\
+         [[policy.services.rules]]\nname = \"beta\"\nversion = \"canary\"\n\
+         when = {{ header = \"X-Env\", equals = \"beta\" }}\n\
+         [[policy.services]]\nname = \"shop\"\nstable = \"stable\"\n\
+         versions = {{ stable = \"stable\", canary = \"dead\" }}\n\
+         [[policy.services.rules]]\nname = \"everyone\"\nversion = \"canary\"\n\
+         when = {{ header = \"X-Shop\", present = true }}\n"
+    )
+}
+
+async fn get(c: &mut Client, path: &str, headers: &[(&str, &str)]) -> Reply {
+    c.request("GET", path, headers, Bytes::new()).await
+}
+
+/// What each request of [`send_known_requests`] must show, in order.
+struct Expected {
+    path: &'static str,
+    status: u16,
+    route: Option<&'static str>,
+    version: Option<&'static str>,
+    reason: Option<&'static str>,
+    upstream: Option<&'static str>,
+    fell_back: bool,
+}
+
+const EXPECTED: &[Expected] = &[
+    Expected {
+        path: "/web/a",
+        status: 200,
+        route: Some("web"),
+        version: Some("stable"),
+        reason: Some("default"),
+        upstream: Some("stable"),
+        fell_back: false,
+    },
+    Expected {
+        path: "/web/b",
+        status: 200,
+        route: Some("web"),
+        version: Some("stable"),
+        reason: Some("default"),
+        upstream: Some("stable"),
+        fell_back: false,
+    },
+    Expected {
+        path: "/web/beta",
+        status: 200,
+        route: Some("web"),
+        version: Some("canary"),
+        reason: Some("rule:beta"),
+        upstream: Some("canary"),
+        fell_back: false,
+    },
+    Expected {
+        path: "/web/beta",
+        status: 200,
+        route: Some("web"),
+        version: Some("canary"),
+        reason: Some("rule:beta"),
+        upstream: Some("canary"),
+        fell_back: false,
+    },
+    Expected {
+        path: "/web/beta",
+        status: 200,
+        route: Some("web"),
+        version: Some("canary"),
+        reason: Some("rule:beta"),
+        upstream: Some("canary"),
+        fell_back: false,
+    },
+    Expected {
+        path: "/shop/cart",
+        status: 200,
+        route: Some("shop"),
+        version: Some("stable"),
+        reason: Some("rule:everyone"),
+        upstream: Some("stable"),
+        fell_back: true,
+    },
+    Expected {
+        path: "/nowhere",
+        status: 404,
+        route: None,
+        version: None,
+        reason: None,
+        upstream: None,
+        fell_back: false,
+    },
+];
+
+/// Sends the requests of [`EXPECTED`] on one connection; returns their replies.
+async fn send_known_requests(c: &mut Client) -> Vec<Reply> {
+    let mut replies = Vec::new();
+    for e in EXPECTED {
+        let headers: &[(&str, &str)] = match e.path {
+            "/web/beta" => &[("X-Env", "beta")],
+            "/shop/cart" => &[("X-Shop", "1")],
+            _ => &[],
+        };
+        let reply = get(c, e.path, headers).await;
+        assert_eq!(reply.status, e.status, "{}: {reply:?}", e.path);
+        if e.status == 200 {
+            assert_eq!(reply.body.trim(), e.version.unwrap(), "{}", e.path);
+        }
+        replies.push(reply);
+    }
+    replies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_json_access_log_account_for_every_request() {
+    let (stable, canary) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let dead = dead_addr();
+    let gg = Graygate::start(&config(
+        stable.addr,
+        canary.addr,
+        dead,
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n[access_log]\nformat = \"json\"\npath = \"access.log\"\n",
+    ));
+    assert!(gg.metrics.is_some(), "no metrics line on stdout");
+    let mut c = Client::new(gg.addr);
+    let replies = send_known_requests(&mut c).await;
+    // Off by default: clients are not told which version answered.
+    assert!(replies
+        .iter()
+        .all(|r| !r.headers.contains_key("x-graygate-version")));
+
+    // Every request is counted by the time its response is done; poll anyway rather than
+    // depend on it.
+    let all = EXPECTED.len() as f64;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = gg.scrape().await;
+        let counted: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("graygate_requests_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum();
+        if counted == all {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "requests never all counted:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+
+    let expect = |series: &str, value: f64| {
+        assert_eq!(metric(&text, series), Some(value), "{series} in:\n{text}");
+    };
+    // Requests by route, answering version and status class.
+    expect(
+        r#"graygate_requests_total{route="web",status_class="2xx",version="stable"}"#,
+        2.0,
+    );
+    expect(
+        r#"graygate_requests_total{route="web",status_class="2xx",version="canary"}"#,
+        3.0,
+    );
+    expect(
+        r#"graygate_requests_total{route="shop",status_class="2xx",version="stable"}"#,
+        1.0,
+    );
+    expect(
+        r#"graygate_requests_total{route="",status_class="4xx",version=""}"#,
+        1.0,
+    );
+    // Decisions by the version chosen and why.
+    expect(
+        r#"graygate_decisions_total{reason="default",service="web",version="stable"}"#,
+        2.0,
+    );
+    expect(
+        r#"graygate_decisions_total{reason="rule:beta",service="web",version="canary"}"#,
+        3.0,
+    );
+    expect(
+        r#"graygate_decisions_total{reason="rule:everyone",service="shop",version="canary"}"#,
+        1.0,
+    );
+    // The canary that was down, and the connect that failed on it.
+    expect(
+        r#"graygate_fallbacks_total{service="shop",version="canary"}"#,
+        1.0,
+    );
+    expect(
+        &format!(r#"graygate_upstream_connect_failures_total{{server="{dead}",upstream="dead"}}"#),
+        1.0,
+    );
+    expect(
+        &format!(
+            r#"graygate_upstream_connect_failures_total{{server="{}",upstream="stable"}}"#,
+            stable.addr
+        ),
+        0.0,
+    );
+    // Latency histograms by the version that answered.
+    expect(
+        r#"graygate_request_duration_seconds_count{service="web",version="stable"}"#,
+        2.0,
+    );
+    expect(
+        r#"graygate_request_duration_seconds_count{service="web",version="canary"}"#,
+        3.0,
+    );
+    expect(
+        r#"graygate_request_duration_seconds_count{service="shop",version="stable"}"#,
+        1.0,
+    );
+    expect(
+        r#"graygate_request_duration_seconds_count{service="",version=""}"#,
+        1.0,
+    );
+    expect(
+        r#"graygate_upstream_duration_seconds_count{service="web",version="canary"}"#,
+        3.0,
+    );
+    expect(
+        r#"graygate_upstream_duration_seconds_count{service="shop",version="stable"}"#,
+        1.0,
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"graygate_upstream_duration_seconds_count{service="",version=""}"#
+        ),
+        None,
+        "a request without a route never reached an upstream"
+    );
+    // The policy seeded from the config into a fresh store, the store's health.
+    expect("graygate_policy_revision", 1.0);
+    let reloaded = metric(&text, "graygate_policy_last_reload_timestamp_seconds").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (now - 600.0..=now + 1.0).contains(&reloaded),
+        "last reload {reloaded}, now {now}"
+    );
+    expect(r#"graygate_store_degraded{store="embedded"}"#, 0.0);
+    expect("graygate_access_log_dropped_total", 0.0);
+    assert!(
+        text.contains("# TYPE graygate_request_duration_seconds histogram"),
+        "{text}"
+    );
+
+    // Open connections: the client's one, then none once it is gone.
+    let one_open = eventually(Duration::from_secs(10), || async {
+        metric(&gg.scrape().await, "graygate_open_connections") == Some(1.0)
+    })
+    .await;
+    assert!(one_open, "{}", gg.scrape().await);
+    drop(c);
+    let none_open = eventually(Duration::from_secs(10), || async {
+        metric(&gg.scrape().await, "graygate_open_connections") == Some(0.0)
+    })
+    .await;
+    assert!(none_open, "{}", gg.scrape().await);
+
+    // The access log: one JSON line per request, in order.
+    let lines = read_lines(
+        &gg.dir.join("access.log"),
+        EXPECTED.len(),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(lines.len(), EXPECTED.len(), "{lines:#?}");
+    for ((line, e), reply) in lines.iter().zip(EXPECTED).zip(&replies) {
+        let v: serde_json::Value = serde_json::from_str(line).expect(line);
+        let s = |field: &str| v[field].as_str().map(str::to_string);
+        assert_eq!(s("client_ip").as_deref(), Some("127.0.0.1"), "{line}");
+        assert_eq!(s("method").as_deref(), Some("GET"), "{line}");
+        assert_eq!(s("path").as_deref(), Some(e.path), "{line}");
+        assert_eq!(s("route").as_deref(), e.route, "{line}");
+        assert_eq!(s("service").as_deref(), e.route, "{line}");
+        assert_eq!(s("version").as_deref(), e.version, "{line}");
+        assert_eq!(s("reason").as_deref(), e.reason, "{line}");
+        assert_eq!(s("upstream").as_deref(), e.upstream, "{line}");
+        assert_eq!(v["status"], e.status, "{line}");
+        assert_eq!(v["fell_back"], e.fell_back, "{line}");
+        assert_eq!(
+            v["bytes_sent"].as_u64(),
+            Some(reply.body.len() as u64),
+            "{line}"
+        );
+        let server = match e.upstream {
+            Some("stable") => Some(stable.addr.to_string()),
+            Some("canary") => Some(canary.addr.to_string()),
+            _ => None,
+        };
+        assert_eq!(s("server"), server, "{line}");
+        let time = s("time").expect("time");
+        assert!(
+            time.len() == 24 && time.ends_with('Z') && time.as_bytes()[19] == b'.',
+            "RFC 3339 UTC with ms: {time}"
+        );
+        humantime::parse_rfc3339(&time).expect("RFC 3339");
+        let total = v["duration_ms"].as_f64().expect("duration_ms");
+        match v["upstream_ms"].as_f64() {
+            Some(upstream) => assert!(upstream <= total, "{line}"),
+            None => assert!(e.upstream.is_none(), "{line}"),
+        }
+    }
+}
+
+/// `key=value` pairs of a text access log line (values here need no quotes).
+fn fields(line: &str) -> HashMap<&str, &str> {
+    line.split(' ')
+        .map(|pair| pair.split_once('=').expect(line))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_access_log_on_stdout_and_the_version_in_the_response() {
+    let (stable, canary) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let dead = dead_addr();
+    // The response header takes the upstream header's name.
+    let gg = Graygate::start(&config(
+        stable.addr,
+        canary.addr,
+        dead,
+        "version_header = \"x-served-version\"\nresponse_version_header = true\n\
+         [access_log]\nformat = \"text\"\n",
+    ));
+    assert_eq!(gg.metrics, None, "no [metrics]: no metrics listener");
+    let mut c = Client::new(gg.addr);
+    let replies = send_known_requests(&mut c).await;
+    for (reply, e) in replies.iter().zip(EXPECTED) {
+        let header = reply
+            .headers
+            .get("x-served-version")
+            .map(|v| v.to_str().unwrap());
+        assert_eq!(header, e.version, "{}: {reply:?}", e.path);
+    }
+
+    let mut lines = Vec::new();
+    let logged = eventually(Duration::from_secs(10), || {
+        lines = gg
+            .out_lines()
+            .into_iter()
+            .filter(|l| l.starts_with("time="))
+            .collect();
+        let done = lines.len() >= EXPECTED.len();
+        async move { done }
+    })
+    .await;
+    assert!(logged, "stdout: {:#?}", gg.out_lines());
+    assert_eq!(lines.len(), EXPECTED.len(), "{lines:#?}");
+    for ((line, e), reply) in lines.iter().zip(EXPECTED).zip(&replies) {
+        let f = fields(line);
+        let keys: Vec<&str> = line
+            .split(' ')
+            .map(|p| p.split_once('=').unwrap().0)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "time",
+                "client_ip",
+                "method",
+                "path",
+                "route",
+                "service",
+                "version",
+                "reason",
+                "upstream",
+                "server",
+                "status",
+                "bytes_sent",
+                "duration_ms",
+                "upstream_ms",
+                "fell_back"
+            ],
+            "{line}"
+        );
+        assert_eq!(f["client_ip"], "127.0.0.1", "{line}");
+        assert_eq!(f["path"], e.path, "{line}");
+        assert_eq!(f["route"], e.route.unwrap_or("-"), "{line}");
+        assert_eq!(f["version"], e.version.unwrap_or("-"), "{line}");
+        assert_eq!(f["reason"], e.reason.unwrap_or("-"), "{line}");
+        assert_eq!(f["upstream"], e.upstream.unwrap_or("-"), "{line}");
+        assert_eq!(f["status"], e.status.to_string(), "{line}");
+        assert_eq!(f["bytes_sent"], reply.body.len().to_string(), "{line}");
+        assert_eq!(f["fell_back"], e.fell_back.to_string(), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_is_flushed_when_graygate_stops() {
+    let (stable, canary) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let gg = Graygate::start(&config(
+        stable.addr,
+        canary.addr,
+        dead_addr(),
+        "[access_log]\nformat = \"text\"\npath = \"access.log\"\n",
+    ));
+    let mut c = Client::new(gg.addr);
+    for _ in 0..3 {
+        let reply = get(&mut c, "/web/x", &[("X-Env", "beta")]).await;
+        assert_eq!(reply.body, "canary\n");
+    }
+    drop(c);
+    // Stopped at once: the writer flushes a quiet log's first line at once, but the lines after
+    // it wait for the next flush, a second later. They are there because stopping flushes.
+    let dir = gg.stop();
+    let text = std::fs::read_to_string(dir.join("access.log")).unwrap();
+    support::remove_dir(&dir);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    for line in lines {
+        let f = fields(line);
+        assert_eq!(f["version"], "canary");
+        assert_eq!(f["reason"], "rule:beta");
+        assert_eq!(f["bytes_sent"], "7");
+    }
+}
+
+#[test]
+fn check_names_the_line_of_a_bad_access_log_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("graygate.toml");
+    std::fs::write(
+        &path,
+        "listen = [\"127.0.0.1:0\"]\n[access_log]\nformat = \"xml\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(support::binary())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:3:1: access_log.format: unknown format `xml` (known: off, text, json)",
+            path.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_access_log_that_cannot_be_opened_stops_the_start_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("graygate.toml");
+    // A directory where the log file should be.
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    std::fs::write(
+        &path,
+        "listen = [\"127.0.0.1:0\"]\n[access_log]\nformat = \"json\"\npath = \"logs\"\n",
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(support::binary())
+        .args(["run", "--config"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("graygate started with an access log it cannot open");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "graygate: cannot open the access log {}: ",
+            dir.path().join("logs").display()
+        )),
+        "{stderr}"
+    );
+}
