@@ -632,13 +632,17 @@ impl Pool {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let timeout = self.idle_timeout;
-        idle.retain(|e| e.since.elapsed() < timeout && !e.sender.is_closed());
+        // Entries are pushed in time order, so the expired ones are a prefix: drop it, reading
+        // the clock once (the profile showed a full `retain` with a clock read per idle
+        // connection on every check-in). Closed ones are skipped by `take`.
+        let now = Instant::now();
+        let expired = idle
+            .iter()
+            .take_while(|e| now.duration_since(e.since) >= self.idle_timeout)
+            .count();
+        idle.drain(..expired);
         if idle.len() < MAX_IDLE_PER_SERVER {
-            idle.push(IdleSender {
-                sender,
-                since: Instant::now(),
-            });
+            idle.push(IdleSender { sender, since: now });
         }
     }
 }
