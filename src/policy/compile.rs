@@ -3,8 +3,11 @@
 //! Everything an operator can get wrong is caught here, with the path of the offending field
 //! (`services[0].rules[2].when.cidr[1]`), so that a bad policy is rejected before it replaces the
 //! running one. Lists become hash sets and CIDR tables; hosts become a hash map; regexes are built
-//! once.
+//! once. Each service numbers the distinct sources it reads (so that evaluation reads each at most
+//! once per request) and indexes its rules (see `index`).
 
+use super::hash::FastState;
+use super::index::RuleIndex;
 use super::iptable::IpTable;
 use super::model::*;
 use http::HeaderName;
@@ -76,6 +79,10 @@ pub(super) struct Service {
     pub override_: Option<Override>,
     pub rules: Vec<Rule>,
     pub split: Option<Split>,
+    /// Every distinct source the override, the rules and the split read; `slot` fields index it.
+    pub sources: Vec<Source>,
+    /// Finds the first matching rule.
+    pub index: RuleIndex,
 }
 
 #[derive(Debug)]
@@ -86,7 +93,8 @@ pub(super) struct Version {
 
 #[derive(Debug)]
 pub(super) struct Override {
-    pub source: Source,
+    /// The header or cookie's slot in [`Service::sources`].
+    pub slot: usize,
     pub version: usize,
 }
 
@@ -99,7 +107,8 @@ pub(super) struct Rule {
 
 #[derive(Debug)]
 pub(super) struct Split {
-    pub by: Option<Source>,
+    /// The identity's slot in [`Service::sources`].
+    pub by: Option<usize>,
     pub seed: u64,
     /// (bucket upper bound exclusive, version), ascending; buckets past the last go to stable.
     pub bounds: Vec<(u32, usize)>,
@@ -112,12 +121,14 @@ pub(super) enum Cond {
     Not(Box<Cond>),
     Test {
         source: Source,
+        /// The source's index in [`Service::sources`].
+        slot: usize,
         lookup: Option<Lookup>,
         test: Test,
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Source {
     Header(HeaderName),
     Cookie(String),
@@ -136,7 +147,7 @@ pub(super) struct Lookup {
 #[derive(Debug)]
 pub(super) enum Test {
     Equals(String),
-    In(HashSet<String>),
+    In(HashSet<String, FastState>),
     Regex(Regex),
     Cidr(IpTable),
     Range {
@@ -151,11 +162,11 @@ pub(super) enum Test {
         end: String,
         exclusive: bool,
     },
-    Ids(HashSet<i64>),
+    Ids(HashSet<i64, FastState>),
     Suffix(Vec<String>),
     Modulo {
         divisor: u64,
-        remainders: HashSet<u64>,
+        remainders: HashSet<u64, FastState>,
     },
     Percent {
         threshold: u32,
@@ -256,7 +267,9 @@ pub fn compile(doc: &PolicyDoc, upstreams: &[&str]) -> Result<Policy, CompileErr
     let by_prefix = |v: &mut Vec<RouteEntry>| v.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
     routes.exact.values_mut().for_each(by_prefix);
     routes.wildcard.iter_mut().for_each(|(_, v)| by_prefix(v));
-    routes.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
+    routes
+        .wildcard
+        .sort_by_key(|w| std::cmp::Reverse(w.0.len()));
     by_prefix(&mut routes.any);
 
     Ok(Policy {
@@ -312,6 +325,7 @@ fn compile_service(
         version(format!("{path}.previous_stable"), previous)?;
     }
 
+    let mut sources: Vec<Source> = Vec::new();
     let override_ = match &s.override_ {
         None => None,
         Some(o) => {
@@ -322,7 +336,7 @@ fn compile_service(
                 _ => return err(opath, "needs exactly one of `header` or `cookie`"),
             };
             Some(Override {
-                source,
+                slot: slot_of(&mut sources, &source),
                 version: version(format!("{opath}.version"), &o.version)?,
             })
         }
@@ -342,7 +356,13 @@ fn compile_service(
             );
         }
         let v = version(format!("{rpath}.version"), &r.version)?;
-        let cond = compile_cond(&r.when, &format!("{rpath}.when"), &r.name, lists)?;
+        let cond = compile_cond(
+            &r.when,
+            &format!("{rpath}.when"),
+            &r.name,
+            lists,
+            &mut sources,
+        )?;
         rules.push(Rule {
             name: Arc::from(r.name.as_str()),
             version: v,
@@ -358,7 +378,8 @@ fn compile_service(
                 .by
                 .as_ref()
                 .map(|b| identity_source(b, &format!("{spath}.by")))
-                .transpose()?;
+                .transpose()?
+                .map(|source| slot_of(&mut sources, &source));
             let mut bounds = Vec::new();
             let mut total = 0u32;
             for (name, weight) in &sp.weights {
@@ -391,6 +412,7 @@ fn compile_service(
         }
     };
 
+    let index = RuleIndex::build(&rules, &sources);
     Ok(Service {
         name: Arc::from(s.name.as_str()),
         stable,
@@ -398,7 +420,20 @@ fn compile_service(
         override_,
         rules,
         split,
+        sources,
+        index,
     })
+}
+
+/// The slot of `source` in a service's source table, added if new.
+fn slot_of(sources: &mut Vec<Source>, source: &Source) -> usize {
+    match sources.iter().position(|s| s == source) {
+        Some(at) => at,
+        None => {
+            sources.push(source.clone());
+            sources.len() - 1
+        }
+    }
 }
 
 /// Records that the policy reads `name` (for cache warm-up and invalidation) and returns it shared.
@@ -457,6 +492,7 @@ fn compile_cond(
     path: &str,
     rule: &str,
     lists: &mut Vec<Arc<str>>,
+    sources: &mut Vec<Source>,
 ) -> Result<Cond, CompileError> {
     let combinators = [c.all.is_some(), c.any.is_some(), c.not.is_some()]
         .iter()
@@ -489,24 +525,27 @@ fn compile_cond(
                 "`all`, `any` and `not` stand alone: put other tests inside them",
             );
         }
-        let list = |items: &Vec<Condition>, key: &str, lists: &mut Vec<Arc<str>>| {
+        let mut list = |items: &Vec<Condition>, key: &str| {
             if items.is_empty() {
                 return err(format!("{path}.{key}"), "needs at least one condition");
             }
             items
                 .iter()
                 .enumerate()
-                .map(|(i, item)| compile_cond(item, &format!("{path}.{key}[{i}]"), rule, lists))
+                .map(|(i, item)| {
+                    compile_cond(item, &format!("{path}.{key}[{i}]"), rule, lists, sources)
+                })
                 .collect::<Result<Vec<_>, _>>()
         };
         return Ok(match (&c.all, &c.any, &c.not) {
-            (Some(items), _, _) => Cond::All(list(items, "all", lists)?),
-            (_, Some(items), _) => Cond::Any(list(items, "any", lists)?),
+            (Some(items), _, _) => Cond::All(list(items, "all")?),
+            (_, Some(items), _) => Cond::Any(list(items, "any")?),
             (_, _, Some(inner)) => Cond::Not(Box::new(compile_cond(
                 inner,
                 &format!("{path}.not"),
                 rule,
                 lists,
+                sources,
             )?)),
             _ => unreachable!("one combinator is set"),
         });
@@ -657,6 +696,7 @@ fn compile_cond(
         unreachable!("exactly one test is set")
     };
     Ok(Cond::Test {
+        slot: slot_of(sources, &source),
         source,
         lookup,
         test,

@@ -1,7 +1,14 @@
 //! Request facts -> decision. The hot path: no allocation unless a rule looks a value up in a
-//! store (the key is built then) or reads the client IP as text.
+//! store (the key is built then), reads the client IP as text, or the service reads more than
+//! [`INLINE_SLOTS`] distinct sources.
+//!
+//! Each source (a header, a cookie, a query parameter, the client IP) is read from the request at
+//! most once per evaluation, and parsed as a number at most once, however many rules test it. The
+//! rule indexes (see `index`) give the first indexed rule that matches; only the linear rules
+//! before it are evaluated, in order.
 
 use super::compile::{seed_of, Cond, Lookup, Policy, RouteEntry, Service, Source, Test, BUCKETS};
+use super::index::{SourceIndex, NONE};
 use super::{Decision, LookupAnswer, Lookups, OverrideValue, Reason, RequestFacts};
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -36,6 +43,64 @@ enum Stop {
     Need(Arc<str>, String),
 }
 
+/// Sources whose values an evaluation keeps on the stack; a service reading more allocates.
+const INLINE_SLOTS: usize = 16;
+
+/// What one evaluation has read of one source so far. `None`: not read yet.
+struct Slot<'a> {
+    raw: Option<Option<Cow<'a, str>>>,
+    number: Option<Option<f64>>,
+    integer: Option<Option<i64>>,
+}
+
+impl Slot<'_> {
+    const EMPTY: Self = Slot {
+        raw: None,
+        number: None,
+        integer: None,
+    };
+}
+
+/// The sources of a service as one request gives them, read and parsed on first use.
+struct Memo<'m, 'a> {
+    facts: &'m RequestFacts<'a>,
+    sources: &'m [Source],
+    slots: &'m mut [Slot<'a>],
+}
+
+impl<'a> Memo<'_, 'a> {
+    /// The raw value of the source in slot `i`, if the request has it.
+    #[inline]
+    fn raw(&mut self, i: usize) -> Option<&str> {
+        let slot = &mut self.slots[i];
+        slot.raw
+            .get_or_insert_with(|| source_value(&self.sources[i], self.facts))
+            .as_deref()
+    }
+
+    /// The value as a number ([`parse_number`]).
+    #[inline]
+    fn number(&mut self, i: usize) -> Option<f64> {
+        if let Some(n) = self.slots[i].number {
+            return n;
+        }
+        let n = self.raw(i).and_then(parse_number);
+        self.slots[i].number = Some(n);
+        n
+    }
+
+    /// The value as an integer ([`parse_integer`]).
+    #[inline]
+    fn integer(&mut self, i: usize) -> Option<i64> {
+        if let Some(n) = self.slots[i].integer {
+            return n;
+        }
+        let n = self.raw(i).and_then(parse_integer);
+        self.slots[i].integer = Some(n);
+        n
+    }
+}
+
 impl Policy {
     /// Decides which version answers a request.
     pub fn evaluate(&self, facts: &RequestFacts<'_>, lookups: &dyn Lookups) -> Evaluation {
@@ -57,8 +122,23 @@ impl Policy {
             })
         };
 
+        let mut inline = [Slot::EMPTY; INLINE_SLOTS];
+        let mut heap = Vec::new();
+        let count = service.sources.len();
+        let slots = if count <= INLINE_SLOTS {
+            &mut inline[..count]
+        } else {
+            heap.extend((0..count).map(|_| Slot::EMPTY));
+            &mut heap[..]
+        };
+        let mut memo = Memo {
+            facts,
+            sources: &service.sources,
+            slots,
+        };
+
         if let Some(o) = &service.override_ {
-            if let Some(value) = source_value(&o.source, facts) {
+            if let Some(value) = memo.raw(o.slot) {
                 let value = value.trim();
                 if value.eq_ignore_ascii_case("always") {
                     return decide(
@@ -79,28 +159,25 @@ impl Policy {
             }
         }
 
-        for rule in &service.rules {
-            let mut unavailable = false;
-            match eval_cond(&rule.cond, facts, lookups, &mut unavailable) {
-                Err(Stop::Need(list, key)) => return Evaluation::NeedLookup { list, key },
-                // A rule that depended on a store that could not answer does not match: fail safe.
-                Ok(true) if !unavailable => {
-                    return decide(
-                        rule.version,
-                        Reason::Rule {
-                            name: rule.name.clone(),
-                        },
-                    )
-                }
-                Ok(_) => {}
+        match first_rule(service, &mut memo, lookups) {
+            Err(Stop::Need(list, key)) => return Evaluation::NeedLookup { list, key },
+            Ok(Some(i)) => {
+                let rule = &service.rules[i];
+                return decide(
+                    rule.version,
+                    Reason::Rule {
+                        name: rule.name.clone(),
+                    },
+                );
             }
+            Ok(None) => {}
         }
 
         if let Some(split) = &service.split {
             let (bucket, sticky) = match &split.by {
                 None => ((facts.random % u64::from(BUCKETS)) as u32, false),
-                Some(source) => match source_value(source, facts) {
-                    Some(id) => (bucket_seeded(split.seed, &id), true),
+                Some(slot) => match memo.raw(*slot) {
+                    Some(id) => (bucket_seeded(split.seed, id), true),
                     // No identity to stick to: stable, so that the version never flips for it.
                     None => return decide(service.stable, Reason::Default),
                 },
@@ -166,16 +243,89 @@ fn match_prefix<'r>(routes: &'r [RouteEntry], path: &str) -> Option<&'r RouteEnt
     })
 }
 
+/// The index of the first rule that matches (first match wins), or a store value it needs.
+///
+/// The indexes answer the lowest indexed rule that matches; then the linear rules below it are
+/// evaluated in order, exactly as a walk over all rules would reach them: a linear rule that
+/// needs an unknown store value stops the evaluation only when every rule before it failed.
+fn first_rule(
+    service: &Service,
+    memo: &mut Memo<'_, '_>,
+    lookups: &dyn Lookups,
+) -> Result<Option<usize>, Stop> {
+    let index = &service.index;
+    let mut best = NONE;
+    for source in &index.sources {
+        // By ascending `first`: every later source's rules come after a match already found.
+        if source.first >= best {
+            break;
+        }
+        best = best.min(lowest_indexed(source, memo));
+    }
+    for &i in &index.linear {
+        if i >= best {
+            break;
+        }
+        let rule = &service.rules[i as usize];
+        let mut unavailable = false;
+        // A rule that depended on a store that could not answer does not match: fail safe.
+        if eval_cond(&rule.cond, memo, lookups, &mut unavailable)? && !unavailable {
+            return Ok(Some(i as usize));
+        }
+    }
+    Ok((best != NONE).then_some(best as usize))
+}
+
+/// The lowest indexed rule that matches on one source ([`NONE`] if none does).
+#[inline]
+fn lowest_indexed(index: &SourceIndex, memo: &mut Memo<'_, '_>) -> u32 {
+    let mut best = NONE;
+    if index.client_ip && !index.nets.is_empty() {
+        // The client IP is tested as an address, without formatting it.
+        best = index.nets.lowest(memo.facts.client_ip).unwrap_or(NONE);
+        if index.strings.is_empty() && index.ids.is_empty() && index.ranges.is_empty() {
+            return best;
+        }
+    }
+    let Some(raw) = memo.raw(index.slot) else {
+        return best;
+    };
+    if let Some(&rule) = index.strings.get(raw) {
+        best = best.min(rule);
+    }
+    if !index.client_ip && !index.nets.is_empty() {
+        if let Some(rule) = raw
+            .trim()
+            .parse::<IpAddr>()
+            .ok()
+            .and_then(|ip| index.nets.lowest(ip))
+        {
+            best = best.min(rule);
+        }
+    }
+    if !index.ids.is_empty() {
+        if let Some(&rule) = memo.integer(index.slot).and_then(|n| index.ids.get(&n)) {
+            best = best.min(rule);
+        }
+    }
+    if !index.ranges.is_empty() {
+        if let Some(n) = memo.number(index.slot) {
+            best = best.min(index.ranges.lowest(n));
+        }
+    }
+    best
+}
+
 fn eval_cond(
     cond: &Cond,
-    facts: &RequestFacts<'_>,
+    memo: &mut Memo<'_, '_>,
     lookups: &dyn Lookups,
     unavailable: &mut bool,
 ) -> Result<bool, Stop> {
     match cond {
         Cond::All(items) => {
             for c in items {
-                if !eval_cond(c, facts, lookups, unavailable)? {
+                if !eval_cond(c, memo, lookups, unavailable)? {
                     return Ok(false);
                 }
             }
@@ -183,55 +333,99 @@ fn eval_cond(
         }
         Cond::Any(items) => {
             for c in items {
-                if eval_cond(c, facts, lookups, unavailable)? {
+                if eval_cond(c, memo, lookups, unavailable)? {
                     return Ok(true);
                 }
             }
             Ok(false)
         }
-        Cond::Not(inner) => Ok(!eval_cond(inner, facts, lookups, unavailable)?),
+        Cond::Not(inner) => Ok(!eval_cond(inner, memo, lookups, unavailable)?),
         Cond::Test {
             source,
-            lookup,
+            slot,
+            lookup: None,
             test,
         } => {
-            // The client IP is tested as an address, without formatting it, when nothing maps it.
-            if let (Source::ClientIp, None, Test::Cidr(table)) = (source, lookup, test) {
-                return Ok(table.contains(facts.client_ip));
-            }
-            let Some(raw) = source_value(source, facts) else {
+            let slot = *slot;
+            // An absent source fails every test but `present = false`; the number parsers answer
+            // `None` for it.
+            Ok(match test {
+                // The client IP is tested as an address, without formatting it.
+                Test::Cidr(table) if matches!(source, Source::ClientIp) => {
+                    table.contains(memo.facts.client_ip)
+                }
+                Test::Range {
+                    start,
+                    end,
+                    exclusive,
+                } => memo
+                    .number(slot)
+                    .is_some_and(|n| in_range(*start, *end, *exclusive, n)),
+                Test::Ids(_) | Test::Suffix(_) | Test::Modulo { .. } => {
+                    memo.integer(slot).is_some_and(|n| integer_test(test, n))
+                }
+                Test::Present(p) => memo.raw(slot).is_some() == *p,
+                Test::RangeFrom { .. } => match memo.raw(slot) {
+                    None => false,
+                    Some(v) => return range_from(test, v, lookups, unavailable),
+                },
+                _ => memo.raw(slot).is_some_and(|v| run_test(test, v)),
+            })
+        }
+        Cond::Test {
+            slot,
+            lookup: Some(l),
+            test,
+            ..
+        } => {
+            let Some(raw) = memo.raw(*slot) else {
                 return Ok(matches!(test, Test::Present(false)));
             };
-            let value: Option<Cow<'_, str>> = match lookup {
-                None => Some(raw),
-                Some(l) => match lookup_value(l, &raw, lookups) {
-                    LookupAnswer::Value(v) => Some(Cow::Owned(v.to_string())),
-                    LookupAnswer::Absent => None,
-                    LookupAnswer::Unavailable => {
-                        *unavailable = true;
-                        None
-                    }
-                    LookupAnswer::Unknown => {
-                        return Err(Stop::Need(l.list.clone(), key_of(l, &raw)))
-                    }
-                },
+            let value: Option<Arc<str>> = match lookup_value(l, raw, lookups) {
+                LookupAnswer::Value(v) => Some(v),
+                LookupAnswer::Absent => None,
+                LookupAnswer::Unavailable => {
+                    *unavailable = true;
+                    None
+                }
+                LookupAnswer::Unknown => return Err(Stop::Need(l.list.clone(), key_of(l, raw))),
             };
             let Some(v) = value else {
                 return Ok(matches!(test, Test::Present(false)));
             };
-            if let Test::RangeFrom { list, key, start, end, exclusive } = test {
-                return match lookups.get(list, key) {
-                    LookupAnswer::Value(doc) => Ok(in_stored_range(&doc, start, end, *exclusive, &v)),
-                    LookupAnswer::Absent => Ok(false),
-                    LookupAnswer::Unavailable => {
-                        *unavailable = true;
-                        Ok(false)
-                    }
-                    LookupAnswer::Unknown => Err(Stop::Need(list.clone(), key.clone())),
-                };
+            if let Test::RangeFrom { .. } = test {
+                return range_from(test, &v, lookups, unavailable);
             }
             Ok(run_test(test, &v))
         }
+    }
+}
+
+/// A `range_from` test of a present value: the range is itself a store value.
+fn range_from(
+    test: &Test,
+    value: &str,
+    lookups: &dyn Lookups,
+    unavailable: &mut bool,
+) -> Result<bool, Stop> {
+    let Test::RangeFrom {
+        list,
+        key,
+        start,
+        end,
+        exclusive,
+    } = test
+    else {
+        unreachable!("called for range_from tests only")
+    };
+    match lookups.get(list, key) {
+        LookupAnswer::Value(doc) => Ok(in_stored_range(&doc, start, end, *exclusive, value)),
+        LookupAnswer::Absent => Ok(false),
+        LookupAnswer::Unavailable => {
+            *unavailable = true;
+            Ok(false)
+        }
+        LookupAnswer::Unknown => Err(Stop::Need(list.clone(), key.clone())),
     }
 }
 
@@ -264,26 +458,53 @@ fn run_test(test: &Test, value: &str) -> bool {
             start,
             end,
             exclusive,
-        } => parse_number(value).is_some_and(|n| {
-            if *exclusive {
-                *start < n && n < *end
-            } else {
-                *start <= n && n <= *end
-            }
-        }),
+        } => parse_number(value).is_some_and(|n| in_range(*start, *end, *exclusive, n)),
         Test::RangeFrom { .. } => unreachable!("needs a lookup: handled in eval_cond"),
-        Test::Ids(set) => parse_integer(value).is_some_and(|n| set.contains(&n)),
-        Test::Suffix(suffixes) => parse_integer(value).is_some_and(|n| {
-            let text = n.unsigned_abs().to_string();
-            suffixes.iter().any(|s| text.ends_with(s.as_str()))
-        }),
+        Test::Ids(_) | Test::Suffix(_) | Test::Modulo { .. } => {
+            parse_integer(value).is_some_and(|n| integer_test(test, n))
+        }
+        Test::Percent { threshold, seed } => bucket_seeded(*seed, value) < *threshold,
+        Test::Present(p) => *p,
+    }
+}
+
+fn in_range(start: f64, end: f64, exclusive: bool, n: f64) -> bool {
+    if exclusive {
+        start < n && n < end
+    } else {
+        start <= n && n <= end
+    }
+}
+
+/// `ids`, `suffix` and `modulo` of an integer value.
+fn integer_test(test: &Test, n: i64) -> bool {
+    match test {
+        Test::Ids(set) => set.contains(&n),
+        Test::Suffix(suffixes) => {
+            // The decimal digits of |n|, without allocating.
+            let mut digits = [0u8; 20];
+            let mut at = digits.len();
+            let mut rest = n.unsigned_abs();
+            loop {
+                at -= 1;
+                digits[at] = b'0' + (rest % 10) as u8;
+                rest /= 10;
+                if rest == 0 {
+                    break;
+                }
+            }
+            let text = &digits[at..];
+            suffixes.iter().any(|s| text.ends_with(s.as_bytes()))
+        }
         Test::Modulo {
             divisor,
             remainders,
-        } => parse_integer(value)
-            .is_some_and(|n| remainders.contains(&(n.rem_euclid(*divisor as i64) as u64))),
-        Test::Percent { threshold, seed } => bucket_seeded(*seed, value) < *threshold,
-        Test::Present(p) => *p,
+        } => {
+            // In i128: `i64::MIN.rem_euclid(-1)` (a divisor above `i64::MAX`) would overflow.
+            let r = i128::from(n).rem_euclid(i128::from(*divisor));
+            remainders.contains(&(r as u64))
+        }
+        _ => unreachable!("not an integer test"),
     }
 }
 
@@ -291,7 +512,8 @@ fn run_test(test: &Test, value: &str) -> bool {
 /// being numbers or numeric strings as the original's `tonumber` reads them. Bad JSON or bounds
 /// match nothing.
 fn in_stored_range(doc: &str, start: &str, end: &str, exclusive: bool, value: &str) -> bool {
-    let Ok(serde_json::Value::Object(fields)) = serde_json::from_str::<serde_json::Value>(doc) else {
+    let Ok(serde_json::Value::Object(fields)) = serde_json::from_str::<serde_json::Value>(doc)
+    else {
         return false;
     };
     let bound = |name: &str| match fields.get(name)? {
@@ -399,6 +621,221 @@ fn percent_decode(v: &str) -> Cow<'_, str> {
         i += 1;
     }
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The evaluator before rule indexes and source memoization, kept as the reference the indexed
+/// evaluation must agree with exactly.
+#[cfg(test)]
+pub(super) mod reference {
+    use super::super::compile::{Cond, Policy, Source, Test, BUCKETS};
+    use super::super::{Decision, LookupAnswer, Lookups, OverrideValue, Reason, RequestFacts};
+    use super::{
+        bucket_seeded, in_stored_range, key_of, lookup_value, parse_integer, parse_number,
+        source_value, Evaluation, Stop,
+    };
+    use std::borrow::Cow;
+    use std::net::IpAddr;
+
+    impl Policy {
+        /// [`Policy::evaluate`] as it was before rule indexes: every rule in order, every source read
+        /// again by every test.
+        pub(in crate::policy) fn evaluate_linear(
+            &self,
+            facts: &RequestFacts<'_>,
+            lookups: &dyn Lookups,
+        ) -> Evaluation {
+            let Some(route) = self.find_route(facts.host, facts.path) else {
+                return Evaluation::NoRoute;
+            };
+            let service = &self.services[route.service];
+            let decide = |version: usize, reason: Reason| {
+                let v = &service.versions[version];
+                let stable = &service.versions[service.stable];
+                Evaluation::Decided(Decision {
+                    route: route.name.clone(),
+                    service: service.name.clone(),
+                    version: v.name.clone(),
+                    upstream: v.upstream,
+                    stable_version: stable.name.clone(),
+                    stable_upstream: stable.upstream,
+                    reason,
+                })
+            };
+
+            if let Some(o) = &service.override_ {
+                if let Some(value) = source_value(&service.sources[o.slot], facts) {
+                    let value = value.trim();
+                    if value.eq_ignore_ascii_case("always") {
+                        return decide(
+                            o.version,
+                            Reason::Override {
+                                value: OverrideValue::Always,
+                            },
+                        );
+                    }
+                    if value.eq_ignore_ascii_case("never") {
+                        return decide(
+                            service.stable,
+                            Reason::Override {
+                                value: OverrideValue::Never,
+                            },
+                        );
+                    }
+                }
+            }
+
+            for rule in &service.rules {
+                let mut unavailable = false;
+                match eval_cond(&rule.cond, facts, lookups, &mut unavailable) {
+                    Err(Stop::Need(list, key)) => return Evaluation::NeedLookup { list, key },
+                    // A rule that depended on a store that could not answer does not match: fail safe.
+                    Ok(true) if !unavailable => {
+                        return decide(
+                            rule.version,
+                            Reason::Rule {
+                                name: rule.name.clone(),
+                            },
+                        )
+                    }
+                    Ok(_) => {}
+                }
+            }
+
+            if let Some(split) = &service.split {
+                let (bucket, sticky) = match &split.by {
+                    None => ((facts.random % u64::from(BUCKETS)) as u32, false),
+                    Some(slot) => match source_value(&service.sources[*slot], facts) {
+                        Some(id) => (bucket_seeded(split.seed, &id), true),
+                        // No identity to stick to: stable, so that the version never flips for it.
+                        None => return decide(service.stable, Reason::Default),
+                    },
+                };
+                let version = split
+                    .bounds
+                    .iter()
+                    .find(|(upper, _)| bucket < *upper)
+                    .map_or(service.stable, |(_, v)| *v);
+                return decide(version, Reason::Split { bucket, sticky });
+            }
+            decide(service.stable, Reason::Default)
+        }
+    }
+
+    fn eval_cond(
+        cond: &Cond,
+        facts: &RequestFacts<'_>,
+        lookups: &dyn Lookups,
+        unavailable: &mut bool,
+    ) -> Result<bool, Stop> {
+        match cond {
+            Cond::All(items) => {
+                for c in items {
+                    if !eval_cond(c, facts, lookups, unavailable)? {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+            Cond::Any(items) => {
+                for c in items {
+                    if eval_cond(c, facts, lookups, unavailable)? {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            }
+            Cond::Not(inner) => Ok(!eval_cond(inner, facts, lookups, unavailable)?),
+            Cond::Test {
+                source,
+                lookup,
+                test,
+                ..
+            } => {
+                // The client IP is tested as an address, without formatting it, when nothing maps it.
+                if let (Source::ClientIp, None, Test::Cidr(table)) = (source, lookup, test) {
+                    return Ok(table.contains(facts.client_ip));
+                }
+                let Some(raw) = source_value(source, facts) else {
+                    return Ok(matches!(test, Test::Present(false)));
+                };
+                let value: Option<Cow<'_, str>> = match lookup {
+                    None => Some(raw),
+                    Some(l) => match lookup_value(l, &raw, lookups) {
+                        LookupAnswer::Value(v) => Some(Cow::Owned(v.to_string())),
+                        LookupAnswer::Absent => None,
+                        LookupAnswer::Unavailable => {
+                            *unavailable = true;
+                            None
+                        }
+                        LookupAnswer::Unknown => {
+                            return Err(Stop::Need(l.list.clone(), key_of(l, &raw)))
+                        }
+                    },
+                };
+                let Some(v) = value else {
+                    return Ok(matches!(test, Test::Present(false)));
+                };
+                if let Test::RangeFrom {
+                    list,
+                    key,
+                    start,
+                    end,
+                    exclusive,
+                } = test
+                {
+                    return match lookups.get(list, key) {
+                        LookupAnswer::Value(doc) => {
+                            Ok(in_stored_range(&doc, start, end, *exclusive, &v))
+                        }
+                        LookupAnswer::Absent => Ok(false),
+                        LookupAnswer::Unavailable => {
+                            *unavailable = true;
+                            Ok(false)
+                        }
+                        LookupAnswer::Unknown => Err(Stop::Need(list.clone(), key.clone())),
+                    };
+                }
+                Ok(run_test(test, &v))
+            }
+        }
+    }
+
+    fn run_test(test: &Test, value: &str) -> bool {
+        match test {
+            Test::Equals(want) => value == want,
+            Test::In(set) => set.contains(value),
+            Test::Regex(re) => re.is_match(value),
+            Test::Cidr(table) => value
+                .trim()
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| table.contains(ip)),
+            Test::Range {
+                start,
+                end,
+                exclusive,
+            } => parse_number(value).is_some_and(|n| {
+                if *exclusive {
+                    *start < n && n < *end
+                } else {
+                    *start <= n && n <= *end
+                }
+            }),
+            Test::RangeFrom { .. } => unreachable!("handled in eval_cond"),
+            Test::Ids(set) => parse_integer(value).is_some_and(|n| set.contains(&n)),
+            Test::Suffix(suffixes) => parse_integer(value).is_some_and(|n| {
+                let text = n.unsigned_abs().to_string();
+                suffixes.iter().any(|s| text.ends_with(s.as_str()))
+            }),
+            Test::Modulo {
+                divisor,
+                remainders,
+            } => parse_integer(value).is_some_and(|n| {
+                remainders.contains(&(i128::from(n).rem_euclid(i128::from(*divisor)) as u64))
+            }),
+            Test::Percent { threshold, seed } => bucket_seeded(*seed, value) < *threshold,
+            Test::Present(p) => *p,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -800,7 +1237,10 @@ mod tests {
         set(&mut known, "TOKEN_abc", Some("1234"));
         assert_eq!(
             p.evaluate(&r.facts(), &known),
-            Evaluation::NeedLookup { list: "redis".into(), key: "Grayscale_Range".into() }
+            Evaluation::NeedLookup {
+                list: "redis".into(),
+                key: "Grayscale_Range".into()
+            }
         );
         let cases: &[(Option<&str>, &str)] = &[
             (Some(r#"{"idStart":1,"idEnd":5000}"#), "v2"),
@@ -817,7 +1257,11 @@ mod tests {
             set(&mut known, "Grayscale_Range", *range);
             assert_eq!(&*decision(&p, &r, &known).version, *want, "range {range:?}");
         }
-        set(&mut known, "Grayscale_Range", Some(r#"{"idStart":1,"idEnd":5000}"#));
+        set(
+            &mut known,
+            "Grayscale_Range",
+            Some(r#"{"idStart":1,"idEnd":5000}"#),
+        );
         set(&mut known, "TOKEN_abc", Some("12x"));
         assert_eq!(&*decision(&p, &r, &known).version, "v1");
         set(&mut known, "TOKEN_abc", None);
@@ -841,6 +1285,65 @@ mod tests {
             LookupAnswer::Absent,
         )]));
         assert_eq!(&*decision(&p, &r, &known).version, "v2");
+    }
+
+    #[test]
+    fn lookups_only_for_rules_reached_in_order() {
+        // r0 (linear, needs a lookup), r1 (indexed), r2 (linear, needs a lookup).
+        let p = web(
+            "[[services.rules]]\nname = \"r0\"\nversion = \"v2\"\n\
+             when = { header = \"token\", lookup = { list = \"l\", key = \"a_{}\" }, equals = \"1\" }\n\
+             [[services.rules]]\nname = \"r1\"\nversion = \"v2\"\n\
+             when = { any = [ { header = \"x-env\", in = [\"beta\"] }, { cidr = [\"10.0.0.0/8\"] } ] }\n\
+             [[services.rules]]\nname = \"r2\"\nversion = \"v2\"\n\
+             when = { header = \"x-env\", lookup = { list = \"l\", key = \"b_{}\" }, equals = \"1\" }",
+        );
+        assert_eq!(p.services[0].index.linear, [0, 2]);
+        let need = |key: &str| Evaluation::NeedLookup {
+            list: "l".into(),
+            key: key.into(),
+        };
+        let mut known = Map(HashMap::new());
+        // r1 matches, but r0 comes first: its lookup is needed.
+        let r = req().header("token", "t").ip("10.0.0.1");
+        assert_eq!(p.evaluate(&r.facts(), &known), need("a_t"));
+        known
+            .0
+            .insert(("l".into(), "a_t".into()), LookupAnswer::Unavailable);
+        let d = decision(&p, &r, &known);
+        assert_eq!(d.reason, Reason::Rule { name: "r1".into() });
+        // r1 matches: r2's lookup is never asked for.
+        let r = req().header("x-env", "beta");
+        let d = decision(&p, &r, &known);
+        assert_eq!(d.reason, Reason::Rule { name: "r1".into() });
+        // r1 does not match: r2 is reached.
+        let r = req().header("x-env", "prod");
+        assert_eq!(p.evaluate(&r.facts(), &known), need("b_prod"));
+    }
+
+    #[test]
+    fn modulo_by_a_divisor_above_i64_max_does_not_overflow() {
+        // TOML integers stop at i64::MAX; a JSON document (admin API, store) can say more.
+        let doc: PolicyDoc = serde_json::from_value(serde_json::json!({
+            "routes": [{ "service": "web" }],
+            "services": [{
+                "name": "web", "stable": "v1", "versions": { "v1": "prod", "v2": "gray" },
+                "rules": [{ "name": "r", "version": "v2", "when": {
+                    "header": "x-uid",
+                    "modulo": { "divisor": u64::MAX, "remainders": [u64::MAX - 1, 5] }
+                } }]
+            }]
+        }))
+        .expect("document");
+        let p = compile(&doc, UPSTREAMS).expect("compiles");
+        // -1 mod (2^64 - 1) = 2^64 - 2
+        assert_eq!(version(&p, &req().header("x-uid", "-1")), "v2");
+        assert_eq!(version(&p, &req().header("x-uid", "5")), "v2");
+        assert_eq!(version(&p, &req().header("x-uid", "6")), "v1");
+        assert_eq!(
+            version(&p, &req().header("x-uid", "-9223372036854775808")),
+            "v1"
+        );
     }
 
     #[test]

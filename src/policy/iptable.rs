@@ -3,17 +3,73 @@
 //! Networks are grouped by prefix length; each group is a hash set of masked addresses. A lookup
 //! masks the address once per distinct prefix length present (at most 33 for IPv4, 129 for IPv6,
 //! in practice a handful), so one million single addresses cost one hash probe.
+//!
+//! [`IpRankTable`] is the same structure with a number (a rule index) per network: a lookup
+//! answers the lowest number among the networks that contain the address, which is how the rule
+//! index finds the first `cidr` rule a client IP matches.
 
+use super::hash::FastState;
 use ipnet::IpNet;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::IpAddr;
+
+/// Networks of one family grouped by prefix length, longest prefix first, each network carrying a
+/// value.
+#[derive(Debug, Clone)]
+struct Groups<K, V> {
+    groups: Vec<(u8, HashMap<K, V, FastState>)>,
+}
+
+impl<K, V> Default for Groups<K, V> {
+    fn default() -> Self {
+        Self { groups: Vec::new() }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Copy, V> Groups<K, V> {
+    /// The value slot of `bits/prefix`, created with `new` when the network is not in the table
+    /// yet (and then `true` is returned with it).
+    fn entry(&mut self, prefix: u8, bits: K, new: impl FnOnce() -> V) -> (&mut V, bool) {
+        let at = match self.groups.iter().position(|(l, _)| *l <= prefix) {
+            Some(i) if self.groups[i].0 == prefix => i,
+            Some(i) => {
+                self.groups.insert(i, (prefix, HashMap::default()));
+                i
+            }
+            None => {
+                self.groups.push((prefix, HashMap::default()));
+                self.groups.len() - 1
+            }
+        };
+        let group = &mut self.groups[at].1;
+        let fresh = !group.contains_key(&bits);
+        (group.entry(bits).or_insert_with(new), fresh)
+    }
+}
+
+impl<V> Groups<u32, V> {
+    #[inline]
+    fn matches(&self, bits: u32) -> impl Iterator<Item = &V> + '_ {
+        self.groups
+            .iter()
+            .filter_map(move |(len, set)| set.get(&(bits & mask32(*len))))
+    }
+}
+
+impl<V> Groups<u128, V> {
+    #[inline]
+    fn matches(&self, bits: u128) -> impl Iterator<Item = &V> + '_ {
+        self.groups
+            .iter()
+            .filter_map(move |(len, set)| set.get(&(bits & mask128(*len))))
+    }
+}
 
 /// A set of IPv4 and IPv6 networks.
 #[derive(Debug, Clone, Default)]
 pub struct IpTable {
-    /// (prefix length, masked network addresses), longest prefix first.
-    v4: Vec<(u8, HashSet<u32>)>,
-    v6: Vec<(u8, HashSet<u128>)>,
+    v4: Groups<u32, ()>,
+    v6: Groups<u128, ()>,
     len: usize,
 }
 
@@ -24,16 +80,19 @@ impl IpTable {
 
     /// Adds a network (`10.0.0.0/8`) or a single address.
     pub fn insert(&mut self, net: IpNet) {
-        match net.trunc() {
+        let fresh = match net.trunc() {
             IpNet::V4(n) => {
-                let bits = u32::from(n.network());
-                insert_group(&mut self.v4, n.prefix_len(), bits, &mut self.len);
+                self.v4
+                    .entry(n.prefix_len(), u32::from(n.network()), || ())
+                    .1
             }
             IpNet::V6(n) => {
-                let bits = u128::from(n.network());
-                insert_group(&mut self.v6, n.prefix_len(), bits, &mut self.len);
+                self.v6
+                    .entry(n.prefix_len(), u128::from(n.network()), || ())
+                    .1
             }
-        }
+        };
+        self.len += usize::from(fresh);
     }
 
     /// Parses `10.0.0.0/8`, `1.2.3.4` or `::1` into a network.
@@ -50,22 +109,9 @@ impl IpTable {
     /// Whether `ip` lies in any network of the table. IPv4-mapped IPv6 addresses are looked up as
     /// IPv4.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match ip {
-            IpAddr::V4(v4) => {
-                let bits = u32::from(v4);
-                self.v4
-                    .iter()
-                    .any(|(len, set)| set.contains(&(bits & mask32(*len))))
-            }
-            IpAddr::V6(v6) => {
-                if let Some(v4) = v6.to_ipv4_mapped() {
-                    return self.contains(IpAddr::V4(v4));
-                }
-                let bits = u128::from(v6);
-                self.v6
-                    .iter()
-                    .any(|(len, set)| set.contains(&(bits & mask128(*len))))
-            }
+        match family_bits(ip) {
+            Bits::V4(bits) => self.v4.matches(bits).next().is_some(),
+            Bits::V6(bits) => self.v6.matches(bits).next().is_some(),
         }
     }
 
@@ -89,25 +135,59 @@ impl FromIterator<IpNet> for IpTable {
     }
 }
 
-fn insert_group<T: std::hash::Hash + Eq>(
-    groups: &mut Vec<(u8, HashSet<T>)>,
-    prefix: u8,
-    bits: T,
-    len: &mut usize,
-) {
-    let at = match groups.iter().position(|(l, _)| *l <= prefix) {
-        Some(i) if groups[i].0 == prefix => i,
-        Some(i) => {
-            groups.insert(i, (prefix, HashSet::new()));
-            i
+/// IP networks, each with a rank; a lookup answers the lowest rank among the networks that
+/// contain the address. Same grouping and cost as [`IpTable`].
+#[derive(Debug, Clone, Default)]
+pub(super) struct IpRankTable {
+    v4: Groups<u32, u32>,
+    v6: Groups<u128, u32>,
+}
+
+impl IpRankTable {
+    /// Adds every network of `table` with the same rank.
+    pub fn insert_table(&mut self, table: &IpTable, rank: u32) {
+        // A network already present keeps the lower of its two ranks.
+        for (prefix, group) in &table.v4.groups {
+            for bits in group.keys() {
+                let slot = self.v4.entry(*prefix, *bits, || rank).0;
+                *slot = (*slot).min(rank);
+            }
         }
-        None => {
-            groups.push((prefix, HashSet::new()));
-            groups.len() - 1
+        for (prefix, group) in &table.v6.groups {
+            for bits in group.keys() {
+                let slot = self.v6.entry(*prefix, *bits, || rank).0;
+                *slot = (*slot).min(rank);
+            }
         }
-    };
-    if groups[at].1.insert(bits) {
-        *len += 1;
+    }
+
+    /// The lowest rank of a network containing `ip` (IPv4-mapped IPv6 looked up as IPv4).
+    #[inline]
+    pub fn lowest(&self, ip: IpAddr) -> Option<u32> {
+        match family_bits(ip) {
+            Bits::V4(bits) => self.v4.matches(bits).copied().min(),
+            Bits::V6(bits) => self.v6.matches(bits).copied().min(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.v4.groups.is_empty() && self.v6.groups.is_empty()
+    }
+}
+
+enum Bits {
+    V4(u32),
+    V6(u128),
+}
+
+#[inline]
+fn family_bits(ip: IpAddr) -> Bits {
+    match ip {
+        IpAddr::V4(v4) => Bits::V4(u32::from(v4)),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => Bits::V4(u32::from(v4)),
+            None => Bits::V6(u128::from(v6)),
+        },
     }
 }
 
@@ -163,6 +243,29 @@ mod tests {
         let all = table(&["0.0.0.0/0"]);
         assert!(all.contains("8.8.8.8".parse().unwrap()));
         assert!(!all.contains("::5".parse().unwrap()));
+    }
+
+    #[test]
+    fn rank_table_answers_the_lowest_matching_rank() {
+        let mut t = IpRankTable::default();
+        assert!(t.is_empty() && t.lowest("10.0.0.1".parse().unwrap()).is_none());
+        let insert = |t: &mut IpRankTable, net: &str, rank| t.insert_table(&table(&[net]), rank);
+        insert(&mut t, "10.0.0.0/8", 7);
+        insert(&mut t, "10.1.0.0/16", 3);
+        insert(&mut t, "10.1.2.3", 5);
+        insert(&mut t, "10.1.2.3/32", 9);
+        insert(&mut t, "2001:db8::/32", 4);
+        insert(&mut t, "::/0", 11);
+        let at = |t: &IpRankTable, ip: &str| t.lowest(ip.parse().unwrap());
+        assert_eq!(at(&t, "10.200.0.1"), Some(7));
+        assert_eq!(at(&t, "10.1.9.9"), Some(3));
+        assert_eq!(at(&t, "10.1.2.3"), Some(3));
+        assert_eq!(at(&t, "::ffff:10.1.2.3"), Some(3));
+        assert_eq!(at(&t, "11.0.0.1"), None);
+        assert_eq!(at(&t, "2001:db8::1"), Some(4));
+        assert_eq!(at(&t, "2001:db9::1"), Some(11));
+        insert(&mut t, "10.1.2.3", 1);
+        assert_eq!(at(&t, "10.1.2.3"), Some(1));
     }
 
     #[test]

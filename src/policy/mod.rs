@@ -17,6 +17,8 @@
 mod compile;
 pub mod edit;
 mod evaluate;
+mod hash;
+mod index;
 mod iptable;
 pub mod model;
 
