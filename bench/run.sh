@@ -66,6 +66,16 @@ start examples/peer-seed-000.toml 18201; PID_A=${pids[-1]}
 start examples/peer-seed-001.toml 18202; PID_B=${pids[-1]}
 start bench/embedded-1m.toml 18203; PID_E=${pids[-1]}
 
+# Optional: an earlier build of graygate in the same rounds (BEFORE_BIN=path), for a before/after
+# of a change, on the memcached layout at port 18211.
+extra_before=""
+if [ -n "${BEFORE_BIN:-}" ]; then
+    sed -e 's/127.0.0.1:18201/127.0.0.1:18211/' -e 's|graygate-data/peer-seed-000|/tmp/graygate-bench/before|' \
+        examples/peer-seed-000.toml >"$WORK/before.toml"
+    BIN_SAVED=$BIN; BIN=$BEFORE_BIN; start "$WORK/before.toml" 18211; BIN=$BIN_SAVED
+    extra_before=$'\ngraygate BEFORE (memc)|18211|X-Real-IP: 10.0.0.7'
+fi
+
 # Routing check before measuring: each graygate target sends the gray identity to the canary.
 for t in "18201 X-Real-IP: 10.0.0.7" "18202 TOKEN: abc" "18203 X-Real-IP: 10.0.0.7"; do
     set -- $t; got=$(curl -s -m 3 -H "${*:2}" "http://127.0.0.1:$1/")
@@ -83,7 +93,7 @@ peak="$WORK/peak"; echo "0 0 0" >"$peak"
   done ) &
 sampler=$!; pids+=($sampler)
 
-TARGETS_EXTRA=$'graygate seed-000 (memc)|18201|X-Real-IP: 10.0.0.7\ngraygate seed-001 (redis)|18202|TOKEN: abc\ngraygate embedded 1M|18203|X-Real-IP: 10.0.0.7' \
+TARGETS_EXTRA=$'graygate seed-000 (memc)|18201|X-Real-IP: 10.0.0.7\ngraygate seed-001 (redis)|18202|TOKEN: abc\ngraygate embedded 1M|18203|X-Real-IP: 10.0.0.7'"$extra_before" \
     "$PEER/bench.sh" | tee "$WORK/table.txt"
 kill $sampler 2>/dev/null || true
 read -r peak_a peak_b peak_e <"$peak"
@@ -116,6 +126,19 @@ def p99(gg, peer):
     a, b = rows[gg]["p99"], rows[peer]["p99"]
     return f"| {rows[gg]['name']} | {a:.2f} ms | {rows[peer]['name']} {b:.2f} ms | {'met' if a <= b else 'NOT met'} |"
 micro = open(micro_path).read().strip() if os.path.exists(micro_path) else "(skipped)"
+before_after = ""
+if "18211" in rows:
+    b, a, n = rows["18211"], rows["18201"], rows["18003"]
+    before_after = f"""## Before / after (same run)
+
+An earlier build (`BEFORE_BIN`) on the memcached layout, in the same rounds:
+
+| build | req/s | / plain nginx | p99 |
+|---|---|---|---|
+| before | {b['rps']} | {b['rps']/n['rps']:.2f}x | {b['p99']:.2f} ms |
+| after | {a['rps']} | {a['rps']/n['rps']:.2f}x | {a['p99']:.2f} ms |
+| after / before | {a['rps']/b['rps']:.2f}x | | |
+"""
 doc = f"""# Benchmarks
 
 Produced by `bench/run.sh` on {datetime.datetime.utcnow().strftime('%Y-%m-%d %H:%M')} UTC, on this
@@ -156,6 +179,7 @@ p99 latency against plain nginx proxy_pass (target: no worse):
 {p99('18202', '18003')}
 {p99('18203', '18003')}
 
+{before_after}
 ## Memory (RSS)
 
 | graygate | idle (after start) | peak under load |

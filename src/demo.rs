@@ -7,7 +7,7 @@
 //! curl commands, each with the version it reaches.
 
 use crate::app::{self, StartError};
-use crate::config::{Config, PolicySource, StoreConfig, DEFAULT_MAX_HEADER_BYTES};
+use crate::config::{AdminConfig, Config, PolicySource, StoreConfig, DEFAULT_MAX_HEADER_BYTES};
 use crate::policy::{self, PolicyDoc};
 use crate::proxy::{ClientIpConfig, ClientIpMode, ServerConfig, Timeouts, UpstreamConfig};
 use crate::store::{CacheConfig, EmbeddedStore, Entry, Store, StoreError};
@@ -88,7 +88,7 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> Resu
         }
         Err(e) => return Err(e.into()),
     };
-    print_tour(running.addrs[0], stable, canary, &dir.0);
+    print_tour(running.addrs[0], stable, canary, &dir.0, running.admin_addr);
     shutdown.await;
     println!("graygate demo: stopping");
     running.shutdown().await;
@@ -138,7 +138,11 @@ fn demo_config(
         metrics: Default::default(),
         access_log: Default::default(),
         response_version_header: false,
-        admin: None,
+        // The control plane on a free loopback port; print_tour shows the ctl commands.
+        admin: Some(AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tokens: Vec::new(),
+        }),
     }
 }
 
@@ -149,7 +153,13 @@ pub fn demo_split_user(canary: bool) -> u64 {
         .expect("some id matches")
 }
 
-fn print_tour(addr: SocketAddr, stable: SocketAddr, canary: SocketAddr, dir: &std::path::Path) {
+fn print_tour(
+    addr: SocketAddr,
+    stable: SocketAddr,
+    canary: SocketAddr,
+    dir: &std::path::Path,
+    admin: Option<SocketAddr>,
+) {
     let url = format!("http://{addr}/");
     let in_split = demo_split_user(true);
     let out_split = demo_split_user(false);
@@ -207,6 +217,20 @@ fn print_tour(addr: SocketAddr, stable: SocketAddr, canary: SocketAddr, dir: &st
         println!("  curl -s {args}{url}    # -> {want}   ({why})");
     }
     println!();
+    if let Some(admin) = admin {
+        let ctl = format!("graygate ctl --addr http://{admin}");
+        println!(
+            "Run the rollout live through the admin API (loopback only, no token in the demo):"
+        );
+        println!("  {ctl} status");
+        println!("  {ctl} list add gray_ips 10.0.0.9 --ttl 1h");
+        println!("  {ctl} weights set --service web canary=50");
+        println!("  {ctl} explain --ip 10.0.0.9");
+        println!("  {ctl} promote --service web");
+        println!("  {ctl} rollback --service web");
+        println!("  {ctl} history");
+        println!();
+    }
     println!("Press Ctrl-C to stop.");
 }
 

@@ -6,6 +6,11 @@
 //!
 //! Changes arrive by push (the store's change notifications) and, as a safety net against a
 //! missed notification, by a periodic reload that compares revisions.
+//!
+//! Every change made here (the admin API, SIGHUP, seeding an empty store) goes through
+//! [`Gateway::change`]: edit a copy of the stored document, compile it, write it with its history
+//! record in one conditional store write, install it. It also counts the requests routed to each
+//! version ([`Gateway::traffic`]) for the admin API's status.
 
 use crate::policy::edit::EditError;
 use crate::policy::{self, Evaluation, LookupAnswer, Lookups, Policy, PolicyDoc, RequestFacts};
@@ -100,7 +105,9 @@ impl Gateway {
                 Some(doc) => {
                     gateway.apply(doc).await?;
                 }
-                None => tracing::warn!("no policy in the store or the config: every request gets 404 until one is set"),
+                None => tracing::warn!(
+                    "no policy in the store or the config: every request gets 404 until one is set"
+                ),
             },
             // A shared store that is down must not keep graygate from serving: run on the
             // config's policy and write it once the store answers (see `reload`).
@@ -204,8 +211,8 @@ impl Gateway {
                 before,
                 after,
             };
-            let json = serde_json::to_string(&record.after)
-                .expect("a policy document always serializes");
+            let json =
+                serde_json::to_string(&record.after).expect("a policy document always serializes");
             let record_json =
                 serde_json::to_string(&record).expect("a history entry always serializes");
             match self

@@ -14,9 +14,16 @@ const BATCH: usize = 10_000;
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error("reading {source_name}: {error}")]
-    Read { source_name: String, error: std::io::Error },
+    Read {
+        source_name: String,
+        error: std::io::Error,
+    },
     #[error("{source_name}:{line}: {message}")]
-    Line { source_name: String, line: usize, message: String },
+    Line {
+        source_name: String,
+        line: usize,
+        message: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -33,7 +40,10 @@ pub async fn import(
     let mut batch = Vec::with_capacity(BATCH);
     let mut written = 0;
     for (n, line) in input.lines().enumerate() {
-        let line = line.map_err(|error| ImportError::Read { source_name: source_name.into(), error })?;
+        let line = line.map_err(|error| ImportError::Read {
+            source_name: source_name.into(),
+            error,
+        })?;
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
@@ -72,17 +82,38 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let text = "# gray IPs\n10.0.0.7\n\n10.0.0.8 0\n";
-        let n = import(&store, "gray_ips", None, text.as_bytes(), "ips.txt").await.unwrap();
+        let n = import(&store, "gray_ips", None, text.as_bytes(), "ips.txt")
+            .await
+            .unwrap();
         assert_eq!(n, 2);
-        assert_eq!(store.lookup("gray_ips", "10.0.0.7").await.unwrap().as_deref(), Some("1"));
-        assert_eq!(store.lookup("gray_ips", "10.0.0.8").await.unwrap().as_deref(), Some("0"));
+        assert_eq!(
+            store
+                .lookup("gray_ips", "10.0.0.7")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            store
+                .lookup("gray_ips", "10.0.0.8")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("0")
+        );
     }
 
     #[tokio::test]
     async fn a_bad_line_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
-        let err = import(&store, "l", None, "a 1\nb 2 3\n".as_bytes(), "x.txt").await.unwrap_err();
-        assert_eq!(err.to_string(), "x.txt:2: `b 2 3` has more than a key and a value");
+        let err = import(&store, "l", None, "a 1\nb 2 3\n".as_bytes(), "x.txt")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "x.txt:2: `b 2 3` has more than a key and a value"
+        );
     }
 }

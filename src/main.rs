@@ -42,6 +42,9 @@ enum Command {
         /// The file to read; `-` or nothing reads standard input.
         file: Option<PathBuf>,
     },
+    /// Control a running graygate through its admin API: gray lists, weights, explain, promote,
+    /// rollback, history, undo. Exit codes: 0 done, 1 refused by the API, 2 usage, 3 unreachable.
+    Ctl(graygate::cli::CtlArgs),
     /// Start a self-contained demo: built-in stable and canary backends, an embedded store and an
     /// example policy, then print curl commands that show each rule.
     Demo {
@@ -56,13 +59,21 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Check { config } => return check(&config),
+        Command::Ctl(args) => return graygate::cli::run(args),
         Command::Run { config } => config::load(&config)
             .map_err(anyhow::Error::from)
             .and_then(|c| runtime(c.workers).and_then(|rt| rt.block_on(run(c)))),
-        Command::Import { config, list, ttl, file } => runtime(Some(1))
+        Command::Import {
+            config,
+            list,
+            ttl,
+            file,
+        } => runtime(Some(1))
             .and_then(|rt| rt.block_on(import(config, list, ttl.map(Into::into), file))),
-        Command::Demo { listen } => runtime(None)
-            .and_then(|rt| rt.block_on(demo::run(listen, stop_signal())).map_err(Into::into)),
+        Command::Demo { listen } => runtime(None).and_then(|rt| {
+            rt.block_on(demo::run(listen, stop_signal()))
+                .map_err(Into::into)
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -85,7 +96,10 @@ fn init_logging() {
 /// Worker threads: `GRAYGATE_WORKERS`, else the config's `workers`, else one per core.
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     let from_env = match std::env::var("GRAYGATE_WORKERS") {
-        Ok(n) => Some(n.parse::<usize>().context("GRAYGATE_WORKERS must be a whole number")?),
+        Ok(n) => Some(
+            n.parse::<usize>()
+                .context("GRAYGATE_WORKERS must be a whole number")?,
+        ),
         Err(_) => None,
     };
     let mut builder = match from_env.or(workers) {
@@ -140,6 +154,10 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
         // Before the listening lines: a script that waits for those knows this one too.
         println!("graygate: metrics on http://{addr}/metrics");
     }
+    if let Some(addr) = running.admin_addr {
+        // Before the listening lines too; `graygate ctl --addr` takes this URL.
+        println!("graygate: admin on http://{addr}");
+    }
     for addr in &running.addrs {
         // A stable line on stdout: scripts and tests read the bound address from it.
         println!("graygate: listening on http://{addr}");
@@ -184,13 +202,22 @@ async fn import(
     let store = app::open_store(&config).await?;
     let (name, written) = match file.filter(|f| f.as_os_str() != "-") {
         Some(f) => {
-            let input = std::fs::File::open(&f).with_context(|| format!("cannot open {}", f.display()))?;
+            let input =
+                std::fs::File::open(&f).with_context(|| format!("cannot open {}", f.display()))?;
             let name = f.display().to_string();
-            let n = graygate::import::import(&*store, &list, ttl, std::io::BufReader::new(input), &name).await?;
+            let n = graygate::import::import(
+                &*store,
+                &list,
+                ttl,
+                std::io::BufReader::new(input),
+                &name,
+            )
+            .await?;
             (name, n)
         }
         None => {
-            let n = graygate::import::import(&*store, &list, ttl, std::io::stdin().lock(), "stdin").await?;
+            let n = graygate::import::import(&*store, &list, ttl, std::io::stdin().lock(), "stdin")
+                .await?;
             ("stdin".to_string(), n)
         }
     };

@@ -2,9 +2,9 @@
 //! plain clients exactly as their operators do, routed by the real `graygate run`; outages in the
 //! middle of load; two instances sharing one Redis.
 
-mod support;
 #[path = "support/stores.rs"]
 mod stores;
+mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,7 +19,8 @@ fn upstreams(prod: &Backend, gray: &Backend) -> String {
     )
 }
 
-const SERVICE: &str = "[policy]\n[[policy.routes]]\nservice = \"app\"\n[[policy.services]]\nname = \"app\"\n\
+const SERVICE: &str =
+    "[policy]\n[[policy.routes]]\nservice = \"app\"\n[[policy.services]]\nname = \"app\"\n\
     stable = \"prod\"\nversions = { prod = \"prod\", gray = \"gray\" }\n";
 
 /// The nginx + lua + memcached design: key = client IP, value "1" -> gray.
@@ -66,16 +67,28 @@ where
 async fn memcached_ip_flags_set_by_a_plain_client_route_with_ttls_honored() {
     let (prod, gray) = (Backend::start("prod").await, Backend::start("gray").await);
     let mc = MemcachedServer::start();
-    assert!(mc.raw("set 10.0.0.7 0 0 1\r\n1\r\n", "\r\n").starts_with("STORED"));
-    assert!(mc.raw("set 10.0.0.9 0 0 1\r\n0\r\n", "\r\n").starts_with("STORED"));
+    assert!(mc
+        .raw("set 10.0.0.7 0 0 1\r\n1\r\n", "\r\n")
+        .starts_with("STORED"));
+    assert!(mc
+        .raw("set 10.0.0.9 0 0 1\r\n0\r\n", "\r\n")
+        .starts_with("STORED"));
     let gg = Graygate::start(&memcached_config(&mc.addr(), &prod, &gray));
     let mut c = Client::new(gg.addr);
 
     // The original's client IP: X-Real-IP, else X-Forwarded-For, else the peer.
     assert_eq!(c.version(&[("X-Real-IP", "10.0.0.7")]).await, "gray");
     assert_eq!(c.version(&[("X-Forwarded-For", "10.0.0.7")]).await, "gray");
-    assert_eq!(c.version(&[("X-Real-IP", "10.0.0.8"), ("X-Forwarded-For", "10.0.0.7")]).await, "prod");
-    assert_eq!(c.version(&[("X-Real-IP", "10.0.0.9")]).await, "prod", "value 0 is not a gray flag");
+    assert_eq!(
+        c.version(&[("X-Real-IP", "10.0.0.8"), ("X-Forwarded-For", "10.0.0.7")])
+            .await,
+        "prod"
+    );
+    assert_eq!(
+        c.version(&[("X-Real-IP", "10.0.0.9")]).await,
+        "prod",
+        "value 0 is not a gray flag"
+    );
     assert_eq!(c.version(&[]).await, "prod");
 
     // `set` and `delete` by hand take effect within the cache TTL.
@@ -95,10 +108,14 @@ async fn memcached_ip_flags_set_by_a_plain_client_route_with_ttls_honored() {
     // A key's own TTL (memcached exptime, 1 s) is honored.
     mc.raw("set 10.0.0.5 0 1 1\r\n1\r\n", "\r\n");
     assert_eq!(c.version(&[("X-Real-IP", "10.0.0.5")]).await, "gray");
-    within("the 1 s exptime of 10.0.0.5", Duration::from_secs(4), || {
-        let mut c = Client::new(gg.addr);
-        async move { c.version(&[("X-Real-IP", "10.0.0.5")]).await == "prod" }
-    })
+    within(
+        "the 1 s exptime of 10.0.0.5",
+        Duration::from_secs(4),
+        || {
+            let mut c = Client::new(gg.addr);
+            async move { c.version(&[("X-Real-IP", "10.0.0.5")]).await == "prod" }
+        },
+    )
     .await;
 }
 
@@ -116,10 +133,22 @@ async fn redis_token_range_layout_routes_and_follows_redis_cli_within_100ms() {
 
     assert_eq!(c.version(&[("TOKEN", "abc")]).await, "gray");
     assert_eq!(c.version(&[("TOKEN", "def")]).await, "prod");
-    assert_eq!(c.version(&[("TOKEN", "edge")]).await, "prod", "idEnd is excluded, as in the original");
+    assert_eq!(
+        c.version(&[("TOKEN", "edge")]).await,
+        "prod",
+        "idEnd is excluded, as in the original"
+    );
     assert_eq!(c.version(&[("TOKEN", "unknown")]).await, "prod");
-    assert_eq!(c.version(&[("TOKEN", "junk")]).await, "prod", "a non-numeric id");
-    assert_eq!(c.version(&[]).await, "prod", "no TOKEN header: stable, never a 5xx");
+    assert_eq!(
+        c.version(&[("TOKEN", "junk")]).await,
+        "prod",
+        "a non-numeric id"
+    );
+    assert_eq!(
+        c.version(&[]).await,
+        "prod",
+        "no TOKEN header: stable, never a 5xx"
+    );
 
     // Editing the JSON with redis-cli moves users within 100 ms (the cache TTL here is 5 s: only
     // the push invalidation can make it).
@@ -132,17 +161,25 @@ async fn redis_token_range_layout_routes_and_follows_redis_cli_within_100ms() {
     ];
     for (range, want) in edits {
         redis.cli(&["set", "Grayscale_Range", range]);
-        within(&format!("Grayscale_Range = {range}"), Duration::from_millis(100), || {
-            let mut c = Client::new(gg.addr);
-            async move { c.version(&[("TOKEN", "abc")]).await == *want }
-        })
+        within(
+            &format!("Grayscale_Range = {range}"),
+            Duration::from_millis(100),
+            || {
+                let mut c = Client::new(gg.addr);
+                async move { c.version(&[("TOKEN", "abc")]).await == *want }
+            },
+        )
         .await;
     }
     redis.cli(&["del", "Grayscale_Range"]);
-    within("missing Grayscale_Range", Duration::from_millis(100), || {
-        let mut c = Client::new(gg.addr);
-        async move { c.version(&[("TOKEN", "abc")]).await == "prod" }
-    })
+    within(
+        "missing Grayscale_Range",
+        Duration::from_millis(100),
+        || {
+            let mut c = Client::new(gg.addr);
+            async move { c.version(&[("TOKEN", "abc")]).await == "prod" }
+        },
+    )
     .await;
     redis.cli(&["set", "Grayscale_Range", r#"{"idStart":1,"idEnd":5000}"#]);
     // A token's user id changed by any client, too.
@@ -199,7 +236,11 @@ async fn load_while<F: std::future::Future<Output = ()>>(
     for w in workers {
         versions.extend(w.await.expect("load worker"));
     }
-    (ok.load(Ordering::Relaxed), bad.load(Ordering::Relaxed), versions)
+    (
+        ok.load(Ordering::Relaxed),
+        bad.load(Ordering::Relaxed),
+        versions,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,16 +250,25 @@ async fn redis_killed_and_restarted_under_load_fails_no_request() {
     redis.cli(&["set", "Grayscale_Range", r#"{"idStart":1,"idEnd":5000}"#]);
     redis.cli(&["set", "TOKEN_abc", "1234"]);
     let gg = Graygate::start(&redis_config(&redis.url(), &prod, &gray, ""));
-    assert_eq!(Client::new(gg.addr).version(&[("TOKEN", "abc")]).await, "gray");
+    assert_eq!(
+        Client::new(gg.addr).version(&[("TOKEN", "abc")]).await,
+        "gray"
+    );
     let served = prod.requests.clone();
     let gray_served = gray.requests.clone();
 
     let (ok, bad, versions) = load_while(gg.addr, &[("TOKEN", "abc")], 4000, async {
         let start = gray_served.load(Ordering::Relaxed) + served.load(Ordering::Relaxed);
-        wait_for(|| gray_served.load(Ordering::Relaxed) + served.load(Ordering::Relaxed) > start + 300).await;
+        wait_for(|| {
+            gray_served.load(Ordering::Relaxed) + served.load(Ordering::Relaxed) > start + 300
+        })
+        .await;
         redis.stop();
         let at = gray_served.load(Ordering::Relaxed) + served.load(Ordering::Relaxed);
-        wait_for(|| gray_served.load(Ordering::Relaxed) + served.load(Ordering::Relaxed) > at + 1000).await;
+        wait_for(|| {
+            gray_served.load(Ordering::Relaxed) + served.load(Ordering::Relaxed) > at + 1000
+        })
+        .await;
         redis.restart();
     })
     .await;
@@ -229,7 +279,10 @@ async fn redis_killed_and_restarted_under_load_fails_no_request() {
     let log = gg.log_text();
     let degraded = log.lines().filter(|l| l.contains("degraded")).count();
     assert!(degraded >= 1, "the outage is logged:\n{log}");
-    assert!(degraded <= 4, "the outage is logged once, not per request ({degraded} lines):\n{log}");
+    assert!(
+        degraded <= 4,
+        "the outage is logged once, not per request ({degraded} lines):\n{log}"
+    );
     // Back to normal by itself. The restarted Redis has no persistence here: seed it again, as
     // an operator would.
     redis.cli(&["set", "Grayscale_Range", r#"{"idStart":1,"idEnd":5000}"#]);
@@ -241,7 +294,10 @@ async fn redis_killed_and_restarted_under_load_fails_no_request() {
     .await;
     let log = gg.log_text();
     assert!(
-        log.lines().filter(|l| l.contains("store recovered")).count() >= 1,
+        log.lines()
+            .filter(|l| l.contains("store recovered"))
+            .count()
+            >= 1,
         "the recovery is logged:\n{log}"
     );
 }
@@ -262,7 +318,11 @@ async fn a_hanging_store_never_stalls_a_request() {
             let r = c.get(&[("X-Real-IP", "10.0.0.7"), ("TOKEN", "abc")]).await;
             assert_eq!(r.status, 200);
             assert_eq!(r.body, "prod\n");
-            assert!(started.elapsed() < Duration::from_secs(2), "a request waited {:?}", started.elapsed());
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "a request waited {:?}",
+                started.elapsed()
+            );
         }
     }
 }
@@ -300,28 +360,57 @@ async fn memcached_killed_and_restarted_under_load_fails_no_request() {
 async fn two_instances_on_one_redis_agree_and_see_each_others_changes_within_100ms() {
     let (prod, gray) = (Backend::start("prod").await, Backend::start("gray").await);
     let redis = RedisServer::start();
-    let split = |w: u32| format!("[policy.services.split]\nweights = {{ gray = {w} }}\nby = {{ header = \"X-User\" }}\n");
-    let dir_a = tempfile::Builder::new().prefix("graygate-e2e").tempdir().unwrap().keep();
-    let a = Graygate::start_in(dir_a.clone(), &redis_config(&redis.url(), &prod, &gray, &split(30)));
+    let split = |w: u32| {
+        format!(
+            "[policy.services.split]\nweights = {{ gray = {w} }}\nby = {{ header = \"X-User\" }}\n"
+        )
+    };
+    let dir_a = tempfile::Builder::new()
+        .prefix("graygate-e2e")
+        .tempdir()
+        .unwrap()
+        .keep();
+    let a = Graygate::start_in(
+        dir_a.clone(),
+        &redis_config(&redis.url(), &prod, &gray, &split(30)),
+    );
     let b = Graygate::start(&redis_config(&redis.url(), &prod, &gray, &split(30)));
     let (mut ca, mut cb) = (Client::new(a.addr), Client::new(b.addr));
     let mut grays = 0;
     for id in 0..300 {
         let user = format!("user-{id}");
         let va = ca.version(&[("X-User", &user)]).await;
-        assert_eq!(va, cb.version(&[("X-User", &user)]).await, "both instances agree on {user}");
+        assert_eq!(
+            va,
+            cb.version(&[("X-User", &user)]).await,
+            "both instances agree on {user}"
+        );
         grays += usize::from(va == "gray");
     }
-    assert!((40..=140).contains(&grays), "about 30% of 300 on gray, got {grays}");
+    assert!(
+        (40..=140).contains(&grays),
+        "about 30% of 300 on gray, got {grays}"
+    );
 
     // A change applied through A (SIGHUP: A writes it to Redis and publishes it) is in force on B
     // within 100 ms of A having it.
-    std::fs::write(a.config_path(), format!("listen = [\"127.0.0.1:0\"]\n{}", redis_config(&redis.url(), &prod, &gray, &split(100)))).unwrap();
+    std::fs::write(
+        a.config_path(),
+        format!(
+            "listen = [\"127.0.0.1:0\"]\n{}",
+            redis_config(&redis.url(), &prod, &gray, &split(100))
+        ),
+    )
+    .unwrap();
     a.sighup();
     let (mut a_at, mut b_at) = (None, None);
     let start = Instant::now();
     while a_at.is_none() || b_at.is_none() {
-        assert!(start.elapsed() < Duration::from_secs(10), "change not seen: A {a_at:?} B {b_at:?}\n{}", a.log_text());
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "change not seen: A {a_at:?} B {b_at:?}\n{}",
+            a.log_text()
+        );
         if a_at.is_none() && ca.version(&[("X-User", "nobody")]).await == "gray" {
             a_at = Some(Instant::now());
         }
@@ -330,7 +419,10 @@ async fn two_instances_on_one_redis_agree_and_see_each_others_changes_within_100
         }
     }
     let lag = b_at.unwrap().saturating_duration_since(a_at.unwrap());
-    assert!(lag < Duration::from_millis(100), "B followed A after {lag:?}");
+    assert!(
+        lag < Duration::from_millis(100),
+        "B followed A after {lag:?}"
+    );
 }
 
 async fn wait_for(mut cond: impl FnMut() -> bool) {

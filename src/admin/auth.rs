@@ -99,13 +99,19 @@ mod tests {
         let h = HeaderValue::from_static("Bearer ci-secret-0123456789ab");
         assert_eq!(auth().check(REMOTE, Some(&h)).unwrap(), Caller("ci".into()));
         let h = HeaderValue::from_static("Bearer alice-secret-0123456789");
-        assert_eq!(auth().check(REMOTE, Some(&h)).unwrap(), Caller("alice".into()));
+        assert_eq!(
+            auth().check(REMOTE, Some(&h)).unwrap(),
+            Caller("alice".into())
+        );
     }
 
     #[test]
     fn missing_or_wrong_tokens_are_401() {
         let e = auth().check(LOOPBACK, None).unwrap_err();
-        assert_eq!((e.status, e.code), (StatusCode::UNAUTHORIZED, "unauthorized"));
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::UNAUTHORIZED, "unauthorized")
+        );
         assert!(e.message.starts_with("missing bearer token"), "{e}");
         for wrong in [
             "Bearer alice-secret-012345678",
@@ -119,7 +125,10 @@ mod tests {
         }
         let h = HeaderValue::from_static("Basic YWxpY2U6eA==");
         let e = auth().check(LOOPBACK, Some(&h)).unwrap_err();
-        assert_eq!(e.message, "the Authorization header must be `Bearer <token>`");
+        assert_eq!(
+            e.message,
+            "the Authorization header must be `Bearer <token>`"
+        );
     }
 
     #[test]

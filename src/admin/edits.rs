@@ -132,7 +132,11 @@ pub async fn list_routes(State(s): Shared) -> Result {
 pub async fn get_route(State(s): Shared, Path(name): Path<String>) -> Result {
     let (revision, doc) = stored(&s).await?;
     let i = edit::route_index(&doc, &name)?;
-    Ok(reply(revision, StatusCode::OK, json!(named(&doc.routes[i]))))
+    Ok(reply(
+        revision,
+        StatusCode::OK,
+        json!(named(&doc.routes[i])),
+    ))
 }
 
 pub async fn create_route(
@@ -178,9 +182,13 @@ pub async fn delete_route(
     if_match: IfMatch,
     Path(name): Path<String>,
 ) -> Result {
-    let applied = change(&s, if_match, &caller, &format!("route {name} deleted"), |doc| {
-        Ok(edit::delete_route(doc, &name)?)
-    })
+    let applied = change(
+        &s,
+        if_match,
+        &caller,
+        &format!("route {name} deleted"),
+        |doc| Ok(edit::delete_route(doc, &name)?),
+    )
     .await?;
     Ok(reply(
         applied.revision,
@@ -232,9 +240,13 @@ pub async fn put_service(
     Path(name): Path<String>,
     JsonBody(service): JsonBody<ServiceDoc>,
 ) -> Result {
-    let applied = change(&s, if_match, &caller, &format!("service {name} put"), |doc| {
-        Ok(edit::put_service(doc, &name, service.clone())?)
-    })
+    let applied = change(
+        &s,
+        if_match,
+        &caller,
+        &format!("service {name} put"),
+        |doc| Ok(edit::put_service(doc, &name, service.clone())?),
+    )
     .await?;
     Ok(reply(
         applied.revision,
@@ -249,9 +261,13 @@ pub async fn delete_service(
     if_match: IfMatch,
     Path(name): Path<String>,
 ) -> Result {
-    let applied = change(&s, if_match, &caller, &format!("service {name} deleted"), |doc| {
-        Ok(edit::delete_service(doc, &name)?)
-    })
+    let applied = change(
+        &s,
+        if_match,
+        &caller,
+        &format!("service {name} deleted"),
+        |doc| Ok(edit::delete_service(doc, &name)?),
+    )
     .await?;
     Ok(reply(
         applied.revision,
@@ -321,7 +337,12 @@ pub async fn create_version(
 ) -> Result {
     let summary = format!("version {name}/{} created -> {}", body.name, body.upstream);
     let applied = change(&s, if_match, &caller, &summary, |doc| {
-        Ok(edit::create_version(doc, &name, &body.name, body.upstream.clone())?)
+        Ok(edit::create_version(
+            doc,
+            &name,
+            &body.name,
+            body.upstream.clone(),
+        )?)
     })
     .await?;
     let svc = &applied.doc.services[edit::service_index(&applied.doc, &name)?];
@@ -339,7 +360,12 @@ pub async fn put_version(
 ) -> Result {
     let summary = format!("version {name}/{version} -> {}", body.upstream);
     let applied = change(&s, if_match, &caller, &summary, |doc| {
-        Ok(edit::put_version(doc, &name, &version, body.upstream.clone())?)
+        Ok(edit::put_version(
+            doc,
+            &name,
+            &version,
+            body.upstream.clone(),
+        )?)
     })
     .await?;
     let svc = &applied.doc.services[edit::service_index(&applied.doc, &name)?];
@@ -380,10 +406,7 @@ pub async fn list_rules(State(s): Shared, Path(name): Path<String>) -> Result {
     ))
 }
 
-pub async fn get_rule(
-    State(s): Shared,
-    Path((name, rule)): Path<(String, String)>,
-) -> Result {
+pub async fn get_rule(State(s): Shared, Path((name, rule)): Path<(String, String)>) -> Result {
     let (revision, doc) = stored(&s).await?;
     let svc = &doc.services[edit::service_index(&doc, &name)?];
     let r = svc
@@ -589,7 +612,9 @@ pub async fn rollback(
 
 /// `GET /v1/history[?limit=N]`: the newest `N` changes (default 20), newest first.
 pub async fn history(State(s): Shared, RawQuery(query): RawQuery) -> Result {
-    let limit = query_number(&query, "limit")?.unwrap_or(20).min(HISTORY_LIMIT);
+    let limit = query_number(&query, "limit")?
+        .unwrap_or(20)
+        .min(HISTORY_LIMIT);
     let entries = s.gateway.history(limit).await?;
     let revision = s.gateway.revision();
     Ok(reply(

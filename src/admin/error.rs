@@ -130,14 +130,21 @@ impl From<EditError> for ApiError {
 
 impl From<CompileError> for ApiError {
     fn from(e: CompileError) -> Self {
-        ApiError::at(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.path, e.message)
+        ApiError::at(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            e.path,
+            e.message,
+        )
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let (status, code) = match &e {
-            StoreError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            StoreError::Unavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            }
             StoreError::Conflict { .. } => (StatusCode::CONFLICT, "stale_revision"),
             StoreError::BadData { .. } | StoreError::Open { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "store_bad_data")
@@ -229,7 +236,10 @@ mod tests {
             actual: 4,
         }
         .into();
-        assert_eq!((stale.status, stale.code), (StatusCode::CONFLICT, "stale_revision"));
+        assert_eq!(
+            (stale.status, stale.code),
+            (StatusCode::CONFLICT, "stale_revision")
+        );
         assert_eq!(
             stale.message,
             "the policy is at revision 4, not 3: read it again and retry"
@@ -240,7 +250,10 @@ mod tests {
             message: "no service named `x`".into(),
         })
         .into();
-        assert_eq!((gone.status, gone.code), (StatusCode::NOT_FOUND, "not_found"));
+        assert_eq!(
+            (gone.status, gone.code),
+            (StatusCode::NOT_FOUND, "not_found")
+        );
         let down: ApiError = ChangeError::Store(StoreError::Unavailable {
             store: "redis",
             detail: "down".into(),
@@ -257,8 +270,14 @@ mod tests {
     fn json_errors_are_400_and_name_the_field() {
         let syntax = serde_json::from_str::<PolicyDoc>("{\"routes\": [").unwrap_err();
         let e = ApiError::from_json(&syntax, ".");
-        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "malformed_json"));
-        assert!(e.message.starts_with("request body: malformed JSON: EOF"), "{e}");
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, "malformed_json")
+        );
+        assert!(
+            e.message.starts_with("request body: malformed JSON: EOF"),
+            "{e}"
+        );
 
         let mut de = serde_json::Deserializer::from_str(
             r#"{"services": [{"name": "w", "stable": "a", "versions": {}, "stabel": 1}]}"#,
@@ -267,6 +286,10 @@ mod tests {
         let e = ApiError::from_json(err.inner(), &err.path().to_string());
         assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "bad_request"));
         assert_eq!(e.field.as_deref(), Some("services[0].stabel"));
-        assert!(e.message.starts_with("services[0].stabel: unknown field `stabel`"), "{e}");
+        assert!(
+            e.message
+                .starts_with("services[0].stabel: unknown field `stabel`"),
+            "{e}"
+        );
     }
 }

@@ -96,9 +96,9 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
         match parts.headers.get(header::IF_MATCH) {
             None => Ok(IfMatch(None)),
             Some(v) => {
-                let text = v.to_str().map_err(|_| {
-                    ApiError::bad_request("If-Match: not a revision like \"7\"")
-                })?;
+                let text = v
+                    .to_str()
+                    .map_err(|_| ApiError::bad_request("If-Match: not a revision like \"7\""))?;
                 IfMatch::parse(text).map(IfMatch)
             }
         }

@@ -95,7 +95,10 @@ pub async fn add_entries(
     if body.entries.is_empty() || body.entries.len() > MAX_ENTRIES {
         return Err(ApiError::invalid(
             "entries",
-            format!("give 1 to {MAX_ENTRIES} entries, not {}", body.entries.len()),
+            format!(
+                "give 1 to {MAX_ENTRIES} entries, not {}",
+                body.entries.len()
+            ),
         ));
     }
     let ip_lists = edit::ip_keyed_lists(s.gateway.policy().doc());
@@ -194,8 +197,8 @@ mod tests {
         check_key("k", "TOKEN_abc", None).unwrap();
         let e = check_key("entries[1].key", "a b", None).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("entries[1].key"));
-        let e = check_key("entries[0].key", "alice", Some("services[0].rules[0].when"))
-            .unwrap_err();
+        let e =
+            check_key("entries[0].key", "alice", Some("services[0].rules[0].when")).unwrap_err();
         assert!(e.message.contains("is not an IP address"), "{e}");
         assert!(check_key("k", &"x".repeat(251), None).is_err());
     }

@@ -118,7 +118,11 @@ impl AdminState {
                 let per: BTreeMap<String, f64> = versions
                     .iter()
                     .map(|(v, n)| {
-                        let before = old.get(service).and_then(|o| o.get(v)).copied().unwrap_or(0);
+                        let before = old
+                            .get(service)
+                            .and_then(|o| o.get(v))
+                            .copied()
+                            .unwrap_or(0);
                         let rate = n.saturating_sub(before) as f64 / secs;
                         (v.clone(), (rate * 100.0).round() / 100.0)
                     })
@@ -136,7 +140,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/status", get(status::status))
         .route("/v1/explain", post(status::explain))
         .route("/v1/policy", get(edits::get_policy).put(edits::put_policy))
-        .route("/v1/routes", get(edits::list_routes).post(edits::create_route))
+        .route(
+            "/v1/routes",
+            get(edits::list_routes).post(edits::create_route),
+        )
         .route(
             "/v1/routes/{name}",
             get(edits::get_route)

@@ -26,8 +26,9 @@ pub async fn healthz() -> Json<Value> {
 /// listeners are bound, so they are up when this answers); 503 before.
 pub async fn readyz(State(s): Shared) -> Response {
     match s.gateway.last_reload() {
-        Some(_) => Json(json!({ "status": "ready", "revision": s.gateway.revision() }))
-            .into_response(),
+        Some(_) => {
+            Json(json!({ "status": "ready", "revision": s.gateway.revision() })).into_response()
+        }
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({
@@ -148,7 +149,11 @@ pub async fn explain(
         headers.append(name, value);
     }
     if !req.cookies.is_empty() {
-        let cookie: Vec<String> = req.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let cookie: Vec<String> = req
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         let value = HeaderValue::from_str(&cookie.join("; "))
             .map_err(|_| ApiError::invalid("cookies", "not valid in a Cookie header"))?;
         headers.append(header::COOKIE, value);
@@ -164,12 +169,17 @@ pub async fn explain(
         (_, q) => (raw_path.split('?').next().unwrap_or("/"), q),
     };
     if !path.starts_with('/') {
-        return Err(ApiError::invalid("path", format!("`{path}` must start with `/`")));
+        return Err(ApiError::invalid(
+            "path",
+            format!("`{path}` must start with `/`"),
+        ));
     }
     let host = req.host.as_deref().unwrap_or("");
-    let random = req
-        .random
-        .unwrap_or_else(|| std::collections::hash_map::RandomState::new().build_hasher().finish());
+    let random = req.random.unwrap_or_else(|| {
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    });
     let facts = RequestFacts {
         host,
         path,

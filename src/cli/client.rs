@@ -3,7 +3,7 @@
 
 use super::CtlError;
 use bytes::Bytes;
-use http::{header, Method, Request, StatusCode};
+use http::{header, Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
@@ -74,8 +74,9 @@ impl Api {
         if_match: Option<u64>,
         body: Option<Vec<u8>>,
     ) -> Result<Value, CtlError> {
-        let unreachable =
-            |e: &dyn std::fmt::Display| CtlError::Unreachable(format!("http://{}: {e}", self.authority));
+        let unreachable = |e: &dyn std::fmt::Display| {
+            CtlError::Unreachable(format!("http://{}: {e}", self.authority))
+        };
         let stream = tokio::time::timeout(
             CONNECT_TIMEOUT,
             tokio::net::TcpStream::connect(&self.authority),
@@ -92,7 +93,10 @@ impl Api {
             .method(method)
             .uri(path)
             .header(header::HOST, &self.authority)
-            .header(header::USER_AGENT, concat!("graygate-ctl/", env!("CARGO_PKG_VERSION")))
+            .header(
+                header::USER_AGENT,
+                concat!("graygate-ctl/", env!("CARGO_PKG_VERSION")),
+            )
             .header(header::ACCEPT, "application/json");
         if let Some(token) = &self.token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
@@ -169,12 +173,18 @@ mod tests {
             Api::new("http://127.0.0.1:9901/", None).unwrap().authority,
             "127.0.0.1:9901"
         );
-        assert_eq!(Api::new("localhost:9901", None).unwrap().authority, "localhost:9901");
+        assert_eq!(
+            Api::new("localhost:9901", None).unwrap().authority,
+            "localhost:9901"
+        );
         assert!(matches!(
             Api::new("https://x:1", None),
             Err(CtlError::Usage(_))
         ));
-        assert!(matches!(Api::new("http://x", None), Err(CtlError::Usage(_))));
+        assert!(matches!(
+            Api::new("http://x", None),
+            Err(CtlError::Usage(_))
+        ));
     }
 
     #[test]

@@ -191,7 +191,10 @@ mod tests {
         assert_eq!(c.tokens[0].name, "alice");
         assert_eq!(c.tokens[0].secret, "from-the-environment-0123");
         assert_eq!(c.tokens[1].secret, "0123456789abcdef");
-        assert!(!format!("{c:?}").contains("0123456789abcdef"), "Debug hides secrets");
+        assert!(
+            !format!("{c:?}").contains("0123456789abcdef"),
+            "Debug hides secrets"
+        );
     }
 
     #[test]
@@ -220,6 +223,8 @@ mod tests {
             "[admin]\ntokens = [{ name = \"a\", token = \"0123456789abcdef\" }, { name = \"a\", token = \"0123456789abcdeg\" }]\n"
         )
         .ends_with("admin.tokens[1].name: token name `a` is used twice"));
-        assert!(error("[admin]\nlisten = \"127.0.0.1:1\"\nbind = 1\n").contains("unknown field `bind`"));
+        assert!(
+            error("[admin]\nlisten = \"127.0.0.1:1\"\nbind = 1\n").contains("unknown field `bind`")
+        );
     }
 }

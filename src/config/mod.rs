@@ -18,8 +18,8 @@ pub use observe::{AccessLogConfig, MetricsConfig};
 use crate::policy::{self, PolicyDoc};
 use crate::proxy::{ClientIpConfig, ClientIpMode, ServerConfig, Timeouts, UpstreamConfig};
 use crate::store::{CacheConfig, MemcachedConfig, RedisConfig};
-use std::collections::HashMap;
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -101,7 +101,10 @@ pub enum StoreConfig {
     Redis(RedisConfig),
     /// Lists in memcached (the original IP gray-list layout); the policy in an embedded store in
     /// `dir`, since memcached can neither keep a document safely nor notify.
-    Memcached { memcached: MemcachedConfig, dir: PathBuf },
+    Memcached {
+        memcached: MemcachedConfig,
+        dir: PathBuf,
+    },
 }
 
 /// A policy read from the config, with where it came from.
@@ -299,8 +302,16 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             None => cache_defaults.max_entries,
         },
         ttl: duration("cache.ttl", &c.ttl, cache_defaults.ttl)?,
-        negative_ttl: duration("cache.negative_ttl", &c.negative_ttl, cache_defaults.negative_ttl)?,
-        lookup_timeout: duration("cache.lookup_timeout", &c.lookup_timeout, cache_defaults.lookup_timeout)?,
+        negative_ttl: duration(
+            "cache.negative_ttl",
+            &c.negative_ttl,
+            cache_defaults.negative_ttl,
+        )?,
+        lookup_timeout: duration(
+            "cache.lookup_timeout",
+            &c.lookup_timeout,
+            cache_defaults.lookup_timeout,
+        )?,
     };
 
     let max_header_bytes = file.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES);
@@ -381,7 +392,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     };
 
     if file.workers == Some(0) {
-        return Err(at("workers", "must be at least 1 (leave it out for one per core)".into()));
+        return Err(at(
+            "workers",
+            "must be at least 1 (leave it out for one per core)".into(),
+        ));
     }
 
     let (metrics, access_log) =
@@ -422,7 +436,10 @@ fn store_config(
     let kind = f.kind.as_deref().unwrap_or("embedded");
     let only = |field: &str, given: bool, kinds: &str| -> Result<(), ConfigError> {
         if given {
-            Err(at(&format!("store.{field}"), format!("`{field}` is not a setting of the {kind} store (only of: {kinds})")))
+            Err(at(
+                &format!("store.{field}"),
+                format!("`{field}` is not a setting of the {kind} store (only of: {kinds})"),
+            ))
         } else {
             Ok(())
         }
@@ -440,7 +457,10 @@ fn store_config(
             only("path", f.path.is_some(), "embedded, memcached")?;
             only("servers", f.servers.is_some(), "memcached")?;
             let Some(url) = &f.url else {
-                return Err(at("store", "the redis store needs `url`, like \"redis://127.0.0.1:6379/0\"".into()));
+                return Err(at(
+                    "store",
+                    "the redis store needs `url`, like \"redis://127.0.0.1:6379/0\"".into(),
+                ));
             };
             if let Err(e) = redis::Client::open(url.as_str()) {
                 return Err(at("store.url", format!("`{url}` is not a Redis URL: {e}")));
@@ -457,17 +477,32 @@ fn store_config(
             only("key_prefix", f.key_prefix.is_some(), "redis")?;
             let servers = f.servers.clone().unwrap_or_default();
             if servers.is_empty() {
-                return Err(at("store", "the memcached store needs `servers`, like [\"127.0.0.1:11211\"]".into()));
+                return Err(at(
+                    "store",
+                    "the memcached store needs `servers`, like [\"127.0.0.1:11211\"]".into(),
+                ));
             }
             for (i, s) in servers.iter().enumerate() {
-                if parse_server(s).map(|p| p.weight != 1 || p.addr != *s).unwrap_or(true) {
-                    return Err(at(&format!("store.servers[{i}]"), format!("`{s}` is not host:port")));
+                if parse_server(s)
+                    .map(|p| p.weight != 1 || p.addr != *s)
+                    .unwrap_or(true)
+                {
+                    return Err(at(
+                        &format!("store.servers[{i}]"),
+                        format!("`{s}` is not host:port"),
+                    ));
                 }
             }
-            let memcached = MemcachedConfig { servers, lists: f.lists.clone().unwrap_or_default() };
+            let memcached = MemcachedConfig {
+                servers,
+                lists: f.lists.clone().unwrap_or_default(),
+            };
             Ok(StoreConfig::Memcached { memcached, dir })
         }
-        other => Err(at("store.kind", format!("unknown store `{other}` (known: embedded, redis, memcached)"))),
+        other => Err(at(
+            "store.kind",
+            format!("unknown store `{other}` (known: embedded, redis, memcached)"),
+        )),
     }
 }
 

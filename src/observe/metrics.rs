@@ -77,7 +77,10 @@ impl StoreStatsSource for StoreHealthSource {
             store: self.0.kind(),
             lookups: cache.map(|s| s.fetches),
             errors: cache.map(|s| s.errors),
-            cache: cache.map(|s| CacheCounts { hits: s.hits, misses: s.misses }),
+            cache: cache.map(|s| CacheCounts {
+                hits: s.hits,
+                misses: s.misses,
+            }),
             degraded: self.0.health().degraded,
         }
     }

@@ -25,9 +25,7 @@
 //! a change that adds such a pair ([`check_no_new_overlaps`]); `compile` does not reject them, so
 //! that a stored policy keeps loading.
 
-use super::model::{
-    Condition, IdentityDoc, PolicyDoc, RouteDoc, RuleDoc, ServiceDoc, SplitDoc,
-};
+use super::model::{Condition, IdentityDoc, PolicyDoc, RouteDoc, RuleDoc, ServiceDoc, SplitDoc};
 use std::collections::BTreeMap;
 
 /// Why an edit cannot be made.
@@ -164,7 +162,10 @@ pub fn create_service(doc: &mut PolicyDoc, service: ServiceDoc) -> Result<(), Ed
     if let Ok(i) = service_index(doc, &service.name) {
         return Err(EditError::exists(
             format!("services[{i}].name"),
-            format!("a service named `{}` exists; replace it with PUT", service.name),
+            format!(
+                "a service named `{}` exists; replace it with PUT",
+                service.name
+            ),
         ));
     }
     doc.services.push(service);
@@ -173,7 +174,11 @@ pub fn create_service(doc: &mut PolicyDoc, service: ServiceDoc) -> Result<(), Ed
 
 /// Replaces the service named `name`, or adds it; returns true if it was added. The body must
 /// carry the same name: renaming a service would leave its routes pointing nowhere.
-pub fn put_service(doc: &mut PolicyDoc, name: &str, service: ServiceDoc) -> Result<bool, EditError> {
+pub fn put_service(
+    doc: &mut PolicyDoc,
+    name: &str,
+    service: ServiceDoc,
+) -> Result<bool, EditError> {
     if service.name != name {
         return Err(EditError::invalid(
             "name",
@@ -283,9 +288,7 @@ fn rule_index(doc: &PolicyDoc, service: &str, rule: &str) -> Result<(usize, usiz
         .rules
         .iter()
         .position(|r| r.name == rule)
-        .ok_or_else(|| {
-            EditError::not_found(format!("service `{service}` has no rule `{rule}`"))
-        })?;
+        .ok_or_else(|| EditError::not_found(format!("service `{service}` has no rule `{rule}`")))?;
     Ok((s, r))
 }
 
@@ -451,7 +454,11 @@ pub struct Rollback {
 
 /// Sends every request back to stable: split weights to 0, rules cleared if `clear_rules`, and the
 /// last promote undone if no new canary started since (see the module documentation).
-pub fn rollback(doc: &mut PolicyDoc, service: &str, clear_rules: bool) -> Result<Rollback, EditError> {
+pub fn rollback(
+    doc: &mut PolicyDoc,
+    service: &str,
+    clear_rules: bool,
+) -> Result<Rollback, EditError> {
     let s = service_mut(doc, service)?;
     let mut demoted = None;
     if let Some(previous) = s.previous_stable.take() {
@@ -587,14 +594,19 @@ pub fn ip_keyed_lists(doc: &PolicyDoc) -> BTreeMap<String, String> {
         }
         if let Some(l) = &c.lookup {
             if c.client_ip == Some(true) && l.key.as_deref().unwrap_or("{}") == "{}" {
-                out.entry(l.list.clone()).or_insert_with(|| path.to_string());
+                out.entry(l.list.clone())
+                    .or_insert_with(|| path.to_string());
             }
         }
     }
     let mut out = BTreeMap::new();
     for (si, s) in doc.services.iter().enumerate() {
         for (ri, r) in s.rules.iter().enumerate() {
-            walk(&r.when, &format!("services[{si}].rules[{ri}].when"), &mut out);
+            walk(
+                &r.when,
+                &format!("services[{si}].rules[{ri}].when"),
+                &mut out,
+            );
         }
     }
     out
@@ -636,8 +648,14 @@ mod tests {
             header: Some("X-User-Id".into()),
             ..IdentityDoc::default()
         };
-        set_weights(&mut d, "web", [("v2".to_string(), 10.0)].into(), Some(by.clone()), None)
-            .unwrap();
+        set_weights(
+            &mut d,
+            "web",
+            [("v2".to_string(), 10.0)].into(),
+            Some(by.clone()),
+            None,
+        )
+        .unwrap();
         set_weights(&mut d, "web", [("v2".to_string(), 50.0)].into(), None, None).unwrap();
         let split = d.services[0].split.as_ref().unwrap();
         assert_eq!(split.weights["v2"], 50.0);
@@ -652,7 +670,14 @@ mod tests {
     #[test]
     fn impossible_weights_are_left_for_compile_to_name() {
         let mut d = doc();
-        set_weights(&mut d, "web", [("v2".to_string(), 150.0)].into(), None, None).unwrap();
+        set_weights(
+            &mut d,
+            "web",
+            [("v2".to_string(), 150.0)].into(),
+            None,
+            None,
+        )
+        .unwrap();
         let e = compile(&d, UPSTREAMS).unwrap_err();
         assert_eq!(e.path, "services[0].split.weights.v2");
         assert!(e.message.contains("not a percentage"), "{e}");
@@ -739,8 +764,8 @@ mod tests {
         add_rule(&mut d, "web", range_rule("beta", "v2", 1, 10), None).unwrap();
         replace_rule(&mut d, "web", "beta", range_rule("beta2", "v2", 1, 20)).unwrap();
         assert_eq!(d.services[0].rules[1].name, "beta2");
-        let e = replace_rule(&mut d, "web", "beta2", range_rule("gray-ips", "v2", 1, 2))
-            .unwrap_err();
+        let e =
+            replace_rule(&mut d, "web", "beta2", range_rule("gray-ips", "v2", 1, 2)).unwrap_err();
         assert_eq!(e.kind, EditErrorKind::Exists);
         assert_eq!(delete_rule(&mut d, "web", "beta2").unwrap().name, "beta2");
         let e = delete_rule(&mut d, "web", "beta2").unwrap_err();
@@ -793,7 +818,9 @@ mod tests {
         let e = check_no_new_overlaps(&before, &d).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("services[0].rules[4].when.range"));
         assert!(
-            e.message.starts_with("overlaps rule `a` on the same source (header x-user-id): 4000..=5000"),
+            e.message.starts_with(
+                "overlaps rule `a` on the same source (header x-user-id): 4000..=5000"
+            ),
             "{e}"
         );
         // Exclusive ends touch without overlapping.
@@ -806,14 +833,24 @@ mod tests {
         let mut old = before.clone();
         add_rule(&mut old, "web", range_rule("f", "v1", 1, 2), None).unwrap();
         let mut new = old.clone();
-        set_weights(&mut new, "web", [("v2".to_string(), 5.0)].into(), None, None).unwrap();
+        set_weights(
+            &mut new,
+            "web",
+            [("v2".to_string(), 5.0)].into(),
+            None,
+            None,
+        )
+        .unwrap();
         check_no_new_overlaps(&old, &new).unwrap();
     }
 
     #[test]
     fn lists_looked_up_by_client_ip() {
         let lists = ip_keyed_lists(&doc());
-        assert_eq!(lists.get("gray_ips").map(String::as_str), Some("services[0].rules[0].when"));
+        assert_eq!(
+            lists.get("gray_ips").map(String::as_str),
+            Some("services[0].rules[0].when")
+        );
         assert_eq!(lists.len(), 1);
     }
 }

@@ -859,7 +859,6 @@ impl Shared {
         Ok(revision)
     }
 
-
     async fn list_entries_of(&self, list: &str) -> Result<Vec<Entry>, StoreError> {
         const WHAT: &str = "listing entries";
         let prefix = self.list_prefix(list);

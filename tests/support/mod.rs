@@ -390,3 +390,15 @@ pub async fn read_lines(file: &Path, lines: usize, within: Duration) -> Vec<Stri
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+impl Graygate {
+    /// The admin API's address, when the config has `[admin]` (read from the
+    /// `graygate: admin on http://ADDR` line, printed before the listening line).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.out_lines()
+            .iter()
+            .find_map(|line| line.strip_prefix("graygate: admin on http://"))
+            .map(|addr| addr.parse().expect("an admin address"))
+            .expect("graygate runs without an admin listener")
+    }
+}

@@ -1,0 +1,678 @@
+//! The admin API end to end, on the real `graygate run`: every kind of bad input is refused with
+//! 400 or 422 naming the field and changes nothing; a stale revision gets 409; tokens are checked;
+//! without tokens the API is loopback-only; explain; and `graygate ctl`'s exit codes and messages.
+
+#[path = "support/ctl.rs"]
+mod ctl;
+mod support;
+
+use ctl::{Admin, Ctl};
+use serde_json::{json, Value};
+use std::process::Command;
+use support::{Backend, Client, Graygate};
+
+const TOKEN: &str = "alice-token-0123456789";
+
+/// A web service with a gray list rule and a user-id range rule, an admin API with one token.
+fn config(stable: &Backend, canary: &Backend, admin: &str) -> String {
+    format!(
+        "[client_ip]\ntrusted_proxies = [\"127.0.0.0/8\"]\n\
+         {admin}\n{}\
+         [policy]\n[[policy.routes]]\nservice = \"web\"\n\
+         [[policy.services]]\nname = \"web\"\nstable = \"stable\"\n\
+         versions = {{ stable = \"stable\", canary = \"canary\" }}\n\
+         [[policy.services.rules]]\nname = \"gray-ips\"\nversion = \"canary\"\n\
+         when = {{ client_ip = true, lookup = {{ list = \"gray_ips\" }}, equals = \"1\" }}\n\
+         [[policy.services.rules]]\nname = \"beta\"\nversion = \"canary\"\n\
+         when = {{ header = \"X-User-Id\", range = {{ start = 1, end = 1000 }} }}\n",
+        support::upstreams(stable.addr, canary.addr)
+    )
+}
+
+fn with_token() -> String {
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntokens = [{{ name = \"alice\", token = \"{TOKEN}\" }}]\n"
+    )
+}
+
+async fn start() -> (Backend, Backend, Graygate) {
+    let stable = Backend::start("stable").await;
+    let canary = Backend::start("canary").await;
+    let gg = Graygate::start(&config(&stable, &canary, &with_token()));
+    (stable, canary, gg)
+}
+
+/// One bad request: what is sent and what must come back.
+struct Bad {
+    what: &'static str,
+    method: &'static str,
+    path: &'static str,
+    body: Value,
+    status: u16,
+    code: &'static str,
+    field: Option<&'static str>,
+    message: &'static str,
+}
+
+fn bad(
+    what: &'static str,
+    method: &'static str,
+    path: &'static str,
+    body: Value,
+    (status, code): (u16, &'static str),
+    field: Option<&'static str>,
+    message: &'static str,
+) -> Bad {
+    Bad {
+        what,
+        method,
+        path,
+        body,
+        status,
+        code,
+        field,
+        message,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_naming_the_field_and_nothing_is_applied() {
+    let (_s, _c, gg) = start().await;
+    let mut admin = Admin::new(gg.admin_addr(), Some(TOKEN));
+    let before_doc = admin.get("/v1/policy").await;
+    let before = admin.revision().await;
+    const INVALID: (u16, &str) = (422, "invalid");
+    const BAD: (u16, &str) = (400, "bad_request");
+
+    let cases = vec![
+        bad(
+            "malformed JSON",
+            "PUT",
+            "/v1/policy",
+            Value::String("{\"routes\": [".into()),
+            (400, "malformed_json"),
+            None,
+            "request body: malformed JSON: EOF while parsing a list",
+        ),
+        bad(
+            "an unknown field",
+            "POST",
+            "/v1/services",
+            json!({"name": "api", "stable": "v1", "versions": {"v1": "stable"}, "stabel": "v1"}),
+            BAD,
+            Some("stabel"),
+            "stabel: unknown field `stabel`, expected one of",
+        ),
+        bad(
+            "an unknown field deep in a rule",
+            "POST",
+            "/v1/services/web/rules",
+            json!({"name": "x", "version": "canary", "when": {"heder": "X-A", "equals": "b"}}),
+            BAD,
+            Some("when.heder"),
+            "when.heder: unknown field `heder`",
+        ),
+        bad(
+            "a wrong type",
+            "PUT",
+            "/v1/services/web/weights",
+            json!({"weights": {"canary": "ten"}}),
+            BAD,
+            Some("weights.canary"),
+            "weights.canary: invalid type: string \"ten\", expected f64",
+        ),
+        bad(
+            "an invalid CIDR",
+            "POST",
+            "/v1/services/web/rules",
+            json!({"name": "office", "version": "canary", "when": {"cidr": ["10.0.0.0/8", "10.1.0.0/33"]}}),
+            INVALID,
+            Some("services[0].rules[2].when.cidr[1]"),
+            "services[0].rules[2].when.cidr[1]: `10.1.0.0/33` is neither an IP address nor a network",
+        ),
+        bad(
+            "an invalid regex",
+            "POST",
+            "/v1/services/web/rules",
+            json!({"name": "re", "version": "canary", "when": {"header": "X-A", "regex": "(unclosed"}}),
+            INVALID,
+            Some("services[0].rules[2].when.regex"),
+            "services[0].rules[2].when.regex: invalid regex",
+        ),
+        bad(
+            "overlapping ranges",
+            "POST",
+            "/v1/services/web/rules",
+            json!({"name": "beta-2", "version": "stable", "when": {"header": "X-User-Id", "range": {"start": 500, "end": 2000}}}),
+            INVALID,
+            Some("services[0].rules[2].when.range"),
+            "services[0].rules[2].when.range: overlaps rule `beta` on the same source (header x-user-id): 500..=1000 would go to `canary`, never to `stable`",
+        ),
+        bad(
+            "an empty range",
+            "PUT",
+            "/v1/services/web/rules/beta",
+            json!({"name": "beta", "version": "canary", "when": {"header": "X-User-Id", "range": {"start": 10, "end": 1}}}),
+            INVALID,
+            Some("services[0].rules[1].when.range"),
+            "services[0].rules[1].when.range: start 10 is not below end 1",
+        ),
+        bad(
+            "a weight over 100",
+            "PUT",
+            "/v1/services/web/weights",
+            json!({"weights": {"canary": 150}}),
+            INVALID,
+            Some("services[0].split.weights.canary"),
+            "services[0].split.weights.canary: 150 is not a percentage from 0 to 100",
+        ),
+        bad(
+            "weights adding up to more than 100",
+            "PUT",
+            "/v1/services/web",
+            json!({"name": "web", "stable": "stable",
+                   "versions": {"stable": "stable", "canary": "canary", "next": "canary"},
+                   "split": {"weights": {"canary": 60, "next": 50}}}),
+            INVALID,
+            Some("services[0].split.weights"),
+            "services[0].split.weights: weights add up to more than 100 (110.00)",
+        ),
+        bad(
+            "a weight on the stable version",
+            "PUT",
+            "/v1/services/web/weights",
+            json!({"weights": {"stable": 10}}),
+            INVALID,
+            Some("services[0].split.weights.stable"),
+            "services[0].split.weights.stable: the stable version gets what the other weights leave",
+        ),
+        bad(
+            "a weight for an unknown version",
+            "PUT",
+            "/v1/services/web/weights",
+            json!({"weights": {"v9": 10}}),
+            INVALID,
+            Some("services[0].split.weights.v9"),
+            "services[0].split.weights.v9: unknown version `v9` (versions: canary, stable)",
+        ),
+        bad(
+            "an unknown upstream",
+            "PUT",
+            "/v1/services/web/versions/canary",
+            json!({"upstream": "nowhere"}),
+            INVALID,
+            Some("services[0].versions.canary"),
+            "services[0].versions.canary: unknown upstream `nowhere` (configured upstreams: stable, canary)",
+        ),
+        bad(
+            "a rule for an unknown version",
+            "POST",
+            "/v1/services/web/rules",
+            json!({"name": "x", "version": "v9", "when": {"header": "X-A", "present": true}}),
+            INVALID,
+            Some("services[0].rules[2].version"),
+            "services[0].rules[2].version: unknown version `v9`",
+        ),
+        bad(
+            "deleting the stable version",
+            "DELETE",
+            "/v1/services/web/versions/stable",
+            Value::Null,
+            INVALID,
+            Some("services[0].stable"),
+            "services[0].stable: `stable` is the stable version of `web`; promote another one first",
+        ),
+        bad(
+            "deleting a service a route uses",
+            "DELETE",
+            "/v1/services/web",
+            Value::Null,
+            INVALID,
+            Some("routes[0].service"),
+            "routes[0].service: route `web` leads to service `web`",
+        ),
+        bad(
+            "promoting the stable version",
+            "POST",
+            "/v1/services/web/promote",
+            json!({"version": "stable"}),
+            INVALID,
+            Some("version"),
+            "version: `stable` is already the stable version of `web`",
+        ),
+        bad(
+            "an unknown service",
+            "PUT",
+            "/v1/services/shop/weights",
+            json!({"weights": {"canary": 5}}),
+            (404, "not_found"),
+            None,
+            "no service named `shop`",
+        ),
+        bad(
+            "a route that exists",
+            "POST",
+            "/v1/routes",
+            json!({"service": "web"}),
+            (409, "exists"),
+            Some("routes[0]"),
+            "routes[0]: a route named `web` exists; replace it with PUT",
+        ),
+        bad(
+            "an invalid TTL",
+            "POST",
+            "/v1/lists/gray_ips/entries",
+            json!({"entries": [{"key": "10.0.0.7"}, {"key": "10.0.0.8", "ttl": "soon"}]}),
+            INVALID,
+            Some("entries[1].ttl"),
+            "entries[1].ttl: `soon` is not a duration like \"1h\" or \"30m\"",
+        ),
+        bad(
+            "a key that is not an IP in a list looked up by client IP",
+            "POST",
+            "/v1/lists/gray_ips/entries",
+            json!({"entries": [{"key": "alice"}]}),
+            INVALID,
+            Some("entries[0].key"),
+            "entries[0].key: `alice` is not an IP address, and this list is looked up by client IP (services[0].rules[0].when)",
+        ),
+        bad(
+            "an explain with a bad header name",
+            "POST",
+            "/v1/explain",
+            json!({"headers": {"bad header": "x"}}),
+            INVALID,
+            Some("headers.bad header"),
+            "headers.bad header: not a valid header name",
+        ),
+    ];
+
+    for case in cases {
+        let body = match &case.body {
+            Value::Null => String::new(),
+            Value::String(raw) => raw.clone(),
+            json => json.to_string(),
+        };
+        let (reply, got) = admin.send(case.method, case.path, &[], &body).await;
+        assert_eq!(reply.status, case.status, "{}: {reply:?}", case.what);
+        assert_eq!(got["error"]["code"], case.code, "{}: {got}", case.what);
+        match case.field {
+            Some(field) => assert_eq!(got["error"]["field"], field, "{}: {got}", case.what),
+            None => assert!(got["error"].get("field").is_none(), "{}: {got}", case.what),
+        }
+        let message = got["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with(case.message),
+            "{}: message {message:?} does not start with {:?}",
+            case.what,
+            case.message
+        );
+        assert_eq!(
+            admin.revision().await,
+            before,
+            "{}: the revision moved",
+            case.what
+        );
+    }
+    assert_eq!(
+        admin.get("/v1/policy").await,
+        before_doc,
+        "the policy changed"
+    );
+    let count = admin.get("/v1/lists/gray_ips/count").await;
+    assert_eq!(count["count"], 0, "a refused list write wrote something");
+    let history = admin.get("/v1/history").await;
+    assert_eq!(history["entries"].as_array().unwrap().len(), 1, "{history}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_revision_gets_409_and_every_etag_is_the_revision() {
+    let (_s, _c, gg) = start().await;
+    let mut admin = Admin::new(gg.admin_addr(), Some(TOKEN));
+    let (reply, _) = admin.send("GET", "/v1/services/web", &[], "").await;
+    assert_eq!(reply.headers["etag"], "\"1\"");
+
+    let weights = json!({"weights": {"canary": 10}}).to_string();
+    let (reply, body) = admin
+        .send(
+            "PUT",
+            "/v1/services/web/weights",
+            &[("if-match", "\"1\"")],
+            &weights,
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(body["revision"], 2);
+    assert_eq!(reply.headers["etag"], "\"2\"");
+
+    // Someone who read revision 1 tries to write: refused, nothing changes.
+    let other = json!({"weights": {"canary": 90}}).to_string();
+    let (reply, body) = admin
+        .send(
+            "PUT",
+            "/v1/services/web/weights",
+            &[("if-match", "\"1\"")],
+            &other,
+        )
+        .await;
+    assert_eq!(reply.status, 409, "{reply:?}");
+    assert_eq!(body["error"]["code"], "stale_revision");
+    assert_eq!(
+        body["error"]["message"],
+        "the policy is at revision 2, not 1: read it again and retry"
+    );
+    assert_eq!(admin.revision().await, 2);
+    let split = admin.get("/v1/services/web/weights").await;
+    assert_eq!(split["split"]["weights"]["canary"], 10.0);
+
+    let (reply, body) = admin
+        .send(
+            "POST",
+            "/v1/services/web/rollback",
+            &[("if-match", "seven")],
+            "",
+        )
+        .await;
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert_eq!(body["error"]["field"], "If-Match");
+
+    // `graygate ctl --revision` is If-Match: stale -> exit 1 with the API's message.
+    let ctl = Ctl::new(gg.admin_addr(), Some(TOKEN));
+    let run = ctl.run(&["--revision", "1", "rollback", "--service", "web"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(
+        run.stderr.trim(),
+        "the policy is at revision 2, not 1: read it again and retry"
+    );
+    ctl.ok(&["--revision", "2", "rollback", "--service", "web"]);
+    assert_eq!(admin.revision().await, 3);
+
+    // Concurrent changes without If-Match are serialized by the store: none is lost.
+    let addr = gg.admin_addr();
+    let writers: Vec<_> = (0..4)
+        .map(|i| {
+            tokio::spawn(async move {
+                let mut a = Admin::new(addr, Some(TOKEN));
+                let body = json!({"upstream": "canary"}).to_string();
+                let (reply, _) = a
+                    .send(
+                        "PUT",
+                        &format!("/v1/services/web/versions/v{i}"),
+                        &[],
+                        &body,
+                    )
+                    .await;
+                reply.status
+            })
+        })
+        .collect();
+    for w in writers {
+        assert_eq!(w.await.unwrap(), 201);
+    }
+    let versions = admin.get("/v1/services/web/versions").await;
+    assert_eq!(
+        versions["versions"].as_object().unwrap().len(),
+        6,
+        "{versions}"
+    );
+    assert_eq!(admin.revision().await, 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_required_and_checked() {
+    let (_s, _c, gg) = start().await;
+    let addr = gg.admin_addr();
+
+    let (reply, body) = Admin::new(addr, None)
+        .send("GET", "/v1/status", &[], "")
+        .await;
+    assert_eq!(reply.status, 401, "{reply:?}");
+    assert_eq!(reply.headers["www-authenticate"], "Bearer");
+    assert_eq!(body["error"]["code"], "unauthorized");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("missing bearer token"));
+
+    let wrong = Admin::new(addr, Some("alice-token-0123456780"))
+        .send(
+            "PUT",
+            "/v1/services/web/weights",
+            &[],
+            r#"{"weights":{"canary":50}}"#,
+        )
+        .await;
+    assert_eq!(wrong.0.status, 401, "{:?}", wrong.0);
+    assert_eq!(wrong.1["error"]["message"], "invalid bearer token");
+    assert_eq!(
+        Admin::new(addr, Some(TOKEN)).revision().await,
+        1,
+        "nothing applied"
+    );
+
+    // Probes need no token.
+    let mut probe = Client::new(addr);
+    assert_eq!(
+        probe
+            .request("GET", "/healthz", &[], Default::default())
+            .await
+            .status,
+        200
+    );
+    let ready = probe
+        .request("GET", "/readyz", &[], Default::default())
+        .await;
+    assert_eq!(ready.status, 200, "{ready:?}");
+
+    // ctl: a refusal is exit 1 with the API's message as it is.
+    let run = Ctl::new(addr, Some("not-the-token-at-all")).run(&["status"]);
+    assert_eq!(
+        (run.code, run.stderr.trim()),
+        (1, "invalid bearer token"),
+        "{run:?}"
+    );
+    let run = Ctl::new(addr, None).run(&["--json", "status"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let err: Value = serde_json::from_str(run.stderr.trim()).unwrap();
+    assert_eq!(err["error"]["code"], "unauthorized");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_tokens_the_api_is_loopback_only_and_warns() {
+    let stable = Backend::start("stable").await;
+    let canary = Backend::start("canary").await;
+    let gg = Graygate::start(&config(
+        &stable,
+        &canary,
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+    ));
+    let ctl = Ctl::new(gg.admin_addr(), None);
+    ctl.ok(&["weights", "set", "--service", "web", "canary=5"]);
+    let history = ctl.json(&["history"]);
+    assert_eq!(history["entries"][0]["actor"], "local");
+    assert!(
+        gg.log_text().contains("ADMIN API WITHOUT AUTHENTICATION"),
+        "{}",
+        gg.log_text()
+    );
+
+    // A non-loopback listener without tokens is a config error.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("graygate.toml");
+    let text = format!(
+        "listen = [\"127.0.0.1:0\"]\n{}",
+        config(&stable, &canary, "[admin]\nlisten = \"0.0.0.0:9901\"\n")
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(support::binary())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(":5:1: admin.listen: 0.0.0.0:9901 is not a loopback address: without `tokens` the admin API has no authentication"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_names_the_version_and_the_rule_without_sending_traffic() {
+    let (stable, canary, gg) = start().await;
+    let mut admin = Admin::new(gg.admin_addr(), Some(TOKEN));
+    let ctl = Ctl::new(gg.admin_addr(), Some(TOKEN));
+    ctl.ok(&["list", "add", "gray_ips", "10.0.0.7", "--ttl", "1h"]);
+
+    let (_, e) = admin
+        .send(
+            "POST",
+            "/v1/explain",
+            &[],
+            r#"{"client_ip": "10.0.0.7", "path": "/x?a=b"}"#,
+        )
+        .await;
+    assert_eq!(e["version"], "canary", "{e}");
+    assert_eq!(e["rule"], "gray-ips");
+    assert_eq!(e["reason"], "rule:gray-ips");
+    assert_eq!(e["upstream"], "canary");
+    assert_eq!(e["revision"], 1);
+
+    // `peer` resolves the client IP through the trusted proxies, as a real request would.
+    let (_, e) = admin
+        .send(
+            "POST",
+            "/v1/explain",
+            &[],
+            r#"{"peer": "127.0.0.1", "headers": {"X-Real-IP": "10.0.0.7"}}"#,
+        )
+        .await;
+    assert_eq!(
+        (e["version"].as_str(), e["client_ip"].as_str()),
+        (Some("canary"), Some("10.0.0.7")),
+        "{e}"
+    );
+    let (_, e) = admin
+        .send(
+            "POST",
+            "/v1/explain",
+            &[],
+            r#"{"peer": "192.0.2.1", "headers": {"X-Real-IP": "10.0.0.7"}}"#,
+        )
+        .await;
+    assert_eq!(
+        e["version"], "stable",
+        "an untrusted peer's header is not believed: {e}"
+    );
+
+    let out = ctl.ok(&["explain", "--ip", "10.0.0.8", "-H", "X-User-Id: 42"]);
+    assert!(
+        out.contains("version    canary") && out.contains("reason     rule:beta"),
+        "{out}"
+    );
+    let e = ctl.json(&["explain", "--ip", "10.0.0.8", "--cookie", "a=b"]);
+    assert_eq!(
+        (e["version"].as_str(), e["reason"].as_str()),
+        (Some("stable"), Some("default"))
+    );
+
+    assert_eq!(
+        stable.requests.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert_eq!(
+        canary.requests.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_services_versions_and_rules_through_ctl() {
+    let (_s, _c, gg) = start().await;
+    let ctl = Ctl::new(gg.admin_addr(), Some(TOKEN));
+    let mut client = Client::new(gg.addr);
+
+    ctl.ok(&["versions", "set", "--service", "web", "next", "canary"]);
+    let dir = tempfile::tempdir().unwrap();
+    let rule = dir.path().join("rule.toml");
+    std::fs::write(
+        &rule,
+        "name = \"testers\"\nversion = \"next\"\nwhen = { header = \"X-Tester\", present = true }\n",
+    )
+    .unwrap();
+    ctl.ok(&[
+        "rules",
+        "add",
+        "--service",
+        "web",
+        rule.to_str().unwrap(),
+        "--position",
+        "0",
+    ]);
+    let rules = ctl.ok(&["rules", "list", "--service", "web"]);
+    let first = rules.lines().nth(1).unwrap();
+    assert!(first.starts_with("0  testers   next"), "{rules}");
+    assert_eq!(client.version(&[("X-Tester", "1")]).await, "canary");
+
+    // A second service on a path prefix, and its route.
+    ctl.ok(&[
+        "services",
+        "put",
+        r#"{"name": "api", "stable": "v1", "versions": {"v1": "canary"}}"#,
+    ]);
+    ctl.ok(&[
+        "routes",
+        "put",
+        r#"{"name": "api", "service": "api", "path_prefix": "/api"}"#,
+    ]);
+    let mut api = Client::new(gg.addr);
+    assert_eq!(
+        api.request("GET", "/api/x", &[], Default::default())
+            .await
+            .body,
+        "canary\n"
+    );
+    let routes = ctl.ok(&["routes", "list"]);
+    assert!(routes.contains("api   *      /api  api"), "{routes}");
+
+    // Deleting a service a route uses is refused, with the API's message on stderr and exit 1.
+    let run = ctl.run(&["services", "delete", "api"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(
+        run.stderr.trim(),
+        "routes[1].service: route `api` leads to service `api`; delete or change the route first"
+    );
+    ctl.ok(&["routes", "delete", "api"]);
+    ctl.ok(&["services", "delete", "api"]);
+    ctl.ok(&["rules", "delete", "--service", "web", "testers"]);
+    ctl.ok(&["versions", "delete", "--service", "web", "next"]);
+    assert_eq!(client.version(&[("X-Tester", "1")]).await, "stable");
+
+    // Usage errors exit 2, an unreachable API exits 3.
+    assert_eq!(
+        ctl.run(&["weights", "set", "--service", "web", "canary"])
+            .code,
+        2
+    );
+    assert_eq!(ctl.run(&["frobnicate"]).code, 2);
+    let dead = Ctl::new(support::dead_addr(), Some(TOKEN)).run(&["status"]);
+    assert_eq!(dead.code, 3, "{dead:?}");
+    assert!(
+        dead.stderr.contains("cannot reach the admin API"),
+        "{dead:?}"
+    );
+
+    // The whole policy round-trips through `policy get` / `policy put`.
+    let policy = ctl.ok(&["policy", "get"]);
+    let file = dir.path().join("policy.json");
+    std::fs::write(&file, &policy).unwrap();
+    let before = Admin::new(gg.admin_addr(), Some(TOKEN)).revision().await;
+    ctl.ok(&[
+        "--revision",
+        &before.to_string(),
+        "policy",
+        "put",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(ctl.ok(&["policy", "get"]), policy);
+}

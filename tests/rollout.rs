@@ -1,0 +1,381 @@
+//! A whole rollout driven through the real `graygate ctl`: gray list -> 10% -> 50% -> promote ->
+//! rollback -> undo, checking where real requests go after every step. On the embedded store, and
+//! on Redis with two graygate instances (changes made through one reach the other). And with
+//! memcached, `ctl list add` writes the original nginx + lua key layout.
+
+#[path = "support/ctl.rs"]
+mod ctl;
+#[path = "support/stores.rs"]
+mod stores;
+mod support;
+
+use ctl::Ctl;
+use graygate::policy::bucket_of;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use stores::{MemcachedServer, RedisServer};
+use support::{Backend, Client, Graygate};
+
+const TOKEN: &str = "alice-token-0123456789";
+
+/// How many sticky identities the split is measured on.
+const USERS: u32 = 2000;
+
+/// How long an instance may take to follow a change (typically a few ms; generous for CI).
+const FOLLOW: Duration = Duration::from_secs(2);
+
+const GRAY_IP: &str = "10.0.0.7";
+const OTHER_IP: &str = "10.0.0.8";
+
+fn config(store: &str, stable: &Backend, canary: &Backend) -> String {
+    format!(
+        "{store}\n[client_ip]\ntrusted_proxies = [\"127.0.0.0/8\"]\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\ntokens = [{{ name = \"alice\", token = \"{TOKEN}\" }}]\n{}\
+         [policy]\n[[policy.routes]]\nservice = \"web\"\n\
+         [[policy.services]]\nname = \"web\"\nstable = \"stable\"\n\
+         versions = {{ stable = \"stable\", canary = \"canary\" }}\n\
+         [[policy.services.rules]]\nname = \"gray-ips\"\nversion = \"canary\"\n\
+         when = {{ client_ip = true, lookup = {{ list = \"gray_ips\" }}, equals = \"1\" }}\n",
+        support::upstreams(stable.addr, canary.addr)
+    )
+}
+
+/// Where requests go on one instance right now.
+#[derive(Debug, PartialEq, Eq)]
+struct Routing {
+    /// The version that answers the gray IP and another IP (no user id).
+    gray_ip: String,
+    other_ip: String,
+    /// User ids 1..=USERS that reached the canary.
+    canary_users: Vec<u32>,
+}
+
+async fn routing(addr: SocketAddr) -> Routing {
+    let mut c = Client::new(addr);
+    let gray_ip = c.version(&[("X-Real-IP", GRAY_IP)]).await;
+    let other_ip = c.version(&[("X-Real-IP", OTHER_IP)]).await;
+    let mut canary_users = Vec::new();
+    for id in 1..=USERS {
+        let id_text = id.to_string();
+        if c.version(&[("X-User-Id", &id_text)]).await == "canary" {
+            canary_users.push(id);
+        }
+    }
+    Routing {
+        gray_ip,
+        other_ip,
+        canary_users,
+    }
+}
+
+/// What a step should produce: gray and other IP versions, and the canary share of the split
+/// (`None`: every user on `all_users`).
+struct Expect {
+    gray_ip: &'static str,
+    other_ip: &'static str,
+    split: Option<f64>,
+    all_users: &'static str,
+}
+
+impl Expect {
+    fn routing(&self) -> Routing {
+        let canary_users = match self.split {
+            Some(pct) => (1..=USERS)
+                .filter(|id| f64::from(bucket_of("web", &id.to_string())) < pct * 100.0)
+                .collect(),
+            None if self.all_users == "canary" => (1..=USERS).collect(),
+            None => Vec::new(),
+        };
+        Routing {
+            gray_ip: self.gray_ip.to_string(),
+            other_ip: self.other_ip.to_string(),
+            canary_users,
+        }
+    }
+}
+
+/// Polls `addr` until it routes as `expect` says (bounded by [`FOLLOW`]); checks the split's
+/// share against its target (within 1.5 points).
+async fn check(step: &str, addr: SocketAddr, expect: &Expect) {
+    let want = expect.routing();
+    if let Some(pct) = expect.split {
+        let share = want.canary_users.len() as f64 * 100.0 / f64::from(USERS);
+        assert!(
+            (share - pct).abs() <= 1.5,
+            "{step}: the sticky split puts {share:.2}% on canary, not ~{pct}%"
+        );
+    }
+    let deadline = Instant::now() + FOLLOW;
+    loop {
+        let got = routing(addr).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{step} on {addr}: gray ip -> {} (want {}), other ip -> {} (want {}), {} users on canary (want {})",
+            got.gray_ip,
+            want.gray_ip,
+            got.other_ip,
+            want.other_ip,
+            got.canary_users.len(),
+            want.canary_users.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The revision a `--json` ctl answer names.
+fn revision(answer: &serde_json::Value) -> u64 {
+    answer["revision"].as_u64().expect("a revision")
+}
+
+/// Runs the rollout through `ctl` (pointed at the first instance) and checks every instance
+/// after every step. `between` runs after each step before the checks (the Redis test measures
+/// how fast the second instance follows there).
+async fn rollout(ctl: &Ctl, instances: &[SocketAddr]) {
+    let all_stable = Expect {
+        gray_ip: "stable",
+        other_ip: "stable",
+        split: None,
+        all_users: "stable",
+    };
+    for addr in instances {
+        check("start", *addr, &all_stable).await;
+    }
+
+    // 1. The gray list: one IP goes to the canary, everyone else stays.
+    let out = ctl.ok(&["list", "add", "gray_ips", GRAY_IP, "--ttl", "1h"]);
+    assert_eq!(out.trim(), "list gray_ips: 1 entries written");
+    assert_eq!(ctl.ok(&["list", "count", "gray_ips"]).trim(), "1");
+    let gray = Expect {
+        gray_ip: "canary",
+        other_ip: "stable",
+        split: None,
+        all_users: "stable",
+    };
+    for addr in instances {
+        check("gray list", *addr, &gray).await;
+    }
+
+    // 2. 10% of users, sticky by user id.
+    let ten = ctl.json(&[
+        "weights",
+        "set",
+        "--service",
+        "web",
+        "canary=10",
+        "--by",
+        "header:X-User-Id",
+    ]);
+    let ten_rev = revision(&ten);
+    let at_10 = Expect {
+        gray_ip: "canary",
+        other_ip: "stable",
+        split: Some(10.0),
+        all_users: "",
+    };
+    for addr in instances {
+        check("10%", *addr, &at_10).await;
+    }
+
+    // 3. 50%: the same 10% stay on the canary, more join.
+    let out = ctl.ok(&["weights", "set", "--service", "web", "canary=50"]);
+    assert!(
+        out.trim()
+            .ends_with("web: stable=50% canary=50% (sticky by header X-User-Id)"),
+        "{out}"
+    );
+    let fifty_rev = ten_rev + 1;
+    let at_50 = Expect {
+        gray_ip: "canary",
+        other_ip: "stable",
+        split: Some(50.0),
+        all_users: "",
+    };
+    for addr in instances {
+        check("50%", *addr, &at_50).await;
+    }
+
+    // 4. Promote: everyone on the new stable version at once; rules and split cleared.
+    let out = ctl.ok(&["promote", "--service", "web", "--version", "canary"]);
+    assert!(out.contains("canary is stable"), "{out}");
+    let promoted = Expect {
+        gray_ip: "canary",
+        other_ip: "canary",
+        split: None,
+        all_users: "canary",
+    };
+    for addr in instances {
+        check("promote", *addr, &promoted).await;
+    }
+    let status = ctl.json(&["status"]);
+    assert_eq!(status["services"][0]["stable"], "canary");
+    assert_eq!(status["services"][0]["rollback_to"], "stable");
+
+    // 5. Rollback: everyone back on the previous stable version.
+    let out = ctl.ok(&["rollback", "--service", "web"]);
+    assert!(
+        out.contains("promote of canary undone, everyone on stable"),
+        "{out}"
+    );
+    for addr in instances {
+        check("rollback", *addr, &all_stable).await;
+    }
+
+    // 6. Undo to the 50% step: the split and the gray list rule are back.
+    let out = ctl.ok(&["undo", &fifty_rev.to_string()]);
+    assert!(
+        out.contains(&format!("policy of revision {fifty_rev} restored")),
+        "{out}"
+    );
+    for addr in instances {
+        check("undo", *addr, &at_50).await;
+    }
+
+    // 7. The history names every step and who made it.
+    let history = ctl.ok(&["history"]);
+    let wanted = [
+        format!("undo to revision {fifty_rev}"),
+        "rollback web".to_string(),
+        "promote web: canary is stable".to_string(),
+        "weights web: canary=50".to_string(),
+        "weights web: canary=10".to_string(),
+    ];
+    let lines: Vec<&str> = history.lines().skip(1).collect();
+    for (line, want) in lines.iter().zip(&wanted) {
+        assert!(
+            line.contains(" alice ") && line.ends_with(want.as_str()),
+            "history line {line:?} is not `alice ... {want}`:\n{history}"
+        );
+    }
+    let json = ctl.json(&["history", "--limit", "10"]);
+    let entries = json["entries"].as_array().unwrap();
+    assert_eq!(entries[0]["revision"].as_u64(), Some(fifty_rev + 3));
+    assert_eq!(entries[4]["revision"].as_u64(), Some(ten_rev));
+    assert_eq!(
+        entries[4]["before"]["services"][0]["split"],
+        serde_json::Value::Null
+    );
+    assert_eq!(
+        entries[4]["after"]["services"][0]["split"]["weights"]["canary"],
+        10.0
+    );
+    // Live traffic per version was counted.
+    let status = ctl.json(&["status"]);
+    let requests = &status["services"][0]["traffic"];
+    assert!(
+        requests["canary"]["requests"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+    assert!(
+        requests["stable"]["requests"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_rollout_through_ctl_on_the_embedded_store() {
+    let (stable, canary) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let gg = Graygate::start(&config("", &stable, &canary));
+    let ctl = Ctl::new(gg.admin_addr(), Some(TOKEN));
+    rollout(&ctl, &[gg.addr]).await;
+
+    // Changes survive a restart, and so does the history.
+    let history = ctl.ok(&["history"]);
+    let dir = gg.stop();
+    let gg = Graygate::start_in(dir, &config("", &stable, &canary));
+    let ctl = Ctl::new(gg.admin_addr(), Some(TOKEN));
+    assert_eq!(ctl.ok(&["history"]), history);
+    let at_50 = Expect {
+        gray_ip: "canary",
+        other_ip: "stable",
+        split: Some(50.0),
+        all_users: "",
+    };
+    check("after a restart", gg.addr, &at_50).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_rollout_on_redis_reaches_both_instances() {
+    let (stable, canary) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let redis = RedisServer::start();
+    let store = format!("[store]\nkind = \"redis\"\nurl = \"{}\"", redis.url());
+    let a = Graygate::start(&config(&store, &stable, &canary));
+    let b = Graygate::start(&config(&store, &stable, &canary));
+    let ctl_a = Ctl::new(a.admin_addr(), Some(TOKEN));
+    rollout(&ctl_a, &[a.addr, b.addr]).await;
+
+    // One explicit check of how fast B follows a change made through A: one user that the 50%
+    // split keeps on stable moves to the canary when A promotes.
+    let user = (1..=USERS)
+        .find(|id| bucket_of("web", &id.to_string()) >= 5000)
+        .unwrap()
+        .to_string();
+    let mut on_b = Client::new(b.addr);
+    assert_eq!(on_b.version(&[("X-User-Id", &user)]).await, "stable");
+    ctl_a.ok(&["promote", "--service", "web"]);
+    let applied = Instant::now();
+    loop {
+        if on_b.version(&[("X-User-Id", &user)]).await == "canary" {
+            break;
+        }
+        assert!(
+            applied.elapsed() < Duration::from_millis(100),
+            "instance B did not follow A's promote within 100 ms"
+        );
+    }
+
+    // B's admin API sees the same policy and history, written by A.
+    let ctl_b = Ctl::new(b.admin_addr(), Some(TOKEN));
+    assert_eq!(ctl_b.ok(&["history"]), ctl_a.ok(&["history"]));
+    assert_eq!(ctl_b.ok(&["policy", "get"]), ctl_a.ok(&["policy", "get"]));
+    let entries = redis.cli(&["llen", "graygate:history"]);
+    assert_eq!(entries, "7", "one history record per change, seed included");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_list_add_writes_the_original_memcached_layout() {
+    let (stable, canary) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let mc = MemcachedServer::start();
+    let store = format!(
+        "[store]\nkind = \"memcached\"\nservers = [\"{}\"]\n[cache]\nttl = \"200ms\"\nnegative_ttl = \"200ms\"",
+        mc.addr()
+    );
+    let gg = Graygate::start(&config(&store, &stable, &canary));
+    let ctl = Ctl::new(gg.admin_addr(), Some(TOKEN));
+    let mut c = Client::new(gg.addr);
+    assert_eq!(c.version(&[("X-Real-IP", GRAY_IP)]).await, "stable");
+
+    ctl.ok(&[
+        "list", "add", "gray_ips", GRAY_IP, "--value", "1", "--ttl", "1h",
+    ]);
+    // What the nginx + lua design reads: key = the IP, value "1", flags 0.
+    assert_eq!(
+        mc.raw(&format!("get {GRAY_IP}\r\n"), "END\r\n"),
+        format!("VALUE {GRAY_IP} 0 1\r\n1\r\nEND\r\n")
+    );
+    assert_eq!(c.version(&[("X-Real-IP", GRAY_IP)]).await, "canary");
+    assert_eq!(c.version(&[("X-Real-IP", OTHER_IP)]).await, "stable");
+
+    ctl.ok(&["list", "remove", "gray_ips", GRAY_IP]);
+    assert_eq!(mc.raw(&format!("get {GRAY_IP}\r\n"), "END\r\n"), "END\r\n");
+    assert_eq!(c.version(&[("X-Real-IP", GRAY_IP)]).await, "stable");
+
+    // memcached cannot enumerate keys: the API says so, and ctl exits 3 with that message.
+    let run = ctl.run(&["list", "show", "gray_ips"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stderr.contains("memcached cannot list the keys"),
+        "{run:?}"
+    );
+}
