@@ -218,7 +218,17 @@ fn print_tour(
     }
     println!();
     if let Some(admin) = admin {
-        let ctl = format!("graygate ctl --addr http://{admin}");
+        // The binary as it was started (`cargo run` leaves no `graygate` on PATH).
+        let exe = std::env::current_exe()
+            .ok()
+            .and_then(|p| std::env::current_dir().ok().map(|d| (p, d)))
+            .map(|(p, d)| {
+                p.strip_prefix(&d)
+                    .map(|r| r.display().to_string())
+                    .unwrap_or_else(|_| p.display().to_string())
+            })
+            .unwrap_or_else(|| "graygate".to_string());
+        let ctl = format!("{exe} ctl --addr http://{admin}");
         println!(
             "Run the rollout live through the admin API (loopback only, no token in the demo):"
         );
