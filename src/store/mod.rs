@@ -55,6 +55,29 @@ pub enum StoreError {
     Open { path: String, detail: String },
 }
 
+/// Shows an error with its causes, `outer: cause: root cause`, each text once.
+///
+/// Each cause comes from [`std::error::Error::source`]. A cause whose text is already shown is
+/// skipped: some errors both print their cause and return it as their source (the redis crate's
+/// I/O errors do), and an operator should read an OS error once, not twice.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = self.0.to_string();
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            let text = e.to_string();
+            if !shown.contains(&text) {
+                shown.push_str(": ");
+                shown.push_str(&text);
+            }
+            cause = e.source();
+        }
+        f.write_str(&shown)
+    }
+}
+
 /// How many policy history entries a store keeps; older ones are dropped as new ones arrive.
 pub const HISTORY_LIMIT: usize = 1000;
 

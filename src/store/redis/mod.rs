@@ -1,19 +1,18 @@
 //! The Redis store: one policy and identity lists shared by every graygate instance, with changes
 //! pushed to all of them.
 //!
+//! # Layout of this module
+//! - this file: the store itself ([`RedisStore`]): connecting, the commands behind each [`Store`]
+//!   method, and how their failures become [`StoreError`]s;
+//! - `keys`: where the data lives in Redis (key names, the changes channel, the policy script);
+//! - `watch`: the background task that follows changes pushed by the server (pub/sub and
+//!   client-side caching invalidations) and keeps the store's health.
+//!
 //! # Layout in Redis
-//! - `<key_prefix>policy` (default `graygate:policy`): a hash with two fields, `revision` and
-//!   `policy` (the JSON text). A Lua script checks the expected revision, writes both fields and
-//!   publishes the change in one atomic step: two writers can never interleave half-updates, and
-//!   no instance can see the new document without its revision.
-//! - A list entry is a plain string key `<list prefix><key>`, so that existing data and other
-//!   tools (`redis-cli SET TOKEN_abc 42`) work as they are. A list's prefix comes from
-//!   [`RedisConfig::lists`]; a list not named there lives under `<key_prefix>list:<list>:`.
-//!   The OpenResty layout (`GET TOKEN_<token>`, `GET Grayscale_Range`) is a list with prefix `""`.
-//! - `<key_prefix>history`: a list of policy history records (JSON), newest first, capped at
-//!   [`HISTORY_LIMIT`]; pushed by the same Lua script that writes the policy.
-//! - `<key_prefix>changes`: the pub/sub channel on which every write is announced, as JSON:
-//!   `{"revision":N}` for the policy, `{"list":"name"}` for list writes made through graygate.
+//! The policy is a hash `<key_prefix>policy` (`revision`, `policy`), written with its history
+//! record (`<key_prefix>history`) and announced on `<key_prefix>changes` by one Lua script; a list
+//! entry is a plain string key `<list prefix><key>`, so that existing data and other tools
+//! (`redis-cli SET TOKEN_abc 42`) work as they are. See `keys` for the details.
 //!
 //! # Connections
 //! - Commands go through a [`ConnectionManager`] (one multiplexed connection, reconnected by the
@@ -21,19 +20,10 @@
 //!   by [`OP_TIMEOUT`] as a whole, so a server that accepts connections but never answers stalls
 //!   nothing.
 //! - A background task owns a second, RESP3 connection that subscribes to the changes channel and
-//!   receives Redis' client-side caching invalidations (`CLIENT TRACKING ON BCAST PREFIX ...` for
-//!   the list prefixes): a `SET`/`DEL`/expiry of a list key by *any* client, redis-cli included,
-//!   becomes a [`Change::Key`] within milliseconds, with no server configuration. A flush becomes a
-//!   [`Change::Reset`]. It pings both connections every second.
-//!
-//!   The task uses RESP3 push messages rather than the RESP2 `REDIRECT <client id>` form of
-//!   tracking because the redis crate's RESP2 pub/sub connection cannot send `CLIENT ID` before it
-//!   subscribes, and its own documentation points to RESP3 pushes for this. Both need Redis 6 or
-//!   later. Fallbacks, chosen at each (re)connect and reported by [`RedisStore::invalidation`]:
-//!   without RESP3 (Redis < 6) the task subscribes over RESP2; without `CLIENT TRACKING` (older
-//!   server, or the command is disabled) it follows keyspace notifications if the server's
-//!   `notify-keyspace-events` has them on (`K` with `A`, or `$`/`g`/`x`); else it says once in the
-//!   log that list values can be stale for up to the lookup cache's TTL.
+//!   receives Redis' client-side caching invalidations: a `SET`/`DEL`/expiry of a list key by
+//!   *any* client becomes a [`Change::Key`] within milliseconds. Without RESP3 or `CLIENT
+//!   TRACKING` it falls back to RESP2 and keyspace notifications, as [`RedisStore::invalidation`]
+//!   reports. See `watch`.
 //!
 //! # Outages
 //! When the server is stopped, killed or hangs, the store turns *degraded* (logged once, see
@@ -59,25 +49,23 @@
 //! a failover graygate reconnects by itself and reloads everything. For Cluster, use one
 //! non-cluster Redis (or a replica set behind such an address) for graygate's keys.
 
+mod keys;
+mod watch;
+
+use self::keys::{glob_escape, Keys, Notice, BAD_REVISION_CODE, SAVE_POLICY_LUA};
 use super::{
     Change, Entry, HealthTracker, Store, StoreError, StoreHealth, StoredPolicy, HISTORY_LIMIT,
 };
-use ::redis::aio::{
-    ConnectionManager, ConnectionManagerConfig, MultiplexedConnection, PubSubSink, PubSubStream,
-};
-use ::redis::{
-    AsyncConnectionConfig, Client, ErrorKind, Msg, ProtocolVersion, PushInfo, PushKind, RedisError,
-    Value,
-};
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Client, ErrorKind, ProtocolVersion, RedisError, Value};
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::{broadcast, mpsc, Notify};
+use tokio::sync::{broadcast, Notify};
 
 /// Value of [`StoreError`]'s `store` field for this store.
 const STORE: &str = "redis";
@@ -107,33 +95,6 @@ const MGET_BATCH: usize = 500;
 
 /// How many changes a subscriber may fall behind before it lags (and must reload everything).
 const CHANGE_CAPACITY: usize = 1024;
-
-/// Checks the expected revision, writes the new document with the next revision, records the
-/// change in the history list and announces it, all in one atomic step. `KEYS[1]` policy hash,
-/// `KEYS[2]` history list, `ARGV[1]` JSON, `ARGV[2]` expected revision or `""`, `ARGV[3]` changes
-/// channel, `ARGV[4]` history record or `""` for none, `ARGV[5]` how many records to keep.
-/// Returns `{1, new revision}` or `{0, stored revision}` on a conflict.
-const SAVE_POLICY_LUA: &str = r#"
-local stored = redis.call('HGET', KEYS[1], 'revision')
-local current = 0
-if stored then
-  current = tonumber(stored)
-  if current == nil then
-    return redis.error_reply('GRAYGATE revision field is not a number: ' .. stored)
-  end
-end
-if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= current then
-  return {0, current}
-end
-local nextrev = string.format('%d', current + 1)
-redis.call('HSET', KEYS[1], 'revision', nextrev, 'policy', ARGV[1])
-if ARGV[4] ~= '' then
-  redis.call('LPUSH', KEYS[2], ARGV[4])
-  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
-end
-redis.call('PUBLISH', ARGV[3], '{"revision":' .. nextrev .. '}')
-return {1, current + 1}
-"#;
 
 /// Where the Redis store connects and where it keeps its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,11 +174,12 @@ impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
             .field("target", &self.shared.target)
-            .field("key_prefix", &self.shared.key_prefix)
+            .field("key_prefix", &self.shared.keys.key_prefix)
             .finish_non_exhaustive()
     }
 }
 
+/// What the store and its background task share.
 struct Shared {
     /// Commands. Cloning it is cheap and shares the one connection.
     manager: ConnectionManager,
@@ -228,17 +190,9 @@ struct Shared {
     client: Client,
     /// The URL without its password, for messages.
     target: String,
-    key_prefix: String,
-    /// Configured lists: name -> key prefix.
-    lists: HashMap<String, String>,
-    /// `<key_prefix>list:`: lists not in `lists` live under `<this><list>:`.
-    default_list_prefix: String,
-    policy_key: String,
-    /// `<key_prefix>history`: the policy history list.
-    history_key: String,
-    channel: String,
-    /// `__keyspace@<db>__:`, the channel prefix of keyspace notifications.
-    keyspace_prefix: String,
+    /// Where everything lives in the database.
+    keys: Keys,
+    /// [`SAVE_POLICY_LUA`], sent by hash (`EVALSHA`) once the server knows it.
     save_script: ::redis::Script,
     changes: broadcast::Sender<Change>,
     health: HealthTracker,
@@ -289,20 +243,13 @@ impl RedisStore {
         let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
             .map_err(|e| open_err(e.to_string()))?;
 
-        let key_prefix = config.key_prefix;
         let (changes, _) = broadcast::channel(CHANGE_CAPACITY);
         let shared = Arc::new(Shared {
             manager,
             resp3,
             client,
             target,
-            default_list_prefix: format!("{key_prefix}list:"),
-            policy_key: format!("{key_prefix}policy"),
-            history_key: format!("{key_prefix}history"),
-            channel: format!("{key_prefix}changes"),
-            keyspace_prefix: format!("__keyspace@{db}__:"),
-            key_prefix,
-            lists: config.lists,
+            keys: Keys::new(config.key_prefix, config.lists, db),
             save_script: ::redis::Script::new(SAVE_POLICY_LUA),
             changes,
             health: HealthTracker::new(STORE),
@@ -329,17 +276,17 @@ impl RedisStore {
 
     /// The Redis key prefix of `list`'s entries.
     pub fn list_prefix(&self, list: &str) -> String {
-        self.shared.list_prefix(list)
+        self.shared.keys.list_prefix(list)
     }
 
     /// The key of the policy hash.
     pub fn policy_key(&self) -> &str {
-        &self.shared.policy_key
+        &self.shared.keys.policy
     }
 
     /// The pub/sub channel on which changes are announced.
     pub fn changes_channel(&self) -> &str {
-        &self.shared.channel
+        &self.shared.keys.channel
     }
 }
 
@@ -385,35 +332,6 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-/// `s` with the glob characters of `SCAN MATCH`/`PSUBSCRIBE` escaped.
-fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// The smallest set of prefixes that covers `prefixes` (Redis rejects overlapping tracking
-/// prefixes), or `None` when one of them is empty, i.e. every key.
-fn covering_prefixes<'a>(prefixes: impl IntoIterator<Item = &'a str>) -> Option<Vec<String>> {
-    let mut all: Vec<&str> = prefixes.into_iter().collect();
-    if all.iter().any(|p| p.is_empty()) {
-        return None;
-    }
-    all.sort_by_key(|p| p.len());
-    let mut kept: Vec<String> = Vec::new();
-    for p in all {
-        if !kept.iter().any(|k| p.starts_with(k.as_str())) {
-            kept.push(p.to_owned());
-        }
-    }
-    Some(kept)
-}
-
 /// Milliseconds until `at`, rounded up; `None` when `at` is past.
 fn millis_until(at: SystemTime, now: SystemTime) -> Option<u64> {
     let left = at.duration_since(now).ok().filter(|d| !d.is_zero())?;
@@ -421,52 +339,7 @@ fn millis_until(at: SystemTime, now: SystemTime) -> Option<u64> {
     Some(u64::try_from(ms).unwrap_or(u64::MAX))
 }
 
-/// A change announced on the changes channel.
-#[derive(serde::Deserialize)]
-struct Notice {
-    revision: Option<u64>,
-    list: Option<String>,
-}
-
 impl Shared {
-    fn list_prefix(&self, list: &str) -> String {
-        match self.lists.get(list) {
-            Some(prefix) => prefix.clone(),
-            None => format!("{}{list}:", self.default_list_prefix),
-        }
-    }
-
-    /// The lists (and keys in them) that the Redis key `redis_key` belongs to.
-    fn owners(&self, redis_key: &str) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = self
-            .lists
-            .iter()
-            .filter_map(|(list, prefix)| {
-                let key = redis_key.strip_prefix(prefix.as_str())?;
-                Some((list.clone(), key.to_owned()))
-            })
-            .collect();
-        if let Some((list, key)) = redis_key
-            .strip_prefix(self.default_list_prefix.as_str())
-            .and_then(|rest| rest.split_once(':'))
-        {
-            if !self.lists.contains_key(list) {
-                out.push((list.to_owned(), key.to_owned()));
-            }
-        }
-        out
-    }
-
-    /// Every list prefix this store reads, for tracking and keyspace subscriptions.
-    fn watched_prefixes(&self) -> Option<Vec<String>> {
-        covering_prefixes(
-            self.lists
-                .values()
-                .map(String::as_str)
-                .chain([self.default_list_prefix.as_str()]),
-        )
-    }
-
     fn unavailable(&self, what: &str, detail: impl fmt::Display) -> StoreError {
         StoreError::Unavailable {
             store: STORE,
@@ -546,272 +419,6 @@ impl Shared {
         let _ = self.changes.send(change);
     }
 
-    /// The background task: keeps the subscription connection up, turns what arrives on it into
-    /// changes, and tracks the store's health. Runs until the store is dropped.
-    async fn watch(self: Arc<Self>) {
-        let mut backoff = BACKOFF_MIN;
-        let mut announce = self.health.is_degraded();
-        loop {
-            let connected = async {
-                let watch = self.open_watch().await?;
-                self.ping().await.map_err(|e| e.to_string())?;
-                Ok::<_, String>(watch)
-            }
-            .await;
-            match connected {
-                Ok(mut watch) => {
-                    backoff = BACKOFF_MIN;
-                    self.health.mark_recovered();
-                    if announce {
-                        self.announce_reconnect().await;
-                    }
-                    let lost = self.follow(&mut watch).await;
-                    self.mode
-                        .store(InvalidationMode::Disconnected.as_u8(), Ordering::Release);
-                    self.health
-                        .mark_degraded(&format!("lost the connection to {}: {lost}", self.target));
-                    announce = true;
-                }
-                Err(e) => {
-                    self.health
-                        .mark_degraded(&format!("cannot reach {}: {e}", self.target));
-                    announce = true;
-                }
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-        }
-    }
-
-    /// After a reconnect: notifications may have been missed, so every cached value may be stale
-    /// and the policy may have changed.
-    async fn announce_reconnect(&self) {
-        self.send(Change::Reset);
-        let mut conn = self.manager.clone();
-        let mut cmd = ::redis::cmd("HGET");
-        cmd.arg(&self.policy_key).arg("revision");
-        let revision = cmd.query_async::<Option<u64>>(&mut conn);
-        if let Ok(Ok(Some(revision))) = tokio::time::timeout(OP_TIMEOUT, revision).await {
-            self.send(Change::Policy { revision });
-        }
-    }
-
-    /// Opens the subscription connection: RESP3 with tracking (or keyspace events), else RESP2.
-    async fn open_watch(&self) -> Result<Watch, String> {
-        let (tx, pushes) = mpsc::unbounded_channel();
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_push_sender(tx);
-        let bound = CONNECT_TIMEOUT + RESPONSE_TIMEOUT;
-        let conn = tokio::time::timeout(
-            bound,
-            self.resp3
-                .get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
-        .map_err(|_| format!("no answer within {bound:?}"))?;
-        match conn {
-            Ok(conn) => self.watch_resp3(conn, pushes).await,
-            Err(e) if is_connection_error(&e) => Err(e.to_string()),
-            // No RESP3 (Redis < 6): subscribe over RESP2.
-            Err(e) => {
-                tracing::debug!(error = %e, "RESP3 refused; subscribing over RESP2");
-                self.watch_resp2().await
-            }
-        }
-    }
-
-    async fn watch_resp3(
-        &self,
-        mut conn: MultiplexedConnection,
-        pushes: mpsc::UnboundedReceiver<PushInfo>,
-    ) -> Result<Watch, String> {
-        let step = |what: &'static str| move |e: RedisError| format!("{what}: {e}");
-        bounded(conn.subscribe(&self.channel))
-            .await?
-            .map_err(step("SUBSCRIBE"))?;
-        let mut tracking = ::redis::cmd("CLIENT");
-        tracking.arg("TRACKING").arg("ON").arg("BCAST");
-        for prefix in self.watched_prefixes().unwrap_or_default() {
-            tracking.arg("PREFIX").arg(prefix);
-        }
-        let mode = match bounded(tracking.query_async::<()>(&mut conn)).await? {
-            Ok(()) => InvalidationMode::Tracking,
-            Err(e) if is_connection_error(&e) => return Err(format!("CLIENT TRACKING: {e}")),
-            Err(e) => {
-                tracing::debug!(error = %e, "CLIENT TRACKING refused; trying keyspace notifications");
-                match self.keyspace_patterns(&mut conn).await? {
-                    Some(patterns) => {
-                        bounded(conn.psubscribe(patterns))
-                            .await?
-                            .map_err(step("PSUBSCRIBE"))?;
-                        InvalidationMode::KeyspaceEvents
-                    }
-                    None => InvalidationMode::TtlOnly,
-                }
-            }
-        };
-        self.set_mode(mode);
-        Ok(Watch::Resp3 { conn, pushes })
-    }
-
-    async fn watch_resp2(&self) -> Result<Watch, String> {
-        let pubsub = bounded(self.client.get_async_pubsub())
-            .await?
-            .map_err(|e| e.to_string())?;
-        let (mut sink, stream) = pubsub.split();
-        bounded(sink.subscribe(&self.channel))
-            .await?
-            .map_err(|e| format!("SUBSCRIBE: {e}"))?;
-        let mut conn = self.manager.clone();
-        let mode = match self.keyspace_patterns(&mut conn).await? {
-            Some(patterns) => {
-                bounded(sink.psubscribe(patterns))
-                    .await?
-                    .map_err(|e| format!("PSUBSCRIBE: {e}"))?;
-                InvalidationMode::KeyspaceEvents
-            }
-            None => InvalidationMode::TtlOnly,
-        };
-        self.set_mode(mode);
-        Ok(Watch::Resp2 { sink, stream })
-    }
-
-    /// The keyspace notification patterns for the list prefixes, if the server sends the
-    /// notifications (`notify-keyspace-events` with `K` and key-change events).
-    async fn keyspace_patterns(
-        &self,
-        conn: &mut impl ::redis::aio::ConnectionLike,
-    ) -> Result<Option<Vec<String>>, String> {
-        let mut cmd = ::redis::cmd("CONFIG");
-        cmd.arg("GET").arg("notify-keyspace-events");
-        // A flat array in RESP2, a map in RESP3: both read as a map.
-        let config = cmd.query_async::<HashMap<String, String>>(conn);
-        let flags = match bounded(config).await? {
-            Ok(reply) => reply
-                .get("notify-keyspace-events")
-                .cloned()
-                .unwrap_or_default(),
-            Err(e) if is_connection_error(&e) => return Err(format!("CONFIG GET: {e}")),
-            // CONFIG may be disabled (managed Redis): then we cannot know; assume off.
-            Err(_) => String::new(),
-        };
-        let enabled = flags.contains('K')
-            && (flags.contains('A')
-                || flags.contains('$')
-                || flags.contains('g')
-                || flags.contains('x'));
-        if !enabled {
-            return Ok(None);
-        }
-        let patterns = match self.watched_prefixes() {
-            None => vec![format!("{}*", self.keyspace_prefix)],
-            Some(prefixes) => prefixes
-                .iter()
-                .map(|p| format!("{}{}*", self.keyspace_prefix, glob_escape(p)))
-                .collect(),
-        };
-        Ok(Some(patterns))
-    }
-
-    fn set_mode(&self, mode: InvalidationMode) {
-        self.mode.store(mode.as_u8(), Ordering::Release);
-        match mode {
-            InvalidationMode::TtlOnly if !self.warned_ttl_only.swap(true, Ordering::Relaxed) => {
-                tracing::warn!(
-                        server = %self.target,
-                        "Redis offers neither client tracking (CLIENT TRACKING, Redis >= 6) nor keyspace notifications (notify-keyspace-events): list values written by other clients can be stale for up to the lookup cache TTL"
-                );
-            }
-            InvalidationMode::KeyspaceEvents => {
-                tracing::info!(server = %self.target, "following list keys through keyspace notifications")
-            }
-            _ => {}
-        }
-    }
-
-    /// Follows the subscription until a connection fails; returns why.
-    async fn follow(&self, watch: &mut Watch) -> String {
-        let mut tick = tokio::time::interval(PING_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            let check = tokio::select! {
-                event = watch.next() => {
-                    match event {
-                        Event::Message(msg) => self.on_message(&msg),
-                        Event::Invalidate(keys) => self.on_invalidate(keys),
-                        Event::Lost(why) => return why,
-                        Event::Other => {}
-                    }
-                    false
-                }
-                _ = tick.tick() => true,
-                _ = self.wake.notified() => true,
-            };
-            if check {
-                if let Err(why) = self.check(watch).await {
-                    return why;
-                }
-            }
-        }
-    }
-
-    /// Pings both connections; clears a degraded state that a failed command set meanwhile.
-    async fn check(&self, watch: &mut Watch) -> Result<(), String> {
-        bounded(watch.ping())
-            .await?
-            .map_err(|e| format!("PING on the subscription: {e}"))?;
-        self.ping().await.map_err(|e| e.to_string())?;
-        self.health.mark_recovered();
-        Ok(())
-    }
-
-    fn on_message(&self, msg: &Msg) {
-        let channel = msg.get_channel_name();
-        if channel == self.channel {
-            match serde_json::from_slice::<Notice>(msg.get_payload_bytes()) {
-                Ok(Notice {
-                    revision: Some(revision),
-                    ..
-                }) => self.send(Change::Policy { revision }),
-                Ok(Notice {
-                    list: Some(list), ..
-                }) => self.send(Change::List { list }),
-                _ => tracing::debug!(
-                    payload = %String::from_utf8_lossy(msg.get_payload_bytes()),
-                    "ignoring an unknown message on the changes channel"
-                ),
-            }
-        } else if let Some(key) = channel.strip_prefix(self.keyspace_prefix.as_str()) {
-            self.on_key(key);
-        }
-    }
-
-    /// A tracking invalidation: the keys that changed, or nil when the server flushed everything.
-    fn on_invalidate(&self, keys: Value) {
-        match keys {
-            Value::Array(keys) | Value::Set(keys) => {
-                for key in keys {
-                    match key {
-                        Value::BulkString(key) => self.on_key(&String::from_utf8_lossy(&key)),
-                        Value::SimpleString(key) => self.on_key(&key),
-                        _ => self.send(Change::Reset),
-                    }
-                }
-            }
-            Value::BulkString(key) => self.on_key(&String::from_utf8_lossy(&key)),
-            _ => self.send(Change::Reset),
-        }
-    }
-
-    fn on_key(&self, redis_key: &str) {
-        for (list, key) in self.owners(redis_key) {
-            self.send(Change::Key { list, key });
-        }
-    }
-
     /// Runs the policy script (see [`SAVE_POLICY_LUA`]); `record` `""` records no history.
     async fn save_policy(
         &self,
@@ -825,23 +432,23 @@ impl Shared {
         let (saved, revision): (i64, u64) = s
             .run(
                 "saving the policy",
-                &s.policy_key,
+                &s.keys.policy,
                 s.save_script
-                    .key(&s.policy_key)
-                    .key(&s.history_key)
+                    .key(&s.keys.policy)
+                    .key(&s.keys.history)
                     .arg(json)
                     .arg(&expected_arg)
-                    .arg(&s.channel)
+                    .arg(&s.keys.channel)
                     .arg(record)
                     .arg(HISTORY_LIMIT)
                     .invoke_async(&mut conn),
             )
             .await
             .map_err(|e| match e {
-                StoreError::Unavailable { detail, .. } if detail.contains("GRAYGATE") => {
+                StoreError::Unavailable { detail, .. } if detail.contains(BAD_REVISION_CODE) => {
                     StoreError::BadData {
                         store: STORE,
-                        key: s.policy_key.clone(),
+                        key: s.keys.policy.clone(),
                         detail,
                     }
                 }
@@ -861,7 +468,7 @@ impl Shared {
 
     async fn list_entries_of(&self, list: &str) -> Result<Vec<Entry>, StoreError> {
         const WHAT: &str = "listing entries";
-        let prefix = self.list_prefix(list);
+        let prefix = self.keys.list_prefix(list);
         let pattern = format!("{}*", glob_escape(&prefix));
         // SCAN may return a key more than once; a set also sorts them.
         let mut keys: BTreeSet<Vec<u8>> = BTreeSet::new();
@@ -946,67 +553,6 @@ impl Shared {
     }
 }
 
-/// `call` bounded by the response timeout (plus a margin for the connection's own timer).
-async fn bounded<T>(call: impl Future<Output = T>) -> Result<T, String> {
-    let bound = RESPONSE_TIMEOUT + Duration::from_millis(50);
-    tokio::time::timeout(bound, call)
-        .await
-        .map_err(|_| format!("no answer within {bound:?}"))
-}
-
-/// The subscription connection, in whichever protocol the server speaks.
-enum Watch {
-    Resp3 {
-        conn: MultiplexedConnection,
-        pushes: mpsc::UnboundedReceiver<PushInfo>,
-    },
-    Resp2 {
-        sink: PubSubSink,
-        stream: PubSubStream,
-    },
-}
-
-enum Event {
-    Message(Msg),
-    Invalidate(Value),
-    Lost(String),
-    Other,
-}
-
-impl Watch {
-    async fn next(&mut self) -> Event {
-        match self {
-            Watch::Resp3 { pushes, .. } => {
-                let Some(push) = pushes.recv().await else {
-                    return Event::Lost("the connection closed".to_owned());
-                };
-                match push.kind {
-                    PushKind::Disconnection => Event::Lost("the connection closed".to_owned()),
-                    PushKind::Invalidate => {
-                        Event::Invalidate(push.data.into_iter().next().unwrap_or(Value::Nil))
-                    }
-                    PushKind::Message | PushKind::PMessage => {
-                        Msg::from_push_info(push).map_or(Event::Other, Event::Message)
-                    }
-                    _ => Event::Other,
-                }
-            }
-            Watch::Resp2 { stream, .. } => match stream.next().await {
-                Some(msg) => Event::Message(msg),
-                None => Event::Lost("the pub/sub connection closed".to_owned()),
-            },
-        }
-    }
-
-    async fn ping(&mut self) -> Result<(), RedisError> {
-        match self {
-            Watch::Resp3 { conn, .. } => ::redis::cmd("PING").query_async::<Value>(conn).await,
-            Watch::Resp2 { sink, .. } => sink.ping::<Value>().await,
-        }
-        .map(drop)
-    }
-}
-
 #[async_trait]
 impl Store for RedisStore {
     fn kind(&self) -> &'static str {
@@ -1019,9 +565,9 @@ impl Store for RedisStore {
         let (revision, json): (Option<String>, Option<String>) = s
             .run(
                 "reading the policy",
-                &s.policy_key,
+                &s.keys.policy,
                 ::redis::cmd("HMGET")
-                    .arg(&s.policy_key)
+                    .arg(&s.keys.policy)
                     .arg("revision")
                     .arg("policy")
                     .query_async(&mut conn),
@@ -1029,7 +575,7 @@ impl Store for RedisStore {
             .await?;
         let bad = |detail: String| StoreError::BadData {
             store: STORE,
-            key: s.policy_key.clone(),
+            key: s.keys.policy.clone(),
             detail,
         };
         match (revision, json) {
@@ -1073,9 +619,9 @@ impl Store for RedisStore {
         let mut conn = s.manager.clone();
         s.run(
             "reading the policy history",
-            &s.history_key,
+            &s.keys.history,
             ::redis::cmd("LRANGE")
-                .arg(&s.history_key)
+                .arg(&s.keys.history)
                 .arg(0)
                 .arg(last)
                 .query_async(&mut conn),
@@ -1085,10 +631,7 @@ impl Store for RedisStore {
 
     async fn lookup(&self, list: &str, key: &str) -> Result<Option<Arc<str>>, StoreError> {
         let s = &self.shared;
-        let redis_key = match s.lists.get(list) {
-            Some(prefix) => format!("{prefix}{key}"),
-            None => format!("{}{list}:{key}", s.default_list_prefix),
-        };
+        let redis_key = s.keys.entry(list, key);
         let mut conn = s.manager.clone();
         let value: Option<String> = s
             .run(
@@ -1107,7 +650,7 @@ impl Store for RedisStore {
             return Ok(());
         }
         let s = &self.shared;
-        let prefix = s.list_prefix(list);
+        let prefix = s.keys.list_prefix(list);
         let now = SystemTime::now();
         let mut pipe = ::redis::pipe();
         pipe.atomic();
@@ -1127,8 +670,10 @@ impl Store for RedisStore {
                 },
             };
         }
-        let notice = serde_json::json!({ "list": list }).to_string();
-        pipe.cmd("PUBLISH").arg(&s.channel).arg(notice).ignore();
+        pipe.cmd("PUBLISH")
+            .arg(&s.keys.channel)
+            .arg(Notice::list(list))
+            .ignore();
         let mut conn = s.manager.clone();
         s.run(
             "writing list entries",
@@ -1148,13 +693,15 @@ impl Store for RedisStore {
             return Ok(0);
         }
         let s = &self.shared;
-        let prefix = s.list_prefix(list);
+        let prefix = s.keys.list_prefix(list);
         let mut pipe = ::redis::pipe();
         pipe.atomic();
         let redis_keys: Vec<String> = keys.iter().map(|k| format!("{prefix}{k}")).collect();
         pipe.cmd("DEL").arg(&redis_keys);
-        let notice = serde_json::json!({ "list": list }).to_string();
-        pipe.cmd("PUBLISH").arg(&s.channel).arg(notice).ignore();
+        pipe.cmd("PUBLISH")
+            .arg(&s.keys.channel)
+            .arg(Notice::list(list))
+            .ignore();
         let mut conn = s.manager.clone();
         let (removed,): (usize,) = s
             .run("removing list entries", list, pipe.query_async(&mut conn))
@@ -1203,25 +750,6 @@ mod tests {
             redact_url("redis+unix:///run/redis.sock?db=1&pass=x&user=u"),
             "redis+unix:///run/redis.sock?db=1&pass=***&user=u"
         );
-    }
-
-    #[test]
-    fn tracking_prefixes_never_overlap() {
-        assert_eq!(
-            covering_prefixes(["TOKEN_", "graygate:list:", "TOKEN_X", "graygate:"]),
-            Some(vec!["TOKEN_".to_owned(), "graygate:".to_owned()])
-        );
-        assert_eq!(covering_prefixes(["a", "", "b"]), None);
-        assert_eq!(
-            covering_prefixes(["b", "a"]),
-            Some(vec!["b".to_owned(), "a".to_owned()])
-        );
-    }
-
-    #[test]
-    fn globs_are_escaped() {
-        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
-        assert_eq!(glob_escape("TOKEN_"), "TOKEN_");
     }
 
     #[test]

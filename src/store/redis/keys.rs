@@ -1,0 +1,284 @@
+//! Where the Redis store keeps its data: the key names, the change announcements and the Lua
+//! script that writes the policy. Everything here is pure (no connection), so that the layout is
+//! one place to read and to test.
+//!
+//! # Layout in Redis
+//! - `<key_prefix>policy` (default `graygate:policy`): a hash with two fields, `revision` and
+//!   `policy` (the JSON text). A Lua script ([`SAVE_POLICY_LUA`]) checks the expected revision,
+//!   writes both fields and publishes the change in one atomic step: two writers can never
+//!   interleave half-updates, and no instance can see the new document without its revision.
+//! - A list entry is a plain string key `<list prefix><key>`, so that existing data and other
+//!   tools (`redis-cli SET TOKEN_abc 42`) work as they are. A list's prefix comes from
+//!   [`RedisConfig::lists`](super::RedisConfig::lists); a list not named there lives under
+//!   `<key_prefix>list:<list>:`. The OpenResty layout (`GET TOKEN_<token>`,
+//!   `GET Grayscale_Range`) is a list with prefix `""`.
+//! - `<key_prefix>history`: a list of policy history records (JSON), newest first, capped at
+//!   [`HISTORY_LIMIT`](crate::store::HISTORY_LIMIT); pushed by the same Lua script that writes
+//!   the policy.
+//! - `<key_prefix>changes`: the pub/sub channel on which every write is announced, as JSON:
+//!   `{"revision":N}` for the policy, `{"list":"name"}` for list writes made through graygate
+//!   ([`Notice`]).
+
+use std::collections::HashMap;
+
+/// Checks the expected revision, writes the new document with the next revision, records the
+/// change in the history list and announces it, all in one atomic step. `KEYS[1]` policy hash,
+/// `KEYS[2]` history list, `ARGV[1]` JSON, `ARGV[2]` expected revision or `""`, `ARGV[3]` changes
+/// channel, `ARGV[4]` history record or `""` for none, `ARGV[5]` how many records to keep.
+/// Returns `{1, new revision}`, or `{0, stored revision}` when the write lost the race (the stored
+/// revision is not the expected one). A revision field that is not a number fails with an error
+/// whose code is [`BAD_REVISION_CODE`].
+pub(super) const SAVE_POLICY_LUA: &str = r#"
+local stored = redis.call('HGET', KEYS[1], 'revision')
+local current = 0
+if stored then
+  current = tonumber(stored)
+  if current == nil then
+    return redis.error_reply('GRAYGATE revision field is not a number: ' .. stored)
+  end
+end
+if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= current then
+  return {0, current}
+end
+local nextrev = string.format('%d', current + 1)
+redis.call('HSET', KEYS[1], 'revision', nextrev, 'policy', ARGV[1])
+if ARGV[4] ~= '' then
+  redis.call('LPUSH', KEYS[2], ARGV[4])
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
+end
+redis.call('PUBLISH', ARGV[3], '{"revision":' .. nextrev .. '}')
+return {1, current + 1}
+"#;
+
+/// The error code (first word of the error reply) with which [`SAVE_POLICY_LUA`] refuses a policy
+/// hash it did not write.
+pub(super) const BAD_REVISION_CODE: &str = "GRAYGATE";
+
+/// The names of everything the store reads and writes in one Redis database.
+#[derive(Debug)]
+pub(super) struct Keys {
+    /// Prefix of graygate's own keys.
+    pub key_prefix: String,
+    /// Configured lists: name -> key prefix.
+    pub lists: HashMap<String, String>,
+    /// `<key_prefix>list:`: lists not in `lists` live under `<this><list>:`.
+    pub default_list_prefix: String,
+    /// `<key_prefix>policy`: the policy hash.
+    pub policy: String,
+    /// `<key_prefix>history`: the policy history list.
+    pub history: String,
+    /// `<key_prefix>changes`: the pub/sub channel of announcements.
+    pub channel: String,
+    /// `__keyspace@<db>__:`, the channel prefix of keyspace notifications.
+    pub keyspace_prefix: String,
+}
+
+impl Keys {
+    /// The layout under `key_prefix` in database `db`.
+    pub fn new(key_prefix: String, lists: HashMap<String, String>, db: i64) -> Self {
+        Keys {
+            default_list_prefix: format!("{key_prefix}list:"),
+            policy: format!("{key_prefix}policy"),
+            history: format!("{key_prefix}history"),
+            channel: format!("{key_prefix}changes"),
+            keyspace_prefix: format!("__keyspace@{db}__:"),
+            key_prefix,
+            lists,
+        }
+    }
+
+    /// The Redis key prefix of `list`'s entries.
+    pub fn list_prefix(&self, list: &str) -> String {
+        match self.lists.get(list) {
+            Some(prefix) => prefix.clone(),
+            None => format!("{}{list}:", self.default_list_prefix),
+        }
+    }
+
+    /// The Redis key of `key` in `list`.
+    pub fn entry(&self, list: &str, key: &str) -> String {
+        match self.lists.get(list) {
+            Some(prefix) => format!("{prefix}{key}"),
+            None => format!("{}{list}:{key}", self.default_list_prefix),
+        }
+    }
+
+    /// The lists (and keys in them) that the Redis key `redis_key` belongs to.
+    pub fn owners(&self, redis_key: &str) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .lists
+            .iter()
+            .filter_map(|(list, prefix)| {
+                let key = redis_key.strip_prefix(prefix.as_str())?;
+                Some((list.clone(), key.to_owned()))
+            })
+            .collect();
+        if let Some((list, key)) = redis_key
+            .strip_prefix(self.default_list_prefix.as_str())
+            .and_then(|rest| rest.split_once(':'))
+        {
+            if !self.lists.contains_key(list) {
+                out.push((list.to_owned(), key.to_owned()));
+            }
+        }
+        out
+    }
+
+    /// Every list prefix this store reads, for tracking and keyspace subscriptions; `None` when
+    /// one of them is empty, i.e. every key.
+    pub fn watched_prefixes(&self) -> Option<Vec<String>> {
+        covering_prefixes(
+            self.lists
+                .values()
+                .map(String::as_str)
+                .chain([self.default_list_prefix.as_str()]),
+        )
+    }
+
+    /// The keyspace notification patterns that cover every list key.
+    pub fn keyspace_patterns(&self) -> Vec<String> {
+        match self.watched_prefixes() {
+            None => vec![format!("{}*", self.keyspace_prefix)],
+            Some(prefixes) => prefixes
+                .iter()
+                .map(|p| format!("{}{}*", self.keyspace_prefix, glob_escape(p)))
+                .collect(),
+        }
+    }
+}
+
+/// A change announced on the changes channel.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct Notice {
+    /// Set for a policy write: the new revision.
+    pub revision: Option<u64>,
+    /// Set for a list write made through graygate: the list's name.
+    pub list: Option<String>,
+}
+
+impl Notice {
+    /// The announcement of a write to `list` (the policy's is made by [`SAVE_POLICY_LUA`]).
+    pub fn list(list: &str) -> String {
+        serde_json::json!({ "list": list }).to_string()
+    }
+}
+
+/// `s` with the glob characters of `SCAN MATCH`/`PSUBSCRIBE` escaped.
+pub(super) fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The smallest set of prefixes that covers `prefixes` (Redis rejects overlapping tracking
+/// prefixes), or `None` when one of them is empty, i.e. every key.
+pub(super) fn covering_prefixes<'a>(
+    prefixes: impl IntoIterator<Item = &'a str>,
+) -> Option<Vec<String>> {
+    let mut all: Vec<&str> = prefixes.into_iter().collect();
+    if all.iter().any(|p| p.is_empty()) {
+        return None;
+    }
+    all.sort_by_key(|p| p.len());
+    let mut kept: Vec<String> = Vec::new();
+    for p in all {
+        if !kept.iter().any(|k| p.starts_with(k.as_str())) {
+            kept.push(p.to_owned());
+        }
+    }
+    Some(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(lists: &[(&str, &str)]) -> Keys {
+        let lists = lists
+            .iter()
+            .map(|(l, p)| (l.to_string(), p.to_string()))
+            .collect();
+        Keys::new("graygate:".to_owned(), lists, 2)
+    }
+
+    #[test]
+    fn tracking_prefixes_never_overlap() {
+        assert_eq!(
+            covering_prefixes(["TOKEN_", "graygate:list:", "TOKEN_X", "graygate:"]),
+            Some(vec!["TOKEN_".to_owned(), "graygate:".to_owned()])
+        );
+        assert_eq!(covering_prefixes(["a", "", "b"]), None);
+        assert_eq!(
+            covering_prefixes(["b", "a"]),
+            Some(vec!["b".to_owned(), "a".to_owned()])
+        );
+    }
+
+    #[test]
+    fn globs_are_escaped() {
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+        assert_eq!(glob_escape("TOKEN_"), "TOKEN_");
+    }
+
+    #[test]
+    fn layout_of_keys_and_channels() {
+        let k = keys(&[("tokens", "TOKEN_"), ("range", "")]);
+        assert_eq!(k.policy, "graygate:policy");
+        assert_eq!(k.history, "graygate:history");
+        assert_eq!(k.channel, "graygate:changes");
+        assert_eq!(k.keyspace_prefix, "__keyspace@2__:");
+        assert_eq!(k.entry("tokens", "abc"), "TOKEN_abc");
+        assert_eq!(k.entry("ips", "10.0.0.1"), "graygate:list:ips:10.0.0.1");
+        assert_eq!(k.list_prefix("tokens"), "TOKEN_");
+        assert_eq!(k.list_prefix("ips"), "graygate:list:ips:");
+        // A list with prefix "" covers every key: watch everything.
+        assert_eq!(k.watched_prefixes(), None);
+        assert_eq!(k.keyspace_patterns(), ["__keyspace@2__:*"]);
+
+        let k = keys(&[("tokens", "TOKEN_*")]);
+        let mut patterns = k.keyspace_patterns();
+        patterns.sort();
+        assert_eq!(
+            patterns,
+            [
+                "__keyspace@2__:TOKEN_\\**",
+                "__keyspace@2__:graygate:list:*"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_key_belongs_to_every_list_whose_prefix_it_has() {
+        let k = keys(&[("tokens", "TOKEN_"), ("all", "")]);
+        let mut owners = k.owners("TOKEN_abc");
+        owners.sort();
+        assert_eq!(
+            owners,
+            [
+                ("all".to_owned(), "TOKEN_abc".to_owned()),
+                ("tokens".to_owned(), "abc".to_owned())
+            ]
+        );
+        let k = keys(&[("tokens", "TOKEN_")]);
+        assert_eq!(
+            k.owners("graygate:list:ips:10.0.0.1"),
+            [("ips".to_owned(), "10.0.0.1".to_owned())]
+        );
+        // A configured list is not also read under the default prefix.
+        assert!(k.owners("graygate:list:tokens:abc").is_empty());
+        assert!(k.owners("other").is_empty());
+    }
+
+    #[test]
+    fn notices_read_back() {
+        let n: Notice = serde_json::from_str(&Notice::list("a\"b")).unwrap();
+        assert_eq!((n.revision, n.list.as_deref()), (None, Some("a\"b")));
+        let n: Notice = serde_json::from_str(r#"{"revision":7}"#).unwrap();
+        assert_eq!((n.revision, n.list), (Some(7), None));
+    }
+}
