@@ -6,7 +6,7 @@
 //! once. Each service numbers the distinct sources it reads (so that evaluation reads each at most
 //! once per request) and indexes its rules (see `index`).
 
-use super::hash::FastState;
+use super::compiled::{Cond, Lookup, Rule, Source, Test};
 use super::index::RuleIndex;
 use super::iptable::IpTable;
 use super::model::*;
@@ -99,80 +99,12 @@ pub(super) struct Override {
 }
 
 #[derive(Debug)]
-pub(super) struct Rule {
-    pub name: Arc<str>,
-    pub version: usize,
-    pub cond: Cond,
-}
-
-#[derive(Debug)]
 pub(super) struct Split {
     /// The identity's slot in [`Service::sources`].
     pub by: Option<usize>,
     pub seed: u64,
     /// (bucket upper bound exclusive, version), ascending; buckets past the last go to stable.
     pub bounds: Vec<(u32, usize)>,
-}
-
-#[derive(Debug)]
-pub(super) enum Cond {
-    All(Vec<Cond>),
-    Any(Vec<Cond>),
-    Not(Box<Cond>),
-    Test {
-        source: Source,
-        /// The source's index in [`Service::sources`].
-        slot: usize,
-        lookup: Option<Lookup>,
-        test: Test,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Source {
-    Header(HeaderName),
-    Cookie(String),
-    Query(String),
-    ClientIp,
-}
-
-#[derive(Debug)]
-pub(super) struct Lookup {
-    pub list: Arc<str>,
-    /// The key template split at `{}`.
-    pub before: String,
-    pub after: String,
-}
-
-#[derive(Debug)]
-pub(super) enum Test {
-    Equals(String),
-    In(HashSet<String, FastState>),
-    Regex(Regex),
-    Cidr(IpTable),
-    Range {
-        start: f64,
-        end: f64,
-        exclusive: bool,
-    },
-    RangeFrom {
-        list: Arc<str>,
-        key: String,
-        start: String,
-        end: String,
-        exclusive: bool,
-    },
-    Ids(HashSet<i64, FastState>),
-    Suffix(Vec<String>),
-    Modulo {
-        divisor: u64,
-        remainders: HashSet<u64, FastState>,
-    },
-    Percent {
-        threshold: u32,
-        seed: u64,
-    },
-    Present(bool),
 }
 
 /// Buckets per 100%: percentages have two decimals.

@@ -7,7 +7,8 @@
 //! rule indexes (see `index`) give the first indexed rule that matches; only the linear rules
 //! before it are evaluated, in order.
 
-use super::compile::{seed_of, Cond, Lookup, Policy, RouteEntry, Service, Source, Test, BUCKETS};
+use super::compile::{seed_of, Policy, RouteEntry, Service, BUCKETS};
+use super::compiled::{Cond, Lookup, Source, Test};
 use super::index::{SourceIndex, NONE};
 use super::{Decision, LookupAnswer, Lookups, OverrideValue, Reason, RequestFacts};
 use std::borrow::Cow;
@@ -627,7 +628,8 @@ fn percent_decode(v: &str) -> Cow<'_, str> {
 /// evaluation must agree with exactly.
 #[cfg(test)]
 pub(super) mod reference {
-    use super::super::compile::{Cond, Policy, Source, Test, BUCKETS};
+    use super::super::compile::{Policy, BUCKETS};
+    use super::super::compiled::{Cond, Source, Test};
     use super::super::{Decision, LookupAnswer, Lookups, OverrideValue, Reason, RequestFacts};
     use super::{
         bucket_seeded, in_stored_range, key_of, lookup_value, parse_integer, parse_number,

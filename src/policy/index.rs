@@ -9,7 +9,7 @@
 //! and the size of their lists, and first-match-wins holds exactly: a linear rule is evaluated
 //! (and may ask for a store lookup) only when every rule before it failed.
 
-use super::compile::{Cond, Rule, Source, Test};
+use super::compiled::{Cond, Rule, Source, Test};
 use super::hash::FastState;
 use super::iptable::{IpRankTable, IpTable};
 use std::collections::HashMap;

@@ -10,11 +10,15 @@
 //! - `model`: the serde types operators write (TOML, JSON).
 //! - `compile`: validates a [`PolicyDoc`] as a whole and builds lookup structures whose cost does
 //!   not grow with list sizes (hash sets, CIDR tables by prefix length, host maps).
+//! - `compiled`: the compiled rule types (rule, condition, source, test) that `compile` builds,
+//!   `index` files and `evaluate` walks; below both, so that neither reaches into the other.
+//! - `index`: per-service rule indexes, the first matching rule without walking every rule.
 //! - `evaluate`: request facts -> decision.
 //! - [`edit`]: the admin API's edits of a document (routes, rules, weights, promote, rollback)
 //!   as pure functions, and the checks it makes beyond `compile`.
 
 mod compile;
+mod compiled;
 pub mod edit;
 mod evaluate;
 mod hash;
