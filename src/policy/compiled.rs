@@ -86,7 +86,7 @@ pub(super) enum Test {
         divisor: u64,
         remainders: HashSet<u64, FastState>,
     },
-    /// The identity's bucket under `seed` is below `threshold` (of [`super::compile::BUCKETS`]).
+    /// The identity's bucket (0..10000) under `seed` is below `threshold`.
     Percent {
         threshold: u32,
         seed: u64,

@@ -398,9 +398,10 @@ fn promote_target(s: &ServiceDoc) -> Option<String> {
     }
 }
 
-/// Makes `version` (or the canary, see [`promote_target`]) the stable version: every request goes
-/// to it at once, rules and split are cleared, and the old stable version becomes the rollback
-/// target. Returns `(old stable, new stable)`.
+/// Makes `version` (or, without one, the canary: the only version besides stable, else the only
+/// one with a weight above 0) the stable version: every request goes to it at once, rules and
+/// split are cleared, and the old stable version becomes the rollback target. Returns
+/// `(old stable, new stable)`.
 pub fn promote(
     doc: &mut PolicyDoc,
     service: &str,

@@ -13,7 +13,11 @@
 //! - `compiled`: the compiled rule types (rule, condition, source, test) that `compile` builds,
 //!   `index` files and `evaluate` walks; below both, so that neither reaches into the other.
 //! - `index`: per-service rule indexes, the first matching rule without walking every rule.
+//! - `request`: reading a request: the value of a header, a cookie, a query parameter or the
+//!   client IP, each read at most once per evaluation, and read as a number the way the original
+//!   Lua designs did.
 //! - `evaluate`: request facts -> decision.
+//! - `oracle` (tests only): the plain linear evaluator the indexed one is checked against.
 //! - [`edit`]: the admin API's edits of a document (routes, rules, weights, promote, rollback)
 //!   as pure functions, and the checks it makes beyond `compile`.
 
@@ -25,6 +29,9 @@ mod hash;
 mod index;
 mod iptable;
 pub mod model;
+#[cfg(test)]
+mod oracle;
+mod request;
 
 pub use compile::{compile, CompileError, Policy};
 pub use evaluate::{bucket_of, Evaluation};

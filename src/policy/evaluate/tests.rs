@@ -1,0 +1,562 @@
+//! Tests of [`Policy::evaluate`]: each kind of source and test, splits, overrides, store lookups and
+//! routing, on small policies written as an operator would.
+
+use super::super::{compile, model::PolicyDoc, NoLookups};
+use super::*;
+use http::HeaderMap;
+use std::collections::HashMap;
+
+const UPSTREAMS: &[&str] = &["prod", "gray"];
+
+fn policy(toml_text: &str) -> Policy {
+    let doc: PolicyDoc = toml::from_str(toml_text).expect("policy parses");
+    compile(&doc, UPSTREAMS).expect("policy compiles")
+}
+
+fn compile_err(toml_text: &str) -> String {
+    let doc: PolicyDoc = toml::from_str(toml_text).expect("policy parses");
+    compile(&doc, UPSTREAMS)
+        .expect_err("policy must be rejected")
+        .to_string()
+}
+
+/// A service `web` (stable `v1` on prod, `v2` on gray) with the given extra TOML.
+fn web(extra: &str) -> Policy {
+    policy(&format!(
+        "[[routes]]\nservice = \"web\"\n[[services]]\nname = \"web\"\nstable = \"v1\"\nversions = {{ v1 = \"prod\", v2 = \"gray\" }}\n{extra}"
+    ))
+}
+
+struct Req {
+    host: &'static str,
+    path: &'static str,
+    query: Option<&'static str>,
+    ip: IpAddr,
+    headers: HeaderMap,
+    random: u64,
+}
+
+fn req() -> Req {
+    Req {
+        host: "example.com",
+        path: "/",
+        query: None,
+        ip: "192.0.2.1".parse().unwrap(),
+        headers: HeaderMap::new(),
+        random: 0,
+    }
+}
+
+impl Req {
+    fn header(mut self, k: &'static str, v: &str) -> Self {
+        self.headers.append(k, v.parse().unwrap());
+        self
+    }
+    fn ip(mut self, ip: &str) -> Self {
+        self.ip = ip.parse().unwrap();
+        self
+    }
+    fn facts(&self) -> RequestFacts<'_> {
+        RequestFacts {
+            host: self.host,
+            path: self.path,
+            query: self.query,
+            client_ip: self.ip,
+            headers: &self.headers,
+            random: self.random,
+        }
+    }
+}
+
+fn version(p: &Policy, r: &Req) -> String {
+    match p.evaluate(&r.facts(), &NoLookups) {
+        Evaluation::Decided(d) => d.version.to_string(),
+        other => panic!("not decided: {other:?}"),
+    }
+}
+
+fn decision(p: &Policy, r: &Req, l: &dyn Lookups) -> Decision {
+    match p.evaluate(&r.facts(), l) {
+        Evaluation::Decided(d) => d,
+        other => panic!("not decided: {other:?}"),
+    }
+}
+
+const RULE: &str = "[[services.rules]]\nname = \"r\"\nversion = \"v2\"\n";
+
+#[test]
+fn stable_when_nothing_matches() {
+    let p = web("");
+    let d = decision(&p, &req(), &NoLookups);
+    assert_eq!(
+        (&*d.version, d.upstream, d.reason.clone()),
+        ("v1", 0, Reason::Default)
+    );
+    assert!(d.is_stable());
+}
+
+#[test]
+fn client_ip_cidr() {
+    let p = web(&format!(
+        "{RULE}when = {{ cidr = [\"10.0.0.0/8\", \"192.0.2.9\"] }}"
+    ));
+    assert_eq!(version(&p, &req().ip("10.1.2.3")), "v2");
+    assert_eq!(version(&p, &req().ip("192.0.2.9")), "v2");
+    assert_eq!(version(&p, &req().ip("192.0.2.8")), "v1");
+    let d = decision(&p, &req().ip("10.0.0.1"), &NoLookups);
+    assert_eq!(d.reason, Reason::Rule { name: "r".into() });
+    assert_eq!(d.upstream, 1);
+    assert_eq!(d.stable_upstream, 0);
+}
+
+#[test]
+fn header_equals_in_and_regex() {
+    let p = web(&format!(
+        "{RULE}when = {{ header = \"X-Env\", equals = \"beta\" }}"
+    ));
+    assert_eq!(version(&p, &req().header("x-env", "beta")), "v2");
+    assert_eq!(version(&p, &req().header("x-env", "prod")), "v1");
+    assert_eq!(version(&p, &req()), "v1");
+
+    let p = web(&format!(
+        "{RULE}when = {{ header = \"X-Env\", in = [\"a\", \"b\"] }}"
+    ));
+    assert_eq!(version(&p, &req().header("x-env", "b")), "v2");
+    assert_eq!(version(&p, &req().header("x-env", "c")), "v1");
+
+    let p = web(&format!(
+        "{RULE}when = {{ header = \"User-Agent\", regex = \"(?i)iphone\" }}"
+    ));
+    assert_eq!(
+        version(&p, &req().header("user-agent", "Mozilla (iPhone)")),
+        "v2"
+    );
+    assert_eq!(
+        version(&p, &req().header("user-agent", "Mozilla (X11)")),
+        "v1"
+    );
+}
+
+#[test]
+fn cookie_and_query_sources() {
+    let p = web(&format!(
+        "{RULE}when = {{ cookie = \"group\", equals = \"beta\" }}"
+    ));
+    assert_eq!(
+        version(&p, &req().header("cookie", "a=1; group=beta; z=2")),
+        "v2"
+    );
+    assert_eq!(
+        version(&p, &req().header("cookie", "a=1; mygroup=beta")),
+        "v1"
+    );
+
+    let p = web(&format!(
+        "{RULE}when = {{ query = \"ab\", equals = \"new ui\" }}"
+    ));
+    let mut r = req();
+    r.query = Some("x=1&ab=new%20ui");
+    assert_eq!(version(&p, &r), "v2");
+    r.query = Some("x=1&ab=old");
+    assert_eq!(version(&p, &r), "v1");
+}
+
+#[test]
+fn numeric_identity_range_set_suffix_modulo() {
+    let p = web(&format!(
+        "{RULE}when = {{ header = \"X-Uid\", range = {{ start = 1, end = 5000 }} }}"
+    ));
+    assert_eq!(version(&p, &req().header("x-uid", "1")), "v2");
+    assert_eq!(version(&p, &req().header("x-uid", "5000")), "v2");
+    assert_eq!(version(&p, &req().header("x-uid", "5001")), "v1");
+    assert_eq!(version(&p, &req().header("x-uid", "abc")), "v1");
+
+    let p = web(&format!("{RULE}when = {{ header = \"X-Uid\", range = {{ start = 1, end = 5000, exclusive = true }} }}"));
+    assert_eq!(version(&p, &req().header("x-uid", "1")), "v1");
+    assert_eq!(version(&p, &req().header("x-uid", "2")), "v2");
+    assert_eq!(version(&p, &req().header("x-uid", "4999")), "v2");
+    assert_eq!(version(&p, &req().header("x-uid", "5000")), "v1");
+
+    let p = web(&format!(
+        "{RULE}when = {{ header = \"X-Uid\", ids = [7, 42] }}"
+    ));
+    assert_eq!(version(&p, &req().header("x-uid", "42")), "v2");
+    assert_eq!(version(&p, &req().header("x-uid", "43")), "v1");
+
+    let p = web(&format!(
+        "{RULE}when = {{ header = \"X-Uid\", suffix = [\"7\", \"00\"] }}"
+    ));
+    assert_eq!(version(&p, &req().header("x-uid", "1237")), "v2");
+    assert_eq!(version(&p, &req().header("x-uid", "1200")), "v2");
+    assert_eq!(version(&p, &req().header("x-uid", "1201")), "v1");
+
+    let p = web(&format!(
+        "{RULE}when = {{ cookie = \"uid\", modulo = {{ divisor = 10, remainders = [0, 1] }} }}"
+    ));
+    assert_eq!(version(&p, &req().header("cookie", "uid=31")), "v2");
+    assert_eq!(version(&p, &req().header("cookie", "uid=32")), "v1");
+}
+
+#[test]
+fn percent_is_sticky_and_close_to_its_weight() {
+    let p = web(&format!(
+        "{RULE}when = {{ header = \"X-Uid\", percent = 10 }}"
+    ));
+    let mut hits = 0;
+    for id in 0..10_000 {
+        let r = req().header("x-uid", &id.to_string());
+        let first = version(&p, &r);
+        assert_eq!(first, version(&p, &r), "same identity, same answer");
+        hits += usize::from(first == "v2");
+    }
+    assert!(
+        (850..=1150).contains(&hits),
+        "10% of 10000 within 1.5 points, got {hits}"
+    );
+    let zero = web(&format!(
+        "{RULE}when = {{ header = \"X-Uid\", percent = 0 }}"
+    ));
+    assert!((0..1000).all(|id| version(&zero, &req().header("x-uid", &id.to_string())) == "v1"));
+}
+
+#[test]
+fn bucket_depends_only_on_salt_and_identity() {
+    // Pinned values: a change of hash function would move users between versions.
+    assert_eq!(bucket_of("web", "user-1"), bucket_of("web", "user-1"));
+    assert_ne!(
+        (0..50)
+            .map(|i| bucket_of("a", &i.to_string()))
+            .collect::<Vec<_>>(),
+        (0..50)
+            .map(|i| bucket_of("b", &i.to_string()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        bucket_of("web", "user-1"),
+        (xxhash_rust::xxh3::xxh3_64_with_seed(b"user-1", xxhash_rust::xxh3::xxh3_64(b"web"))
+            % 10_000) as u32
+    );
+}
+
+#[test]
+fn split_sticky_random_and_missing_identity() {
+    let p = web("[services.split]\nweights = { v2 = 30 }\nby = { cookie = \"uid\" }");
+    let mut hits = 0;
+    for id in 0..10_000 {
+        let r = req().header("cookie", &format!("uid={id}"));
+        hits += usize::from(version(&p, &r) == "v2");
+    }
+    assert!((2850..=3150).contains(&hits), "30% split, got {hits}");
+    let d = decision(&p, &req(), &NoLookups);
+    assert_eq!((&*d.version, d.reason.clone()), ("v1", Reason::Default));
+
+    let p = web("[services.split]\nweights = { v2 = 50 }");
+    let mut r = req();
+    r.random = 10;
+    assert_eq!(
+        decision(&p, &r, &NoLookups).reason,
+        Reason::Split {
+            bucket: 10,
+            sticky: false
+        }
+    );
+    assert_eq!(version(&p, &r), "v2");
+    r.random = 7000;
+    assert_eq!(version(&p, &r), "v1");
+}
+
+#[test]
+fn raising_a_split_keeps_earlier_canary_users() {
+    let at = |w: u32| {
+        web(&format!(
+            "[services.split]\nweights = {{ v2 = {w} }}\nby = {{ header = \"x-uid\" }}"
+        ))
+    };
+    let (p10, p50) = (at(10), at(50));
+    for id in 0..2000 {
+        let r = req().header("x-uid", &id.to_string());
+        if version(&p10, &r) == "v2" {
+            assert_eq!(version(&p50, &r), "v2");
+        }
+    }
+}
+
+#[test]
+fn override_forces_and_comes_first() {
+    let p = web(&format!(
+        "override = {{ header = \"X-Gray\", version = \"v2\" }}\n{RULE}when = {{ cidr = [\"10.0.0.0/8\"] }}"
+    ));
+    assert_eq!(version(&p, &req().header("x-gray", "always")), "v2");
+    assert_eq!(
+        version(&p, &req().header("x-gray", "never").ip("10.0.0.1")),
+        "v1"
+    );
+    assert_eq!(
+        version(&p, &req().header("x-gray", "maybe").ip("10.0.0.1")),
+        "v2"
+    );
+    assert_eq!(
+        decision(&p, &req().header("x-gray", "never"), &NoLookups).reason,
+        Reason::Override {
+            value: OverrideValue::Never
+        }
+    );
+}
+
+#[test]
+fn all_any_not_and_first_match_wins() {
+    let p = web(
+        "[[services.rules]]\nname = \"first\"\nversion = \"v1\"\nwhen = { header = \"x-pin\", present = true }\n\
+         [[services.rules]]\nname = \"second\"\nversion = \"v2\"\n\
+         when = { all = [ { cidr = [\"10.0.0.0/8\"] }, { any = [ { header = \"x-a\", equals = \"1\" }, { not = { header = \"x-b\", present = true } } ] } ] }",
+    );
+    assert_eq!(version(&p, &req().ip("10.0.0.1")), "v2");
+    assert_eq!(version(&p, &req().ip("10.0.0.1").header("x-b", "1")), "v1");
+    assert_eq!(
+        version(
+            &p,
+            &req().ip("10.0.0.1").header("x-b", "1").header("x-a", "1")
+        ),
+        "v2"
+    );
+    assert_eq!(version(&p, &req().ip("11.0.0.1")), "v1");
+    let d = decision(&p, &req().ip("10.0.0.1").header("x-pin", "1"), &NoLookups);
+    assert_eq!(
+        d.reason,
+        Reason::Rule {
+            name: "first".into()
+        }
+    );
+}
+
+struct Map(HashMap<(String, String), LookupAnswer>);
+impl Lookups for Map {
+    fn get(&self, list: &str, key: &str) -> LookupAnswer {
+        self.0
+            .get(&(list.to_string(), key.to_string()))
+            .cloned()
+            .unwrap_or(LookupAnswer::Unknown)
+    }
+}
+
+#[test]
+fn lookups_are_requested_then_used() {
+    let p = web(&format!(
+        "{RULE}when = {{ header = \"TOKEN\", lookup = {{ list = \"redis\", key = \"TOKEN_{{}}\" }}, range = {{ start = 1, end = 5000, exclusive = true }} }}"
+    ));
+    assert_eq!(p.lookup_lists(), &[Arc::<str>::from("redis")]);
+    let r = req().header("token", "abc");
+    let mut known = Map(HashMap::new());
+    assert_eq!(
+        p.evaluate(&r.facts(), &known),
+        Evaluation::NeedLookup {
+            list: "redis".into(),
+            key: "TOKEN_abc".into()
+        }
+    );
+    known.0.insert(
+        ("redis".into(), "TOKEN_abc".into()),
+        LookupAnswer::Value("1234".into()),
+    );
+    assert_eq!(&*decision(&p, &r, &known).version, "v2");
+    known.0.insert(
+        ("redis".into(), "TOKEN_abc".into()),
+        LookupAnswer::Value("9000".into()),
+    );
+    assert_eq!(&*decision(&p, &r, &known).version, "v1");
+    known
+        .0
+        .insert(("redis".into(), "TOKEN_abc".into()), LookupAnswer::Absent);
+    assert_eq!(&*decision(&p, &r, &known).version, "v1");
+    // no header: no lookup at all
+    assert_eq!(&*decision(&p, &req(), &known).version, "v1");
+}
+
+#[test]
+fn the_original_token_and_stored_range_layout() {
+    let p = web(&format!(
+        "{RULE}when = {{ header = \"TOKEN\", lookup = {{ list = \"redis\", key = \"TOKEN_{{}}\" }}, range_from = {{ list = \"redis\", key = \"Grayscale_Range\", exclusive = true }} }}"
+    ));
+    let r = req().header("token", "abc");
+    let mut known = Map(HashMap::new());
+    let set = |known: &mut Map, k: &str, v: Option<&str>| {
+        let answer = v.map_or(LookupAnswer::Absent, |v| LookupAnswer::Value(v.into()));
+        known.0.insert(("redis".into(), k.into()), answer);
+    };
+    set(&mut known, "TOKEN_abc", Some("1234"));
+    assert_eq!(
+        p.evaluate(&r.facts(), &known),
+        Evaluation::NeedLookup {
+            list: "redis".into(),
+            key: "Grayscale_Range".into()
+        }
+    );
+    let cases: &[(Option<&str>, &str)] = &[
+        (Some(r#"{"idStart":1,"idEnd":5000}"#), "v2"),
+        (Some(r#"{"idStart":"1","idEnd":" 5000 "}"#), "v2"),
+        (Some(r#"{"idStart":1234,"idEnd":5000}"#), "v1"),
+        (Some(r#"{"idStart":1,"idEnd":1234}"#), "v1"),
+        (Some(r#"{"idStart":1}"#), "v1"),
+        (Some(r#"{"idStart":"x","idEnd":5000}"#), "v1"),
+        (Some("not json"), "v1"),
+        (Some("[1,5000]"), "v1"),
+        (None, "v1"),
+    ];
+    for (range, want) in cases {
+        set(&mut known, "Grayscale_Range", *range);
+        assert_eq!(&*decision(&p, &r, &known).version, *want, "range {range:?}");
+    }
+    set(
+        &mut known,
+        "Grayscale_Range",
+        Some(r#"{"idStart":1,"idEnd":5000}"#),
+    );
+    set(&mut known, "TOKEN_abc", Some("12x"));
+    assert_eq!(&*decision(&p, &r, &known).version, "v1");
+    set(&mut known, "TOKEN_abc", None);
+    assert_eq!(&*decision(&p, &r, &known).version, "v1");
+    assert_eq!(&*decision(&p, &req(), &known).version, "v1");
+}
+
+#[test]
+fn unavailable_store_never_selects_the_rule() {
+    let p = web(&format!(
+        "{RULE}when = {{ not = {{ client_ip = true, lookup = {{ list = \"ips\" }}, equals = \"1\" }} }}"
+    ));
+    let r = req();
+    let known = Map(HashMap::from([(
+        ("ips".into(), "192.0.2.1".into()),
+        LookupAnswer::Unavailable,
+    )]));
+    assert_eq!(&*decision(&p, &r, &known).version, "v1");
+    let known = Map(HashMap::from([(
+        ("ips".into(), "192.0.2.1".into()),
+        LookupAnswer::Absent,
+    )]));
+    assert_eq!(&*decision(&p, &r, &known).version, "v2");
+}
+
+#[test]
+fn lookups_only_for_rules_reached_in_order() {
+    // r0 (linear, needs a lookup), r1 (indexed), r2 (linear, needs a lookup).
+    let p = web(
+        "[[services.rules]]\nname = \"r0\"\nversion = \"v2\"\n\
+         when = { header = \"token\", lookup = { list = \"l\", key = \"a_{}\" }, equals = \"1\" }\n\
+         [[services.rules]]\nname = \"r1\"\nversion = \"v2\"\n\
+         when = { any = [ { header = \"x-env\", in = [\"beta\"] }, { cidr = [\"10.0.0.0/8\"] } ] }\n\
+         [[services.rules]]\nname = \"r2\"\nversion = \"v2\"\n\
+         when = { header = \"x-env\", lookup = { list = \"l\", key = \"b_{}\" }, equals = \"1\" }",
+    );
+    assert_eq!(p.services[0].index.linear, [0, 2]);
+    let need = |key: &str| Evaluation::NeedLookup {
+        list: "l".into(),
+        key: key.into(),
+    };
+    let mut known = Map(HashMap::new());
+    // r1 matches, but r0 comes first: its lookup is needed.
+    let r = req().header("token", "t").ip("10.0.0.1");
+    assert_eq!(p.evaluate(&r.facts(), &known), need("a_t"));
+    known
+        .0
+        .insert(("l".into(), "a_t".into()), LookupAnswer::Unavailable);
+    let d = decision(&p, &r, &known);
+    assert_eq!(d.reason, Reason::Rule { name: "r1".into() });
+    // r1 matches: r2's lookup is never asked for.
+    let r = req().header("x-env", "beta");
+    let d = decision(&p, &r, &known);
+    assert_eq!(d.reason, Reason::Rule { name: "r1".into() });
+    // r1 does not match: r2 is reached.
+    let r = req().header("x-env", "prod");
+    assert_eq!(p.evaluate(&r.facts(), &known), need("b_prod"));
+}
+
+#[test]
+fn modulo_by_a_divisor_above_i64_max_does_not_overflow() {
+    // TOML integers stop at i64::MAX; a JSON document (admin API, store) can say more.
+    let doc: PolicyDoc = serde_json::from_value(serde_json::json!({
+        "routes": [{ "service": "web" }],
+        "services": [{
+            "name": "web", "stable": "v1", "versions": { "v1": "prod", "v2": "gray" },
+            "rules": [{ "name": "r", "version": "v2", "when": {
+                "header": "x-uid",
+                "modulo": { "divisor": u64::MAX, "remainders": [u64::MAX - 1, 5] }
+            } }]
+        }]
+    }))
+    .expect("document");
+    let p = compile(&doc, UPSTREAMS).expect("compiles");
+    // -1 mod (2^64 - 1) = 2^64 - 2
+    assert_eq!(version(&p, &req().header("x-uid", "-1")), "v2");
+    assert_eq!(version(&p, &req().header("x-uid", "5")), "v2");
+    assert_eq!(version(&p, &req().header("x-uid", "6")), "v1");
+    assert_eq!(
+        version(&p, &req().header("x-uid", "-9223372036854775808")),
+        "v1"
+    );
+}
+
+#[test]
+fn routes_by_host_and_path_prefix() {
+    let p = policy(
+        "[[routes]]\nhosts = [\"api.example.com\"]\npath_prefix = \"/v2\"\nservice = \"b\"\n\
+         [[routes]]\nhosts = [\"api.example.com\"]\nservice = \"a\"\n\
+         [[routes]]\nhosts = [\"*.shop.test\"]\nservice = \"b\"\n\
+         [[routes]]\nname = \"fallback\"\npath_prefix = \"/static\"\nservice = \"a\"\n\
+         [[services]]\nname = \"a\"\nstable = \"s\"\nversions = { s = \"prod\" }\n\
+         [[services]]\nname = \"b\"\nstable = \"s\"\nversions = { s = \"gray\" }\n",
+    );
+    let route = |host: &'static str, path: &'static str| {
+        let mut r = req();
+        r.host = host;
+        r.path = path;
+        match p.evaluate(&r.facts(), &NoLookups) {
+            Evaluation::Decided(d) => Some(d.service.to_string()),
+            _ => None,
+        }
+    };
+    assert_eq!(route("api.example.com", "/v2/x").as_deref(), Some("b"));
+    assert_eq!(route("API.example.com:8080", "/v2").as_deref(), Some("b"));
+    assert_eq!(route("api.example.com", "/v20").as_deref(), Some("a"));
+    assert_eq!(route("eu.shop.test", "/").as_deref(), Some("b"));
+    assert_eq!(route("shop.test", "/"), None);
+    assert_eq!(route("other", "/static/app.js").as_deref(), Some("a"));
+    assert_eq!(route("other", "/"), None);
+}
+
+#[test]
+fn every_mistake_is_named_with_its_path() {
+    let cases: &[(&str, &str)] = &[
+        ("[[routes]]\nservice = \"nope\"", "routes[1].service: unknown service `nope`"),
+        ("versions = { v1 = \"prod\", v2 = \"elsewhere\" }", "services[0].versions.v2: unknown upstream `elsewhere`"),
+        (&format!("{RULE}when = {{ cidr = [\"10.0.0/8\"] }}"), "services[0].rules[0].when.cidr[0]: `10.0.0/8`"),
+        (&format!("{RULE}when = {{ header = \"a\", regex = \"(\" }}"), "services[0].rules[0].when.regex: invalid regex"),
+        (&format!("{RULE}when = {{ header = \"a\", equals = \"1\", in = [\"2\"] }}"), "has 2 tests (equals, in)"),
+        (&format!("{RULE}when = {{ header = \"a\" }}"), "needs one test"),
+        (&format!("{RULE}when = {{ equals = \"1\" }}"), "needs exactly one of `header`"),
+        (&format!("{RULE}when = {{ header = \"a\", range = {{ start = 9, end = 1 }} }}"), "the range is empty"),
+        (&format!("{RULE}when = {{ header = \"a\", percent = 120.0 }}"), "120 is not a percentage"),
+        (&format!("{RULE}when = {{ header = \"a\", modulo = {{ divisor = 10, remainders = [10] }} }}"), "remainder 10 is not below divisor 10"),
+        ("[[services.rules]]\nname = \"r\"\nversion = \"v9\"\nwhen = { header = \"a\", present = true }", "services[0].rules[0].version: unknown version `v9`"),
+        ("[services.split]\nweights = { v2 = 101.0 }", "services[0].split.weights.v2: 101 is not a percentage"),
+        ("[services.split]\nweights = { v1 = 10 }", "the stable version gets what the other weights leave"),
+        ("override = { version = \"v2\" }", "services[0].override: needs exactly one of `header` or `cookie`"),
+        (&format!("{RULE}when = {{ header = \"a\", lookup = {{ list = \"l\", key = \"TOKEN\" }}, present = true }}"), "has no `{}`"),
+        (&format!("{RULE}when = {{ all = [] }}"), "services[0].rules[0].when.all: needs at least one condition"),
+    ];
+    for (extra, want) in cases {
+        let text = format!(
+            "[[routes]]\nservice = \"web\"\n[[services]]\nname = \"web\"\nstable = \"v1\"\n{}{extra}",
+            if extra.starts_with("versions") { "" } else { "versions = { v1 = \"prod\", v2 = \"gray\" }\n" }
+        );
+        let got = compile_err(&text);
+        assert!(
+            got.contains(want),
+            "for {extra:?}\n want {want:?}\n got  {got:?}"
+        );
+    }
+    let dup = compile_err("[[services]]\nname = \"a\"\nstable = \"v\"\nversions = { v = \"prod\" }\n[[services]]\nname = \"a\"\nstable = \"v\"\nversions = { v = \"prod\" }");
+    assert!(
+        dup.contains("services[1].name: service `a` is defined twice"),
+        "{dup}"
+    );
+}
