@@ -25,7 +25,7 @@
 
 use crate::gateway::ChangeError;
 use crate::policy::edit::{EditError, EditErrorKind};
-use crate::policy::CompileError;
+use crate::policy::{CompileError, FieldPath};
 use crate::store::StoreError;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -187,7 +187,7 @@ impl From<ApiError> for ChangeError {
         };
         ChangeError::Edit(EditError {
             kind,
-            field: e.field,
+            field: e.field.as_deref().map(FieldPath::parse),
             message,
         })
     }

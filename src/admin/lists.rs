@@ -102,10 +102,10 @@ pub async fn add_entries(
         ));
     }
     let ip_lists = edit::ip_keyed_lists(s.gateway.policy().doc());
-    let ip_list = ip_lists.get(&list).map(String::as_str);
+    let ip_list = ip_lists.get(&list).map(ToString::to_string);
     let mut entries = Vec::with_capacity(body.entries.len());
     for (i, e) in body.entries.iter().enumerate() {
-        check_key(&format!("entries[{i}].key"), &e.key, ip_list)?;
+        check_key(&format!("entries[{i}].key"), &e.key, ip_list.as_deref())?;
         let ttl = match &e.ttl {
             None => None,
             Some(text) => match humantime::parse_duration(text) {

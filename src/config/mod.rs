@@ -511,7 +511,8 @@ fn store_config(
 pub fn load_policy_file(path: &Path, upstreams: &[&str]) -> Result<PolicySource, ConfigError> {
     let text = read(path)?;
     let doc: PolicyDoc = toml::from_str(&text).map_err(|e| syntax_error(&text, path, &e))?;
-    policy::compile(&doc, upstreams).map_err(|e| invalid(&text, path, &e.path, e.message))?;
+    policy::compile(&doc, upstreams)
+        .map_err(|e| invalid(&text, path, &e.path.to_string(), e.message))?;
     Ok(PolicySource {
         doc,
         file: path.to_path_buf(),

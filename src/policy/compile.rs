@@ -10,6 +10,7 @@ use super::compiled::{Cond, Lookup, Rule, Source, Test};
 use super::index::RuleIndex;
 use super::iptable::IpTable;
 use super::model::*;
+use super::path::FieldPath;
 use http::HeaderName;
 use regex::Regex;
 use std::collections::{HashMap, HashSet};
@@ -20,13 +21,13 @@ use std::sync::Arc;
 #[error("{path}: {message}")]
 pub struct CompileError {
     /// The field, as a path into the document (`services[0].rules[2].version`).
-    pub path: String,
+    pub path: FieldPath,
     pub message: String,
 }
 
-fn err<T>(path: impl Into<String>, message: impl Into<String>) -> Result<T, CompileError> {
+fn err<T>(path: FieldPath, message: impl Into<String>) -> Result<T, CompileError> {
     Err(CompileError {
-        path: path.into(),
+        path,
         message: message.into(),
     })
 }
@@ -117,13 +118,13 @@ pub fn compile(doc: &PolicyDoc, upstreams: &[&str]) -> Result<Policy, CompileErr
     let mut service_index: HashMap<&str, usize> = HashMap::new();
     let mut lists: Vec<Arc<str>> = Vec::new();
     for (i, s) in doc.services.iter().enumerate() {
-        let path = format!("services[{i}]");
+        let path = FieldPath::new("services").index(i);
         if s.name.trim().is_empty() {
-            return err(format!("{path}.name"), "a service needs a name");
+            return err(path.field("name"), "a service needs a name");
         }
         if service_index.insert(&s.name, i).is_some() {
             return err(
-                format!("{path}.name"),
+                path.field("name"),
                 format!("service `{}` is defined twice", s.name),
             );
         }
@@ -133,17 +134,17 @@ pub fn compile(doc: &PolicyDoc, upstreams: &[&str]) -> Result<Policy, CompileErr
     let mut routes = RouteTable::default();
     let mut seen: HashSet<(String, String)> = HashSet::new();
     for (i, r) in doc.routes.iter().enumerate() {
-        let path = format!("routes[{i}]");
+        let path = FieldPath::new("routes").index(i);
         let Some(&service) = service_index.get(r.service.as_str()) else {
             return err(
-                format!("{path}.service"),
+                path.field("service"),
                 format!("unknown service `{}`", r.service),
             );
         };
         let prefix = r.path_prefix.as_deref().unwrap_or("/");
         if !prefix.starts_with('/') {
             return err(
-                format!("{path}.path_prefix"),
+                path.field("path_prefix"),
                 format!("`{prefix}` must start with `/`"),
             );
         }
@@ -160,7 +161,7 @@ pub fn compile(doc: &PolicyDoc, upstreams: &[&str]) -> Result<Policy, CompileErr
                 let host = host.trim().to_ascii_lowercase();
                 if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
                     return err(
-                        format!("{path}.hosts[{h}]"),
+                        path.field("hosts").index(h),
                         format!("`{host}` is not a host name"),
                     );
                 }
@@ -214,13 +215,13 @@ pub fn compile(doc: &PolicyDoc, upstreams: &[&str]) -> Result<Policy, CompileErr
 
 fn compile_service(
     s: &ServiceDoc,
-    path: &str,
+    path: &FieldPath,
     upstreams: &[&str],
     lists: &mut Vec<Arc<str>>,
 ) -> Result<Service, CompileError> {
     if s.versions.is_empty() {
         return err(
-            format!("{path}.versions"),
+            path.field("versions"),
             "a service needs at least one version",
         );
     }
@@ -228,7 +229,7 @@ fn compile_service(
     for (name, upstream) in &s.versions {
         let Some(u) = upstreams.iter().position(|u| u == upstream) else {
             return err(
-                format!("{path}.versions.{name}"),
+                path.field("versions").field(name),
                 format!(
                     "unknown upstream `{upstream}` (configured upstreams: {})",
                     upstreams.join(", ")
@@ -240,7 +241,7 @@ fn compile_service(
             upstream: u,
         });
     }
-    let version = |field: String, name: &str| -> Result<usize, CompileError> {
+    let version = |field: FieldPath, name: &str| -> Result<usize, CompileError> {
         versions.iter().position(|v| &*v.name == name).map_or_else(
             || {
                 let known: Vec<&str> = versions.iter().map(|v| &*v.name).collect();
@@ -252,24 +253,24 @@ fn compile_service(
             Ok,
         )
     };
-    let stable = version(format!("{path}.stable"), &s.stable)?;
+    let stable = version(path.field("stable"), &s.stable)?;
     if let Some(previous) = &s.previous_stable {
-        version(format!("{path}.previous_stable"), previous)?;
+        version(path.field("previous_stable"), previous)?;
     }
 
     let mut sources: Vec<Source> = Vec::new();
     let override_ = match &s.override_ {
         None => None,
         Some(o) => {
-            let opath = format!("{path}.override");
+            let opath = path.field("override");
             let source = match (&o.header, &o.cookie) {
-                (Some(h), None) => Source::Header(header_name(&format!("{opath}.header"), h)?),
+                (Some(h), None) => Source::Header(header_name(&opath.field("header"), h)?),
                 (None, Some(c)) => Source::Cookie(c.clone()),
                 _ => return err(opath, "needs exactly one of `header` or `cookie`"),
             };
             Some(Override {
                 slot: slot_of(&mut sources, &source),
-                version: version(format!("{opath}.version"), &o.version)?,
+                version: version(opath.field("version"), &o.version)?,
             })
         }
     };
@@ -277,24 +278,18 @@ fn compile_service(
     let mut rules = Vec::with_capacity(s.rules.len());
     let mut names = HashSet::new();
     for (i, r) in s.rules.iter().enumerate() {
-        let rpath = format!("{path}.rules[{i}]");
+        let rpath = path.field("rules").index(i);
         if r.name.trim().is_empty() {
-            return err(format!("{rpath}.name"), "a rule needs a name");
+            return err(rpath.field("name"), "a rule needs a name");
         }
         if !names.insert(r.name.as_str()) {
             return err(
-                format!("{rpath}.name"),
+                rpath.field("name"),
                 format!("rule `{}` is defined twice", r.name),
             );
         }
-        let v = version(format!("{rpath}.version"), &r.version)?;
-        let cond = compile_cond(
-            &r.when,
-            &format!("{rpath}.when"),
-            &r.name,
-            lists,
-            &mut sources,
-        )?;
+        let v = version(rpath.field("version"), &r.version)?;
+        let cond = compile_cond(&r.when, &rpath.field("when"), &r.name, lists, &mut sources)?;
         rules.push(Rule {
             name: Arc::from(r.name.as_str()),
             version: v,
@@ -305,17 +300,17 @@ fn compile_service(
     let split = match &s.split {
         None => None,
         Some(sp) => {
-            let spath = format!("{path}.split");
+            let spath = path.field("split");
             let by = sp
                 .by
                 .as_ref()
-                .map(|b| identity_source(b, &format!("{spath}.by")))
+                .map(|b| identity_source(b, &spath.field("by")))
                 .transpose()?
                 .map(|source| slot_of(&mut sources, &source));
             let mut bounds = Vec::new();
             let mut total = 0u32;
             for (name, weight) in &sp.weights {
-                let wpath = format!("{spath}.weights.{name}");
+                let wpath = spath.field("weights").field(name);
                 let v = version(wpath.clone(), name)?;
                 if v == stable {
                     return err(
@@ -326,7 +321,7 @@ fn compile_service(
                 total += percent_to_buckets(&wpath, *weight)?;
                 if total > BUCKETS {
                     return err(
-                        format!("{spath}.weights"),
+                        spath.field("weights"),
                         format!(
                             "weights add up to more than 100 ({:.2})",
                             f64::from(total) / 100.0
@@ -380,9 +375,12 @@ fn register_list(lists: &mut Vec<Arc<str>>, name: &str) -> Arc<str> {
     }
 }
 
-fn percent_to_buckets(path: &str, percent: f64) -> Result<u32, CompileError> {
+fn percent_to_buckets(path: &FieldPath, percent: f64) -> Result<u32, CompileError> {
     if !(0.0..=100.0).contains(&percent) || percent.is_nan() {
-        return err(path, format!("{percent} is not a percentage from 0 to 100"));
+        return err(
+            path.clone(),
+            format!("{percent} is not a percentage from 0 to 100"),
+        );
     }
     Ok((percent * 100.0).round() as u32)
 }
@@ -391,15 +389,15 @@ pub(super) fn seed_of(salt: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(salt.as_bytes())
 }
 
-fn header_name(path: &str, name: &str) -> Result<HeaderName, CompileError> {
+fn header_name(path: &FieldPath, name: &str) -> Result<HeaderName, CompileError> {
     HeaderName::from_bytes(name.trim().as_bytes())
-        .or_else(|_| err(path, format!("`{name}` is not a valid header name")))
+        .or_else(|_| err(path.clone(), format!("`{name}` is not a valid header name")))
 }
 
-fn identity_source(id: &IdentityDoc, path: &str) -> Result<Source, CompileError> {
+fn identity_source(id: &IdentityDoc, path: &FieldPath) -> Result<Source, CompileError> {
     let mut found = Vec::new();
     if let Some(h) = &id.header {
-        found.push(Source::Header(header_name(&format!("{path}.header"), h)?));
+        found.push(Source::Header(header_name(&path.field("header"), h)?));
     }
     if let Some(c) = &id.cookie {
         found.push(Source::Cookie(c.clone()));
@@ -412,7 +410,7 @@ fn identity_source(id: &IdentityDoc, path: &str) -> Result<Source, CompileError>
     }
     if found.len() != 1 {
         return err(
-            path,
+            path.clone(),
             "needs exactly one of `header`, `cookie`, `query` or `client_ip = true`",
         );
     }
@@ -421,7 +419,7 @@ fn identity_source(id: &IdentityDoc, path: &str) -> Result<Source, CompileError>
 
 fn compile_cond(
     c: &Condition,
-    path: &str,
+    path: &FieldPath,
     rule: &str,
     lists: &mut Vec<Arc<str>>,
     sources: &mut Vec<Source>,
@@ -453,19 +451,19 @@ fn compile_cond(
     if combinators > 0 {
         if combinators > 1 || source_given || !tests.is_empty() || c.lookup.is_some() {
             return err(
-                path,
+                path.clone(),
                 "`all`, `any` and `not` stand alone: put other tests inside them",
             );
         }
         let mut list = |items: &Vec<Condition>, key: &str| {
             if items.is_empty() {
-                return err(format!("{path}.{key}"), "needs at least one condition");
+                return err(path.field(key), "needs at least one condition");
             }
             items
                 .iter()
                 .enumerate()
                 .map(|(i, item)| {
-                    compile_cond(item, &format!("{path}.{key}[{i}]"), rule, lists, sources)
+                    compile_cond(item, &path.field(key).index(i), rule, lists, sources)
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
@@ -474,7 +472,7 @@ fn compile_cond(
             (_, Some(items), _) => Cond::Any(list(items, "any")?),
             (_, _, Some(inner)) => Cond::Not(Box::new(compile_cond(
                 inner,
-                &format!("{path}.not"),
+                &path.field("not"),
                 rule,
                 lists,
                 sources,
@@ -493,10 +491,10 @@ fn compile_cond(
                 tests.join(", ")
             )
         };
-        return err(path, msg);
+        return err(path.clone(), msg);
     }
     if c.salt.is_some() && c.percent.is_none() {
-        return err(format!("{path}.salt"), "`salt` only goes with `percent`");
+        return err(path.field("salt"), "`salt` only goes with `percent`");
     }
 
     let source = if !source_given && c.cidr.is_some() && c.lookup.is_none() {
@@ -514,20 +512,20 @@ fn compile_cond(
     let lookup = match &c.lookup {
         None => None,
         Some(l) => {
-            let lpath = format!("{path}.lookup");
+            let lpath = path.field("lookup");
             if l.list.trim().is_empty() {
-                return err(format!("{lpath}.list"), "names no list");
+                return err(lpath.field("list"), "names no list");
             }
             let template = l.key.as_deref().unwrap_or("{}");
             let Some((before, after)) = template.split_once("{}") else {
                 return err(
-                    format!("{lpath}.key"),
+                    lpath.field("key"),
                     format!("`{template}` has no `{{}}` where the value goes"),
                 );
             };
             if after.contains("{}") {
                 return err(
-                    format!("{lpath}.key"),
+                    lpath.field("key"),
                     format!("`{template}` has more than one `{{}}`"),
                 );
             }
@@ -544,18 +542,17 @@ fn compile_cond(
         Test::Equals(v.clone())
     } else if let Some(set) = &c.in_ {
         if set.is_empty() {
-            return err(format!("{path}.in"), "the set is empty");
+            return err(path.field("in"), "the set is empty");
         }
         Test::In(set.iter().cloned().collect())
     } else if let Some(re) = &c.regex {
         Test::Regex(
-            Regex::new(re)
-                .or_else(|e| err(format!("{path}.regex"), format!("invalid regex: {e}")))?,
+            Regex::new(re).or_else(|e| err(path.field("regex"), format!("invalid regex: {e}")))?,
         )
     } else if let Some(nets) = &c.cidr {
         let mut table = IpTable::new();
         for (i, n) in nets.iter().enumerate() {
-            table.insert(IpTable::parse_net(n).or_else(|e| err(format!("{path}.cidr[{i}]"), e))?);
+            table.insert(IpTable::parse_net(n).or_else(|e| err(path.field("cidr").index(i), e))?);
         }
         Test::Cidr(table)
     } else if let Some(r) = &c.range {
@@ -566,7 +563,7 @@ fn compile_cond(
         };
         if !ok {
             return err(
-                format!("{path}.range"),
+                path.field("range"),
                 format!(
                     "start {} is not below end {}: the range is empty",
                     r.start, r.end
@@ -580,7 +577,7 @@ fn compile_cond(
         }
     } else if let Some(r) = &c.range_from {
         if r.list.trim().is_empty() || r.key.is_empty() {
-            return err(format!("{path}.range_from"), "needs a `list` and a `key`");
+            return err(path.field("range_from"), "needs a `list` and a `key`");
         }
         let list = register_list(lists, &r.list);
         Test::RangeFrom {
@@ -596,7 +593,7 @@ fn compile_cond(
         for (i, s) in suffixes.iter().enumerate() {
             if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
                 return err(
-                    format!("{path}.suffix[{i}]"),
+                    path.field("suffix").index(i),
                     format!("`{s}` is not a string of digits"),
                 );
             }
@@ -604,11 +601,11 @@ fn compile_cond(
         Test::Suffix(suffixes.clone())
     } else if let Some(m) = &c.modulo {
         if m.divisor == 0 {
-            return err(format!("{path}.modulo.divisor"), "must be at least 1");
+            return err(path.field("modulo").field("divisor"), "must be at least 1");
         }
         if let Some(r) = m.remainders.iter().find(|r| **r >= m.divisor) {
             return err(
-                format!("{path}.modulo.remainders"),
+                path.field("modulo").field("remainders"),
                 format!("remainder {r} is not below divisor {}", m.divisor),
             );
         }
@@ -619,7 +616,7 @@ fn compile_cond(
     } else if let Some(p) = c.percent {
         let salt = c.salt.as_deref().unwrap_or(rule);
         Test::Percent {
-            threshold: percent_to_buckets(&format!("{path}.percent"), p)?,
+            threshold: percent_to_buckets(&path.field("percent"), p)?,
             seed: seed_of(salt),
         }
     } else if let Some(p) = c.present {
@@ -633,4 +630,83 @@ fn compile_cond(
         lookup,
         test,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::path::Segment;
+
+    const UPSTREAMS: &[&str] = &["prod", "gray"];
+
+    const RULE: &str = "[[services.rules]]\nname = \"r\"\nversion = \"v2\"\n";
+
+    fn compile_err(toml_text: &str) -> CompileError {
+        let doc: PolicyDoc = toml::from_str(toml_text).expect("policy parses");
+        compile(&doc, UPSTREAMS).expect_err("policy must be rejected")
+    }
+
+    #[test]
+    fn every_mistake_is_named_with_its_path() {
+        let cases: &[(&str, &str)] = &[
+            ("[[routes]]\nservice = \"nope\"", "routes[1].service: unknown service `nope`"),
+            ("versions = { v1 = \"prod\", v2 = \"elsewhere\" }", "services[0].versions.v2: unknown upstream `elsewhere`"),
+            (&format!("{RULE}when = {{ cidr = [\"10.0.0/8\"] }}"), "services[0].rules[0].when.cidr[0]: `10.0.0/8`"),
+            (&format!("{RULE}when = {{ header = \"a\", regex = \"(\" }}"), "services[0].rules[0].when.regex: invalid regex"),
+            (&format!("{RULE}when = {{ header = \"a\", equals = \"1\", in = [\"2\"] }}"), "has 2 tests (equals, in)"),
+            (&format!("{RULE}when = {{ header = \"a\" }}"), "needs one test"),
+            (&format!("{RULE}when = {{ equals = \"1\" }}"), "needs exactly one of `header`"),
+            (&format!("{RULE}when = {{ header = \"a\", range = {{ start = 9, end = 1 }} }}"), "the range is empty"),
+            (&format!("{RULE}when = {{ header = \"a\", percent = 120.0 }}"), "120 is not a percentage"),
+            (&format!("{RULE}when = {{ header = \"a\", modulo = {{ divisor = 10, remainders = [10] }} }}"), "remainder 10 is not below divisor 10"),
+            ("[[services.rules]]\nname = \"r\"\nversion = \"v9\"\nwhen = { header = \"a\", present = true }", "services[0].rules[0].version: unknown version `v9`"),
+            ("[services.split]\nweights = { v2 = 101.0 }", "services[0].split.weights.v2: 101 is not a percentage"),
+            ("[services.split]\nweights = { v1 = 10 }", "the stable version gets what the other weights leave"),
+            ("override = { version = \"v2\" }", "services[0].override: needs exactly one of `header` or `cookie`"),
+            (&format!("{RULE}when = {{ header = \"a\", lookup = {{ list = \"l\", key = \"TOKEN\" }}, present = true }}"), "has no `{}`"),
+            (&format!("{RULE}when = {{ all = [] }}"), "services[0].rules[0].when.all: needs at least one condition"),
+        ];
+        for (extra, want) in cases {
+            let text = format!(
+                "[[routes]]\nservice = \"web\"\n[[services]]\nname = \"web\"\nstable = \"v1\"\n{}{extra}",
+                if extra.starts_with("versions") { "" } else { "versions = { v1 = \"prod\", v2 = \"gray\" }\n" }
+            );
+            let got = compile_err(&text).to_string();
+            assert!(
+                got.contains(want),
+                "for {extra:?}\n want {want:?}\n got  {got:?}"
+            );
+        }
+        let dup = compile_err("[[services]]\nname = \"a\"\nstable = \"v\"\nversions = { v = \"prod\" }\n[[services]]\nname = \"a\"\nstable = \"v\"\nversions = { v = \"prod\" }");
+        let dup = dup.to_string();
+        assert!(
+            dup.contains("services[1].name: service `a` is defined twice"),
+            "{dup}"
+        );
+    }
+
+    #[test]
+    fn the_path_is_typed_and_apart_from_the_message() {
+        let e = compile_err(&format!(
+            "[[routes]]\nservice = \"web\"\n[[services]]\nname = \"web\"\nstable = \"v1\"\nversions = {{ v1 = \"prod\", v2 = \"gray\" }}\n{RULE}when = {{ any = [ {{ header = \"a\", equals = \"1\" }}, {{ cidr = [\"10.0.0.0/8\", \"10.0.0/8\"] }} ] }}"
+        ));
+        assert_eq!(
+            e.path,
+            FieldPath::new("services")
+                .index(0)
+                .field("rules")
+                .index(0)
+                .field("when")
+                .field("any")
+                .index(1)
+                .field("cidr")
+                .index(1)
+        );
+        assert_eq!(e.path.segments()[0], Segment::Field("services".into()));
+        assert!(!e.message.contains("services["), "{}", e.message);
+        assert_eq!(
+            e.to_string(),
+            format!("services[0].rules[0].when.any[1].cidr[1]: {}", e.message)
+        );
+    }
 }

@@ -26,6 +26,7 @@
 //! that a stored policy keeps loading.
 
 use super::model::{Condition, IdentityDoc, PolicyDoc, RouteDoc, RuleDoc, ServiceDoc, SplitDoc};
+use super::path::FieldPath;
 use std::collections::BTreeMap;
 
 /// Why an edit cannot be made.
@@ -34,7 +35,8 @@ use std::collections::BTreeMap;
 pub struct EditError {
     pub kind: EditErrorKind,
     /// The field of the document (`services[0].rules[1]`) or of the request (`version`) at fault.
-    pub field: Option<String>,
+    pub field: Option<FieldPath>,
+    /// What is wrong, without the field.
     pub message: String,
 }
 
@@ -58,7 +60,7 @@ impl EditError {
         }
     }
 
-    fn exists(field: String, message: String) -> Self {
+    fn exists(field: FieldPath, message: String) -> Self {
         EditError {
             kind: EditErrorKind::Exists,
             field: Some(field),
@@ -67,13 +69,23 @@ impl EditError {
     }
 
     /// An edit that makes no sense, about `field`.
-    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn invalid(field: FieldPath, message: impl Into<String>) -> Self {
         EditError {
             kind: EditErrorKind::Invalid,
-            field: Some(field.into()),
+            field: Some(field),
             message: message.into(),
         }
     }
+}
+
+/// `routes[i]`.
+fn route_field(i: usize) -> FieldPath {
+    FieldPath::new("routes").index(i)
+}
+
+/// `services[i]`.
+fn service_field(i: usize) -> FieldPath {
+    FieldPath::new("services").index(i)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -97,7 +109,7 @@ pub fn route_index(doc: &PolicyDoc, name: &str) -> Result<usize, EditError> {
         [] => Err(EditError::not_found(format!("no route named `{name}`"))),
         [one] => Ok(*one),
         [first, ..] => Err(EditError::invalid(
-            format!("routes[{first}].name"),
+            route_field(*first).field("name"),
             format!(
                 "{} routes are named `{name}`; give them distinct `name`s (replace the whole policy) to address them one by one",
                 found.len()
@@ -111,7 +123,7 @@ pub fn create_route(doc: &mut PolicyDoc, route: RouteDoc) -> Result<(), EditErro
     let name = route_name(&route).to_string();
     if let Some(i) = doc.routes.iter().position(|r| route_name(r) == name) {
         return Err(EditError::exists(
-            format!("routes[{i}]"),
+            route_field(i),
             format!("a route named `{name}` exists; replace it with PUT"),
         ));
     }
@@ -161,7 +173,7 @@ fn service_mut<'a>(doc: &'a mut PolicyDoc, name: &str) -> Result<&'a mut Service
 pub fn create_service(doc: &mut PolicyDoc, service: ServiceDoc) -> Result<(), EditError> {
     if let Ok(i) = service_index(doc, &service.name) {
         return Err(EditError::exists(
-            format!("services[{i}].name"),
+            service_field(i).field("name"),
             format!(
                 "a service named `{}` exists; replace it with PUT",
                 service.name
@@ -180,8 +192,7 @@ pub fn put_service(
     service: ServiceDoc,
 ) -> Result<bool, EditError> {
     if service.name != name {
-        return Err(EditError::invalid(
-            "name",
+        return Err(EditError::invalid(FieldPath::new("name"),
             format!(
                 "the body names service `{}` but the path names `{name}`; a service cannot be renamed in place",
                 service.name
@@ -210,7 +221,7 @@ pub fn delete_service(doc: &mut PolicyDoc, name: &str) -> Result<ServiceDoc, Edi
         .find(|(_, r)| r.service == name)
     {
         return Err(EditError::invalid(
-            format!("routes[{r}].service"),
+            route_field(r).field("service"),
             format!(
                 "route `{}` leads to service `{name}`; delete or change the route first",
                 route_name(route)
@@ -231,7 +242,10 @@ pub fn put_version(
     upstream: String,
 ) -> Result<bool, EditError> {
     if version.trim().is_empty() {
-        return Err(EditError::invalid("name", "a version needs a name"));
+        return Err(EditError::invalid(
+            FieldPath::new("name"),
+            "a version needs a name",
+        ));
     }
     let s = service_mut(doc, service)?;
     Ok(s.versions.insert(version.to_string(), upstream).is_none())
@@ -247,7 +261,7 @@ pub fn create_version(
     let i = service_index(doc, service)?;
     if doc.services[i].versions.contains_key(version) {
         return Err(EditError::exists(
-            format!("services[{i}].versions.{version}"),
+            service_field(i).field("versions").field(version),
             format!("service `{service}` already has a version `{version}`; replace it with PUT"),
         ));
     }
@@ -261,7 +275,7 @@ pub fn delete_version(doc: &mut PolicyDoc, service: &str, version: &str) -> Resu
     let s = &mut doc.services[i];
     if s.stable == version {
         return Err(EditError::invalid(
-            format!("services[{i}].stable"),
+            service_field(i).field("stable"),
             format!("`{version}` is the stable version of `{service}`; promote another one first"),
         ));
     }
@@ -304,14 +318,14 @@ pub fn add_rule(
     let s = &mut doc.services[i];
     if let Some(r) = s.rules.iter().position(|r| r.name == rule.name) {
         return Err(EditError::exists(
-            format!("services[{i}].rules[{r}].name"),
+            service_field(i).field("rules").index(r).field("name"),
             format!("service `{service}` already has a rule `{}`", rule.name),
         ));
     }
     let at = position.unwrap_or(s.rules.len());
     if at > s.rules.len() {
         return Err(EditError::invalid(
-            "position",
+            FieldPath::new("position"),
             format!(
                 "position {at} is past the end (service `{service}` has {} rules)",
                 s.rules.len()
@@ -336,7 +350,7 @@ pub fn replace_rule(
     if rule.name != name {
         if let Some(other) = svc.rules.iter().position(|x| x.name == rule.name) {
             return Err(EditError::exists(
-                format!("services[{s}].rules[{other}].name"),
+                service_field(s).field("rules").index(other).field("name"),
                 format!("service `{service}` already has a rule `{}`", rule.name),
             ));
         }
@@ -412,7 +426,7 @@ pub fn promote(
         Some(v) => v.to_string(),
         None => promote_target(s).ok_or_else(|| {
             EditError::invalid(
-                "version",
+                FieldPath::new("version"),
                 format!(
                     "name the version to promote: service `{service}` has versions {}",
                     s.versions.keys().cloned().collect::<Vec<_>>().join(", ")
@@ -422,7 +436,7 @@ pub fn promote(
     };
     if !s.versions.contains_key(&target) {
         return Err(EditError::invalid(
-            "version",
+            FieldPath::new("version"),
             format!(
                 "service `{service}` has no version `{target}` (versions: {})",
                 s.versions.keys().cloned().collect::<Vec<_>>().join(", ")
@@ -431,7 +445,7 @@ pub fn promote(
     }
     if target == s.stable {
         return Err(EditError::invalid(
-            "version",
+            FieldPath::new("version"),
             format!("`{target}` is already the stable version of `{service}`"),
         ));
     }
@@ -492,7 +506,7 @@ pub struct Overlap {
     pub first: String,
     pub second: String,
     /// Path of the later rule's range: `services[0].rules[2].when.range`.
-    pub path: String,
+    pub path: FieldPath,
     pub message: String,
 }
 
@@ -554,7 +568,11 @@ pub fn overlapping_ranges(doc: &PolicyDoc) -> Vec<Overlap> {
                     service: s.name.clone(),
                     first: first.name.clone(),
                     second: second.name.clone(),
-                    path: format!("services[{si}].rules[{bi}].when.range"),
+                    path: service_field(si)
+                        .field("rules")
+                        .index(*bi)
+                        .field("when")
+                        .field("range"),
                     message: format!(
                         "overlaps rule `{}` on the same source ({asrc}): {lo}..={hi} would go to `{}`, never to `{}` (the first matching rule wins); make the ranges disjoint",
                         first.name, first.version, second.version
@@ -583,31 +601,27 @@ pub fn check_no_new_overlaps(before: &PolicyDoc, after: &PolicyDoc) -> Result<()
 
 /// Lists that a rule looks the client IP up in as it is (key template `{}`), with the path of the
 /// first such condition: their keys must be IP addresses, or they never match.
-pub fn ip_keyed_lists(doc: &PolicyDoc) -> BTreeMap<String, String> {
-    fn walk(c: &Condition, path: &str, out: &mut BTreeMap<String, String>) {
+pub fn ip_keyed_lists(doc: &PolicyDoc) -> BTreeMap<String, FieldPath> {
+    fn walk(c: &Condition, path: &FieldPath, out: &mut BTreeMap<String, FieldPath>) {
         for (key, items) in [("all", &c.all), ("any", &c.any)] {
             for (i, item) in items.iter().flatten().enumerate() {
-                walk(item, &format!("{path}.{key}[{i}]"), out);
+                walk(item, &path.field(key).index(i), out);
             }
         }
         if let Some(inner) = &c.not {
-            walk(inner, &format!("{path}.not"), out);
+            walk(inner, &path.field("not"), out);
         }
         if let Some(l) = &c.lookup {
             if c.client_ip == Some(true) && l.key.as_deref().unwrap_or("{}") == "{}" {
-                out.entry(l.list.clone())
-                    .or_insert_with(|| path.to_string());
+                out.entry(l.list.clone()).or_insert_with(|| path.clone());
             }
         }
     }
     let mut out = BTreeMap::new();
     for (si, s) in doc.services.iter().enumerate() {
         for (ri, r) in s.rules.iter().enumerate() {
-            walk(
-                &r.when,
-                &format!("services[{si}].rules[{ri}].when"),
-                &mut out,
-            );
+            let when = service_field(si).field("rules").index(ri).field("when");
+            walk(&r.when, &when, &mut out);
         }
     }
     out
@@ -680,7 +694,7 @@ mod tests {
         )
         .unwrap();
         let e = compile(&d, UPSTREAMS).unwrap_err();
-        assert_eq!(e.path, "services[0].split.weights.v2");
+        assert_eq!(e.path.to_string(), "services[0].split.weights.v2");
         assert!(e.message.contains("not a percentage"), "{e}");
     }
 
@@ -701,7 +715,10 @@ mod tests {
         let e = promote(&mut d, "web", Some("v2")).unwrap_err();
         assert_eq!(e.message, "`v2` is already the stable version of `web`");
         let e = promote(&mut d, "web", Some("v9")).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("version"));
+        assert_eq!(
+            e.field.as_ref().map(ToString::to_string).as_deref(),
+            Some("version")
+        );
     }
 
     #[test]
@@ -754,9 +771,15 @@ mod tests {
         assert_eq!(d.services[0].previous_stable, None);
         let e = add_rule(&mut d, "web", range_rule("beta", "v1", 1, 10), None).unwrap_err();
         assert_eq!(e.kind, EditErrorKind::Exists);
-        assert_eq!(e.field.as_deref(), Some("services[0].rules[0].name"));
+        assert_eq!(
+            e.field.as_ref().map(ToString::to_string).as_deref(),
+            Some("services[0].rules[0].name")
+        );
         let e = add_rule(&mut d, "web", range_rule("x", "v1", 1, 10), Some(9)).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("position"));
+        assert_eq!(
+            e.field.as_ref().map(ToString::to_string).as_deref(),
+            Some("position")
+        );
     }
 
     #[test]
@@ -787,11 +810,17 @@ mod tests {
         delete_route(&mut d, "api").unwrap();
 
         let e = delete_service(&mut d, "web").unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("routes[0].service"));
+        assert_eq!(
+            e.field.as_ref().map(ToString::to_string).as_deref(),
+            Some("routes[0].service")
+        );
         let mut other = d.services[0].clone();
         other.name = "api".into();
         let e = put_service(&mut d, "web", other.clone()).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("name"));
+        assert_eq!(
+            e.field.as_ref().map(ToString::to_string).as_deref(),
+            Some("name")
+        );
         create_service(&mut d, other).unwrap();
         delete_service(&mut d, "api").unwrap();
 
@@ -801,7 +830,10 @@ mod tests {
         delete_version(&mut d, "web", "v3").unwrap();
         assert!(d.services[0].split.as_ref().unwrap().weights.is_empty());
         let e = delete_version(&mut d, "web", "v1").unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("services[0].stable"));
+        assert_eq!(
+            e.field.as_ref().map(ToString::to_string).as_deref(),
+            Some("services[0].stable")
+        );
         compile(&d, UPSTREAMS).unwrap();
     }
 
@@ -817,7 +849,10 @@ mod tests {
 
         add_rule(&mut d, "web", range_rule("d", "v1", 4000, 7000), None).unwrap();
         let e = check_no_new_overlaps(&before, &d).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("services[0].rules[4].when.range"));
+        assert_eq!(
+            e.field.as_ref().map(ToString::to_string).as_deref(),
+            Some("services[0].rules[4].when.range")
+        );
         assert!(
             e.message.starts_with(
                 "overlaps rule `a` on the same source (header x-user-id): 4000..=5000"
@@ -849,7 +884,7 @@ mod tests {
     fn lists_looked_up_by_client_ip() {
         let lists = ip_keyed_lists(&doc());
         assert_eq!(
-            lists.get("gray_ips").map(String::as_str),
+            lists.get("gray_ips").map(ToString::to_string).as_deref(),
             Some("services[0].rules[0].when")
         );
         assert_eq!(lists.len(), 1);

@@ -18,6 +18,8 @@
 //!   Lua designs did.
 //! - `evaluate`: request facts -> decision.
 //! - `oracle` (tests only): the plain linear evaluator the indexed one is checked against.
+//! - [`path`]: [`FieldPath`], where a field is in a document (`services[0].rules[1].when`), for
+//!   every validation error of compile, edit and the config.
 //! - [`edit`]: the admin API's edits of a document (routes, rules, weights, promote, rollback)
 //!   as pure functions, and the checks it makes beyond `compile`.
 
@@ -31,12 +33,14 @@ mod iptable;
 pub mod model;
 #[cfg(test)]
 mod oracle;
+pub mod path;
 mod request;
 
 pub use compile::{compile, CompileError, Policy};
 pub use evaluate::{bucket_of, Evaluation};
 pub use iptable::IpTable;
 pub use model::PolicyDoc;
+pub use path::FieldPath;
 
 use std::net::IpAddr;
 use std::sync::Arc;
