@@ -166,6 +166,7 @@ impl Gateway {
             Err(e) => Err(GatewayError::Store(StoreError::Unavailable {
                 store: self.store.kind(),
                 detail: e.to_string(),
+                source: None,
             })),
         }
     }

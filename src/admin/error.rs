@@ -150,7 +150,7 @@ impl From<StoreError> for ApiError {
                 (StatusCode::INTERNAL_SERVER_ERROR, "store_bad_data")
             }
         };
-        ApiError::new(status, code, e.to_string())
+        ApiError::new(status, code, e.chain().to_string())
     }
 }
 
@@ -257,6 +257,7 @@ mod tests {
         let down: ApiError = ChangeError::Store(StoreError::Unavailable {
             store: "redis",
             detail: "down".into(),
+            source: None,
         })
         .into();
         assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE);

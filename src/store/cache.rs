@@ -102,8 +102,9 @@ struct Cached {
     fetched: Instant,
 }
 
-/// What a fetch ended with: the answer, or the error message.
-type Outcome = Result<Option<Arc<str>>, Arc<str>>;
+/// What a fetch ended with: the answer, or the store's error (handed as it is to every lookup
+/// that waited for the fetch).
+type Outcome = Result<Option<Arc<str>>, StoreError>;
 
 /// One fetch in flight; every lookup of the key while it runs waits for this one.
 struct Flight {
@@ -321,11 +322,11 @@ impl Shared {
             let outcome: Outcome =
                 match tokio::time::timeout(timeout, shared.inner.lookup(&list, &key)).await {
                     Ok(Ok(value)) => Ok(value),
-                    Ok(Err(e)) => Err(Arc::from(e.to_string())),
-                    Err(_) => Err(Arc::from(format!(
-                        "store {} did not answer within {timeout:?}",
-                        shared.inner.kind()
-                    ))),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(StoreError::unavailable(
+                        shared.inner.kind(),
+                        format!("did not answer within {timeout:?}"),
+                    )),
                 };
             {
                 let mut flights = shared.lock_flights();
@@ -350,12 +351,12 @@ impl Shared {
         rx
     }
 
-    /// The answer to give when the store failed with `detail`: the last known value if there is
-    /// one, else an error.
+    /// The answer to give when the store failed with `error`: the last known value if there is
+    /// one, else the error.
     fn fallback(
         &self,
         stale: Option<Cached>,
-        detail: &str,
+        error: StoreError,
     ) -> Result<Option<Arc<str>>, StoreError> {
         match stale {
             Some(stale) => {
@@ -364,12 +365,14 @@ impl Shared {
             }
             None => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
-                Err(StoreError::Unavailable {
-                    store: self.inner.kind(),
-                    detail: detail.to_owned(),
-                })
+                Err(error)
             }
         }
+    }
+
+    /// A failure of the wrapped store that is not an error of the store's own.
+    fn unavailable(&self, detail: impl Into<String>) -> StoreError {
+        StoreError::unavailable(self.inner.kind(), detail)
     }
 
     fn lock_flights(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Flight>>> {
@@ -454,7 +457,8 @@ impl Store for CachedStore {
         if shared.failing.load(Ordering::Relaxed) {
             // The store failed a moment ago: answer now; the fetch just started refreshes the key
             // in the background and ends this state if it succeeds.
-            return shared.fallback(stale, "the store is failing; retrying in the background");
+            let error = shared.unavailable("the store is failing; retrying in the background");
+            return shared.fallback(stale, error);
         }
 
         // With a last known value to fall back on, wait only half the timeout so that the answer
@@ -469,19 +473,16 @@ impl Store for CachedStore {
             .map(|done| done.map(|outcome| outcome.clone()));
         match waited {
             Ok(Ok(Some(Ok(value)))) => Ok(value),
-            Ok(Ok(Some(Err(detail)))) => shared.fallback(stale, &detail),
+            Ok(Ok(Some(Err(error)))) => shared.fallback(stale, error),
             // The fetch task cannot drop its sender without sending; treat it as a failure anyway.
-            Ok(Ok(None)) | Ok(Err(_)) => shared.fallback(stale, "the lookup was abandoned"),
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                shared.fallback(stale, shared.unavailable("the lookup was abandoned"))
+            }
             Err(_) => {
                 // The store is hanging: stop waiting for it until a fetch succeeds again.
                 shared.failing.store(true, Ordering::Relaxed);
-                shared.fallback(
-                    stale,
-                    &format!(
-                        "store {} did not answer within {wait:?}",
-                        shared.inner.kind()
-                    ),
-                )
+                let error = shared.unavailable(format!("did not answer within {wait:?}"));
+                shared.fallback(stale, error)
             }
         }
     }
@@ -531,6 +532,8 @@ mod tests {
         delay_ms: AtomicU64,
         failing: AtomicBool,
         changes: Option<broadcast::Sender<Change>>,
+        /// History records, oldest first.
+        history: Mutex<Vec<String>>,
     }
 
     impl FakeStore {
@@ -576,6 +579,19 @@ mod tests {
         async fn save_policy(&self, _: &str, _: Option<u64>) -> Result<u64, StoreError> {
             Ok(1)
         }
+        async fn save_policy_recorded(
+            &self,
+            _: &str,
+            expected: u64,
+            record: &str,
+        ) -> Result<u64, StoreError> {
+            self.history.lock().unwrap().push(record.to_owned());
+            Ok(expected + 1)
+        }
+        async fn load_history(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+            let history = self.history.lock().unwrap();
+            Ok(history.iter().rev().take(limit).cloned().collect())
+        }
         async fn lookup(&self, list: &str, key: &str) -> Result<Option<Arc<str>>, StoreError> {
             self.fetches.fetch_add(1, Ordering::SeqCst);
             let delay = self.delay_ms.load(Ordering::SeqCst);
@@ -583,10 +599,8 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
             if self.failing.load(Ordering::SeqCst) {
-                return Err(StoreError::Unavailable {
-                    store: "fake",
-                    detail: "down".into(),
-                });
+                let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+                return Err(StoreError::unavailable("fake", "down").with_source(refused));
             }
             let values = self.values.lock().unwrap();
             Ok(values
@@ -667,6 +681,31 @@ mod tests {
             "{stats:?}"
         );
         assert_eq!((stats.errors, stats.stale_served), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn history_passes_through() {
+        let fake = FakeStore::new();
+        let cache = cached(&fake, config(60_000));
+        assert_eq!(cache.save_policy_recorded("p1", 0, "r1").await.unwrap(), 1);
+        assert_eq!(cache.save_policy_recorded("p2", 1, "r2").await.unwrap(), 2);
+        assert_eq!(cache.load_history(10).await.unwrap(), ["r2", "r1"]);
+        assert_eq!(cache.load_history(1).await.unwrap(), ["r2"]);
+    }
+
+    #[tokio::test]
+    async fn the_store_error_reaches_the_caller_with_its_cause() {
+        let fake = FakeStore::new();
+        fake.failing.store(true, Ordering::SeqCst);
+        let cache = cached(&fake, config(60_000));
+        let err = cache.lookup("l", "k").await.unwrap_err();
+        // The store's own error, not one wrapped in another "unavailable".
+        assert_eq!(err.to_string(), "store fake unavailable: down");
+        assert_eq!(
+            err.cause::<std::io::Error>().map(std::io::Error::kind),
+            Some(std::io::ErrorKind::ConnectionRefused)
+        );
+        assert_eq!(cache.stats().errors, 1);
     }
 
     #[test]

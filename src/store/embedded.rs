@@ -117,14 +117,16 @@ impl EmbeddedStore {
     /// Fails with [`StoreError::Open`] naming the directory or file, e.g. when the directory cannot
     /// be created, the file is not a redb database, or another process has it open.
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
-            path: dir.display().to_string(),
-            detail: format!("cannot create the data directory: {e}"),
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::open(
+                dir.display().to_string(),
+                "cannot create the data directory",
+            )
+            .with_source(e)
         })?;
         let path = dir.join(DB_FILE);
-        let open_err = |what: &str, e: &dyn fmt::Display| StoreError::Open {
-            path: path.display().to_string(),
-            detail: format!("{what}: {e}"),
+        let open_err = |what: &str, e: redb::Error| {
+            StoreError::open(path.display().to_string(), what).with_source(e)
         };
 
         // The mirror serves every read; redb's page cache only speeds up writes and the load at
@@ -132,40 +134,40 @@ impl EmbeddedStore {
         let db = Database::builder()
             .set_cache_size(REDB_CACHE_BYTES)
             .create(&path)
-            .map_err(|e| open_err("cannot open the database", &e))?;
+            .map_err(|e| open_err("cannot open the database", e.into()))?;
 
         // Create both tables (so that later reads find them) and purge what expired meanwhile.
         let now = SystemTime::now();
         let txn = db
             .begin_write()
-            .map_err(|e| open_err("cannot start a write transaction", &e))?;
+            .map_err(|e| open_err("cannot start a write transaction", e.into()))?;
         {
             txn.open_table(META)
-                .map_err(|e| open_err("cannot open table meta", &e))?;
+                .map_err(|e| open_err("cannot open table meta", e.into()))?;
             txn.open_table(HISTORY)
-                .map_err(|e| open_err("cannot open table history", &e))?;
+                .map_err(|e| open_err("cannot open table history", e.into()))?;
             let mut entries = txn
                 .open_table(ENTRIES)
-                .map_err(|e| open_err("cannot open table entries", &e))?;
+                .map_err(|e| open_err("cannot open table entries", e.into()))?;
             entries
                 .retain(|_, (_, ms)| !expired(ms, now))
-                .map_err(|e| open_err("cannot purge expired entries", &e))?;
+                .map_err(|e| open_err("cannot purge expired entries", e.into()))?;
         }
         txn.commit()
-            .map_err(|e| open_err("cannot commit the initial transaction", &e))?;
+            .map_err(|e| open_err("cannot commit the initial transaction", e.into()))?;
 
         let mut mirror = Mirror::new();
         let read = db
             .begin_read()
-            .map_err(|e| open_err("cannot start a read transaction", &e))?;
+            .map_err(|e| open_err("cannot start a read transaction", e.into()))?;
         let entries = read
             .open_table(ENTRIES)
-            .map_err(|e| open_err("cannot open table entries", &e))?;
+            .map_err(|e| open_err("cannot open table entries", e.into()))?;
         let iter = entries
             .iter()
-            .map_err(|e| open_err("cannot read table entries", &e))?;
+            .map_err(|e| open_err("cannot read table entries", e.into()))?;
         for item in iter {
-            let (k, v) = item.map_err(|e| open_err("cannot read table entries", &e))?;
+            let (k, v) = item.map_err(|e| open_err("cannot read table entries", e.into()))?;
             let (list, key) = k.value();
             let (value, ms) = v.value();
             mirror
@@ -283,10 +285,12 @@ impl EmbeddedStore {
                     return Err(StoreError::Conflict { expected, actual });
                 }
             }
-            let next = actual.checked_add(1).ok_or_else(|| StoreError::BadData {
-                store: STORE,
-                key: "meta/policy".to_owned(),
-                detail: format!("revision {actual} cannot grow any more"),
+            let next = actual.checked_add(1).ok_or_else(|| {
+                StoreError::bad_data(
+                    STORE,
+                    "meta/policy",
+                    format!("revision {actual} cannot grow any more"),
+                )
             })?;
             meta.insert(POLICY_KEY, (next, json))
                 .map_err(|e| self.db_err(WHAT, "meta/policy", e))?;
@@ -495,15 +499,14 @@ impl EmbeddedStore {
             | redb::Error::TableTypeMismatch { .. }
             | redb::Error::TableIsMultimap(_)
             | redb::Error::TableIsNotMultimap(_)
-            | redb::Error::TypeDefinitionChanged { .. } => StoreError::BadData {
-                store: STORE,
-                key: format!("{key} in {}", self.path.display()),
-                detail: format!("{what}: {err}"),
-            },
-            _ => StoreError::Unavailable {
-                store: STORE,
-                detail: format!("{what} ({key}) in {}: {err}", self.path.display()),
-            },
+            | redb::Error::TypeDefinitionChanged { .. } => {
+                StoreError::bad_data(STORE, format!("{key} in {}", self.path.display()), what)
+                    .with_source(err)
+            }
+            _ => {
+                StoreError::unavailable(STORE, format!("{what} ({key}) in {}", self.path.display()))
+                    .with_source(err)
+            }
         }
     }
 
@@ -984,6 +987,80 @@ mod tests {
         let _first = open(&dir);
         let err = EmbeddedStore::open(dir.path()).unwrap_err();
         assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+        assert!(
+            matches!(
+                err.cause::<redb::Error>(),
+                Some(redb::Error::DatabaseAlreadyOpen)
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn open_errors_keep_their_cause() {
+        use std::error::Error as _;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let err = EmbeddedStore::open(&file.join("data")).unwrap_err();
+        let io = err
+            .cause::<std::io::Error>()
+            .expect("the I/O error is the source");
+        // The OS error is the source, not part of the message: a report shows it once.
+        let os_text = io.to_string();
+        assert!(!err.to_string().contains(&os_text), "{err}");
+        assert_eq!(err.chain().to_string().matches(&os_text).count(), 1);
+        assert!(
+            err.to_string().contains("cannot create the data directory"),
+            "{err}"
+        );
+
+        let dir2 = tempfile::tempdir().unwrap();
+        std::fs::write(dir2.path().join(DB_FILE), b"definitely not redb").unwrap();
+        let err = EmbeddedStore::open(dir2.path()).unwrap_err();
+        assert!(err.source().is_some(), "{err:?}");
+        assert!(err.cause::<redb::Error>().is_some(), "{err:?}");
+    }
+
+    #[test]
+    fn racing_writers_lose_with_a_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(&dir));
+        store.save_policy_sync("base", None, None).unwrap();
+        let writers: Vec<_> = (0..8)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    store.save_policy_sync(&format!("doc {i}"), Some(1), Some(&format!("r{i}")))
+                })
+            })
+            .collect();
+        let mut won = 0;
+        for writer in writers {
+            match writer.join().unwrap() {
+                Ok(revision) => {
+                    assert_eq!(revision, 2);
+                    won += 1;
+                }
+                Err(e) => {
+                    assert!(e.is_lost_race(), "{e:?}");
+                    assert!(
+                        matches!(
+                            e,
+                            StoreError::Conflict {
+                                expected: 1,
+                                actual: 2
+                            }
+                        ),
+                        "{e:?}"
+                    );
+                }
+            }
+        }
+        assert_eq!(won, 1);
+        // Only the winner's record was kept.
+        let history = store.load_history_sync(10).unwrap();
+        assert_eq!(history.len(), 1, "{history:?}");
     }
 
     #[tokio::test]

@@ -35,7 +35,9 @@
 //! never be read as the answer to the next command. It has no pool, timeouts or reconnection; this
 //! module adds them.
 
-use super::{Change, Entry, HealthTracker, Store, StoreError, StoreHealth, StoredPolicy};
+use super::{
+    Change, Entry, ErrorChain, HealthTracker, Store, StoreError, StoreHealth, StoredPolicy,
+};
 use async_memcached::{AsciiProtocol, Client, Error as McError, Status};
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -124,20 +126,20 @@ impl MemcachedStore {
         policy_store: Arc<dyn Store>,
     ) -> Result<MemcachedStore, StoreError> {
         if config.servers.is_empty() {
-            return Err(StoreError::Open {
-                path: "memcached".to_owned(),
-                detail: "no server configured (expected at least one host:port)".to_owned(),
-            });
+            return Err(StoreError::open(
+                "memcached",
+                "no server configured (expected at least one host:port)",
+            ));
         }
         for addr in &config.servers {
             let valid = addr
                 .rsplit_once(':')
                 .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
             if !valid {
-                return Err(StoreError::Open {
-                    path: addr.clone(),
-                    detail: "a memcached server must be given as host:port".to_owned(),
-                });
+                return Err(StoreError::open(
+                    addr.clone(),
+                    "a memcached server must be given as host:port",
+                ));
             }
         }
         let (changes, _) = broadcast::channel(CHANGE_CAPACITY);
@@ -244,23 +246,58 @@ fn is_connection_error(e: &McError) -> bool {
     )
 }
 
+/// What went wrong with one server, kept as the cause of the [`StoreError`] and in the store's
+/// health.
+#[derive(Debug, thiserror::Error)]
+enum ServerError {
+    #[error("cannot connect to {addr}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: McError,
+    },
+    #[error("cannot connect to {addr} within {CONNECT_TIMEOUT:?}")]
+    ConnectTimeout { addr: String },
+    #[error("all {MAX_CONNECTIONS} connections to {addr} busy for {RESPONSE_TIMEOUT:?}")]
+    Busy { addr: String },
+    #[error("{addr} did not answer within {RESPONSE_TIMEOUT:?}")]
+    Timeout { addr: String },
+    /// The command failed on the connection, or the server answered with an error.
+    #[error("command to {addr} failed")]
+    Command {
+        addr: String,
+        #[source]
+        source: McError,
+    },
+}
+
 /// Why a command failed.
 enum Failure {
     /// The server cannot be reached or did not answer: it is marked down.
-    Connection(String),
+    Connection(ServerError),
     /// The server answered with an error.
-    Answer(String),
+    Answer(ServerError),
 }
 
 impl Server {
-    async fn open(&self) -> Result<Client, String> {
+    async fn open(&self) -> Result<Client, ServerError> {
         match tokio::time::timeout(CONNECT_TIMEOUT, Client::new(&self.dsn)).await {
             Ok(Ok(client)) => Ok(client),
-            Ok(Err(e)) => Err(format!("cannot connect to {}: {e}", self.addr)),
-            Err(_) => Err(format!(
-                "cannot connect to {} within {CONNECT_TIMEOUT:?}",
-                self.addr
-            )),
+            Ok(Err(source)) => Err(ServerError::Connect {
+                addr: self.addr.clone(),
+                source,
+            }),
+            Err(_) => Err(ServerError::ConnectTimeout {
+                addr: self.addr.clone(),
+            }),
+        }
+    }
+
+    /// A [`ServerError::Command`] of this server.
+    fn failed(&self, source: McError) -> ServerError {
+        ServerError::Command {
+            addr: self.addr.clone(),
+            source,
         }
     }
 
@@ -291,10 +328,9 @@ impl Server {
         let permit = tokio::time::timeout(RESPONSE_TIMEOUT, self.permits.acquire())
             .await
             .map_err(|_| {
-                Failure::Connection(format!(
-                    "all {MAX_CONNECTIONS} connections to {} busy for {RESPONSE_TIMEOUT:?}",
-                    self.addr
-                ))
+                Failure::Connection(ServerError::Busy {
+                    addr: self.addr.clone(),
+                })
             })?
             .expect("the semaphore is never closed");
         let mut client = match self.take_idle() {
@@ -308,18 +344,15 @@ impl Server {
                 self.put_back(client);
                 Ok(value)
             }
-            Ok(Err(e)) if is_connection_error(&e) => {
-                Err(Failure::Connection(format!("{}: {e}", self.addr)))
-            }
+            Ok(Err(e)) if is_connection_error(&e) => Err(Failure::Connection(self.failed(e))),
             Ok(Err(e)) => {
                 self.put_back(client);
-                Err(Failure::Answer(format!("{}: {e}", self.addr)))
+                Err(Failure::Answer(self.failed(e)))
             }
             // Dropping the timed-out operation closed the connection; it is not put back.
-            Err(_) => Err(Failure::Connection(format!(
-                "{} did not answer within {RESPONSE_TIMEOUT:?}",
-                self.addr
-            ))),
+            Err(_) => Err(Failure::Connection(ServerError::Timeout {
+                addr: self.addr.clone(),
+            })),
         }
     }
 }
@@ -342,18 +375,11 @@ impl Shared {
         &self.servers[i]
     }
 
-    fn server_failed(&self, server: &Server, error: &str) {
+    fn server_failed(&self, server: &Server, error: &ServerError) {
         server.down.store(true, Ordering::Release);
         server.drop_idle();
-        self.health.mark_degraded(error);
+        self.health.mark_degraded(&ErrorChain(error).to_string());
         self.wake.notify_one();
-    }
-
-    fn unavailable(&self, what: &str, detail: impl std::fmt::Display) -> StoreError {
-        StoreError::Unavailable {
-            store: STORE,
-            detail: format!("{what}: {detail}"),
-        }
     }
 
     /// Runs `op` against the server of `key`: an error at once while that server is down.
@@ -365,18 +391,21 @@ impl Shared {
     ) -> Result<T, StoreError> {
         let server = self.server_for(key);
         if server.down.load(Ordering::Acquire) {
-            return Err(self.unavailable(
-                what,
-                format_args!("{} is down; reconnecting in the background", server.addr),
+            return Err(StoreError::unavailable(
+                STORE,
+                format!(
+                    "{what}: {} is down; reconnecting in the background",
+                    server.addr
+                ),
             ));
         }
         match server.with_client(op).await {
             Ok(value) => Ok(value),
             Err(Failure::Connection(e)) => {
                 self.server_failed(server, &e);
-                Err(self.unavailable(what, e))
+                Err(StoreError::unavailable(STORE, what).with_source(e))
             }
-            Err(Failure::Answer(e)) => Err(self.unavailable(what, e)),
+            Err(Failure::Answer(e)) => Err(StoreError::unavailable(STORE, what).with_source(e)),
         }
     }
 
@@ -400,7 +429,7 @@ impl Shared {
                             server.down.store(false, Ordering::Release);
                         }
                         Err(e) => {
-                            self.health.mark_degraded(&e);
+                            self.health.mark_degraded(&ErrorChain(&e).to_string());
                             all_up = false;
                         }
                     }
@@ -419,15 +448,14 @@ impl Shared {
     }
 
     /// Opens a connection and checks that the server answers on it.
-    async fn probe(&self, server: &Server) -> Result<Client, String> {
+    async fn probe(&self, server: &Server) -> Result<Client, ServerError> {
         let mut client = server.open().await?;
         match tokio::time::timeout(RESPONSE_TIMEOUT, client.version()).await {
             Ok(Ok(_)) => Ok(client),
-            Ok(Err(e)) => Err(format!("{}: {e}", server.addr)),
-            Err(_) => Err(format!(
-                "{} did not answer within {RESPONSE_TIMEOUT:?}",
-                server.addr
-            )),
+            Ok(Err(e)) => Err(server.failed(e)),
+            Err(_) => Err(ServerError::Timeout {
+                addr: server.addr.clone(),
+            }),
         }
     }
 }
@@ -489,13 +517,13 @@ impl Store for MemcachedStore {
         let s = &self.shared;
         let keys: Vec<String> = entries.iter().map(|e| s.key_of(list, &e.key)).collect();
         if let Some(bad) = keys.iter().find(|k| !valid_key(k)) {
-            return Err(StoreError::BadData {
-                store: STORE,
-                key: bad.clone(),
-                detail: format!(
+            return Err(StoreError::bad_data(
+                STORE,
+                bad.clone(),
+                format!(
                     "memcached keys must be 1 to {MAX_KEY_LEN} bytes without spaces or control characters; nothing was written"
                 ),
-            });
+            ));
         }
         let now = SystemTime::now();
         let mut result = Ok(());
@@ -570,12 +598,12 @@ impl Store for MemcachedStore {
 
     /// memcached cannot enumerate keys: always [`StoreError::Unavailable`].
     async fn list_entries(&self, list: &str) -> Result<Vec<Entry>, StoreError> {
-        Err(StoreError::Unavailable {
-            store: STORE,
-            detail: format!(
+        Err(StoreError::unavailable(
+            STORE,
+            format!(
                 "memcached cannot list the keys of list {list}: it only answers lookups of single keys; keep the list's source of truth elsewhere and look keys up one by one"
             ),
-        })
+        ))
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Change> {
@@ -590,6 +618,108 @@ impl Store for MemcachedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_errors_name_the_server_and_keep_the_cause() {
+        use std::error::Error as _;
+        let refused = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let addr = "127.0.0.1:11211".to_owned();
+        let e = ServerError::Command {
+            addr: addr.clone(),
+            source: McError::Io(refused()),
+        };
+        assert_eq!(e.to_string(), "command to 127.0.0.1:11211 failed");
+        assert!(e.source().is_some());
+        // The client's error prints and returns the I/O error: it shows once.
+        assert_eq!(
+            ErrorChain(&e).to_string(),
+            format!("command to 127.0.0.1:11211 failed: io: {}", refused())
+        );
+        let e = ServerError::Connect {
+            addr: addr.clone(),
+            source: McError::Connect(refused()),
+        };
+        assert_eq!(e.to_string(), "cannot connect to 127.0.0.1:11211");
+        assert_eq!(
+            ServerError::ConnectTimeout { addr: addr.clone() }.to_string(),
+            "cannot connect to 127.0.0.1:11211 within 200ms"
+        );
+        assert_eq!(
+            ServerError::Busy { addr: addr.clone() }.to_string(),
+            "all 32 connections to 127.0.0.1:11211 busy for 100ms"
+        );
+        assert_eq!(
+            ServerError::Timeout { addr }.to_string(),
+            "127.0.0.1:11211 did not answer within 100ms"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_history_is_kept_with_the_policy_in_the_policy_store() {
+        // No memcached needed: the policy and its history never go there.
+        let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = gone.local_addr().unwrap().to_string();
+        drop(gone);
+        let dir = tempfile::tempdir().unwrap();
+        let policy: Arc<dyn Store> =
+            Arc::new(crate::store::EmbeddedStore::open(dir.path()).unwrap());
+        let config = MemcachedConfig {
+            servers: vec![addr],
+            lists: HashMap::new(),
+        };
+        let store = MemcachedStore::connect(config, Arc::clone(&policy))
+            .await
+            .unwrap();
+        assert_eq!(store.save_policy_recorded("p1", 0, "r1").await.unwrap(), 1);
+        assert_eq!(store.save_policy_recorded("p2", 1, "r2").await.unwrap(), 2);
+        assert_eq!(store.load_history(10).await.unwrap(), ["r2", "r1"]);
+        assert_eq!(policy.load_history(1).await.unwrap(), ["r2"]);
+        // A lost race records nothing.
+        let err = store.save_policy_recorded("p3", 1, "r3").await.unwrap_err();
+        assert!(err.is_lost_race(), "{err:?}");
+        assert_eq!(store.load_history(10).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_command_keeps_the_server_error_as_its_cause() {
+        // A "server" that accepts connections and closes them at once.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let closer = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                drop(socket);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let policy: Arc<dyn Store> =
+            Arc::new(crate::store::EmbeddedStore::open(dir.path()).unwrap());
+        let config = MemcachedConfig {
+            servers: vec![addr.clone()],
+            lists: HashMap::new(),
+        };
+        let store = MemcachedStore::connect(config, policy).await.unwrap();
+        let err = store.lookup("ips", "10.0.0.1").await.unwrap_err();
+        closer.abort();
+        assert!(
+            matches!(
+                err,
+                StoreError::Unavailable {
+                    store: "memcached",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), "store memcached unavailable: lookup");
+        let cause = err
+            .cause::<ServerError>()
+            .expect("the server's error is the cause");
+        assert!(
+            matches!(cause, ServerError::Command { addr: a, .. } if *a == addr),
+            "{cause:?}"
+        );
+        assert!(err.chain().to_string().contains(&addr), "{}", err.chain());
+    }
 
     #[test]
     fn keys_memcached_rejects() {

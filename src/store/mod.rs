@@ -33,26 +33,144 @@ pub use cache::{CacheConfig, CacheStats, CachedStore};
 pub use embedded::EmbeddedStore;
 pub use memcached::{MemcachedConfig, MemcachedStore};
 
-/// A store failure. Every variant names what failed so that an operator can act on the message.
-#[derive(Debug, thiserror::Error)]
+/// A store failure. Every variant names what failed so that an operator can act on the message;
+/// the failure underneath (a `redis::RedisError`, a redb error, an `std::io::Error`...) is the
+/// error's [`source`](std::error::Error::source), not part of its text, so that a report of the
+/// whole chain ([`ErrorChain`]) shows it once.
+///
+/// Cloning is cheap: the cause is shared. The lookup cache hands one fetch's error to every
+/// request that waited for it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store cannot be reached or answered with an error.
     #[error("store {store} unavailable: {detail}")]
-    Unavailable { store: &'static str, detail: String },
+    Unavailable {
+        store: &'static str,
+        /// What was being done, where (`lookup on redis://10.0.0.5:6379`), and why when the
+        /// reason is not an error of its own (a timeout, a degraded store).
+        detail: String,
+        #[source]
+        source: Option<Cause>,
+    },
     /// The on-disk or remote data is not what graygate wrote (corrupt, foreign format).
     #[error("store {store}: bad data under {key}: {detail}")]
     BadData {
         store: &'static str,
         key: String,
         detail: String,
+        #[source]
+        source: Option<Cause>,
     },
-    /// A conditional write found another revision than the caller read: someone else changed the
-    /// policy in between.
+    /// A conditional write lost the race: it found another revision than the caller read, because
+    /// someone else changed the policy in between. Nothing was written; reading again and redoing
+    /// the change can succeed. Every store reports a lost race this way, never as
+    /// [`StoreError::Unavailable`].
     #[error("policy revision conflict: expected {expected}, store has {actual}")]
     Conflict { expected: u64, actual: u64 },
-    /// The data directory or file could not be opened.
+    /// The data directory or file could not be opened, or the server refuses the configuration.
     #[error("cannot open store at {path}: {detail}")]
-    Open { path: String, detail: String },
+    Open {
+        path: String,
+        detail: String,
+        #[source]
+        source: Option<Cause>,
+    },
+}
+
+impl StoreError {
+    /// [`StoreError::Unavailable`] without an underlying error (a timeout, a degraded store, an
+    /// operation the store cannot do); add one with [`StoreError::with_source`].
+    pub fn unavailable(store: &'static str, detail: impl Into<String>) -> Self {
+        StoreError::Unavailable {
+            store,
+            detail: detail.into(),
+            source: None,
+        }
+    }
+
+    /// [`StoreError::BadData`] without an underlying error.
+    pub fn bad_data(
+        store: &'static str,
+        key: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        StoreError::BadData {
+            store,
+            key: key.into(),
+            detail: detail.into(),
+            source: None,
+        }
+    }
+
+    /// [`StoreError::Open`] without an underlying error.
+    pub fn open(path: impl Into<String>, detail: impl Into<String>) -> Self {
+        StoreError::Open {
+            path: path.into(),
+            detail: detail.into(),
+            source: None,
+        }
+    }
+
+    /// This error caused by `cause`. A [`StoreError::Conflict`] has no cause and stays as it is.
+    #[must_use]
+    pub fn with_source(mut self, cause: impl Into<Cause>) -> Self {
+        match &mut self {
+            StoreError::Unavailable { source, .. }
+            | StoreError::BadData { source, .. }
+            | StoreError::Open { source, .. } => *source = Some(cause.into()),
+            StoreError::Conflict { .. } => {}
+        }
+        self
+    }
+
+    /// The underlying error if it is an `E` (`redis::RedisError`, `std::io::Error`...).
+    pub fn cause<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        std::error::Error::source(self)?.downcast_ref()
+    }
+
+    /// True when a conditional write lost the race ([`StoreError::Conflict`]).
+    pub fn is_lost_race(&self) -> bool {
+        matches!(self, StoreError::Conflict { .. })
+    }
+
+    /// The error with its causes, each once, for logs and messages.
+    pub fn chain(&self) -> ErrorChain<'_> {
+        ErrorChain(self)
+    }
+}
+
+/// The underlying failure of a [`StoreError`], as the store's client library or the operating
+/// system reported it. Shared, so that a [`StoreError`] can be cloned; it is not an error itself
+/// but dereferences to the one it holds, so that [`std::error::Error::source`] of a
+/// [`StoreError`] is that error, ready to downcast.
+#[derive(Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl Cause {
+    /// Holds `error`.
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Cause(Arc::new(error))
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for Cause {
+    fn from(error: E) -> Self {
+        Cause::new(error)
+    }
+}
+
+impl std::ops::Deref for Cause {
+    type Target = dyn std::error::Error + Send + Sync + 'static;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+impl std::fmt::Debug for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
 }
 
 /// Shows an error with its causes, `outer: cause: root cause`, each text once.
@@ -231,23 +349,19 @@ pub trait Store: Send + Sync + 'static {
     /// `record` (one history entry, JSON text, describing revision `expected + 1`) in the policy
     /// history, which keeps the newest [`HISTORY_LIMIT`] entries. A conflict records nothing.
     ///
-    /// The default keeps no history (the record is dropped); every store graygate ships keeps it.
+    /// Every store must keep the record or fail: there is no default, so that a store cannot drop
+    /// history silently. A store that keeps its policy elsewhere (memcached) passes the record on
+    /// with the policy.
     async fn save_policy_recorded(
         &self,
         json: &str,
         expected: u64,
         record: &str,
-    ) -> Result<u64, StoreError> {
-        let _ = record;
-        self.save_policy(json, Some(expected)).await
-    }
+    ) -> Result<u64, StoreError>;
 
     /// The newest `limit` history records (as given to [`Store::save_policy_recorded`]), newest
-    /// first. Empty for a store that keeps no history.
-    async fn load_history(&self, limit: usize) -> Result<Vec<String>, StoreError> {
-        let _ = limit;
-        Ok(Vec::new())
-    }
+    /// first.
+    async fn load_history(&self, limit: usize) -> Result<Vec<String>, StoreError>;
 
     /// Answers a lookup from memory, without I/O, if this store can: `Some(Some(v))` value,
     /// `Some(None)` absent, `None` "ask [`Store::lookup`]". Called on the request path.
@@ -280,5 +394,101 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the store is reachable right now. Local stores are always healthy.
     fn health(&self) -> StoreHealth {
         StoreHealth::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    fn refused() -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        )
+    }
+
+    #[test]
+    fn the_cause_is_the_source_not_the_message() {
+        let e = StoreError::unavailable("redis", "lookup on redis://127.0.0.1:6379")
+            .with_source(refused());
+        assert_eq!(
+            e.to_string(),
+            "store redis unavailable: lookup on redis://127.0.0.1:6379"
+        );
+        let source = e.source().expect("the cause is the source");
+        assert_eq!(source.to_string(), "Connection refused (os error 111)");
+        assert_eq!(
+            e.cause::<std::io::Error>().map(std::io::Error::kind),
+            Some(std::io::ErrorKind::ConnectionRefused)
+        );
+        assert!(e.cause::<std::fmt::Error>().is_none());
+        // The chain shows the OS error once.
+        assert_eq!(
+            e.chain().to_string(),
+            "store redis unavailable: lookup on redis://127.0.0.1:6379: Connection refused (os error 111)"
+        );
+        // A clone shares the cause.
+        let copy = e.clone();
+        assert!(copy.cause::<std::io::Error>().is_some());
+
+        for e in [
+            StoreError::bad_data("embedded", "meta/policy", "reading the policy")
+                .with_source(refused()),
+            StoreError::open("/var/lib/graygate", "cannot create the data directory")
+                .with_source(refused()),
+        ] {
+            assert!(e.source().is_some(), "{e:?}");
+            assert!(!e.to_string().contains("os error"), "{e}");
+        }
+        assert!(StoreError::unavailable("memcached", "down")
+            .source()
+            .is_none());
+    }
+
+    #[test]
+    fn messages_name_the_store_and_what_failed() {
+        assert_eq!(
+            StoreError::bad_data("redis", "graygate:policy", "the hash has no revision field")
+                .to_string(),
+            "store redis: bad data under graygate:policy: the hash has no revision field"
+        );
+        assert_eq!(
+            StoreError::open("/data", "cannot create the data directory").to_string(),
+            "cannot open store at /data: cannot create the data directory"
+        );
+    }
+
+    #[test]
+    fn a_lost_race_is_a_conflict_not_an_outage() {
+        let lost = StoreError::Conflict {
+            expected: 4,
+            actual: 5,
+        };
+        assert!(lost.is_lost_race());
+        assert_eq!(
+            lost.to_string(),
+            "policy revision conflict: expected 4, store has 5"
+        );
+        // A conflict has no cause to add.
+        let still = lost.with_source(refused());
+        assert!(still.source().is_none());
+        assert!(still.is_lost_race());
+        assert!(!StoreError::unavailable("redis", "down").is_lost_race());
+    }
+
+    #[test]
+    fn a_chain_skips_causes_its_text_already_shows() {
+        /// An error that prints its source and returns it, as redis' errors do.
+        #[derive(Debug, thiserror::Error)]
+        #[error("{0}")]
+        struct Echo(#[source] std::io::Error);
+
+        let e = StoreError::unavailable("redis", "PING").with_source(Echo(refused()));
+        assert_eq!(
+            ErrorChain(&e).to_string(),
+            "store redis unavailable: PING: Connection refused (os error 111)"
+        );
     }
 }

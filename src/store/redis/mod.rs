@@ -214,9 +214,8 @@ impl RedisStore {
         let target = redact_url(&config.url);
         let open_err = {
             let target = target.clone();
-            move |detail: String| StoreError::Open {
-                path: target.clone(),
-                detail,
+            move |detail: &str, e: RedisError| {
+                StoreError::open(target.clone(), detail).with_source(e)
             }
         };
         if config.url.starts_with("rediss:") || config.url.starts_with("valkeys:") {
@@ -224,8 +223,8 @@ impl RedisStore {
             // harmlessly when the process already has one.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client = Client::open(config.url.as_str())
-            .map_err(|e| open_err(format!("invalid Redis URL: {e}")))?;
+        let client =
+            Client::open(config.url.as_str()).map_err(|e| open_err("invalid Redis URL", e))?;
         let info = client.get_connection_info().clone();
         let db = info.redis_settings().db();
         let resp3_settings = info
@@ -233,7 +232,7 @@ impl RedisStore {
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
         let resp3 = Client::open(info.set_redis_settings(resp3_settings))
-            .map_err(|e| open_err(format!("invalid Redis URL: {e}")))?;
+            .map_err(|e| open_err("invalid Redis URL", e))?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -241,7 +240,7 @@ impl RedisStore {
             .set_min_delay(BACKOFF_MIN)
             .set_max_delay(BACKOFF_MIN * 4);
         let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
-            .map_err(|e| open_err(e.to_string()))?;
+            .map_err(|e| open_err("cannot set up the connection", e))?;
 
         let (changes, _) = broadcast::channel(CHANGE_CAPACITY);
         let shared = Arc::new(Shared {
@@ -263,7 +262,7 @@ impl RedisStore {
             Err(e) if is_connection_error(&e) => shared
                 .health
                 .mark_degraded(&format!("cannot reach {}: {e}", shared.target)),
-            Err(e) => return Err(open_err(e.to_string())),
+            Err(e) => return Err(open_err("the server rejects the connection", e)),
         }
         let watcher = tokio::spawn(Arc::clone(&shared).watch());
         Ok(RedisStore { shared, watcher })
@@ -340,11 +339,15 @@ fn millis_until(at: SystemTime, now: SystemTime) -> Option<u64> {
 }
 
 impl Shared {
+    /// [`StoreError::Unavailable`] for `what` on this server, for a reason that is not an error
+    /// of its own (a timeout, a degraded store, a list too long).
     fn unavailable(&self, what: &str, detail: impl fmt::Display) -> StoreError {
-        StoreError::Unavailable {
-            store: STORE,
-            detail: format!("{what} on {}: {detail}", self.target),
-        }
+        StoreError::unavailable(STORE, format!("{what} on {}: {detail}", self.target))
+    }
+
+    /// [`StoreError::Unavailable`] for `what` on this server, caused by `e`.
+    fn failed(&self, what: &str, e: RedisError) -> StoreError {
+        StoreError::unavailable(STORE, format!("{what} on {}", self.target)).with_source(e)
     }
 
     /// Runs one store call: at once an error while the store is degraded, else `call` bounded by
@@ -371,18 +374,16 @@ impl Shared {
             Ok(Err(e)) if is_connection_error(&e) => {
                 self.health.mark_degraded(&e.to_string());
                 self.wake.notify_one();
-                Err(self.unavailable(what, e))
+                Err(self.failed(what, e))
             }
+            // A key that holds something else than graygate wrote there.
             Ok(Err(e))
-                if e.code() == Some("WRONGTYPE") || e.kind() == ErrorKind::UnexpectedReturnType =>
+                if matches!(e.code(), Some("WRONGTYPE" | BAD_REVISION_CODE))
+                    || e.kind() == ErrorKind::UnexpectedReturnType =>
             {
-                Err(StoreError::BadData {
-                    store: STORE,
-                    key: key.to_owned(),
-                    detail: format!("{what}: {e}"),
-                })
+                Err(StoreError::bad_data(STORE, key, what).with_source(e))
             }
-            Ok(Err(e)) => Err(self.unavailable(what, e)),
+            Ok(Err(e)) => Err(self.failed(what, e)),
             Err(_) => {
                 let detail = format!("no answer within {OP_TIMEOUT:?}");
                 self.health.mark_degraded(&detail);
@@ -443,17 +444,7 @@ impl Shared {
                     .arg(HISTORY_LIMIT)
                     .invoke_async(&mut conn),
             )
-            .await
-            .map_err(|e| match e {
-                StoreError::Unavailable { detail, .. } if detail.contains(BAD_REVISION_CODE) => {
-                    StoreError::BadData {
-                        store: STORE,
-                        key: s.keys.policy.clone(),
-                        detail,
-                    }
-                }
-                other => other,
-            })?;
+            .await?;
         if saved != 1 {
             return Err(StoreError::Conflict {
                 expected: expected.unwrap_or(0),
@@ -573,11 +564,7 @@ impl Store for RedisStore {
                     .query_async(&mut conn),
             )
             .await?;
-        let bad = |detail: String| StoreError::BadData {
-            store: STORE,
-            key: s.keys.policy.clone(),
-            detail,
-        };
+        let bad = |detail: String| StoreError::bad_data(STORE, s.keys.policy.clone(), detail);
         match (revision, json) {
             (None, None) => Ok(None),
             (Some(revision), Some(json)) => {
@@ -730,6 +717,158 @@ impl Store for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::Instant;
+
+    /// A redis-server on a Unix socket in a temporary directory (no port to collide on), stopped
+    /// when dropped.
+    struct Server {
+        child: Child,
+        socket: PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Server {
+        fn start(extra: &[&str]) -> Server {
+            let dir = tempfile::tempdir().unwrap();
+            let socket = dir.path().join("redis.sock");
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    "0",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--unixsocket",
+                ])
+                .arg(&socket)
+                .arg("--dir")
+                .arg(dir.path())
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+                assert!(Instant::now() < deadline, "redis-server did not start");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Server {
+                child,
+                socket,
+                _dir: dir,
+            }
+        }
+
+        fn url(&self, query: &str) -> String {
+            format!("redis+unix://{}{query}", self.socket.display())
+        }
+
+        fn cli(&self, args: &[&str]) -> String {
+            cli(&self.socket, args)
+        }
+    }
+
+    fn cli(socket: &Path, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .arg("-s")
+            .arg(socket)
+            .args(args)
+            .output()
+            .expect("redis-cli is installed");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_race_is_a_conflict_not_an_outage() {
+        let server = Server::start(&[]);
+        let store = RedisStore::connect(RedisConfig::new(server.url("")))
+            .await
+            .unwrap();
+        assert_eq!(store.save_policy("a", Some(0)).await.unwrap(), 1);
+        // Another writer got there first.
+        let err = store.save_policy("b", Some(0)).await.unwrap_err();
+        assert!(err.is_lost_race(), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                StoreError::Conflict {
+                    expected: 0,
+                    actual: 1
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(store.load_history(10).await.unwrap(), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn a_foreign_revision_is_bad_data_with_the_server_error_as_its_cause() {
+        use std::error::Error as _;
+        let server = Server::start(&[]);
+        let store = RedisStore::connect(RedisConfig::new(server.url("")))
+            .await
+            .unwrap();
+        server.cli(&["HSET", "graygate:policy", "revision", "abc", "policy", "{}"]);
+        let err = store.save_policy("x", None).await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::BadData { key, .. } if key == "graygate:policy"),
+            "{err:?}"
+        );
+        let cause = err
+            .cause::<RedisError>()
+            .expect("the server's error is the cause");
+        assert_eq!(cause.code(), Some(BAD_REVISION_CODE));
+        assert!(!err.to_string().contains("not a number"), "{err}");
+        assert!(err
+            .chain()
+            .to_string()
+            .contains("revision field is not a number: abc"));
+        assert!(err.source().is_some());
+
+        // A key of another type is bad data too, with the server's WRONGTYPE as the cause.
+        server.cli(&["HSET", "graygate:list:ips:weird", "f", "v"]);
+        let err = store.lookup("ips", "weird").await.unwrap_err();
+        assert!(matches!(err, StoreError::BadData { .. }), "{err:?}");
+        assert_eq!(
+            err.cause::<RedisError>().and_then(RedisError::code),
+            Some("WRONGTYPE")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_wrong_password_fails_connect_with_the_server_error_as_its_cause() {
+        let server = Server::start(&["--requirepass", "secret"]);
+        let err = RedisStore::connect(RedisConfig::new(server.url("?pass=wrong")))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+        assert!(err.cause::<RedisError>().is_some(), "{err:?}");
+        let chain = err.chain().to_string();
+        assert!(chain.contains("pass=***"), "{chain}");
+        assert!(!chain.contains("wrong"), "the password leaked: {chain}");
+        assert!(
+            err.to_string()
+                .contains("the server rejects the connection"),
+            "{err}"
+        );
+
+        let err = RedisStore::connect(RedisConfig::new("http://127.0.0.1:1"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("invalid Redis URL"), "{err}");
+        assert!(err.cause::<RedisError>().is_some(), "{err:?}");
+    }
 
     #[test]
     fn passwords_are_redacted() {
