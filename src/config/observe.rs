@@ -9,26 +9,11 @@
 //! path = "access.log"         # "-" (default): stdout; relative to the config's directory
 //! ```
 
+use super::file::{AccessLogFile, MetricsFile};
 use super::ConfigError;
 use crate::observe::{AccessLogFormat, AccessLogTarget};
-use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::Path;
-
-/// `[metrics]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct MetricsFile {
-    listen: Option<String>,
-}
-
-/// `[access_log]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct AccessLogFile {
-    format: Option<String>,
-    path: Option<String>,
-}
 
 /// Where the Prometheus metrics are served.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
