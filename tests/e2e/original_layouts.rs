@@ -334,7 +334,7 @@ async fn a_hanging_store_never_stalls_a_request() {
             assert_eq!(r.status, 200);
             assert_eq!(r.body, "prod\n");
             assert!(
-                started.elapsed() < Duration::from_secs(2),
+                started.elapsed() < patient(Duration::from_secs(2)),
                 "a request waited {:?}",
                 started.elapsed()
             );
@@ -426,7 +426,7 @@ async fn two_instances_on_one_redis_agree_and_see_each_others_changes_within_100
     .await;
     let lag = b_at.saturating_duration_since(a_at);
     assert!(
-        lag < Duration::from_millis(100),
+        lag < patient(Duration::from_millis(100)),
         "B followed A after {lag:?}"
     );
 }

@@ -4,7 +4,8 @@
 //! Every deadline is multiplied by the patience read from `GRAYGATE_TEST_PATIENCE` (default 1):
 //! a slow or busy machine runs the suite with, say, `GRAYGATE_TEST_PATIENCE=3` instead of failing
 //! on time. At the default, a bound given with [`Eventually::within`] is the bound the product
-//! promises (a change seen within 100 ms) and is checked as it is.
+//! promises (a change seen within 100 ms) and is checked as it is. Time bounds that tests assert
+//! directly (`started.elapsed() < patient(..)`) are stretched the same way by [`patient`].
 
 use std::fmt::Debug;
 use std::future::{Future, IntoFuture};
