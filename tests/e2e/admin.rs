@@ -2,8 +2,6 @@
 //! naming the field and changes nothing; a stale revision gets 409; tokens are checked; without
 //! tokens the API is loopback-only; explain; and `graygate ctl`'s exit codes and messages.
 
-use crate::support::ctl::{Admin, Ctl};
-use crate::support::gateway::GatewayBuilder;
 use crate::support::*;
 use serde_json::{json, Value};
 

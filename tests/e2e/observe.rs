@@ -3,7 +3,6 @@
 //! is down, no route), then exact counts from `/metrics` and exact fields in every access log
 //! line.
 
-use crate::support::gateway::GatewayBuilder;
 use crate::support::*;
 use std::collections::HashMap;
 use std::net::SocketAddr;

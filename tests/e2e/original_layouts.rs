@@ -2,7 +2,6 @@
 //! clients exactly as their operators do, routed by the real `graygate run`; outages in the
 //! middle of load; two instances sharing one Redis.
 
-use crate::support::gateway::GatewayBuilder;
 use crate::support::*;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -3,8 +3,6 @@
 //! on Redis with two graygate instances (changes made through one reach the other). And with
 //! memcached, `ctl list add` writes the original nginx + lua key layout.
 
-use crate::support::ctl::Ctl;
-use crate::support::gateway::GatewayBuilder;
 use crate::support::*;
 use graygate::policy::bucket_of;
 use std::net::SocketAddr;

@@ -271,26 +271,22 @@ impl GatewayBuilder {
                 }
             }
         });
-        let mut gateway = Gateway {
-            addr: dead_addr(),
-            metrics: None,
-            admin: None,
+        let started = tokio::time::timeout(patient(Duration::from_secs(20)), rx).await;
+        let Ok(Ok((addr, metrics, admin))) = started else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("graygate did not start; log:\n{}", lock(&log).join("\n"));
+        };
+        Gateway {
+            addr,
+            metrics,
+            admin,
             dir,
             child,
             log,
             out,
             builder: self,
-        };
-        let started = tokio::time::timeout(patient(Duration::from_secs(20)), rx).await;
-        match started {
-            Ok(Ok((addr, metrics, admin))) => {
-                gateway.addr = addr;
-                gateway.metrics = metrics;
-                gateway.admin = admin;
-            }
-            _ => panic!("graygate did not start; log:\n{}", gateway.log_text()),
         }
-        gateway
     }
 }
 
