@@ -7,7 +7,6 @@ use crate::support::*;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 /// Two services: `web` under /web (canary for `X-Env: beta`), and `shop` under /shop whose
 /// canary upstream is down (every request with `X-Shop` picks it and falls back to stable).
@@ -465,39 +464,14 @@ async fn an_access_log_that_cannot_be_opened_stops_the_start_with_its_path() {
     // A directory where the log file should be.
     std::fs::create_dir(dir.path().join("logs")).unwrap();
     let path = gateway().access_log("json", Some("logs")).write(dir.path());
-    let mut child = std::process::Command::new(binary())
-        .args(["run", "--config"])
-        .arg(&path)
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let stderr = child.stderr.take().unwrap();
-    let mut child = Kill(child);
-    let status = eventually("graygate refuses to start", async || {
-        match child.0.try_wait() {
-            Ok(Some(status)) => Ok(status),
-            other => Err(other),
-        }
-    })
-    .within(Duration::from_secs(20))
-    .await;
-    assert!(!status.success());
-    let mut stderr_text = String::new();
-    std::io::Read::read_to_string(&mut { stderr }, &mut stderr_text).unwrap();
+    let exited = run_until_exit(&path).await;
+    assert_ne!(exited.code, 0);
     assert!(
-        stderr_text.contains(&format!(
+        exited.stderr.contains(&format!(
             "graygate: cannot open the access log {}: ",
             dir.path().join("logs").display()
         )),
-        "{stderr_text}"
+        "{}",
+        exited.stderr
     );
 }

@@ -479,3 +479,57 @@ pub fn check(path: &Path) -> Checked {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// How a `graygate run` that was expected to stop by itself ended.
+#[derive(Debug)]
+pub struct Exited {
+    pub code: i32,
+    pub stderr: String,
+}
+
+/// Runs `graygate run --config <path>` (in the config's directory) until it exits by itself, as
+/// it must when it cannot start; one that keeps running is killed and the test fails.
+pub async fn run_until_exit(path: &Path) -> Exited {
+    let mut child = Command::new(binary())
+        .args(["run", "--config"])
+        .arg(path)
+        .current_dir(path.parent().unwrap_or(Path::new(".")))
+        .env("GRAYGATE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start graygate");
+    let stderr = collect(child.stderr.take().expect("piped stderr"), |_| {});
+    /// Kills the process if the wait below panics.
+    struct Running(Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut running = Running(child);
+    let status = eventually("graygate exits by itself", async || {
+        match running.0.try_wait() {
+            Ok(Some(status)) => Ok(status),
+            other => Err(other),
+        }
+    })
+    .within(Duration::from_secs(20))
+    .await;
+    drop(running);
+    // The exit closed stderr: the reader thread has its last lines soon after.
+    let stderr = eventually("graygate's stderr is read to the end", async || {
+        if Arc::strong_count(&stderr) == 1 {
+            Ok(lock(&stderr).join("\n"))
+        } else {
+            Err("still reading")
+        }
+    })
+    .await;
+    Exited {
+        code: status.code().unwrap_or(-1),
+        stderr,
+    }
+}
