@@ -560,6 +560,59 @@ mod tests {
         assert_eq!(v["status"], 404);
     }
 
+    /// Every kind of reason is written as the policy names it, in both formats.
+    #[test]
+    fn reasons_are_written_as_the_policy_names_them() {
+        use crate::policy::OverrideValue;
+        let cases = [
+            (
+                Reason::Override {
+                    value: OverrideValue::Always,
+                },
+                "override:always",
+            ),
+            (
+                Reason::Override {
+                    value: OverrideValue::Never,
+                },
+                "override:never",
+            ),
+            (
+                Reason::Rule {
+                    name: "beta".into(),
+                },
+                "rule:beta",
+            ),
+            (
+                Reason::Split {
+                    bucket: 1234,
+                    sticky: true,
+                },
+                "split:sticky:1234",
+            ),
+            (
+                Reason::Split {
+                    bucket: 9,
+                    sticky: false,
+                },
+                "split:random:9",
+            ),
+            (Reason::Default, "default"),
+        ];
+        for (reason, written) in cases {
+            let r = AccessRecord {
+                reason: Some(reason),
+                ..sample()
+            };
+            assert_eq!(json(&r)["reason"], written);
+            assert!(
+                text(&r).contains(&format!(" reason={written} ")),
+                "{}",
+                text(&r)
+            );
+        }
+    }
+
     #[test]
     fn json_escapes_what_the_client_sent() {
         let mut r = sample();
