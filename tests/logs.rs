@@ -5,7 +5,7 @@
 //! Each test runs the real binary (`graygate run`) on a config in a temporary directory and
 //! waits for it to exit, with a deadline: a graygate that started after all is killed.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -67,6 +67,17 @@ fn config(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, path)
 }
 
+/// Runs graygate on the config `text(addr)` while `addr` is taken: it must exit with 1. The
+/// address and stderr.
+fn run_on_a_taken_port(text: impl Fn(SocketAddr) -> String) -> (SocketAddr, String) {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let (_dir, path) = config(&text(addr));
+    let (code, stderr) = run(&path);
+    assert_eq!(code, 1, "{stderr}");
+    (addr, stderr)
+}
+
 /// The last line: the error graygate exits with.
 fn error_line(stderr: &str) -> &str {
     stderr.lines().last().unwrap_or_default()
@@ -90,11 +101,7 @@ fn an_os_error_is_printed_once() {
 
 #[test]
 fn a_bind_error_names_the_data_plane_listener_and_the_log_has_no_colour() {
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap();
-    let (_dir, path) = config(&format!("listen = [\"{addr}\"]\n{SEEDED}"));
-    let (code, stderr) = run(&path);
-    assert_eq!(code, 1, "{stderr}");
+    let (addr, stderr) = run_on_a_taken_port(|addr| format!("listen = [\"{addr}\"]\n{SEEDED}"));
     let line = error_line(&stderr);
     assert!(
         line.starts_with(&format!("graygate: data plane listen {addr}: ")),
@@ -108,49 +115,26 @@ fn a_bind_error_names_the_data_plane_listener_and_the_log_has_no_colour() {
     assert!(!stderr.contains('\u{1b}'), "colour codes in {stderr:?}");
 }
 
+/// The admin and metrics listeners bind besides a data plane on a free port.
 #[test]
-fn a_bind_error_names_the_admin_listener() {
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap();
-    let (_dir, path) = config(&format!(
-        "listen = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"{addr}\"\n"
-    ));
-    let (code, stderr) = run(&path);
-    assert_eq!(code, 1, "{stderr}");
-    let line = error_line(&stderr);
-    assert!(
-        line.starts_with(&format!("graygate: admin listen {addr}: ")),
-        "{stderr}"
-    );
-    assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
-}
-
-#[test]
-fn a_bind_error_names_the_metrics_listener() {
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap();
-    let (_dir, path) = config(&format!(
-        "listen = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"{addr}\"\n"
-    ));
-    let (code, stderr) = run(&path);
-    assert_eq!(code, 1, "{stderr}");
-    let line = error_line(&stderr);
-    assert!(
-        line.starts_with(&format!("graygate: metrics listen {addr}: ")),
-        "{stderr}"
-    );
-    assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
+fn a_bind_error_names_the_admin_and_the_metrics_listener() {
+    for (table, listener) in [("admin", "admin"), ("metrics", "metrics")] {
+        let (addr, stderr) = run_on_a_taken_port(|addr| {
+            format!("listen = [\"127.0.0.1:0\"]\n[{table}]\nlisten = \"{addr}\"\n")
+        });
+        assert!(
+            error_line(&stderr).starts_with(&format!("graygate: {listener} listen {addr}: ")),
+            "{stderr}"
+        );
+        assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
+    }
 }
 
 #[test]
 fn log_format_json_writes_one_object_per_message() {
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap();
-    let (_dir, path) = config(&format!(
-        "listen = [\"{addr}\"]\n{SEEDED}[log]\nformat = \"json\"\n"
-    ));
-    let (code, stderr) = run(&path);
-    assert_eq!(code, 1, "{stderr}");
+    let (addr, stderr) = run_on_a_taken_port(|addr| {
+        format!("listen = [\"{addr}\"]\n{SEEDED}[log]\nformat = \"json\"\n")
+    });
     let messages: Vec<serde_json::Value> = stderr
         .lines()
         .filter(|l| !l.starts_with("graygate: "))

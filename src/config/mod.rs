@@ -611,26 +611,31 @@ mod tests {
         let up = |name: &str, servers: &str| {
             format!("[[upstreams]]\nname = \"{name}\"\nservers = [{servers}]\n")
         };
-        assert_eq!(
-            error(&format!("{}{}", up("a", "\"h:1\""), up("a", "\"h:2\""))),
-            "g.toml:6:1: upstreams[1].name: upstream `a` is defined twice"
-        );
-        assert_eq!(
-            error(&up(" ", "\"h:1\"")),
-            "g.toml:3:1: upstreams[0].name: an upstream needs a name"
-        );
-        assert_eq!(
-            error(&up("a", "")),
-            "g.toml:4:1: upstreams[0].servers: upstream `a` needs at least one server with a weight above 0"
-        );
-        assert_eq!(
-            error(&up("a", "\"h:1\", \"::1:80\"")),
-            "g.toml:4:19: upstreams[0].servers[1]: `::1:80` is not host:port"
-        );
-        assert_eq!(
-            error(&up("a", "\"h:1 weight=3 backup\"")),
-            "g.toml:4:12: upstreams[0].servers[0]: unknown server option `backup` (known: weight=N)"
-        );
+        let cases = [
+            (
+                format!("{}{}", up("a", "\"h:1\""), up("a", "\"h:2\"")),
+                "g.toml:6:1: upstreams[1].name: upstream `a` is defined twice",
+            ),
+            (
+                up(" ", "\"h:1\""),
+                "g.toml:3:1: upstreams[0].name: an upstream needs a name",
+            ),
+            (
+                up("a", ""),
+                "g.toml:4:1: upstreams[0].servers: upstream `a` needs at least one server with a weight above 0",
+            ),
+            (
+                up("a", "\"h:1\", \"::1:80\""),
+                "g.toml:4:19: upstreams[0].servers[1]: `::1:80` is not host:port",
+            ),
+            (
+                up("a", "\"h:1 weight=3 backup\""),
+                "g.toml:4:12: upstreams[0].servers[0]: unknown server option `backup` (known: weight=N)",
+            ),
+        ];
+        for (text, message) in cases {
+            assert_eq!(error(&text), message);
+        }
         let ok = config(&up("a", "\"[::1]:80 weight=3\"")).unwrap();
         assert_eq!(
             ok.upstreams[0].servers,

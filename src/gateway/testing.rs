@@ -83,23 +83,15 @@ impl Store for TestStore {
         self.inner.save_policy(json, expected).await
     }
 
-    async fn save_policy_recorded(
-        &self,
-        json: &str,
-        expected: u64,
-        record: &str,
-    ) -> Result<u64, StoreError> {
+    async fn save_policy_recorded(&self, doc: &str, at: u64, rec: &str) -> Result<u64, StoreError> {
         if self.rival() {
             let mut rival: serde_json::Value =
-                serde_json::from_str(record).expect("a history record is JSON");
+                serde_json::from_str(rec).expect("a history record is JSON");
             rival["actor"] = "rival".into();
-            self.inner
-                .save_policy_recorded(json, expected, &rival.to_string())
-                .await?;
+            let rival = rival.to_string();
+            self.inner.save_policy_recorded(doc, at, &rival).await?;
         }
-        self.inner
-            .save_policy_recorded(json, expected, record)
-            .await
+        self.inner.save_policy_recorded(doc, at, rec).await
     }
 
     async fn load_history(&self, limit: usize) -> Result<Vec<String>, StoreError> {

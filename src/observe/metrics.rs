@@ -707,26 +707,25 @@ mod tests {
     #[test]
     fn policy_stats_are_pulled_at_scrape_time() {
         let reloaded = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let m = Metrics::new(Sources {
-            policy: Some(Arc::new(FakePolicy(7, Some(reloaded)))),
-            ..Sources::default()
-        });
-        let text = m.render();
-        assert_eq!(value(&text, "graygate_policy_revision"), Some("7".into()));
-        assert_eq!(
-            value(&text, "graygate_policy_last_reload_timestamp_seconds"),
-            Some("1700000000".into())
-        );
-        let never = Metrics::new(Sources {
-            policy: Some(Arc::new(FakePolicy(0, None))),
-            ..Sources::default()
-        });
-        let text = never.render();
-        assert_eq!(value(&text, "graygate_policy_revision"), Some("0".into()));
-        assert_eq!(
-            value(&text, "graygate_policy_last_reload_timestamp_seconds"),
-            Some("0".into())
-        );
+        // A running policy, and none ever installed.
+        for (source, revision, reload) in [
+            (FakePolicy(7, Some(reloaded)), "7", "1700000000"),
+            (FakePolicy(0, None), "0", "0"),
+        ] {
+            let m = Metrics::new(Sources {
+                policy: Some(Arc::new(source)),
+                ..Sources::default()
+            });
+            let text = m.render();
+            assert_eq!(
+                value(&text, "graygate_policy_revision").as_deref(),
+                Some(revision)
+            );
+            assert_eq!(
+                value(&text, "graygate_policy_last_reload_timestamp_seconds").as_deref(),
+                Some(reload)
+            );
+        }
     }
 
     #[test]
