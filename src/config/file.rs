@@ -56,6 +56,9 @@ pub struct ConfigFile {
     /// `[access_log]`.
     #[serde(default, skip_serializing_if = "is_default")]
     pub access_log: AccessLogFile,
+    /// `[log]`: the process log.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub log: LogFile,
     /// Also name the answering version in a response header to the client.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub response_version_header: bool,
@@ -156,6 +159,15 @@ pub struct AccessLogFile {
     /// `"-"` (default): stdout; else a file relative to the config's directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+}
+
+/// `[log]`: how graygate's own messages are written to stderr.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    /// `text` (default) or `json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
 }
 
 /// `[admin]`.
@@ -283,6 +295,9 @@ mod tests {
                 format: Some("json".into()),
                 path: Some("-".into()),
             },
+            log: LogFile {
+                format: Some("json".into()),
+            },
             response_version_header: true,
             admin: Some(AdminFile {
                 listen: Some("127.0.0.1:0".into()),
@@ -340,6 +355,9 @@ listen = "127.0.0.1:9091"
 [access_log]
 format = "json"
 path = "-"
+
+[log]
+format = "json"
 
 [admin]
 listen = "127.0.0.1:0"

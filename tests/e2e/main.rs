@@ -5,6 +5,7 @@
 //! - [`routing`]: every matcher, sticky splits across a restart, client IPs, policy swaps under
 //!   load, dead upstreams, large bodies, WebSocket;
 //! - [`observe`]: metrics and the access log account for every request;
+//! - [`logs`]: what graygate writes to stderr when it cannot start;
 //! - [`admin`]: the admin API refuses bad input naming the field, revisions, tokens, explain, ctl;
 //! - [`rollout`]: a whole rollout through `graygate ctl`, on each store;
 //! - [`original_layouts`]: the nginx + memcached and OpenResty + Redis designs' data, outages
@@ -19,6 +20,7 @@
 mod admin;
 mod check;
 mod demo;
+mod logs;
 mod observe;
 mod original_layouts;
 mod rollout;

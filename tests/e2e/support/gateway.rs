@@ -180,10 +180,27 @@ impl GatewayBuilder {
     }
 
     /// `[metrics]` on a free loopback port.
-    pub fn metrics(mut self) -> Self {
+    pub fn metrics(self) -> Self {
+        self.metrics_listen("127.0.0.1:0".parse().expect("an address"))
+    }
+
+    /// `[metrics] listen`.
+    pub fn metrics_listen(mut self, addr: SocketAddr) -> Self {
         self.file.metrics = MetricsFile {
-            listen: Some("127.0.0.1:0".into()),
+            listen: Some(addr.to_string()),
         };
+        self
+    }
+
+    /// `listen`: the data plane on this address instead of a free port.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.file.listen = vec![addr.to_string()];
+        self
+    }
+
+    /// `[log] format`: `text` or `json`.
+    pub fn log_format(mut self, format: &str) -> Self {
+        self.file.log.format = Some(format.into());
         self
     }
 

@@ -19,7 +19,9 @@ pub mod servers;
 pub use client::{Client, Reply};
 pub use ctl::{Admin, Ctl};
 pub use eventually::{equals, eventually, patient};
-pub use gateway::{binary, check, dead_addr, gateway, run_until_exit, Gateway, GatewayBuilder};
+pub use gateway::{
+    binary, check, dead_addr, gateway, run_until_exit, Exited, Gateway, GatewayBuilder,
+};
 pub use graygate::demo::Backend;
 pub use policy::*;
 pub use servers::{memcached_store, redis_store, HangingServer, MemcachedServer, RedisServer};
