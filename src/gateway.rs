@@ -499,21 +499,8 @@ pub struct Applied<T> {
     pub doc: PolicyDoc,
 }
 
-/// One applied change, as kept in the store's history: who made it, when, and the document
-/// before and after. Undo applies an entry's `after` as a new change; history is never rewritten.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct HistoryEntry {
-    /// The revision this change made.
-    pub revision: u64,
-    /// When, in RFC 3339 UTC with milliseconds.
-    pub time: String,
-    /// Who: the admin token's name, or `config` for the config's policy (start, SIGHUP).
-    pub actor: String,
-    /// What, in a few words (`weights web: canary=10`).
-    pub summary: String,
-    pub before: PolicyDoc,
-    pub after: PolicyDoc,
-}
+/// One applied change, as kept in the store's history; a wire type of the admin API too.
+pub use crate::api::HistoryEntry;
 
 /// Store values for one request: what was fetched for it, else what the store knows in memory.
 struct RequestLookups<'a> {
