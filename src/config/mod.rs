@@ -9,7 +9,7 @@
 //! Relative paths in the file (`policy_file`, `store.path`) are relative to the file's directory.
 
 mod admin;
-mod locate;
+pub(crate) mod locate;
 mod observe;
 
 pub use admin::{AdminConfig, AdminToken, DEFAULT_ADMIN_LISTEN, MIN_TOKEN_LEN};
