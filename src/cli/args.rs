@@ -355,7 +355,8 @@ pub fn identity(by: &str) -> Result<IdentityDoc, CtlError> {
     }
 }
 
-/// `canary=10` -> ("canary", 10.0).
+/// `canary=10` -> ("canary", 10.0). The percent is what the API accepts: a number from 0 to 100
+/// (`nan`, `inf` and negative numbers parse as numbers, but no split can use them).
 pub fn weight(text: &str) -> Result<(String, f64), CtlError> {
     let bad = || CtlError::Usage(format!("`{text}`: write VERSION=PERCENT, like canary=10"));
     let (version, pct) = text.split_once('=').ok_or_else(bad)?;
@@ -365,6 +366,11 @@ pub fn weight(text: &str) -> Result<(String, f64), CtlError> {
         .map_err(|_| bad())?;
     if version.is_empty() {
         return Err(bad());
+    }
+    if !(0.0..=100.0).contains(&pct) {
+        return Err(CtlError::Usage(format!(
+            "`{text}`: the weight of {version} must be a percentage from 0 to 100"
+        )));
     }
     Ok((version.to_string(), pct))
 }
@@ -396,6 +402,8 @@ mod tests {
             weight("canary=12.5%").unwrap(),
             ("canary".to_string(), 12.5)
         );
+        assert_eq!(weight("canary=0").unwrap().1, 0.0);
+        assert_eq!(weight("canary=100").unwrap().1, 100.0);
         assert_eq!(
             usage(weight("canary").unwrap_err()),
             "`canary`: write VERSION=PERCENT, like canary=10"
@@ -404,6 +412,19 @@ mod tests {
             usage(weight("=5").unwrap_err()),
             "`=5`: write VERSION=PERCENT, like canary=10"
         );
+        for text in [
+            "canary=nan",
+            "canary=NaN",
+            "canary=inf",
+            "canary=-inf",
+            "canary=-1",
+            "canary=100.5",
+        ] {
+            assert_eq!(
+                usage(weight(text).unwrap_err()),
+                format!("`{text}`: the weight of canary must be a percentage from 0 to 100")
+            );
+        }
     }
 
     #[test]

@@ -1,8 +1,13 @@
 //! A tiny HTTP/1.1 JSON client for the admin API, on the hyper client connection graygate already
 //! uses: one connection per call, bounded in time, bearer token and `If-Match` when given.
+//!
+//! It only believes an answer that carries [`ADMIN_HEADER`]: anything else on the address (the
+//! data plane, which passes an application's answers through, or another server) is
+//! [`CtlError::NotAdmin`]. Before a change it asks `GET /healthz` on the same connection first,
+//! so that a change is never sent to something that is not the admin API.
 
 use super::{CtlError, Refusal};
-use crate::api::{ErrorBody, IfMatch, Revision};
+use crate::api::{paths, ErrorBody, IfMatch, Revision, ADMIN_HEADER};
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -128,8 +133,19 @@ impl Api {
             .map_err(|e| unreachable(&e))?;
         tokio::spawn(conn);
 
+        if method != Method::GET {
+            let probe = self.request(Method::GET, paths::HEALTHZ, IfMatch::Any, None)?;
+            let resp = self.send(&mut sender, probe).await?;
+            self.check_admin(&resp, &format!("GET {}", paths::HEALTHZ))?;
+            resp.into_body()
+                .collect()
+                .await
+                .map_err(|e| unreachable(&e))?;
+        }
+        let what = format!("{method} {path}");
         let req = self.request(method, path, if_match, body)?;
         let resp = self.send(&mut sender, req).await?;
+        self.check_admin(&resp, &what)?;
         let status = resp.status();
         let revision = resp
             .headers()
@@ -182,6 +198,18 @@ impl Api {
         let unreachable = |e: hyper::Error| CtlError::Unreachable(format!("{}: {e}", self.url()));
         sender.ready().await.map_err(unreachable)?;
         sender.send_request(req).await.map_err(unreachable)
+    }
+
+    /// An answer without [`ADMIN_HEADER`] did not come from a graygate admin API.
+    fn check_admin(&self, resp: &Response<Incoming>, what: &str) -> Result<(), CtlError> {
+        if resp.headers().contains_key(ADMIN_HEADER) {
+            return Ok(());
+        }
+        Err(CtlError::NotAdmin {
+            addr: self.url(),
+            what: what.to_string(),
+            status: resp.status(),
+        })
     }
 }
 

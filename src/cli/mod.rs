@@ -5,6 +5,10 @@
 //! as aligned tables or one-line summaries, or as the API's JSON with `--json`. A refusal is
 //! printed to stderr as the API wrote it (with `--json`, the API's error JSON).
 //!
+//! ctl is honest about what it talks to: it only believes answers that carry the admin API's
+//! header ([`crate::api::ADMIN_HEADER`]), so pointing it at the traffic port (where an
+//! application answers) is exit 3 naming the address, not a success.
+//!
 //! Exit codes, for scripts:
 //!
 //! | code | meaning |
@@ -12,7 +16,7 @@
 //! | 0 | done (also when stdout was closed early, as by `| head -1`) |
 //! | 1 | the API refused (4xx): bad input, not found, stale revision, not authorized |
 //! | 2 | usage error (arguments, an unreadable or invalid document, output that cannot be written) |
-//! | 3 | the API cannot be reached, or failed (5xx) |
+//! | 3 | the API cannot be reached, failed (5xx), or the address is not a graygate admin API |
 //!
 //! Documents (`routes put`, `rules add`, `policy put`, ...) are read from a file (JSON, or TOML
 //! for a `.toml` file), from `-` (stdin), or given inline as JSON (an argument starting with `{`);
@@ -65,6 +69,17 @@ pub enum CtlError {
     /// The API cannot be reached: exit 3.
     #[error("cannot reach the admin API at {0}")]
     Unreachable(String),
+    /// Something answered, but not a graygate admin API: exit 3.
+    #[error(
+        "{addr} is not a graygate admin API: its answer to {what} ({status}) has no \
+         X-Graygate-Admin header. Give --addr (or GRAYGATE_ADMIN) the admin address graygate \
+         prints at start (`graygate: admin on http://...`), not a traffic listener"
+    )]
+    NotAdmin {
+        addr: String,
+        what: String,
+        status: StatusCode,
+    },
     /// The admin API answered with JSON this ctl does not read: exit 3.
     #[error(
         "the admin API at {addr} answered {what} with JSON this graygate ctl does not read \
@@ -101,7 +116,10 @@ impl CtlError {
         match self {
             CtlError::Refused(_) => 1,
             CtlError::Usage(_) | CtlError::Output(_) => 2,
-            CtlError::Server(_) | CtlError::Unreachable(_) | CtlError::Unexpected { .. } => 3,
+            CtlError::Server(_)
+            | CtlError::Unreachable(_)
+            | CtlError::NotAdmin { .. }
+            | CtlError::Unexpected { .. } => 3,
         }
     }
 
@@ -512,6 +530,18 @@ mod tests {
         });
         assert_eq!(refused.exit_code(), 1);
         assert_eq!(refused.to_string(), "stale");
+        let not_admin = CtlError::NotAdmin {
+            addr: "http://127.0.0.1:8080".into(),
+            what: "GET /healthz".into(),
+            status: StatusCode::OK,
+        };
+        assert_eq!(not_admin.exit_code(), 3);
+        assert!(
+            not_admin
+                .to_string()
+                .starts_with("http://127.0.0.1:8080 is not a graygate admin API: its answer to GET /healthz (200 OK) has no X-Graygate-Admin header"),
+            "{not_admin}"
+        );
         let closed = CtlError::Output(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
         assert!(closed.is_closed_pipe());
         let full = CtlError::Output(std::io::Error::other("disk full"));
