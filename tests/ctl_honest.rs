@@ -43,7 +43,8 @@ async fn start() -> (Backend, Backend, Graygate) {
 }
 
 /// An application that answers every request with 200 and the JSON a promote would get from
-/// the admin API (even an ETag), and counts the requests that are not GETs.
+/// the admin API (even an ETag), and counts the requests that are not GETs. With `admin_header`
+/// it also claims to be the admin API, like a graygate of another version would.
 struct Impostor {
     addr: SocketAddr,
     writes: Arc<AtomicUsize>,
@@ -51,7 +52,7 @@ struct Impostor {
 }
 
 impl Impostor {
-    async fn start() -> Impostor {
+    async fn start(admin_header: bool) -> Impostor {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let writes = Arc::new(AtomicUsize::new(0));
@@ -65,11 +66,13 @@ impl Impostor {
                             counted.fetch_add(1, Ordering::SeqCst);
                         }
                         let body = r#"{"revision": 2, "service": "web", "stable": "canary", "previous_stable": "stable"}"#;
-                        let resp = hyper::Response::builder()
+                        let mut resp = hyper::Response::builder()
                             .header("content-type", "application/json")
-                            .header("etag", "\"2\"")
-                            .body(Full::new(Bytes::from(body)))
-                            .unwrap();
+                            .header("etag", "\"2\"");
+                        if admin_header {
+                            resp = resp.header("x-graygate-admin", "0.0.1");
+                        }
+                        let resp = resp.body(Full::new(Bytes::from(body))).unwrap();
                         async move { Ok::<_, Infallible>(resp) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -130,7 +133,7 @@ async fn ctl_pointed_at_the_traffic_port_exits_3_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_application_answering_like_the_admin_api_does_not_fool_ctl() {
-    let app = Impostor::start().await;
+    let app = Impostor::start(false).await;
     let ctl = Ctl::new(app.addr, Some(TOKEN));
     for args in [
         &["promote", "-s", "web"][..],
@@ -151,6 +154,22 @@ async fn an_application_answering_like_the_admin_api_does_not_fool_ctl() {
     assert_eq!(
         run.stderr.trim(),
         not_admin(app.addr, "GET /v1/history?limit=20", "200 OK")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_ctl_cannot_read_is_exit_3_naming_what_was_asked() {
+    let app = Impostor::start(true).await;
+    let run = Ctl::new(app.addr, Some(TOKEN)).run(&["status"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert_eq!(
+        run.stderr.trim(),
+        format!(
+            "graygate ctl: the admin API at http://{} answered GET /v1/status with JSON this \
+             graygate ctl does not read (is it another version of graygate?): missing field \
+             `store`",
+            app.addr
+        )
     );
 }
 
@@ -182,6 +201,24 @@ async fn a_closed_stdout_ends_ctl_quietly() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
         assert_eq!(stderr, "", "{args:?}");
+    }
+    // Output that cannot be written for another reason is an error.
+    if std::path::Path::new("/dev/full").exists() {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let mut cmd = Command::new(support::binary());
+        cmd.args(["ctl", "status"])
+            .env("GRAYGATE_ADMIN", format!("http://{}", gg.admin_addr()))
+            .env("GRAYGATE_TOKEN", TOKEN)
+            .stdout(full);
+        let out = tokio::task::block_in_place(|| cmd.output()).unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).trim(),
+            "graygate ctl: cannot write the output: No space left on device (os error 28)"
+        );
     }
     // The change was made even though its summary could not be printed.
     let weights = Ctl::new(gg.admin_addr(), Some(TOKEN)).ok(&["weights", "get", "-s", "web"]);
@@ -243,6 +280,8 @@ async fn toml_documents_report_errors_at_the_line_of_the_file() {
     let ctl = Ctl::new(gg.admin_addr(), Some(TOKEN));
     let before = Admin::new(gg.admin_addr(), Some(TOKEN)).revision().await;
     let dir = tempfile::tempdir().unwrap();
+    let run = ctl.run(&["policy", "get"]);
+    assert_eq!((run.code, run.stderr.trim()), (0, "revision 1"), "{run:?}");
 
     // A field the API refuses: named at its line in the user's file.
     let file = dir.path().join("policy.toml");

@@ -9,8 +9,11 @@
 //! of a TOML document (`services[0].rules[1].when.cidr[0]`), the refusal is shown at the line
 //! that field is written on, found with the config's own locator (`config::locate`).
 
+use super::client::{Answer, Api};
 use super::{CtlError, Refusal};
+use crate::api::IfMatch;
 use crate::config::locate;
+use http::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::io::Read;
@@ -129,9 +132,18 @@ fn from_json<T: DeserializeOwned>(name: &str, text: &str) -> Result<T, CtlError>
 }
 
 impl<T: Serialize> Document<T> {
-    /// The JSON the API receives.
-    pub fn body(&self) -> Result<Vec<u8>, CtlError> {
-        super::json_body(&self.value)
+    /// Sends the document; a refusal about one of its fields is shown at its line.
+    pub async fn send<A: DeserializeOwned>(
+        &self,
+        api: &Api,
+        method: Method,
+        path: &str,
+        if_match: IfMatch,
+    ) -> Result<Answer<A>, CtlError> {
+        let body = super::json_body(&self.value)?;
+        api.call(method, path, if_match, Some(body))
+            .await
+            .map_err(|e| self.locate(e))
     }
 }
 
@@ -222,6 +234,13 @@ mod tests {
         })
     }
 
+    fn usage<T: std::fmt::Debug>(result: Result<T, CtlError>) -> String {
+        match result {
+            Err(CtlError::Usage(m)) => m,
+            other => panic!("not a usage error: {other:?}"),
+        }
+    }
+
     fn message(e: CtlError) -> String {
         match e {
             CtlError::Refused(r) => r.message,
@@ -231,77 +250,77 @@ mod tests {
 
     #[test]
     fn a_toml_shape_error_names_line_column_and_field() {
+        let toml_error = |text: &str| usage(from_toml::<RuleDoc>("r.toml", text));
         let text = POLICY.replace("stable = \"v1\"", "stabel = \"v1\"");
-        let e = from_toml::<PolicyDoc>("p.toml", &text).unwrap_err();
-        let CtlError::Usage(m) = e else { panic!() };
         assert_eq!(
-            m,
+            usage(from_toml::<PolicyDoc>("p.toml", &text)),
             "p.toml:6:1: services[0].stabel: unknown field `stabel`, expected one of `name`, \
              `stable`, `versions`, `override`, `rules`, `split`, `previous_stable`"
         );
-        let e =
-            from_toml::<RuleDoc>("r.toml", "name = \"x\"\nversion = 3\nwhen = {}\n").unwrap_err();
-        let CtlError::Usage(m) = e else { panic!() };
         assert_eq!(
-            m,
+            toml_error("name = \"x\"\nversion = 3\nwhen = {}\n"),
             "r.toml:2:11: version: invalid type: integer `3`, expected a string"
         );
-        let e = from_toml::<RuleDoc>("r.toml", "name = \"x\nversion = 3\n").unwrap_err();
-        let CtlError::Usage(m) = e else { panic!() };
-        assert_eq!(m, "r.toml:1:10: invalid basic string");
+        assert_eq!(
+            toml_error("name = \"x\nversion = 3\n"),
+            "r.toml:1:10: invalid basic string"
+        );
     }
 
     #[test]
-    fn a_json_shape_error_names_line_column_and_field() {
-        let e =
-            from_json::<ServiceDoc>("argument", "{\"name\": \"a\",\n \"stabel\": 1}").unwrap_err();
-        let CtlError::Usage(m) = e else { panic!() };
+    fn a_json_shape_error_names_the_field_and_serde_json_the_position() {
+        let json_error = |name: &str, text: &str| usage(from_json::<ServiceDoc>(name, text));
+        let m = json_error("argument", "{\"name\": \"a\",\n \"stabel\": 1}");
         assert!(
             m.starts_with("argument: stabel: unknown field `stabel`")
                 && m.ends_with("at line 2 column 9"),
             "{m}"
         );
-        let text = r#"{"name": "a", "stable": "v", "versions": {}} x"#;
-        let e = from_json::<ServiceDoc>("f.json", text).unwrap_err();
-        let CtlError::Usage(m) = e else { panic!() };
-        assert_eq!(m, "f.json: trailing characters at line 1 column 46");
+        assert_eq!(
+            json_error(
+                "f.json",
+                r#"{"name": "a", "stable": "v", "versions": {}} x"#
+            ),
+            "f.json: trailing characters at line 1 column 46"
+        );
     }
 
     #[test]
     fn an_api_field_error_is_shown_at_its_line_in_the_toml() {
+        let placed = |d: &Document<_>, field: &str| message(d.locate(refused(field)));
         let policy: PolicyDoc = toml::from_str(POLICY).unwrap();
-        let d = doc(policy.clone(), POLICY, Part::Policy);
-        assert_eq!(
-            message(d.locate(refused("services[0].rules[0].when.cidr[1]"))),
-            "p.toml:12:32: services[0].rules[0].when.cidr[1]: bad"
-        );
-        assert_eq!(
-            message(d.locate(refused("routes[0].service"))),
-            "p.toml:2:1: routes[0].service: bad"
-        );
+        let d = doc(policy, POLICY, Part::Policy);
+        for (field, shown) in [
+            (
+                "services[0].rules[0].when.cidr[1]",
+                "p.toml:12:32: services[0].rules[0].when.cidr[1]: bad",
+            ),
+            ("routes[0].service", "p.toml:2:1: routes[0].service: bad"),
+        ] {
+            assert_eq!(placed(&d, field), shown);
+        }
 
         // One rule on its own: the API names it inside the whole policy.
         let rule_text =
             "name = \"office\"\nversion = \"v2\"\nwhen = { cidr = [\"10.1.0.0/33\"] }\n";
         let rule: RuleDoc = toml::from_str(rule_text).unwrap();
         let d = doc(rule, rule_text, Part::Rule);
-        assert_eq!(
-            message(d.locate(refused("services[0].rules[2].when.cidr[0]"))),
-            "p.toml:3:18: services[0].rules[2].when.cidr[0]: bad"
-        );
-        assert_eq!(
-            message(d.locate(refused("when.heder"))),
-            "p.toml:3:1: when.heder: bad"
-        );
-        assert_eq!(
-            message(d.locate(refused("services[0].rules[2]"))),
-            "p.toml:1:1: services[0].rules[2]: bad"
-        );
-        // A field elsewhere in the policy stays as the API wrote it.
-        assert_eq!(
-            message(d.locate(refused("routes[1].service"))),
-            "routes[1].service: bad"
-        );
+        let placed = |d: &Document<_>, field: &str| message(d.locate(refused(field)));
+        for (field, shown) in [
+            (
+                "services[0].rules[2].when.cidr[0]",
+                "p.toml:3:18: services[0].rules[2].when.cidr[0]: bad",
+            ),
+            ("when.heder", "p.toml:3:1: when.heder: bad"),
+            (
+                "services[0].rules[2]",
+                "p.toml:1:1: services[0].rules[2]: bad",
+            ),
+            // A field elsewhere in the policy stays as the API wrote it.
+            ("routes[1].service", "routes[1].service: bad"),
+        ] {
+            assert_eq!(placed(&d, field), shown);
+        }
     }
 
     #[test]

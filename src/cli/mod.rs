@@ -185,10 +185,8 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
             }
             PolicyCmd::Put { file } => {
                 let doc = doc::read::<PolicyDoc>(&file, Part::Policy)?;
-                let a: Answer<Revisioned<PolicyReplaced>> = api
-                    .call(Method::PUT, paths::POLICY, rev, Some(doc.body()?))
-                    .await
-                    .map_err(|e| doc.locate(e))?;
+                let a: Answer<Revisioned<PolicyReplaced>> =
+                    doc.send(&api, Method::PUT, paths::POLICY, rev).await?;
                 out.done(&a, "policy replaced")?;
             }
         },
@@ -328,6 +326,15 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
     Ok(())
 }
 
+/// What a `PUT` did.
+fn created_or_replaced(created: bool) -> &'static str {
+    if created {
+        "created"
+    } else {
+        "replaced"
+    }
+}
+
 /// `routes`: list, get, put, delete.
 async fn routes(
     api: &Api,
@@ -348,15 +355,8 @@ async fn routes(
             let doc = doc::read::<RouteDoc>(&file, Part::Route)?;
             let name = name.unwrap_or_else(|| route_name(&doc.value).to_string());
             let path = paths::route(&name);
-            let a: Answer<Revisioned<RoutePut>> = api
-                .call(Method::PUT, &path, rev, Some(doc.body()?))
-                .await
-                .map_err(|e| doc.locate(e))?;
-            let verb = if a.body.body.created {
-                "created"
-            } else {
-                "replaced"
-            };
+            let a: Answer<Revisioned<RoutePut>> = doc.send(api, Method::PUT, &path, rev).await?;
+            let verb = created_or_replaced(a.body.body.created);
             out.done(&a, &format!("route {name} {verb}"))?;
         }
         DocCmd::Delete { name } => {
@@ -389,15 +389,8 @@ async fn services(
             let doc = doc::read::<ServiceDoc>(&file, Part::Service)?;
             let name = name.unwrap_or_else(|| doc.value.name.clone());
             let path = paths::service(&name);
-            let a: Answer<Revisioned<ServicePut>> = api
-                .call(Method::PUT, &path, rev, Some(doc.body()?))
-                .await
-                .map_err(|e| doc.locate(e))?;
-            let verb = if a.body.body.created {
-                "created"
-            } else {
-                "replaced"
-            };
+            let a: Answer<Revisioned<ServicePut>> = doc.send(api, Method::PUT, &path, rev).await?;
+            let verb = created_or_replaced(a.body.body.created);
             out.done(&a, &format!("service {name} {verb}"))?;
         }
         DocCmd::Delete { name } => {
@@ -433,10 +426,8 @@ async fn rules(
         } => {
             let doc = doc::read::<RuleDoc>(&rule, Part::Rule)?;
             let path = paths::rules_at(&service, &RuleQuery { position });
-            let a: Answer<Revisioned<RuleWritten>> = api
-                .call(Method::POST, &path, rev, Some(doc.body()?))
-                .await
-                .map_err(|e| doc.locate(e))?;
+            let a: Answer<Revisioned<RuleWritten>> =
+                doc.send(api, Method::POST, &path, rev).await?;
             let what = format!("{service}: rule {} added", a.body.body.rule.name);
             out.done(&a, &what)?;
         }
@@ -447,10 +438,7 @@ async fn rules(
         } => {
             let doc = doc::read::<RuleDoc>(&rule, Part::Rule)?;
             let path = paths::rule(&service, &name);
-            let a: Answer<Revisioned<RuleWritten>> = api
-                .call(Method::PUT, &path, rev, Some(doc.body()?))
-                .await
-                .map_err(|e| doc.locate(e))?;
+            let a: Answer<Revisioned<RuleWritten>> = doc.send(api, Method::PUT, &path, rev).await?;
             out.done(&a, &format!("{service}: rule {name} replaced"))?;
         }
         RulesCmd::Delete { service, name } => {
