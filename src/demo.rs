@@ -7,7 +7,10 @@
 //! curl commands, each with the version it reaches.
 
 use crate::app::{self, StartError};
-use crate::config::{AdminConfig, Config, PolicySource, StoreConfig, DEFAULT_MAX_HEADER_BYTES};
+use crate::config::{
+    AdminConfig, Config, PolicySource, StoreConfig, DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_RELOAD_INTERVAL, DEFAULT_VERSION_HEADER,
+};
 use crate::policy::{self, PolicyDoc};
 use crate::proxy::{ClientIpConfig, ClientIpMode, ServerConfig, Timeouts, UpstreamConfig};
 use crate::store::{CacheConfig, EmbeddedStore, Entry, Store, StoreError};
@@ -20,7 +23,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Why the demo could not run.
 #[derive(Debug, thiserror::Error)]
@@ -132,11 +134,12 @@ fn demo_config(
             doc,
             file: PathBuf::from("<demo>"),
         }),
-        reload_interval: Duration::from_secs(5),
-        version_header: Some("x-graygate-version".into()),
+        reload_interval: DEFAULT_RELOAD_INTERVAL,
+        version_header: Some(DEFAULT_VERSION_HEADER),
         workers: None,
         metrics: Default::default(),
         access_log: Default::default(),
+        log: Default::default(),
         response_version_header: false,
         // The control plane on a free loopback port; print_tour shows the ctl commands.
         admin: Some(AdminConfig {

@@ -16,7 +16,9 @@ pub struct HistoryEntry {
     pub actor: String,
     /// What, in a few words (`weights web: canary=10`).
     pub summary: String,
+    /// The document before the change.
     pub before: PolicyDoc,
+    /// The document the change made: what undo applies again.
     pub after: PolicyDoc,
 }
 
