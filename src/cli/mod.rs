@@ -49,6 +49,7 @@ use args::{Cmd, DocCmd, ListCmd, PolicyCmd, RulesCmd, VersionsCmd, WeightsCmd};
 use client::{Answer, Api};
 use doc::Part;
 use http::{Method, StatusCode};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -215,9 +216,8 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
                 out.done(&a, &what)?;
             }
             VersionsCmd::Delete { service, version } => {
-                let path = paths::version(&service, &version);
                 let a: Answer<Revisioned<VersionDeleted>> =
-                    api.call(Method::DELETE, &path, rev, None).await?;
+                    delete(&api, rev, &paths::version(&service, &version)).await?;
                 let what = format!("{service}: version {} deleted", a.body.body.deleted);
                 out.done(&a, &what)?;
             }
@@ -326,6 +326,25 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
     Ok(())
 }
 
+/// Prints one document (a route, a service, a rule) as the API sent it, once it reads as a `T`.
+async fn print_document<T: DeserializeOwned>(
+    api: &Api,
+    out: &output::Printer,
+    path: &str,
+) -> Result<(), CtlError> {
+    let a: Answer<T> = api.get(path).await?;
+    out.pretty(&a.raw)
+}
+
+/// `DELETE path`.
+async fn delete<T: DeserializeOwned>(
+    api: &Api,
+    rev: IfMatch,
+    path: &str,
+) -> Result<Answer<T>, CtlError> {
+    api.call(Method::DELETE, path, rev, None).await
+}
+
 /// What a `PUT` did.
 fn created_or_replaced(created: bool) -> &'static str {
     if created {
@@ -347,10 +366,7 @@ async fn routes(
             let a: Answer<Revisioned<RouteList>> = api.get(paths::ROUTES).await?;
             out.show(&a, output::routes)?;
         }
-        DocCmd::Get { name } => {
-            let a: Answer<RouteDoc> = api.get(&paths::route(&name)).await?;
-            out.pretty(&a.raw)?;
-        }
+        DocCmd::Get { name } => print_document::<RouteDoc>(api, out, &paths::route(&name)).await?,
         DocCmd::Put { file, name } => {
             let doc = doc::read::<RouteDoc>(&file, Part::Route)?;
             let name = name.unwrap_or_else(|| route_name(&doc.value).to_string());
@@ -360,9 +376,8 @@ async fn routes(
             out.done(&a, &format!("route {name} {verb}"))?;
         }
         DocCmd::Delete { name } => {
-            let path = paths::route(&name);
             let a: Answer<Revisioned<RouteDeleted>> =
-                api.call(Method::DELETE, &path, rev, None).await?;
+                delete(api, rev, &paths::route(&name)).await?;
             out.done(&a, &format!("route {name} deleted"))?;
         }
     }
@@ -382,8 +397,7 @@ async fn services(
             out.show(&a, output::services)?;
         }
         DocCmd::Get { name } => {
-            let a: Answer<ServiceDoc> = api.get(&paths::service(&name)).await?;
-            out.pretty(&a.raw)?;
+            print_document::<ServiceDoc>(api, out, &paths::service(&name)).await?
         }
         DocCmd::Put { file, name } => {
             let doc = doc::read::<ServiceDoc>(&file, Part::Service)?;
@@ -394,9 +408,8 @@ async fn services(
             out.done(&a, &format!("service {name} {verb}"))?;
         }
         DocCmd::Delete { name } => {
-            let path = paths::service(&name);
             let a: Answer<Revisioned<ServiceDeleted>> =
-                api.call(Method::DELETE, &path, rev, None).await?;
+                delete(api, rev, &paths::service(&name)).await?;
             out.done(&a, &format!("service {name} deleted"))?;
         }
     }
@@ -416,8 +429,7 @@ async fn rules(
             out.show(&a, output::rules)?;
         }
         RulesCmd::Get { service, name } => {
-            let a: Answer<RuleDoc> = api.get(&paths::rule(&service, &name)).await?;
-            out.pretty(&a.raw)?;
+            print_document::<RuleDoc>(api, out, &paths::rule(&service, &name)).await?
         }
         RulesCmd::Add {
             service,
@@ -442,9 +454,8 @@ async fn rules(
             out.done(&a, &format!("{service}: rule {name} replaced"))?;
         }
         RulesCmd::Delete { service, name } => {
-            let path = paths::rule(&service, &name);
             let a: Answer<Revisioned<RuleDeleted>> =
-                api.call(Method::DELETE, &path, rev, None).await?;
+                delete(api, rev, &paths::rule(&service, &name)).await?;
             let what = format!("{service}: rule {} deleted", a.body.body.deleted.name);
             out.done(&a, &what)?;
         }
