@@ -10,7 +10,7 @@
 
 mod admin;
 pub mod file;
-mod locate;
+pub(crate) mod locate;
 mod observe;
 
 pub use crate::proxy::{DEFAULT_MAX_HEADER_BYTES, DEFAULT_VERSION_HEADER};

@@ -172,23 +172,8 @@ pub struct Applied<T> {
     pub doc: PolicyDoc,
 }
 
-/// One applied change, as kept in the store's history: who made it, when, and the document
-/// before and after. Undo applies an entry's `after` as a new change; history is never rewritten.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct HistoryEntry {
-    /// The revision this change made.
-    pub revision: u64,
-    /// When, in RFC 3339 UTC with milliseconds.
-    pub time: String,
-    /// Who: the admin token's name, or `config` for the config's policy (start, SIGHUP).
-    pub actor: String,
-    /// What, in a few words (`weights web: canary=10`).
-    pub summary: String,
-    /// The document before the change.
-    pub before: PolicyDoc,
-    /// The document the change made: what undo applies again.
-    pub after: PolicyDoc,
-}
+/// One applied change, as kept in the store's history; a wire type of the admin API too.
+pub use crate::api::HistoryEntry;
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,8 @@
 //! - [`observe`]: metrics and the access log account for every request;
 //! - [`logs`]: what graygate writes to stderr when it cannot start;
 //! - [`admin`]: the admin API refuses bad input naming the field, revisions, tokens, explain, ctl;
+//! - [`ctl_honest`]: `graygate ctl` refuses what is not a graygate admin API, closed pipes, bad
+//!   weights, and names the line of a TOML document's errors;
 //! - [`rollout`]: a whole rollout through `graygate ctl`, on each store;
 //! - [`original_layouts`]: the nginx + memcached and OpenResty + Redis designs' data, outages
 //!   under load, two instances on one Redis;
@@ -19,6 +21,7 @@
 
 mod admin;
 mod check;
+mod ctl_honest;
 mod demo;
 mod logs;
 mod observe;
