@@ -7,15 +7,16 @@
 use crate::config::{Config, StoreConfig};
 use crate::gateway::{Gateway, GatewayError};
 use crate::observe::{
-    self, AccessLog, AccessLogFormat, AccessLogTarget, AccessLogWriter, Metrics, Observe,
-    StoreHealthSource,
+    self, AccessLog, AccessLogFormat, AccessLogTarget, AccessLogWriter, CacheCounts, Metrics,
+    Observe, PolicyStatsSource, StoreStats, StoreStatsSource,
 };
 use crate::proxy::{self, ProxyConfig, UpstreamConfigError, Upstreams};
 use crate::store::{CachedStore, EmbeddedStore, MemcachedStore, RedisStore, Store, StoreError};
-use http::HeaderName;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -26,10 +27,15 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Policy(#[from] GatewayError),
-    #[error("upstreams: {0}")]
+    /// An upstream definition the data plane refuses (a config built in code: a config file
+    /// is checked when it is read).
+    #[error("{}: {}", .0.field(), .0)]
     Upstreams(#[from] UpstreamConfigError),
-    #[error("cannot listen on {addr}: {source}")]
+    /// A listener could not bind its address (taken, not ours, no permission).
+    #[error("{listener} listen {addr}: {source}")]
     Bind {
+        /// Which listener: the operator learns which `listen` setting to change.
+        listener: Listener,
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
@@ -40,6 +46,42 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// graygate's listeners, named in bind errors as the config names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The traffic listeners (`listen`).
+    DataPlane,
+    /// The admin API (`[admin] listen`).
+    Admin,
+    /// The Prometheus metrics (`[metrics] listen`).
+    Metrics,
+}
+
+impl fmt::Display for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Listener::DataPlane => "data plane",
+            Listener::Admin => "admin",
+            Listener::Metrics => "metrics",
+        })
+    }
+}
+
+/// Binds one listener, naming it in the error.
+async fn bind(
+    listener: Listener,
+    addr: SocketAddr,
+) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let bind_error = |source| StartError::Bind {
+        listener,
+        addr,
+        source,
+    };
+    let socket = proxy::bind(addr).await.map_err(bind_error)?;
+    let bound = socket.local_addr().map_err(bind_error)?;
+    Ok((socket, bound))
 }
 
 /// A started graygate: its bound addresses and the handles to stop it.
@@ -92,23 +134,19 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
         access_log,
     } = observation(config, &gateway, &upstreams).await?;
 
-    let version_header = config
-        .version_header
-        .as_deref()
-        .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok());
     // The response header has the same name as the upstream one, or the usual name when the
     // upstream one is off.
     let response_version_header = config.response_version_header.then(|| {
-        version_header
+        config
+            .version_header
             .clone()
             .unwrap_or(proxy::DEFAULT_VERSION_HEADER)
     });
     let proxy_config = Arc::new(ProxyConfig {
-        listen: config.listen[0],
         timeouts: config.timeouts,
         max_header_bytes: config.max_header_bytes,
         client_ip: config.client_ip.clone(),
-        version_header,
+        version_header: config.version_header.clone(),
         response_version_header,
         observer,
     });
@@ -123,9 +161,8 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
     let mut servers = Vec::new();
     let mut metrics_addr = None;
     if let (Some(addr), Some(metrics)) = (config.metrics.listen, &metrics) {
-        let bind_error = |source| StartError::Bind { addr, source };
-        let listener = proxy::bind(addr).await.map_err(bind_error)?;
-        metrics_addr = Some(listener.local_addr().map_err(bind_error)?);
+        let (listener, bound) = bind(Listener::Metrics, addr).await?;
+        metrics_addr = Some(bound);
         servers.push(tokio::spawn(observe::serve_metrics(
             listener,
             metrics.clone(),
@@ -133,16 +170,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
         )));
     }
     for addr in &config.listen {
-        let listener = proxy::bind(*addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: *addr,
-                source,
-            })?;
-        let bound = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: *addr,
-            source,
-        })?;
+        let (listener, bound) = bind(Listener::DataPlane, *addr).await?;
         addrs.push(bound);
         let shutdown = shutdown_signal(&stopped);
         let router: Arc<dyn proxy::Router> = gateway.clone();
@@ -157,10 +185,8 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
     // The admin API starts last: once it answers, the traffic listeners are up (`/readyz`).
     let mut admin_addr = None;
     if let Some(admin) = &config.admin {
-        let addr = admin.listen;
-        let bind_error = |source| StartError::Bind { addr, source };
-        let listener = proxy::bind(addr).await.map_err(bind_error)?;
-        admin_addr = Some(listener.local_addr().map_err(bind_error)?);
+        let (listener, bound) = bind(Listener::Admin, admin.listen).await?;
+        admin_addr = Some(bound);
         let state = crate::admin::AdminState::new(
             gateway.clone(),
             crate::admin::Auth::new(admin.tokens.clone()),
@@ -202,10 +228,10 @@ async fn observation(
 ) -> Result<Observation, StartError> {
     let metrics = config.metrics.listen.map(|_| {
         Arc::new(Metrics::new(observe::Sources {
-            gateway: Some(gateway.clone()),
+            policy: Some(gateway.clone()),
             upstreams: Some(upstreams.clone()),
             // The store's kind and health, and its lookup cache's counters when it has one.
-            store: Some(Arc::new(StoreHealthSource(gateway.store().clone()))),
+            store: Some(Arc::new(StoreMetrics(gateway.store().clone()))),
         }))
     });
     let (log, writer) = match config.access_log.format {
@@ -240,6 +266,37 @@ async fn observation(
         metrics,
         access_log: writer,
     })
+}
+
+/// The policy metrics read the running revision and its install time from the gateway.
+impl PolicyStatsSource for Gateway {
+    fn revision(&self) -> u64 {
+        Gateway::revision(self)
+    }
+
+    fn last_reload(&self) -> Option<SystemTime> {
+        Gateway::last_reload(self)
+    }
+}
+
+/// Store metrics of any store: its kind and health ([`Store::health`]), and for a store with a
+/// lookup cache in front ([`CachedStore`]) its lookups, errors, hits and misses.
+struct StoreMetrics(Arc<dyn Store>);
+
+impl StoreStatsSource for StoreMetrics {
+    fn store_stats(&self) -> StoreStats {
+        let cache = self.0.cache_stats();
+        StoreStats {
+            store: self.0.kind(),
+            lookups: cache.map(|s| s.fetches),
+            errors: cache.map(|s| s.errors),
+            cache: cache.map(|s| CacheCounts {
+                hits: s.hits,
+                misses: s.misses,
+            }),
+            degraded: self.0.health().degraded,
+        }
+    }
 }
 
 impl Running {

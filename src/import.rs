@@ -13,17 +13,21 @@ const BATCH: usize = 10_000;
 /// Why an import stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
+    /// The input could not be read (the OS error is kept as the source).
     #[error("reading {source_name}: {error}")]
     Read {
         source_name: String,
+        #[source]
         error: std::io::Error,
     },
+    /// A line is not `key [value]`.
     #[error("{source_name}:{line}: {message}")]
     Line {
         source_name: String,
         line: usize,
         message: String,
     },
+    /// The store refused a batch; the batches before it were written.
     #[error(transparent)]
     Store(#[from] StoreError),
 }

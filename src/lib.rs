@@ -18,12 +18,15 @@
 //! - [`gateway`]: glue that keeps the live policy snapshot, answers the data plane's routing
 //!   question from it, and applies store changes without a restart.
 //! - [`import`]: `graygate import`: bulk-loads a list into a store.
+//! - [`api`]: the admin API's wire vocabulary (request and answer bodies, error codes, the
+//!   revision rule, the paths), shared by the admin server and `graygate ctl`.
 //! - [`admin`]: the control plane: an HTTP API (own listener, bearer tokens) to change the policy
 //!   live, run a rollout step by step, explain a decision, and undo.
 //! - [`cli`]: `graygate ctl`: one subcommand per admin endpoint, for people and scripts.
 //! - [`demo`]: `graygate demo`: built-in backends and an example policy on the embedded store.
 
 pub mod admin;
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;

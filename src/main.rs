@@ -3,7 +3,9 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use graygate::config::LogFormat;
 use graygate::{app, config, demo};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,7 +45,8 @@ enum Command {
         file: Option<PathBuf>,
     },
     /// Control a running graygate through its admin API: gray lists, weights, explain, promote,
-    /// rollback, history, undo. Exit codes: 0 done, 1 refused by the API, 2 usage, 3 unreachable.
+    /// rollback, history, undo. Exit codes: 0 done, 1 refused by the API, 2 usage, 3 unreachable,
+    /// failed, or not a graygate admin API.
     Ctl(graygate::cli::CtlArgs),
     /// Start a self-contained demo: built-in stable and canary backends, an embedded store and an
     /// example policy, then print curl commands that show each rule.
@@ -56,41 +59,73 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     let result = match cli.command {
-        Command::Check { config } => return check(&config),
-        Command::Ctl(args) => return graygate::cli::run(args),
-        Command::Run { config } => config::load(&config)
-            .map_err(anyhow::Error::from)
-            .and_then(|c| runtime(c.workers).and_then(|rt| rt.block_on(run(c)))),
+        Command::Check { config } => {
+            init_logging(LogFormat::Text);
+            return check(&config);
+        }
+        Command::Ctl(args) => {
+            init_logging(LogFormat::Text);
+            return graygate::cli::run(args);
+        }
+        // The config says how the log is written, so it is read before anything is logged.
+        Command::Run { config } => {
+            config::load(&config)
+                .map_err(anyhow::Error::from)
+                .and_then(|c| {
+                    init_logging(c.log.format);
+                    runtime(c.workers).and_then(|rt| rt.block_on(run(c)))
+                })
+        }
         Command::Import {
             config,
             list,
             ttl,
             file,
-        } => runtime(Some(1))
-            .and_then(|rt| rt.block_on(import(config, list, ttl.map(Into::into), file))),
-        Command::Demo { listen } => runtime(None).and_then(|rt| {
-            rt.block_on(demo::run(listen, stop_signal()))
-                .map_err(Into::into)
-        }),
+        } => config::load(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| {
+                init_logging(c.log.format);
+                runtime(Some(1))
+                    .and_then(|rt| rt.block_on(import(c, list, ttl.map(Into::into), file)))
+            }),
+        Command::Demo { listen } => {
+            init_logging(LogFormat::Text);
+            runtime(None).and_then(|rt| {
+                rt.block_on(demo::run(listen, stop_signal()))
+                    .map_err(Into::into)
+            })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("graygate: {e:#}");
+            eprintln!("graygate: {}", error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
 }
 
-fn init_logging() {
+/// The process log on stderr: which messages from `GRAYGATE_LOG` (default `info`), as text or
+/// JSON lines (`[log] format`). Text is coloured only when stderr is a terminal, so that a log
+/// written to a file or a pipe holds no escape codes.
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GRAYGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => log.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => log.json().init(),
+    }
+}
+
+/// An error and its causes on one line, `outer: cause: root cause`, each said once: a cause
+/// whose text its parent already shows (a message that interpolates its `source`, as many do so
+/// that they read well alone) is not repeated.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    graygate::store::ErrorChain(error).to_string()
 }
 
 /// Worker threads: `GRAYGATE_WORKERS`, else the config's `workers`, else one per core.
@@ -141,7 +176,7 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("graygate: {e}");
+            eprintln!("graygate: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -193,12 +228,11 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
 }
 
 async fn import(
-    path: PathBuf,
+    config: config::Config,
     list: String,
     ttl: Option<std::time::Duration>,
     file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let config = config::load(&path)?;
     let store = app::open_store(&config).await?;
     let (name, written) = match file.filter(|f| f.as_os_str() != "-") {
         Some(f) => {
@@ -238,5 +272,39 @@ async fn stop_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_os_error_is_printed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("graygate.toml");
+        // The config error says `cannot read: <the OS error>` and keeps the OS error as its
+        // source: the line has it once.
+        let e = anyhow::Error::from(config::load(&missing).unwrap_err());
+        let line = error_chain(e.as_ref());
+        assert_eq!(
+            line,
+            format!(
+                "{}: cannot read: No such file or directory (os error 2)",
+                missing.display()
+            )
+        );
+    }
+
+    #[test]
+    fn causes_not_in_their_parent_are_appended() {
+        let os = std::io::Error::from_raw_os_error(2);
+        let e = anyhow::Error::from(os).context("cannot open list.txt");
+        assert_eq!(
+            error_chain(e.as_ref()),
+            "cannot open list.txt: No such file or directory (os error 2)"
+        );
+        let e = anyhow::anyhow!("plain");
+        assert_eq!(error_chain(e.as_ref()), "plain");
     }
 }

@@ -76,6 +76,7 @@ impl Auth {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::ErrorCode;
     use http::StatusCode;
 
     fn auth() -> Auth {
@@ -109,10 +110,10 @@ mod tests {
     fn missing_or_wrong_tokens_are_401() {
         let e = auth().check(LOOPBACK, None).unwrap_err();
         assert_eq!(
-            (e.status, e.code),
-            (StatusCode::UNAUTHORIZED, "unauthorized")
+            (e.status(), e.code),
+            (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized)
         );
-        assert!(e.message.starts_with("missing bearer token"), "{e}");
+        assert!(e.message().starts_with("missing bearer token"), "{e}");
         for wrong in [
             "Bearer alice-secret-012345678",
             "Bearer alice-secret-01234567890",
@@ -121,12 +122,12 @@ mod tests {
         ] {
             let h = HeaderValue::from_str(wrong).unwrap();
             let e = auth().check(LOOPBACK, Some(&h)).unwrap_err();
-            assert_eq!(e.message, "invalid bearer token", "{wrong}");
+            assert_eq!(e.message(), "invalid bearer token", "{wrong}");
         }
         let h = HeaderValue::from_static("Basic YWxpY2U6eA==");
         let e = auth().check(LOOPBACK, Some(&h)).unwrap_err();
         assert_eq!(
-            e.message,
+            e.message(),
             "the Authorization header must be `Bearer <token>`"
         );
     }
@@ -140,6 +141,6 @@ mod tests {
             Caller("local".into())
         );
         let e = open.check(REMOTE, None).unwrap_err();
-        assert_eq!(e.status, StatusCode::FORBIDDEN);
+        assert_eq!(e.status(), StatusCode::FORBIDDEN);
     }
 }

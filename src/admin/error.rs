@@ -1,28 +1,12 @@
-//! Every refusal of the admin API, as one JSON shape with the status that fits:
+//! Every refusal of the admin API: an [`ApiError`] is an [`ErrorCode`] (which fixes the HTTP
+//! status), the field at fault and what is wrong with it, sent as the one error body of
+//! [`crate::api::ErrorBody`]. The codes and their statuses are listed in `docs/admin-api.md`.
 //!
-//! ```json
-//! {"error": {"code": "invalid", "message": "services[0].rules[1].when.cidr[0]: `300.1.1.1` is ...",
-//!            "field": "services[0].rules[1].when.cidr[0]"}}
-//! ```
-//!
-//! `message` is meant to be shown as it is (`graygate ctl` prints it unchanged); it starts with the
-//! field when there is one. `code` is for scripts:
-//!
-//! | status | code | when |
-//! |---|---|---|
-//! | 400 | `malformed_json` | the body is not JSON |
-//! | 400 | `bad_request` | the JSON does not fit (unknown field, missing field, wrong type), a bad `If-Match` or query |
-//! | 401 | `unauthorized` | no bearer token, or a wrong one |
-//! | 403 | `forbidden` | no tokens are configured and the client is not on loopback |
-//! | 404 | `not_found` | no such route, service, version, rule, history revision or endpoint |
-//! | 409 | `exists` | a create found one with the same name |
-//! | 409 | `stale_revision` | `If-Match` names another revision than the stored one |
-//! | 409 | `busy` | other writers kept changing the policy during this change |
-//! | 413 | `too_large` | the body is larger than the admin API accepts |
-//! | 422 | `invalid` | the change makes the policy invalid, or the request makes no sense |
-//! | 500 | `store_bad_data` | the store holds data graygate did not write |
-//! | 503 | `store_unavailable` | the store cannot be reached |
+//! The field and the detail are kept apart and joined only when the message is written
+//! (`services[0].versions.v1: unknown upstream ...`), so an error raised inside an edit can travel
+//! through [`ChangeError`] and come back out unchanged.
 
+use crate::api::{ErrorBody, ErrorCode, ErrorDetail};
 use crate::gateway::ChangeError;
 use crate::policy::edit::{EditError, EditErrorKind};
 use crate::policy::{CompileError, FieldPath};
@@ -31,62 +15,79 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http::{header, StatusCode};
 
-/// A refusal: status, a stable code for scripts, a message for people, and the field at fault.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A refusal: a stable code for scripts, the field at fault, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.message())]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    /// Starts with `field: ` when there is a field.
-    pub message: String,
-    /// A path into the document or the request body (`services[0].split.weights.canary`).
+    pub code: ErrorCode,
+    /// A path into the document or the request body (`services[0].split.weights.canary`), or
+    /// the header or query parameter at fault.
     pub field: Option<String>,
+    /// What is wrong, without the field.
+    pub detail: String,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
         ApiError {
-            status,
             code,
-            message: message.into(),
             field: None,
+            detail: detail.into(),
         }
     }
 
-    /// An error about `field`: the message is prefixed with it.
-    pub fn at(
-        status: StatusCode,
-        code: &'static str,
-        field: impl Into<String>,
-        message: impl std::fmt::Display,
-    ) -> Self {
-        let field = field.into();
+    /// An error about `field`.
+    pub fn at(code: ErrorCode, field: impl Into<String>, detail: impl std::fmt::Display) -> Self {
         ApiError {
-            status,
             code,
-            message: format!("{field}: {message}"),
-            field: Some(field),
+            field: Some(field.into()),
+            detail: detail.to_string(),
         }
     }
 
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::BadRequest, detail)
     }
 
-    pub fn not_found(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::NotFound, detail)
     }
 
     /// 422 about `field` of the request.
-    pub fn invalid(field: impl Into<String>, message: impl std::fmt::Display) -> Self {
-        ApiError::at(StatusCode::UNPROCESSABLE_ENTITY, "invalid", field, message)
+    pub fn invalid(field: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        ApiError::at(ErrorCode::Invalid, field, detail)
     }
 
-    pub fn unauthorized(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::Unauthorized, detail)
     }
 
-    pub fn forbidden(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::Forbidden, detail)
+    }
+
+    /// The HTTP status it is sent with.
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
+    }
+
+    /// The message people read: `field: detail`, or the detail alone.
+    pub fn message(&self) -> String {
+        match &self.field {
+            Some(field) => format!("{field}: {}", self.detail),
+            None => self.detail.clone(),
+        }
+    }
+
+    /// The body it is sent as.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message(),
+                field: self.field.clone(),
+            },
+        }
     }
 
     /// A JSON body that does not parse or does not fit the expected shape; `path` is where
@@ -94,63 +95,45 @@ impl ApiError {
     pub fn from_json(error: &serde_json::Error, path: &str) -> Self {
         use serde_json::error::Category;
         let (code, what) = match error.classify() {
-            Category::Syntax | Category::Eof => ("malformed_json", "malformed JSON"),
-            Category::Data | Category::Io => ("bad_request", "does not fit"),
+            Category::Syntax | Category::Eof => (ErrorCode::MalformedJson, "malformed JSON"),
+            Category::Data | Category::Io => (ErrorCode::BadRequest, "does not fit"),
         };
-        if path.is_empty() || path == "." || code == "malformed_json" {
-            return ApiError::new(
-                StatusCode::BAD_REQUEST,
-                code,
-                format!("request body: {what}: {error}"),
-            );
+        if path.is_empty() || path == "." || code == ErrorCode::MalformedJson {
+            return ApiError::new(code, format!("request body: {what}: {error}"));
         }
-        ApiError::at(StatusCode::BAD_REQUEST, code, path, error)
-    }
-}
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
+        ApiError::at(code, path, error)
     }
 }
 
 impl From<EditError> for ApiError {
     fn from(e: EditError) -> Self {
-        let (status, code) = match e.kind {
-            EditErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            EditErrorKind::Exists => (StatusCode::CONFLICT, "exists"),
-            EditErrorKind::Invalid => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+        let code = match e.kind {
+            EditErrorKind::NotFound => ErrorCode::NotFound,
+            EditErrorKind::Exists => ErrorCode::Exists,
+            EditErrorKind::Invalid => ErrorCode::Invalid,
         };
-        match e.field {
-            Some(field) => ApiError::at(status, code, field, e.message),
-            None => ApiError::new(status, code, e.message),
+        ApiError {
+            code,
+            field: e.field.map(String::from),
+            detail: e.message,
         }
     }
 }
 
 impl From<CompileError> for ApiError {
     fn from(e: CompileError) -> Self {
-        ApiError::at(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-            e.path,
-            e.message,
-        )
+        ApiError::at(ErrorCode::Invalid, e.path, e.message)
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        let (status, code) = match &e {
-            StoreError::Unavailable { .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
-            }
-            StoreError::Conflict { .. } => (StatusCode::CONFLICT, "stale_revision"),
-            StoreError::BadData { .. } | StoreError::Open { .. } => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "store_bad_data")
-            }
+        let code = match &e {
+            StoreError::Unavailable { .. } => ErrorCode::StoreUnavailable,
+            StoreError::Conflict { .. } => ErrorCode::StaleRevision,
+            StoreError::BadData { .. } | StoreError::Open { .. } => ErrorCode::StoreBadData,
         };
-        ApiError::new(status, code, e.chain().to_string())
+        ApiError::new(code, e.chain().to_string())
     }
 }
 
@@ -159,10 +142,8 @@ impl From<ChangeError> for ApiError {
         match e {
             ChangeError::Edit(e) => e.into(),
             ChangeError::Rejected(e) => e.into(),
-            ChangeError::Stale { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "stale_revision", e.to_string())
-            }
-            ChangeError::Busy { .. } => ApiError::new(StatusCode::CONFLICT, "busy", e.to_string()),
+            ChangeError::Stale { .. } => ApiError::new(ErrorCode::StaleRevision, e.to_string()),
+            ChangeError::Busy { .. } => ApiError::new(ErrorCode::Busy, e.to_string()),
             ChangeError::Store(e) => e.into(),
         }
     }
@@ -172,38 +153,27 @@ impl From<ChangeError> for ApiError {
 /// the request (a bad parameter found while editing): it travels as an edit error.
 impl From<ApiError> for ChangeError {
     fn from(e: ApiError) -> Self {
-        let kind = match e.status {
-            StatusCode::NOT_FOUND => EditErrorKind::NotFound,
-            StatusCode::CONFLICT => EditErrorKind::Exists,
+        let kind = match e.code {
+            ErrorCode::NotFound => EditErrorKind::NotFound,
+            ErrorCode::Exists => EditErrorKind::Exists,
             _ => EditErrorKind::Invalid,
-        };
-        let message = match &e.field {
-            Some(field) => e
-                .message
-                .strip_prefix(&format!("{field}: "))
-                .unwrap_or(&e.message)
-                .to_string(),
-            None => e.message,
         };
         ChangeError::Edit(EditError {
             kind,
             field: e.field.as_deref().map(FieldPath::parse),
-            message,
+            message: e.detail,
         })
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = serde_json::json!({ "code": self.code, "message": self.message });
-        if let Some(field) = self.field {
-            error["field"] = serde_json::Value::String(field);
-        }
-        let body = Json(serde_json::json!({ "error": error }));
-        if self.status == StatusCode::UNAUTHORIZED {
-            (self.status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
+        let status = self.status();
+        let body = Json(self.body());
+        if status == StatusCode::UNAUTHORIZED {
+            (status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
         } else {
-            (self.status, body).into_response()
+            (status, body).into_response()
         }
     }
 }
@@ -220,13 +190,14 @@ mod tests {
         }))
         .unwrap();
         let e: ApiError = policy::compile(&doc, &["prod"]).unwrap_err().into();
-        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
-        assert_eq!(e.code, "invalid");
+        assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(e.code, ErrorCode::Invalid);
         assert_eq!(e.field.as_deref(), Some("services[0].versions.v1"));
         assert_eq!(
-            e.message,
+            e.message(),
             "services[0].versions.v1: unknown upstream `nope` (configured upstreams: prod)"
         );
+        assert_eq!(e.to_string(), e.message());
     }
 
     #[test]
@@ -237,11 +208,11 @@ mod tests {
         }
         .into();
         assert_eq!(
-            (stale.status, stale.code),
-            (StatusCode::CONFLICT, "stale_revision")
+            (stale.status(), stale.code),
+            (StatusCode::CONFLICT, ErrorCode::StaleRevision)
         );
         assert_eq!(
-            stale.message,
+            stale.message(),
             "the policy is at revision 4, not 3: read it again and retry"
         );
         let gone: ApiError = ChangeError::Edit(EditError {
@@ -251,8 +222,8 @@ mod tests {
         })
         .into();
         assert_eq!(
-            (gone.status, gone.code),
-            (StatusCode::NOT_FOUND, "not_found")
+            (gone.status(), gone.code),
+            (StatusCode::NOT_FOUND, ErrorCode::NotFound)
         );
         let down: ApiError = ChangeError::Store(StoreError::Unavailable {
             store: "redis",
@@ -260,7 +231,7 @@ mod tests {
             source: None,
         })
         .into();
-        assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
         // An ApiError raised inside an edit comes back out unchanged.
         let original = ApiError::invalid("entries[2].ttl", "`soon` is not a duration");
         let back: ApiError = ChangeError::from(original.clone()).into();
@@ -272,11 +243,11 @@ mod tests {
         let syntax = serde_json::from_str::<PolicyDoc>("{\"routes\": [").unwrap_err();
         let e = ApiError::from_json(&syntax, ".");
         assert_eq!(
-            (e.status, e.code),
-            (StatusCode::BAD_REQUEST, "malformed_json")
+            (e.status(), e.code),
+            (StatusCode::BAD_REQUEST, ErrorCode::MalformedJson)
         );
         assert!(
-            e.message.starts_with("request body: malformed JSON: EOF"),
+            e.message().starts_with("request body: malformed JSON: EOF"),
             "{e}"
         );
 
@@ -285,12 +256,25 @@ mod tests {
         );
         let err = serde_path_to_error::deserialize::<_, PolicyDoc>(&mut de).unwrap_err();
         let e = ApiError::from_json(err.inner(), &err.path().to_string());
-        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "bad_request"));
+        assert_eq!(
+            (e.status(), e.code),
+            (StatusCode::BAD_REQUEST, ErrorCode::BadRequest)
+        );
         assert_eq!(e.field.as_deref(), Some("services[0].stabel"));
         assert!(
-            e.message
+            e.message()
                 .starts_with("services[0].stabel: unknown field `stabel`"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn the_body_carries_code_message_and_field() {
+        let e = ApiError::invalid("entries[1].ttl", "`soon` is not a duration");
+        assert_eq!(
+            serde_json::to_value(e.body()).unwrap(),
+            serde_json::json!({"error": {"code": "invalid",
+                "message": "entries[1].ttl: `soon` is not a duration", "field": "entries[1].ttl"}})
         );
     }
 }

@@ -8,18 +8,19 @@
 use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::JsonBody;
-use super::AdminState;
+use super::{AdminState, Shared};
+use crate::api::{
+    paths, EntriesRemoved, EntriesWritten, EntryCount, EntryList, ListedEntry, NewEntries,
+    RemoveEntries,
+};
 use crate::policy::edit;
 use crate::store::Entry;
 use axum::extract::{Path, State};
-use axum::{Extension, Json};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-
-type Shared = State<Arc<AdminState>>;
 
 /// Most entries one request may write or remove.
 pub const MAX_ENTRIES: usize = 100_000;
@@ -27,28 +28,14 @@ pub const MAX_ENTRIES: usize = 100_000;
 /// Longest key: memcached's limit, which every store can hold.
 const MAX_KEY_LEN: usize = 250;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AddBody {
-    entries: Vec<EntryBody>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EntryBody {
-    key: String,
-    /// Default `"1"`: the original design's gray flag.
-    #[serde(default)]
-    value: Option<String>,
-    /// How long the entry lives (`"1h"`, `"30m"`); absent: until removed.
-    #[serde(default)]
-    ttl: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RemoveBody {
-    keys: Vec<String>,
+/// The routes of gray lists.
+pub fn router() -> Router<Arc<AdminState>> {
+    Router::new()
+        .route(
+            paths::LIST_ENTRIES,
+            get(list_entries).post(add_entries).delete(remove_entries),
+        )
+        .route(paths::LIST_COUNT, get(count))
 }
 
 fn check_list(list: &str) -> Result<(), ApiError> {
@@ -85,12 +72,12 @@ fn check_key(field: &str, key: &str, ip_list: Option<&str>) -> Result<(), ApiErr
 }
 
 /// `POST /v1/lists/{list}/entries`.
-pub async fn add_entries(
+async fn add_entries(
     State(s): Shared,
     Extension(caller): Extension<Caller>,
     Path(list): Path<String>,
-    JsonBody(body): JsonBody<AddBody>,
-) -> Result<Json<Value>, ApiError> {
+    JsonBody(body): JsonBody<NewEntries>,
+) -> Result<Json<EntriesWritten>, ApiError> {
     check_list(&list)?;
     if body.entries.is_empty() || body.entries.len() > MAX_ENTRIES {
         return Err(ApiError::invalid(
@@ -129,16 +116,19 @@ pub async fn add_entries(
     }
     s.gateway.store().put_entries(&list, &entries).await?;
     tracing::info!(actor = %caller.0, %list, written = entries.len(), "list entries written");
-    Ok(Json(json!({ "list": list, "written": entries.len() })))
+    Ok(Json(EntriesWritten {
+        list,
+        written: entries.len(),
+    }))
 }
 
 /// `DELETE /v1/lists/{list}/entries`.
-pub async fn remove_entries(
+async fn remove_entries(
     State(s): Shared,
     Extension(caller): Extension<Caller>,
     Path(list): Path<String>,
-    JsonBody(body): JsonBody<RemoveBody>,
-) -> Result<Json<Value>, ApiError> {
+    JsonBody(body): JsonBody<RemoveEntries>,
+) -> Result<Json<EntriesRemoved>, ApiError> {
     check_list(&list)?;
     if body.keys.is_empty() || body.keys.len() > MAX_ENTRIES {
         return Err(ApiError::invalid(
@@ -151,40 +141,43 @@ pub async fn remove_entries(
     }
     let removed = s.gateway.store().remove_entries(&list, &body.keys).await?;
     tracing::info!(actor = %caller.0, %list, removed, "list entries removed");
-    Ok(Json(json!({ "list": list, "removed": removed })))
+    Ok(Json(EntriesRemoved { list, removed }))
 }
 
 /// `GET /v1/lists/{list}/entries`: every live entry, sorted by key. Not with memcached, which
 /// cannot enumerate keys.
-pub async fn list_entries(
+async fn list_entries(
     State(s): Shared,
     Path(list): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EntryList>, ApiError> {
     check_list(&list)?;
     let entries = s.gateway.store().list_entries(&list).await?;
     let now = SystemTime::now();
-    let shown: Vec<Value> = entries
-        .iter()
-        .map(|e| {
-            let mut v = json!({ "key": e.key, "value": e.value });
-            if let Some(at) = e.expires_at {
-                v["expires_at"] = json!(humantime::format_rfc3339_seconds(at).to_string());
-                let left = at.duration_since(now).unwrap_or_default().as_secs();
-                v["ttl_seconds"] = json!(left);
-            }
-            v
+    let shown: Vec<ListedEntry> = entries
+        .into_iter()
+        .map(|e| ListedEntry {
+            key: e.key,
+            value: e.value,
+            expires_at: e
+                .expires_at
+                .map(|at| humantime::format_rfc3339_seconds(at).to_string()),
+            ttl_seconds: e
+                .expires_at
+                .map(|at| at.duration_since(now).unwrap_or_default().as_secs()),
         })
         .collect();
-    Ok(Json(
-        json!({ "list": list, "count": shown.len(), "entries": shown }),
-    ))
+    Ok(Json(EntryList {
+        list,
+        count: shown.len(),
+        entries: shown,
+    }))
 }
 
 /// `GET /v1/lists/{list}/count`.
-pub async fn count(State(s): Shared, Path(list): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn count(State(s): Shared, Path(list): Path<String>) -> Result<Json<EntryCount>, ApiError> {
     check_list(&list)?;
-    let n = s.gateway.store().list_entries(&list).await?.len();
-    Ok(Json(json!({ "list": list, "count": n })))
+    let count = s.gateway.store().list_entries(&list).await?.len();
+    Ok(Json(EntryCount { list, count }))
 }
 
 #[cfg(test)]
@@ -199,7 +192,7 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("entries[1].key"));
         let e =
             check_key("entries[0].key", "alice", Some("services[0].rules[0].when")).unwrap_err();
-        assert!(e.message.contains("is not an IP address"), "{e}");
+        assert!(e.message().contains("is not an IP address"), "{e}");
         assert!(check_key("k", &"x".repeat(251), None).is_err());
     }
 }

@@ -24,44 +24,65 @@
 //! | `GET /v1/history`, `POST /v1/undo` | every change, and going back to a revision |
 //!
 //! # Changes
-//! Every policy change goes through [`Gateway::change`]: edited on a copy of the stored document,
+//! Every policy change is a [`Write`] and goes through [`Gateway::change`]: edited on a copy of the stored document,
 //! validated as a whole, written as the next revision together with its history record by one
 //! conditional store write, then installed. The `ETag` of every policy response is its revision;
 //! a change sent with `If-Match: "<revision>"` is refused with 409 if the policy moved on. A
 //! change may not add two rules whose ranges overlap ([`crate::policy::edit::overlapping_ranges`]).
 //!
+//! Every answer carries `X-Graygate-Admin: <version>` ([`crate::api::ADMIN_HEADER`]), so that
+//! `graygate ctl` can tell this API from anything else answering on an address (the data plane
+//! passes an application's answers through; they do not carry it).
+//!
 //! # Files
+//! The wire types (bodies, error codes, the revision rule, the paths) are [`crate::api`]'s. Here:
 //! - `auth`: bearer tokens (constant-time comparison), loopback-only without tokens.
-//! - `error`: [`ApiError`], the one JSON error shape and its statuses.
-//! - `extract`: JSON bodies that name the field they trip on, `If-Match`.
-//! - `edits`: the policy endpoints (policy, routes, services, versions, rules, weights, promote,
-//!   rollback, history, undo).
-//! - `lists`: gray list entries.
-//! - `status`: health, readiness, status, explain.
+//! - `error`: [`ApiError`], a refusal with its code and field.
+//! - `extract`: JSON bodies and queries that name the field they trip on, and [`Write`]: the
+//!   caller, `If-Match`, and the one way a handler changes the policy.
+//! - `reply`: answers about the policy go out with their revision as the `ETag`.
+//! - One module per resource, each with its own router: `policy`, `routes`, `services`,
+//!   `versions`, `rules`, `weights`, `release` (promote and rollback: rollout steps that move the
+//!   stable version, the rules and the split at once, not a resource of their own), `lists`,
+//!   `history` (with undo), `status` (with the probes and explain).
 
 mod auth;
-mod edits;
 mod error;
 mod extract;
+mod history;
 mod lists;
+mod policy;
+mod release;
+mod reply;
+mod routes;
+mod rules;
+mod services;
 mod status;
+mod versions;
+mod weights;
 
 pub use auth::{Auth, Caller, LOCAL_CALLER};
 pub use error::ApiError;
+pub use extract::Write;
 
+use crate::api::{ADMIN_HEADER, ADMIN_VERSION};
 use crate::gateway::Gateway;
+use crate::policy::PolicyDoc;
 use crate::proxy::ClientIpConfig;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::Router;
+use http::{HeaderName, HeaderValue};
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+
+/// The state extractor every handler uses.
+type Shared = State<Arc<AdminState>>;
 
 /// Per service, per version: requests routed there.
 type TrafficCounts = BTreeMap<String, BTreeMap<String, u64>>;
@@ -90,6 +111,11 @@ impl AdminState {
             client_ip,
             samples: Mutex::new(VecDeque::new()),
         })
+    }
+
+    /// The stored revision and document: what reads answer from.
+    async fn stored(&self) -> Result<(u64, PolicyDoc), ApiError> {
+        self.gateway.current_doc().await.map_err(ApiError::from)
     }
 
     /// Keeps one more sample of the traffic counters, dropping those out of the window.
@@ -134,77 +160,39 @@ impl AdminState {
     }
 }
 
-/// The admin API's routes on `state`.
+/// The admin API's routes on `state`: each resource brings its own router; everything under
+/// `/v1` needs a token, the probes do not; every answer is stamped with [`ADMIN_HEADER`].
 pub fn router(state: Arc<AdminState>) -> Router {
     let v1 = Router::new()
-        .route("/v1/status", get(status::status))
-        .route("/v1/explain", post(status::explain))
-        .route("/v1/policy", get(edits::get_policy).put(edits::put_policy))
-        .route(
-            "/v1/routes",
-            get(edits::list_routes).post(edits::create_route),
-        )
-        .route(
-            "/v1/routes/{name}",
-            get(edits::get_route)
-                .put(edits::put_route)
-                .delete(edits::delete_route),
-        )
-        .route(
-            "/v1/services",
-            get(edits::list_services).post(edits::create_service),
-        )
-        .route(
-            "/v1/services/{name}",
-            get(edits::get_service)
-                .put(edits::put_service)
-                .delete(edits::delete_service),
-        )
-        .route(
-            "/v1/services/{name}/versions",
-            get(edits::list_versions).post(edits::create_version),
-        )
-        .route(
-            "/v1/services/{name}/versions/{version}",
-            get(edits::get_version)
-                .put(edits::put_version)
-                .delete(edits::delete_version),
-        )
-        .route(
-            "/v1/services/{name}/rules",
-            get(edits::list_rules).post(edits::add_rule),
-        )
-        .route(
-            "/v1/services/{name}/rules/{rule}",
-            get(edits::get_rule)
-                .put(edits::replace_rule)
-                .delete(edits::delete_rule),
-        )
-        .route(
-            "/v1/services/{name}/weights",
-            get(edits::get_weights).put(edits::set_weights),
-        )
-        .route("/v1/services/{name}/promote", post(edits::promote))
-        .route("/v1/services/{name}/rollback", post(edits::rollback))
-        .route(
-            "/v1/lists/{list}/entries",
-            get(lists::list_entries)
-                .post(lists::add_entries)
-                .delete(lists::remove_entries),
-        )
-        .route("/v1/lists/{list}/count", get(lists::count))
-        .route("/v1/history", get(edits::history))
-        .route("/v1/undo", post(edits::undo))
+        .merge(status::router())
+        .merge(policy::router())
+        .merge(routes::router())
+        .merge(services::router())
+        .merge(versions::router())
+        .merge(rules::router())
+        .merge(weights::router())
+        .merge(release::router())
+        .merge(lists::router())
+        .merge(history::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
         ));
     Router::new()
-        .route("/healthz", get(status::healthz))
-        .route("/readyz", get(status::readyz))
+        .merge(status::probes())
         .merge(v1)
         .fallback(not_found)
+        .layer(axum::middleware::map_response(stamp))
         .with_state(state)
+}
+
+/// Marks an answer as the admin API's.
+async fn stamp(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        HeaderName::from_static(ADMIN_HEADER),
+        HeaderValue::from_static(ADMIN_VERSION),
+    );
+    response
 }
 
 /// Serves the admin API on `listener` until `shutdown` completes.

@@ -1,57 +1,80 @@
 //! Health, readiness, status and explain: what the gateway is doing, and what it would do.
 
 use super::error::ApiError;
-use super::extract::{etag, JsonBody};
-use super::AdminState;
+use super::extract::JsonBody;
+use super::{AdminState, Shared};
+use crate::api::{
+    paths, Explain, Explanation, Health, Readiness, Revision, Revisioned, Routed, RuleSummary,
+    ServiceStatus, Status, StoreStatus, Traffic,
+};
 use crate::policy::{Reason, RequestFacts};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
-use serde::Deserialize;
-use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-type Shared = State<Arc<AdminState>>;
+/// The probes, which need no token.
+pub fn probes() -> Router<Arc<AdminState>> {
+    Router::new()
+        .route(paths::HEALTHZ, get(healthz))
+        .route(paths::READYZ, get(readyz))
+}
+
+/// Status and explain.
+pub fn router() -> Router<Arc<AdminState>> {
+    Router::new()
+        .route(paths::STATUS, get(status))
+        .route(paths::EXPLAIN, post(explain))
+}
 
 /// `GET /healthz`: 200 while the process runs.
-pub async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".to_string(),
+    })
 }
 
 /// `GET /readyz`: 200 once a policy is loaded (the admin listener starts after the traffic
 /// listeners are bound, so they are up when this answers); 503 before.
-pub async fn readyz(State(s): Shared) -> Response {
+async fn readyz(State(s): Shared) -> Response {
     match s.gateway.last_reload() {
-        Some(_) => {
-            Json(json!({ "status": "ready", "revision": s.gateway.revision() })).into_response()
-        }
+        Some(_) => Json(Readiness {
+            status: "ready".to_string(),
+            revision: Some(Revision(s.gateway.revision())),
+            reason: None,
+        })
+        .into_response(),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({
-                "status": "not ready",
-                "reason": "no policy is loaded: the store holds none and the config names none",
-            })),
+            Json(Readiness {
+                status: "not ready".to_string(),
+                revision: None,
+                reason: Some(
+                    "no policy is loaded: the store holds none and the config names none"
+                        .to_string(),
+                ),
+            }),
         )
             .into_response(),
     }
 }
 
 /// `GET /v1/status`.
-pub async fn status(State(s): Shared) -> Response {
+async fn status(State(s): Shared) -> Revisioned<Status> {
     let policy = s.gateway.policy();
     let revision = s.gateway.revision();
     let health = s.gateway.store().health();
     let (counts, rates) = s.traffic();
-    let services: Vec<Value> = policy
+    let services = policy
         .doc()
         .services
         .iter()
         .map(|svc| {
-            let traffic: BTreeMap<&String, Value> = svc
+            let traffic = svc
                 .versions
                 .keys()
                 .map(|v| {
@@ -60,79 +83,61 @@ pub async fn status(State(s): Shared) -> Response {
                         .and_then(|c| c.get(v))
                         .copied()
                         .unwrap_or(0);
-                    let rate = rates.get(&svc.name).and_then(|r| r.get(v)).copied();
-                    (v, json!({ "requests": requests, "per_second": rate }))
+                    let per_second = rates.get(&svc.name).and_then(|r| r.get(v)).copied();
+                    (
+                        v.clone(),
+                        Traffic {
+                            requests,
+                            per_second,
+                        },
+                    )
                 })
                 .collect();
-            let rules: Vec<Value> = svc
+            let rules = svc
                 .rules
                 .iter()
-                .map(|r| json!({ "name": r.name, "version": r.version }))
+                .map(|r| RuleSummary {
+                    name: r.name.clone(),
+                    version: r.version.clone(),
+                })
                 .collect();
-            json!({
-                "name": svc.name,
-                "stable": svc.stable,
-                "rollback_to": svc.previous_stable,
-                "versions": svc.versions,
-                "split": svc.split,
-                "rules": rules,
-                "traffic": traffic,
-            })
+            ServiceStatus {
+                name: svc.name.clone(),
+                stable: svc.stable.clone(),
+                rollback_to: svc.previous_stable.clone(),
+                versions: svc.versions.clone(),
+                split: svc.split.clone(),
+                rules,
+                traffic,
+            }
         })
         .collect();
-    let body = json!({
-        "revision": revision,
-        "last_reload": s.gateway.last_reload().map(|t| humantime::format_rfc3339_millis(t).to_string()),
-        "store": {
-            "kind": s.gateway.store().kind(),
-            "degraded": health.degraded,
-            "since": health.since.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
-            "last_error": health.last_error,
+    Revisioned::new(
+        revision,
+        Status {
+            last_reload: s
+                .gateway
+                .last_reload()
+                .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+            store: StoreStatus {
+                kind: s.gateway.store().kind().to_string(),
+                degraded: health.degraded,
+                since: health
+                    .since
+                    .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                last_error: health.last_error,
+            },
+            services,
         },
-        "services": services,
-    });
-    ([(header::ETAG, etag(revision))], Json(body)).into_response()
-}
-
-/// A request described for `explain`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExplainRequest {
-    /// Shown back; the policy does not route on the method.
-    #[serde(default)]
-    method: Option<String>,
-    /// `Host` header; default none (only routes without hosts match).
-    #[serde(default)]
-    host: Option<String>,
-    /// Path, with or without `?query`; default `/`.
-    #[serde(default)]
-    path: Option<String>,
-    /// Query string without `?`.
-    #[serde(default)]
-    query: Option<String>,
-    #[serde(default)]
-    headers: BTreeMap<String, String>,
-    #[serde(default)]
-    cookies: BTreeMap<String, String>,
-    /// The client IP, used as it is.
-    #[serde(default)]
-    client_ip: Option<IpAddr>,
-    /// Instead of `client_ip`: the address the connection comes from; the client IP is then
-    /// resolved from it and the forwarding headers with the config's trusted proxies, as the
-    /// data plane does.
-    #[serde(default)]
-    peer: Option<IpAddr>,
-    /// The random number (0..) a split without identity would draw; default a random one.
-    #[serde(default)]
-    random: Option<u64>,
+    )
 }
 
 /// `POST /v1/explain`: the version a described request would reach and the reason, from the
 /// running policy with real store lookups, without sending anything to an upstream.
-pub async fn explain(
+async fn explain(
     State(s): Shared,
-    JsonBody(req): JsonBody<ExplainRequest>,
-) -> Result<Json<Value>, ApiError> {
+    JsonBody(req): JsonBody<Explain>,
+) -> Result<Json<Explanation>, ApiError> {
     if req.client_ip.is_some() && req.peer.is_some() {
         return Err(ApiError::invalid(
             "peer",
@@ -190,32 +195,36 @@ pub async fn explain(
     };
     let policy = s.gateway.policy();
     let revision = s.gateway.revision();
-    let method = req.method.as_deref().unwrap_or("GET");
+    let method = req.method.unwrap_or_else(|| "GET".to_string());
     let Some(d) = s.gateway.decide(&policy, &facts).await else {
-        return Ok(Json(json!({
-            "revision": revision,
-            "method": method,
-            "client_ip": client_ip.to_string(),
-            "route": null,
-            "version": null,
-            "reason": format!("no route serves host `{host}` and path `{path}`: the request gets 404"),
-        })));
+        return Ok(Json(Explanation {
+            revision: Revision(revision),
+            method,
+            client_ip,
+            route: None,
+            version: None,
+            reason: format!(
+                "no route serves host `{host}` and path `{path}`: the request gets 404"
+            ),
+            routed: None,
+        }));
     };
     let rule = match &d.reason {
         Reason::Rule { name } => Some(name.to_string()),
         _ => None,
     };
-    let upstream = s.gateway.upstream_names().get(d.upstream).cloned();
-    Ok(Json(json!({
-        "revision": revision,
-        "method": method,
-        "client_ip": client_ip.to_string(),
-        "route": &*d.route,
-        "service": &*d.service,
-        "version": &*d.version,
-        "stable": &*d.stable_version,
-        "upstream": upstream,
-        "reason": d.reason.to_string(),
-        "rule": rule,
-    })))
+    Ok(Json(Explanation {
+        revision: Revision(revision),
+        method,
+        client_ip,
+        route: Some(d.route.to_string()),
+        version: Some(d.version.to_string()),
+        reason: d.reason.to_string(),
+        routed: Some(Routed {
+            service: d.service.to_string(),
+            stable: d.stable_version.to_string(),
+            upstream: s.gateway.upstream_names().get(d.upstream).cloned(),
+            rule,
+        }),
+    }))
 }

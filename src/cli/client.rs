@@ -1,11 +1,20 @@
 //! A tiny HTTP/1.1 JSON client for the admin API, on the hyper client connection graygate already
 //! uses: one connection per call, bounded in time, bearer token and `If-Match` when given.
+//!
+//! It only believes an answer that carries [`ADMIN_HEADER`]: anything else on the address (the
+//! data plane, which passes an application's answers through, or another server) is
+//! [`CtlError::NotAdmin`]. Before a change it asks `GET /healthz` on the same connection first,
+//! so that a change is never sent to something that is not the admin API.
 
-use super::CtlError;
+use super::{CtlError, Refusal};
+use crate::api::{paths, ErrorBody, IfMatch, Revision, ADMIN_HEADER};
 use bytes::Bytes;
-use http::{header, Method, Request};
+use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -21,6 +30,15 @@ pub struct Api {
     /// `host:port`.
     authority: String,
     token: Option<String>,
+}
+
+/// A successful answer: read into its wire type, the JSON as the API sent it (what `--json`
+/// prints), and the revision of its `ETag`.
+#[derive(Debug)]
+pub struct Answer<T> {
+    pub body: T,
+    pub raw: Value,
+    pub revision: Option<Revision>,
 }
 
 impl Api {
@@ -49,34 +67,60 @@ impl Api {
         })
     }
 
-    /// Sends one request; a 2xx answer's JSON comes back, anything else is a [`CtlError`].
-    pub async fn call(
+    /// The address, as messages name it.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.authority)
+    }
+
+    /// `GET path`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Answer<T>, CtlError> {
+        self.call(Method::GET, path, IfMatch::Any, None).await
+    }
+
+    /// Sends one request; a 2xx answer comes back read as `T`, anything else is a [`CtlError`].
+    pub async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
-        if_match: Option<u64>,
+        if_match: IfMatch,
         body: Option<Vec<u8>>,
-    ) -> Result<Value, CtlError> {
-        tokio::time::timeout(CALL_TIMEOUT, self.exchange(method, path, if_match, body))
-            .await
-            .map_err(|_| {
-                CtlError::Unreachable(format!(
-                    "http://{}: no answer within {CALL_TIMEOUT:?}",
-                    self.authority
-                ))
-            })?
+    ) -> Result<Answer<T>, CtlError> {
+        let what = format!("{method} {path}");
+        let (status, revision, bytes) =
+            tokio::time::timeout(CALL_TIMEOUT, self.exchange(method, path, if_match, body))
+                .await
+                .map_err(|_| {
+                    CtlError::Unreachable(format!(
+                        "{}: no answer within {CALL_TIMEOUT:?}",
+                        self.url()
+                    ))
+                })??;
+        let raw: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        if !status.is_success() {
+            return Err(refusal(status, raw));
+        }
+        let body = serde_json::from_value(raw.clone()).map_err(|source| CtlError::Unexpected {
+            addr: self.url(),
+            what,
+            source,
+        })?;
+        Ok(Answer {
+            body,
+            raw,
+            revision,
+        })
     }
 
     async fn exchange(
         &self,
         method: Method,
         path: &str,
-        if_match: Option<u64>,
+        if_match: IfMatch,
         body: Option<Vec<u8>>,
-    ) -> Result<Value, CtlError> {
-        let unreachable = |e: &dyn std::fmt::Display| {
-            CtlError::Unreachable(format!("http://{}: {e}", self.authority))
-        };
+    ) -> Result<(StatusCode, Option<Revision>, Bytes), CtlError> {
+        let unreachable =
+            |e: &dyn std::fmt::Display| CtlError::Unreachable(format!("{}: {e}", self.url()));
         let stream = tokio::time::timeout(
             CONNECT_TIMEOUT,
             tokio::net::TcpStream::connect(&self.authority),
@@ -89,6 +133,41 @@ impl Api {
             .map_err(|e| unreachable(&e))?;
         tokio::spawn(conn);
 
+        if method != Method::GET {
+            let probe = self.request(Method::GET, paths::HEALTHZ, IfMatch::Any, None)?;
+            let resp = self.send(&mut sender, probe).await?;
+            self.check_admin(&resp, &format!("GET {}", paths::HEALTHZ))?;
+            resp.into_body()
+                .collect()
+                .await
+                .map_err(|e| unreachable(&e))?;
+        }
+        let what = format!("{method} {path}");
+        let req = self.request(method, path, if_match, body)?;
+        let resp = self.send(&mut sender, req).await?;
+        self.check_admin(&resp, &what)?;
+        let status = resp.status();
+        let revision = resp
+            .headers()
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| Revision::parse_tag(v).ok());
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| unreachable(&e))?
+            .to_bytes();
+        Ok((status, revision, bytes))
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        if_match: IfMatch,
+        body: Option<Vec<u8>>,
+    ) -> Result<Request<Full<Bytes>>, CtlError> {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -101,71 +180,67 @@ impl Api {
         if let Some(token) = &self.token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        if let Some(revision) = if_match {
-            req = req.header(header::IF_MATCH, format!("\"{revision}\""));
+        if let Some(tag) = if_match.header_value() {
+            req = req.header(header::IF_MATCH, tag);
         }
         if body.is_some() {
             req = req.header(header::CONTENT_TYPE, "application/json");
         }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| CtlError::Usage(format!("cannot build the request: {e}")))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| unreachable(&e))?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| unreachable(&e))?
-            .to_bytes();
-        let value: Value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        if status.is_success() {
-            return Ok(value);
+        req.body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| CtlError::Usage(format!("cannot build the request: {e}")))
+    }
+
+    async fn send(
+        &self,
+        sender: &mut SendRequest<Full<Bytes>>,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, CtlError> {
+        let unreachable = |e: hyper::Error| CtlError::Unreachable(format!("{}: {e}", self.url()));
+        sender.ready().await.map_err(unreachable)?;
+        sender.send_request(req).await.map_err(unreachable)
+    }
+
+    /// An answer without [`ADMIN_HEADER`] did not come from a graygate admin API.
+    fn check_admin(&self, resp: &Response<Incoming>, what: &str) -> Result<(), CtlError> {
+        if resp.headers().contains_key(ADMIN_HEADER) {
+            return Ok(());
         }
-        let message = value
-            .pointer("/error/message")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| match &value {
-                Value::String(s) if !s.trim().is_empty() => format!("{status}: {}", s.trim()),
-                _ => status.to_string(),
-            });
-        if status.is_client_error() {
-            Err(CtlError::Refused {
-                status,
-                message,
-                body: value,
-            })
-        } else {
-            Err(CtlError::Server {
-                status,
-                message,
-                body: value,
-            })
-        }
+        Err(CtlError::NotAdmin {
+            addr: self.url(),
+            what: what.to_string(),
+            status: resp.status(),
+        })
     }
 }
 
-/// `segment` percent-encoded for a URL path (everything but unreserved characters).
-pub fn segment(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+/// A refusal as the API wrote it; a 4xx is the caller's to fix, anything else the server's.
+fn refusal(status: StatusCode, raw: Value) -> CtlError {
+    let detail = serde_json::from_value::<ErrorBody>(raw.clone())
+        .ok()
+        .map(|b| b.error);
+    let message = match (&detail, &raw) {
+        (Some(d), _) => d.message.clone(),
+        (None, Value::String(s)) if !s.trim().is_empty() => format!("{status}: {}", s.trim()),
+        (None, _) => status.to_string(),
+    };
+    let refusal = Refusal {
+        status,
+        code: detail.as_ref().map(|d| d.code),
+        field: detail.and_then(|d| d.field),
+        message,
+        raw,
+    };
+    if status.is_client_error() {
+        CtlError::Refused(refusal)
+    } else {
+        CtlError::Server(refusal)
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::ErrorCode;
 
     #[test]
     fn addresses() {
@@ -188,8 +263,19 @@ mod tests {
     }
 
     #[test]
-    fn segments_are_encoded() {
-        assert_eq!(segment("web"), "web");
-        assert_eq!(segment("a b/c"), "a%20b%2Fc");
+    fn refusals_read_the_error_body() {
+        let raw = serde_json::json!({"error": {"code": "stale_revision",
+            "message": "the policy is at revision 2, not 1: read it again and retry"}});
+        let CtlError::Refused(r) = refusal(StatusCode::CONFLICT, raw) else {
+            panic!("a 409 is a refusal")
+        };
+        assert_eq!(r.code, Some(ErrorCode::StaleRevision));
+        assert_eq!(
+            r.message,
+            "the policy is at revision 2, not 1: read it again and retry"
+        );
+        let e = refusal(StatusCode::BAD_GATEWAY, Value::String("oops\n".into()));
+        assert!(matches!(&e, CtlError::Server(r) if r.message == "502 Bad Gateway: oops"));
+        assert_eq!(e.exit_code(), 3);
     }
 }

@@ -1,314 +1,133 @@
 //! `graygate ctl`: the admin API from a shell, one subcommand per endpoint.
 //!
 //! The address and token come from `--addr`/`GRAYGATE_ADMIN` (default `http://127.0.0.1:9901`) and
-//! `--token`/`GRAYGATE_TOKEN`. Answers are printed as aligned tables or one-line summaries, or as
-//! the API's JSON with `--json`. A refusal is printed to stderr as the API wrote it (with
-//! `--json`, the API's error JSON).
+//! `--token`/`GRAYGATE_TOKEN`. Answers are read into the wire types of [`crate::api`] and printed
+//! as aligned tables or one-line summaries, or as the API's JSON with `--json`. A refusal is
+//! printed to stderr as the API wrote it (with `--json`, the API's error JSON).
+//!
+//! ctl is honest about what it talks to: it only believes answers that carry the admin API's
+//! header ([`crate::api::ADMIN_HEADER`]), so pointing it at the traffic port (where an
+//! application answers) is exit 3 naming the address, not a success.
 //!
 //! Exit codes, for scripts:
 //!
 //! | code | meaning |
 //! |---|---|
-//! | 0 | done |
+//! | 0 | done (also when stdout was closed early, as by `| head -1`) |
 //! | 1 | the API refused (4xx): bad input, not found, stale revision, not authorized |
-//! | 2 | usage error (arguments, an unreadable file) |
-//! | 3 | the API cannot be reached, or failed (5xx) |
+//! | 2 | usage error (arguments, an unreadable or invalid document, output that cannot be written) |
+//! | 3 | the API cannot be reached, failed (5xx), or the address is not a graygate admin API |
 //!
 //! Documents (`routes put`, `rules add`, `policy put`, ...) are read from a file (JSON, or TOML
-//! for a `.toml` file), from `-` (stdin), or given inline as JSON (an argument starting with `{`).
+//! for a `.toml` file), from `-` (stdin), or given inline as JSON (an argument starting with `{`);
+//! see `doc` for how their errors name the line.
+//!
+//! # Files
+//! - `args`: the command line (every subcommand and option, with help) and argument forms.
+//! - `client`: the HTTP client that checks every answer comes from the admin API.
+//! - `doc`: documents read into the policy's types, errors at the user's line.
+//! - `output`: tables and summaries from the wire types; writes that do not panic.
 
+mod args;
 mod client;
+mod doc;
 mod output;
 
-use client::{segment, Api};
+pub use args::CtlArgs;
+
+use crate::api::{
+    paths, EntriesRemoved, EntriesWritten, EntryCount, EntryList, ErrorCode, Explain, Explanation,
+    History, HistoryQuery, IfMatch, NewEntries, NewEntry, PolicyReplaced, Promote, Promoted,
+    RemoveEntries, Revisioned, Rollback, RolledBack, RouteDeleted, RouteList, RoutePut,
+    RuleDeleted, RuleList, RuleQuery, RuleWritten, ServiceDeleted, ServiceList, ServicePut,
+    SetVersion, SetWeights, Status, Undo, Undone, VersionDeleted, VersionList, VersionPut, Weights,
+};
+use crate::policy::edit::route_name;
+use crate::policy::model::{RouteDoc, RuleDoc, ServiceDoc};
+use crate::policy::PolicyDoc;
+use args::{Cmd, DocCmd, ListCmd, PolicyCmd, RulesCmd, VersionsCmd, WeightsCmd};
+use client::{Answer, Api};
+use doc::Part;
 use http::{Method, StatusCode};
-use serde_json::{json, Value};
-use std::io::Read;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-/// Why a ctl command failed; each kind has its exit code.
-#[derive(Debug)]
+/// Why a ctl command failed; each kind has its exit code (see the module documentation).
+#[derive(Debug, thiserror::Error)]
 pub enum CtlError {
-    /// Wrong arguments or an unreadable input: exit 2.
+    /// Wrong arguments, an unreadable or invalid document: exit 2.
+    #[error("{0}")]
     Usage(String),
     /// The API refused (4xx): exit 1.
-    Refused {
-        status: StatusCode,
-        message: String,
-        body: Value,
-    },
+    #[error("{}", .0.message)]
+    Refused(Refusal),
     /// The API failed (5xx): exit 3.
-    Server {
-        status: StatusCode,
-        message: String,
-        body: Value,
-    },
+    #[error("{}", .0.message)]
+    Server(Refusal),
     /// The API cannot be reached: exit 3.
+    #[error("cannot reach the admin API at {0}")]
     Unreachable(String),
+    /// Something answered, but not a graygate admin API: exit 3.
+    #[error(
+        "{addr} is not a graygate admin API: its answer to {what} ({status}) has no \
+         X-Graygate-Admin header. Give --addr (or GRAYGATE_ADMIN) the admin address graygate \
+         prints at start (`graygate: admin on http://...`), not a traffic listener"
+    )]
+    NotAdmin {
+        addr: String,
+        what: String,
+        status: StatusCode,
+    },
+    /// The admin API answered with JSON this ctl does not read: exit 3.
+    #[error(
+        "the admin API at {addr} answered {what} with JSON this graygate ctl does not read \
+         (is it another version of graygate?): {source}"
+    )]
+    Unexpected {
+        addr: String,
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The answer could not be printed: exit 2, or quietly 0 when stdout was closed early.
+    #[error("cannot write the output: {0}")]
+    Output(#[source] std::io::Error),
+}
+
+/// A refusal by the API, as it wrote it.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    /// `None` when the body was not the API's error shape.
+    pub code: Option<ErrorCode>,
+    /// The field at fault, as the API names it.
+    pub field: Option<String>,
+    /// What is shown: the API's message (placed at a line of the user's document when it is
+    /// about one of its fields).
+    pub message: String,
+    /// The body as it came, for `--json`.
+    pub raw: Value,
 }
 
 impl CtlError {
     fn exit_code(&self) -> u8 {
         match self {
-            CtlError::Refused { .. } => 1,
-            CtlError::Usage(_) => 2,
-            CtlError::Server { .. } | CtlError::Unreachable(_) => 3,
+            CtlError::Refused(_) => 1,
+            CtlError::Usage(_) | CtlError::Output(_) => 2,
+            CtlError::Server(_)
+            | CtlError::Unreachable(_)
+            | CtlError::NotAdmin { .. }
+            | CtlError::Unexpected { .. } => 3,
         }
     }
-}
 
-/// `graygate ctl` and its options.
-#[derive(clap::Args, Debug)]
-pub struct CtlArgs {
-    /// Address of the admin API.
-    #[arg(
-        long,
-        env = "GRAYGATE_ADMIN",
-        default_value = "http://127.0.0.1:9901",
-        global = true
-    )]
-    addr: String,
-    /// Bearer token of the admin API.
-    #[arg(long, env = "GRAYGATE_TOKEN", hide_env_values = true, global = true)]
-    token: Option<String>,
-    /// Print the API's JSON instead of tables.
-    #[arg(long, global = true)]
-    json: bool,
-    /// Change the policy only if it is still at this revision (sent as If-Match); else exit 1.
-    #[arg(long, global = true, value_name = "N")]
-    revision: Option<u64>,
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(clap::Subcommand, Debug)]
-enum Cmd {
-    /// Revision, store health, and per service: versions, split, rules and live traffic.
-    Status,
-    /// The whole policy document.
-    Policy {
-        #[command(subcommand)]
-        cmd: PolicyCmd,
-    },
-    /// Routes (host and path prefix -> service).
-    Routes {
-        #[command(subcommand)]
-        cmd: DocCmd,
-    },
-    /// Services (stable version, versions, rules, split).
-    Services {
-        #[command(subcommand)]
-        cmd: DocCmd,
-    },
-    /// Versions of a service (version -> upstream).
-    Versions {
-        #[command(subcommand)]
-        cmd: VersionsCmd,
-    },
-    /// Rules of a service, in the order they are tried.
-    Rules {
-        #[command(subcommand)]
-        cmd: RulesCmd,
-    },
-    /// The weighted split of a service.
-    Weights {
-        #[command(subcommand)]
-        cmd: WeightsCmd,
-    },
-    /// Gray list entries (identities, IPs) in the store.
-    List {
-        #[command(subcommand)]
-        cmd: ListCmd,
-    },
-    /// Which version a described request would reach, and why (no traffic is sent).
-    Explain(ExplainArgs),
-    /// Make a version the stable one at once: rules and split cleared, the old stable kept as
-    /// the rollback target.
-    Promote {
-        #[arg(long, short)]
-        service: String,
-        /// Default: the canary (the only other version, or the only one with a weight).
-        #[arg(long, short)]
-        version: Option<String>,
-    },
-    /// Everyone back to stable at once: weights to 0 (and the last promote undone if no new
-    /// canary started since).
-    Rollback {
-        #[arg(long, short)]
-        service: String,
-        /// Also delete the service's rules.
-        #[arg(long)]
-        clear_rules: bool,
-    },
-    /// Every change: revision, time, who, what.
-    History {
-        #[arg(long, short, default_value_t = 20)]
-        limit: usize,
-    },
-    /// Make the policy of an earlier revision current again (as a new revision).
-    Undo {
-        /// The revision to go back to (see `history`).
-        to: u64,
-    },
-}
-
-#[derive(clap::Subcommand, Debug)]
-enum PolicyCmd {
-    /// Print the policy (JSON); its revision goes to stderr.
-    Get,
-    /// Replace the whole policy.
-    Put {
-        /// JSON or TOML file, `-` for stdin, or inline JSON.
-        file: String,
-    },
-}
-
-#[derive(clap::Subcommand, Debug)]
-enum DocCmd {
-    List,
-    Get {
-        name: String,
-    },
-    /// Create or replace (by the name in the document, or --name).
-    Put {
-        /// JSON or TOML file, `-` for stdin, or inline JSON.
-        file: String,
-        #[arg(long)]
-        name: Option<String>,
-    },
-    Delete {
-        name: String,
-    },
-}
-
-#[derive(clap::Subcommand, Debug)]
-enum VersionsCmd {
-    List {
-        #[arg(long, short)]
-        service: String,
-    },
-    /// Create or change a version: which upstream serves it.
-    Set {
-        #[arg(long, short)]
-        service: String,
-        version: String,
-        upstream: String,
-    },
-    Delete {
-        #[arg(long, short)]
-        service: String,
-        version: String,
-    },
-}
-
-#[derive(clap::Subcommand, Debug)]
-enum RulesCmd {
-    List {
-        #[arg(long, short)]
-        service: String,
-    },
-    Get {
-        #[arg(long, short)]
-        service: String,
-        name: String,
-    },
-    /// Add a rule (last, or at --position; 0 is first).
-    Add {
-        #[arg(long, short)]
-        service: String,
-        /// JSON or TOML file, `-` for stdin, or inline JSON.
-        rule: String,
-        #[arg(long)]
-        position: Option<usize>,
-    },
-    Replace {
-        #[arg(long, short)]
-        service: String,
-        name: String,
-        /// JSON or TOML file, `-` for stdin, or inline JSON.
-        rule: String,
-    },
-    Delete {
-        #[arg(long, short)]
-        service: String,
-        name: String,
-    },
-}
-
-#[derive(clap::Subcommand, Debug)]
-enum WeightsCmd {
-    Get {
-        #[arg(long, short)]
-        service: String,
-    },
-    /// Set the split: `canary=10` sends 10% to canary, the rest to stable.
-    Set {
-        #[arg(long, short)]
-        service: String,
-        /// VERSION=PERCENT, one or more.
-        #[arg(required = true)]
-        weights: Vec<String>,
-        /// What makes the split sticky: header:NAME, cookie:NAME, query:NAME or client_ip.
-        #[arg(long)]
-        by: Option<String>,
-        #[arg(long)]
-        salt: Option<String>,
-    },
-}
-
-#[derive(clap::Subcommand, Debug)]
-enum ListCmd {
-    /// Add or replace entries (keys from arguments and/or --file).
-    Add {
-        list: String,
-        keys: Vec<String>,
-        /// One key per line (`-` for stdin); blank lines and `#` comments are skipped.
-        #[arg(long)]
-        file: Option<String>,
-        #[arg(long, default_value = "1")]
-        value: String,
-        /// How long the entries live, like 1h or 30m (default: until removed).
-        #[arg(long)]
-        ttl: Option<String>,
-    },
-    Remove {
-        list: String,
-        keys: Vec<String>,
-        #[arg(long)]
-        file: Option<String>,
-    },
-    /// Every live entry (not with memcached, which cannot enumerate keys).
-    Show {
-        list: String,
-    },
-    Count {
-        list: String,
-    },
-}
-
-#[derive(clap::Args, Debug)]
-struct ExplainArgs {
-    #[arg(long, default_value = "GET")]
-    method: String,
-    #[arg(long)]
-    host: Option<String>,
-    #[arg(long, default_value = "/")]
-    path: String,
-    #[arg(long)]
-    query: Option<String>,
-    /// NAME:VALUE, repeatable.
-    #[arg(long = "header", short = 'H')]
-    headers: Vec<String>,
-    /// NAME=VALUE, repeatable.
-    #[arg(long = "cookie")]
-    cookies: Vec<String>,
-    /// The client IP, as it is.
-    #[arg(long)]
-    ip: Option<String>,
-    /// Instead of --ip: the connecting address; the client IP is resolved with the trusted
-    /// proxies and the forwarding headers, as for a real request.
-    #[arg(long)]
-    peer: Option<String>,
+    /// A closed stdout (`| head -1`): the reader has what it wanted.
+    fn is_closed_pipe(&self) -> bool {
+        matches!(self, CtlError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
 }
 
 /// Runs `graygate ctl` and returns its exit code.
@@ -320,230 +139,94 @@ pub fn run(args: CtlArgs) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("graygate ctl: cannot start: {e}");
+            output::note(&format!("graygate ctl: cannot start: {e}"));
             return ExitCode::from(3);
         }
     };
     match runtime.block_on(execute(args)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_closed_pipe() => ExitCode::SUCCESS,
         Err(e) => {
             match &e {
-                CtlError::Refused { message, body, .. }
-                | CtlError::Server { message, body, .. } => {
-                    if json_mode && !body.is_string() {
-                        eprintln!("{body}");
+                CtlError::Refused(r) | CtlError::Server(r) => {
+                    if json_mode && !r.raw.is_string() {
+                        output::note(&r.raw.to_string());
                     } else {
-                        eprintln!("{message}");
+                        output::note(&r.message);
                     }
                 }
-                CtlError::Usage(m) => eprintln!("graygate ctl: {m}"),
-                CtlError::Unreachable(m) => {
-                    eprintln!("graygate ctl: cannot reach the admin API at {m}")
-                }
+                _ => output::note(&format!("graygate ctl: {e}")),
             }
             ExitCode::from(e.exit_code())
         }
     }
 }
 
-/// Reads a document argument: inline JSON, `-` (stdin), or a file (TOML if it ends in `.toml`).
-fn read_doc(arg: &str) -> Result<Vec<u8>, CtlError> {
-    if arg.trim_start().starts_with('{') {
-        return Ok(arg.as_bytes().to_vec());
-    }
-    let text = read_text(arg)?;
-    if arg.ends_with(".toml") {
-        let value: toml::Value = toml::from_str(&text)
-            .map_err(|e| CtlError::Usage(format!("{arg}: not valid TOML: {e}")))?;
-        return serde_json::to_vec(&value).map_err(|e| CtlError::Usage(format!("{arg}: {e}")));
-    }
-    Ok(text.into_bytes())
-}
-
-fn read_text(arg: &str) -> Result<String, CtlError> {
-    if arg == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|e| CtlError::Usage(format!("cannot read stdin: {e}")))?;
-        return Ok(text);
-    }
-    std::fs::read_to_string(arg).map_err(|e| CtlError::Usage(format!("cannot read {arg}: {e}")))
-}
-
-/// Keys from arguments, then from `file` (one per line, `#` comments and blank lines skipped).
-fn keys(mut keys: Vec<String>, file: Option<&str>) -> Result<Vec<String>, CtlError> {
-    if let Some(file) = file {
-        let text = read_text(file)?;
-        keys.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_string),
-        );
-    }
-    if keys.is_empty() {
-        return Err(CtlError::Usage(
-            "no keys: give them as arguments or with --file".to_string(),
-        ));
-    }
-    Ok(keys)
-}
-
-/// `header:X-User-Id` -> `{"header": "X-User-Id"}`.
-fn identity(by: &str) -> Result<Value, CtlError> {
-    if by == "client_ip" {
-        return Ok(json!({ "client_ip": true }));
-    }
-    match by.split_once(':') {
-        Some((kind @ ("header" | "cookie" | "query"), name)) if !name.is_empty() => {
-            Ok(json!({ kind: name }))
-        }
-        _ => Err(CtlError::Usage(format!(
-            "--by {by}: write header:NAME, cookie:NAME, query:NAME or client_ip"
-        ))),
-    }
-}
-
-/// `canary=10` -> ("canary", 10.0).
-fn weight(text: &str) -> Result<(String, f64), CtlError> {
-    let bad = || CtlError::Usage(format!("`{text}`: write VERSION=PERCENT, like canary=10"));
-    let (version, pct) = text.split_once('=').ok_or_else(bad)?;
-    let pct = pct
-        .trim_end_matches('%')
-        .parse::<f64>()
-        .map_err(|_| bad())?;
-    if version.is_empty() {
-        return Err(bad());
-    }
-    Ok((version.to_string(), pct))
-}
-
-fn pair<'a>(text: &'a str, sep: char, what: &str) -> Result<(&'a str, &'a str), CtlError> {
-    text.split_once(sep)
-        .map(|(k, v)| (k.trim(), v.trim_start()))
-        .filter(|(k, _)| !k.is_empty())
-        .ok_or_else(|| CtlError::Usage(format!("`{text}`: write {what}")))
+/// The JSON of a request body.
+fn json_body(value: &impl Serialize) -> Result<Vec<u8>, CtlError> {
+    serde_json::to_vec(value).map_err(|e| CtlError::Usage(format!("cannot write the request: {e}")))
 }
 
 async fn execute(args: CtlArgs) -> Result<(), CtlError> {
     let api = Api::new(&args.addr, args.token.clone())?;
-    let rev = args.revision;
+    let rev = IfMatch::from(args.revision);
     let out = output::Printer { json: args.json };
     match args.command {
         Cmd::Status => {
-            let v = api.call(Method::GET, "/v1/status", None, None).await?;
-            out.status(&v);
+            let a: Answer<Revisioned<Status>> = api.get(paths::STATUS).await?;
+            out.show(&a, output::status)?;
         }
         Cmd::Policy { cmd } => match cmd {
             PolicyCmd::Get => {
-                let v = api.call(Method::GET, "/v1/policy", None, None).await?;
-                out.pretty(&v);
+                let a: Answer<PolicyDoc> = api.get(paths::POLICY).await?;
+                out.pretty(&a.raw)?;
+                if let Some(revision) = a.revision {
+                    output::note(&format!("revision {revision}"));
+                }
             }
             PolicyCmd::Put { file } => {
-                let body = read_doc(&file)?;
-                let v = api.call(Method::PUT, "/v1/policy", rev, Some(body)).await?;
-                out.done(&v, "policy replaced");
+                let doc = doc::read::<PolicyDoc>(&file, Part::Policy)?;
+                let a: Answer<Revisioned<PolicyReplaced>> =
+                    doc.send(&api, Method::PUT, paths::POLICY, rev).await?;
+                out.done(&a, "policy replaced")?;
             }
         },
-        Cmd::Routes { cmd } => docs(&api, &out, rev, "routes", "route", cmd).await?,
-        Cmd::Services { cmd } => docs(&api, &out, rev, "services", "service", cmd).await?,
+        Cmd::Routes { cmd } => routes(&api, &out, rev, cmd).await?,
+        Cmd::Services { cmd } => services(&api, &out, rev, cmd).await?,
         Cmd::Versions { cmd } => match cmd {
             VersionsCmd::List { service } => {
-                let path = format!("/v1/services/{}/versions", segment(&service));
-                let v = api.call(Method::GET, &path, None, None).await?;
-                out.versions(&v);
+                let a: Answer<Revisioned<VersionList>> =
+                    api.get(&paths::versions(&service)).await?;
+                out.show(&a, output::versions)?;
             }
             VersionsCmd::Set {
                 service,
                 version,
                 upstream,
             } => {
-                let path = format!(
-                    "/v1/services/{}/versions/{}",
-                    segment(&service),
-                    segment(&version)
+                let body = json_body(&SetVersion { upstream })?;
+                let path = paths::version(&service, &version);
+                let a: Answer<Revisioned<VersionPut>> =
+                    api.call(Method::PUT, &path, rev, Some(body)).await?;
+                let set = &a.body.body.version;
+                let what = format!(
+                    "{service}: version {} -> upstream {}",
+                    set.name, set.upstream
                 );
-                let body = serde_json::to_vec(&json!({ "upstream": upstream })).expect("json");
-                let v = api.call(Method::PUT, &path, rev, Some(body)).await?;
-                out.done(
-                    &v,
-                    &format!("{service}: version {version} -> upstream {upstream}"),
-                );
+                out.done(&a, &what)?;
             }
             VersionsCmd::Delete { service, version } => {
-                let path = format!(
-                    "/v1/services/{}/versions/{}",
-                    segment(&service),
-                    segment(&version)
-                );
-                let v = api.call(Method::DELETE, &path, rev, None).await?;
-                out.done(&v, &format!("{service}: version {version} deleted"));
+                let a: Answer<Revisioned<VersionDeleted>> =
+                    delete(&api, rev, &paths::version(&service, &version)).await?;
+                let what = format!("{service}: version {} deleted", a.body.body.deleted);
+                out.done(&a, &what)?;
             }
         },
-        Cmd::Rules { cmd } => match cmd {
-            RulesCmd::List { service } => {
-                let path = format!("/v1/services/{}/rules", segment(&service));
-                let v = api.call(Method::GET, &path, None, None).await?;
-                out.rules(&v);
-            }
-            RulesCmd::Get { service, name } => {
-                let path = format!(
-                    "/v1/services/{}/rules/{}",
-                    segment(&service),
-                    segment(&name)
-                );
-                let v = api.call(Method::GET, &path, None, None).await?;
-                out.pretty(&v);
-            }
-            RulesCmd::Add {
-                service,
-                rule,
-                position,
-            } => {
-                let mut path = format!("/v1/services/{}/rules", segment(&service));
-                if let Some(p) = position {
-                    path.push_str(&format!("?position={p}"));
-                }
-                let v = api
-                    .call(Method::POST, &path, rev, Some(read_doc(&rule)?))
-                    .await?;
-                let name = v
-                    .pointer("/rule/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("?");
-                out.done(&v, &format!("{service}: rule {name} added"));
-            }
-            RulesCmd::Replace {
-                service,
-                name,
-                rule,
-            } => {
-                let path = format!(
-                    "/v1/services/{}/rules/{}",
-                    segment(&service),
-                    segment(&name)
-                );
-                let v = api
-                    .call(Method::PUT, &path, rev, Some(read_doc(&rule)?))
-                    .await?;
-                out.done(&v, &format!("{service}: rule {name} replaced"));
-            }
-            RulesCmd::Delete { service, name } => {
-                let path = format!(
-                    "/v1/services/{}/rules/{}",
-                    segment(&service),
-                    segment(&name)
-                );
-                let v = api.call(Method::DELETE, &path, rev, None).await?;
-                out.done(&v, &format!("{service}: rule {name} deleted"));
-            }
-        },
+        Cmd::Rules { cmd } => rules(&api, &out, rev, cmd).await?,
         Cmd::Weights { cmd } => match cmd {
             WeightsCmd::Get { service } => {
-                let path = format!("/v1/services/{}/weights", segment(&service));
-                let v = api.call(Method::GET, &path, None, None).await?;
-                out.weights(&v);
+                let a: Answer<Revisioned<Weights>> = api.get(&paths::weights(&service)).await?;
+                out.show(&a, output::weights)?;
             }
             WeightsCmd::Set {
                 service,
@@ -551,209 +234,279 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
                 by,
                 salt,
             } => {
-                let mut map = serde_json::Map::new();
-                for w in &weights {
-                    let (version, pct) = weight(w)?;
-                    map.insert(version, json!(pct));
-                }
-                let mut body = json!({ "weights": map });
-                if let Some(by) = by {
-                    body["by"] = identity(&by)?;
-                }
-                if let Some(salt) = salt {
-                    body["salt"] = json!(salt);
-                }
-                let path = format!("/v1/services/{}/weights", segment(&service));
-                let body = serde_json::to_vec(&body).expect("json");
-                let v = api.call(Method::PUT, &path, rev, Some(body)).await?;
-                out.weights(&v);
+                let weights = weights
+                    .iter()
+                    .map(|w| args::weight(w))
+                    .collect::<Result<BTreeMap<_, _>, _>>()?;
+                let by = by.as_deref().map(args::identity).transpose()?;
+                let body = json_body(&SetWeights { weights, by, salt })?;
+                let path = paths::weights(&service);
+                let a: Answer<Revisioned<Weights>> =
+                    api.call(Method::PUT, &path, rev, Some(body)).await?;
+                out.show(&a, output::weights)?;
             }
         },
-        Cmd::List { cmd } => match cmd {
-            ListCmd::Add {
-                list,
-                keys: k,
-                file,
-                value,
-                ttl,
-            } => {
-                let entries: Vec<Value> = keys(k, file.as_deref())?
-                    .into_iter()
-                    .map(|key| {
-                        let mut e = json!({ "key": key, "value": value });
-                        if let Some(ttl) = &ttl {
-                            e["ttl"] = json!(ttl);
-                        }
-                        e
-                    })
-                    .collect();
-                let path = format!("/v1/lists/{}/entries", segment(&list));
-                let body = serde_json::to_vec(&json!({ "entries": entries })).expect("json");
-                let v = api.call(Method::POST, &path, None, Some(body)).await?;
-                let n = v.get("written").and_then(Value::as_u64).unwrap_or(0);
-                out.plain(&v, &format!("list {list}: {n} entries written"));
-            }
-            ListCmd::Remove {
-                list,
-                keys: k,
-                file,
-            } => {
-                let keys = keys(k, file.as_deref())?;
-                let asked = keys.len();
-                let path = format!("/v1/lists/{}/entries", segment(&list));
-                let body = serde_json::to_vec(&json!({ "keys": keys })).expect("json");
-                let v = api.call(Method::DELETE, &path, None, Some(body)).await?;
-                let n = v.get("removed").and_then(Value::as_u64).unwrap_or(0);
-                out.plain(&v, &format!("list {list}: {n} of {asked} entries removed"));
-            }
-            ListCmd::Show { list } => {
-                let path = format!("/v1/lists/{}/entries", segment(&list));
-                let v = api.call(Method::GET, &path, None, None).await?;
-                out.entries(&v);
-            }
-            ListCmd::Count { list } => {
-                let path = format!("/v1/lists/{}/count", segment(&list));
-                let v = api.call(Method::GET, &path, None, None).await?;
-                let n = v.get("count").and_then(Value::as_u64).unwrap_or(0);
-                out.plain(&v, &n.to_string());
-            }
-        },
+        Cmd::List { cmd } => lists(&api, &out, cmd).await?,
         Cmd::Explain(e) => {
-            let mut headers = serde_json::Map::new();
+            let mut headers = BTreeMap::new();
             for h in &e.headers {
-                let (k, v) = pair(h, ':', "NAME:VALUE")?;
-                headers.insert(k.to_string(), json!(v));
+                let (k, v) = args::pair(h, ':', "NAME:VALUE")?;
+                headers.insert(k.to_string(), v.to_string());
             }
-            let mut cookies = serde_json::Map::new();
+            let mut cookies = BTreeMap::new();
             for c in &e.cookies {
-                let (k, v) = pair(c, '=', "NAME=VALUE")?;
-                cookies.insert(k.to_string(), json!(v));
+                let (k, v) = args::pair(c, '=', "NAME=VALUE")?;
+                cookies.insert(k.to_string(), v.to_string());
             }
-            let mut body = json!({
-                "method": e.method, "path": e.path, "headers": headers, "cookies": cookies,
-            });
-            for (key, value) in [
-                ("host", &e.host),
-                ("query", &e.query),
-                ("client_ip", &e.ip),
-                ("peer", &e.peer),
-            ] {
-                if let Some(value) = value {
-                    body[key] = json!(value);
-                }
-            }
-            let body = serde_json::to_vec(&body).expect("json");
-            let v = api
-                .call(Method::POST, "/v1/explain", None, Some(body))
+            let body = json_body(&Explain {
+                method: Some(e.method),
+                host: e.host,
+                path: Some(e.path),
+                query: e.query,
+                headers,
+                cookies,
+                client_ip: e.ip,
+                peer: e.peer,
+                random: None,
+            })?;
+            let a: Answer<Explanation> = api
+                .call(Method::POST, paths::EXPLAIN, IfMatch::Any, Some(body))
                 .await?;
-            out.explain(&v);
+            out.show(&a, output::explain)?;
         }
         Cmd::Promote { service, version } => {
-            let path = format!("/v1/services/{}/promote", segment(&service));
-            let body = serde_json::to_vec(&json!({ "version": version })).expect("json");
-            let v = api.call(Method::POST, &path, rev, Some(body)).await?;
-            let stable = v.get("stable").and_then(Value::as_str).unwrap_or("?");
-            let old = v
-                .get("previous_stable")
-                .and_then(Value::as_str)
-                .unwrap_or("?");
-            out.done(
-                &v,
-                &format!(
-                    "{service}: {stable} is stable, everyone goes there (rollback target: {old})"
-                ),
+            let body = json_body(&Promote { version })?;
+            let path = paths::promote(&service);
+            let a: Answer<Revisioned<Promoted>> =
+                api.call(Method::POST, &path, rev, Some(body)).await?;
+            let p = &a.body.body;
+            let what = format!(
+                "{service}: {} is stable, everyone goes there (rollback target: {})",
+                p.stable, p.previous_stable
             );
+            out.done(&a, &what)?;
         }
         Cmd::Rollback {
             service,
             clear_rules,
         } => {
-            let path = format!("/v1/services/{}/rollback", segment(&service));
-            let body = serde_json::to_vec(&json!({ "clear_rules": clear_rules })).expect("json");
-            let v = api.call(Method::POST, &path, rev, Some(body)).await?;
-            let stable = v.get("stable").and_then(Value::as_str).unwrap_or("?");
-            let mut text =
-                format!("{service}: weights 0, everyone not matched by a rule on {stable}");
-            if let Some(demoted) = v.get("demoted").and_then(Value::as_str) {
-                text = format!("{service}: promote of {demoted} undone, everyone on {stable}");
+            let body = json_body(&Rollback { clear_rules })?;
+            let path = paths::rollback(&service);
+            let a: Answer<Revisioned<RolledBack>> =
+                api.call(Method::POST, &path, rev, Some(body)).await?;
+            let r = &a.body.body;
+            let mut text = match &r.demoted {
+                Some(demoted) => format!(
+                    "{service}: promote of {demoted} undone, everyone on {}",
+                    r.stable
+                ),
+                None => format!(
+                    "{service}: weights 0, everyone not matched by a rule on {}",
+                    r.stable
+                ),
+            };
+            if r.rules_cleared > 0 {
+                text.push_str(&format!(" ({} rules cleared)", r.rules_cleared));
             }
-            let cleared = v.get("rules_cleared").and_then(Value::as_u64).unwrap_or(0);
-            if cleared > 0 {
-                text.push_str(&format!(" ({cleared} rules cleared)"));
-            }
-            out.done(&v, &text);
+            out.done(&a, &text)?;
         }
         Cmd::History { limit } => {
-            let v = api
-                .call(
-                    Method::GET,
-                    &format!("/v1/history?limit={limit}"),
-                    None,
-                    None,
-                )
-                .await?;
-            out.history(&v);
+            let path = paths::history(&HistoryQuery { limit: Some(limit) });
+            let a: Answer<Revisioned<History>> = api.get(&path).await?;
+            out.show(&a, output::history)?;
         }
         Cmd::Undo { to } => {
-            let body = serde_json::to_vec(&json!({ "revision": to })).expect("json");
-            let v = api.call(Method::POST, "/v1/undo", rev, Some(body)).await?;
-            out.done(&v, &format!("policy of revision {to} restored"));
+            let body = json_body(&Undo { revision: to })?;
+            let a: Answer<Revisioned<Undone>> =
+                api.call(Method::POST, paths::UNDO, rev, Some(body)).await?;
+            let what = format!("policy of revision {} restored", a.body.body.restored);
+            out.done(&a, &what)?;
         }
     }
     Ok(())
 }
 
-/// `routes` and `services`: list, get, put, delete.
-async fn docs(
+/// Prints one document (a route, a service, a rule) as the API sent it, once it reads as a `T`.
+async fn print_document<T: DeserializeOwned>(
     api: &Api,
     out: &output::Printer,
-    rev: Option<u64>,
-    collection: &str,
-    what: &str,
+    path: &str,
+) -> Result<(), CtlError> {
+    let a: Answer<T> = api.get(path).await?;
+    out.pretty(&a.raw)
+}
+
+/// `DELETE path`.
+async fn delete<T: DeserializeOwned>(
+    api: &Api,
+    rev: IfMatch,
+    path: &str,
+) -> Result<Answer<T>, CtlError> {
+    api.call(Method::DELETE, path, rev, None).await
+}
+
+/// What a `PUT` did.
+fn created_or_replaced(created: bool) -> &'static str {
+    if created {
+        "created"
+    } else {
+        "replaced"
+    }
+}
+
+/// `routes`: list, get, put, delete.
+async fn routes(
+    api: &Api,
+    out: &output::Printer,
+    rev: IfMatch,
     cmd: DocCmd,
 ) -> Result<(), CtlError> {
     match cmd {
         DocCmd::List => {
-            let v = api
-                .call(Method::GET, &format!("/v1/{collection}"), None, None)
-                .await?;
-            if collection == "routes" {
-                out.routes(&v);
-            } else {
-                out.services(&v);
-            }
+            let a: Answer<Revisioned<RouteList>> = api.get(paths::ROUTES).await?;
+            out.show(&a, output::routes)?;
         }
-        DocCmd::Get { name } => {
-            let path = format!("/v1/{collection}/{}", segment(&name));
-            let v = api.call(Method::GET, &path, None, None).await?;
-            out.pretty(&v);
-        }
+        DocCmd::Get { name } => print_document::<RouteDoc>(api, out, &paths::route(&name)).await?,
         DocCmd::Put { file, name } => {
-            let body = read_doc(&file)?;
-            let doc: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            let name = name
-                .or_else(|| doc.get("name").and_then(Value::as_str).map(str::to_string))
-                .or_else(|| {
-                    doc.get("service")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                })
-                .ok_or_else(|| {
-                    CtlError::Usage(format!("the {what} names no `name`: give --name"))
-                })?;
-            let path = format!("/v1/{collection}/{}", segment(&name));
-            let v = api.call(Method::PUT, &path, rev, Some(body)).await?;
-            let verb = if v.get("created").and_then(Value::as_bool) == Some(true) {
-                "created"
-            } else {
-                "replaced"
-            };
-            out.done(&v, &format!("{what} {name} {verb}"));
+            let doc = doc::read::<RouteDoc>(&file, Part::Route)?;
+            let name = name.unwrap_or_else(|| route_name(&doc.value).to_string());
+            let path = paths::route(&name);
+            let a: Answer<Revisioned<RoutePut>> = doc.send(api, Method::PUT, &path, rev).await?;
+            let verb = created_or_replaced(a.body.body.created);
+            out.done(&a, &format!("route {name} {verb}"))?;
         }
         DocCmd::Delete { name } => {
-            let path = format!("/v1/{collection}/{}", segment(&name));
-            let v = api.call(Method::DELETE, &path, rev, None).await?;
-            out.done(&v, &format!("{what} {name} deleted"));
+            let a: Answer<Revisioned<RouteDeleted>> =
+                delete(api, rev, &paths::route(&name)).await?;
+            out.done(&a, &format!("route {name} deleted"))?;
+        }
+    }
+    Ok(())
+}
+
+/// `services`: list, get, put, delete.
+async fn services(
+    api: &Api,
+    out: &output::Printer,
+    rev: IfMatch,
+    cmd: DocCmd,
+) -> Result<(), CtlError> {
+    match cmd {
+        DocCmd::List => {
+            let a: Answer<Revisioned<ServiceList>> = api.get(paths::SERVICES).await?;
+            out.show(&a, output::services)?;
+        }
+        DocCmd::Get { name } => {
+            print_document::<ServiceDoc>(api, out, &paths::service(&name)).await?
+        }
+        DocCmd::Put { file, name } => {
+            let doc = doc::read::<ServiceDoc>(&file, Part::Service)?;
+            let name = name.unwrap_or_else(|| doc.value.name.clone());
+            let path = paths::service(&name);
+            let a: Answer<Revisioned<ServicePut>> = doc.send(api, Method::PUT, &path, rev).await?;
+            let verb = created_or_replaced(a.body.body.created);
+            out.done(&a, &format!("service {name} {verb}"))?;
+        }
+        DocCmd::Delete { name } => {
+            let a: Answer<Revisioned<ServiceDeleted>> =
+                delete(api, rev, &paths::service(&name)).await?;
+            out.done(&a, &format!("service {name} deleted"))?;
+        }
+    }
+    Ok(())
+}
+
+/// `rules`: list, get, add, replace, delete.
+async fn rules(
+    api: &Api,
+    out: &output::Printer,
+    rev: IfMatch,
+    cmd: RulesCmd,
+) -> Result<(), CtlError> {
+    match cmd {
+        RulesCmd::List { service } => {
+            let a: Answer<Revisioned<RuleList>> = api.get(&paths::rules(&service)).await?;
+            out.show(&a, output::rules)?;
+        }
+        RulesCmd::Get { service, name } => {
+            print_document::<RuleDoc>(api, out, &paths::rule(&service, &name)).await?
+        }
+        RulesCmd::Add {
+            service,
+            rule,
+            position,
+        } => {
+            let doc = doc::read::<RuleDoc>(&rule, Part::Rule)?;
+            let path = paths::rules_at(&service, &RuleQuery { position });
+            let a: Answer<Revisioned<RuleWritten>> =
+                doc.send(api, Method::POST, &path, rev).await?;
+            let what = format!("{service}: rule {} added", a.body.body.rule.name);
+            out.done(&a, &what)?;
+        }
+        RulesCmd::Replace {
+            service,
+            name,
+            rule,
+        } => {
+            let doc = doc::read::<RuleDoc>(&rule, Part::Rule)?;
+            let path = paths::rule(&service, &name);
+            let a: Answer<Revisioned<RuleWritten>> = doc.send(api, Method::PUT, &path, rev).await?;
+            out.done(&a, &format!("{service}: rule {name} replaced"))?;
+        }
+        RulesCmd::Delete { service, name } => {
+            let a: Answer<Revisioned<RuleDeleted>> =
+                delete(api, rev, &paths::rule(&service, &name)).await?;
+            let what = format!("{service}: rule {} deleted", a.body.body.deleted.name);
+            out.done(&a, &what)?;
+        }
+    }
+    Ok(())
+}
+
+/// `list`: add, remove, show, count.
+async fn lists(api: &Api, out: &output::Printer, cmd: ListCmd) -> Result<(), CtlError> {
+    match cmd {
+        ListCmd::Add {
+            list,
+            keys,
+            file,
+            value,
+            ttl,
+        } => {
+            let entries = args::keys(keys, file.as_deref())?
+                .into_iter()
+                .map(|key| NewEntry {
+                    key,
+                    value: Some(value.clone()),
+                    ttl: ttl.clone(),
+                })
+                .collect();
+            let body = json_body(&NewEntries { entries })?;
+            let path = paths::list_entries(&list);
+            let a: Answer<EntriesWritten> = api
+                .call(Method::POST, &path, IfMatch::Any, Some(body))
+                .await?;
+            let line = format!("list {list}: {} entries written", a.body.written);
+            out.show(&a, |_| line)?;
+        }
+        ListCmd::Remove { list, keys, file } => {
+            let keys = args::keys(keys, file.as_deref())?;
+            let asked = keys.len();
+            let body = json_body(&RemoveEntries { keys })?;
+            let path = paths::list_entries(&list);
+            let a: Answer<EntriesRemoved> = api
+                .call(Method::DELETE, &path, IfMatch::Any, Some(body))
+                .await?;
+            let line = format!("list {list}: {} of {asked} entries removed", a.body.removed);
+            out.show(&a, |_| line)?;
+        }
+        ListCmd::Show { list } => {
+            let a: Answer<EntryList> = api.get(&paths::list_entries(&list)).await?;
+            out.show(&a, output::entries)?;
+        }
+        ListCmd::Count { list } => {
+            let a: Answer<EntryCount> = api.get(&paths::list_count(&list)).await?;
+            out.show(&a, |c| c.count.to_string())?;
         }
     }
     Ok(())
@@ -764,32 +517,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn argument_forms() {
-        assert_eq!(weight("canary=10").unwrap(), ("canary".to_string(), 10.0));
-        assert_eq!(
-            weight("canary=12.5%").unwrap(),
-            ("canary".to_string(), 12.5)
-        );
-        assert!(weight("canary").is_err());
-        assert_eq!(
-            identity("header:X-User-Id").unwrap(),
-            json!({"header": "X-User-Id"})
-        );
-        assert_eq!(identity("client_ip").unwrap(), json!({"client_ip": true}));
-        assert!(identity("ip").is_err());
-        assert_eq!(pair("X-A: b c", ':', "").unwrap(), ("X-A", "b c"));
-        assert_eq!(read_doc("{\"a\":1}").unwrap(), b"{\"a\":1}");
-    }
-
-    #[test]
     fn exit_codes() {
         assert_eq!(CtlError::Usage(String::new()).exit_code(), 2);
         assert_eq!(CtlError::Unreachable(String::new()).exit_code(), 3);
-        let refused = CtlError::Refused {
+        let refused = CtlError::Refused(Refusal {
             status: StatusCode::CONFLICT,
-            message: String::new(),
-            body: Value::Null,
-        };
+            code: Some(ErrorCode::StaleRevision),
+            field: None,
+            message: "stale".into(),
+            raw: Value::Null,
+        });
         assert_eq!(refused.exit_code(), 1);
+        assert_eq!(refused.to_string(), "stale");
+        let not_admin = CtlError::NotAdmin {
+            addr: "http://127.0.0.1:8080".into(),
+            what: "GET /healthz".into(),
+            status: StatusCode::OK,
+        };
+        assert_eq!(not_admin.exit_code(), 3);
+        assert!(
+            not_admin
+                .to_string()
+                .starts_with("http://127.0.0.1:8080 is not a graygate admin API: its answer to GET /healthz (200 OK) has no X-Graygate-Admin header"),
+            "{not_admin}"
+        );
+        let closed = CtlError::Output(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(closed.is_closed_pipe());
+        let full = CtlError::Output(std::io::Error::other("disk full"));
+        assert!(!full.is_closed_pipe());
+        assert_eq!(full.exit_code(), 2);
     }
 }

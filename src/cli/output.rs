@@ -1,11 +1,63 @@
-//! How `graygate ctl` prints answers: aligned tables and one-line summaries, or the API's JSON.
+//! How `graygate ctl` prints answers: aligned tables and one-line summaries made from the wire
+//! types, or the API's JSON as it came (`--json`).
+//!
+//! Nothing here panics on a closed pipe (`graygate ctl status | head -1`): every write returns
+//! its error, and a broken pipe ends the command quietly.
 
+use super::client::Answer;
+use super::CtlError;
+use crate::api::{
+    EntryList, Explanation, History, Revisioned, RouteList, RuleList, ServiceList, Status,
+    VersionList, Weights,
+};
+use crate::policy::model::{IdentityDoc, SplitDoc};
+use serde::Serialize;
 use serde_json::Value;
+use std::io::Write;
 
 /// Prints answers in the chosen mode.
 pub struct Printer {
     /// Print the API's JSON (pretty) instead of tables.
     pub json: bool,
+}
+
+impl Printer {
+    /// Writes `text` and a newline to stdout.
+    pub fn line(&self, text: &str) -> Result<(), CtlError> {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{text}")
+            .and_then(|()| out.flush())
+            .map_err(CtlError::Output)
+    }
+
+    /// The JSON as the API sent it, pretty, in any mode (documents).
+    pub fn pretty(&self, raw: &Value) -> Result<(), CtlError> {
+        self.line(&serde_json::to_string_pretty(raw).unwrap_or_default())
+    }
+
+    /// `text` made from the answer, or its JSON.
+    pub fn show<T>(
+        &self,
+        answer: &Answer<T>,
+        text: impl FnOnce(&T) -> String,
+    ) -> Result<(), CtlError> {
+        if self.json {
+            self.pretty(&answer.raw)
+        } else {
+            self.line(&text(&answer.body))
+        }
+    }
+
+    /// A change: `revision N: <what>`, or the JSON.
+    pub fn done<T>(&self, answer: &Answer<Revisioned<T>>, what: &str) -> Result<(), CtlError> {
+        self.show(answer, |a| format!("revision {}: {what}", a.revision))
+    }
+}
+
+/// Writes `text` and a newline to stderr; a closed stderr is not worth a panic.
+pub fn note(text: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{text}");
 }
 
 /// Columns aligned on the widest cell; the last column is not padded.
@@ -38,12 +90,14 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn text(v: &Value, pointer: &str) -> String {
-    match v.pointer(pointer) {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
-    }
+/// A number as the API's JSON writes it (`12.3`, `0.0`).
+fn number(n: f64) -> String {
+    serde_json::Number::from_f64(n).map_or_else(String::new, |n| n.to_string())
+}
+
+/// Compact JSON with sorted keys, as the API's JSON reads.
+fn compact(value: &impl Serialize) -> String {
+    serde_json::to_value(value).map_or_else(|_| String::new(), |v| v.to_string())
 }
 
 /// A percentage without trailing zeros: `10`, `12.5`.
@@ -53,340 +107,276 @@ fn pct(w: f64) -> String {
 }
 
 /// `header X-User-Id` for a split's `by`.
-fn identity(by: &Value) -> String {
-    match by.as_object().and_then(|o| o.iter().next()) {
-        Some((k, Value::Bool(true))) => k.clone(),
-        Some((k, v)) => format!("{k} {}", v.as_str().unwrap_or_default()),
-        None => "random".to_string(),
+fn identity(by: &IdentityDoc) -> String {
+    if by.client_ip == Some(true) {
+        return "client_ip".to_string();
     }
+    let named = [
+        ("cookie", &by.cookie),
+        ("header", &by.header),
+        ("query", &by.query),
+    ];
+    named
+        .iter()
+        .find_map(|(kind, name)| name.as_ref().map(|n| format!("{kind} {n}")))
+        .unwrap_or_else(|| "random".to_string())
 }
 
 /// Weights of a split as `stable=90% canary=10%`, with stable getting what is left.
-fn split_text(stable: &str, split: &Value) -> String {
-    let weights = split.get("weights").and_then(Value::as_object);
-    let given: f64 = weights
-        .map(|w| w.values().filter_map(Value::as_f64).sum())
-        .unwrap_or(0.0);
+fn split_text(stable: &str, split: Option<&SplitDoc>) -> String {
+    let given: f64 = split.map_or(0.0, |s| s.weights.values().sum());
     let mut parts = vec![format!("{stable}={}", pct((100.0 - given).max(0.0)))];
-    for (v, w) in weights.into_iter().flatten() {
-        parts.push(format!("{v}={}", pct(w.as_f64().unwrap_or(0.0))));
+    for (v, w) in split.into_iter().flat_map(|s| &s.weights) {
+        parts.push(format!("{v}={}", pct(*w)));
     }
     let mut out = parts.join(" ");
-    if let Some(by) = split.get("by").filter(|b| !b.is_null()) {
-        out.push_str(&format!(" (sticky by {})", identity(by)));
-    } else if split.is_object() {
-        out.push_str(" (random per request)");
+    match split {
+        Some(SplitDoc { by: Some(by), .. }) => {
+            out.push_str(&format!(" (sticky by {})", identity(by)))
+        }
+        Some(_) => out.push_str(" (random per request)"),
+        None => {}
     }
     out
 }
 
-impl Printer {
-    /// The JSON, pretty, in any mode (documents).
-    pub fn pretty(&self, v: &Value) {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-    }
-
-    /// `line`, or the JSON.
-    pub fn plain(&self, v: &Value, line: &str) {
-        if self.json {
-            self.pretty(v);
-        } else {
-            println!("{line}");
+/// `ctl status`.
+pub fn status(v: &Revisioned<Status>) -> String {
+    let s = &v.body;
+    let store = if s.store.degraded {
+        format!(
+            "DEGRADED ({})",
+            s.store.last_error.as_deref().unwrap_or_default()
+        )
+    } else {
+        "healthy".to_string()
+    };
+    let mut out = format!(
+        "revision {}, store {}: {store}\n\n",
+        v.revision, s.store.kind
+    );
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    for svc in &s.services {
+        let given: f64 = svc.split.as_ref().map_or(0.0, |x| x.weights.values().sum());
+        // Stable first, then the others by name.
+        let mut versions: Vec<(&String, &String)> = svc.versions.iter().collect();
+        versions.sort_by_key(|(v, _)| **v != svc.stable);
+        for (version, upstream) in versions {
+            let role = if *version == svc.stable {
+                "stable"
+            } else if Some(version) == svc.rollback_to.as_ref() {
+                "rollback target"
+            } else {
+                ""
+            };
+            let weight = if *version == svc.stable {
+                pct((100.0 - given).max(0.0))
+            } else {
+                svc.split
+                    .as_ref()
+                    .and_then(|x| x.weights.get(version))
+                    .map_or_else(|| "0%".to_string(), |w| pct(*w))
+            };
+            let traffic = svc.traffic.get(version);
+            rows.push(vec![
+                svc.name.clone(),
+                version.clone(),
+                upstream.clone(),
+                role.to_string(),
+                weight,
+                traffic.map(|t| t.requests.to_string()).unwrap_or_default(),
+                traffic
+                    .and_then(|t| t.per_second)
+                    .map(number)
+                    .unwrap_or_default(),
+            ]);
+        }
+        let rules: Vec<String> = svc
+            .rules
+            .iter()
+            .map(|r| format!("{} -> {}", r.name, r.version))
+            .collect();
+        if !rules.is_empty() {
+            notes.push(format!(
+                "rules of {}, in order: {}",
+                svc.name,
+                rules.join(", ")
+            ));
+        }
+        if let Some(by) = svc.split.as_ref().and_then(|x| x.by.as_ref()) {
+            notes.push(format!("split of {}: sticky by {}", svc.name, identity(by)));
         }
     }
-
-    /// A change: `revision N: <what>`, or the JSON.
-    pub fn done(&self, v: &Value, what: &str) {
-        let revision = text(v, "/revision");
-        self.plain(v, &format!("revision {revision}: {what}"));
+    out.push_str(&table(
+        &[
+            "SERVICE", "VERSION", "UPSTREAM", "ROLE", "WEIGHT", "REQUESTS", "PER_SEC",
+        ],
+        &rows,
+    ));
+    for note in notes {
+        out.push('\n');
+        out.push_str(&note);
     }
+    out
+}
 
-    pub fn status(&self, v: &Value) {
-        if self.json {
-            return self.pretty(v);
-        }
-        let store = if v.pointer("/store/degraded") == Some(&Value::Bool(true)) {
-            format!("DEGRADED ({})", text(v, "/store/last_error"))
-        } else {
-            "healthy".to_string()
-        };
-        println!(
-            "revision {}, store {}: {store}",
-            text(v, "/revision"),
-            text(v, "/store/kind")
-        );
-        let mut rows = Vec::new();
-        let mut notes = Vec::new();
-        for s in v
-            .get("services")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let name = text(s, "/name");
-            let stable = text(s, "/stable");
-            let rollback_to = text(s, "/rollback_to");
-            let weights = s.pointer("/split/weights").and_then(Value::as_object);
-            let given: f64 = weights
-                .map(|w| w.values().filter_map(Value::as_f64).sum())
-                .unwrap_or(0.0);
-            // Stable first, then the others by name.
-            let mut versions: Vec<(&String, &Value)> = s
-                .get("versions")
-                .and_then(Value::as_object)
-                .into_iter()
-                .flatten()
-                .collect();
-            versions.sort_by_key(|(v, _)| **v != stable);
-            for (version, upstream) in versions {
-                let role = if *version == stable {
-                    "stable"
-                } else if *version == rollback_to {
-                    "rollback target"
+/// `ctl routes list`.
+pub fn routes(v: &Revisioned<RouteList>) -> String {
+    let rows: Vec<Vec<String>> = v
+        .body
+        .routes
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone().unwrap_or_default(),
+                if r.hosts.is_empty() {
+                    "*".into()
                 } else {
-                    ""
-                };
-                let weight = if *version == stable {
-                    pct((100.0 - given).max(0.0))
-                } else {
-                    weights
-                        .and_then(|w| w.get(version))
-                        .and_then(Value::as_f64)
-                        .map(pct)
-                        .unwrap_or_else(|| "0%".to_string())
-                };
-                let traffic = s.pointer(&format!("/traffic/{version}"));
-                rows.push(vec![
-                    name.clone(),
-                    version.clone(),
-                    upstream.as_str().unwrap_or_default().to_string(),
-                    role.to_string(),
-                    weight,
-                    traffic.map(|t| text(t, "/requests")).unwrap_or_default(),
-                    traffic.map(|t| text(t, "/per_second")).unwrap_or_default(),
-                ]);
-            }
-            let rules: Vec<String> = s
-                .get("rules")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .map(|r| format!("{} -> {}", text(r, "/name"), text(r, "/version")))
+                    r.hosts.join(",")
+                },
+                r.path_prefix.clone().unwrap_or_else(|| "/".into()),
+                r.service.clone(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "HOSTS", "PATH", "SERVICE"], &rows)
+}
+
+/// `ctl services list`.
+pub fn services(v: &Revisioned<ServiceList>) -> String {
+    let rows: Vec<Vec<String>> = v
+        .body
+        .services
+        .iter()
+        .map(|s| {
+            let versions: Vec<String> = s
+                .versions
+                .iter()
+                .map(|(k, u)| format!("{k}->{u}"))
                 .collect();
-            if !rules.is_empty() {
-                notes.push(format!("rules of {name}, in order: {}", rules.join(", ")));
-            }
-            if let Some(by) = s.pointer("/split/by").filter(|b| !b.is_null()) {
-                notes.push(format!("split of {name}: sticky by {}", identity(by)));
-            }
-        }
-        println!();
-        println!(
-            "{}",
-            table(
-                &["SERVICE", "VERSION", "UPSTREAM", "ROLE", "WEIGHT", "REQUESTS", "PER_SEC"],
-                &rows
-            )
-        );
-        for note in notes {
-            println!("{note}");
-        }
-    }
+            vec![
+                s.name.clone(),
+                s.stable.clone(),
+                versions.join(" "),
+                s.rules.len().to_string(),
+                s.split
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |x| split_text(&s.stable, Some(x))),
+            ]
+        })
+        .collect();
+    table(&["NAME", "STABLE", "VERSIONS", "RULES", "SPLIT"], &rows)
+}
 
-    pub fn routes(&self, v: &Value) {
-        if self.json {
-            return self.pretty(v);
-        }
-        let rows: Vec<Vec<String>> = v
-            .get("routes")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .map(|r| {
-                let hosts: Vec<String> = r
-                    .get("hosts")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect();
-                vec![
-                    text(r, "/name"),
-                    if hosts.is_empty() {
-                        "*".into()
-                    } else {
-                        hosts.join(",")
-                    },
-                    r.get("path_prefix")
-                        .and_then(Value::as_str)
-                        .unwrap_or("/")
-                        .to_string(),
-                    text(r, "/service"),
-                ]
-            })
-            .collect();
-        println!("{}", table(&["NAME", "HOSTS", "PATH", "SERVICE"], &rows));
-    }
+/// `ctl versions list`.
+pub fn versions(v: &Revisioned<VersionList>) -> String {
+    let rows: Vec<Vec<String>> = v
+        .body
+        .versions
+        .iter()
+        .map(|(name, upstream)| {
+            vec![
+                name.clone(),
+                upstream.clone(),
+                if *name == v.body.stable {
+                    "stable".into()
+                } else {
+                    String::new()
+                },
+            ]
+        })
+        .collect();
+    table(&["VERSION", "UPSTREAM", "ROLE"], &rows)
+}
 
-    pub fn services(&self, v: &Value) {
-        if self.json {
-            return self.pretty(v);
-        }
-        let rows: Vec<Vec<String>> = v
-            .get("services")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .map(|s| {
-                let versions: Vec<String> = s
-                    .get("versions")
-                    .and_then(Value::as_object)
-                    .into_iter()
-                    .flatten()
-                    .map(|(k, u)| format!("{k}->{}", u.as_str().unwrap_or_default()))
-                    .collect();
-                let rules = s.get("rules").and_then(Value::as_array).map_or(0, Vec::len);
-                let stable = text(s, "/stable");
-                let split = s.get("split").filter(|x| !x.is_null());
-                vec![
-                    text(s, "/name"),
-                    stable.clone(),
-                    versions.join(" "),
-                    rules.to_string(),
-                    split
-                        .map(|x| split_text(&stable, x))
-                        .unwrap_or_else(|| "-".into()),
-                ]
-            })
-            .collect();
-        println!(
-            "{}",
-            table(&["NAME", "STABLE", "VERSIONS", "RULES", "SPLIT"], &rows)
-        );
-    }
+/// `ctl rules list`.
+pub fn rules(v: &Revisioned<RuleList>) -> String {
+    let rows: Vec<Vec<String>> = v
+        .body
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            vec![
+                i.to_string(),
+                r.name.clone(),
+                r.version.clone(),
+                compact(&r.when),
+            ]
+        })
+        .collect();
+    table(&["#", "NAME", "VERSION", "WHEN"], &rows)
+}
 
-    pub fn versions(&self, v: &Value) {
-        if self.json {
-            return self.pretty(v);
-        }
-        let stable = text(v, "/stable");
-        let rows: Vec<Vec<String>> = v
-            .get("versions")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-            .map(|(name, upstream)| {
-                vec![
-                    name.clone(),
-                    upstream.as_str().unwrap_or_default().to_string(),
-                    if *name == stable {
-                        "stable".into()
-                    } else {
-                        String::new()
-                    },
-                ]
-            })
-            .collect();
-        println!("{}", table(&["VERSION", "UPSTREAM", "ROLE"], &rows));
-    }
+/// `ctl weights get|set`.
+pub fn weights(v: &Revisioned<Weights>) -> String {
+    let w = &v.body;
+    format!(
+        "revision {}: {}: {}",
+        v.revision,
+        w.service,
+        split_text(&w.stable, w.split.as_ref())
+    )
+}
 
-    pub fn rules(&self, v: &Value) {
-        if self.json {
-            return self.pretty(v);
-        }
-        let rows: Vec<Vec<String>> = v
-            .get("rules")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .enumerate()
-            .map(|(i, r)| {
-                vec![
-                    i.to_string(),
-                    text(r, "/name"),
-                    text(r, "/version"),
-                    r.get("when").map(Value::to_string).unwrap_or_default(),
-                ]
-            })
-            .collect();
-        println!("{}", table(&["#", "NAME", "VERSION", "WHEN"], &rows));
-    }
+/// `ctl list show`.
+pub fn entries(v: &EntryList) -> String {
+    let rows: Vec<Vec<String>> = v
+        .entries
+        .iter()
+        .map(|e| {
+            let expires = match &e.expires_at {
+                Some(at) => format!(
+                    "{at} (in {}s)",
+                    e.ttl_seconds.map(|s| s.to_string()).unwrap_or_default()
+                ),
+                None => "never".into(),
+            };
+            vec![e.key.clone(), e.value.clone(), expires]
+        })
+        .collect();
+    table(&["KEY", "VALUE", "EXPIRES"], &rows)
+}
 
-    pub fn weights(&self, v: &Value) {
-        let service = text(v, "/service");
-        let stable = text(v, "/stable");
-        let split = v.get("split").cloned().unwrap_or(Value::Null);
-        let mut line = format!("{service}: {}", split_text(&stable, &split));
-        if let Some(revision) = v.get("revision") {
-            line = format!("revision {revision}: {line}");
-        }
-        self.plain(v, &line);
-    }
+/// `ctl explain`.
+pub fn explain(v: &Explanation) -> String {
+    let (Some(version), Some(routed)) = (&v.version, &v.routed) else {
+        return v.reason.clone();
+    };
+    let rows = [
+        ("version", version.clone()),
+        ("reason", v.reason.clone()),
+        ("upstream", routed.upstream.clone().unwrap_or_default()),
+        ("service", routed.service.clone()),
+        ("stable", routed.stable.clone()),
+        ("route", v.route.clone().unwrap_or_default()),
+        ("client ip", v.client_ip.to_string()),
+        ("revision", v.revision.to_string()),
+    ];
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|(label, value)| format!("{label:<10} {value}"))
+        .collect();
+    lines.join("\n")
+}
 
-    pub fn entries(&self, v: &Value) {
-        if self.json {
-            return self.pretty(v);
-        }
-        let rows: Vec<Vec<String>> = v
-            .get("entries")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .map(|e| {
-                let expires = match e.get("expires_at").and_then(Value::as_str) {
-                    Some(at) => format!("{at} (in {}s)", text(e, "/ttl_seconds")),
-                    None => "never".into(),
-                };
-                vec![text(e, "/key"), text(e, "/value"), expires]
-            })
-            .collect();
-        println!("{}", table(&["KEY", "VALUE", "EXPIRES"], &rows));
-    }
-
-    pub fn explain(&self, v: &Value) {
-        if self.json {
-            return self.pretty(v);
-        }
-        if v.get("version").is_none_or(Value::is_null) {
-            println!("{}", text(v, "/reason"));
-            return;
-        }
-        let rows = vec![
-            vec!["version".into(), text(v, "/version")],
-            vec!["reason".into(), text(v, "/reason")],
-            vec!["upstream".into(), text(v, "/upstream")],
-            vec!["service".into(), text(v, "/service")],
-            vec!["stable".into(), text(v, "/stable")],
-            vec!["route".into(), text(v, "/route")],
-            vec!["client ip".into(), text(v, "/client_ip")],
-            vec!["revision".into(), text(v, "/revision")],
-        ];
-        for row in rows {
-            println!("{:<10} {}", row[0], row[1]);
-        }
-    }
-
-    pub fn history(&self, v: &Value) {
-        if self.json {
-            return self.pretty(v);
-        }
-        let rows: Vec<Vec<String>> = v
-            .get("entries")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .map(|e| {
-                vec![
-                    text(e, "/revision"),
-                    text(e, "/time"),
-                    text(e, "/actor"),
-                    text(e, "/summary"),
-                ]
-            })
-            .collect();
-        println!("{}", table(&["REVISION", "TIME", "ACTOR", "CHANGE"], &rows));
-    }
+/// `ctl history`.
+pub fn history(v: &Revisioned<History>) -> String {
+    let rows: Vec<Vec<String>> = v
+        .body
+        .entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.revision.to_string(),
+                e.time.clone(),
+                e.actor.clone(),
+                e.summary.clone(),
+            ]
+        })
+        .collect();
+    table(&["REVISION", "TIME", "ACTOR", "CHANGE"], &rows)
 }
 
 #[cfg(test)]
@@ -408,12 +398,52 @@ mod tests {
 
     #[test]
     fn splits_read_like_the_operator_thinks() {
-        let split = json!({"weights": {"canary": 10.0}, "by": {"header": "X-User-Id"}});
+        let split: SplitDoc = serde_json::from_value(
+            json!({"weights": {"canary": 10.0}, "by": {"header": "X-User-Id"}}),
+        )
+        .unwrap();
         assert_eq!(
-            split_text("stable", &split),
+            split_text("stable", Some(&split)),
             "stable=90% canary=10% (sticky by header X-User-Id)"
         );
-        assert_eq!(split_text("stable", &Value::Null), "stable=100%");
+        assert_eq!(split_text("stable", None), "stable=100%");
+        let random: SplitDoc = serde_json::from_value(json!({"weights": {"b": 12.5}})).unwrap();
+        assert_eq!(
+            split_text("a", Some(&random)),
+            "a=87.5% b=12.5% (random per request)"
+        );
         assert_eq!(pct(12.5), "12.5%");
+    }
+
+    #[test]
+    fn status_is_a_table_of_versions_with_notes() {
+        let v: Revisioned<Status> = serde_json::from_value(json!({"revision": 7,
+            "last_reload": null,
+            "store": {"kind": "redis", "degraded": true, "since": null, "last_error": "down"},
+            "services": [{"name": "web", "stable": "v2", "rollback_to": "v1",
+                "versions": {"v1": "old", "v2": "new", "v3": "next"},
+                "split": {"weights": {"v3": 10.0}, "by": {"client_ip": true}},
+                "rules": [{"name": "beta", "version": "v3"}],
+                "traffic": {"v2": {"requests": 5, "per_second": 0.0},
+                            "v3": {"requests": 1, "per_second": null}}}]}))
+        .unwrap();
+        assert_eq!(
+            status(&v),
+            "revision 7, store redis: DEGRADED (down)\n\n\
+             SERVICE  VERSION  UPSTREAM  ROLE             WEIGHT  REQUESTS  PER_SEC\n\
+             web      v2       new       stable           90%     5         0.0\n\
+             web      v1       old       rollback target  0%\n\
+             web      v3       next                       10%     1\n\
+             rules of web, in order: beta -> v3\n\
+             split of web: sticky by client_ip"
+        );
+    }
+
+    #[test]
+    fn explain_without_a_route_is_its_reason() {
+        let v: Explanation = serde_json::from_value(json!({"revision": 1, "method": "GET",
+            "client_ip": "127.0.0.1", "route": null, "version": null, "reason": "no route"}))
+        .unwrap();
+        assert_eq!(explain(&v), "no route");
     }
 }

@@ -3,24 +3,25 @@
 //! Like `nginx -t`, `graygate check` runs exactly this code, so what it accepts is what `run`
 //! starts with. Every error names the file, the line and the field: syntax errors and unknown keys
 //! come from the TOML parser with their position; errors found after parsing (an address that does
-//! not parse, a policy that references an unknown upstream) carry a field path that [`locate`]
+//! not parse, a policy that references an unknown upstream) carry a field path that `locate`
 //! turns back into a line.
 //!
 //! Relative paths in the file (`policy_file`, `store.path`) are relative to the file's directory.
 
 mod admin;
-mod locate;
+pub mod file;
+pub(crate) mod locate;
 mod observe;
 
+pub use crate::proxy::{DEFAULT_MAX_HEADER_BYTES, DEFAULT_VERSION_HEADER};
 pub use admin::{AdminConfig, AdminToken, DEFAULT_ADMIN_LISTEN, MIN_TOKEN_LEN};
-pub use observe::{AccessLogConfig, MetricsConfig};
+pub use observe::{AccessLogConfig, LogConfig, LogFormat, MetricsConfig};
 
 use crate::policy::{self, PolicyDoc};
-use crate::proxy::{ClientIpConfig, ClientIpMode, ServerConfig, Timeouts, UpstreamConfig};
+use crate::proxy::{self, ClientIpConfig, ClientIpMode, ServerConfig, Timeouts, UpstreamConfig};
 use crate::store::{CacheConfig, MemcachedConfig, RedisConfig};
-use serde::Deserialize;
-use std::collections::HashMap;
-use std::collections::HashSet;
+use file::{ConfigFile, StoreFile};
+use http::HeaderName;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -77,7 +78,8 @@ pub struct Config {
     /// notification.
     pub reload_interval: Duration,
     /// Request header naming the chosen version, sent to the upstream (`None`: not sent).
-    pub version_header: Option<String>,
+    /// Validated here, once: the data plane takes it as it is.
+    pub version_header: Option<HeaderName>,
     /// Worker threads of the data plane (`None`: one per core). Benchmarks against one nginx
     /// worker set 1, so that both sides use one core.
     pub workers: Option<usize>,
@@ -85,6 +87,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The access log (`[access_log]`).
     pub access_log: AccessLogConfig,
+    /// The process log (`[log]`): how graygate's own messages are written to stderr.
+    pub log: LogConfig,
     /// Also name the version that answered in a response header to the client (the
     /// `version_header` name), so that testers see which version they reached. Default off.
     pub response_version_header: bool,
@@ -115,93 +119,8 @@ pub struct PolicySource {
     pub file: PathBuf,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    listen: Vec<String>,
-    #[serde(default)]
-    store: StoreFile,
-    #[serde(default)]
-    cache: CacheFile,
-    #[serde(default)]
-    client_ip: ClientIpFile,
-    #[serde(default)]
-    timeouts: TimeoutsFile,
-    #[serde(default)]
-    max_header_bytes: Option<usize>,
-    #[serde(default)]
-    upstreams: Vec<UpstreamFile>,
-    #[serde(default)]
-    policy: Option<PolicyDoc>,
-    #[serde(default)]
-    policy_file: Option<String>,
-    #[serde(default)]
-    reload_interval: Option<String>,
-    #[serde(default)]
-    version_header: Option<String>,
-    #[serde(default)]
-    workers: Option<usize>,
-    #[serde(default)]
-    metrics: observe::MetricsFile,
-    #[serde(default)]
-    access_log: observe::AccessLogFile,
-    #[serde(default)]
-    response_version_header: bool,
-    #[serde(default)]
-    admin: Option<admin::AdminFile>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StoreFile {
-    kind: Option<String>,
-    /// embedded, memcached: the embedded store's directory.
-    path: Option<String>,
-    /// redis
-    url: Option<String>,
-    /// redis
-    key_prefix: Option<String>,
-    /// memcached
-    servers: Option<Vec<String>>,
-    /// redis, memcached: list name -> key prefix.
-    lists: Option<HashMap<String, String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CacheFile {
-    max_entries: Option<usize>,
-    ttl: Option<String>,
-    negative_ttl: Option<String>,
-    lookup_timeout: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ClientIpFile {
-    #[serde(default)]
-    trusted_proxies: Vec<String>,
-    mode: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TimeoutsFile {
-    connect: Option<String>,
-    header: Option<String>,
-    upstream_response: Option<String>,
-    idle: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UpstreamFile {
-    name: String,
-    servers: Vec<String>,
-}
-
-/// Default size limit of a request head, as nginx's `large_client_header_buffers` (4 x 8k).
-pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
+/// Default of `reload_interval`: how often the full policy is reloaded from the store.
+pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -291,7 +210,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let reload_interval = duration(
         "reload_interval",
         &file.reload_interval,
-        Duration::from_secs(5),
+        DEFAULT_RELOAD_INTERVAL,
     )?;
     let cache_defaults = CacheConfig::default();
     let c = &file.cache;
@@ -323,36 +242,21 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     }
 
     let mut upstreams = Vec::new();
-    let mut names = HashSet::new();
     for (i, u) in file.upstreams.iter().enumerate() {
-        if u.name.trim().is_empty() {
-            return Err(at(
-                &format!("upstreams[{i}].name"),
-                "an upstream needs a name".into(),
-            ));
-        }
-        if !names.insert(u.name.as_str()) {
-            return Err(at(
-                &format!("upstreams[{i}].name"),
-                format!("upstream `{}` is defined twice", u.name),
-            ));
-        }
-        if u.servers.is_empty() {
-            return Err(at(
-                &format!("upstreams[{i}].servers"),
-                "needs at least one server".into(),
-            ));
-        }
         let mut servers = Vec::new();
         for (j, s) in u.servers.iter().enumerate() {
-            servers
-                .push(parse_server(s).map_err(|e| at(&format!("upstreams[{i}].servers[{j}]"), e))?);
+            let server = s
+                .parse::<ServerConfig>()
+                .map_err(|e| at(&format!("upstreams[{i}].servers[{j}]"), e.to_string()))?;
+            servers.push(server);
         }
         upstreams.push(UpstreamConfig {
             name: u.name.clone(),
             servers,
         });
     }
+    // The data plane's own rules (names, servers), reported at the line of the field.
+    proxy::check_upstreams(&upstreams).map_err(|e| at(&e.field(), e.to_string()))?;
     let upstream_names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
 
     let policy = match (&file.policy, &file.policy_file) {
@@ -377,18 +281,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         (None, None) => None,
     };
 
-    let version_header = match file.version_header {
-        Some(h) if h.is_empty() => None,
-        Some(h) => {
-            http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
-                at(
-                    "version_header",
-                    format!("`{h}` is not a valid header name"),
-                )
-            })?;
-            Some(h)
-        }
-        None => Some("x-graygate-version".to_string()),
+    let version_header = match file.version_header.as_deref() {
+        Some("") => None,
+        Some(h) => Some(HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+            at(
+                "version_header",
+                format!("`{h}` is not a valid header name"),
+            )
+        })?),
+        None => Some(DEFAULT_VERSION_HEADER),
     };
 
     if file.workers == Some(0) {
@@ -400,6 +301,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
 
     let (metrics, access_log) =
         observe::observe_config(&file.metrics, &file.access_log, &listen, &base, &at)?;
+    let log = observe::log_config(&file.log, &at)?;
 
     let admin = file
         .admin
@@ -411,6 +313,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         admin,
         metrics,
         access_log,
+        log,
         response_version_header: file.response_version_header,
         workers: file.workers,
         file: path.to_path_buf(),
@@ -483,10 +386,8 @@ fn store_config(
                 ));
             }
             for (i, s) in servers.iter().enumerate() {
-                if parse_server(s)
-                    .map(|p| p.weight != 1 || p.addr != *s)
-                    .unwrap_or(true)
-                {
+                // The same `host:port` rule as upstream servers, without their options.
+                if proxy::check_host_port(s).is_err() {
                     return Err(at(
                         &format!("store.servers[{i}]"),
                         format!("`{s}` is not host:port"),
@@ -523,35 +424,6 @@ pub fn load_policy_file(path: &Path, upstreams: &[&str]) -> Result<PolicySource,
 /// the policy file.
 pub fn reload_policy(config: &Config) -> Result<Option<PolicySource>, ConfigError> {
     Ok(load(&config.file)?.policy)
-}
-
-/// `"127.0.0.1:8080"` or `"backend.local:8080 weight=3"`.
-fn parse_server(text: &str) -> Result<ServerConfig, String> {
-    let mut parts = text.split_whitespace();
-    let addr = parts.next().ok_or_else(|| "empty server".to_string())?;
-    let (host, port) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| format!("`{addr}` has no port: write host:port"))?;
-    if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(format!("`{addr}` is not host:port"));
-    }
-    let mut weight = 1;
-    for part in parts {
-        match part.split_once('=') {
-            Some(("weight", w)) => {
-                weight = w
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|w| (1..=1000).contains(w))
-                    .ok_or_else(|| format!("weight `{w}` is not a whole number from 1 to 1000"))?;
-            }
-            _ => return Err(format!("unknown server option `{part}` (known: weight=N)")),
-        }
-    }
-    Ok(ServerConfig {
-        addr: addr.to_string(),
-        weight,
-    })
 }
 
 fn syntax_error(text: &str, path: &Path, e: &toml::de::Error) -> ConfigError {
@@ -599,5 +471,105 @@ fn invalid(text: &str, path: &Path, field: &str, message: String) -> ConfigError
         column,
         field: field.to_string(),
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LISTEN: &str = "listen = [\"127.0.0.1:8080\"]\n";
+
+    fn config(extra: &str) -> Result<Config, ConfigError> {
+        parse(&format!("{LISTEN}{extra}"), Path::new("g.toml"))
+    }
+
+    fn error(extra: &str) -> String {
+        config(extra).expect_err("invalid").to_string()
+    }
+
+    #[test]
+    fn the_version_header_is_a_header_name_checked_once() {
+        assert_eq!(
+            config("").unwrap().version_header,
+            Some(DEFAULT_VERSION_HEADER)
+        );
+        assert_eq!(
+            config("version_header = \"X-Served-Version\"\n")
+                .unwrap()
+                .version_header,
+            Some(HeaderName::from_static("x-served-version"))
+        );
+        assert_eq!(
+            config("version_header = \"\"\n").unwrap().version_header,
+            None
+        );
+        assert_eq!(
+            error("version_header = \"bad header\"\n"),
+            "g.toml:2:1: version_header: `bad header` is not a valid header name"
+        );
+    }
+
+    #[test]
+    fn defaults_are_the_shared_constants() {
+        let c = config("").unwrap();
+        assert_eq!(c.max_header_bytes, DEFAULT_MAX_HEADER_BYTES);
+        assert_eq!(c.max_header_bytes, 32 * 1024);
+        assert_eq!(c.reload_interval, DEFAULT_RELOAD_INTERVAL);
+        assert_eq!(c.timeouts, Timeouts::default());
+    }
+
+    /// The data plane's upstream rules, reported at the line of the field.
+    #[test]
+    fn upstream_mistakes_name_their_line_and_field() {
+        let up = |name: &str, servers: &str| {
+            format!("[[upstreams]]\nname = \"{name}\"\nservers = [{servers}]\n")
+        };
+        let cases = [
+            (
+                format!("{}{}", up("a", "\"h:1\""), up("a", "\"h:2\"")),
+                "g.toml:6:1: upstreams[1].name: upstream `a` is defined twice",
+            ),
+            (
+                up(" ", "\"h:1\""),
+                "g.toml:3:1: upstreams[0].name: an upstream needs a name",
+            ),
+            (
+                up("a", ""),
+                "g.toml:4:1: upstreams[0].servers: upstream `a` needs at least one server with a weight above 0",
+            ),
+            (
+                up("a", "\"h:1\", \"::1:80\""),
+                "g.toml:4:19: upstreams[0].servers[1]: `::1:80` is not host:port",
+            ),
+            (
+                up("a", "\"h:1 weight=3 backup\""),
+                "g.toml:4:12: upstreams[0].servers[0]: unknown server option `backup` (known: weight=N)",
+            ),
+        ];
+        for (text, message) in cases {
+            assert_eq!(error(&text), message);
+        }
+        let ok = config(&up("a", "\"[::1]:80 weight=3\"")).unwrap();
+        assert_eq!(
+            ok.upstreams[0].servers,
+            vec![ServerConfig {
+                addr: "[::1]:80".into(),
+                weight: 3
+            }]
+        );
+    }
+
+    #[test]
+    fn memcached_servers_are_host_port() {
+        let store =
+            |servers: &str| format!("[store]\nkind = \"memcached\"\nservers = [{servers}]\n");
+        assert!(config(&store("\"127.0.0.1:11211\", \"[::1]:11211\"")).is_ok());
+        for bad in ["127.0.0.1", "h:1 weight=2", " h:1", "::1:11211"] {
+            assert_eq!(
+                error(&store(&format!("\"{bad}\""))),
+                format!("g.toml:4:12: store.servers[0]: `{bad}` is not host:port")
+            );
+        }
     }
 }

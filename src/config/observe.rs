@@ -1,4 +1,5 @@
-//! The `[metrics]` and `[access_log]` tables: what the operator sees of the traffic.
+//! The `[metrics]`, `[access_log]` and `[log]` tables: what the operator sees of the traffic
+//! and of graygate itself.
 //!
 //! ```toml
 //! [metrics]
@@ -7,27 +8,33 @@
 //! [access_log]
 //! format = "json"             # off (default), text, json
 //! path = "access.log"         # "-" (default): stdout; relative to the config's directory
+//!
+//! [log]
+//! format = "json"             # text (default), json: graygate's own messages on stderr
 //! ```
 
+use super::file::{AccessLogFile, LogFile, MetricsFile};
 use super::ConfigError;
 use crate::observe::{AccessLogFormat, AccessLogTarget};
-use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::Path;
 
-/// `[metrics]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct MetricsFile {
-    listen: Option<String>,
+/// How graygate's own messages (the process log, on stderr) are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per message (the default); coloured only when stderr is a
+    /// terminal.
+    #[default]
+    Text,
+    /// One JSON object per message, for a log collector.
+    Json,
 }
 
-/// `[access_log]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct AccessLogFile {
-    format: Option<String>,
-    path: Option<String>,
+/// The `[log]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Text or JSON lines. Which messages are written is `GRAYGATE_LOG` (default `info`).
+    pub format: LogFormat,
 }
 
 /// Where the Prometheus metrics are served.
@@ -115,8 +122,27 @@ pub(super) fn observe_config(
     ))
 }
 
+/// Validates `[log]`.
+pub(super) fn log_config(
+    log: &LogFile,
+    at: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<LogConfig, ConfigError> {
+    let format = match log.format.as_deref().unwrap_or("text") {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(at(
+                "log.format",
+                format!("unknown format `{other}` (known: text, json)"),
+            ))
+        }
+    };
+    Ok(LogConfig { format })
+}
+
 #[cfg(test)]
 mod tests {
+    use super::LogFormat;
     use crate::config::{parse, ConfigError};
     use crate::observe::{AccessLogFormat, AccessLogTarget};
     use std::path::Path;
@@ -141,6 +167,16 @@ mod tests {
         assert_eq!(c.access_log.format, AccessLogFormat::Off);
         assert_eq!(c.access_log.target, AccessLogTarget::Stdout);
         assert!(!c.response_version_header);
+        assert_eq!(c.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn reads_the_process_log_format() {
+        let c = config("[log]\nformat = \"json\"\n").unwrap();
+        assert_eq!(c.log.format, LogFormat::Json);
+        let c = config("[log]\nformat = \"text\"\n").unwrap();
+        assert_eq!(c.log.format, LogFormat::Text);
+        assert_eq!(config("[log]\n").unwrap().log.format, LogFormat::Text);
     }
 
     #[test]
@@ -195,6 +231,15 @@ mod tests {
         assert_eq!(
             error("[access_log]\nformat = \"json\"\npath = \"/no/such/dir/access.log\"\n"),
             "/etc/graygate/graygate.toml:4:1: access_log.path: directory /no/such/dir does not exist"
+        );
+        assert_eq!(
+            error("[log]\nformat = \"logfmt\"\n"),
+            "/etc/graygate/graygate.toml:3:1: log.format: unknown format `logfmt` (known: text, json)"
+        );
+        let level = error("[log]\nlevel = \"debug\"\n");
+        assert!(
+            level.starts_with("/etc/graygate/graygate.toml:3:1: level: unknown field `level`"),
+            "{level}"
         );
         let unknown = error("[metrics]\nport = 9091\n");
         assert!(

@@ -34,6 +34,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::policy::Reason;
 use crate::proxy::RequestRecord;
 
 /// Records the channel holds while the writer is busy; past it, records are dropped. 8192
@@ -83,8 +84,9 @@ pub struct AccessRecord {
     pub service: Option<Arc<str>>,
     /// The version that answered (stable after a fallback).
     pub version: Option<Arc<str>>,
-    /// Why the policy chose the version (`rule:<name>`, `split:sticky:<bucket>`, ...).
-    pub reason: Option<String>,
+    /// Why the policy chose the version, typed: formatted (`rule:<name>`,
+    /// `split:sticky:<bucket>`, ...) by the writer task, not on the request path.
+    pub reason: Option<Reason>,
     pub upstream: Option<String>,
     /// `host:port` of the server that answered.
     pub server: Option<String>,
@@ -100,8 +102,8 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
-    /// Copies what the log needs out of the proxy's record. The route, service and version are
-    /// shared (`Arc` clones), the rest is short strings.
+    /// Copies what the log needs out of the proxy's record. The route, service, version and
+    /// reason are shared (`Arc` clones), the rest is short strings.
     pub fn from_request(r: &RequestRecord<'_>, time: SystemTime) -> AccessRecord {
         let choice = r.choice;
         AccessRecord {
@@ -156,6 +158,7 @@ impl AccessRecord {
             upstream_ms: Option<f64>,
             fell_back: bool,
         }
+        let reason = self.reason.as_ref().map(Reason::to_string);
         let line = Line {
             time: humantime::format_rfc3339_millis(self.time).to_string(),
             client_ip: self.client_ip,
@@ -164,7 +167,7 @@ impl AccessRecord {
             route: self.route.as_deref(),
             service: self.service.as_deref(),
             version: self.version.as_deref(),
-            reason: self.reason.as_deref(),
+            reason: reason.as_deref(),
             upstream: self.upstream.as_deref(),
             server: self.server.as_deref(),
             status: self.status,
@@ -188,12 +191,13 @@ impl AccessRecord {
             self.client_ip
         );
         push_value(&mut line, Some(self.method.as_str()));
+        let reason = self.reason.as_ref().map(Reason::to_string);
         let fields = [
             (" path=", Some(self.path())),
             (" route=", self.route.as_deref()),
             (" service=", self.service.as_deref()),
             (" version=", self.version.as_deref()),
-            (" reason=", self.reason.as_deref()),
+            (" reason=", reason.as_deref()),
             (" upstream=", self.upstream.as_deref()),
             (" server=", self.server.as_deref()),
         ];
@@ -444,7 +448,9 @@ mod tests {
             route: Some("web".into()),
             service: Some("web".into()),
             version: Some("canary".into()),
-            reason: Some("rule:gray ips".into()),
+            reason: Some(Reason::Rule {
+                name: "gray ips".into(),
+            }),
             upstream: Some("canary".into()),
             server: Some("127.0.0.1:9001".into()),
             status: 200,
@@ -554,11 +560,66 @@ mod tests {
         assert_eq!(v["status"], 404);
     }
 
+    /// Every kind of reason is written as the policy names it, in both formats.
+    #[test]
+    fn reasons_are_written_as_the_policy_names_them() {
+        use crate::policy::OverrideValue;
+        let cases = [
+            (
+                Reason::Override {
+                    value: OverrideValue::Always,
+                },
+                "override:always",
+            ),
+            (
+                Reason::Override {
+                    value: OverrideValue::Never,
+                },
+                "override:never",
+            ),
+            (
+                Reason::Rule {
+                    name: "beta".into(),
+                },
+                "rule:beta",
+            ),
+            (
+                Reason::Split {
+                    bucket: 1234,
+                    sticky: true,
+                },
+                "split:sticky:1234",
+            ),
+            (
+                Reason::Split {
+                    bucket: 9,
+                    sticky: false,
+                },
+                "split:random:9",
+            ),
+            (Reason::Default, "default"),
+        ];
+        for (reason, written) in cases {
+            let r = AccessRecord {
+                reason: Some(reason),
+                ..sample()
+            };
+            assert_eq!(json(&r)["reason"], written);
+            assert!(
+                text(&r).contains(&format!(" reason={written} ")),
+                "{}",
+                text(&r)
+            );
+        }
+    }
+
     #[test]
     fn json_escapes_what_the_client_sent() {
         let mut r = sample();
         r.uri = Uri::from_static("/a%22b?q=%0A");
-        r.reason = Some("rule:\"quoted\"\n".into());
+        r.reason = Some(Reason::Rule {
+            name: "\"quoted\"\n".into(),
+        });
         let v = json(&r);
         assert_eq!(v["path"], "/a%22b?q=%0A");
         assert_eq!(v["reason"], "rule:\"quoted\"\n");

@@ -11,6 +11,10 @@
 //!   policy revision and last reload, upstream connect failures, store and lookup-cache counters,
 //!   store health. Nothing on the request path pays for them.
 //!
+//! The pulled values come through small source traits ([`PolicyStatsSource`],
+//! [`StoreStatsSource`]) that say what the metrics read, so that this module, at the end of the
+//! request's line, never reaches back to the gateway or the store; `app` adapts those to them.
+//!
 //! The metric names and labels are listed in `docs/metrics.md`.
 
 use std::sync::{Arc, Mutex};
@@ -22,9 +26,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::gateway::Gateway;
+use crate::policy::{OverrideValue, Reason};
 use crate::proxy::{RequestRecord, Upstreams};
-use crate::store::Store;
 
 /// Upper bounds (seconds) of the latency histograms: from a 1 ms local answer to a 30 s
 /// upstream timeout.
@@ -66,31 +69,19 @@ pub trait StoreStatsSource: Send + Sync + 'static {
     fn store_stats(&self) -> StoreStats;
 }
 
-/// Store metrics of any store: its kind and health ([`Store::health`]), and for a store with a
-/// lookup cache in front ([`crate::store::CachedStore`]) its lookups, errors, hits and misses.
-pub struct StoreHealthSource(pub Arc<dyn Store>);
-
-impl StoreStatsSource for StoreHealthSource {
-    fn store_stats(&self) -> StoreStats {
-        let cache = self.0.cache_stats();
-        StoreStats {
-            store: self.0.kind(),
-            lookups: cache.map(|s| s.fetches),
-            errors: cache.map(|s| s.errors),
-            cache: cache.map(|s| CacheCounts {
-                hits: s.hits,
-                misses: s.misses,
-            }),
-            degraded: self.0.health().degraded,
-        }
-    }
+/// Where the policy metrics come from; read once per scrape.
+pub trait PolicyStatsSource: Send + Sync + 'static {
+    /// Revision of the running policy (0: none stored).
+    fn revision(&self) -> u64;
+    /// When the running policy was installed; `None` while none ever was.
+    fn last_reload(&self) -> Option<SystemTime>;
 }
 
 /// What the scrape reads values from. Every part is optional: what is missing is not exported.
 #[derive(Default, Clone)]
 pub struct Sources {
     /// Policy revision and last reload time.
-    pub gateway: Option<Arc<Gateway>>,
+    pub policy: Option<Arc<dyn PolicyStatsSource>>,
     /// Connect failures of every upstream server.
     pub upstreams: Option<Arc<Upstreams>>,
     /// Store lookups, errors, cache hits and misses, degraded state.
@@ -122,7 +113,7 @@ pub struct Metrics {
     open_connections: IntGauge,
     /// `graygate_access_log_dropped_total`: shared with the access log, which counts.
     access_log_dropped: IntCounter,
-    /// `graygate_policy_revision`, pulled (registered only with a gateway source).
+    /// `graygate_policy_revision`, pulled (registered only with a policy source).
     policy_revision: IntGauge,
     /// `graygate_policy_last_reload_timestamp_seconds`, pulled (likewise).
     policy_last_reload: Gauge,
@@ -213,7 +204,7 @@ impl Metrics {
             "When the running policy was installed, in seconds since the Unix epoch (0: never).",
         )
         .expect("valid metric");
-        if sources.gateway.is_some() {
+        if sources.policy.is_some() {
             registry
                 .register(Box::new(policy_revision.clone()))
                 .expect("registered once");
@@ -308,9 +299,11 @@ impl Metrics {
                 .observe(upstream.as_secs_f64());
         }
         if let Some(choice) = r.choice {
-            self.decisions
-                .with_label_values(&[service, &*choice.version, reason_label(&choice.reason)])
-                .inc();
+            with_reason_label(&choice.reason, |reason| {
+                self.decisions
+                    .with_label_values(&[service, &*choice.version, reason])
+                    .inc();
+            });
             if r.fell_back {
                 self.fallbacks
                     .with_label_values(&[service, &*choice.version])
@@ -346,11 +339,11 @@ impl Metrics {
 
     /// Brings the pulled metrics up to date.
     fn pull(&self) {
-        if let Some(gateway) = &self.sources.gateway {
+        if let Some(policy) = &self.sources.policy {
             self.policy_revision
-                .set(i64::try_from(gateway.revision()).unwrap_or(i64::MAX));
+                .set(i64::try_from(policy.revision()).unwrap_or(i64::MAX));
             self.policy_last_reload
-                .set(gateway.last_reload().map_or(0.0, unix_seconds));
+                .set(policy.last_reload().map_or(0.0, unix_seconds));
         }
         if let Some(upstreams) = &self.sources.upstreams {
             for s in &self.server_failures {
@@ -403,14 +396,36 @@ pub fn status_class(status: StatusCode) -> &'static str {
     }
 }
 
-/// The `reason` label of a decision: bounded, so that a split's bucket does not create a series
-/// per bucket. `rule:<name>` and `override:always|never` stay as they are (rule names are few,
-/// written by operators); `split:sticky:<bucket>` and `split:random:<bucket>` become `split`.
-pub fn reason_label(reason: &str) -> &str {
-    if reason.starts_with("split:") {
-        "split"
-    } else {
-        reason
+/// Longest `rule:<name>` label built on the stack; a longer rule name (nobody writes one)
+/// costs an allocation instead.
+const INLINE_LABEL: usize = 128;
+
+/// Calls `f` with the `reason` label of a decision, made from the typed [`Reason`] without
+/// allocating: bounded, so that a split's bucket does not create a series per bucket.
+/// `rule:<name>` and `override:always|never` name what decided (rule names are few, written by
+/// operators); a split, sticky or random, is `split`; no rule and no split is `default`.
+pub fn with_reason_label<R>(reason: &Reason, f: impl FnOnce(&str) -> R) -> R {
+    const RULE: &str = "rule:";
+    match reason {
+        Reason::Override {
+            value: OverrideValue::Always,
+        } => f("override:always"),
+        Reason::Override {
+            value: OverrideValue::Never,
+        } => f("override:never"),
+        Reason::Split { .. } => f("split"),
+        Reason::Default => f("default"),
+        Reason::Rule { name } => {
+            let len = RULE.len() + name.len();
+            if len > INLINE_LABEL {
+                return f(&format!("{RULE}{name}"));
+            }
+            let mut label = [0u8; INLINE_LABEL];
+            label[..RULE.len()].copy_from_slice(RULE.as_bytes());
+            label[RULE.len()..len].copy_from_slice(name.as_bytes());
+            // Two whole UTF-8 strings one after the other are UTF-8: this never falls back.
+            f(std::str::from_utf8(&label[..len]).unwrap_or(RULE))
+        }
     }
 }
 
@@ -423,18 +438,53 @@ fn unix_seconds(t: SystemTime) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::RouteChoice;
+    use crate::policy::Decision;
     use http::{Method, Uri};
     use std::time::Duration;
 
+    fn label(reason: &Reason) -> String {
+        with_reason_label(reason, str::to_string)
+    }
+
+    fn rule(name: &str) -> Reason {
+        Reason::Rule { name: name.into() }
+    }
+
     #[test]
     fn reasons_become_bounded_labels() {
-        assert_eq!(reason_label("rule:gray-ips"), "rule:gray-ips");
-        assert_eq!(reason_label("override:always"), "override:always");
-        assert_eq!(reason_label("override:never"), "override:never");
-        assert_eq!(reason_label("split:sticky:1234"), "split");
-        assert_eq!(reason_label("split:random:9"), "split");
-        assert_eq!(reason_label("default"), "default");
+        assert_eq!(label(&rule("gray-ips")), "rule:gray-ips");
+        let always = Reason::Override {
+            value: OverrideValue::Always,
+        };
+        assert_eq!(label(&always), "override:always");
+        let never = Reason::Override {
+            value: OverrideValue::Never,
+        };
+        assert_eq!(label(&never), "override:never");
+        let sticky = Reason::Split {
+            bucket: 1234,
+            sticky: true,
+        };
+        assert_eq!(label(&sticky), "split");
+        let random = Reason::Split {
+            bucket: 9,
+            sticky: false,
+        };
+        assert_eq!(label(&random), "split");
+        assert_eq!(label(&Reason::Default), "default");
+    }
+
+    /// The stack buffer against the obvious `format!`, at its edges: every length up to past the
+    /// buffer, and names that are not ASCII.
+    #[test]
+    fn rule_labels_match_the_formatted_reason_at_any_length() {
+        for n in 0..INLINE_LABEL + 8 {
+            let name = "r".repeat(n);
+            assert_eq!(label(&rule(&name)), format!("rule:{name}"), "length {n}");
+        }
+        for name in ["grå-ips", "灰度", "🐤 canary"] {
+            assert_eq!(label(&rule(name)), format!("rule:{name}"));
+        }
     }
 
     #[test]
@@ -446,22 +496,22 @@ mod tests {
         assert_eq!(status_class(StatusCode::BAD_GATEWAY), "5xx");
     }
 
-    fn choice(version: &str, reason: &str) -> RouteChoice {
-        RouteChoice {
+    fn choice(version: &str, reason: Reason) -> Decision {
+        Decision {
             upstream: 1,
             stable_upstream: 0,
             route: "web".into(),
             service: "web".into(),
             version: version.into(),
             stable_version: "stable".into(),
-            reason: reason.into(),
+            reason,
         }
     }
 
     fn record<'a>(
         method: &'a Method,
         uri: &'a Uri,
-        choice: Option<&'a RouteChoice>,
+        choice: Option<&'a Decision>,
         version: Option<&'a str>,
         status: StatusCode,
         fell_back: bool,
@@ -495,8 +545,14 @@ mod tests {
     fn counts_requests_decisions_fallbacks_and_latencies() {
         let m = Metrics::new(Sources::default());
         let (get, uri) = (Method::GET, Uri::from_static("/x"));
-        let canary = choice("canary", "rule:beta");
-        let split = choice("stable", "split:sticky:4321");
+        let canary = choice("canary", rule("beta"));
+        let split = choice(
+            "stable",
+            Reason::Split {
+                bucket: 4321,
+                sticky: true,
+            },
+        );
         m.record(&record(
             &get,
             &uri,
@@ -635,6 +691,41 @@ mod tests {
             value(&text, r#"graygate_store_degraded{store="redis"}"#),
             Some("0".into())
         );
+    }
+
+    struct FakePolicy(u64, Option<SystemTime>);
+
+    impl PolicyStatsSource for FakePolicy {
+        fn revision(&self) -> u64 {
+            self.0
+        }
+        fn last_reload(&self) -> Option<SystemTime> {
+            self.1
+        }
+    }
+
+    #[test]
+    fn policy_stats_are_pulled_at_scrape_time() {
+        let reloaded = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        // A running policy, and none ever installed.
+        for (source, revision, reload) in [
+            (FakePolicy(7, Some(reloaded)), "7", "1700000000"),
+            (FakePolicy(0, None), "0", "0"),
+        ] {
+            let m = Metrics::new(Sources {
+                policy: Some(Arc::new(source)),
+                ..Sources::default()
+            });
+            let text = m.render();
+            assert_eq!(
+                value(&text, "graygate_policy_revision").as_deref(),
+                Some(revision)
+            );
+            assert_eq!(
+                value(&text, "graygate_policy_last_reload_timestamp_seconds").as_deref(),
+                Some(reload)
+            );
+        }
     }
 
     #[test]

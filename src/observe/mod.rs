@@ -8,7 +8,8 @@
 //!
 //! # Files
 //! - `metrics`: the metrics, their labels, and the values pulled at scrape time (policy
-//!   revision, connect failures, store counters). The list is in `docs/metrics.md`.
+//!   revision, connect failures, store counters) through source traits, so that nothing here
+//!   reaches back to the gateway or the store. The list is in `docs/metrics.md`.
 //! - `listener`: the separate HTTP listener that serves `GET /metrics`.
 //! - `access_log`: the access log records, their text and JSON formats, and the writer task.
 
@@ -22,7 +23,7 @@ pub use access_log::{
 };
 pub use listener::serve_metrics;
 pub use metrics::{
-    reason_label, status_class, CacheCounts, Metrics, Sources, StoreHealthSource, StoreStats,
+    status_class, with_reason_label, CacheCounts, Metrics, PolicyStatsSource, Sources, StoreStats,
     StoreStatsSource, CONTENT_TYPE,
 };
 

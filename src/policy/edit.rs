@@ -69,10 +69,10 @@ impl EditError {
     }
 
     /// An edit that makes no sense, about `field`.
-    pub fn invalid(field: FieldPath, message: impl Into<String>) -> Self {
+    pub fn invalid(field: impl Into<FieldPath>, message: impl Into<String>) -> Self {
         EditError {
             kind: EditErrorKind::Invalid,
-            field: Some(field),
+            field: Some(field.into()),
             message: message.into(),
         }
     }

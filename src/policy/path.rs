@@ -129,6 +129,14 @@ impl FromStr for FieldPath {
     }
 }
 
+/// Reads the text form ([`FieldPath::parse`]), so that a request field can be named as written:
+/// `EditError::invalid("version", ...)`.
+impl From<&str> for FieldPath {
+    fn from(text: &str) -> Self {
+        FieldPath::parse(text)
+    }
+}
+
 /// The text form, for messages and for callers that keep fields as strings.
 impl From<FieldPath> for String {
     fn from(path: FieldPath) -> String {

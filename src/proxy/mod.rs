@@ -44,57 +44,40 @@ mod upstream;
 
 pub use client_ip::{ClientIpConfig, ClientIpMode, X_FORWARDED_FOR, X_REAL_IP};
 pub use forward::DEFAULT_VERSION_HEADER;
-pub use server::{bind, serve, Observer, ProxyConfig, RequestRecord, Timeouts};
+pub use server::{
+    bind, serve, Observer, ProxyConfig, RequestRecord, Timeouts, DEFAULT_MAX_HEADER_BYTES,
+};
 pub use upstream::{
-    Activity, Exchange, SendError, ServerConfig, TrackedBody, UpstreamConfig, UpstreamConfigError,
-    UpstreamError, Upstreams,
+    check_host_port, check_upstreams, Activity, Exchange, SendError, ServerConfig, ServerError,
+    TrackedBody, UpstreamConfig, UpstreamConfigError, UpstreamError, Upstreams, MAX_WEIGHT,
 };
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 
-use crate::policy::RequestFacts;
+use crate::policy::{Decision, RequestFacts};
 
 /// The body type the proxy hands to hyper in both directions: a client's streaming body, an
 /// upstream's streaming body, or a short answer of graygate's own. Boxed so that HTTP/2 and TLS
 /// can be added later without changing a signature.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
-/// Where a request goes, decided by the policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteChoice {
-    /// Index into the upstream table ([`Upstreams`]) of the version that answers.
-    pub upstream: usize,
-    /// Upstream of the service's stable version: tried when `upstream` cannot be reached
-    /// (connect failed on every server) and the request body has not started to be sent.
-    pub stable_upstream: usize,
-    /// The route that matched the request: names the request in logs and metrics.
-    pub route: Arc<str>,
-    /// The service the route leads to.
-    pub service: Arc<str>,
-    /// The version that answers (stable or a canary); also sent upstream in the optional
-    /// version header.
-    pub version: Arc<str>,
-    /// The service's stable version: what answers if the request falls back.
-    pub stable_version: Arc<str>,
-    /// Why (for logs), e.g. "rule:gray-ips"
-    pub reason: String,
-}
-
 /// The routing question the data plane asks for every request; the gateway answers it from the
 /// live policy.
 pub trait Router: Send + Sync + 'static {
-    /// Called once per request, after the client IP is resolved. `None` -> no route: graygate
-    /// answers 404 with a short body.
+    /// Called once per request, after the client IP is resolved. The answer is the policy's
+    /// [`Decision`] as it is: where the request goes (the upstream of the chosen version, and
+    /// the stable one to fall back to when that cannot be reached), and the typed reason that
+    /// metrics and the access log read, so that nothing is formatted per request. `None` -> no
+    /// route: graygate answers 404 with a short body.
     ///
     /// The future may wait (a store lookup the policy needs), and the request waits with it: it
     /// should answer quickly and fail safe (to stable) rather than block.
     fn route<'a>(
         &'a self,
         facts: RequestFacts<'a>,
-    ) -> Pin<Box<dyn Future<Output = Option<RouteChoice>> + Send + 'a>>;
+    ) -> Pin<Box<dyn Future<Output = Option<Decision>> + Send + 'a>>;
 }

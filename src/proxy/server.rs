@@ -47,8 +47,8 @@ use tracing::{debug, warn};
 use super::client_ip::ClientIpConfig;
 use super::forward;
 use super::upstream::{Activity, SendError, TrackedBody, UpstreamError, Upstreams};
-use super::{ProxyBody, RouteChoice, Router};
-use crate::policy::RequestFacts;
+use super::{ProxyBody, Router};
+use crate::policy::{Decision, RequestFacts};
 
 /// Body of the 404 answered when the policy has no route.
 const NO_ROUTE: &str = "graygate: no route\n";
@@ -64,6 +64,10 @@ const MIN_BUF: usize = 8192;
 /// hyper's default read buffer limit (8 KiB + 400 KiB): large enough that big bodies are read
 /// in big chunks, whatever the header limit.
 const DEFAULT_MAX_BUF: usize = 8192 + 4096 * 100;
+
+/// Default size limit of a request head (request line and headers), as nginx's
+/// `large_client_header_buffers` (4 x 8k): the one place this default is defined.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// How long the data plane waits for each step, and how long it keeps idle connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,8 +102,6 @@ impl Default for Timeouts {
 /// Settings of the data plane.
 #[derive(Clone)]
 pub struct ProxyConfig {
-    /// Where the proxy listens; [`bind`] it and pass the listener to [`serve`].
-    pub listen: SocketAddr,
     /// Time bounds of every phase.
     pub timeouts: Timeouts,
     /// Largest request header section accepted; larger ones are answered 431. Bounds the memory
@@ -122,9 +124,8 @@ pub struct ProxyConfig {
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             timeouts: Timeouts::default(),
-            max_header_bytes: 32 * 1024,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             client_ip: ClientIpConfig::default(),
             version_header: None,
             response_version_header: None,
@@ -136,7 +137,6 @@ impl Default for ProxyConfig {
 impl std::fmt::Debug for ProxyConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProxyConfig")
-            .field("listen", &self.listen)
             .field("timeouts", &self.timeouts)
             .field("max_header_bytes", &self.max_header_bytes)
             .field("client_ip", &self.client_ip)
@@ -176,8 +176,8 @@ pub struct RequestRecord<'a> {
     pub uri: &'a Uri,
     /// The resolved client IP (trusted proxies applied).
     pub client_ip: IpAddr,
-    /// The policy's choice (route, service, version, reason); `None`: no route.
-    pub choice: Option<&'a RouteChoice>,
+    /// The policy's decision (route, service, version, typed reason); `None`: no route.
+    pub choice: Option<&'a Decision>,
     /// The version that answered: the chosen one, or the stable one after a fallback.
     pub version: Option<&'a str>,
     /// Name of the upstream that answered (or was last tried).
@@ -332,7 +332,7 @@ async fn serve_connection<I>(
 /// What happened along the way, for the observer.
 #[derive(Default)]
 struct Outcome {
-    choice: Option<RouteChoice>,
+    choice: Option<Decision>,
     upstream: Option<usize>,
     server: Option<Arc<str>>,
     fell_back: bool,
@@ -590,7 +590,7 @@ async fn proxy(
 fn respond(
     mut response: Response<Incoming>,
     client_upgrade: Option<OnUpgrade>,
-    choice: &RouteChoice,
+    choice: &Decision,
 ) -> Response<ProxyBody> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
@@ -680,6 +680,7 @@ mod tests {
     //! is stopped by its guard's `Drop`, also when the test fails.
 
     use super::*;
+    use crate::policy::Reason;
     use crate::proxy::{ServerConfig, UpstreamConfig, DEFAULT_VERSION_HEADER};
 
     use std::pin::Pin;
@@ -719,13 +720,13 @@ mod tests {
 
     // ----- a router that always answers the same -----
 
-    struct Fixed(Option<RouteChoice>);
+    struct Fixed(Option<Decision>);
 
     impl Router for Fixed {
         fn route<'a>(
             &'a self,
             _facts: RequestFacts<'a>,
-        ) -> Pin<Box<dyn Future<Output = Option<RouteChoice>> + Send + 'a>> {
+        ) -> Pin<Box<dyn Future<Output = Option<Decision>> + Send + 'a>> {
             Box::pin(async move { self.0.clone() })
         }
     }
@@ -871,10 +872,7 @@ mod tests {
     }
 
     fn proxy() -> Setup {
-        let mut cfg = ProxyConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            ..ProxyConfig::default()
-        };
+        let mut cfg = ProxyConfig::default();
         cfg.timeouts.connect = Duration::from_secs(1);
         Setup {
             cfg,
@@ -911,16 +909,18 @@ mod tests {
 
         async fn start(self) -> Proxy {
             let upstreams = Arc::new(Upstreams::new(self.upstreams, &self.cfg.timeouts).unwrap());
-            let choice = self.route.map(|(version, stable)| RouteChoice {
+            let choice = self.route.map(|(version, stable)| Decision {
                 upstream: upstreams.index_of(version).unwrap(),
                 stable_upstream: upstreams.index_of(stable).unwrap(),
                 route: "test-route".into(),
                 service: "shop".into(),
                 version: version.into(),
                 stable_version: stable.into(),
-                reason: "test".into(),
+                reason: Reason::Rule {
+                    name: "test".into(),
+                },
             });
-            let listener = bind(self.cfg.listen).await.unwrap();
+            let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
             let addr = listener.local_addr().unwrap();
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(serve(

@@ -71,18 +71,137 @@ pub struct ServerConfig {
     pub weight: u32,
 }
 
-/// A mistake in the upstream configuration, found when the table is built.
+/// Heaviest weight a server line may give (`weight=1000`): enough for any ratio, small enough
+/// that the round-robin schedule stays short.
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// A mistake in the upstream configuration.
+///
+/// [`check_upstreams`] is the one place these rules live: the config calls it to report the
+/// mistake at its line ([`UpstreamConfigError::field`] names the field), and [`Upstreams::new`]
+/// calls it so that a table built in code is held to the same rules.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UpstreamConfigError {
+    /// An upstream without a name: no policy could point at it.
+    #[error("an upstream needs a name")]
+    NoName { upstream: usize },
     /// Two upstreams with one name: policies could not say which one they mean.
-    #[error("upstream `{name}` is defined more than once")]
-    Duplicate { name: String },
+    #[error("upstream `{name}` is defined twice")]
+    Duplicate { upstream: usize, name: String },
     /// No server with a weight above 0: every request to it would fail.
-    #[error("upstream `{upstream}` has no server with a weight above 0")]
-    NoServers { upstream: String },
-    /// An address that is not `host:port`.
-    #[error("upstream `{upstream}`: server address `{addr}` is not host:port")]
-    BadAddr { upstream: String, addr: String },
+    #[error("upstream `{name}` needs at least one server with a weight above 0")]
+    NoServers { upstream: usize, name: String },
+    /// A server address that is not `host:port`.
+    #[error("{error}")]
+    BadServer {
+        upstream: usize,
+        server: usize,
+        error: ServerError,
+    },
+}
+
+impl UpstreamConfigError {
+    /// The config field the mistake is in: `upstreams[2].name`, `upstreams[0].servers[1]`.
+    pub fn field(&self) -> String {
+        match self {
+            UpstreamConfigError::NoName { upstream }
+            | UpstreamConfigError::Duplicate { upstream, .. } => {
+                format!("upstreams[{upstream}].name")
+            }
+            UpstreamConfigError::NoServers { upstream, .. } => {
+                format!("upstreams[{upstream}].servers")
+            }
+            UpstreamConfigError::BadServer {
+                upstream, server, ..
+            } => format!("upstreams[{upstream}].servers[{server}]"),
+        }
+    }
+}
+
+/// A server line that is not `host:port` with options (`"10.0.0.5:8080 weight=3"`).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ServerError {
+    /// Nothing but spaces.
+    #[error("empty server")]
+    Empty,
+    /// An address without a `:port`.
+    #[error("`{addr}` has no port: write host:port")]
+    NoPort { addr: String },
+    /// An empty host, a port that is not a number up to 65535, or an IPv6 address not in
+    /// brackets.
+    #[error("`{addr}` is not host:port")]
+    NotHostPort { addr: String },
+    /// A weight outside 1..=[`MAX_WEIGHT`].
+    #[error("weight `{weight}` is not a whole number from 1 to {MAX_WEIGHT}")]
+    Weight { weight: String },
+    /// An option other than `weight=N`.
+    #[error("unknown server option `{option}` (known: weight=N)")]
+    UnknownOption { option: String },
+}
+
+impl std::str::FromStr for ServerConfig {
+    type Err = ServerError;
+
+    /// `"127.0.0.1:8080"` or `"backend.local:8080 weight=3"` (weight 1 when not given).
+    fn from_str(text: &str) -> Result<Self, ServerError> {
+        let mut parts = text.split_whitespace();
+        let addr = parts.next().ok_or(ServerError::Empty)?;
+        check_host_port(addr)?;
+        let mut weight = 1;
+        for part in parts {
+            match part.split_once('=') {
+                Some(("weight", w)) => {
+                    weight = w
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|w| (1..=MAX_WEIGHT).contains(w))
+                        .ok_or_else(|| ServerError::Weight {
+                            weight: w.to_string(),
+                        })?;
+                }
+                _ => {
+                    return Err(ServerError::UnknownOption {
+                        option: part.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(ServerConfig {
+            addr: addr.to_string(),
+            weight,
+        })
+    }
+}
+
+/// Checks upstream definitions: every upstream has a name of its own and at least one server
+/// with a weight above 0, and every server address is `host:port`. The first mistake found is
+/// returned.
+pub fn check_upstreams(configs: &[UpstreamConfig]) -> Result<(), UpstreamConfigError> {
+    for (i, cfg) in configs.iter().enumerate() {
+        if cfg.name.trim().is_empty() {
+            return Err(UpstreamConfigError::NoName { upstream: i });
+        }
+        if configs[..i].iter().any(|other| other.name == cfg.name) {
+            return Err(UpstreamConfigError::Duplicate {
+                upstream: i,
+                name: cfg.name.clone(),
+            });
+        }
+        for (j, server) in cfg.servers.iter().enumerate() {
+            check_host_port(&server.addr).map_err(|error| UpstreamConfigError::BadServer {
+                upstream: i,
+                server: j,
+                error,
+            })?;
+        }
+        if cfg.servers.iter().all(|s| s.weight == 0) {
+            return Err(UpstreamConfigError::NoServers {
+                upstream: i,
+                name: cfg.name.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Why a request could not be exchanged with an upstream. Small typed variants, so that the
@@ -225,25 +344,18 @@ struct IdleSender {
 }
 
 impl Upstreams {
-    /// Builds the table. Checks what would otherwise fail at request time: duplicate names,
-    /// upstreams without a usable server, addresses that are not `host:port`.
+    /// Builds the table. First checks ([`check_upstreams`]) what would otherwise fail at
+    /// request time: names missing or taken twice, upstreams without a usable server, addresses
+    /// that are not `host:port`.
     pub fn new(
         configs: Vec<UpstreamConfig>,
         timeouts: &Timeouts,
     ) -> Result<Self, UpstreamConfigError> {
+        check_upstreams(&configs)?;
         let mut upstreams: Vec<Upstream> = Vec::with_capacity(configs.len());
         for cfg in configs {
-            if upstreams.iter().any(|u| *u.name == *cfg.name) {
-                return Err(UpstreamConfigError::Duplicate { name: cfg.name });
-            }
             let mut servers = Vec::with_capacity(cfg.servers.len());
             for s in &cfg.servers {
-                if !is_host_port(&s.addr) {
-                    return Err(UpstreamConfigError::BadAddr {
-                        upstream: cfg.name.clone(),
-                        addr: s.addr.clone(),
-                    });
-                }
                 servers.push(Server {
                     addr: Arc::from(s.addr.as_str()),
                     weight: s.weight,
@@ -258,9 +370,8 @@ impl Upstreams {
             }
             let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
             let schedule = smooth_schedule(&weights);
-            if schedule.is_empty() {
-                return Err(UpstreamConfigError::NoServers { upstream: cfg.name });
-            }
+            // `check_upstreams` made sure of a server with a weight, which always gets a turn.
+            debug_assert!(!schedule.is_empty(), "upstream `{}` has no turn", cfg.name);
             upstreams.push(Upstream {
                 name: Arc::from(cfg.name.as_str()),
                 servers,
@@ -279,7 +390,7 @@ impl Upstreams {
     }
 
     /// The index of the upstream called `name`: how the policy compiler turns names into the
-    /// indexes of [`super::RouteChoice`].
+    /// indexes of a [`crate::policy::Decision`].
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.upstreams.iter().position(|u| &*u.name == name)
     }
@@ -710,18 +821,26 @@ fn gcd(a: u64, b: u64) -> u64 {
 }
 
 /// `host:port` with a non-empty host and a numeric port (`[v6]:port` for IPv6).
-fn is_host_port(addr: &str) -> bool {
+pub fn check_host_port(addr: &str) -> Result<(), ServerError> {
     let Some((host, port)) = addr.rsplit_once(':') else {
-        return false;
+        return Err(ServerError::NoPort {
+            addr: addr.to_string(),
+        });
     };
     let host_ok = if let Some(inner) = host.strip_prefix('[') {
         inner
             .strip_suffix(']')
             .is_some_and(|v6| v6.parse::<std::net::Ipv6Addr>().is_ok())
     } else {
-        !host.is_empty() && !host.contains(':')
+        !host.is_empty() && !host.contains(|c: char| c == ':' || c.is_whitespace())
     };
-    host_ok && port.parse::<u16>().is_ok()
+    if host_ok && port.parse::<u16>().is_ok() {
+        Ok(())
+    } else {
+        Err(ServerError::NotHostPort {
+            addr: addr.to_string(),
+        })
+    }
 }
 
 /// When a request last made progress: it went out, or a chunk of its body did. The upstream
@@ -847,7 +966,7 @@ mod tests {
     #[test]
     fn host_port_validation() {
         for ok in ["127.0.0.1:80", "svc.internal:8080", "[::1]:443"] {
-            assert!(is_host_port(ok), "{ok}");
+            assert_eq!(check_host_port(ok), Ok(()), "{ok}");
         }
         for bad in [
             "127.0.0.1",
@@ -857,9 +976,44 @@ mod tests {
             "[::1]",
             "[zz]:80",
             "h:70000",
+            " h:80",
         ] {
-            assert!(!is_host_port(bad), "{bad}");
+            assert!(check_host_port(bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            check_host_port("127.0.0.1").unwrap_err().to_string(),
+            "`127.0.0.1` has no port: write host:port"
+        );
+        assert_eq!(
+            check_host_port("::1:80").unwrap_err().to_string(),
+            "`::1:80` is not host:port"
+        );
+    }
+
+    #[test]
+    fn server_lines_parse_with_their_weight() {
+        let parse = |text: &str| text.parse::<ServerConfig>();
+        assert_eq!(parse("h:1"), Ok(server("h:1", 1)));
+        assert_eq!(
+            parse("  [::1]:8080   weight=1000 "),
+            Ok(server("[::1]:8080", 1000))
+        );
+        let error = |text: &str| parse(text).unwrap_err().to_string();
+        assert_eq!(error(" "), "empty server");
+        assert_eq!(error("h"), "`h` has no port: write host:port");
+        assert_eq!(error(":80"), "`:80` is not host:port");
+        assert_eq!(
+            error("h:1 weight=0"),
+            "weight `0` is not a whole number from 1 to 1000"
+        );
+        assert_eq!(
+            error("h:1 weight=1001"),
+            "weight `1001` is not a whole number from 1 to 1000"
+        );
+        assert_eq!(
+            error("h:1 backup"),
+            "unknown server option `backup` (known: weight=N)"
+        );
     }
 
     fn server(addr: &str, weight: u32) -> ServerConfig {
@@ -869,50 +1023,65 @@ mod tests {
         }
     }
 
+    fn upstream(name: &str, servers: &[ServerConfig]) -> UpstreamConfig {
+        UpstreamConfig {
+            name: name.into(),
+            servers: servers.to_vec(),
+        }
+    }
+
     #[test]
-    fn config_errors_name_the_upstream() {
+    fn config_errors_name_the_upstream_and_the_field() {
         let t = Timeouts::default();
-        let dup = Upstreams::new(
-            vec![
-                UpstreamConfig {
-                    name: "a".into(),
-                    servers: vec![server("h:1", 1)],
-                },
-                UpstreamConfig {
-                    name: "a".into(),
-                    servers: vec![server("h:2", 1)],
-                },
-            ],
-            &t,
-        )
-        .unwrap_err();
-        assert_eq!(dup.to_string(), "upstream `a` is defined more than once");
-
-        let empty = Upstreams::new(
-            vec![UpstreamConfig {
-                name: "b".into(),
-                servers: vec![server("h:1", 0)],
-            }],
-            &t,
-        )
-        .unwrap_err();
+        let error = |configs: Vec<UpstreamConfig>| {
+            let Err(e) = Upstreams::new(configs, &t) else {
+                panic!("accepted");
+            };
+            (e.field(), e.to_string())
+        };
         assert_eq!(
-            empty.to_string(),
-            "upstream `b` has no server with a weight above 0"
+            error(vec![
+                upstream("a", &[server("h:1", 1)]),
+                upstream("a", &[server("h:2", 1)]),
+            ]),
+            (
+                "upstreams[1].name".into(),
+                "upstream `a` is defined twice".into()
+            )
         );
-
-        let bad = Upstreams::new(
-            vec![UpstreamConfig {
-                name: "c".into(),
-                servers: vec![server("nohost", 1)],
-            }],
-            &t,
-        )
-        .unwrap_err();
         assert_eq!(
-            bad.to_string(),
-            "upstream `c`: server address `nohost` is not host:port"
+            error(vec![upstream("b", &[server("h:1", 0)])]),
+            (
+                "upstreams[0].servers".into(),
+                "upstream `b` needs at least one server with a weight above 0".into()
+            )
         );
+        assert_eq!(
+            error(vec![upstream("b", &[])]),
+            (
+                "upstreams[0].servers".into(),
+                "upstream `b` needs at least one server with a weight above 0".into()
+            )
+        );
+        assert_eq!(
+            error(vec![
+                upstream("ok", &[server("h:1", 1)]),
+                upstream("c", &[server("h:1", 1), server("nohost", 1)]),
+            ]),
+            (
+                "upstreams[1].servers[1]".into(),
+                "`nohost` has no port: write host:port".into()
+            )
+        );
+        assert_eq!(
+            error(vec![upstream(" ", &[server("h:1", 1)])]),
+            (
+                "upstreams[0].name".into(),
+                "an upstream needs a name".into()
+            )
+        );
+        // A drained server next to a live one is fine.
+        assert!(check_upstreams(&[upstream("d", &[server("h:1", 0), server("h:2", 1)])]).is_ok());
     }
 
     #[test]

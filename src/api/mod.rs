@@ -1,0 +1,57 @@
+//! The admin API's wire vocabulary: every request and answer body, the error shape, the revision
+//! rule (`ETag` and `If-Match`) and the paths, shared by the server ([`crate::admin`]) and its
+//! command line ([`crate::cli`]).
+//!
+//! Both sides speak through these types, so a renamed field changes the server and `graygate ctl`
+//! together, and a mismatch fails to compile instead of printing `?`. The JSON they make is the
+//! one `docs/admin-api.md` and `docs/openapi.yaml` describe; the policy documents themselves
+//! (routes, services, rules) are [`crate::policy::model`]'s, sent as they are.
+//!
+//! Nothing here knows about HTTP servers or clients: no axum, no hyper. The admin turns these
+//! types into responses; ctl reads them back out of the bodies.
+//!
+//! # Files
+//! - `error`: [`ErrorCode`] (one per kind of refusal, with its status) and the body of a refusal.
+//! - `revision`: [`Revision`] (what `ETag` carries), [`IfMatch`], [`Revisioned`] answers.
+//! - `paths`: every endpoint's route pattern and the function that fills it with
+//!   percent-encoded segments; the query parameters.
+//! - `policy`: answers and requests about the policy: routes, services, versions, rules,
+//!   weights, promote and rollback.
+//! - `history`: the history record and undo.
+//! - `lists`: gray list entries.
+//! - `status`: health, readiness, status and explain.
+
+mod error;
+mod history;
+mod lists;
+pub mod paths;
+mod policy;
+mod revision;
+mod status;
+
+pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use history::{History, HistoryEntry, Undo, Undone};
+pub use lists::{
+    EntriesRemoved, EntriesWritten, EntryCount, EntryList, ListedEntry, NewEntries, NewEntry,
+    RemoveEntries,
+};
+pub use paths::{HistoryQuery, RuleQuery};
+pub use policy::{
+    NewVersion, PolicyReplaced, Promote, Promoted, Rollback, RolledBack, RouteCreated,
+    RouteDeleted, RouteList, RoutePut, RuleDeleted, RuleList, RuleWritten, ServiceCreated,
+    ServiceDeleted, ServiceList, ServicePut, SetVersion, SetWeights, Version, VersionDeleted,
+    VersionList, VersionPut, Weights,
+};
+pub use revision::{BadRevision, IfMatch, Revision, Revisioned, Tagged};
+pub use status::{
+    Explain, Explanation, Health, Readiness, Routed, RuleSummary, ServiceStatus, Status,
+    StoreStatus, Traffic,
+};
+
+/// The header every answer of the admin API carries, with graygate's version: how `graygate ctl`
+/// tells the admin API from anything else that answers HTTP on an address (the data plane passes
+/// the application's own answers through, and those do not carry it).
+pub const ADMIN_HEADER: &str = "x-graygate-admin";
+
+/// The value of [`ADMIN_HEADER`]: the version of graygate that answers.
+pub const ADMIN_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,271 @@
+//! Every endpoint's path, in one place: the route patterns the admin routers are built from, and
+//! the functions `graygate ctl` builds request paths with (each segment percent-encoded, so a
+//! service named `a b/c` is one segment). A pattern and its builder sit side by side, so the two
+//! sides cannot drift apart.
+//!
+//! Query parameters are typed too ([`RuleQuery`], [`HistoryQuery`]): the admin reads them with
+//! axum's `Query`, ctl writes them with [`rules_at`] and [`history`].
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// `GET`: 200 while the process runs (no token).
+pub const HEALTHZ: &str = "/healthz";
+/// `GET`: 200 once a policy is loaded (no token).
+pub const READYZ: &str = "/readyz";
+/// `GET`: revision, store health, services and their traffic.
+pub const STATUS: &str = "/v1/status";
+/// `POST`: which version a described request would reach.
+pub const EXPLAIN: &str = "/v1/explain";
+/// `GET`, `PUT`: the whole policy document.
+pub const POLICY: &str = "/v1/policy";
+/// `GET`, `POST`: routes.
+pub const ROUTES: &str = "/v1/routes";
+/// `GET`, `PUT`, `DELETE`: one route.
+pub const ROUTE: &str = "/v1/routes/{name}";
+/// `GET`, `POST`: services.
+pub const SERVICES: &str = "/v1/services";
+/// `GET`, `PUT`, `DELETE`: one service.
+pub const SERVICE: &str = "/v1/services/{name}";
+/// `GET`, `POST`: versions of a service.
+pub const VERSIONS: &str = "/v1/services/{name}/versions";
+/// `GET`, `PUT`, `DELETE`: one version.
+pub const VERSION: &str = "/v1/services/{name}/versions/{version}";
+/// `GET`, `POST`: rules of a service, in order.
+pub const RULES: &str = "/v1/services/{name}/rules";
+/// `GET`, `PUT`, `DELETE`: one rule.
+pub const RULE: &str = "/v1/services/{name}/rules/{rule}";
+/// `GET`, `PUT`: the weighted split.
+pub const WEIGHTS: &str = "/v1/services/{name}/weights";
+/// `POST`: the canary becomes stable.
+pub const PROMOTE: &str = "/v1/services/{name}/promote";
+/// `POST`: everyone back to stable.
+pub const ROLLBACK: &str = "/v1/services/{name}/rollback";
+/// `GET`, `POST`, `DELETE`: gray list entries.
+pub const LIST_ENTRIES: &str = "/v1/lists/{list}/entries";
+/// `GET`: how many entries a list holds.
+pub const LIST_COUNT: &str = "/v1/lists/{list}/count";
+/// `GET`: every change, newest first.
+pub const HISTORY: &str = "/v1/history";
+/// `POST`: back to the policy of a revision.
+pub const UNDO: &str = "/v1/undo";
+
+/// `pattern` with each `{...}` replaced, in order, by the next of `segments`, percent-encoded.
+fn fill(pattern: &str, segments: &[&str]) -> String {
+    let mut out = String::with_capacity(pattern.len() + 16);
+    let mut segments = segments.iter();
+    let mut rest = pattern;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let close = rest[open..].find('}').map_or(rest.len(), |c| open + c + 1);
+        if let Some(segment) = segments.next() {
+            encode_segment(segment, &mut out);
+        }
+        rest = &rest[close..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Percent-encodes everything but the unreserved characters of RFC 3986.
+fn encode_segment(segment: &str, out: &mut String) {
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
+/// [`ROUTE`].
+pub fn route(name: &str) -> String {
+    fill(ROUTE, &[name])
+}
+
+/// [`SERVICE`].
+pub fn service(name: &str) -> String {
+    fill(SERVICE, &[name])
+}
+
+/// [`VERSIONS`].
+pub fn versions(service: &str) -> String {
+    fill(VERSIONS, &[service])
+}
+
+/// [`VERSION`].
+pub fn version(service: &str, version: &str) -> String {
+    fill(VERSION, &[service, version])
+}
+
+/// [`RULES`].
+pub fn rules(service: &str) -> String {
+    fill(RULES, &[service])
+}
+
+/// [`RULES`] with its query: where a new rule goes.
+pub fn rules_at(service: &str, query: &RuleQuery) -> String {
+    let mut path = rules(service);
+    if let Some(position) = query.position {
+        path.push_str(&format!("?position={position}"));
+    }
+    path
+}
+
+/// [`RULE`].
+pub fn rule(service: &str, rule: &str) -> String {
+    fill(RULE, &[service, rule])
+}
+
+/// [`WEIGHTS`].
+pub fn weights(service: &str) -> String {
+    fill(WEIGHTS, &[service])
+}
+
+/// [`PROMOTE`].
+pub fn promote(service: &str) -> String {
+    fill(PROMOTE, &[service])
+}
+
+/// [`ROLLBACK`].
+pub fn rollback(service: &str) -> String {
+    fill(ROLLBACK, &[service])
+}
+
+/// [`LIST_ENTRIES`].
+pub fn list_entries(list: &str) -> String {
+    fill(LIST_ENTRIES, &[list])
+}
+
+/// [`LIST_COUNT`].
+pub fn list_count(list: &str) -> String {
+    fill(LIST_COUNT, &[list])
+}
+
+/// [`HISTORY`] with its query.
+pub fn history(query: &HistoryQuery) -> String {
+    match query.limit {
+        Some(limit) => format!("{HISTORY}?limit={limit}"),
+        None => HISTORY.to_string(),
+    }
+}
+
+/// The query of `POST /v1/services/{name}/rules`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleQuery {
+    /// Where the new rule goes (0 is first); absent: last.
+    #[serde(default, deserialize_with = "whole_number")]
+    pub position: Option<usize>,
+}
+
+/// The query of `GET /v1/history`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryQuery {
+    /// How many changes, newest first; absent: [`HistoryQuery::DEFAULT_LIMIT`].
+    #[serde(default, deserialize_with = "whole_number")]
+    pub limit: Option<usize>,
+}
+
+impl HistoryQuery {
+    /// Changes shown when the query names no limit.
+    pub const DEFAULT_LIMIT: usize = 20;
+}
+
+/// A query parameter that must be a whole number, refused with a message that shows the value
+/// (the caller names the parameter).
+fn whole_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = usize;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a whole number")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<usize, E> {
+            v.parse()
+                .map_err(|_| E::custom(format!("`{v}` is not a whole number")))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<usize, E> {
+            usize::try_from(v).map_err(|_| E::custom(format!("`{v}` is too large")))
+        }
+    }
+    deserializer.deserialize_str(Visitor).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_percent_encoded() {
+        assert_eq!(service("web"), "/v1/services/web");
+        assert_eq!(service("a b/c"), "/v1/services/a%20b%2Fc");
+        assert_eq!(version("web", "v1.2~x"), "/v1/services/web/versions/v1.2~x");
+        assert_eq!(rule("web", "é"), "/v1/services/web/rules/%C3%A9");
+        assert_eq!(list_entries("gray_ips"), "/v1/lists/gray_ips/entries");
+    }
+
+    #[test]
+    fn every_builder_fills_every_placeholder() {
+        let built = [
+            (ROUTE, route("x")),
+            (SERVICE, service("x")),
+            (VERSIONS, versions("x")),
+            (VERSION, version("x", "y")),
+            (RULES, rules("x")),
+            (RULE, rule("x", "y")),
+            (WEIGHTS, weights("x")),
+            (PROMOTE, promote("x")),
+            (ROLLBACK, rollback("x")),
+            (LIST_ENTRIES, list_entries("x")),
+            (LIST_COUNT, list_count("x")),
+        ];
+        for (pattern, path) in built {
+            assert!(!path.contains('{'), "{pattern} -> {path}");
+            // The same shape: every `{...}` became one segment.
+            let p: Vec<&str> = pattern.split('/').collect();
+            let b: Vec<&str> = path.split('/').collect();
+            assert_eq!(p.len(), b.len(), "{pattern} -> {path}");
+            for (p, b) in p.iter().zip(&b) {
+                assert!(p.starts_with('{') || p == b, "{pattern} -> {path}");
+            }
+        }
+    }
+
+    /// What the admin reads back with axum's `Query` from what ctl wrote.
+    fn read<T: serde::de::DeserializeOwned>(path: &str) -> Result<T, String> {
+        let uri: http::Uri = path.parse().unwrap();
+        axum::extract::Query::<T>::try_from_uri(&uri)
+            .map(|q| q.0)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn queries_round_trip() {
+        for q in [
+            HistoryQuery { limit: Some(7) },
+            HistoryQuery { limit: None },
+        ] {
+            assert_eq!(read::<HistoryQuery>(&history(&q)), Ok(q));
+        }
+        for q in [
+            RuleQuery { position: Some(0) },
+            RuleQuery { position: None },
+        ] {
+            assert_eq!(read::<RuleQuery>(&rules_at("web", &q)), Ok(q));
+        }
+    }
+
+    #[test]
+    fn a_query_value_that_is_not_a_number_is_named() {
+        let e = read::<HistoryQuery>("/v1/history?limit=ten").unwrap_err();
+        assert!(e.ends_with("limit: `ten` is not a whole number"), "{e}");
+        let e = read::<RuleQuery>("/v1/services/web/rules?position=-1").unwrap_err();
+        assert!(e.ends_with("position: `-1` is not a whole number"), "{e}");
+        let e = read::<HistoryQuery>("/v1/history?limit=").unwrap_err();
+        assert!(e.ends_with("limit: `` is not a whole number"), "{e}");
+        // Other parameters are ignored, as before.
+        assert_eq!(
+            read::<HistoryQuery>("/v1/history?x=1&limit=3"),
+            Ok(HistoryQuery { limit: Some(3) })
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! What the gateway is doing and what it would do: health, readiness, status, explain.
+
+use super::Revision;
+use crate::policy::model::SplitDoc;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// `GET /healthz`: `{"status": "ok"}` while the process runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+}
+
+/// `GET /readyz`: `ready` with the running revision, or `not ready` with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readiness {
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<Revision>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `GET /v1/status` (with the running revision beside it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// When the running policy was installed, RFC 3339 UTC with milliseconds.
+    pub last_reload: Option<String>,
+    pub store: StoreStatus,
+    pub services: Vec<ServiceStatus>,
+}
+
+/// The store and its health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    /// `embedded`, `redis` or `memcached`.
+    pub kind: String,
+    /// True while the store cannot be reached (requests are decided as if it were empty).
+    pub degraded: bool,
+    /// Since when it is degraded, RFC 3339 UTC.
+    pub since: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// One service as it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub stable: String,
+    /// Where a rollback sends everyone back (the stable version before the last promote).
+    pub rollback_to: Option<String>,
+    /// Version name -> upstream.
+    pub versions: BTreeMap<String, String>,
+    pub split: Option<SplitDoc>,
+    /// The rules, in the order they are tried.
+    pub rules: Vec<RuleSummary>,
+    /// Per version: requests this instance routed there.
+    pub traffic: BTreeMap<String, Traffic>,
+}
+
+/// A rule in the status: its name and where it sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleSummary {
+    pub name: String,
+    pub version: String,
+}
+
+/// Requests routed to one version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Traffic {
+    /// Since this instance started.
+    pub requests: u64,
+    /// Over the last seconds; `null` until the first sample.
+    pub per_second: Option<f64>,
+}
+
+/// Body of `POST /v1/explain`: a request described.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Explain {
+    /// Shown back; the policy does not route on the method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// `Host` header; default none (only routes without hosts match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Path, with or without `?query`; default `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Query string without `?`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cookies: BTreeMap<String, String>,
+    /// The client IP, used as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<IpAddr>,
+    /// Instead of `client_ip`: the address the connection comes from; the client IP is then
+    /// resolved from it and the forwarding headers with the config's trusted proxies, as the
+    /// data plane does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<IpAddr>,
+    /// The random number (0..) a split without identity would draw; default a random one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub random: Option<u64>,
+}
+
+/// `POST /v1/explain`: the version a described request would reach, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Explanation {
+    /// The revision of the running policy that decided.
+    pub revision: Revision,
+    pub method: String,
+    pub client_ip: IpAddr,
+    /// `null` when no route serves the request (it would get 404).
+    pub route: Option<String>,
+    /// `null` when no route serves the request.
+    pub version: Option<String>,
+    /// `rule:<name>`, `split:sticky:<bucket>`, `default`, ...; or why no route serves it.
+    pub reason: String,
+    /// Present when a route serves the request.
+    #[serde(flatten)]
+    pub routed: Option<Routed>,
+}
+
+/// The rest of a decision, when a route serves the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routed {
+    pub service: String,
+    /// The service's stable version.
+    pub stable: String,
+    /// The upstream the version is served by.
+    pub upstream: Option<String>,
+    /// The rule that decided, if a rule did.
+    pub rule: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Revisioned;
+    use serde_json::json;
+
+    fn same<T>(value: serde_json::Value) -> T
+    where
+        T: Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let typed: T = serde_json::from_value(value.clone())
+            .unwrap_or_else(|e| panic!("{value} does not read: {e}"));
+        assert_eq!(serde_json::to_value(&typed).unwrap(), value, "{typed:?}");
+        typed
+    }
+
+    #[test]
+    fn status_keeps_its_json() {
+        same::<Revisioned<Status>>(
+            json!({"revision": 7, "last_reload": "2026-11-23T12:22:26.245Z",
+            "store": {"kind": "redis", "degraded": false, "since": null, "last_error": null},
+            "services": [{"name": "web", "stable": "stable", "rollback_to": null,
+                "versions": {"canary": "canary", "stable": "stable"},
+                "split": {"weights": {"canary": 10.0}, "by": {"header": "X-User-Id"}},
+                "rules": [{"name": "gray-ips", "version": "canary"}],
+                "traffic": {"canary": {"requests": 1042, "per_second": 12.3},
+                            "stable": {"requests": 9378, "per_second": null}}}]}),
+        );
+        same::<Readiness>(json!({"status": "ready", "revision": 7}));
+        same::<Readiness>(json!({"status": "not ready", "reason": "no policy"}));
+        same::<Health>(json!({"status": "ok"}));
+    }
+
+    #[test]
+    fn explanations_keep_their_json_with_and_without_a_route() {
+        let routed: Explanation = same(json!({"revision": 7, "method": "GET",
+            "client_ip": "10.0.0.7", "route": "web", "service": "web", "version": "canary",
+            "stable": "stable", "upstream": "canary", "reason": "rule:gray-ips", "rule": "gray-ips"}));
+        assert_eq!(routed.routed.unwrap().rule.as_deref(), Some("gray-ips"));
+        let lost: Explanation = same(json!({"revision": 7, "method": "GET",
+            "client_ip": "127.0.0.1", "route": null, "version": null,
+            "reason": "no route serves host `` and path `/`: the request gets 404"}));
+        assert_eq!(lost.routed, None);
+    }
+
+    #[test]
+    fn explain_requests_send_only_what_is_given() {
+        let e = Explain {
+            method: Some("GET".into()),
+            path: Some("/".into()),
+            client_ip: Some("10.0.0.8".parse().unwrap()),
+            ..Explain::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            json!({"method": "GET", "path": "/", "headers": {}, "cookies": {}, "client_ip": "10.0.0.8"})
+        );
+        let e = serde_json::from_value::<Explain>(json!({"client_ip": "300.1.1.1"})).unwrap_err();
+        assert!(
+            e.to_string().starts_with("invalid IP address syntax"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,396 @@
+//! Every change of the policy: edit a copy of the stored document, validate it as a whole, write
+//! it with its history record in one conditional store write, install it.
+//!
+//! The admin API, SIGHUP and the seeding of an empty store all come through
+//! [`Gateway::change`], so that they share one rule for concurrent writers: the store's
+//! conditional write decides who wins, a loser without an `If-Match` makes its edit again on the
+//! newer document, and a loser with one is told that its copy is stale.
+
+use super::{Gateway, GatewayError};
+use crate::policy::edit::EditError;
+use crate::policy::{self, PolicyDoc};
+use crate::store::StoreError;
+use std::time::SystemTime;
+
+/// How many times [`Gateway::change`] makes an edit whose write lost a race against another
+/// writer (only when the caller did not name the revision it expects).
+const CHANGE_ATTEMPTS: usize = 5;
+
+impl Gateway {
+    /// Validates `doc`, stores it as the next revision and makes it the running policy. A document
+    /// that does not compile changes nothing. Recorded in the history as made by `config`.
+    pub async fn apply(&self, doc: &PolicyDoc) -> Result<u64, GatewayError> {
+        let replace = |current: &mut PolicyDoc| {
+            current.clone_from(doc);
+            Ok(())
+        };
+        // A lost race stays a lost race (`GatewayError::LostRace`), not "store unavailable".
+        let applied = self
+            .change(None, "config", "policy from the config file", replace)
+            .await?;
+        tracing::info!(revision = applied.revision, "policy applied");
+        Ok(applied.revision)
+    }
+
+    /// validated as a whole (compiled), written as the next revision together with its history
+    /// record, and installed. Every policy change (admin API, SIGHUP, seeding) goes through here.
+    ///
+    /// The store's conditional write is the serialization point: the write only happens if the
+    /// store is still at the revision the edit started from, so two admins (or two instances
+    /// sharing Redis) never interleave half-updates. With `expected` (the client's `If-Match`),
+    /// a store at another revision refuses the change with [`ChangeError::Stale`]; without it, an
+    /// edit that lost a race is made again on the newer document (a few times at most).
+    ///
+    /// The edit is pure and may run more than once; what it returns comes back in [`Applied`].
+    pub async fn change<T>(
+        &self,
+        expected: Option<u64>,
+        actor: &str,
+        summary: &str,
+        mut edit: impl FnMut(&mut PolicyDoc) -> Result<T, ChangeError>,
+    ) -> Result<Applied<T>, ChangeError> {
+        let mut last_conflict = None;
+        for _ in 0..CHANGE_ATTEMPTS {
+            let (current, before) = self.current_doc().await?;
+            if let Some(expected) = expected {
+                if expected != current {
+                    return Err(ChangeError::Stale {
+                        expected,
+                        actual: current,
+                    });
+                }
+            }
+            let mut after = before.clone();
+            let value = edit(&mut after)?;
+            let compiled = self.compile(&after)?;
+            let next = current + 1;
+            let record = HistoryEntry {
+                revision: next,
+                time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                actor: actor.to_string(),
+                summary: summary.to_string(),
+                before,
+                after,
+            };
+            let json =
+                serde_json::to_string(&record.after).expect("a policy document always serializes");
+            let record_json =
+                serde_json::to_string(&record).expect("a history entry always serializes");
+            match self
+                .store
+                .save_policy_recorded(&json, current, &record_json)
+                .await
+            {
+                Ok(revision) => {
+                    if revision >= self.revision() {
+                        self.install(compiled, revision);
+                    }
+                    tracing::info!(revision, actor, summary, "policy changed");
+                    return Ok(Applied {
+                        revision,
+                        value,
+                        doc: record.after,
+                    });
+                }
+                Err(StoreError::Conflict { actual, .. }) => match expected {
+                    Some(expected) => return Err(ChangeError::Stale { expected, actual }),
+                    None => last_conflict = Some(actual),
+                },
+                Err(e) => return Err(ChangeError::Store(e)),
+            }
+        }
+        Err(ChangeError::Busy {
+            attempts: CHANGE_ATTEMPTS,
+            actual: last_conflict.unwrap_or_default(),
+        })
+    }
+
+    /// The stored revision and document: what a change starts from and what the admin API shows.
+    /// A stored document that does not parse (written by something else) is replaced by the
+    /// running one; an empty store that still owes the config's policy shows that.
+    pub async fn current_doc(&self) -> Result<(u64, PolicyDoc), ChangeError> {
+        match self.store.load_policy().await.map_err(ChangeError::Store)? {
+            Some(stored) => match serde_json::from_str::<PolicyDoc>(&stored.json) {
+                Ok(doc) => Ok((stored.revision, doc)),
+                Err(e) => {
+                    tracing::warn!(revision = stored.revision, error = %e, "the stored policy does not parse: this change starts from the running policy");
+                    Ok((stored.revision, self.policy().doc().clone()))
+                }
+            },
+            None => {
+                let seed = self.pending_seed.lock().expect("seed lock").clone();
+                Ok((0, seed.unwrap_or_default()))
+            }
+        }
+    }
+
+    /// The newest `limit` changes, newest first, from the store's history. Records that do not
+    /// parse (written by another version of graygate) are skipped.
+    pub async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+        let records = self.store.load_history(limit).await?;
+        Ok(records
+            .iter()
+            .filter_map(|r| match serde_json::from_str(r) {
+                Ok(entry) => Some(entry),
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping a history record that does not parse");
+                    None
+                }
+            })
+            .collect())
+    }
+}
+
+/// Why a [`Gateway::change`] was not applied. Nothing changed in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The edit itself was refused (unknown service, a name taken, ...).
+    #[error(transparent)]
+    Edit(#[from] EditError),
+    /// The edited document does not compile.
+    #[error("policy rejected: {0}")]
+    Rejected(#[from] policy::CompileError),
+    /// The caller expected another revision than the stored one.
+    #[error("the policy is at revision {actual}, not {expected}: read it again and retry")]
+    Stale { expected: u64, actual: u64 },
+    /// Other writers kept changing the policy while this edit was retried.
+    #[error("the policy changed {attempts} times while this change was made (now at revision {actual}); try again")]
+    Busy { attempts: usize, actual: u64 },
+    /// The store could not be read or written.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+/// A change that was applied.
+#[derive(Debug, Clone)]
+pub struct Applied<T> {
+    /// The revision it became.
+    pub revision: u64,
+    /// What the edit returned.
+    pub value: T,
+    /// The document now stored and running.
+    pub doc: PolicyDoc,
+}
+
+/// One applied change, as kept in the store's history; a wire type of the admin API too.
+pub use crate::api::HistoryEntry;
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{doc, gateway, TestStore, WEB};
+    use super::*;
+    use crate::store::Store;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    const TIMEOUT: Duration = Duration::from_secs(1);
+
+    /// Adds version `v3` (on the canary upstream) to `web`.
+    fn add_v3(d: &mut PolicyDoc) -> Result<(), ChangeError> {
+        d.services[0].versions.insert("v3".into(), "canary".into());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_change_is_stored_recorded_and_installed() {
+        let store = TestStore::new();
+        let g = gateway(&store, Some(&doc(WEB)), TIMEOUT).await;
+        assert_eq!(g.revision(), 1);
+        let applied = g.change(None, "alice", "add v3", add_v3).await.unwrap();
+        assert_eq!(applied.revision, 2);
+        assert_eq!(g.revision(), 2);
+        assert!(g.policy().doc().services[0].versions.contains_key("v3"));
+        assert_eq!(store.load_policy().await.unwrap().unwrap().revision, 2);
+        let history = g.history(10).await.unwrap();
+        let actors: Vec<(u64, &str)> = history
+            .iter()
+            .map(|h| (h.revision, h.actor.as_str()))
+            .collect();
+        assert_eq!(actors, vec![(2, "alice"), (1, "config")]);
+        assert_eq!(history[0].before, doc(WEB));
+        assert_eq!(history[0].after, applied.doc);
+    }
+
+    #[tokio::test]
+    async fn a_rejected_change_leaves_the_running_policy_and_revision_untouched() {
+        let store = TestStore::new();
+        let g = gateway(&store, Some(&doc(WEB)), TIMEOUT).await;
+        let before = g.policy();
+
+        // The document does not compile: the stable version does not exist.
+        let broken = g
+            .change(None, "alice", "stable v9", |d| {
+                d.services[0].stable = "v9".into();
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(broken, ChangeError::Rejected(_)), "{broken:?}");
+        assert!(
+            broken.to_string().starts_with("policy rejected: "),
+            "{broken}"
+        );
+        // The edit itself refuses.
+        let refused = g
+            .change(None, "alice", "refused", |_| {
+                Err::<(), _>(ChangeError::Edit(EditError::invalid(
+                    "name",
+                    "no such thing",
+                )))
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, ChangeError::Edit(_)), "{refused:?}");
+
+        assert_eq!(g.revision(), 1);
+        assert!(
+            Arc::ptr_eq(&before, &g.policy()),
+            "the snapshot was replaced"
+        );
+        assert_eq!(store.load_policy().await.unwrap().unwrap().revision, 1);
+        assert_eq!(g.history(10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_lost_race_is_made_again_on_the_newer_document_without_if_match() {
+        let store = TestStore::new();
+        let g = gateway(&store, Some(&doc(WEB)), TIMEOUT).await;
+        store.rivals.store(1, Ordering::SeqCst);
+        let edits = AtomicUsize::new(0);
+        let applied = g
+            .change(None, "alice", "add v3", |d| {
+                edits.fetch_add(1, Ordering::SeqCst);
+                add_v3(d)
+            })
+            .await
+            .unwrap();
+        assert_eq!(edits.load(Ordering::SeqCst), 2, "the edit is made again");
+        assert_eq!(applied.revision, 3, "after the rival's revision 2");
+        assert_eq!(g.revision(), 3);
+        let history = g.history(10).await.unwrap();
+        let actors: Vec<(u64, &str)> = history
+            .iter()
+            .map(|h| (h.revision, h.actor.as_str()))
+            .collect();
+        assert_eq!(actors, vec![(3, "alice"), (2, "rival"), (1, "config")]);
+        // Made on the rival's document, not on the one the first attempt read.
+        assert_eq!(history[0].before, history[1].after);
+    }
+
+    #[tokio::test]
+    async fn a_lost_race_with_if_match_is_refused_as_stale() {
+        let store = TestStore::new();
+        let g = gateway(&store, Some(&doc(WEB)), TIMEOUT).await;
+        store.rivals.store(1, Ordering::SeqCst);
+        let stale = g
+            .change(Some(1), "alice", "add v3", add_v3)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                stale,
+                ChangeError::Stale {
+                    expected: 1,
+                    actual: 2
+                }
+            ),
+            "{stale:?}"
+        );
+        assert_eq!(
+            stale.to_string(),
+            "the policy is at revision 2, not 1: read it again and retry"
+        );
+        // Only the rival's write landed; this change was not installed.
+        assert_eq!(store.load_policy().await.unwrap().unwrap().revision, 2);
+        assert_eq!(g.revision(), 1);
+        assert!(!g.policy().doc().services[0].versions.contains_key("v3"));
+
+        // An If-Match that is already behind is refused before the edit runs.
+        let behind = g
+            .change(Some(1), "alice", "add v3", |_| -> Result<(), ChangeError> {
+                panic!("the edit of a stale change runs")
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            behind,
+            ChangeError::Stale {
+                expected: 1,
+                actual: 2
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn writers_that_keep_winning_make_the_change_busy() {
+        let store = TestStore::new();
+        let g = gateway(&store, Some(&doc(WEB)), TIMEOUT).await;
+        store.rivals.store(CHANGE_ATTEMPTS, Ordering::SeqCst);
+        let busy = g.change(None, "alice", "add v3", add_v3).await.unwrap_err();
+        assert!(
+            matches!(
+                busy,
+                ChangeError::Busy {
+                    attempts: 5,
+                    actual: 6
+                }
+            ),
+            "{busy:?}"
+        );
+        assert_eq!(
+            busy.to_string(),
+            "the policy changed 5 times while this change was made (now at revision 6); try again"
+        );
+    }
+
+    #[tokio::test]
+    async fn apply_reports_a_lost_race_as_its_own_error_not_as_a_store_failure() {
+        let store = TestStore::new();
+        let g = gateway(&store, Some(&doc(WEB)), TIMEOUT).await;
+        store.rivals.store(CHANGE_ATTEMPTS, Ordering::SeqCst);
+        let mut next = doc(WEB);
+        add_v3(&mut next).unwrap();
+        let lost = g.apply(&next).await.unwrap_err();
+        assert!(
+            matches!(
+                lost,
+                GatewayError::LostRace {
+                    attempts: 5,
+                    actual: 6
+                }
+            ),
+            "{lost:?}"
+        );
+        assert_eq!(
+            lost.to_string(),
+            "the policy changed 5 times while this change was written (now at revision 6): nothing was applied, retry"
+        );
+        // Once the others stop, applying again works.
+        assert_eq!(g.apply(&next).await.unwrap(), 7);
+    }
+
+    #[test]
+    fn every_change_error_converts_to_a_gateway_error_of_its_kind() {
+        let stale: GatewayError = ChangeError::Stale {
+            expected: 1,
+            actual: 4,
+        }
+        .into();
+        assert!(matches!(
+            stale,
+            GatewayError::LostRace {
+                attempts: 1,
+                actual: 4
+            }
+        ));
+        let edit: GatewayError = ChangeError::Edit(EditError::invalid("name", "taken")).into();
+        assert!(matches!(edit, GatewayError::Edit(_)));
+        let store: GatewayError = ChangeError::Store(StoreError::Conflict {
+            expected: 1,
+            actual: 2,
+        })
+        .into();
+        assert!(matches!(store, GatewayError::Store(_)));
+    }
+}

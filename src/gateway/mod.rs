@@ -1,0 +1,361 @@
+//! The live policy: the glue between the store, the pure policy core and the data plane.
+//!
+//! The running policy is an `Arc<Policy>` in an [`ArcSwap`]: a request loads the snapshot once and
+//! finishes on it even if a change lands meanwhile; a change compiles the new document first and
+//! swaps only if it is valid, so a rejected change leaves the running policy untouched.
+//!
+//! Changes arrive by push (the store's change notifications) and, as a safety net against a
+//! missed notification, by a periodic reload that compares revisions.
+//!
+//! Every change made here (the admin API, SIGHUP, seeding an empty store) goes through
+//! [`Gateway::change`]: edit a copy of the stored document, compile it, write it with its history
+//! record in one conditional store write, install it. It also counts the requests routed to each
+//! version ([`Gateway::traffic`]) for the admin API's status.
+//!
+//! # Files
+//! - `mod.rs`: the [`Gateway`] itself: start, the running snapshot, install, and the watcher
+//!   that reloads store changes.
+//! - `change`: every change of the policy ([`Gateway::change`], [`Gateway::apply`]), the
+//!   document it starts from, and the history it records.
+//! - `decide`: the data plane's question ([`crate::proxy::Router`]): evaluate on one snapshot,
+//!   fetching the store values the rules need, each bounded by the lookup timeout.
+//! - `traffic`: the per-version request counters of the admin API's status.
+
+mod change;
+mod decide;
+#[cfg(test)]
+mod testing;
+mod traffic;
+
+pub use change::{Applied, ChangeError, HistoryEntry};
+
+use crate::policy::edit::EditError;
+use crate::policy::{self, Policy, PolicyDoc};
+use crate::store::{Change, ErrorChain, Store, StoreError};
+use arc_swap::ArcSwap;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::broadcast::error::RecvError;
+use traffic::Traffic;
+
+/// Why a policy could not be loaded or applied.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stored document is not valid JSON for a policy.
+    #[error("stored policy revision {revision} is not a valid policy document: {detail}")]
+    BadStoredPolicy { revision: u64, detail: String },
+    /// The document does not compile; nothing was applied.
+    #[error("policy rejected: {0}")]
+    Rejected(#[from] policy::CompileError),
+    /// A lost write race: other writers changed the stored policy every time this change was
+    /// about to be written. Nothing was applied; applying it again starts from their revision.
+    #[error("the policy changed {attempts} times while this change was written (now at revision {actual}): nothing was applied, retry")]
+    LostRace { attempts: usize, actual: u64 },
+    /// An edit of the document refused the change. [`Gateway::apply`] replaces the whole
+    /// document and never raises it; it is here so that every [`ChangeError`] converts.
+    #[error(transparent)]
+    Edit(#[from] EditError),
+}
+
+impl From<ChangeError> for GatewayError {
+    fn from(e: ChangeError) -> Self {
+        match e {
+            ChangeError::Edit(e) => GatewayError::Edit(e),
+            ChangeError::Rejected(e) => GatewayError::Rejected(e),
+            // The caller named a revision and another writer got there first: one lost race.
+            ChangeError::Stale { actual, .. } => GatewayError::LostRace {
+                attempts: 1,
+                actual,
+            },
+            ChangeError::Busy { attempts, actual } => GatewayError::LostRace { attempts, actual },
+            ChangeError::Store(e) => GatewayError::Store(e),
+        }
+    }
+}
+
+/// The live policy and the store it comes from.
+pub struct Gateway {
+    /// The snapshot every new request evaluates against.
+    policy: ArcSwap<Policy>,
+    /// Revision of the stored document `policy` was compiled from (0: none stored).
+    revision: AtomicU64,
+    /// When a policy was last installed, in ms since the Unix epoch (0: never), for the
+    /// metrics: an operator checks that a change has landed everywhere.
+    last_reload_ms: AtomicU64,
+    /// Where the policy, its history and the lists live.
+    store: Arc<dyn Store>,
+    /// Upstream names, in the order of the data plane's upstream table: a compiled policy refers
+    /// to upstreams by index into this list.
+    upstreams: Vec<String>,
+    /// How long a request waits for a store lookup before it is decided as if the store were down.
+    lookup_timeout: Duration,
+    /// The config's policy, when the store could not be read at start: written to the store by
+    /// the first reload that finds the store answering and empty.
+    pending_seed: std::sync::Mutex<Option<PolicyDoc>>,
+    /// Requests routed to each version since start, for the admin API's status: rebuilt (keeping
+    /// the counts of versions that stay) whenever a policy is installed.
+    traffic: Traffic,
+}
+
+impl Gateway {
+    /// Loads the stored policy. When the store holds none, `seed` (the config's policy) is written
+    /// to it first; with neither, the policy is empty and every request gets 404 until one is set.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        upstreams: Vec<String>,
+        seed: Option<&PolicyDoc>,
+        lookup_timeout: Duration,
+    ) -> Result<Arc<Self>, GatewayError> {
+        let names: Vec<&str> = upstreams.iter().map(String::as_str).collect();
+        let empty = policy::compile(&PolicyDoc::default(), &names)?;
+        let gateway = Arc::new(Gateway {
+            policy: ArcSwap::from_pointee(empty),
+            revision: AtomicU64::new(0),
+            last_reload_ms: AtomicU64::new(0),
+            store,
+            upstreams,
+            lookup_timeout,
+            pending_seed: std::sync::Mutex::new(None),
+            traffic: Traffic::new(),
+        });
+        match gateway.store.load_policy().await {
+            Ok(Some(stored)) => {
+                let compiled = gateway.compile_json(stored.revision, &stored.json)?;
+                gateway.install(compiled, stored.revision);
+                if seed.is_some() {
+                    tracing::info!(
+                        revision = stored.revision,
+                        "the store holds a policy: it is used; the config's policy only seeds an empty store (send SIGHUP to apply it)"
+                    );
+                }
+            }
+            Ok(None) => match seed {
+                Some(doc) => {
+                    gateway.apply(doc).await?;
+                }
+                None => tracing::warn!(
+                    "no policy in the store or the config: every request gets 404 until one is set"
+                ),
+            },
+            // A shared store that is down must not keep graygate from serving: run on the
+            // config's policy and write it once the store answers (see `reload`).
+            Err(e) => match seed {
+                Some(doc) => {
+                    tracing::warn!(error = %ErrorChain(&e), "store unavailable at start: serving the config's policy until it answers");
+                    gateway.install(gateway.compile(doc)?, 0);
+                    *gateway.pending_seed.lock().expect("seed lock") = Some(doc.clone());
+                }
+                None => return Err(e.into()),
+            },
+        }
+        Ok(gateway)
+    }
+
+    /// The current policy snapshot.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// The revision of the running policy (0: none stored).
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    /// When the running policy was installed (at start, by `apply` or by a reload); `None`
+    /// while no policy was ever installed.
+    pub fn last_reload(&self) -> Option<SystemTime> {
+        match self.last_reload_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(UNIX_EPOCH + Duration::from_millis(ms)),
+        }
+    }
+
+    /// The store the policy comes from; the admin API reads lists, history and health through it.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Upstream names, in the order of the data plane's upstream table (a [`policy::Decision`]'s
+    /// `upstream` indexes this).
+    pub fn upstream_names(&self) -> &[String] {
+        &self.upstreams
+    }
+
+    /// Requests routed to each version of each service since start (this instance only), for
+    /// every version of the running policy.
+    pub fn traffic(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        self.traffic.snapshot()
+    }
+
+    /// Reloads the stored policy if its revision differs from the running one. A stored document
+    /// that does not compile is logged once and the running policy stays.
+    pub async fn reload(&self) -> Result<bool, GatewayError> {
+        let Some(stored) = self.store.load_policy().await? else {
+            let seed = self.pending_seed.lock().expect("seed lock").take();
+            if let Some(doc) = seed {
+                self.apply(&doc).await?;
+                return Ok(true);
+            }
+            return Ok(false);
+        };
+        self.pending_seed.lock().expect("seed lock").take();
+        if stored.revision == self.revision() {
+            return Ok(false);
+        }
+        let compiled = self.compile_json(stored.revision, &stored.json)?;
+        self.install(compiled, stored.revision);
+        tracing::info!(revision = stored.revision, "policy reloaded from the store");
+        Ok(true)
+    }
+
+    /// Follows store changes (push) and reloads every `interval` (safety net) until the task is
+    /// dropped.
+    pub fn spawn_watcher(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let gateway = Arc::clone(self);
+        let mut changes = gateway.store.subscribe();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut rejected_revision = 0;
+            loop {
+                let reload = tokio::select! {
+                    change = changes.recv() => match change {
+                        Ok(Change::Policy { revision }) => revision != gateway.revision(),
+                        Ok(_) => false,
+                        Err(RecvError::Lagged(_)) => true,
+                        Err(RecvError::Closed) => return,
+                    },
+                    _ = tick.tick() => true,
+                };
+                if !reload {
+                    continue;
+                }
+                match gateway.reload().await {
+                    Ok(_) => {}
+                    Err(GatewayError::BadStoredPolicy { revision, detail })
+                        if revision != rejected_revision =>
+                    {
+                        rejected_revision = revision;
+                        tracing::error!(revision, %detail, "stored policy rejected; the running policy stays");
+                    }
+                    Err(GatewayError::BadStoredPolicy { .. }) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %ErrorChain(&e), "policy reload failed; retrying at the next tick")
+                    }
+                }
+            }
+        })
+    }
+
+    fn compile(&self, doc: &PolicyDoc) -> Result<Policy, policy::CompileError> {
+        let names: Vec<&str> = self.upstreams.iter().map(String::as_str).collect();
+        policy::compile(doc, &names)
+    }
+
+    fn compile_json(&self, revision: u64, json: &str) -> Result<Policy, GatewayError> {
+        let doc: PolicyDoc =
+            serde_json::from_str(json).map_err(|e| GatewayError::BadStoredPolicy {
+                revision,
+                detail: e.to_string(),
+            })?;
+        self.compile(&doc)
+            .map_err(|e| GatewayError::BadStoredPolicy {
+                revision,
+                detail: e.to_string(),
+            })
+    }
+
+    fn install(&self, policy: Policy, revision: u64) {
+        self.traffic.rebuild(policy.doc());
+        self.policy.store(Arc::new(policy));
+        self.revision.store(revision, Ordering::Release);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis().max(1) as u64);
+        self.last_reload_ms.store(now_ms, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{doc, gateway, TestStore, WEB};
+    use super::*;
+    use std::time::Instant;
+
+    const TIMEOUT: Duration = Duration::from_secs(1);
+
+    fn with_v3() -> PolicyDoc {
+        let mut d = doc(WEB);
+        d.services[0].versions.insert("v3".into(), "canary".into());
+        d
+    }
+
+    #[tokio::test]
+    async fn start_seeds_an_empty_store_and_prefers_a_stored_policy() {
+        let store = TestStore::new();
+        let first = gateway(&store, Some(&doc(WEB)), TIMEOUT).await;
+        assert_eq!(first.revision(), 1);
+        assert!(first.last_reload().is_some());
+        assert_eq!(*first.policy().doc(), doc(WEB));
+
+        // A restart with another policy in the config: the stored one wins.
+        let again = gateway(&store, Some(&with_v3()), TIMEOUT).await;
+        assert_eq!(again.revision(), 1);
+        assert_eq!(*again.policy().doc(), doc(WEB));
+
+        // Nothing stored and nothing to seed: empty, never installed.
+        let empty = gateway(&TestStore::new(), None, TIMEOUT).await;
+        assert_eq!(empty.revision(), 0);
+        assert_eq!(empty.last_reload(), None);
+        assert!(empty.policy().doc().services.is_empty());
+    }
+
+    #[tokio::test]
+    async fn reload_installs_a_newer_revision_and_keeps_running_on_a_bad_one() {
+        let store = TestStore::new();
+        let g = gateway(&store, Some(&doc(WEB)), TIMEOUT).await;
+        assert!(!g.reload().await.unwrap(), "nothing new");
+
+        let json = serde_json::to_string(&with_v3()).unwrap();
+        store.save_policy(&json, Some(1)).await.unwrap();
+        assert!(g.reload().await.unwrap());
+        assert_eq!(g.revision(), 2);
+        assert_eq!(*g.policy().doc(), with_v3());
+        // The traffic table follows the installed policy.
+        assert!(g.traffic()["web"].contains_key("v3"));
+
+        store.save_policy("{\"routes\": 1}", Some(2)).await.unwrap();
+        let bad = g.reload().await.unwrap_err();
+        assert!(
+            matches!(bad, GatewayError::BadStoredPolicy { revision: 3, .. }),
+            "{bad:?}"
+        );
+        assert!(
+            bad.to_string()
+                .starts_with("stored policy revision 3 is not a valid policy document: "),
+            "{bad}"
+        );
+        assert_eq!(g.revision(), 2);
+        assert_eq!(*g.policy().doc(), with_v3());
+    }
+
+    #[tokio::test]
+    async fn the_watcher_follows_store_changes_without_waiting_for_the_interval() {
+        let store = TestStore::new();
+        let g = gateway(&store, Some(&doc(WEB)), TIMEOUT).await;
+        let watcher = g.spawn_watcher(Duration::from_secs(3600));
+        let json = serde_json::to_string(&with_v3()).unwrap();
+        store.save_policy(&json, Some(1)).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while g.revision() != 2 {
+            assert!(Instant::now() < deadline, "the change never arrived");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(*g.policy().doc(), with_v3());
+        watcher.abort();
+    }
+}

@@ -1,0 +1,138 @@
+//! What the gateway's tests share: a real embedded store on a temporary directory, wrapped so
+//! that a test can make its conditional writes lose a race or its lookups hang, and a small
+//! policy to start from.
+
+use super::Gateway;
+use crate::policy::PolicyDoc;
+use crate::store::{
+    CacheStats, Change, EmbeddedStore, Entry, Store, StoreError, StoreHealth, StoredPolicy,
+};
+use async_trait::async_trait;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The upstreams every test policy points at.
+pub(super) const UPSTREAMS: [&str; 2] = ["stable", "canary"];
+
+/// One service `web`, stable `v1`, canary `v2`, every request routed to it.
+pub(super) const WEB: &str = "[[routes]]\nservice = \"web\"\n\
+    [[services]]\nname = \"web\"\nstable = \"v1\"\nversions = { v1 = \"stable\", v2 = \"canary\" }\n";
+
+/// A policy from TOML.
+pub(super) fn doc(text: &str) -> PolicyDoc {
+    toml::from_str(text).expect("a test policy parses")
+}
+
+/// An embedded store on its own temporary directory, with two faults a test can switch on.
+pub(super) struct TestStore {
+    inner: EmbeddedStore,
+    /// Kept for as long as the store: the directory is removed on drop.
+    _dir: tempfile::TempDir,
+    /// Conditional writes that lose a race: before each, another writer stores the same
+    /// document first (and records it in the history as `rival`).
+    pub(super) rivals: AtomicUsize,
+    /// Lookups never answer and nothing is answered from memory: a store that hangs.
+    pub(super) hang: AtomicBool,
+}
+
+impl TestStore {
+    pub(super) fn new() -> Arc<TestStore> {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let inner = EmbeddedStore::open(dir.path()).expect("the embedded store opens");
+        Arc::new(TestStore {
+            inner,
+            _dir: dir,
+            rivals: AtomicUsize::new(0),
+            hang: AtomicBool::new(false),
+        })
+    }
+
+    /// Takes one rival write, if any is left.
+    fn rival(&self) -> bool {
+        self.rivals
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+/// A gateway over `store` with the test upstreams, seeded with `seed`.
+pub(super) async fn gateway(
+    store: &Arc<TestStore>,
+    seed: Option<&PolicyDoc>,
+    lookup_timeout: Duration,
+) -> Arc<Gateway> {
+    let upstreams = UPSTREAMS.iter().map(|u| u.to_string()).collect();
+    let store: Arc<dyn Store> = store.clone();
+    Gateway::start(store, upstreams, seed, lookup_timeout)
+        .await
+        .expect("the gateway starts")
+}
+
+#[async_trait]
+impl Store for TestStore {
+    fn kind(&self) -> &'static str {
+        "test"
+    }
+
+    async fn load_policy(&self) -> Result<Option<StoredPolicy>, StoreError> {
+        self.inner.load_policy().await
+    }
+
+    async fn save_policy(&self, json: &str, expected: Option<u64>) -> Result<u64, StoreError> {
+        self.inner.save_policy(json, expected).await
+    }
+
+    async fn save_policy_recorded(&self, doc: &str, at: u64, rec: &str) -> Result<u64, StoreError> {
+        if self.rival() {
+            let mut rival: serde_json::Value =
+                serde_json::from_str(rec).expect("a history record is JSON");
+            rival["actor"] = "rival".into();
+            let rival = rival.to_string();
+            self.inner.save_policy_recorded(doc, at, &rival).await?;
+        }
+        self.inner.save_policy_recorded(doc, at, rec).await
+    }
+
+    async fn load_history(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.inner.load_history(limit).await
+    }
+
+    fn lookup_local(&self, list: &str, key: &str) -> Option<Option<Arc<str>>> {
+        if self.hang.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.inner.lookup_local(list, key)
+    }
+
+    async fn lookup(&self, list: &str, key: &str) -> Result<Option<Arc<str>>, StoreError> {
+        if self.hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.lookup(list, key).await
+    }
+
+    async fn put_entries(&self, list: &str, entries: &[Entry]) -> Result<(), StoreError> {
+        self.inner.put_entries(list, entries).await
+    }
+
+    async fn remove_entries(&self, list: &str, keys: &[String]) -> Result<usize, StoreError> {
+        self.inner.remove_entries(list, keys).await
+    }
+
+    async fn list_entries(&self, list: &str) -> Result<Vec<Entry>, StoreError> {
+        self.inner.list_entries(list).await
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.inner.subscribe()
+    }
+
+    fn cache_stats(&self) -> Option<CacheStats> {
+        None
+    }
+
+    fn health(&self) -> StoreHealth {
+        StoreHealth::default()
+    }
+}
