@@ -715,10 +715,7 @@ mod tests {
         let e = promote(&mut d, "web", Some("v2")).unwrap_err();
         assert_eq!(e.message, "`v2` is already the stable version of `web`");
         let e = promote(&mut d, "web", Some("v9")).unwrap_err();
-        assert_eq!(
-            e.field.as_ref().map(ToString::to_string).as_deref(),
-            Some("version")
-        );
+        assert_eq!(e.field, Some("version".into()));
     }
 
     #[test]
@@ -771,15 +768,9 @@ mod tests {
         assert_eq!(d.services[0].previous_stable, None);
         let e = add_rule(&mut d, "web", range_rule("beta", "v1", 1, 10), None).unwrap_err();
         assert_eq!(e.kind, EditErrorKind::Exists);
-        assert_eq!(
-            e.field.as_ref().map(ToString::to_string).as_deref(),
-            Some("services[0].rules[0].name")
-        );
+        assert_eq!(e.field, Some("services[0].rules[0].name".into()));
         let e = add_rule(&mut d, "web", range_rule("x", "v1", 1, 10), Some(9)).unwrap_err();
-        assert_eq!(
-            e.field.as_ref().map(ToString::to_string).as_deref(),
-            Some("position")
-        );
+        assert_eq!(e.field, Some("position".into()));
     }
 
     #[test]
@@ -810,17 +801,11 @@ mod tests {
         delete_route(&mut d, "api").unwrap();
 
         let e = delete_service(&mut d, "web").unwrap_err();
-        assert_eq!(
-            e.field.as_ref().map(ToString::to_string).as_deref(),
-            Some("routes[0].service")
-        );
+        assert_eq!(e.field, Some("routes[0].service".into()));
         let mut other = d.services[0].clone();
         other.name = "api".into();
         let e = put_service(&mut d, "web", other.clone()).unwrap_err();
-        assert_eq!(
-            e.field.as_ref().map(ToString::to_string).as_deref(),
-            Some("name")
-        );
+        assert_eq!(e.field, Some("name".into()));
         create_service(&mut d, other).unwrap();
         delete_service(&mut d, "api").unwrap();
 
@@ -830,10 +815,7 @@ mod tests {
         delete_version(&mut d, "web", "v3").unwrap();
         assert!(d.services[0].split.as_ref().unwrap().weights.is_empty());
         let e = delete_version(&mut d, "web", "v1").unwrap_err();
-        assert_eq!(
-            e.field.as_ref().map(ToString::to_string).as_deref(),
-            Some("services[0].stable")
-        );
+        assert_eq!(e.field, Some("services[0].stable".into()));
         compile(&d, UPSTREAMS).unwrap();
     }
 
@@ -849,10 +831,7 @@ mod tests {
 
         add_rule(&mut d, "web", range_rule("d", "v1", 4000, 7000), None).unwrap();
         let e = check_no_new_overlaps(&before, &d).unwrap_err();
-        assert_eq!(
-            e.field.as_ref().map(ToString::to_string).as_deref(),
-            Some("services[0].rules[4].when.range")
-        );
+        assert_eq!(e.field, Some("services[0].rules[4].when.range".into()));
         assert!(
             e.message.starts_with(
                 "overlaps rule `a` on the same source (header x-user-id): 4000..=5000"

@@ -181,7 +181,7 @@ fn percent_decode(v: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderMap;
+    use http::{HeaderMap, HeaderName, HeaderValue};
     use std::net::IpAddr;
 
     #[test]
@@ -217,10 +217,20 @@ mod tests {
 
     #[test]
     fn sources_read_from_the_request() {
-        let mut headers = HeaderMap::new();
-        headers.append("x-env", "beta".parse().unwrap());
-        headers.append("cookie", "a=1; group=\"beta\"".parse().unwrap());
-        headers.append("cookie", "z=2".parse().unwrap());
+        // Two cookie headers: both are read.
+        let headers: HeaderMap = [
+            ("x-env", "beta"),
+            ("cookie", "a=1; group=\"beta\""),
+            ("cookie", "z=2"),
+        ]
+        .into_iter()
+        .map(|(name, value)| {
+            (
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            )
+        })
+        .collect();
         let facts = RequestFacts {
             host: "example.com",
             path: "/",

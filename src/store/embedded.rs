@@ -1044,16 +1044,8 @@ mod tests {
                 }
                 Err(e) => {
                     assert!(e.is_lost_race(), "{e:?}");
-                    assert!(
-                        matches!(
-                            e,
-                            StoreError::Conflict {
-                                expected: 1,
-                                actual: 2
-                            }
-                        ),
-                        "{e:?}"
-                    );
+                    let want = "policy revision conflict: expected 1, store has 2";
+                    assert_eq!(e.to_string(), want);
                 }
             }
         }

@@ -770,6 +770,13 @@ mod tests {
         fn cli(&self, args: &[&str]) -> String {
             cli(&self.socket, args)
         }
+
+        /// A store on this server with the default layout.
+        async fn store(&self) -> RedisStore {
+            RedisStore::connect(RedisConfig::new(self.url("")))
+                .await
+                .expect("connect")
+        }
     }
 
     fn cli(socket: &Path, args: &[&str]) -> String {
@@ -792,22 +799,14 @@ mod tests {
     #[tokio::test]
     async fn a_lost_race_is_a_conflict_not_an_outage() {
         let server = Server::start(&[]);
-        let store = RedisStore::connect(RedisConfig::new(server.url("")))
-            .await
-            .unwrap();
+        let store = server.store().await;
         assert_eq!(store.save_policy("a", Some(0)).await.unwrap(), 1);
         // Another writer got there first.
         let err = store.save_policy("b", Some(0)).await.unwrap_err();
         assert!(err.is_lost_race(), "{err:?}");
-        assert!(
-            matches!(
-                err,
-                StoreError::Conflict {
-                    expected: 0,
-                    actual: 1
-                }
-            ),
-            "{err:?}"
+        assert_eq!(
+            err.to_string(),
+            "policy revision conflict: expected 0, store has 1"
         );
         assert_eq!(store.load_history(10).await.unwrap(), Vec::<String>::new());
     }
@@ -816,9 +815,7 @@ mod tests {
     async fn a_foreign_revision_is_bad_data_with_the_server_error_as_its_cause() {
         use std::error::Error as _;
         let server = Server::start(&[]);
-        let store = RedisStore::connect(RedisConfig::new(server.url("")))
-            .await
-            .unwrap();
+        let store = server.store().await;
         server.cli(&["HSET", "graygate:policy", "revision", "abc", "policy", "{}"]);
         let err = store.save_policy("x", None).await.unwrap_err();
         assert!(

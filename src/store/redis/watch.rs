@@ -86,6 +86,17 @@ async fn bounded<T>(step: &'static str, call: impl Future<Output = T>) -> Result
         .map_err(|_| WatchError::Timeout { step, after })
 }
 
+/// The command `name`, sent by `call`, bounded like [`bounded`]; a failure is a
+/// [`WatchError::Command`].
+async fn command<T>(
+    name: &'static str,
+    call: impl Future<Output = Result<T, RedisError>>,
+) -> Result<T, WatchError> {
+    bounded(name, call)
+        .await?
+        .map_err(WatchError::command(name))
+}
+
 /// The subscription connection, in whichever protocol the server speaks.
 enum Watch {
     Resp3 {
@@ -235,9 +246,7 @@ impl Shared {
         mut conn: MultiplexedConnection,
         pushes: mpsc::UnboundedReceiver<PushInfo>,
     ) -> Result<Watch, WatchError> {
-        bounded("SUBSCRIBE", conn.subscribe(&self.keys.channel))
-            .await?
-            .map_err(WatchError::command("SUBSCRIBE"))?;
+        command("SUBSCRIBE", conn.subscribe(&self.keys.channel)).await?;
         let mut tracking = ::redis::cmd("CLIENT");
         tracking.arg("TRACKING").arg("ON").arg("BCAST");
         for prefix in self.keys.watched_prefixes().unwrap_or_default() {
@@ -252,9 +261,7 @@ impl Shared {
                 tracing::debug!(error = %e, "CLIENT TRACKING refused; trying keyspace notifications");
                 match self.keyspace_patterns(&mut conn).await? {
                     Some(patterns) => {
-                        bounded("PSUBSCRIBE", conn.psubscribe(patterns))
-                            .await?
-                            .map_err(WatchError::command("PSUBSCRIBE"))?;
+                        command("PSUBSCRIBE", conn.psubscribe(patterns)).await?;
                         InvalidationMode::KeyspaceEvents
                     }
                     None => InvalidationMode::TtlOnly,
@@ -270,15 +277,11 @@ impl Shared {
             .await?
             .map_err(WatchError::Connect)?;
         let (mut sink, stream) = pubsub.split();
-        bounded("SUBSCRIBE", sink.subscribe(&self.keys.channel))
-            .await?
-            .map_err(WatchError::command("SUBSCRIBE"))?;
+        command("SUBSCRIBE", sink.subscribe(&self.keys.channel)).await?;
         let mut conn = self.manager.clone();
         let mode = match self.keyspace_patterns(&mut conn).await? {
             Some(patterns) => {
-                bounded("PSUBSCRIBE", sink.psubscribe(patterns))
-                    .await?
-                    .map_err(WatchError::command("PSUBSCRIBE"))?;
+                command("PSUBSCRIBE", sink.psubscribe(patterns)).await?;
                 InvalidationMode::KeyspaceEvents
             }
             None => InvalidationMode::TtlOnly,
@@ -359,9 +362,7 @@ impl Shared {
 
     /// Pings both connections; clears a degraded state that a failed command set meanwhile.
     async fn check(&self, watch: &mut Watch) -> Result<(), WatchError> {
-        bounded("PING on the subscription", watch.ping())
-            .await?
-            .map_err(WatchError::command("PING on the subscription"))?;
+        command("PING on the subscription", watch.ping()).await?;
         self.ping().await.map_err(WatchError::Ping)?;
         self.health.mark_recovered();
         Ok(())
