@@ -12,30 +12,13 @@
 //! Without tokens the API is open to anyone who can connect, so it must listen on a loopback
 //! address (checked here) and graygate warns at start.
 
+use super::file::AdminFile;
 use super::ConfigError;
-use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
 /// Shortest token accepted: a guessable token is no protection.
 pub const MIN_TOKEN_LEN: usize = 16;
-
-/// `[admin]` as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct AdminFile {
-    listen: Option<String>,
-    #[serde(default)]
-    tokens: Vec<TokenFile>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenFile {
-    name: String,
-    token: Option<String>,
-    token_env: Option<String>,
-}
 
 /// The admin API's listener and tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,6 +9,7 @@
 //! Relative paths in the file (`policy_file`, `store.path`) are relative to the file's directory.
 
 mod admin;
+pub mod file;
 pub(crate) mod locate;
 mod observe;
 
@@ -19,9 +20,8 @@ pub use observe::{AccessLogConfig, LogConfig, LogFormat, MetricsConfig};
 use crate::policy::{self, PolicyDoc};
 use crate::proxy::{self, ClientIpConfig, ClientIpMode, ServerConfig, Timeouts, UpstreamConfig};
 use crate::store::{CacheConfig, MemcachedConfig, RedisConfig};
+use file::{ConfigFile, StoreFile};
 use http::HeaderName;
-use serde::Deserialize;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -117,93 +117,6 @@ pub struct PolicySource {
     pub doc: PolicyDoc,
     /// The file it was read from (the config itself for an inline policy).
     pub file: PathBuf,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    listen: Vec<String>,
-    #[serde(default)]
-    store: StoreFile,
-    #[serde(default)]
-    cache: CacheFile,
-    #[serde(default)]
-    client_ip: ClientIpFile,
-    #[serde(default)]
-    timeouts: TimeoutsFile,
-    #[serde(default)]
-    max_header_bytes: Option<usize>,
-    #[serde(default)]
-    upstreams: Vec<UpstreamFile>,
-    #[serde(default)]
-    policy: Option<PolicyDoc>,
-    #[serde(default)]
-    policy_file: Option<String>,
-    #[serde(default)]
-    reload_interval: Option<String>,
-    #[serde(default)]
-    version_header: Option<String>,
-    #[serde(default)]
-    workers: Option<usize>,
-    #[serde(default)]
-    metrics: observe::MetricsFile,
-    #[serde(default)]
-    access_log: observe::AccessLogFile,
-    #[serde(default)]
-    log: observe::LogFile,
-    #[serde(default)]
-    response_version_header: bool,
-    #[serde(default)]
-    admin: Option<admin::AdminFile>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StoreFile {
-    kind: Option<String>,
-    /// embedded, memcached: the embedded store's directory.
-    path: Option<String>,
-    /// redis
-    url: Option<String>,
-    /// redis
-    key_prefix: Option<String>,
-    /// memcached
-    servers: Option<Vec<String>>,
-    /// redis, memcached: list name -> key prefix.
-    lists: Option<HashMap<String, String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CacheFile {
-    max_entries: Option<usize>,
-    ttl: Option<String>,
-    negative_ttl: Option<String>,
-    lookup_timeout: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ClientIpFile {
-    #[serde(default)]
-    trusted_proxies: Vec<String>,
-    mode: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TimeoutsFile {
-    connect: Option<String>,
-    header: Option<String>,
-    upstream_response: Option<String>,
-    idle: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UpstreamFile {
-    name: String,
-    servers: Vec<String>,
 }
 
 /// Default of `reload_interval`: how often the full policy is reloaded from the store.

@@ -13,33 +13,11 @@
 //! format = "json"             # text (default), json: graygate's own messages on stderr
 //! ```
 
+use super::file::{AccessLogFile, LogFile, MetricsFile};
 use super::ConfigError;
 use crate::observe::{AccessLogFormat, AccessLogTarget};
-use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::Path;
-
-/// `[metrics]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct MetricsFile {
-    listen: Option<String>,
-}
-
-/// `[access_log]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct AccessLogFile {
-    format: Option<String>,
-    path: Option<String>,
-}
-
-/// `[log]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct LogFile {
-    format: Option<String>,
-}
 
 /// How graygate's own messages (the process log, on stderr) are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -3,12 +3,8 @@
 //! stdout ends it quietly; a weight that is no percentage is a usage error; a TOML document's
 //! errors name the line of the user's file.
 
-#[path = "support/ctl.rs"]
-mod ctl;
-mod support;
-
+use crate::support::*;
 use bytes::Bytes;
-use ctl::{Admin, Ctl};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -17,28 +13,21 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use support::{Backend, Graygate};
 
 const TOKEN: &str = "alice-token-0123456789";
 
 /// A web service with a range rule, an admin API with one token.
-fn config(stable: &Backend, canary: &Backend) -> String {
-    format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\ntokens = [{{ name = \"alice\", token = \"{TOKEN}\" }}]\n\
-         {}\
-         [policy]\n[[policy.routes]]\nservice = \"web\"\n\
-         [[policy.services]]\nname = \"web\"\nstable = \"stable\"\n\
-         versions = {{ stable = \"stable\", canary = \"canary\" }}\n\
-         [[policy.services.rules]]\nname = \"beta\"\nversion = \"canary\"\n\
-         when = {{ header = \"X-User-Id\", range = {{ start = 1, end = 1000 }} }}\n",
-        support::upstreams(stable.addr, canary.addr)
-    )
-}
-
-async fn start() -> (Backend, Backend, Graygate) {
-    let stable = Backend::start("stable").await;
-    let canary = Backend::start("canary").await;
-    let gg = Graygate::start(&config(&stable, &canary));
+async fn start() -> (Backend, Backend, Gateway) {
+    let stable = backend("stable").await;
+    let canary = backend("canary").await;
+    let gg = gateway()
+        .admin_token("alice", TOKEN)
+        .upstream("stable", &stable)
+        .upstream("canary", &canary)
+        .route(route("web"))
+        .service(web().rule("beta", "canary", header("X-User-Id").range(1, 1000)))
+        .start()
+        .await;
     (stable, canary, gg)
 }
 
@@ -102,7 +91,7 @@ fn not_admin(addr: SocketAddr, what: &str, status: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctl_pointed_at_the_traffic_port_exits_3_and_changes_nothing() {
     let (stable, canary, gg) = start().await;
-    let mut admin = Admin::new(gg.admin_addr(), Some(TOKEN));
+    let mut admin = gg.admin_api();
     let before = admin.revision().await;
 
     let data_plane = Ctl::new(gg.addr, Some(TOKEN));
@@ -115,7 +104,7 @@ async fn ctl_pointed_at_the_traffic_port_exits_3_and_changes_nothing() {
     );
     assert_eq!(run.stdout, "", "nothing printed as a success");
     // Only the probe reached the application: the change itself was never sent.
-    let reached = stable.requests.load(Ordering::SeqCst) + canary.requests.load(Ordering::SeqCst);
+    let reached = stable.requests() + canary.requests();
     assert_eq!(reached, 1);
     assert_eq!(admin.revision().await, before, "the policy did not move");
 
@@ -128,7 +117,7 @@ async fn ctl_pointed_at_the_traffic_port_exits_3_and_changes_nothing() {
     );
 
     // The admin address itself still works.
-    Ctl::new(gg.admin_addr(), Some(TOKEN)).ok(&["status"]);
+    gg.ctl().ok(&["status"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,7 +166,7 @@ async fn an_answer_ctl_cannot_read_is_exit_3_naming_what_was_asked() {
 fn run_into_closed_pipe(addr: SocketAddr, args: &[&str]) -> std::process::Output {
     let (reader, writer) = std::io::pipe().expect("a pipe");
     drop(reader);
-    let mut cmd = Command::new(support::binary());
+    let mut cmd = Command::new(binary());
     cmd.arg("ctl")
         .args(args)
         .env("GRAYGATE_ADMIN", format!("http://{addr}"))
@@ -208,7 +197,7 @@ async fn a_closed_stdout_ends_ctl_quietly() {
             .write(true)
             .open("/dev/full")
             .unwrap();
-        let mut cmd = Command::new(support::binary());
+        let mut cmd = Command::new(binary());
         cmd.args(["ctl", "status"])
             .env("GRAYGATE_ADMIN", format!("http://{}", gg.admin_addr()))
             .env("GRAYGATE_TOKEN", TOKEN)
@@ -221,15 +210,15 @@ async fn a_closed_stdout_ends_ctl_quietly() {
         );
     }
     // The change was made even though its summary could not be printed.
-    let weights = Ctl::new(gg.admin_addr(), Some(TOKEN)).ok(&["weights", "get", "-s", "web"]);
+    let weights = gg.ctl().ok(&["weights", "get", "-s", "web"]);
     assert!(weights.contains("canary=5%"), "{weights}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_weight_that_is_no_percentage_is_a_usage_error() {
     let (_s, _c, gg) = start().await;
-    let ctl = Ctl::new(gg.admin_addr(), Some(TOKEN));
-    let before = Admin::new(gg.admin_addr(), Some(TOKEN)).revision().await;
+    let ctl = gg.ctl();
+    let before = gg.admin_api().revision().await;
     for weight in ["canary=nan", "canary=inf", "canary=-5", "canary=150"] {
         let run = ctl.run(&["weights", "set", "-s", "web", weight]);
         assert_eq!(run.code, 2, "{weight}: {run:?}");
@@ -246,10 +235,7 @@ async fn a_weight_that_is_no_percentage_is_a_usage_error() {
         run.stderr.trim(),
         "graygate ctl: `canary`: write VERSION=PERCENT, like canary=10"
     );
-    assert_eq!(
-        Admin::new(gg.admin_addr(), Some(TOKEN)).revision().await,
-        before
-    );
+    assert_eq!(gg.admin_api().revision().await, before);
     ctl.ok(&["weights", "set", "-s", "web", "canary=100"]);
 }
 
@@ -277,8 +263,8 @@ when = { cidr = ["300.1.1.1"] }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn toml_documents_report_errors_at_the_line_of_the_file() {
     let (_s, _c, gg) = start().await;
-    let ctl = Ctl::new(gg.admin_addr(), Some(TOKEN));
-    let before = Admin::new(gg.admin_addr(), Some(TOKEN)).revision().await;
+    let ctl = gg.ctl();
+    let before = gg.admin_api().revision().await;
     let dir = tempfile::tempdir().unwrap();
     let run = ctl.run(&["policy", "get"]);
     assert_eq!((run.code, run.stderr.trim()), (0, "revision 1"), "{run:?}");
@@ -339,7 +325,7 @@ async fn toml_documents_report_errors_at_the_line_of_the_file() {
     );
 
     assert_eq!(
-        Admin::new(gg.admin_addr(), Some(TOKEN)).revision().await,
+        gg.admin_api().revision().await,
         before,
         "nothing was applied"
     );
@@ -348,7 +334,7 @@ async fn toml_documents_report_errors_at_the_line_of_the_file() {
 #[test]
 fn every_ctl_command_explains_itself() {
     let help = |args: &[&str]| {
-        let out = Command::new(support::binary())
+        let out = Command::new(binary())
             .arg("ctl")
             .args(args)
             .arg("--help")

@@ -1,10 +1,11 @@
 //! `graygate demo`: the whole product in one command, with no external service.
 //!
-//! Starts two small built-in backends (each answers with its name: `stable` or `canary`), an
-//! embedded store in a fresh temporary directory, and graygate in front of them with an example
-//! policy: an IP gray list (the nginx + memcached design, on the embedded store), a user-id range
-//! rule (the OpenResty + Redis design), a 10% sticky split and a tester override. Then it prints
-//! curl commands, each with the version it reaches.
+//! Starts two small built-in backends ([`Backend`]: each answers with its name, `stable` or
+//! `canary`; the end-to-end tests use the same one), an embedded store in a fresh temporary
+//! directory, and graygate in front of them with an example policy: an IP gray list (the nginx +
+//! memcached design, on the embedded store), a user-id range rule (the OpenResty + Redis design),
+//! a 10% sticky split and a tester override. Then it prints curl commands, each with the version
+//! it reaches.
 
 use crate::app::{self, StartError};
 use crate::config::{
@@ -14,15 +15,14 @@ use crate::config::{
 use crate::policy::{self, PolicyDoc};
 use crate::proxy::{ClientIpConfig, ClientIpMode, ServerConfig, Timeouts, UpstreamConfig};
 use crate::store::{CacheConfig, EmbeddedStore, Entry, Store, StoreError};
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+pub mod backend;
+
+pub use backend::Backend;
 
 /// Why the demo could not run.
 #[derive(Debug, thiserror::Error)]
@@ -71,8 +71,8 @@ pub const DEMO_GRAY_IP: &str = "10.0.0.7";
 /// Runs the demo until `shutdown` completes. `listen` is where graygate listens; if it is taken,
 /// a free port is used instead.
 pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
-    let stable = spawn_backend("stable").await?;
-    let canary = spawn_backend("canary").await?;
+    let stable = Backend::start("stable").await?;
+    let canary = Backend::start("canary").await?;
     let dir = TempDir::new()?;
     let store = Arc::new(EmbeddedStore::open(&dir.0)?);
     store
@@ -80,7 +80,7 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> Resu
         .await?;
 
     let doc: PolicyDoc = toml::from_str(DEMO_POLICY).expect("the demo policy parses");
-    let mut config = demo_config(listen, &dir.0, stable, canary, doc);
+    let mut config = demo_config(listen, &dir.0, stable.addr(), canary.addr(), doc);
     let running = match app::start(&config, store.clone()).await {
         Ok(r) => r,
         Err(StartError::Bind { source, .. }) if source.kind() == std::io::ErrorKind::AddrInUse => {
@@ -90,7 +90,13 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> Resu
         }
         Err(e) => return Err(e.into()),
     };
-    print_tour(running.addrs[0], stable, canary, &dir.0, running.admin_addr);
+    print_tour(
+        running.addrs[0],
+        stable.addr(),
+        canary.addr(),
+        &dir.0,
+        running.admin_addr,
+    );
     shutdown.await;
     println!("graygate demo: stopping");
     running.shutdown().await;
@@ -245,30 +251,6 @@ fn print_tour(
         println!();
     }
     println!("Press Ctrl-C to stop.");
-}
-
-/// A backend that answers every request with `name` and a newline.
-pub async fn spawn_backend(name: &'static str) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = service_fn(move |_req| async move {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(format!(
-                        "{name}\n"
-                    )))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    Ok(addr)
 }
 
 /// A directory under the system temp dir, removed when dropped.

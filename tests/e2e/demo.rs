@@ -1,15 +1,13 @@
 //! `graygate demo`: every curl command it prints reaches the version it says, run with the real
 //! `curl`, and Ctrl-C (SIGINT) stops it cleanly.
 
-mod support;
-
+use crate::support::{binary, eventually};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-#[test]
-fn every_printed_curl_reaches_the_version_it_names() {
-    let mut child = Command::new(support::binary())
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_printed_curl_reaches_the_version_it_names() {
+    let mut child = Command::new(binary())
         .args(["demo", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -61,14 +59,13 @@ fn every_printed_curl_reaches_the_version_it_names() {
         .status()
         .unwrap();
     assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let exit = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
+    let exit = eventually("the demo stops on SIGINT", async || {
+        match child.0.try_wait() {
+            Ok(Some(status)) => Ok(status),
+            other => Err(other),
         }
-        assert!(Instant::now() < deadline, "the demo did not stop on SIGINT");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    })
+    .await;
     assert!(exit.success(), "demo exit status {exit}");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l.contains("stopping")), "{rest:?}");

@@ -1,44 +1,38 @@
-//! The admin API end to end, on the real `graygate run`: every kind of bad input is refused with
-//! 400 or 422 naming the field and changes nothing; a stale revision gets 409; tokens are checked;
-//! without tokens the API is loopback-only; explain; and `graygate ctl`'s exit codes and messages.
+//! The admin API on the real `graygate run`: every kind of bad input is refused with 400 or 422
+//! naming the field and changes nothing; a stale revision gets 409; tokens are checked; without
+//! tokens the API is loopback-only; explain; and `graygate ctl`'s exit codes and messages.
 
-#[path = "support/ctl.rs"]
-mod ctl;
-mod support;
-
-use ctl::{Admin, Ctl};
+use crate::support::*;
 use serde_json::{json, Value};
-use std::process::Command;
-use support::{Backend, Client, Graygate};
 
 const TOKEN: &str = "alice-token-0123456789";
 
-/// A web service with a gray list rule and a user-id range rule, an admin API with one token.
-fn config(stable: &Backend, canary: &Backend, admin: &str) -> String {
-    format!(
-        "[client_ip]\ntrusted_proxies = [\"127.0.0.0/8\"]\n\
-         {admin}\n{}\
-         [policy]\n[[policy.routes]]\nservice = \"web\"\n\
-         [[policy.services]]\nname = \"web\"\nstable = \"stable\"\n\
-         versions = {{ stable = \"stable\", canary = \"canary\" }}\n\
-         [[policy.services.rules]]\nname = \"gray-ips\"\nversion = \"canary\"\n\
-         when = {{ client_ip = true, lookup = {{ list = \"gray_ips\" }}, equals = \"1\" }}\n\
-         [[policy.services.rules]]\nname = \"beta\"\nversion = \"canary\"\n\
-         when = {{ header = \"X-User-Id\", range = {{ start = 1, end = 1000 }} }}\n",
-        support::upstreams(stable.addr, canary.addr)
-    )
+/// A web service with a gray list rule and a user-id range rule, behind trusted loopback proxies.
+fn web_with_rules(stable: &Backend, canary: &Backend) -> GatewayBuilder {
+    gateway()
+        .trusted_proxies(["127.0.0.0/8"])
+        .upstream("stable", stable)
+        .upstream("canary", canary)
+        .route(route("web"))
+        .service(
+            web()
+                .rule(
+                    "gray-ips",
+                    "canary",
+                    client_ip().lookup("gray_ips").equals("1"),
+                )
+                .rule("beta", "canary", header("X-User-Id").range(1, 1000)),
+        )
 }
 
-fn with_token() -> String {
-    format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\ntokens = [{{ name = \"alice\", token = \"{TOKEN}\" }}]\n"
-    )
-}
-
-async fn start() -> (Backend, Backend, Graygate) {
-    let stable = Backend::start("stable").await;
-    let canary = Backend::start("canary").await;
-    let gg = Graygate::start(&config(&stable, &canary, &with_token()));
+/// The same, with an admin API that takes one token.
+async fn start() -> (Backend, Backend, Gateway) {
+    let stable = backend("stable").await;
+    let canary = backend("canary").await;
+    let gg = web_with_rules(&stable, &canary)
+        .admin_token("alice", TOKEN)
+        .start()
+        .await;
     (stable, canary, gg)
 }
 
@@ -78,7 +72,7 @@ fn bad(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_naming_the_field_and_nothing_is_applied() {
     let (_s, _c, gg) = start().await;
-    let mut admin = Admin::new(gg.admin_addr(), Some(TOKEN));
+    let mut admin = gg.admin_api();
     let before_doc = admin.get("/v1/policy").await;
     let before = admin.revision().await;
     const INVALID: (u16, &str) = (422, "invalid");
@@ -328,7 +322,7 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_is_applied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_revision_gets_409_and_every_etag_is_the_revision() {
     let (_s, _c, gg) = start().await;
-    let mut admin = Admin::new(gg.admin_addr(), Some(TOKEN));
+    let mut admin = gg.admin_api();
     let (reply, _) = admin.send("GET", "/v1/services/web", &[], "").await;
     assert_eq!(reply.headers["etag"], "\"1\"");
 
@@ -377,7 +371,7 @@ async fn a_stale_revision_gets_409_and_every_etag_is_the_revision() {
     assert_eq!(body["error"]["field"], "If-Match");
 
     // `graygate ctl --revision` is If-Match: stale -> exit 1 with the API's message.
-    let ctl = Ctl::new(gg.admin_addr(), Some(TOKEN));
+    let ctl = gg.ctl();
     let run = ctl.run(&["--revision", "1", "rollback", "--service", "web"]);
     assert_eq!(run.code, 1, "{run:?}");
     assert_eq!(
@@ -452,16 +446,8 @@ async fn tokens_are_required_and_checked() {
 
     // Probes need no token.
     let mut probe = Client::new(addr);
-    assert_eq!(
-        probe
-            .request("GET", "/healthz", &[], Default::default())
-            .await
-            .status,
-        200
-    );
-    let ready = probe
-        .request("GET", "/readyz", &[], Default::default())
-        .await;
+    assert_eq!(probe.get_path("/healthz", &[]).await.status, 200);
+    let ready = probe.get_path("/readyz", &[]).await;
     assert_eq!(ready.status, 200, "{ready:?}");
 
     // ctl: a refusal is exit 1 with the API's message as it is.
@@ -479,14 +465,10 @@ async fn tokens_are_required_and_checked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_tokens_the_api_is_loopback_only_and_warns() {
-    let stable = Backend::start("stable").await;
-    let canary = Backend::start("canary").await;
-    let gg = Graygate::start(&config(
-        &stable,
-        &canary,
-        "[admin]\nlisten = \"127.0.0.1:0\"\n",
-    ));
-    let ctl = Ctl::new(gg.admin_addr(), None);
+    let stable = backend("stable").await;
+    let canary = backend("canary").await;
+    let gg = web_with_rules(&stable, &canary).admin().start().await;
+    let ctl = gg.ctl();
     ctl.ok(&["weights", "set", "--service", "web", "canary=5"]);
     let history = ctl.json(&["history"]);
     assert_eq!(history["entries"][0]["actor"], "local");
@@ -496,32 +478,31 @@ async fn without_tokens_the_api_is_loopback_only_and_warns() {
         gg.log_text()
     );
 
-    // A non-loopback listener without tokens is a config error.
+    // A non-loopback listener without tokens is a config error, at the line of `listen`.
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("graygate.toml");
-    let text = format!(
-        "listen = [\"127.0.0.1:0\"]\n{}",
-        config(&stable, &canary, "[admin]\nlisten = \"0.0.0.0:9901\"\n")
-    );
-    std::fs::write(&path, text).unwrap();
-    let out = Command::new(support::binary())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let path = web_with_rules(&stable, &canary)
+        .admin_listen("0.0.0.0:9901")
+        .write(dir.path());
+    let text = std::fs::read_to_string(&path).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l == "listen = \"0.0.0.0:9901\"")
+        .unwrap_or_else(|| panic!("no admin listen line in:\n{text}"))
+        + 1;
+    let checked = check(&path);
+    assert_eq!(checked.code, 1);
     assert!(
-        stderr.contains(":5:1: admin.listen: 0.0.0.0:9901 is not a loopback address: without `tokens` the admin API has no authentication"),
-        "{stderr}"
+        checked.stderr.contains(&format!(":{line}:1: admin.listen: 0.0.0.0:9901 is not a loopback address: without `tokens` the admin API has no authentication")),
+        "{}",
+        checked.stderr
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_names_the_version_and_the_rule_without_sending_traffic() {
     let (stable, canary, gg) = start().await;
-    let mut admin = Admin::new(gg.admin_addr(), Some(TOKEN));
-    let ctl = Ctl::new(gg.admin_addr(), Some(TOKEN));
+    let mut admin = gg.admin_api();
+    let ctl = gg.ctl();
     ctl.ok(&["list", "add", "gray_ips", "10.0.0.7", "--ttl", "1h"]);
 
     let (_, e) = admin
@@ -576,21 +557,15 @@ async fn explain_names_the_version_and_the_rule_without_sending_traffic() {
         (Some("stable"), Some("default"))
     );
 
-    assert_eq!(
-        stable.requests.load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
-    assert_eq!(
-        canary.requests.load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(stable.requests(), 0);
+    assert_eq!(canary.requests(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_services_versions_and_rules_through_ctl() {
     let (_s, _c, gg) = start().await;
-    let ctl = Ctl::new(gg.admin_addr(), Some(TOKEN));
-    let mut client = Client::new(gg.addr);
+    let ctl = gg.ctl();
+    let mut client = gg.client();
 
     ctl.ok(&["versions", "set", "--service", "web", "next", "canary"]);
     let dir = tempfile::tempdir().unwrap();
@@ -625,13 +600,8 @@ async fn routes_services_versions_and_rules_through_ctl() {
         "put",
         r#"{"name": "api", "service": "api", "path_prefix": "/api"}"#,
     ]);
-    let mut api = Client::new(gg.addr);
-    assert_eq!(
-        api.request("GET", "/api/x", &[], Default::default())
-            .await
-            .body,
-        "canary\n"
-    );
+    let mut api = gg.client();
+    assert_eq!(api.get_path("/api/x", &[]).await.body, "canary\n");
     let routes = ctl.ok(&["routes", "list"]);
     assert!(routes.contains("api   *      /api  api"), "{routes}");
 
@@ -655,7 +625,7 @@ async fn routes_services_versions_and_rules_through_ctl() {
         2
     );
     assert_eq!(ctl.run(&["frobnicate"]).code, 2);
-    let dead = Ctl::new(support::dead_addr(), Some(TOKEN)).run(&["status"]);
+    let dead = Ctl::new(dead_addr(), Some(TOKEN)).run(&["status"]);
     assert_eq!(dead.code, 3, "{dead:?}");
     assert!(
         dead.stderr.contains("cannot reach the admin API"),
@@ -666,7 +636,7 @@ async fn routes_services_versions_and_rules_through_ctl() {
     let policy = ctl.ok(&["policy", "get"]);
     let file = dir.path().join("policy.json");
     std::fs::write(&file, &policy).unwrap();
-    let before = Admin::new(gg.admin_addr(), Some(TOKEN)).revision().await;
+    let before = gg.admin_api().revision().await;
     ctl.ok(&[
         "--revision",
         &before.to_string(),

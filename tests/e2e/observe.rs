@@ -1,41 +1,30 @@
-//! End to end: what an operator sees of the traffic. The real `graygate run` process with its
-//! metrics listener and access log on, a known set of requests (stable, canary by a rule, a
-//! canary that is down, no route), then exact counts from `/metrics` and exact fields in every
-//! access log line.
+//! What an operator sees of the traffic. The real `graygate run` process with its metrics
+//! listener and access log on, a known set of requests (stable, canary by a rule, a canary that
+//! is down, no route), then exact counts from `/metrics` and exact fields in every access log
+//! line.
 
-mod support;
-
+use crate::support::*;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
-
-use bytes::Bytes;
-use support::{dead_addr, eventually, metric, read_lines, Backend, Client, Graygate, Reply};
+use std::path::Path;
 
 /// Two services: `web` under /web (canary for `X-Env: beta`), and `shop` under /shop whose
 /// canary upstream is down (every request with `X-Shop` picks it and falls back to stable).
 /// Anything else has no route.
-fn config(stable: SocketAddr, canary: SocketAddr, dead: SocketAddr, extra: &str) -> String {
-    format!(
-        "{extra}\
-         [[upstreams]]\nname = \"stable\"\nservers = [\"{stable}\"]\n\
-         [[upstreams]]\nname = \"canary\"\nservers = [\"{canary}\"]\n\
-         [[upstreams]]\nname = \"dead\"\nservers = [\"{dead}\"]\n\
-         [[policy.routes]]\nname = \"web\"\npath_prefix = \"/web\"\nservice = \"web\"\n\
-         [[policy.routes]]\nname = \"shop\"\npath_prefix = \"/shop\"\nservice = \"shop\"\n\
-         [[policy.services]]\nname = \"web\"\nstable = \"stable\"\n\
-         versions = {{ stable = \"stable\", canary = \"canary\" }}\n\
-         [[policy.services.rules]]\nname = \"beta\"\nversion = \"canary\"\n\
-         when = {{ header = \"X-Env\", equals = \"beta\" }}\n\
-         [[policy.services]]\nname = \"shop\"\nstable = \"stable\"\n\
-         versions = {{ stable = \"stable\", canary = \"dead\" }}\n\
-         [[policy.services.rules]]\nname = \"everyone\"\nversion = \"canary\"\n\
-         when = {{ header = \"X-Shop\", present = true }}\n"
-    )
-}
-
-async fn get(c: &mut Client, path: &str, headers: &[(&str, &str)]) -> Reply {
-    c.request("GET", path, headers, Bytes::new()).await
+fn two_services(stable: &Backend, canary: &Backend, dead: SocketAddr) -> GatewayBuilder {
+    gateway()
+        .upstream("stable", stable)
+        .upstream("canary", canary)
+        .upstream("dead", dead)
+        .route(route("web").named("web").path_prefix("/web"))
+        .route(route("shop").named("shop").path_prefix("/shop"))
+        .service(web().rule("beta", "canary", header("X-Env").equals("beta")))
+        .service(
+            service("shop")
+                .stable("stable", "stable")
+                .version("canary", "dead")
+                .rule("everyone", "canary", header("X-Shop").present()),
+        )
 }
 
 /// What each request of [`send_known_requests`] must show, in order.
@@ -124,7 +113,7 @@ async fn send_known_requests(c: &mut Client) -> Vec<Reply> {
             "/shop/cart" => &[("X-Shop", "1")],
             _ => &[],
         };
-        let reply = get(c, e.path, headers).await;
+        let reply = c.get_path(e.path, headers).await;
         assert_eq!(reply.status, e.status, "{}: {reply:?}", e.path);
         if e.status == 200 {
             assert_eq!(reply.body.trim(), e.version.unwrap(), "{}", e.path);
@@ -134,21 +123,35 @@ async fn send_known_requests(c: &mut Client) -> Vec<Reply> {
     replies
 }
 
+/// The lines of `file` once it holds at least `lines` of them (the access log is flushed about
+/// once a second).
+async fn read_lines(file: &Path, lines: usize) -> Vec<String> {
+    eventually(
+        format!("{} holds {lines} lines", file.display()),
+        async || {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            let found: Vec<String> = text.lines().map(str::to_string).collect();
+            if found.len() >= lines {
+                Ok(found)
+            } else {
+                Err(found)
+            }
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_json_access_log_account_for_every_request() {
-    let (stable, canary) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
     let dead = dead_addr();
-    let gg = Graygate::start(&config(
-        stable.addr,
-        canary.addr,
-        dead,
-        "[metrics]\nlisten = \"127.0.0.1:0\"\n[access_log]\nformat = \"json\"\npath = \"access.log\"\n",
-    ));
-    assert!(gg.metrics.is_some(), "no metrics line on stdout");
-    let mut c = Client::new(gg.addr);
+    let gg = two_services(&stable, &canary, dead)
+        .metrics()
+        .access_log("json", Some("access.log"))
+        .start()
+        .await;
+    assert!(gg.metrics_addr().is_some(), "no metrics line on stdout");
+    let mut c = gg.client();
     let replies = send_known_requests(&mut c).await;
     // Off by default: clients are not told which version answered.
     assert!(replies
@@ -158,8 +161,7 @@ async fn metrics_and_json_access_log_account_for_every_request() {
     // Every request is counted by the time its response is done; poll anyway rather than
     // depend on it.
     let all = EXPECTED.len() as f64;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let text = loop {
+    let text = eventually("every request is counted", async || {
         let text = gg.scrape().await;
         let counted: f64 = text
             .lines()
@@ -167,14 +169,12 @@ async fn metrics_and_json_access_log_account_for_every_request() {
             .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
             .sum();
         if counted == all {
-            break text;
+            Ok(text)
+        } else {
+            Err(text)
         }
-        assert!(
-            Instant::now() < deadline,
-            "requests never all counted:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    })
+    .await;
 
     let expect = |series: &str, value: f64| {
         assert_eq!(metric(&text, series), Some(value), "{series} in:\n{text}");
@@ -221,7 +221,7 @@ async fn metrics_and_json_access_log_account_for_every_request() {
     expect(
         &format!(
             r#"graygate_upstream_connect_failures_total{{server="{}",upstream="stable"}}"#,
-            stable.addr
+            stable.addr()
         ),
         0.0,
     );
@@ -277,25 +277,19 @@ async fn metrics_and_json_access_log_account_for_every_request() {
     );
 
     // Open connections: the client's one, then none once it is gone.
-    let one_open = eventually(Duration::from_secs(10), || async {
-        metric(&gg.scrape().await, "graygate_open_connections") == Some(1.0)
+    let open = async || metric(&gg.scrape().await, "graygate_open_connections");
+    eventually("one open connection", async || {
+        equals(open().await, Some(1.0))
     })
     .await;
-    assert!(one_open, "{}", gg.scrape().await);
     drop(c);
-    let none_open = eventually(Duration::from_secs(10), || async {
-        metric(&gg.scrape().await, "graygate_open_connections") == Some(0.0)
+    eventually("no open connection", async || {
+        equals(open().await, Some(0.0))
     })
     .await;
-    assert!(none_open, "{}", gg.scrape().await);
 
     // The access log: one JSON line per request, in order.
-    let lines = read_lines(
-        &gg.dir.join("access.log"),
-        EXPECTED.len(),
-        Duration::from_secs(10),
-    )
-    .await;
+    let lines = read_lines(&gg.dir().join("access.log"), EXPECTED.len()).await;
     assert_eq!(lines.len(), EXPECTED.len(), "{lines:#?}");
     for ((line, e), reply) in lines.iter().zip(EXPECTED).zip(&replies) {
         let v: serde_json::Value = serde_json::from_str(line).expect(line);
@@ -316,8 +310,8 @@ async fn metrics_and_json_access_log_account_for_every_request() {
             "{line}"
         );
         let server = match e.upstream {
-            Some("stable") => Some(stable.addr.to_string()),
-            Some("canary") => Some(canary.addr.to_string()),
+            Some("stable") => Some(stable.addr().to_string()),
+            Some("canary") => Some(canary.addr().to_string()),
             _ => None,
         };
         assert_eq!(s("server"), server, "{line}");
@@ -344,21 +338,16 @@ fn fields(line: &str) -> HashMap<&str, &str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_access_log_on_stdout_and_the_version_in_the_response() {
-    let (stable, canary) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
-    let dead = dead_addr();
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
     // The response header takes the upstream header's name.
-    let gg = Graygate::start(&config(
-        stable.addr,
-        canary.addr,
-        dead,
-        "version_header = \"x-served-version\"\nresponse_version_header = true\n\
-         [access_log]\nformat = \"text\"\n",
-    ));
-    assert_eq!(gg.metrics, None, "no [metrics]: no metrics listener");
-    let mut c = Client::new(gg.addr);
+    let gg = two_services(&stable, &canary, dead_addr())
+        .version_header("x-served-version")
+        .response_version_header()
+        .access_log("text", None)
+        .start()
+        .await;
+    assert_eq!(gg.metrics_addr(), None, "no [metrics]: no metrics listener");
+    let mut c = gg.client();
     let replies = send_known_requests(&mut c).await;
     for (reply, e) in replies.iter().zip(EXPECTED) {
         let header = reply
@@ -368,18 +357,19 @@ async fn text_access_log_on_stdout_and_the_version_in_the_response() {
         assert_eq!(header, e.version, "{}: {reply:?}", e.path);
     }
 
-    let mut lines = Vec::new();
-    let logged = eventually(Duration::from_secs(10), || {
-        lines = gg
+    let lines = eventually("every request is logged on stdout", async || {
+        let lines: Vec<String> = gg
             .out_lines()
             .into_iter()
             .filter(|l| l.starts_with("time="))
             .collect();
-        let done = lines.len() >= EXPECTED.len();
-        async move { done }
+        if lines.len() >= EXPECTED.len() {
+            Ok(lines)
+        } else {
+            Err(gg.out_lines())
+        }
     })
     .await;
-    assert!(logged, "stdout: {:#?}", gg.out_lines());
     assert_eq!(lines.len(), EXPECTED.len(), "{lines:#?}");
     for ((line, e), reply) in lines.iter().zip(EXPECTED).zip(&replies) {
         let f = fields(line);
@@ -422,27 +412,21 @@ async fn text_access_log_on_stdout_and_the_version_in_the_response() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_access_log_is_flushed_when_graygate_stops() {
-    let (stable, canary) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
-    let gg = Graygate::start(&config(
-        stable.addr,
-        canary.addr,
-        dead_addr(),
-        "[access_log]\nformat = \"text\"\npath = \"access.log\"\n",
-    ));
-    let mut c = Client::new(gg.addr);
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    let gg = two_services(&stable, &canary, dead_addr())
+        .access_log("text", Some("access.log"))
+        .start()
+        .await;
+    let mut c = gg.client();
     for _ in 0..3 {
-        let reply = get(&mut c, "/web/x", &[("X-Env", "beta")]).await;
+        let reply = c.get_path("/web/x", &[("X-Env", "beta")]).await;
         assert_eq!(reply.body, "canary\n");
     }
     drop(c);
     // Stopped at once: the writer flushes a quiet log's first line at once, but the lines after
     // it wait for the next flush, a second later. They are there because stopping flushes.
-    let dir = gg.stop();
-    let text = std::fs::read_to_string(dir.join("access.log")).unwrap();
-    support::remove_dir(&dir);
+    let stopped = gg.stop().await;
+    let text = std::fs::read_to_string(stopped.dir().join("access.log")).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 3, "{text}");
     for line in lines {
@@ -462,60 +446,32 @@ fn check_names_the_line_of_a_bad_access_log_format() {
         "listen = [\"127.0.0.1:0\"]\n[access_log]\nformat = \"xml\"\n",
     )
     .unwrap();
-    let out = std::process::Command::new(support::binary())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let checked = check(&path);
+    assert_ne!(checked.code, 0);
     assert!(
-        stderr.contains(&format!(
+        checked.stderr.contains(&format!(
             "{}:3:1: access_log.format: unknown format `xml` (known: off, text, json)",
             path.display()
         )),
-        "{stderr}"
+        "{}",
+        checked.stderr
     );
 }
 
-#[test]
-fn an_access_log_that_cannot_be_opened_stops_the_start_with_its_path() {
+#[tokio::test]
+async fn an_access_log_that_cannot_be_opened_stops_the_start_with_its_path() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("graygate.toml");
     // A directory where the log file should be.
     std::fs::create_dir(dir.path().join("logs")).unwrap();
-    std::fs::write(
-        &path,
-        "listen = [\"127.0.0.1:0\"]\n[access_log]\nformat = \"json\"\npath = \"logs\"\n",
-    )
-    .unwrap();
-    let mut child = std::process::Command::new(support::binary())
-        .args(["run", "--config"])
-        .arg(&path)
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("graygate started with an access log it cannot open");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(!status.success());
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let path = gateway().access_log("json", Some("logs")).write(dir.path());
+    let exited = run_until_exit(&path).await;
+    assert_ne!(exited.code, 0);
     assert!(
-        stderr.contains(&format!(
+        exited.stderr.contains(&format!(
             "graygate: cannot open the access log {}: ",
             dir.path().join("logs").display()
         )),
-        "{stderr}"
+        "{}",
+        exited.stderr
     );
 }

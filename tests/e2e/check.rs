@@ -1,9 +1,9 @@
 //! `graygate check`, like `nginx -t`: exit 0 for a valid config, 1 for a bad one, and every error
 //! names the file, the line and the field.
+//!
+//! These configs stay raw TOML text on purpose: the errors and the lines they name are the point.
 
-mod support;
-
-use std::process::Command;
+use crate::support::check;
 
 struct Checked {
     code: i32,
@@ -15,22 +15,11 @@ fn check_files(files: &[(&str, &str)]) -> (Checked, String) {
     for (name, text) in files {
         std::fs::write(dir.path().join(name), text).unwrap();
     }
-    let config = dir.path().join(files[0].0);
-    let out = Command::new(support::binary())
-        .arg("check")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let c = check(&dir.path().join(files[0].0));
     (
         Checked {
-            code: out.status.code().unwrap_or(-1),
-            out: text,
+            code: c.code,
+            out: format!("{}{}", c.stdout, c.stderr),
         },
         dir.path().display().to_string(),
     )

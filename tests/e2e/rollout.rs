@@ -3,18 +3,10 @@
 //! on Redis with two graygate instances (changes made through one reach the other). And with
 //! memcached, `ctl list add` writes the original nginx + lua key layout.
 
-#[path = "support/ctl.rs"]
-mod ctl;
-#[path = "support/stores.rs"]
-mod stores;
-mod support;
-
-use ctl::Ctl;
+use crate::support::*;
 use graygate::policy::bucket_of;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
-use stores::{MemcachedServer, RedisServer};
-use support::{Backend, Client, Graygate};
+use std::time::Duration;
 
 const TOKEN: &str = "alice-token-0123456789";
 
@@ -27,17 +19,19 @@ const FOLLOW: Duration = Duration::from_secs(2);
 const GRAY_IP: &str = "10.0.0.7";
 const OTHER_IP: &str = "10.0.0.8";
 
-fn config(store: &str, stable: &Backend, canary: &Backend) -> String {
-    format!(
-        "{store}\n[client_ip]\ntrusted_proxies = [\"127.0.0.0/8\"]\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\ntokens = [{{ name = \"alice\", token = \"{TOKEN}\" }}]\n{}\
-         [policy]\n[[policy.routes]]\nservice = \"web\"\n\
-         [[policy.services]]\nname = \"web\"\nstable = \"stable\"\n\
-         versions = {{ stable = \"stable\", canary = \"canary\" }}\n\
-         [[policy.services.rules]]\nname = \"gray-ips\"\nversion = \"canary\"\n\
-         when = {{ client_ip = true, lookup = {{ list = \"gray_ips\" }}, equals = \"1\" }}\n",
-        support::upstreams(stable.addr, canary.addr)
-    )
+/// The web service with a gray list rule, an admin API with alice's token.
+fn web_with_gray_list(stable: &Backend, canary: &Backend) -> GatewayBuilder {
+    gateway()
+        .trusted_proxies(["127.0.0.0/8"])
+        .admin_token("alice", TOKEN)
+        .upstream("stable", stable)
+        .upstream("canary", canary)
+        .route(route("web"))
+        .service(web().rule(
+            "gray-ips",
+            "canary",
+            client_ip().lookup("gray_ips").equals("1"),
+        ))
 }
 
 /// Where requests go on one instance right now.
@@ -105,24 +99,24 @@ async fn check(step: &str, addr: SocketAddr, expect: &Expect) {
             "{step}: the sticky split puts {share:.2}% on canary, not ~{pct}%"
         );
     }
-    let deadline = Instant::now() + FOLLOW;
-    loop {
+    eventually(format!("{step} on {addr}"), async || {
         let got = routing(addr).await;
         if got == want {
-            return;
+            Ok(())
+        } else {
+            Err(format!(
+                "gray ip -> {} (want {}), other ip -> {} (want {}), {} users on canary (want {})",
+                got.gray_ip,
+                want.gray_ip,
+                got.other_ip,
+                want.other_ip,
+                got.canary_users.len(),
+                want.canary_users.len()
+            ))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{step} on {addr}: gray ip -> {} (want {}), other ip -> {} (want {}), {} users on canary (want {})",
-            got.gray_ip,
-            want.gray_ip,
-            got.other_ip,
-            want.other_ip,
-            got.canary_users.len(),
-            want.canary_users.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .within(FOLLOW)
+    .await;
 }
 
 /// The revision a `--json` ctl answer names.
@@ -276,19 +270,15 @@ async fn rollout(ctl: &Ctl, instances: &[SocketAddr]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_rollout_through_ctl_on_the_embedded_store() {
-    let (stable, canary) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
-    let gg = Graygate::start(&config("", &stable, &canary));
-    let ctl = Ctl::new(gg.admin_addr(), Some(TOKEN));
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    let gg = web_with_gray_list(&stable, &canary).start().await;
+    let ctl = gg.ctl();
     rollout(&ctl, &[gg.addr]).await;
 
     // Changes survive a restart, and so does the history.
     let history = ctl.ok(&["history"]);
-    let dir = gg.stop();
-    let gg = Graygate::start_in(dir, &config("", &stable, &canary));
-    let ctl = Ctl::new(gg.admin_addr(), Some(TOKEN));
+    let gg = gg.restart().await;
+    let ctl = gg.ctl();
     assert_eq!(ctl.ok(&["history"]), history);
     let at_50 = Expect {
         gray_ip: "canary",
@@ -301,15 +291,12 @@ async fn a_whole_rollout_through_ctl_on_the_embedded_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_rollout_on_redis_reaches_both_instances() {
-    let (stable, canary) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
-    let redis = RedisServer::start();
-    let store = format!("[store]\nkind = \"redis\"\nurl = \"{}\"", redis.url());
-    let a = Graygate::start(&config(&store, &stable, &canary));
-    let b = Graygate::start(&config(&store, &stable, &canary));
-    let ctl_a = Ctl::new(a.admin_addr(), Some(TOKEN));
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    let redis = RedisServer::start().await;
+    let config = web_with_gray_list(&stable, &canary).store(&redis);
+    let a = config.clone().start().await;
+    let b = config.start().await;
+    let ctl_a = a.ctl();
     rollout(&ctl_a, &[a.addr, b.addr]).await;
 
     // One explicit check of how fast B follows a change made through A: one user that the 50%
@@ -318,22 +305,17 @@ async fn a_whole_rollout_on_redis_reaches_both_instances() {
         .find(|id| bucket_of("web", &id.to_string()) >= 5000)
         .unwrap()
         .to_string();
-    let mut on_b = Client::new(b.addr);
+    let mut on_b = b.client();
     assert_eq!(on_b.version(&[("X-User-Id", &user)]).await, "stable");
     ctl_a.ok(&["promote", "--service", "web"]);
-    let applied = Instant::now();
-    loop {
-        if on_b.version(&[("X-User-Id", &user)]).await == "canary" {
-            break;
-        }
-        assert!(
-            applied.elapsed() < Duration::from_millis(100),
-            "instance B did not follow A's promote within 100 ms"
-        );
-    }
+    eventually("instance B follows A's promote", async || {
+        equals(on_b.version(&[("X-User-Id", &user)]).await, "canary")
+    })
+    .within(Duration::from_millis(100))
+    .await;
 
     // B's admin API sees the same policy and history, written by A.
-    let ctl_b = Ctl::new(b.admin_addr(), Some(TOKEN));
+    let ctl_b = b.ctl();
     assert_eq!(ctl_b.ok(&["history"]), ctl_a.ok(&["history"]));
     assert_eq!(ctl_b.ok(&["policy", "get"]), ctl_a.ok(&["policy", "get"]));
     let entries = redis.cli(&["llen", "graygate:history"]);
@@ -342,18 +324,15 @@ async fn a_whole_rollout_on_redis_reaches_both_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctl_list_add_writes_the_original_memcached_layout() {
-    let (stable, canary) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
-    let mc = MemcachedServer::start();
-    let store = format!(
-        "[store]\nkind = \"memcached\"\nservers = [\"{}\"]\n[cache]\nttl = \"200ms\"\nnegative_ttl = \"200ms\"",
-        mc.addr()
-    );
-    let gg = Graygate::start(&config(&store, &stable, &canary));
-    let ctl = Ctl::new(gg.admin_addr(), Some(TOKEN));
-    let mut c = Client::new(gg.addr);
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    let mc = MemcachedServer::start().await;
+    let gg = web_with_gray_list(&stable, &canary)
+        .store(&mc)
+        .cache_ttl(Duration::from_millis(200))
+        .start()
+        .await;
+    let ctl = gg.ctl();
+    let mut c = gg.client();
     assert_eq!(c.version(&[("X-Real-IP", GRAY_IP)]).await, "stable");
 
     ctl.ok(&[

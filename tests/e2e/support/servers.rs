@@ -1,60 +1,51 @@
-//! Test support for the shared stores: real `redis-server` and `memcached` processes on free
-//! loopback ports, and a "hanging" server that accepts connections and never answers.
+//! Real `redis-server` and `memcached` processes on free loopback ports, and a "hanging" server
+//! that accepts connections and never answers.
 //!
-//! Every guard stops its process in `Drop`, even when the test fails. Nothing sleeps to wait: a
-//! server is ready when it answers on its port, polled with a deadline.
+//! Every guard stops its process in `Drop`, even when the test fails. A server is ready when it
+//! answers on its port as this very process (its pid in `INFO`/`stats`), polled with a deadline.
 
-#![allow(dead_code)]
-
+use super::eventually::{eventually, patient};
+use graygate::config::file::StoreFile;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// How long a server may take to start answering.
+/// How long a server may take to start answering (before patience).
 const READY_DEADLINE: Duration = Duration::from_secs(10);
 
-/// A free loopback port: bound, then released for the server to take.
-pub fn free_port() -> u16 {
+/// A free loopback port: bound, then released for a server to take.
+fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().unwrap().port()
+    listener.local_addr().expect("a bound address").port()
 }
 
 /// Sends `request` to 127.0.0.1:`port` and returns what comes back until the answer contains
 /// `until`, or `None` if the server cannot be reached or stops answering for 500 ms.
-fn ask(port: u16, request: &[u8], until: &str) -> Option<String> {
-    let addr = ([127, 0, 0, 1], port).into();
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .ok()?;
-    stream.write_all(request).ok()?;
-    let mut answer = String::new();
-    let mut buf = [0u8; 4096];
-    while !answer.contains(until) {
-        let n = stream.read(&mut buf).ok()?;
-        if n == 0 {
-            return None;
+async fn ask(port: u16, request: &[u8], until: &str) -> Option<String> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        stream.write_all(request).await.ok()?;
+        let mut answer = String::new();
+        let mut buf = [0u8; 4096];
+        while !answer.contains(until) {
+            let n = stream.read(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            answer.push_str(&String::from_utf8_lossy(&buf[..n]));
         }
-        answer.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
-    Some(answer)
-}
-
-/// Polls until `ready()` or the deadline; false if the deadline passed.
-fn wait_until(mut ready: impl FnMut() -> bool, deadline: Duration) -> bool {
-    let end = Instant::now() + deadline;
-    loop {
-        if ready() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+        Some(answer)
+    };
+    tokio::time::timeout(Duration::from_millis(500), exchange)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// A server process the guards below start, stop and restart on one port.
@@ -62,25 +53,30 @@ struct Process {
     program: &'static str,
     args: Vec<String>,
     child: Option<Child>,
-    /// Whether the process is SIGSTOPped.
-    paused: bool,
 }
 
 impl Process {
-    fn spawn(&mut self) -> std::io::Result<()> {
+    fn new(program: &'static str, args: &[&str]) -> Process {
+        Process {
+            program,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        }
+    }
+
+    fn spawn(&mut self) {
         let child = Command::new(self.program)
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()?;
+            .spawn()
+            .unwrap_or_else(|e| panic!("run {}: {e}", self.program));
         self.child = Some(child);
-        self.paused = false;
-        Ok(())
     }
 
-    fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     fn exited(&mut self) -> bool {
@@ -99,27 +95,55 @@ impl Process {
         }
     }
 
+    /// Starts the process and waits until `answers(pid)` (a probe of its port) says that this
+    /// process answers; false if it exited first (the port was taken by someone else).
+    async fn launch<F: AsyncFnMut(u32) -> bool>(&mut self, mut answers: F) -> bool {
+        self.spawn();
+        let pid = self.pid();
+        let program = self.program;
+        let exited = eventually(format!("{program} (pid {pid}) answers"), async || {
+            if self.exited() {
+                Ok(true)
+            } else if answers(pid).await {
+                Ok(false)
+            } else {
+                Err("no answer yet")
+            }
+        })
+        .within(READY_DEADLINE)
+        .await;
+        !exited
+    }
+
     /// SIGSTOP, and waits until every thread of the process is stopped: `kill` returns before a
     /// thread running on another CPU has stopped, and such a thread may still answer a request.
-    fn stop_process(&self) {
+    async fn pause(&self) {
         self.signal("-STOP");
-        let Some(pid) = self.pid() else { return };
-        let all_stopped = || {
-            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-                return false;
-            };
-            tasks.flatten().all(|task| {
-                std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
-                    // The state follows the command name in parentheses.
-                    stat.rsplit_once(") ")
-                        .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
-                })
-            })
+        let pid = self.pid();
+        let states = || {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+            Some(
+                tasks
+                    .flatten()
+                    .map(|task| {
+                        // The state follows the command name in parentheses.
+                        std::fs::read_to_string(task.path().join("stat"))
+                            .ok()
+                            .and_then(|stat| stat.rsplit_once(") ")?.1.chars().next())
+                            .unwrap_or('?')
+                    })
+                    .collect::<String>(),
+            )
         };
-        assert!(
-            wait_until(all_stopped, Duration::from_secs(5)),
-            "process {pid} did not stop"
-        );
+        eventually(
+            format!("every thread of process {pid} stops"),
+            async || match states() {
+                Some(s) if s.chars().all(|c| c == 'T' || c == 't') => Ok(()),
+                seen => Err(seen),
+            },
+        )
+        .within(Duration::from_secs(5))
+        .await;
     }
 
     fn kill(&mut self) {
@@ -127,7 +151,6 @@ impl Process {
             let _ = child.kill();
             let _ = child.wait();
         }
-        self.paused = false;
     }
 }
 
@@ -141,23 +164,26 @@ impl Drop for Process {
 pub struct RedisServer {
     port: u16,
     process: Process,
+    /// `--requirepass`, for the readiness probe.
+    password: Option<String>,
     _dir: tempfile::TempDir,
 }
 
 impl RedisServer {
-    pub fn start() -> RedisServer {
-        RedisServer::start_with(&[])
+    pub async fn start() -> RedisServer {
+        RedisServer::start_with(&[]).await
     }
 
     /// Starts with extra `redis-server` arguments, e.g. `["--requirepass", "secret"]`.
-    pub fn start_with(extra: &[&str]) -> RedisServer {
+    pub async fn start_with(extra: &[&str]) -> RedisServer {
         // A port picked free can be taken by someone else before the server binds it: try again.
         for _ in 0..5 {
             let port = free_port();
             let dir = tempfile::tempdir().expect("temp dir for redis");
-            let mut args: Vec<String> = [
+            let port_text = port.to_string();
+            let mut args = vec![
                 "--port",
-                &port.to_string(),
+                &port_text,
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -167,54 +193,43 @@ impl RedisServer {
                 "--daemonize",
                 "no",
                 "--dir",
-                dir.path().to_str().unwrap(),
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            args.extend(extra.iter().map(|s| s.to_string()));
+                dir.path().to_str().expect("a UTF-8 temp dir"),
+            ];
+            args.extend_from_slice(extra);
+            let password = extra
+                .iter()
+                .position(|a| *a == "--requirepass")
+                .and_then(|i| extra.get(i + 1))
+                .map(|p| p.to_string());
             let mut server = RedisServer {
                 port,
-                process: Process {
-                    program: "redis-server",
-                    args,
-                    child: None,
-                    paused: false,
-                },
+                process: Process::new("redis-server", &args),
+                password,
                 _dir: dir,
             };
-            if server.launch() {
+            if server.launch().await {
                 return server;
             }
         }
         panic!("redis-server did not start on any free port");
     }
 
-    fn launch(&mut self) -> bool {
-        self.process.spawn().expect("run redis-server");
+    async fn launch(&mut self) -> bool {
         let port = self.port;
         // Ready when the server on the port is this process: with ports picked concurrently,
         // another test's server may answer on a port this one failed to bind.
-        let password = self
-            .process
-            .args
-            .iter()
-            .position(|a| a == "--requirepass")
-            .and_then(|i| self.process.args.get(i + 1).cloned());
         let mut request = String::new();
-        if let Some(password) = &password {
+        if let Some(password) = &self.password {
             request.push_str(&format!("AUTH {password}\r\n"));
         }
         request.push_str("INFO server\r\n");
-        let mine = format!("process_id:{}\r\n", self.process.pid().unwrap_or(0));
-        let ready = wait_until(
-            || {
-                self.process.exited()
-                    || ask(port, request.as_bytes(), "tcp_port:").is_some_and(|a| a.contains(&mine))
-            },
-            READY_DEADLINE,
-        );
-        ready && !self.process.exited()
+        self.process
+            .launch(async |pid| {
+                ask(port, request.as_bytes(), "tcp_port:")
+                    .await
+                    .is_some_and(|a| a.contains(&format!("process_id:{pid}\r\n")))
+            })
+            .await
     }
 
     pub fn port(&self) -> u16 {
@@ -231,25 +246,23 @@ impl RedisServer {
     }
 
     /// Starts the server again on the same port, empty.
-    pub fn restart(&mut self) {
+    pub async fn restart(&mut self) {
         self.process.kill();
         assert!(
-            self.launch(),
+            self.launch().await,
             "redis-server did not restart on port {}",
             self.port
         );
     }
 
     /// Freezes the server (SIGSTOP): it keeps its connections and port but answers nothing.
-    pub fn pause(&mut self) {
-        self.process.stop_process();
-        self.process.paused = true;
+    pub async fn pause(&self) {
+        self.process.pause().await;
     }
 
     /// Unfreezes a paused server (SIGCONT).
-    pub fn resume(&mut self) {
+    pub fn resume(&self) {
         self.process.signal("-CONT");
-        self.process.paused = false;
     }
 
     /// Runs `redis-cli -p <port> <args>` and returns its output, trimmed.
@@ -265,6 +278,36 @@ impl RedisServer {
     }
 }
 
+/// `[store]` for Redis at `url`.
+pub fn redis_store(url: String) -> StoreFile {
+    StoreFile {
+        kind: Some("redis".into()),
+        url: Some(url),
+        ..StoreFile::default()
+    }
+}
+
+/// `[store]` for memcached at `addr` (`host:port`).
+pub fn memcached_store(addr: String) -> StoreFile {
+    StoreFile {
+        kind: Some("memcached".into()),
+        servers: Some(vec![addr]),
+        ..StoreFile::default()
+    }
+}
+
+impl From<&RedisServer> for StoreFile {
+    fn from(server: &RedisServer) -> StoreFile {
+        redis_store(server.url())
+    }
+}
+
+impl From<&MemcachedServer> for StoreFile {
+    fn from(server: &MemcachedServer) -> StoreFile {
+        memcached_store(server.addr())
+    }
+}
+
 /// A `memcached` on a free loopback port (TCP only, one thread).
 pub struct MemcachedServer {
     port: u16,
@@ -272,84 +315,72 @@ pub struct MemcachedServer {
 }
 
 impl MemcachedServer {
-    pub fn start() -> MemcachedServer {
+    pub async fn start() -> MemcachedServer {
         for _ in 0..5 {
             let port = free_port();
-            let args: Vec<String> = [
+            let port_text = port.to_string();
+            let args = [
                 "-l",
                 "127.0.0.1",
                 "-p",
-                &port.to_string(),
+                &port_text,
                 "-U",
                 "0",
                 "-t",
                 "1",
                 "-u",
                 "root",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+            ];
             let mut server = MemcachedServer {
                 port,
-                process: Process {
-                    program: "memcached",
-                    args,
-                    child: None,
-                    paused: false,
-                },
+                process: Process::new("memcached", &args),
             };
-            if server.launch() {
+            if server.launch().await {
                 return server;
             }
         }
         panic!("memcached did not start on any free port");
     }
 
-    fn launch(&mut self) -> bool {
-        self.process.spawn().expect("run memcached");
+    async fn launch(&mut self) -> bool {
         let port = self.port;
         // Ready when the server on the port is this process (see RedisServer::launch).
-        let mine = format!("STAT pid {}\r\n", self.process.pid().unwrap_or(0));
-        let ready = wait_until(
-            || {
-                self.process.exited()
-                    || ask(port, b"stats\r\n", "END\r\n").is_some_and(|a| a.contains(&mine))
-            },
-            READY_DEADLINE,
-        );
-        ready && !self.process.exited()
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
+        self.process
+            .launch(async |pid| {
+                ask(port, b"stats\r\n", "END\r\n")
+                    .await
+                    .is_some_and(|a| a.contains(&format!("STAT pid {pid}\r\n")))
+            })
+            .await
     }
 
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Kills the server (SIGKILL) and waits for it to exit.
     pub fn stop(&mut self) {
         self.process.kill();
     }
 
-    pub fn restart(&mut self) {
+    /// Starts the server again on the same port, empty.
+    pub async fn restart(&mut self) {
         self.process.kill();
         assert!(
-            self.launch(),
+            self.launch().await,
             "memcached did not restart on port {}",
             self.port
         );
     }
 
-    pub fn pause(&mut self) {
-        self.process.stop_process();
-        self.process.paused = true;
+    /// Freezes the server (SIGSTOP).
+    pub async fn pause(&self) {
+        self.process.pause().await;
     }
 
-    pub fn resume(&mut self) {
+    /// Unfreezes a paused server (SIGCONT).
+    pub fn resume(&self) {
         self.process.signal("-CONT");
-        self.process.paused = false;
     }
 
     /// Sends raw protocol text and returns the answer up to and including `until` (e.g. "STORED"
@@ -357,9 +388,11 @@ impl MemcachedServer {
     pub fn raw(&self, request: &str, until: &str) -> String {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect memcached");
         stream
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
-        stream.write_all(request.as_bytes()).unwrap();
+            .set_read_timeout(Some(patient(Duration::from_secs(2))))
+            .expect("a read timeout");
+        stream
+            .write_all(request.as_bytes())
+            .expect("send to memcached");
         let mut answer = String::new();
         let mut buf = [0u8; 1024];
         while !answer.contains(until) {
@@ -368,6 +401,21 @@ impl MemcachedServer {
             answer.push_str(&String::from_utf8_lossy(&buf[..n]));
         }
         answer
+    }
+
+    /// A counter from memcached's `stats`.
+    pub fn stat(&self, name: &str) -> u64 {
+        let stats = self.raw("stats\r\n", "END\r\n");
+        stats
+            .lines()
+            .find_map(|line| {
+                let rest = line
+                    .strip_prefix("STAT ")?
+                    .strip_prefix(name)?
+                    .strip_prefix(' ')?;
+                rest.trim().parse().ok()
+            })
+            .unwrap_or_else(|| panic!("no stat {name} in {stats}"))
     }
 }
 
@@ -381,7 +429,7 @@ pub struct HangingServer {
 impl HangingServer {
     pub fn start() -> HangingServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind hanging server");
-        let port = listener.local_addr().unwrap().port();
+        let port = listener.local_addr().expect("a bound address").port();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = Arc::clone(&stop);
@@ -407,10 +455,6 @@ impl HangingServer {
         }
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -427,17 +471,5 @@ impl Drop for HangingServer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-    }
-}
-
-/// Polls `cond` every 5 ms until it holds; panics naming `what` after `deadline`.
-pub async fn eventually(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + deadline;
-    while !cond() {
-        assert!(
-            Instant::now() < end,
-            "timed out after {deadline:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

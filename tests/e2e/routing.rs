@@ -1,42 +1,46 @@
-//! End to end: the real `graygate run` process between a real client and real backends, routing
-//! by every kind of matcher, surviving restarts, swaps and dead upstreams.
+//! The real `graygate run` process between a real client and real backends, routing by every
+//! kind of matcher, surviving restarts, swaps and dead upstreams.
 
-mod support;
-
-use std::time::Duration;
-use support::{dead_addr, eventually, upstreams, Backend, Client, Graygate};
-
-const SERVICE: &str = "[[policy.routes]]\nservice = \"web\"\n\
-    [[policy.services]]\nname = \"web\"\nstable = \"stable\"\nversions = { stable = \"stable\", canary = \"canary\" }\n";
-
-fn rule(name: &str, when: &str) -> String {
-    format!("[[policy.services.rules]]\nname = \"{name}\"\nversion = \"canary\"\nwhen = {when}\n")
-}
+use crate::support::*;
+use std::collections::HashSet;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_matcher_routes_as_specified() {
-    let (stable, canary) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
-    let config = format!(
-        "{}[client_ip]\ntrusted_proxies = [\"127.0.0.1\"]\n{SERVICE}\
-         override = {{ cookie = \"gray\", version = \"canary\" }}\n{}{}{}{}{}{}{}{}{}{}{}",
-        upstreams(stable.addr, canary.addr),
-        rule("office", "{ cidr = [\"10.20.0.0/16\"] }"),
-        rule("env", "{ header = \"X-Env\", equals = \"beta\" }"),
-        rule("teams", "{ cookie = \"team\", in = [\"red\", \"blue\"] }"),
-        rule("mobile", "{ header = \"User-Agent\", regex = \"(?i)iphone|android\" }"),
-        rule("ab", "{ query = \"ab\", equals = \"b\" }"),
-        rule("range", "{ header = \"X-Uid\", range = { start = 100, end = 199 } }"),
-        rule("vip", "{ header = \"X-Uid\", ids = [7, 4242] }"),
-        rule("tail", "{ header = \"X-Uid\", suffix = [\"77\"] }"),
-        rule("mod", "{ header = \"X-Uid\", modulo = { divisor = 1000, remainders = [500] } }"),
-        rule("both", "{ all = [ { header = \"X-A\", present = true }, { any = [ { header = \"X-B\", equals = \"1\" }, { not = { header = \"X-C\", present = true } } ] } ] }"),
-        rule("pct", "{ header = \"X-Pct\", percent = 50 }"),
-    );
-    let gg = Graygate::start(&config);
-    let mut c = Client::new(gg.addr);
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    let gg = gateway()
+        .upstream("stable", &stable)
+        .upstream("canary", &canary)
+        .trusted_proxies(["127.0.0.1"])
+        .route(route("web"))
+        .service(
+            web()
+                .override_cookie("gray", "canary")
+                .rule("office", "canary", cidr(["10.20.0.0/16"]))
+                .rule("env", "canary", header("X-Env").equals("beta"))
+                .rule("teams", "canary", cookie("team").one_of(["red", "blue"]))
+                .rule(
+                    "mobile",
+                    "canary",
+                    header("User-Agent").regex("(?i)iphone|android"),
+                )
+                .rule("ab", "canary", query("ab").equals("b"))
+                .rule("range", "canary", header("X-Uid").range(100, 199))
+                .rule("vip", "canary", header("X-Uid").ids([7, 4242]))
+                .rule("tail", "canary", header("X-Uid").suffix(["77"]))
+                .rule("mod", "canary", header("X-Uid").modulo(1000, [500]))
+                .rule(
+                    "both",
+                    "canary",
+                    all([
+                        header("X-A").present(),
+                        any([header("X-B").equals("1"), not(header("X-C").present())]),
+                    ]),
+                )
+                .rule("pct", "canary", header("X-Pct").percent(50.0)),
+        )
+        .start()
+        .await;
+    let mut c = gg.client();
     let cases: &[(&[(&str, &str)], &str)] = &[
         (&[], "stable"),
         (&[("X-Forwarded-For", "10.20.3.4")], "canary"),
@@ -62,12 +66,10 @@ async fn every_matcher_routes_as_specified() {
     for (headers, want) in cases {
         assert_eq!(c.version(headers).await, *want, "headers {headers:?}");
     }
-    let q = c.request("GET", "/x?ab=b", &[], Default::default()).await;
-    assert_eq!(q.body, "canary\n");
-    let q = c.request("GET", "/x?ab=a", &[], Default::default()).await;
-    assert_eq!(q.body, "stable\n");
+    assert_eq!(c.get_path("/x?ab=b", &[]).await.body, "canary\n");
+    assert_eq!(c.get_path("/x?ab=a", &[]).await.body, "stable\n");
     // The percent rule: some identities in, some out, each one always the same.
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     for id in 0..40 {
         let id = format!("user-{id}");
         let first = c.version(&[("X-Pct", &id)]).await;
@@ -79,16 +81,15 @@ async fn every_matcher_routes_as_specified() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_split_holds_its_weight_and_survives_a_restart() {
-    let (stable, canary) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
-    let config = format!(
-        "{}{SERVICE}[policy.services.split]\nweights = {{ canary = 10 }}\nby = {{ header = \"X-User\" }}\n",
-        upstreams(stable.addr, canary.addr)
-    );
-    let gg = Graygate::start(&config);
-    let mut c = Client::new(gg.addr);
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    let gg = gateway()
+        .upstream("stable", &stable)
+        .upstream("canary", &canary)
+        .route(route("web"))
+        .service(web().split("canary", 10.0, by_header("X-User")))
+        .start()
+        .await;
+    let mut c = gg.client();
     let mut answers = Vec::with_capacity(10_000);
     for id in 0..10_000 {
         answers.push(c.version(&[("X-User", &format!("u{id}"))]).await == "canary");
@@ -100,9 +101,8 @@ async fn sticky_split_holds_its_weight_and_survives_a_restart() {
     );
 
     // Same data directory, new process: every identity gets the same version.
-    let dir = gg.stop();
-    let gg = Graygate::start_in(dir, &config);
-    let mut c = Client::new(gg.addr);
+    let gg = gg.restart().await;
+    let mut c = gg.client();
     for (id, was_canary) in answers.iter().enumerate() {
         let now = c.version(&[("X-User", &format!("u{id}"))]).await == "canary";
         assert_eq!(
@@ -114,16 +114,17 @@ async fn sticky_split_holds_its_weight_and_survives_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_forwarded_for_from_an_untrusted_peer_cannot_select_the_canary() {
-    let (stable, canary) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
-    let policy = format!("{SERVICE}{}", rule("gray-ip", "{ cidr = [\"10.0.0.7\"] }"));
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    let base = gateway()
+        .upstream("stable", &stable)
+        .upstream("canary", &canary)
+        .route(route("web"))
+        .service(web().rule("gray-ip", "canary", cidr(["10.0.0.7"])));
     let spoof: &[(&str, &str)] = &[("X-Forwarded-For", "10.0.0.7"), ("X-Real-IP", "10.0.0.7")];
 
     // No trusted proxies: the peer (127.0.0.1) is the client, whatever the headers say.
-    let gg = Graygate::start(&format!("{}{policy}", upstreams(stable.addr, canary.addr)));
-    let mut c = Client::new(gg.addr);
+    let gg = base.clone().start().await;
+    let mut c = gg.client();
     assert_eq!(c.version(spoof).await, "stable");
     assert_eq!(
         c.version(&[("X-Forwarded-For", "1.1.1.1, 10.0.0.7")]).await,
@@ -136,12 +137,9 @@ async fn spoofed_forwarded_for_from_an_untrusted_peer_cannot_select_the_canary()
     drop(gg);
 
     // Loopback trusted (a proxy in front): now the forwarded address counts, rightmost untrusted.
-    let trusted = format!(
-        "{}[client_ip]\ntrusted_proxies = [\"127.0.0.0/8\"]\n{policy}",
-        upstreams(stable.addr, canary.addr)
-    );
-    let gg = Graygate::start(&trusted);
-    let mut c = Client::new(gg.addr);
+    let trusted = base.trusted_proxies(["127.0.0.0/8"]);
+    let gg = trusted.clone().start().await;
+    let mut c = gg.client();
     assert_eq!(
         c.version(&[("X-Forwarded-For", "10.0.0.7")]).await,
         "canary"
@@ -154,12 +152,8 @@ async fn spoofed_forwarded_for_from_an_untrusted_peer_cannot_select_the_canary()
     drop(gg);
 
     // The original design's order, for operators whose own load balancer sets the headers.
-    let original = format!(
-        "{}[client_ip]\ntrusted_proxies = [\"127.0.0.0/8\"]\nmode = \"original\"\n{policy}",
-        upstreams(stable.addr, canary.addr)
-    );
-    let gg = Graygate::start(&original);
-    let mut c = Client::new(gg.addr);
+    let gg = trusted.original_client_ip().start().await;
+    let mut c = gg.client();
     assert_eq!(c.version(&[("X-Real-IP", "10.0.0.7")]).await, "canary");
     assert_eq!(
         c.version(&[("X-Real-IP", "10.0.0.8"), ("X-Forwarded-For", "10.0.0.7")])
@@ -174,30 +168,18 @@ async fn spoofed_forwarded_for_from_an_untrusted_peer_cannot_select_the_canary()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_swap_under_concurrent_requests_loses_none() {
-    let (stable, canary) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
-    let policy = |to: &str| {
-        format!(
-            "[[routes]]\nservice = \"web\"\n[[services]]\nname = \"web\"\nstable = \"stable\"\n\
-             versions = {{ stable = \"stable\", canary = \"canary\" }}\n\
-             [[services.rules]]\nname = \"all\"\nversion = \"{to}\"\nwhen = {{ cidr = [\"0.0.0.0/0\"] }}\n"
-        )
-    };
-    let dir = tempfile::Builder::new()
-        .prefix("graygate-e2e")
-        .tempdir()
-        .unwrap()
-        .keep();
-    std::fs::write(dir.join("policy.toml"), policy("stable")).unwrap();
-    let gg = Graygate::start_in(
-        dir.clone(),
-        &format!(
-            "policy_file = \"policy.toml\"\n{}",
-            upstreams(stable.addr, canary.addr)
-        ),
-    );
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    fn everyone_to(version: &'static str) -> impl FnOnce(&mut graygate::policy::PolicyDoc) {
+        move |policy| policy.services[0].rules[0].version = version.to_string()
+    }
+    let mut gg = gateway()
+        .upstream("stable", &stable)
+        .upstream("canary", &canary)
+        .policy_file("policy.toml")
+        .route(route("web"))
+        .service(web().rule("all", "stable", cidr(["0.0.0.0/0"])))
+        .start()
+        .await;
 
     let addr = gg.addr;
     let workers: Vec<_> = (0..4)
@@ -215,24 +197,17 @@ async fn a_policy_swap_under_concurrent_requests_loses_none() {
         })
         .collect();
     // Swap while the workers run.
-    let mut c = Client::new(addr);
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            stable.requests.load(std::sync::atomic::Ordering::Relaxed) > 200
-        })
-        .await
-    );
-    std::fs::write(dir.join("policy.toml"), policy("canary")).unwrap();
-    gg.sighup();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while c.version(&[]).await != "canary" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the new policy never took effect; log:\n{}",
-            gg.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut c = gg.client();
+    eventually("200 requests reach stable", async || {
+        stable.requests() > 200
+    })
+    .await;
+    gg.change_policy(everyone_to("canary"));
+    eventually("the new policy takes effect", async || {
+        equals(c.version(&[]).await, "canary")
+    })
+    .within(std::time::Duration::from_secs(5))
+    .await;
     let mut total = 0;
     for w in workers {
         let seen = w.await.expect("worker");
@@ -242,34 +217,39 @@ async fn a_policy_swap_under_concurrent_requests_loses_none() {
     assert_eq!(total, 2400);
 
     // A broken policy is rejected and the running one stays.
-    std::fs::write(dir.join("policy.toml"), policy("nonexistent")).unwrap();
-    gg.sighup();
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            gg.log_text().contains("unknown version `nonexistent`")
-        })
-        .await
-    );
+    gg.change_policy(everyone_to("nonexistent"));
+    eventually("the log names the unknown version", async || {
+        gg.log_text().contains("unknown version `nonexistent`")
+    })
+    .within(std::time::Duration::from_secs(5))
+    .await;
     assert_eq!(c.version(&[]).await, "canary");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_down_is_served_by_stable_and_stable_down_is_a_clear_502() {
-    let stable = Backend::start("stable").await;
-    let config = format!(
-        "{}{SERVICE}override = {{ header = \"X-Gray\", version = \"canary\" }}\n",
-        upstreams(stable.addr, dead_addr())
-    );
-    let gg = Graygate::start(&config);
-    let mut c = Client::new(gg.addr);
+    let stable = backend("stable").await;
+    let gg = gateway()
+        .upstream("stable", &stable)
+        .upstream("canary", dead_addr())
+        .route(route("web"))
+        .service(web().override_header("X-Gray", "canary"))
+        .start()
+        .await;
+    let mut c = gg.client();
     for _ in 0..5 {
         assert_eq!(c.version(&[("X-Gray", "always")]).await, "stable");
     }
     drop(gg);
 
-    let config = format!("{}{SERVICE}", upstreams(dead_addr(), dead_addr()));
-    let gg = Graygate::start(&config);
-    let r = Client::new(gg.addr).get(&[]).await;
+    let gg = gateway()
+        .upstream("stable", dead_addr())
+        .upstream("canary", dead_addr())
+        .route(route("web"))
+        .service(web())
+        .start()
+        .await;
+    let r = gg.client().get(&[]).await;
     assert_eq!(r.status, 502);
     assert!(
         r.body.contains("graygate"),
@@ -280,31 +260,31 @@ async fn canary_down_is_served_by_stable_and_stable_down_is_a_clear_502() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_50_mb_body_streams_through_intact() {
-    let (stable, canary) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
-    let gg = Graygate::start(&format!("{}{SERVICE}", upstreams(stable.addr, canary.addr)));
-    let body = bytes::Bytes::from(vec![b'x'; 50 * 1024 * 1024]);
-    let r = Client::new(gg.addr)
-        .request("POST", "/upload", &[], body)
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    let gg = gateway()
+        .upstream("stable", &stable)
+        .upstream("canary", &canary)
+        .route(route("web"))
+        .service(web())
+        .start()
         .await;
+    let body = bytes::Bytes::from(vec![b'x'; 50 * 1024 * 1024]);
+    let r = gg.client().request("POST", "/upload", &[], body).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.headers["x-body-bytes"], (50 * 1024 * 1024).to_string());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_route_is_a_404() {
-    let (stable, canary) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
-    let config = format!(
-        "{}[[policy.routes]]\nhosts = [\"api.test\"]\nservice = \"web\"\n[[policy.services]]\nname = \"web\"\nstable = \"stable\"\nversions = {{ stable = \"stable\" }}\n",
-        upstreams(stable.addr, canary.addr)
-    );
-    let gg = Graygate::start(&config);
-    let r = Client::new(gg.addr).get(&[]).await;
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    let gg = gateway()
+        .upstream("stable", &stable)
+        .upstream("canary", &canary)
+        .route(route("web").hosts(["api.test"]))
+        .service(service("web").stable("stable", "stable"))
+        .start()
+        .await;
+    let r = gg.client().get(&[]).await;
     assert_eq!(r.status, 404);
 }
 
@@ -330,8 +310,14 @@ async fn a_websocket_echo_passes_through_intact() {
             });
         }
     });
-    let canary = Backend::start("canary").await;
-    let gg = Graygate::start(&format!("{}{SERVICE}", upstreams(echo, canary.addr)));
+    let canary = backend("canary").await;
+    let gg = gateway()
+        .upstream("stable", echo)
+        .upstream("canary", &canary)
+        .route(route("web"))
+        .service(web())
+        .start()
+        .await;
 
     let (mut ws, response) = tokio_tungstenite::connect_async(format!("ws://{}/chat", gg.addr))
         .await

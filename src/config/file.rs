@@ -1,0 +1,423 @@
+//! The config file as written: one plain serde struct per TOML table, before any validation.
+//!
+//! [`super::parse`] reads these and turns them into the validated [`super::Config`]; nothing here
+//! checks more than the shape (unknown keys are refused, with their line). They are public and
+//! serializable so that whoever writes a config file (the end-to-end tests, a generator) builds it
+//! from the same types graygate reads, with `toml::to_string`, instead of pasting text together:
+//! a renamed key then fails to compile rather than at start. Unset options are left out when
+//! written, so a file written from a default value is as short as one written by hand.
+
+use crate::policy::PolicyDoc;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// The whole file: the top-level keys and one field per table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Addresses the data plane listens on (`"127.0.0.1:8080"`); required.
+    pub listen: Vec<String>,
+    /// `[store]`; absent: the embedded store in `graygate-data`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub store: StoreFile,
+    /// `[cache]`: the lookup cache in front of a shared store.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub cache: CacheFile,
+    /// `[client_ip]`: whose forwarding headers are believed.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub client_ip: ClientIpFile,
+    /// `[timeouts]`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub timeouts: TimeoutsFile,
+    /// Largest request head accepted, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_header_bytes: Option<usize>,
+    /// `[[upstreams]]`: the servers the policy's versions name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<UpstreamFile>,
+    /// `[policy]`: the policy inline (not together with `policy_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyDoc>,
+    /// The policy in its own TOML file, relative to this file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_file: Option<String>,
+    /// Full policy reload from the store, as a duration (`"5s"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload_interval: Option<String>,
+    /// Request header naming the chosen version; `""` sends none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_header: Option<String>,
+    /// Worker threads of the data plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+    /// `[metrics]`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub metrics: MetricsFile,
+    /// `[access_log]`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub access_log: AccessLogFile,
+    /// `[log]`: the process log.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub log: LogFile,
+    /// Also name the answering version in a response header to the client.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub response_version_header: bool,
+    /// `[admin]`; absent: no admin listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminFile>,
+}
+
+/// `[store]`: which keys go with which kind is checked by validation, not here.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    /// `embedded` (default), `redis` or `memcached`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// embedded, memcached: the embedded store's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// redis
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// redis
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+    /// memcached
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub servers: Option<Vec<String>>,
+    /// redis, memcached: list name -> key prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lists: Option<HashMap<String, String>>,
+}
+
+/// `[cache]`: durations as written (`"200ms"`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_entries: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_ttl: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookup_timeout: Option<String>,
+}
+
+/// `[client_ip]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientIpFile {
+    /// Networks whose forwarding headers are believed (`"127.0.0.0/8"`, `"::1"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
+    /// `forwarded` (default) or `original`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+/// `[timeouts]`: durations as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_response: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<String>,
+}
+
+/// One `[[upstreams]]` entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub name: String,
+    /// `"host:port"`, optionally followed by ` weight=N`.
+    pub servers: Vec<String>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsFile {
+    /// Address of the metrics listener; absent: no listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+}
+
+/// `[access_log]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogFile {
+    /// `off` (default), `text` or `json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// `"-"` (default): stdout; else a file relative to the config's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// `[log]`: how graygate's own messages are written to stderr.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    /// `text` (default) or `json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// Where the admin API listens; absent: the default loopback address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Bearer tokens; none: no authentication, loopback only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<TokenFile>,
+}
+
+/// One entry of `[admin] tokens`: exactly one of `token` and `token_env` (checked by validation).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenFile {
+    /// Recorded in the history for changes made with this token.
+    pub name: String,
+    /// The secret itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// An environment variable holding the secret, read at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+}
+
+impl std::fmt::Debug for TokenFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenFile")
+            .field("name", &self.name)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("token_env", &self.token_env)
+            .finish()
+    }
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+    use crate::policy::model::{Condition, RuleDoc, ServiceDoc, SplitDoc};
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    /// Every table and key set, none at its default.
+    fn everything() -> ConfigFile {
+        let web = ServiceDoc {
+            name: "web".into(),
+            stable: "stable".into(),
+            versions: BTreeMap::from([
+                ("stable".into(), "stable".into()),
+                ("canary".into(), "canary".into()),
+            ]),
+            override_: None,
+            rules: vec![RuleDoc {
+                name: "beta".into(),
+                version: "canary".into(),
+                when: Condition {
+                    header: Some("X-Env".into()),
+                    equals: Some("beta".into()),
+                    ..Condition::default()
+                },
+            }],
+            split: Some(SplitDoc {
+                weights: BTreeMap::from([("canary".into(), 12.5)]),
+                by: None,
+                salt: None,
+            }),
+            previous_stable: None,
+        };
+        ConfigFile {
+            listen: vec!["127.0.0.1:8080".into(), "[::1]:8080".into()],
+            store: StoreFile {
+                kind: Some("redis".into()),
+                url: Some("redis://127.0.0.1:6379/2".into()),
+                key_prefix: Some("gg:".into()),
+                lists: Some(HashMap::from([("redis".into(), String::new())])),
+                ..StoreFile::default()
+            },
+            cache: CacheFile {
+                max_entries: Some(10),
+                ttl: Some("200ms".into()),
+                negative_ttl: Some("1s".into()),
+                lookup_timeout: Some("30ms".into()),
+            },
+            client_ip: ClientIpFile {
+                trusted_proxies: vec!["127.0.0.0/8".into(), "::1".into()],
+                mode: Some("original".into()),
+            },
+            timeouts: TimeoutsFile {
+                connect: Some("1s".into()),
+                header: Some("2s".into()),
+                upstream_response: Some("3s".into()),
+                idle: Some("4s".into()),
+            },
+            max_header_bytes: Some(4096),
+            upstreams: vec![
+                UpstreamFile {
+                    name: "stable".into(),
+                    servers: vec!["127.0.0.1:18080".into()],
+                },
+                UpstreamFile {
+                    name: "canary".into(),
+                    servers: vec!["127.0.0.1:19090 weight=3".into()],
+                },
+            ],
+            policy: Some(PolicyDoc {
+                routes: Vec::new(),
+                services: vec![web],
+            }),
+            policy_file: None,
+            reload_interval: Some("7s".into()),
+            version_header: Some("x-served-version".into()),
+            workers: Some(2),
+            metrics: MetricsFile {
+                listen: Some("127.0.0.1:9091".into()),
+            },
+            access_log: AccessLogFile {
+                format: Some("json".into()),
+                path: Some("-".into()),
+            },
+            log: LogFile {
+                format: Some("json".into()),
+            },
+            response_version_header: true,
+            admin: Some(AdminFile {
+                listen: Some("127.0.0.1:0".into()),
+                tokens: vec![TokenFile {
+                    name: "alice".into(),
+                    token: Some("alice-token-0123456789".into()),
+                    token_env: None,
+                }],
+            }),
+        }
+    }
+
+    /// The same config, written by hand.
+    const BY_HAND: &str = r#"
+listen = ["127.0.0.1:8080", "[::1]:8080"]
+max_header_bytes = 4096
+reload_interval = "7s"
+version_header = "x-served-version"
+workers = 2
+response_version_header = true
+
+[store]
+kind = "redis"
+url = "redis://127.0.0.1:6379/2"
+key_prefix = "gg:"
+lists = { redis = "" }
+
+[cache]
+max_entries = 10
+ttl = "200ms"
+negative_ttl = "1s"
+lookup_timeout = "30ms"
+
+[client_ip]
+trusted_proxies = ["127.0.0.0/8", "::1"]
+mode = "original"
+
+[timeouts]
+connect = "1s"
+header = "2s"
+upstream_response = "3s"
+idle = "4s"
+
+[[upstreams]]
+name = "stable"
+servers = ["127.0.0.1:18080"]
+
+[[upstreams]]
+name = "canary"
+servers = ["127.0.0.1:19090 weight=3"]
+
+[metrics]
+listen = "127.0.0.1:9091"
+
+[access_log]
+format = "json"
+path = "-"
+
+[log]
+format = "json"
+
+[admin]
+listen = "127.0.0.1:0"
+tokens = [{ name = "alice", token = "alice-token-0123456789" }]
+
+[[policy.services]]
+name = "web"
+stable = "stable"
+versions = { stable = "stable", canary = "canary" }
+[[policy.services.rules]]
+name = "beta"
+version = "canary"
+when = { header = "X-Env", equals = "beta" }
+[policy.services.split]
+weights = { canary = 12.5 }
+"#;
+
+    #[test]
+    fn a_written_file_parses_back_into_the_same_config() {
+        let path = Path::new("/etc/graygate/graygate.toml");
+        let written = toml::to_string(&everything()).expect("serializes");
+        let read: ConfigFile = toml::from_str(&written).expect("parses");
+        assert_eq!(read, everything(), "{written}");
+
+        let from_written = parse(&written, path).unwrap_or_else(|e| panic!("{e}\n{written}"));
+        let from_hand = parse(BY_HAND, path).expect("the hand-written config is valid");
+        assert_eq!(format!("{from_written:?}"), format!("{from_hand:?}"));
+        assert_eq!(
+            from_written.admin.unwrap().tokens[0].secret,
+            "alice-token-0123456789"
+        );
+    }
+
+    #[test]
+    fn unset_options_are_left_out() {
+        let minimal = ConfigFile {
+            listen: vec!["127.0.0.1:8080".into()],
+            ..ConfigFile::default()
+        };
+        assert_eq!(
+            toml::to_string(&minimal).unwrap(),
+            "listen = [\"127.0.0.1:8080\"]\n"
+        );
+        let admin = ConfigFile {
+            admin: Some(AdminFile::default()),
+            ..minimal
+        };
+        let written = toml::to_string(&admin).unwrap();
+        assert_eq!(toml::from_str::<ConfigFile>(&written).unwrap(), admin);
+        let config = parse(&written, Path::new("g.toml")).unwrap();
+        assert_eq!(config.admin.unwrap().listen.to_string(), "127.0.0.1:9901");
+    }
+
+    #[test]
+    fn debug_hides_a_token() {
+        let token = TokenFile {
+            name: "ci".into(),
+            token: Some("0123456789abcdef".into()),
+            token_env: None,
+        };
+        assert!(!format!("{token:?}").contains("0123456789abcdef"));
+    }
+}

@@ -1,0 +1,32 @@
+//! graygate end to end: the real binary between real clients and real backends, with real
+//! `redis-server` and `memcached`, everything on 127.0.0.1 port 0.
+//!
+//! One test binary, one module per area:
+//! - [`routing`]: every matcher, sticky splits across a restart, client IPs, policy swaps under
+//!   load, dead upstreams, large bodies, WebSocket;
+//! - [`observe`]: metrics and the access log account for every request;
+//! - [`logs`]: what graygate writes to stderr when it cannot start;
+//! - [`admin`]: the admin API refuses bad input naming the field, revisions, tokens, explain, ctl;
+//! - [`ctl_honest`]: `graygate ctl` refuses what is not a graygate admin API, closed pipes, bad
+//!   weights, and names the line of a TOML document's errors;
+//! - [`rollout`]: a whole rollout through `graygate ctl`, on each store;
+//! - [`original_layouts`]: the nginx + memcached and OpenResty + Redis designs' data, outages
+//!   under load, two instances on one Redis;
+//! - [`stores`]: the store contract every store runs, and what only one store does;
+//! - [`check`]: `graygate check` names the file, line and field of every bad config;
+//! - [`demo`]: `graygate demo` does what it prints.
+//!
+//! [`support`] holds the builders. Waits are bounded; a slow machine stretches every bound with
+//! `GRAYGATE_TEST_PATIENCE=<factor>` (default 1).
+
+mod admin;
+mod check;
+mod ctl_honest;
+mod demo;
+mod logs;
+mod observe;
+mod original_layouts;
+mod rollout;
+mod routing;
+mod stores;
+mod support;

@@ -1,0 +1,390 @@
+//! The store contract, written once and run against every store: the embedded store, Redis and
+//! memcached. Each check is one test per store (`stores::contract::redis::history_...`).
+//!
+//! What a store cannot do is part of its [`Capabilities`], and the check then expects the
+//! documented behaviour instead (memcached refuses to enumerate a list, naming it; its lists
+//! share one key space; a second embedded store on the same directory is refused).
+
+use super::{next_change, v, Sharing, Subject};
+use graygate::store::{Change, Entry, StoreError, StoredPolicy, HISTORY_LIMIT};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::broadcast;
+
+/// One test per store for each check.
+macro_rules! contract {
+    ($($check:ident),+ $(,)?) => {
+        contract!(@store embedded: $($check),+);
+        contract!(@store redis: $($check),+);
+        contract!(@store memcached: $($check),+);
+    };
+    (@store $store:ident: $($check:ident),+) => {
+        mod $store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    super::$check(&super::Subject::$store().await).await;
+                }
+            )+
+        }
+    };
+}
+
+contract!(
+    policy_revisions_and_conflicts,
+    history_is_recorded_with_the_save,
+    concurrent_writers_never_share_a_revision,
+    lists_put_lookup_replace_remove,
+    entries_expire_on_their_own,
+    every_write_is_announced_to_subscribers,
+    another_instance_sees_what_the_store_shares,
+);
+
+fn conflict(err: &StoreError) -> Option<(u64, u64)> {
+    match err {
+        StoreError::Conflict { expected, actual } => Some((*expected, *actual)),
+        _ => None,
+    }
+}
+
+/// The policy document: revisions grow by one, a write against another revision than the stored
+/// one is refused and changes nothing.
+async fn policy_revisions_and_conflicts(s: &Subject) {
+    let store = &s.store;
+    assert_eq!(store.kind(), s.can.kind);
+    assert_eq!(store.load_policy().await.unwrap(), None);
+
+    assert_eq!(store.save_policy("{\"v\":1}", Some(0)).await.unwrap(), 1);
+    assert_eq!(store.save_policy("{\"v\":2}", None).await.unwrap(), 2);
+    for expected in [1, 0, 7] {
+        let err = store
+            .save_policy("{\"v\":x}", Some(expected))
+            .await
+            .unwrap_err();
+        assert_eq!(conflict(&err), Some((expected, 2)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!("policy revision conflict: expected {expected}, store has 2")
+        );
+    }
+    let stored = store.load_policy().await.unwrap().unwrap();
+    assert_eq!((stored.revision, stored.json.as_str()), (2, "{\"v\":2}"));
+
+    assert_eq!(store.save_policy("{\"v\":3}", Some(2)).await.unwrap(), 3);
+    assert_eq!(
+        store.load_policy().await.unwrap(),
+        Some(StoredPolicy {
+            revision: 3,
+            json: "{\"v\":3}".into()
+        })
+    );
+}
+
+/// A history record is written in the same step as the policy, newest first, the newest
+/// [`HISTORY_LIMIT`] kept; a conflict records nothing.
+async fn history_is_recorded_with_the_save(s: &Subject) {
+    let store = &s.store;
+    assert_eq!(store.load_history(10).await.unwrap(), Vec::<String>::new());
+    assert_eq!(store.save_policy_recorded("p1", 0, "r1").await.unwrap(), 1);
+    assert_eq!(store.save_policy_recorded("p2", 1, "r2").await.unwrap(), 2);
+    let err = store.save_policy_recorded("p3", 1, "r3").await.unwrap_err();
+    assert_eq!(conflict(&err), Some((1, 2)), "{err:?}");
+    assert_eq!(store.load_history(10).await.unwrap(), ["r2", "r1"]);
+    assert_eq!(store.load_history(1).await.unwrap(), ["r2"]);
+    let stored = store.load_policy().await.unwrap().unwrap();
+    assert_eq!((stored.revision, stored.json.as_str()), (2, "p2"));
+
+    for rev in 2..(HISTORY_LIMIT as u64 + 5) {
+        store
+            .save_policy_recorded("p", rev, &format!("r{}", rev + 1))
+            .await
+            .unwrap();
+    }
+    let all = store.load_history(usize::MAX).await.unwrap();
+    assert_eq!(all.len(), HISTORY_LIMIT);
+    assert_eq!(all[0], format!("r{}", HISTORY_LIMIT + 5));
+    assert_eq!(all[HISTORY_LIMIT - 1], "r6");
+}
+
+/// Twenty writers that read revision 1: exactly one wins, with revision 2. Where the policy is
+/// shared, half of them write through another instance.
+async fn concurrent_writers_never_share_a_revision(s: &Subject) {
+    let a = Arc::clone(&s.store);
+    let other = match s.can.sharing {
+        Sharing::Everything => Some(s.another_instance().await.expect("another instance")),
+        Sharing::Exclusive | Sharing::ListsOnly => None,
+    };
+    let b = other
+        .as_ref()
+        .map_or(Arc::clone(&a), |o| Arc::clone(&o.store));
+    a.save_policy("base", None).await.unwrap();
+
+    let writers: Vec<_> = (0..20)
+        .map(|i| {
+            let store = if i % 2 == 0 {
+                Arc::clone(&a)
+            } else {
+                Arc::clone(&b)
+            };
+            tokio::spawn(async move { store.save_policy(&format!("doc {i}"), Some(1)).await })
+        })
+        .collect();
+    let mut won = Vec::new();
+    for (i, writer) in writers.into_iter().enumerate() {
+        match writer.await.unwrap() {
+            Ok(revision) => won.push((i, revision)),
+            Err(e) if conflict(&e) == Some((1, 2)) => {}
+            Err(e) => panic!("writer {i}: {e:?}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "{won:?}");
+    let (winner, revision) = won[0];
+    assert_eq!(revision, 2);
+    let stored = a.load_policy().await.unwrap().unwrap();
+    assert_eq!(stored.json, format!("doc {winner}"));
+}
+
+/// Lists: put, look up, replace, remove (only existing keys count), other lists untouched, and
+/// enumeration where the store can.
+async fn lists_put_lookup_replace_remove(s: &Subject) {
+    let store = &s.store;
+    store
+        .put_entries(
+            "ips",
+            &[
+                Entry::new("10.0.0.2", "gray", None),
+                Entry::new("10.0.0.1", "gray", Some(Duration::from_secs(3600))),
+                Entry::new("10.0.0.3", "three", None),
+            ],
+        )
+        .await
+        .unwrap();
+    store
+        .put_entries("tokens", &[Entry::new("a", "user-a", None)])
+        .await
+        .unwrap();
+
+    assert_eq!(store.lookup("ips", "10.0.0.2").await.unwrap(), v("gray"));
+    assert_eq!(store.lookup("ips", "10.0.0.1").await.unwrap(), v("gray"));
+    assert_eq!(store.lookup("ips", "10.9.9.9").await.unwrap(), None);
+    assert_eq!(store.lookup("tokens", "a").await.unwrap(), v("user-a"));
+    assert_eq!(store.lookup("ips", "a").await.unwrap(), None);
+    let other_list = store.lookup("other", "10.0.0.2").await.unwrap();
+    if s.can.separate_lists {
+        assert_eq!(other_list, None);
+    } else {
+        assert_eq!(
+            other_list,
+            v("gray"),
+            "lists without a prefix share one key space"
+        );
+    }
+
+    let listed = store.list_entries("ips").await;
+    if s.can.enumerate {
+        let listed = listed.unwrap();
+        let keys: Vec<&str> = listed.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+        assert!(listed[0].expires_at.is_some());
+        assert_eq!(listed[1].expires_at, None);
+        assert_eq!(listed[1].value, "gray");
+    } else {
+        let err = listed.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Unavailable { store, .. } if store == s.can.kind),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("cannot list the keys of list ips"),
+            "{err}"
+        );
+    }
+
+    // Replace a value.
+    store
+        .put_entries("ips", &[Entry::new("10.0.0.3", "3", None)])
+        .await
+        .unwrap();
+    assert_eq!(store.lookup("ips", "10.0.0.3").await.unwrap(), v("3"));
+
+    // Remove: only existing keys count, other lists are untouched.
+    let removed = store
+        .remove_entries(
+            "ips",
+            &["10.0.0.1".into(), "missing".into(), "10.0.0.1".into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    assert_eq!(store.lookup("ips", "10.0.0.1").await.unwrap(), None);
+    assert_eq!(store.lookup("ips", "10.0.0.2").await.unwrap(), v("gray"));
+    assert_eq!(store.lookup("tokens", "a").await.unwrap(), v("user-a"));
+    assert_eq!(store.remove_entries("ips", &[]).await.unwrap(), 0);
+    if s.can.enumerate {
+        let keys: Vec<String> = store
+            .list_entries("ips")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(keys, ["10.0.0.2", "10.0.0.3"]);
+    }
+
+    assert_eq!(
+        store.remove_entries("tokens", &["a".into()]).await.unwrap(),
+        1
+    );
+    assert_eq!(store.lookup("tokens", "a").await.unwrap(), None);
+    if s.can.enumerate {
+        assert!(store.list_entries("tokens").await.unwrap().is_empty());
+    }
+}
+
+/// An entry's TTL ends it by itself; an entry put already expired is absent at once (and
+/// replaces a live one); removing an expired entry does not count it.
+async fn entries_expire_on_their_own(s: &Subject) {
+    let store = &s.store;
+    let ttl = s.can.short_ttl;
+    store
+        .put_entries(
+            "ips",
+            &[
+                Entry::new("10.0.0.1", "kept", None),
+                Entry::new("10.0.0.2", "brief", Some(ttl)),
+                Entry::new("10.0.0.3", "replaced", None),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.lookup("ips", "10.0.0.2").await.unwrap(), v("brief"));
+
+    let past = Entry {
+        key: "10.0.0.3".into(),
+        value: "old".into(),
+        expires_at: Some(SystemTime::now() - Duration::from_secs(1)),
+    };
+    store.put_entries("ips", &[past]).await.unwrap();
+    assert_eq!(store.lookup("ips", "10.0.0.3").await.unwrap(), None);
+
+    crate::support::eventually(format!("the {ttl:?} entry expires"), async || {
+        crate::support::equals(store.lookup("ips", "10.0.0.2").await.unwrap(), None)
+    })
+    .within(s.can.expired_within)
+    .await;
+    assert_eq!(store.lookup("ips", "10.0.0.1").await.unwrap(), v("kept"));
+    if s.can.enumerate {
+        let keys: Vec<String> = store
+            .list_entries("ips")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(keys, ["10.0.0.1"]);
+    }
+    assert_eq!(
+        store
+            .remove_entries("ips", &["10.0.0.2".into(), "10.0.0.3".into()])
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+/// Waits for `expected` among the changes, skipping single-key changes and repeats of changes
+/// already seen (a shared store may hear its own announcement back); panics on anything else.
+async fn announced(rx: &mut broadcast::Receiver<Change>, expected: Change, seen: &mut Vec<Change>) {
+    let within = Duration::from_millis(100);
+    loop {
+        let change = next_change(rx, within, |c| matches!(c, Change::Key { .. }))
+            .await
+            .unwrap_or_else(|| panic!("{expected:?} not announced within {within:?}"));
+        if change == expected {
+            seen.push(change);
+            return;
+        }
+        assert!(
+            seen.contains(&change),
+            "{change:?} announced while waiting for {expected:?}"
+        );
+    }
+}
+
+/// Every write reaches the store's subscribers within 100 ms: a saved policy with its revision,
+/// a list written or removed from with its name.
+async fn every_write_is_announced_to_subscribers(s: &Subject) {
+    let store = &s.store;
+    let mut changes = store.subscribe();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let revision = store.save_policy("p", None).await.unwrap();
+        announced(&mut changes, Change::Policy { revision }, &mut seen).await;
+    }
+    for list in ["ips", "tokens"] {
+        store
+            .put_entries(list, &[Entry::new("a", "1", None)])
+            .await
+            .unwrap();
+        announced(&mut changes, Change::List { list: list.into() }, &mut seen).await;
+    }
+    // The announcement is queued before the call returns; a shared store may still deliver its
+    // own echo of the earlier write to `ips` first, which is the same change.
+    store.remove_entries("ips", &["a".into()]).await.unwrap();
+    seen.retain(|c| c != &Change::List { list: "ips".into() });
+    announced(&mut changes, Change::List { list: "ips".into() }, &mut seen).await;
+}
+
+/// A second instance on the same store: what it shares, per [`Sharing`]. Shared changes reach
+/// it within 100 ms.
+async fn another_instance_sees_what_the_store_shares(s: &Subject) {
+    let a = &s.store;
+    match s.can.sharing {
+        Sharing::Exclusive => {
+            let Err(err) = s.another_instance().await else {
+                panic!("a second {} store opened on the same data", s.can.kind);
+            };
+            assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+        }
+        Sharing::ListsOnly => {
+            let b = s.another_instance().await.expect("another instance");
+            let mut changes = b.store.subscribe();
+            a.save_policy("a's", None).await.unwrap();
+            a.put_entries("ips", &[Entry::new("10.0.0.9", "1", None)])
+                .await
+                .unwrap();
+            assert_eq!(b.store.lookup("ips", "10.0.0.9").await.unwrap(), v("1"));
+            assert_eq!(b.store.load_policy().await.unwrap(), None, "its own policy");
+            let change = next_change(&mut changes, Duration::from_millis(100), |_| false).await;
+            assert_eq!(change, None, "nothing is announced to another instance");
+        }
+        Sharing::Everything => {
+            let b = s.another_instance().await.expect("another instance");
+            let mut changes = b.store.subscribe();
+            for expected in 1..=3u64 {
+                let revision = a
+                    .save_policy(&format!("doc {expected}"), None)
+                    .await
+                    .unwrap();
+                assert_eq!(revision, expected);
+                let change = next_change(&mut changes, Duration::from_millis(100), |c| {
+                    matches!(c, Change::Key { .. })
+                })
+                .await;
+                assert_eq!(change, Some(Change::Policy { revision }));
+            }
+            let stored = b.store.load_policy().await.unwrap().unwrap();
+            assert_eq!((stored.revision, stored.json.as_str()), (3, "doc 3"));
+
+            a.put_entries("ips", &[Entry::new("10.0.0.9", "1", None)])
+                .await
+                .unwrap();
+            let change = next_change(&mut changes, Duration::from_millis(100), |c| {
+                matches!(c, Change::Key { .. })
+            })
+            .await;
+            assert_eq!(change, Some(Change::List { list: "ips".into() }));
+            assert_eq!(b.store.lookup("ips", "10.0.0.9").await.unwrap(), v("1"));
+        }
+    }
+}

@@ -1,0 +1,552 @@
+//! The gateway under test: a builder over the crate's own config and policy types, which writes
+//! the config file with the TOML serializer and starts the real `graygate run` on it.
+//!
+//! ```ignore
+//! let gg = gateway()
+//!     .upstream("stable", &stable)
+//!     .upstream("canary", &canary)
+//!     .service(service("web").stable("stable", "stable").version("canary", "canary"))
+//!     .route(route("web"))
+//!     .store(&redis)
+//!     .start()
+//!     .await;
+//! ```
+//!
+//! The process listens on 127.0.0.1 port 0 (the metrics and admin listeners too); the bound
+//! addresses are read from the lines it prints at start. [`Gateway`] kills it in `Drop`, even when
+//! the test fails, and removes its directory unless the test is failing (to look at afterwards).
+
+use super::ctl::{Admin, Ctl};
+use super::eventually::{eventually, patient};
+use super::{Client, Reply};
+use bytes::Bytes;
+use graygate::config::file::{
+    AccessLogFile, AdminFile, ConfigFile, MetricsFile, StoreFile, TokenFile, UpstreamFile,
+};
+use graygate::demo::Backend;
+use graygate::policy::model::{RouteDoc, ServiceDoc};
+use graygate::policy::PolicyDoc;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The `graygate` binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_graygate")
+}
+
+/// A loopback address where nothing listens (bound, then released).
+pub fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("a bound address")
+}
+
+/// Something with an address an upstream can name: a [`Backend`] or a plain address.
+pub trait Address {
+    fn address(&self) -> SocketAddr;
+}
+
+impl Address for &Backend {
+    fn address(&self) -> SocketAddr {
+        self.addr()
+    }
+}
+
+impl Address for SocketAddr {
+    fn address(&self) -> SocketAddr {
+        *self
+    }
+}
+
+/// A config being built; see [`gateway`].
+#[derive(Debug, Clone)]
+pub struct GatewayBuilder {
+    /// Everything but the policy, as it will be written.
+    file: ConfigFile,
+    policy: PolicyDoc,
+    /// Write the policy to this file (relative to the config) instead of inline.
+    policy_file: Option<String>,
+}
+
+/// A gateway with no upstream, no policy and the embedded store, listening on port 0.
+pub fn gateway() -> GatewayBuilder {
+    GatewayBuilder {
+        file: ConfigFile {
+            listen: vec!["127.0.0.1:0".into()],
+            ..ConfigFile::default()
+        },
+        policy: PolicyDoc::default(),
+        policy_file: None,
+    }
+}
+
+impl GatewayBuilder {
+    /// An upstream of one server.
+    pub fn upstream(mut self, name: &str, server: impl Address) -> Self {
+        self.file.upstreams.push(UpstreamFile {
+            name: name.into(),
+            servers: vec![server.address().to_string()],
+        });
+        self
+    }
+
+    /// A service of the policy.
+    pub fn service(mut self, service: impl Into<ServiceDoc>) -> Self {
+        self.policy.services.push(service.into());
+        self
+    }
+
+    /// A route of the policy.
+    pub fn route(mut self, route: impl Into<RouteDoc>) -> Self {
+        self.policy.routes.push(route.into());
+        self
+    }
+
+    /// The policy goes to its own file, `policy_file = "<name>"`, instead of inline.
+    pub fn policy_file(mut self, name: &str) -> Self {
+        self.policy_file = Some(name.into());
+        self
+    }
+
+    /// `[store]`: a Redis or memcached server, or a hand-made table.
+    pub fn store(mut self, store: impl Into<StoreFile>) -> Self {
+        self.file.store = store.into();
+        self
+    }
+
+    /// `[store] lists`: list `list` lives under key prefix `prefix`.
+    pub fn list_prefix(mut self, list: &str, prefix: &str) -> Self {
+        self.file
+            .store
+            .lists
+            .get_or_insert_with(Default::default)
+            .insert(list.into(), prefix.into());
+        self
+    }
+
+    /// `[cache] ttl` and `negative_ttl`.
+    pub fn cache_ttl(mut self, ttl: Duration) -> Self {
+        let ttl = humantime::format_duration(ttl).to_string();
+        self.file.cache.ttl = Some(ttl.clone());
+        self.file.cache.negative_ttl = Some(ttl);
+        self
+    }
+
+    /// `[client_ip] trusted_proxies`.
+    pub fn trusted_proxies<const N: usize>(mut self, nets: [&str; N]) -> Self {
+        self.file.client_ip.trusted_proxies = nets.iter().map(|n| n.to_string()).collect();
+        self
+    }
+
+    /// `[client_ip] mode = "original"`: X-Real-IP, else X-Forwarded-For, else the peer.
+    pub fn original_client_ip(mut self) -> Self {
+        self.file.client_ip.mode = Some("original".into());
+        self
+    }
+
+    /// `[admin]` on a free loopback port, without tokens.
+    pub fn admin(mut self) -> Self {
+        self.file.admin = Some(AdminFile {
+            listen: Some("127.0.0.1:0".into()),
+            tokens: Vec::new(),
+        });
+        self
+    }
+
+    /// `[admin]` with a bearer token; [`Gateway::ctl`] and [`Gateway::admin_api`] use it.
+    pub fn admin_token(mut self, name: &str, token: &str) -> Self {
+        let admin = self.file.admin.get_or_insert_with(|| AdminFile {
+            listen: Some("127.0.0.1:0".into()),
+            tokens: Vec::new(),
+        });
+        admin.tokens.push(TokenFile {
+            name: name.into(),
+            token: Some(token.into()),
+            token_env: None,
+        });
+        self
+    }
+
+    /// `[admin] listen`.
+    pub fn admin_listen(mut self, addr: &str) -> Self {
+        self.file
+            .admin
+            .get_or_insert_with(AdminFile::default)
+            .listen = Some(addr.into());
+        self
+    }
+
+    /// `[metrics]` on a free loopback port.
+    pub fn metrics(self) -> Self {
+        self.metrics_listen("127.0.0.1:0".parse().expect("an address"))
+    }
+
+    /// `[metrics] listen`.
+    pub fn metrics_listen(mut self, addr: SocketAddr) -> Self {
+        self.file.metrics = MetricsFile {
+            listen: Some(addr.to_string()),
+        };
+        self
+    }
+
+    /// `listen`: the data plane on this address instead of a free port.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.file.listen = vec![addr.to_string()];
+        self
+    }
+
+    /// `[log] format`: `text` or `json`.
+    pub fn log_format(mut self, format: &str) -> Self {
+        self.file.log.format = Some(format.into());
+        self
+    }
+
+    /// `[access_log]`: `format` (`text`, `json`) to `path` (`None`: stdout).
+    pub fn access_log(mut self, format: &str, path: Option<&str>) -> Self {
+        self.file.access_log = AccessLogFile {
+            format: Some(format.into()),
+            path: path.map(str::to_string),
+        };
+        self
+    }
+
+    /// `version_header`.
+    pub fn version_header(mut self, name: &str) -> Self {
+        self.file.version_header = Some(name.into());
+        self
+    }
+
+    /// `response_version_header = true`.
+    pub fn response_version_header(mut self) -> Self {
+        self.file.response_version_header = true;
+        self
+    }
+
+    /// The token the admin API is called with, if any.
+    fn token(&self) -> Option<String> {
+        let admin = self.file.admin.as_ref()?;
+        admin.tokens.first()?.token.clone()
+    }
+
+    /// Writes the config (and the policy file, if any) into `dir`; returns the config's path.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        let mut file = self.file.clone();
+        let has_policy = !self.policy.routes.is_empty() || !self.policy.services.is_empty();
+        match &self.policy_file {
+            Some(name) => {
+                let text = toml::to_string(&self.policy).expect("the policy serializes");
+                std::fs::write(dir.join(name), text).expect("write the policy file");
+                file.policy_file = Some(name.clone());
+            }
+            None if has_policy => file.policy = Some(self.policy.clone()),
+            None => {}
+        }
+        let text = toml::to_string(&file).expect("the config serializes");
+        let path = dir.join("graygate.toml");
+        std::fs::write(&path, text).expect("write the config");
+        path
+    }
+
+    /// Starts `graygate run` in a new temporary directory.
+    pub async fn start(self) -> Gateway {
+        let dir = tempfile::Builder::new()
+            .prefix("graygate-e2e")
+            .tempdir()
+            .expect("a temp dir")
+            .keep();
+        self.start_in(dir).await
+    }
+
+    /// Starts `graygate run` in `dir` (a stopped gateway's: same store, same files).
+    async fn start_in(self, dir: PathBuf) -> Gateway {
+        let path = self.write(&dir);
+        let mut child = Command::new(binary())
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("GRAYGATE_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start graygate");
+        let log = collect(child.stderr.take().expect("piped stderr"), |_| {});
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut tx = Some(tx);
+        let mut metrics = None;
+        let mut admin = None;
+        let out = collect(child.stdout.take().expect("piped stdout"), move |line| {
+            let addr = |rest: &str| rest.parse::<SocketAddr>().ok();
+            if let Some(rest) = line.strip_prefix("graygate: metrics on http://") {
+                metrics = rest.strip_suffix("/metrics").and_then(addr);
+            } else if let Some(rest) = line.strip_prefix("graygate: admin on http://") {
+                admin = addr(rest);
+            } else if let Some(rest) = line.strip_prefix("graygate: listening on http://") {
+                if let (Some(tx), Some(listen)) = (tx.take(), addr(rest)) {
+                    let _ = tx.send((listen, metrics, admin));
+                }
+            }
+        });
+        let started = tokio::time::timeout(patient(Duration::from_secs(20)), rx).await;
+        let Ok(Ok((addr, metrics, admin))) = started else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("graygate did not start; log:\n{}", lock(&log).join("\n"));
+        };
+        Gateway {
+            addr,
+            metrics,
+            admin,
+            dir,
+            child,
+            log,
+            out,
+            builder: self,
+        }
+    }
+}
+
+/// Collects the lines of a child's output in the background, handing each to `each` first.
+fn collect(
+    from: impl std::io::Read + Send + 'static,
+    mut each: impl FnMut(&str) + Send + 'static,
+) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            each(&line);
+            lock(&sink).push(line);
+        }
+    });
+    lines
+}
+
+fn lock(lines: &Mutex<Vec<String>>) -> std::sync::MutexGuard<'_, Vec<String>> {
+    lines.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A running `graygate run` process with its config in a temporary directory.
+pub struct Gateway {
+    /// The data plane's address.
+    pub addr: SocketAddr,
+    metrics: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+    dir: PathBuf,
+    child: Child,
+    /// Lines the process wrote to stderr (its log).
+    log: Arc<Mutex<Vec<String>>>,
+    /// Lines the process wrote to stdout (the access log, when it goes there).
+    out: Arc<Mutex<Vec<String>>>,
+    /// What it was started with, to restart it or change its policy.
+    builder: GatewayBuilder,
+}
+
+impl Gateway {
+    /// A new client of the data plane.
+    pub fn client(&self) -> Client {
+        Client::new(self.addr)
+    }
+
+    /// The metrics listener, if the config has `[metrics]`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+    }
+
+    /// The admin API's address; panics if the config has no `[admin]`.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.expect("graygate runs without an admin listener")
+    }
+
+    /// `graygate ctl` pointed at this gateway's admin API, with its token.
+    pub fn ctl(&self) -> Ctl {
+        Ctl::new(self.admin_addr(), self.builder.token().as_deref())
+    }
+
+    /// The admin API over HTTP, with this gateway's token.
+    pub fn admin_api(&self) -> Admin {
+        Admin::new(self.admin_addr(), self.builder.token().as_deref())
+    }
+
+    /// The process's directory (config, store, files).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `GET /metrics` from the metrics listener: the Prometheus text.
+    pub async fn scrape(&self) -> String {
+        let addr = self
+            .metrics
+            .expect("graygate runs without a metrics listener");
+        let reply: Reply = Client::new(addr)
+            .request("GET", "/metrics", &[], Bytes::new())
+            .await;
+        assert_eq!(reply.status, 200, "scrape: {reply:?}");
+        reply.body
+    }
+
+    /// Everything written to stderr so far.
+    pub fn log_text(&self) -> String {
+        lock(&self.log).join("\n")
+    }
+
+    /// Lines written to stdout so far.
+    pub fn out_lines(&self) -> Vec<String> {
+        lock(&self.out).clone()
+    }
+
+    /// Changes the policy in the config (or its policy file) and sends SIGHUP, which makes
+    /// graygate read it again and apply it.
+    pub fn change_policy(&mut self, edit: impl FnOnce(&mut PolicyDoc)) {
+        edit(&mut self.builder.policy);
+        self.builder.write(&self.dir);
+        signal(self.child.id(), "HUP");
+    }
+
+    /// Stops the process (SIGTERM) and waits for it to exit; the directory stays for a restart.
+    pub async fn stop(mut self) -> Stopped {
+        signal(self.child.id(), "TERM");
+        let child = &mut self.child;
+        eventually("graygate exits after SIGTERM", async || {
+            match child.try_wait() {
+                Ok(Some(exit)) => Ok(exit),
+                running => Err(running),
+            }
+        })
+        .await;
+        Stopped {
+            dir: std::mem::take(&mut self.dir),
+            builder: self.builder.clone(),
+        }
+    }
+
+    /// Stops the process and starts it again on the same directory and config.
+    pub async fn restart(self) -> Gateway {
+        self.stop().await.start().await
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        remove_unless_failing(&self.dir);
+    }
+}
+
+/// A stopped gateway's directory and config; removed in `Drop` unless started again.
+pub struct Stopped {
+    dir: PathBuf,
+    builder: GatewayBuilder,
+}
+
+impl Stopped {
+    /// The directory it ran in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Starts it again in the same directory.
+    pub async fn start(mut self) -> Gateway {
+        let dir = std::mem::take(&mut self.dir);
+        self.builder.clone().start_in(dir).await
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        remove_unless_failing(&self.dir);
+    }
+}
+
+/// Removes a test directory, but keeps it when the test fails so that it can be looked at.
+fn remove_unless_failing(dir: &Path) {
+    if !dir.as_os_str().is_empty() && !std::thread::panicking() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{sig} {pid}");
+}
+
+/// What `graygate check --config <path>` printed and how it exited.
+#[derive(Debug)]
+pub struct Checked {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `graygate check --config <path>`.
+pub fn check(path: &Path) -> Checked {
+    let out = Command::new(binary())
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .expect("run graygate check");
+    Checked {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// How a `graygate run` that was expected to stop by itself ended.
+#[derive(Debug)]
+pub struct Exited {
+    pub code: i32,
+    pub stderr: String,
+}
+
+/// Runs `graygate run --config <path>` (in the config's directory) until it exits by itself, as
+/// it must when it cannot start; one that keeps running is killed and the test fails.
+pub async fn run_until_exit(path: &Path) -> Exited {
+    let mut child = Command::new(binary())
+        .args(["run", "--config"])
+        .arg(path)
+        .current_dir(path.parent().unwrap_or(Path::new(".")))
+        .env("GRAYGATE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start graygate");
+    let stderr = collect(child.stderr.take().expect("piped stderr"), |_| {});
+    /// Kills the process if the wait below panics.
+    struct Running(Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut running = Running(child);
+    let status = eventually("graygate exits by itself", async || {
+        match running.0.try_wait() {
+            Ok(Some(status)) => Ok(status),
+            other => Err(other),
+        }
+    })
+    .within(Duration::from_secs(20))
+    .await;
+    drop(running);
+    // The exit closed stderr: the reader thread has its last lines soon after.
+    let stderr = eventually("graygate's stderr is read to the end", async || {
+        if Arc::strong_count(&stderr) == 1 {
+            Ok(lock(&stderr).join("\n"))
+        } else {
+            Err("still reading")
+        }
+    })
+    .await;
+    Exited {
+        code: status.code().unwrap_or(-1),
+        stderr,
+    }
+}

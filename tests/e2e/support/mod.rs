@@ -1,0 +1,41 @@
+//! What the end-to-end tests are written with: builders that start the real `graygate` binary,
+//! real backends (the demo's [`Backend`]), real `redis-server` and `memcached`, and clients, all
+//! on 127.0.0.1 port 0, each stopped by a guard's `Drop`.
+//!
+//! - [`gateway`]: `gateway().upstream(..).service(..).route(..).store(..).start().await`, over the
+//!   crate's own config and policy types, written with the TOML serializer;
+//! - [`policy`]: `service("web").rule("beta", "canary", header("X-Env").equals("beta"))`;
+//! - [`eventually`]: the one way to wait, with a patience multiplier from the environment;
+//! - [`servers`]: Redis, memcached and a server that never answers;
+//! - [`client`] and [`ctl`]: HTTP to the data plane and the admin API, and `graygate ctl`.
+
+pub mod client;
+pub mod ctl;
+pub mod eventually;
+pub mod gateway;
+pub mod policy;
+pub mod servers;
+
+pub use client::{Client, Reply};
+pub use ctl::{Admin, Ctl};
+pub use eventually::{equals, eventually, patient};
+pub use gateway::{
+    binary, check, dead_addr, gateway, run_until_exit, Exited, Gateway, GatewayBuilder,
+};
+pub use graygate::demo::Backend;
+pub use policy::*;
+pub use servers::{memcached_store, redis_store, HangingServer, MemcachedServer, RedisServer};
+
+/// Starts a backend answering as `name`.
+pub async fn backend(name: &str) -> Backend {
+    Backend::start(name).await.expect("start a backend")
+}
+
+/// The value of one series in Prometheus text, e.g.
+/// `metric(&text, r#"graygate_requests_total{route="web",status_class="2xx",version="stable"}"#)`.
+/// Labels are written in the order the exporter sorts them (by name). `None`: no such series.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.trim().parse().expect("a number"))
+}
