@@ -9,11 +9,8 @@ const TOKEN: &str = "alice-token-0123456789";
 
 /// A web service with a gray list rule and a user-id range rule, behind trusted loopback proxies.
 fn web_with_rules(stable: &Backend, canary: &Backend) -> GatewayBuilder {
-    gateway()
+    web_gateway(stable, canary)
         .trusted_proxies(["127.0.0.0/8"])
-        .upstream("stable", stable)
-        .upstream("canary", canary)
-        .route(route("web"))
         .service(
             web()
                 .rule(

@@ -21,12 +21,9 @@ const OTHER_IP: &str = "10.0.0.8";
 
 /// The web service with a gray list rule, an admin API with alice's token.
 fn web_with_gray_list(stable: &Backend, canary: &Backend) -> GatewayBuilder {
-    gateway()
+    web_gateway(stable, canary)
         .trusted_proxies(["127.0.0.0/8"])
         .admin_token("alice", TOKEN)
-        .upstream("stable", stable)
-        .upstream("canary", canary)
-        .route(route("web"))
         .service(web().rule(
             "gray-ips",
             "canary",

@@ -7,11 +7,8 @@ use std::collections::HashSet;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_matcher_routes_as_specified() {
     let (stable, canary) = (backend("stable").await, backend("canary").await);
-    let gg = gateway()
-        .upstream("stable", &stable)
-        .upstream("canary", &canary)
+    let gg = web_gateway(&stable, &canary)
         .trusted_proxies(["127.0.0.1"])
-        .route(route("web"))
         .service(
             web()
                 .override_cookie("gray", "canary")
@@ -82,10 +79,7 @@ async fn every_matcher_routes_as_specified() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_split_holds_its_weight_and_survives_a_restart() {
     let (stable, canary) = (backend("stable").await, backend("canary").await);
-    let gg = gateway()
-        .upstream("stable", &stable)
-        .upstream("canary", &canary)
-        .route(route("web"))
+    let gg = web_gateway(&stable, &canary)
         .service(web().split("canary", 10.0, by_header("X-User")))
         .start()
         .await;
@@ -115,11 +109,8 @@ async fn sticky_split_holds_its_weight_and_survives_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_forwarded_for_from_an_untrusted_peer_cannot_select_the_canary() {
     let (stable, canary) = (backend("stable").await, backend("canary").await);
-    let base = gateway()
-        .upstream("stable", &stable)
-        .upstream("canary", &canary)
-        .route(route("web"))
-        .service(web().rule("gray-ip", "canary", cidr(["10.0.0.7"])));
+    let base =
+        web_gateway(&stable, &canary).service(web().rule("gray-ip", "canary", cidr(["10.0.0.7"])));
     let spoof: &[(&str, &str)] = &[("X-Forwarded-For", "10.0.0.7"), ("X-Real-IP", "10.0.0.7")];
 
     // No trusted proxies: the peer (127.0.0.1) is the client, whatever the headers say.
@@ -172,11 +163,8 @@ async fn a_policy_swap_under_concurrent_requests_loses_none() {
     fn everyone_to(version: &'static str) -> impl FnOnce(&mut graygate::policy::PolicyDoc) {
         move |policy| policy.services[0].rules[0].version = version.to_string()
     }
-    let mut gg = gateway()
-        .upstream("stable", &stable)
-        .upstream("canary", &canary)
+    let mut gg = web_gateway(&stable, &canary)
         .policy_file("policy.toml")
-        .route(route("web"))
         .service(web().rule("all", "stable", cidr(["0.0.0.0/0"])))
         .start()
         .await;
@@ -229,10 +217,7 @@ async fn a_policy_swap_under_concurrent_requests_loses_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_down_is_served_by_stable_and_stable_down_is_a_clear_502() {
     let stable = backend("stable").await;
-    let gg = gateway()
-        .upstream("stable", &stable)
-        .upstream("canary", dead_addr())
-        .route(route("web"))
+    let gg = web_gateway(&stable, dead_addr())
         .service(web().override_header("X-Gray", "canary"))
         .start()
         .await;
@@ -242,10 +227,7 @@ async fn canary_down_is_served_by_stable_and_stable_down_is_a_clear_502() {
     }
     drop(gg);
 
-    let gg = gateway()
-        .upstream("stable", dead_addr())
-        .upstream("canary", dead_addr())
-        .route(route("web"))
+    let gg = web_gateway(dead_addr(), dead_addr())
         .service(web())
         .start()
         .await;
@@ -261,13 +243,7 @@ async fn canary_down_is_served_by_stable_and_stable_down_is_a_clear_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_50_mb_body_streams_through_intact() {
     let (stable, canary) = (backend("stable").await, backend("canary").await);
-    let gg = gateway()
-        .upstream("stable", &stable)
-        .upstream("canary", &canary)
-        .route(route("web"))
-        .service(web())
-        .start()
-        .await;
+    let gg = web_gateway(&stable, &canary).service(web()).start().await;
     let body = bytes::Bytes::from(vec![b'x'; 50 * 1024 * 1024]);
     let r = gg.client().request("POST", "/upload", &[], body).await;
     assert_eq!(r.status, 200);
@@ -311,13 +287,7 @@ async fn a_websocket_echo_passes_through_intact() {
         }
     });
     let canary = backend("canary").await;
-    let gg = gateway()
-        .upstream("stable", echo)
-        .upstream("canary", &canary)
-        .route(route("web"))
-        .service(web())
-        .start()
-        .await;
+    let gg = web_gateway(echo, &canary).service(web()).start().await;
 
     let (mut ws, response) = tokio_tungstenite::connect_async(format!("ws://{}/chat", gg.addr))
         .await

@@ -20,11 +20,13 @@ pub use client::{Client, Reply};
 pub use ctl::{Admin, Ctl};
 pub use eventually::{equals, eventually, patient};
 pub use gateway::{
-    binary, check, dead_addr, gateway, run_until_exit, Exited, Gateway, GatewayBuilder,
+    binary, check, dead_addr, gateway, run_until_exit, web_gateway, Exited, Gateway, GatewayBuilder,
 };
 pub use graygate::demo::Backend;
 pub use policy::*;
-pub use servers::{memcached_store, redis_store, HangingServer, MemcachedServer, RedisServer};
+pub use servers::{
+    memcached_store, redis_store, HangingServer, Kind, MemcachedServer, RedisServer, Server,
+};
 
 /// Starts a backend answering as `name`.
 pub async fn backend(name: &str) -> Backend {
