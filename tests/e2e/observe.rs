@@ -392,12 +392,8 @@ async fn the_access_log_is_flushed_when_graygate_stops() {
 #[test]
 fn check_names_the_line_of_a_bad_access_log_format() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("graygate.toml");
-    std::fs::write(
-        &path,
-        "listen = [\"127.0.0.1:0\"]\n[access_log]\nformat = \"xml\"\n",
-    )
-    .unwrap();
+    let text = "listen = [\"127.0.0.1:0\"]\n[access_log]\nformat = \"xml\"\n";
+    let path = write_file(&dir, "graygate.toml", text);
     let checked = check(&path);
     assert_ne!(checked.code, 0);
     assert!(

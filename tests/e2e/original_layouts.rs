@@ -76,19 +76,18 @@ async fn memcached_ip_flags_set_by_a_plain_client_route_with_ttls_honored() {
     let mut c = gg.client();
 
     // The original's client IP: X-Real-IP, else X-Forwarded-For, else the peer.
-    assert_eq!(c.version(&[("X-Real-IP", "10.0.0.7")]).await, "gray");
-    assert_eq!(c.version(&[("X-Forwarded-For", "10.0.0.7")]).await, "gray");
-    assert_eq!(
-        c.version(&[("X-Real-IP", "10.0.0.8"), ("X-Forwarded-For", "10.0.0.7")])
-            .await,
-        "prod"
-    );
-    assert_eq!(
-        c.version(&[("X-Real-IP", "10.0.0.9")]).await,
-        "prod",
-        "value 0 is not a gray flag"
-    );
-    assert_eq!(c.version(&[]).await, "prod");
+    c.assert_versions(&[
+        (&[("X-Real-IP", "10.0.0.7")], "gray"),
+        (&[("X-Forwarded-For", "10.0.0.7")], "gray"),
+        (
+            &[("X-Real-IP", "10.0.0.8"), ("X-Forwarded-For", "10.0.0.7")],
+            "prod",
+        ),
+        // Value 0 is not a gray flag.
+        (&[("X-Real-IP", "10.0.0.9")], "prod"),
+        (&[], "prod"),
+    ])
+    .await;
 
     // `set` and `delete` by hand take effect within the cache TTL.
     mc.raw("set 10.0.0.8 0 0 1\r\n1\r\n", "\r\n");
@@ -122,24 +121,18 @@ async fn redis_token_range_layout_routes_and_follows_redis_cli_within_100ms() {
         .await;
     let mut c = gg.client();
 
-    assert_eq!(c.version(&[("TOKEN", "abc")]).await, "gray");
-    assert_eq!(c.version(&[("TOKEN", "def")]).await, "prod");
-    assert_eq!(
-        c.version(&[("TOKEN", "edge")]).await,
-        "prod",
-        "idEnd is excluded, as in the original"
-    );
-    assert_eq!(c.version(&[("TOKEN", "unknown")]).await, "prod");
-    assert_eq!(
-        c.version(&[("TOKEN", "junk")]).await,
-        "prod",
-        "a non-numeric id"
-    );
-    assert_eq!(
-        c.version(&[]).await,
-        "prod",
-        "no TOKEN header: stable, never a 5xx"
-    );
+    c.assert_versions(&[
+        (&[("TOKEN", "abc")], "gray"),
+        (&[("TOKEN", "def")], "prod"),
+        // idEnd is excluded, as in the original.
+        (&[("TOKEN", "edge")], "prod"),
+        (&[("TOKEN", "unknown")], "prod"),
+        // A non-numeric id.
+        (&[("TOKEN", "junk")], "prod"),
+        // No TOKEN header: stable, never a 5xx (`version` asserts the 200).
+        (&[], "prod"),
+    ])
+    .await;
 
     // Editing the JSON with redis-cli moves users within 100 ms (the cache TTL here is 5 s: only
     // the push invalidation can make it); so does a token's user id changed by any client.

@@ -60,9 +60,7 @@ async fn every_matcher_routes_as_specified() {
         (&[("Cookie", "gray=always")], "canary"),
         (&[("Cookie", "gray=never"), ("X-Env", "beta")], "stable"),
     ];
-    for (headers, want) in cases {
-        assert_eq!(c.version(headers).await, *want, "headers {headers:?}");
-    }
+    c.assert_versions(cases).await;
     assert_eq!(c.get_path("/x?ab=b", &[]).await.body, "canary\n");
     assert_eq!(c.get_path("/x?ab=a", &[]).await.body, "stable\n");
     // The percent rule: some identities in, some out, each one always the same.
@@ -116,11 +114,11 @@ async fn spoofed_forwarded_for_from_an_untrusted_peer_cannot_select_the_canary()
     // No trusted proxies: the peer (127.0.0.1) is the client, whatever the headers say.
     let gg = base.clone().start().await;
     let mut c = gg.client();
-    assert_eq!(c.version(spoof).await, "stable");
-    assert_eq!(
-        c.version(&[("X-Forwarded-For", "1.1.1.1, 10.0.0.7")]).await,
-        "stable"
-    );
+    c.assert_versions(&[
+        (spoof, "stable"),
+        (&[("X-Forwarded-For", "1.1.1.1, 10.0.0.7")], "stable"),
+    ])
+    .await;
     // What the backend sees: the real peer appended, X-Real-IP replaced.
     let r = c.get(spoof).await;
     assert_eq!(r.headers["echo-x-forwarded-for"], "10.0.0.7, 127.0.0.1");
@@ -131,30 +129,26 @@ async fn spoofed_forwarded_for_from_an_untrusted_peer_cannot_select_the_canary()
     let trusted = base.trusted_proxies(["127.0.0.0/8"]);
     let gg = trusted.clone().start().await;
     let mut c = gg.client();
-    assert_eq!(
-        c.version(&[("X-Forwarded-For", "10.0.0.7")]).await,
-        "canary"
-    );
-    // The client itself claimed 10.0.0.7, the proxy saw 1.1.1.1: the proxy's word counts.
-    assert_eq!(
-        c.version(&[("X-Forwarded-For", "10.0.0.7, 1.1.1.1")]).await,
-        "stable"
-    );
+    c.assert_versions(&[
+        (&[("X-Forwarded-For", "10.0.0.7")], "canary"),
+        // The client itself claimed 10.0.0.7, the proxy saw 1.1.1.1: the proxy's word counts.
+        (&[("X-Forwarded-For", "10.0.0.7, 1.1.1.1")], "stable"),
+    ])
+    .await;
     drop(gg);
 
     // The original design's order, for operators whose own load balancer sets the headers.
     let gg = trusted.original_client_ip().start().await;
     let mut c = gg.client();
-    assert_eq!(c.version(&[("X-Real-IP", "10.0.0.7")]).await, "canary");
-    assert_eq!(
-        c.version(&[("X-Real-IP", "10.0.0.8"), ("X-Forwarded-For", "10.0.0.7")])
-            .await,
-        "stable"
-    );
-    assert_eq!(
-        c.version(&[("X-Forwarded-For", "10.0.0.7")]).await,
-        "canary"
-    );
+    c.assert_versions(&[
+        (&[("X-Real-IP", "10.0.0.7")], "canary"),
+        (
+            &[("X-Real-IP", "10.0.0.8"), ("X-Forwarded-For", "10.0.0.7")],
+            "stable",
+        ),
+        (&[("X-Forwarded-For", "10.0.0.7")], "canary"),
+    ])
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

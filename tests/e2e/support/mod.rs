@@ -33,6 +33,13 @@ pub async fn backend(name: &str) -> Backend {
     Backend::start(name).await.expect("start a backend")
 }
 
+/// Writes `text` to the file `name` in `dir`; its path.
+pub fn write_file(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    path
+}
+
 /// The value of one series in Prometheus text, e.g.
 /// `metric(&text, r#"graygate_requests_total{route="web",status_class="2xx",version="stable"}"#)`.
 /// Labels are written in the order the exporter sorts them (by name). `None`: no such series.
