@@ -48,6 +48,17 @@ fn check_list(list: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Checks how many `field` (entries or keys) one request gives: 1 to [`MAX_ENTRIES`].
+fn check_batch(field: &str, len: usize) -> Result<(), ApiError> {
+    if len == 0 || len > MAX_ENTRIES {
+        return Err(ApiError::invalid(
+            field,
+            format!("give 1 to {MAX_ENTRIES} {field}, not {len}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a key: every store must be able to hold it, and a list that rules look the client IP
 /// up in only matches IP addresses.
 fn check_key(field: &str, key: &str, ip_list: Option<&str>) -> Result<(), ApiError> {
@@ -79,15 +90,7 @@ async fn add_entries(
     JsonBody(body): JsonBody<NewEntries>,
 ) -> Result<Json<EntriesWritten>, ApiError> {
     check_list(&list)?;
-    if body.entries.is_empty() || body.entries.len() > MAX_ENTRIES {
-        return Err(ApiError::invalid(
-            "entries",
-            format!(
-                "give 1 to {MAX_ENTRIES} entries, not {}",
-                body.entries.len()
-            ),
-        ));
-    }
+    check_batch("entries", body.entries.len())?;
     let ip_lists = edit::ip_keyed_lists(s.gateway.policy().doc());
     let ip_list = ip_lists.get(&list).map(ToString::to_string);
     let mut entries = Vec::with_capacity(body.entries.len());
@@ -130,12 +133,7 @@ async fn remove_entries(
     JsonBody(body): JsonBody<RemoveEntries>,
 ) -> Result<Json<EntriesRemoved>, ApiError> {
     check_list(&list)?;
-    if body.keys.is_empty() || body.keys.len() > MAX_ENTRIES {
-        return Err(ApiError::invalid(
-            "keys",
-            format!("give 1 to {MAX_ENTRIES} keys, not {}", body.keys.len()),
-        ));
-    }
+    check_batch("keys", body.keys.len())?;
     for (i, key) in body.keys.iter().enumerate() {
         check_key(&format!("keys[{i}]"), key, None)?;
     }
@@ -194,5 +192,19 @@ mod tests {
             check_key("entries[0].key", "alice", Some("services[0].rules[0].when")).unwrap_err();
         assert!(e.message().contains("is not an IP address"), "{e}");
         assert!(check_key("k", &"x".repeat(251), None).is_err());
+    }
+
+    #[test]
+    fn one_request_gives_1_to_max_entries() {
+        check_batch("entries", 1).unwrap();
+        check_batch("keys", MAX_ENTRIES).unwrap();
+        for (field, len) in [("entries", 0), ("keys", MAX_ENTRIES + 1)] {
+            let e = check_batch(field, len).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field));
+            assert_eq!(
+                e.message(),
+                format!("{field}: give 1 to {MAX_ENTRIES} {field}, not {len}")
+            );
+        }
     }
 }

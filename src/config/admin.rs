@@ -59,18 +59,14 @@ pub(super) fn admin_config(
     at: &dyn Fn(&str, String) -> ConfigError,
 ) -> Result<AdminConfig, ConfigError> {
     let text = file.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
-    let addr = text.parse::<SocketAddr>().map_err(|_| {
-        at(
-            "admin.listen",
-            format!("`{text}` is not an address like 127.0.0.1:9901 or [::1]:9901"),
-        )
-    })?;
-    if addr.port() != 0 && listen.contains(&addr) {
-        return Err(at(
-            "admin.listen",
-            format!("{addr} is also in `listen`: the admin API needs an address of its own"),
-        ));
-    }
+    let addr = super::own_address(
+        "admin.listen",
+        text,
+        9901,
+        listen,
+        "the admin API needs an address of its own",
+        at,
+    )?;
 
     let mut tokens = Vec::with_capacity(file.tokens.len());
     let mut names = HashSet::new();

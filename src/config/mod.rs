@@ -149,13 +149,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     }
     let mut listen = Vec::new();
     for (i, addr) in file.listen.iter().enumerate() {
-        let parsed = addr.parse::<SocketAddr>().map_err(|_| {
-            at(
-                &format!("listen[{i}]"),
-                format!("`{addr}` is not an address like 127.0.0.1:8080 or [::1]:8080"),
-            )
-        })?;
-        listen.push(parsed);
+        listen.push(address(&format!("listen[{i}]"), addr, 8080, &at)?);
     }
 
     let store = store_config(&file.store, &base, &at)?;
@@ -460,6 +454,43 @@ fn field_at(text: &str, offset: usize) -> String {
         }
     }
     String::new()
+}
+
+/// Reads `text`, the value of `field`, as a socket address; a mistake is answered with an example
+/// on `port`.
+fn address(
+    field: &str,
+    text: &str,
+    port: u16,
+    at: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|_| {
+        at(
+            field,
+            format!("`{text}` is not an address like 127.0.0.1:{port} or [::1]:{port}"),
+        )
+    })
+}
+
+/// [`address`] for a listener of its own (the admin API, the metrics), which must not take one of
+/// the traffic listeners' addresses (`listen`); `needs_its_own` ends the message that says so.
+/// Port 0 picks a free port, so it never clashes.
+fn own_address(
+    field: &str,
+    text: &str,
+    port: u16,
+    listen: &[SocketAddr],
+    needs_its_own: &str,
+    at: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<SocketAddr, ConfigError> {
+    let addr = address(field, text, port, at)?;
+    if addr.port() != 0 && listen.contains(&addr) {
+        return Err(at(
+            field,
+            format!("{addr} is also in `listen`: {needs_its_own}"),
+        ));
+    }
+    Ok(addr)
 }
 
 fn invalid(text: &str, path: &Path, field: &str, message: String) -> ConfigError {

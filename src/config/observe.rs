@@ -65,21 +65,14 @@ pub(super) fn observe_config(
 ) -> Result<(MetricsConfig, AccessLogConfig), ConfigError> {
     let metrics_listen = match &metrics.listen {
         None => None,
-        Some(text) => {
-            let addr = text.parse::<SocketAddr>().map_err(|_| {
-                at(
-                    "metrics.listen",
-                    format!("`{text}` is not an address like 127.0.0.1:9091 or [::1]:9091"),
-                )
-            })?;
-            if addr.port() != 0 && listen.contains(&addr) {
-                return Err(at(
-                    "metrics.listen",
-                    format!("{addr} is also in `listen`: the metrics need an address of their own"),
-                ));
-            }
-            Some(addr)
-        }
+        Some(text) => Some(super::own_address(
+            "metrics.listen",
+            text,
+            9091,
+            listen,
+            "the metrics need an address of their own",
+            at,
+        )?),
     };
 
     let format = match access_log.format.as_deref().unwrap_or("off") {

@@ -22,8 +22,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
 use prometheus::{
-    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    core::Collector, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::policy::{OverrideValue, Reason};
@@ -144,18 +144,12 @@ impl Metrics {
         let registry = Registry::new();
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(vec.clone()))
-                .expect("registered once");
-            vec
+            register(&registry, vec)
         };
         let histogram_vec = |name: &str, help: &str| {
             let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
             let vec = HistogramVec::new(opts, &["service", "version"]).expect("valid metric");
-            registry
-                .register(Box::new(vec.clone()))
-                .expect("registered once");
-            vec
+            register(&registry, vec)
         };
         let requests = counter_vec(
             "graygate_requests_total",
@@ -180,20 +174,19 @@ impl Metrics {
             "Requests whose chosen version could not be reached and that went to stable instead, by service and chosen version.",
             &["service", "version"],
         );
-        let open_connections =
+        let open_connections = register(
+            &registry,
             IntGauge::new("graygate_open_connections", "Client connections open now.")
-                .expect("valid metric");
-        registry
-            .register(Box::new(open_connections.clone()))
-            .expect("registered once");
-        let access_log_dropped = IntCounter::new(
-            "graygate_access_log_dropped_total",
-            "Access log records dropped because the writer fell behind.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(access_log_dropped.clone()))
-            .expect("registered once");
+                .expect("valid metric"),
+        );
+        let access_log_dropped = register(
+            &registry,
+            IntCounter::new(
+                "graygate_access_log_dropped_total",
+                "Access log records dropped because the writer fell behind.",
+            )
+            .expect("valid metric"),
+        );
         let policy_revision = IntGauge::new(
             "graygate_policy_revision",
             "Revision of the running policy (0: none stored).",
@@ -205,12 +198,8 @@ impl Metrics {
         )
         .expect("valid metric");
         if sources.policy.is_some() {
-            registry
-                .register(Box::new(policy_revision.clone()))
-                .expect("registered once");
-            registry
-                .register(Box::new(policy_last_reload.clone()))
-                .expect("registered once");
+            register(&registry, policy_revision.clone());
+            register(&registry, policy_last_reload.clone());
         }
         let connect_failures = counter_vec(
             "graygate_upstream_connect_failures_total",
@@ -230,37 +219,37 @@ impl Metrics {
                 }
             }
         }
-        let store_lookups = counter_vec(
-            "graygate_store_lookups_total",
-            "List lookups sent to the store (lookup-cache misses that fetched), by store.",
-            &["store"],
-        );
-        let store_errors = counter_vec(
-            "graygate_store_errors_total",
-            "List lookups that failed (store down or too slow, no earlier value known), by store.",
-            &["store"],
-        );
-        let cache_hits = counter_vec(
-            "graygate_store_cache_hits_total",
-            "Lookups answered by the lookup cache, by store.",
-            &["store"],
-        );
-        let cache_misses = counter_vec(
-            "graygate_store_cache_misses_total",
-            "Lookups the lookup cache could not answer, by store.",
-            &["store"],
-        );
-        let store_degraded = IntGaugeVec::new(
-            Opts::new(
-                "graygate_store_degraded",
-                "1 while the store cannot be reached, else 0, by store.",
+        // The store's counters, all by store, in the order of their fields.
+        let [store_lookups, store_errors, cache_hits, cache_misses] = [
+            (
+                "graygate_store_lookups_total",
+                "List lookups sent to the store (lookup-cache misses that fetched), by store.",
             ),
-            &["store"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(store_degraded.clone()))
-            .expect("registered once");
+            (
+                "graygate_store_errors_total",
+                "List lookups that failed (store down or too slow, no earlier value known), by store.",
+            ),
+            (
+                "graygate_store_cache_hits_total",
+                "Lookups answered by the lookup cache, by store.",
+            ),
+            (
+                "graygate_store_cache_misses_total",
+                "Lookups the lookup cache could not answer, by store.",
+            ),
+        ]
+        .map(|(name, help)| counter_vec(name, help, &["store"]));
+        let store_degraded = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "graygate_store_degraded",
+                    "1 while the store cannot be reached, else 0, by store.",
+                ),
+                &["store"],
+            )
+            .expect("valid metric"),
+        );
         Metrics {
             registry,
             requests,
@@ -370,6 +359,15 @@ impl Metrics {
                 .set(i64::from(stats.degraded));
         }
     }
+}
+
+/// Registers `metric` in `registry` and gives it back: a name is registered once, at start, so
+/// a clash is a bug here rather than a runtime error.
+fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("registered once");
+    metric
 }
 
 /// Sets a counter to a value counted elsewhere. A source that went backwards (restarted) starts
@@ -553,84 +551,40 @@ mod tests {
                 sticky: true,
             },
         );
-        m.record(&record(
-            &get,
-            &uri,
-            Some(&canary),
-            Some("canary"),
-            StatusCode::OK,
-            false,
-        ));
-        m.record(&record(
-            &get,
-            &uri,
-            Some(&canary),
-            Some("stable"),
-            StatusCode::OK,
-            true,
-        ));
-        m.record(&record(
-            &get,
-            &uri,
-            Some(&split),
-            Some("stable"),
-            StatusCode::OK,
-            false,
-        ));
-        m.record(&record(
-            &get,
-            &uri,
-            None,
-            None,
-            StatusCode::NOT_FOUND,
-            false,
-        ));
+        // The decision, the version that answered, the status, whether it fell back.
+        for (decision, answered, status, fell_back) in [
+            (Some(&canary), Some("canary"), StatusCode::OK, false),
+            (Some(&canary), Some("stable"), StatusCode::OK, true),
+            (Some(&split), Some("stable"), StatusCode::OK, false),
+            (None, None, StatusCode::NOT_FOUND, false),
+        ] {
+            m.record(&record(&get, &uri, decision, answered, status, fell_back));
+        }
         m.connection_opened();
         m.connection_opened();
         m.connection_closed();
         let text = m.render();
-        let v = |series: &str| value(&text, series);
-        assert_eq!(
-            v(r#"graygate_requests_total{route="web",status_class="2xx",version="canary"}"#),
-            Some("1".into())
-        );
-        assert_eq!(
-            v(r#"graygate_requests_total{route="web",status_class="2xx",version="stable"}"#),
-            Some("2".into())
-        );
-        assert_eq!(
-            v(r#"graygate_requests_total{route="",status_class="4xx",version=""}"#),
-            Some("1".into())
-        );
-        assert_eq!(
-            v(r#"graygate_decisions_total{reason="rule:beta",service="web",version="canary"}"#),
-            Some("2".into())
-        );
-        assert_eq!(
-            v(r#"graygate_decisions_total{reason="split",service="web",version="stable"}"#),
-            Some("1".into())
-        );
-        assert_eq!(
-            v(r#"graygate_fallbacks_total{service="web",version="canary"}"#),
-            Some("1".into())
-        );
-        assert_eq!(
-            v(r#"graygate_request_duration_seconds_count{service="web",version="stable"}"#),
-            Some("2".into())
-        );
-        assert_eq!(
-            v(r#"graygate_upstream_duration_seconds_count{service="web",version="canary"}"#),
-            Some("1".into())
-        );
-        // No route: no upstream was asked.
-        assert_eq!(
-            v(r#"graygate_upstream_duration_seconds_count{service="",version=""}"#),
-            None
-        );
-        assert_eq!(v("graygate_open_connections"), Some("1".into()));
-        assert_eq!(v("graygate_access_log_dropped_total"), Some("0".into()));
-        // Nothing to pull from: not exported rather than a made-up 0.
-        assert_eq!(v("graygate_policy_revision"), None);
+        // Each series, and the value the scrape must show.
+        #[rustfmt::skip]
+        let wanted = [
+            (r#"graygate_requests_total{route="web",status_class="2xx",version="canary"}"#, Some("1")),
+            (r#"graygate_requests_total{route="web",status_class="2xx",version="stable"}"#, Some("2")),
+            (r#"graygate_requests_total{route="",status_class="4xx",version=""}"#, Some("1")),
+            (r#"graygate_decisions_total{reason="rule:beta",service="web",version="canary"}"#, Some("2")),
+            (r#"graygate_decisions_total{reason="split",service="web",version="stable"}"#, Some("1")),
+            (r#"graygate_fallbacks_total{service="web",version="canary"}"#, Some("1")),
+            (r#"graygate_request_duration_seconds_count{service="web",version="stable"}"#, Some("2")),
+            (r#"graygate_upstream_duration_seconds_count{service="web",version="canary"}"#, Some("1")),
+            // No route: no upstream was asked.
+            (r#"graygate_upstream_duration_seconds_count{service="",version=""}"#, None),
+            ("graygate_open_connections", Some("1")),
+            ("graygate_access_log_dropped_total", Some("0")),
+            // Nothing to pull from: not exported rather than a made-up 0.
+            ("graygate_policy_revision", None),
+        ];
+        for (series, wanted) in wanted {
+            assert_eq!(value(&text, series).as_deref(), wanted, "{series}");
+        }
     }
 
     struct FakeStore(Mutex<StoreStats>);
@@ -654,43 +608,28 @@ mod tests {
             store: Some(source.clone()),
             ..Sources::default()
         });
-        let text = m.render();
-        let v = |series: &str| value(&text, series);
-        assert_eq!(
-            v(r#"graygate_store_lookups_total{store="redis"}"#),
-            Some("5".into())
-        );
-        assert_eq!(
-            v(r#"graygate_store_errors_total{store="redis"}"#),
-            Some("1".into())
-        );
-        assert_eq!(
-            v(r#"graygate_store_cache_hits_total{store="redis"}"#),
-            Some("9".into())
-        );
-        assert_eq!(
-            v(r#"graygate_store_cache_misses_total{store="redis"}"#),
-            Some("5".into())
-        );
-        assert_eq!(
-            v(r#"graygate_store_degraded{store="redis"}"#),
-            Some("1".into())
-        );
+        // Series of the redis store, and the value a scrape must show.
+        let scraped = |want: &[(&str, &str)]| {
+            let text = m.render();
+            for (series, wanted) in want {
+                let series = format!("graygate_store_{series}{{store=\"redis\"}}");
+                assert_eq!(value(&text, &series).as_deref(), Some(*wanted), "{series}");
+            }
+        };
+        scraped(&[
+            ("lookups_total", "5"),
+            ("errors_total", "1"),
+            ("cache_hits_total", "9"),
+            ("cache_misses_total", "5"),
+            ("degraded", "1"),
+        ]);
 
         {
             let mut s = source.0.lock().unwrap();
             s.lookups = Some(8);
             s.degraded = false;
         }
-        let text = m.render();
-        assert_eq!(
-            value(&text, r#"graygate_store_lookups_total{store="redis"}"#),
-            Some("8".into())
-        );
-        assert_eq!(
-            value(&text, r#"graygate_store_degraded{store="redis"}"#),
-            Some("0".into())
-        );
+        scraped(&[("lookups_total", "8"), ("degraded", "0")]);
     }
 
     struct FakePolicy(u64, Option<SystemTime>);

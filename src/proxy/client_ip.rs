@@ -161,107 +161,47 @@ mod tests {
     }
 
     #[test]
-    fn untrusted_peer_is_the_client_and_spoofed_headers_are_ignored() {
-        for mode in [ClientIpMode::Forwarded, ClientIpMode::Original] {
-            let c = cfg(mode, &["10.0.0.0/8"]);
-            let h = headers(&[("x-forwarded-for", "1.1.1.1"), ("x-real-ip", "2.2.2.2")]);
-            assert_eq!(
-                c.resolve(ip("203.0.113.7"), &h),
-                ip("203.0.113.7"),
-                "{mode:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn no_trusted_proxies_means_the_peer_always() {
-        let c = ClientIpConfig::default();
-        let h = headers(&[("x-forwarded-for", "1.1.1.1")]);
-        assert_eq!(c.resolve(ip("10.1.1.1"), &h), ip("10.1.1.1"));
-    }
-
-    #[test]
-    fn forwarded_takes_the_rightmost_untrusted_hop() {
-        let c = cfg(ClientIpMode::Forwarded, &["10.0.0.0/8"]);
-        // The client claimed 6.6.6.6 itself; our proxy 10.0.0.2 appended the real 1.2.3.4.
-        let h = headers(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.2")]);
-        assert_eq!(c.resolve(ip("10.0.0.1"), &h), ip("1.2.3.4"));
-    }
-
-    #[test]
-    fn forwarded_concatenates_header_lines_in_order() {
-        let c = cfg(ClientIpMode::Forwarded, &["10.0.0.0/8"]);
-        let h = headers(&[
-            ("x-forwarded-for", "6.6.6.6, 1.2.3.4"),
-            ("x-forwarded-for", "10.0.0.3,10.0.0.2"),
-        ]);
-        assert_eq!(c.resolve(ip("10.0.0.1"), &h), ip("1.2.3.4"));
-    }
-
-    #[test]
-    fn forwarded_all_trusted_gives_the_leftmost() {
-        let c = cfg(ClientIpMode::Forwarded, &["10.0.0.0/8"]);
-        let h = headers(&[("x-forwarded-for", "10.9.9.9, 10.0.0.2")]);
-        assert_eq!(c.resolve(ip("10.0.0.1"), &h), ip("10.9.9.9"));
-    }
-
-    #[test]
-    fn forwarded_skips_junk_entries() {
-        let c = cfg(ClientIpMode::Forwarded, &["10.0.0.0/8"]);
-        let h = headers(&[("x-forwarded-for", "1.2.3.4, unknown, , 10.0.0.2")]);
-        assert_eq!(c.resolve(ip("10.0.0.1"), &h), ip("1.2.3.4"));
-        let junk = headers(&[("x-forwarded-for", "garbage"), ("x-real-ip", "5.5.5.5")]);
-        assert_eq!(c.resolve(ip("10.0.0.1"), &junk), ip("5.5.5.5"));
-    }
-
-    #[test]
-    fn forwarded_without_xff_uses_real_ip_then_peer() {
-        let c = cfg(ClientIpMode::Forwarded, &["10.0.0.0/8"]);
-        let h = headers(&[("x-real-ip", "7.7.7.7")]);
-        assert_eq!(c.resolve(ip("10.0.0.1"), &h), ip("7.7.7.7"));
-        let bad = headers(&[("x-real-ip", "not-an-ip")]);
-        assert_eq!(c.resolve(ip("10.0.0.1"), &bad), ip("10.0.0.1"));
-        assert_eq!(c.resolve(ip("10.0.0.1"), &HeaderMap::new()), ip("10.0.0.1"));
-    }
-
-    #[test]
-    fn original_prefers_real_ip_then_leftmost_xff_then_peer() {
-        let c = cfg(ClientIpMode::Original, &["10.0.0.0/8"]);
-        let both = headers(&[
-            ("x-real-ip", "7.7.7.7"),
-            ("x-forwarded-for", "1.1.1.1, 2.2.2.2"),
-        ]);
-        assert_eq!(c.resolve(ip("10.0.0.1"), &both), ip("7.7.7.7"));
-        let xff = headers(&[("x-forwarded-for", "1.1.1.1, 2.2.2.2")]);
-        assert_eq!(c.resolve(ip("10.0.0.1"), &xff), ip("1.1.1.1"));
-        let junk = headers(&[
-            ("x-real-ip", "nope"),
-            ("x-forwarded-for", "unknown, 2.2.2.2"),
-        ]);
-        assert_eq!(c.resolve(ip("10.0.0.1"), &junk), ip("10.0.0.1"));
-    }
-
-    #[test]
-    fn ipv6_addresses_and_ports() {
-        let c = cfg(ClientIpMode::Forwarded, &["fd00::/8", "10.0.0.0/8"]);
-        let h = headers(&[("x-forwarded-for", "2001:db8::1, [2001:db8::2]:443, fd00::5")]);
-        assert_eq!(c.resolve(ip("fd00::1"), &h), ip("2001:db8::2"));
-        let v4port = headers(&[("x-forwarded-for", "1.2.3.4:5555")]);
-        assert_eq!(c.resolve(ip("10.0.0.1"), &v4port), ip("1.2.3.4"));
-        let bracketed = headers(&[("x-forwarded-for", "[2001:db8::9]")]);
-        assert_eq!(c.resolve(ip("10.0.0.1"), &bracketed), ip("2001:db8::9"));
-    }
-
-    #[test]
-    fn mapped_ipv4_is_normalized_for_peer_trust_and_headers() {
-        let c = cfg(ClientIpMode::Forwarded, &["10.0.0.0/8"]);
-        // An untrusted mapped peer comes back as plain IPv4.
-        assert_eq!(
-            c.resolve(ip("::ffff:203.0.113.9"), &HeaderMap::new()),
-            ip("203.0.113.9")
+    fn resolves_the_client_ip() {
+        const XFF: &str = "x-forwarded-for";
+        const REAL: &str = "x-real-ip";
+        let none = ClientIpConfig::default();
+        let forwarded = cfg(ClientIpMode::Forwarded, &["10.0.0.0/8"]);
+        let original = cfg(ClientIpMode::Original, &["10.0.0.0/8"]);
+        let forwarded_v6 = cfg(ClientIpMode::Forwarded, &["fd00::/8", "10.0.0.0/8"]);
+        // The config, the peer, the request's headers, the client IP, and what the case shows.
+        // (In the rightmost-untrusted case the client claimed 6.6.6.6 itself; our proxy
+        // 10.0.0.2 appended the real 1.2.3.4.)
+        type Case<'a> = (
+            &'a ClientIpConfig,
+            &'a str,
+            &'a [(&'static str, &'a str)],
+            &'a str,
+            &'a str,
         );
-        // A trusted proxy seen through a dual-stack socket is still trusted.
-        let h = headers(&[("x-forwarded-for", "::ffff:1.2.3.4, ::ffff:10.0.0.2")]);
-        assert_eq!(c.resolve(ip("::ffff:10.0.0.1"), &h), ip("1.2.3.4"));
+        #[rustfmt::skip]
+        let cases: &[Case] = &[
+            (&forwarded, "203.0.113.7", &[(XFF, "1.1.1.1"), (REAL, "2.2.2.2")], "203.0.113.7", "forwarded: an untrusted peer is the client, spoofed headers are ignored"),
+            (&original, "203.0.113.7", &[(XFF, "1.1.1.1"), (REAL, "2.2.2.2")], "203.0.113.7", "original: an untrusted peer is the client, spoofed headers are ignored"),
+            (&none, "10.1.1.1", &[(XFF, "1.1.1.1")], "10.1.1.1", "no trusted proxies means the peer always"),
+            (&forwarded, "10.0.0.1", &[(XFF, "6.6.6.6, 1.2.3.4, 10.0.0.2")], "1.2.3.4", "forwarded takes the rightmost untrusted hop"),
+            (&forwarded, "10.0.0.1", &[(XFF, "6.6.6.6, 1.2.3.4"), (XFF, "10.0.0.3,10.0.0.2")], "1.2.3.4", "forwarded concatenates header lines in order"),
+            (&forwarded, "10.0.0.1", &[(XFF, "10.9.9.9, 10.0.0.2")], "10.9.9.9", "forwarded, all hops trusted: the leftmost"),
+            (&forwarded, "10.0.0.1", &[(XFF, "1.2.3.4, unknown, , 10.0.0.2")], "1.2.3.4", "forwarded skips junk entries"),
+            (&forwarded, "10.0.0.1", &[(XFF, "garbage"), (REAL, "5.5.5.5")], "5.5.5.5", "forwarded, only junk in x-forwarded-for: x-real-ip"),
+            (&forwarded, "10.0.0.1", &[(REAL, "7.7.7.7")], "7.7.7.7", "forwarded without x-forwarded-for: x-real-ip"),
+            (&forwarded, "10.0.0.1", &[(REAL, "not-an-ip")], "10.0.0.1", "forwarded, x-real-ip not an address: the peer"),
+            (&forwarded, "10.0.0.1", &[], "10.0.0.1", "forwarded without headers: the peer"),
+            (&original, "10.0.0.1", &[(REAL, "7.7.7.7"), (XFF, "1.1.1.1, 2.2.2.2")], "7.7.7.7", "original prefers x-real-ip"),
+            (&original, "10.0.0.1", &[(XFF, "1.1.1.1, 2.2.2.2")], "1.1.1.1", "original, then the leftmost x-forwarded-for"),
+            (&original, "10.0.0.1", &[(REAL, "nope"), (XFF, "unknown, 2.2.2.2")], "10.0.0.1", "original, then the peer"),
+            (&forwarded_v6, "fd00::1", &[(XFF, "2001:db8::1, [2001:db8::2]:443, fd00::5")], "2001:db8::2", "IPv6 hops, one bracketed with a port"),
+            (&forwarded_v6, "10.0.0.1", &[(XFF, "1.2.3.4:5555")], "1.2.3.4", "IPv4 with a port"),
+            (&forwarded_v6, "10.0.0.1", &[(XFF, "[2001:db8::9]")], "2001:db8::9", "bracketed IPv6 without a port"),
+            (&forwarded, "::ffff:203.0.113.9", &[], "203.0.113.9", "an untrusted mapped peer comes back as plain IPv4"),
+            (&forwarded, "::ffff:10.0.0.1", &[(XFF, "::ffff:1.2.3.4, ::ffff:10.0.0.2")], "1.2.3.4", "a trusted proxy seen through a dual-stack socket is still trusted"),
+        ];
+        for (c, peer, h, want, what) in cases {
+            assert_eq!(c.resolve(ip(peer), &headers(h)), ip(want), "{what}");
+        }
     }
 }

@@ -833,6 +833,14 @@ mod tests {
         .await
     }
 
+    /// Answers every request with a body of [`BIG`] bytes.
+    async fn big_backend() -> Backend {
+        backend(Arc::new(|_req| {
+            Box::pin(async { Response::new(big_body()) })
+        }))
+        .await
+    }
+
     /// An address on which nothing listens: connects are refused.
     async fn closed_addr() -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -841,6 +849,23 @@ mod tests {
 
     /// A raw test server task, aborted when the test ends (also on failure).
     struct Stop(JoinHandle<()>);
+
+    /// A raw TCP server on 127.0.0.1:0 that hands each connection it accepts to `serve`, one
+    /// after the other; its address, and the guard that stops it.
+    async fn raw_server<F, Fut>(mut serve: F) -> (SocketAddr, Stop)
+    where
+        F: FnMut(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                serve(stream).await;
+            }
+        });
+        (addr, Stop(task))
+    }
 
     impl Drop for Stop {
         fn drop(&mut self) {
@@ -879,6 +904,13 @@ mod tests {
             upstreams: Vec::new(),
             route: None,
         }
+    }
+
+    /// A proxy whose one upstream, `stable`, is served by `addr`; every request goes there.
+    fn stable_proxy(addr: SocketAddr) -> Setup {
+        proxy()
+            .upstream("stable", &[(addr, 1)])
+            .route("stable", "stable")
     }
 
     impl Setup {
@@ -981,6 +1013,16 @@ mod tests {
         }
     }
 
+    /// A request without a body for `path` on `app.example`.
+    fn bodiless(method: Method, path: &str) -> Request<ProxyBody> {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "app.example")
+            .body(full(""))
+            .unwrap()
+    }
+
     async fn get(addr: SocketAddr, path: &str) -> (StatusCode, HeaderMap, String) {
         client(addr).await.get(path, &[]).await
     }
@@ -1036,11 +1078,7 @@ mod tests {
     async fn forwards_and_keeps_host() {
         within(async {
             let b = echo_backend("stable").await;
-            let p = proxy()
-                .upstream("stable", &[(b.addr, 1)])
-                .route("stable", "stable")
-                .start()
-                .await;
+            let p = stable_proxy(b.addr).start().await;
             let (status, headers, body) = get(p.addr, "/hello?x=1").await;
             assert_eq!(status, StatusCode::OK);
             assert_eq!(headers["x-backend"], "stable");
@@ -1067,9 +1105,7 @@ mod tests {
     async fn forwarded_for_appended_real_ip_set_spoof_ignored() {
         within(async {
             let b = echo_backend("stable").await;
-            let p = proxy()
-                .upstream("stable", &[(b.addr, 1)])
-                .route("stable", "stable")
+            let p = stable_proxy(b.addr)
                 .config(|c| c.version_header = Some(DEFAULT_VERSION_HEADER))
                 .start()
                 .await;
@@ -1084,9 +1120,7 @@ mod tests {
             assert!(lines.contains(&"x-real-ip: 127.0.0.1"), "{body}");
             assert!(lines.contains(&"x-graygate-version: stable"), "{body}");
 
-            let trusting = proxy()
-                .upstream("stable", &[(b.addr, 1)])
-                .route("stable", "stable")
+            let trusting = stable_proxy(b.addr)
                 .config(|c| c.client_ip.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()])
                 .start()
                 .await;
@@ -1100,11 +1134,7 @@ mod tests {
     async fn hop_by_hop_headers_removed_both_ways() {
         within(async {
             let b = echo_backend("stable").await;
-            let p = proxy()
-                .upstream("stable", &[(b.addr, 1)])
-                .route("stable", "stable")
-                .start()
-                .await;
+            let p = stable_proxy(b.addr).start().await;
             let (status, headers, body) = client(p.addr)
                 .await
                 .get(
@@ -1147,11 +1177,7 @@ mod tests {
     async fn upstream_connections_are_kept_alive_and_reused() {
         within(async {
             let b = echo_backend("stable").await;
-            let p = proxy()
-                .upstream("stable", &[(b.addr, 1)])
-                .route("stable", "stable")
-                .start()
-                .await;
+            let p = stable_proxy(b.addr).start().await;
             for _ in 0..50 {
                 // A new client connection each time: the pool is per server, not per client.
                 let (status, _, _) = get(p.addr, "/").await;
@@ -1171,13 +1197,11 @@ mod tests {
         within(async {
             // Answers one request per connection with a keep-alive response, then hangs up:
             // the pooled connection is dead when the next request wants it.
-            let rude = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let rude_addr = rude.local_addr().unwrap();
             let accepted = Arc::new(AtomicUsize::new(0));
             let counted = accepted.clone();
-            let _server = Stop(tokio::spawn(async move {
-                while let Ok((mut stream, _)) = rude.accept().await {
-                    counted.fetch_add(1, Ordering::SeqCst);
+            let (rude_addr, _server) = raw_server(move |mut stream| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async move {
                     let mut head = Vec::new();
                     let mut buf = [0u8; 4096];
                     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -1191,12 +1215,9 @@ mod tests {
                         .await;
                     drop(stream);
                 }
-            }));
-            let p = proxy()
-                .upstream("stable", &[(rude_addr, 1)])
-                .route("stable", "stable")
-                .start()
-                .await;
+            })
+            .await;
+            let p = stable_proxy(rude_addr).start().await;
             let mut c = client(p.addr).await;
             for _ in 0..20 {
                 let (status, _, body) = c.get("/", &[]).await;
@@ -1234,11 +1255,7 @@ mod tests {
     async fn concurrent_clients_share_the_pool() {
         within(async {
             let b = echo_backend("stable").await;
-            let p = proxy()
-                .upstream("stable", &[(b.addr, 1)])
-                .route("stable", "stable")
-                .start()
-                .await;
+            let p = stable_proxy(b.addr).start().await;
             let mut tasks = Vec::new();
             for _ in 0..20 {
                 let addr = p.addr;
@@ -1353,24 +1370,18 @@ mod tests {
         within(async {
             let dead = closed_addr().await;
             let also_dead = closed_addr().await;
-            let p = proxy()
+            let with_canary = proxy()
                 .upstream("stable", &[(dead, 1)])
                 .upstream("canary", &[(also_dead, 1)])
                 .route("canary", "stable")
                 .start()
                 .await;
-            let (status, _, body) = get(p.addr, "/").await;
-            assert_eq!(status, StatusCode::BAD_GATEWAY);
-            assert_eq!(body, UNAVAILABLE);
-
-            let stable_only = proxy()
-                .upstream("stable", &[(dead, 1)])
-                .route("stable", "stable")
-                .start()
-                .await;
-            let (status, _, body) = get(stable_only.addr, "/").await;
-            assert_eq!(status, StatusCode::BAD_GATEWAY);
-            assert_eq!(body, UNAVAILABLE);
+            let stable_only = stable_proxy(dead).start().await;
+            for p in [with_canary, stable_only] {
+                let (status, _, body) = get(p.addr, "/").await;
+                assert_eq!(status, StatusCode::BAD_GATEWAY);
+                assert_eq!(body, UNAVAILABLE);
+            }
         })
         .await
     }
@@ -1379,17 +1390,13 @@ mod tests {
     async fn silent_upstream_is_504_within_the_timeout() {
         within(async {
             // Accepts connections, reads nothing, answers nothing.
-            let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let silent_addr = silent.local_addr().unwrap();
-            let _holder = Stop(tokio::spawn(async move {
-                let mut held = Vec::new();
-                while let Ok((stream, _)) = silent.accept().await {
-                    held.push(stream);
-                }
-            }));
-            let p = proxy()
-                .upstream("stable", &[(silent_addr, 1)])
-                .route("stable", "stable")
+            let mut held = Vec::new();
+            let (silent_addr, _holder) = raw_server(move |stream| {
+                held.push(stream);
+                async {}
+            })
+            .await;
+            let p = stable_proxy(silent_addr)
                 .config(|c| c.timeouts.upstream_response = Duration::from_millis(300))
                 .start()
                 .await;
@@ -1411,11 +1418,7 @@ mod tests {
     async fn large_request_body_is_streamed_to_the_upstream() {
         within(async {
             let b = counting_backend().await;
-            let p = proxy()
-                .upstream("stable", &[(b.addr, 1)])
-                .route("stable", "stable")
-                .start()
-                .await;
+            let p = stable_proxy(b.addr).start().await;
             let req = Request::post("/upload")
                 .header("host", "app.example")
                 .body(big_body())
@@ -1431,19 +1434,9 @@ mod tests {
     #[tokio::test]
     async fn large_response_body_is_streamed_back() {
         within(async {
-            let b = backend(Arc::new(|_req| {
-                Box::pin(async { Response::new(big_body()) })
-            }))
-            .await;
-            let p = proxy()
-                .upstream("stable", &[(b.addr, 1)])
-                .route("stable", "stable")
-                .start()
-                .await;
-            let req = Request::get("/download")
-                .header("host", "app.example")
-                .body(full(""))
-                .unwrap();
+            let b = big_backend().await;
+            let p = stable_proxy(b.addr).start().await;
+            let req = bodiless(Method::GET, "/download");
             let resp = client(p.addr).await.send(req).await;
             assert_eq!(resp.status(), StatusCode::OK);
             let mut body = resp.into_body();
@@ -1462,27 +1455,20 @@ mod tests {
     async fn websocket_echo_through_the_proxy() {
         within(async {
             // The backend speaks WebSocket on a raw TCP listener.
-            let ws_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let ws_addr = ws_listener.local_addr().unwrap();
-            let _ws_backend = Stop(tokio::spawn(async move {
-                while let Ok((stream, _)) = ws_listener.accept().await {
-                    tokio::spawn(async move {
-                        let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+            let (ws_addr, _ws_backend) = raw_server(|stream| async move {
+                tokio::spawn(async move {
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                        return;
+                    };
+                    while let Some(Ok(msg)) = ws.next().await {
+                        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
                             return;
-                        };
-                        while let Some(Ok(msg)) = ws.next().await {
-                            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-                                return;
-                            }
                         }
-                    });
-                }
-            }));
-            let p = proxy()
-                .upstream("stable", &[(ws_addr, 1)])
-                .route("stable", "stable")
-                .start()
-                .await;
+                    }
+                });
+            })
+            .await;
+            let p = stable_proxy(ws_addr).start().await;
             let (mut ws, response) =
                 tokio_tungstenite::connect_async(format!("ws://{}/chat", p.addr))
                     .await
@@ -1504,9 +1490,7 @@ mod tests {
     async fn oversized_request_headers_are_431() {
         within(async {
             let b = echo_backend("stable").await;
-            let p = proxy()
-                .upstream("stable", &[(b.addr, 1)])
-                .route("stable", "stable")
+            let p = stable_proxy(b.addr)
                 .config(|c| c.max_header_bytes = 4096)
                 .start()
                 .await;
@@ -1549,11 +1533,7 @@ mod tests {
                 })
             }))
             .await;
-            let mut p = proxy()
-                .upstream("stable", &[(b.addr, 1)])
-                .route("stable", "stable")
-                .start()
-                .await;
+            let mut p = stable_proxy(b.addr).start().await;
             let addr = p.addr;
             let in_flight = tokio::spawn(async move { get(addr, "/slow").await });
             eventually("request reaches the backend", || {
@@ -1585,31 +1565,20 @@ mod tests {
     #[tokio::test]
     async fn the_observer_sees_body_bytes_connections_and_abandoned_bodies() {
         within(async {
-            let b = backend(Arc::new(|_req| {
-                Box::pin(async { Response::new(big_body()) })
-            }))
-            .await;
+            let b = big_backend().await;
             let seen = Arc::new(Counting::default());
             let observer: Arc<dyn Observer> = seen.clone();
-            let p = proxy()
-                .upstream("stable", &[(b.addr, 1)])
-                .route("stable", "stable")
+            let p = stable_proxy(b.addr)
                 .config(|c| {
                     c.observer = Some(observer);
                     c.response_version_header = Some(DEFAULT_VERSION_HEADER);
                 })
                 .start()
                 .await;
-            let download = || {
-                Request::get("/download")
-                    .header("host", "app.example")
-                    .body(full(""))
-                    .unwrap()
-            };
 
             // A whole body: reported once, with every byte.
             let mut c = client(p.addr).await;
-            let resp = c.send(download()).await;
+            let resp = c.send(bodiless(Method::GET, "/download")).await;
             assert_eq!(resp.headers()["x-graygate-version"], "stable");
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(body.len(), BIG);
@@ -1622,10 +1591,7 @@ mod tests {
             assert_eq!(seen.closed.load(Ordering::SeqCst), 0);
 
             // HEAD: no body goes out.
-            let head = Request::head("/download")
-                .header("host", "app.example")
-                .body(full(""))
-                .unwrap();
+            let head = bodiless(Method::HEAD, "/download");
             let resp = c.send(head).await;
             assert_eq!(resp.status(), StatusCode::OK);
             let _ = resp.into_body().collect().await;
@@ -1642,7 +1608,7 @@ mod tests {
 
             // A client that goes away after the first chunk: reported with what was sent.
             let mut c = client(p.addr).await;
-            let mut body = c.send(download()).await.into_body();
+            let mut body = c.send(bodiless(Method::GET, "/download")).await.into_body();
             let first = body.frame().await.unwrap().unwrap();
             assert!(first.is_data());
             drop(body);

@@ -9,11 +9,8 @@ const TOKEN: &str = "alice-token-0123456789";
 
 /// A web service with a gray list rule and a user-id range rule, behind trusted loopback proxies.
 fn web_with_rules(stable: &Backend, canary: &Backend) -> GatewayBuilder {
-    gateway()
+    web_gateway(stable, canary)
         .trusted_proxies(["127.0.0.0/8"])
-        .upstream("stable", stable)
-        .upstream("canary", canary)
-        .route(route("web"))
         .service(
             web()
                 .rule(
@@ -326,29 +323,21 @@ async fn a_stale_revision_gets_409_and_every_etag_is_the_revision() {
     let (reply, _) = admin.send("GET", "/v1/services/web", &[], "").await;
     assert_eq!(reply.headers["etag"], "\"1\"");
 
-    let weights = json!({"weights": {"canary": 10}}).to_string();
-    let (reply, body) = admin
-        .send(
-            "PUT",
-            "/v1/services/web/weights",
-            &[("if-match", "\"1\"")],
-            &weights,
-        )
-        .await;
+    // Writes of the canary's weight by someone who read revision 1.
+    let mut set_canary_read_at_1 = async |canary: u32| {
+        let weights = json!({"weights": {"canary": canary}}).to_string();
+        let if_match = [("if-match", "\"1\"")];
+        admin
+            .send("PUT", "/v1/services/web/weights", &if_match, &weights)
+            .await
+    };
+    let (reply, body) = set_canary_read_at_1(10).await;
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(body["revision"], 2);
     assert_eq!(reply.headers["etag"], "\"2\"");
 
     // Someone who read revision 1 tries to write: refused, nothing changes.
-    let other = json!({"weights": {"canary": 90}}).to_string();
-    let (reply, body) = admin
-        .send(
-            "PUT",
-            "/v1/services/web/weights",
-            &[("if-match", "\"1\"")],
-            &other,
-        )
-        .await;
+    let (reply, body) = set_canary_read_at_1(90).await;
     assert_eq!(reply.status, 409, "{reply:?}");
     assert_eq!(body["error"]["code"], "stale_revision");
     assert_eq!(
@@ -505,13 +494,8 @@ async fn explain_names_the_version_and_the_rule_without_sending_traffic() {
     let ctl = gg.ctl();
     ctl.ok(&["list", "add", "gray_ips", "10.0.0.7", "--ttl", "1h"]);
 
-    let (_, e) = admin
-        .send(
-            "POST",
-            "/v1/explain",
-            &[],
-            r#"{"client_ip": "10.0.0.7", "path": "/x?a=b"}"#,
-        )
+    let e = admin
+        .explain(r#"{"client_ip": "10.0.0.7", "path": "/x?a=b"}"#)
         .await;
     assert_eq!(e["version"], "canary", "{e}");
     assert_eq!(e["rule"], "gray-ips");
@@ -520,26 +504,16 @@ async fn explain_names_the_version_and_the_rule_without_sending_traffic() {
     assert_eq!(e["revision"], 1);
 
     // `peer` resolves the client IP through the trusted proxies, as a real request would.
-    let (_, e) = admin
-        .send(
-            "POST",
-            "/v1/explain",
-            &[],
-            r#"{"peer": "127.0.0.1", "headers": {"X-Real-IP": "10.0.0.7"}}"#,
-        )
+    let e = admin
+        .explain(r#"{"peer": "127.0.0.1", "headers": {"X-Real-IP": "10.0.0.7"}}"#)
         .await;
     assert_eq!(
         (e["version"].as_str(), e["client_ip"].as_str()),
         (Some("canary"), Some("10.0.0.7")),
         "{e}"
     );
-    let (_, e) = admin
-        .send(
-            "POST",
-            "/v1/explain",
-            &[],
-            r#"{"peer": "192.0.2.1", "headers": {"X-Real-IP": "10.0.0.7"}}"#,
-        )
+    let e = admin
+        .explain(r#"{"peer": "192.0.2.1", "headers": {"X-Real-IP": "10.0.0.7"}}"#)
         .await;
     assert_eq!(
         e["version"], "stable",
@@ -569,12 +543,8 @@ async fn routes_services_versions_and_rules_through_ctl() {
 
     ctl.ok(&["versions", "set", "--service", "web", "next", "canary"]);
     let dir = tempfile::tempdir().unwrap();
-    let rule = dir.path().join("rule.toml");
-    std::fs::write(
-        &rule,
-        "name = \"testers\"\nversion = \"next\"\nwhen = { header = \"X-Tester\", present = true }\n",
-    )
-    .unwrap();
+    let text = "name = \"testers\"\nversion = \"next\"\nwhen = { header = \"X-Tester\", present = true }\n";
+    let rule = write_file(&dir, "rule.toml", text);
     ctl.ok(&[
         "rules",
         "add",

@@ -20,11 +20,8 @@ const TOKEN: &str = "alice-token-0123456789";
 async fn start() -> (Backend, Backend, Gateway) {
     let stable = backend("stable").await;
     let canary = backend("canary").await;
-    let gg = gateway()
+    let gg = web_gateway(&stable, &canary)
         .admin_token("alice", TOKEN)
-        .upstream("stable", &stable)
-        .upstream("canary", &canary)
-        .route(route("web"))
         .service(web().rule("beta", "canary", header("X-User-Id").range(1, 1000)))
         .start()
         .await;

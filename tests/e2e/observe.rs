@@ -38,70 +38,56 @@ struct Expected {
     fell_back: bool,
 }
 
+impl Expected {
+    /// `path` answered with 200 by `version` of `route`, chosen for `reason`, through the
+    /// upstream of the same name as the version.
+    const fn answered(
+        path: &'static str,
+        route: &'static str,
+        version: &'static str,
+        reason: &'static str,
+    ) -> Expected {
+        Expected {
+            path,
+            status: 200,
+            route: Some(route),
+            version: Some(version),
+            reason: Some(reason),
+            upstream: Some(version),
+            fell_back: false,
+        }
+    }
+
+    /// The same, answered after a fallback: the version first chosen was down.
+    const fn after_a_fallback(self) -> Expected {
+        Expected {
+            fell_back: true,
+            ..self
+        }
+    }
+
+    /// `path` matched no route: 404, and nothing was decided.
+    const fn no_route(path: &'static str) -> Expected {
+        Expected {
+            path,
+            status: 404,
+            route: None,
+            version: None,
+            reason: None,
+            upstream: None,
+            fell_back: false,
+        }
+    }
+}
+
 const EXPECTED: &[Expected] = &[
-    Expected {
-        path: "/web/a",
-        status: 200,
-        route: Some("web"),
-        version: Some("stable"),
-        reason: Some("default"),
-        upstream: Some("stable"),
-        fell_back: false,
-    },
-    Expected {
-        path: "/web/b",
-        status: 200,
-        route: Some("web"),
-        version: Some("stable"),
-        reason: Some("default"),
-        upstream: Some("stable"),
-        fell_back: false,
-    },
-    Expected {
-        path: "/web/beta",
-        status: 200,
-        route: Some("web"),
-        version: Some("canary"),
-        reason: Some("rule:beta"),
-        upstream: Some("canary"),
-        fell_back: false,
-    },
-    Expected {
-        path: "/web/beta",
-        status: 200,
-        route: Some("web"),
-        version: Some("canary"),
-        reason: Some("rule:beta"),
-        upstream: Some("canary"),
-        fell_back: false,
-    },
-    Expected {
-        path: "/web/beta",
-        status: 200,
-        route: Some("web"),
-        version: Some("canary"),
-        reason: Some("rule:beta"),
-        upstream: Some("canary"),
-        fell_back: false,
-    },
-    Expected {
-        path: "/shop/cart",
-        status: 200,
-        route: Some("shop"),
-        version: Some("stable"),
-        reason: Some("rule:everyone"),
-        upstream: Some("stable"),
-        fell_back: true,
-    },
-    Expected {
-        path: "/nowhere",
-        status: 404,
-        route: None,
-        version: None,
-        reason: None,
-        upstream: None,
-        fell_back: false,
-    },
+    Expected::answered("/web/a", "web", "stable", "default"),
+    Expected::answered("/web/b", "web", "stable", "default"),
+    Expected::answered("/web/beta", "web", "canary", "rule:beta"),
+    Expected::answered("/web/beta", "web", "canary", "rule:beta"),
+    Expected::answered("/web/beta", "web", "canary", "rule:beta"),
+    Expected::answered("/shop/cart", "shop", "stable", "rule:everyone").after_a_fallback(),
+    Expected::no_route("/nowhere"),
 ];
 
 /// Sends the requests of [`EXPECTED`] on one connection; returns their replies.
@@ -179,41 +165,32 @@ async fn metrics_and_json_access_log_account_for_every_request() {
     let expect = |series: &str, value: f64| {
         assert_eq!(metric(&text, series), Some(value), "{series} in:\n{text}");
     };
-    // Requests by route, answering version and status class.
-    expect(
-        r#"graygate_requests_total{route="web",status_class="2xx",version="stable"}"#,
-        2.0,
-    );
-    expect(
-        r#"graygate_requests_total{route="web",status_class="2xx",version="canary"}"#,
-        3.0,
-    );
-    expect(
-        r#"graygate_requests_total{route="shop",status_class="2xx",version="stable"}"#,
-        1.0,
-    );
-    expect(
-        r#"graygate_requests_total{route="",status_class="4xx",version=""}"#,
-        1.0,
-    );
-    // Decisions by the version chosen and why.
-    expect(
-        r#"graygate_decisions_total{reason="default",service="web",version="stable"}"#,
-        2.0,
-    );
-    expect(
-        r#"graygate_decisions_total{reason="rule:beta",service="web",version="canary"}"#,
-        3.0,
-    );
-    expect(
-        r#"graygate_decisions_total{reason="rule:everyone",service="shop",version="canary"}"#,
-        1.0,
-    );
-    // The canary that was down, and the connect that failed on it.
-    expect(
-        r#"graygate_fallbacks_total{service="shop",version="canary"}"#,
-        1.0,
-    );
+    // As the lines stand in the exposition: `series value`.
+    let counted = [
+        // Requests by route, answering version and status class.
+        r#"graygate_requests_total{route="web",status_class="2xx",version="stable"} 2"#,
+        r#"graygate_requests_total{route="web",status_class="2xx",version="canary"} 3"#,
+        r#"graygate_requests_total{route="shop",status_class="2xx",version="stable"} 1"#,
+        r#"graygate_requests_total{route="",status_class="4xx",version=""} 1"#,
+        // Decisions by the version chosen and why.
+        r#"graygate_decisions_total{reason="default",service="web",version="stable"} 2"#,
+        r#"graygate_decisions_total{reason="rule:beta",service="web",version="canary"} 3"#,
+        r#"graygate_decisions_total{reason="rule:everyone",service="shop",version="canary"} 1"#,
+        // The fallback from the canary that was down.
+        r#"graygate_fallbacks_total{service="shop",version="canary"} 1"#,
+        // Latency histograms by the version that answered.
+        r#"graygate_request_duration_seconds_count{service="web",version="stable"} 2"#,
+        r#"graygate_request_duration_seconds_count{service="web",version="canary"} 3"#,
+        r#"graygate_request_duration_seconds_count{service="shop",version="stable"} 1"#,
+        r#"graygate_request_duration_seconds_count{service="",version=""} 1"#,
+        r#"graygate_upstream_duration_seconds_count{service="web",version="canary"} 3"#,
+        r#"graygate_upstream_duration_seconds_count{service="shop",version="stable"} 1"#,
+    ];
+    for line in counted {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        expect(series, value.parse().unwrap());
+    }
+    // The canary that was down: the connect that failed on it, and none on stable.
     expect(
         &format!(r#"graygate_upstream_connect_failures_total{{server="{dead}",upstream="dead"}}"#),
         1.0,
@@ -224,31 +201,6 @@ async fn metrics_and_json_access_log_account_for_every_request() {
             stable.addr()
         ),
         0.0,
-    );
-    // Latency histograms by the version that answered.
-    expect(
-        r#"graygate_request_duration_seconds_count{service="web",version="stable"}"#,
-        2.0,
-    );
-    expect(
-        r#"graygate_request_duration_seconds_count{service="web",version="canary"}"#,
-        3.0,
-    );
-    expect(
-        r#"graygate_request_duration_seconds_count{service="shop",version="stable"}"#,
-        1.0,
-    );
-    expect(
-        r#"graygate_request_duration_seconds_count{service="",version=""}"#,
-        1.0,
-    );
-    expect(
-        r#"graygate_upstream_duration_seconds_count{service="web",version="canary"}"#,
-        3.0,
-    );
-    expect(
-        r#"graygate_upstream_duration_seconds_count{service="shop",version="stable"}"#,
-        1.0,
     );
     assert_eq!(
         metric(
@@ -440,12 +392,8 @@ async fn the_access_log_is_flushed_when_graygate_stops() {
 #[test]
 fn check_names_the_line_of_a_bad_access_log_format() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("graygate.toml");
-    std::fs::write(
-        &path,
-        "listen = [\"127.0.0.1:0\"]\n[access_log]\nformat = \"xml\"\n",
-    )
-    .unwrap();
+    let text = "listen = [\"127.0.0.1:0\"]\n[access_log]\nformat = \"xml\"\n";
+    let path = write_file(&dir, "graygate.toml", text);
     let checked = check(&path);
     assert_ne!(checked.code, 0);
     assert!(

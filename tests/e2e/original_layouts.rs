@@ -62,11 +62,6 @@ fn redis_design(
         )
 }
 
-/// The version a new connection gets for these headers.
-async fn version_of(addr: SocketAddr, headers: &[(&str, &str)]) -> String {
-    Client::new(addr).version(headers).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memcached_ip_flags_set_by_a_plain_client_route_with_ttls_honored() {
     let (prod, gray) = (backend("prod").await, backend("gray").await);
@@ -81,51 +76,35 @@ async fn memcached_ip_flags_set_by_a_plain_client_route_with_ttls_honored() {
     let mut c = gg.client();
 
     // The original's client IP: X-Real-IP, else X-Forwarded-For, else the peer.
-    assert_eq!(c.version(&[("X-Real-IP", "10.0.0.7")]).await, "gray");
-    assert_eq!(c.version(&[("X-Forwarded-For", "10.0.0.7")]).await, "gray");
-    assert_eq!(
-        c.version(&[("X-Real-IP", "10.0.0.8"), ("X-Forwarded-For", "10.0.0.7")])
-            .await,
-        "prod"
-    );
-    assert_eq!(
-        c.version(&[("X-Real-IP", "10.0.0.9")]).await,
-        "prod",
-        "value 0 is not a gray flag"
-    );
-    assert_eq!(c.version(&[]).await, "prod");
+    c.assert_versions(&[
+        (&[("X-Real-IP", "10.0.0.7")], "gray"),
+        (&[("X-Forwarded-For", "10.0.0.7")], "gray"),
+        (
+            &[("X-Real-IP", "10.0.0.8"), ("X-Forwarded-For", "10.0.0.7")],
+            "prod",
+        ),
+        // Value 0 is not a gray flag.
+        (&[("X-Real-IP", "10.0.0.9")], "prod"),
+        (&[], "prod"),
+    ])
+    .await;
 
     // `set` and `delete` by hand take effect within the cache TTL.
     mc.raw("set 10.0.0.8 0 0 1\r\n1\r\n", "\r\n");
-    eventually("set 10.0.0.8", async || {
-        equals(
-            version_of(gg.addr, &[("X-Real-IP", "10.0.0.8")]).await,
-            "gray",
-        )
-    })
-    .within(Duration::from_secs(2))
-    .await;
+    gg.eventually_answers(&[("X-Real-IP", "10.0.0.8")], "gray")
+        .within(Duration::from_secs(2))
+        .await;
     mc.raw("delete 10.0.0.7\r\n", "\r\n");
-    eventually("delete 10.0.0.7", async || {
-        equals(
-            version_of(gg.addr, &[("X-Real-IP", "10.0.0.7")]).await,
-            "prod",
-        )
-    })
-    .within(Duration::from_secs(2))
-    .await;
+    gg.eventually_answers(&[("X-Real-IP", "10.0.0.7")], "prod")
+        .within(Duration::from_secs(2))
+        .await;
 
     // A key's own TTL (memcached exptime, 1 s) is honored.
     mc.raw("set 10.0.0.5 0 1 1\r\n1\r\n", "\r\n");
     assert_eq!(c.version(&[("X-Real-IP", "10.0.0.5")]).await, "gray");
-    eventually("the 1 s exptime of 10.0.0.5", async || {
-        equals(
-            version_of(gg.addr, &[("X-Real-IP", "10.0.0.5")]).await,
-            "prod",
-        )
-    })
-    .within(Duration::from_secs(4))
-    .await;
+    gg.eventually_answers(&[("X-Real-IP", "10.0.0.5")], "prod")
+        .within(Duration::from_secs(4))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,62 +121,43 @@ async fn redis_token_range_layout_routes_and_follows_redis_cli_within_100ms() {
         .await;
     let mut c = gg.client();
 
-    assert_eq!(c.version(&[("TOKEN", "abc")]).await, "gray");
-    assert_eq!(c.version(&[("TOKEN", "def")]).await, "prod");
-    assert_eq!(
-        c.version(&[("TOKEN", "edge")]).await,
-        "prod",
-        "idEnd is excluded, as in the original"
-    );
-    assert_eq!(c.version(&[("TOKEN", "unknown")]).await, "prod");
-    assert_eq!(
-        c.version(&[("TOKEN", "junk")]).await,
-        "prod",
-        "a non-numeric id"
-    );
-    assert_eq!(
-        c.version(&[]).await,
-        "prod",
-        "no TOKEN header: stable, never a 5xx"
-    );
+    c.assert_versions(&[
+        (&[("TOKEN", "abc")], "gray"),
+        (&[("TOKEN", "def")], "prod"),
+        // idEnd is excluded, as in the original.
+        (&[("TOKEN", "edge")], "prod"),
+        (&[("TOKEN", "unknown")], "prod"),
+        // A non-numeric id.
+        (&[("TOKEN", "junk")], "prod"),
+        // No TOKEN header: stable, never a 5xx (`version` asserts the 200).
+        (&[], "prod"),
+    ])
+    .await;
 
     // Editing the JSON with redis-cli moves users within 100 ms (the cache TTL here is 5 s: only
-    // the push invalidation can make it).
-    let edits: &[(&str, &str)] = &[
-        (r#"{"idStart":1,"idEnd":1000}"#, "prod"),
-        (r#"{"idStart":"1","idEnd":"5000"}"#, "gray"),
-        ("not json", "prod"),
-        (r#"{"idStart":1}"#, "prod"),
-        (r#"{"idStart":1,"idEnd":5000}"#, "gray"),
+    // the push invalidation can make it); so does a token's user id changed by any client.
+    // (key, its new value or `None` for DEL, the TOKEN asked for, the version it gets then)
+    #[rustfmt::skip]
+    let edits: &[(&str, Option<&str>, &str, &str)] = &[
+        ("Grayscale_Range", Some(r#"{"idStart":1,"idEnd":1000}"#),     "abc", "prod"),
+        ("Grayscale_Range", Some(r#"{"idStart":"1","idEnd":"5000"}"#), "abc", "gray"),
+        ("Grayscale_Range", Some("not json"),                          "abc", "prod"),
+        ("Grayscale_Range", Some(r#"{"idStart":1}"#),                  "abc", "prod"),
+        ("Grayscale_Range", Some(r#"{"idStart":1,"idEnd":5000}"#),     "abc", "gray"),
+        ("Grayscale_Range", None,                                      "abc", "prod"),
+        ("Grayscale_Range", Some(r#"{"idStart":1,"idEnd":5000}"#),     "abc", "gray"),
+        ("TOKEN_def",       Some("42"),                                "def", "gray"),
+        ("TOKEN_def",       None,                                      "def", "prod"),
     ];
-    for (range, want) in edits {
-        redis.cli(&["set", "Grayscale_Range", range]);
-        eventually(format!("Grayscale_Range = {range}"), async || {
-            equals(version_of(gg.addr, &[("TOKEN", "abc")]).await, *want)
-        })
-        .within(Duration::from_millis(100))
-        .await;
+    for (key, value, token, want) in edits {
+        match value {
+            Some(value) => redis.cli(&["set", key, value]),
+            None => redis.cli(&["del", key]),
+        };
+        gg.eventually_answers(&[("TOKEN", token)], want)
+            .within(Duration::from_millis(100))
+            .await;
     }
-    redis.cli(&["del", "Grayscale_Range"]);
-    eventually("missing Grayscale_Range", async || {
-        equals(version_of(gg.addr, &[("TOKEN", "abc")]).await, "prod")
-    })
-    .within(Duration::from_millis(100))
-    .await;
-    redis.cli(&["set", "Grayscale_Range", r#"{"idStart":1,"idEnd":5000}"#]);
-    // A token's user id changed by any client, too.
-    redis.cli(&["set", "TOKEN_def", "42"]);
-    eventually("TOKEN_def -> 42", async || {
-        equals(version_of(gg.addr, &[("TOKEN", "def")]).await, "gray")
-    })
-    .within(Duration::from_millis(100))
-    .await;
-    redis.cli(&["del", "TOKEN_def"]);
-    eventually("DEL TOKEN_def", async || {
-        equals(version_of(gg.addr, &[("TOKEN", "def")]).await, "prod")
-    })
-    .within(Duration::from_millis(100))
-    .await;
 }
 
 /// Sends `count` requests from 4 clients, each with `headers`, while `during` runs; returns
@@ -261,6 +221,16 @@ async fn served(backends: [&Backend; 2], from: usize, more: usize) -> usize {
     .await
 }
 
+/// Kills `server` once the backends have served 300 more requests, and starts it again once
+/// they have served 1000 more: an outage in the middle of the load.
+async fn outage<K: Kind>(server: &mut Server<K>, backends: [&Backend; 2]) {
+    let total = || backends.iter().map(|b| b.requests()).sum::<usize>();
+    served(backends, total(), 300).await;
+    server.stop();
+    served(backends, total(), 1000).await;
+    server.restart().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_and_restarted_under_load_fails_no_request() {
     let (prod, gray) = (backend("prod").await, backend("gray").await);
@@ -272,15 +242,8 @@ async fn redis_killed_and_restarted_under_load_fails_no_request() {
         .await;
     assert_eq!(gg.client().version(&[("TOKEN", "abc")]).await, "gray");
 
-    let (ok, bad, versions) = load_while(gg.addr, &[("TOKEN", "abc")], 4000, async {
-        let start = prod.requests() + gray.requests();
-        served([&prod, &gray], start, 300).await;
-        redis.stop();
-        let at = prod.requests() + gray.requests();
-        served([&prod, &gray], at, 1000).await;
-        redis.restart().await;
-    })
-    .await;
+    let redis_down = outage(&mut redis, [&prod, &gray]);
+    let (ok, bad, versions) = load_while(gg.addr, &[("TOKEN", "abc")], 4000, redis_down).await;
     assert_eq!(bad, 0, "failed requests while Redis was down");
     assert_eq!(ok, 4000);
     assert!(versions.iter().all(|v| v == "gray" || v == "prod"));
@@ -296,11 +259,9 @@ async fn redis_killed_and_restarted_under_load_fails_no_request() {
     // an operator would.
     redis.cli(&["set", "Grayscale_Range", r#"{"idStart":1,"idEnd":5000}"#]);
     redis.cli(&["set", "TOKEN_abc", "1234"]);
-    eventually("recovery after restart", async || {
-        equals(version_of(gg.addr, &[("TOKEN", "abc")]).await, "gray")
-    })
-    .within(Duration::from_secs(15))
-    .await;
+    gg.eventually_answers(&[("TOKEN", "abc")], "gray")
+        .within(Duration::from_secs(15))
+        .await;
     let log = gg.log_text();
     assert!(
         log.lines()
@@ -347,26 +308,15 @@ async fn memcached_killed_and_restarted_under_load_fails_no_request() {
     let mut mc = MemcachedServer::start().await;
     mc.raw("set 10.0.0.7 0 0 1\r\n1\r\n", "\r\n");
     let gg = memcached_design(&mc, &prod, &gray).start().await;
-    let (ok, bad, _) = load_while(gg.addr, &[("X-Real-IP", "10.0.0.7")], 4000, async {
-        let start = prod.requests() + gray.requests();
-        served([&prod, &gray], start, 300).await;
-        mc.stop();
-        let at = prod.requests() + gray.requests();
-        served([&prod, &gray], at, 1000).await;
-        mc.restart().await;
-    })
-    .await;
+    let memcached_down = outage(&mut mc, [&prod, &gray]);
+    let (ok, bad, _) =
+        load_while(gg.addr, &[("X-Real-IP", "10.0.0.7")], 4000, memcached_down).await;
     assert_eq!((ok, bad), (4000, 0));
     // memcached restarted empty: the operator sets the flag again and it counts.
     mc.raw("set 10.0.0.7 0 0 1\r\n1\r\n", "\r\n");
-    eventually("recovery after restart", async || {
-        equals(
-            version_of(gg.addr, &[("X-Real-IP", "10.0.0.7")]).await,
-            "gray",
-        )
-    })
-    .within(Duration::from_secs(15))
-    .await;
+    gg.eventually_answers(&[("X-Real-IP", "10.0.0.7")], "gray")
+        .within(Duration::from_secs(15))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

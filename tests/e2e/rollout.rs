@@ -21,12 +21,9 @@ const OTHER_IP: &str = "10.0.0.8";
 
 /// The web service with a gray list rule, an admin API with alice's token.
 fn web_with_gray_list(stable: &Backend, canary: &Backend) -> GatewayBuilder {
-    gateway()
+    web_gateway(stable, canary)
         .trusted_proxies(["127.0.0.0/8"])
         .admin_token("alice", TOKEN)
-        .upstream("stable", stable)
-        .upstream("canary", canary)
-        .route(route("web"))
         .service(web().rule(
             "gray-ips",
             "canary",
@@ -88,9 +85,40 @@ impl Expect {
     }
 }
 
-/// Polls `addr` until it routes as `expect` says (bounded by [`FOLLOW`]); checks the split's
-/// share against its target (within 1.5 points).
-async fn check(step: &str, addr: SocketAddr, expect: &Expect) {
+/// Before the rollout, and after a rollback: everyone on stable.
+const ALL_STABLE: Expect = Expect {
+    gray_ip: "stable",
+    other_ip: "stable",
+    split: None,
+    all_users: "stable",
+};
+
+/// The gray list in force: its IP on the canary, everyone else on stable.
+const GRAY_LIST: Expect = Expect {
+    gray_ip: "canary",
+    ..ALL_STABLE
+};
+
+/// The gray list and a sticky split that puts `pct`% of users on the canary.
+const fn gray_list_and_split(pct: f64) -> Expect {
+    Expect {
+        split: Some(pct),
+        all_users: "",
+        ..GRAY_LIST
+    }
+}
+
+/// After a promote: everyone on the canary.
+const PROMOTED: Expect = Expect {
+    gray_ip: "canary",
+    other_ip: "canary",
+    split: None,
+    all_users: "canary",
+};
+
+/// Polls every instance until it routes as `expect` says (each bounded by [`FOLLOW`]); checks
+/// the split's share against its target (within 1.5 points).
+async fn check(step: &str, instances: &[SocketAddr], expect: &Expect) {
     let want = expect.routing();
     if let Some(pct) = expect.split {
         let share = want.canary_users.len() as f64 * 100.0 / f64::from(USERS);
@@ -99,24 +127,26 @@ async fn check(step: &str, addr: SocketAddr, expect: &Expect) {
             "{step}: the sticky split puts {share:.2}% on canary, not ~{pct}%"
         );
     }
-    eventually(format!("{step} on {addr}"), async || {
-        let got = routing(addr).await;
-        if got == want {
-            Ok(())
-        } else {
-            Err(format!(
-                "gray ip -> {} (want {}), other ip -> {} (want {}), {} users on canary (want {})",
-                got.gray_ip,
-                want.gray_ip,
-                got.other_ip,
-                want.other_ip,
-                got.canary_users.len(),
-                want.canary_users.len()
-            ))
-        }
-    })
-    .within(FOLLOW)
-    .await;
+    for &addr in instances {
+        eventually(format!("{step} on {addr}"), async || {
+            let got = routing(addr).await;
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!(
+                    "gray ip -> {} (want {}), other ip -> {} (want {}), {} users on canary (want {})",
+                    got.gray_ip,
+                    want.gray_ip,
+                    got.other_ip,
+                    want.other_ip,
+                    got.canary_users.len(),
+                    want.canary_users.len()
+                ))
+            }
+        })
+        .within(FOLLOW)
+        .await;
+    }
 }
 
 /// The revision a `--json` ctl answer names.
@@ -128,29 +158,13 @@ fn revision(answer: &serde_json::Value) -> u64 {
 /// after every step. `between` runs after each step before the checks (the Redis test measures
 /// how fast the second instance follows there).
 async fn rollout(ctl: &Ctl, instances: &[SocketAddr]) {
-    let all_stable = Expect {
-        gray_ip: "stable",
-        other_ip: "stable",
-        split: None,
-        all_users: "stable",
-    };
-    for addr in instances {
-        check("start", *addr, &all_stable).await;
-    }
+    check("start", instances, &ALL_STABLE).await;
 
     // 1. The gray list: one IP goes to the canary, everyone else stays.
     let out = ctl.ok(&["list", "add", "gray_ips", GRAY_IP, "--ttl", "1h"]);
     assert_eq!(out.trim(), "list gray_ips: 1 entries written");
     assert_eq!(ctl.ok(&["list", "count", "gray_ips"]).trim(), "1");
-    let gray = Expect {
-        gray_ip: "canary",
-        other_ip: "stable",
-        split: None,
-        all_users: "stable",
-    };
-    for addr in instances {
-        check("gray list", *addr, &gray).await;
-    }
+    check("gray list", instances, &GRAY_LIST).await;
 
     // 2. 10% of users, sticky by user id.
     let ten = ctl.json(&[
@@ -163,15 +177,7 @@ async fn rollout(ctl: &Ctl, instances: &[SocketAddr]) {
         "header:X-User-Id",
     ]);
     let ten_rev = revision(&ten);
-    let at_10 = Expect {
-        gray_ip: "canary",
-        other_ip: "stable",
-        split: Some(10.0),
-        all_users: "",
-    };
-    for addr in instances {
-        check("10%", *addr, &at_10).await;
-    }
+    check("10%", instances, &gray_list_and_split(10.0)).await;
 
     // 3. 50%: the same 10% stay on the canary, more join.
     let out = ctl.ok(&["weights", "set", "--service", "web", "canary=50"]);
@@ -181,28 +187,12 @@ async fn rollout(ctl: &Ctl, instances: &[SocketAddr]) {
         "{out}"
     );
     let fifty_rev = ten_rev + 1;
-    let at_50 = Expect {
-        gray_ip: "canary",
-        other_ip: "stable",
-        split: Some(50.0),
-        all_users: "",
-    };
-    for addr in instances {
-        check("50%", *addr, &at_50).await;
-    }
+    check("50%", instances, &gray_list_and_split(50.0)).await;
 
     // 4. Promote: everyone on the new stable version at once; rules and split cleared.
     let out = ctl.ok(&["promote", "--service", "web", "--version", "canary"]);
     assert!(out.contains("canary is stable"), "{out}");
-    let promoted = Expect {
-        gray_ip: "canary",
-        other_ip: "canary",
-        split: None,
-        all_users: "canary",
-    };
-    for addr in instances {
-        check("promote", *addr, &promoted).await;
-    }
+    check("promote", instances, &PROMOTED).await;
     let status = ctl.json(&["status"]);
     assert_eq!(status["services"][0]["stable"], "canary");
     assert_eq!(status["services"][0]["rollback_to"], "stable");
@@ -213,9 +203,7 @@ async fn rollout(ctl: &Ctl, instances: &[SocketAddr]) {
         out.contains("promote of canary undone, everyone on stable"),
         "{out}"
     );
-    for addr in instances {
-        check("rollback", *addr, &all_stable).await;
-    }
+    check("rollback", instances, &ALL_STABLE).await;
 
     // 6. Undo to the 50% step: the split and the gray list rule are back.
     let out = ctl.ok(&["undo", &fifty_rev.to_string()]);
@@ -223,9 +211,7 @@ async fn rollout(ctl: &Ctl, instances: &[SocketAddr]) {
         out.contains(&format!("policy of revision {fifty_rev} restored")),
         "{out}"
     );
-    for addr in instances {
-        check("undo", *addr, &at_50).await;
-    }
+    check("undo", instances, &gray_list_and_split(50.0)).await;
 
     // 7. The history names every step and who made it.
     let history = ctl.ok(&["history"]);
@@ -280,13 +266,7 @@ async fn a_whole_rollout_through_ctl_on_the_embedded_store() {
     let gg = gg.restart().await;
     let ctl = gg.ctl();
     assert_eq!(ctl.ok(&["history"]), history);
-    let at_50 = Expect {
-        gray_ip: "canary",
-        other_ip: "stable",
-        split: Some(50.0),
-        all_users: "",
-    };
-    check("after a restart", gg.addr, &at_50).await;
+    check("after a restart", &[gg.addr], &gray_list_and_split(50.0)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

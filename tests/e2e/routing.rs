@@ -7,11 +7,8 @@ use std::collections::HashSet;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_matcher_routes_as_specified() {
     let (stable, canary) = (backend("stable").await, backend("canary").await);
-    let gg = gateway()
-        .upstream("stable", &stable)
-        .upstream("canary", &canary)
+    let gg = web_gateway(&stable, &canary)
         .trusted_proxies(["127.0.0.1"])
-        .route(route("web"))
         .service(
             web()
                 .override_cookie("gray", "canary")
@@ -63,9 +60,7 @@ async fn every_matcher_routes_as_specified() {
         (&[("Cookie", "gray=always")], "canary"),
         (&[("Cookie", "gray=never"), ("X-Env", "beta")], "stable"),
     ];
-    for (headers, want) in cases {
-        assert_eq!(c.version(headers).await, *want, "headers {headers:?}");
-    }
+    c.assert_versions(cases).await;
     assert_eq!(c.get_path("/x?ab=b", &[]).await.body, "canary\n");
     assert_eq!(c.get_path("/x?ab=a", &[]).await.body, "stable\n");
     // The percent rule: some identities in, some out, each one always the same.
@@ -82,10 +77,7 @@ async fn every_matcher_routes_as_specified() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_split_holds_its_weight_and_survives_a_restart() {
     let (stable, canary) = (backend("stable").await, backend("canary").await);
-    let gg = gateway()
-        .upstream("stable", &stable)
-        .upstream("canary", &canary)
-        .route(route("web"))
+    let gg = web_gateway(&stable, &canary)
         .service(web().split("canary", 10.0, by_header("X-User")))
         .start()
         .await;
@@ -115,21 +107,18 @@ async fn sticky_split_holds_its_weight_and_survives_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_forwarded_for_from_an_untrusted_peer_cannot_select_the_canary() {
     let (stable, canary) = (backend("stable").await, backend("canary").await);
-    let base = gateway()
-        .upstream("stable", &stable)
-        .upstream("canary", &canary)
-        .route(route("web"))
-        .service(web().rule("gray-ip", "canary", cidr(["10.0.0.7"])));
+    let base =
+        web_gateway(&stable, &canary).service(web().rule("gray-ip", "canary", cidr(["10.0.0.7"])));
     let spoof: &[(&str, &str)] = &[("X-Forwarded-For", "10.0.0.7"), ("X-Real-IP", "10.0.0.7")];
 
     // No trusted proxies: the peer (127.0.0.1) is the client, whatever the headers say.
     let gg = base.clone().start().await;
     let mut c = gg.client();
-    assert_eq!(c.version(spoof).await, "stable");
-    assert_eq!(
-        c.version(&[("X-Forwarded-For", "1.1.1.1, 10.0.0.7")]).await,
-        "stable"
-    );
+    c.assert_versions(&[
+        (spoof, "stable"),
+        (&[("X-Forwarded-For", "1.1.1.1, 10.0.0.7")], "stable"),
+    ])
+    .await;
     // What the backend sees: the real peer appended, X-Real-IP replaced.
     let r = c.get(spoof).await;
     assert_eq!(r.headers["echo-x-forwarded-for"], "10.0.0.7, 127.0.0.1");
@@ -140,30 +129,26 @@ async fn spoofed_forwarded_for_from_an_untrusted_peer_cannot_select_the_canary()
     let trusted = base.trusted_proxies(["127.0.0.0/8"]);
     let gg = trusted.clone().start().await;
     let mut c = gg.client();
-    assert_eq!(
-        c.version(&[("X-Forwarded-For", "10.0.0.7")]).await,
-        "canary"
-    );
-    // The client itself claimed 10.0.0.7, the proxy saw 1.1.1.1: the proxy's word counts.
-    assert_eq!(
-        c.version(&[("X-Forwarded-For", "10.0.0.7, 1.1.1.1")]).await,
-        "stable"
-    );
+    c.assert_versions(&[
+        (&[("X-Forwarded-For", "10.0.0.7")], "canary"),
+        // The client itself claimed 10.0.0.7, the proxy saw 1.1.1.1: the proxy's word counts.
+        (&[("X-Forwarded-For", "10.0.0.7, 1.1.1.1")], "stable"),
+    ])
+    .await;
     drop(gg);
 
     // The original design's order, for operators whose own load balancer sets the headers.
     let gg = trusted.original_client_ip().start().await;
     let mut c = gg.client();
-    assert_eq!(c.version(&[("X-Real-IP", "10.0.0.7")]).await, "canary");
-    assert_eq!(
-        c.version(&[("X-Real-IP", "10.0.0.8"), ("X-Forwarded-For", "10.0.0.7")])
-            .await,
-        "stable"
-    );
-    assert_eq!(
-        c.version(&[("X-Forwarded-For", "10.0.0.7")]).await,
-        "canary"
-    );
+    c.assert_versions(&[
+        (&[("X-Real-IP", "10.0.0.7")], "canary"),
+        (
+            &[("X-Real-IP", "10.0.0.8"), ("X-Forwarded-For", "10.0.0.7")],
+            "stable",
+        ),
+        (&[("X-Forwarded-For", "10.0.0.7")], "canary"),
+    ])
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,11 +157,8 @@ async fn a_policy_swap_under_concurrent_requests_loses_none() {
     fn everyone_to(version: &'static str) -> impl FnOnce(&mut graygate::policy::PolicyDoc) {
         move |policy| policy.services[0].rules[0].version = version.to_string()
     }
-    let mut gg = gateway()
-        .upstream("stable", &stable)
-        .upstream("canary", &canary)
+    let mut gg = web_gateway(&stable, &canary)
         .policy_file("policy.toml")
-        .route(route("web"))
         .service(web().rule("all", "stable", cidr(["0.0.0.0/0"])))
         .start()
         .await;
@@ -229,10 +211,7 @@ async fn a_policy_swap_under_concurrent_requests_loses_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_down_is_served_by_stable_and_stable_down_is_a_clear_502() {
     let stable = backend("stable").await;
-    let gg = gateway()
-        .upstream("stable", &stable)
-        .upstream("canary", dead_addr())
-        .route(route("web"))
+    let gg = web_gateway(&stable, dead_addr())
         .service(web().override_header("X-Gray", "canary"))
         .start()
         .await;
@@ -242,10 +221,7 @@ async fn canary_down_is_served_by_stable_and_stable_down_is_a_clear_502() {
     }
     drop(gg);
 
-    let gg = gateway()
-        .upstream("stable", dead_addr())
-        .upstream("canary", dead_addr())
-        .route(route("web"))
+    let gg = web_gateway(dead_addr(), dead_addr())
         .service(web())
         .start()
         .await;
@@ -261,13 +237,7 @@ async fn canary_down_is_served_by_stable_and_stable_down_is_a_clear_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_50_mb_body_streams_through_intact() {
     let (stable, canary) = (backend("stable").await, backend("canary").await);
-    let gg = gateway()
-        .upstream("stable", &stable)
-        .upstream("canary", &canary)
-        .route(route("web"))
-        .service(web())
-        .start()
-        .await;
+    let gg = web_gateway(&stable, &canary).service(web()).start().await;
     let body = bytes::Bytes::from(vec![b'x'; 50 * 1024 * 1024]);
     let r = gg.client().request("POST", "/upload", &[], body).await;
     assert_eq!(r.status, 200);
@@ -311,13 +281,7 @@ async fn a_websocket_echo_passes_through_intact() {
         }
     });
     let canary = backend("canary").await;
-    let gg = gateway()
-        .upstream("stable", echo)
-        .upstream("canary", &canary)
-        .route(route("web"))
-        .service(web())
-        .start()
-        .await;
+    let gg = web_gateway(echo, &canary).service(web()).start().await;
 
     let (mut ws, response) = tokio_tungstenite::connect_async(format!("ws://{}/chat", gg.addr))
         .await

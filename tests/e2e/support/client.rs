@@ -98,4 +98,12 @@ impl Client {
         assert_eq!(r.status, 200, "status for {headers:?}: {r:?}");
         r.body.trim().to_string()
     }
+
+    /// Asserts, case after case on this connection, which version answers GET / with each
+    /// case's headers: a table of `(headers, version)`.
+    pub async fn assert_versions(&mut self, cases: &[(&[(&str, &str)], &str)]) {
+        for (headers, want) in cases {
+            assert_eq!(self.version(headers).await, *want, "headers {headers:?}");
+        }
+    }
 }

@@ -110,6 +110,13 @@ impl Admin {
         json
     }
 
+    /// `POST /v1/explain` of `request` and expect 200; the decision as JSON.
+    pub async fn explain(&mut self, request: &str) -> serde_json::Value {
+        let (reply, json) = self.send("POST", "/v1/explain", &[], request).await;
+        assert_eq!(reply.status, 200, "POST /v1/explain {request}: {reply:?}");
+        json
+    }
+
     /// The policy's revision, from the ETag of `GET /v1/policy`.
     pub async fn revision(&mut self) -> u64 {
         let (reply, _) = self.send("GET", "/v1/policy", &[], "").await;

@@ -17,8 +17,8 @@
 //! the test fails, and removes its directory unless the test is failing (to look at afterwards).
 
 use super::ctl::{Admin, Ctl};
-use super::eventually::{eventually, patient};
-use super::{Client, Reply};
+use super::eventually::{equals, eventually, patient, Eventually};
+use super::{route, Client, Reply};
 use bytes::Bytes;
 use graygate::config::file::{
     AccessLogFile, AdminFile, ConfigFile, MetricsFile, StoreFile, TokenFile, UpstreamFile,
@@ -36,6 +36,15 @@ use std::time::Duration;
 /// The `graygate` binary under test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_graygate")
+}
+
+/// A gateway with the upstreams `stable` and `canary` behind the route `web`, the setting most
+/// tests start from; they add the `web` service they need (see [`web`](super::web)).
+pub fn web_gateway(stable: impl Address, canary: impl Address) -> GatewayBuilder {
+    gateway()
+        .upstream("stable", stable)
+        .upstream("canary", canary)
+        .route(route("web"))
 }
 
 /// A loopback address where nothing listens (bound, then released).
@@ -347,6 +356,21 @@ impl Gateway {
     /// A new client of the data plane.
     pub fn client(&self) -> Client {
         Client::new(self.addr)
+    }
+
+    /// Waits until a new connection sending `headers` is answered by `version`: a change made
+    /// outside this connection (a store edited by hand, a policy swapped) has taken effect.
+    /// `.within(..)` bounds the wait.
+    pub fn eventually_answers<'a>(
+        &self,
+        headers: &'a [(&'a str, &'a str)],
+        version: &'a str,
+    ) -> Eventually<'a, impl AsyncFnMut() -> Result<String, String> + 'a> {
+        let addr = self.addr;
+        eventually(
+            format!("a new connection with {headers:?} answered by {version}"),
+            async move || equals(Client::new(addr).version(headers).await, version),
+        )
     }
 
     /// The metrics listener, if the config has `[metrics]`.

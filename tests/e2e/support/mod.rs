@@ -20,15 +20,24 @@ pub use client::{Client, Reply};
 pub use ctl::{Admin, Ctl};
 pub use eventually::{equals, eventually, patient};
 pub use gateway::{
-    binary, check, dead_addr, gateway, run_until_exit, Exited, Gateway, GatewayBuilder,
+    binary, check, dead_addr, gateway, run_until_exit, web_gateway, Exited, Gateway, GatewayBuilder,
 };
 pub use graygate::demo::Backend;
 pub use policy::*;
-pub use servers::{memcached_store, redis_store, HangingServer, MemcachedServer, RedisServer};
+pub use servers::{
+    memcached_store, redis_store, HangingServer, Kind, MemcachedServer, RedisServer, Server,
+};
 
 /// Starts a backend answering as `name`.
 pub async fn backend(name: &str) -> Backend {
     Backend::start(name).await.expect("start a backend")
+}
+
+/// Writes `text` to the file `name` in `dir`; its path.
+pub fn write_file(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    path
 }
 
 /// The value of one series in Prometheus text, e.g.

@@ -56,10 +56,10 @@ struct Process {
 }
 
 impl Process {
-    fn new(program: &'static str, args: &[&str]) -> Process {
+    fn new(program: &'static str, args: Vec<String>) -> Process {
         Process {
             program,
-            args: args.iter().map(|s| s.to_string()).collect(),
+            args,
             child: None,
         }
     }
@@ -160,74 +160,100 @@ impl Drop for Process {
     }
 }
 
-/// A `redis-server` on a free loopback port, without persistence.
-pub struct RedisServer {
+/// What sets one kind of server apart from another: the program, and how a running one says
+/// which process it is. Everything else (free ports, readiness, stop, restart, pause) is
+/// [`Server`]'s, the same for every kind.
+pub trait Kind {
+    /// The program to run.
+    const PROGRAM: &'static str;
+    /// The request that makes the server name its pid, and the text that ends its answer.
+    fn pid_request(&self) -> (String, &'static str);
+    /// The line of that answer that names `pid`.
+    fn pid_line(pid: u32) -> String;
+}
+
+/// A server process of kind `K` on a free loopback port; stopped in `Drop`, even when the test
+/// fails.
+pub struct Server<K: Kind> {
     port: u16,
     process: Process,
+    kind: K,
+}
+
+/// `redis-server`, without persistence.
+pub struct Redis {
     /// `--requirepass`, for the readiness probe.
     password: Option<String>,
     _dir: tempfile::TempDir,
 }
 
-impl RedisServer {
-    pub async fn start() -> RedisServer {
-        RedisServer::start_with(&[]).await
+/// `memcached`, TCP only, one thread.
+pub struct Memcached;
+
+/// A `redis-server` on a free loopback port, without persistence.
+pub type RedisServer = Server<Redis>;
+
+/// A `memcached` on a free loopback port (TCP only, one thread).
+pub type MemcachedServer = Server<Memcached>;
+
+impl Kind for Redis {
+    const PROGRAM: &'static str = "redis-server";
+
+    fn pid_request(&self) -> (String, &'static str) {
+        let mut request = String::new();
+        if let Some(password) = &self.password {
+            request.push_str(&format!("AUTH {password}\r\n"));
+        }
+        request.push_str("INFO server\r\n");
+        (request, "tcp_port:")
     }
 
-    /// Starts with extra `redis-server` arguments, e.g. `["--requirepass", "secret"]`.
-    pub async fn start_with(extra: &[&str]) -> RedisServer {
+    fn pid_line(pid: u32) -> String {
+        format!("process_id:{pid}\r\n")
+    }
+}
+
+impl Kind for Memcached {
+    const PROGRAM: &'static str = "memcached";
+
+    fn pid_request(&self) -> (String, &'static str) {
+        ("stats\r\n".into(), "END\r\n")
+    }
+
+    fn pid_line(pid: u32) -> String {
+        format!("STAT pid {pid}\r\n")
+    }
+}
+
+impl<K: Kind> Server<K> {
+    /// Starts `K::PROGRAM` with `args(port)` on a free port.
+    async fn start_on_a_free_port(kind: K, args: impl Fn(&str) -> Vec<String>) -> Server<K> {
+        let mut server = Server {
+            port: 0,
+            process: Process::new(K::PROGRAM, Vec::new()),
+            kind,
+        };
         // A port picked free can be taken by someone else before the server binds it: try again.
         for _ in 0..5 {
-            let port = free_port();
-            let dir = tempfile::tempdir().expect("temp dir for redis");
-            let port_text = port.to_string();
-            let mut args = vec![
-                "--port",
-                &port_text,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-                "--dir",
-                dir.path().to_str().expect("a UTF-8 temp dir"),
-            ];
-            args.extend_from_slice(extra);
-            let password = extra
-                .iter()
-                .position(|a| *a == "--requirepass")
-                .and_then(|i| extra.get(i + 1))
-                .map(|p| p.to_string());
-            let mut server = RedisServer {
-                port,
-                process: Process::new("redis-server", &args),
-                password,
-                _dir: dir,
-            };
+            server.port = free_port();
+            server.process = Process::new(K::PROGRAM, args(&server.port.to_string()));
             if server.launch().await {
                 return server;
             }
         }
-        panic!("redis-server did not start on any free port");
+        panic!("{} did not start on any free port", K::PROGRAM);
     }
 
     async fn launch(&mut self) -> bool {
         let port = self.port;
         // Ready when the server on the port is this process: with ports picked concurrently,
         // another test's server may answer on a port this one failed to bind.
-        let mut request = String::new();
-        if let Some(password) = &self.password {
-            request.push_str(&format!("AUTH {password}\r\n"));
-        }
-        request.push_str("INFO server\r\n");
+        let (request, until) = self.kind.pid_request();
         self.process
             .launch(async |pid| {
-                ask(port, request.as_bytes(), "tcp_port:")
+                ask(port, request.as_bytes(), until)
                     .await
-                    .is_some_and(|a| a.contains(&format!("process_id:{pid}\r\n")))
+                    .is_some_and(|a| a.contains(&K::pid_line(pid)))
             })
             .await
     }
@@ -236,8 +262,9 @@ impl RedisServer {
         self.port
     }
 
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 
     /// Kills the server (SIGKILL) and waits for it to exit.
@@ -250,7 +277,8 @@ impl RedisServer {
         self.process.kill();
         assert!(
             self.launch().await,
-            "redis-server did not restart on port {}",
+            "{} did not restart on port {}",
+            K::PROGRAM,
             self.port
         );
     }
@@ -263,6 +291,50 @@ impl RedisServer {
     /// Unfreezes a paused server (SIGCONT).
     pub fn resume(&self) {
         self.process.signal("-CONT");
+    }
+}
+
+impl Server<Redis> {
+    pub async fn start() -> RedisServer {
+        RedisServer::start_with(&[]).await
+    }
+
+    /// Starts with extra `redis-server` arguments, e.g. `["--requirepass", "secret"]`.
+    pub async fn start_with(extra: &[&str]) -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir for redis");
+        let dir_text = dir.path().to_str().expect("a UTF-8 temp dir").to_owned();
+        let password = extra
+            .iter()
+            .position(|a| *a == "--requirepass")
+            .and_then(|i| extra.get(i + 1))
+            .map(|p| p.to_string());
+        let args = |port: &str| {
+            let mut args = vec![
+                "--port",
+                port,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                &dir_text,
+            ];
+            args.extend_from_slice(extra);
+            args.into_iter().map(str::to_string).collect()
+        };
+        let kind = Redis {
+            password,
+            _dir: dir,
+        };
+        Server::start_on_a_free_port(kind, args).await
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
     }
 
     /// Runs `redis-cli -p <port> <args>` and returns its output, trimmed.
@@ -278,109 +350,25 @@ impl RedisServer {
     }
 }
 
-/// `[store]` for Redis at `url`.
-pub fn redis_store(url: String) -> StoreFile {
-    StoreFile {
-        kind: Some("redis".into()),
-        url: Some(url),
-        ..StoreFile::default()
-    }
-}
-
-/// `[store]` for memcached at `addr` (`host:port`).
-pub fn memcached_store(addr: String) -> StoreFile {
-    StoreFile {
-        kind: Some("memcached".into()),
-        servers: Some(vec![addr]),
-        ..StoreFile::default()
-    }
-}
-
-impl From<&RedisServer> for StoreFile {
-    fn from(server: &RedisServer) -> StoreFile {
-        redis_store(server.url())
-    }
-}
-
-impl From<&MemcachedServer> for StoreFile {
-    fn from(server: &MemcachedServer) -> StoreFile {
-        memcached_store(server.addr())
-    }
-}
-
-/// A `memcached` on a free loopback port (TCP only, one thread).
-pub struct MemcachedServer {
-    port: u16,
-    process: Process,
-}
-
-impl MemcachedServer {
+impl Server<Memcached> {
     pub async fn start() -> MemcachedServer {
-        for _ in 0..5 {
-            let port = free_port();
-            let port_text = port.to_string();
-            let args = [
+        let args = |port: &str| {
+            [
                 "-l",
                 "127.0.0.1",
                 "-p",
-                &port_text,
+                port,
                 "-U",
                 "0",
                 "-t",
                 "1",
                 "-u",
                 "root",
-            ];
-            let mut server = MemcachedServer {
-                port,
-                process: Process::new("memcached", &args),
-            };
-            if server.launch().await {
-                return server;
-            }
-        }
-        panic!("memcached did not start on any free port");
-    }
-
-    async fn launch(&mut self) -> bool {
-        let port = self.port;
-        // Ready when the server on the port is this process (see RedisServer::launch).
-        self.process
-            .launch(async |pid| {
-                ask(port, b"stats\r\n", "END\r\n")
-                    .await
-                    .is_some_and(|a| a.contains(&format!("STAT pid {pid}\r\n")))
-            })
-            .await
-    }
-
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Kills the server (SIGKILL) and waits for it to exit.
-    pub fn stop(&mut self) {
-        self.process.kill();
-    }
-
-    /// Starts the server again on the same port, empty.
-    pub async fn restart(&mut self) {
-        self.process.kill();
-        assert!(
-            self.launch().await,
-            "memcached did not restart on port {}",
-            self.port
-        );
-    }
-
-    /// Freezes the server (SIGSTOP).
-    pub async fn pause(&self) {
-        self.process.pause().await;
-    }
-
-    /// Unfreezes a paused server (SIGCONT).
-    pub fn resume(&self) {
-        self.process.signal("-CONT");
+            ]
+            .map(str::to_string)
+            .to_vec()
+        };
+        Server::start_on_a_free_port(Memcached, args).await
     }
 
     /// Sends raw protocol text and returns the answer up to and including `until` (e.g. "STORED"
@@ -416,6 +404,36 @@ impl MemcachedServer {
                 rest.trim().parse().ok()
             })
             .unwrap_or_else(|| panic!("no stat {name} in {stats}"))
+    }
+}
+
+/// `[store]` for Redis at `url`.
+pub fn redis_store(url: String) -> StoreFile {
+    StoreFile {
+        kind: Some("redis".into()),
+        url: Some(url),
+        ..StoreFile::default()
+    }
+}
+
+/// `[store]` for memcached at `addr` (`host:port`).
+pub fn memcached_store(addr: String) -> StoreFile {
+    StoreFile {
+        kind: Some("memcached".into()),
+        servers: Some(vec![addr]),
+        ..StoreFile::default()
+    }
+}
+
+impl From<&RedisServer> for StoreFile {
+    fn from(server: &RedisServer) -> StoreFile {
+        redis_store(server.url())
+    }
+}
+
+impl From<&MemcachedServer> for StoreFile {
+    fn from(server: &MemcachedServer) -> StoreFile {
+        memcached_store(server.addr())
     }
 }
 
