@@ -14,6 +14,8 @@ pub struct CtlArgs {
     #[arg(
         long,
         env = "GRAYGATE_ADMIN",
+        // Without it clap prints `[env: GRAYGATE_ADMIN=]` when the variable is unset.
+        hide_env_values = true,
         default_value = "http://127.0.0.1:9901",
         global = true
     )]
