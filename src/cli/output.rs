@@ -11,6 +11,7 @@ use crate::api::{
     VersionList, Weights,
 };
 use crate::policy::model::{IdentityDoc, SplitDoc};
+use crate::policy::{buckets_of_percent, BUCKETS};
 use serde::Serialize;
 use serde_json::Value;
 use std::io::Write;
@@ -100,10 +101,24 @@ fn compact(value: &impl Serialize) -> String {
     serde_json::to_value(value).map_or_else(|_| String::new(), |v| v.to_string())
 }
 
-/// A percentage without trailing zeros: `10`, `12.5`.
+/// A weight as the share routing gives it (two decimals, rounded as the policy rounds it),
+/// without trailing zeros: `10`, `12.5`.
 fn pct(w: f64) -> String {
-    let s = format!("{w:.2}");
+    pct_of_buckets(buckets_of_percent(w))
+}
+
+/// `buckets` of [`BUCKETS`] as a percentage without trailing zeros.
+fn pct_of_buckets(buckets: u32) -> String {
+    let s = format!("{}.{:02}", buckets / 100, buckets % 100);
     s.trim_end_matches('0').trim_end_matches('.').to_string() + "%"
+}
+
+/// What the stable version keeps of a split: every bucket the other weights leave.
+fn stable_pct(split: Option<&SplitDoc>) -> String {
+    let given: u32 = split.map_or(0, |s| {
+        s.weights.values().map(|w| buckets_of_percent(*w)).sum()
+    });
+    pct_of_buckets(BUCKETS.saturating_sub(given))
 }
 
 /// `header X-User-Id` for a split's `by`.
@@ -124,8 +139,7 @@ fn identity(by: &IdentityDoc) -> String {
 
 /// Weights of a split as `stable=90% canary=10%`, with stable getting what is left.
 fn split_text(stable: &str, split: Option<&SplitDoc>) -> String {
-    let given: f64 = split.map_or(0.0, |s| s.weights.values().sum());
-    let mut parts = vec![format!("{stable}={}", pct((100.0 - given).max(0.0)))];
+    let mut parts = vec![format!("{stable}={}", stable_pct(split))];
     for (v, w) in split.into_iter().flat_map(|s| &s.weights) {
         parts.push(format!("{v}={}", pct(*w)));
     }
@@ -158,7 +172,6 @@ pub fn status(v: &Revisioned<Status>) -> String {
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     for svc in &s.services {
-        let given: f64 = svc.split.as_ref().map_or(0.0, |x| x.weights.values().sum());
         // Stable first, then the others by name.
         let mut versions: Vec<(&String, &String)> = svc.versions.iter().collect();
         versions.sort_by_key(|(v, _)| **v != svc.stable);
@@ -171,7 +184,7 @@ pub fn status(v: &Revisioned<Status>) -> String {
                 ""
             };
             let weight = if *version == svc.stable {
-                pct((100.0 - given).max(0.0))
+                stable_pct(svc.split.as_ref())
             } else {
                 svc.split
                     .as_ref()
@@ -413,6 +426,27 @@ mod tests {
             "a=87.5% b=12.5% (random per request)"
         );
         assert_eq!(pct(12.5), "12.5%");
+    }
+
+    /// A weight with more than two decimals is shown as routing rounds it, and the shares shown
+    /// add up to 100% (`10.555` once showed as `stable=89.44% canary=10.55%`).
+    #[test]
+    fn shares_are_what_routing_gives_and_add_up() {
+        for (weights, text) in [
+            (json!({"canary": 10.555}), "stable=89.44% canary=10.56%"),
+            (json!({"canary": 33.333}), "stable=66.67% canary=33.33%"),
+            (
+                json!({"b": 33.335, "c": 33.335}),
+                "stable=33.32% b=33.34% c=33.34%",
+            ),
+            (json!({"canary": 0.004}), "stable=100% canary=0%"),
+        ] {
+            let split: SplitDoc = serde_json::from_value(json!({ "weights": weights })).unwrap();
+            assert_eq!(
+                split_text("stable", Some(&split)),
+                format!("{text} (random per request)")
+            );
+        }
     }
 
     #[test]

@@ -109,7 +109,7 @@ pub(super) struct Split {
 }
 
 /// Buckets per 100%: percentages have two decimals.
-pub(super) const BUCKETS: u32 = 10_000;
+pub const BUCKETS: u32 = 10_000;
 
 /// Validates `doc` and builds the policy. `upstreams` are the upstream names of the startup
 /// config; a version's upstream is resolved to its index in that slice.
@@ -382,7 +382,14 @@ fn percent_to_buckets(path: &FieldPath, percent: f64) -> Result<u32, CompileErro
             format!("{percent} is not a percentage from 0 to 100"),
         );
     }
-    Ok((percent * 100.0).round() as u32)
+    Ok(buckets_of_percent(percent))
+}
+
+/// How many of the [`BUCKETS`] a valid percentage (0 to 100) takes: two decimals, rounded. What
+/// routing does with a weight, so that whatever shows a split (ctl, the admin API's readers)
+/// shows the share that requests really get, and the shares add up to 100.
+pub fn buckets_of_percent(percent: f64) -> u32 {
+    (percent.clamp(0.0, 100.0) * 100.0).round() as u32
 }
 
 pub(super) fn seed_of(salt: &str) -> u64 {

@@ -36,7 +36,7 @@ mod oracle;
 pub mod path;
 mod request;
 
-pub use compile::{compile, CompileError, Policy};
+pub use compile::{buckets_of_percent, compile, CompileError, Policy, BUCKETS};
 pub use evaluate::{bucket_of, Evaluation};
 pub use iptable::IpTable;
 pub use model::PolicyDoc;
