@@ -26,7 +26,8 @@ pub struct CtlArgs {
     /// Print the API's JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Change the policy only if it is still at this revision (sent as If-Match); else exit 1.
+    /// For a change: make it only if the policy is still at this revision (sent as If-Match),
+    /// else exit 1. Reads ignore it.
     #[arg(long, global = true, value_name = "N")]
     pub revision: Option<u64>,
     #[command(subcommand)]

@@ -3,33 +3,10 @@
 //!
 //! The serde types keep no positions; `toml_edit` keeps them for every key and value. A field path
 //! is the one [`crate::policy::CompileError`] and the config validation use:
-//! `policy.services[0].rules[2].when.cidr[1]`.
+//! `policy.services[0].rules[2].when.cidr[1]`, read by [`FieldPath::parse`].
 
+use crate::policy::path::{FieldPath, Segment};
 use toml_edit::{ImDocument, Item, Value};
-
-/// One step of a field path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment<'a> {
-    Key(&'a str),
-    Index(usize),
-}
-
-fn segments(path: &str) -> Vec<Segment<'_>> {
-    let mut out = Vec::new();
-    for part in path.split('.').filter(|p| !p.is_empty()) {
-        let (key, mut rest) = part.split_once('[').map_or((part, ""), |(k, r)| (k, r));
-        if !key.is_empty() {
-            out.push(Segment::Key(key));
-        }
-        while let Some((index, after)) = rest.split_once(']') {
-            if let Ok(i) = index.parse() {
-                out.push(Segment::Index(i));
-            }
-            rest = after.strip_prefix('[').unwrap_or(after);
-        }
-    }
-    out
-}
 
 enum Node<'a> {
     Item(&'a Item),
@@ -47,9 +24,9 @@ impl<'a> Node<'a> {
         }
     }
 
-    fn child(&self, seg: &Segment<'_>) -> Option<(Node<'a>, Option<std::ops::Range<usize>>)> {
+    fn child(&self, seg: &Segment) -> Option<(Node<'a>, Option<std::ops::Range<usize>>)> {
         match (self, seg) {
-            (Node::Item(item), Segment::Key(k)) => match item {
+            (Node::Item(item), Segment::Field(k)) => match item {
                 Item::Value(v) => Node::Value(v).child(seg),
                 _ => {
                     let table = item.as_table_like()?;
@@ -59,7 +36,7 @@ impl<'a> Node<'a> {
             },
             (Node::Item(Item::Value(v)), _) => Node::Value(v).child(seg),
             (Node::Value(v), _) => match (v, seg) {
-                (Value::InlineTable(t), Segment::Key(k)) => {
+                (Value::InlineTable(t), Segment::Field(k)) => {
                     let (key, child) = t.get_key_value(k)?;
                     Some((Node::Item(child), key.span()))
                 }
@@ -79,14 +56,15 @@ pub fn offset_of(text: &str, path: &str) -> Option<usize> {
     let doc = ImDocument::parse(text).ok()?;
     let mut best = None;
     let mut node = Node::Item(doc.as_item());
-    let mut segs = segments(path).into_iter().peekable();
+    let path = FieldPath::parse(path);
+    let mut segs = path.segments().iter().peekable();
     while let Some(seg) = segs.next() {
         // An element of an array of tables is a table: continue inside it directly.
-        if let (Node::Item(Item::ArrayOfTables(a)), Segment::Index(i)) = (&node, &seg) {
+        if let (Node::Item(Item::ArrayOfTables(a)), Segment::Index(i)) = (&node, seg) {
             let Some(t) = a.get(*i) else { break };
             best = t.span().map(|s| s.start).or(best);
             let Some(next) = segs.next() else { break };
-            let Segment::Key(k) = next else { break };
+            let Segment::Field(k) = next else { break };
             let Some((key, child)) = t.get_key_value(k) else {
                 break;
             };
@@ -94,7 +72,7 @@ pub fn offset_of(text: &str, path: &str) -> Option<usize> {
             node = Node::Item(child);
             continue;
         }
-        let Some((child, key_span)) = node.child(&seg) else {
+        let Some((child, key_span)) = node.child(seg) else {
             break;
         };
         best = key_span.or_else(|| child.span()).map(|s| s.start).or(best);
@@ -139,19 +117,5 @@ mod tests {
     fn falls_back_to_the_deepest_existing_part() {
         assert_eq!(line("policy.services[0].rules[0].when.not"), 15);
         assert_eq!(line("upstreams[1].weight"), 5);
-    }
-
-    #[test]
-    fn splits_paths() {
-        assert_eq!(
-            segments("a.b[2][3].c"),
-            vec![
-                Segment::Key("a"),
-                Segment::Key("b"),
-                Segment::Index(2),
-                Segment::Index(3),
-                Segment::Key("c")
-            ]
-        );
     }
 }

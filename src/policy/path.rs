@@ -204,6 +204,17 @@ mod tests {
                 Segment::Field("b".into())
             ]
         );
+        // Moved from config::locate, which reads paths through this parser.
+        assert_eq!(
+            FieldPath::parse("a.b[2][3].c").segments(),
+            [
+                Segment::Field("a".into()),
+                Segment::Field("b".into()),
+                Segment::Index(2),
+                Segment::Index(3),
+                Segment::Field("c".into())
+            ]
+        );
         // Not an index: the part stays one field.
         assert_eq!(
             FieldPath::parse("a[x].b").segments(),
