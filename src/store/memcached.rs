@@ -38,6 +38,7 @@
 use super::{
     Change, Entry, ErrorChain, HealthTracker, Store, StoreError, StoreHealth, StoredPolicy,
 };
+use super::{BACKOFF_MAX, BACKOFF_MIN};
 use async_memcached::{AsciiProtocol, Client, Error as McError, Status};
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -67,10 +68,6 @@ pub const MAX_KEY_LEN: usize = 250;
 
 /// memcached reads an expiry above 30 days as a Unix time rather than a number of seconds.
 const RELATIVE_EXPIRY_LIMIT: u64 = 30 * 24 * 3600;
-
-/// First and last delay between reconnection attempts; it doubles in between.
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// How many changes a subscriber may fall behind before it lags.
 const CHANGE_CAPACITY: usize = 256;

@@ -196,6 +196,11 @@ impl std::fmt::Display for ErrorChain<'_> {
     }
 }
 
+/// First and last delay between a shared store's reconnection attempts (Redis, memcached); it
+/// doubles in between, so a store that is down costs a few attempts a second at most.
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(50);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
 /// How many policy history entries a store keeps; older ones are dropped as new ones arrive.
 pub const HISTORY_LIMIT: usize = 1000;
 

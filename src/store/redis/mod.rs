@@ -56,6 +56,7 @@ use self::keys::{glob_escape, Keys, Notice, BAD_REVISION_CODE, SAVE_POLICY_LUA};
 use super::{
     Change, Entry, HealthTracker, Store, StoreError, StoreHealth, StoredPolicy, HISTORY_LIMIT,
 };
+use crate::store::{BACKOFF_MAX, BACKOFF_MIN};
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, ErrorKind, ProtocolVersion, RedisError, Value};
 use async_trait::async_trait;
@@ -81,10 +82,6 @@ pub const OP_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// How often the background task checks that both connections answer.
 const PING_INTERVAL: Duration = Duration::from_secs(1);
-
-/// First and last delay between reconnection attempts; it doubles in between.
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Most keys [`Store::list_entries`] returns; a bigger list is an error rather than a stall.
 pub const LIST_LIMIT: usize = 100_000;
