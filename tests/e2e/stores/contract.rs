@@ -40,6 +40,12 @@ contract!(
     another_instance_sees_what_the_store_shares,
 );
 
+/// The keys of the live entries of `list`, in the store's order (by key).
+async fn keys_of(store: &Arc<dyn graygate::store::Store>, list: &str) -> Vec<String> {
+    let entries = store.list_entries(list).await.unwrap();
+    entries.into_iter().map(|e| e.key).collect()
+}
+
 fn conflict(err: &StoreError) -> Option<(u64, u64)> {
     match err {
         StoreError::Conflict { expected, actual } => Some((*expected, *actual)),
@@ -221,14 +227,7 @@ async fn lists_put_lookup_replace_remove(s: &Subject) {
     assert_eq!(store.lookup("tokens", "a").await.unwrap(), v("user-a"));
     assert_eq!(store.remove_entries("ips", &[]).await.unwrap(), 0);
     if s.can.enumerate {
-        let keys: Vec<String> = store
-            .list_entries("ips")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.key)
-            .collect();
-        assert_eq!(keys, ["10.0.0.2", "10.0.0.3"]);
+        assert_eq!(keys_of(store, "ips").await, ["10.0.0.2", "10.0.0.3"]);
     }
 
     assert_eq!(
@@ -274,14 +273,7 @@ async fn entries_expire_on_their_own(s: &Subject) {
     .await;
     assert_eq!(store.lookup("ips", "10.0.0.1").await.unwrap(), v("kept"));
     if s.can.enumerate {
-        let keys: Vec<String> = store
-            .list_entries("ips")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.key)
-            .collect();
-        assert_eq!(keys, ["10.0.0.1"]);
+        assert_eq!(keys_of(store, "ips").await, ["10.0.0.1"]);
     }
     assert_eq!(
         store

@@ -20,6 +20,20 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
 
+/// Ten lookups of a store whose server is down or hangs: each fails, and none takes more than
+/// 300 ms (the request path must never wait on a store that does not answer).
+pub async fn lookups_fail_fast(store: &impl Store) {
+    for _ in 0..10 {
+        let started = std::time::Instant::now();
+        assert!(store.lookup("ips", "a").await.is_err());
+        assert!(
+            started.elapsed() < patient(Duration::from_millis(300)),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
+
 /// What another graygate instance pointed at the same store shares with the first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sharing {
