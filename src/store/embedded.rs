@@ -635,28 +635,9 @@ mod tests {
         Some(SystemTime::now() - Duration::from_secs(1))
     }
 
-    #[tokio::test]
-    async fn policy_save_load_and_revisions() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir);
-        assert_eq!(store.kind(), "embedded");
-        assert_eq!(store.load_policy().await.unwrap(), None);
-
-        assert_eq!(store.save_policy("{\"v\":1}", Some(0)).await.unwrap(), 1);
-        assert_eq!(store.save_policy("{\"v\":2}", None).await.unwrap(), 2);
-        assert_eq!(store.save_policy("{\"v\":3}", Some(2)).await.unwrap(), 3);
-        assert_eq!(
-            store.load_policy().await.unwrap(),
-            Some(StoredPolicy {
-                revision: 3,
-                json: "{\"v\":3}".into()
-            })
-        );
-    }
-
-    /// Order, bounds and conflicts of the history are the store contract's
-    /// (`tests/e2e/stores/contract.rs`, run against every store); what is the embedded store's
-    /// own is that the history outlives the process, as the policy does.
+    /// Revisions, conflicts, and the order and bound of the history are the store contract's
+    /// (`tests/e2e/stores/contract.rs`, run against every store, this one included); what is the
+    /// embedded store's own is that the history outlives the process, as the policy does.
     #[tokio::test]
     async fn history_survives_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
