@@ -26,7 +26,6 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::policy::{OverrideValue, Reason};
 use crate::proxy::{RequestRecord, Upstreams};
 
 /// Upper bounds (seconds) of the latency histograms: from a 1 ms local answer to a 30 s
@@ -288,11 +287,9 @@ impl Metrics {
                 .observe(upstream.as_secs_f64());
         }
         if let Some(choice) = r.choice {
-            with_reason_label(&choice.reason, |reason| {
-                self.decisions
-                    .with_label_values(&[service, &*choice.version, reason])
-                    .inc();
-            });
+            self.decisions
+                .with_label_values(&[service, &*choice.version, choice.reason.label()])
+                .inc();
             if r.fell_back {
                 self.fallbacks
                     .with_label_values(&[service, &*choice.version])
@@ -394,39 +391,6 @@ pub fn status_class(status: StatusCode) -> &'static str {
     }
 }
 
-/// Longest `rule:<name>` label built on the stack; a longer rule name (nobody writes one)
-/// costs an allocation instead.
-const INLINE_LABEL: usize = 128;
-
-/// Calls `f` with the `reason` label of a decision, made from the typed [`Reason`] without
-/// allocating: bounded, so that a split's bucket does not create a series per bucket.
-/// `rule:<name>` and `override:always|never` name what decided (rule names are few, written by
-/// operators); a split, sticky or random, is `split`; no rule and no split is `default`.
-pub fn with_reason_label<R>(reason: &Reason, f: impl FnOnce(&str) -> R) -> R {
-    const RULE: &str = "rule:";
-    match reason {
-        Reason::Override {
-            value: OverrideValue::Always,
-        } => f("override:always"),
-        Reason::Override {
-            value: OverrideValue::Never,
-        } => f("override:never"),
-        Reason::Split { .. } => f("split"),
-        Reason::Default => f("default"),
-        Reason::Rule { name } => {
-            let len = RULE.len() + name.len();
-            if len > INLINE_LABEL {
-                return f(&format!("{RULE}{name}"));
-            }
-            let mut label = [0u8; INLINE_LABEL];
-            label[..RULE.len()].copy_from_slice(RULE.as_bytes());
-            label[RULE.len()..len].copy_from_slice(name.as_bytes());
-            // Two whole UTF-8 strings one after the other are UTF-8: this never falls back.
-            f(std::str::from_utf8(&label[..len]).unwrap_or(RULE))
-        }
-    }
-}
-
 /// Seconds since the Unix epoch of `t` (0 before it): for timestamps in gauges.
 fn unix_seconds(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)
@@ -436,12 +400,12 @@ fn unix_seconds(t: SystemTime) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Decision;
+    use crate::policy::{Decision, OverrideValue, Reason};
     use http::{Method, Uri};
     use std::time::Duration;
 
     fn label(reason: &Reason) -> String {
-        with_reason_label(reason, str::to_string)
+        reason.label().to_string()
     }
 
     fn rule(name: &str) -> Reason {
@@ -472,16 +436,17 @@ mod tests {
         assert_eq!(label(&Reason::Default), "default");
     }
 
-    /// The stack buffer against the obvious `format!`, at its edges: every length up to past the
-    /// buffer, and names that are not ASCII.
+    /// The label of a rule is the formatted reason, at any length and for names that are not
+    /// ASCII.
     #[test]
     fn rule_labels_match_the_formatted_reason_at_any_length() {
-        for n in 0..INLINE_LABEL + 8 {
+        for n in [0, 1, 127, 128, 300] {
             let name = "r".repeat(n);
             assert_eq!(label(&rule(&name)), format!("rule:{name}"), "length {n}");
         }
         for name in ["grå-ips", "灰度", "🐤 canary"] {
             assert_eq!(label(&rule(name)), format!("rule:{name}"));
+            assert_eq!(rule(name).to_string(), format!("rule:{name}"));
         }
     }
 

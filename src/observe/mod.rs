@@ -23,8 +23,8 @@ pub use access_log::{
 };
 pub use listener::serve_metrics;
 pub use metrics::{
-    status_class, with_reason_label, CacheCounts, Metrics, PolicyStatsSource, Sources, StoreStats,
-    StoreStatsSource, CONTENT_TYPE,
+    status_class, CacheCounts, Metrics, PolicyStatsSource, Sources, StoreStats, StoreStatsSource,
+    CONTENT_TYPE,
 };
 
 use std::sync::Arc;

@@ -291,7 +291,7 @@ fn compile_service(
         let v = version(rpath.field("version"), &r.version)?;
         let cond = compile_cond(&r.when, &rpath.field("when"), &r.name, lists, &mut sources)?;
         rules.push(Rule {
-            name: Arc::from(r.name.as_str()),
+            name: super::RuleName::new(&r.name),
             version: v,
             cond,
         });

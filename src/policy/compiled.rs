@@ -17,7 +17,7 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub(super) struct Rule {
     /// The rule's name, shared with every [`super::Reason::Rule`] that names it.
-    pub name: Arc<str>,
+    pub name: super::RuleName,
     /// Index into the service's versions.
     pub version: usize,
     pub cond: Cond,

@@ -118,7 +118,7 @@ pub enum Reason {
     /// The tester override header or cookie said `always` or `never`.
     Override { value: OverrideValue },
     /// This rule matched (first match wins).
-    Rule { name: Arc<str> },
+    Rule { name: RuleName },
     /// No rule matched; the weighted split put the request in this bucket (0..10000).
     Split { bucket: u32, sticky: bool },
     /// No rule matched and no split sent it elsewhere: stable.
@@ -131,6 +131,68 @@ pub enum OverrideValue {
     Never,
 }
 
+impl Reason {
+    /// The `reason` label of the decision in metrics: bounded, so that a split's bucket does not
+    /// make a series per bucket. `rule:<name>` and `override:always|never` name what decided
+    /// (rule names are few, written by operators); a split, sticky or random, is `split`; no rule
+    /// and no split is `default`. A borrow, never built per request.
+    pub fn label(&self) -> &str {
+        match self {
+            Reason::Override {
+                value: OverrideValue::Always,
+            } => "override:always",
+            Reason::Override {
+                value: OverrideValue::Never,
+            } => "override:never",
+            Reason::Rule { name } => name.label(),
+            Reason::Split { .. } => "split",
+            Reason::Default => "default",
+        }
+    }
+}
+
+/// A rule's name as its decisions carry it: one shared string `rule:<name>`, made once when the
+/// policy is compiled, so that the reason label of every decision the rule makes (metrics, the
+/// access log) is a borrow rather than a string built per request.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RuleName(Arc<str>);
+
+impl RuleName {
+    const PREFIX: &'static str = "rule:";
+
+    pub fn new(name: &str) -> Self {
+        RuleName(format!("{}{name}", Self::PREFIX).into())
+    }
+
+    /// The name as the operator wrote it.
+    pub fn as_str(&self) -> &str {
+        &self.0[Self::PREFIX.len()..]
+    }
+
+    /// `rule:<name>`, the decision's reason label.
+    pub fn label(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for RuleName {
+    fn from(name: &str) -> Self {
+        RuleName::new(name)
+    }
+}
+
+impl std::fmt::Display for RuleName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for RuleName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -140,7 +202,7 @@ impl std::fmt::Display for Reason {
             Reason::Override {
                 value: OverrideValue::Never,
             } => f.write_str("override:never"),
-            Reason::Rule { name } => write!(f, "rule:{name}"),
+            Reason::Rule { name } => f.write_str(name.label()),
             Reason::Split {
                 bucket,
                 sticky: true,
