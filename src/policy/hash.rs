@@ -25,6 +25,8 @@ fn fold(a: u64, b: u64) -> u64 {
 pub(super) struct FastState {
     seed: u64,
     key: u64,
+    /// The key of the final fold in [`FastHasher::finish`]; odd, as `key` is.
+    last: u64,
 }
 
 impl Default for FastState {
@@ -34,6 +36,7 @@ impl Default for FastState {
             seed: random.hash_one(K0),
             // Odd and far from zero, so that a multiplication by it never loses the input.
             key: random.hash_one(K1) | (1 << 63) | 1,
+            last: random.hash_one(K0 ^ K1) | (1 << 63) | 1,
         }
     }
 }
@@ -46,6 +49,7 @@ impl BuildHasher for FastState {
         FastHasher {
             h: self.seed,
             key: self.key,
+            last: self.last,
         }
     }
 }
@@ -55,15 +59,17 @@ impl BuildHasher for FastState {
 pub(super) struct FastHasher {
     h: u64,
     key: u64,
+    last: u64,
 }
 
 impl Hasher for FastHasher {
-    /// One more fold with a second key: with a single multiplication, some seeds left the low
-    /// bits of structured keys (networks whose low byte is zero) in a few hundred values out of
-    /// 4,096, which made hashbrown probe long chains; the extra fold spreads them for every seed.
+    /// One more fold with a second odd key: with a single multiplication, some seeds left the
+    /// low bits of structured keys (networks whose low byte is zero) in a few hundred values out
+    /// of 4,096, which made hashbrown probe long chains; the extra fold spreads them for every
+    /// seed.
     #[inline]
     fn finish(&self) -> u64 {
-        fold(self.h, self.key ^ K0)
+        fold(self.h, self.last)
     }
 
     #[inline]
