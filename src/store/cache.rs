@@ -353,10 +353,12 @@ impl Shared {
 
     /// The answer to give when the store failed with `error`: the last known value if there is
     /// one, else the error.
+    /// The last known value when there is one, else the error, built only then: a store that
+    /// is down serves its cached values without making an error per lookup.
     fn fallback(
         &self,
         stale: Option<Cached>,
-        error: StoreError,
+        error: impl FnOnce() -> StoreError,
     ) -> Result<Option<Arc<str>>, StoreError> {
         match stale {
             Some(stale) => {
@@ -365,7 +367,7 @@ impl Shared {
             }
             None => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
-                Err(error)
+                Err(error())
             }
         }
     }
@@ -457,8 +459,9 @@ impl Store for CachedStore {
         if shared.failing.load(Ordering::Relaxed) {
             // The store failed a moment ago: answer now; the fetch just started refreshes the key
             // in the background and ends this state if it succeeds.
-            let error = shared.unavailable("the store is failing; retrying in the background");
-            return shared.fallback(stale, error);
+            return shared.fallback(stale, || {
+                shared.unavailable("the store is failing; retrying in the background")
+            });
         }
 
         // With a last known value to fall back on, wait only half the timeout so that the answer
@@ -473,16 +476,17 @@ impl Store for CachedStore {
             .map(|done| done.map(|outcome| outcome.clone()));
         match waited {
             Ok(Ok(Some(Ok(value)))) => Ok(value),
-            Ok(Ok(Some(Err(error)))) => shared.fallback(stale, error),
+            Ok(Ok(Some(Err(error)))) => shared.fallback(stale, || error),
             // The fetch task cannot drop its sender without sending; treat it as a failure anyway.
             Ok(Ok(None)) | Ok(Err(_)) => {
-                shared.fallback(stale, shared.unavailable("the lookup was abandoned"))
+                shared.fallback(stale, || shared.unavailable("the lookup was abandoned"))
             }
             Err(_) => {
                 // The store is hanging: stop waiting for it until a fetch succeeds again.
                 shared.failing.store(true, Ordering::Relaxed);
-                let error = shared.unavailable(format!("did not answer within {wait:?}"));
-                shared.fallback(stale, error)
+                shared.fallback(stale, || {
+                    shared.unavailable(format!("did not answer within {wait:?}"))
+                })
             }
         }
     }
