@@ -13,6 +13,7 @@ use super::client::{Answer, Api};
 use super::{CtlError, Refusal};
 use crate::api::IfMatch;
 use crate::config::locate;
+use crate::policy::path::{FieldPath, Segment};
 use http::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -166,13 +167,14 @@ impl<T> Document<T> {
         let Some(field) = refusal.field.as_deref() else {
             return;
         };
-        let Some(inside) = within(field, self.part) else {
+        let path = FieldPath::parse(field);
+        let Some(inside) = within(field, &path, self.part) else {
             return;
         };
         let offset = if inside.is_empty() {
             Some(0)
         } else {
-            locate::offset_of(&self.text, inside)
+            locate::offset_of_segments(&self.text, inside)
         };
         if let Some(offset) = offset {
             let (line, column) = locate::line_col(&self.text, offset);
@@ -183,23 +185,26 @@ impl<T> Document<T> {
 
 /// The part of an API field path inside a document that is `part` of the policy
 /// (`services[0].rules[2].when.cidr[1]` in a rule: `when.cidr[1]`); `None` when the path is
-/// elsewhere. A path of the request body itself (`when.heder`) is inside already.
-fn within(field: &str, part: Part) -> Option<&str> {
-    let mut rest = field;
-    for step in part.above() {
-        let Some(after) = rest.strip_prefix(step).and_then(|r| r.strip_prefix('[')) else {
-            // Not a path into the whole policy: a path of the document as it was sent.
-            return if field.starts_with("routes[") || field.starts_with("services[") {
-                None
-            } else {
-                Some(field)
-            };
-        };
-        let (index, after) = after.split_once(']')?;
-        index.parse::<usize>().ok()?;
-        rest = after.strip_prefix('.').unwrap_or(after);
+/// elsewhere. A path of the request body itself (`when.heder`) is inside already. `path` is
+/// `field` parsed.
+fn within<'p>(field: &str, path: &'p FieldPath, part: Part) -> Option<&'p [Segment]> {
+    let segments = path.segments();
+    let above = part.above();
+    let under = above.iter().enumerate().all(|(i, step)| {
+        matches!(
+            (segments.get(2 * i), segments.get(2 * i + 1)),
+            (Some(Segment::Field(f)), Some(Segment::Index(_))) if f == step
+        )
+    });
+    if under {
+        Some(&segments[2 * above.len()..])
+    } else if field.starts_with("routes[") || field.starts_with("services[") {
+        // A path into the whole policy, outside this part.
+        None
+    } else {
+        // A path of the document as it was sent.
+        Some(segments)
     }
-    Some(rest)
 }
 
 #[cfg(test)]
@@ -323,20 +328,40 @@ mod tests {
         }
     }
 
+    /// [`within`] with its answer written back as a path.
+    fn inside(field: &str, part: Part) -> Option<String> {
+        let path = FieldPath::parse(field);
+        within(field, &path, part).map(|segments| {
+            segments
+                .iter()
+                .fold(FieldPath::root(), |p, s| match s {
+                    Segment::Field(f) => p.field(f),
+                    Segment::Index(i) => p.index(*i),
+                })
+                .to_string()
+        })
+    }
+
     #[test]
     fn paths_inside_a_part() {
         assert_eq!(
-            within("services[3].rules[1].when", Part::Rule),
-            Some("when")
+            inside("services[3].rules[1].when", Part::Rule),
+            Some("when".to_string())
         );
         assert_eq!(
-            within("services[3].split.weights.x", Part::Service),
-            Some("split.weights.x")
+            inside("services[3].split.weights.x", Part::Service),
+            Some("split.weights.x".to_string())
         );
-        assert_eq!(within("services[3].split", Part::Rule), None);
-        assert_eq!(within("routes[0].service", Part::Service), None);
-        assert_eq!(within("routes[0].service", Part::Route), Some("service"));
-        assert_eq!(within("stabel", Part::Service), Some("stabel"));
-        assert_eq!(within("services[0].x", Part::Policy), Some("services[0].x"));
+        assert_eq!(inside("services[3].split", Part::Rule), None);
+        assert_eq!(inside("routes[0].service", Part::Service), None);
+        assert_eq!(
+            inside("routes[0].service", Part::Route),
+            Some("service".to_string())
+        );
+        assert_eq!(inside("stabel", Part::Service), Some("stabel".to_string()));
+        assert_eq!(
+            inside("services[0].x", Part::Policy),
+            Some("services[0].x".to_string())
+        );
     }
 }

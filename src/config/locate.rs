@@ -53,11 +53,15 @@ impl<'a> Node<'a> {
 
 /// The byte offset where the field at `path` (or the deepest part of it that exists) is written.
 pub fn offset_of(text: &str, path: &str) -> Option<usize> {
+    offset_of_segments(text, FieldPath::parse(path).segments())
+}
+
+/// [`offset_of`] for a path already parsed (`path` may be a tail of a [`FieldPath`]'s segments).
+pub fn offset_of_segments(text: &str, path: &[Segment]) -> Option<usize> {
     let doc = ImDocument::parse(text).ok()?;
     let mut best = None;
     let mut node = Node::Item(doc.as_item());
-    let path = FieldPath::parse(path);
-    let mut segs = path.segments().iter().peekable();
+    let mut segs = path.iter().peekable();
     while let Some(seg) = segs.next() {
         // An element of an array of tables is a table: continue inside it directly.
         if let (Node::Item(Item::ArrayOfTables(a)), Segment::Index(i)) = (&node, seg) {
