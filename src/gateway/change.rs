@@ -32,6 +32,7 @@ impl Gateway {
         Ok(applied.revision)
     }
 
+    /// Makes one change of the policy: `edit` changes a copy of the stored document, the result is
     /// validated as a whole (compiled), written as the next revision together with its history
     /// record, and installed. Every policy change (admin API, SIGHUP, seeding) goes through here.
     ///
