@@ -5,7 +5,7 @@
 use crate::support::*;
 use serde_json::{json, Value};
 
-const TOKEN: &str = "alice-token-0123456789";
+use crate::support::TOKEN;
 
 /// A web service with a gray list rule and a user-id range rule, behind trusted loopback proxies.
 fn web_with_rules(stable: &Backend, canary: &Backend) -> GatewayBuilder {

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-const TOKEN: &str = "alice-token-0123456789";
+use crate::support::TOKEN;
 
 /// A web service with a range rule, an admin API with one token.
 async fn start() -> (Backend, Backend, Gateway) {

@@ -8,7 +8,7 @@ use graygate::policy::bucket_of;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-const TOKEN: &str = "alice-token-0123456789";
+use crate::support::TOKEN;
 
 /// How many sticky identities the split is measured on.
 const USERS: u32 = 2000;
@@ -223,6 +223,12 @@ async fn rollout(ctl: &Ctl, instances: &[SocketAddr]) {
         "weights web: canary=10".to_string(),
     ];
     let lines: Vec<&str> = history.lines().skip(1).collect();
+    assert!(
+        lines.len() >= wanted.len(),
+        "history has {} changes, not the {} of the rollout:\n{history}",
+        lines.len(),
+        wanted.len()
+    );
     for (line, want) in lines.iter().zip(&wanted) {
         assert!(
             line.contains(" alice ") && line.ends_with(want.as_str()),

@@ -47,7 +47,8 @@ pub fn web_gateway(stable: impl Address, canary: impl Address) -> GatewayBuilder
         .route(route("web"))
 }
 
-/// A loopback address where nothing listens (bound, then released).
+/// A loopback address where nothing listens (bound, then released): an upstream that is down,
+/// or a free port for a server to take.
 pub fn dead_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("a bound address")

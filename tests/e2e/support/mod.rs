@@ -16,6 +16,9 @@ pub mod gateway;
 pub mod policy;
 pub mod servers;
 
+/// The admin token the tests that need authentication configure (and `ctl` sends).
+pub const TOKEN: &str = "alice-token-0123456789";
+
 pub use client::{Client, Reply};
 pub use ctl::{Admin, Ctl};
 pub use eventually::{equals, eventually, patient};

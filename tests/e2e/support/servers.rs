@@ -17,12 +17,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// How long a server may take to start answering (before patience).
 const READY_DEADLINE: Duration = Duration::from_secs(10);
 
-/// A free loopback port: bound, then released for a server to take.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("a bound address").port()
-}
-
 /// Sends `request` to 127.0.0.1:`port` and returns what comes back until the answer contains
 /// `until`, or `None` if the server cannot be reached or stops answering for 500 ms.
 async fn ask(port: u16, request: &[u8], until: &str) -> Option<String> {
@@ -235,7 +229,7 @@ impl<K: Kind> Server<K> {
         };
         // A port picked free can be taken by someone else before the server binds it: try again.
         for _ in 0..5 {
-            server.port = free_port();
+            server.port = super::gateway::dead_addr().port();
             server.process = Process::new(K::PROGRAM, args(&server.port.to_string()));
             if server.launch().await {
                 return server;
