@@ -39,12 +39,8 @@ async fn get_one(
     Path((name, rule)): Path<(String, String)>,
 ) -> Result<Tagged<RuleDoc>, ApiError> {
     let (revision, mut doc) = s.stored().await?;
-    let svc = doc.services.swap_remove(edit::service_index(&doc, &name)?);
-    let found = svc
-        .rules
-        .into_iter()
-        .find(|r| r.name == rule)
-        .ok_or_else(|| ApiError::not_found(format!("service `{name}` has no rule `{rule}`")))?;
+    let (service, at) = edit::rule_index(&doc, &name, &rule)?;
+    let found = doc.services.swap_remove(service).rules.swap_remove(at);
     Ok(Tagged {
         revision: revision.into(),
         body: found,

@@ -9,6 +9,7 @@ use crate::api::{
     VersionPut,
 };
 use crate::policy::edit;
+use crate::policy::model::ServiceDoc;
 use crate::policy::PolicyDoc;
 use axum::extract::{Path, State};
 use axum::routing::get;
@@ -23,20 +24,19 @@ pub fn router() -> Router<Arc<AdminState>> {
         .route(paths::VERSION, get(get_one).put(put).delete(delete))
 }
 
-/// Version `name` of `service` in `doc`, served by `upstream`.
-fn version(
-    doc: &PolicyDoc,
-    service: &str,
-    name: &str,
-    upstream: &str,
-) -> Result<Version, ApiError> {
-    let svc = &doc.services[edit::service_index(doc, service)?];
-    Ok(Version {
+/// Version `name` of `svc`, served by `upstream`.
+fn version(svc: &ServiceDoc, name: &str, upstream: &str) -> Version {
+    Version {
         service: svc.name.clone(),
         name: name.to_string(),
         upstream: upstream.to_string(),
         stable: svc.stable == name,
-    })
+    }
+}
+
+/// Service `name` of `doc`.
+fn service<'d>(doc: &'d PolicyDoc, name: &str) -> Result<&'d ServiceDoc, ApiError> {
+    Ok(&doc.services[edit::service_index(doc, name)?])
 }
 
 async fn list(
@@ -60,14 +60,14 @@ async fn get_one(
     Path((name, v)): Path<(String, String)>,
 ) -> Result<Tagged<Version>, ApiError> {
     let (revision, doc) = s.stored().await?;
-    let svc = &doc.services[edit::service_index(&doc, &name)?];
+    let svc = service(&doc, &name)?;
     let upstream = svc
         .versions
         .get(&v)
         .ok_or_else(|| ApiError::not_found(format!("service `{name}` has no version `{v}`")))?;
     Ok(Tagged {
         revision: revision.into(),
-        body: version(&doc, &name, &v, upstream)?,
+        body: version(svc, &v, upstream),
     })
 }
 
@@ -87,7 +87,7 @@ async fn create(
             )?)
         })
         .await?;
-    let created = version(&applied.doc, &name, &body.name, &body.upstream)?;
+    let created = version(service(&applied.doc, &name)?, &body.name, &body.upstream);
     Ok((
         StatusCode::CREATED,
         Revisioned::new(applied.revision, created),
@@ -111,7 +111,7 @@ async fn put(
         Revisioned::new(
             applied.revision,
             VersionPut {
-                version: version(&applied.doc, &name, &v, &body.upstream)?,
+                version: version(service(&applied.doc, &name)?, &v, &body.upstream),
                 created,
             },
         ),

@@ -296,7 +296,8 @@ pub fn delete_version(doc: &mut PolicyDoc, service: &str, version: &str) -> Resu
 // ---------------------------------------------------------------------------------------------
 // Rules
 
-fn rule_index(doc: &PolicyDoc, service: &str, rule: &str) -> Result<(usize, usize), EditError> {
+/// Where rule `rule` of `service` is: (service index, rule index).
+pub fn rule_index(doc: &PolicyDoc, service: &str, rule: &str) -> Result<(usize, usize), EditError> {
     let s = service_index(doc, service)?;
     let r = doc.services[s]
         .rules
