@@ -233,9 +233,9 @@ impl Figures {
     }
 
     /// The latency below which a share `q` (0 to 1, clamped) of the requests fell, estimated from
-    /// the histogram by spreading each bucket's requests evenly over its width; `None` with an
-    /// empty histogram. The last bucket has no upper end: a quantile that falls in it is its lower
-    /// bound (about 67 s).
+    /// the histogram by spreading each bucket's requests evenly over its width (so it can be off
+    /// by up to a bucket's width, a quarter of the value); `None` with an empty histogram. The
+    /// last bucket has no upper end: a quantile that falls in it is its lower bound (about 67 s).
     pub fn quantile(&self, q: f64) -> Option<Duration> {
         let total = self.latency_samples();
         if total == 0 {
@@ -356,6 +356,27 @@ mod tests {
         assert_eq!(figures, expected);
         assert_eq!((figures.requests, figures.errors), (3, 1));
         assert_eq!(figures.latency[bucket_of(Duration::from_millis(1))], 2);
+    }
+
+    #[test]
+    fn counters_count_every_request_from_many_threads() {
+        let counters = std::sync::Arc::new(VersionCounters::new());
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let counters = counters.clone();
+                std::thread::spawn(move || {
+                    for i in 0..10_000u64 {
+                        counters.record(i % 10 == 0, Duration::from_micros(t * 1000 + i));
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("recording thread");
+        }
+        let figures = counters.snapshot();
+        assert_eq!((figures.requests, figures.errors), (40_000, 4_000));
+        assert_eq!(figures.latency_samples(), 40_000);
     }
 
     #[test]

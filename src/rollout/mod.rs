@@ -14,5 +14,8 @@ pub mod analysis;
 pub mod figures;
 pub mod stats;
 
-pub use analysis::{judge, AnalysisSettings, Check, Outcome, SettingsError, StatusSet, Verdict};
+pub use analysis::{
+    judge, requests_to_detect, AnalysisSettings, Check, Condition, Measure, Outcome, SettingsError,
+    StatusSet, Verdict,
+};
 pub use figures::{Figures, VersionCounters};
