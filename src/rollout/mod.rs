@@ -1,17 +1,21 @@
-//! Rollouts: the pure core that carries a release from the first gray users to everyone, judging
-//! the canary against stable on graygate's own traffic at every step.
+//! Rollouts: graygate carrying a release from the first gray user to 100% by itself.
 //!
-//! Nothing here does I/O or waits: the counters are atomics the data plane bumps, the figures are
-//! plain numbers, and a verdict is a function of figures and settings. The driver that reads the
-//! store and changes the policy lives outside.
+//! A rollout moves the canary weight of one service's split step by step, compares the canary
+//! with stable on graygate's own traffic in the same window, promotes at the end of the plan and
+//! sends everyone back by itself when the canary is worse.
 //!
-//! - [`figures`]: the per-version counters on the request path and the figures copied from them
-//!   (requests, errors, a latency histogram).
+//! The core is pure (no I/O, no waiting):
+//! - [`model`]: the plan and state as the policy holds them.
+//! - [`machine`]: the transitions.
+//! - [`figures`]: the per-version counters the data plane bumps (a few atomic adds) and the plain
+//!   figures copied from them (requests, errors, a latency histogram).
 //! - [`stats`]: the significance tests (two-proportion z, Mann–Whitney U on histograms).
-//! - [`analysis`]: the analysis settings and the verdict on one window.
+//! - [`analysis`]: the analysis settings and the verdict on one window, canary against stable.
 
 pub mod analysis;
 pub mod figures;
+pub mod machine;
+pub mod model;
 pub mod stats;
 
 pub use analysis::{
@@ -19,3 +23,4 @@ pub use analysis::{
     StatusSet, Verdict,
 };
 pub use figures::{Figures, VersionCounters};
+pub use model::{RolloutDoc, RolloutState, RolloutStatus, Step};
