@@ -257,6 +257,11 @@ fn compile_service(
     if let Some(previous) = &s.previous_stable {
         version(path.field("previous_stable"), previous)?;
     }
+    if let Some(rollout) = &s.rollout {
+        if let Err((field, message)) = rollout.check(s, &path.field("rollout")) {
+            return err(field, message);
+        }
+    }
 
     let mut sources: Vec<Source> = Vec::new();
     let override_ = match &s.override_ {

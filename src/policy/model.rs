@@ -61,6 +61,10 @@ pub struct ServiceDoc {
     /// zero or a rule is set through the admin API). See `policy::edit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_stable: Option<String>,
+    /// A rollout carrying a version of this service to 100% (see [`crate::rollout`]): its plan
+    /// and where it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutDoc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

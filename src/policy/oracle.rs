@@ -492,6 +492,7 @@ mod equivalence {
                 rules,
                 split,
                 previous_stable: None,
+                rollout: None,
             }],
         }
     }

@@ -25,6 +25,7 @@ pub fn service(name: &str) -> Service {
         rules: Vec::new(),
         split: None,
         previous_stable: None,
+        rollout: None,
     })
 }
 
