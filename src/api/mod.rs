@@ -19,6 +19,7 @@
 //!   weights, promote and rollback.
 //! - `history`: the history record and undo.
 //! - `lists`: gray list entries.
+//! - `rollout`: starting a rollout, and its status with the window and the verdicts.
 //! - `status`: health, readiness, status and explain.
 
 mod error;
@@ -27,6 +28,7 @@ mod lists;
 pub mod paths;
 mod policy;
 mod revision;
+mod rollout;
 mod status;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
@@ -43,6 +45,7 @@ pub use policy::{
     VersionList, VersionPut, Weights,
 };
 pub use revision::{BadRevision, IfMatch, Revision, Revisioned, Tagged};
+pub use rollout::{RolloutView, StartRollout, VersionFigures, WindowView};
 pub use status::{
     Explain, Explanation, Health, Readiness, Routed, RuleSummary, ServiceStatus, Status,
     StoreStatus, Traffic,
