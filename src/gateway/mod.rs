@@ -32,7 +32,7 @@ mod testing;
 mod traffic;
 
 pub use change::{Applied, ChangeError, HistoryEntry};
-pub use rollouts::{now_ms, DriverConfig, RolloutsHandle, ACTOR};
+pub use rollouts::{now_ms, DriverConfig, RolloutsHandle, VerdictTally, ACTOR};
 
 use crate::policy::edit::EditError;
 use crate::policy::{self, Policy, PolicyDoc};
