@@ -464,7 +464,8 @@ fn decide(
         match verdict.outcome {
             Outcome::NotEnoughData => {
                 let waiting_for = age >= rollout.max_wait;
-                if waiting_for && state != RolloutState::Paused {
+                // During the guard the promote is done: there is no step to pause.
+                if waiting_for && state != RolloutState::Paused && !guarding {
                     record.record(entry(Some("paused")));
                     action = Some(Action::Pause(format!(
                         "not enough data after {}: {}",
@@ -720,6 +721,25 @@ mod tests {
             decide(&plan(), &st, "v2", &mut r, INTERVAL_MS),
             Some(Action::Abort(_))
         ));
+    }
+
+    /// After the promote there is nobody to pause for: a guard left without traffic (here after
+    /// a failing window, so that it cannot end yet) records its short window once and asks for
+    /// nothing, however long it waits. It once asked for a pause (which a promoted rollout
+    /// refuses) and recorded a verdict at every tick after `max_wait`.
+    #[test]
+    fn a_guard_without_traffic_never_pauses_and_records_once() {
+        let mut st = status(RolloutState::Promoted);
+        st.guard_until_ms = Some(5 * INTERVAL_MS);
+        let mut r = record(Figures::default(), Figures::default());
+        r.last_stable = Some(fig(2000, 2, 2));
+        r.failures = 1;
+        for tick in 1..=40 {
+            let now = tick * INTERVAL_MS / 2;
+            assert_eq!(decide(&plan(), &st, "v2", &mut r, now), None, "at {now} ms");
+        }
+        assert_eq!(r.verdicts.len(), 1, "{:?}", r.verdicts);
+        assert_eq!(r.verdicts[0].outcome, Outcome::NotEnoughData);
     }
 
     #[test]
