@@ -5,14 +5,14 @@
 //! path an operator runs in production.
 
 use crate::config::{Config, StoreConfig};
-use crate::gateway::{Gateway, GatewayError};
 use crate::gateway::VerdictTally;
+use crate::gateway::{Gateway, GatewayError};
 use crate::observe::{
     self, AccessLog, AccessLogFormat, AccessLogTarget, AccessLogWriter, CacheCounts, Metrics,
     Observe, PolicyStatsSource, RolloutStats, RolloutStatsSource, StoreStats, StoreStatsSource,
 };
-use crate::rollout::RolloutState;
 use crate::proxy::{self, ProxyConfig, UpstreamConfigError, Upstreams};
+use crate::rollout::RolloutState;
 use crate::store::{CachedStore, EmbeddedStore, MemcachedStore, RedisStore, Store, StoreError};
 use std::fmt;
 use std::net::SocketAddr;

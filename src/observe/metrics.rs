@@ -815,7 +815,13 @@ mod tests {
     #[test]
     fn rollouts_are_pulled_at_scrape_time() {
         let source = Arc::new(FakeRollouts(Mutex::new(vec![
-            rollout("web", Some(RolloutState::Progressing), 2, 25.0, [3, 1, 0, 2]),
+            rollout(
+                "web",
+                Some(RolloutState::Progressing),
+                2,
+                25.0,
+                [3, 1, 0, 2],
+            ),
             rollout("api", None, 0, 0.0, [0; 4]),
         ])));
         let m = Metrics::new(Sources {
