@@ -206,8 +206,8 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
         while hup.recv().await.is_some() {
             match config::reload_policy(&config) {
                 Ok(Some(source)) => match gateway.apply(&source.doc).await {
-                    Ok(revision) => {
-                        tracing::info!(revision, file = %source.file.display(), "SIGHUP: policy applied")
+                    Ok(applied) => {
+                        tracing::info!(revision = applied.revision, file = %source.file.display(), "SIGHUP: policy applied")
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "SIGHUP: policy not applied; the running policy stays")

@@ -281,7 +281,8 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
                 api.call(Method::POST, &path, rev, Some(body)).await?;
             let p = &a.body.body;
             let what = format!(
-                "{service}: {} is stable, everyone goes there (rollback target: {})",
+                "{service}: {} is stable, everyone not sent elsewhere by a rule goes there \
+                 (rollback target: {})",
                 p.stable, p.previous_stable
             );
             out.done(&a, &what)?;
@@ -296,10 +297,17 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
                 api.call(Method::POST, &path, rev, Some(body)).await?;
             let r = &a.body.body;
             let mut text = match &r.demoted {
-                Some(demoted) => format!(
-                    "{service}: promote of {demoted} undone, everyone on {}",
-                    r.stable
-                ),
+                Some(demoted) => {
+                    let weight = r
+                        .restored_weight
+                        .map(|w| format!(", {demoted} back at {}", output::pct(w)))
+                        .unwrap_or_default();
+                    format!(
+                        "{service}: promote of {demoted} undone: {} is stable again, rules and \
+                         split as before{weight}",
+                        r.stable
+                    )
+                }
                 None => format!(
                     "{service}: weights 0, everyone not matched by a rule on {}",
                     r.stable

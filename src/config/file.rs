@@ -243,6 +243,7 @@ mod tests {
                 salt: None,
             }),
             previous_stable: None,
+            previous_weight: None,
         };
         ConfigFile {
             listen: vec!["127.0.0.1:8080".into(), "[::1]:8080".into()],

@@ -257,6 +257,16 @@ fn compile_service(
     if let Some(previous) = &s.previous_stable {
         version(path.field("previous_stable"), previous)?;
     }
+    if let Some(weight) = s.previous_weight {
+        let wpath = path.field("previous_weight");
+        if s.previous_stable.is_none() {
+            return err(
+                wpath,
+                "goes with `previous_stable` (a promote sets both, for a rollback to undo it)",
+            );
+        }
+        percent_to_buckets(&wpath, weight)?;
+    }
 
     let mut sources: Vec<Source> = Vec::new();
     let override_ = match &s.override_ {

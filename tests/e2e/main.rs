@@ -10,6 +10,8 @@
 //! - [`ctl_honest`]: `graygate ctl` refuses what is not a graygate admin API, closed pipes, bad
 //!   weights, and names the line of a TOML document's errors;
 //! - [`rollout`]: a whole rollout through `graygate ctl`, on each store;
+//! - [`live`]: the live-change model: no empty revisions, promote and rollback keep the original
+//!   designs' routing, SIGHUP and `ctl reload` never undo runtime changes;
 //! - [`original_layouts`]: the nginx + memcached and OpenResty + Redis designs' data, outages
 //!   under load, two instances on one Redis;
 //! - [`stores`]: the store contract every store runs, and what only one store does;
@@ -23,6 +25,7 @@ mod admin;
 mod check;
 mod ctl_honest;
 mod demo;
+mod live;
 mod logs;
 mod observe;
 mod original_layouts;
