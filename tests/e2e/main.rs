@@ -16,7 +16,8 @@
 //!   under load, two instances on one Redis;
 //! - [`stores`]: the store contract every store runs, and what only one store does;
 //! - [`check`]: `graygate check` names the file, line and field of every bad config;
-//! - [`demo`]: `graygate demo` does what it prints.
+//! - [`demo`]: `graygate demo` does what it prints;
+//! - [`docs`]: the documented `graygate ctl` sequences print what the documents show.
 //!
 //! [`support`] holds the builders. Waits are bounded; a slow machine stretches every bound with
 //! `GRAYGATE_TEST_PATIENCE=<factor>` (default 1).
@@ -25,6 +26,7 @@ mod admin;
 mod check;
 mod ctl_honest;
 mod demo;
+mod docs;
 mod live;
 mod logs;
 mod observe;
