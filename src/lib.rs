@@ -36,4 +36,5 @@ pub mod import;
 pub mod observe;
 pub mod policy;
 pub mod proxy;
+pub mod rollout;
 pub mod store;

@@ -257,15 +257,14 @@ fn compile_service(
     if let Some(previous) = &s.previous_stable {
         version(path.field("previous_stable"), previous)?;
     }
+    // Without `previous_stable` there is no promote to undo and a rollback ignores it.
     if let Some(weight) = s.previous_weight {
-        let wpath = path.field("previous_weight");
-        if s.previous_stable.is_none() {
-            return err(
-                wpath,
-                "goes with `previous_stable` (a promote sets both, for a rollback to undo it)",
-            );
+        percent_to_buckets(&path.field("previous_weight"), weight)?;
+    }
+    if let Some(rollout) = &s.rollout {
+        if let Err((field, message)) = rollout.check(s, &path.field("rollout")) {
+            return err(field, message);
         }
-        percent_to_buckets(&wpath, weight)?;
     }
 
     let mut sources: Vec<Source> = Vec::new();

@@ -891,19 +891,19 @@ mod tests {
     }
 
     #[test]
-    fn a_kept_weight_without_its_rollback_target_does_not_compile() {
+    fn a_kept_weight_is_a_percentage_and_means_nothing_without_its_rollback_target() {
         let mut d = with_split();
-        d.services[0].previous_weight = Some(10.0);
-        let e = compile(&d, UPSTREAMS).unwrap_err();
-        assert_eq!(e.path.to_string(), "services[0].previous_weight");
-        assert_eq!(
-            e.message,
-            "goes with `previous_stable` (a promote sets both, for a rollback to undo it)"
-        );
-        d.services[0].previous_stable = Some("v2".into());
         d.services[0].previous_weight = Some(150.0);
         let e = compile(&d, UPSTREAMS).unwrap_err();
+        assert_eq!(e.path.to_string(), "services[0].previous_weight");
         assert_eq!(e.message, "150 is not a percentage from 0 to 100");
+        // No promote to undo: a rollback stops the canary and forgets the weight.
+        d.services[0].previous_weight = Some(10.0);
+        compile(&d, UPSTREAMS).unwrap();
+        let r = rollback(&mut d, "web", false).unwrap();
+        assert_eq!((r.demoted, r.restored_weight), (None, None));
+        assert_eq!(d.services[0].previous_weight, None);
+        assert_eq!(d.services[0].split.as_ref().unwrap().weights["v2"], 0.0);
     }
 
     #[test]

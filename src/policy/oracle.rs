@@ -493,6 +493,7 @@ mod equivalence {
                 split,
                 previous_stable: None,
                 previous_weight: None,
+                rollout: None,
             }],
         }
     }

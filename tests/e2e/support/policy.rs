@@ -26,6 +26,7 @@ pub fn service(name: &str) -> Service {
         split: None,
         previous_stable: None,
         previous_weight: None,
+        rollout: None,
     })
 }
 
