@@ -128,6 +128,40 @@ impl Store for TestStore {
         self.inner.list_entries(list).await
     }
 
+    async fn put_record(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        self.inner.put_record(key, value, ttl).await
+    }
+
+    async fn get_record(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.inner.get_record(key).await
+    }
+
+    async fn records(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.inner.records(prefix).await
+    }
+
+    async fn delete_record(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete_record(key).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.acquire_lease(name, holder, ttl).await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.inner.release_lease(name, holder).await
+    }
+
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {
         self.inner.subscribe()
     }

@@ -513,6 +513,46 @@ impl Store for CachedStore {
         self.shared.inner.list_entries(list).await
     }
 
+    /// Passed through: records are not cached.
+    async fn put_record(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        self.shared.inner.put_record(key, value, ttl).await
+    }
+
+    /// Passed through: records are not cached.
+    async fn get_record(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.shared.inner.get_record(key).await
+    }
+
+    /// Passed through: records are not cached.
+    async fn records(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.shared.inner.records(prefix).await
+    }
+
+    /// Passed through: records are not cached.
+    async fn delete_record(&self, key: &str) -> Result<(), StoreError> {
+        self.shared.inner.delete_record(key).await
+    }
+
+    /// Passed through.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.shared.inner.acquire_lease(name, holder, ttl).await
+    }
+
+    /// Passed through.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.shared.inner.release_lease(name, holder).await
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.shared.changes.subscribe()
     }
@@ -538,6 +578,10 @@ mod tests {
         changes: Option<broadcast::Sender<Change>>,
         /// History records, oldest first.
         history: Mutex<Vec<String>>,
+        /// Records (their TTL is not kept: the fake only shows what reaches it).
+        records: Mutex<std::collections::BTreeMap<String, String>>,
+        /// Lease name -> holder (never expires).
+        leases: Mutex<HashMap<String, String>>,
     }
 
     impl FakeStore {
@@ -625,6 +669,38 @@ mod tests {
         }
         async fn list_entries(&self, _: &str) -> Result<Vec<Entry>, StoreError> {
             Ok(Vec::new())
+        }
+        async fn put_record(
+            &self,
+            k: &str,
+            v: &str,
+            _: Option<Duration>,
+        ) -> Result<(), StoreError> {
+            self.records.lock().unwrap().insert(k.into(), v.into());
+            Ok(())
+        }
+        async fn get_record(&self, key: &str) -> Result<Option<String>, StoreError> {
+            Ok(self.records.lock().unwrap().get(key).cloned())
+        }
+        async fn records(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+            let records = self.records.lock().unwrap();
+            let with_prefix = records.iter().filter(|(k, _)| k.starts_with(prefix));
+            Ok(with_prefix.map(|(k, v)| (k.clone(), v.clone())).collect())
+        }
+        async fn delete_record(&self, key: &str) -> Result<(), StoreError> {
+            self.records.lock().unwrap().remove(key);
+            Ok(())
+        }
+        async fn acquire_lease(&self, n: &str, h: &str, _: Duration) -> Result<bool, StoreError> {
+            let mut leases = self.leases.lock().unwrap();
+            Ok(leases.entry(n.into()).or_insert_with(|| h.into()) == h)
+        }
+        async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+            let mut leases = self.leases.lock().unwrap();
+            if leases.get(name).is_some_and(|h| h == holder) {
+                leases.remove(name);
+            }
+            Ok(())
         }
         fn subscribe(&self) -> broadcast::Receiver<Change> {
             self.changes.as_ref().unwrap().subscribe()
@@ -945,6 +1021,41 @@ mod tests {
         let entries = cache.stats().entries;
         assert!(entries <= 100, "{entries} entries");
         assert!(entries > 0);
+    }
+
+    #[tokio::test]
+    async fn records_and_leases_pass_through_uncached() {
+        let fake = FakeStore::new();
+        let cache = cached(&fake, config(60_000));
+        cache.put_record("a/1", "one", None).await.unwrap();
+        cache.put_record("b/1", "other", None).await.unwrap();
+        assert_eq!(
+            cache.get_record("a/1").await.unwrap().as_deref(),
+            Some("one")
+        );
+        // A write that did not go through the cache is seen at once: nothing is cached.
+        fake.put_record("a/1", "changed", None).await.unwrap();
+        fake.put_record("a/2", "two", None).await.unwrap();
+        assert_eq!(
+            cache.get_record("a/1").await.unwrap().as_deref(),
+            Some("changed")
+        );
+        assert_eq!(
+            cache.records("a/").await.unwrap(),
+            [
+                ("a/1".into(), "changed".into()),
+                ("a/2".into(), "two".into())
+            ]
+        );
+        cache.delete_record("a/1").await.unwrap();
+        assert_eq!(fake.get_record("a/1").await.unwrap(), None);
+
+        let ttl = Duration::from_secs(10);
+        assert!(cache.acquire_lease("l", "me", ttl).await.unwrap());
+        assert!(!fake.acquire_lease("l", "you", ttl).await.unwrap());
+        cache.release_lease("l", "me").await.unwrap();
+        assert!(fake.acquire_lease("l", "you", ttl).await.unwrap());
+        assert_eq!(cache.stats(), CacheStats::default());
     }
 
     #[tokio::test]

@@ -15,6 +15,14 @@
 //!   `0` meaning "never". Expiry times are absolute, so TTLs keep counting while graygate is down.
 //! - `history`: policy revision -> the history record of the change that made it (JSON), written
 //!   in the policy's own transaction; the newest [`HISTORY_LIMIT`] are kept.
+//! - `records`: record key -> `(value, expires_at)`, expiry encoded as for `entries` (see
+//!   [`Store::put_record`]). Records are few and small; expired ones are deleted at open and by
+//!   every record write.
+//!
+//! # Leases
+//! A lease ([`Store::acquire_lease`]) lives in memory only: one process owns the database file
+//! (a second open is refused), so a lease has no one to be shared with beyond this process, and
+//! none is left behind by a process that died. Its expiry is measured by the monotonic clock.
 //!
 //! # Reads and writes
 //! Every list is mirrored in a `HashMap` behind a [`RwLock`], loaded at [`EmbeddedStore::open`]:
@@ -36,7 +44,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
 
 /// Name of the database file inside the data directory.
@@ -59,6 +67,9 @@ const HISTORY: TableDefinition<u64, &str> = TableDefinition::new("history");
 
 /// `(list, key)` -> `(value, expires_at as Unix millis, 0 = never)`.
 const ENTRIES: TableDefinition<(&str, &str), (&str, u64)> = TableDefinition::new("entries");
+
+/// Record key -> `(value, expires_at as Unix millis, 0 = never)`.
+const RECORDS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("records");
 
 /// The [`ENTRIES`] table opened in a write transaction.
 type EntriesTable<'txn> = redb::Table<'txn, (&'static str, &'static str), (&'static str, u64)>;
@@ -99,6 +110,20 @@ pub struct EmbeddedStore {
     writer: Mutex<()>,
     /// Sender of change notifications; [`Store::subscribe`] hands out receivers.
     changes: broadcast::Sender<Change>,
+    /// Lease name -> its holder and when it ends. In memory: see the module documentation.
+    leases: Mutex<HashMap<String, Lease>>,
+}
+
+/// Longest lease term: a longer TTL (`Duration::MAX`) means "until released" and is cut to this,
+/// which no monotonic clock overflows.
+const LEASE_TTL_MAX: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// A lease held in memory.
+#[derive(Debug)]
+struct Lease {
+    holder: String,
+    /// When it ends, by the monotonic clock.
+    until: Instant,
 }
 
 impl fmt::Debug for EmbeddedStore {
@@ -146,6 +171,10 @@ impl EmbeddedStore {
                 .map_err(|e| open_err("cannot open table meta", e.into()))?;
             txn.open_table(HISTORY)
                 .map_err(|e| open_err("cannot open table history", e.into()))?;
+            txn.open_table(RECORDS)
+                .map_err(|e| open_err("cannot open table records", e.into()))?
+                .retain(|_, (_, ms)| !expired(ms, now))
+                .map_err(|e| open_err("cannot purge expired records", e.into()))?;
             let mut entries = txn
                 .open_table(ENTRIES)
                 .map_err(|e| open_err("cannot open table entries", e.into()))?;
@@ -185,6 +214,7 @@ impl EmbeddedStore {
             mirror: RwLock::new(mirror),
             writer: Mutex::new(()),
             changes,
+            leases: Mutex::new(HashMap::new()),
         })
     }
 
@@ -457,6 +487,98 @@ impl EmbeddedStore {
         Ok(expired_keys)
     }
 
+    /// Writes (or with an expiry already past, deletes) the record `key`, and deletes every
+    /// expired record in the same transaction.
+    fn put_record_sync(
+        &self,
+        key: &str,
+        value: &str,
+        expires_at: Option<SystemTime>,
+    ) -> Result<(), StoreError> {
+        const WHAT: &str = "writing a record";
+        let _writer = self.lock_writer();
+        let now = SystemTime::now();
+        self.write_txn(WHAT, |txn| {
+            let mut records = txn
+                .open_table(RECORDS)
+                .map_err(|e| self.db_err(WHAT, "records", e))?;
+            records
+                .retain(|_, (_, ms)| !expired(ms, now))
+                .map_err(|e| self.db_err(WHAT, "records", e))?;
+            if live(expires_at, now) {
+                records
+                    .insert(key, (value, encode_expiry(expires_at)))
+                    .map_err(|e| self.db_err(WHAT, key, e))?;
+            } else {
+                records.remove(key).map_err(|e| self.db_err(WHAT, key, e))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The live records whose key starts with `prefix`, sorted by key (redb's order).
+    fn records_sync(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        const WHAT: &str = "reading records";
+        let now = SystemTime::now();
+        let read = self
+            .db
+            .begin_read()
+            .map_err(|e| self.db_err(WHAT, "records", e))?;
+        let records = read
+            .open_table(RECORDS)
+            .map_err(|e| self.db_err(WHAT, "records", e))?;
+        let range = records
+            .range(prefix..)
+            .map_err(|e| self.db_err(WHAT, "records", e))?;
+        let mut out = Vec::new();
+        for item in range {
+            let (k, v) = item.map_err(|e| self.db_err(WHAT, "records", e))?;
+            let key = k.value();
+            // Keys are ordered, so those with the prefix are one run from `prefix` on.
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let (value, ms) = v.value();
+            if !expired(ms, now) {
+                out.push((key.to_owned(), value.to_owned()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn get_record_sync(&self, key: &str) -> Result<Option<String>, StoreError> {
+        const WHAT: &str = "reading a record";
+        let read = self
+            .db
+            .begin_read()
+            .map_err(|e| self.db_err(WHAT, "records", e))?;
+        let records = read
+            .open_table(RECORDS)
+            .map_err(|e| self.db_err(WHAT, "records", e))?;
+        let found = records.get(key).map_err(|e| self.db_err(WHAT, key, e))?;
+        Ok(found.and_then(|guard| {
+            let (value, ms) = guard.value();
+            (!expired(ms, SystemTime::now())).then(|| value.to_owned())
+        }))
+    }
+
+    fn delete_record_sync(&self, key: &str) -> Result<(), StoreError> {
+        const WHAT: &str = "deleting a record";
+        let _writer = self.lock_writer();
+        self.write_txn(WHAT, |txn| {
+            txn.open_table(RECORDS)
+                .map_err(|e| self.db_err(WHAT, "records", e))?
+                .remove(key)
+                .map_err(|e| self.db_err(WHAT, key, e))?;
+            Ok(())
+        })
+    }
+
+    fn lock_leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lease>> {
+        // Each update is one statement on plain data: a panic elsewhere leaves nothing half-done.
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn open_entries<'txn>(
         &self,
         txn: &'txn WriteTransaction,
@@ -579,6 +701,67 @@ impl Store for EmbeddedStore {
 
     async fn list_entries(&self, list: &str) -> Result<Vec<Entry>, StoreError> {
         Ok(self.list_entries_sync(list))
+    }
+
+    async fn put_record(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let now = SystemTime::now();
+        let expires_at = match ttl {
+            None => None,
+            // Ends now: `put_record_sync` deletes it.
+            Some(ttl) if ttl.is_zero() => Some(now),
+            // A TTL too long to represent keeps the record for good.
+            Some(ttl) => now.checked_add(ttl),
+        };
+        self.put_record_sync(key, value, expires_at)
+    }
+
+    async fn get_record(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.get_record_sync(key)
+    }
+
+    async fn records(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.records_sync(prefix)
+    }
+
+    async fn delete_record(&self, key: &str) -> Result<(), StoreError> {
+        self.delete_record_sync(key)
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut leases = self.lock_leases();
+        if let Some(lease) = leases.get(name) {
+            if lease.holder != holder && lease.until > now {
+                return Ok(false);
+            }
+        }
+        let until = now + ttl.min(LEASE_TTL_MAX);
+        leases.insert(
+            name.to_owned(),
+            Lease {
+                holder: holder.to_owned(),
+                until,
+            },
+        );
+        Ok(true)
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let mut leases = self.lock_leases();
+        if leases.get(name).is_some_and(|lease| lease.holder == holder) {
+            leases.remove(name);
+        }
+        Ok(())
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Change> {
@@ -909,6 +1092,49 @@ mod tests {
         assert_eq!(store.purge_expired().unwrap(), 0);
         // Revisions continue where they were.
         assert_eq!(store.save_policy("p3", Some(2)).await.unwrap(), 3);
+    }
+
+    /// Put, expiry, listing and leases are the store contract's; what is the embedded store's own
+    /// is that records outlive the process (without what expired meanwhile) and leases do not.
+    #[tokio::test]
+    async fn records_survive_reopen_and_leases_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let ttl = Duration::from_secs(10);
+        {
+            let store = open(&dir);
+            let mut changes = store.subscribe();
+            store.put_record("kept", "k", None).await.unwrap();
+            store.put_record("timed", "t", Some(ttl)).await.unwrap();
+            // On disk with an expiry already past, as a record whose TTL ends while graygate is
+            // down is found at the next open.
+            let txn = store.db.begin_write().unwrap();
+            txn.open_table(RECORDS)
+                .unwrap()
+                .insert("gone", ("g", encode_expiry(past())))
+                .unwrap();
+            txn.commit().unwrap();
+            store
+                .put_record("zero", "z", Some(Duration::ZERO))
+                .await
+                .unwrap();
+            assert_eq!(store.get_record("zero").await.unwrap(), None);
+            assert!(store.acquire_lease("driver", "a", ttl).await.unwrap());
+            assert!(changes.try_recv().is_err(), "records are not announced");
+        }
+        let store = open(&dir);
+        assert_eq!(
+            store.records("").await.unwrap(),
+            [
+                ("kept".to_owned(), "k".to_owned()),
+                ("timed".to_owned(), "t".to_owned())
+            ]
+        );
+        // The expired record was deleted at open, not only hidden.
+        let read = store.db.begin_read().unwrap();
+        let table = read.open_table(RECORDS).unwrap();
+        assert_eq!(redb::ReadableTableMetadata::len(&table).unwrap(), 2);
+        // The lease was held by the process that is gone.
+        assert!(store.acquire_lease("driver", "b", ttl).await.unwrap());
     }
 
     #[tokio::test]

@@ -5,7 +5,8 @@
 //! `get TOKEN_abc`); it has no documents with revisions and no notifications. So the policy, its
 //! revisions and its change notifications come from another store given to
 //! [`MemcachedStore::connect`] (the embedded store, seeded from the config), and list lookups go to
-//! memcached.
+//! memcached. Records and leases live in that other store too: they go with the policy they
+//! serve (memcached could evict them, and has no atomic check of a lease's holder).
 //!
 //! # Staleness
 //! memcached cannot tell anyone that a key changed: a value written by another client is seen when
@@ -489,6 +490,46 @@ impl Store for MemcachedStore {
     /// From the policy store.
     async fn load_history(&self, limit: usize) -> Result<Vec<String>, StoreError> {
         self.shared.policy.load_history(limit).await
+    }
+
+    /// To the policy store.
+    async fn put_record(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        self.shared.policy.put_record(key, value, ttl).await
+    }
+
+    /// From the policy store.
+    async fn get_record(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.shared.policy.get_record(key).await
+    }
+
+    /// From the policy store.
+    async fn records(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.shared.policy.records(prefix).await
+    }
+
+    /// To the policy store.
+    async fn delete_record(&self, key: &str) -> Result<(), StoreError> {
+        self.shared.policy.delete_record(key).await
+    }
+
+    /// The policy store's.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.shared.policy.acquire_lease(name, holder, ttl).await
+    }
+
+    /// The policy store's.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.shared.policy.release_lease(name, holder).await
     }
 
     async fn lookup(&self, list: &str, key: &str) -> Result<Option<Arc<str>>, StoreError> {

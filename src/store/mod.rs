@@ -1,6 +1,6 @@
 //! Where the policy and the identity lists live, behind one trait.
 //!
-//! A store holds four things:
+//! A store holds five things:
 //! - the **policy document** (JSON text of a [`crate::policy::PolicyDoc`]) with a revision that
 //!   grows by one on every change, for optimistic concurrency;
 //! - the **policy history**: one record per change made through the gateway (who, when, before
@@ -8,6 +8,10 @@
 //!   kept;
 //! - **lists**: named key -> value tables (gray IPs, token -> user id), each entry with an
 //!   optional expiry, as memcached has;
+//! - **records**: small JSON documents beside the policy (the rollout driver's working state,
+//!   every instance's traffic counters), each with an optional expiry, outside the policy's
+//!   history; and **leases**, so that exactly one instance on a shared store does a job (drives
+//!   the rollouts) at a time;
 //! - **change notifications**, so that every instance applies a change without polling.
 //!
 //! The request path never waits on a store for the policy: it is loaded once, kept in memory, and
@@ -386,6 +390,55 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every live (unexpired) entry of a list, sorted by key.
     async fn list_entries(&self, list: &str) -> Result<Vec<Entry>, StoreError>;
+
+    /// Stores the record `key` with `value` (JSON text), replacing any record of that key, its
+    /// expiry included.
+    ///
+    /// Records are small documents beside the policy: the rollout driver's working state, each
+    /// instance's traffic counters, what the config last applied. They are shared by every
+    /// instance on a shared store, but are neither part of the policy nor of its history, and a
+    /// write is announced to no subscriber. With `ttl`, the record disappears `ttl` after this
+    /// write (on Redis, measured by the server's clock) unless written again; a zero `ttl` removes
+    /// it at once. `None` keeps it until [`Store::delete_record`].
+    async fn put_record(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError>;
+
+    /// The value of the record `key`, or `None` when there is none or it expired.
+    async fn get_record(&self, key: &str) -> Result<Option<String>, StoreError>;
+
+    /// Every live record whose key starts with `prefix` (taken literally: no pattern), as
+    /// `(key, value)`, sorted by key. Expired records are never returned; `""` lists them all.
+    async fn records(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// Removes the record `key`; removing a record that does not exist is not an error.
+    async fn delete_record(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Takes the lease `name` for `holder`, or renews it when `holder` already has it, for `ttl`
+    /// from now. Returns `true` when `holder` holds the lease after the call, `false` when another
+    /// holder has a lease that has not expired (a refusal, not an error; nothing changes).
+    ///
+    /// At any moment a lease has at most one holder among every instance that shares the store:
+    /// the check and the write are one atomic step, so two instances that ask at once never both
+    /// get `true` for the same period. A holder that stops renewing loses the lease `ttl` after
+    /// its last successful call; the expiry is measured by the store's clock (the Redis server's
+    /// for Redis; this process's monotonic clock for the embedded store, whose lease lives in
+    /// memory and is held only within this process). A holder must renew well within `ttl` and
+    /// stop acting as the holder when a renewal fails or is refused.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives up the lease `name` if `holder` holds it (at shutdown), so that another holder can
+    /// take it at once instead of after its expiry. Does nothing when the lease is free, expired,
+    /// or held by someone else.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 
     /// A receiver of every change made from now on. Lagging receivers should reload everything.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change>;

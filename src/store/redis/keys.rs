@@ -18,6 +18,18 @@
 //! - `<key_prefix>changes`: the pub/sub channel on which every write is announced, as JSON:
 //!   `{"revision":N}` for the policy, `{"list":"name"}` for list writes made through graygate
 //!   ([`Notice`]).
+//! - `<key_prefix>record:<key>`: a record ([`Store::put_record`](crate::store::Store::put_record)),
+//!   a hash whose field `value` holds the record's text, expiring by `PEXPIRE` (the server's
+//!   clock). A hash and not a string: a list whose prefix is `""` (the OpenResty layout reads
+//!   `TOKEN_*` and `Grayscale_Range` that way) takes every *string* key for one of its entries, and
+//!   records must never show up among a list's entries; `MGET` skips them as it skips the policy.
+//! - `<key_prefix>lease:<name>`: a lease, a hash whose field `holder` names its holder, expiring by
+//!   `PEXPIRE`; taken and renewed by [`ACQUIRE_LEASE_LUA`], given up by [`RELEASE_LEASE_LUA`], so
+//!   that the check of the holder and the write are one atomic step.
+//!
+//! Nothing graygate writes under `<key_prefix>` shares a name with another: `policy`, `history`
+//! and `changes` are exact names; lists without a configured prefix, records and leases each have
+//! their own `list:`, `record:` and `lease:` namespace.
 
 use std::collections::HashMap;
 
@@ -50,6 +62,47 @@ redis.call('PUBLISH', ARGV[3], '{"revision":' .. nextrev .. '}')
 return {1, current + 1}
 "#;
 
+/// Takes the lease `KEYS[1]` for holder `ARGV[1]` for `ARGV[2]` milliseconds, or renews it when
+/// `ARGV[1]` holds it. Returns 1 when `ARGV[1]` holds the lease after the call, 0 when another
+/// holder has it (nothing changes then). An expired lease is gone (Redis deleted the key), so
+/// anyone may take it.
+pub(super) const ACQUIRE_LEASE_LUA: &str = r#"
+local holder = redis.call('HGET', KEYS[1], 'holder')
+if holder and holder ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'holder', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"#;
+
+/// Deletes the lease `KEYS[1]` if holder `ARGV[1]` holds it. Returns 1 when it did, 0 otherwise.
+pub(super) const RELEASE_LEASE_LUA: &str = r#"
+if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"#;
+
+/// The value of each record `KEYS[i]` (field `ARGV[1]` of its hash), in order: nil for a key
+/// that is gone (expired since `SCAN`) or holds something else than a hash (not a record
+/// graygate wrote), so that one foreign key cannot fail a whole listing.
+pub(super) const GET_RECORDS_LUA: &str = r#"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local value = redis.pcall('HGET', key, ARGV[1])
+  if type(value) ~= 'string' then
+    value = false
+  end
+  out[i] = value
+end
+return out
+"#;
+
+/// The field of a record's hash that holds its value.
+pub(super) const RECORD_FIELD: &str = "value";
+
 /// The error code (first word of the error reply) with which [`SAVE_POLICY_LUA`] refuses a policy
 /// hash it did not write.
 pub(super) const BAD_REVISION_CODE: &str = "GRAYGATE";
@@ -71,6 +124,10 @@ pub(super) struct Keys {
     pub channel: String,
     /// `__keyspace@<db>__:`, the channel prefix of keyspace notifications.
     pub keyspace_prefix: String,
+    /// `<key_prefix>record:`: record `k` is the hash `<this>k`.
+    pub records: String,
+    /// `<key_prefix>lease:`: lease `n` is the hash `<this>n`.
+    pub leases: String,
 }
 
 impl Keys {
@@ -82,6 +139,8 @@ impl Keys {
             history: format!("{key_prefix}history"),
             channel: format!("{key_prefix}changes"),
             keyspace_prefix: format!("__keyspace@{db}__:"),
+            records: format!("{key_prefix}record:"),
+            leases: format!("{key_prefix}lease:"),
             key_prefix,
             lists,
         }
@@ -103,8 +162,32 @@ impl Keys {
         }
     }
 
-    /// The lists (and keys in them) that the Redis key `redis_key` belongs to.
+    /// The Redis key of the record `key`.
+    pub fn record(&self, key: &str) -> String {
+        format!("{}{key}", self.records)
+    }
+
+    /// The Redis key of the lease `name`.
+    pub fn lease(&self, name: &str) -> String {
+        format!("{}{name}", self.leases)
+    }
+
+    /// Whether `redis_key` is one of graygate's own keys (policy, history, a record, a lease),
+    /// which no list holds as an entry, even a list whose prefix covers every key.
+    pub fn is_own(&self, redis_key: &str) -> bool {
+        redis_key == self.policy
+            || redis_key == self.history
+            || redis_key.starts_with(self.records.as_str())
+            || redis_key.starts_with(self.leases.as_str())
+    }
+
+    /// The lists (and keys in them) that the Redis key `redis_key` belongs to: none for one of
+    /// graygate's own keys ([`Keys::is_own`]), so that writing a record tells no list's cache
+    /// that an entry changed.
     pub fn owners(&self, redis_key: &str) -> Vec<(String, String)> {
+        if self.is_own(redis_key) {
+            return Vec::new();
+        }
         let mut out: Vec<(String, String)> = self
             .lists
             .iter()
@@ -249,6 +332,42 @@ mod tests {
                 "__keyspace@2__:TOKEN_\\**",
                 "__keyspace@2__:graygate:list:*"
             ]
+        );
+    }
+
+    #[test]
+    fn records_and_leases_have_their_own_names() {
+        let k = keys(&[("tokens", "TOKEN_"), ("ips", "10.")]);
+        assert_eq!(k.record("rollout/web"), "graygate:record:rollout/web");
+        assert_eq!(k.lease("rollout-driver"), "graygate:lease:rollout-driver");
+        // Whatever the key, a record or a lease is never one of the store's other keys, and never
+        // a list's entry, except for a list whose prefix covers every key (see the layout).
+        for name in ["", "policy", "history", "changes", "list:ips:a", "x"] {
+            for key in [k.record(name), k.lease(name)] {
+                assert_ne!(key, k.policy);
+                assert_ne!(key, k.history);
+                assert_ne!(key, k.channel);
+                assert!(!key.starts_with(&k.default_list_prefix), "{key}");
+                assert!(k.owners(&key).is_empty(), "{key}");
+            }
+        }
+        assert!(!k.record("a").starts_with(&k.leases));
+        assert!(!k.lease("a").starts_with(&k.records));
+
+        // Even a list that reads every key as it is (the OpenResty layout) holds none of
+        // graygate's own keys, while it still holds every other key.
+        let k = keys(&[("redis", "")]);
+        for own in [k.record("counters/a"), k.lease("driver"), k.policy.clone()] {
+            assert!(k.is_own(&own), "{own}");
+            assert!(k.owners(&own).is_empty(), "{own}");
+        }
+        assert_eq!(
+            k.owners("graygate:recorder"),
+            [("redis".to_owned(), "graygate:recorder".to_owned())]
+        );
+        assert_eq!(
+            k.owners("TOKEN_abc"),
+            [("redis".to_owned(), "TOKEN_abc".to_owned())]
         );
     }
 

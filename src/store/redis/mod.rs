@@ -12,7 +12,9 @@
 //! The policy is a hash `<key_prefix>policy` (`revision`, `policy`), written with its history
 //! record (`<key_prefix>history`) and announced on `<key_prefix>changes` by one Lua script; a list
 //! entry is a plain string key `<list prefix><key>`, so that existing data and other tools
-//! (`redis-cli SET TOKEN_abc 42`) work as they are. See `keys` for the details.
+//! (`redis-cli SET TOKEN_abc 42`) work as they are. Records and leases are hashes under
+//! `<key_prefix>record:` and `<key_prefix>lease:`, expiring by the server's clock; a lease is
+//! taken, renewed and given up by Lua scripts that check its holder. See `keys` for the details.
 //!
 //! # Connections
 //! - Commands go through a [`ConnectionManager`] (one multiplexed connection, reconnected by the
@@ -52,7 +54,10 @@
 mod keys;
 mod watch;
 
-use self::keys::{glob_escape, Keys, Notice, BAD_REVISION_CODE, SAVE_POLICY_LUA};
+use self::keys::{
+    glob_escape, Keys, Notice, ACQUIRE_LEASE_LUA, BAD_REVISION_CODE, GET_RECORDS_LUA, RECORD_FIELD,
+    RELEASE_LEASE_LUA, SAVE_POLICY_LUA,
+};
 use super::{
     Change, Entry, HealthTracker, Store, StoreError, StoreHealth, StoredPolicy, HISTORY_LIMIT,
 };
@@ -191,6 +196,10 @@ struct Shared {
     keys: Keys,
     /// [`SAVE_POLICY_LUA`], sent by hash (`EVALSHA`) once the server knows it.
     save_script: ::redis::Script,
+    /// [`ACQUIRE_LEASE_LUA`], [`RELEASE_LEASE_LUA`] and [`GET_RECORDS_LUA`].
+    acquire_script: ::redis::Script,
+    release_script: ::redis::Script,
+    records_script: ::redis::Script,
     changes: broadcast::Sender<Change>,
     health: HealthTracker,
     /// An [`InvalidationMode`], as set by the background task.
@@ -247,6 +256,9 @@ impl RedisStore {
             target,
             keys: Keys::new(config.key_prefix, config.lists, db),
             save_script: ::redis::Script::new(SAVE_POLICY_LUA),
+            acquire_script: ::redis::Script::new(ACQUIRE_LEASE_LUA),
+            release_script: ::redis::Script::new(RELEASE_LEASE_LUA),
+            records_script: ::redis::Script::new(GET_RECORDS_LUA),
             changes,
             health: HealthTracker::new(STORE),
             mode: AtomicU8::new(InvalidationMode::Disconnected.as_u8()),
@@ -326,6 +338,17 @@ fn redact_url(url: &str) -> String {
     } else {
         url.to_owned()
     }
+}
+
+/// Longest TTL given to Redis for a record or a lease: a longer one (`Duration::MAX`) is cut to
+/// this, which the server accepts (it refuses an expiry time that overflows).
+const TTL_MAX: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `ttl` in whole milliseconds for `PEXPIRE`, rounded up (a record or lease never ends before its
+/// TTL) and cut to [`TTL_MAX`]; `None` for a zero TTL.
+fn ttl_millis(ttl: Duration) -> Option<u64> {
+    let now = SystemTime::UNIX_EPOCH;
+    millis_until(now + ttl.min(TTL_MAX), now)
 }
 
 /// Milliseconds until `at`, rounded up; `None` when `at` is past.
@@ -452,6 +475,64 @@ impl Shared {
         // again, which is harmless).
         s.send(Change::Policy { revision });
         Ok(revision)
+    }
+
+    /// `SCAN MATCH <records><prefix>*` (at most [`LIST_LIMIT`] keys), then the values in
+    /// batches through [`GET_RECORDS_LUA`]. A key that expired since `SCAN`, or that holds
+    /// something graygate did not write, is skipped.
+    async fn records_of(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        const WHAT: &str = "listing records";
+        let full_prefix = self.keys.record(prefix);
+        let pattern = format!("{}*", glob_escape(&full_prefix));
+        // SCAN may return a key more than once; a set also sorts them.
+        let mut keys: BTreeSet<String> = BTreeSet::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let mut conn = self.manager.clone();
+            let (next, batch): (u64, Vec<Vec<u8>>) = self
+                .run(
+                    WHAT,
+                    &full_prefix,
+                    ::redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(SCAN_COUNT)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            // graygate writes text keys only; another key is not a record.
+            keys.extend(batch.into_iter().filter_map(|k| String::from_utf8(k).ok()));
+            if keys.len() > LIST_LIMIT {
+                return Err(self.unavailable(
+                    WHAT,
+                    format_args!("more than {LIST_LIMIT} records under {full_prefix:?}"),
+                ));
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+
+        let keys: Vec<String> = keys.into_iter().collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(MGET_BATCH) {
+            let mut invocation = self.records_script.prepare_invoke();
+            invocation.key(batch).arg(RECORD_FIELD);
+            let mut conn = self.manager.clone();
+            let values: Vec<Option<String>> = self
+                .run(WHAT, &full_prefix, invocation.invoke_async(&mut conn))
+                .await?;
+            for (key, value) in batch.iter().zip(values) {
+                let (Some(value), Some(key)) = (value, key.strip_prefix(&self.keys.records)) else {
+                    continue;
+                };
+                out.push((key.to_owned(), value));
+            }
+        }
+        Ok(out)
     }
 
     async fn list_entries_of(&self, list: &str) -> Result<Vec<Entry>, StoreError> {
@@ -702,6 +783,124 @@ impl Store for RedisStore {
         self.shared.list_entries_of(list).await
     }
 
+    /// One `MULTI`/`EXEC`: `DEL` (so that no old expiry stays), `HSET <key_prefix>record:<key>
+    /// value <value>` and `PEXPIRE` for a TTL; only the `DEL` for a zero TTL.
+    async fn put_record(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let s = &self.shared;
+        let redis_key = s.keys.record(key);
+        let mut pipe = ::redis::pipe();
+        pipe.atomic();
+        pipe.cmd("DEL").arg(&redis_key).ignore();
+        match ttl.map(ttl_millis) {
+            // A zero TTL: the record ends now.
+            Some(None) => {}
+            ms => {
+                pipe.cmd("HSET")
+                    .arg(&redis_key)
+                    .arg(RECORD_FIELD)
+                    .arg(value)
+                    .ignore();
+                if let Some(Some(ms)) = ms {
+                    pipe.cmd("PEXPIRE").arg(&redis_key).arg(ms).ignore();
+                }
+            }
+        }
+        let mut conn = s.manager.clone();
+        s.run(
+            "writing a record",
+            &redis_key,
+            pipe.query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    /// `HGET <key_prefix>record:<key> value`.
+    async fn get_record(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let s = &self.shared;
+        let redis_key = s.keys.record(key);
+        let mut conn = s.manager.clone();
+        s.run(
+            "reading a record",
+            &redis_key,
+            ::redis::cmd("HGET")
+                .arg(&redis_key)
+                .arg(RECORD_FIELD)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
+    /// `SCAN MATCH` with the prefix's glob characters escaped, then `HGET` in batches.
+    async fn records(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.shared.records_of(prefix).await
+    }
+
+    /// `DEL <key_prefix>record:<key>`.
+    async fn delete_record(&self, key: &str) -> Result<(), StoreError> {
+        let s = &self.shared;
+        let redis_key = s.keys.record(key);
+        let mut conn = s.manager.clone();
+        s.run(
+            "deleting a record",
+            &redis_key,
+            ::redis::cmd("DEL")
+                .arg(&redis_key)
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    /// One Lua script (`keys::ACQUIRE_LEASE_LUA`) on `<key_prefix>lease:<name>`: the holder is
+    /// checked and the lease written in one atomic step; the TTL counts on the server's clock.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let s = &self.shared;
+        let redis_key = s.keys.lease(name);
+        // PEXPIRE 0 would delete the lease just taken: the shortest term is 1 ms.
+        let ms = ttl_millis(ttl).unwrap_or(1);
+        let mut conn = s.manager.clone();
+        let held: i64 = s
+            .run(
+                "taking a lease",
+                &redis_key,
+                s.acquire_script
+                    .key(&redis_key)
+                    .arg(holder)
+                    .arg(ms)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(held == 1)
+    }
+
+    /// One Lua script (`keys::RELEASE_LEASE_LUA`): deletes `<key_prefix>lease:<name>` only if
+    /// `holder` holds it.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let s = &self.shared;
+        let redis_key = s.keys.lease(name);
+        let mut conn = s.manager.clone();
+        let _released: i64 = s
+            .run(
+                "giving up a lease",
+                &redis_key,
+                s.release_script
+                    .key(&redis_key)
+                    .arg(holder)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(())
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.shared.changes.subscribe()
     }
@@ -864,6 +1063,76 @@ mod tests {
         assert!(err.cause::<RedisError>().is_some(), "{err:?}");
     }
 
+    /// On the OpenResty layout (list `redis` reads every key as it is), records and leases are
+    /// never entries of the list; their TTLs are the server's; a record prefix is taken literally.
+    #[tokio::test]
+    async fn records_and_leases_stay_out_of_the_lists() {
+        let server = Server::start(&[]);
+        let config = RedisConfig {
+            lists: HashMap::from([("redis".to_owned(), String::new())]),
+            ..RedisConfig::new(server.url(""))
+        };
+        let store = RedisStore::connect(config).await.expect("connect");
+        server.cli(&["SET", "TOKEN_abc", "42"]);
+        let ttl = Duration::from_secs(60);
+        store
+            .put_record("counters/a", "{}", Some(ttl))
+            .await
+            .unwrap();
+        store.put_record("counters/*", "star", None).await.unwrap();
+        store.put_record("countersX", "x", None).await.unwrap();
+        assert!(store.acquire_lease("driver", "a", ttl).await.unwrap());
+
+        let entries = store.list_entries("redis").await.unwrap();
+        let keys: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["TOKEN_abc"]);
+        assert_eq!(
+            server.cli(&["HGET", "graygate:record:counters/a", "value"]),
+            "{}"
+        );
+        let pttl: u64 = server
+            .cli(&["PTTL", "graygate:record:counters/a"])
+            .parse()
+            .unwrap();
+        assert!(pttl > 50_000 && pttl <= 60_000, "{pttl}");
+        assert_eq!(server.cli(&["PTTL", "graygate:record:countersX"]), "-1");
+        let pttl: u64 = server
+            .cli(&["PTTL", "graygate:lease:driver"])
+            .parse()
+            .unwrap();
+        assert!(pttl > 50_000 && pttl <= 60_000, "{pttl}");
+
+        // `*` in a prefix is a character, not a pattern.
+        assert_eq!(
+            store.records("counters/*").await.unwrap(),
+            [("counters/*".to_owned(), "star".to_owned())]
+        );
+        // Writing a record again without a TTL keeps it for good.
+        store.put_record("counters/a", "{}", None).await.unwrap();
+        assert_eq!(server.cli(&["PTTL", "graygate:record:counters/a"]), "-1");
+
+        // Something else under a record's name is bad data, named.
+        server.cli(&["SET", "graygate:record:foreign", "x"]);
+        let err = store.get_record("foreign").await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::BadData { key, .. } if key == "graygate:record:foreign"),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "store redis: bad data under graygate:record:foreign: reading a record"
+        );
+        // ...and not a record among the others.
+        let keys: Vec<String> = store
+            .records("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, ["counters/*", "counters/a", "countersX"]);
+    }
+
     #[test]
     fn passwords_are_redacted() {
         assert_eq!(
@@ -895,5 +1164,11 @@ mod tests {
         );
         assert_eq!(millis_until(now, now), None);
         assert_eq!(millis_until(now - Duration::from_secs(1), now), None);
+
+        assert_eq!(ttl_millis(Duration::ZERO), None);
+        assert_eq!(ttl_millis(Duration::from_nanos(1)), Some(1));
+        assert_eq!(ttl_millis(Duration::from_millis(10_000)), Some(10_000));
+        let longest = u64::try_from(TTL_MAX.as_millis()).unwrap();
+        assert_eq!(ttl_millis(Duration::MAX), Some(longest));
     }
 }

@@ -1,6 +1,9 @@
 //! The store contract, written once and run against every store: the embedded store, Redis and
 //! memcached. Each check is one test per store (`stores::contract::redis::history_...`).
 //!
+//! Records and leases are every store's: memcached keeps them in the store that holds its
+//! policy, so they are shared as its policy is ([`Sharing`]).
+//!
 //! What a store cannot do is part of its [`Capabilities`], and the check then expects the
 //! documented behaviour instead (memcached refuses to enumerate a list, naming it; its lists
 //! share one key space; a second embedded store on the same directory is refused).
@@ -8,7 +11,7 @@
 use super::{next_change, v, Sharing, Subject};
 use graygate::store::{Change, Entry, StoreError, StoredPolicy, HISTORY_LIMIT};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::broadcast;
 
 /// One test per store for each check.
@@ -38,6 +41,9 @@ contract!(
     entries_expire_on_their_own,
     every_write_is_announced_to_subscribers,
     another_instance_sees_what_the_store_shares,
+    records_put_get_list_delete,
+    records_expire_on_their_own,
+    a_lease_has_one_holder_at_a_time,
 );
 
 /// The keys of the live entries of `list`, in the store's order (by key).
@@ -379,4 +385,189 @@ async fn another_instance_sees_what_the_store_shares(s: &Subject) {
             assert_eq!(b.store.lookup("ips", "10.0.0.9").await.unwrap(), v("1"));
         }
     }
+}
+
+/// The instance on which a check looks for what another instance shares: a second instance
+/// where the store shares its policy (and so its records and leases), else the same one.
+async fn other_instance(s: &Subject) -> (Arc<dyn graygate::store::Store>, Option<super::Instance>) {
+    match s.can.sharing {
+        Sharing::Everything => {
+            let other = s.another_instance().await.expect("another instance");
+            (Arc::clone(&other.store), Some(other))
+        }
+        Sharing::Exclusive | Sharing::ListsOnly => (Arc::clone(&s.store), None),
+    }
+}
+
+fn pairs(records: &[(&str, &str)]) -> Vec<(String, String)> {
+    let pair = |(k, v): &(&str, &str)| (k.to_string(), v.to_string());
+    records.iter().map(pair).collect()
+}
+
+/// Records: put, get, overwrite, listed by a literal prefix in key order, deleted; shared with
+/// every instance where the policy is; not announced; no list sees them.
+async fn records_put_get_list_delete(s: &Subject) {
+    let store = &s.store;
+    let (other, _instance) = other_instance(s).await;
+    let mut changes = store.subscribe();
+    assert_eq!(store.get_record("rollout/web").await.unwrap(), None);
+    assert!(store.records("").await.unwrap().is_empty());
+
+    let hour = Some(Duration::from_secs(3600));
+    for (key, value, ttl) in [
+        ("rollout/web", r#"{"step":1}"#, None),
+        ("counters/b", "b", hour),
+        ("counters/a", "a", None),
+        ("counters/a/x", "ax", None),
+        ("counters", "bare", None),
+        ("countersX", "x", None),
+        ("glob/*", "star", None),
+        ("glob/a", "a", None),
+        ("glob/[ab]", "class", None),
+    ] {
+        store.put_record(key, value, ttl).await.unwrap();
+    }
+    assert_eq!(
+        store.get_record("rollout/web").await.unwrap().as_deref(),
+        Some(r#"{"step":1}"#)
+    );
+    store
+        .put_record("rollout/web", r#"{"step":2}"#, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        other.get_record("rollout/web").await.unwrap().as_deref(),
+        Some(r#"{"step":2}"#),
+        "the newest value, on every instance that shares the policy"
+    );
+
+    assert_eq!(
+        other.records("counters/").await.unwrap(),
+        pairs(&[
+            ("counters/a", "a"),
+            ("counters/a/x", "ax"),
+            ("counters/b", "b")
+        ])
+    );
+    // A prefix is taken literally: glob characters match themselves only.
+    assert_eq!(
+        store.records("glob/*").await.unwrap(),
+        pairs(&[("glob/*", "star")])
+    );
+    assert_eq!(
+        store.records("glob/[").await.unwrap(),
+        pairs(&[("glob/[ab]", "class")])
+    );
+    let all: Vec<String> = store
+        .records("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(all, sorted);
+    assert_eq!(all.len(), 9, "{all:?}");
+
+    store.delete_record("counters/a").await.unwrap();
+    store.delete_record("never-written").await.unwrap();
+    assert_eq!(other.get_record("counters/a").await.unwrap(), None);
+    assert_eq!(
+        store.records("counters/").await.unwrap(),
+        pairs(&[("counters/a/x", "ax"), ("counters/b", "b")])
+    );
+
+    // Records are neither entries of a list nor announced.
+    if s.can.enumerate {
+        assert!(store.list_entries("counters").await.unwrap().is_empty());
+    }
+    assert_eq!(store.lookup("counters", "a/x").await.unwrap(), None);
+    let change = next_change(&mut changes, Duration::from_millis(100), |_| false).await;
+    assert_eq!(change, None, "a record write is announced");
+}
+
+/// A record's TTL ends it by itself (on every instance that shares it); a zero TTL removes it at
+/// once; writing it again without a TTL keeps it.
+async fn records_expire_on_their_own(s: &Subject) {
+    let store = &s.store;
+    let (other, _instance) = other_instance(s).await;
+    let ttl = Duration::from_millis(300);
+    store
+        .put_record("counters/brief", "1", Some(ttl))
+        .await
+        .unwrap();
+    store.put_record("counters/kept", "2", None).await.unwrap();
+    store
+        .put_record("counters/again", "3", Some(ttl))
+        .await
+        .unwrap();
+    store.put_record("counters/again", "4", None).await.unwrap();
+    store
+        .put_record("counters/kept", "old", Some(Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(store.get_record("counters/kept").await.unwrap(), None);
+    store.put_record("counters/kept", "2", None).await.unwrap();
+    assert_eq!(
+        other.get_record("counters/brief").await.unwrap().as_deref(),
+        Some("1")
+    );
+
+    crate::support::eventually(format!("the {ttl:?} record expires"), async || {
+        crate::support::equals(other.get_record("counters/brief").await.unwrap(), None)
+    })
+    .within(s.can.expired_within)
+    .await;
+    assert_eq!(
+        store.records("counters/").await.unwrap(),
+        pairs(&[("counters/again", "4"), ("counters/kept", "2")])
+    );
+}
+
+/// A lease: the first holder gets it, a second is refused, the holder renews it; once it expires
+/// the second gets it (never before its TTL); a release by the holder frees it at once, one by
+/// anyone else does nothing. Where the policy is shared, the second holder asks through another
+/// instance.
+async fn a_lease_has_one_holder_at_a_time(s: &Subject) {
+    let a = &s.store;
+    let (b, _instance) = other_instance(s).await;
+    let long = Duration::from_secs(60);
+    let short = Duration::from_millis(300);
+    let lease = "rollout-driver";
+
+    assert!(a.acquire_lease(lease, "one", long).await.unwrap());
+    assert!(!b.acquire_lease(lease, "two", long).await.unwrap());
+    assert!(
+        a.acquire_lease(lease, "one", long).await.unwrap(),
+        "renewal"
+    );
+    assert!(!b.acquire_lease(lease, "two", long).await.unwrap());
+    // Another lease is another matter.
+    assert!(b.acquire_lease("other", "two", long).await.unwrap());
+
+    // The holder renews for a short term and stops renewing: the lease passes on once it ends.
+    let renewed = Instant::now();
+    assert!(a.acquire_lease(lease, "one", short).await.unwrap());
+    crate::support::eventually(format!("the {short:?} lease expires"), async || {
+        crate::support::equals(b.acquire_lease(lease, "two", long).await.unwrap(), true)
+    })
+    .within(s.can.expired_within)
+    .await;
+    assert!(
+        renewed.elapsed() >= short,
+        "taken over after {:?}, before the {short:?} term ended",
+        renewed.elapsed()
+    );
+    assert!(!a.acquire_lease(lease, "one", long).await.unwrap());
+
+    // A release by someone who does not hold it does nothing.
+    a.release_lease(lease, "one").await.unwrap();
+    assert!(!a.acquire_lease(lease, "one", long).await.unwrap());
+    // The holder's release frees it at once.
+    b.release_lease(lease, "two").await.unwrap();
+    assert!(a.acquire_lease(lease, "one", long).await.unwrap());
+    assert!(!b.acquire_lease(lease, "two", long).await.unwrap());
+    // Releasing a free lease is fine too.
+    a.release_lease("never-taken", "one").await.unwrap();
 }
