@@ -107,6 +107,15 @@ pub enum Cmd {
         /// The revision to go back to (see `history`).
         to: u64,
     },
+    /// Read the config file again, as SIGHUP does: upstreams, timeouts and the log format are
+    /// applied; the config's policy only when it changed since it was last applied, and never
+    /// over a rollout in progress. Exit 1 when a part was refused or failed.
+    Reload {
+        /// Apply the config's policy even if it did not change since it was last applied, and
+        /// even over a rollout in progress (runtime changes are replaced by the file's policy).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]

@@ -7,8 +7,8 @@
 use super::client::Answer;
 use super::CtlError;
 use crate::api::{
-    EntryList, Explanation, History, Revisioned, RouteList, RuleList, ServiceList, Status,
-    VersionList, Weights,
+    EntryList, Explanation, History, Reloaded, Revisioned, RouteList, RuleList, ServiceList,
+    Status, VersionList, Weights,
 };
 use crate::policy::model::{IdentityDoc, SplitDoc};
 use crate::policy::{buckets_of_percent, BUCKETS};
@@ -383,6 +383,26 @@ pub fn explain(v: &Explanation) -> String {
         .map(|(label, value)| format!("{label:<10} {value}"))
         .collect();
     lines.join("\n")
+}
+
+/// `ctl reload`: one line per part of the config, then what needs a restart.
+pub fn reloaded(r: &Reloaded) -> String {
+    let rows: Vec<Vec<String>> = r
+        .parts()
+        .iter()
+        .map(|(part, outcome, message)| {
+            vec![part.to_string(), outcome.to_string(), message.to_string()]
+        })
+        .collect();
+    let mut out = format!("config {} read again\n", r.config);
+    out.push_str(&table(&["PART", "OUTCOME", "WHAT"], &rows));
+    if !r.restart_needed.is_empty() {
+        out.push_str(&format!(
+            "\nchanged, applied only by a restart: {}",
+            r.restart_needed.join(", ")
+        ));
+    }
+    out
 }
 
 /// `ctl history`.

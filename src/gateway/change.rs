@@ -67,6 +67,7 @@ impl Gateway {
         summary: &str,
         mut edit: impl FnMut(&mut PolicyDoc) -> Result<T, ChangeError>,
     ) -> Result<Applied<T>, ChangeError> {
+        let _one_at_a_time = self.changing.lock().await;
         let mut last_conflict = None;
         for _ in 0..CHANGE_ATTEMPTS {
             let Stored {
