@@ -369,3 +369,34 @@ pub fn log_reloaded(trigger: &str, r: &Reloaded) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(text: &str) -> Config {
+        config::parse(text, Path::new("g.toml")).expect("a valid config")
+    }
+
+    const BASE: &str = "listen = [\"127.0.0.1:8080\"]\n[[upstreams]]\nname = \"a\"\nservers = [\"h:1\"]\n";
+
+    #[test]
+    fn settings_only_a_restart_applies_are_named_by_their_config_names() {
+        let before = config(BASE);
+        assert!(restart_needed(&before, &config(BASE)).is_empty());
+        let after = config(&BASE.replace("8080", "8081").replace(
+            "[[upstreams]]",
+            "version_header = \"X-V\"\n[timeouts]\nheader = \"3s\"\nconnect = \"1s\"\n[cache]\nttl = \"5s\"\n[[upstreams]]",
+        ));
+        // The connect timeout is reloaded with the upstreams: not named.
+        assert_eq!(
+            restart_needed(&before, &after),
+            vec!["listen", "cache", "timeouts.header", "version_header"]
+        );
+        assert_eq!(
+            timeouts_text(&after),
+            "connect 1s, upstream_response 30s, idle 1m"
+        );
+    }
+}

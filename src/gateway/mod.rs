@@ -399,6 +399,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn upstream_names_swap_with_the_table_unless_the_running_policy_uses_a_removed_one() {
+        let store = TestStore::new();
+        let g = gateway(&store, Some(&doc(WEB)), TIMEOUT).await;
+        let names = |list: &[&str]| list.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+
+        // An upstream added: the table is swapped, the running policy recompiled (same
+        // revision), and changes may name it.
+        let swapped = std::sync::atomic::AtomicBool::new(false);
+        g.set_upstreams(names(&["stable", "canary", "next"]), || {
+            swapped.store(true, Ordering::SeqCst)
+        })
+        .await
+        .unwrap();
+        assert!(swapped.load(Ordering::SeqCst));
+        assert_eq!(g.revision(), 1);
+        assert_eq!(*g.upstream_names(), names(&["stable", "canary", "next"]));
+        g.change(None, "alice", "v3 on next", |d| {
+            d.services[0].versions.insert("v3".into(), "next".into());
+            Ok(())
+        })
+        .await
+        .unwrap();
+
+        // Removing it while the running policy uses it: refused, nothing swapped.
+        let e = g
+            .set_upstreams(names(&["stable", "canary", ""]), || {
+                panic!("the table was swapped")
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the running policy (revision 2) uses an upstream the new config removes \
+             (services[0].versions.v3: unknown upstream `next` (configured upstreams: stable, \
+             canary)): change the policy first; the upstreams stay as they were"
+        );
+        assert_eq!(*g.upstream_names(), names(&["stable", "canary", "next"]));
+        assert!(g.policy().doc().services[0].versions.contains_key("v3"));
+    }
+
+    #[tokio::test]
     async fn the_watcher_follows_store_changes_without_waiting_for_the_interval() {
         let store = TestStore::new();
         let g = gateway(&store, Some(&doc(WEB)), TIMEOUT).await;

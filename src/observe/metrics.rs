@@ -657,6 +657,72 @@ mod tests {
         }
     }
 
+    /// A policy that differs from the config file's, or not, or with no file policy.
+    struct Differs(Option<bool>);
+
+    impl PolicyStatsSource for Differs {
+        fn revision(&self) -> u64 {
+            1
+        }
+        fn last_reload(&self) -> Option<SystemTime> {
+            None
+        }
+        fn config_differs(&self) -> Option<bool> {
+            self.0
+        }
+    }
+
+    #[test]
+    fn whether_the_running_policy_differs_from_the_files_is_a_gauge() {
+        for (differs, want) in [(Some(true), "1"), (Some(false), "0"), (None, "0")] {
+            let m = Metrics::new(Sources {
+                policy: Some(Arc::new(Differs(differs))),
+                ..Sources::default()
+            });
+            let text = m.render();
+            assert_eq!(
+                value(&text, "graygate_policy_config_differs").as_deref(),
+                Some(want),
+                "{differs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn connect_failures_follow_the_upstream_table_a_reload_swaps_in() {
+        use crate::proxy::{ServerConfig, Timeouts, UpstreamConfig};
+        let config = |name: &str, addr: &str| UpstreamConfig {
+            name: name.into(),
+            servers: vec![ServerConfig {
+                addr: addr.into(),
+                weight: 1,
+            }],
+        };
+        let t = Timeouts::default();
+        let live = Arc::new(LiveUpstreams::new(vec![config("a", "h:1")], &t).unwrap());
+        let m = Metrics::new(Sources {
+            upstreams: Some(live.clone()),
+            ..Sources::default()
+        });
+        let series = |u: &str, s: &str| {
+            format!("graygate_upstream_connect_failures_total{{server=\"{s}\",upstream=\"{u}\"}}")
+        };
+        assert_eq!(
+            value(&m.render(), &series("a", "h:1")).as_deref(),
+            Some("0")
+        );
+        live.install(
+            live.plan(&[config("a", "h:1"), config("b", "h:2")], &t)
+                .unwrap(),
+        );
+        let text = m.render();
+        assert_eq!(
+            value(&text, &series("b", "h:2")).as_deref(),
+            Some("0"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn policy_stats_are_pulled_at_scrape_time() {
         let reloaded = UNIX_EPOCH + Duration::from_secs(1_700_000_000);

@@ -780,6 +780,7 @@ pub struct LiveUpstreams {
 }
 
 /// A table built from a reloaded config and not in use yet: what installing it changes.
+#[derive(Debug)]
 pub struct UpstreamsPlan {
     table: Upstreams,
     /// Upstreams new in the config, appended to the table.
@@ -1299,6 +1300,149 @@ mod tests {
         assert_eq!(u.index_of("nope"), None);
         assert_eq!(u.name(0), Some("stable"));
         assert_eq!(u.len(), 2);
+    }
+
+    fn config(name: &str, addrs: &[&str]) -> UpstreamConfig {
+        upstream(
+            name,
+            &addrs.iter().map(|a| server(a, 1)).collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn a_reload_keeps_every_index_appends_new_upstreams_and_retires_removed_ones() {
+        let t = Timeouts::default();
+        let live = LiveUpstreams::new(
+            vec![
+                config("a", &["h:1"]),
+                config("b", &["h:2"]),
+                config("c", &["h:3"]),
+            ],
+            &t,
+        )
+        .unwrap();
+        let before = live.current();
+        before.upstreams[0].servers[0]
+            .connect_failures
+            .store(4, Ordering::Relaxed);
+
+        // `b` removed, `c` with another server, `d` new, `a` as it was; order in the file
+        // does not matter.
+        let plan = live
+            .plan(
+                &[
+                    config("d", &["h:4"]),
+                    config("c", &["h:5"]),
+                    config("a", &["h:1"]),
+                ],
+                &t,
+            )
+            .unwrap();
+        assert_eq!(
+            (
+                &plan.added,
+                &plan.removed,
+                &plan.changed,
+                plan.timeouts_changed
+            ),
+            (
+                &vec!["d".to_string()],
+                &vec!["b".to_string()],
+                &vec!["c".to_string()],
+                false
+            )
+        );
+        assert_eq!(plan.policy_names(), vec!["a", "", "c", "d"]);
+        live.install(plan);
+        let after = live.current();
+        assert!(
+            Arc::ptr_eq(&before.upstreams[0], &after.upstreams[0]),
+            "`a` is kept whole"
+        );
+        assert_eq!(
+            after.index_of("b"),
+            None,
+            "a retired slot has no name a policy can use"
+        );
+        assert_eq!(after.name(1), Some("b"), "but keeps its name for logs");
+        assert_eq!(after.servers(1).count(), 0);
+        assert_eq!(after.servers(2).collect::<Vec<_>>(), vec!["h:5"]);
+        assert_eq!(after.index_of("d"), Some(3));
+
+        // `b` back takes its old slot; nothing else moves.
+        let plan = live
+            .plan(
+                &[
+                    config("a", &["h:1"]),
+                    config("b", &["h:6"]),
+                    config("c", &["h:5"]),
+                    config("d", &["h:4"]),
+                ],
+                &t,
+            )
+            .unwrap();
+        assert_eq!(plan.added, vec!["b".to_string()]);
+        assert_eq!(plan.policy_names(), vec!["a", "b", "c", "d"]);
+        assert!(!plan.is_empty());
+        live.install(plan);
+        let same = live
+            .plan(
+                &[
+                    config("a", &["h:1"]),
+                    config("b", &["h:6"]),
+                    config("c", &["h:5"]),
+                    config("d", &["h:4"]),
+                ],
+                &t,
+            )
+            .unwrap();
+        assert!(same.is_empty(), "nothing changed");
+
+        // Another idle timeout rebuilds every pool, keeping the connect failures counted.
+        let idle = Timeouts {
+            idle: Duration::from_secs(5),
+            ..t
+        };
+        let plan = live
+            .plan(
+                &[
+                    config("a", &["h:1"]),
+                    config("b", &["h:6"]),
+                    config("c", &["h:5"]),
+                    config("d", &["h:4"]),
+                ],
+                &idle,
+            )
+            .unwrap();
+        assert!(plan.timeouts_changed);
+        assert_eq!(plan.changed, vec!["a", "b", "c", "d"]);
+        live.install(plan);
+        assert_eq!(live.current().connect_failures(0, "h:1"), Some(4));
+
+        let e = live
+            .plan(&[config("a", &[]), config("a", &["h:1"])], &t)
+            .unwrap_err();
+        assert_eq!(e.field(), "upstreams[0].servers");
+    }
+
+    #[tokio::test]
+    async fn a_retired_slot_gives_the_request_back() {
+        let t = Timeouts::default();
+        let live =
+            LiveUpstreams::new(vec![config("a", &["h:1"]), config("b", &["h:2"])], &t).unwrap();
+        live.install(live.plan(&[config("b", &["h:2"])], &t).unwrap());
+        let req = Request::new(
+            http_body_util::Empty::<Bytes>::new()
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        match live.send(0, req, &Activity::new()).await {
+            Err(SendError::Unreachable {
+                error: UpstreamError::AllServersDown { upstream },
+                ..
+            }) => assert_eq!(&*upstream, "a"),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[tokio::test]

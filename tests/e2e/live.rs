@@ -279,3 +279,276 @@ async fn a_promote_and_rollback_cycle_on_the_redis_layout_changes_no_routing_ans
     redis.cli(&["set", "Grayscale_Range", r#"{"idStart":1,"idEnd":5000}"#]);
     eventually_routes(gg.addr, &identities, &wide, "the range is back").await;
 }
+
+/// The `graygate_policy_config_differs` gauge now.
+async fn config_differs(gg: &Gateway) -> Option<f64> {
+    metric(&gg.scrape().await, "graygate_policy_config_differs")
+}
+
+/// A rule sending requests with `X-Beta: yes` to the canary.
+fn beta_rule() -> graygate::policy::model::RuleDoc {
+    graygate::policy::model::RuleDoc {
+        name: "beta".into(),
+        version: "canary".into(),
+        when: header("X-Beta").equals("yes"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_keeps_runtime_changes_and_applies_a_changed_file() {
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    let mut gg = web_gateway(&stable, &canary)
+        .admin_token("alice", TOKEN)
+        .metrics()
+        .service(web())
+        .start()
+        .await;
+    let ctl = gg.ctl();
+    assert_eq!(config_differs(&gg).await, Some(0.0));
+
+    // A runtime change: everyone on the canary. The file's policy no longer runs.
+    ctl.ok(&["weights", "set", "--service", "web", "canary=100"]);
+    gg.eventually_answers(&[], "canary").await;
+    assert_eq!(config_differs(&gg).await, Some(1.0));
+    assert!(
+        gg.log_text()
+            .contains("the running policy differs from the config file's"),
+        "{}",
+        gg.log_text()
+    );
+
+    // SIGHUP with the file as it was: the runtime change stays.
+    let log = gg.hup_and_wait().await;
+    assert!(
+        log.contains(
+            "SIGHUP: policy: the config's policy has not changed since it was applied (revision 1)"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("SIGHUP: upstreams: stable, canary as before"),
+        "{log}"
+    );
+    assert_eq!(gg.client().version(&[]).await, "canary");
+    assert_eq!(gg.admin_api().revision().await, 2);
+
+    // SIGHUP with the file changed: its policy is applied (and replaces the runtime change).
+    gg.edit_config(|mut b| {
+        b.policy_mut().services[0].rules.push(beta_rule());
+        b
+    });
+    let log = gg.hup_and_wait().await;
+    assert!(
+        log.contains("SIGHUP: policy: the config's policy is revision 3"),
+        "{log}"
+    );
+    gg.eventually_answers(&[], "stable").await;
+    assert_eq!(gg.client().version(&[("X-Beta", "yes")]).await, "canary");
+    assert_eq!(config_differs(&gg).await, Some(0.0));
+    let history = ctl.json(&["history"]);
+    let last = &history["entries"][0];
+    assert_eq!(
+        (&last["revision"], &last["actor"], &last["summary"]),
+        (
+            &3.into(),
+            &"config".into(),
+            &"policy from the config file (SIGHUP)".into()
+        )
+    );
+
+    // Once applied, the same file again is nothing to do.
+    let log = gg.hup_and_wait().await;
+    assert!(
+        log.contains("SIGHUP: policy: the config's policy runs (revision 3)"),
+        "{log}"
+    );
+
+    // The log format is switched without a restart: the lines after it are JSON.
+    gg.edit_config(|b| b.log_format("json"));
+    let log = gg.hup_and_wait().await;
+    let last = log.lines().last().unwrap_or_default();
+    let line: serde_json::Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("not a JSON line ({e}): {last}\n{log}"));
+    assert_eq!(
+        line["fields"]["message"],
+        "SIGHUP: policy: the config's policy runs (revision 3)"
+    );
+    assert!(
+        log.contains(r#""message":"SIGHUP: log: format json""#),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_upstream_added_by_sighup_gets_traffic_without_a_restart() {
+    let (stable, canary, next) = (
+        backend("stable").await,
+        backend("canary").await,
+        backend("next").await,
+    );
+    let mut gg = web_gateway(&stable, &canary)
+        .admin_token("alice", TOKEN)
+        .service(web())
+        .start()
+        .await;
+    let ctl = gg.ctl();
+    let run = ctl.run(&["versions", "set", "--service", "web", "v3", "next"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("unknown upstream `next` (configured upstreams: stable, canary)"),
+        "{run:?}"
+    );
+
+    // The new upstream in the config, and SIGHUP.
+    gg.edit_config(|b| b.upstream("next", &next));
+    let log = gg.hup_and_wait().await;
+    assert!(log.contains("SIGHUP: upstreams: added next"), "{log}");
+    ctl.ok(&["versions", "set", "--service", "web", "v3", "next"]);
+    let rule =
+        r#"{"name": "next", "version": "v3", "when": {"header": "X-Next", "present": true}}"#;
+    ctl.ok(&["rules", "add", "--service", "web", rule]);
+    gg.eventually_answers(&[("X-Next", "1")], "next").await;
+    assert_eq!(gg.client().version(&[]).await, "stable");
+    let served = next.requests();
+    assert!(served >= 1);
+
+    // Removing it while the running policy uses it is refused: the table stays.
+    gg.edit_config(|b| b.without_upstream("next"));
+    let run = ctl.run(&["reload"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout.contains("upstreams  refused")
+            && run
+                .stdout
+                .contains("uses an upstream the new config removes")
+            && run
+                .stdout
+                .contains("services[0].versions.v3: unknown upstream `next`"),
+        "{run:?}"
+    );
+    assert_eq!(
+        run.stderr.trim(),
+        "graygate ctl: not everything was reloaded: upstreams not applied (see above)"
+    );
+    assert_eq!(gg.client().version(&[("X-Next", "1")]).await, "next");
+
+    // Once the policy no longer uses it, the reload removes it.
+    ctl.ok(&["rules", "delete", "--service", "web", "next"]);
+    ctl.ok(&["versions", "delete", "--service", "web", "v3"]);
+    let out = ctl.ok(&["reload"]);
+    assert!(out.contains("upstreams  applied    removed next"), "{out}");
+    let run = ctl.run(&["versions", "set", "--service", "web", "v3", "next"]);
+    assert!(
+        run.stderr
+            .contains("unknown upstream `next` (configured upstreams: stable, canary)"),
+        "{run:?}"
+    );
+
+    // Timeouts come with the table; a setting only a restart applies is named.
+    gg.edit_config(|b| {
+        b.upstream_response_timeout(Duration::from_secs(5))
+            .version_header("X-Served-By")
+    });
+    let out = ctl.ok(&["reload"]);
+    assert!(
+        out.contains("timeouts   applied    connect 2s, upstream_response 5s, idle 1m"),
+        "{out}"
+    );
+    assert!(
+        out.contains("changed, applied only by a restart: version_header"),
+        "{out}"
+    );
+    // And `next` back again takes its old place.
+    gg.edit_config(|b| b.upstream("next", &next));
+    let out = ctl.ok(&["reload"]);
+    assert!(out.contains("upstreams  applied    added next"), "{out}");
+    ctl.ok(&["versions", "set", "--service", "web", "v3", "next"]);
+    ctl.ok(&["rules", "add", "--service", "web", rule]);
+    gg.eventually_answers(&[("X-Next", "1")], "next").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_reload_force_applies_the_file_over_runtime_changes_and_a_rollout() {
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    let mut gg = web_gateway(&stable, &canary)
+        .admin_token("alice", TOKEN)
+        .service(web())
+        .start()
+        .await;
+    let ctl = gg.ctl();
+    let mut admin = gg.admin_api();
+    ctl.ok(&["weights", "set", "--service", "web", "canary=100"]);
+    let out = ctl.ok(&["reload"]);
+    assert!(
+        out.contains("policy     unchanged  the config's policy has not changed since it was applied (revision 1)"),
+        "{out}"
+    );
+
+    // A rollout in progress on `web` (a plan the driver has not started yet counts too).
+    let mut service = admin.get("/v1/services/web").await;
+    service["rollout"] = serde_json::json!({"version": "canary"});
+    let (reply, _) = admin
+        .send("PUT", "/v1/services/web", &[], &service.to_string())
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+
+    // An edited file is refused over it, by SIGHUP and by ctl reload.
+    gg.edit_config(|mut b| {
+        b.policy_mut().services[0].rules.push(beta_rule());
+        b
+    });
+    let log = gg.hup_and_wait().await;
+    assert!(
+        log.contains("SIGHUP: policy: not applied: a rollout is in progress on web"),
+        "{log}"
+    );
+    let (reply, body) = admin.send("POST", "/v1/reload", &[], "").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(body["policy"]["outcome"], "refused");
+    assert_eq!(body["policy"]["rollouts"], serde_json::json!(["web"]));
+    let run = ctl.run(&["reload"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("policy     refused"), "{run:?}");
+    assert_eq!(gg.client().version(&[]).await, "canary");
+
+    // --force applies it: the file's policy runs, the rollout and the runtime change are gone.
+    let out = ctl.ok(&["reload", "--force"]);
+    assert!(
+        out.contains("policy     applied    the config's policy is revision"),
+        "{out}"
+    );
+    assert!(out.contains("(forced)"), "{out}");
+    gg.eventually_answers(&[], "stable").await;
+    assert_eq!(gg.client().version(&[("X-Beta", "yes")]).await, "canary");
+    let service = admin.get("/v1/services/web").await;
+    assert_eq!(service.get("rollout"), None, "{service}");
+    let history = ctl.json(&["history"]);
+    assert_eq!(
+        history["entries"][0]["summary"],
+        "policy from the config file (reload by alice, forced)"
+    );
+
+    // What a user can get wrong: the query, and a config that does not read.
+    let (reply, body) = admin.send("POST", "/v1/reload?force=maybe", &[], "").await;
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert_eq!(
+        (&body["error"]["field"], &body["error"]["message"]),
+        (
+            &"force".into(),
+            &"force: `maybe` is not true or false".into()
+        )
+    );
+    gg.edit_config(|b| b.upstream("stable", &stable));
+    let run = ctl.run(&["reload"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.starts_with("config not reloaded: ")
+            && run
+                .stderr
+                .contains("upstreams[2].name: upstream `stable` is defined twice"),
+        "{run:?}"
+    );
+    let log = gg.hup_and_wait().await;
+    assert!(log.contains("SIGHUP: nothing reloaded"), "{log}");
+}
