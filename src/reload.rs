@@ -379,7 +379,8 @@ mod tests {
         config::parse(text, Path::new("g.toml")).expect("a valid config")
     }
 
-    const BASE: &str = "listen = [\"127.0.0.1:8080\"]\n[[upstreams]]\nname = \"a\"\nservers = [\"h:1\"]\n";
+    const BASE: &str =
+        "listen = [\"127.0.0.1:8080\"]\n[[upstreams]]\nname = \"a\"\nservers = [\"h:1\"]\n";
 
     #[test]
     fn settings_only_a_restart_applies_are_named_by_their_config_names() {
