@@ -101,6 +101,8 @@ pub struct Running {
     /// The traffic listeners and the metrics listener.
     servers: Vec<JoinHandle<std::io::Result<()>>>,
     watcher: JoinHandle<()>,
+    /// The rollout driver: stopped (its lease given up) at shutdown.
+    rollouts: crate::gateway::RolloutsHandle,
     /// Flushed after the listeners stop, so that the last requests are logged.
     access_log: Option<AccessLogWriter>,
 }
@@ -133,6 +135,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
     let lookup_timeout = config.cache.lookup_timeout + std::time::Duration::from_millis(10);
     let gateway = Gateway::start(store, upstream_names, seed, lookup_timeout).await?;
     let watcher = gateway.spawn_watcher(config.reload_interval);
+    let rollouts = gateway.spawn_rollouts(config.rollouts);
     let reloader = Arc::new(Reloader::new(
         config.clone(),
         gateway.clone(),
@@ -219,6 +222,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
         stop,
         servers,
         watcher,
+        rollouts,
         access_log,
     })
 }
@@ -328,6 +332,7 @@ impl Running {
             }
         }
         self.watcher.abort();
+        self.rollouts.stop().await;
         if let Some(access_log) = self.access_log {
             access_log.finish().await;
         }

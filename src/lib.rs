@@ -10,6 +10,8 @@
 //!   evaluation of request facts into a decision with its reason. No I/O, no async.
 //! - [`store`]: one trait for the policy document, identity lists and change notifications; the
 //!   embedded store (redb) is the default.
+//! - [`rollout`]: PURE core of rollouts: the plan and its states, the transitions, the per-version
+//!   counters, the statistics and the verdict on a window of canary against stable traffic.
 //! - [`proxy`]: the data plane on hyper: listener, client IP, forwarding, upstream pools, fallback.
 //! - [`observe`]: the end of the line: Prometheus metrics (on their own listener) and the access
 //!   log, fed by the data plane once per request without making it wait.

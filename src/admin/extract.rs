@@ -145,6 +145,11 @@ impl FromRequestParts<Arc<AdminState>> for Write {
 }
 
 impl Write {
+    /// Who makes the change (the token's name).
+    pub fn caller(&self) -> &str {
+        &self.caller.0
+    }
+
     /// Makes one change through [`Gateway::change`](crate::gateway::Gateway::change), recorded
     /// with `summary`; refuses one that adds two rules whose ranges overlap.
     pub async fn apply<T>(

@@ -19,6 +19,7 @@
 //! | `GET, PUT /v1/services/{s}/weights` | the weighted split |
 //! | `POST /v1/services/{s}/promote` | the canary becomes stable, in one step |
 //! | `POST /v1/services/{s}/rollback` | everyone back to stable, in one step |
+//! | `GET, POST /v1/services/{s}/rollout`, `POST .../rollout/{pause,resume,promote,abort,retry}` | a rollout: start it, see its window and verdicts, drive it |
 //! | `GET, POST, DELETE /v1/lists/{list}/entries`, `GET /v1/lists/{list}/count` | gray lists |
 //! | `POST /v1/explain` | which version a described request would reach, and why |
 //! | `GET /v1/history`, `POST /v1/undo` | every change, and going back to a revision |
@@ -44,8 +45,9 @@
 //! - `reply`: answers about the policy go out with their revision as the `ETag`.
 //! - One module per resource, each with its own router: `policy`, `routes`, `services`,
 //!   `versions`, `rules`, `weights`, `release` (promote and rollback: rollout steps that move the
-//!   stable version, the rules and the split at once, not a resource of their own), `lists`,
-//!   `history` (with undo), `status` (with the probes and explain), `reload` (the config file).
+//!   stable version, the rules and the split at once, not a resource of their own), `rollouts`
+//!   (start, status, and the actions on a service's rollout), `lists`, `history` (with undo),
+//!   `status` (with the probes and explain), `reload` (the config file).
 
 mod auth;
 mod error;
@@ -56,6 +58,7 @@ mod policy;
 mod release;
 mod reload;
 mod reply;
+mod rollouts;
 mod routes;
 mod rules;
 mod services;
@@ -185,6 +188,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .merge(rules::router())
         .merge(weights::router())
         .merge(release::router())
+        .merge(rollouts::router())
         .merge(lists::router())
         .merge(history::router())
         .merge(reload::router())

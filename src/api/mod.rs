@@ -20,6 +20,7 @@
 //! - `history`: the history record and undo.
 //! - `reload`: what reading the config file again did (`POST /v1/reload`).
 //! - `lists`: gray list entries.
+//! - `rollout`: starting a rollout, and its status with the window and the verdicts.
 //! - `status`: health, readiness, status and explain.
 
 mod error;
@@ -29,6 +30,7 @@ pub mod paths;
 mod policy;
 mod reload;
 mod revision;
+mod rollout;
 mod status;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
@@ -46,6 +48,7 @@ pub use policy::{
 };
 pub use reload::{ReloadOutcome, Reloaded, ReloadedPart, ReloadedPolicy};
 pub use revision::{BadRevision, IfMatch, Revision, Revisioned, Tagged};
+pub use rollout::{RolloutView, StartRollout, VersionFigures, WindowView};
 pub use status::{
     Explain, Explanation, Health, Readiness, Routed, RuleSummary, ServiceStatus, Status,
     StoreStatus, Traffic,

@@ -40,6 +40,10 @@ pub const WEIGHTS: &str = "/v1/services/{name}/weights";
 pub const PROMOTE: &str = "/v1/services/{name}/promote";
 /// `POST`: everyone back to stable.
 pub const ROLLBACK: &str = "/v1/services/{name}/rollback";
+/// `GET`: a service's rollout; `POST`: start one.
+pub const ROLLOUT: &str = "/v1/services/{name}/rollout";
+/// `POST`: `pause`, `resume`, `promote`, `abort` or `retry` the service's rollout.
+pub const ROLLOUT_ACTION: &str = "/v1/services/{name}/rollout/{action}";
 /// `GET`, `POST`, `DELETE`: gray list entries.
 pub const LIST_ENTRIES: &str = "/v1/lists/{list}/entries";
 /// `GET`: how many entries a list holds.
@@ -121,6 +125,16 @@ pub fn rule(service: &str, rule: &str) -> String {
 /// [`WEIGHTS`].
 pub fn weights(service: &str) -> String {
     fill(WEIGHTS, &[service])
+}
+
+/// [`ROLLOUT`].
+pub fn rollout(service: &str) -> String {
+    fill(ROLLOUT, &[service])
+}
+
+/// [`ROLLOUT_ACTION`]: `action` is `pause`, `resume`, `promote`, `abort` or `retry`.
+pub fn rollout_action(service: &str, action: &str) -> String {
+    fill(ROLLOUT_ACTION, &[service, action])
 }
 
 /// [`PROMOTE`].

@@ -96,6 +96,12 @@ pub enum Cmd {
         #[arg(long)]
         clear_rules: bool,
     },
+    /// Rollouts: graygate carries a version from a few percent to 100% by itself, judging it
+    /// against stable at every step.
+    Rollout {
+        #[command(subcommand)]
+        cmd: RolloutCmd,
+    },
     /// Every change: revision, time, who, what.
     History {
         /// How many changes, newest first.
@@ -251,6 +257,111 @@ pub enum WeightsCmd {
         #[arg(long)]
         salt: Option<String>,
     },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum RolloutCmd {
+    /// Start a rollout: the canary's weight goes through the steps, each held and judged
+    /// against stable, then the canary is promoted. Flags override the --plan file.
+    Start(Box<StartArgs>),
+    /// Where the rollout is: state, step, weight, the current window's figures, the verdicts.
+    Status {
+        /// The service.
+        #[arg(long, short)]
+        service: String,
+    },
+    /// Stop at the current step (the weight stays; a failure still aborts).
+    Pause {
+        /// The service.
+        #[arg(long, short)]
+        service: String,
+    },
+    /// Go on from a pause (a step that waits for resume moves to the next one).
+    Resume {
+        /// The service.
+        #[arg(long, short)]
+        service: String,
+    },
+    /// Promote the canary now, skipping the remaining steps (the post-promotion guard runs).
+    Promote {
+        /// The service.
+        #[arg(long, short)]
+        service: String,
+    },
+    /// Send everyone back to stable now: the canary's weight goes to 0.
+    Abort {
+        /// The service.
+        #[arg(long, short)]
+        service: String,
+    },
+    /// Start an aborted rollout again from its first step.
+    Retry {
+        /// The service.
+        #[arg(long, short)]
+        service: String,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StartArgs {
+    /// The service.
+    #[arg(long, short)]
+    pub service: String,
+    /// The version to roll out (required unless the --plan file names it).
+    #[arg(long, short, required_unless_present = "plan")]
+    pub version: Option<String>,
+    /// The canary's weight at each step, in percent, ascending (default 5,25,50,100).
+    #[arg(long, value_name = "PERCENTS")]
+    pub steps: Option<String>,
+    /// How long each step holds, like 5m (default 5m).
+    #[arg(long, value_name = "DURATION")]
+    pub step_time: Option<String>,
+    /// The shortest analysis window, like 1m (default 1m).
+    #[arg(long, value_name = "DURATION")]
+    pub interval: Option<String>,
+    /// Requests of each version a window needs before a verdict (default 100).
+    #[arg(long, value_name = "N")]
+    pub min_requests: Option<u64>,
+    /// How long a window waits for enough requests before the rollout pauses (default 15m).
+    #[arg(long, value_name = "DURATION")]
+    pub max_wait: Option<String>,
+    /// Failing windows in a row that abort (default 2).
+    #[arg(long, value_name = "N")]
+    pub failure_limit: Option<u32>,
+    /// How long the analysis goes on after the promote, like 5m; 0s turns it off (default 5m).
+    #[arg(long, value_name = "DURATION")]
+    pub post_promotion: Option<String>,
+    /// Record verdicts, never abort on them.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The whole plan as a TOML or JSON file (the `[services.rollout]` table of a policy), `-`
+    /// for stdin, or inline JSON.
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<String>,
+}
+
+/// `5,25,50,100` -> the steps.
+pub fn steps(text: &str) -> Result<Vec<crate::rollout::Step>, CtlError> {
+    text.split(',')
+        .map(|part| {
+            let part = part.trim().trim_end_matches('%');
+            match part.parse::<f64>() {
+                Ok(w) if w > 0.0 && w <= 100.0 => Ok(crate::rollout::Step::weight(w)),
+                _ => Err(CtlError::Usage(format!(
+                    "--steps {text}: write percents above 0 and at most 100, like 5,25,50,100"
+                ))),
+            }
+        })
+        .collect()
+}
+
+/// `5m` -> 5 minutes, or a usage error naming the flag.
+pub fn duration(flag: &str, text: &str) -> Result<std::time::Duration, CtlError> {
+    humantime::parse_duration(text).map_err(|e| {
+        CtlError::Usage(format!(
+            "--{flag} {text}: not a duration like 30s or 5m ({e})"
+        ))
+    })
 }
 
 #[derive(clap::Subcommand, Debug)]

@@ -39,14 +39,16 @@ use crate::api::{
     paths, EntriesRemoved, EntriesWritten, EntryCount, EntryList, ErrorCode, Explain, Explanation,
     History, HistoryQuery, IfMatch, NewEntries, NewEntry, PolicyReplaced, Promote, Promoted,
     ReloadOutcome, ReloadQuery, Reloaded, RemoveEntries, Revisioned, Rollback, RolledBack,
-    RouteDeleted, RouteList, RoutePut, RuleDeleted, RuleList, RuleQuery, RuleWritten,
+    RolloutView, RouteDeleted, RouteList, RoutePut, RuleDeleted, RuleList, RuleQuery, RuleWritten,
     ServiceDeleted, ServiceList, ServicePut, SetVersion, SetWeights, Status, Undo, Undone,
     VersionDeleted, VersionList, VersionPut, Weights,
 };
 use crate::policy::edit::route_name;
 use crate::policy::model::{RouteDoc, RuleDoc, ServiceDoc};
 use crate::policy::PolicyDoc;
-use args::{Cmd, DocCmd, ListCmd, PolicyCmd, RulesCmd, VersionsCmd, WeightsCmd};
+use args::{
+    Cmd, DocCmd, ListCmd, PolicyCmd, RolloutCmd, RulesCmd, StartArgs, VersionsCmd, WeightsCmd,
+};
 use client::{Answer, Api};
 use doc::Part;
 use http::{Method, StatusCode};
@@ -323,6 +325,7 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
             }
             out.done(&a, &text)?;
         }
+        Cmd::Rollout { cmd } => rollout(&api, &out, rev, cmd).await?,
         Cmd::History { limit } => {
             let path = paths::history(&HistoryQuery { limit: Some(limit) });
             let a: Answer<Revisioned<History>> = api.get(&path).await?;
@@ -355,6 +358,74 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
         }
     }
     Ok(())
+}
+
+/// The plan of `rollout start`: the --plan file (or the default plan), with the flags over it.
+fn plan(args: StartArgs) -> Result<crate::rollout::RolloutDoc, CtlError> {
+    let mut plan = match &args.plan {
+        Some(file) => doc::read::<crate::rollout::RolloutDoc>(file, Part::Policy)?.value,
+        None => crate::rollout::RolloutDoc::new(args.version.clone().unwrap_or_default()),
+    };
+    if let Some(version) = args.version {
+        plan.version = version;
+    }
+    if let Some(steps) = &args.steps {
+        plan.steps = args::steps(steps)?;
+    }
+    if let Some(t) = &args.step_time {
+        plan.step_time = args::duration("step-time", t)?;
+    }
+    if let Some(t) = &args.interval {
+        plan.interval = args::duration("interval", t)?;
+    }
+    if let Some(t) = &args.max_wait {
+        plan.max_wait = args::duration("max-wait", t)?;
+    }
+    if let Some(t) = &args.post_promotion {
+        plan.post_promotion = args::duration("post-promotion", t)?;
+    }
+    if let Some(n) = args.min_requests {
+        plan.analysis.min_requests = n;
+    }
+    if let Some(n) = args.failure_limit {
+        plan.failure_limit = n;
+    }
+    if args.dry_run {
+        plan.dry_run = true;
+    }
+    Ok(plan)
+}
+
+async fn rollout(
+    api: &Api,
+    out: &output::Printer,
+    rev: IfMatch,
+    cmd: RolloutCmd,
+) -> Result<(), CtlError> {
+    let (service, action) = match cmd {
+        RolloutCmd::Status { service } => {
+            let a: Answer<Revisioned<RolloutView>> = api.get(&paths::rollout(&service)).await?;
+            return out.show(&a, output::rollout);
+        }
+        RolloutCmd::Start(start) => {
+            let service = start.service.clone();
+            let body = json_body(&plan(*start)?)?;
+            let a: Answer<Revisioned<RolloutView>> = api
+                .call(Method::POST, &paths::rollout(&service), rev, Some(body))
+                .await?;
+            let what = output::rollout_line(&a.body.body);
+            return out.done(&a, &what);
+        }
+        RolloutCmd::Pause { service } => (service, "pause"),
+        RolloutCmd::Resume { service } => (service, "resume"),
+        RolloutCmd::Promote { service } => (service, "promote"),
+        RolloutCmd::Abort { service } => (service, "abort"),
+        RolloutCmd::Retry { service } => (service, "retry"),
+    };
+    let path = paths::rollout_action(&service, action);
+    let a: Answer<Revisioned<RolloutView>> = api.call(Method::POST, &path, rev, None).await?;
+    let what = output::rollout_line(&a.body.body);
+    out.done(&a, &what)
 }
 
 /// Prints one document (a route, a service, a rule) as the API sent it, once it reads as a `T`.

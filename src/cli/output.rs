@@ -7,8 +7,8 @@
 use super::client::Answer;
 use super::CtlError;
 use crate::api::{
-    EntryList, Explanation, History, Reloaded, Revisioned, RouteList, RuleList, ServiceList,
-    Status, VersionList, Weights,
+    EntryList, Explanation, History, Reloaded, Revisioned, RolloutView, RouteList, RuleList,
+    ServiceList, Status, VersionFigures, VersionList, Weights,
 };
 use crate::policy::model::{IdentityDoc, SplitDoc};
 use crate::policy::{buckets_of_percent, BUCKETS};
@@ -421,6 +421,101 @@ pub fn history(v: &Revisioned<History>) -> String {
         })
         .collect();
     table(&["REVISION", "TIME", "ACTOR", "CHANGE"], &rows)
+}
+
+/// `web: v2 progressing at step 2/4 (25%): <reason>`
+pub fn rollout_line(v: &RolloutView) -> String {
+    match v.state {
+        None => format!("{}: rollout of {} not started yet", v.service, v.version),
+        Some(state) => format!(
+            "{}: {} {state} at step {}/{} ({}): {}",
+            v.service,
+            v.version,
+            v.step,
+            v.steps,
+            pct(v.weight),
+            v.reason
+        ),
+    }
+}
+
+/// One version's window figures: `v2 512 requests, 5xx 0.2% (1), p50 1.2ms, p99 4.1ms`.
+fn window_figures(f: &VersionFigures) -> String {
+    let ms = |q: Option<f64>| q.map_or_else(|| "-".to_string(), |v| format!("{v}ms"));
+    format!(
+        "{} {} requests, errors {}% ({}), p50 {}, p99 {}",
+        f.version,
+        f.requests,
+        number(f.error_percent),
+        f.errors,
+        ms(f.p50_ms),
+        ms(f.p99_ms)
+    )
+}
+
+/// `rollout status`: the line, the window, and the verdicts as a table.
+pub fn rollout(v: &Revisioned<RolloutView>) -> String {
+    let r = &v.body;
+    let mut out = rollout_line(r);
+    if let Some(since) = &r.since {
+        out.push_str(&format!("\nsince {since}"));
+    }
+    if let Some(until) = &r.guard_until {
+        out.push_str(&format!(", guard until {until}"));
+    }
+    if r.plan.dry_run {
+        out.push_str(" (dry run: verdicts never abort)");
+    }
+    if let Some(w) = &r.window {
+        out.push_str(&format!(
+            "\nwindow {}s: canary {}\n{:>w$}stable {}",
+            number((w.seconds * 10.0).round() / 10.0),
+            window_figures(&w.canary),
+            "",
+            window_figures(&w.stable),
+            w = format!("window {}s: ", number((w.seconds * 10.0).round() / 10.0)).len()
+        ));
+    }
+    if r.failures > 0 {
+        out.push_str(&format!("\nfailing windows in a row: {}", r.failures));
+    }
+    if r.verdicts.is_empty() {
+        out.push_str("\nno verdict yet");
+    } else {
+        let rows: Vec<Vec<String>> = r
+            .verdicts
+            .iter()
+            .map(|verdict| {
+                let time = humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(verdict.at_ms),
+                )
+                .to_string();
+                let mut text = verdict.text.clone();
+                if let Some(action) = &verdict.action {
+                    text.push_str(&format!(" -> {action}"));
+                }
+                vec![
+                    time,
+                    format!("{} ({})", verdict.step + 1, pct(verdict.weight)),
+                    outcome(verdict.outcome).to_string(),
+                    text,
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&table(&["TIME", "STEP", "VERDICT", "FIGURES"], &rows));
+    }
+    out
+}
+
+/// A verdict's outcome as it is written.
+fn outcome(o: crate::rollout::Outcome) -> &'static str {
+    match o {
+        crate::rollout::Outcome::Pass => "pass",
+        crate::rollout::Outcome::Fail => "FAIL",
+        crate::rollout::Outcome::Abort => "ABORT",
+        crate::rollout::Outcome::NotEnoughData => "waiting",
+    }
 }
 
 #[cfg(test)]

@@ -65,6 +65,23 @@ pub struct ConfigFile {
     /// `[admin]`; absent: no admin listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<AdminFile>,
+    /// `[rollouts]`: how the rollout driver runs.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub rollouts: RolloutsFile,
+}
+
+/// `[rollouts]`: how often rollouts are looked at, and how long the driver's lease lasts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutsFile {
+    /// How often each instance publishes its counters and the driver judges the windows;
+    /// default `1s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tick: Option<String>,
+    /// How long the driver's store lease lasts without renewal (another instance takes over
+    /// within this time after the driver dies); default `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
 }
 
 /// `[store]`: which keys go with which kind is checked by validation, not here.
@@ -309,6 +326,10 @@ mod tests {
                     token_env: None,
                 }],
             }),
+            rollouts: RolloutsFile {
+                tick: Some("500ms".into()),
+                lease: Some("3s".into()),
+            },
         }
     }
 
@@ -364,6 +385,10 @@ format = "json"
 [admin]
 listen = "127.0.0.1:0"
 tokens = [{ name = "alice", token = "alice-token-0123456789" }]
+
+[rollouts]
+tick = "500ms"
+lease = "3s"
 
 [[policy.services]]
 name = "web"

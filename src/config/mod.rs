@@ -95,6 +95,8 @@ pub struct Config {
     pub response_version_header: bool,
     /// The admin API (`[admin]`); `None`: no admin listener.
     pub admin: Option<AdminConfig>,
+    /// The rollout driver (`[rollouts]`).
+    pub rollouts: crate::gateway::DriverConfig,
 }
 
 /// Where the policy and the identity lists are kept.
@@ -304,7 +306,23 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         .map(|a| admin::admin_config(a, &listen, &at))
         .transpose()?;
 
+    let driver = crate::gateway::DriverConfig::default();
+    let rollouts = crate::gateway::DriverConfig {
+        tick: duration("rollouts.tick", &file.rollouts.tick, driver.tick)?,
+        lease: duration("rollouts.lease", &file.rollouts.lease, driver.lease)?,
+    };
+    if rollouts.lease < rollouts.tick * 2 {
+        return Err(at(
+            "rollouts.lease",
+            format!(
+                "must be at least twice the tick ({}), so that the driver renews it in time",
+                humantime::format_duration(rollouts.tick)
+            ),
+        ));
+    }
+
     Ok(Config {
+        rollouts,
         admin,
         metrics,
         access_log,

@@ -7,7 +7,10 @@
 //!   what graygate forwarded (`X-Forwarded-For`, the version header);
 //! - `x-body-bytes`: how many body bytes arrived, so that a large upload can be checked whole
 //!   without echoing it;
-//! - a request counter, read with [`Backend::requests`].
+//! - a request counter, read with [`Backend::requests`];
+//! - misbehaviour on purpose, switched at any time: [`Backend::fail_every`] answers `500` to
+//!   every n-th request (n = 20: 5% exactly), [`Backend::delay`] answers each request that much
+//!   later. The rollout demo and tests make a bad canary with them.
 //!
 //! The server runs on the caller's tokio runtime and stops when the [`Backend`] is dropped.
 
@@ -18,8 +21,18 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How a backend misbehaves, changed while it runs.
+#[derive(Default)]
+struct Faults {
+    /// Every n-th request gets a 500 (0: none).
+    fail_every: AtomicUsize,
+    /// Each answer waits this long first, in microseconds.
+    delay_us: AtomicU64,
+}
 
 /// A running backend. Dropping it stops accepting connections.
 pub struct Backend {
@@ -27,6 +40,7 @@ pub struct Backend {
     addr: SocketAddr,
     /// Requests answered so far: tests wait on it to act in the middle of load.
     requests: Arc<AtomicUsize>,
+    faults: Arc<Faults>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -37,13 +51,33 @@ impl Backend {
         let addr = listener.local_addr()?;
         let name: Arc<str> = Arc::from(name);
         let requests = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn(serve(listener, Arc::clone(&name), Arc::clone(&requests)));
+        let faults = Arc::new(Faults::default());
+        let task = tokio::spawn(serve(
+            listener,
+            Arc::clone(&name),
+            Arc::clone(&requests),
+            Arc::clone(&faults),
+        ));
         Ok(Backend {
             name,
             addr,
             requests,
+            faults,
             task,
         })
+    }
+
+    /// From now on, every `n`-th request is answered `500 Internal Server Error` (`n` = 10:
+    /// 10% of the requests); 0 stops it.
+    pub fn fail_every(&self, n: usize) {
+        self.faults.fail_every.store(n, Ordering::Relaxed);
+    }
+
+    /// From now on, each answer waits `delay` first (zero: none).
+    pub fn delay(&self, delay: Duration) {
+        self.faults
+            .delay_us
+            .store(delay.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// The name it answers with.
@@ -68,18 +102,40 @@ impl Drop for Backend {
     }
 }
 
-async fn serve(listener: tokio::net::TcpListener, name: Arc<str>, requests: Arc<AtomicUsize>) {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    name: Arc<str>,
+    requests: Arc<AtomicUsize>,
+    faults: Arc<Faults>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let (name, requests) = (Arc::clone(&name), Arc::clone(&requests));
+        let (name, requests, faults) = (
+            Arc::clone(&name),
+            Arc::clone(&requests),
+            Arc::clone(&faults),
+        );
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let (name, requests) = (Arc::clone(&name), Arc::clone(&requests));
+                let (name, requests, faults) = (
+                    Arc::clone(&name),
+                    Arc::clone(&requests),
+                    Arc::clone(&faults),
+                );
                 async move {
-                    requests.fetch_add(1, Ordering::Relaxed);
-                    Ok::<_, Infallible>(answer(&name, request).await)
+                    let n = requests.fetch_add(1, Ordering::Relaxed) + 1;
+                    let delay = faults.delay_us.load(Ordering::Relaxed);
+                    if delay > 0 {
+                        tokio::time::sleep(Duration::from_micros(delay)).await;
+                    }
+                    let mut response = answer(&name, request).await;
+                    let every = faults.fail_every.load(Ordering::Relaxed);
+                    if every > 0 && n % every == 0 {
+                        *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    Ok::<_, Infallible>(response)
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -143,5 +199,23 @@ mod tests {
             assert_eq!(body, "canary\n");
             assert_eq!(backend.requests(), round);
         }
+
+        // Misbehaving on purpose: every 2nd request fails, each answer waits 30ms.
+        backend.fail_every(2);
+        backend.delay(Duration::from_millis(30));
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            let started = std::time::Instant::now();
+            let request = hyper::Request::get("/")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            assert!(started.elapsed() >= Duration::from_millis(30));
+            statuses.push(response.status().as_u16());
+            response.into_body().collect().await.unwrap();
+        }
+        assert_eq!(statuses, [200, 500, 200, 500], "requests 3 to 6");
+        backend.fail_every(0);
+        backend.delay(Duration::ZERO);
     }
 }

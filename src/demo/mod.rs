@@ -152,6 +152,7 @@ fn demo_config(
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             tokens: Vec::new(),
         }),
+        rollouts: Default::default(),
     }
 }
 

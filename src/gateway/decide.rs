@@ -12,7 +12,7 @@
 
 use super::Gateway;
 use crate::policy::{Decision, Evaluation, LookupAnswer, Lookups, Policy, RequestFacts};
-use crate::proxy::Router;
+use crate::proxy::{Answer, Router};
 use crate::store::Store;
 use std::future::Future;
 use std::pin::Pin;
@@ -97,10 +97,13 @@ impl Router for Gateway {
     ) -> Pin<Box<dyn Future<Output = Option<Decision>> + Send + 'a>> {
         Box::pin(async move {
             let policy = self.policy.load_full();
-            let decision = self.decide(&policy, &facts).await?;
-            self.traffic.count(&decision.service, &decision.version);
-            Some(decision)
+            self.decide(&policy, &facts).await
         })
+    }
+
+    fn answered(&self, decision: &Decision, answer: Answer) {
+        self.traffic
+            .count(&decision.service, &decision.version, answer);
     }
 }
 
@@ -132,7 +135,17 @@ mod tests {
             headers: &headers,
             random: 7,
         };
-        g.route(facts).await
+        let decision = g.route(facts).await;
+        // Answered at once, as the data plane reports it: counted.
+        if let Some(d) = &decision {
+            let answer = Answer {
+                status: 200,
+                failed: false,
+                latency: Duration::from_millis(1),
+            };
+            g.answered(d, answer);
+        }
+        decision
     }
 
     /// `v2 by rule:gray`: the version and the reason of a decision.

@@ -27,16 +27,21 @@
 //!   document it starts from, and the history it records.
 //! - `decide`: the data plane's question ([`crate::proxy::Router`]): evaluate on one snapshot,
 //!   fetching the store values the rules need, each bounded by the lookup timeout.
-//! - `traffic`: the per-version request counters of the admin API's status.
+//! - `traffic`: the per-version counters (requests, errors, latency) of the admin API's status
+//!   and of the rollout analysis.
+//! - `rollouts`: the rollout driver: publishes this instance's counters, and on the instance
+//!   holding the store lease, judges every rollout's window and moves it.
 
 mod change;
 mod decide;
+mod rollouts;
 mod seed;
 #[cfg(test)]
 mod testing;
 mod traffic;
 
 pub use change::{Applied, ChangeError, HistoryEntry};
+pub use rollouts::{now_ms, DriverConfig, RolloutsHandle, ACTOR};
 pub use seed::ConfigPolicy;
 
 use crate::policy::edit::EditError;

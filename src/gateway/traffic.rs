@@ -1,20 +1,37 @@
-//! Requests routed to each version since start, for the admin API's status.
+//! What each version's requests came to since start: the counts of the admin API's status, and
+//! the errors and latencies the rollout analysis compares.
 //!
-//! The request path must pay almost nothing for this: it loads a snapshot of the table and bumps
-//! one atomic. So the table is rebuilt (off the request path) whenever a policy is installed, and
-//! a version that stays in the new policy keeps its counter (the same `Arc<AtomicU64>`), so that
-//! its count survives a policy change; a version that leaves is dropped with its count.
+//! The request path must pay almost nothing for this: it loads a snapshot of the table, finds the
+//! version and makes a few relaxed atomic adds ([`VersionCounters::record`]); no lock, no
+//! allocation. So the table is rebuilt (off the request path) whenever a policy is installed, and
+//! a version that stays in the new policy keeps its counters (the same `Arc`), so that its figures
+//! survive a policy change; a version that leaves is dropped with its figures.
+//!
+//! Which statuses count as errors is decided per service when the table is built (the rollout's
+//! `error_statuses`, else 5xx), so that the request path tests one bit.
 
 use crate::policy::PolicyDoc;
+use crate::proxy::Answer;
+use crate::rollout::{AnalysisSettings, Figures, StatusSet, VersionCounters};
 use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// service -> version -> requests routed there.
-type Table = HashMap<Arc<str>, HashMap<Arc<str>, Arc<AtomicU64>>>;
+/// One service's counters.
+struct ServiceCounters {
+    /// The statuses that count as errors for this service.
+    errors: StatusSet,
+    /// version -> its counters.
+    versions: HashMap<Arc<str>, Arc<VersionCounters>>,
+}
 
-/// Per-version request counters of this instance.
+/// service -> its counters.
+type Table = HashMap<Arc<str>, ServiceCounters>;
+
+/// service -> version -> figures.
+pub type FiguresTable = BTreeMap<String, BTreeMap<String, Figures>>;
+
+/// Per-version counters of this instance.
 pub(super) struct Traffic {
     /// Replaced as a whole by [`Traffic::rebuild`]; read by [`Traffic::count`] on every request.
     table: ArcSwap<Table>,
@@ -28,20 +45,19 @@ impl Traffic {
         }
     }
 
-    /// Counts one request routed to `version` of `service`. A version the table does not know
+    /// Counts one answered request of `version` of `service`. A version the table does not know
     /// (a request decided on a policy that was replaced meanwhile) is not counted.
-    pub(super) fn count(&self, service: &str, version: &str) {
-        if let Some(n) = self
-            .table
-            .load()
-            .get(service)
-            .and_then(|versions| versions.get(version))
-        {
-            n.fetch_add(1, Ordering::Relaxed);
+    pub(super) fn count(&self, service: &str, version: &str, answer: Answer) {
+        let table = self.table.load();
+        if let Some(s) = table.get(service) {
+            if let Some(counters) = s.versions.get(version) {
+                let error = answer.failed || s.errors.contains(answer.status);
+                counters.record(error, answer.latency);
+            }
         }
     }
 
-    /// A counter for every version of `doc`, reusing the counters of versions that stay.
+    /// Counters for every version of `doc`, reusing the counters of versions that stay.
     pub(super) fn rebuild(&self, doc: &PolicyDoc) {
         let old = self.table.load();
         let mut table = Table::new();
@@ -52,29 +68,51 @@ impl Traffic {
                 .versions
                 .keys()
                 .map(|v| {
-                    let counter = known
-                        .and_then(|k| k.get(v.as_str()))
+                    let counters = known
+                        .and_then(|k| k.versions.get(v.as_str()))
                         .cloned()
                         .unwrap_or_default();
-                    (Arc::from(v.as_str()), counter)
+                    (Arc::from(v.as_str()), counters)
                 })
                 .collect();
-            table.insert(service, versions);
+            let errors = s
+                .rollout
+                .as_ref()
+                .and_then(|r| r.analysis.error_statuses().ok())
+                .unwrap_or_else(|| {
+                    AnalysisSettings::default()
+                        .error_statuses()
+                        .unwrap_or_default()
+                });
+            table.insert(service, ServiceCounters { errors, versions });
         }
         self.table.store(Arc::new(table));
     }
 
-    /// The counts now: service -> version -> requests, for every version of the running policy.
+    /// The request counts now: service -> version -> requests, for every version of the running
+    /// policy.
     pub(super) fn snapshot(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        self.figures()
+            .into_iter()
+            .map(|(service, versions)| {
+                let counts = versions.into_iter().map(|(v, f)| (v, f.requests)).collect();
+                (service, counts)
+            })
+            .collect()
+    }
+
+    /// Every version's figures now (cumulative since this process started counting it).
+    pub(super) fn figures(&self) -> FiguresTable {
         self.table
             .load()
             .iter()
-            .map(|(service, versions)| {
-                let counts = versions
+            .map(|(service, s)| {
+                let figures = s
+                    .versions
                     .iter()
-                    .map(|(v, n)| (v.to_string(), n.load(Ordering::Relaxed)))
+                    .map(|(v, n)| (v.to_string(), n.snapshot()))
                     .collect();
-                (service.to_string(), counts)
+                (service.to_string(), figures)
             })
             .collect()
     }
@@ -83,6 +121,13 @@ impl Traffic {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    const OK: Answer = Answer {
+        status: 200,
+        failed: false,
+        latency: Duration::from_millis(1),
+    };
 
     /// A document with these services, each with these versions (the first one stable).
     fn doc(services: &[(&str, &[&str])]) -> PolicyDoc {
@@ -112,14 +157,14 @@ mod tests {
     #[test]
     fn counts_known_versions_only() {
         let t = Traffic::new();
-        t.count("web", "v1");
+        t.count("web", "v1", OK);
         assert!(counts(&t).is_empty(), "nothing is known before a policy");
         t.rebuild(&doc(&[("web", &["v1", "v2"])]));
-        t.count("web", "v1");
-        t.count("web", "v1");
-        t.count("web", "v2");
-        t.count("web", "v9");
-        t.count("api", "v1");
+        t.count("web", "v1", OK);
+        t.count("web", "v1", OK);
+        t.count("web", "v2", OK);
+        t.count("web", "v9", OK);
+        t.count("api", "v1", OK);
         assert_eq!(counts(&t), "web/v1=2 web/v2=1");
     }
 
@@ -127,13 +172,13 @@ mod tests {
     fn counters_survive_a_policy_change_for_versions_that_stay() {
         let t = Traffic::new();
         t.rebuild(&doc(&[("web", &["v1", "v2"])]));
-        t.count("web", "v1");
-        t.count("web", "v2");
-        t.count("web", "v2");
+        t.count("web", "v1", OK);
+        t.count("web", "v2", OK);
+        t.count("web", "v2", OK);
         // v2 leaves, v3 arrives, a new service appears: v1 keeps its count.
         t.rebuild(&doc(&[("web", &["v1", "v3"]), ("api", &["a"])]));
-        t.count("web", "v1");
-        t.count("web", "v3");
+        t.count("web", "v1", OK);
+        t.count("web", "v3", OK);
         assert_eq!(counts(&t), "api/a=0 web/v1=2 web/v3=1");
         // A version that comes back starts from zero: its old counter left with it.
         t.rebuild(&doc(&[("web", &["v1", "v2"])]));

@@ -81,4 +81,23 @@ pub trait Router: Send + Sync + 'static {
         &'a self,
         facts: RequestFacts<'a>,
     ) -> Pin<Box<dyn Future<Output = Option<Decision>> + Send + 'a>>;
+
+    /// Called once per routed request when its answer is known (the upstream's response headers,
+    /// or graygate's own 502/504), before the body flows: what the rollout analysis compares.
+    /// Runs on the request path: count, do not wait.
+    fn answered(&self, decision: &Decision, answer: Answer) {
+        let _ = (decision, answer);
+    }
+}
+
+/// How a routed request was answered, for [`Router::answered`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    /// The status sent to the client.
+    pub status: u16,
+    /// The answer failed the version the request was meant for whatever its status: graygate
+    /// answered 502/504 itself, or the chosen version could not be reached and stable answered.
+    pub failed: bool,
+    /// From the request headers being read to the answer's headers.
+    pub latency: std::time::Duration,
 }

@@ -47,7 +47,7 @@ use tracing::{debug, warn};
 use super::client_ip::ClientIpConfig;
 use super::forward;
 use super::upstream::{Activity, LiveUpstreams, SendError, TrackedBody, UpstreamError};
-use super::{ProxyBody, Router};
+use super::{Answer, ProxyBody, Router};
 use crate::policy::{Decision, RequestFacts};
 
 /// Body of the 404 answered when the policy has no route.
@@ -346,12 +346,12 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
     let client_ip = shared.cfg.client_ip.resolve(peer.ip(), req.headers());
     let Some(observer) = shared.cfg.observer.as_ref() else {
         let mut outcome = Outcome::default();
-        return proxy(shared, peer, client_ip, req, &mut outcome).await;
+        return proxy(shared, peer, client_ip, req, &mut outcome, started).await;
     };
     let method = req.method().clone();
     let uri = req.uri().clone();
     let mut outcome = Outcome::default();
-    let response = proxy(shared, peer, client_ip, req, &mut outcome).await;
+    let response = proxy(shared, peer, client_ip, req, &mut outcome, started).await;
     // Phase "observe": reported when the body is done, so the record has its byte count.
     let report = Report {
         observer: observer.clone(),
@@ -482,6 +482,7 @@ async fn proxy(
     client_ip: IpAddr,
     mut req: Request<Incoming>,
     outcome: &mut Outcome,
+    started: Instant,
 ) -> Response<ProxyBody> {
     if req.method() == Method::CONNECT {
         return text(StatusCode::METHOD_NOT_ALLOWED, NO_CONNECT);
@@ -545,6 +546,7 @@ async fn proxy(
         }
     }
 
+    let mut own_error = false;
     let response = match result {
         Ok(exchange) => {
             outcome.server = Some(exchange.server);
@@ -552,6 +554,7 @@ async fn proxy(
             respond(exchange.response, client_upgrade, &choice)
         }
         Err(SendError::Unreachable { error, .. }) => {
+            own_error = true;
             warn!(
                 route = %choice.route,
                 version = %choice.version,
@@ -562,6 +565,7 @@ async fn proxy(
             text(StatusCode::BAD_GATEWAY, UNAVAILABLE)
         }
         Err(SendError::Failed { server, error }) => {
+            own_error = true;
             let timed_out = matches!(error, UpstreamError::ResponseTimeout { .. });
             outcome.server = Some(server);
             if timed_out {
@@ -582,6 +586,14 @@ async fn proxy(
         };
         forward::set_version_header(response.headers_mut(), name, version);
     }
+    shared.router.answered(
+        &choice,
+        Answer {
+            status: response.status().as_u16(),
+            failed: own_error || outcome.fell_back,
+            latency: started.elapsed(),
+        },
+    );
     outcome.choice = Some(choice);
     response
 }

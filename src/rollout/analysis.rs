@@ -55,7 +55,7 @@ pub struct AnalysisSettings {
     /// The canary's p50 or p99 must be at least this many times stable's to fail. Default 1.5.
     pub latency_ratio: f64,
     /// ... and at least this much slower (humantime text: `"10ms"`). Default 10 ms.
-    #[serde(with = "duration_text")]
+    #[serde(with = "humantime_serde")]
     pub latency_floor: Duration,
     /// Hard guard: a canary error rate above this percentage aborts at once. Default 20.0; 100
     /// turns the guard off.
@@ -791,27 +791,6 @@ pub fn requests_to_detect(
         }
     }
     Some(high.max(settings.min_requests))
-}
-
-/// Serde for a [`Duration`] as humantime text (`"10ms"`, `"1m 30s"`), as settings are written.
-pub mod duration_text {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    /// Writes `"10ms"`.
-    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&humantime::format_duration(*value))
-    }
-
-    /// Reads `"10ms"`, `"1m 30s"`; a number alone is refused (which unit would it be?).
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "`{text}` is not a duration like \"10ms\" or \"5m\": {e}"
-            ))
-        })
-    }
 }
 
 #[cfg(test)]

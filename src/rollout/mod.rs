@@ -20,7 +20,7 @@ pub mod analysis;
 pub mod figures;
 pub mod machine;
 pub mod model;
-
+pub mod record;
 pub mod stats;
 
 pub use analysis::{

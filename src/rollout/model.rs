@@ -1,7 +1,7 @@
 //! A rollout as the policy document holds it: the operator's plan and the state the driver moves
 //! it through.
 //!
-//! The rollout lives in the service it carries ([`crate::policy::ServiceDoc::rollout`]), so every
+//! The rollout lives in the service it carries ([`crate::policy::model::ServiceDoc::rollout`]), so every
 //! transition is a policy change: it is written with a history record saying why, it reaches
 //! every instance by the store's push, and it survives a restart. A plan written in the policy
 //! TOML without a `status` is started by the driver as soon as it sees it.
@@ -55,6 +55,9 @@ pub struct RolloutDoc {
     /// How long the analysis goes on after the promote (a failure rolls back); `0s`: off.
     #[serde(default = "default_post_promotion", with = "humantime_serde")]
     pub post_promotion: Duration,
+    /// How a window is judged: minimum requests, the error and latency tests, the hard guard.
+    #[serde(default)]
+    pub analysis: crate::rollout::AnalysisSettings,
     /// Names of the service's rules that belong to this rollout (its cohort, e.g. staff first):
     /// an abort takes them out so that they stop sending to the canary, a retry puts them back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -98,6 +101,7 @@ impl RolloutDoc {
             failure_limit: DEFAULT_FAILURE_LIMIT,
             dry_run: false,
             post_promotion: DEFAULT_POST_PROMOTION,
+            analysis: crate::rollout::AnalysisSettings::default(),
             cohort: Vec::new(),
             parked_rules: Vec::new(),
             status: None,
@@ -200,6 +204,9 @@ impl RolloutDoc {
                     humantime::format_duration(self.interval)
                 ),
             ));
+        }
+        if let Err(e) = self.analysis.validate() {
+            return Err((path.field("analysis").join(&e.field), e.message));
         }
         if self.failure_limit == 0 {
             return Err((path.field("failure_limit"), "must be at least 1".into()));
@@ -308,6 +315,10 @@ impl<'de> Deserialize<'de> for Step {
 #[serde(deny_unknown_fields)]
 pub struct RolloutStatus {
     pub state: RolloutState,
+    /// When this run of the rollout began (its start, or its retry), in ms since the Unix epoch:
+    /// the driver's working record belongs to one run.
+    #[serde(default)]
+    pub started_ms: u64,
     /// The current step, counted from 0.
     pub step: usize,
     /// When the current step began (its weight was set), in ms since the Unix epoch: its hold
@@ -504,6 +515,7 @@ mod tests {
         assert_eq!(doc.active_rollouts(), ["web"]);
         let status = |state, guard| RolloutStatus {
             state,
+            started_ms: 1,
             step: 0,
             step_started_ms: 1,
             since_ms: 1,
