@@ -52,8 +52,8 @@ enum Command {
         file: Option<PathBuf>,
     },
     /// Control a running graygate through its admin API: gray lists, weights, explain, promote,
-    /// rollback, history, undo. Exit codes: 0 done, 1 refused by the API, 2 usage, 3 unreachable,
-    /// failed, or not a graygate admin API.
+    /// rollback, history, undo, reload. Exit codes: 0 done, 1 refused by the API, 2 usage, 3
+    /// unreachable, failed, or not a graygate admin API.
     Ctl(graygate::cli::CtlArgs),
     /// Start a self-contained demo: built-in stable and canary backends, an embedded store and an
     /// example policy, then print curl commands that show each rule.
