@@ -389,7 +389,7 @@ struct Report {
 impl Report {
     fn send(self, bytes_sent: u64) {
         let outcome = &self.outcome;
-        let table = self.upstreams.current();
+        let table = self.upstreams.load();
         let choice = outcome.choice.as_ref();
         let version = choice.map(|c| {
             if outcome.fell_back {

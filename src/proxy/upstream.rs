@@ -823,6 +823,12 @@ impl LiveUpstreams {
         self.table.load_full()
     }
 
+    /// The table in use now, for a short read that does not wait on anything (no reference
+    /// count is touched; do not hold it across an `.await`).
+    pub fn load(&self) -> arc_swap::Guard<Arc<Upstreams>> {
+        self.table.load()
+    }
+
     /// Phase "upstream" on the table in use now: see [`Upstreams::send`].
     pub async fn send(
         &self,
