@@ -59,7 +59,7 @@ async fn promote(
                     .find(|s| s.name == name)
                     .map(|s| s.stable.clone())
                     .unwrap_or_default();
-                machine::promote(doc, &name, format!("promoted by {who}"), now)?;
+                machine::promote(doc, &name, format!("promoted by hand by {who}"), now)?;
                 return Ok((old, target.clone()));
             }
             Ok(edit::promote(doc, &name, Some(&target))?)

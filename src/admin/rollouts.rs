@@ -201,8 +201,8 @@ async fn action(
             let said = match action.as_str() {
                 "pause" => machine::pause(doc, &name, format!("paused by {who}"), now),
                 "resume" => machine::resume(doc, &name, now),
-                "promote" => machine::promote(doc, &name, format!("promoted by {who}"), now),
-                "abort" => machine::abort(doc, &name, format!("aborted by {who}"), now),
+                "promote" => machine::promote(doc, &name, format!("requested by {who}"), now),
+                "abort" => machine::abort(doc, &name, format!("requested by {who}"), now),
                 _ => machine::retry(doc, &name, now),
             };
             Ok(said?)

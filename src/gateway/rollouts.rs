@@ -531,11 +531,17 @@ fn decide(
     }
     if guarding {
         let until = status.guard_until_ms.unwrap_or(0);
-        if now >= until && record.failures == 0 {
-            return Some(Action::GuardPassed(format!(
-                "{} passing windows",
-                record.passes
-            )));
+        // At its end the guard passes unless failures reached the limit (then it has aborted):
+        // a window that failed once, followed by silence, must not keep it open forever.
+        if now >= until {
+            let mut why = windows(record.passes, "passing");
+            if record.failures > 0 {
+                why.push_str(&format!(
+                    ", the last {} below the failure limit",
+                    windows(record.failures, "failing")
+                ));
+            }
+            return Some(Action::GuardPassed(why));
         }
         return None;
     }
@@ -547,14 +553,23 @@ fn decide(
             let held = Duration::from_millis(now.saturating_sub(status.step_started_ms));
             if held >= hold {
                 return Some(Action::Advance(format!(
-                    "held {}, {} passing windows",
+                    "held {}, {}",
                     machine::words(held),
-                    record.passes
+                    windows(record.passes, "passing")
                 )));
             }
         }
     }
     None
+}
+
+/// `1 passing window`, `3 failing windows`.
+fn windows(n: u32, kind: &str) -> String {
+    if n == 1 {
+        format!("1 {kind} window")
+    } else {
+        format!("{n} {kind} windows")
+    }
 }
 
 #[cfg(test)]
@@ -719,7 +734,7 @@ mod tests {
         assert_eq!((r.passes, r.verdicts[0].outcome), (1, Outcome::Pass));
         assert_eq!(r.verdicts[0].stable_requests, 2000);
         match decide(&plan(), &st, "v2", &mut r, 5 * INTERVAL_MS) {
-            Some(Action::GuardPassed(why)) => assert_eq!(why, "1 passing windows"),
+            Some(Action::GuardPassed(why)) => assert_eq!(why, "1 passing window"),
             other => panic!("{other:?}"),
         }
         // A failing promoted version is rolled back (here by the hard guard).
@@ -742,12 +757,22 @@ mod tests {
         let mut r = record(Figures::default(), Figures::default());
         r.last_stable = Some(fig(2000, 2, 2));
         r.failures = 1;
-        for tick in 1..=40 {
+        // A guard longer than max_wait: silence never asks for a pause.
+        st.guard_until_ms = Some(40 * INTERVAL_MS);
+        for tick in 1..80 {
             let now = tick * INTERVAL_MS / 2;
             assert_eq!(decide(&plan(), &st, "v2", &mut r, now), None, "at {now} ms");
         }
         assert_eq!(r.verdicts.len(), 1, "{:?}", r.verdicts);
         assert_eq!(r.verdicts[0].outcome, Outcome::NotEnoughData);
+        // One failing window then silence does not hold the guard open past its end.
+        match decide(&plan(), &st, "v2", &mut r, 40 * INTERVAL_MS) {
+            Some(Action::GuardPassed(why)) => assert_eq!(
+                why,
+                "0 passing windows, the last 1 failing window below the failure limit"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

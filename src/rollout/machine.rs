@@ -9,7 +9,7 @@
 //! Each returns the words of the transition: they become the history record's summary and the
 //! status's `reason`.
 
-use super::model::{RolloutDoc, RolloutState, RolloutStatus};
+use super::model::{ParkedRule, RolloutDoc, RolloutState, RolloutStatus};
 use crate::policy::edit::{EditError, EditErrorKind};
 use crate::policy::model::ServiceDoc;
 use crate::policy::model::SplitDoc;
@@ -417,18 +417,22 @@ pub fn abort(
         s.previous_weight = None;
     }
     set_weight(s, &version, 0.0);
-    let (kept, parked): (Vec<_>, Vec<_>) = std::mem::take(&mut s.rules)
-        .into_iter()
-        .partition(|rule| !cohort.contains(&rule.name));
-    s.rules = kept;
+    let mut parked = Vec::new();
+    for (at, rule) in std::mem::take(&mut s.rules).into_iter().enumerate() {
+        if cohort.contains(&rule.name) {
+            parked.push(ParkedRule { at, rule });
+        } else {
+            s.rules.push(rule);
+        }
+    }
     if let Some(r) = s.rollout.as_mut() {
         r.parked_rules.extend(parked);
     }
     Ok(reason)
 }
 
-/// Starts an aborted rollout again from its first step, with its cohort rules back (first, in
-/// their order).
+/// Starts an aborted rollout again from its first step, with its cohort rules back at their
+/// places among the service's rules.
 pub fn retry(doc: &mut PolicyDoc, service: &str, now_ms: u64) -> Result<String, EditError> {
     let s = service_mut(doc, service)?;
     let r = started(s, "retry")?;
@@ -444,9 +448,13 @@ pub fn retry(doc: &mut PolicyDoc, service: &str, now_ms: u64) -> Result<String, 
     }
     let weight_before = st.weight_before;
     r.status = None;
-    let mut rules = parked;
-    rules.append(&mut s.rules);
-    s.rules = rules;
+    // Back at their places, the lowest first, so that each index means what it meant.
+    let mut parked = parked;
+    parked.sort_by_key(|p| p.at);
+    for p in parked {
+        let at = p.at.min(s.rules.len());
+        s.rules.insert(at, p.rule);
+    }
     let reason = begin(s, now_ms);
     if let Some(st) = s.rollout.as_mut().and_then(|r| r.status.as_mut()) {
         st.weight_before = weight_before;
@@ -571,13 +579,24 @@ mod tests {
     #[test]
     fn abort_takes_the_cohort_out_and_retry_puts_it_back() {
         let mut d = doc();
+        // An operator's rule before the cohort's, and one after.
+        let mut first = d.services[0].rules[0].clone();
+        first.name = "first".into();
+        let mut last = first.clone();
+        last.name = "last".into();
+        d.services[0].rules.insert(0, first);
+        d.services[0].rules.push(last);
+        let names = |d: &PolicyDoc| -> Vec<String> {
+            web(d).rules.iter().map(|r| r.name.clone()).collect()
+        };
         let mut plan = RolloutDoc::new("v2");
         plan.cohort = vec!["staff".into()];
         start(&mut d, "web", plan, 0).unwrap();
         advance(&mut d, "web", "held".into(), 10).unwrap();
         abort(&mut d, "web", "canary 5xx".into(), 20).unwrap();
-        assert!(
-            web(&d).rules.is_empty(),
+        assert_eq!(
+            names(&d),
+            ["first", "last"],
             "the cohort stops sending to the canary"
         );
         assert_eq!(state(&d), (RolloutState::Aborted, 1, 0.0));
@@ -587,7 +606,7 @@ mod tests {
         let said = retry(&mut d, "web", 30).unwrap();
         assert_eq!(said, "retried: rollout of web v2 started: step 1/4 (5%)");
         assert_eq!(state(&d), (RolloutState::Progressing, 0, 5.0));
-        assert_eq!(web(&d).rules[0].name, "staff");
+        assert_eq!(names(&d), ["first", "staff", "last"], "back at its place");
         assert_eq!(
             web(&d)
                 .rollout
@@ -605,7 +624,7 @@ mod tests {
             e.message,
             "the rollout of `web` is progressing: only an aborted rollout is retried"
         );
-        assert_eq!(web(&d).rules.len(), 1, "a refused retry parks nothing");
+        assert_eq!(web(&d).rules.len(), 3, "a refused retry parks nothing");
     }
 
     #[test]

@@ -62,9 +62,9 @@ pub struct RolloutDoc {
     /// an abort takes them out so that they stop sending to the canary, a retry puts them back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cohort: Vec<String>,
-    /// The cohort rules an abort took out, in their order, for `retry`.
+    /// The cohort rules an abort took out, each with its place among the rules, for `retry`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub parked_rules: Vec<crate::policy::model::RuleDoc>,
+    pub parked_rules: Vec<ParkedRule>,
     /// Where the rollout is; absent in a plan that was written but not started yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<RolloutStatus>,
@@ -212,7 +212,7 @@ impl RolloutDoc {
             return Err((path.field("failure_limit"), "must be at least 1".into()));
         }
         for (i, name) in self.cohort.iter().enumerate() {
-            let parked = self.parked_rules.iter().any(|r| &r.name == name);
+            let parked = self.parked_rules.iter().any(|p| &p.rule.name == name);
             if !parked && !service.rules.iter().any(|r| &r.name == name) {
                 return Err((
                     path.field("cohort").index(i),
@@ -230,6 +230,15 @@ impl RolloutDoc {
         }
         Ok(())
     }
+}
+
+/// A cohort rule an abort took out: `retry` puts it back at its place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParkedRule {
+    /// Its index among the service's rules when it was taken out.
+    pub at: usize,
+    pub rule: crate::policy::model::RuleDoc,
 }
 
 /// One step of a plan: the canary weight, then a hold or a pause for `resume`.

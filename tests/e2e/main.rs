@@ -9,7 +9,8 @@
 //! - [`admin`]: the admin API refuses bad input naming the field, revisions, tokens, explain, ctl;
 //! - [`ctl_honest`]: `graygate ctl` refuses what is not a graygate admin API, closed pipes, bad
 //!   weights, and names the line of a TOML document's errors;
-//! - [`rollout`]: a whole rollout through `graygate ctl`, on each store;
+//! - [`rollout`]: a whole rollout by hand through `graygate ctl`, on each store, and hand-made
+//!   steps during an automatic rollout;
 //! - [`live`]: the live-change model: no empty revisions, promote and rollback keep the original
 //!   designs' routing, SIGHUP and `ctl reload` never undo runtime changes;
 //! - [`original_layouts`]: the nginx + memcached and OpenResty + Redis designs' data, outages
@@ -17,7 +18,9 @@
 //! - [`stores`]: the store contract every store runs, and what only one store does;
 //! - [`check`]: `graygate check` names the file, line and field of every bad config;
 //! - [`demo`]: `graygate demo` does what it prints;
-//! - [`docs`]: the documented `graygate ctl` sequences print what the documents show.
+//! - [`docs`]: the documented `graygate ctl` sequences print what the documents show;
+//! - [`doc_figures`]: the figures and defaults `docs/rollouts.md` and `docs/config.md` state are
+//!   what the code computes.
 //!
 //! [`support`] holds the builders. Waits are bounded; a slow machine stretches every bound with
 //! `GRAYGATE_TEST_PATIENCE=<factor>` (default 1).
@@ -26,6 +29,7 @@ mod admin;
 mod check;
 mod ctl_honest;
 mod demo;
+mod doc_figures;
 mod docs;
 mod live;
 mod logs;

@@ -14,12 +14,12 @@ use graygate::rollout::analysis::detection_chance;
 use graygate::rollout::{requests_to_detect, AnalysisSettings, RolloutDoc};
 use std::time::Duration;
 
-const ROLLOUTS: &str = include_str!("../docs/rollouts.md");
-const CONFIG: &str = include_str!("../docs/config.md");
+const ROLLOUTS: &str = include_str!("../../docs/rollouts.md");
+const CONFIG: &str = include_str!("../../docs/config.md");
 
 /// The body rows of the first markdown table after `marker` in `doc`, each as its trimmed cells.
 fn table_after(doc: &str, file: &str, marker: &str) -> Vec<Vec<String>> {
-    // `<!-- checked: plan defaults (tests/rollout_docs.rs) -->`: the name, then anything.
+    // `<!-- checked: plan defaults (tests/e2e/doc_figures.rs) -->`: the name, then anything.
     let marker = format!("<!-- checked: {marker}");
     let start = doc
         .find(&format!("{marker} "))
