@@ -23,7 +23,9 @@ use crate::rollout::record::{
     rollout_key, InstanceCounters, VerdictRecord, VersionFigures, Window, WindowKey, WorkingRecord,
     COUNTERS_PREFIX, DRIVER_LEASE,
 };
-use crate::rollout::{judge, Figures, Outcome, RolloutDoc, RolloutState, RolloutStatus};
+use crate::rollout::{
+    judge, judge_against_earlier, Figures, Outcome, RolloutDoc, RolloutState, RolloutStatus,
+};
 use crate::store::ErrorChain;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -440,7 +442,11 @@ fn decide(
     // A plan that starts at 100% never saw stable: only the hard guard judges it, and its
     // steps go by their hold.
     let no_baseline = everyone && record.last_stable.is_none();
-    let verdict = judge(&rollout.analysis, &canary, &baseline);
+    let verdict = if everyone {
+        judge_against_earlier(&rollout.analysis, &canary, &baseline)
+    } else {
+        judge(&rollout.analysis, &canary, &baseline)
+    };
     let age = Duration::from_millis(now.saturating_sub(record.window.started_ms));
     let entry = |action: Option<&str>| VerdictRecord {
         at_ms: now,
@@ -795,6 +801,23 @@ mod tests {
         failing.last_stable = Some(fig(2000, 1, 2));
         decide(&p, &st, "v1", &mut failing, INTERVAL_MS);
         assert_eq!(failing.verdicts[0].outcome, Outcome::Fail);
+        // Latency against an earlier window is shown, not judged: that window had other load.
+        let mut slow = record(fig(2000, 0, 80), Figures::default());
+        slow.last_stable = Some(fig(2000, 1, 2));
+        decide(&p, &st, "v1", &mut slow, INTERVAL_MS);
+        assert_eq!(
+            slow.verdicts[0].outcome,
+            Outcome::Pass,
+            "{}",
+            slow.verdicts[0].text
+        );
+        assert!(
+            slow.verdicts[0]
+                .text
+                .ends_with("not judged (stable's figures are from an earlier window)"),
+            "{}",
+            slow.verdicts[0].text
+        );
         // A plan that starts at 100% has no baseline: it goes by its hold, the hard guard on.
         let mut r = record(fig(2000, 0, 2), Figures::default());
         assert_eq!(decide(&p, &st, "v1", &mut r, INTERVAL_MS), None);

@@ -420,6 +420,42 @@ pub fn judge(settings: &AnalysisSettings, canary: &Figures, stable: &Figures) ->
     Verdict::new(outcome, checks)
 }
 
+/// Judges the canary against stable's figures of an *earlier* window: at a 100% step and during
+/// the post-promotion guard stable answers nobody, so its last passing window is the baseline.
+/// The hard guard and the error rate are judged as by [`judge`]; latency is shown but never
+/// fails, because an earlier window ran under other load and latency follows load (a healthy
+/// canary at 100% on a busy moment would be rolled back). A latency regression is caught at the
+/// steps below 100%, where both versions share the window.
+pub fn judge_against_earlier(
+    settings: &AnalysisSettings,
+    canary: &Figures,
+    stable: &Figures,
+) -> Verdict {
+    let verdict = judge(settings, canary, stable);
+    if verdict.outcome != Outcome::Fail {
+        return verdict;
+    }
+    let checks: Vec<Check> = verdict
+        .checks
+        .into_iter()
+        .map(|mut c| {
+            if matches!(c.measure, Measure::Latency { .. }) && c.outcome == Outcome::Fail {
+                c.outcome = Outcome::Pass;
+                let base = c.text.strip_suffix(": FAIL").unwrap_or(&c.text).to_string();
+                c.text =
+                    format!("{base}: not judged (stable's figures are from an earlier window)");
+            }
+            c
+        })
+        .collect();
+    let outcome = if checks.iter().any(|c| c.outcome == Outcome::Fail) {
+        Outcome::Fail
+    } else {
+        Outcome::Pass
+    };
+    Verdict::new(outcome, checks)
+}
+
 /// The hard guard's check when it fires; `None` when it does not.
 fn hard_guard(settings: &AnalysisSettings, label: &str, canary: &Figures) -> Option<Check> {
     if canary.requests == 0 || canary.requests < settings.abort_min_requests {

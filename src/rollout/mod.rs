@@ -24,8 +24,8 @@ pub mod record;
 pub mod stats;
 
 pub use analysis::{
-    judge, requests_to_detect, AnalysisSettings, Check, Condition, Measure, Outcome, SettingsError,
-    StatusSet, Verdict,
+    judge, judge_against_earlier, requests_to_detect, AnalysisSettings, Check, Condition, Measure,
+    Outcome, SettingsError, StatusSet, Verdict,
 };
 pub use figures::{Figures, VersionCounters};
 pub use model::{RolloutDoc, RolloutState, RolloutStatus, Step};
