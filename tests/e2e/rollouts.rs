@@ -453,6 +453,35 @@ async fn a_canary_failing_5_percent_is_aborted_and_stable_never_fails() {
         human.starts_with("web: canary aborted at step ") && human.contains(" -> aborted"),
         "{human}"
     );
+
+    // `retry`, the canary still failing: the first step again, and aborted again after two
+    // failing windows of its own.
+    let retried = parse(ctl.json(&["rollout", "retry", "--service", "web"]));
+    assert_eq!(
+        (retried.state, retried.step, retried.weight),
+        (Some(RolloutState::Progressing), 1, 5.0),
+        "{}",
+        describe(&retried)
+    );
+    let load = Load::start(gg.addr, steady(4));
+    let seen = aborted.verdicts.len();
+    let again = watch
+        .until("aborted again after the retry", PLAN_TIME, |v| {
+            v.state == Some(RolloutState::Aborted) && v.verdicts.len() > seen
+        })
+        .await;
+    load.finish().await.assert_healthy("the retry", true);
+    let why = describe(&again);
+    let failing: Vec<_> = again.verdicts[seen..]
+        .iter()
+        .filter(|d| d.outcome == Outcome::Fail)
+        .collect();
+    assert!(
+        again.reason.ends_with("(2 failing windows in a row)")
+            && failing.len() == 2
+            && failing[1].action.as_deref() == Some("aborted"),
+        "{why}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
