@@ -257,6 +257,13 @@ impl Driver {
             self.records.insert(s.name.clone(), stored);
         }
         let record = self.records.entry(s.name.clone()).or_default();
+        if record.started_ms != status.started_ms {
+            // A new run (a start, a retry): nothing of the last one carries over.
+            *record = WorkingRecord {
+                started_ms: status.started_ms,
+                ..WorkingRecord::default()
+            };
+        }
         record.driver = self.id.clone();
         enter(record, key, now, instances);
         record.window.update(instances);
@@ -529,6 +536,7 @@ mod tests {
     fn status(state: RolloutState) -> RolloutStatus {
         RolloutStatus {
             state,
+            started_ms: 0,
             step: 0,
             step_started_ms: 0,
             since_ms: 0,
