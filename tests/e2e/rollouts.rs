@@ -454,32 +454,36 @@ async fn a_canary_failing_5_percent_is_aborted_and_stable_never_fails() {
         "{human}"
     );
 
-    // `retry`, the canary still failing: the first step again, and aborted again after two
-    // failing windows of its own.
+    // `retry`, the canary still failing: the first step again, a run of its own (none of the
+    // last run's verdicts), aborted again after two failing windows of its own.
     let retried = parse(ctl.json(&["rollout", "retry", "--service", "web"]));
-    assert_eq!(
-        (retried.state, retried.step, retried.weight),
-        (Some(RolloutState::Progressing), 1, 5.0),
+    let run = |v: &RolloutView| v.plan.status.as_ref().map(|st| st.started_ms);
+    assert!(
+        (retried.state, retried.step, retried.weight) == (Some(RolloutState::Progressing), 1, 5.0)
+            && run(&retried) != run(&aborted)
+            && retried.verdicts.is_empty(),
         "{}",
         describe(&retried)
     );
     let load = Load::start(gg.addr, steady(4));
-    let seen = aborted.verdicts.len();
     let again = watch
         .until("aborted again after the retry", PLAN_TIME, |v| {
-            v.state == Some(RolloutState::Aborted) && v.verdicts.len() > seen
+            v.state == Some(RolloutState::Aborted) && run(v) == run(&retried)
         })
         .await;
     load.finish().await.assert_healthy("the retry", true);
     let why = describe(&again);
-    let failing: Vec<_> = again.verdicts[seen..]
+    let failing: Vec<_> = again
+        .verdicts
         .iter()
         .filter(|d| d.outcome == Outcome::Fail)
         .collect();
+    let started = run(&retried).unwrap_or_default();
     assert!(
         again.reason.ends_with("(2 failing windows in a row)")
             && failing.len() == 2
-            && failing[1].action.as_deref() == Some("aborted"),
+            && failing[1].action.as_deref() == Some("aborted")
+            && again.verdicts.iter().all(|d| d.at_ms >= started),
         "{why}"
     );
 }
