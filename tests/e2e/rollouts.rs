@@ -183,8 +183,18 @@ impl Watch {
         Watch(gg.admin_api())
     }
 
-    async fn now(&mut self) -> RolloutView {
-        parse(self.0.get("/v1/services/web/rollout").await)
+    /// The rollout now; a refusal (a shared store that timed out on a busy machine) is what was
+    /// seen, and the poll goes on.
+    async fn now(&mut self) -> Result<RolloutView, String> {
+        let (reply, json) = self
+            .0
+            .send("GET", "/v1/services/web/rollout", &[], "")
+            .await;
+        if reply.status == 200 {
+            Ok(parse(json))
+        } else {
+            Err(format!("{} {}", reply.status, reply.body))
+        }
     }
 
     /// Polls until `done` says yes, within `limit`; fails at once if the rollout ended (aborted,
@@ -196,7 +206,7 @@ impl Watch {
         done: impl Fn(&RolloutView) -> bool,
     ) -> RolloutView {
         eventually(format!("the rollout of web: {what}"), async || {
-            let v = self.now().await;
+            let v = self.now().await.map_err(Seen)?;
             if done(&v) {
                 return Ok(v);
             }
@@ -594,7 +604,9 @@ async fn a_quiet_service_waits_for_data_then_pauses_after_max_wait() {
     let (stable, canary) = (backend("stable").await, backend("canary").await);
     let gg = rollout_gateway(&stable, &canary).start().await;
     let (ctl, mut watch) = (gg.ctl(), Watch::on(&gg));
-    // Three requests a second.
+    // Three requests a second: about 8 of each version in the 5 s it may wait, short of 20. It
+    // waits from the end of the first window (1 s) to max_wait (5 s): 4 s to see it waiting,
+    // even when a busy machine stalls graygate for a second or two.
     let load = Load::start(
         gg.addr,
         LoadPlan {
@@ -614,7 +626,7 @@ async fn a_quiet_service_waits_for_data_then_pauses_after_max_wait() {
             "--min-requests",
             "20",
             "--max-wait",
-            "3s",
+            "5s",
         ],
     );
 
@@ -637,7 +649,7 @@ async fn a_quiet_service_waits_for_data_then_pauses_after_max_wait() {
     assert!(
         paused
             .reason
-            .starts_with("not enough data after 3s: canary ")
+            .starts_with("not enough data after 5s: canary ")
             && paused.reason.ends_with("(need 20 each): not enough data"),
         "{why}"
     );
@@ -659,7 +671,7 @@ async fn a_quiet_service_waits_for_data_then_pauses_after_max_wait() {
     assert!(
         moves.len() == 2
             && moves[0].starts_with("rollout of web: waiting for data: ")
-            && moves[1].starts_with("rollout of web: not enough data after 3s: "),
+            && moves[1].starts_with("rollout of web: not enough data after 5s: "),
         "{moves:#?}"
     );
 }
@@ -814,9 +826,12 @@ async fn on_redis_another_instance_takes_over_a_killed_driver_and_verdicts_sum_b
             |v| v.driver.as_ref().is_some_and(|d| d != &driver),
         )
         .await;
+    // The dead driver renewed its lease at most a tick before the kill, so the lease runs out
+    // within LEASE of it, and the survivor takes it at its next tick. Typically 2.0 s here; the
+    // bound leaves a second for a busy machine.
     let took = killed.elapsed();
     assert!(
-        took <= patient(LEASE + TICK * 2),
+        took <= patient(LEASE + TICK + Duration::from_secs(1)),
         "the survivor took over {took:?} after the kill, lease {LEASE:?}: {}",
         describe(&taken)
     );
