@@ -6,13 +6,15 @@
 //! API's `POST /v1/reload` read the config file again with.
 
 use crate::config::{Config, StoreConfig};
+use crate::gateway::VerdictTally;
 use crate::gateway::{Gateway, GatewayError};
 use crate::observe::{
     self, AccessLog, AccessLogFormat, AccessLogTarget, AccessLogWriter, CacheCounts, Metrics,
-    Observe, PolicyStatsSource, StoreStats, StoreStatsSource,
+    Observe, PolicyStatsSource, RolloutStats, RolloutStatsSource, StoreStats, StoreStatsSource,
 };
 use crate::proxy::{self, LiveUpstreams, ProxyConfig, UpstreamConfigError};
 use crate::reload::Reloader;
+use crate::rollout::RolloutState;
 use crate::store::{CachedStore, EmbeddedStore, MemcachedStore, RedisStore, Store, StoreError};
 use std::fmt;
 use std::net::SocketAddr;
@@ -146,7 +148,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
         observer,
         metrics,
         access_log,
-    } = observation(config, &gateway, &upstreams).await?;
+    } = observation(config, &gateway, &upstreams, rollouts.verdicts()).await?;
 
     // The response header has the same name as the upstream one, or the usual name when the
     // upstream one is off.
@@ -242,6 +244,7 @@ async fn observation(
     config: &Config,
     gateway: &Arc<Gateway>,
     upstreams: &Arc<LiveUpstreams>,
+    verdicts: Arc<VerdictTally>,
 ) -> Result<Observation, StartError> {
     let metrics = config.metrics.listen.map(|_| {
         Arc::new(Metrics::new(observe::Sources {
@@ -249,6 +252,10 @@ async fn observation(
             upstreams: Some(upstreams.clone()),
             // The store's kind and health, and its lookup cache's counters when it has one.
             store: Some(Arc::new(StoreMetrics(gateway.store().clone()))),
+            rollouts: Some(Arc::new(RolloutMetrics {
+                gateway: gateway.clone(),
+                verdicts,
+            })),
         }))
     });
     let (log, writer) = match config.access_log.format {
@@ -317,6 +324,47 @@ impl StoreStatsSource for StoreMetrics {
             }),
             degraded: self.0.health().degraded,
         }
+    }
+}
+
+/// Rollout metrics: the state, step and weight of every rollout in the running policy (the
+/// same on every instance), and the verdicts this instance's driver counted.
+struct RolloutMetrics {
+    gateway: Arc<Gateway>,
+    verdicts: Arc<VerdictTally>,
+}
+
+impl RolloutStatsSource for RolloutMetrics {
+    fn rollouts(&self) -> Vec<RolloutStats> {
+        let policy = self.gateway.policy();
+        policy
+            .doc()
+            .services
+            .iter()
+            .filter_map(|s| {
+                let rollout = s.rollout.as_ref()?;
+                let status = rollout.status.as_ref();
+                let state = status.map(|st| st.state);
+                // As `rollout status` shows it: once promoted, the version is stable and takes
+                // every request the rules leave.
+                let weight = if state == Some(RolloutState::Promoted) {
+                    100.0
+                } else {
+                    s.split
+                        .as_ref()
+                        .and_then(|split| split.weights.get(&rollout.version))
+                        .copied()
+                        .unwrap_or(0.0)
+                };
+                Some(RolloutStats {
+                    service: s.name.clone(),
+                    state,
+                    step: status.map_or(0, |st| st.step + 1),
+                    weight,
+                    verdicts: self.verdicts.of(&s.name),
+                })
+            })
+            .collect()
     }
 }
 

@@ -1,11 +1,14 @@
 //! The weighted split of a service: what share of the requests no rule decided goes to each
-//! version (the rest to stable), and what makes it sticky.
+//! version (the rest to stable), and what makes it sticky. Setting it by hand pauses a rollout
+//! that is moving it, so that the rollout's next step does not overwrite the operator's weights.
 
 use super::extract::{JsonBody, Write};
 use super::{AdminState, ApiError, Shared};
 use crate::api::{paths, Revisioned, SetWeights, Weights};
+use crate::gateway::now_ms;
 use crate::policy::edit;
 use crate::policy::PolicyDoc;
+use crate::rollout::{machine, RolloutState};
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::Router;
@@ -53,15 +56,34 @@ async fn set_weights(
     JsonBody(body): JsonBody<SetWeights>,
 ) -> Result<Revisioned<Weights>, ApiError> {
     let summary = format!("weights {name}: {}", weights_text(&body.weights));
+    let who = write.caller().to_string();
+    let now = now_ms();
     let applied = write
         .apply(&summary, |doc| {
-            Ok(edit::set_weights(
+            edit::set_weights(
                 doc,
                 &name,
                 body.weights.clone(),
                 body.by.clone(),
                 body.salt.clone(),
-            )?)
+            )?;
+            // The operator's weights stand: a rollout moving this split pauses (its next step
+            // would overwrite them) until `rollout resume`.
+            let moving = doc
+                .services
+                .iter()
+                .find(|s| s.name == name)
+                .and_then(|s| s.rollout.as_ref()?.state())
+                .is_some_and(|st| matches!(st, RolloutState::Progressing | RolloutState::Waiting));
+            if moving {
+                machine::pause(
+                    doc,
+                    &name,
+                    format!("weights set by {who}: the rollout waits for resume"),
+                    now,
+                )?;
+            }
+            Ok(())
         })
         .await?;
     Ok(Revisioned::change(

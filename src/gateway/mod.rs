@@ -41,7 +41,7 @@ mod testing;
 mod traffic;
 
 pub use change::{Applied, ChangeError, HistoryEntry};
-pub use rollouts::{now_ms, DriverConfig, RolloutsHandle, ACTOR};
+pub use rollouts::{now_ms, DriverConfig, RolloutsHandle, VerdictTally, ACTOR};
 pub use seed::ConfigPolicy;
 
 use crate::policy::edit::EditError;

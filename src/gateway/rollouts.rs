@@ -12,6 +12,9 @@
 //!
 //! A change is made only if the rollout is still where the driver saw it: an operator's pause or
 //! abort in between wins.
+//!
+//! The verdicts this instance records are also counted per service and outcome
+//! ([`VerdictTally`]) for the metrics, which read the count at scrape time.
 
 use super::Gateway;
 use crate::policy::edit::EditError;
@@ -24,8 +27,8 @@ use crate::rollout::record::{
 };
 use crate::rollout::{judge, Figures, Outcome, RolloutDoc, RolloutState, RolloutStatus};
 use crate::store::ErrorChain;
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How the driver runs.
@@ -92,6 +95,62 @@ struct Driver {
     records: HashMap<String, WorkingRecord>,
     /// The last store error logged, so that a store that stays down is logged once.
     last_error: Option<String>,
+    /// The verdicts recorded here, counted for the metrics.
+    tally: Arc<VerdictTally>,
+}
+
+/// The outcomes of a verdict, in the order [`VerdictTally`] keeps their counts.
+const OUTCOMES: [Outcome; 4] = [
+    Outcome::Pass,
+    Outcome::Fail,
+    Outcome::Abort,
+    Outcome::NotEnoughData,
+];
+
+/// How many verdicts this instance's driver recorded since the process started, per service
+/// and outcome: what `graygate_rollout_verdicts_total` exports. Only the driving instance
+/// records verdicts, so the counts of every instance add up to the rollouts' verdicts.
+///
+/// The driver counts at most one verdict per rollout and tick, and the metrics read at scrape
+/// time: a lock costs nothing here, and nothing on the request path ever takes it.
+#[derive(Debug, Default)]
+pub struct VerdictTally {
+    /// service -> counts in the order of [`OUTCOMES`].
+    counts: Mutex<BTreeMap<String, [u64; 4]>>,
+}
+
+impl VerdictTally {
+    /// Counts one recorded verdict of `service`.
+    fn count(&self, service: &str, outcome: Outcome) {
+        let index = OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0);
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(service) = counts.get_mut(service) {
+            service[index] += 1;
+        } else {
+            let mut new = [0; 4];
+            new[index] = 1;
+            counts.insert(service.to_string(), new);
+        }
+    }
+
+    /// The verdicts of `service` counted so far, for every outcome (zeros included).
+    pub fn of(&self, service: &str) -> [(Outcome, u64); 4] {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let of = counts.get(service).copied().unwrap_or_default();
+        [0, 1, 2, 3].map(|i| (OUTCOMES[i], of[i]))
+    }
+}
+
+/// The verdict [`decide`] recorded, if it recorded one: `before` is the length and the newest
+/// verdict of the record before it ran. It records at most one, at the end; when the record was
+/// full, the oldest went out and the length stayed, so the newest tells.
+fn recorded<'a>(
+    before: &(usize, Option<VerdictRecord>),
+    after: &'a [VerdictRecord],
+) -> Option<&'a VerdictRecord> {
+    let newest = after.last()?;
+    let fresh = after.len() > before.0 || before.1.as_ref() != Some(newest);
+    fresh.then_some(newest)
 }
 
 impl Gateway {
@@ -99,6 +158,7 @@ impl Gateway {
     /// names this instance in the store's counters and lease.
     pub fn spawn_rollouts(self: &Arc<Self>, config: DriverConfig) -> RolloutsHandle {
         let id = instance_id();
+        let tally = Arc::new(VerdictTally::default());
         let driver = Driver {
             gateway: Arc::clone(self),
             id: id.clone(),
@@ -106,12 +166,14 @@ impl Gateway {
             holding: false,
             records: HashMap::new(),
             last_error: None,
+            tally: Arc::clone(&tally),
         };
         let task = tokio::spawn(driver.run());
         RolloutsHandle {
             task,
             id,
             gateway: Arc::clone(self),
+            tally,
         }
     }
 }
@@ -121,12 +183,18 @@ pub struct RolloutsHandle {
     task: tokio::task::JoinHandle<()>,
     id: String,
     gateway: Arc<Gateway>,
+    tally: Arc<VerdictTally>,
 }
 
 impl RolloutsHandle {
     /// This instance's id in the store's counters and lease.
     pub fn instance(&self) -> &str {
         &self.id
+    }
+
+    /// The verdicts this instance's driver recorded, for the metrics.
+    pub fn verdicts(&self) -> Arc<VerdictTally> {
+        Arc::clone(&self.tally)
     }
 
     /// Stops the driver and gives its lease up, so that another instance takes over at once.
@@ -274,7 +342,11 @@ impl Driver {
         }
         record.window.update(instances);
 
+        let before = (record.verdicts.len(), record.verdicts.last().cloned());
         let action = decide(rollout, status, &s.stable, record, now);
+        if let Some(verdict) = recorded(&before, &record.verdicts) {
+            self.tally.count(&s.name, verdict.outcome);
+        }
         record.updated_ms = now;
         let json = serde_json::to_string(&*record).expect("a working record always serializes");
         store.put_record(&rollout_key(&s.name), &json, None).await?;
@@ -414,7 +486,8 @@ fn decide(
         match verdict.outcome {
             Outcome::NotEnoughData => {
                 let waiting_for = age >= rollout.max_wait;
-                if waiting_for && state != RolloutState::Paused {
+                // During the guard the promote is done: there is no step to pause.
+                if waiting_for && state != RolloutState::Paused && !guarding {
                     record.record(entry(Some("paused")));
                     action = Some(Action::Pause(format!(
                         "not enough data after {}: {}",
@@ -673,6 +746,25 @@ mod tests {
         ));
     }
 
+    /// After the promote there is nobody to pause for: a guard left without traffic (here after
+    /// a failing window, so that it cannot end yet) records its short window once and asks for
+    /// nothing, however long it waits. It once asked for a pause (which a promoted rollout
+    /// refuses) and recorded a verdict at every tick after `max_wait`.
+    #[test]
+    fn a_guard_without_traffic_never_pauses_and_records_once() {
+        let mut st = status(RolloutState::Promoted);
+        st.guard_until_ms = Some(5 * INTERVAL_MS);
+        let mut r = record(Figures::default(), Figures::default());
+        r.last_stable = Some(fig(2000, 2, 2));
+        r.failures = 1;
+        for tick in 1..=40 {
+            let now = tick * INTERVAL_MS / 2;
+            assert_eq!(decide(&plan(), &st, "v2", &mut r, now), None, "at {now} ms");
+        }
+        assert_eq!(r.verdicts.len(), 1, "{:?}", r.verdicts);
+        assert_eq!(r.verdicts[0].outcome, Outcome::NotEnoughData);
+    }
+
     #[test]
     fn at_100_percent_the_canary_is_compared_with_stables_last_window() {
         let mut p = plan();
@@ -775,6 +867,54 @@ mod tests {
             summary("web", &action, &words),
             "rollout of web: promoted v2: end of plan (held 5m); guard for 5m"
         );
+    }
+
+    /// What the driver does around [`decide`]: counts the verdict it recorded, if any.
+    fn decide_counted(tally: &VerdictTally, st: &RolloutStatus, r: &mut WorkingRecord, now: u64) {
+        let before = (r.verdicts.len(), r.verdicts.last().cloned());
+        decide(&plan(), st, "v1", r, now);
+        if let Some(verdict) = recorded(&before, &r.verdicts) {
+            tally.count("web", verdict.outcome);
+        }
+    }
+
+    #[test]
+    fn each_recorded_verdict_is_counted_once_even_with_a_full_record() {
+        let tally = VerdictTally::default();
+        let st = status(RolloutState::Progressing);
+        let mut r = record(fig(1000, 100, 2), fig(4000, 4, 2));
+        // A record already holding as many verdicts as it keeps: its length stays.
+        for at_ms in 0..crate::rollout::record::VERDICTS_KEPT as u64 {
+            r.record(VerdictRecord {
+                at_ms,
+                step: 0,
+                weight: 5.0,
+                outcome: Outcome::Pass,
+                text: String::new(),
+                canary_requests: 0,
+                stable_requests: 0,
+                action: None,
+            });
+        }
+        decide_counted(&tally, &st, &mut r, INTERVAL_MS);
+        // The window just started again: no verdict, nothing counted.
+        decide_counted(&tally, &st, &mut r, INTERVAL_MS + 1_000);
+        // Too little data, recorded once however often the driver looks.
+        decide_counted(&tally, &st, &mut r, 2 * INTERVAL_MS);
+        decide_counted(&tally, &st, &mut r, 2 * INTERVAL_MS + 1_000);
+        // The hard guard.
+        r.window.figures.insert("v2".into(), fig(100, 60, 2));
+        decide_counted(&tally, &st, &mut r, 2 * INTERVAL_MS + 2_000);
+        assert_eq!(
+            tally.of("web"),
+            [
+                (Outcome::Pass, 0),
+                (Outcome::Fail, 1),
+                (Outcome::Abort, 1),
+                (Outcome::NotEnoughData, 1)
+            ]
+        );
+        assert!(tally.of("api").iter().all(|(_, n)| *n == 0));
     }
 
     #[test]

@@ -10,25 +10,28 @@
 //! - **pulled at scrape time** ([`Metrics::render`]) from where they already live ([`Sources`]):
 //!   policy revision and last reload, whether the running policy differs from the config file's,
 //!   upstream connect failures (of the upstream table in use: a reload that adds servers adds
-//!   their series), store and lookup-cache counters, store health. Nothing on the request path
-//!   pays for them.
+//!   their series), store and lookup-cache counters, store health, each rollout's state, step,
+//!   weight and verdict counts. Nothing on the request path pays for them.
 //!
 //! The pulled values come through small source traits ([`PolicyStatsSource`],
-//! [`StoreStatsSource`]) that say what the metrics read, so that this module, at the end of the
-//! request's line, never reaches back to the gateway or the store; `app` adapts those to them.
+//! [`StoreStatsSource`], [`RolloutStatsSource`]) that say what the metrics read, so that this
+//! module, at the end of the request's line, never reaches back to the gateway or the store;
+//! `app` adapts those to them.
 //!
 //! The metric names and labels are listed in `docs/metrics.md`.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
 use prometheus::{
-    core::Collector, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    core::Collector, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::proxy::{LiveUpstreams, RequestRecord, Upstreams};
+use crate::rollout::{Outcome, RolloutState};
 
 /// Upper bounds (seconds) of the latency histograms: from a 1 ms local answer to a 30 s
 /// upstream timeout.
@@ -84,6 +87,30 @@ pub trait PolicyStatsSource: Send + Sync + 'static {
     }
 }
 
+/// One service's rollout as the metrics show it, read at scrape time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutStats {
+    /// The service carrying the rollout: the `service` label.
+    pub service: String,
+    /// Where the rollout is; `None` for a plan written but not started yet (every state series
+    /// is then 0).
+    pub state: Option<RolloutState>,
+    /// The current step, counted from 1 as `rollout status` shows it; 0 before the start.
+    pub step: usize,
+    /// The canary's weight in the split now, in percent (100 once promoted, 0 once aborted).
+    pub weight: f64,
+    /// Verdicts this instance recorded for the service since it started, per outcome: only the
+    /// instance that drives the rollouts records verdicts, so these add up over instances.
+    pub verdicts: [(Outcome, u64); 4],
+}
+
+/// Where the rollout metrics come from; read once per scrape.
+pub trait RolloutStatsSource: Send + Sync + 'static {
+    /// Every service that has a rollout (running or ended), in any order. Called on the
+    /// scrape's task: must not block (no store I/O).
+    fn rollouts(&self) -> Vec<RolloutStats>;
+}
+
 /// What the scrape reads values from. Every part is optional: what is missing is not exported.
 #[derive(Default, Clone)]
 pub struct Sources {
@@ -93,6 +120,8 @@ pub struct Sources {
     pub upstreams: Option<Arc<LiveUpstreams>>,
     /// Store lookups, errors, cache hits and misses, degraded state.
     pub store: Option<Arc<dyn StoreStatsSource>>,
+    /// Each rollout's state, step, weight and verdict counts.
+    pub rollouts: Option<Arc<dyn RolloutStatsSource>>,
 }
 
 /// The connect-failure counters of one upstream table, resolved when a scrape first sees the
@@ -149,11 +178,29 @@ pub struct Metrics {
     cache_misses: IntCounterVec,
     /// `graygate_store_degraded{store}`, pulled.
     store_degraded: IntGaugeVec,
+    /// `graygate_rollout_state{service, state}`, pulled (registered only with a rollout
+    /// source, as the three below).
+    rollout_state: IntGaugeVec,
+    /// `graygate_rollout_step{service}`, pulled.
+    rollout_step: IntGaugeVec,
+    /// `graygate_rollout_weight{service}`, pulled.
+    rollout_weight: GaugeVec,
+    /// `graygate_rollout_verdicts_total{service, outcome}`, pulled.
+    rollout_verdicts: IntCounterVec,
     /// Where the pulled values come from.
     sources: Sources,
     /// Serializes scrapes: pulled counters are advanced by the difference to the source's value,
-    /// which is exact only one scrape at a time.
-    scrape: Mutex<()>,
+    /// which is exact only one scrape at a time. Holds what the last scrape exported that a later
+    /// one may have to take away.
+    scrape: Mutex<Scraped>,
+}
+
+/// What one scrape leaves for the next.
+#[derive(Default)]
+struct Scraped {
+    /// The services whose rollout series were exported: a service whose rollout is gone (the
+    /// service or its rollout deleted) has its series removed rather than frozen.
+    rollouts: BTreeSet<String>,
 }
 
 impl Metrics {
@@ -263,6 +310,44 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let rollout_state = IntGaugeVec::new(
+            Opts::new(
+                "graygate_rollout_state",
+                "1 for the state each service's rollout is in, 0 for the others (progressing, waiting, paused, promoted, aborted).",
+            ),
+            &["service", "state"],
+        )
+        .expect("valid metric");
+        let rollout_step = IntGaugeVec::new(
+            Opts::new(
+                "graygate_rollout_step",
+                "The current step of each service's rollout, counted from 1 (0: not started yet).",
+            ),
+            &["service"],
+        )
+        .expect("valid metric");
+        let rollout_weight = GaugeVec::new(
+            Opts::new(
+                "graygate_rollout_weight",
+                "The canary's weight in each rolled-out service's split now, in percent (100 once promoted, 0 once aborted).",
+            ),
+            &["service"],
+        )
+        .expect("valid metric");
+        let rollout_verdicts = IntCounterVec::new(
+            Opts::new(
+                "graygate_rollout_verdicts_total",
+                "Analysis verdicts recorded by this instance (the one that drives the rollouts), by service and outcome (pass, fail, abort, not_enough_data).",
+            ),
+            &["service", "outcome"],
+        )
+        .expect("valid metric");
+        if sources.rollouts.is_some() {
+            register(&registry, rollout_state.clone());
+            register(&registry, rollout_step.clone());
+            register(&registry, rollout_weight.clone());
+            register(&registry, rollout_verdicts.clone());
+        }
         Metrics {
             registry,
             requests,
@@ -282,8 +367,12 @@ impl Metrics {
             cache_hits,
             cache_misses,
             store_degraded,
+            rollout_state,
+            rollout_step,
+            rollout_weight,
+            rollout_verdicts,
             sources,
-            scrape: Mutex::new(()),
+            scrape: Mutex::new(Scraped::default()),
         }
     }
 
@@ -332,15 +421,15 @@ impl Metrics {
     /// Reads the pulled values from their sources and renders every metric in the Prometheus
     /// text format ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
-        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
-        self.pull();
+        let mut scraped = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        self.pull(&mut scraped);
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_else(|e| format!("# graygate: cannot encode metrics: {e}\n"))
     }
 
     /// Brings the pulled metrics up to date.
-    fn pull(&self) {
+    fn pull(&self, scraped: &mut Scraped) {
         if let Some(policy) = &self.sources.policy {
             self.policy_revision
                 .set(i64::try_from(policy.revision()).unwrap_or(i64::MAX));
@@ -386,6 +475,68 @@ impl Metrics {
                 .with_label_values(&label)
                 .set(i64::from(stats.degraded));
         }
+        if let Some(source) = &self.sources.rollouts {
+            self.pull_rollouts(source.rollouts(), scraped);
+        }
+    }
+
+    /// Sets the rollout series from `rollouts`, and removes those of services that no longer
+    /// have a rollout.
+    fn pull_rollouts(&self, rollouts: Vec<RolloutStats>, scraped: &mut Scraped) {
+        // The gauges are set from scratch: a state, step or weight can only be the current one.
+        self.rollout_state.reset();
+        self.rollout_step.reset();
+        self.rollout_weight.reset();
+        let mut now = BTreeSet::new();
+        for r in &rollouts {
+            let service = r.service.as_str();
+            for state in RolloutState::ALL {
+                self.rollout_state
+                    .with_label_values(&[service, state.as_str()])
+                    .set(i64::from(r.state == Some(state)));
+            }
+            self.rollout_step
+                .with_label_values(&[service])
+                .set(i64::try_from(r.step).unwrap_or(i64::MAX));
+            self.rollout_weight
+                .with_label_values(&[service])
+                .set(r.weight);
+            for (outcome, n) in r.verdicts {
+                advance(
+                    &self
+                        .rollout_verdicts
+                        .with_label_values(&[service, outcome_label(outcome)]),
+                    n,
+                );
+            }
+            now.insert(r.service.clone());
+        }
+        for gone in scraped.rollouts.difference(&now) {
+            for outcome in OUTCOMES {
+                let _ = self
+                    .rollout_verdicts
+                    .remove_label_values(&[gone, outcome_label(outcome)]);
+            }
+        }
+        scraped.rollouts = now;
+    }
+}
+
+/// Every verdict outcome, for the `outcome` label.
+const OUTCOMES: [Outcome; 4] = [
+    Outcome::Pass,
+    Outcome::Fail,
+    Outcome::Abort,
+    Outcome::NotEnoughData,
+];
+
+/// The `outcome` label of a verdict: its name in the API's JSON (`not_enough_data`).
+fn outcome_label(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Pass => "pass",
+        Outcome::Fail => "fail",
+        Outcome::Abort => "abort",
+        Outcome::NotEnoughData => "not_enough_data",
     }
 }
 
@@ -745,6 +896,103 @@ mod tests {
                 Some(reload)
             );
         }
+    }
+
+    struct FakeRollouts(Mutex<Vec<RolloutStats>>);
+
+    impl RolloutStatsSource for FakeRollouts {
+        fn rollouts(&self) -> Vec<RolloutStats> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    fn rollout(
+        service: &str,
+        state: Option<RolloutState>,
+        step: usize,
+        weight: f64,
+        [pass, fail, abort, short]: [u64; 4],
+    ) -> RolloutStats {
+        RolloutStats {
+            service: service.into(),
+            state,
+            step,
+            weight,
+            verdicts: [
+                (Outcome::Pass, pass),
+                (Outcome::Fail, fail),
+                (Outcome::Abort, abort),
+                (Outcome::NotEnoughData, short),
+            ],
+        }
+    }
+
+    #[test]
+    fn rollouts_are_pulled_at_scrape_time() {
+        let source = Arc::new(FakeRollouts(Mutex::new(vec![
+            rollout(
+                "web",
+                Some(RolloutState::Progressing),
+                2,
+                25.0,
+                [3, 1, 0, 2],
+            ),
+            rollout("api", None, 0, 0.0, [0; 4]),
+        ])));
+        let m = Metrics::new(Sources {
+            rollouts: Some(source.clone()),
+            ..Sources::default()
+        });
+        let scraped = |want: &[(&str, Option<&str>)]| {
+            let text = m.render();
+            for (series, wanted) in want {
+                assert_eq!(value(&text, series).as_deref(), *wanted, "{series}\n{text}");
+            }
+        };
+        #[rustfmt::skip]
+        scraped(&[
+            (r#"graygate_rollout_state{service="web",state="progressing"}"#, Some("1")),
+            (r#"graygate_rollout_state{service="web",state="waiting"}"#, Some("0")),
+            (r#"graygate_rollout_state{service="web",state="paused"}"#, Some("0")),
+            (r#"graygate_rollout_state{service="web",state="promoted"}"#, Some("0")),
+            (r#"graygate_rollout_state{service="web",state="aborted"}"#, Some("0")),
+            (r#"graygate_rollout_step{service="web"}"#, Some("2")),
+            (r#"graygate_rollout_weight{service="web"}"#, Some("25")),
+            (r#"graygate_rollout_verdicts_total{outcome="pass",service="web"}"#, Some("3")),
+            (r#"graygate_rollout_verdicts_total{outcome="fail",service="web"}"#, Some("1")),
+            (r#"graygate_rollout_verdicts_total{outcome="abort",service="web"}"#, Some("0")),
+            (r#"graygate_rollout_verdicts_total{outcome="not_enough_data",service="web"}"#, Some("2")),
+            // A plan not started yet: in no state, at step 0.
+            (r#"graygate_rollout_state{service="api",state="progressing"}"#, Some("0")),
+            (r#"graygate_rollout_step{service="api"}"#, Some("0")),
+            (r#"graygate_rollout_verdicts_total{outcome="pass",service="api"}"#, Some("0")),
+        ]);
+
+        // web aborted on a failing window; api's rollout was deleted: its series go.
+        *source.0.lock().unwrap() = vec![rollout(
+            "web",
+            Some(RolloutState::Aborted),
+            2,
+            0.0,
+            [3, 3, 0, 2],
+        )];
+        #[rustfmt::skip]
+        scraped(&[
+            (r#"graygate_rollout_state{service="web",state="progressing"}"#, Some("0")),
+            (r#"graygate_rollout_state{service="web",state="aborted"}"#, Some("1")),
+            (r#"graygate_rollout_weight{service="web"}"#, Some("0")),
+            (r#"graygate_rollout_verdicts_total{outcome="fail",service="web"}"#, Some("3")),
+            (r#"graygate_rollout_verdicts_total{outcome="pass",service="web"}"#, Some("3")),
+            (r#"graygate_rollout_state{service="api",state="progressing"}"#, None),
+            (r#"graygate_rollout_step{service="api"}"#, None),
+            (r#"graygate_rollout_verdicts_total{outcome="pass",service="api"}"#, None),
+        ]);
+    }
+
+    #[test]
+    fn without_a_rollout_source_no_rollout_series() {
+        let text = Metrics::new(Sources::default()).render();
+        assert!(!text.contains("graygate_rollout_"), "{text}");
     }
 
     #[test]

@@ -179,6 +179,7 @@ pub fn begin(s: &mut ServiceDoc, now_ms: u64) -> String {
     );
     set_weight(s, &version, weight);
     s.previous_stable = None;
+    s.previous_weight = None;
     if let Some(r) = s.rollout.as_mut() {
         r.status = Some(RolloutStatus {
             state: RolloutState::Progressing,
@@ -211,6 +212,16 @@ pub fn set_state(
         st.reason = reason.clone();
     }
     Ok(reason)
+}
+
+/// The version a rollout of `service` is carrying right now (progressing, waiting, paused, or
+/// promoted with its guard running), if one is: a hand-made promote, rollback or weight change
+/// of that service must go through the rollout, so that the two never disagree.
+pub fn in_charge(doc: &PolicyDoc, service: &str) -> Option<String> {
+    let s = doc.services.iter().find(|s| s.name == service)?;
+    let r = s.rollout.as_ref()?;
+    r.status.as_ref()?;
+    r.is_active().then(|| r.version.clone())
 }
 
 /// Pauses a progressing or waiting rollout: the weight stays, the steps stop.
@@ -307,6 +318,7 @@ pub fn promote(
     let version = r.version.clone();
     let guard = r.post_promotion;
     let st = status(r);
+    let weight_before = st.weight_before;
     if !matches!(
         st.state,
         RolloutState::Progressing | RolloutState::Waiting | RolloutState::Paused
@@ -333,6 +345,9 @@ pub fn promote(
     if let Some(split) = &mut s.split {
         split.weights.remove(&version);
     }
+    // A rollback of this promote gives the version back the weight it had before the rollout,
+    // not the 100% of the last step: the split as the operator left it.
+    s.previous_weight = Some(weight_before);
     Ok(reason)
 }
 
@@ -399,6 +414,7 @@ pub fn abort(
         if let Some(previous) = s.previous_stable.take() {
             s.stable = previous;
         }
+        s.previous_weight = None;
     }
     set_weight(s, &version, 0.0);
     let (kept, parked): (Vec<_>, Vec<_>) = std::mem::take(&mut s.rules)
@@ -501,6 +517,16 @@ mod tests {
             ("v2", Some("v1"))
         );
         assert_eq!(s.rules.len(), 1, "rules stay");
+        assert_eq!(
+            s.previous_weight,
+            Some(1.0),
+            "a rollback of the promote gives v2 its weight from before the rollout"
+        );
+        assert_eq!(
+            in_charge(&d, "web").as_deref(),
+            Some("v2"),
+            "the guard runs"
+        );
         assert!(!s.split.as_ref().unwrap().weights.contains_key("v2"));
         assert!(d.active_rollouts() == ["web"], "the guard runs");
 
@@ -516,6 +542,8 @@ mod tests {
         );
         assert_eq!(state(&d), (RolloutState::Aborted, 3, 0.0));
         assert!(d.active_rollouts().is_empty());
+        assert_eq!(in_charge(&d, "web"), None);
+        assert_eq!(web(&d).previous_weight, None);
     }
 
     #[test]

@@ -379,3 +379,92 @@ async fn ctl_list_add_writes_the_original_memcached_layout() {
         "{run:?}"
     );
 }
+
+/// The hand-made steps and a rollout never fight: weights set by hand pause it, a rollback aborts
+/// it (during its guard too, with the old stable back), a promote of its version ends it as
+/// promoted, and a promote of another version is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_made_steps_go_through_the_rollout() {
+    let stable = backend("stable").await;
+    let canary = backend("canary").await;
+    let next = backend("next").await;
+    let mut builder = web_with_gray_list(&stable, &canary).upstream("next", &next);
+    builder.policy_mut().services.iter_mut().for_each(|s| {
+        s.versions.insert("next".into(), "next".into());
+    });
+    let gg = builder.start().await;
+    let ctl = gg.ctl();
+    let status = |ctl: &Ctl| ctl.json(&["rollout", "status", "--service", "web"]);
+    let start = [
+        "rollout",
+        "start",
+        "--service",
+        "web",
+        "--version",
+        "canary",
+        "--step-time",
+        "1h",
+        "--interval",
+        "1h",
+        "--max-wait",
+        "2h",
+    ];
+    ctl.ok(&start);
+    assert_eq!(status(&ctl)["state"], "progressing");
+
+    // Weights by hand: they stand, and the rollout pauses instead of overwriting them.
+    ctl.ok(&["weights", "set", "--service", "web", "canary=30"]);
+    let s = status(&ctl);
+    assert_eq!(
+        (s["state"].as_str(), s["weight"].as_f64()),
+        (Some("paused"), Some(30.0)),
+        "{s}"
+    );
+    assert_eq!(
+        s["reason"],
+        "weights set by alice: the rollout waits for resume"
+    );
+
+    // Promoting another version than the rollout's is refused and changes nothing.
+    let refused = ctl.run(&["promote", "--service", "web", "--version", "next"]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("a rollout of `web` is carrying canary"),
+        "{refused:?}"
+    );
+
+    // A rollback aborts the rollout: weight 0, everyone not on the gray list on stable.
+    ctl.ok(&["rollback", "--service", "web"]);
+    let s = status(&ctl);
+    assert_eq!(
+        (s["state"].as_str(), s["weight"].as_f64()),
+        (Some("aborted"), Some(0.0)),
+        "{s}"
+    );
+    assert_eq!(s["reason"], "aborted: rolled back by alice");
+
+    // Retried, then promoted by hand: the rollout ends promoted, its guard running.
+    ctl.ok(&["rollout", "retry", "--service", "web"]);
+    ctl.ok(&["promote", "--service", "web", "--version", "canary"]);
+    let s = status(&ctl);
+    assert_eq!(s["state"], "promoted", "{s}");
+    assert!(s["guard_until"].is_string(), "{s}");
+    let weights = ctl.json(&["weights", "get", "--service", "web"]);
+    assert_eq!(weights["stable"], "canary");
+
+    // A rollback during the guard: the old stable is back, the canary at 0.
+    ctl.ok(&["rollback", "--service", "web"]);
+    let s = status(&ctl);
+    assert_eq!(s["state"], "aborted", "{s}");
+    assert_eq!(
+        s["reason"],
+        "aborted after the promote, rolled back: rolled back by alice"
+    );
+    let weights = ctl.json(&["weights", "get", "--service", "web"]);
+    assert_eq!(weights["stable"], "stable", "{weights}");
+    assert_eq!(weights["split"]["weights"]["canary"], 0.0, "{weights}");
+    let mut c = gg.client();
+    assert_eq!(c.version(&[("X-User-Id", "77")]).await, "stable");
+}
