@@ -17,7 +17,9 @@
 //! ([`VerdictTally`]) for the metrics, which read the count at scrape time.
 
 use super::Gateway;
+use crate::policy::edit::EditError;
 use crate::policy::model::ServiceDoc;
+use crate::policy::PolicyDoc;
 use crate::rollout::machine;
 use crate::rollout::record::{
     rollout_key, InstanceCounters, VerdictRecord, VersionFigures, Window, WindowKey, WorkingRecord,
@@ -356,49 +358,27 @@ impl Driver {
         Ok(())
     }
 
-    /// Makes the change an action needs, if the rollout is still where the driver saw it.
+    /// Makes the change an action needs, if the rollout is still where the driver saw it. The
+    /// history record's summary is the transition's own words (`step 2/4 (25%) (held 5m, 2
+    /// passing windows)`), worked out first on a copy of the running policy.
     async fn act(&self, s: &ServiceDoc, seen: Option<&RolloutStatus>, action: Action, now: u64) {
         let service = s.name.clone();
         let seen = seen.cloned();
-        let summary = match &action {
-            Action::Begin => format!("rollout of {service}: started"),
-            Action::State(_, why)
-            | Action::Pause(why)
-            | Action::Advance(why)
-            | Action::Abort(why)
-            | Action::GuardPassed(why) => format!("rollout of {service}: {why}"),
+        let mut preview = self.gateway.policy().doc().clone();
+        let summary = match transition(&mut preview, &service, seen.as_ref(), &action, now) {
+            Ok(Some(words)) => summary(&service, &action, &words),
+            // Moved meanwhile (the running policy is newer than what the driver saw): the next
+            // tick looks again.
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(service = %s.name, error = %e, "rollout: the change was not made; retrying at the next tick");
+                return;
+            }
         };
         let result = self
             .gateway
             .change(None, ACTOR, &summary, |doc| {
-                let Some(current) = doc.services.iter_mut().find(|x| x.name == service) else {
-                    return Ok(());
-                };
-                let still = current.rollout.as_ref().map(|r| r.status.clone());
-                if still != Some(seen.clone()) {
-                    // An operator (or another driver) moved it meanwhile: theirs stands.
-                    return Ok(());
-                }
-                match &action {
-                    Action::Begin => {
-                        machine::begin(current, now);
-                    }
-                    Action::State(state, why) => {
-                        machine::set_state(doc, &service, *state, why.clone(), now)?;
-                    }
-                    Action::Pause(why) => {
-                        machine::pause(doc, &service, why.clone(), now)?;
-                    }
-                    Action::Advance(why) => {
-                        machine::advance(doc, &service, why.clone(), now)?;
-                    }
-                    Action::Abort(why) => {
-                        machine::abort(doc, &service, why.clone(), now)?;
-                    }
-                    Action::GuardPassed(why) => {
-                        machine::guard_passed(doc, &service, why.clone(), now)?;
-                    }
-                }
+                transition(doc, &service, seen.as_ref(), &action, now)?;
                 Ok(())
             })
             .await;
@@ -408,6 +388,41 @@ impl Driver {
                 tracing::warn!(service = %s.name, error = %e, "rollout: the change was not made; retrying at the next tick")
             }
         }
+    }
+}
+
+/// Makes `action` on `service`'s rollout in `doc`, if its status is still `seen`: the words of the
+/// transition. `None`: an operator (or another driver) moved it meanwhile, and theirs stands.
+fn transition(
+    doc: &mut PolicyDoc,
+    service: &str,
+    seen: Option<&RolloutStatus>,
+    action: &Action,
+    now: u64,
+) -> Result<Option<String>, EditError> {
+    let Some(current) = doc.services.iter_mut().find(|x| x.name == service) else {
+        return Ok(None);
+    };
+    if current.rollout.as_ref().map(|r| r.status.as_ref()) != Some(seen) {
+        return Ok(None);
+    }
+    let words = match action {
+        Action::Begin => machine::begin(current, now),
+        Action::State(state, why) => machine::set_state(doc, service, *state, why.clone(), now)?,
+        Action::Pause(why) => machine::pause(doc, service, why.clone(), now)?,
+        Action::Advance(why) => machine::advance(doc, service, why.clone(), now)?,
+        Action::Abort(why) => machine::abort(doc, service, why.clone(), now)?,
+        Action::GuardPassed(why) => machine::guard_passed(doc, service, why.clone(), now)?,
+    };
+    Ok(Some(words))
+}
+
+/// The history summary of a driver's transition: `rollout of web: ` and the transition's words
+/// (the start's words name the rollout already).
+fn summary(service: &str, action: &Action, words: &str) -> String {
+    match action {
+        Action::Begin => words.to_string(),
+        _ => format!("rollout of {service}: {words}"),
     }
 }
 
@@ -831,6 +846,75 @@ mod tests {
             decide(&p, &st, "v1", &mut r, 1_000),
             Some(Action::Abort(_))
         ));
+    }
+
+    /// `web` (stable v1, v2 in the split) with the default plan of v2, started at 0.
+    fn started_doc() -> PolicyDoc {
+        let mut doc: PolicyDoc = toml::from_str(
+            "[[services]]\nname = \"web\"\nstable = \"v1\"\nversions = { v1 = \"a\", v2 = \"b\" }\n",
+        )
+        .expect("a valid document");
+        machine::start(&mut doc, "web", plan(), 0).expect("a rollout starts");
+        doc
+    }
+
+    fn status_of(doc: &PolicyDoc) -> RolloutStatus {
+        doc.services[0]
+            .rollout
+            .as_ref()
+            .and_then(|r| r.status.clone())
+            .expect("a started rollout")
+    }
+
+    #[test]
+    fn a_transitions_history_summary_is_its_own_words() {
+        let mut doc = started_doc();
+        let moves = [
+            (
+                Action::Advance("held 5m, 2 passing windows".into()),
+                "rollout of web: step 2/4 (25%) (held 5m, 2 passing windows)",
+            ),
+            (
+                Action::State(RolloutState::Waiting, "waiting for data: few".into()),
+                "rollout of web: waiting for data: few",
+            ),
+            (
+                Action::Abort("canary 5xx 5%: FAIL".into()),
+                "rollout of web: aborted: canary 5xx 5%: FAIL",
+            ),
+        ];
+        for (action, want) in moves {
+            let seen = status_of(&doc);
+            let words = transition(&mut doc, "web", Some(&seen), &action, 1_000)
+                .expect("the transition is made")
+                .expect("the rollout was where the driver saw it");
+            assert_eq!(summary("web", &action, &words), want);
+        }
+        // Moved meanwhile: nothing is done, and nothing is said.
+        let mut doc = started_doc();
+        let stale = status_of(&doc);
+        machine::pause(&mut doc, "web", "paused by alice".into(), 5).expect("it pauses");
+        let before = doc.clone();
+        let action = Action::Advance("held 5m".into());
+        assert_eq!(
+            transition(&mut doc, "web", Some(&stale), &action, 10),
+            Ok(None)
+        );
+        assert_eq!(doc, before);
+        // The last step's advance is the promote, and says so.
+        let mut doc = started_doc();
+        for _ in 0..3 {
+            let seen = status_of(&doc);
+            transition(&mut doc, "web", Some(&seen), &action, 10).expect("advances");
+        }
+        let seen = status_of(&doc);
+        let words = transition(&mut doc, "web", Some(&seen), &action, 10)
+            .expect("promotes")
+            .expect("was there");
+        assert_eq!(
+            summary("web", &action, &words),
+            "rollout of web: promoted v2: end of plan (held 5m); guard for 5m"
+        );
     }
 
     /// What the driver does around [`decide`]: counts the verdict it recorded, if any.

@@ -36,6 +36,7 @@ mod logs;
 mod observe;
 mod original_layouts;
 mod rollout;
+mod rollouts;
 mod routing;
 mod stores;
 mod support;

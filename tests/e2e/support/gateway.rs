@@ -21,7 +21,8 @@ use super::eventually::{equals, eventually, patient, Eventually};
 use super::{route, Client, Reply};
 use bytes::Bytes;
 use graygate::config::file::{
-    AccessLogFile, AdminFile, ConfigFile, MetricsFile, StoreFile, TokenFile, UpstreamFile,
+    AccessLogFile, AdminFile, ConfigFile, MetricsFile, RolloutsFile, StoreFile, TokenFile,
+    UpstreamFile,
 };
 use graygate::demo::Backend;
 use graygate::policy::model::{RouteDoc, ServiceDoc};
@@ -250,6 +251,17 @@ impl GatewayBuilder {
     /// `response_version_header = true`.
     pub fn response_version_header(mut self) -> Self {
         self.file.response_version_header = true;
+        self
+    }
+
+    /// `[rollouts] tick` and `lease`: how often the rollout driver looks, and how long its
+    /// store lease lasts (tests use a fraction of the defaults so that a plan runs in seconds).
+    pub fn rollouts(mut self, tick: Duration, lease: Duration) -> Self {
+        let text = |d: Duration| humantime::format_duration(d).to_string();
+        self.file.rollouts = RolloutsFile {
+            tick: Some(text(tick)),
+            lease: Some(text(lease)),
+        };
         self
     }
 
@@ -495,6 +507,13 @@ impl Gateway {
             dir: std::mem::take(&mut self.dir),
             builder: self.builder.clone(),
         }
+    }
+
+    /// Kills the process with SIGKILL, as a crash would: no shutdown at all, so what it holds in
+    /// a shared store (a lease, its records) stays until it expires.
+    pub fn kill(self) {
+        // `Drop` sends SIGKILL and waits for the exit.
+        drop(self);
     }
 
     /// Stops the process and starts it again on the same directory and config.
