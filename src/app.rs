@@ -2,7 +2,8 @@
 //! builds the upstream pools, binds every listener and serves until told to stop.
 //!
 //! `graygate run` and `graygate demo` both start through here, so the demo exercises the same
-//! path an operator runs in production.
+//! path an operator runs in production. The [`Reloader`] made here is what SIGHUP and the admin
+//! API's `POST /v1/reload` read the config file again with.
 
 use crate::config::{Config, StoreConfig};
 use crate::gateway::{Gateway, GatewayError};
@@ -10,7 +11,8 @@ use crate::observe::{
     self, AccessLog, AccessLogFormat, AccessLogTarget, AccessLogWriter, CacheCounts, Metrics,
     Observe, PolicyStatsSource, StoreStats, StoreStatsSource,
 };
-use crate::proxy::{self, ProxyConfig, UpstreamConfigError, Upstreams};
+use crate::proxy::{self, LiveUpstreams, ProxyConfig, UpstreamConfigError};
+use crate::reload::Reloader;
 use crate::store::{CachedStore, EmbeddedStore, MemcachedStore, RedisStore, Store, StoreError};
 use std::fmt;
 use std::net::SocketAddr;
@@ -93,6 +95,8 @@ pub struct Running {
     pub metrics_addr: Option<SocketAddr>,
     /// The admin API's bound address, when the config has `[admin]`.
     pub admin_addr: Option<SocketAddr>,
+    /// Reads the config file again (SIGHUP; the admin API's `POST /v1/reload` uses it too).
+    pub reloader: Arc<Reloader>,
     stop: watch::Sender<bool>,
     /// The traffic listeners and the metrics listener.
     servers: Vec<JoinHandle<std::io::Result<()>>>,
@@ -120,7 +124,11 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
 
 /// Starts graygate on `store` (opened from the config by [`open_store`], or handed in by the demo).
 pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, StartError> {
-    let upstream_names: Vec<String> = config.upstreams.iter().map(|u| u.name.clone()).collect();
+    let upstreams = Arc::new(LiveUpstreams::new(
+        config.upstreams.clone(),
+        &config.timeouts,
+    )?);
+    let upstream_names = upstreams.current().policy_names();
     let seed = config.policy.as_ref().map(|p| &p.doc);
     // A little above the cache's own bound, so that the cache (which can serve a stale value)
     // answers first.
@@ -128,8 +136,11 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
     let gateway = Gateway::start(store, upstream_names, seed, lookup_timeout).await?;
     let watcher = gateway.spawn_watcher(config.reload_interval);
     let rollouts = gateway.spawn_rollouts(config.rollouts);
-
-    let upstreams = Arc::new(Upstreams::new(config.upstreams.clone(), &config.timeouts)?);
+    let reloader = Arc::new(Reloader::new(
+        config.clone(),
+        gateway.clone(),
+        upstreams.clone(),
+    ));
 
     let Observation {
         observer,
@@ -194,7 +205,8 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
             gateway.clone(),
             crate::admin::Auth::new(admin.tokens.clone()),
             config.client_ip.clone(),
-        );
+        )
+        .with_reloader(reloader.clone());
         servers.push(tokio::spawn(crate::admin::serve(
             listener,
             state,
@@ -206,6 +218,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
         gateway,
         metrics_addr,
         admin_addr,
+        reloader,
         stop,
         servers,
         watcher,
@@ -228,7 +241,7 @@ struct Observation {
 async fn observation(
     config: &Config,
     gateway: &Arc<Gateway>,
-    upstreams: &Arc<Upstreams>,
+    upstreams: &Arc<LiveUpstreams>,
 ) -> Result<Observation, StartError> {
     let metrics = config.metrics.listen.map(|_| {
         Arc::new(Metrics::new(observe::Sources {
@@ -280,6 +293,10 @@ impl PolicyStatsSource for Gateway {
 
     fn last_reload(&self) -> Option<SystemTime> {
         Gateway::last_reload(self)
+    }
+
+    fn config_differs(&self) -> Option<bool> {
+        Gateway::config_differs(self)
     }
 }
 

@@ -19,6 +19,9 @@
 //!   and field.
 //! - [`gateway`]: glue that keeps the live policy snapshot, answers the data plane's routing
 //!   question from it, and applies store changes without a restart.
+//! - [`reload`]: the config file read again while running (SIGHUP, `POST /v1/reload`): upstreams,
+//!   timeouts and the log format applied; the config's policy seeds the store and is applied
+//!   again only when it changed, never over a rollout in progress unless forced.
 //! - [`import`]: `graygate import`: bulk-loads a list into a store.
 //! - [`api`]: the admin API's wire vocabulary (request and answer bodies, error codes, the
 //!   revision rule, the paths), shared by the admin server and `graygate ctl`.
@@ -39,5 +42,6 @@ pub mod import;
 pub mod observe;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod rollout;
 pub mod store;

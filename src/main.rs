@@ -4,11 +4,16 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use graygate::config::LogFormat;
+use graygate::reload::log_reloaded;
+use graygate::store::ErrorChain;
 use graygate::{app, config, demo};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tracing_subscriber::layer::{Layered, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 #[derive(Parser)]
 #[command(name = "graygate", version, about = "A gray-release (canary) gateway")]
@@ -19,7 +24,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway with a config file. SIGHUP re-reads the config's policy and applies it;
+    /// Run the gateway with a config file. SIGHUP reads the config again: upstreams, timeouts
+    /// and the log format are applied; the config's policy only when it changed since it was
+    /// last applied, never over a rollout in progress (`graygate ctl reload --force` does).
     /// SIGINT/SIGTERM stop it gracefully.
     Run {
         #[arg(long, short, env = "GRAYGATE_CONFIG")]
@@ -45,8 +52,8 @@ enum Command {
         file: Option<PathBuf>,
     },
     /// Control a running graygate through its admin API: gray lists, weights, explain, promote,
-    /// rollback, history, undo. Exit codes: 0 done, 1 refused by the API, 2 usage, 3 unreachable,
-    /// failed, or not a graygate admin API.
+    /// rollback, history, undo, reload. Exit codes: 0 done, 1 refused by the API, 2 usage, 3
+    /// unreachable, failed, or not a graygate admin API.
     Ctl(graygate::cli::CtlArgs),
     /// Start a self-contained demo: built-in stable and canary backends, an embedded store and an
     /// example policy, then print curl commands that show each rule. `demo rollout` shows a
@@ -90,8 +97,8 @@ fn main() -> ExitCode {
             config::load(&config)
                 .map_err(anyhow::Error::from)
                 .and_then(|c| {
-                    init_logging(c.log.format);
-                    runtime(c.workers).and_then(|rt| rt.block_on(run(c)))
+                    let log = init_logging(c.log.format);
+                    runtime(c.workers).and_then(|rt| rt.block_on(run(c, log)))
                 })
         }
         Command::Import {
@@ -143,23 +150,40 @@ fn main() -> ExitCode {
     }
 }
 
+/// What the process log is written through, under its filter.
+type LogSubscriber = Layered<EnvFilter, Registry>;
+
+/// The process log's writer in one format; swapped whole when a reload changes the format.
+type LogWriter = Box<dyn Layer<LogSubscriber> + Send + Sync>;
+
+/// Switches the process log to another format (a config reload changed `[log] format`).
+type LogSwitch = reload::Handle<LogWriter, LogSubscriber>;
+
 /// The process log on stderr: which messages from `GRAYGATE_LOG` (default `info`), as text or
 /// JSON lines (`[log] format`). Text is coloured only when stderr is a terminal, so that a log
-/// written to a file or a pipe holds no escape codes.
-fn init_logging(format: LogFormat) {
-    init_logging_at(format, "info");
+/// written to a file or a pipe holds no escape codes. The format can be switched later.
+fn init_logging(format: LogFormat) -> LogSwitch {
+    init_logging_at(format, "info")
 }
 
 /// [`init_logging`] with another level than `info` when `GRAYGATE_LOG` is not set.
-fn init_logging_at(format: LogFormat, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GRAYGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let log = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+fn init_logging_at(format: LogFormat, default: &str) -> LogSwitch {
+    let filter =
+        EnvFilter::try_from_env("GRAYGATE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let (writer, switch) = reload::Layer::new(log_writer(format));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(writer)
+        .init();
+    switch
+}
+
+/// The log writer of one format.
+fn log_writer(format: LogFormat) -> LogWriter {
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => log.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => log.json().init(),
+        LogFormat::Text => layer.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        LogFormat::Json => layer.json().boxed(),
     }
 }
 
@@ -224,9 +248,14 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-async fn run(config: config::Config) -> anyhow::Result<()> {
+async fn run(config: config::Config, log: LogSwitch) -> anyhow::Result<()> {
     let store = app::open_store(&config).await?;
     let running = app::start(&config, store).await?;
+    running
+        .reloader
+        .set_log_format_switch(Box::new(move |format| {
+            log.reload(log_writer(format)).map_err(|e| e.to_string())
+        }));
     if let Some(addr) = running.metrics_addr {
         // Before the listening lines: a script that waits for those knows this one too.
         println!("graygate: metrics on http://{addr}/metrics");
@@ -239,26 +268,16 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
         // A stable line on stdout: scripts and tests read the bound address from it.
         println!("graygate: listening on http://{addr}");
     }
-    let gateway = running.gateway.clone();
+    let reloader = running.reloader.clone();
     let reloads = tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         else {
             return;
         };
         while hup.recv().await.is_some() {
-            match config::reload_policy(&config) {
-                Ok(Some(source)) => match gateway.apply(&source.doc).await {
-                    Ok(revision) => {
-                        tracing::info!(revision, file = %source.file.display(), "SIGHUP: policy applied")
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "SIGHUP: policy not applied; the running policy stays")
-                    }
-                },
-                Ok(None) => tracing::warn!("SIGHUP: the config names no policy; nothing to apply"),
-                Err(e) => {
-                    tracing::error!(error = %e, "SIGHUP: config invalid; the running policy stays")
-                }
+            match reloader.reload(false, "SIGHUP").await {
+                Ok(reloaded) => log_reloaded("SIGHUP", &reloaded),
+                Err(e) => tracing::error!(error = %ErrorChain(&e), "SIGHUP: nothing reloaded"),
             }
         }
     });

@@ -44,8 +44,9 @@ async fn undo(
     };
     let summary = format!("undo to revision {}", body.revision);
     let applied = write.restore(&summary, &entry.after).await?;
-    Ok(Revisioned::new(
+    Ok(Revisioned::change(
         applied.revision,
+        applied.unchanged,
         Undone {
             restored: body.revision,
             policy: applied.doc,

@@ -23,6 +23,7 @@
 //! | `GET, POST, DELETE /v1/lists/{list}/entries`, `GET /v1/lists/{list}/count` | gray lists |
 //! | `POST /v1/explain` | which version a described request would reach, and why |
 //! | `GET /v1/history`, `POST /v1/undo` | every change, and going back to a revision |
+//! | `POST /v1/reload[?force=true]` | read the config file again, as SIGHUP does |
 //!
 //! # Changes
 //! Every policy change is a [`Write`] and goes through [`Gateway::change`]: edited on a copy of the stored document,
@@ -45,8 +46,8 @@
 //! - One module per resource, each with its own router: `policy`, `routes`, `services`,
 //!   `versions`, `rules`, `weights`, `release` (promote and rollback: rollout steps that move the
 //!   stable version, the rules and the split at once, not a resource of their own), `rollouts`
-//!   (start, status, and the actions on a service's rollout), `lists`,
-//!   `history` (with undo), `status` (with the probes and explain).
+//!   (start, status, and the actions on a service's rollout), `lists`, `history` (with undo),
+//!   `status` (with the probes and explain), `reload` (the config file).
 
 mod auth;
 mod error;
@@ -55,6 +56,7 @@ mod history;
 mod lists;
 mod policy;
 mod release;
+mod reload;
 mod reply;
 mod rollouts;
 mod routes;
@@ -72,6 +74,7 @@ use crate::api::{ADMIN_HEADER, ADMIN_VERSION};
 use crate::gateway::Gateway;
 use crate::policy::PolicyDoc;
 use crate::proxy::ClientIpConfig;
+use crate::reload::Reloader;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -80,7 +83,7 @@ use http::{HeaderName, HeaderValue};
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
@@ -104,6 +107,9 @@ pub struct AdminState {
     pub client_ip: ClientIpConfig,
     /// Recent samples of the gateway's traffic counters, oldest first.
     samples: Mutex<VecDeque<(Instant, TrafficCounts)>>,
+    /// Reads the config file again for `POST /v1/reload`; unset when graygate was not started
+    /// from a config file.
+    reloader: OnceLock<Arc<Reloader>>,
 }
 
 impl AdminState {
@@ -113,7 +119,14 @@ impl AdminState {
             auth,
             client_ip,
             samples: Mutex::new(VecDeque::new()),
+            reloader: OnceLock::new(),
         })
+    }
+
+    /// The state with `POST /v1/reload` answered by `reloader`.
+    pub fn with_reloader(self: Arc<Self>, reloader: Arc<Reloader>) -> Arc<Self> {
+        let _ = self.reloader.set(reloader);
+        self
     }
 
     /// The stored revision and document: what reads answer from.
@@ -178,6 +191,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .merge(rollouts::router())
         .merge(lists::router())
         .merge(history::router())
+        .merge(reload::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,

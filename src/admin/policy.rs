@@ -32,8 +32,9 @@ async fn put_policy(
             Ok(())
         })
         .await?;
-    Ok(Revisioned::new(
+    Ok(Revisioned::change(
         applied.revision,
+        applied.unchanged,
         PolicyReplaced {
             policy: applied.doc,
         },

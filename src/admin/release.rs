@@ -1,7 +1,9 @@
-//! The two rollout steps: promote (a version becomes stable, everyone goes there) and rollback
-//! (everyone back to stable, undoing the last promote if no new canary started since). Each moves
-//! the stable version, the rules and the split at once, so they are actions on a service rather
-//! than edits of one resource; see `docs/admin-api.md#rollout-semantics`.
+//! The two rollout steps: promote (a version becomes stable, everyone not sent elsewhere goes
+//! there; rules, `by` and salt stay) and rollback (the last promote undone exactly if no new
+//! canary started since, else the canary's weights to 0). Each moves the stable version and the
+//! split at once, so they are actions on a service rather than edits of one resource; the edits
+//! are [`crate::policy::edit::promote`] and [`crate::policy::edit::rollback`], and
+//! `docs/admin-api.md#rollout-semantics` says what they do for an operator.
 
 use super::extract::{OptionalJson, Write};
 use super::{AdminState, ApiError, Shared};
@@ -36,8 +38,9 @@ async fn promote(
         })
         .await?;
     let (previous_stable, stable) = applied.value;
-    Ok(Revisioned::new(
+    Ok(Revisioned::change(
         applied.revision,
+        applied.unchanged,
         Promoted {
             service: name,
             stable,
@@ -62,12 +65,14 @@ async fn rollback(
         })
         .await?;
     let r = applied.value;
-    Ok(Revisioned::new(
+    Ok(Revisioned::change(
         applied.revision,
+        applied.unchanged,
         RolledBack {
             service: name,
             stable: r.stable,
             demoted: r.demoted,
+            restored_weight: r.restored_weight,
             rules_cleared: r.rules_cleared,
         },
     ))

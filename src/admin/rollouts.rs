@@ -64,12 +64,15 @@ pub(super) async fn view(
             "service `{service}` has no rollout; start one with `graygate ctl rollout start --service {service} --version V`"
         )));
     };
+    // The driver's record of this run of the rollout (not of an earlier one).
+    let run = plan.status.as_ref().map(|st| st.started_ms);
     let record: Option<WorkingRecord> = s
         .gateway
         .store()
         .get_record(&rollout_key(service))
         .await?
-        .and_then(|json| serde_json::from_str(&json).ok());
+        .and_then(|json| serde_json::from_str::<WorkingRecord>(&json).ok())
+        .filter(|r| Some(r.started_ms) == run);
     let status = plan.status.clone();
     let state = status.as_ref().map(|st| st.state);
     let weight = match state {
@@ -108,16 +111,9 @@ pub(super) async fn view(
             stable: figures(&stable_version, &stable),
         }
     });
-    let started_at = status.as_ref().map_or(0, |st| st.since_ms);
     let verdicts = record
         .as_ref()
-        .map(|r| {
-            r.verdicts
-                .iter()
-                .filter(|v| v.at_ms >= started_at.min(v.at_ms))
-                .cloned()
-                .collect()
-        })
+        .map(|r| r.verdicts.clone())
         .unwrap_or_default();
     Ok(RolloutView {
         service: service.to_string(),

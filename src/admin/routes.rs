@@ -53,7 +53,7 @@ async fn create(
     let route = named(&route);
     Ok((
         StatusCode::CREATED,
-        Revisioned::new(applied.revision, RouteCreated { route }),
+        Revisioned::change(applied.revision, applied.unchanged, RouteCreated { route }),
     ))
 }
 
@@ -71,8 +71,9 @@ async fn put(
     let created = applied.value;
     Ok((
         created_or_ok(created),
-        Revisioned::new(
+        Revisioned::change(
             applied.revision,
+            applied.unchanged,
             RoutePut {
                 created,
                 route: named(&applied.doc.routes[i]),
@@ -91,5 +92,9 @@ async fn delete(
         })
         .await?;
     let deleted = named(&applied.value);
-    Ok(Revisioned::new(applied.revision, RouteDeleted { deleted }))
+    Ok(Revisioned::change(
+        applied.revision,
+        applied.unchanged,
+        RouteDeleted { deleted },
+    ))
 }

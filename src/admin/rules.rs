@@ -62,8 +62,9 @@ async fn add(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Revisioned::new(
+        Revisioned::change(
             applied.revision,
+            applied.unchanged,
             RuleWritten {
                 service: name,
                 rule,
@@ -83,8 +84,9 @@ async fn replace(
             Ok(edit::replace_rule(doc, &name, &old, rule.clone())?)
         })
         .await?;
-    Ok(Revisioned::new(
+    Ok(Revisioned::change(
         applied.revision,
+        applied.unchanged,
         RuleWritten {
             service: name,
             rule,
@@ -101,8 +103,9 @@ async fn delete(
             Ok(edit::delete_rule(doc, &name, &rule)?)
         })
         .await?;
-    Ok(Revisioned::new(
+    Ok(Revisioned::change(
         applied.revision,
+        applied.unchanged,
         RuleDeleted {
             service: name,
             deleted: applied.value,

@@ -56,7 +56,11 @@ async fn create(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Revisioned::new(applied.revision, ServiceCreated { service }),
+        Revisioned::change(
+            applied.revision,
+            applied.unchanged,
+            ServiceCreated { service },
+        ),
     ))
 }
 
@@ -73,7 +77,11 @@ async fn put(
     let created = applied.value;
     Ok((
         created_or_ok(created),
-        Revisioned::new(applied.revision, ServicePut { created, service }),
+        Revisioned::change(
+            applied.revision,
+            applied.unchanged,
+            ServicePut { created, service },
+        ),
     ))
 }
 
@@ -86,8 +94,9 @@ async fn delete(
             Ok(edit::delete_service(doc, &name)?)
         })
         .await?;
-    Ok(Revisioned::new(
+    Ok(Revisioned::change(
         applied.revision,
+        applied.unchanged,
         ServiceDeleted {
             deleted: applied.value,
         },

@@ -90,7 +90,7 @@ async fn create(
     let created = version(service(&applied.doc, &name)?, &body.name, &body.upstream);
     Ok((
         StatusCode::CREATED,
-        Revisioned::new(applied.revision, created),
+        Revisioned::change(applied.revision, applied.unchanged, created),
     ))
 }
 
@@ -108,8 +108,9 @@ async fn put(
     let created = applied.value;
     Ok((
         created_or_ok(created),
-        Revisioned::new(
+        Revisioned::change(
             applied.revision,
+            applied.unchanged,
             VersionPut {
                 version: version(service(&applied.doc, &name)?, &v, &body.upstream),
                 created,
@@ -127,8 +128,9 @@ async fn delete(
             Ok(edit::delete_version(doc, &name, &v)?)
         })
         .await?;
-    Ok(Revisioned::new(
+    Ok(Revisioned::change(
         applied.revision,
+        applied.unchanged,
         VersionDeleted {
             service: name,
             deleted: v,

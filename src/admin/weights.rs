@@ -64,8 +64,9 @@ async fn set_weights(
             )?)
         })
         .await?;
-    Ok(Revisioned::new(
+    Ok(Revisioned::change(
         applied.revision,
+        applied.unchanged,
         weights(applied.doc, name)?,
     ))
 }

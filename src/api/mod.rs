@@ -18,6 +18,7 @@
 //! - `policy`: answers and requests about the policy: routes, services, versions, rules,
 //!   weights, promote and rollback.
 //! - `history`: the history record and undo.
+//! - `reload`: what reading the config file again did (`POST /v1/reload`).
 //! - `lists`: gray list entries.
 //! - `rollout`: starting a rollout, and its status with the window and the verdicts.
 //! - `status`: health, readiness, status and explain.
@@ -27,6 +28,7 @@ mod history;
 mod lists;
 pub mod paths;
 mod policy;
+mod reload;
 mod revision;
 mod rollout;
 mod status;
@@ -37,13 +39,14 @@ pub use lists::{
     EntriesRemoved, EntriesWritten, EntryCount, EntryList, ListedEntry, NewEntries, NewEntry,
     RemoveEntries,
 };
-pub use paths::{HistoryQuery, RuleQuery};
+pub use paths::{HistoryQuery, ReloadQuery, RuleQuery};
 pub use policy::{
     NewVersion, PolicyReplaced, Promote, Promoted, Rollback, RolledBack, RouteCreated,
     RouteDeleted, RouteList, RoutePut, RuleDeleted, RuleList, RuleWritten, ServiceCreated,
     ServiceDeleted, ServiceList, ServicePut, SetVersion, SetWeights, Version, VersionDeleted,
     VersionList, VersionPut, Weights,
 };
+pub use reload::{ReloadOutcome, Reloaded, ReloadedPart, ReloadedPolicy};
 pub use revision::{BadRevision, IfMatch, Revision, Revisioned, Tagged};
 pub use rollout::{RolloutView, StartRollout, VersionFigures, WindowView};
 pub use status::{

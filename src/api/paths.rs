@@ -3,8 +3,8 @@
 //! service named `a b/c` is one segment). A pattern and its builder sit side by side, so the two
 //! sides cannot drift apart.
 //!
-//! Query parameters are typed too ([`RuleQuery`], [`HistoryQuery`]): the admin reads them with
-//! axum's `Query`, ctl writes them with [`rules_at`] and [`history`].
+//! Query parameters are typed too ([`RuleQuery`], [`HistoryQuery`], [`ReloadQuery`]): the admin
+//! reads them with axum's `Query`, ctl writes them with [`rules_at`], [`history`] and [`reload`].
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -52,6 +52,8 @@ pub const LIST_COUNT: &str = "/v1/lists/{list}/count";
 pub const HISTORY: &str = "/v1/history";
 /// `POST`: back to the policy of a revision.
 pub const UNDO: &str = "/v1/undo";
+/// `POST`: read the config file again, as SIGHUP does.
+pub const RELOAD: &str = "/v1/reload";
 
 /// `pattern` with each `{...}` replaced, in order, by the next of `segments`, percent-encoded.
 fn fill(pattern: &str, segments: &[&str]) -> String {
@@ -163,6 +165,24 @@ pub fn history(query: &HistoryQuery) -> String {
     }
 }
 
+/// [`RELOAD`] with its query.
+pub fn reload(query: &ReloadQuery) -> String {
+    if query.force {
+        format!("{RELOAD}?force=true")
+    } else {
+        RELOAD.to_string()
+    }
+}
+
+/// The query of `POST /v1/reload`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadQuery {
+    /// Apply the config's policy even if it did not change since it was last applied, and even
+    /// over a rollout in progress.
+    #[serde(default, deserialize_with = "true_or_false")]
+    pub force: bool,
+}
+
 /// The query of `POST /v1/services/{name}/rules`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleQuery {
@@ -202,6 +222,18 @@ fn whole_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<usi
         }
     }
     deserializer.deserialize_str(Visitor).map(Some)
+}
+
+/// A query parameter that must be `true` or `false`.
+fn true_or_false<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    match text.as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(serde::de::Error::custom(format!(
+            "`{text}` is not true or false"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -266,6 +298,11 @@ mod tests {
         ] {
             assert_eq!(read::<RuleQuery>(&rules_at("web", &q)), Ok(q));
         }
+        for q in [ReloadQuery { force: true }, ReloadQuery { force: false }] {
+            assert_eq!(read::<ReloadQuery>(&reload(&q)), Ok(q));
+        }
+        let e = read::<ReloadQuery>("/v1/reload?force=yes").unwrap_err();
+        assert!(e.ends_with("force: `yes` is not true or false"), "{e}");
     }
 
     #[test]

@@ -192,13 +192,17 @@ pub struct Rollback {
 }
 
 /// `POST /v1/services/{s}/rollback`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RolledBack {
     pub service: String,
     /// The stable version now.
     pub stable: String,
     /// Set when the rollback undid a promote: the version that was stable until now.
     pub demoted: Option<String>,
+    /// Set when the rollback undid a promote of a version that had a split weight: the weight it
+    /// has again. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_weight: Option<f64>,
     /// How many rules were deleted.
     pub rules_cleared: usize,
 }
@@ -250,6 +254,10 @@ mod tests {
             "previous_stable": "v1"}));
         same::<Revisioned<RolledBack>>(json!({"revision": 9, "service": "web", "stable": "v1",
             "demoted": "v2", "rules_cleared": 0}));
+        same::<Revisioned<RolledBack>>(json!({"revision": 9, "service": "web", "stable": "v1",
+            "demoted": "v2", "restored_weight": 50.0, "rules_cleared": 0}));
+        same::<Revisioned<RolledBack>>(json!({"revision": 9, "unchanged": true,
+            "service": "web", "stable": "v1", "demoted": null, "rules_cleared": 0}));
         same::<Revisioned<RolledBack>>(json!({"revision": 9, "service": "web", "stable": "v1",
             "demoted": null, "rules_cleared": 2}));
     }

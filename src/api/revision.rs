@@ -86,17 +86,31 @@ impl From<Option<u64>> for IfMatch {
 
 /// An answer about the policy that says its revision in the body, next to its own fields
 /// (`{"revision": 8, "service": "web", ...}`); the `ETag` says the same.
+///
+/// The answer to a change that left the policy as it was says `"unchanged": true`: nothing was
+/// written, and `revision` is the current one (absent from every other answer).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Revisioned<T> {
     pub revision: Revision,
+    /// True when a change found nothing to change: no revision was made.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchanged: bool,
     #[serde(flatten)]
     pub body: T,
 }
 
 impl<T> Revisioned<T> {
+    /// An answer at `revision` (a read, or a change that made it).
     pub fn new(revision: impl Into<Revision>, body: T) -> Self {
+        Revisioned::change(revision, false, body)
+    }
+
+    /// The answer to a change: the revision it made, or the current one when it was
+    /// `unchanged`.
+    pub fn change(revision: impl Into<Revision>, unchanged: bool, body: T) -> Self {
         Revisioned {
             revision: revision.into(),
+            unchanged,
             body,
         }
     }
@@ -173,6 +187,23 @@ mod tests {
         assert_eq!(
             serde_json::from_value::<Revisioned<Body>>(json).unwrap(),
             answer
+        );
+        // A change that changed nothing says so; a body without the field reads as changed.
+        let same = Revisioned::change(
+            4,
+            true,
+            Body {
+                service: "web".into(),
+            },
+        );
+        let json = serde_json::to_value(&same).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"revision": 4, "unchanged": true, "service": "web"})
+        );
+        assert_eq!(
+            serde_json::from_value::<Revisioned<Body>>(json).unwrap(),
+            same
         );
     }
 }

@@ -75,8 +75,8 @@ pub enum Cmd {
     },
     /// Which version a described request would reach, and why (no traffic is sent).
     Explain(ExplainArgs),
-    /// Make a version the stable one at once: rules and split cleared, the old stable kept as
-    /// the rollback target.
+    /// Make a version the stable one at once. Rules, the split's identity and salt and other
+    /// weights stay; its own weight and the old stable are kept for a rollback.
     Promote {
         /// The service.
         #[arg(long, short)]
@@ -86,8 +86,8 @@ pub enum Cmd {
         #[arg(long, short)]
         version: Option<String>,
     },
-    /// Everyone back to stable at once: weights to 0 (and the last promote undone if no new
-    /// canary started since).
+    /// Undo the last promote exactly (if no new canary started since); otherwise stop the
+    /// canary: weights to 0. Nothing left to undo: no change.
     Rollback {
         /// The service.
         #[arg(long, short)]
@@ -112,6 +112,15 @@ pub enum Cmd {
     Undo {
         /// The revision to go back to (see `history`).
         to: u64,
+    },
+    /// Read the config file again, as SIGHUP does: upstreams, timeouts and the log format are
+    /// applied; the config's policy only when it changed since it was last applied, and never
+    /// over a rollout in progress. Exit 1 when a part was refused or failed.
+    Reload {
+        /// Apply the config's policy even if it did not change since it was last applied, and
+        /// even over a rollout in progress (runtime changes are replaced by the file's policy).
+        #[arg(long)]
+        force: bool,
     },
 }
 

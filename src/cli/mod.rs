@@ -14,7 +14,7 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | done (also when stdout was closed early, as by `| head -1`) |
-//! | 1 | the API refused (4xx): bad input, not found, stale revision, not authorized |
+//! | 1 | the API refused (4xx): bad input, not found, stale revision, not authorized; or a reload left a part out |
 //! | 2 | usage error (arguments, an unreadable or invalid document, output that cannot be written) |
 //! | 3 | the API cannot be reached, failed (5xx), or the address is not a graygate admin API |
 //!
@@ -38,10 +38,10 @@ pub use args::CtlArgs;
 use crate::api::{
     paths, EntriesRemoved, EntriesWritten, EntryCount, EntryList, ErrorCode, Explain, Explanation,
     History, HistoryQuery, IfMatch, NewEntries, NewEntry, PolicyReplaced, Promote, Promoted,
-    RemoveEntries, Revisioned, Rollback, RolledBack, RolloutView, RouteDeleted, RouteList,
-    RoutePut, RuleDeleted, RuleList, RuleQuery, RuleWritten, ServiceDeleted, ServiceList,
-    ServicePut, SetVersion, SetWeights, Status, Undo, Undone, VersionDeleted, VersionList,
-    VersionPut, Weights,
+    ReloadOutcome, ReloadQuery, Reloaded, RemoveEntries, Revisioned, Rollback, RolledBack,
+    RolloutView, RouteDeleted, RouteList, RoutePut, RuleDeleted, RuleList, RuleQuery, RuleWritten,
+    ServiceDeleted, ServiceList, ServicePut, SetVersion, SetWeights, Status, Undo, Undone,
+    VersionDeleted, VersionList, VersionPut, Weights,
 };
 use crate::policy::edit::route_name;
 use crate::policy::model::{RouteDoc, RuleDoc, ServiceDoc};
@@ -98,6 +98,10 @@ pub enum CtlError {
     /// The answer could not be printed: exit 2, or quietly 0 when stdout was closed early.
     #[error("cannot write the output: {0}")]
     Output(#[source] std::io::Error),
+    /// The API did part of what was asked and refused the rest, as its answer (printed) says:
+    /// exit 1.
+    #[error("{0}")]
+    Incomplete(String),
 }
 
 /// A refusal by the API, as it wrote it.
@@ -118,7 +122,7 @@ pub struct Refusal {
 impl CtlError {
     fn exit_code(&self) -> u8 {
         match self {
-            CtlError::Refused(_) => 1,
+            CtlError::Refused(_) | CtlError::Incomplete(_) => 1,
             CtlError::Usage(_) | CtlError::Output(_) => 2,
             CtlError::Server(_)
             | CtlError::Unreachable(_)
@@ -284,7 +288,8 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
                 api.call(Method::POST, &path, rev, Some(body)).await?;
             let p = &a.body.body;
             let what = format!(
-                "{service}: {} is stable, everyone goes there (rollback target: {})",
+                "{service}: {} is stable, everyone not sent elsewhere by a rule goes there \
+                 (rollback target: {})",
                 p.stable, p.previous_stable
             );
             out.done(&a, &what)?;
@@ -299,10 +304,17 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
                 api.call(Method::POST, &path, rev, Some(body)).await?;
             let r = &a.body.body;
             let mut text = match &r.demoted {
-                Some(demoted) => format!(
-                    "{service}: promote of {demoted} undone, everyone on {}",
-                    r.stable
-                ),
+                Some(demoted) => {
+                    let weight = r
+                        .restored_weight
+                        .map(|w| format!(", {demoted} back at {}", output::pct(w)))
+                        .unwrap_or_default();
+                    format!(
+                        "{service}: promote of {demoted} undone: {} is stable again, rules and \
+                         split as before{weight}",
+                        r.stable
+                    )
+                }
                 None => format!(
                     "{service}: weights 0, everyone not matched by a rule on {}",
                     r.stable
@@ -318,6 +330,24 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
             let path = paths::history(&HistoryQuery { limit: Some(limit) });
             let a: Answer<Revisioned<History>> = api.get(&path).await?;
             out.show(&a, output::history)?;
+        }
+        Cmd::Reload { force } => {
+            let path = paths::reload(&ReloadQuery { force });
+            let a: Answer<Reloaded> = api.call(Method::POST, &path, IfMatch::Any, None).await?;
+            out.show(&a, output::reloaded)?;
+            if a.body.incomplete() {
+                let parts: Vec<&str> = a
+                    .body
+                    .parts()
+                    .iter()
+                    .filter(|(_, o, _)| matches!(o, ReloadOutcome::Refused | ReloadOutcome::Failed))
+                    .map(|(part, _, _)| *part)
+                    .collect();
+                return Err(CtlError::Incomplete(format!(
+                    "not everything was reloaded: {} not applied (see above)",
+                    parts.join(", ")
+                )));
+            }
         }
         Cmd::Undo { to } => {
             let body = json_body(&Undo { revision: to })?;

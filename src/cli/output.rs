@@ -7,8 +7,8 @@
 use super::client::Answer;
 use super::CtlError;
 use crate::api::{
-    EntryList, Explanation, History, Revisioned, RolloutView, RouteList, RuleList, ServiceList,
-    Status, VersionFigures, VersionList, Weights,
+    EntryList, Explanation, History, Reloaded, Revisioned, RolloutView, RouteList, RuleList,
+    ServiceList, Status, VersionFigures, VersionList, Weights,
 };
 use crate::policy::model::{IdentityDoc, SplitDoc};
 use crate::policy::{buckets_of_percent, BUCKETS};
@@ -49,9 +49,20 @@ impl Printer {
         }
     }
 
-    /// A change: `revision N: <what>`, or the JSON.
+    /// A change: `revision N: <what>` (`revision N (unchanged): <what>` when it changed
+    /// nothing), or the JSON.
     pub fn done<T>(&self, answer: &Answer<Revisioned<T>>, what: &str) -> Result<(), CtlError> {
-        self.show(answer, |a| format!("revision {}: {what}", a.revision))
+        self.show(answer, |a| format!("{}: {what}", revision(a)))
+    }
+}
+
+/// `revision N`, or `revision N (unchanged)` for a change that changed nothing: the revision an
+/// answer is about, as every line of ctl names it.
+pub fn revision<T>(answer: &Revisioned<T>) -> String {
+    if answer.unchanged {
+        format!("revision {} (unchanged)", answer.revision)
+    } else {
+        format!("revision {}", answer.revision)
     }
 }
 
@@ -103,7 +114,7 @@ fn compact(value: &impl Serialize) -> String {
 
 /// A weight as the share routing gives it (two decimals, rounded as the policy rounds it),
 /// without trailing zeros: `10`, `12.5`.
-fn pct(w: f64) -> String {
+pub fn pct(w: f64) -> String {
     pct_of_buckets(buckets_of_percent(w))
 }
 
@@ -326,8 +337,8 @@ pub fn rules(v: &Revisioned<RuleList>) -> String {
 pub fn weights(v: &Revisioned<Weights>) -> String {
     let w = &v.body;
     format!(
-        "revision {}: {}: {}",
-        v.revision,
+        "{}: {}: {}",
+        revision(v),
         w.service,
         split_text(&w.stable, w.split.as_ref())
     )
@@ -372,6 +383,26 @@ pub fn explain(v: &Explanation) -> String {
         .map(|(label, value)| format!("{label:<10} {value}"))
         .collect();
     lines.join("\n")
+}
+
+/// `ctl reload`: one line per part of the config, then what needs a restart.
+pub fn reloaded(r: &Reloaded) -> String {
+    let rows: Vec<Vec<String>> = r
+        .parts()
+        .iter()
+        .map(|(part, outcome, message)| {
+            vec![part.to_string(), outcome.to_string(), message.to_string()]
+        })
+        .collect();
+    let mut out = format!("config {} read again\n", r.config);
+    out.push_str(&table(&["PART", "OUTCOME", "WHAT"], &rows));
+    if !r.restart_needed.is_empty() {
+        out.push_str(&format!(
+            "\nchanged, applied only by a restart: {}",
+            r.restart_needed.join(", ")
+        ));
+    }
+    out
 }
 
 /// `ctl history`.
@@ -521,6 +552,20 @@ mod tests {
             "a=87.5% b=12.5% (random per request)"
         );
         assert_eq!(pct(12.5), "12.5%");
+    }
+
+    #[test]
+    fn a_change_that_changed_nothing_says_so_beside_its_revision() {
+        let w: Revisioned<Weights> = serde_json::from_value(json!({"revision": 4,
+            "unchanged": true, "service": "web", "stable": "v1",
+            "split": {"weights": {"v2": 0.0}}}))
+        .unwrap();
+        assert_eq!(
+            weights(&w),
+            "revision 4 (unchanged): web: v1=100% v2=0% (random per request)"
+        );
+        let changed = Revisioned::new(5, ());
+        assert_eq!(revision(&changed), "revision 5");
     }
 
     /// A weight with more than two decimals is shown as routing rounds it, and the shares shown

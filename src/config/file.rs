@@ -260,6 +260,7 @@ mod tests {
                 salt: None,
             }),
             previous_stable: None,
+            previous_weight: None,
             rollout: None,
         };
         ConfigFile {

@@ -72,7 +72,8 @@ pub struct Config {
     pub max_header_bytes: usize,
     pub upstreams: Vec<UpstreamConfig>,
     /// The policy written in the config (inline `[policy]` or `policy_file`), already validated
-    /// against the upstreams. It seeds a store that holds no policy yet, and SIGHUP applies it.
+    /// against the upstreams. It seeds a store that holds no policy yet; a reload (SIGHUP)
+    /// applies it again only when it changed since it was last applied (see `crate::reload`).
     pub policy: Option<PolicySource>,
     /// How often the full policy is reloaded from the store, as a safety net for a missed change
     /// notification.
@@ -430,12 +431,6 @@ pub fn load_policy_file(path: &Path, upstreams: &[&str]) -> Result<PolicySource,
         doc,
         file: path.to_path_buf(),
     })
-}
-
-/// Reads the policy the config names again (for SIGHUP): the inline one from the config file, or
-/// the policy file.
-pub fn reload_policy(config: &Config) -> Result<Option<PolicySource>, ConfigError> {
-    Ok(load(&config.file)?.policy)
 }
 
 fn syntax_error(text: &str, path: &Path, e: &toml::de::Error) -> ConfigError {

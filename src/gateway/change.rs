@@ -5,6 +5,10 @@
 //! [`Gateway::change`], so that they share one rule for concurrent writers: the store's
 //! conditional write decides who wins, a loser without an `If-Match` makes its edit again on the
 //! newer document, and a loser with one is told that its copy is stale.
+//!
+//! A change that changes nothing (a second rollback, the stored policy put back as it is) writes
+//! nothing: no revision, no history record, and [`Applied::unchanged`] says so. The history then
+//! only holds changes, and an operator never has to tell an empty revision from a real one.
 
 use super::{Gateway, GatewayError};
 use crate::policy::edit::EditError;
@@ -19,7 +23,8 @@ const CHANGE_ATTEMPTS: usize = 5;
 impl Gateway {
     /// Validates `doc`, stores it as the next revision and makes it the running policy. A document
     /// that does not compile changes nothing. Recorded in the history as made by `config`.
-    pub async fn apply(&self, doc: &PolicyDoc) -> Result<u64, GatewayError> {
+    /// A document equal to the stored one writes nothing ([`Applied::unchanged`]).
+    pub async fn apply(&self, doc: &PolicyDoc) -> Result<Applied<()>, GatewayError> {
         let replace = |current: &mut PolicyDoc| {
             current.clone_from(doc);
             Ok(())
@@ -28,8 +33,15 @@ impl Gateway {
         let applied = self
             .change(None, "config", "policy from the config file", replace)
             .await?;
-        tracing::info!(revision = applied.revision, "policy applied");
-        Ok(applied.revision)
+        if applied.unchanged {
+            tracing::info!(
+                revision = applied.revision,
+                "policy applied: the store holds it already (no new revision)"
+            );
+        } else {
+            tracing::info!(revision = applied.revision, "policy applied");
+        }
+        Ok(applied)
     }
 
     /// Makes one change of the policy: `edit` changes a copy of the stored document, the result is
@@ -42,6 +54,11 @@ impl Gateway {
     /// a store at another revision refuses the change with [`ChangeError::Stale`]; without it, an
     /// edit that lost a race is made again on the newer document (a few times at most).
     ///
+    /// An edit that leaves the stored document as it is writes nothing: the answer is the stored
+    /// revision with [`Applied::unchanged`] set (no revision, no history record, nothing
+    /// installed). Only a store that holds no policy yet, or one that does not parse, is written
+    /// whatever the edit did.
+    ///
     /// The edit is pure and may run more than once; what it returns comes back in [`Applied`].
     pub async fn change<T>(
         &self,
@@ -50,9 +67,14 @@ impl Gateway {
         summary: &str,
         mut edit: impl FnMut(&mut PolicyDoc) -> Result<T, ChangeError>,
     ) -> Result<Applied<T>, ChangeError> {
+        let _one_at_a_time = self.changing.lock().await;
         let mut last_conflict = None;
         for _ in 0..CHANGE_ATTEMPTS {
-            let (current, before) = self.current_doc().await?;
+            let Stored {
+                revision: current,
+                doc: before,
+                as_stored,
+            } = self.stored().await?;
             if let Some(expected) = expected {
                 if expected != current {
                     return Err(ChangeError::Stale {
@@ -63,6 +85,15 @@ impl Gateway {
             }
             let mut after = before.clone();
             let value = edit(&mut after)?;
+            if as_stored && after == before {
+                tracing::debug!(revision = current, actor, summary, "policy unchanged");
+                return Ok(Applied {
+                    revision: current,
+                    value,
+                    doc: after,
+                    unchanged: true,
+                });
+            }
             let compiled = self.compile(&after)?;
             let next = current + 1;
             let record = HistoryEntry {
@@ -91,6 +122,7 @@ impl Gateway {
                         revision,
                         value,
                         doc: record.after,
+                        unchanged: false,
                     });
                 }
                 Err(StoreError::Conflict { actual, .. }) => match expected {
@@ -110,17 +142,35 @@ impl Gateway {
     /// A stored document that does not parse (written by something else) is replaced by the
     /// running one; an empty store that still owes the config's policy shows that.
     pub async fn current_doc(&self) -> Result<(u64, PolicyDoc), ChangeError> {
+        let stored = self.stored().await?;
+        Ok((stored.revision, stored.doc))
+    }
+
+    /// [`Gateway::current_doc`], saying whether the document is the stored one.
+    async fn stored(&self) -> Result<Stored, ChangeError> {
         match self.store.load_policy().await.map_err(ChangeError::Store)? {
             Some(stored) => match serde_json::from_str::<PolicyDoc>(&stored.json) {
-                Ok(doc) => Ok((stored.revision, doc)),
+                Ok(doc) => Ok(Stored {
+                    revision: stored.revision,
+                    doc,
+                    as_stored: true,
+                }),
                 Err(e) => {
                     tracing::warn!(revision = stored.revision, error = %e, "the stored policy does not parse: this change starts from the running policy");
-                    Ok((stored.revision, self.policy().doc().clone()))
+                    Ok(Stored {
+                        revision: stored.revision,
+                        doc: self.policy().doc().clone(),
+                        as_stored: false,
+                    })
                 }
             },
             None => {
                 let seed = self.pending_seed.lock().expect("seed lock").clone();
-                Ok((0, seed.unwrap_or_default()))
+                Ok(Stored {
+                    revision: 0,
+                    doc: seed.unwrap_or_default(),
+                    as_stored: false,
+                })
             }
         }
     }
@@ -162,15 +212,28 @@ pub enum ChangeError {
     Store(StoreError),
 }
 
-/// A change that was applied.
+/// What a change starts from: the stored revision and its document.
+struct Stored {
+    revision: u64,
+    doc: PolicyDoc,
+    /// False when nothing is stored yet (the document is the config's policy owed to the store,
+    /// or empty) or the stored one does not parse (the document is the running one): a change
+    /// is then written even if it leaves the document as it is.
+    as_stored: bool,
+}
+
+/// A change that was applied, or found to change nothing.
 #[derive(Debug, Clone)]
 pub struct Applied<T> {
-    /// The revision it became.
+    /// The revision it became; for an unchanged document, the stored revision it left as it was.
     pub revision: u64,
     /// What the edit returned.
     pub value: T,
     /// The document now stored and running.
     pub doc: PolicyDoc,
+    /// True when the edited document was the stored one: nothing was written (no new revision,
+    /// no history record).
+    pub unchanged: bool,
 }
 
 /// One applied change, as kept in the store's history; a wire type of the admin API too.
@@ -211,6 +274,71 @@ mod tests {
         assert_eq!(actors, vec![(2, "alice"), (1, "config")]);
         assert_eq!(history[0].before, doc(WEB));
         assert_eq!(history[0].after, applied.doc);
+    }
+
+    #[tokio::test]
+    async fn a_change_that_changes_nothing_writes_no_revision() {
+        let store = TestStore::new();
+        let g = gateway(&store, Some(&doc(WEB)), TIMEOUT).await;
+        g.change(None, "alice", "add v3", add_v3).await.unwrap();
+        let before = g.policy();
+
+        // The same edit again, the stored document put back as it is, and an edit undone
+        // within itself: nothing to write.
+        let again = g.change(None, "alice", "add v3", add_v3).await.unwrap();
+        let stored = g.policy().doc().clone();
+        let put_back = g
+            .change(Some(2), "alice", "policy replaced", |d| {
+                d.clone_from(&stored);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let undone = g
+            .change(None, "alice", "there and back", |d| {
+                d.services[0].stable = "v2".into();
+                d.services[0].stable = "v1".into();
+                Ok(7)
+            })
+            .await
+            .unwrap();
+        for applied in [&again, &put_back] {
+            assert!(applied.unchanged);
+            assert_eq!(applied.revision, 2);
+            assert_eq!(applied.doc, stored);
+        }
+        assert!(undone.unchanged);
+        assert_eq!((undone.revision, undone.value), (2, 7));
+        assert_eq!(g.revision(), 2);
+        assert!(Arc::ptr_eq(&before, &g.policy()), "nothing was installed");
+        assert_eq!(store.load_policy().await.unwrap().unwrap().revision, 2);
+        assert_eq!(g.history(10).await.unwrap().len(), 2);
+        // A change that does change something is written as before.
+        let real = g
+            .change(None, "alice", "drop v3", |d| {
+                d.services[0].versions.remove("v3");
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(!real.unchanged);
+        assert_eq!(real.revision, 3);
+
+        // The config's policy applied again (SIGHUP with an unchanged file): no revision.
+        let same = g.policy().doc().clone();
+        let applied = g.apply(&same).await.unwrap();
+        assert!(applied.unchanged);
+        assert_eq!(applied.revision, 3);
+    }
+
+    #[tokio::test]
+    async fn an_empty_store_is_written_even_with_an_empty_policy() {
+        let store = TestStore::new();
+        let g = gateway(&store, None, TIMEOUT).await;
+        let applied = g.apply(&PolicyDoc::default()).await.unwrap();
+        assert!(!applied.unchanged, "nothing was stored yet");
+        assert_eq!(applied.revision, 1);
+        assert_eq!(store.load_policy().await.unwrap().unwrap().revision, 1);
     }
 
     #[tokio::test]
@@ -368,7 +496,7 @@ mod tests {
             "the policy changed 5 times while this change was written (now at revision 6): nothing was applied, retry"
         );
         // Once the others stop, applying again works.
-        assert_eq!(g.apply(&next).await.unwrap(), 7);
+        assert_eq!(g.apply(&next).await.unwrap().revision, 7);
     }
 
     #[test]

@@ -12,9 +12,17 @@
 //! record in one conditional store write, install it. It also counts the requests routed to each
 //! version ([`Gateway::traffic`]) for the admin API's status.
 //!
+//! The upstream names a policy compiles against can change too: a config reload that adds or
+//! removes upstreams swaps them ([`Gateway::set_upstreams`]) together with the data plane's
+//! table, and recompiles the running policy against them. One change, reload or swap runs at a
+//! time on an instance, so that nothing compiled against the old names is installed after them.
+//!
 //! # Files
-//! - `mod.rs`: the [`Gateway`] itself: start, the running snapshot, install, and the watcher
-//!   that reloads store changes.
+//! - `mod.rs`: the [`Gateway`] itself: start, the running snapshot, install, the upstream
+//!   names, and the watcher that reloads store changes.
+//! - `seed`: the config's policy: it seeds the store, and is applied again only when it changed
+//!   since it was last applied (never over an active rollout unless forced); whether the running
+//!   policy differs from it.
 //! - `change`: every change of the policy ([`Gateway::change`], [`Gateway::apply`]), the
 //!   document it starts from, and the history it records.
 //! - `decide`: the data plane's question ([`crate::proxy::Router`]): evaluate on one snapshot,
@@ -27,12 +35,14 @@
 mod change;
 mod decide;
 mod rollouts;
+mod seed;
 #[cfg(test)]
 mod testing;
 mod traffic;
 
 pub use change::{Applied, ChangeError, HistoryEntry};
 pub use rollouts::{now_ms, DriverConfig, RolloutsHandle, ACTOR};
+pub use seed::ConfigPolicy;
 
 use crate::policy::edit::EditError;
 use crate::policy::{self, Policy, PolicyDoc};
@@ -64,6 +74,13 @@ pub enum GatewayError {
     /// document and never raises it; it is here so that every [`ChangeError`] converts.
     #[error(transparent)]
     Edit(#[from] EditError),
+    /// New upstream names that the running policy does not compile against (it uses an
+    /// upstream they remove): nothing was swapped.
+    #[error("the running policy (revision {revision}) uses an upstream the new config removes ({source}): change the policy first; the upstreams stay as they were")]
+    UpstreamInUse {
+        revision: u64,
+        source: policy::CompileError,
+    },
 }
 
 impl From<ChangeError> for GatewayError {
@@ -94,8 +111,13 @@ pub struct Gateway {
     /// Where the policy, its history and the lists live.
     store: Arc<dyn Store>,
     /// Upstream names, in the order of the data plane's upstream table: a compiled policy refers
-    /// to upstreams by index into this list.
-    upstreams: Vec<String>,
+    /// to upstreams by index into this list (an empty name: a retired slot). Swapped by a config
+    /// reload ([`Gateway::set_upstreams`]).
+    upstreams: ArcSwap<Vec<String>>,
+    /// Held by every change, store reload and upstream swap of this instance while it compiles
+    /// and installs, so that a policy compiled against old upstream names is never installed
+    /// after new ones (the store's conditional write orders changes between instances).
+    changing: tokio::sync::Mutex<()>,
     /// How long a request waits for a store lookup before it is decided as if the store were down.
     lookup_timeout: Duration,
     /// The config's policy, when the store could not be read at start: written to the store by
@@ -104,6 +126,8 @@ pub struct Gateway {
     /// Requests routed to each version since start, for the admin API's status: rebuilt (keeping
     /// the counts of versions that stay) whenever a policy is installed.
     traffic: Traffic,
+    /// The config file's policy and whether the running one differs from it (see `seed`).
+    config: seed::ConfigState,
 }
 
 impl Gateway {
@@ -122,25 +146,25 @@ impl Gateway {
             revision: AtomicU64::new(0),
             last_reload_ms: AtomicU64::new(0),
             store,
-            upstreams,
+            upstreams: ArcSwap::from_pointee(upstreams),
+            changing: tokio::sync::Mutex::new(()),
             lookup_timeout,
             pending_seed: std::sync::Mutex::new(None),
             traffic: Traffic::new(),
+            config: seed::ConfigState::new(seed),
         });
         match gateway.store.load_policy().await {
             Ok(Some(stored)) => {
                 let compiled = gateway.compile_json(stored.revision, &stored.json)?;
                 gateway.install(compiled, stored.revision);
-                if seed.is_some() {
-                    tracing::info!(
-                        revision = stored.revision,
-                        "the store holds a policy: it is used; the config's policy only seeds an empty store (send SIGHUP to apply it)"
-                    );
+                if let Some(doc) = seed {
+                    gateway.seen_at_start(doc, stored.revision).await;
                 }
             }
             Ok(None) => match seed {
                 Some(doc) => {
-                    gateway.apply(doc).await?;
+                    let applied = gateway.apply(doc).await?;
+                    gateway.record_applied(doc, applied.revision).await;
                 }
                 None => tracing::warn!(
                     "no policy in the store or the config: every request gets 404 until one is set"
@@ -185,9 +209,35 @@ impl Gateway {
     }
 
     /// Upstream names, in the order of the data plane's upstream table (a [`policy::Decision`]'s
-    /// `upstream` indexes this).
-    pub fn upstream_names(&self) -> &[String] {
-        &self.upstreams
+    /// `upstream` indexes this; an empty name is a retired slot).
+    pub fn upstream_names(&self) -> Arc<Vec<String>> {
+        self.upstreams.load_full()
+    }
+
+    /// Swaps the upstream names a policy compiles against, after a config reload changed the
+    /// upstreams: the running policy is compiled against `names` first and, if it compiles,
+    /// `install_table` swaps the data plane's table, the names are swapped and the recompiled
+    /// policy is installed (same revision). A running policy that uses an upstream `names` no
+    /// longer has refuses the swap ([`GatewayError::UpstreamInUse`]) and nothing changes.
+    ///
+    /// `names` keep the index of every upstream that stays (see [`crate::proxy::LiveUpstreams`]);
+    /// the table is swapped before the policy, so that no request meets a policy that refers to
+    /// an index its table does not have yet.
+    pub async fn set_upstreams(
+        &self,
+        names: Vec<String>,
+        install_table: impl FnOnce(),
+    ) -> Result<(), GatewayError> {
+        let _one_at_a_time = self.changing.lock().await;
+        let running = self.policy();
+        let revision = self.revision();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let compiled = policy::compile(running.doc(), &refs)
+            .map_err(|source| GatewayError::UpstreamInUse { revision, source })?;
+        install_table();
+        self.upstreams.store(Arc::new(names));
+        self.install(compiled, revision);
+        Ok(())
     }
 
     /// Requests routed to each version of each service since start (this instance only), for
@@ -199,10 +249,13 @@ impl Gateway {
     /// Reloads the stored policy if its revision differs from the running one. A stored document
     /// that does not compile is logged once and the running policy stays.
     pub async fn reload(&self) -> Result<bool, GatewayError> {
+        let one_at_a_time = self.changing.lock().await;
         let Some(stored) = self.store.load_policy().await? else {
+            drop(one_at_a_time);
             let seed = self.pending_seed.lock().expect("seed lock").take();
             if let Some(doc) = seed {
-                self.apply(&doc).await?;
+                let applied = self.apply(&doc).await?;
+                self.record_applied(&doc, applied.revision).await;
                 return Ok(true);
             }
             return Ok(false);
@@ -257,7 +310,8 @@ impl Gateway {
     }
 
     fn compile(&self, doc: &PolicyDoc) -> Result<Policy, policy::CompileError> {
-        let names: Vec<&str> = self.upstreams.iter().map(String::as_str).collect();
+        let upstreams = self.upstreams.load();
+        let names: Vec<&str> = upstreams.iter().map(String::as_str).collect();
         policy::compile(doc, &names)
     }
 
@@ -276,6 +330,7 @@ impl Gateway {
 
     fn install(&self, policy: Policy, revision: u64) {
         self.traffic.rebuild(policy.doc());
+        self.config.compare(policy.doc(), revision);
         self.policy.store(Arc::new(policy));
         self.revision.store(revision, Ordering::Release);
         let now_ms = SystemTime::now()
@@ -346,6 +401,47 @@ mod tests {
         );
         assert_eq!(g.revision(), 2);
         assert_eq!(*g.policy().doc(), with_v3());
+    }
+
+    #[tokio::test]
+    async fn upstream_names_swap_with_the_table_unless_the_running_policy_uses_a_removed_one() {
+        let store = TestStore::new();
+        let g = gateway(&store, Some(&doc(WEB)), TIMEOUT).await;
+        let names = |list: &[&str]| list.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+
+        // An upstream added: the table is swapped, the running policy recompiled (same
+        // revision), and changes may name it.
+        let swapped = std::sync::atomic::AtomicBool::new(false);
+        g.set_upstreams(names(&["stable", "canary", "next"]), || {
+            swapped.store(true, Ordering::SeqCst)
+        })
+        .await
+        .unwrap();
+        assert!(swapped.load(Ordering::SeqCst));
+        assert_eq!(g.revision(), 1);
+        assert_eq!(*g.upstream_names(), names(&["stable", "canary", "next"]));
+        g.change(None, "alice", "v3 on next", |d| {
+            d.services[0].versions.insert("v3".into(), "next".into());
+            Ok(())
+        })
+        .await
+        .unwrap();
+
+        // Removing it while the running policy uses it: refused, nothing swapped.
+        let e = g
+            .set_upstreams(names(&["stable", "canary", ""]), || {
+                panic!("the table was swapped")
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the running policy (revision 2) uses an upstream the new config removes \
+             (services[0].versions.v3: unknown upstream `next` (configured upstreams: stable, \
+             canary)): change the policy first; the upstreams stay as they were"
+        );
+        assert_eq!(*g.upstream_names(), names(&["stable", "canary", "next"]));
+        assert!(g.policy().doc().services[0].versions.contains_key("v3"));
     }
 
     #[tokio::test]

@@ -255,6 +255,13 @@ impl Driver {
             self.records.insert(s.name.clone(), stored);
         }
         let record = self.records.entry(s.name.clone()).or_default();
+        if record.started_ms != status.started_ms {
+            // A new run (a start, a retry): nothing of the last one carries over.
+            *record = WorkingRecord {
+                started_ms: status.started_ms,
+                ..WorkingRecord::default()
+            };
+        }
         record.driver = self.id.clone();
         if record.window.key != key || record.window.started_ms == 0 {
             if record.window.key.step != key.step || key.promoted != record.window.key.promoted {
@@ -498,6 +505,7 @@ mod tests {
     fn status(state: RolloutState) -> RolloutStatus {
         RolloutStatus {
             state,
+            started_ms: 0,
             step: 0,
             step_started_ms: 0,
             since_ms: 0,

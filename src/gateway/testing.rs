@@ -29,8 +29,9 @@ pub(super) struct TestStore {
     inner: EmbeddedStore,
     /// Kept for as long as the store: the directory is removed on drop.
     _dir: tempfile::TempDir,
-    /// Conditional writes that lose a race: before each, another writer stores the same
-    /// document first (and records it in the history as `rival`).
+    /// Conditional writes that lose a race: before each, another writer stores a revision of
+    /// its own first (the document the change started from, written again, and recorded in the
+    /// history as `rival`), so that the change made again on it is still a change.
     pub(super) rivals: AtomicUsize,
     /// Lookups never answer and nothing is answered from memory: a store that hangs.
     pub(super) hang: AtomicBool,
@@ -88,8 +89,11 @@ impl Store for TestStore {
             let mut rival: serde_json::Value =
                 serde_json::from_str(rec).expect("a history record is JSON");
             rival["actor"] = "rival".into();
-            let rival = rival.to_string();
-            self.inner.save_policy_recorded(doc, at, &rival).await?;
+            rival["after"] = rival["before"].clone();
+            let same = rival["before"].to_string();
+            self.inner
+                .save_policy_recorded(&same, at, &rival.to_string())
+                .await?;
         }
         self.inner.save_policy_recorded(doc, at, rec).await
     }

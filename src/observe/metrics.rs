@@ -8,8 +8,10 @@
 //!   formats nothing and allocates nothing once its series exists; the cost is one hashed lookup
 //!   per metric family.
 //! - **pulled at scrape time** ([`Metrics::render`]) from where they already live ([`Sources`]):
-//!   policy revision and last reload, upstream connect failures, store and lookup-cache counters,
-//!   store health. Nothing on the request path pays for them.
+//!   policy revision and last reload, whether the running policy differs from the config file's,
+//!   upstream connect failures (of the upstream table in use: a reload that adds servers adds
+//!   their series), store and lookup-cache counters, store health. Nothing on the request path
+//!   pays for them.
 //!
 //! The pulled values come through small source traits ([`PolicyStatsSource`],
 //! [`StoreStatsSource`]) that say what the metrics read, so that this module, at the end of the
@@ -26,7 +28,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::proxy::{RequestRecord, Upstreams};
+use crate::proxy::{LiveUpstreams, RequestRecord, Upstreams};
 
 /// Upper bounds (seconds) of the latency histograms: from a 1 ms local answer to a 30 s
 /// upstream timeout.
@@ -74,6 +76,12 @@ pub trait PolicyStatsSource: Send + Sync + 'static {
     fn revision(&self) -> u64;
     /// When the running policy was installed; `None` while none ever was.
     fn last_reload(&self) -> Option<SystemTime>;
+    /// Whether the running policy differs from the policy in the config file (runtime changes
+    /// the file does not have, or a file edited and not reloaded); `None` when the config has
+    /// no policy.
+    fn config_differs(&self) -> Option<bool> {
+        None
+    }
 }
 
 /// What the scrape reads values from. Every part is optional: what is missing is not exported.
@@ -81,13 +89,22 @@ pub trait PolicyStatsSource: Send + Sync + 'static {
 pub struct Sources {
     /// Policy revision and last reload time.
     pub policy: Option<Arc<dyn PolicyStatsSource>>,
-    /// Connect failures of every upstream server.
-    pub upstreams: Option<Arc<Upstreams>>,
+    /// Connect failures of every upstream server, in the table in use at scrape time.
+    pub upstreams: Option<Arc<LiveUpstreams>>,
     /// Store lookups, errors, cache hits and misses, degraded state.
     pub store: Option<Arc<dyn StoreStatsSource>>,
 }
 
-/// A connect-failure counter bound to one upstream server, resolved once at start.
+/// The connect-failure counters of one upstream table, resolved when a scrape first sees the
+/// table (at start, and after a reload swapped it) so that other scrapes look up no labels.
+#[derive(Default)]
+struct TableFailures {
+    /// The table they were resolved for.
+    table: Option<Arc<Upstreams>>,
+    servers: Vec<ServerFailures>,
+}
+
+/// A connect-failure counter bound to one upstream server.
 struct ServerFailures {
     upstream: usize,
     server: Arc<str>,
@@ -116,9 +133,12 @@ pub struct Metrics {
     policy_revision: IntGauge,
     /// `graygate_policy_last_reload_timestamp_seconds`, pulled (likewise).
     policy_last_reload: Gauge,
-    /// `graygate_upstream_connect_failures_total{upstream, server}`, pulled: one handle per
-    /// configured server, resolved at start so a scrape looks up no labels.
-    server_failures: Vec<ServerFailures>,
+    /// `graygate_policy_config_differs`, pulled (likewise).
+    policy_config_differs: IntGauge,
+    /// `graygate_upstream_connect_failures_total{upstream, server}`, pulled.
+    connect_failures: IntCounterVec,
+    /// Its handles for the servers of the upstream table in use.
+    server_failures: Mutex<TableFailures>,
     /// `graygate_store_lookups_total{store}`, pulled.
     store_lookups: IntCounterVec,
     /// `graygate_store_errors_total{store}`, pulled.
@@ -196,28 +216,22 @@ impl Metrics {
             "When the running policy was installed, in seconds since the Unix epoch (0: never).",
         )
         .expect("valid metric");
+        let policy_config_differs = IntGauge::new(
+            "graygate_policy_config_differs",
+            "1 while the running policy differs from the policy in the config file (runtime changes, or a file edited and not reloaded), else 0 (also when the config has no policy).",
+        )
+        .expect("valid metric");
         if sources.policy.is_some() {
             register(&registry, policy_revision.clone());
             register(&registry, policy_last_reload.clone());
+            register(&registry, policy_config_differs.clone());
         }
         let connect_failures = counter_vec(
             "graygate_upstream_connect_failures_total",
             "Failed TCP connects to an upstream server, by upstream and server.",
             &["upstream", "server"],
         );
-        let mut server_failures = Vec::new();
-        if let Some(upstreams) = &sources.upstreams {
-            for index in 0..upstreams.len() {
-                let name = upstreams.name(index).unwrap_or_default();
-                for server in upstreams.servers(index) {
-                    server_failures.push(ServerFailures {
-                        upstream: index,
-                        server: Arc::from(server),
-                        counter: connect_failures.with_label_values(&[name, server]),
-                    });
-                }
-            }
-        }
+
         // The store's counters, all by store, in the order of their fields.
         let [store_lookups, store_errors, cache_hits, cache_misses] = [
             (
@@ -260,7 +274,9 @@ impl Metrics {
             access_log_dropped,
             policy_revision,
             policy_last_reload,
-            server_failures,
+            policy_config_differs,
+            connect_failures,
+            server_failures: Mutex::new(TableFailures::default()),
             store_lookups,
             store_errors,
             cache_hits,
@@ -330,10 +346,25 @@ impl Metrics {
                 .set(i64::try_from(policy.revision()).unwrap_or(i64::MAX));
             self.policy_last_reload
                 .set(policy.last_reload().map_or(0.0, unix_seconds));
+            self.policy_config_differs
+                .set(i64::from(policy.config_differs().unwrap_or(false)));
         }
         if let Some(upstreams) = &self.sources.upstreams {
-            for s in &self.server_failures {
-                if let Some(n) = upstreams.connect_failures(s.upstream, &s.server) {
+            let table = upstreams.current();
+            let mut failures = self
+                .server_failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if !failures
+                .table
+                .as_ref()
+                .is_some_and(|t| Arc::ptr_eq(t, &table))
+            {
+                failures.servers = self.server_counters(&table);
+                failures.table = Some(table.clone());
+            }
+            for s in &failures.servers {
+                if let Some(n) = table.connect_failures(s.upstream, &s.server) {
                     advance(&s.counter, n);
                 }
             }
@@ -355,6 +386,24 @@ impl Metrics {
                 .with_label_values(&label)
                 .set(i64::from(stats.degraded));
         }
+    }
+}
+
+impl Metrics {
+    /// The connect-failure counter of every server of `table`.
+    fn server_counters(&self, table: &Upstreams) -> Vec<ServerFailures> {
+        let mut out = Vec::new();
+        for index in 0..table.len() {
+            let name = table.name(index).unwrap_or_default();
+            for server in table.servers(index) {
+                out.push(ServerFailures {
+                    upstream: index,
+                    server: Arc::from(server),
+                    counter: self.connect_failures.with_label_values(&[name, server]),
+                });
+            }
+        }
+        out
     }
 }
 
@@ -606,6 +655,72 @@ mod tests {
         fn last_reload(&self) -> Option<SystemTime> {
             self.1
         }
+    }
+
+    /// A policy that differs from the config file's, or not, or with no file policy.
+    struct Differs(Option<bool>);
+
+    impl PolicyStatsSource for Differs {
+        fn revision(&self) -> u64 {
+            1
+        }
+        fn last_reload(&self) -> Option<SystemTime> {
+            None
+        }
+        fn config_differs(&self) -> Option<bool> {
+            self.0
+        }
+    }
+
+    #[test]
+    fn whether_the_running_policy_differs_from_the_files_is_a_gauge() {
+        for (differs, want) in [(Some(true), "1"), (Some(false), "0"), (None, "0")] {
+            let m = Metrics::new(Sources {
+                policy: Some(Arc::new(Differs(differs))),
+                ..Sources::default()
+            });
+            let text = m.render();
+            assert_eq!(
+                value(&text, "graygate_policy_config_differs").as_deref(),
+                Some(want),
+                "{differs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn connect_failures_follow_the_upstream_table_a_reload_swaps_in() {
+        use crate::proxy::{ServerConfig, Timeouts, UpstreamConfig};
+        let config = |name: &str, addr: &str| UpstreamConfig {
+            name: name.into(),
+            servers: vec![ServerConfig {
+                addr: addr.into(),
+                weight: 1,
+            }],
+        };
+        let t = Timeouts::default();
+        let live = Arc::new(LiveUpstreams::new(vec![config("a", "h:1")], &t).unwrap());
+        let m = Metrics::new(Sources {
+            upstreams: Some(live.clone()),
+            ..Sources::default()
+        });
+        let series = |u: &str, s: &str| {
+            format!("graygate_upstream_connect_failures_total{{server=\"{s}\",upstream=\"{u}\"}}")
+        };
+        assert_eq!(
+            value(&m.render(), &series("a", "h:1")).as_deref(),
+            Some("0")
+        );
+        live.install(
+            live.plan(&[config("a", "h:1"), config("b", "h:2")], &t)
+                .unwrap(),
+        );
+        let text = m.render();
+        assert_eq!(
+            value(&text, &series("b", "h:2")).as_deref(),
+            Some("0"),
+            "{text}"
+        );
     }
 
     #[test]

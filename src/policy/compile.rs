@@ -111,8 +111,10 @@ pub(super) struct Split {
 /// Buckets per 100%: percentages have two decimals.
 pub const BUCKETS: u32 = 10_000;
 
-/// Validates `doc` and builds the policy. `upstreams` are the upstream names of the startup
-/// config; a version's upstream is resolved to its index in that slice.
+/// Validates `doc` and builds the policy. `upstreams` are the upstream names of the config, in
+/// the order of the data plane's upstream table; a version's upstream is resolved to its index
+/// in that slice. An empty name is a slot no policy may name (an upstream a config reload
+/// removed keeps its index empty, so that the others keep theirs).
 pub fn compile(doc: &PolicyDoc, upstreams: &[&str]) -> Result<Policy, CompileError> {
     let mut services = Vec::with_capacity(doc.services.len());
     let mut service_index: HashMap<&str, usize> = HashMap::new();
@@ -227,12 +229,14 @@ fn compile_service(
     }
     let mut versions = Vec::with_capacity(s.versions.len());
     for (name, upstream) in &s.versions {
-        let Some(u) = upstreams.iter().position(|u| u == upstream) else {
+        let named = |u: &&str| !u.is_empty();
+        let Some(u) = upstreams.iter().position(|u| named(u) && u == upstream) else {
+            let known: Vec<&str> = upstreams.iter().copied().filter(named).collect();
             return err(
                 path.field("versions").field(name),
                 format!(
                     "unknown upstream `{upstream}` (configured upstreams: {})",
-                    upstreams.join(", ")
+                    known.join(", ")
                 ),
             );
         };
@@ -256,6 +260,10 @@ fn compile_service(
     let stable = version(path.field("stable"), &s.stable)?;
     if let Some(previous) = &s.previous_stable {
         version(path.field("previous_stable"), previous)?;
+    }
+    // Without `previous_stable` there is no promote to undo and a rollback ignores it.
+    if let Some(weight) = s.previous_weight {
+        percent_to_buckets(&path.field("previous_weight"), weight)?;
     }
     if let Some(rollout) = &s.rollout {
         if let Err((field, message)) = rollout.check(s, &path.field("rollout")) {
@@ -694,6 +702,24 @@ mod tests {
         assert!(
             dup.contains("services[1].name: service `a` is defined twice"),
             "{dup}"
+        );
+    }
+
+    #[test]
+    fn an_empty_upstream_name_is_a_slot_no_policy_can_name() {
+        let text = |upstream: &str| {
+            format!("[[services]]\nname = \"web\"\nstable = \"v1\"\nversions = {{ v1 = \"{upstream}\" }}\n")
+        };
+        // `gray` at index 2, after a retired slot: the index is the table's.
+        let names = ["prod", "", "gray"];
+        let doc: PolicyDoc = toml::from_str(&text("gray")).unwrap();
+        let policy = compile(&doc, &names).unwrap();
+        assert_eq!(policy.services[0].versions[0].upstream, 2);
+        let doc: PolicyDoc = toml::from_str(&text("")).unwrap();
+        let e = compile(&doc, &names).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "services[0].versions.v1: unknown upstream `` (configured upstreams: prod, gray)"
         );
     }
 

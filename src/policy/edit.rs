@@ -7,15 +7,28 @@
 //! refused with the path of that field.
 //!
 //! # Rollout steps
-//! - **promote** `V`: `V` becomes the stable version; rules and split are cleared (every request
-//!   goes to `V`); the old stable version is kept in `previous_stable`, the rollback target.
-//! - **rollback**: every split weight goes to 0 (the split's identity and salt stay, so raising a
-//!   weight again brings back the same users); rules are kept, or cleared on request; and if
-//!   `previous_stable` is set (no new canary started since the last promote), that version is
-//!   stable again and `previous_stable` is cleared. So a rollback undoes the latest step: a canary
-//!   in progress, or else the last promotion.
-//! - Starting a new canary (a weight above 0, a rule added or replaced) clears `previous_stable`:
-//!   the promotion is accepted, and a later rollback only stops the new canary.
+//! - **promote** `V`: `V` becomes the stable version. Nothing else the operator set up is lost:
+//!   the rules, the split's `by` and `salt` and the other versions' weights stay as they are.
+//!   Only `V`'s own weight leaves the split (the stable version takes none: it gets what the
+//!   weights leave, so every request no rule sends elsewhere now goes to `V`); it is kept in
+//!   `previous_weight`, and the old stable version in `previous_stable`, the rollback target.
+//! - **rollback** right after a promote undoes it exactly: the old stable version is stable
+//!   again and `V` gets its weight back, with the rules, `by` and salt as they were (and
+//!   `previous_stable`, `previous_weight` are cleared). A second rollback, or one with no
+//!   promote to undo, stops the canary: every split weight goes to 0 (the split's `by` and salt
+//!   stay, so raising a weight again brings back the same users). Either way the rules are kept,
+//!   or cleared on request. So a rollback undoes the latest step: the last promotion, or else a
+//!   canary in progress.
+//! - Starting a new canary (a weight above 0, a rule added or replaced) clears `previous_stable`
+//!   and `previous_weight`: the promotion is accepted, and a later rollback only stops the new
+//!   canary.
+//!
+//! Because a promote keeps the rules, an operator whose next release goes to the same gray
+//! servers (the original designs' way: gray users on gray servers, everyone else on production)
+//! runs each cycle as: promote (everyone on the gray servers, which run the new release), upgrade
+//! the production servers, rollback (production is stable again, now on the new release, and
+//! the gray rules are ready for the next cycle, their users on the gray servers). Clearing the
+//! gray list's data, if wanted, keeps everyone on production until the next cycle starts.
 //!
 //! # Overlapping ranges
 //! [`overlapping_ranges`] finds two rules of one service whose whole condition is a `range` test
@@ -289,6 +302,7 @@ pub fn delete_version(doc: &mut PolicyDoc, service: &str, version: &str) -> Resu
     }
     if s.previous_stable.as_deref() == Some(version) {
         s.previous_stable = None;
+        s.previous_weight = None;
     }
     Ok(())
 }
@@ -334,7 +348,7 @@ pub fn add_rule(
         ));
     }
     s.rules.insert(at, rule);
-    s.previous_stable = None;
+    accept_promotion(s);
     Ok(())
 }
 
@@ -357,7 +371,7 @@ pub fn replace_rule(
         }
     }
     svc.rules[r] = rule;
-    svc.previous_stable = None;
+    accept_promotion(svc);
     Ok(())
 }
 
@@ -388,9 +402,15 @@ pub fn set_weights(
         salt: salt.or_else(|| old.and_then(|o| o.salt)),
     });
     if starts_canary {
-        s.previous_stable = None;
+        accept_promotion(s);
     }
     Ok(())
+}
+
+/// A new canary starts: the last promote is accepted, and a rollback no longer undoes it.
+fn accept_promotion(s: &mut ServiceDoc) {
+    s.previous_stable = None;
+    s.previous_weight = None;
 }
 
 /// Which version a promote without a named version means: the only version besides stable, else
@@ -414,9 +434,10 @@ fn promote_target(s: &ServiceDoc) -> Option<String> {
 }
 
 /// Makes `version` (or, without one, the canary: the only version besides stable, else the only
-/// one with a weight above 0) the stable version: every request goes to it at once, rules and
-/// split are cleared, and the old stable version becomes the rollback target. Returns
-/// `(old stable, new stable)`.
+/// one with a weight above 0) the stable version: every request that no rule or other weight
+/// sends elsewhere goes to it at once. Rules, `by`, salt and the other weights stay; `version`'s
+/// own weight leaves the split and is kept with the old stable version as the rollback target
+/// (see the module documentation). Returns `(old stable, new stable)`.
 pub fn promote(
     doc: &mut PolicyDoc,
     service: &str,
@@ -452,24 +473,30 @@ pub fn promote(
     }
     let old = std::mem::replace(&mut s.stable, target.clone());
     s.previous_stable = Some(old.clone());
-    s.rules.clear();
-    s.split = None;
+    s.previous_weight = s
+        .split
+        .as_mut()
+        .and_then(|split| split.weights.remove(&target));
     Ok((old, target))
 }
 
 /// What a rollback did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Rollback {
     /// The stable version now.
     pub stable: String,
     /// Set when the rollback undid a promote: the version that was stable until now.
     pub demoted: Option<String>,
+    /// Set when the rollback undid a promote of a version that had a split weight: that weight,
+    /// which it has again.
+    pub restored_weight: Option<f64>,
     /// How many rules were cleared.
     pub rules_cleared: usize,
 }
 
-/// Sends every request back to stable: split weights to 0, rules cleared if `clear_rules`, and the
-/// last promote undone if no new canary started since (see the module documentation).
+/// Undoes the last promote if no new canary started since: stable, the promoted version's
+/// weight, rules, `by` and salt as before it. Otherwise sends every request no rule decides to
+/// stable: split weights to 0. Rules are cleared if `clear_rules`. See the module documentation.
 pub fn rollback(
     doc: &mut PolicyDoc,
     service: &str,
@@ -477,12 +504,26 @@ pub fn rollback(
 ) -> Result<Rollback, EditError> {
     let s = service_mut(doc, service)?;
     let mut demoted = None;
-    if let Some(previous) = s.previous_stable.take() {
-        demoted = Some(std::mem::replace(&mut s.stable, previous));
-    }
-    if let Some(split) = &mut s.split {
-        split.weights.remove(&s.stable);
-        split.weights.values_mut().for_each(|w| *w = 0.0);
+    let mut restored_weight = None;
+    let previous_weight = s.previous_weight.take();
+    match s.previous_stable.take() {
+        Some(previous) => {
+            let promoted = std::mem::replace(&mut s.stable, previous);
+            if let Some(split) = &mut s.split {
+                split.weights.remove(&s.stable);
+                if let Some(weight) = previous_weight {
+                    split.weights.insert(promoted.clone(), weight);
+                    restored_weight = Some(weight);
+                }
+            }
+            demoted = Some(promoted);
+        }
+        None => {
+            if let Some(split) = &mut s.split {
+                split.weights.remove(&s.stable);
+                split.weights.values_mut().for_each(|w| *w = 0.0);
+            }
+        }
     }
     let rules_cleared = if clear_rules {
         std::mem::take(&mut s.rules).len()
@@ -492,6 +533,7 @@ pub fn rollback(
     Ok(Rollback {
         stable: s.stable.clone(),
         demoted,
+        restored_weight,
         rules_cleared,
     })
 }
@@ -699,24 +741,169 @@ mod tests {
         assert!(e.message.contains("not a percentage"), "{e}");
     }
 
-    #[test]
-    fn promote_switches_everyone_and_remembers_the_old_stable() {
+    /// The web service with its gray list rule and a sticky, salted split of v2 and v3.
+    fn with_split() -> PolicyDoc {
         let mut d = doc();
-        set_weights(&mut d, "web", [("v2".to_string(), 50.0)].into(), None, None).unwrap();
+        d.services[0].versions.insert("v3".into(), "next".into());
+        let by = IdentityDoc {
+            header: Some("X-User-Id".into()),
+            ..IdentityDoc::default()
+        };
+        let weights = [("v2".to_string(), 50.0), ("v3".to_string(), 5.0)].into();
+        set_weights(&mut d, "web", weights, Some(by), Some("s1".into())).unwrap();
+        d
+    }
+
+    #[test]
+    fn promote_switches_stable_and_keeps_rules_by_salt_and_other_weights() {
+        let before = with_split();
+        let mut d = before.clone();
         assert_eq!(
-            promote(&mut d, "web", None).unwrap(),
+            promote(&mut d, "web", Some("v2")).unwrap(),
             ("v1".to_string(), "v2".to_string())
         );
         let s = &d.services[0];
         assert_eq!(s.stable, "v2");
         assert_eq!(s.previous_stable.as_deref(), Some("v1"));
-        assert!(s.rules.is_empty() && s.split.is_none());
+        assert_eq!(s.previous_weight, Some(50.0));
+        assert_eq!(s.rules, before.services[0].rules, "the rules stay");
+        let (split, old) = (
+            s.split.as_ref().unwrap(),
+            before.services[0].split.as_ref().unwrap(),
+        );
+        assert_eq!(split.weights, [("v3".to_string(), 5.0)].into());
+        assert_eq!((&split.by, &split.salt), (&old.by, &old.salt));
         compile(&d, UPSTREAMS).unwrap();
 
         let e = promote(&mut d, "web", Some("v2")).unwrap_err();
         assert_eq!(e.message, "`v2` is already the stable version of `web`");
         let e = promote(&mut d, "web", Some("v9")).unwrap_err();
         assert_eq!(e.field, Some("version".into()));
+
+        // Without a split there is no weight to keep.
+        let mut d = doc();
+        promote(&mut d, "web", None).unwrap();
+        assert_eq!(d.services[0].previous_weight, None);
+        assert_eq!(d.services[0].split, None);
+        assert_eq!(d.services[0].rules, doc().services[0].rules);
+    }
+
+    #[test]
+    fn a_rollback_right_after_a_promote_restores_the_service_exactly() {
+        let mut zero = doc();
+        set_weights(
+            &mut zero,
+            "web",
+            [("v2".to_string(), 0.0)].into(),
+            None,
+            None,
+        )
+        .unwrap();
+        let mut no_rules = with_split();
+        no_rules.services[0].rules.clear();
+        for (what, before, version) in [
+            ("rules and a split", with_split(), "v2"),
+            ("the other weighted version", with_split(), "v3"),
+            ("a version without a weight", with_split(), "v1"),
+            ("rules only", doc(), "v2"),
+            ("a weight of 0", zero, "v2"),
+            ("a split only", no_rules, "v2"),
+        ] {
+            let mut d = before.clone();
+            // `v1` is stable: promote another one, then bring v1 back, in the case that names it.
+            let version = if version == "v1" { "v3" } else { version };
+            let (old, new) = promote(&mut d, "web", Some(version)).unwrap();
+            let r = rollback(&mut d, "web", false).unwrap();
+            assert_eq!(d, before, "{what}: promote + rollback is not the identity");
+            assert_eq!((r.stable, r.demoted), (old, Some(new)), "{what}");
+            assert_eq!(
+                r.restored_weight,
+                before.services[0]
+                    .split
+                    .as_ref()
+                    .and_then(|s| s.weights.get(version).copied()),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn rollback_after_promote_restores_the_previous_stable_once() {
+        let mut d = with_split();
+        promote(&mut d, "web", Some("v2")).unwrap();
+        let r = rollback(&mut d, "web", false).unwrap();
+        assert_eq!(r.stable, "v1");
+        assert_eq!(r.demoted.as_deref(), Some("v2"));
+        assert_eq!(d.services[0].previous_stable, None);
+        assert_eq!(d.services[0].previous_weight, None);
+        // A second rollback has no promote to undo: it stops the canary, keeping `by` and salt.
+        let r = rollback(&mut d, "web", false).unwrap();
+        assert_eq!(
+            (r.stable.as_str(), r.demoted, r.restored_weight),
+            ("v1", None, None)
+        );
+        let split = d.services[0].split.as_ref().unwrap();
+        assert!(split.weights.values().all(|w| *w == 0.0), "{split:?}");
+        assert_eq!(split.salt.as_deref(), Some("s1"));
+        assert!(split.by.is_some());
+        assert_eq!(d.services[0].rules.len(), 1);
+        compile(&d, UPSTREAMS).unwrap();
+        // A third one changes nothing more.
+        let third = d.clone();
+        rollback(&mut d, "web", false).unwrap();
+        assert_eq!(d, third);
+    }
+
+    #[test]
+    fn rollback_with_clear_rules_clears_them_when_undoing_a_promote_too() {
+        let mut d = with_split();
+        promote(&mut d, "web", Some("v2")).unwrap();
+        let r = rollback(&mut d, "web", true).unwrap();
+        assert_eq!((r.rules_cleared, r.restored_weight), (1, Some(50.0)));
+        assert!(d.services[0].rules.is_empty());
+        assert_eq!(d.services[0].stable, "v1");
+    }
+
+    #[test]
+    fn a_new_canary_accepts_the_promotion() {
+        for start in [
+            |d: &mut PolicyDoc| {
+                set_weights(d, "web", [("v1".to_string(), 10.0)].into(), None, None).unwrap()
+            },
+            |d: &mut PolicyDoc| add_rule(d, "web", range_rule("beta", "v1", 1, 10), None).unwrap(),
+            |d: &mut PolicyDoc| {
+                let rule = range_rule("gray-ips", "v1", 1, 10);
+                replace_rule(d, "web", "gray-ips", rule).unwrap()
+            },
+        ] {
+            let mut d = with_split();
+            promote(&mut d, "web", Some("v2")).unwrap();
+            start(&mut d);
+            let s = &d.services[0];
+            assert_eq!((&s.previous_stable, s.previous_weight), (&None, None));
+        }
+        // Deleting the rollback target forgets the promote too.
+        let mut d = with_split();
+        promote(&mut d, "web", Some("v2")).unwrap();
+        delete_version(&mut d, "web", "v1").unwrap();
+        assert_eq!(d.services[0].previous_stable, None);
+        assert_eq!(d.services[0].previous_weight, None);
+    }
+
+    #[test]
+    fn a_kept_weight_is_a_percentage_and_means_nothing_without_its_rollback_target() {
+        let mut d = with_split();
+        d.services[0].previous_weight = Some(150.0);
+        let e = compile(&d, UPSTREAMS).unwrap_err();
+        assert_eq!(e.path.to_string(), "services[0].previous_weight");
+        assert_eq!(e.message, "150 is not a percentage from 0 to 100");
+        // No promote to undo: a rollback stops the canary and forgets the weight.
+        d.services[0].previous_weight = Some(10.0);
+        compile(&d, UPSTREAMS).unwrap();
+        let r = rollback(&mut d, "web", false).unwrap();
+        assert_eq!((r.demoted, r.restored_weight), (None, None));
+        assert_eq!(d.services[0].previous_weight, None);
+        assert_eq!(d.services[0].split.as_ref().unwrap().weights["v2"], 0.0);
     }
 
     #[test]
@@ -727,20 +914,6 @@ mod tests {
         assert!(e.message.starts_with("name the version to promote"), "{e}");
         set_weights(&mut d, "web", [("v3".to_string(), 5.0)].into(), None, None).unwrap();
         assert_eq!(promote(&mut d, "web", None).unwrap().1, "v3");
-    }
-
-    #[test]
-    fn rollback_after_promote_restores_the_previous_stable_once() {
-        let mut d = doc();
-        promote(&mut d, "web", Some("v2")).unwrap();
-        let r = rollback(&mut d, "web", false).unwrap();
-        assert_eq!(r.stable, "v1");
-        assert_eq!(r.demoted.as_deref(), Some("v2"));
-        assert_eq!(d.services[0].previous_stable, None);
-        // A second rollback has nothing more to undo.
-        let r = rollback(&mut d, "web", false).unwrap();
-        assert_eq!((r.stable.as_str(), r.demoted), ("v1", None));
-        compile(&d, UPSTREAMS).unwrap();
     }
 
     #[test]

@@ -61,6 +61,13 @@ pub struct ServiceDoc {
     /// zero or a rule is set through the admin API). See `policy::edit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_stable: Option<String>,
+    /// The split weight the promoted version had before the last promote (the stable version
+    /// takes no weight, so a promote takes it out of the split): a rollback that undoes the
+    /// promote puts it back, so that the service is exactly as it was before. Set, used and
+    /// cleared together with `previous_stable` (without it, it means nothing); absent when the
+    /// promoted version had no weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_weight: Option<f64>,
     /// A rollout carrying a version of this service to 100% (see [`crate::rollout`]): its plan
     /// and where it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]

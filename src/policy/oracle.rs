@@ -492,6 +492,7 @@ mod equivalence {
                 rules,
                 split,
                 previous_stable: None,
+                previous_weight: None,
                 rollout: None,
             }],
         }

@@ -48,8 +48,9 @@ pub use server::{
     bind, serve, Observer, ProxyConfig, RequestRecord, Timeouts, DEFAULT_MAX_HEADER_BYTES,
 };
 pub use upstream::{
-    check_host_port, check_upstreams, Activity, Exchange, SendError, ServerConfig, ServerError,
-    TrackedBody, UpstreamConfig, UpstreamConfigError, UpstreamError, Upstreams, MAX_WEIGHT,
+    check_host_port, check_upstreams, Activity, Exchange, LiveUpstreams, SendError, ServerConfig,
+    ServerError, TrackedBody, UpstreamConfig, UpstreamConfigError, UpstreamError, Upstreams,
+    UpstreamsPlan, MAX_WEIGHT,
 };
 
 use std::future::Future;

@@ -46,7 +46,7 @@ use tracing::{debug, warn};
 
 use super::client_ip::ClientIpConfig;
 use super::forward;
-use super::upstream::{Activity, SendError, TrackedBody, UpstreamError, Upstreams};
+use super::upstream::{Activity, LiveUpstreams, SendError, TrackedBody, UpstreamError};
 use super::{Answer, ProxyBody, Router};
 use crate::policy::{Decision, RequestFacts};
 
@@ -207,7 +207,7 @@ pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Everything a request needs, shared by all connections.
 struct Shared {
     cfg: Arc<ProxyConfig>,
-    upstreams: Arc<Upstreams>,
+    upstreams: Arc<LiveUpstreams>,
     router: Arc<dyn Router>,
 }
 
@@ -219,7 +219,7 @@ struct Shared {
 pub async fn serve(
     listener: TcpListener,
     cfg: Arc<ProxyConfig>,
-    upstreams: Arc<Upstreams>,
+    upstreams: Arc<LiveUpstreams>,
     router: Arc<dyn Router>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
@@ -376,8 +376,8 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
 /// What the observer is told about a request, kept until its response body is done.
 struct Report {
     observer: Arc<dyn Observer>,
-    /// For the name of the upstream in `outcome`.
-    upstreams: Arc<Upstreams>,
+    /// For the name of the upstream in `outcome` (indexes are stable across reloads).
+    upstreams: Arc<LiveUpstreams>,
     method: Method,
     uri: Uri,
     client_ip: IpAddr,
@@ -389,6 +389,7 @@ struct Report {
 impl Report {
     fn send(self, bytes_sent: u64) {
         let outcome = &self.outcome;
+        let table = self.upstreams.load();
         let choice = outcome.choice.as_ref();
         let version = choice.map(|c| {
             if outcome.fell_back {
@@ -403,7 +404,7 @@ impl Report {
             client_ip: self.client_ip,
             choice,
             version,
-            upstream: outcome.upstream.and_then(|i| self.upstreams.name(i)),
+            upstream: outcome.upstream.and_then(|i| table.name(i)),
             server: outcome.server.as_deref(),
             status: self.status,
             fell_back: outcome.fell_back,
@@ -890,7 +891,7 @@ mod tests {
     /// A running proxy; stopped on drop.
     struct Proxy {
         addr: SocketAddr,
-        upstreams: Arc<Upstreams>,
+        upstreams: Arc<LiveUpstreams>,
         stop: Option<oneshot::Sender<()>>,
         task: JoinHandle<io::Result<()>>,
     }
@@ -952,10 +953,12 @@ mod tests {
         }
 
         async fn start(self) -> Proxy {
-            let upstreams = Arc::new(Upstreams::new(self.upstreams, &self.cfg.timeouts).unwrap());
+            let upstreams =
+                Arc::new(LiveUpstreams::new(self.upstreams, &self.cfg.timeouts).unwrap());
+            let table = upstreams.current();
             let choice = self.route.map(|(version, stable)| Decision {
-                upstream: upstreams.index_of(version).unwrap(),
-                stable_upstream: upstreams.index_of(stable).unwrap(),
+                upstream: table.index_of(version).unwrap(),
+                stable_upstream: table.index_of(stable).unwrap(),
                 route: "test-route".into(),
                 service: "shop".into(),
                 version: version.into(),
@@ -1332,7 +1335,11 @@ mod tests {
                 assert_eq!(status, StatusCode::OK);
                 assert_eq!(headers["x-backend"], "b");
             }
-            let failures = p.upstreams.connect_failures(0, &dead.to_string()).unwrap();
+            let failures = p
+                .upstreams
+                .current()
+                .connect_failures(0, &dead.to_string())
+                .unwrap();
             assert!(failures >= 1, "the dead server was never tried");
         })
         .await

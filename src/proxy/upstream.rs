@@ -15,6 +15,13 @@
 //!   once when it comes back (no log flood), and tried after the servers that are up until a
 //!   recheck interval has passed, so that a dead server does not add a connect timeout to every
 //!   request.
+//! - **Reloaded without a restart.** The data plane holds a [`LiveUpstreams`]: the table is
+//!   rebuilt from a reloaded config ([`LiveUpstreams::plan`]) and swapped whole
+//!   ([`LiveUpstreams::install`]); a request finishes on the table it started with. Indexes stay
+//!   stable, because compiled policies refer to upstreams by index: an upstream keeps its index
+//!   while its name stays in the config, a new one is appended, and a removed one leaves a
+//!   retired slot (no servers, no name a policy can use) that a later reload may fill again.
+//!   An upstream whose servers did not change keeps its connection pool and counters.
 
 use std::error::Error as StdError;
 use std::io;
@@ -24,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
@@ -285,10 +293,14 @@ pub struct Exchange {
     pub headers_after: Duration,
 }
 
-/// The upstream table, built once from the configuration and shared by every connection.
+/// The upstream table, built from the configuration and shared by every connection (through
+/// [`LiveUpstreams`], which swaps it when the config is reloaded).
 pub struct Upstreams {
-    /// The upstreams, in configuration order; a policy refers to them by index.
-    upstreams: Vec<Upstream>,
+    /// The upstreams, in configuration order (then the ones added by reloads); a policy refers to
+    /// them by index. Shared with the next table when their config stays.
+    upstreams: Vec<Arc<Upstream>>,
+    /// What the table was built with: a reload keeps an upstream only if these stay too.
+    timeouts: Timeouts,
     /// Bound of a TCP connect to one server before the next one is tried.
     connect_timeout: Duration,
     /// Bound of the wait for response headers while nothing moves ([`Activity`]).
@@ -303,6 +315,8 @@ pub struct Upstreams {
 struct Upstream {
     /// The name policies use.
     name: Arc<str>,
+    /// What it was built from; `None` for a slot retired by a reload (no servers).
+    config: Option<UpstreamConfig>,
     servers: Vec<Server>,
     /// Smooth weighted round robin: which server starts the attempt order, by turn.
     schedule: Box<[usize]>,
@@ -352,47 +366,42 @@ impl Upstreams {
         timeouts: &Timeouts,
     ) -> Result<Self, UpstreamConfigError> {
         check_upstreams(&configs)?;
-        let mut upstreams: Vec<Upstream> = Vec::with_capacity(configs.len());
-        for cfg in configs {
-            let mut servers = Vec::with_capacity(cfg.servers.len());
-            for s in &cfg.servers {
-                servers.push(Server {
-                    addr: Arc::from(s.addr.as_str()),
-                    weight: s.weight,
-                    pool: Arc::new(Pool {
-                        idle: Mutex::new(Vec::new()),
-                        idle_timeout: timeouts.idle,
-                    }),
-                    down: AtomicBool::new(false),
-                    recheck_at_ms: AtomicU64::new(0),
-                    connect_failures: AtomicU64::new(0),
-                });
-            }
-            let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
-            let schedule = smooth_schedule(&weights);
-            // `check_upstreams` made sure of a server with a weight, which always gets a turn.
-            debug_assert!(!schedule.is_empty(), "upstream `{}` has no turn", cfg.name);
-            upstreams.push(Upstream {
-                name: Arc::from(cfg.name.as_str()),
-                servers,
-                schedule: schedule.into_boxed_slice(),
-                cursor: AtomicUsize::new(0),
-                unreachable: AtomicBool::new(false),
-            });
-        }
-        Ok(Upstreams {
+        let upstreams = configs
+            .iter()
+            .map(|cfg| Arc::new(Upstream::new(cfg, timeouts, None)))
+            .collect();
+        Ok(Upstreams::with(upstreams, timeouts))
+    }
+
+    fn with(upstreams: Vec<Arc<Upstream>>, timeouts: &Timeouts) -> Self {
+        Upstreams {
             upstreams,
+            timeouts: *timeouts,
             connect_timeout: timeouts.connect,
             response_timeout: timeouts.upstream_response,
             epoch: Instant::now(),
             client: http1::Builder::new(),
-        })
+        }
+    }
+
+    /// The upstream names as a policy may use them, in index order: a retired slot (an upstream
+    /// a reload removed) is an empty name, which no policy can name.
+    pub fn policy_names(&self) -> Vec<String> {
+        self.upstreams
+            .iter()
+            .map(|u| match u.config {
+                Some(_) => u.name.to_string(),
+                None => String::new(),
+            })
+            .collect()
     }
 
     /// The index of the upstream called `name`: how the policy compiler turns names into the
     /// indexes of a [`crate::policy::Decision`].
     pub fn index_of(&self, name: &str) -> Option<usize> {
-        self.upstreams.iter().position(|u| &*u.name == name)
+        self.upstreams
+            .iter()
+            .position(|u| u.config.is_some() && &*u.name == name)
     }
 
     /// All upstream names, in index order.
@@ -507,6 +516,10 @@ impl Upstreams {
     /// Which servers to try, in order: from the round-robin turn on, every server with a
     /// weight once, those down (and not due for a recheck) at the end.
     fn attempt_order(&self, upstream: &Upstream) -> Vec<usize> {
+        if upstream.schedule.is_empty() {
+            // A retired slot: no server to try.
+            return Vec::new();
+        }
         let n = upstream.servers.len();
         let turn = upstream.cursor.fetch_add(1, Ordering::Relaxed) % upstream.schedule.len();
         let first = upstream.schedule[turn];
@@ -704,6 +717,194 @@ impl std::fmt::Debug for Upstreams {
             list.entry(&(&*u.name, servers));
         }
         list.finish()
+    }
+}
+
+impl Upstream {
+    /// An upstream as `cfg` says, its servers' connect failures carried over from `before` (the
+    /// same upstream in the table being replaced) for the servers it had too, so that the
+    /// metrics' counters never go down.
+    fn new(cfg: &UpstreamConfig, timeouts: &Timeouts, before: Option<&Upstream>) -> Upstream {
+        let failures_before = |addr: &str| {
+            before
+                .and_then(|b| b.servers.iter().find(|s| &*s.addr == addr))
+                .map_or(0, |s| s.connect_failures.load(Ordering::Relaxed))
+        };
+        let servers: Vec<Server> = cfg
+            .servers
+            .iter()
+            .map(|s| Server {
+                addr: Arc::from(s.addr.as_str()),
+                weight: s.weight,
+                pool: Arc::new(Pool {
+                    idle: Mutex::new(Vec::new()),
+                    idle_timeout: timeouts.idle,
+                }),
+                down: AtomicBool::new(false),
+                recheck_at_ms: AtomicU64::new(0),
+                connect_failures: AtomicU64::new(failures_before(&s.addr)),
+            })
+            .collect();
+        let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
+        let schedule = smooth_schedule(&weights);
+        // `check_upstreams` made sure of a server with a weight, which always gets a turn.
+        debug_assert!(!schedule.is_empty(), "upstream `{}` has no turn", cfg.name);
+        Upstream {
+            name: Arc::from(cfg.name.as_str()),
+            config: Some(cfg.clone()),
+            servers,
+            schedule: schedule.into_boxed_slice(),
+            cursor: AtomicUsize::new(0),
+            unreachable: AtomicBool::new(false),
+        }
+    }
+
+    /// The slot of an upstream a reload removed: it keeps its index (and its name, for logs),
+    /// has no server, and no policy can name it.
+    fn retired(name: &Arc<str>) -> Upstream {
+        Upstream {
+            name: name.clone(),
+            config: None,
+            servers: Vec::new(),
+            schedule: Box::new([]),
+            cursor: AtomicUsize::new(0),
+            unreachable: AtomicBool::new(false),
+        }
+    }
+}
+
+/// The upstream table the data plane sends through, swapped whole when the config is reloaded
+/// (see the module documentation). Every request loads the current table once per send.
+pub struct LiveUpstreams {
+    table: ArcSwap<Upstreams>,
+}
+
+/// A table built from a reloaded config and not in use yet: what installing it changes.
+#[derive(Debug)]
+pub struct UpstreamsPlan {
+    table: Upstreams,
+    /// Upstreams new in the config, appended to the table.
+    pub added: Vec<String>,
+    /// Upstreams gone from the config: their slots are retired.
+    pub removed: Vec<String>,
+    /// Upstreams whose servers changed (or every kept one, when the idle timeout changed):
+    /// rebuilt with new connection pools.
+    pub changed: Vec<String>,
+    /// True when the connect, response or idle timeout differs from the table in use.
+    pub timeouts_changed: bool,
+}
+
+impl UpstreamsPlan {
+    /// The names a policy may use once the plan is installed ([`Upstreams::policy_names`]).
+    pub fn policy_names(&self) -> Vec<String> {
+        self.table.policy_names()
+    }
+
+    /// True when installing it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.changed.is_empty()
+            && !self.timeouts_changed
+    }
+}
+
+impl LiveUpstreams {
+    /// The table `configs` describe (see [`Upstreams::new`]).
+    pub fn new(
+        configs: Vec<UpstreamConfig>,
+        timeouts: &Timeouts,
+    ) -> Result<Self, UpstreamConfigError> {
+        Ok(LiveUpstreams::from(Upstreams::new(configs, timeouts)?))
+    }
+
+    /// The table in use now.
+    pub fn current(&self) -> Arc<Upstreams> {
+        self.table.load_full()
+    }
+
+    /// The table in use now, for a short read that does not wait on anything (no reference
+    /// count is touched; do not hold it across an `.await`).
+    pub fn load(&self) -> arc_swap::Guard<Arc<Upstreams>> {
+        self.table.load()
+    }
+
+    /// Phase "upstream" on the table in use now: see [`Upstreams::send`].
+    pub async fn send(
+        &self,
+        index: usize,
+        request: Request<ProxyBody>,
+        activity: &Activity,
+    ) -> Result<Exchange, SendError> {
+        self.current().send(index, request, activity).await
+    }
+
+    /// The table a reloaded config describes, with stable indexes: every upstream still in
+    /// `configs` keeps its index (and, when its servers and the idle timeout stay, its pools and
+    /// state), new ones are appended (into a retired slot of the same name, if there is one),
+    /// removed ones are retired. Nothing changes until [`LiveUpstreams::install`].
+    pub fn plan(
+        &self,
+        configs: &[UpstreamConfig],
+        timeouts: &Timeouts,
+    ) -> Result<UpstreamsPlan, UpstreamConfigError> {
+        check_upstreams(configs)?;
+        let old = self.current();
+        let keep_pools = old.timeouts.idle == timeouts.idle;
+        let mut plan = UpstreamsPlan {
+            table: Upstreams::with(Vec::new(), timeouts),
+            added: Vec::new(),
+            removed: Vec::new(),
+            changed: Vec::new(),
+            timeouts_changed: old.timeouts != *timeouts,
+        };
+        let mut slots = Vec::with_capacity(old.upstreams.len() + configs.len());
+        for u in &old.upstreams {
+            let now = configs.iter().find(|c| *c.name == *u.name);
+            slots.push(match (&u.config, now) {
+                (Some(was), Some(cfg)) if was == cfg && keep_pools => u.clone(),
+                (Some(_), Some(cfg)) => {
+                    plan.changed.push(cfg.name.clone());
+                    Arc::new(Upstream::new(cfg, timeouts, Some(u)))
+                }
+                (None, Some(cfg)) => {
+                    plan.added.push(cfg.name.clone());
+                    Arc::new(Upstream::new(cfg, timeouts, None))
+                }
+                (Some(_), None) => {
+                    plan.removed.push(u.name.to_string());
+                    Arc::new(Upstream::retired(&u.name))
+                }
+                (None, None) => u.clone(),
+            });
+        }
+        for cfg in configs {
+            if !old.upstreams.iter().any(|u| *u.name == *cfg.name) {
+                plan.added.push(cfg.name.clone());
+                slots.push(Arc::new(Upstream::new(cfg, timeouts, None)));
+            }
+        }
+        plan.table.upstreams = slots;
+        Ok(plan)
+    }
+
+    /// Makes a planned table the one every new send uses.
+    pub fn install(&self, plan: UpstreamsPlan) {
+        self.table.store(Arc::new(plan.table));
+    }
+}
+
+impl From<Upstreams> for LiveUpstreams {
+    fn from(table: Upstreams) -> Self {
+        LiveUpstreams {
+            table: ArcSwap::from_pointee(table),
+        }
+    }
+}
+
+impl std::fmt::Debug for LiveUpstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.current().fmt(f)
     }
 }
 
@@ -1105,6 +1306,149 @@ mod tests {
         assert_eq!(u.index_of("nope"), None);
         assert_eq!(u.name(0), Some("stable"));
         assert_eq!(u.len(), 2);
+    }
+
+    fn config(name: &str, addrs: &[&str]) -> UpstreamConfig {
+        upstream(
+            name,
+            &addrs.iter().map(|a| server(a, 1)).collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn a_reload_keeps_every_index_appends_new_upstreams_and_retires_removed_ones() {
+        let t = Timeouts::default();
+        let live = LiveUpstreams::new(
+            vec![
+                config("a", &["h:1"]),
+                config("b", &["h:2"]),
+                config("c", &["h:3"]),
+            ],
+            &t,
+        )
+        .unwrap();
+        let before = live.current();
+        before.upstreams[0].servers[0]
+            .connect_failures
+            .store(4, Ordering::Relaxed);
+
+        // `b` removed, `c` with another server, `d` new, `a` as it was; order in the file
+        // does not matter.
+        let plan = live
+            .plan(
+                &[
+                    config("d", &["h:4"]),
+                    config("c", &["h:5"]),
+                    config("a", &["h:1"]),
+                ],
+                &t,
+            )
+            .unwrap();
+        assert_eq!(
+            (
+                &plan.added,
+                &plan.removed,
+                &plan.changed,
+                plan.timeouts_changed
+            ),
+            (
+                &vec!["d".to_string()],
+                &vec!["b".to_string()],
+                &vec!["c".to_string()],
+                false
+            )
+        );
+        assert_eq!(plan.policy_names(), vec!["a", "", "c", "d"]);
+        live.install(plan);
+        let after = live.current();
+        assert!(
+            Arc::ptr_eq(&before.upstreams[0], &after.upstreams[0]),
+            "`a` is kept whole"
+        );
+        assert_eq!(
+            after.index_of("b"),
+            None,
+            "a retired slot has no name a policy can use"
+        );
+        assert_eq!(after.name(1), Some("b"), "but keeps its name for logs");
+        assert_eq!(after.servers(1).count(), 0);
+        assert_eq!(after.servers(2).collect::<Vec<_>>(), vec!["h:5"]);
+        assert_eq!(after.index_of("d"), Some(3));
+
+        // `b` back takes its old slot; nothing else moves.
+        let plan = live
+            .plan(
+                &[
+                    config("a", &["h:1"]),
+                    config("b", &["h:6"]),
+                    config("c", &["h:5"]),
+                    config("d", &["h:4"]),
+                ],
+                &t,
+            )
+            .unwrap();
+        assert_eq!(plan.added, vec!["b".to_string()]);
+        assert_eq!(plan.policy_names(), vec!["a", "b", "c", "d"]);
+        assert!(!plan.is_empty());
+        live.install(plan);
+        let same = live
+            .plan(
+                &[
+                    config("a", &["h:1"]),
+                    config("b", &["h:6"]),
+                    config("c", &["h:5"]),
+                    config("d", &["h:4"]),
+                ],
+                &t,
+            )
+            .unwrap();
+        assert!(same.is_empty(), "nothing changed");
+
+        // Another idle timeout rebuilds every pool, keeping the connect failures counted.
+        let idle = Timeouts {
+            idle: Duration::from_secs(5),
+            ..t
+        };
+        let plan = live
+            .plan(
+                &[
+                    config("a", &["h:1"]),
+                    config("b", &["h:6"]),
+                    config("c", &["h:5"]),
+                    config("d", &["h:4"]),
+                ],
+                &idle,
+            )
+            .unwrap();
+        assert!(plan.timeouts_changed);
+        assert_eq!(plan.changed, vec!["a", "b", "c", "d"]);
+        live.install(plan);
+        assert_eq!(live.current().connect_failures(0, "h:1"), Some(4));
+
+        let e = live
+            .plan(&[config("a", &[]), config("a", &["h:1"])], &t)
+            .unwrap_err();
+        assert_eq!(e.field(), "upstreams[0].servers");
+    }
+
+    #[tokio::test]
+    async fn a_retired_slot_gives_the_request_back() {
+        let t = Timeouts::default();
+        let live =
+            LiveUpstreams::new(vec![config("a", &["h:1"]), config("b", &["h:2"])], &t).unwrap();
+        live.install(live.plan(&[config("b", &["h:2"])], &t).unwrap());
+        let req = Request::new(
+            http_body_util::Empty::<Bytes>::new()
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        match live.send(0, req, &Activity::new()).await {
+            Err(SendError::Unreachable {
+                error: UpstreamError::AllServersDown { upstream },
+                ..
+            }) => assert_eq!(&*upstream, "a"),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -70,6 +70,7 @@ fn status(r: &mut RolloutDoc) -> &mut RolloutStatus {
 fn unreachable_status() -> RolloutStatus {
     RolloutStatus {
         state: RolloutState::Paused,
+        started_ms: 0,
         step: 0,
         step_started_ms: 0,
         since_ms: 0,
@@ -181,6 +182,7 @@ pub fn begin(s: &mut ServiceDoc, now_ms: u64) -> String {
     if let Some(r) = s.rollout.as_mut() {
         r.status = Some(RolloutStatus {
             state: RolloutState::Progressing,
+            started_ms: now_ms,
             step: 0,
             step_started_ms: now_ms,
             since_ms: now_ms,

@@ -315,6 +315,10 @@ impl<'de> Deserialize<'de> for Step {
 #[serde(deny_unknown_fields)]
 pub struct RolloutStatus {
     pub state: RolloutState,
+    /// When this run of the rollout began (its start, or its retry), in ms since the Unix epoch:
+    /// the driver's working record belongs to one run.
+    #[serde(default)]
+    pub started_ms: u64,
     /// The current step, counted from 0.
     pub step: usize,
     /// When the current step began (its weight was set), in ms since the Unix epoch: its hold
@@ -511,6 +515,7 @@ mod tests {
         assert_eq!(doc.active_rollouts(), ["web"]);
         let status = |state, guard| RolloutStatus {
             state,
+            started_ms: 1,
             step: 0,
             step_started_ms: 1,
             since_ms: 1,

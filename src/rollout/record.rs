@@ -138,6 +138,9 @@ pub struct VerdictRecord {
 pub struct WorkingRecord {
     /// The instance driving it.
     pub driver: String,
+    /// The run of the rollout it belongs to ([`crate::rollout::RolloutStatus::started_ms`]).
+    #[serde(default)]
+    pub started_ms: u64,
     /// When the record was last written, in ms since the Unix epoch.
     pub updated_ms: u64,
     pub window: Window,

@@ -10,11 +10,14 @@
 //! - [`ctl_honest`]: `graygate ctl` refuses what is not a graygate admin API, closed pipes, bad
 //!   weights, and names the line of a TOML document's errors;
 //! - [`rollout`]: a whole rollout through `graygate ctl`, on each store;
+//! - [`live`]: the live-change model: no empty revisions, promote and rollback keep the original
+//!   designs' routing, SIGHUP and `ctl reload` never undo runtime changes;
 //! - [`original_layouts`]: the nginx + memcached and OpenResty + Redis designs' data, outages
 //!   under load, two instances on one Redis;
 //! - [`stores`]: the store contract every store runs, and what only one store does;
 //! - [`check`]: `graygate check` names the file, line and field of every bad config;
-//! - [`demo`]: `graygate demo` does what it prints.
+//! - [`demo`]: `graygate demo` does what it prints;
+//! - [`docs`]: the documented `graygate ctl` sequences print what the documents show.
 //!
 //! [`support`] holds the builders. Waits are bounded; a slow machine stretches every bound with
 //! `GRAYGATE_TEST_PATIENCE=<factor>` (default 1).
@@ -23,6 +26,8 @@ mod admin;
 mod check;
 mod ctl_honest;
 mod demo;
+mod docs;
+mod live;
 mod logs;
 mod observe;
 mod original_layouts;

@@ -16,14 +16,14 @@ fn app(prod: &Backend, gray: &Backend) -> GatewayBuilder {
         .route(route("app"))
 }
 
-fn app_service() -> Service {
+pub(crate) fn app_service() -> Service {
     service("app")
         .stable("prod", "prod")
         .version("gray", "gray")
 }
 
 /// The nginx + lua + memcached design: key = client IP, value "1" -> gray.
-fn memcached_design(
+pub(crate) fn memcached_design(
     store: impl Into<graygate::config::file::StoreFile>,
     prod: &Backend,
     gray: &Backend,
@@ -41,7 +41,7 @@ fn memcached_design(
 }
 
 /// The OpenResty + Redis design: TOKEN -> TOKEN_<token> -> uid; idStart < uid < idEnd -> gray.
-fn redis_design(
+pub(crate) fn redis_design(
     store: impl Into<graygate::config::file::StoreFile>,
     prod: &Backend,
     gray: &Backend,

@@ -1,5 +1,6 @@
 //! A whole rollout driven through the real `graygate ctl`: gray list -> 10% -> 50% -> promote ->
-//! rollback -> undo, checking where real requests go after every step. On the embedded store, and
+//! rollback (the promote undone) -> rollback (the canary stopped) -> undo, checking where real
+//! requests go after every step. On the embedded store, and
 //! on Redis with two graygate instances (changes made through one reach the other). And with
 //! memcached, `ctl list add` writes the original nginx + lua key layout.
 
@@ -85,7 +86,7 @@ impl Expect {
     }
 }
 
-/// Before the rollout, and after a rollback: everyone on stable.
+/// Before the rollout: everyone on stable.
 const ALL_STABLE: Expect = Expect {
     gray_ip: "stable",
     other_ip: "stable",
@@ -93,7 +94,8 @@ const ALL_STABLE: Expect = Expect {
     all_users: "stable",
 };
 
-/// The gray list in force: its IP on the canary, everyone else on stable.
+/// The gray list in force: its IP on the canary, everyone else on stable (also after the
+/// canary's weights were rolled back to 0).
 const GRAY_LIST: Expect = Expect {
     gray_ip: "canary",
     ..ALL_STABLE
@@ -189,23 +191,54 @@ async fn rollout(ctl: &Ctl, instances: &[SocketAddr]) {
     let fifty_rev = ten_rev + 1;
     check("50%", instances, &gray_list_and_split(50.0)).await;
 
-    // 4. Promote: everyone on the new stable version at once; rules and split cleared.
+    // 4. Promote: everyone on the new stable version at once; the rules, the split's identity
+    //    and the rollback target stay.
     let out = ctl.ok(&["promote", "--service", "web", "--version", "canary"]);
     assert!(out.contains("canary is stable"), "{out}");
     check("promote", instances, &PROMOTED).await;
     let status = ctl.json(&["status"]);
     assert_eq!(status["services"][0]["stable"], "canary");
     assert_eq!(status["services"][0]["rollback_to"], "stable");
+    assert_eq!(status["services"][0]["rules"][0]["name"], "gray-ips");
 
-    // 5. Rollback: everyone back on the previous stable version.
+    // 5. Rollback right after the promote: the service as it was at the 50% step.
+    let out = ctl.ok(&["rollback", "--service", "web"]);
+    assert_eq!(
+        out.trim(),
+        format!(
+            "revision {}: web: promote of canary undone: stable is stable again, rules and \
+             split as before, canary back at 50%",
+            fifty_rev + 2
+        )
+    );
+    check(
+        "rollback of the promote",
+        instances,
+        &gray_list_and_split(50.0),
+    )
+    .await;
+
+    // 6. Rollback again: the canary stops; the gray list rule stays. A third one has nothing
+    //    left to do and makes no revision.
     let out = ctl.ok(&["rollback", "--service", "web"]);
     assert!(
-        out.contains("promote of canary undone, everyone on stable"),
+        out.contains("web: weights 0, everyone not matched by a rule on stable"),
         "{out}"
     );
-    check("rollback", instances, &ALL_STABLE).await;
+    check("rollback of the canary", instances, &GRAY_LIST).await;
+    let stopped_rev = fifty_rev + 3;
+    let out = ctl.ok(&["rollback", "--service", "web"]);
+    assert!(
+        out.starts_with(&format!("revision {stopped_rev} (unchanged): ")),
+        "{out}"
+    );
+    let again = ctl.json(&["rollback", "--service", "web"]);
+    assert_eq!(
+        (revision(&again), &again["unchanged"]),
+        (stopped_rev, &true.into())
+    );
 
-    // 6. Undo to the 50% step: the split and the gray list rule are back.
+    // 7. Undo to the 50% step: the split is back.
     let out = ctl.ok(&["undo", &fifty_rev.to_string()]);
     assert!(
         out.contains(&format!("policy of revision {fifty_rev} restored")),
@@ -213,10 +246,12 @@ async fn rollout(ctl: &Ctl, instances: &[SocketAddr]) {
     );
     check("undo", instances, &gray_list_and_split(50.0)).await;
 
-    // 7. The history names every step and who made it.
+    // 8. The history names every step and who made it; the rollbacks that changed nothing
+    //    are not in it.
     let history = ctl.ok(&["history"]);
     let wanted = [
         format!("undo to revision {fifty_rev}"),
+        "rollback web".to_string(),
         "rollback web".to_string(),
         "promote web: canary is stable".to_string(),
         "weights web: canary=50".to_string(),
@@ -237,14 +272,14 @@ async fn rollout(ctl: &Ctl, instances: &[SocketAddr]) {
     }
     let json = ctl.json(&["history", "--limit", "10"]);
     let entries = json["entries"].as_array().unwrap();
-    assert_eq!(entries[0]["revision"].as_u64(), Some(fifty_rev + 3));
-    assert_eq!(entries[4]["revision"].as_u64(), Some(ten_rev));
+    assert_eq!(entries[0]["revision"].as_u64(), Some(fifty_rev + 4));
+    assert_eq!(entries[5]["revision"].as_u64(), Some(ten_rev));
     assert_eq!(
-        entries[4]["before"]["services"][0]["split"],
+        entries[5]["before"]["services"][0]["split"],
         serde_json::Value::Null
     );
     assert_eq!(
-        entries[4]["after"]["services"][0]["split"]["weights"]["canary"],
+        entries[5]["after"]["services"][0]["split"]["weights"]["canary"],
         10.0
     );
     // Live traffic per version was counted.
@@ -305,7 +340,7 @@ async fn a_whole_rollout_on_redis_reaches_both_instances() {
     assert_eq!(ctl_b.ok(&["history"]), ctl_a.ok(&["history"]));
     assert_eq!(ctl_b.ok(&["policy", "get"]), ctl_a.ok(&["policy", "get"]));
     let entries = redis.cli(&["llen", "graygate:history"]);
-    assert_eq!(entries, "7", "one history record per change, seed included");
+    assert_eq!(entries, "8", "one history record per change, seed included");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

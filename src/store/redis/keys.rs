@@ -23,6 +23,9 @@
 //!   clock). A hash and not a string: a list whose prefix is `""` (the OpenResty layout reads
 //!   `TOKEN_*` and `Grayscale_Range` that way) takes every *string* key for one of its entries, and
 //!   records must never show up among a list's entries; `MGET` skips them as it skips the policy.
+//! - `<key_prefix>record-index`: a sorted set of every record's key, all scores 0, so that the
+//!   records under a prefix are one lexical range (`ZRANGEBYLEX`) and listing them never scans a
+//!   database that holds millions of list keys; records that expired leave it when next listed.
 //! - `<key_prefix>lease:<name>`: a lease, a hash whose field `holder` names its holder, expiring by
 //!   `PEXPIRE`; taken and renewed by [`ACQUIRE_LEASE_LUA`], given up by [`RELEASE_LEASE_LUA`], so
 //!   that the check of the holder and the write are one atomic step.
@@ -86,7 +89,7 @@ return 0
 "#;
 
 /// The value of each record `KEYS[i]` (field `ARGV[1]` of its hash), in order: nil for a key
-/// that is gone (expired since `SCAN`) or holds something else than a hash (not a record
+/// that is gone (expired, or deleted by hand) or holds something else than a hash (not a record
 /// graygate wrote), so that one foreign key cannot fail a whole listing.
 pub(super) const GET_RECORDS_LUA: &str = r#"
 local out = {}
@@ -126,6 +129,10 @@ pub(super) struct Keys {
     pub keyspace_prefix: String,
     /// `<key_prefix>record:`: record `k` is the hash `<this>k`.
     pub records: String,
+    /// `<key_prefix>record-index`: a sorted set of every record key (all scores 0, so that a
+    /// prefix is a lexical range): listing records reads it instead of scanning the database,
+    /// which on the original layouts holds millions of list keys.
+    pub record_index: String,
     /// `<key_prefix>lease:`: lease `n` is the hash `<this>n`.
     pub leases: String,
 }
@@ -140,6 +147,7 @@ impl Keys {
             channel: format!("{key_prefix}changes"),
             keyspace_prefix: format!("__keyspace@{db}__:"),
             records: format!("{key_prefix}record:"),
+            record_index: format!("{key_prefix}record-index"),
             leases: format!("{key_prefix}lease:"),
             key_prefix,
             lists,
@@ -177,6 +185,7 @@ impl Keys {
     pub fn is_own(&self, redis_key: &str) -> bool {
         redis_key == self.policy
             || redis_key == self.history
+            || redis_key == self.record_index
             || redis_key.starts_with(self.records.as_str())
             || redis_key.starts_with(self.leases.as_str())
     }

@@ -477,47 +477,44 @@ impl Shared {
         Ok(revision)
     }
 
-    /// `SCAN MATCH <records><prefix>*` (at most [`LIST_LIMIT`] keys), then the values in
-    /// batches through [`GET_RECORDS_LUA`]. A key that expired since `SCAN`, or that holds
-    /// something graygate did not write, is skipped.
+    /// The record index's keys starting with `<records><prefix>` (at most [`LIST_LIMIT`]),
+    /// then the values in batches through [`GET_RECORDS_LUA`]. A key that expired, or that holds
+    /// something graygate did not write, is skipped and leaves the index.
     async fn records_of(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         const WHAT: &str = "listing records";
         let full_prefix = self.keys.record(prefix);
-        let pattern = format!("{}*", glob_escape(&full_prefix));
-        // SCAN may return a key more than once; a set also sorts them.
-        let mut keys: BTreeSet<String> = BTreeSet::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let mut conn = self.manager.clone();
-            let (next, batch): (u64, Vec<Vec<u8>>) = self
-                .run(
-                    WHAT,
-                    &full_prefix,
-                    ::redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(SCAN_COUNT)
-                        .query_async(&mut conn),
-                )
-                .await?;
-            // graygate writes text keys only; another key is not a record.
-            keys.extend(batch.into_iter().filter_map(|k| String::from_utf8(k).ok()));
-            if keys.len() > LIST_LIMIT {
-                return Err(self.unavailable(
-                    WHAT,
-                    format_args!("more than {LIST_LIMIT} records under {full_prefix:?}"),
-                ));
-            }
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
+        // Every record key starting with the prefix: a lexical range of the index, whose
+        // scores are all 0. `(prefix\xff` bounds it above (no UTF-8 text holds 0xff).
+        let mut upper = full_prefix.clone().into_bytes();
+        upper.push(0xff);
+        let mut conn = self.manager.clone();
+        let members: Vec<Vec<u8>> = self
+            .run(
+                WHAT,
+                &full_prefix,
+                ::redis::cmd("ZRANGEBYLEX")
+                    .arg(&self.keys.record_index)
+                    .arg([b"[".as_slice(), full_prefix.as_bytes()].concat())
+                    .arg([b"(".as_slice(), upper.as_slice()].concat())
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(LIST_LIMIT + 1)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        if members.len() > LIST_LIMIT {
+            return Err(self.unavailable(
+                WHAT,
+                format_args!("more than {LIST_LIMIT} records under {full_prefix:?}"),
+            ));
         }
-
+        let keys: BTreeSet<String> = members
+            .into_iter()
+            .filter_map(|k| String::from_utf8(k).ok())
+            .collect();
         let keys: Vec<String> = keys.into_iter().collect();
         let mut out = Vec::with_capacity(keys.len());
+        let mut gone = Vec::new();
         for batch in keys.chunks(MGET_BATCH) {
             let mut invocation = self.records_script.prepare_invoke();
             invocation.key(batch).arg(RECORD_FIELD);
@@ -526,11 +523,26 @@ impl Shared {
                 .run(WHAT, &full_prefix, invocation.invoke_async(&mut conn))
                 .await?;
             for (key, value) in batch.iter().zip(values) {
-                let (Some(value), Some(key)) = (value, key.strip_prefix(&self.keys.records)) else {
+                let (Some(value), Some(name)) = (value, key.strip_prefix(&self.keys.records))
+                else {
+                    gone.push(key.clone());
                     continue;
                 };
-                out.push((key.to_owned(), value));
+                out.push((name.to_owned(), value));
             }
+        }
+        // Records that expired (or were deleted by hand) leave the index now.
+        if !gone.is_empty() {
+            let mut conn = self.manager.clone();
+            self.run(
+                WHAT,
+                &full_prefix,
+                ::redis::cmd("ZREM")
+                    .arg(&self.keys.record_index)
+                    .arg(&gone)
+                    .query_async::<()>(&mut conn),
+            )
+            .await?;
         }
         Ok(out)
     }
@@ -798,8 +810,18 @@ impl Store for RedisStore {
         pipe.cmd("DEL").arg(&redis_key).ignore();
         match ttl.map(ttl_millis) {
             // A zero TTL: the record ends now.
-            Some(None) => {}
+            Some(None) => {
+                pipe.cmd("ZREM")
+                    .arg(&s.keys.record_index)
+                    .arg(&redis_key)
+                    .ignore();
+            }
             ms => {
+                pipe.cmd("ZADD")
+                    .arg(&s.keys.record_index)
+                    .arg(0)
+                    .arg(&redis_key)
+                    .ignore();
                 pipe.cmd("HSET")
                     .arg(&redis_key)
                     .arg(RECORD_FIELD)
@@ -835,12 +857,13 @@ impl Store for RedisStore {
         .await
     }
 
-    /// `SCAN MATCH` with the prefix's glob characters escaped, then `HGET` in batches.
+    /// A lexical range of the record index (`ZRANGEBYLEX`), then `HGET` in batches; records
+    /// that expired leave the index on the way.
     async fn records(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         self.shared.records_of(prefix).await
     }
 
-    /// `DEL <key_prefix>record:<key>`.
+    /// `DEL <key_prefix>record:<key>`, and the key leaves the record index.
     async fn delete_record(&self, key: &str) -> Result<(), StoreError> {
         let s = &self.shared;
         let redis_key = s.keys.record(key);
@@ -848,8 +871,15 @@ impl Store for RedisStore {
         s.run(
             "deleting a record",
             &redis_key,
-            ::redis::cmd("DEL")
+            ::redis::pipe()
+                .atomic()
+                .cmd("DEL")
                 .arg(&redis_key)
+                .ignore()
+                .cmd("ZREM")
+                .arg(&s.keys.record_index)
+                .arg(&redis_key)
+                .ignore()
                 .query_async::<()>(&mut conn),
         )
         .await
@@ -1111,6 +1141,21 @@ mod tests {
         store.put_record("counters/a", "{}", None).await.unwrap();
         assert_eq!(server.cli(&["PTTL", "graygate:record:counters/a"]), "-1");
 
+        // Listing reads the record index, not the whole database; a record that expired (here:
+        // deleted behind graygate's back) leaves the index when it is next listed.
+        assert_eq!(server.cli(&["ZCARD", "graygate:record-index"]), "3");
+        server.cli(&["DEL", "graygate:record:counters/a"]);
+        assert_eq!(
+            store.records("counters").await.unwrap(),
+            [
+                ("counters/*".to_owned(), "star".to_owned()),
+                ("countersX".to_owned(), "x".to_owned())
+            ]
+        );
+        assert_eq!(server.cli(&["ZCARD", "graygate:record-index"]), "2");
+        store.delete_record("countersX").await.unwrap();
+        assert_eq!(server.cli(&["ZCARD", "graygate:record-index"]), "1");
+
         // Something else under a record's name is bad data, named.
         server.cli(&["SET", "graygate:record:foreign", "x"]);
         let err = store.get_record("foreign").await.unwrap_err();
@@ -1130,7 +1175,7 @@ mod tests {
             .into_iter()
             .map(|(k, _)| k)
             .collect();
-        assert_eq!(keys, ["counters/*", "counters/a", "countersX"]);
+        assert_eq!(keys, ["counters/*"]);
     }
 
     #[test]

@@ -3,8 +3,9 @@
 use super::gateway::binary;
 use super::{Client, Reply};
 use bytes::Bytes;
+use std::io::Write;
 use std::net::SocketAddr;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 /// What a `graygate ctl` run printed and how it exited.
 #[derive(Debug)]
@@ -28,9 +29,9 @@ impl Ctl {
         }
     }
 
-    /// Runs `graygate ctl <args>` (address and token through the environment). Blocks the
-    /// calling runtime thread only (the gateway is another process).
-    pub fn run(&self, args: &[&str]) -> CtlRun {
+    /// `graygate ctl <args>` with the address and token in its environment, as a shell user
+    /// sets them.
+    fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(binary());
         cmd.arg("ctl")
             .args(args)
@@ -39,12 +40,49 @@ impl Ctl {
         if let Some(token) = &self.token {
             cmd.env("GRAYGATE_TOKEN", token);
         }
-        let out = tokio::task::block_in_place(|| cmd.output()).expect("run graygate ctl");
+        cmd
+    }
+
+    /// Runs `graygate ctl <args>` (address and token through the environment). Blocks the
+    /// calling runtime thread only (the gateway is another process).
+    pub fn run(&self, args: &[&str]) -> CtlRun {
+        self.run_with_input(args, None)
+    }
+
+    /// [`Ctl::run`] with `input` on its stdin (none: stdin is empty).
+    pub fn run_with_input(&self, args: &[&str], input: Option<&str>) -> CtlRun {
+        let mut cmd = self.command(args);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = tokio::task::block_in_place(|| {
+            let mut child = cmd.spawn()?;
+            let mut stdin = child.stdin.take().expect("a piped stdin");
+            // Written from a thread, so that a ctl that does not read it cannot block us.
+            let input = input.unwrap_or_default().to_string();
+            let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+            let out = child.wait_with_output();
+            let _ = writer.join();
+            out
+        })
+        .expect("run graygate ctl");
         CtlRun {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
+    }
+
+    /// `graygate ctl <first> | graygate ctl <second>`: the first's stdout is the second's stdin.
+    /// Both must exit 0; the second's run.
+    pub fn pipe(&self, first: &[&str], second: &[&str]) -> CtlRun {
+        let out = self.ok(first);
+        let run = self.run_with_input(second, Some(&out));
+        assert_eq!(
+            run.code, 0,
+            "graygate ctl {first:?} | graygate ctl {second:?}: {run:?}"
+        );
+        run
     }
 
     /// Runs and asserts exit 0; returns stdout.

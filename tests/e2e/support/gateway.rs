@@ -94,6 +94,24 @@ pub fn gateway() -> GatewayBuilder {
 }
 
 impl GatewayBuilder {
+    /// The config without upstream `name`.
+    pub fn without_upstream(mut self, name: &str) -> Self {
+        self.file.upstreams.retain(|u| u.name != name);
+        self
+    }
+
+    /// `[timeouts] upstream_response`.
+    pub fn upstream_response_timeout(mut self, timeout: Duration) -> Self {
+        self.file.timeouts.upstream_response =
+            Some(humantime::format_duration(timeout).to_string());
+        self
+    }
+
+    /// The policy as it will be written, to change in place.
+    pub fn policy_mut(&mut self) -> &mut PolicyDoc {
+        &mut self.policy
+    }
+
     /// An upstream of one server.
     pub fn upstream(mut self, name: &str, server: impl Address) -> Self {
         self.file.upstreams.push(UpstreamFile {
@@ -422,11 +440,44 @@ impl Gateway {
     }
 
     /// Changes the policy in the config (or its policy file) and sends SIGHUP, which makes
-    /// graygate read it again and apply it.
+    /// graygate read it again and apply it (it changed since it was last applied).
     pub fn change_policy(&mut self, edit: impl FnOnce(&mut PolicyDoc)) {
         edit(&mut self.builder.policy);
         self.builder.write(&self.dir);
+        self.hup();
+    }
+
+    /// Rewrites the config with `edit` applied to its builder (upstreams, the policy, ...),
+    /// without telling graygate: a SIGHUP ([`Gateway::hup`]) or `graygate ctl reload` reads it.
+    pub fn edit_config(&mut self, edit: impl FnOnce(GatewayBuilder) -> GatewayBuilder) {
+        self.builder = edit(self.builder.clone());
+        self.builder.write(&self.dir);
+    }
+
+    /// Sends SIGHUP: graygate reads its config again.
+    pub fn hup(&self) {
         signal(self.child.id(), "HUP");
+    }
+
+    /// How many SIGHUPs graygate has logged having handled (its `SIGHUP: policy: ` lines).
+    pub fn sighups_done(&self) -> usize {
+        lock(&self.log)
+            .iter()
+            .filter(|l| l.contains("SIGHUP: policy: ") || l.contains("SIGHUP: nothing reloaded"))
+            .count()
+    }
+
+    /// Sends SIGHUP and waits until graygate has logged handling it; the log lines it wrote
+    /// for it.
+    pub async fn hup_and_wait(&self) -> String {
+        let before = lock(&self.log).len();
+        let done = self.sighups_done();
+        self.hup();
+        eventually("graygate handles the SIGHUP", async || {
+            equals(self.sighups_done(), done + 1)
+        })
+        .await;
+        lock(&self.log)[before..].join("\n")
     }
 
     /// Stops the process (SIGTERM) and waits for it to exit; the directory stays for a restart.

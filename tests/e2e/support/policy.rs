@@ -25,6 +25,7 @@ pub fn service(name: &str) -> Service {
         rules: Vec::new(),
         split: None,
         previous_stable: None,
+        previous_weight: None,
         rollout: None,
     })
 }
@@ -81,6 +82,16 @@ impl Service {
         });
         split.weights.insert(version.into(), percent);
         split.by = Some(by);
+        self
+    }
+}
+
+impl Service {
+    /// The split's hash salt (default: the service name). Call after [`Service::split`].
+    pub fn salt(mut self, salt: &str) -> Self {
+        if let Some(split) = &mut self.0.split {
+            split.salt = Some(salt.into());
+        }
         self
     }
 }
