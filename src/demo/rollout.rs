@@ -58,22 +58,33 @@ weights = { canary = 0 }
 by = { header = "X-User-Id" }
 "#;
 
-/// The plan's steps, as `ctl rollout start --steps` takes them (the default plan).
-pub const STEPS: &str = "5,25,50,100";
-/// How long each step holds (`--step-time`): seconds instead of the default 5 minutes.
-pub const STEP_TIME: &str = "5s";
-/// The shortest analysis window (`--interval`): 2 seconds instead of 1 minute.
-pub const INTERVAL: &str = "2s";
-/// How long the analysis goes on after the promote (`--post-promotion`).
-pub const POST_PROMOTION: &str = "5s";
+/// The plan the walkthroughs start, as `graygate ctl rollout start --plan FILE` reads it (the
+/// `[services.rollout]` table of a policy). The demo writes it to its temporary directory and
+/// prints it.
+pub const PLAN: &str = r#"# The default plan (5% -> 25% -> 50% -> 100% of users, then promote) in seconds, not minutes.
+version = "canary"
+steps = [5, 25, 50, 100]
+step_time = "5s"        # how long each step holds (default 5m)
+interval = "2s"         # the shortest analysis window (default 1m)
+post_promotion = "5s"   # the guard after the promote (default 5m)
+
+[analysis]
+# Every other setting is the default: 100 requests of each version per window, 99% significance,
+# errors at least 2x and 1 point worse, latency at least 1.5x worse.
+# Latency must also be this much worse (default 10ms): this demo's graygate, backends and traffic
+# share one process and this machine, so their latency tail moves with whatever else runs here,
+# by tens of milliseconds or more; and at 100% and after the promote the canary is judged against
+# stable's figures of an earlier window.
+latency_floor = "250ms"
+"#;
 
 /// How often the rollout driver looks at the rollout (`[rollouts] tick`), and its lease.
 ///
-/// The default tick, not a shorter one: every tick writes the driver's records to the embedded
-/// store, and each write waits for the disk while it holds a worker thread. At 200 ms those waits
-/// lengthened the latency tail of every request enough that the 100% step and the guard (which
-/// compare the canary with stable's figures of an earlier window) failed a healthy canary on a
-/// busy machine in 3 runs of 6; at 1 s, in none of 6. The steps still move within a second.
+/// The default tick, not a shorter one: every tick's work (the analysis, and store writes that
+/// sync the embedded store to disk) runs on a worker thread that also serves requests. At 200 ms
+/// the latency tail grew enough that the 100% step and the guard failed a healthy canary in 3
+/// runs of 6 on a busy machine (with the default 10 ms latency floor); at 1 s, in none of 6. The
+/// steps still move within a second of their time.
 const DRIVER: DriverConfig = DriverConfig {
     tick: Duration::from_millis(1000),
     lease: Duration::from_secs(3),
@@ -206,38 +217,21 @@ async fn walk(
         "  traffic: {RATE} requests a second from {USERS} users (X-User-Id), over {CONNECTIONS} \
          keep-alive connections"
     );
-    println!(
-        "  plan: {} of users, each step held {STEP_TIME} and judged against stable in windows of \
-         {INTERVAL} or more (100+ requests of each version); 2 failing windows in a row abort; \
-         after the promote, a {POST_PROMOTION} guard",
-        STEPS
-            .split(',')
-            .map(|w| format!("{w}%"))
-            .collect::<Vec<_>>()
-            .join(" -> ")
-    );
+    let plan = dir.0.join("plan.toml");
+    std::fs::write(&plan, PLAN)?;
+    println!();
+    println!("The plan, in {}:", plan.display());
+    for line in PLAN.lines() {
+        println!("  {line}");
+    }
     println!();
 
     let traffic = Traffic::start(addr, limit + AFTER * 4);
     println!("Start the rollout, as an operator does:");
+    let plan = plan.display().to_string();
     ctl(
         admin,
-        &[
-            "rollout",
-            "start",
-            "--service",
-            "web",
-            "--version",
-            "canary",
-            "--steps",
-            STEPS,
-            "--step-time",
-            STEP_TIME,
-            "--interval",
-            INTERVAL,
-            "--post-promotion",
-            POST_PROMOTION,
-        ],
+        &["rollout", "start", "--service", "web", "--plan", &plan],
     )
     .await?;
     println!();
@@ -959,6 +953,28 @@ mod tests {
         let web = &doc.services[0];
         assert_eq!(web.split.as_ref().unwrap().weights["canary"], 0.0);
         assert!(web.rollout.is_none());
+    }
+
+    #[test]
+    fn the_plan_is_the_default_one_in_seconds() {
+        let plan: RolloutDoc = toml::from_str(PLAN).unwrap();
+        let default = RolloutDoc::new("canary");
+        assert_eq!(plan.steps, default.steps);
+        let secs = Duration::from_secs;
+        assert_eq!(
+            (plan.step_time, plan.interval, plan.post_promotion),
+            (secs(5), secs(2), secs(5))
+        );
+        assert_eq!(
+            (plan.max_wait, plan.failure_limit, plan.dry_run),
+            (default.max_wait, default.failure_limit, default.dry_run)
+        );
+        let mut analysis = default.analysis.clone();
+        analysis.latency_floor = Duration::from_millis(250);
+        assert_eq!(plan.analysis, analysis, "the rest is the default");
+        let doc: PolicyDoc = toml::from_str(ROLLOUT_POLICY).unwrap();
+        let path = crate::policy::path::FieldPath::new("rollout");
+        plan.check(&doc.services[0], &path).unwrap();
     }
 
     #[test]

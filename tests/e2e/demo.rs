@@ -198,18 +198,23 @@ async fn the_healthy_rollout_walkthrough_promotes_step_by_step() {
         "{all}"
     );
 
-    // The rollout was started with ctl, and its status printed by ctl.
+    // The rollout was started with ctl and the printed plan, and its status printed by ctl.
+    let plan = run.with("The plan, in ")[0];
+    let plan = plan
+        .strip_prefix("The plan, in ")
+        .and_then(|p| p.strip_suffix(':'))
+        .unwrap_or_else(|| panic!("{plan}"));
     assert_eq!(
         run.with("ctl --addr http://127.0.0.1:")
             .iter()
             .map(|l| l.split_once(" rollout ").map_or("", |(_, rest)| rest))
             .collect::<Vec<_>>(),
         [
-            "start --service web --version canary --steps 5,25,50,100 --step-time 5s \
-             --interval 2s --post-promotion 5s",
-            "status --service web"
+            format!("start --service web --plan {plan}"),
+            "status --service web".to_string()
         ]
     );
+    assert_eq!(run.with("  steps = [5, 25, 50, 100]").len(), 1);
     assert_eq!(
         run.with("web: canary promoted at step 4/4 (100%): promoted canary: guard passed")
             .len(),
