@@ -15,9 +15,10 @@
 //! - it ends with `graygate ctl rollout status --service web`.
 //!
 //! It checks that the walkthrough came out as it says: the healthy canary promoted with no failed
-//! request; the failing one aborted in under a minute, with every request on stable afterwards
-//! and none of stable's failed. [`run`] returns an error otherwise, so that `graygate demo` exits
-//! non-zero.
+//! answer; the failing one aborted in under a minute, with every request on stable afterwards
+//! and none of stable's answers failed. [`run`] returns an error otherwise, so that
+//! `graygate demo` exits non-zero. (Requests that got no answer at all, as on a machine too busy
+//! to answer within [`REQUEST_TIMEOUT`], are counted and shown, with why the first got none.)
 //!
 //! The plan is the default one (5% -> 25% -> 50% -> 100%) with holds and windows of seconds
 //! instead of minutes; the analysis settings are the defaults (100 requests of each version per
@@ -102,7 +103,7 @@ const POLL: Duration = Duration::from_millis(100);
 /// How long the traffic is watched after the rollout ended, to show where everyone is.
 const AFTER: Duration = Duration::from_secs(1);
 /// How long one request may take before it counts as failed.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Which canary a walkthrough rolls out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,13 +301,17 @@ async fn walk(
             after.words()
         ));
     }
+    let traffic_error = traffic.first_error();
     let total = traffic.stop().await;
     println!(
         "All traffic: {} requests from {USERS} users: {}",
         total.total(),
         total.words()
     );
-    if total.stable_failed > 0 || total.other > 0 {
+    if let Some(error) = traffic_error {
+        println!("  (the first request without an answer: {error})");
+    }
+    if total.stable_failed > 0 || total.gateway > 0 {
         failures.push(format!(
             "requests failed that the canary did not fail: {}",
             total.words()
@@ -663,17 +668,21 @@ struct Counts {
     stable_failed: u64,
     canary: u64,
     canary_failed: u64,
-    /// Answers from neither backend (graygate's own 502 or 504) and requests with no answer.
-    other: u64,
+    /// Answers from neither backend: graygate's own (a 502 or 504).
+    gateway: u64,
+    /// Requests with no answer at all (the connection failed, or [`REQUEST_TIMEOUT`] passed): on
+    /// a machine too busy to answer in time, the client's failures, not graygate's.
+    unanswered: u64,
 }
 
 impl Counts {
     fn total(&self) -> u64 {
-        self.stable + self.canary + self.other
+        self.stable + self.canary + self.gateway + self.unanswered
     }
 
+    /// Failed answers: a backend's 5xx, or graygate's own.
     fn failed(&self) -> u64 {
-        self.stable_failed + self.canary_failed + self.other
+        self.stable_failed + self.canary_failed + self.gateway
     }
 
     /// What came after `earlier`.
@@ -683,7 +692,8 @@ impl Counts {
             stable_failed: self.stable_failed - earlier.stable_failed,
             canary: self.canary - earlier.canary,
             canary_failed: self.canary_failed - earlier.canary_failed,
-            other: self.other - earlier.other,
+            gateway: self.gateway - earlier.gateway,
+            unanswered: self.unanswered - earlier.unanswered,
         }
     }
 
@@ -693,8 +703,14 @@ impl Counts {
             "stable answered {} ({} failed), canary {} ({} failed)",
             self.stable, self.stable_failed, self.canary, self.canary_failed
         );
-        if self.other > 0 {
-            text.push_str(&format!(", {} without an answer from either", self.other));
+        if self.gateway > 0 {
+            text.push_str(&format!(
+                ", {} answered by graygate itself (no backend answered)",
+                self.gateway
+            ));
+        }
+        if self.unanswered > 0 {
+            text.push_str(&format!(", {} without an answer", self.unanswered));
         }
         text
     }
@@ -709,7 +725,10 @@ struct Tally {
     stable_failed: AtomicU64,
     canary: AtomicU64,
     canary_failed: AtomicU64,
-    other: AtomicU64,
+    gateway: AtomicU64,
+    unanswered: AtomicU64,
+    /// Why the first request without an answer got none, to say so.
+    first_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Tally {
@@ -720,8 +739,16 @@ impl Tally {
             stable_failed: get(&self.stable_failed),
             canary: get(&self.canary),
             canary_failed: get(&self.canary_failed),
-            other: get(&self.other),
+            gateway: get(&self.gateway),
+            unanswered: get(&self.unanswered),
         }
+    }
+
+    /// Counts a request that got no answer.
+    fn unanswered(&self, error: &std::io::Error) {
+        self.unanswered.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+        first.get_or_insert_with(|| crate::store::ErrorChain(error).to_string());
     }
 
     /// Counts one answer: each backend answers with its name, whatever its status.
@@ -731,7 +758,7 @@ impl Tally {
             b"stable\n" => (&self.stable, &self.stable_failed),
             b"canary\n" => (&self.canary, &self.canary_failed),
             _ => {
-                self.other.fetch_add(1, Ordering::Relaxed);
+                self.gateway.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         };
@@ -770,18 +797,21 @@ impl Traffic {
                         if n >= max || tokio::time::Instant::now() >= deadline {
                             return;
                         }
-                        if sender.as_ref().is_none_or(|s| s.is_closed()) {
-                            sender = connect(addr).await.ok();
-                        }
-                        let Some(s) = sender.as_mut() else {
-                            tally.other.fetch_add(1, Ordering::Relaxed);
-                            continue;
+                        let s = match sender.as_mut().filter(|s| !s.is_closed()) {
+                            Some(s) => s,
+                            None => match connect(addr).await {
+                                Ok(s) => sender.insert(s),
+                                Err(e) => {
+                                    tally.unanswered(&e);
+                                    continue;
+                                }
+                            },
                         };
                         let user = (n % USERS + 1).to_string();
                         match get(s, "/", &[("x-user-id", &user)]).await {
                             Ok((status, body)) => tally.answer(status, &body),
-                            Err(_) => {
-                                tally.other.fetch_add(1, Ordering::Relaxed);
+                            Err(e) => {
+                                tally.unanswered(&e);
                                 sender = None;
                             }
                         }
@@ -794,6 +824,16 @@ impl Traffic {
 
     fn counts(&self) -> Counts {
         self.tally.counts()
+    }
+
+    /// Why the first request without an answer got none.
+    fn first_error(&self) -> Option<String> {
+        let first = self
+            .tally
+            .first_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        first.clone()
     }
 
     /// Stops sending and returns what was counted; a request in flight is left unanswered and
@@ -985,6 +1025,8 @@ mod tests {
         tally.answer(http::StatusCode::INTERNAL_SERVER_ERROR, b"canary\n");
         let earlier = tally.counts();
         tally.answer(http::StatusCode::BAD_GATEWAY, b"upstream unreachable");
+        tally.unanswered(&std::io::Error::from(std::io::ErrorKind::TimedOut));
+        tally.unanswered(&std::io::Error::from(std::io::ErrorKind::ConnectionReset));
         let now = tally.counts();
         assert_eq!(
             earlier,
@@ -995,17 +1037,25 @@ mod tests {
                 ..Counts::default()
             }
         );
-        assert_eq!((now.total(), now.failed()), (4, 2));
+        assert_eq!(
+            (now.total(), now.failed()),
+            (6, 2),
+            "no answer is no failed answer"
+        );
         assert_eq!(
             now.since(earlier),
             Counts {
-                other: 1,
+                gateway: 1,
+                unanswered: 2,
                 ..Counts::default()
             }
         );
         assert_eq!(
             now.words(),
-            "stable answered 1 (0 failed), canary 2 (1 failed), 1 without an answer from either"
+            "stable answered 1 (0 failed), canary 2 (1 failed), 1 answered by graygate itself \
+             (no backend answered), 2 without an answer"
         );
+        let first = tally.first_error.lock().unwrap().clone();
+        assert_eq!(first.as_deref(), Some("timed out"));
     }
 }
