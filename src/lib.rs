@@ -28,7 +28,8 @@
 //! - [`admin`]: the control plane: an HTTP API (own listener, bearer tokens) to change the policy
 //!   live, run a rollout step by step, explain a decision, and undo.
 //! - [`cli`]: `graygate ctl`: one subcommand per admin endpoint, for people and scripts.
-//! - [`demo`]: `graygate demo`: built-in backends and an example policy on the embedded store.
+//! - [`demo`]: `graygate demo`: built-in backends and an example policy on the embedded store;
+//!   `graygate demo rollout [--failing]` walks through a whole rollout, promoted or aborted.
 
 pub mod admin;
 pub mod api;

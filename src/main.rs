@@ -56,11 +56,28 @@ enum Command {
     /// unreachable, failed, or not a graygate admin API.
     Ctl(graygate::cli::CtlArgs),
     /// Start a self-contained demo: built-in stable and canary backends, an embedded store and an
-    /// example policy, then print curl commands that show each rule.
+    /// example policy, then print curl commands that show each rule. `demo rollout` shows a
+    /// whole rollout instead.
+    #[command(args_conflicts_with_subcommands = true)]
     Demo {
         /// Where the demo gateway listens (a free port is used if this one is taken).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        #[command(subcommand)]
+        walkthrough: Option<Walkthrough>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Walkthrough {
+    /// A rollout carried by graygate itself, with built-in traffic and steps of seconds: a
+    /// healthy canary goes 5% -> 25% -> 50% -> 100% and is promoted (about 30s). Exit 0 when it
+    /// came out as expected.
+    Rollout {
+        /// Roll out a canary that fails 10% of its requests instead: graygate aborts it, with the
+        /// verdict that says why (in seconds; under a minute).
+        #[arg(long)]
+        failing: bool,
     },
 }
 
@@ -96,11 +113,31 @@ fn main() -> ExitCode {
                 runtime(Some(1))
                     .and_then(|rt| rt.block_on(import(c, list, ttl.map(Into::into), file)))
             }),
-        Command::Demo { listen } => {
+        Command::Demo {
+            listen,
+            walkthrough: None,
+        } => {
             init_logging(LogFormat::Text);
             runtime(None).and_then(|rt| {
                 rt.block_on(demo::run(listen, stop_signal()))
                     .map_err(Into::into)
+            })
+        }
+        Command::Demo {
+            walkthrough: Some(Walkthrough::Rollout { failing }),
+            ..
+        } => {
+            // The walkthrough prints every change of the rollout itself: the log shows only
+            // what went wrong, unless GRAYGATE_LOG asks for more.
+            init_logging_at(LogFormat::Text, "warn");
+            let canary = if failing {
+                demo::rollout::Canary::Failing
+            } else {
+                demo::rollout::Canary::Healthy
+            };
+            runtime(None).and_then(|rt| {
+                rt.block_on(demo::rollout::run(canary, stop_signal()))
+                    .with_context(|| canary.command())
             })
         }
     };
@@ -126,7 +163,13 @@ type LogSwitch = reload::Handle<LogWriter, LogSubscriber>;
 /// JSON lines (`[log] format`). Text is coloured only when stderr is a terminal, so that a log
 /// written to a file or a pipe holds no escape codes. The format can be switched later.
 fn init_logging(format: LogFormat) -> LogSwitch {
-    let filter = EnvFilter::try_from_env("GRAYGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    init_logging_at(format, "info")
+}
+
+/// [`init_logging`] with another level than `info` when `GRAYGATE_LOG` is not set.
+fn init_logging_at(format: LogFormat, default: &str) -> LogSwitch {
+    let filter =
+        EnvFilter::try_from_env("GRAYGATE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let (writer, switch) = reload::Layer::new(log_writer(format));
     tracing_subscriber::registry()
         .with(filter)

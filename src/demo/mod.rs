@@ -6,6 +6,9 @@
 //! memcached design, on the embedded store), a user-id range rule (the OpenResty + Redis design),
 //! a 10% sticky split and a tester override. Then it prints curl commands, each with the version
 //! it reaches.
+//!
+//! [`rollout`] holds the two rollout walkthroughs (`graygate demo rollout [--failing]`): a
+//! healthy canary promoted step by step, and a failing one aborted, each in seconds.
 
 use crate::app::{self, StartError};
 use crate::config::{
@@ -21,6 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub mod backend;
+pub mod rollout;
 
 pub use backend::Backend;
 
@@ -33,6 +37,18 @@ pub enum DemoError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Start(#[from] StartError),
+    /// The admin API did not answer a walkthrough as it should.
+    #[error("the admin API at {addr}: {message}")]
+    Admin { addr: SocketAddr, message: String },
+    /// A `graygate ctl` command of a walkthrough failed; ctl printed why.
+    #[error("`{command}` failed")]
+    Ctl { command: String },
+    /// A walkthrough did not come out as it says it does.
+    #[error("{0}")]
+    NotAsExpected(String),
+    /// Stopped (Ctrl-C, SIGTERM) before the walkthrough ended.
+    #[error("stopped before the rollout ended")]
+    Interrupted,
 }
 
 /// The example policy, in the same TOML an operator writes.
@@ -228,17 +244,7 @@ fn print_tour(
     }
     println!();
     if let Some(admin) = admin {
-        // The binary as it was started (`cargo run` leaves no `graygate` on PATH).
-        let exe = std::env::current_exe()
-            .ok()
-            .and_then(|p| std::env::current_dir().ok().map(|d| (p, d)))
-            .map(|(p, d)| {
-                p.strip_prefix(&d)
-                    .map(|r| r.display().to_string())
-                    .unwrap_or_else(|_| p.display().to_string())
-            })
-            .unwrap_or_else(|| "graygate".to_string());
-        let ctl = format!("{exe} ctl --addr http://{admin}");
+        let ctl = ctl_prefix(admin);
         println!(
             "Run the rollout live through the admin API (loopback only, no token in the demo):"
         );
@@ -252,6 +258,21 @@ fn print_tour(
         println!();
     }
     println!("Press Ctrl-C to stop.");
+}
+
+/// `<this binary> ctl --addr http://<admin>`: the start of every ctl command the demos print,
+/// with the binary as it was started (`cargo run` leaves no `graygate` on PATH).
+fn ctl_prefix(admin: SocketAddr) -> String {
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| std::env::current_dir().ok().map(|d| (p, d)))
+        .map(|(p, d)| {
+            p.strip_prefix(&d)
+                .map(|r| r.display().to_string())
+                .unwrap_or_else(|_| p.display().to_string())
+        })
+        .unwrap_or_else(|| "graygate".to_string());
+    format!("{exe} ctl --addr http://{admin}")
 }
 
 /// A directory under the system temp dir, removed when dropped.
