@@ -18,7 +18,7 @@
 //! answer; the failing one aborted in under a minute, with every request on stable afterwards
 //! and none of stable's answers failed. [`run`] returns an error otherwise, so that
 //! `graygate demo` exits non-zero. (Requests that got no answer at all, as on a machine too busy
-//! to answer within [`REQUEST_TIMEOUT`], are counted and shown, with why the first got none.)
+//! to answer within 30 seconds, are counted and shown, with why the first got none.)
 //!
 //! The plan is the default one (5% -> 25% -> 50% -> 100%) with holds and windows of seconds
 //! instead of minutes; the analysis settings are the defaults (100 requests of each version per
