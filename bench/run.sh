@@ -129,6 +129,8 @@ micro = open(micro_path).read().strip() if os.path.exists(micro_path) else "(ski
 before_after = ""
 if "18211" in rows:
     b, a, n = rows["18211"], rows["18201"], rows["18003"]
+    pairs = zip(a["runs"].split(), b["runs"].split())
+    rounds = ", ".join(f"{int(x)/int(y):.2f}x" for x, y in pairs if int(y))
     before_after = f"""## Before / after (same run)
 
 An earlier build (`BEFORE_BIN`) on the memcached layout, in the same rounds:
@@ -138,6 +140,9 @@ An earlier build (`BEFORE_BIN`) on the memcached layout, in the same rounds:
 | before | {b['rps']} | {b['rps']/n['rps']:.2f}x | {b['p99']:.2f} ms |
 | after | {a['rps']} | {a['rps']/n['rps']:.2f}x | {a['p99']:.2f} ms |
 | after / before | {a['rps']/b['rps']:.2f}x | | |
+
+Round by round (both builds measured in the same interleaved round): {rounds}. A median over three
+rounds moves by more than a tenth on this shared machine; the rounds show how far.
 """
 doc = f"""# Benchmarks
 

@@ -91,7 +91,13 @@ pub(super) async fn view(
             r.window.key.step == st.step && r.window.key.step_started_ms == st.step_started_ms
         })
     });
-    let now = now_ms();
+    // A rollout that ended (aborted, or promoted with its guard over) adds nothing to its last
+    // window any more: that window ended when the rollout did.
+    let ended = status.as_ref().filter(|st| {
+        st.state == RolloutState::Aborted
+            || (st.state == RolloutState::Promoted && st.guard_until_ms.is_none())
+    });
+    let window_end = ended.map_or_else(now_ms, |st| st.since_ms);
     let window = current.map(|r| {
         let guarding = state == Some(RolloutState::Promoted) || weight >= 100.0;
         let stable_version = if state == Some(RolloutState::Promoted) {
@@ -106,7 +112,7 @@ pub(super) async fn view(
         };
         WindowView {
             started: time(r.window.started_ms),
-            seconds: now.saturating_sub(r.window.started_ms) as f64 / 1000.0,
+            seconds: window_end.saturating_sub(r.window.started_ms) as f64 / 1000.0,
             canary: figures(&plan.version, &r.window.of(&plan.version)),
             stable: figures(&stable_version, &stable),
         }
