@@ -98,7 +98,8 @@ pub(super) async fn view(
             || (st.state == RolloutState::Promoted && st.guard_until_ms.is_none())
     });
     let window_end = ended.map_or_else(now_ms, |st| st.since_ms);
-    let window = current.map(|r| {
+    // A window opened when the rollout ended (the guard's end starts none worth showing) is none.
+    let window = current.filter(|r| r.window.started_ms < window_end).map(|r| {
         let guarding = state == Some(RolloutState::Promoted) || weight >= 100.0;
         let stable_version = if state == Some(RolloutState::Promoted) {
             svc.previous_stable.clone().unwrap_or_default()

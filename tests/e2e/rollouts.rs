@@ -437,13 +437,14 @@ async fn a_canary_failing_5_percent_is_aborted_and_stable_never_fails() {
     );
     let all = load.finish().await;
     all.assert_healthy("the whole run", true);
-    // An ended rollout's last window ended with it: its length does not grow as time passes.
+    // An ended rollout's last window ended with it: its length does not grow as time passes
+    // (and a window opened by the abort itself is not shown).
     let seconds = |v: &RolloutView| v.window.as_ref().map(|w| w.seconds);
     let first = watch.now().await.expect("the rollout's status");
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let second = watch.now().await.expect("the rollout's status");
     assert!(
-        seconds(&first).is_some() && seconds(&first) == seconds(&second),
+        seconds(&first) == seconds(&second),
         "{}\n{}",
         describe(&first),
         describe(&second)
