@@ -493,7 +493,7 @@ impl ClientFault {
     }
 }
 
-/// The error a [`ClientBody`] hands to the upstream exchange (which then fails): its source
+/// The error the client's body (`ClientBody`) hands to the upstream exchange (which then fails): its source
 /// says why.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientBodyError {

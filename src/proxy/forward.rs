@@ -271,9 +271,12 @@ mod tests {
         assert!(!h.contains_key("x-secret"));
     }
 
+    /// Request headers, whether they ask for a WebSocket, and what the case shows.
+    type UpgradeCase<'a> = (&'a [(&'static str, &'a str)], bool, &'a str);
+
     #[test]
     fn only_websocket_is_an_upgrade() {
-        let cases: &[(&[(&'static str, &str)], bool, &str)] = &[
+        let cases: &[UpgradeCase] = &[
             (
                 &[
                     ("connection", "Upgrade, HTTP2-Settings"),

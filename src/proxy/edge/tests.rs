@@ -182,11 +182,20 @@ fn request(version: Version, target: &str, headers: &[(&'static str, &str)]) -> 
     b.body(()).unwrap()
 }
 
+/// A request (version, target, headers), what admission says, and what the case shows.
+type Case<'a> = (
+    Version,
+    &'a str,
+    &'a [(&'static str, &'a str)],
+    Result<(), Refusal>,
+    &'a str,
+);
+
 #[test]
 fn admission_refuses_what_cannot_be_proxied_safely() {
     use Version as V;
     #[rustfmt::skip]
-    let cases: &[(Version, &str, &[(&'static str, &str)], Result<(), Refusal>, &str)] = &[
+    let cases: &[Case] = &[
         (V::HTTP_11, "/", &[("host", "a.example")], Ok(()), "one host"),
         (V::HTTP_11, "/", &[("host", "a.example"), ("host", "b.example")], Err(Refusal::TwoHosts), "two Host lines"),
         (V::HTTP_11, "/", &[("host", "a.example"), ("host", "a.example")], Err(Refusal::TwoHosts), "even the same twice"),

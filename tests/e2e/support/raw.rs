@@ -57,9 +57,18 @@ enum Parsed<T> {
     Partial,
 }
 
-/// The head of a message: its first line and its header lines (names lower-cased), and its
-/// length in bytes, once the blank line has arrived.
-fn parse_head(buf: &[u8]) -> Option<(String, Vec<(String, String)>, usize)> {
+/// The head of a message.
+struct Head {
+    /// The request or status line.
+    first: String,
+    /// Header lines in order, names lower-cased.
+    headers: Vec<(String, String)>,
+    /// Its length in bytes, the blank line included.
+    len: usize,
+}
+
+/// The head at the start of `buf`, once its blank line has arrived.
+fn parse_head(buf: &[u8]) -> Option<Head> {
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     let text = String::from_utf8_lossy(&buf[..end - 4]).into_owned();
     let mut lines = text.split("\r\n");
@@ -68,7 +77,11 @@ fn parse_head(buf: &[u8]) -> Option<(String, Vec<(String, String)>, usize)> {
         .filter_map(|line| line.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    Some((first, headers, end))
+    Some(Head {
+        first,
+        headers,
+        len: end,
+    })
 }
 
 /// A body after its head: by `Content-Length`, by chunks (`chunked`), or none (`None` length
@@ -121,7 +134,12 @@ fn parse_body(buf: &[u8], headers: &[(String, String)]) -> Parsed<Vec<u8>> {
 
 /// A response at the start of `buf`.
 fn parse_response(buf: &[u8]) -> Parsed<RawResponse> {
-    let Some((first, headers, head_len)) = parse_head(buf) else {
+    let Some(Head {
+        first,
+        headers,
+        len: head_len,
+    }) = parse_head(buf)
+    else {
         return Parsed::Partial;
     };
     let status = first
@@ -270,11 +288,11 @@ impl RawRequest {
 /// Reads one request from an upstream's connection; `None` when the connection ends first.
 pub async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<RawRequest> {
     loop {
-        if let Some((_, headers, head_len)) = parse_head(buf) {
-            if let Parsed::Done(body, len) = parse_body(&buf[head_len..], &headers) {
-                let head = String::from_utf8_lossy(&buf[..head_len - 4]).into_owned();
-                buf.drain(..head_len + len);
-                return Some(RawRequest { head, body });
+        if let Some(head) = parse_head(buf) {
+            if let Parsed::Done(body, len) = parse_body(&buf[head.len..], &head.headers) {
+                let text = String::from_utf8_lossy(&buf[..head.len - 4]).into_owned();
+                buf.drain(..head.len + len);
+                return Some(RawRequest { head: text, body });
             }
         }
         let mut chunk = [0u8; 16 * 1024];
