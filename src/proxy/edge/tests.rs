@@ -352,20 +352,24 @@ async fn a_client_body_that_stalls_fails_as_the_clients_fault() {
 async fn a_client_body_that_keeps_moving_is_never_cut_off() {
     let (tx, inner) = script();
     let state = Arc::new(BodyState::default());
-    let mut body = ClientBody::new(inner, state.clone(), LIMIT);
-    // Five pieces, each well within the limit, together far beyond it.
+    // A limit ten times the gap between pieces, so that a busy machine does not stretch a gap
+    // past it; twelve pieces take longer than the limit together.
+    let limit = Duration::from_secs(1);
+    let mut body = ClientBody::new(inner, state.clone(), limit);
     let feeder = tokio::spawn(async move {
-        for _ in 0..5 {
-            tokio::time::sleep(LIMIT / 2).await;
+        for _ in 0..12 {
+            tokio::time::sleep(limit / 10).await;
             tx.send(Ok(Bytes::from_static(b"x"))).unwrap();
         }
     });
+    let started = std::time::Instant::now();
     let mut got = 0;
     while let Some(frame) = body.frame().await {
         frame.unwrap();
         got += 1;
     }
-    assert_eq!(got, 5);
+    assert_eq!(got, 12);
+    assert!(started.elapsed() > limit, "the pieces came faster than planned");
     assert_eq!(state.fault(), None);
     feeder.await.unwrap();
 }
