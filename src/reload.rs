@@ -4,7 +4,7 @@
 //! The live-change model (`docs/config.md`): the config's **policy seeds** the store, and the rest
 //! of the config is what a reload applies.
 //! - **Upstreams** (added, removed, servers changed) and their **timeouts** (connect, response,
-//!   idle): the data plane's table is rebuilt with stable indexes and swapped together with the
+//!   idle, and the client and upstream body timeouts): the data plane's table is rebuilt with stable indexes and swapped together with the
 //!   upstream names the policy compiles against ([`Gateway::set_upstreams`]). An upstream the
 //!   running policy still uses cannot be removed: that part is refused and the table stays.
 //! - **The log format** (`[log] format`), when the process gave a switch for it
@@ -81,6 +81,8 @@ impl Reloader {
             next.timeouts.connect = new.timeouts.connect;
             next.timeouts.upstream_response = new.timeouts.upstream_response;
             next.timeouts.idle = new.timeouts.idle;
+            next.timeouts.client_body = new.timeouts.client_body;
+            next.timeouts.upstream_body = new.timeouts.upstream_body;
         }
 
         let log = self.log(current.log.format, new.log.format);
@@ -299,15 +301,17 @@ impl Reloader {
     }
 }
 
-/// `connect 2s, upstream_response 30s, idle 1m`.
+/// `connect 2s, upstream_response 30s, idle 1m, client_body 30s, upstream_body 1m`.
 fn timeouts_text(config: &Config) -> String {
     let t = &config.timeouts;
     let d = |d: Duration| humantime::format_duration(d).to_string();
     format!(
-        "connect {}, upstream_response {}, idle {}",
+        "connect {}, upstream_response {}, idle {}, client_body {}, upstream_body {}",
         d(t.connect),
         d(t.upstream_response),
-        d(t.idle)
+        d(t.idle),
+        d(t.client_body),
+        d(t.upstream_body)
     )
 }
 
@@ -397,7 +401,7 @@ mod tests {
         );
         assert_eq!(
             timeouts_text(&after),
-            "connect 1s, upstream_response 30s, idle 1m"
+            "connect 1s, upstream_response 30s, idle 1m, client_body 30s, upstream_body 1m"
         );
     }
 }

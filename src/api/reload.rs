@@ -67,7 +67,8 @@ pub struct Reloaded {
     pub config: String,
     /// The upstream table: added, removed and changed upstreams.
     pub upstreams: ReloadedPart,
-    /// Connect, response and idle timeouts of the upstreams.
+    /// Connect, response and idle timeouts of the upstreams, and the client and upstream body
+    /// timeouts.
     pub timeouts: ReloadedPart,
     /// The process log's format.
     pub log: ReloadedPart,

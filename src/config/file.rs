@@ -132,6 +132,10 @@ pub struct ClientIpFile {
     /// `forwarded` (default) or `original`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// Remove `Forwarded` and `X-Forwarded-*` (but `X-Forwarded-For`) from untrusted peers
+    /// (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strip_untrusted_forwarded: Option<bool>,
 }
 
 /// `[timeouts]`: durations as written.
@@ -146,6 +150,10 @@ pub struct TimeoutsFile {
     pub upstream_response: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_body: Option<String>,
 }
 
 /// One `[[upstreams]]` entry.
@@ -281,12 +289,15 @@ mod tests {
             client_ip: ClientIpFile {
                 trusted_proxies: vec!["127.0.0.0/8".into(), "::1".into()],
                 mode: Some("original".into()),
+                strip_untrusted_forwarded: Some(false),
             },
             timeouts: TimeoutsFile {
                 connect: Some("1s".into()),
                 header: Some("2s".into()),
                 upstream_response: Some("3s".into()),
                 idle: Some("4s".into()),
+                client_body: Some("5s".into()),
+                upstream_body: Some("6s".into()),
             },
             max_header_bytes: Some(4096),
             upstreams: vec![
@@ -357,12 +368,15 @@ lookup_timeout = "30ms"
 [client_ip]
 trusted_proxies = ["127.0.0.0/8", "::1"]
 mode = "original"
+strip_untrusted_forwarded = false
 
 [timeouts]
 connect = "1s"
 header = "2s"
 upstream_response = "3s"
 idle = "4s"
+client_body = "5s"
+upstream_body = "6s"
 
 [[upstreams]]
 name = "stable"

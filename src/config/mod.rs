@@ -176,6 +176,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let client_ip = ClientIpConfig {
         trusted_proxies: trusted,
         mode,
+        strip_untrusted_forwarded: file
+            .client_ip
+            .strip_untrusted_forwarded
+            .unwrap_or(ClientIpConfig::default().strip_untrusted_forwarded),
     };
 
     let defaults = Timeouts::default();
@@ -203,6 +207,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             defaults.upstream_response,
         )?,
         idle: duration("timeouts.idle", &t.idle, defaults.idle)?,
+        client_body: duration("timeouts.client_body", &t.client_body, defaults.client_body)?,
+        upstream_body: duration(
+            "timeouts.upstream_body",
+            &t.upstream_body,
+            defaults.upstream_body,
+        )?,
     };
     let reload_interval = duration(
         "reload_interval",

@@ -148,6 +148,7 @@ fn demo_config(
                 "::1/128".parse().expect("valid"),
             ],
             mode: ClientIpMode::Original,
+            strip_untrusted_forwarded: true,
         },
         timeouts: Timeouts::default(),
         max_header_bytes: DEFAULT_MAX_HEADER_BYTES,

@@ -15,14 +15,28 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 /// `X-Real-IP`: the client address as the proxy in front of us resolved it.
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// How the client IP is found.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// How the client IP is found, and what is believed of a peer's forwarding headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientIpConfig {
     /// Peers whose address headers are believed (load balancers, our own nginx). Empty: no
     /// header is ever believed and the client IP is always the peer.
     pub trusted_proxies: Vec<IpNet>,
     /// Which header wins when the peer is trusted.
     pub mode: ClientIpMode,
+    /// Remove `Forwarded` and the `X-Forwarded-*` headers (but `X-Forwarded-For`, which graygate
+    /// appends to) from requests of peers that are not trusted proxies, so that no client can
+    /// tell an upstream which host or scheme it was reached by. Default on.
+    pub strip_untrusted_forwarded: bool,
+}
+
+impl Default for ClientIpConfig {
+    fn default() -> Self {
+        ClientIpConfig {
+            trusted_proxies: Vec::new(),
+            mode: ClientIpMode::default(),
+            strip_untrusted_forwarded: true,
+        }
+    }
 }
 
 /// Which header names the client when the peer is a trusted proxy.
@@ -32,6 +46,13 @@ pub enum ClientIpMode {
     /// proxy: the last hop that no proxy of ours can vouch for. A client cannot push itself
     /// past our proxies by sending its own `X-Forwarded-For`. Without `X-Forwarded-For`,
     /// `X-Real-IP`; without either, the peer.
+    ///
+    /// The walk stops at the first entry that is not an address (`unknown`, an obfuscated id,
+    /// text that is not UTF-8): the trusted proxy that wrote it did not know its client, and
+    /// everything left of it was written by someone no proxy of ours can vouch for. The answer
+    /// is then the nearest address that is known: the last trusted hop walked (the proxy that
+    /// saw the unknown client), or the peer when the junk is the rightmost entry. Empty list
+    /// elements (`a, , b`) are skipped, as RFC 9110 5.6.1 asks of a list.
     #[default]
     Forwarded,
     /// The order of the original nginx + lua design, kept for migrations that must decide
@@ -54,22 +75,31 @@ impl ClientIpConfig {
         match self.mode {
             ClientIpMode::Forwarded => {
                 let mut saw_xff = false;
-                let mut leftmost = None;
+                // The leftmost trusted hop walked so far: the nearest address we can vouch for.
+                let mut last_trusted = None;
                 // Walk right to left across every header line (later lines were appended later).
                 for line in headers.get_all(X_FORWARDED_FOR).iter().rev() {
-                    let Ok(line) = line.to_str() else { continue };
-                    for entry in line.rsplit(',') {
-                        let Some(ip) = parse_ip(entry) else { continue };
+                    let Ok(line) = line.to_str() else {
+                        return last_trusted.unwrap_or(peer);
+                    };
+                    for entry in line.rsplit(',').map(str::trim) {
+                        if entry.is_empty() {
+                            continue;
+                        }
                         saw_xff = true;
+                        let Some(ip) = parse_ip(entry) else {
+                            // Junk: nothing left of it can be believed.
+                            return last_trusted.unwrap_or(peer);
+                        };
                         if !self.is_trusted(ip) {
                             return ip;
                         }
-                        leftmost = Some(ip);
+                        last_trusted = Some(ip);
                     }
                 }
                 if saw_xff {
                     // Every hop is one of ours: the leftmost is the closest thing to a client.
-                    return leftmost.unwrap_or(peer);
+                    return last_trusted.unwrap_or(peer);
                 }
                 real_ip(headers).unwrap_or(peer)
             }
@@ -149,6 +179,7 @@ mod tests {
         ClientIpConfig {
             trusted_proxies: trusted.iter().map(|n| n.parse().unwrap()).collect(),
             mode,
+            strip_untrusted_forwarded: true,
         }
     }
 
@@ -186,8 +217,12 @@ mod tests {
             (&forwarded, "10.0.0.1", &[(XFF, "6.6.6.6, 1.2.3.4, 10.0.0.2")], "1.2.3.4", "forwarded takes the rightmost untrusted hop"),
             (&forwarded, "10.0.0.1", &[(XFF, "6.6.6.6, 1.2.3.4"), (XFF, "10.0.0.3,10.0.0.2")], "1.2.3.4", "forwarded concatenates header lines in order"),
             (&forwarded, "10.0.0.1", &[(XFF, "10.9.9.9, 10.0.0.2")], "10.9.9.9", "forwarded, all hops trusted: the leftmost"),
-            (&forwarded, "10.0.0.1", &[(XFF, "1.2.3.4, unknown, , 10.0.0.2")], "1.2.3.4", "forwarded skips junk entries"),
-            (&forwarded, "10.0.0.1", &[(XFF, "garbage"), (REAL, "5.5.5.5")], "5.5.5.5", "forwarded, only junk in x-forwarded-for: x-real-ip"),
+            (&forwarded, "10.0.0.1", &[(XFF, "1.2.3.4, unknown, 10.0.0.2")], "10.0.0.2", "forwarded stops at junk: the trusted hop that saw the unknown client"),
+            (&forwarded, "10.0.0.1", &[(XFF, "10.0.0.7, unknown")], "10.0.0.1", "forwarded, junk rightmost: the peer, not the client-written entry left of it"),
+            (&forwarded, "10.0.0.1", &[(XFF, "6.6.6.6"), (XFF, "unknown"), (XFF, "10.0.0.2")], "10.0.0.2", "forwarded stops at junk across header lines"),
+            (&forwarded, "10.0.0.1", &[(XFF, "1.2.3.4, , 10.0.0.2,")], "1.2.3.4", "forwarded skips empty list elements"),
+            (&forwarded, "10.0.0.1", &[(XFF, "garbage"), (REAL, "5.5.5.5")], "10.0.0.1", "forwarded, only junk in x-forwarded-for: the peer (x-real-ip only without x-forwarded-for)"),
+            (&forwarded, "10.0.0.1", &[(XFF, " , "), (REAL, "5.5.5.5")], "5.5.5.5", "forwarded, an x-forwarded-for of empty elements is none: x-real-ip"),
             (&forwarded, "10.0.0.1", &[(REAL, "7.7.7.7")], "7.7.7.7", "forwarded without x-forwarded-for: x-real-ip"),
             (&forwarded, "10.0.0.1", &[(REAL, "not-an-ip")], "10.0.0.1", "forwarded, x-real-ip not an address: the peer"),
             (&forwarded, "10.0.0.1", &[], "10.0.0.1", "forwarded without headers: the peer"),

@@ -3,8 +3,12 @@
 //! A proxy is two HTTP connections, not one: headers that describe a single connection
 //! (hop-by-hop: `Connection`, `Keep-Alive`, `Transfer-Encoding`, ...) must not cross from one to
 //! the other, or the client could steer how graygate talks to the upstream (and the other way).
-//! The only exception is a protocol upgrade (WebSocket), whose `Connection: upgrade` and
-//! `Upgrade` headers are exactly what the upstream must see.
+//! The only exception is a WebSocket upgrade, whose `Connection: upgrade` and `Upgrade: websocket`
+//! headers are exactly what the upstream must see. No other upgrade crosses: after an upstream's
+//! `101` the connection becomes a tunnel that graygate no longer reads, so an `Upgrade: h2c`
+//! passed on would let every later request on that connection reach the upstream unrouted and
+//! unrewritten. Such a request loses its upgrade headers like any hop-by-hop header and is
+//! proxied as a plain request, and the connection stays routed request by request.
 //!
 //! The upstream learns who the client is from `X-Forwarded-For` (the peer appended to the chain)
 //! and `X-Real-IP` (the client IP graygate resolved, trusted proxies applied), and keeps the
@@ -14,8 +18,8 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
-    TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use http::{Request, Response, StatusCode, Uri, Version};
 
@@ -26,9 +30,11 @@ use super::client_ip::{normalize, X_FORWARDED_FOR, X_REAL_IP};
 pub const DEFAULT_VERSION_HEADER: HeaderName = HeaderName::from_static("x-graygate-version");
 
 /// Headers that describe one connection and never cross the proxy (RFC 9110 7.6.1, plus the
-/// non-standard `Keep-Alive` and `Proxy-Connection` that old clients still send).
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// non-standard `Keep-Alive` and `Proxy-Connection` that old clients still send, and h2c's
+/// `HTTP2-Settings`, which belongs to an upgrade graygate never forwards).
+const HOP_BY_HOP: [HeaderName; 10] = [
     CONNECTION,
+    HeaderName::from_static("http2-settings"),
     HeaderName::from_static("keep-alive"),
     PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION,
@@ -39,21 +45,40 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     UPGRADE,
 ];
 
-/// True when the request asks to switch protocols (`Connection: upgrade` and an `Upgrade`
-/// header, as a WebSocket handshake does). Such a request keeps its upgrade headers, and a 101
-/// answer turns the two connections into a tunnel.
-pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(UPGRADE)
-        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+/// The one protocol graygate tunnels.
+const WEBSOCKET: &str = "websocket";
+
+/// True when the request asks for a WebSocket (`Connection: upgrade` and `websocket` among the
+/// `Upgrade` protocols). Such a request keeps `Upgrade: websocket`, and a 101 answer turns the
+/// two connections into a tunnel. Any other upgrade (`h2c`) is not one: see the module
+/// documentation.
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+        && upgrade_protocols(headers).any(|p| p.eq_ignore_ascii_case(WEBSOCKET))
+}
+
+/// True when an upstream's `101` switches to WebSocket: the only switch the client can be
+/// let through to (anything else is answered 502).
+pub fn is_websocket_switch(headers: &HeaderMap) -> bool {
+    upgrade_protocols(headers).any(|p| p.eq_ignore_ascii_case(WEBSOCKET))
+}
+
+/// A request body of unknown length (the client sent it chunked) goes on chunked, said
+/// explicitly: without it hyper's client sends a `GET`'s or `HEAD`'s body as empty, the body is
+/// never read, and the request the client pipelined behind it is lost with the connection.
+pub fn send_chunked(headers: &mut HeaderMap) {
+    headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    headers.remove(CONTENT_LENGTH);
 }
 
 /// Phase "rewrite" of a request, before it goes upstream:
-/// - hop-by-hop headers removed (upgrade headers kept when `upgrade`);
+/// - hop-by-hop headers removed (`Connection: upgrade` and `Upgrade: websocket` kept when
+///   `upgrade`, a WebSocket upgrade);
 /// - `X-Forwarded-For`: the peer address appended to what the client sent (`existing, peer`);
 /// - `X-Real-IP`: the resolved client IP (any value the client sent is replaced);
 /// - the URI in origin-form (`/path?query`), as an origin server expects it;
-/// - `Host` kept as sent; taken from the URI authority if the client sent an absolute URI and
-///   no `Host`;
+/// - `Host` kept as the edge left it (for an absolute-form target, the edge has made its
+///   authority the `Host` already); taken from the URI authority if there is still none;
 /// - HTTP/1.1 towards the upstream, whatever the client spoke, so that the upstream connection
 ///   can be kept alive and pooled.
 pub fn rewrite_request<B>(req: &mut Request<B>, peer: IpAddr, client_ip: IpAddr, upgrade: bool) {
@@ -108,13 +133,9 @@ pub fn rewrite_response<B>(resp: &mut Response<B>) {
 }
 
 /// Removes the hop-by-hop headers and every header named in `Connection`. With `keep_upgrade`,
-/// `Connection: upgrade` and `Upgrade` are put back (and nothing else from `Connection`).
+/// `Connection: upgrade` and `Upgrade: websocket` are put back (and nothing else from
+/// `Connection` or `Upgrade`).
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let upgrade = if keep_upgrade {
-        headers.get(UPGRADE).cloned()
-    } else {
-        None
-    };
     // `Host` is never dropped this way: without it the upstream cannot serve the request.
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
@@ -126,10 +147,20 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
-    if let Some(upgrade) = upgrade {
+    if keep_upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(UPGRADE, upgrade);
+        headers.insert(UPGRADE, HeaderValue::from_static(WEBSOCKET));
     }
+}
+
+/// The comma-separated protocols of every `Upgrade` header line.
+fn upgrade_protocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
 }
 
 /// The comma-separated tokens of every `Connection` header line.
@@ -199,7 +230,7 @@ mod tests {
                 ("x-kept", "yes"),
             ],
         );
-        assert!(!is_upgrade_request(req.headers()));
+        assert!(!is_websocket_upgrade(req.headers()));
         rewrite(&mut req, false);
         let h = req.headers();
         for gone in [
@@ -219,22 +250,83 @@ mod tests {
     }
 
     #[test]
-    fn upgrade_request_keeps_its_upgrade_headers() {
+    fn websocket_upgrade_keeps_its_upgrade_headers() {
         let mut req = request(
             "/ws",
             &[
                 ("host", "example.com"),
                 ("connection", "Upgrade, x-secret"),
                 ("x-secret", "1"),
-                ("upgrade", "websocket"),
+                ("upgrade", "WebSocket, x-other/1"),
             ],
         );
-        assert!(is_upgrade_request(req.headers()));
+        assert!(is_websocket_upgrade(req.headers()));
         rewrite(&mut req, true);
         let h = req.headers();
         assert_eq!(h["connection"], "upgrade");
-        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(
+            h["upgrade"], "websocket",
+            "only the WebSocket protocol is offered"
+        );
         assert!(!h.contains_key("x-secret"));
+    }
+
+    /// Request headers, whether they ask for a WebSocket, and what the case shows.
+    type UpgradeCase<'a> = (&'a [(&'static str, &'a str)], bool, &'a str);
+
+    #[test]
+    fn only_websocket_is_an_upgrade() {
+        let cases: &[UpgradeCase] = &[
+            (
+                &[
+                    ("connection", "Upgrade, HTTP2-Settings"),
+                    ("upgrade", "h2c"),
+                    ("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+                ],
+                false,
+                "h2c",
+            ),
+            (
+                &[("connection", "upgrade"), ("upgrade", "TLS/1.2")],
+                false,
+                "TLS",
+            ),
+            (&[("upgrade", "websocket")], false, "no Connection: upgrade"),
+            (
+                &[
+                    ("connection", "keep-alive, Upgrade"),
+                    ("upgrade", "websocket"),
+                ],
+                true,
+                "websocket",
+            ),
+        ];
+        for (headers, websocket, what) in cases {
+            let mut req = request("/", headers);
+            assert_eq!(is_websocket_upgrade(req.headers()), *websocket, "{what}");
+            rewrite(&mut req, *websocket);
+            if !websocket {
+                // Proxied as a plain request: nothing of the upgrade is left.
+                for gone in ["connection", "upgrade", "http2-settings"] {
+                    assert!(!req.headers().contains_key(gone), "{what}: {gone} left");
+                }
+            }
+        }
+        let switch = |upgrade: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(UPGRADE, HeaderValue::from_static(upgrade));
+            is_websocket_switch(&h)
+        };
+        assert!(switch("websocket"));
+        assert!(!switch("h2c"));
+    }
+
+    #[test]
+    fn an_unsized_body_is_sent_chunked() {
+        let mut req = request("/", &[("content-length", "5")]);
+        send_chunked(req.headers_mut());
+        assert_eq!(req.headers()["transfer-encoding"], "chunked");
+        assert!(!req.headers().contains_key("content-length"));
     }
 
     #[test]

@@ -11,10 +11,14 @@
 //!    [`ProxyConfig::max_header_bytes`] (hyper answers 431 otherwise).
 //! 2. **Client IP** ([`ClientIpConfig::resolve`]): the peer, or the client behind our own trusted
 //!    proxies. Rules match on it, so a header from an untrusted peer is never believed.
-//! 3. **Route** ([`Router::route`]): the request facts (host, path, query, headers, client IP, a
-//!    random number) go to the policy. No route: 404.
+//! 3. **Route** ([`Router::route`]): first the edge (`edge`) refuses what cannot be proxied
+//!    safely (two `Host` headers, none on HTTP/1.1, a transfer coding other than `chunked`:
+//!    400/501, connection closed) and makes the request canonical (path, host), so that the
+//!    policy routes on what the upstream will see. Then the request facts (host, path, query,
+//!    headers, client IP, a random number) go to the policy. No route: 404.
 //! 4. **Rewrite** (`forward`): hop-by-hop headers removed, `X-Forwarded-For` appended,
-//!    `X-Real-IP` set, URI in origin-form, `Host` kept as the client sent it.
+//!    `X-Real-IP` set, URI in origin-form, `Host` kept as the edge left it. Only a WebSocket
+//!    upgrade keeps its `Upgrade` header; any other (`h2c`) is proxied as a plain request.
 //! 5. **Upstream** ([`Upstreams`]): weighted round robin over the servers of the chosen version,
 //!    pooled keep-alive connections. A server that cannot be connected to is skipped; when no
 //!    server of a canary can be reached, the request goes to the stable version instead (the
@@ -22,7 +26,9 @@
 //!    502. No response headers in time: 504.
 //! 6. **Respond**: the response is rewritten (hop-by-hop headers removed, and the optional
 //!    [`ProxyConfig::response_version_header`] set) and its body streamed back as it arrives. A
-//!    `101 Switching Protocols` (WebSocket) turns the two connections into a byte tunnel.
+//!    `101 Switching Protocols` (WebSocket) turns the two connections into a byte tunnel. A
+//!    request body that stalls is answered 408 ([`Timeouts::client_body`]); a response body that
+//!    stalls closes the client connection ([`Timeouts::upstream_body`]).
 //! 7. **Observe** ([`Observer::on_response`]): one record per request for metrics and the access
 //!    log, when the response body is done (sent or abandoned), so that it carries the bytes sent
 //!    and the whole duration. The observer also hears of every connection opening and closing.
@@ -32,17 +38,23 @@
 //!
 //! # Files
 //! - `client_ip`: which address a request comes from.
+//! - `edge`: what a request must be to be proxied, its canonical form, and the body timeouts.
 //! - `upstream`: the upstream table, weighted round robin, connection pools, connect failover.
 //! - `forward`: header and URI rewriting in both directions.
 //! - `server`: the listener, per-connection serving, the request phases above, graceful
 //!   shutdown.
 
 mod client_ip;
+mod edge;
 mod forward;
 mod server;
 mod upstream;
 
 pub use client_ip::{ClientIpConfig, ClientIpMode, X_FORWARDED_FOR, X_REAL_IP};
+pub use edge::{
+    normalize_host, normalize_path, ClientBodyError, ClientFault, Refusal, UnsupportedCoding,
+    UpstreamBodyStalled,
+};
 pub use forward::DEFAULT_VERSION_HEADER;
 pub use server::{
     bind, serve, Observer, ProxyConfig, RequestRecord, Timeouts, DEFAULT_MAX_HEADER_BYTES,
@@ -61,10 +73,15 @@ use http_body_util::combinators::BoxBody;
 
 use crate::policy::{Decision, RequestFacts};
 
+/// Any error a body can end with: hyper's own, or graygate's ([`ClientBodyError`],
+/// [`UpstreamBodyStalled`]) when the edge cuts a stalled or broken body off.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The body type the proxy hands to hyper in both directions: a client's streaming body, an
 /// upstream's streaming body, or a short answer of graygate's own. Boxed so that HTTP/2 and TLS
-/// can be added later without changing a signature.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+/// can be added later without changing a signature; its error is boxed so that graygate can end
+/// a body with an error of its own (a timeout), which hyper's error type cannot carry.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// The routing question the data plane asks for every request; the gateway answers it from the
 /// live policy.

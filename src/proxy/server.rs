@@ -16,7 +16,13 @@
 //!   reached, or the exchange failed after the request went out;
 //! - 504 `graygate: upstream timed out` - no response headers within
 //!   [`Timeouts::upstream_response`];
-//! - 431 (by hyper) - request headers larger than [`ProxyConfig::max_header_bytes`].
+//! - 431 (by hyper) - request headers larger than [`ProxyConfig::max_header_bytes`];
+//! - 400, 501 - refused at the edge ([`crate::proxy::Refusal`]: two `Host` headers, none on
+//!   HTTP/1.1, an unsupported transfer coding), the connection closed after the answer;
+//! - 400 `graygate: malformed or incomplete request body`, 408 `graygate: request body timed
+//!   out` - the client broke its body or left it stalled for [`Timeouts::client_body`]: a client
+//!   error, not held against the version ([`Router::answered`] is not told); the connection is
+//!   closed after the answer.
 
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;
@@ -31,8 +37,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -42,12 +48,12 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::client_ip::ClientIpConfig;
-use super::forward;
-use super::upstream::{Activity, LiveUpstreams, SendError, TrackedBody, UpstreamError};
-use super::{Answer, ProxyBody, Router};
+use super::upstream::{LiveUpstreams, SendError, UpstreamError};
+use super::{edge, forward};
+use super::{Answer, BoxError, ProxyBody, Router};
 use crate::policy::{Decision, RequestFacts};
 
 /// Body of the 404 answered when the policy has no route.
@@ -86,6 +92,15 @@ pub struct Timeouts {
     /// reused, since the upstream may have closed them already. (Idle client connections are
     /// closed after `header`, see there.) Default 60 s.
     pub idle: Duration,
+    /// A client's request body must make progress within this: it bounds the wait for each
+    /// piece of the body, counted only while graygate is ready for more (an upstream slow to
+    /// read does not count against the client). Expired: 408 and the connection is closed, or,
+    /// once the response has started, the connection is closed. Default 30 s.
+    pub client_body: Duration,
+    /// An upstream's response body must make progress within this, counted the same way (a
+    /// client slow to read does not count against the upstream). Expired: the response has
+    /// started, so the client's connection is closed. Default 60 s.
+    pub upstream_body: Duration,
 }
 
 impl Default for Timeouts {
@@ -95,6 +110,8 @@ impl Default for Timeouts {
             header: Duration::from_secs(10),
             upstream_response: Duration::from_secs(30),
             idle: Duration::from_secs(60),
+            client_body: Duration::from_secs(30),
+            upstream_body: Duration::from_secs(60),
         }
     }
 }
@@ -435,12 +452,12 @@ impl ObservedBody {
 
 impl Body for ObservedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
@@ -488,6 +505,17 @@ async fn proxy(
         return text(StatusCode::METHOD_NOT_ALLOWED, NO_CONNECT);
     }
 
+    // Phase "edge": refused, or made canonical for the route and the upstream alike.
+    let client_ip_cfg = &shared.cfg.client_ip;
+    let strip_forwarded =
+        client_ip_cfg.strip_untrusted_forwarded && !client_ip_cfg.is_trusted(peer.ip());
+    if let Err(refusal) = edge::admit(&mut req, strip_forwarded) {
+        debug!(peer = %peer, refusal = %refusal, "request refused at the edge");
+        return closing(text(refusal.status(), refusal.body()));
+    }
+    // The body timeouts are reloaded with the upstream table.
+    let timeouts = shared.upstreams.load().timeouts();
+
     // Phase "route".
     let choice = {
         let uri = req.uri();
@@ -512,18 +540,28 @@ async fn proxy(
     };
 
     // Phase "rewrite". An upgrade's client side must be claimed before the request moves on.
-    let upgrade = forward::is_upgrade_request(req.headers());
+    let upgrade = req.version() == Version::HTTP_11 && forward::is_websocket_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let unsized_body = req.body().size_hint().exact().is_none();
     forward::rewrite_request(&mut req, peer.ip(), client_ip, upgrade);
-    if let Some(name) = &shared.cfg.version_header {
-        forward::set_version_header(req.headers_mut(), name, &choice.version);
+    if unsized_body && !upgrade {
+        forward::send_chunked(req.headers_mut());
     }
-    let activity = Arc::new(Activity::new());
-    let req = req.map(|body| TrackedBody::new(body, activity.clone()).boxed());
+    match &shared.cfg.version_header {
+        Some(name) => forward::set_version_header(req.headers_mut(), name, &choice.version),
+        // No version header is sent, and none of the client's passes either.
+        None => {
+            req.headers_mut().remove(forward::DEFAULT_VERSION_HEADER);
+        }
+    }
+    let body_state = Arc::new(edge::BodyState::default());
+    let activity = &body_state.activity;
+    let req = req
+        .map(|body| edge::ClientBody::new(body, body_state.clone(), timeouts.client_body).boxed());
 
     // Phase "upstream", with the canary -> stable fallback while the body is still unread.
     outcome.upstream = Some(choice.upstream);
-    let mut result = shared.upstreams.send(choice.upstream, req, &activity).await;
+    let mut result = shared.upstreams.send(choice.upstream, req, activity).await;
     if choice.upstream != choice.stable_upstream {
         if let Err(SendError::Unreachable { request, error }) = result {
             debug!(
@@ -541,17 +579,26 @@ async fn proxy(
             outcome.upstream = Some(choice.stable_upstream);
             result = shared
                 .upstreams
-                .send(choice.stable_upstream, request, &activity)
+                .send(choice.stable_upstream, request, activity)
                 .await;
         }
     }
 
     let mut own_error = false;
+    let mut client_fault = None;
     let response = match result {
         Ok(exchange) => {
-            outcome.server = Some(exchange.server);
             outcome.upstream_headers = Some(exchange.headers_after);
-            respond(exchange.response, client_upgrade, &choice)
+            let (response, own) = respond(
+                exchange.response,
+                client_upgrade,
+                &choice,
+                &exchange.server,
+                timeouts.upstream_body,
+            );
+            outcome.server = Some(exchange.server);
+            own_error = own;
+            response
         }
         Err(SendError::Unreachable { error, .. }) => {
             own_error = true;
@@ -565,13 +612,20 @@ async fn proxy(
             text(StatusCode::BAD_GATEWAY, UNAVAILABLE)
         }
         Err(SendError::Failed { server, error }) => {
-            own_error = true;
-            let timed_out = matches!(error, UpstreamError::ResponseTimeout { .. });
             outcome.server = Some(server);
-            if timed_out {
+            let timed_out = matches!(error, UpstreamError::ResponseTimeout { .. });
+            if let Some(fault) = body_state.fault() {
+                // The client broke its body or let it stall: its error, not the upstream's.
+                // Logged as nginx logs a client timeout: at info, naming the client's fault.
+                info!(route = %choice.route, version = %choice.version, client_ip = %client_ip, "{}: client error: {}", fault.status().as_u16(), fault.body().trim_start_matches("graygate: ").trim_end());
+                client_fault = Some(fault);
+                closing(text(fault.status(), fault.body()))
+            } else if timed_out {
+                own_error = true;
                 warn!(route = %choice.route, version = %choice.version, error = %error, "504: upstream timed out");
                 text(StatusCode::GATEWAY_TIMEOUT, TIMED_OUT)
             } else {
+                own_error = true;
                 warn!(route = %choice.route, version = %choice.version, error = %error, "502: upstream request failed");
                 text(StatusCode::BAD_GATEWAY, UNAVAILABLE)
             }
@@ -586,38 +640,56 @@ async fn proxy(
         };
         forward::set_version_header(response.headers_mut(), name, version);
     }
-    shared.router.answered(
-        &choice,
-        Answer {
-            status: response.status().as_u16(),
-            failed: own_error || outcome.fell_back,
-            latency: started.elapsed(),
-        },
-    );
+    // A request the client broke says nothing about the version: not counted for it.
+    if client_fault.is_none() {
+        shared.router.answered(
+            &choice,
+            Answer {
+                status: response.status().as_u16(),
+                failed: own_error || outcome.fell_back,
+                latency: started.elapsed(),
+            },
+        );
+    }
     outcome.choice = Some(choice);
     response
 }
 
-/// Phase "respond": the upstream's response, rewritten, its body streamed as is. A 101 to an
-/// upgrade request starts the tunnel between the two upgraded connections.
+/// Phase "respond": the upstream's response, rewritten, its body streamed as is (bounded by
+/// `upstream_body` per frame). A 101 to a WebSocket upgrade request starts the tunnel between
+/// the two upgraded connections. The flag is true when graygate answered itself (502) instead.
 fn respond(
     mut response: Response<Incoming>,
     client_upgrade: Option<OnUpgrade>,
     choice: &Decision,
-) -> Response<ProxyBody> {
+    server: &Arc<str>,
+    upstream_body: Duration,
+) -> (Response<ProxyBody>, bool) {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
             // The upstream switched protocols nobody asked for: the client could not follow.
             warn!(route = %choice.route, version = %choice.version, "502: unrequested 101 from upstream");
-            return text(StatusCode::BAD_GATEWAY, UNAVAILABLE);
+            return (text(StatusCode::BAD_GATEWAY, UNAVAILABLE), true);
         };
+        if !forward::is_websocket_switch(response.headers()) {
+            // Only WebSocket is tunnelled: anything else would leave the connection unrouted.
+            warn!(route = %choice.route, version = %choice.version, "502: upstream switched to a protocol other than WebSocket");
+            return (text(StatusCode::BAD_GATEWAY, UNAVAILABLE), true);
+        }
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
         forward::rewrite_response(&mut response);
-        return response.map(|_| empty());
+        return (response.map(|_| empty()), false);
+    }
+    if let Err(error) = edge::check_response_framing(response.headers_mut()) {
+        warn!(route = %choice.route, version = %choice.version, server = %server, error = %error, "502: upstream response framing");
+        return (text(StatusCode::BAD_GATEWAY, UNAVAILABLE), true);
     }
     forward::rewrite_response(&mut response);
-    response.map(|body| body.boxed())
+    let server = server.clone();
+    let response =
+        response.map(|body| edge::UpstreamBody::new(body, upstream_body, server).boxed());
+    (response, false)
 }
 
 /// Copies bytes both ways between the client and the upstream once both sides have switched
@@ -651,6 +723,14 @@ fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// `answer` with `Connection: close`: hyper closes the connection once it is sent.
+fn closing(mut answer: Response<ProxyBody>) -> Response<ProxyBody> {
+    answer
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    answer
 }
 
 fn empty() -> ProxyBody {

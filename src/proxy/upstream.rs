@@ -433,6 +433,12 @@ impl Upstreams {
             .flat_map(|u| u.servers.iter().map(|s| &*s.addr))
     }
 
+    /// The timeouts the table was built with: the ones a reload applies, read by every request
+    /// (also the client and upstream body timeouts, which the edge enforces).
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
     /// Connect failures of server `addr` of upstream `index` since start (for metrics).
     pub fn connect_failures(&self, index: usize, addr: &str) -> Option<u64> {
         let server = self
@@ -672,7 +678,8 @@ impl Upstreams {
     }
 
     /// Sends on `sender` and waits for the response headers, bounded by the response timeout
-    /// counted from the last [`Activity`] (so a long upload is not cut off while it moves).
+    /// counted from the last [`Activity`] (so a long upload is not cut off while it moves), and
+    /// held while the request waits for the client's body (the client body timeout bounds that).
     async fn exchange(
         &self,
         sender: &mut SendRequest<ProxyBody>,
@@ -681,8 +688,13 @@ impl Upstreams {
     ) -> Result<Response<Incoming>, ExchangeError> {
         let sent = sender.try_send_request(request);
         tokio::pin!(sent);
+        // When the timer last found the request waiting for the client.
+        let mut client_was_late = None;
         loop {
-            let deadline = activity.last() + self.response_timeout;
+            let mut deadline = activity.last() + self.response_timeout;
+            if let Some(at) = client_was_late {
+                deadline = deadline.max(at + self.response_timeout);
+            }
             tokio::select! {
                 result = &mut sent => {
                     return match result {
@@ -694,7 +706,9 @@ impl Upstreams {
                     };
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => {
-                    if activity.last() + self.response_timeout <= Instant::now() {
+                    if activity.waits_for_client() {
+                        client_was_late = Some(Instant::now());
+                    } else if activity.last() + self.response_timeout <= Instant::now() {
                         // Dropping `sent` cancels the request and closes the connection.
                         return Err(ExchangeError::Timeout);
                     }
@@ -1046,13 +1060,18 @@ pub fn check_host_port(addr: &str) -> Result<(), ServerError> {
 
 /// When a request last made progress: it went out, or a chunk of its body did. The upstream
 /// response timeout counts from here, so that it bounds a silent upstream and a stalled
-/// upload, but not an upload that is still moving.
+/// upload, but not an upload that is still moving. While the request waits for the client's
+/// body ([`Activity::wait_for_client`]), the upstream is not late: the client body timeout
+/// applies instead.
 #[derive(Debug)]
 pub struct Activity {
     /// Origin of `last_ms`.
     epoch: Instant,
     /// Milliseconds from `epoch` to the last progress.
     last_ms: AtomicU64,
+    /// True while the upstream side asked for more of the request body and the client has not
+    /// sent it yet.
+    waiting_for_client: AtomicBool,
 }
 
 impl Activity {
@@ -1061,7 +1080,19 @@ impl Activity {
         Activity {
             epoch: Instant::now(),
             last_ms: AtomicU64::new(0),
+            waiting_for_client: AtomicBool::new(false),
         }
+    }
+
+    /// Says whether the request now waits for the client's body (set by the body as it is
+    /// polled).
+    pub fn wait_for_client(&self, waiting: bool) {
+        self.waiting_for_client.store(waiting, Ordering::Relaxed);
+    }
+
+    /// True while the request waits for the client's body.
+    pub fn waits_for_client(&self) -> bool {
+        self.waiting_for_client.load(Ordering::Relaxed)
     }
 
     /// Records progress now.

@@ -452,7 +452,7 @@ async fn a_new_upstream_added_by_sighup_gets_traffic_without_a_restart() {
     });
     let out = ctl.ok(&["reload"]);
     assert!(
-        out.contains("timeouts   applied    connect 2s, upstream_response 5s, idle 1m"),
+        out.contains("timeouts   applied    connect 2s, upstream_response 5s, idle 1m, client_body 30s, upstream_body 1m"),
         "{out}"
     );
     assert!(

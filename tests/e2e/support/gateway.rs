@@ -108,6 +108,18 @@ impl GatewayBuilder {
         self
     }
 
+    /// `[timeouts] client_body`.
+    pub fn client_body_timeout(mut self, timeout: Duration) -> Self {
+        self.file.timeouts.client_body = Some(humantime::format_duration(timeout).to_string());
+        self
+    }
+
+    /// `[timeouts] upstream_body`.
+    pub fn upstream_body_timeout(mut self, timeout: Duration) -> Self {
+        self.file.timeouts.upstream_body = Some(humantime::format_duration(timeout).to_string());
+        self
+    }
+
     /// The policy as it will be written, to change in place.
     pub fn policy_mut(&mut self) -> &mut PolicyDoc {
         &mut self.policy

@@ -7,13 +7,15 @@
 //! - [`policy`]: `service("web").rule("beta", "canary", header("X-Env").equals("beta"))`;
 //! - [`eventually`]: the one way to wait, with a patience multiplier from the environment;
 //! - [`servers`]: Redis, memcached and a server that never answers;
-//! - [`client`] and [`ctl`]: HTTP to the data plane and the admin API, and `graygate ctl`.
+//! - [`client`] and [`ctl`]: HTTP to the data plane and the admin API, and `graygate ctl`;
+//! - [`raw`]: HTTP/1.1 as bytes: a client and upstreams that write exactly what a test gives.
 
 pub mod client;
 pub mod ctl;
 pub mod eventually;
 pub mod gateway;
 pub mod policy;
+pub mod raw;
 pub mod servers;
 
 /// The admin token the tests that need authentication configure (and `ctl` sends).
