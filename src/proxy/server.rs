@@ -46,7 +46,10 @@ use tracing::{debug, warn};
 
 use super::client_ip::ClientIpConfig;
 use super::forward;
-use super::upstream::{Activity, LiveUpstreams, SendError, TrackedBody, UpstreamError};
+use super::retry::Replay;
+use super::upstream::{
+    Activity, LiveUpstreams, SendError, SendOptions, TrackedBody, UpstreamError,
+};
 use super::{Answer, ProxyBody, Router};
 use crate::policy::{Decision, RequestFacts};
 
@@ -188,6 +191,11 @@ pub struct RequestRecord<'a> {
     pub status: StatusCode,
     /// True when the chosen version could not be reached and stable was tried instead.
     pub fell_back: bool,
+    /// True when the chosen version had no server in service (health checks, ejection), so
+    /// that the request went to stable without trying it (`fell_back` is set too).
+    pub unhealthy: bool,
+    /// True when the request was sent a second time because its server died before answering.
+    pub retried: bool,
     /// Response body bytes handed to the client connection (headers and chunked framing not
     /// counted). Smaller than the body's length when the response was abandoned.
     pub bytes_sent: u64,
@@ -336,6 +344,8 @@ struct Outcome {
     upstream: Option<usize>,
     server: Option<Arc<str>>,
     fell_back: bool,
+    unhealthy: bool,
+    retried: bool,
     upstream_headers: Option<Duration>,
 }
 
@@ -408,6 +418,8 @@ impl Report {
             server: outcome.server.as_deref(),
             status: self.status,
             fell_back: outcome.fell_back,
+            unhealthy: outcome.unhealthy,
+            retried: outcome.retried,
             bytes_sent,
             total: self.started.elapsed(),
             upstream_headers: outcome.upstream_headers,
@@ -519,12 +531,21 @@ async fn proxy(
         forward::set_version_header(req.headers_mut(), name, &choice.version);
     }
     let activity = Arc::new(Activity::new());
+    let mut options = SendOptions {
+        fallback: choice.upstream != choice.stable_upstream,
+        retry: Replay::of(&req, upgrade),
+        retried: false,
+    };
     let req = req.map(|body| TrackedBody::new(body, activity.clone()).boxed());
 
-    // Phase "upstream", with the canary -> stable fallback while the body is still unread.
+    // Phase "upstream", with the canary -> stable fallback while the body is still unread (or
+    // the request can be sent again).
     outcome.upstream = Some(choice.upstream);
-    let mut result = shared.upstreams.send(choice.upstream, req, &activity).await;
-    if choice.upstream != choice.stable_upstream {
+    let mut result = shared
+        .upstreams
+        .send_with(choice.upstream, req, &activity, &mut options)
+        .await;
+    if options.fallback {
         if let Err(SendError::Unreachable { request, error }) = result {
             debug!(
                 route = %choice.route,
@@ -538,13 +559,16 @@ async fn proxy(
                 forward::set_version_header(request.headers_mut(), name, &choice.stable_version);
             }
             outcome.fell_back = true;
+            outcome.unhealthy = matches!(error, UpstreamError::OutOfService { .. });
             outcome.upstream = Some(choice.stable_upstream);
+            options.fallback = false;
             result = shared
                 .upstreams
-                .send(choice.stable_upstream, request, &activity)
+                .send_with(choice.stable_upstream, request, &activity, &mut options)
                 .await;
         }
     }
+    outcome.retried = options.retried;
 
     let mut own_error = false;
     let response = match result {
@@ -937,6 +961,7 @@ mod tests {
                         weight: *weight,
                     })
                     .collect(),
+                ..UpstreamConfig::default()
             });
             self
         }

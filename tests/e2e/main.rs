@@ -4,6 +4,8 @@
 //! One test binary, one module per area:
 //! - [`routing`]: every matcher, sticky splits across a restart, client IPs, policy swaps under
 //!   load, dead upstreams, large bodies, WebSocket;
+//! - [`health`]: health checks, passive ejection and retries: backends killed and restarted
+//!   under load with no failed request;
 //! - [`observe`]: metrics and the access log account for every request;
 //! - [`logs`]: what graygate writes to stderr when it cannot start;
 //! - [`admin`]: the admin API refuses bad input naming the field, revisions, tokens, explain, ctl;
@@ -31,6 +33,7 @@ mod ctl_honest;
 mod demo;
 mod doc_figures;
 mod docs;
+mod health;
 mod live;
 mod logs;
 mod observe;
