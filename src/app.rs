@@ -130,6 +130,9 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
         config.upstreams.clone(),
         &config.timeouts,
     )?);
+    // The first health check of every checked server, before any listener opens: a server that
+    // is down from the start never gets a request.
+    upstreams.start_health_checks().await;
     let upstream_names = upstreams.current().policy_names();
     let seed = config.policy.as_ref().map(|p| &p.doc);
     // A little above the cache's own bound, so that the cache (which can serve a stale value)
@@ -208,7 +211,8 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
             crate::admin::Auth::new(admin.tokens.clone()),
             config.client_ip.clone(),
         )
-        .with_reloader(reloader.clone());
+        .with_reloader(reloader.clone())
+        .with_upstreams(upstreams.clone());
         servers.push(tokio::spawn(crate::admin::serve(
             listener,
             state,

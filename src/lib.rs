@@ -12,7 +12,8 @@
 //!   embedded store (redb) is the default.
 //! - [`rollout`]: PURE core of rollouts: the plan and its states, the transitions, the per-version
 //!   counters, the statistics and the verdict on a window of canary against stable traffic.
-//! - [`proxy`]: the data plane on hyper: listener, client IP, forwarding, upstream pools, fallback.
+//! - [`proxy`]: the data plane on hyper: listener, client IP, forwarding, upstream pools, health
+//!   checks and passive ejection, fallback, retries.
 //! - [`observe`]: the end of the line: Prometheus metrics (on their own listener) and the access
 //!   log, fed by the data plane once per request without making it wait.
 //! - [`config`]: the TOML startup config, validated into the types above; errors name file, line

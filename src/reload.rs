@@ -3,10 +3,12 @@
 //!
 //! The live-change model (`docs/config.md`): the config's **policy seeds** the store, and the rest
 //! of the config is what a reload applies.
-//! - **Upstreams** (added, removed, servers changed) and their **timeouts** (connect, response,
-//!   idle, and the client and upstream body timeouts): the data plane's table is rebuilt with stable indexes and swapped together with the
-//!   upstream names the policy compiles against ([`Gateway::set_upstreams`]). An upstream the
-//!   running policy still uses cannot be removed: that part is refused and the table stays.
+//! - **Upstreams** (added, removed, servers or health settings changed) and their **timeouts**
+//!   (connect, response, idle, and the client and upstream body timeouts): the data plane's table is rebuilt with stable indexes and swapped
+//!   together with the upstream names the policy compiles against ([`Gateway::set_upstreams`]).
+//!   The active health checks of new and rebuilt upstreams run once before the swap and go on
+//!   after it; those of removed ones stop. An upstream the running policy still uses cannot be
+//!   removed: that part is refused and the table stays.
 //! - **The log format** (`[log] format`), when the process gave a switch for it
 //!   ([`Reloader::set_log_format_switch`]; `graygate run` does).
 //! - **The policy**: applied only when the file's changed since it was last applied, and never
@@ -129,7 +131,12 @@ impl Reloader {
         let part = |outcome, message: String| ReloadedPart { outcome, message };
         let timeouts_text = timeouts_text(new);
         let plan = match self.upstreams.plan(&new.upstreams, &new.timeouts) {
-            Ok(plan) => plan,
+            // The first health check of the servers of new and rebuilt upstreams, before a
+            // request can reach them.
+            Ok(plan) => {
+                plan.start_health_checks().await;
+                plan
+            }
             // The config checked them already: only a table built in code could get here.
             Err(e) => {
                 let message = format!("not applied: {}: {e}", e.field());

@@ -10,7 +10,7 @@
 //!
 //! | endpoint | what |
 //! |---|---|
-//! | `GET /v1/status` | revision, store health, per service: stable, versions, split, rules, live traffic per version |
+//! | `GET /v1/status` | revision, store health, per service: stable, versions, split, rules, live traffic and server health per version |
 //! | `GET, PUT /v1/policy` | the whole policy document |
 //! | `GET, POST /v1/routes`, `GET, PUT, DELETE /v1/routes/{name}` | routes |
 //! | `GET, POST /v1/services`, `GET, PUT, DELETE /v1/services/{name}` | services |
@@ -73,7 +73,7 @@ pub use extract::Write;
 use crate::api::{ADMIN_HEADER, ADMIN_VERSION};
 use crate::gateway::Gateway;
 use crate::policy::PolicyDoc;
-use crate::proxy::ClientIpConfig;
+use crate::proxy::{ClientIpConfig, LiveUpstreams};
 use crate::reload::Reloader;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
@@ -110,6 +110,9 @@ pub struct AdminState {
     /// Reads the config file again for `POST /v1/reload`; unset when graygate was not started
     /// from a config file.
     reloader: OnceLock<Arc<Reloader>>,
+    /// The data plane's upstream table, for the health of each version's servers in the status
+    /// and explain; unset: no health is shown.
+    upstreams: OnceLock<Arc<LiveUpstreams>>,
 }
 
 impl AdminState {
@@ -120,7 +123,14 @@ impl AdminState {
             client_ip,
             samples: Mutex::new(VecDeque::new()),
             reloader: OnceLock::new(),
+            upstreams: OnceLock::new(),
         })
+    }
+
+    /// The state with the health of the data plane's upstreams shown in status and explain.
+    pub fn with_upstreams(self: Arc<Self>, upstreams: Arc<LiveUpstreams>) -> Arc<Self> {
+        let _ = self.upstreams.set(upstreams);
+        self
     }
 
     /// The state with `POST /v1/reload` answered by `reloader`.

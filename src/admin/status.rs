@@ -4,10 +4,12 @@ use super::error::ApiError;
 use super::extract::JsonBody;
 use super::{AdminState, Shared};
 use crate::api::{
-    paths, Explain, Explanation, Health, Readiness, Revision, Revisioned, Routed, RuleSummary,
-    ServiceStatus, Status, StoreStatus, Traffic,
+    paths, Explain, Explanation, Fallback, Health, Readiness, Revision, Revisioned, Routed,
+    RuleSummary, ServerHealth, ServerHealthState, ServiceStatus, Status, StoreStatus, Traffic,
+    VersionHealth,
 };
 use crate::policy::{Reason, RequestFacts};
+use crate::proxy::{ServerState, ServerStatus, Upstreams};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -69,6 +71,7 @@ async fn status(State(s): Shared) -> Revisioned<Status> {
     let revision = s.gateway.revision();
     let health = s.gateway.store().health();
     let (counts, rates) = s.traffic();
+    let table = s.upstreams.get().map(|u| u.current());
     let services = policy
         .doc()
         .services
@@ -101,6 +104,14 @@ async fn status(State(s): Shared) -> Revisioned<Status> {
                     version: r.version.clone(),
                 })
                 .collect();
+            let health = match &table {
+                Some(table) => svc
+                    .versions
+                    .iter()
+                    .filter_map(|(v, upstream)| Some((v.clone(), version_health(table, upstream)?)))
+                    .collect(),
+                None => Default::default(),
+            };
             ServiceStatus {
                 name: svc.name.clone(),
                 stable: svc.stable.clone(),
@@ -109,6 +120,7 @@ async fn status(State(s): Shared) -> Revisioned<Status> {
                 split: svc.split.clone(),
                 rules,
                 traffic,
+                health,
             }
         })
         .collect();
@@ -213,6 +225,17 @@ async fn explain(
         Reason::Rule { name } => Some(name.to_string()),
         _ => None,
     };
+    // As the data plane decides: a version with no server in service sends to stable.
+    let fallback = s.upstreams.get().and_then(|upstreams| {
+        let table = upstreams.load();
+        if d.upstream == d.stable_upstream || table.in_service(d.upstream) {
+            return None;
+        }
+        Some(Fallback {
+            version: d.stable_version.to_string(),
+            reason: out_of_service(&table, d.upstream),
+        })
+    });
     Ok(Json(Explanation {
         revision: Revision(revision),
         method,
@@ -225,6 +248,61 @@ async fn explain(
             stable: d.stable_version.to_string(),
             upstream: s.gateway.upstream_names().get(d.upstream).cloned(),
             rule,
+            fallback,
         }),
     }))
+}
+
+/// The health of upstream `name`'s servers; `None` when the table has no such upstream.
+fn version_health(table: &Upstreams, name: &str) -> Option<VersionHealth> {
+    let index = table.index_of(name)?;
+    let servers: Vec<ServerStatus> = table.health(index);
+    let in_service = servers
+        .iter()
+        .filter(|s| s.state == ServerState::Up)
+        .count();
+    let time = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    Some(VersionHealth {
+        upstream: name.to_string(),
+        checked: table.checked_actively(index),
+        in_service,
+        servers: servers
+            .into_iter()
+            .map(|s| ServerHealth {
+                server: s.addr,
+                state: match s.state {
+                    ServerState::Up => ServerHealthState::Up,
+                    ServerState::Down => ServerHealthState::Down,
+                    ServerState::Ejected => ServerHealthState::Ejected,
+                    ServerState::Drained => ServerHealthState::Drained,
+                },
+                reason: s.reason,
+                since: s.since.map(time),
+                until: s.until.map(time),
+            })
+            .collect(),
+    })
+}
+
+/// Why upstream `index` takes no request: `no server of upstream `canary` is in service
+/// (127.0.0.1:9001 down: <reason>)`.
+fn out_of_service(table: &Upstreams, index: usize) -> String {
+    let name = table.name(index).unwrap_or_default();
+    let why: Vec<String> = table
+        .health(index)
+        .into_iter()
+        .filter(|s| s.state == ServerState::Down || s.state == ServerState::Ejected)
+        .map(|s| match s.reason {
+            Some(reason) => format!("{} {}: {reason}", s.addr, s.state.as_str()),
+            None => format!("{} {}", s.addr, s.state.as_str()),
+        })
+        .collect();
+    if why.is_empty() {
+        format!("no server of upstream `{name}` is in service")
+    } else {
+        format!(
+            "no server of upstream `{name}` is in service ({})",
+            why.join("; ")
+        )
+    }
 }

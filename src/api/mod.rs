@@ -50,8 +50,8 @@ pub use reload::{ReloadOutcome, Reloaded, ReloadedPart, ReloadedPolicy};
 pub use revision::{BadRevision, IfMatch, Revision, Revisioned, Tagged};
 pub use rollout::{RolloutView, StartRollout, VersionFigures, WindowView};
 pub use status::{
-    Explain, Explanation, Health, Readiness, Routed, RuleSummary, ServiceStatus, Status,
-    StoreStatus, Traffic,
+    Explain, Explanation, Fallback, Health, Readiness, Routed, RuleSummary, ServerHealth,
+    ServerHealthState, ServiceStatus, Status, StoreStatus, Traffic, VersionHealth,
 };
 
 /// The header every answer of the admin API carries, with graygate's version: how `graygate ctl`

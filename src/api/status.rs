@@ -57,6 +57,56 @@ pub struct ServiceStatus {
     pub rules: Vec<RuleSummary>,
     /// Per version: requests this instance routed there.
     pub traffic: BTreeMap<String, Traffic>,
+    /// Per version: the health of its upstream's servers (absent when the admin API does not
+    /// see the data plane).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub health: BTreeMap<String, VersionHealth>,
+}
+
+/// The health of the servers that serve one version (its upstream's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionHealth {
+    /// The upstream that serves the version.
+    pub upstream: String,
+    /// True when the upstream has active health checks (`health` in the config); without them
+    /// only passive ejection takes a server out of service.
+    pub checked: bool,
+    /// Servers in service now. At 0, the version's requests go to the service's stable version
+    /// (and the stable version's own go to its servers anyway, as a last resort).
+    pub in_service: usize,
+    /// Every server, in the config's order.
+    pub servers: Vec<ServerHealth>,
+}
+
+/// One server as the health checks and passive ejection see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerHealth {
+    /// `host:port`.
+    pub server: String,
+    pub state: ServerHealthState,
+    /// Why it is out of service: the last failed check, or the failures that ejected it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Since when it is out of service, RFC 3339 UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Until when an ejected server stays out, RFC 3339 UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+}
+
+/// Whether a server takes requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerHealthState {
+    /// In service.
+    Up,
+    /// Its active health checks fail.
+    Down,
+    /// Ejected for a while after failed answers in a row.
+    Ejected,
+    /// Weight 0 in the config: never used.
+    Drained,
 }
 
 /// A rule in the status: its name and where it sends.
@@ -136,6 +186,20 @@ pub struct Routed {
     pub upstream: Option<String>,
     /// The rule that decided, if a rule did.
     pub rule: Option<String>,
+    /// Set when the version's upstream has no server in service: the request would go to the
+    /// stable version instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
+}
+
+/// Who would answer instead of the chosen version, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fallback {
+    /// The version that would answer: the service's stable version.
+    pub version: String,
+    /// Why the chosen version would not: `no server of upstream canary is in service
+    /// (127.0.0.1:9001 down: ...)`.
+    pub reason: String,
 }
 
 #[cfg(test)]
@@ -166,6 +230,21 @@ mod tests {
                 "traffic": {"canary": {"requests": 1042, "per_second": 12.3},
                             "stable": {"requests": 9378, "per_second": null}}}]}),
         );
+        let with_health: Revisioned<Status> = same(json!({"revision": 7, "last_reload": null,
+            "store": {"kind": "embedded", "degraded": false, "since": null, "last_error": null},
+            "services": [{"name": "web", "stable": "stable", "rollback_to": null,
+                "versions": {"canary": "canary", "stable": "stable"}, "split": null, "rules": [],
+                "traffic": {},
+                "health": {"canary": {"upstream": "canary", "checked": true, "in_service": 0,
+                    "servers": [{"server": "127.0.0.1:9001", "state": "down",
+                        "reason": "3 health checks failed in a row: GET /healthz: answered 503",
+                        "since": "2026-11-23T12:22:26Z"}]},
+                    "stable": {"upstream": "stable", "checked": false, "in_service": 1,
+                    "servers": [{"server": "127.0.0.1:9000", "state": "up"}]}}}]}));
+        assert_eq!(
+            with_health.body.services[0].health["canary"].servers[0].state,
+            ServerHealthState::Down
+        );
         same::<Readiness>(json!({"status": "ready", "revision": 7}));
         same::<Readiness>(json!({"status": "not ready", "reason": "no policy"}));
         same::<Health>(json!({"status": "ok"}));
@@ -177,6 +256,11 @@ mod tests {
             "client_ip": "10.0.0.7", "route": "web", "service": "web", "version": "canary",
             "stable": "stable", "upstream": "canary", "reason": "rule:gray-ips", "rule": "gray-ips"}));
         assert_eq!(routed.routed.unwrap().rule.as_deref(), Some("gray-ips"));
+        let down: Explanation = same(json!({"revision": 7, "method": "GET",
+            "client_ip": "10.0.0.7", "route": "web", "service": "web", "version": "canary",
+            "stable": "stable", "upstream": "canary", "reason": "rule:gray-ips", "rule": "gray-ips",
+            "fallback": {"version": "stable", "reason": "no server of upstream `canary` is in service"}}));
+        assert_eq!(down.routed.unwrap().fallback.unwrap().version, "stable");
         let lost: Explanation = same(json!({"revision": 7, "method": "GET",
             "client_ip": "127.0.0.1", "route": null, "version": null,
             "reason": "no route serves host `` and path `/`: the request gets 404"}));

@@ -8,7 +8,7 @@ use super::client::Answer;
 use super::CtlError;
 use crate::api::{
     EntryList, Explanation, History, Reloaded, Revisioned, RolloutView, RouteList, RuleList,
-    ServiceList, Status, VersionFigures, VersionList, Weights,
+    ServerHealthState, ServiceList, Status, VersionFigures, VersionHealth, VersionList, Weights,
 };
 use crate::policy::model::{IdentityDoc, SplitDoc};
 use crate::policy::{buckets_of_percent, BUCKETS};
@@ -182,6 +182,19 @@ pub fn status(v: &Revisioned<Status>) -> String {
     );
     let mut rows = Vec::new();
     let mut notes = Vec::new();
+    // The health column only when there is something to say: active checks somewhere, or a
+    // server out of service.
+    let show_health = s.services.iter().any(|svc| {
+        svc.health.values().any(|h| {
+            h.checked
+                || h.servers.iter().any(|x| {
+                    matches!(
+                        x.state,
+                        ServerHealthState::Down | ServerHealthState::Ejected
+                    )
+                })
+        })
+    });
     for svc in &s.services {
         // Stable first, then the others by name.
         let mut versions: Vec<(&String, &String)> = svc.versions.iter().collect();
@@ -203,7 +216,7 @@ pub fn status(v: &Revisioned<Status>) -> String {
                     .map_or_else(|| "0%".to_string(), |w| pct(*w))
             };
             let traffic = svc.traffic.get(version);
-            rows.push(vec![
+            let mut row = vec![
                 svc.name.clone(),
                 version.clone(),
                 upstream.clone(),
@@ -214,7 +227,15 @@ pub fn status(v: &Revisioned<Status>) -> String {
                     .and_then(|t| t.per_second)
                     .map(number)
                     .unwrap_or_default(),
-            ]);
+            ];
+            if show_health {
+                let health = svc.health.get(version);
+                row.push(health.map(health_text).unwrap_or_default());
+                if let Some(h) = health {
+                    notes.extend(health_notes(&svc.name, version, &svc.stable, h));
+                }
+            }
+            rows.push(row);
         }
         let rules: Vec<String> = svc
             .rules
@@ -232,17 +253,64 @@ pub fn status(v: &Revisioned<Status>) -> String {
             notes.push(format!("split of {}: sticky by {}", svc.name, identity(by)));
         }
     }
-    out.push_str(&table(
-        &[
-            "SERVICE", "VERSION", "UPSTREAM", "ROLE", "WEIGHT", "REQUESTS", "PER_SEC",
-        ],
-        &rows,
-    ));
+    let mut header = vec![
+        "SERVICE", "VERSION", "UPSTREAM", "ROLE", "WEIGHT", "REQUESTS", "PER_SEC",
+    ];
+    if show_health {
+        header.push("HEALTH");
+    }
+    out.push_str(&table(&header, &rows));
     for note in notes {
         out.push('\n');
         out.push_str(&note);
     }
     out
+}
+
+/// A version's health in one word: `up` (every used server in service), `1/2 up`, or `DOWN`
+/// (none: its requests go to stable).
+fn health_text(h: &VersionHealth) -> String {
+    let used = h
+        .servers
+        .iter()
+        .filter(|s| s.state != ServerHealthState::Drained)
+        .count();
+    if h.in_service == 0 && used > 0 {
+        "DOWN".to_string()
+    } else if h.in_service >= used {
+        "up".to_string()
+    } else {
+        format!("{}/{used} up", h.in_service)
+    }
+}
+
+/// One line per server out of service, and one when the version has none left.
+fn health_notes(service: &str, version: &str, stable: &str, h: &VersionHealth) -> Vec<String> {
+    let mut notes = Vec::new();
+    for s in &h.servers {
+        let state = match s.state {
+            ServerHealthState::Down => "down",
+            ServerHealthState::Ejected => "ejected",
+            ServerHealthState::Up | ServerHealthState::Drained => continue,
+        };
+        let mut note = format!("{service} {version}: {} {state}", s.server);
+        if let Some(since) = &s.since {
+            note.push_str(&format!(" since {since}"));
+        }
+        if let Some(until) = &s.until {
+            note.push_str(&format!(" until {until}"));
+        }
+        if let Some(reason) = &s.reason {
+            note.push_str(&format!(": {reason}"));
+        }
+        notes.push(note);
+    }
+    if h.in_service == 0 && version != stable && !h.servers.is_empty() {
+        notes.push(format!(
+            "{service} {version}: no server in service: its requests go to {stable}"
+        ));
+    }
+    notes
 }
 
 /// `ctl routes list`.
@@ -368,7 +436,7 @@ pub fn explain(v: &Explanation) -> String {
     let (Some(version), Some(routed)) = (&v.version, &v.routed) else {
         return v.reason.clone();
     };
-    let rows = [
+    let mut rows = vec![
         ("version", version.clone()),
         ("reason", v.reason.clone()),
         ("upstream", routed.upstream.clone().unwrap_or_default()),
@@ -378,6 +446,13 @@ pub fn explain(v: &Explanation) -> String {
         ("client ip", v.client_ip.to_string()),
         ("revision", v.revision.to_string()),
     ];
+    if let Some(f) = &routed.fallback {
+        // Right under the version: the answer comes from elsewhere.
+        rows.insert(
+            1,
+            ("fallback", format!("{} answers: {}", f.version, f.reason)),
+        );
+    }
     let lines: Vec<String> = rows
         .iter()
         .map(|(label, value)| format!("{label:<10} {value}"))
@@ -610,6 +685,62 @@ mod tests {
              web      v3       next                       10%     1\n\
              rules of web, in order: beta -> v3\n\
              split of web: sticky by client_ip"
+        );
+    }
+
+    #[test]
+    fn status_shows_health_when_there_is_something_to_say() {
+        let v: Revisioned<Status> = serde_json::from_value(json!({"revision": 3,
+            "last_reload": null,
+            "store": {"kind": "embedded", "degraded": false, "since": null, "last_error": null},
+            "services": [{"name": "web", "stable": "stable", "rollback_to": null,
+                "versions": {"stable": "stable", "canary": "canary"},
+                "split": {"weights": {"canary": 50.0}},
+                "rules": [],
+                "traffic": {"stable": {"requests": 9, "per_second": null},
+                            "canary": {"requests": 4, "per_second": null}},
+                "health": {
+                    "canary": {"upstream": "canary", "checked": true, "in_service": 0,
+                        "servers": [{"server": "127.0.0.1:9001", "state": "down",
+                            "since": "2026-11-23T12:22:26Z",
+                            "reason": "3 health checks failed in a row: GET /healthz: answered 503"}]},
+                    "stable": {"upstream": "stable", "checked": false, "in_service": 1,
+                        "servers": [{"server": "127.0.0.1:9000", "state": "up"},
+                                    {"server": "127.0.0.1:9002", "state": "ejected",
+                                     "until": "2026-11-23T12:22:36Z",
+                                     "reason": "ejected for 10s: 5 failures in a row, the last: answered 502"}]}}}]}))
+        .unwrap();
+        assert_eq!(
+            status(&v),
+            "revision 3, store embedded: healthy\n\n\
+             SERVICE  VERSION  UPSTREAM  ROLE    WEIGHT  REQUESTS  PER_SEC  HEALTH\n\
+             web      stable   stable    stable  50%     9                  1/2 up\n\
+             web      canary   canary            50%     4                  DOWN\n\
+             web stable: 127.0.0.1:9002 ejected until 2026-11-23T12:22:36Z: ejected for 10s: 5 failures in a row, the last: answered 502\n\
+             web canary: 127.0.0.1:9001 down since 2026-11-23T12:22:26Z: 3 health checks failed in a row: GET /healthz: answered 503\n\
+             web canary: no server in service: its requests go to stable"
+        );
+    }
+
+    #[test]
+    fn explain_says_when_stable_answers_for_a_version_that_is_down() {
+        let v: Explanation = serde_json::from_value(json!({"revision": 2, "method": "GET",
+            "client_ip": "10.0.0.7", "route": "web", "service": "web", "version": "canary",
+            "stable": "stable", "upstream": "canary", "reason": "split:random:12", "rule": null,
+            "fallback": {"version": "stable",
+                "reason": "no server of upstream `canary` is in service (127.0.0.1:9001 down: x)"}}))
+        .unwrap();
+        assert_eq!(
+            explain(&v),
+            "version    canary\n\
+             fallback   stable answers: no server of upstream `canary` is in service (127.0.0.1:9001 down: x)\n\
+             reason     split:random:12\n\
+             upstream   canary\n\
+             service    web\n\
+             stable     stable\n\
+             route      web\n\
+             client ip  10.0.0.7\n\
+             revision   2"
         );
     }
 

@@ -163,6 +163,54 @@ pub struct UpstreamFile {
     pub name: String,
     /// `"host:port"`, optionally followed by ` weight=N`.
     pub servers: Vec<String>,
+    /// `health = { ... }`: active health checks of the servers; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthFile>,
+    /// `passive = { ... }`: passive ejection; absent: on, with its defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passive: Option<PassiveFile>,
+}
+
+/// An upstream's `health`: every key optional (defaults in `docs/config.md`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthFile {
+    /// The path requested (`GET`); default `/healthz`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Between the starts of two rounds of checks; default `2s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Bound of one check; default `1s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Passed checks in a row that bring a server back; default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<u32>,
+    /// Failed checks in a row that take a server out; default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy: Option<u32>,
+    /// Statuses that pass; default `[200]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statuses: Option<Vec<u16>>,
+    /// The `Host` of a check; default the server's `host:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// An upstream's `passive`: every key optional (defaults in `docs/config.md`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveFile {
+    /// Failed answers in a row that eject a server; 0: off; default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<u32>,
+    /// A first ejection's length; default `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ejection: Option<String>,
+    /// The longest ejection; default `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection: Option<String>,
 }
 
 /// `[metrics]`.
@@ -304,10 +352,25 @@ mod tests {
                 UpstreamFile {
                     name: "stable".into(),
                     servers: vec!["127.0.0.1:18080".into()],
+                    ..UpstreamFile::default()
                 },
                 UpstreamFile {
                     name: "canary".into(),
                     servers: vec!["127.0.0.1:19090 weight=3".into()],
+                    health: Some(HealthFile {
+                        path: Some("/ready?deep=1".into()),
+                        interval: Some("5s".into()),
+                        timeout: Some("500ms".into()),
+                        healthy: Some(1),
+                        unhealthy: Some(2),
+                        statuses: Some(vec![200, 204]),
+                        host: Some("canary.internal".into()),
+                    }),
+                    passive: Some(PassiveFile {
+                        failures: Some(3),
+                        ejection: Some("30s".into()),
+                        max_ejection: Some("10m".into()),
+                    }),
                 },
             ],
             policy: Some(PolicyDoc {
@@ -385,6 +448,8 @@ servers = ["127.0.0.1:18080"]
 [[upstreams]]
 name = "canary"
 servers = ["127.0.0.1:19090 weight=3"]
+health = { path = "/ready?deep=1", interval = "5s", timeout = "500ms", healthy = 1, unhealthy = 2, statuses = [200, 204], host = "canary.internal" }
+passive = { failures = 3, ejection = "30s", max_ejection = "10m" }
 
 [metrics]
 listen = "127.0.0.1:9091"

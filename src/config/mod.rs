@@ -10,6 +10,7 @@
 
 mod admin;
 pub mod file;
+mod health;
 pub(crate) mod locate;
 mod observe;
 
@@ -260,6 +261,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         upstreams.push(UpstreamConfig {
             name: u.name.clone(),
             servers,
+            health: health::health_check(i, u.health.as_ref(), &at)?,
+            passive: health::passive_health(i, u.passive.as_ref(), &at)?,
         });
     }
     // The data plane's own rules (names, servers), reported at the line of the field.

@@ -30,7 +30,7 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::proxy::{LiveUpstreams, RequestRecord, Upstreams};
+use crate::proxy::{LiveUpstreams, RequestRecord, ServerState, Upstreams};
 use crate::rollout::{Outcome, RolloutState};
 
 /// Upper bounds (seconds) of the latency histograms: from a 1 ms local answer to a 30 s
@@ -154,6 +154,12 @@ pub struct Metrics {
     decisions: IntCounterVec,
     /// `graygate_fallbacks_total{service, version}`: canary unreachable, stable answered.
     fallbacks: IntCounterVec,
+    /// `graygate_unhealthy_fallbacks_total{service, version}`: of those, the ones whose
+    /// version had no server in service (not tried at all).
+    unhealthy_fallbacks: IntCounterVec,
+    /// `graygate_retries_total{service, version}`: requests sent again after their server
+    /// died before answering, by the chosen version.
+    retries: IntCounterVec,
     /// `graygate_open_connections`.
     open_connections: IntGauge,
     /// `graygate_access_log_dropped_total`: shared with the access log, which counts.
@@ -168,6 +174,10 @@ pub struct Metrics {
     connect_failures: IntCounterVec,
     /// Its handles for the servers of the upstream table in use.
     server_failures: Mutex<TableFailures>,
+    /// `graygate_upstream_server_healthy{upstream, server}`, pulled: 1 while in service.
+    server_healthy: IntGaugeVec,
+    /// `graygate_upstream_ejections_total{upstream, server}`, pulled.
+    ejections: IntCounterVec,
     /// `graygate_store_lookups_total{store}`, pulled.
     store_lookups: IntCounterVec,
     /// `graygate_store_errors_total{store}`, pulled.
@@ -240,6 +250,16 @@ impl Metrics {
             "Requests whose chosen version could not be reached and that went to stable instead, by service and chosen version.",
             &["service", "version"],
         );
+        let unhealthy_fallbacks = counter_vec(
+            "graygate_unhealthy_fallbacks_total",
+            "Requests whose chosen version had no server in service (health checks, ejection) and that went to stable without trying it, by service and chosen version.",
+            &["service", "version"],
+        );
+        let retries = counter_vec(
+            "graygate_retries_total",
+            "Idempotent requests sent again because their server died before answering, by service and chosen version.",
+            &["service", "version"],
+        );
         let open_connections = register(
             &registry,
             IntGauge::new("graygate_open_connections", "Client connections open now.")
@@ -276,6 +296,22 @@ impl Metrics {
         let connect_failures = counter_vec(
             "graygate_upstream_connect_failures_total",
             "Failed TCP connects to an upstream server, by upstream and server.",
+            &["upstream", "server"],
+        );
+        let server_healthy = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "graygate_upstream_server_healthy",
+                    "1 while an upstream server is in service (its health checks pass and it is not ejected), else 0, by upstream and server.",
+                ),
+                &["upstream", "server"],
+            )
+            .expect("valid metric"),
+        );
+        let ejections = counter_vec(
+            "graygate_upstream_ejections_total",
+            "Passive ejections of an upstream server (failed answers in a row), by upstream and server.",
             &["upstream", "server"],
         );
 
@@ -355,6 +391,8 @@ impl Metrics {
             upstream_duration,
             decisions,
             fallbacks,
+            unhealthy_fallbacks,
+            retries,
             open_connections,
             access_log_dropped,
             policy_revision,
@@ -362,6 +400,8 @@ impl Metrics {
             policy_config_differs,
             connect_failures,
             server_failures: Mutex::new(TableFailures::default()),
+            server_healthy,
+            ejections,
             store_lookups,
             store_errors,
             cache_hits,
@@ -397,6 +437,16 @@ impl Metrics {
                 .inc();
             if r.fell_back {
                 self.fallbacks
+                    .with_label_values(&[service, &*choice.version])
+                    .inc();
+            }
+            if r.unhealthy {
+                self.unhealthy_fallbacks
+                    .with_label_values(&[service, &*choice.version])
+                    .inc();
+            }
+            if r.retried {
+                self.retries
                     .with_label_values(&[service, &*choice.version])
                     .inc();
             }
@@ -457,6 +507,8 @@ impl Metrics {
                     advance(&s.counter, n);
                 }
             }
+            drop(failures);
+            self.pull_health(&table);
         }
         if let Some(source) = &self.sources.store {
             let stats = source.store_stats();
@@ -541,6 +593,26 @@ fn outcome_label(outcome: Outcome) -> &'static str {
 }
 
 impl Metrics {
+    /// Sets the health series from `table`: the gauges from scratch (a server a reload removed
+    /// loses its series), the ejection counters advanced. Drained servers (weight 0) are left
+    /// out: they are never in service, and that is not a fault.
+    fn pull_health(&self, table: &Upstreams) {
+        self.server_healthy.reset();
+        for index in 0..table.len() {
+            let name = table.name(index).unwrap_or_default();
+            for s in table.health(index) {
+                if s.state == ServerState::Drained {
+                    continue;
+                }
+                let labels = [name, s.addr.as_str()];
+                self.server_healthy
+                    .with_label_values(&labels)
+                    .set(i64::from(s.state == ServerState::Up));
+                advance(&self.ejections.with_label_values(&labels), s.ejections);
+            }
+        }
+    }
+
     /// The connect-failure counter of every server of `table`.
     fn server_counters(&self, table: &Upstreams) -> Vec<ServerFailures> {
         let mut out = Vec::new();
@@ -689,6 +761,8 @@ mod tests {
             server: Some("127.0.0.1:1"),
             status,
             fell_back,
+            unhealthy: false,
+            retried: false,
             bytes_sent: 7,
             total: Duration::from_millis(3),
             upstream_headers: choice.map(|_| Duration::from_millis(2)),
@@ -725,6 +799,27 @@ mod tests {
         ] {
             m.record(&record(&get, &uri, decision, answered, status, fell_back));
         }
+        // The canary had no server in service; and a request sent again.
+        let mut unhealthy = record(
+            &get,
+            &uri,
+            Some(&canary),
+            Some("stable"),
+            StatusCode::OK,
+            true,
+        );
+        unhealthy.unhealthy = true;
+        m.record(&unhealthy);
+        let mut retried = record(
+            &get,
+            &uri,
+            Some(&split),
+            Some("stable"),
+            StatusCode::OK,
+            false,
+        );
+        retried.retried = true;
+        m.record(&retried);
         m.connection_opened();
         m.connection_opened();
         m.connection_closed();
@@ -733,12 +828,15 @@ mod tests {
         #[rustfmt::skip]
         let wanted = [
             (r#"graygate_requests_total{route="web",status_class="2xx",version="canary"}"#, Some("1")),
-            (r#"graygate_requests_total{route="web",status_class="2xx",version="stable"}"#, Some("2")),
+            (r#"graygate_requests_total{route="web",status_class="2xx",version="stable"}"#, Some("4")),
             (r#"graygate_requests_total{route="",status_class="4xx",version=""}"#, Some("1")),
-            (r#"graygate_decisions_total{reason="rule:beta",service="web",version="canary"}"#, Some("2")),
-            (r#"graygate_decisions_total{reason="split",service="web",version="stable"}"#, Some("1")),
-            (r#"graygate_fallbacks_total{service="web",version="canary"}"#, Some("1")),
-            (r#"graygate_request_duration_seconds_count{service="web",version="stable"}"#, Some("2")),
+            (r#"graygate_decisions_total{reason="rule:beta",service="web",version="canary"}"#, Some("3")),
+            (r#"graygate_decisions_total{reason="split",service="web",version="stable"}"#, Some("2")),
+            (r#"graygate_fallbacks_total{service="web",version="canary"}"#, Some("2")),
+            (r#"graygate_unhealthy_fallbacks_total{service="web",version="canary"}"#, Some("1")),
+            (r#"graygate_retries_total{service="web",version="stable"}"#, Some("1")),
+            (r#"graygate_retries_total{service="web",version="canary"}"#, None),
+            (r#"graygate_request_duration_seconds_count{service="web",version="stable"}"#, Some("4")),
             (r#"graygate_upstream_duration_seconds_count{service="web",version="canary"}"#, Some("1")),
             // No route: no upstream was asked.
             (r#"graygate_upstream_duration_seconds_count{service="",version=""}"#, None),
@@ -848,6 +946,7 @@ mod tests {
                 addr: addr.into(),
                 weight: 1,
             }],
+            ..UpstreamConfig::default()
         };
         let t = Timeouts::default();
         let live = Arc::new(LiveUpstreams::new(vec![config("a", "h:1")], &t).unwrap());
@@ -872,6 +971,19 @@ mod tests {
             Some("0"),
             "{text}"
         );
+
+        // Every server's health, as the table in use has it: a server a reload removed loses
+        // its series.
+        let healthy = |u: &str, s: &str| {
+            format!("graygate_upstream_server_healthy{{server=\"{s}\",upstream=\"{u}\"}}")
+        };
+        assert_eq!(value(&text, &healthy("b", "h:2")).as_deref(), Some("1"));
+        let ejections = r#"graygate_upstream_ejections_total{server="h:2",upstream="b"}"#;
+        assert_eq!(value(&text, ejections).as_deref(), Some("0"));
+        live.install(live.plan(&[config("a", "h:1")], &t).unwrap());
+        let text = m.render();
+        assert_eq!(value(&text, &healthy("a", "h:1")).as_deref(), Some("1"));
+        assert_eq!(value(&text, &healthy("b", "h:2")), None, "{text}");
     }
 
     #[test]

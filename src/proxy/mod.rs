@@ -20,10 +20,13 @@
 //!    `X-Real-IP` set, URI in origin-form, `Host` kept as the edge left it. Only a WebSocket
 //!    upgrade keeps its `Upgrade` header; any other (`h2c`) is proxied as a plain request.
 //! 5. **Upstream** ([`Upstreams`]): weighted round robin over the servers of the chosen version,
-//!    pooled keep-alive connections. A server that cannot be connected to is skipped; when no
-//!    server of a canary can be reached, the request goes to the stable version instead (the
-//!    request body has not started to flow at that point, so nothing is lost). Nothing reachable:
-//!    502. No response headers in time: 504.
+//!    pooled keep-alive connections. Servers out of service (health checks, passive ejection)
+//!    are skipped; a version with none in service sends the request to stable before any
+//!    connect. A server that cannot be connected to is skipped; when no server of a canary can
+//!    be reached, the request goes to the stable version instead (the request body has not
+//!    started to flow at that point, so nothing is lost). A bodiless `GET`, `HEAD` or `OPTIONS`
+//!    whose server dies before answering is sent once more, to another server or to stable.
+//!    Nothing reachable: 502. No response headers in time: 504.
 //! 6. **Respond**: the response is rewritten (hop-by-hop headers removed, and the optional
 //!    [`ProxyConfig::response_version_header`] set) and its body streamed back as it arrives. A
 //!    `101 Switching Protocols` (WebSocket) turns the two connections into a byte tunnel. A
@@ -40,6 +43,9 @@
 //! - `client_ip`: which address a request comes from.
 //! - `edge`: what a request must be to be proxied, its canonical form, and the body timeouts.
 //! - `upstream`: the upstream table, weighted round robin, connection pools, connect failover.
+//! - `health`: which servers are in service: active checks (`health/probe`), passive
+//!   ejection, their log lines.
+//! - `retry`: the copy of an idempotent request that is sent again when its server died.
 //! - `forward`: header and URI rewriting in both directions.
 //! - `server`: the listener, per-connection serving, the request phases above, graceful
 //!   shutdown.
@@ -47,6 +53,8 @@
 mod client_ip;
 mod edge;
 mod forward;
+mod health;
+mod retry;
 mod server;
 mod upstream;
 
@@ -56,13 +64,18 @@ pub use edge::{
     UpstreamBodyStalled,
 };
 pub use forward::DEFAULT_VERSION_HEADER;
+pub use health::{
+    HealthCheck, HealthConfigError, PassiveHealth, ProbeError, ServerState, ServerStatus,
+    DEFAULT_HEALTH_PATH,
+};
+pub use retry::Replay;
 pub use server::{
     bind, serve, Observer, ProxyConfig, RequestRecord, Timeouts, DEFAULT_MAX_HEADER_BYTES,
 };
 pub use upstream::{
-    check_host_port, check_upstreams, Activity, Exchange, LiveUpstreams, SendError, ServerConfig,
-    ServerError, TrackedBody, UpstreamConfig, UpstreamConfigError, UpstreamError, Upstreams,
-    UpstreamsPlan, MAX_WEIGHT,
+    check_host_port, check_upstreams, Activity, Exchange, LiveUpstreams, SendError, SendOptions,
+    ServerConfig, ServerError, TrackedBody, UpstreamConfig, UpstreamConfigError, UpstreamError,
+    Upstreams, UpstreamsPlan, MAX_WEIGHT,
 };
 
 use std::future::Future;

@@ -51,7 +51,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::client_ip::ClientIpConfig;
-use super::upstream::{LiveUpstreams, SendError, UpstreamError};
+use super::retry::Replay;
+use super::upstream::{LiveUpstreams, SendError, SendOptions, UpstreamError};
 use super::{edge, forward};
 use super::{Answer, BoxError, ProxyBody, Router};
 use crate::policy::{Decision, RequestFacts};
@@ -205,6 +206,11 @@ pub struct RequestRecord<'a> {
     pub status: StatusCode,
     /// True when the chosen version could not be reached and stable was tried instead.
     pub fell_back: bool,
+    /// True when the chosen version had no server in service (health checks, ejection), so
+    /// that the request went to stable without trying it (`fell_back` is set too).
+    pub unhealthy: bool,
+    /// True when the request was sent a second time because its server died before answering.
+    pub retried: bool,
     /// Response body bytes handed to the client connection (headers and chunked framing not
     /// counted). Smaller than the body's length when the response was abandoned.
     pub bytes_sent: u64,
@@ -353,6 +359,8 @@ struct Outcome {
     upstream: Option<usize>,
     server: Option<Arc<str>>,
     fell_back: bool,
+    unhealthy: bool,
+    retried: bool,
     upstream_headers: Option<Duration>,
 }
 
@@ -425,6 +433,8 @@ impl Report {
             server: outcome.server.as_deref(),
             status: self.status,
             fell_back: outcome.fell_back,
+            unhealthy: outcome.unhealthy,
+            retried: outcome.retried,
             bytes_sent,
             total: self.started.elapsed(),
             upstream_headers: outcome.upstream_headers,
@@ -554,15 +564,24 @@ async fn proxy(
             req.headers_mut().remove(forward::DEFAULT_VERSION_HEADER);
         }
     }
+    let mut options = SendOptions {
+        fallback: choice.upstream != choice.stable_upstream,
+        retry: Replay::of(&req, upgrade),
+        retried: false,
+    };
     let body_state = Arc::new(edge::BodyState::default());
     let activity = &body_state.activity;
     let req = req
         .map(|body| edge::ClientBody::new(body, body_state.clone(), timeouts.client_body).boxed());
 
-    // Phase "upstream", with the canary -> stable fallback while the body is still unread.
+    // Phase "upstream", with the canary -> stable fallback while the body is still unread (or
+    // the request can be sent again).
     outcome.upstream = Some(choice.upstream);
-    let mut result = shared.upstreams.send(choice.upstream, req, activity).await;
-    if choice.upstream != choice.stable_upstream {
+    let mut result = shared
+        .upstreams
+        .send_with(choice.upstream, req, activity, &mut options)
+        .await;
+    if options.fallback {
         if let Err(SendError::Unreachable { request, error }) = result {
             debug!(
                 route = %choice.route,
@@ -576,13 +595,16 @@ async fn proxy(
                 forward::set_version_header(request.headers_mut(), name, &choice.stable_version);
             }
             outcome.fell_back = true;
+            outcome.unhealthy = matches!(error, UpstreamError::OutOfService { .. });
             outcome.upstream = Some(choice.stable_upstream);
+            options.fallback = false;
             result = shared
                 .upstreams
-                .send(choice.stable_upstream, request, activity)
+                .send_with(choice.stable_upstream, request, activity, &mut options)
                 .await;
         }
     }
+    outcome.retried = options.retried;
 
     let mut own_error = false;
     let mut client_fault = None;
@@ -1017,6 +1039,7 @@ mod tests {
                         weight: *weight,
                     })
                     .collect(),
+                ..UpstreamConfig::default()
             });
             self
         }

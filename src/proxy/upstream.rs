@@ -15,6 +15,14 @@
 //!   once when it comes back (no log flood), and tried after the servers that are up until a
 //!   recheck interval has passed, so that a dead server does not add a connect timeout to every
 //!   request.
+//! - **Health** (`super::health`). A server out of service (its active checks fail, or passive
+//!   ejection took it out) is skipped by a request that can go to stable instead, and tried last
+//!   by one that cannot (the stable version's own requests: better a server that may answer
+//!   than a `502`). A version with no server in service sends its requests to stable before
+//!   any connect is tried ([`UpstreamError::OutOfService`]).
+//! - **One retry** (`super::retry`). A `GET`, `HEAD` or `OPTIONS` without a body whose server
+//!   died before answering goes once more: to the next server of the version, else back to the
+//!   caller for stable, else (stable itself, no other server) to the same server again.
 //! - **Reloaded without a restart.** The data plane holds a [`LiveUpstreams`]: the table is
 //!   rebuilt from a reloaded config ([`LiveUpstreams::plan`]) and swapped whole
 //!   ([`LiveUpstreams::install`]); a request finishes on the table it started with. Indexes stay
@@ -41,6 +49,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use super::health::{
+    self, HealthCheck, HealthConfigError, PassiveHealth, ServerHealth, ServerStatus, UpstreamHealth,
+};
+use super::retry::{self, Replay};
 use super::{ProxyBody, Timeouts};
 
 /// Idle connections kept per server. Beyond this, a connection that finishes a request is
@@ -60,12 +72,16 @@ const MAX_SCHEDULE: u64 = 10_000;
 const MAX_STALE_RETRIES: usize = 4;
 
 /// One upstream (a version of a service) as configured.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UpstreamConfig {
     /// The name policies use to point at this upstream (e.g. `shop-v2`).
     pub name: String,
     /// The servers that run this version.
     pub servers: Vec<ServerConfig>,
+    /// Active health checks of its servers; `None`: none (passive ejection still runs).
+    pub health: Option<HealthCheck>,
+    /// Passive ejection of its servers, from the answers of real requests.
+    pub passive: PassiveHealth,
 }
 
 /// One server of an upstream.
@@ -106,6 +122,12 @@ pub enum UpstreamConfigError {
         server: usize,
         error: ServerError,
     },
+    /// Health settings that cannot work.
+    #[error("{error}")]
+    Health {
+        upstream: usize,
+        error: HealthConfigError,
+    },
 }
 
 impl UpstreamConfigError {
@@ -122,6 +144,9 @@ impl UpstreamConfigError {
             UpstreamConfigError::BadServer {
                 upstream, server, ..
             } => format!("upstreams[{upstream}].servers[{server}]"),
+            UpstreamConfigError::Health { upstream, error } => {
+                format!("upstreams[{upstream}].{}", error.field())
+            }
         }
     }
 }
@@ -208,6 +233,10 @@ pub fn check_upstreams(configs: &[UpstreamConfig]) -> Result<(), UpstreamConfigE
                 name: cfg.name.clone(),
             });
         }
+        let health = cfg.health.as_ref().map_or(Ok(()), HealthCheck::check);
+        health
+            .and_then(|()| cfg.passive.check())
+            .map_err(|error| UpstreamConfigError::Health { upstream: i, error })?;
     }
     Ok(())
 }
@@ -239,6 +268,9 @@ pub enum UpstreamError {
     /// No server of the upstream could be reached (or it has none; or the index is unknown).
     #[error("no server of upstream `{upstream}` can be reached")]
     AllServersDown { upstream: Arc<str> },
+    /// No server of the upstream is in service (health checks, ejection): none was tried.
+    #[error("no server of upstream `{upstream}` is in service")]
+    OutOfService { upstream: Arc<str> },
     /// The request went out, but no response headers came back in time.
     #[error("{server} sent no response headers within {timeout:?}")]
     ResponseTimeout { server: Arc<str>, timeout: Duration },
@@ -282,6 +314,30 @@ impl std::fmt::Debug for SendError {
     }
 }
 
+impl UpstreamError {
+    /// True when the request went out and the server's connection died before the response
+    /// headers: an idempotent request may be sent again (see `super::retry`).
+    pub fn connection_died(&self) -> bool {
+        match self {
+            UpstreamError::Request { source, .. } => retry::connection_died(source),
+            _ => false,
+        }
+    }
+}
+
+/// How one request may use the servers of an upstream ([`Upstreams::send_with`]).
+#[derive(Debug, Default)]
+pub struct SendOptions {
+    /// The request can go to another upstream (stable) when this one cannot take it: servers
+    /// out of service are skipped rather than tried last, and a request to retry comes back
+    /// ([`SendError::Unreachable`]) when no other server of this upstream is left.
+    pub fallback: bool,
+    /// A copy of the request to send once more if its server dies under it; taken by the retry.
+    pub retry: Option<Replay>,
+    /// Set when the copy was used: the request was sent again.
+    pub retried: bool,
+}
+
 /// A response from an upstream server.
 #[derive(Debug)]
 pub struct Exchange {
@@ -305,8 +361,6 @@ pub struct Upstreams {
     connect_timeout: Duration,
     /// Bound of the wait for response headers while nothing moves ([`Activity`]).
     response_timeout: Duration,
-    /// Origin of the millisecond clocks kept in atomics (down-server rechecks).
-    epoch: Instant,
     /// HTTP/1 client settings for every new upstream connection.
     client: http1::Builder,
 }
@@ -325,19 +379,23 @@ struct Upstream {
     /// True after a request found no server reachable, until one is again: to log the state
     /// change once instead of once per request.
     unreachable: AtomicBool,
+    /// Which servers are in service; its prober (active checks) stops when the upstream goes.
+    health: Arc<UpstreamHealth>,
 }
 
 /// One server of an upstream.
 struct Server {
     /// `host:port`, shared with logs and responses without copying.
     addr: Arc<str>,
+    /// In service or not; shared with the upstream's [`UpstreamHealth`].
+    health: Arc<ServerHealth>,
     /// 0: drained, never tried.
     weight: u32,
     /// Idle keep-alive connections to this server.
     pool: Arc<Pool>,
-    /// True after a connect failed, until one succeeds: the state change is logged once.
+    /// True after a connect failed, until one succeeds: tried after the others meanwhile.
     down: AtomicBool,
-    /// While down, tried after the servers that are up until this time (ms since `epoch`).
+    /// While down, tried after the servers that are up until this time (ms of the health clock).
     recheck_at_ms: AtomicU64,
     /// Connect failures since start, for metrics and tests.
     connect_failures: AtomicU64,
@@ -379,7 +437,6 @@ impl Upstreams {
             timeouts: *timeouts,
             connect_timeout: timeouts.connect,
             response_timeout: timeouts.upstream_response,
-            epoch: Instant::now(),
             client: http1::Builder::new(),
         }
     }
@@ -450,24 +507,78 @@ impl Upstreams {
         Some(server.connect_failures.load(Ordering::Relaxed))
     }
 
+    /// Where each server of upstream `index` stands (none for an unknown index): for the status
+    /// and the metrics.
+    pub fn health(&self, index: usize) -> Vec<ServerStatus> {
+        self.upstreams
+            .get(index)
+            .map(|u| u.health.statuses(health::now_ms()))
+            .unwrap_or_default()
+    }
+
+    /// True when upstream `index` has a server in service (health checks and ejection allow
+    /// requests to it); false for an unknown index or a retired slot.
+    pub fn in_service(&self, index: usize) -> bool {
+        self.upstreams
+            .get(index)
+            .is_some_and(|u| u.health.any_in_service(health::now_ms()))
+    }
+
+    /// True when upstream `index` has active health checks.
+    pub fn checked_actively(&self, index: usize) -> bool {
+        self.upstreams
+            .get(index)
+            .is_some_and(|u| u.health.checked_actively())
+    }
+
+    /// Starts the active health checks of every upstream that has them and is not checked yet:
+    /// one round now, all at once (so this takes the longest check timeout at most), then a
+    /// round every interval on tasks of their own. After this, every checked server's first
+    /// result is known.
+    pub async fn start_health_checks(&self) {
+        futures_util::future::join_all(self.upstreams.iter().map(|u| u.health.start())).await;
+    }
+
+    /// Phase "upstream" for a request that has nowhere else to go: [`Upstreams::send_with`]
+    /// with no fallback and no retry.
+    pub async fn send(
+        &self,
+        index: usize,
+        request: Request<ProxyBody>,
+        activity: &Activity,
+    ) -> Result<Exchange, SendError> {
+        self.send_with(index, request, activity, &mut SendOptions::default())
+            .await
+    }
+
     /// Phase "upstream": sends `request` to one server of upstream `index` and waits for the
     /// response headers.
     ///
-    /// Servers are tried from the round-robin turn on, each at most once (servers that are down
-    /// last). A server is skipped when no connection to it can be established; a pooled
-    /// connection found dead before the request was written is replaced by a fresh one. When
-    /// every server failed this way, the request comes back in [`SendError::Unreachable`] for
-    /// the caller to send elsewhere. Once the request has gone out, a failure is final
-    /// ([`SendError::Failed`]); no response headers within [`Timeouts::upstream_response`] of
-    /// the last `activity` is [`UpstreamError::ResponseTimeout`].
+    /// Servers are tried from the round-robin turn on, each at most once: those in service
+    /// first (those whose last connect failed after the others), then those out of service,
+    /// unless `options.fallback` says the request can go elsewhere: then they are skipped, and
+    /// when none is left the request comes back at once ([`UpstreamError::OutOfService`]).
+    /// A server is skipped when no connection to it can be established; a pooled connection
+    /// found dead before the request was written is replaced by a fresh one. When every server
+    /// failed this way, the request comes back in [`SendError::Unreachable`] for the caller to
+    /// send elsewhere.
+    ///
+    /// Once the request has gone out, a failure is final ([`SendError::Failed`]), except once
+    /// when the server's connection died before the response headers and `options.retry`
+    /// holds a copy of the request: the copy goes to the next server; with none left it comes
+    /// back in [`SendError::Unreachable`] (with `options.fallback`) or goes to the same server
+    /// again (without). No response headers within [`Timeouts::upstream_response`] of the last
+    /// `activity` is [`UpstreamError::ResponseTimeout`]. Every answer and failure is told to
+    /// the upstream's health (passive ejection).
     ///
     /// The connection goes back to the pool when the response (body included) is complete,
     /// unless it was upgraded (101).
-    pub async fn send(
+    pub async fn send_with(
         &self,
         index: usize,
         mut request: Request<ProxyBody>,
         activity: &Activity,
+        options: &mut SendOptions,
     ) -> Result<Exchange, SendError> {
         let Some(upstream) = self.upstreams.get(index) else {
             return Err(SendError::Unreachable {
@@ -477,23 +588,60 @@ impl Upstreams {
                 },
             });
         };
-        let order = self.attempt_order(upstream);
+        let order = self.attempt_order(upstream, options.fallback);
+        if order.is_empty() && !upstream.schedule.is_empty() {
+            return Err(SendError::Unreachable {
+                request: Box::new(request),
+                error: UpstreamError::OutOfService {
+                    upstream: upstream.name.clone(),
+                },
+            });
+        }
         let mut last_error = None;
-        for server in order.into_iter().map(|i| &upstream.servers[i]) {
+        // The server whose connection died under the last attempt, when the copy of the
+        // request has not been sent anywhere since.
+        let mut died = None;
+        for server in order.iter().map(|&i| &upstream.servers[i]) {
+            died = None;
             match self.try_server(upstream, server, request, activity).await {
-                Ok(exchange) => {
-                    if upstream.unreachable.load(Ordering::Relaxed)
-                        && upstream.unreachable.swap(false, Ordering::Relaxed)
-                    {
-                        info!(upstream = %upstream.name, "upstream reachable again");
-                    }
-                    return Ok(exchange);
-                }
+                Ok(exchange) => return Ok(self.answered(upstream, server, exchange)),
                 Err(Attempt::NotSent(back, error)) => {
+                    upstream.health.failed(&server.health, &error);
                     request = *back;
                     last_error = Some(error);
                 }
                 Err(Attempt::Sent(error)) => {
+                    upstream.health.failed(&server.health, &error);
+                    match options.retry.take().filter(|_| error.connection_died()) {
+                        Some(copy) => {
+                            debug!(upstream = %upstream.name, server = %server.addr, error = %error, "the server died under an idempotent request: sending it again");
+                            options.retried = true;
+                            request = copy.request();
+                            died = Some(server);
+                            last_error = Some(error);
+                        }
+                        None => {
+                            return Err(SendError::Failed {
+                                server: server.addr.clone(),
+                                error,
+                            })
+                        }
+                    }
+                }
+            }
+        }
+        if let (Some(server), false) = (died, options.fallback) {
+            // Nowhere else to go: the same server once more, on another connection (a server
+            // that closed a kept-alive connection as the request went out is the usual case).
+            match self.try_server(upstream, server, request, activity).await {
+                Ok(exchange) => return Ok(self.answered(upstream, server, exchange)),
+                Err(Attempt::NotSent(back, error)) => {
+                    upstream.health.failed(&server.health, &error);
+                    request = *back;
+                    last_error = Some(error);
+                }
+                Err(Attempt::Sent(error)) => {
+                    upstream.health.failed(&server.health, &error);
                     return Err(SendError::Failed {
                         server: server.addr.clone(),
                         error,
@@ -519,9 +667,24 @@ impl Upstreams {
         })
     }
 
+    /// An answer from `server`: told to the upstream's health, and the upstream's own
+    /// "reachable again" logged once.
+    fn answered(&self, upstream: &Upstream, server: &Server, exchange: Exchange) -> Exchange {
+        upstream
+            .health
+            .answered(&server.health, exchange.response.status());
+        if upstream.unreachable.load(Ordering::Relaxed)
+            && upstream.unreachable.swap(false, Ordering::Relaxed)
+        {
+            info!(upstream = %upstream.name, "upstream reachable again");
+        }
+        exchange
+    }
+
     /// Which servers to try, in order: from the round-robin turn on, every server with a
-    /// weight once, those down (and not due for a recheck) at the end.
-    fn attempt_order(&self, upstream: &Upstream) -> Vec<usize> {
+    /// weight once; those whose connect failed (and not due for a recheck) after the others;
+    /// those out of service last, or not at all when the request can go elsewhere (`skip`).
+    fn attempt_order(&self, upstream: &Upstream, skip_out_of_service: bool) -> Vec<usize> {
         if upstream.schedule.is_empty() {
             // A retired slot: no server to try.
             return Vec::new();
@@ -532,9 +695,16 @@ impl Upstreams {
         let now = self.now_ms();
         let mut order = Vec::with_capacity(n);
         let mut later = Vec::new();
+        let mut last = Vec::new();
         for i in (0..n).map(|k| (first + k) % n) {
             let server = &upstream.servers[i];
             if server.weight == 0 {
+                continue;
+            }
+            if !server.health.in_service(now) {
+                if !skip_out_of_service {
+                    last.push(i);
+                }
                 continue;
             }
             let resting = server.down.load(Ordering::Relaxed)
@@ -546,6 +716,7 @@ impl Upstreams {
             }
         }
         order.extend(later);
+        order.extend(last);
         order
     }
 
@@ -659,22 +830,21 @@ impl Upstreams {
                 debug!(server = %addr, error = %e, "upstream connection ended with an error");
             }
         });
-        if server.down.load(Ordering::Relaxed) && server.down.swap(false, Ordering::Relaxed) {
-            info!(upstream = %upstream.name, server = %server.addr, "upstream server is back up");
+        if server.down.load(Ordering::Relaxed) {
+            server.down.store(false, Ordering::Relaxed);
         }
+        upstream.health.connected(&server.health);
         Ok(sender)
     }
 
-    /// Counts a connect failure; logs only when the server goes from up to down.
+    /// Counts a connect failure; the health logs it once, when the server goes from up to
+    /// down.
     fn mark_down(&self, upstream: &Upstream, server: &Server, error: &UpstreamError) {
         server.connect_failures.fetch_add(1, Ordering::Relaxed);
         let recheck = self.now_ms() + DOWN_RECHECK.as_millis() as u64;
         server.recheck_at_ms.store(recheck, Ordering::Relaxed);
-        if !server.down.swap(true, Ordering::Relaxed) {
-            warn!(upstream = %upstream.name, server = %server.addr, error = %error, "upstream server is down");
-        } else {
-            debug!(upstream = %upstream.name, server = %server.addr, error = %error, "upstream server still down");
-        }
+        server.down.store(true, Ordering::Relaxed);
+        upstream.health.connect_failed(&server.health, error);
     }
 
     /// Sends on `sender` and waits for the response headers, bounded by the response timeout
@@ -717,8 +887,9 @@ impl Upstreams {
         }
     }
 
+    /// The clock of down-server rechecks and health: milliseconds, one origin for every table.
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        health::now_ms()
     }
 }
 
@@ -744,11 +915,26 @@ impl Upstream {
                 .and_then(|b| b.servers.iter().find(|s| &*s.addr == addr))
                 .map_or(0, |s| s.connect_failures.load(Ordering::Relaxed))
         };
+        let name: Arc<str> = Arc::from(cfg.name.as_str());
+        let addrs: Vec<(Arc<str>, u32)> = cfg
+            .servers
+            .iter()
+            .map(|s| (Arc::from(s.addr.as_str()), s.weight))
+            .collect();
+        let health = Arc::new(UpstreamHealth::new(
+            &name,
+            &addrs,
+            cfg.health.clone(),
+            cfg.passive,
+            before.map(|b| &*b.health),
+        ));
         let servers: Vec<Server> = cfg
             .servers
             .iter()
-            .map(|s| Server {
-                addr: Arc::from(s.addr.as_str()),
+            .enumerate()
+            .map(|(i, s)| Server {
+                addr: addrs[i].0.clone(),
+                health: health.server(i).clone(),
                 weight: s.weight,
                 pool: Arc::new(Pool {
                     idle: Mutex::new(Vec::new()),
@@ -764,12 +950,13 @@ impl Upstream {
         // `check_upstreams` made sure of a server with a weight, which always gets a turn.
         debug_assert!(!schedule.is_empty(), "upstream `{}` has no turn", cfg.name);
         Upstream {
-            name: Arc::from(cfg.name.as_str()),
+            name,
             config: Some(cfg.clone()),
             servers,
             schedule: schedule.into_boxed_slice(),
             cursor: AtomicUsize::new(0),
             unreachable: AtomicBool::new(false),
+            health,
         }
     }
 
@@ -783,7 +970,21 @@ impl Upstream {
             schedule: Box::new([]),
             cursor: AtomicUsize::new(0),
             unreachable: AtomicBool::new(false),
+            health: Arc::new(UpstreamHealth::new(
+                name,
+                &[],
+                None,
+                PassiveHealth::default(),
+                None,
+            )),
         }
+    }
+}
+
+impl Drop for Upstream {
+    /// Its active checks end with it (a reload removed or rebuilt it, or the table is gone).
+    fn drop(&mut self) {
+        self.health.stop();
     }
 }
 
@@ -812,6 +1013,13 @@ impl UpstreamsPlan {
     /// The names a policy may use once the plan is installed ([`Upstreams::policy_names`]).
     pub fn policy_names(&self) -> Vec<String> {
         self.table.policy_names()
+    }
+
+    /// Starts the active health checks of the upstreams the plan adds or rebuilds (see
+    /// [`Upstreams::start_health_checks`]), so that their servers' first results are known
+    /// before the plan is installed and a request is sent to them.
+    pub async fn start_health_checks(&self) {
+        self.table.start_health_checks().await;
     }
 
     /// True when installing it changes nothing.
@@ -851,6 +1059,25 @@ impl LiveUpstreams {
         activity: &Activity,
     ) -> Result<Exchange, SendError> {
         self.current().send(index, request, activity).await
+    }
+
+    /// Phase "upstream" on the table in use now: see [`Upstreams::send_with`].
+    pub async fn send_with(
+        &self,
+        index: usize,
+        request: Request<ProxyBody>,
+        activity: &Activity,
+        options: &mut SendOptions,
+    ) -> Result<Exchange, SendError> {
+        self.current()
+            .send_with(index, request, activity, options)
+            .await
+    }
+
+    /// Starts the active health checks of the table in use (see
+    /// [`Upstreams::start_health_checks`]): at start, before the traffic listeners open.
+    pub async fn start_health_checks(&self) {
+        self.current().start_health_checks().await;
     }
 
     /// The table a reloaded config describes, with stable indexes: every upstream still in
@@ -902,9 +1129,20 @@ impl LiveUpstreams {
         Ok(plan)
     }
 
-    /// Makes a planned table the one every new send uses.
+    /// Makes a planned table the one every new send uses. The active checks of the upstreams
+    /// it removed or rebuilt stop; those of upstreams it added start now if the plan's
+    /// [`UpstreamsPlan::start_health_checks`] did not start them before.
     pub fn install(&self, plan: UpstreamsPlan) {
-        self.table.store(Arc::new(plan.table));
+        let new = Arc::new(plan.table);
+        let old = self.table.swap(new.clone());
+        for u in &old.upstreams {
+            if !new.upstreams.iter().any(|n| Arc::ptr_eq(n, u)) {
+                u.health.stop();
+            }
+        }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(async move { new.start_health_checks().await });
+        }
     }
 }
 
@@ -912,6 +1150,15 @@ impl From<Upstreams> for LiveUpstreams {
     fn from(table: Upstreams) -> Self {
         LiveUpstreams {
             table: ArcSwap::from_pointee(table),
+        }
+    }
+}
+
+impl Drop for LiveUpstreams {
+    /// The active checks of the table in use end with the data plane.
+    fn drop(&mut self) {
+        for u in &self.table.load().upstreams {
+            u.health.stop();
         }
     }
 }
@@ -1259,6 +1506,7 @@ mod tests {
         UpstreamConfig {
             name: name.into(),
             servers: servers.to_vec(),
+            ..UpstreamConfig::default()
         }
     }
 
@@ -1323,10 +1571,12 @@ mod tests {
                 UpstreamConfig {
                     name: "stable".into(),
                     servers: vec![server("h:1", 1)],
+                    ..UpstreamConfig::default()
                 },
                 UpstreamConfig {
                     name: "canary".into(),
                     servers: vec![server("h:2", 1)],
+                    ..UpstreamConfig::default()
                 },
             ],
             &Timeouts::default(),

@@ -6,6 +6,8 @@
 //!   load, dead upstreams, large bodies, WebSocket;
 //! - [`edge`]: the strict edge as raw bytes: refused requests, canonical paths and hosts, the
 //!   closed h2c tunnel, body framing and body timeouts in both directions;
+//! - [`health`]: health checks, passive ejection and retries: backends killed and restarted
+//!   under load with no failed request;
 //! - [`observe`]: metrics and the access log account for every request;
 //! - [`logs`]: what graygate writes to stderr when it cannot start;
 //! - [`admin`]: the admin API refuses bad input naming the field, revisions, tokens, explain, ctl;
@@ -34,6 +36,7 @@ mod demo;
 mod doc_figures;
 mod docs;
 mod edge;
+mod health;
 mod live;
 mod logs;
 mod observe;

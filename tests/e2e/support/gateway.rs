@@ -21,8 +21,8 @@ use super::eventually::{equals, eventually, patient, Eventually};
 use super::{route, Client, Reply};
 use bytes::Bytes;
 use graygate::config::file::{
-    AccessLogFile, AdminFile, ConfigFile, MetricsFile, RolloutsFile, StoreFile, TokenFile,
-    UpstreamFile,
+    AccessLogFile, AdminFile, ConfigFile, HealthFile, MetricsFile, PassiveFile, RolloutsFile,
+    StoreFile, TokenFile, UpstreamFile,
 };
 use graygate::demo::Backend;
 use graygate::policy::model::{RouteDoc, ServiceDoc};
@@ -130,8 +130,39 @@ impl GatewayBuilder {
         self.file.upstreams.push(UpstreamFile {
             name: name.into(),
             servers: vec![server.address().to_string()],
+            ..UpstreamFile::default()
         });
         self
+    }
+
+    /// An upstream of several servers, each of weight 1.
+    pub fn upstream_servers(mut self, name: &str, servers: &[SocketAddr]) -> Self {
+        self.file.upstreams.push(UpstreamFile {
+            name: name.into(),
+            servers: servers.iter().map(SocketAddr::to_string).collect(),
+            ..UpstreamFile::default()
+        });
+        self
+    }
+
+    /// `health = { ... }` on upstream `name` (added before); `None` removes it.
+    pub fn health(mut self, name: &str, health: Option<HealthFile>) -> Self {
+        self.upstream_file(name).health = health;
+        self
+    }
+
+    /// `passive = { ... }` on upstream `name` (added before).
+    pub fn passive(mut self, name: &str, passive: PassiveFile) -> Self {
+        self.upstream_file(name).passive = Some(passive);
+        self
+    }
+
+    fn upstream_file(&mut self, name: &str) -> &mut UpstreamFile {
+        self.file
+            .upstreams
+            .iter_mut()
+            .find(|u| u.name == name)
+            .unwrap_or_else(|| panic!("no upstream {name} in the config"))
     }
 
     /// A service of the policy.

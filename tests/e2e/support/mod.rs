@@ -6,7 +6,8 @@
 //!   crate's own config and policy types, written with the TOML serializer;
 //! - [`policy`]: `service("web").rule("beta", "canary", header("X-Env").equals("beta"))`;
 //! - [`eventually`]: the one way to wait, with a patience multiplier from the environment;
-//! - [`servers`]: Redis, memcached and a server that never answers;
+//! - [`servers`]: Redis, memcached, nginx as a backend that can be killed and restarted, and a
+//!   server that never answers;
 //! - [`client`] and [`ctl`]: HTTP to the data plane and the admin API, and `graygate ctl`;
 //! - [`raw`]: HTTP/1.1 as bytes: a client and upstreams that write exactly what a test gives.
 
@@ -30,7 +31,8 @@ pub use gateway::{
 pub use graygate::demo::Backend;
 pub use policy::*;
 pub use servers::{
-    memcached_store, redis_store, HangingServer, Kind, MemcachedServer, RedisServer, Server,
+    memcached_store, redis_store, HangingServer, Kind, MemcachedServer, NginxBackend, RedisServer,
+    Server,
 };
 
 /// Starts a backend answering as `name`.

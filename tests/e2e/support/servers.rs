@@ -1,5 +1,9 @@
-//! Real `redis-server` and `memcached` processes on free loopback ports, and a "hanging" server
-//! that accepts connections and never answers.
+//! Real `redis-server`, `memcached` and `nginx` processes on free loopback ports, and a "hanging"
+//! server that accepts connections and never answers.
+//!
+//! `nginx` is the HTTP backend a test can kill (SIGKILL, as a crash) and start again on the same
+//! port, which an in-process backend cannot do: it answers every path with its name, and logs the
+//! path of every request it got, so that a test can tell health checks from traffic.
 //!
 //! Every guard stops its process in `Drop`, even when the test fails. A server is ready when it
 //! answers on its port as this very process (its pid in `INFO`/`stats`), polled with a deadline.
@@ -190,6 +194,29 @@ pub type RedisServer = Server<Redis>;
 /// A `memcached` on a free loopback port (TCP only, one thread).
 pub type MemcachedServer = Server<Memcached>;
 
+/// `nginx` as an HTTP backend: one process (no master, so that SIGKILL takes all of it), its
+/// files in a directory of its own.
+pub struct Nginx {
+    _dir: tempfile::TempDir,
+    /// Where it logs the path of every request.
+    access_log: std::path::PathBuf,
+}
+
+/// An `nginx` on a free loopback port answering `<name>\n` (see [`Server::<Nginx>::start`]).
+pub type NginxBackend = Server<Nginx>;
+
+impl Kind for Nginx {
+    const PROGRAM: &'static str = "nginx";
+
+    fn pid_request(&self) -> (String, &'static str) {
+        ("GET /__pid HTTP/1.0\r\n\r\n".into(), " end")
+    }
+
+    fn pid_line(pid: u32) -> String {
+        format!("pid {pid} end")
+    }
+}
+
 impl Kind for Redis {
     const PROGRAM: &'static str = "redis-server";
 
@@ -341,6 +368,83 @@ impl Server<Redis> {
             .expect("run redis-cli");
         assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+/// The nginx backend's config; `PORT`, `HEALTH` (the status of `/healthz`) and `NAME` are
+/// filled in. Paths are relative to its directory (`-p`).
+const NGINX_CONFIG: &str = r#"daemon off;
+master_process off;
+worker_processes 1;
+pid nginx.pid;
+error_log error.log;
+events { worker_connections 1024; }
+http {
+    log_format paths '$request_uri';
+    access_log access.log paths;
+    client_body_temp_path body;
+    proxy_temp_path proxy;
+    fastcgi_temp_path fastcgi;
+    uwsgi_temp_path uwsgi;
+    scgi_temp_path scgi;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:PORT;
+        location = /__pid { access_log off; return 200 "pid $pid end\n"; }
+        location = /healthz { return HEALTH "NAME\n"; }
+        location / { return 200 "NAME\n"; }
+    }
+}
+"#;
+
+impl Server<Nginx> {
+    /// An nginx answering `200 <name>\n` to every path, `/healthz` included.
+    pub async fn start(name: &str) -> NginxBackend {
+        NginxBackend::start_with(name, 200).await
+    }
+
+    /// An nginx answering `200 <name>\n`, but `/healthz` with `health_status`.
+    pub async fn start_with(name: &str, health_status: u16) -> NginxBackend {
+        let dir = tempfile::tempdir().expect("temp dir for nginx");
+        let prefix = dir.path().to_str().expect("a UTF-8 temp dir").to_owned();
+        let access_log = dir.path().join("access.log");
+        let name = name.to_owned();
+        let args = move |port: &str| {
+            // The config names the port: written anew for each port tried.
+            let config = NGINX_CONFIG
+                .replace("PORT", port)
+                .replace("HEALTH", &health_status.to_string())
+                .replace("NAME", &name);
+            std::fs::write(format!("{prefix}/nginx.conf"), config).expect("write nginx.conf");
+            ["-p", &prefix, "-c", "nginx.conf", "-e", "error.log"]
+                .map(str::to_string)
+                .to_vec()
+        };
+        let kind = Nginx {
+            _dir: dir,
+            access_log,
+        };
+        Server::start_on_a_free_port(kind, args).await
+    }
+
+    /// The path of every request it answered so far (health checks too), oldest first.
+    pub fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.kind.access_log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Its address.
+    pub fn socket_addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+}
+
+impl super::gateway::Address for &NginxBackend {
+    fn address(&self) -> std::net::SocketAddr {
+        self.socket_addr()
     }
 }
 
