@@ -569,3 +569,28 @@ async fn a_slow_client_is_not_taken_for_a_slow_upstream() {
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.header("x-body-bytes"), Some("20"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_the_body_timeouts() {
+    let stable = backend("stable").await;
+    let mut gg = gateway()
+        .upstream("stable", &stable)
+        .service(service("web").stable("stable", "stable"))
+        .route(route("web"))
+        .start()
+        .await;
+    gg.edit_config(|b| b.client_body_timeout(SHORT));
+    let log = gg.hup_and_wait().await;
+    assert!(log.contains("client_body 300ms"), "{log}");
+    let mut conn = RawConn::open(gg.addr).await;
+    let started = Instant::now();
+    conn.send(b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 10\r\n\r\n01234")
+        .await;
+    let answer = conn.response().await.expect("an answer");
+    assert_eq!(answer.status, 408, "{answer:?}");
+    assert!(
+        started.elapsed() < patient(CLOSED_WITHIN),
+        "the 30 s default still applied: {:?}",
+        started.elapsed()
+    );
+}

@@ -369,7 +369,10 @@ async fn a_client_body_that_keeps_moving_is_never_cut_off() {
         got += 1;
     }
     assert_eq!(got, 12);
-    assert!(started.elapsed() > limit, "the pieces came faster than planned");
+    assert!(
+        started.elapsed() > limit,
+        "the pieces came faster than planned"
+    );
     assert_eq!(state.fault(), None);
     feeder.await.unwrap();
 }
