@@ -9,6 +9,9 @@
 //!   running policy still uses cannot be removed: that part is refused and the table stays.
 //! - **The log format** (`[log] format`), when the process gave a switch for it
 //!   ([`Reloader::set_log_format_switch`]; `graygate run` does).
+//! - **The TLS certificates** (`[tls] certs`: the list and the files' contents), when the
+//!   process serves TLS ([`Reloader::set_tls`]): read and checked, then swapped for the next
+//!   handshakes; a set that fails keeps the one in force.
 //! - **The policy**: applied only when the file's changed since it was last applied, and never
 //!   over a rollout in progress unless forced ([`Gateway::apply_config_policy`]), so that a
 //!   reload never undoes runtime changes by surprise.
@@ -20,6 +23,7 @@
 use crate::api::{ReloadOutcome, Reloaded, ReloadedPart, ReloadedPolicy};
 use crate::config::{self, Config, ConfigError, LogFormat};
 use crate::gateway::{ConfigPolicy, Gateway};
+use crate::proxy::tls::{CertsReloaded, LiveCerts};
 use crate::proxy::LiveUpstreams;
 use crate::store::ErrorChain;
 use std::sync::{Arc, OnceLock};
@@ -47,6 +51,8 @@ pub struct Reloader {
     /// Set by the process that owns the log (`graygate run`); without it the log format is set
     /// at start only.
     log_format: OnceLock<LogFormatSwitch>,
+    /// The certificates in force, when the process serves TLS.
+    tls: OnceLock<Arc<LiveCerts>>,
 }
 
 impl Reloader {
@@ -57,7 +63,14 @@ impl Reloader {
             gateway,
             upstreams,
             log_format: OnceLock::new(),
+            tls: OnceLock::new(),
         }
+    }
+
+    /// Gives the reloader the certificates in force, so that a reload applies `[tls] certs`.
+    /// Only the first call counts.
+    pub fn set_tls(&self, certs: Arc<LiveCerts>) {
+        let _ = self.tls.set(certs);
     }
 
     /// Gives the reloader a way to switch the log format. Only the first call counts.
@@ -88,6 +101,16 @@ impl Reloader {
             next.log = new.log.clone();
         }
 
+        let tls = self.certs(&current, &new).await;
+        if tls
+            .as_ref()
+            .is_some_and(|t| t.outcome == ReloadOutcome::Applied)
+        {
+            if let (Some(next), Some(new)) = (next.tls.as_mut(), new.tls.as_ref()) {
+                next.certs = new.certs.clone();
+            }
+        }
+
         let doc = new.policy.as_ref().map(|p| &p.doc);
         let summary = if force {
             format!("{why}, forced")
@@ -112,8 +135,38 @@ impl Reloader {
             upstreams,
             timeouts,
             log,
+            tls,
             policy,
             restart_needed,
+        })
+    }
+
+    /// Applies `[tls] certs` when the process serves TLS and the new config still has `[tls]`
+    /// (adding or removing it takes a restart: `restart_needed` says so).
+    async fn certs(&self, current: &Config, new: &Config) -> Option<ReloadedPart> {
+        let live = self.tls.get()?;
+        current.tls.as_ref()?;
+        let Some(tls) = &new.tls else {
+            return Some(ReloadedPart {
+                outcome: ReloadOutcome::Refused,
+                message: "not applied: `[tls]` is gone from the config; a restart removes the \
+                          TLS listeners, the certificates in force stay until then"
+                    .into(),
+            });
+        };
+        Some(match live.reload(&tls.certs).await {
+            Ok(CertsReloaded::Unchanged(described)) => ReloadedPart {
+                outcome: ReloadOutcome::Unchanged,
+                message: format!("{described}, as before"),
+            },
+            Ok(CertsReloaded::Applied(described)) => ReloadedPart {
+                outcome: ReloadOutcome::Applied,
+                message: described,
+            },
+            Err(e) => ReloadedPart {
+                outcome: ReloadOutcome::Failed,
+                message: format!("not applied: {e}; the certificates in force stay"),
+            },
         })
     }
 
@@ -343,6 +396,20 @@ fn restart_needed(current: &Config, new: &Config) -> Vec<String> {
         ("metrics", current.metrics != new.metrics),
         ("access_log", current.access_log != new.access_log),
         ("admin", current.admin != new.admin),
+        ("tls", current.tls.is_some() != new.tls.is_some()),
+        (
+            "tls.listen",
+            matches!((&current.tls, &new.tls), (Some(c), Some(n)) if c.listen != n.listen),
+        ),
+        (
+            "tls.redirect_http",
+            matches!((&current.tls, &new.tls), (Some(c), Some(n)) if c.redirect_http != n.redirect_http),
+        ),
+        (
+            "tls.watch_interval",
+            matches!((&current.tls, &new.tls), (Some(c), Some(n)) if c.watch_interval != n.watch_interval),
+        ),
+        ("http2", current.http2 != new.http2),
     ];
     differs
         .into_iter()

@@ -169,6 +169,8 @@ fn demo_config(
             tokens: Vec::new(),
         }),
         rollouts: Default::default(),
+        tls: None,
+        http2: Default::default(),
     }
 }
 
