@@ -40,6 +40,10 @@ pub struct TlsConfig {
     pub watch_interval: Duration,
 }
 
+/// Reads a duration field (`field`, its text if set, its default).
+pub(super) type DurationField<'a> =
+    dyn Fn(&str, &Option<String>, Duration) -> Result<Duration, ConfigError> + 'a;
+
 /// Validates `[tls]`. `plain` is the plain listeners' addresses, which a TLS listener must not
 /// take; `duration` reads a duration field.
 pub(super) fn tls_config(
@@ -47,7 +51,7 @@ pub(super) fn tls_config(
     plain: &[SocketAddr],
     base: &Path,
     at: &dyn Fn(&str, String) -> ConfigError,
-    duration: &dyn Fn(&str, &Option<String>, Duration) -> Result<Duration, ConfigError>,
+    duration: &DurationField<'_>,
 ) -> Result<TlsConfig, ConfigError> {
     if file.listen.is_empty() {
         return Err(at(

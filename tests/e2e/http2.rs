@@ -410,6 +410,55 @@ fn resident_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
+/// Connection-specific request headers are malformed in HTTP/2 (RFC 9113 8.2.2): such a stream
+/// is reset and never reaches the upstream; `te: trailers`, the one `TE` allowed, is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_specific_request_headers_are_refused_over_http2() {
+    let stable = backend("stable").await;
+    let gg = gateway()
+        .upstream("stable", &stable)
+        .service(service("web").stable("stable", "stable"))
+        .route(route("web"))
+        .start()
+        .await;
+    let mut h2 = RawH2::connect(gg.addr).await;
+    let cases: [(&str, &[u8], bool); 7] = [
+        ("connection", b"keep-alive", false),
+        ("keep-alive", b"timeout=5", false),
+        ("proxy-connection", b"keep-alive", false),
+        ("transfer-encoding", b"chunked", false),
+        ("upgrade", b"websocket", false),
+        ("te", b"gzip", false),
+        ("te", b"trailers", true),
+    ];
+    for (i, (name, value, served)) in cases.into_iter().enumerate() {
+        let id = 2 * i as u32 + 1;
+        let mut block = h2raw::get("app.test", "/");
+        block.extend(h2raw::literal(name, value));
+        h2.send(
+            h2raw::HEADERS,
+            h2raw::END_HEADERS | h2raw::END_STREAM,
+            id,
+            &block,
+        )
+        .await
+        .unwrap();
+        let answer = h2
+            .read_until(patient(Duration::from_secs(10)), |f| {
+                f.stream == id && (f.kind == h2raw::HEADERS || f.kind == h2raw::RST_STREAM)
+            })
+            .await
+            .unwrap_or_else(|| panic!("no answer to {name}: {value:?}"));
+        let ok = answer.kind == h2raw::HEADERS && answer.payload.first() == Some(&0x88);
+        assert_eq!(ok, served, "{name}: {}: {answer:?}", text(value));
+    }
+    assert_eq!(
+        stable.requests(),
+        1,
+        "only the te: trailers request is proxied"
+    );
+}
+
 /// The defaults docs/config.md gives for `[http2]` and `[tls]` are the code's.
 #[test]
 fn the_documented_defaults_are_the_code_defaults() {
