@@ -24,8 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway with a config file. SIGHUP reads the config again: upstreams, timeouts
-    /// and the log format are applied; the config's policy only when it changed since it was
+    /// Run the gateway with a config file. SIGHUP reads the config again: upstreams, timeouts,
+    /// the log format and the TLS certificates are applied; the config's policy only when it changed since it was
     /// last applied, never over a rollout in progress (`graygate ctl reload --force` does).
     /// SIGINT/SIGTERM stop it gracefully.
     Run {

@@ -467,4 +467,33 @@ mod tests {
             "connect 1s, upstream_response 30s, idle 1m"
         );
     }
+
+    #[test]
+    fn tls_settings_other_than_the_certificates_and_http2_limits_need_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = crate::proxy::tls::testing_pair(&["a.example"]);
+        std::fs::write(dir.path().join("site.pem"), &pem.cert).unwrap();
+        std::fs::write(dir.path().join("site.key"), &pem.key).unwrap();
+        let path = dir.path().join("g.toml");
+        let parse = |text: String| config::parse(&text, &path).expect("a valid config");
+        let tls = |extra: &str| {
+            format!(
+                "{BASE}[tls]\nlisten = [\"127.0.0.1:8443\"]\n\
+                 certs = [{{ cert = \"site.pem\", key = \"site.key\" }}]\n{extra}"
+            )
+        };
+        let before = parse(tls(""));
+        assert!(restart_needed(&before, &parse(tls(""))).is_empty());
+        let after = parse(tls(
+            "redirect_http = true\nwatch_interval = \"5s\"\n[http2]\nmax_concurrent_streams = 10\n",
+        ));
+        assert_eq!(
+            restart_needed(&before, &after),
+            vec!["tls.redirect_http", "tls.watch_interval", "http2"]
+        );
+        assert_eq!(
+            restart_needed(&before, &parse(BASE.to_string())),
+            vec!["tls"]
+        );
+    }
 }

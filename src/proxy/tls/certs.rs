@@ -125,12 +125,12 @@ pub fn read(files: &CertFiles) -> Result<PemPair, CertError> {
 
 /// Reads both files of an entry without blocking the runtime (reloads).
 pub async fn read_async(files: &CertFiles) -> Result<PemPair, CertError> {
-    let files = files.clone();
-    tokio::task::spawn_blocking(move || read(&files))
+    let owned = files.clone();
+    tokio::task::spawn_blocking(move || read(&owned))
         .await
         .unwrap_or_else(|e| {
             Err(CertError::Certificate {
-                file: PathBuf::new(),
+                file: files.cert.clone(),
                 what: format!("reading the files failed: {e}"),
             })
         })

@@ -52,6 +52,12 @@ pub fn check_certs(files: &[CertFiles]) -> Result<Vec<LoadedCert>, (usize, CertE
     Ok(loaded)
 }
 
+/// A self-signed certificate and key for `names`, valid until 2999, for other modules' tests.
+#[cfg(test)]
+pub(crate) fn testing_pair(names: &[&str]) -> PemPair {
+    certs::testing::self_signed(names, 2999)
+}
+
 /// The crypto graygate's TLS runs on: rustls' ring provider (no OpenSSL).
 fn provider() -> CryptoProvider {
     rustls::crypto::ring::default_provider()
