@@ -459,6 +459,47 @@ async fn connection_specific_request_headers_are_refused_over_http2() {
     );
 }
 
+/// A client that keeps making graygate reset its streams (malformed requests) is cut off with
+/// GOAWAY ENHANCE_YOUR_CALM once `max_local_error_reset_streams` (1024) is passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_keeps_provoking_resets_is_cut_off() {
+    let stable = backend("stable").await;
+    let gg = gateway()
+        .upstream("stable", &stable)
+        .service(service("web").stable("stable", "stable"))
+        .route(route("web"))
+        .start()
+        .await;
+    let mut h2 = RawH2::connect(gg.addr).await;
+    let mut block = h2raw::get("app.test", "/");
+    block.extend(h2raw::literal("connection", b"keep-alive"));
+    let mut sent = 0u32;
+    let flood = async {
+        for i in 0..2000u32 {
+            let flags = h2raw::END_HEADERS | h2raw::END_STREAM;
+            if h2
+                .send(h2raw::HEADERS, flags, 2 * i + 1, &block)
+                .await
+                .is_err()
+            {
+                break;
+            }
+            sent += 1;
+        }
+    };
+    let _ = tokio::time::timeout(patient(Duration::from_secs(30)), flood).await;
+    let goaway = h2
+        .read_until(patient(Duration::from_secs(10)), |f| {
+            f.kind == h2raw::GOAWAY
+        })
+        .await
+        .unwrap_or_else(|| panic!("no GOAWAY after {sent} malformed streams"));
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+    assert_eq!(goaway.error_code(), Some(ENHANCE_YOUR_CALM), "{goaway:?}");
+    assert_eq!(stable.requests(), 0);
+    assert_eq!(gg.client().version(&[]).await, "stable");
+}
+
 /// The defaults docs/config.md gives for `[http2]` and `[tls]` are the code's.
 #[test]
 fn the_documented_defaults_are_the_code_defaults() {
