@@ -238,9 +238,17 @@ async fn a_rapid_reset_client_is_cut_off() {
         .expect("the connection ends")
         .unwrap();
     let error = ended.expect_err("graygate closes the connection with an error");
-    assert_eq!(
-        error.reason(),
-        Some(h2::Reason::ENHANCE_YOUR_CALM),
+    // graygate sends GOAWAY ENHANCE_YOUR_CALM and closes; a client still writing then may see
+    // its write fail (the close) before it reads the GOAWAY.
+    let closed = error.is_io()
+        && error.get_io().is_some_and(|e| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            )
+        });
+    assert!(
+        error.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || closed,
         "{error} after {sent} reset streams ({refused:?})"
     );
     assert!(sent < 100_000, "never cut off");
