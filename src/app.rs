@@ -12,7 +12,8 @@ use crate::observe::{
     self, AccessLog, AccessLogFormat, AccessLogTarget, AccessLogWriter, CacheCounts, Metrics,
     Observe, PolicyStatsSource, RolloutStats, RolloutStatsSource, StoreStats, StoreStatsSource,
 };
-use crate::proxy::{self, LiveUpstreams, ProxyConfig, UpstreamConfigError};
+use crate::proxy::tls::{CertError, HttpsRedirect};
+use crate::proxy::{self, Front, LiveUpstreams, ProxyConfig, TlsTerminator, UpstreamConfigError};
 use crate::reload::Reloader;
 use crate::rollout::RolloutState;
 use crate::store::{CachedStore, EmbeddedStore, MemcachedStore, RedisStore, Store, StoreError};
@@ -44,6 +45,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// A certificate or key of `[tls]` cannot be served (changed since the config was read).
+    #[error("tls: {0}")]
+    Tls(#[from] CertError),
     #[error("cannot open the access log {path}: {source}")]
     AccessLog {
         path: PathBuf,
@@ -57,6 +61,8 @@ pub enum StartError {
 pub enum Listener {
     /// The traffic listeners (`listen`).
     DataPlane,
+    /// The TLS traffic listeners (`[tls] listen`).
+    Tls,
     /// The admin API (`[admin] listen`).
     Admin,
     /// The Prometheus metrics (`[metrics] listen`).
@@ -67,6 +73,7 @@ impl fmt::Display for Listener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Listener::DataPlane => "data plane",
+            Listener::Tls => "TLS",
             Listener::Admin => "admin",
             Listener::Metrics => "metrics",
         })
@@ -92,6 +99,8 @@ async fn bind(
 pub struct Running {
     /// The addresses actually bound (port 0 in the config becomes the port the OS chose).
     pub addrs: Vec<SocketAddr>,
+    /// The TLS listeners' bound addresses (`[tls] listen`).
+    pub tls_addrs: Vec<SocketAddr>,
     pub gateway: Arc<Gateway>,
     /// The metrics listener's bound address, when `[metrics] listen` is set.
     pub metrics_addr: Option<SocketAddr>,
@@ -103,6 +112,8 @@ pub struct Running {
     /// The traffic listeners and the metrics listener.
     servers: Vec<JoinHandle<std::io::Result<()>>>,
     watcher: JoinHandle<()>,
+    /// Reads the certificate files for changes (with `[tls]`).
+    cert_watcher: Option<JoinHandle<()>>,
     /// The rollout driver: stopped (its lease given up) at shutdown.
     rollouts: crate::gateway::RolloutsHandle,
     /// Flushed after the listeners stop, so that the last requests are logged.
@@ -168,6 +179,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
         version_header: config.version_header.clone(),
         response_version_header,
         observer,
+        http2: config.http2,
     });
     let (stop, stopped) = watch::channel(false);
     let shutdown_signal = |stopped: &watch::Receiver<bool>| {
@@ -188,17 +200,46 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
             shutdown_signal(&stopped),
         )));
     }
+    // TLS listeners first: a redirect from the plain ones names the first one's bound port.
+    let mut tls_addrs = Vec::new();
+    let mut cert_watcher = None;
+    let mut redirect = None;
+    if let Some(tls) = &config.tls {
+        let terminator = TlsTerminator::new(&tls.certs)?;
+        reloader.set_tls(terminator.certs().clone());
+        cert_watcher = Some(terminator.certs().spawn_watch(tls.watch_interval));
+        for addr in &tls.listen {
+            let (listener, bound) = bind(Listener::Tls, *addr).await?;
+            tls_addrs.push(bound);
+            let router: Arc<dyn proxy::Router> = gateway.clone();
+            servers.push(tokio::spawn(proxy::serve_front(
+                listener,
+                Front::Tls(terminator.clone()),
+                proxy_config.clone(),
+                upstreams.clone(),
+                router,
+                shutdown_signal(&stopped),
+            )));
+        }
+        if tls.redirect_http {
+            redirect = tls_addrs.first().map(|a| HttpsRedirect::to_port(a.port()));
+        }
+    }
     for addr in &config.listen {
         let (listener, bound) = bind(Listener::DataPlane, *addr).await?;
         addrs.push(bound);
-        let shutdown = shutdown_signal(&stopped);
+        let front = match redirect {
+            Some(redirect) => Front::Redirect(redirect),
+            None => Front::Plain,
+        };
         let router: Arc<dyn proxy::Router> = gateway.clone();
-        servers.push(tokio::spawn(proxy::serve(
+        servers.push(tokio::spawn(proxy::serve_front(
             listener,
+            front,
             proxy_config.clone(),
             upstreams.clone(),
             router,
-            shutdown,
+            shutdown_signal(&stopped),
         )));
     }
     // The admin API starts last: once it answers, the traffic listeners are up (`/readyz`).
@@ -221,6 +262,8 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
     }
     Ok(Running {
         addrs,
+        tls_addrs,
+        cert_watcher,
         gateway,
         metrics_addr,
         admin_addr,
@@ -384,6 +427,9 @@ impl Running {
             }
         }
         self.watcher.abort();
+        if let Some(cert_watcher) = self.cert_watcher {
+            cert_watcher.abort();
+        }
         self.rollouts.stop().await;
         if let Some(access_log) = self.access_log {
             access_log.finish().await;

@@ -12,8 +12,9 @@
 //!   embedded store (redb) is the default.
 //! - [`rollout`]: PURE core of rollouts: the plan and its states, the transitions, the per-version
 //!   counters, the statistics and the verdict on a window of canary against stable traffic.
-//! - [`proxy`]: the data plane on hyper: listener, client IP, forwarding, upstream pools, health
-//!   checks and passive ejection, fallback, retries.
+//! - [`proxy`]: the data plane on hyper: listener, TLS termination (SNI, certificates reloaded
+//!   without a restart), HTTP/1.1 and HTTP/2 to clients, client IP, the strict edge, forwarding,
+//!   upstream pools, health checks and passive ejection, fallback, retries.
 //! - [`observe`]: the end of the line: Prometheus metrics (on their own listener) and the access
 //!   log, fed by the data plane once per request without making it wait.
 //! - [`config`]: the TOML startup config, validated into the types above; errors name file, line
@@ -21,7 +22,7 @@
 //! - [`gateway`]: glue that keeps the live policy snapshot, answers the data plane's routing
 //!   question from it, and applies store changes without a restart.
 //! - [`reload`]: the config file read again while running (SIGHUP, `POST /v1/reload`): upstreams,
-//!   timeouts and the log format applied; the config's policy seeds the store and is applied
+//!   timeouts, the log format and the TLS certificates applied; the config's policy seeds the store and is applied
 //!   again only when it changed, never over a rollout in progress unless forced.
 //! - [`import`]: `graygate import`: bulk-loads a list into a store.
 //! - [`api`]: the admin API's wire vocabulary (request and answer bodies, error codes, the

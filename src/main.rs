@@ -24,8 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway with a config file. SIGHUP reads the config again: upstreams, timeouts
-    /// and the log format are applied; the config's policy only when it changed since it was
+    /// Run the gateway with a config file. SIGHUP reads the config again: upstreams, timeouts,
+    /// the log format and the TLS certificates are applied; the config's policy only when it changed since it was
     /// last applied, never over a rollout in progress (`graygate ctl reload --force` does).
     /// SIGINT/SIGTERM stop it gracefully.
     Run {
@@ -233,8 +233,15 @@ fn check(path: &std::path::Path) -> ExitCode {
                         p.doc.services.len()
                     )
                 });
+            let tls = c.tls.as_ref().map_or(String::new(), |t| {
+                format!(
+                    ", {} TLS listener(s) with {} certificate(s)",
+                    t.listen.len(),
+                    t.certs.len()
+                )
+            });
             println!(
-                "graygate: {} is valid: {} listener(s), {} upstream(s), {policy}",
+                "graygate: {} is valid: {} listener(s){tls}, {} upstream(s), {policy}",
                 path.display(),
                 c.listen.len(),
                 c.upstreams.len()
@@ -263,6 +270,10 @@ async fn run(config: config::Config, log: LogSwitch) -> anyhow::Result<()> {
     if let Some(addr) = running.admin_addr {
         // Before the listening lines too; `graygate ctl --addr` takes this URL.
         println!("graygate: admin on http://{addr}");
+    }
+    for addr in &running.tls_addrs {
+        // Before the plain lines: a script that waits for those knows these too.
+        println!("graygate: listening on https://{addr}");
     }
     for addr in &running.addrs {
         // A stable line on stdout: scripts and tests read the bound address from it.

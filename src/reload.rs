@@ -11,6 +11,9 @@
 //!   removed: that part is refused and the table stays.
 //! - **The log format** (`[log] format`), when the process gave a switch for it
 //!   ([`Reloader::set_log_format_switch`]; `graygate run` does).
+//! - **The TLS certificates** (`[tls] certs`: the list and the files' contents), when the
+//!   process serves TLS ([`Reloader::set_tls`]): read and checked, then swapped for the next
+//!   handshakes; a set that fails keeps the one in force.
 //! - **The policy**: applied only when the file's changed since it was last applied, and never
 //!   over a rollout in progress unless forced ([`Gateway::apply_config_policy`]), so that a
 //!   reload never undoes runtime changes by surprise.
@@ -22,6 +25,7 @@
 use crate::api::{ReloadOutcome, Reloaded, ReloadedPart, ReloadedPolicy};
 use crate::config::{self, Config, ConfigError, LogFormat};
 use crate::gateway::{ConfigPolicy, Gateway};
+use crate::proxy::tls::{CertsReloaded, LiveCerts};
 use crate::proxy::LiveUpstreams;
 use crate::store::ErrorChain;
 use std::sync::{Arc, OnceLock};
@@ -49,6 +53,8 @@ pub struct Reloader {
     /// Set by the process that owns the log (`graygate run`); without it the log format is set
     /// at start only.
     log_format: OnceLock<LogFormatSwitch>,
+    /// The certificates in force, when the process serves TLS.
+    tls: OnceLock<Arc<LiveCerts>>,
 }
 
 impl Reloader {
@@ -59,7 +65,14 @@ impl Reloader {
             gateway,
             upstreams,
             log_format: OnceLock::new(),
+            tls: OnceLock::new(),
         }
+    }
+
+    /// Gives the reloader the certificates in force, so that a reload applies `[tls] certs`.
+    /// Only the first call counts.
+    pub fn set_tls(&self, certs: Arc<LiveCerts>) {
+        let _ = self.tls.set(certs);
     }
 
     /// Gives the reloader a way to switch the log format. Only the first call counts.
@@ -92,6 +105,16 @@ impl Reloader {
             next.log = new.log.clone();
         }
 
+        let tls = self.certs(&current, &new).await;
+        if tls
+            .as_ref()
+            .is_some_and(|t| t.outcome == ReloadOutcome::Applied)
+        {
+            if let (Some(next), Some(new)) = (next.tls.as_mut(), new.tls.as_ref()) {
+                next.certs = new.certs.clone();
+            }
+        }
+
         let doc = new.policy.as_ref().map(|p| &p.doc);
         let summary = if force {
             format!("{why}, forced")
@@ -116,8 +139,38 @@ impl Reloader {
             upstreams,
             timeouts,
             log,
+            tls,
             policy,
             restart_needed,
+        })
+    }
+
+    /// Applies `[tls] certs` when the process serves TLS and the new config still has `[tls]`
+    /// (adding or removing it takes a restart: `restart_needed` says so).
+    async fn certs(&self, current: &Config, new: &Config) -> Option<ReloadedPart> {
+        let live = self.tls.get()?;
+        current.tls.as_ref()?;
+        let Some(tls) = &new.tls else {
+            return Some(ReloadedPart {
+                outcome: ReloadOutcome::Refused,
+                message: "not applied: `[tls]` is gone from the config; a restart removes the \
+                          TLS listeners, the certificates in force stay until then"
+                    .into(),
+            });
+        };
+        Some(match live.reload(&tls.certs).await {
+            Ok(CertsReloaded::Unchanged(described)) => ReloadedPart {
+                outcome: ReloadOutcome::Unchanged,
+                message: format!("{described}, as before"),
+            },
+            Ok(CertsReloaded::Applied(described)) => ReloadedPart {
+                outcome: ReloadOutcome::Applied,
+                message: described,
+            },
+            Err(e) => ReloadedPart {
+                outcome: ReloadOutcome::Failed,
+                message: format!("not applied: {e}; the certificates in force stay"),
+            },
         })
     }
 
@@ -354,6 +407,20 @@ fn restart_needed(current: &Config, new: &Config) -> Vec<String> {
         ("metrics", current.metrics != new.metrics),
         ("access_log", current.access_log != new.access_log),
         ("admin", current.admin != new.admin),
+        ("tls", current.tls.is_some() != new.tls.is_some()),
+        (
+            "tls.listen",
+            matches!((&current.tls, &new.tls), (Some(c), Some(n)) if c.listen != n.listen),
+        ),
+        (
+            "tls.redirect_http",
+            matches!((&current.tls, &new.tls), (Some(c), Some(n)) if c.redirect_http != n.redirect_http),
+        ),
+        (
+            "tls.watch_interval",
+            matches!((&current.tls, &new.tls), (Some(c), Some(n)) if c.watch_interval != n.watch_interval),
+        ),
+        ("http2", current.http2 != new.http2),
     ];
     differs
         .into_iter()
@@ -409,6 +476,35 @@ mod tests {
         assert_eq!(
             timeouts_text(&after),
             "connect 1s, upstream_response 30s, idle 1m, client_body 30s, upstream_body 1m"
+        );
+    }
+
+    #[test]
+    fn tls_settings_other_than_the_certificates_and_http2_limits_need_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = crate::proxy::tls::testing_pair(&["a.example"]);
+        std::fs::write(dir.path().join("site.pem"), &pem.cert).unwrap();
+        std::fs::write(dir.path().join("site.key"), &pem.key).unwrap();
+        let path = dir.path().join("g.toml");
+        let parse = |text: String| config::parse(&text, &path).expect("a valid config");
+        let tls = |extra: &str| {
+            format!(
+                "{BASE}[tls]\nlisten = [\"127.0.0.1:8443\"]\n\
+                 certs = [{{ cert = \"site.pem\", key = \"site.key\" }}]\n{extra}"
+            )
+        };
+        let before = parse(tls(""));
+        assert!(restart_needed(&before, &parse(tls(""))).is_empty());
+        let after = parse(tls(
+            "redirect_http = true\nwatch_interval = \"5s\"\n[http2]\nmax_concurrent_streams = 10\n",
+        ));
+        assert_eq!(
+            restart_needed(&before, &after),
+            vec!["tls.redirect_http", "tls.watch_interval", "http2"]
+        );
+        assert_eq!(
+            restart_needed(&before, &parse(BASE.to_string())),
+            vec!["tls"]
         );
     }
 }

@@ -72,6 +72,9 @@ pub struct Reloaded {
     pub timeouts: ReloadedPart,
     /// The process log's format.
     pub log: ReloadedPart,
+    /// The TLS certificates (`[tls] certs`), when the config has `[tls]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ReloadedPart>,
     /// The config's policy (seeds the store; applied only when it changed since it was last
     /// applied, and never over a rollout in progress unless forced).
     pub policy: ReloadedPolicy,
@@ -83,13 +86,21 @@ pub struct Reloaded {
 
 impl Reloaded {
     /// Every part with its name, in the order they are applied.
-    pub fn parts(&self) -> [(&'static str, ReloadOutcome, &str); 4] {
-        [
-            ("upstreams", self.upstreams.outcome, &self.upstreams.message),
+    pub fn parts(&self) -> Vec<(&'static str, ReloadOutcome, &str)> {
+        let mut parts = vec![
+            (
+                "upstreams",
+                self.upstreams.outcome,
+                self.upstreams.message.as_str(),
+            ),
             ("timeouts", self.timeouts.outcome, &self.timeouts.message),
             ("log", self.log.outcome, &self.log.message),
-            ("policy", self.policy.outcome, &self.policy.message),
-        ]
+        ];
+        if let Some(tls) = &self.tls {
+            parts.push(("tls", tls.outcome, &tls.message));
+        }
+        parts.push(("policy", self.policy.outcome, &self.policy.message));
+        parts
     }
 
     /// True when a part was refused or failed: not everything in the file is in force.
@@ -123,5 +134,16 @@ mod tests {
         let mut fine = typed;
         fine.policy.outcome = ReloadOutcome::Unchanged;
         assert!(!fine.incomplete());
+
+        // With `[tls]`, the certificates are a part of their own, before the policy.
+        fine.tls = Some(ReloadedPart {
+            outcome: ReloadOutcome::Failed,
+            message: "site.key: the key does not match the certificate site.pem".into(),
+        });
+        let names: Vec<&str> = fine.parts().iter().map(|p| p.0).collect();
+        assert_eq!(names, ["upstreams", "timeouts", "log", "tls", "policy"]);
+        assert!(fine.incomplete());
+        let json = serde_json::to_value(&fine).unwrap();
+        assert_eq!(json["tls"]["outcome"], "failed");
     }
 }

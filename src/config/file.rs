@@ -15,7 +15,9 @@ use std::collections::HashMap;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
-    /// Addresses the data plane listens on (`"127.0.0.1:8080"`); required.
+    /// Addresses the plain (not TLS) data plane listens on (`"127.0.0.1:8080"`); required, and
+    /// may be empty when `[tls] listen` is not.
+    #[serde(default)]
     pub listen: Vec<String>,
     /// `[store]`; absent: the embedded store in `graygate-data`.
     #[serde(default, skip_serializing_if = "is_default")]
@@ -68,6 +70,52 @@ pub struct ConfigFile {
     /// `[rollouts]`: how the rollout driver runs.
     #[serde(default, skip_serializing_if = "is_default")]
     pub rollouts: RolloutsFile,
+    /// `[tls]`; absent: no TLS listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFile>,
+    /// `[http2]`: limits of HTTP/2 client connections.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub http2: Http2File,
+}
+
+/// `[tls]`: the TLS listeners and their certificates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// Addresses of the TLS listeners (`"0.0.0.0:443"`); at least one.
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// Certificate and key files; the first is the default, the others are chosen by SNI.
+    #[serde(default)]
+    pub certs: Vec<CertFile>,
+    /// The plain listeners answer 308 to `https://` instead of proxying.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redirect_http: bool,
+    /// How often the certificate and key files are checked for changes (`"2s"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch_interval: Option<String>,
+}
+
+/// One entry of `[tls] certs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFile {
+    /// PEM certificate chain, the server's certificate first; relative to the config's directory.
+    pub cert: String,
+    /// PEM private key of that certificate.
+    pub key: String,
+}
+
+/// `[http2]`: the flood limits of HTTP/2 client connections.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http2File {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_streams: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_accept_reset_streams: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_local_error_reset_streams: Option<usize>,
 }
 
 /// `[rollouts]`: how often rollouts are looked at, and how long the driver's lease lasts.
@@ -404,6 +452,13 @@ mod tests {
                 tick: Some("500ms".into()),
                 lease: Some("3s".into()),
             },
+            // `[tls]` needs certificate files: config::tls tests it.
+            tls: None,
+            http2: Http2File {
+                max_concurrent_streams: Some(50),
+                max_pending_accept_reset_streams: Some(10),
+                max_local_error_reset_streams: Some(100),
+            },
         }
     }
 
@@ -468,6 +523,11 @@ tokens = [{ name = "alice", token = "alice-token-0123456789" }]
 [rollouts]
 tick = "500ms"
 lease = "3s"
+
+[http2]
+max_concurrent_streams = 50
+max_pending_accept_reset_streams = 10
+max_local_error_reset_streams = 100
 
 [[policy.services]]
 name = "web"

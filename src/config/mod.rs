@@ -11,15 +11,20 @@
 mod admin;
 pub mod file;
 mod health;
+mod http2;
 pub(crate) mod locate;
 mod observe;
+mod tls;
 
 pub use crate::proxy::{DEFAULT_MAX_HEADER_BYTES, DEFAULT_VERSION_HEADER};
 pub use admin::{AdminConfig, AdminToken, DEFAULT_ADMIN_LISTEN, MIN_TOKEN_LEN};
 pub use observe::{AccessLogConfig, LogConfig, LogFormat, MetricsConfig};
+pub use tls::{TlsConfig, DEFAULT_WATCH_INTERVAL};
 
 use crate::policy::{self, PolicyDoc};
-use crate::proxy::{self, ClientIpConfig, ClientIpMode, ServerConfig, Timeouts, UpstreamConfig};
+use crate::proxy::{
+    self, ClientIpConfig, ClientIpMode, Http2Settings, ServerConfig, Timeouts, UpstreamConfig,
+};
 use crate::store::{CacheConfig, MemcachedConfig, RedisConfig};
 use file::{ConfigFile, StoreFile};
 use http::HeaderName;
@@ -62,7 +67,7 @@ impl ConfigError {
 pub struct Config {
     /// The file it was read from; `policy_file` and store paths are resolved against its directory.
     pub file: PathBuf,
-    /// Addresses the data plane listens on.
+    /// Addresses the plain data plane listens on (may be empty when `tls` has listeners).
     pub listen: Vec<SocketAddr>,
     pub store: StoreConfig,
     /// The lookup cache in front of a shared store (Redis, memcached).
@@ -98,6 +103,10 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// The rollout driver (`[rollouts]`).
     pub rollouts: crate::gateway::DriverConfig,
+    /// TLS listeners and certificates (`[tls]`); `None`: no TLS listener.
+    pub tls: Option<TlsConfig>,
+    /// Limits of HTTP/2 client connections (`[http2]`).
+    pub http2: Http2Settings,
 }
 
 /// Where the policy and the identity lists are kept.
@@ -145,10 +154,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let at = |field: &str, message: String| invalid(text, path, field, message);
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
 
-    if file.listen.is_empty() {
+    let tls_listens = file.tls.as_ref().is_some_and(|t| !t.listen.is_empty());
+    if file.listen.is_empty() && !tls_listens {
         return Err(at(
             "listen",
-            "needs at least one address, like \"127.0.0.1:8080\"".into(),
+            "needs at least one address, like \"127.0.0.1:8080\" (or `[tls] listen`)".into(),
         ));
     }
     let mut listen = Vec::new();
@@ -309,14 +319,27 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         ));
     }
 
+    let tls = file
+        .tls
+        .as_ref()
+        .map(|t| tls::tls_config(t, &listen, &base, &at, &duration))
+        .transpose()?;
+    let http2 = http2::http2_config(&file.http2, &at)?;
+    // The admin and metrics listeners must not take a traffic listener's address, TLS or not.
+    let traffic: Vec<SocketAddr> = listen
+        .iter()
+        .chain(tls.iter().flat_map(|t| t.listen.iter()))
+        .copied()
+        .collect();
+
     let (metrics, access_log) =
-        observe::observe_config(&file.metrics, &file.access_log, &listen, &base, &at)?;
+        observe::observe_config(&file.metrics, &file.access_log, &traffic, &base, &at)?;
     let log = observe::log_config(&file.log, &at)?;
 
     let admin = file
         .admin
         .as_ref()
-        .map(|a| admin::admin_config(a, &listen, &at))
+        .map(|a| admin::admin_config(a, &traffic, &at))
         .transpose()?;
 
     let driver = crate::gateway::DriverConfig::default();
@@ -335,6 +358,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     }
 
     Ok(Config {
+        tls,
+        http2,
         rollouts,
         admin,
         metrics,

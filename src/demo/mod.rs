@@ -171,6 +171,8 @@ fn demo_config(
             tokens: Vec::new(),
         }),
         rollouts: Default::default(),
+        tls: None,
+        http2: Default::default(),
     }
 }
 

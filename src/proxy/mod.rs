@@ -6,9 +6,12 @@
 //! at one question, [`Router::route`], which the gateway answers from the live policy.
 //!
 //! # The phases of a request
-//! 1. **Accept** ([`serve`]): one task per client connection, HTTP/1.1 with keep-alive. The
-//!    request headers must arrive within [`Timeouts::header`] and fit in
-//!    [`ProxyConfig::max_header_bytes`] (hyper answers 431 otherwise).
+//! 1. **Accept** ([`serve`], [`serve_front`]): one task per client connection. On a TLS
+//!    listener the handshake first (SNI picks the certificate, ALPN the protocol); on a plain
+//!    one the first bytes tell HTTP/2 with prior knowledge from HTTP/1.1. HTTP/1.1 with
+//!    keep-alive, or HTTP/2 where every stream is a request of its own. The request headers
+//!    must arrive within [`Timeouts::header`] and fit in [`ProxyConfig::max_header_bytes`]
+//!    (hyper answers 431 otherwise).
 //! 2. **Client IP** ([`ClientIpConfig::resolve`]): the peer, or the client behind our own trusted
 //!    proxies. Rules match on it, so a header from an untrusted peer is never believed.
 //! 3. **Route** ([`Router::route`]): first the edge (`edge`) refuses what cannot be proxied
@@ -49,13 +52,20 @@
 //! - `forward`: header and URI rewriting in both directions.
 //! - `server`: the listener, per-connection serving, the request phases above, graceful
 //!   shutdown.
+//! - `protocol`: which HTTP a client connection speaks (ALPN, or the HTTP/2 preface).
+//! - `http2`: HTTP/2 to clients: the flood limits, `:authority` and `Host`.
+//! - `tls`: TLS termination: certificates by SNI, reloaded without a restart, the redirect to
+//!   HTTPS.
 
 mod client_ip;
 mod edge;
 mod forward;
 mod health;
 mod retry;
+pub mod http2;
+pub mod protocol;
 mod server;
+pub mod tls;
 mod upstream;
 
 pub use client_ip::{ClientIpConfig, ClientIpMode, X_FORWARDED_FOR, X_REAL_IP};
@@ -69,9 +79,12 @@ pub use health::{
     DEFAULT_HEALTH_PATH,
 };
 pub use retry::Replay;
+pub use http2::Http2Settings;
 pub use server::{
-    bind, serve, Observer, ProxyConfig, RequestRecord, Timeouts, DEFAULT_MAX_HEADER_BYTES,
+    bind, serve, serve_front, Front, Observer, ProxyConfig, RequestRecord, Timeouts,
+    DEFAULT_MAX_HEADER_BYTES,
 };
+pub use tls::TlsTerminator;
 pub use upstream::{
     check_host_port, check_upstreams, Activity, Exchange, LiveUpstreams, SendError, SendOptions,
     ServerConfig, ServerError, TrackedBody, UpstreamConfig, UpstreamConfigError, UpstreamError,

@@ -2,9 +2,11 @@
 //!
 //! [`serve`] accepts connections until its shutdown future resolves, then stops accepting and
 //! waits for the connections it has to finish their in-flight requests (idle keep-alive
-//! connections are closed at once). Each connection is served by one function,
-//! `serve_connection`, generic over its I/O, so that TLS (a wrapped stream) and HTTP/2 (another
-//! hyper builder in the same place) can be added without touching the request path.
+//! connections are closed at once). What a listener speaks before HTTP is its [`Front`]: plain
+//! TCP, plain TCP answering with redirects to HTTPS, or TLS. Each connection then finds its
+//! protocol (ALPN on TLS, the HTTP/2 preface on plain TCP: `protocol`) and is served by one
+//! function, `serve_connection`, generic over its I/O, with hyper's HTTP/1.1 or HTTP/2 server.
+//! Every request of either, every HTTP/2 stream, goes through the same `handle`.
 //!
 //! Every request walks the phases listed in the module overview ([`crate::proxy`]): client IP,
 //! route, rewrite, upstream (with fallback to stable), respond, observe. Errors of graygate's own
@@ -51,7 +53,10 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::client_ip::ClientIpConfig;
+use super::http2::{self, Http2Settings, OpenStreamBody, Streams};
+use super::protocol::{self, Protocol};
 use super::retry::Replay;
+use super::tls::{HttpsRedirect, TlsTerminator};
 use super::upstream::{LiveUpstreams, SendError, SendOptions, UpstreamError};
 use super::{edge, forward};
 use super::{Answer, BoxError, ProxyBody, Router};
@@ -137,6 +142,9 @@ pub struct ProxyConfig {
     pub response_version_header: Option<HeaderName>,
     /// Told about every request (metrics, access log); `None` costs nothing.
     pub observer: Option<Arc<dyn Observer>>,
+    /// Limits of HTTP/2 client connections (`[http2]`); the header list size is
+    /// `max_header_bytes`.
+    pub http2: Http2Settings,
 }
 
 impl Default for ProxyConfig {
@@ -148,6 +156,7 @@ impl Default for ProxyConfig {
             version_header: None,
             response_version_header: None,
             observer: None,
+            http2: Http2Settings::default(),
         }
     }
 }
@@ -161,6 +170,7 @@ impl std::fmt::Debug for ProxyConfig {
             .field("version_header", &self.version_header)
             .field("response_version_header", &self.response_version_header)
             .field("observer", &self.observer.is_some())
+            .field("http2", &self.http2)
             .finish()
     }
 }
@@ -227,15 +237,30 @@ pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Everything a request needs, shared by all connections.
+/// Everything a request needs, shared by all connections of a listener.
 struct Shared {
     cfg: Arc<ProxyConfig>,
     upstreams: Arc<LiveUpstreams>,
     router: Arc<dyn Router>,
+    /// Set on plain listeners when `[tls] redirect_http` is on: every request is answered with
+    /// this redirect instead of being proxied.
+    redirect: Option<HttpsRedirect>,
 }
 
-/// Serves HTTP/1.1 on `listener` until `shutdown` resolves, then stops accepting, lets the
-/// open connections finish their in-flight requests, and returns when they have.
+/// What a listener speaks before HTTP.
+#[derive(Debug, Clone)]
+pub enum Front {
+    /// Plain TCP: HTTP/1.1, or HTTP/2 with prior knowledge (h2c).
+    Plain,
+    /// Plain TCP whose requests are all answered with a redirect to HTTPS.
+    Redirect(HttpsRedirect),
+    /// TLS: HTTP/2 or HTTP/1.1, as the client chose by ALPN.
+    Tls(TlsTerminator),
+}
+
+/// Serves plain HTTP/1.1 and h2c on `listener` until `shutdown` resolves, then stops
+/// accepting, lets the open connections finish their in-flight requests, and returns when
+/// they have. [`serve_front`] serves another [`Front`].
 ///
 /// Upgraded connections (WebSocket tunnels) are not waited for: they run on until either side
 /// closes them.
@@ -246,10 +271,28 @@ pub async fn serve(
     router: Arc<dyn Router>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    serve_front(listener, Front::Plain, cfg, upstreams, router, shutdown).await
+}
+
+/// [`serve`] with what the listener speaks before HTTP: plain, redirecting, or TLS.
+pub async fn serve_front(
+    listener: TcpListener,
+    front: Front,
+    cfg: Arc<ProxyConfig>,
+    upstreams: Arc<LiveUpstreams>,
+    router: Arc<dyn Router>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let (redirect, tls) = match front {
+        Front::Plain => (None, None),
+        Front::Redirect(redirect) => (Some(redirect), None),
+        Front::Tls(tls) => (None, Some(tls)),
+    };
     let shared = Arc::new(Shared {
         cfg,
         upstreams,
         router,
+        redirect,
     });
     // `stop` tells connections to finish; every connection holds a clone of `drain_tx`, so
     // `drain_rx` yields `None` once the last one is gone.
@@ -263,12 +306,7 @@ pub async fn serve(
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let open = OpenConnection::new(shared.cfg.observer.clone());
-                    let conn = serve_connection(
-                        TokioIo::new(stream),
-                        peer,
-                        shared.clone(),
-                        stop_rx.clone(),
-                    );
+                    let conn = accept(stream, tls.clone(), peer, shared.clone(), stop_rx.clone());
                     let drain = drain_tx.clone();
                     tokio::spawn(async move {
                         conn.await;
@@ -313,42 +351,153 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Serves one client connection: HTTP/1.1 with keep-alive and upgrades, until the client
-/// closes it, a timeout closes it, or shutdown asks it to finish its in-flight request.
-async fn serve_connection<I>(
-    io: I,
+/// Everything before HTTP on one accepted connection: the TLS handshake, or on plain TCP the
+/// look at the first bytes that tells HTTP/2 with prior knowledge from HTTP/1.1. Both are
+/// bounded by the header timeout (a client that connects and sends nothing is closed then), and
+/// given up at shutdown.
+async fn accept(
+    stream: tokio::net::TcpStream,
+    tls: Option<TlsTerminator>,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+) {
+    let within = shared.cfg.timeouts.header;
+    let mut stopping = stop.clone();
+    let stopped = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+    match tls {
+        Some(tls) => {
+            let handshake = tokio::select! {
+                done = tls.handshake(stream, within) => done,
+                _ = stopped => return,
+            };
+            match handshake {
+                Ok((stream, protocol)) => {
+                    serve_connection(TokioIo::new(stream), protocol, peer, shared, stop).await
+                }
+                Err(e) => debug!(peer = %peer, error = %e, "TLS connection closed"),
+            }
+        }
+        None => {
+            let detected = tokio::select! {
+                done = protocol::detect(stream, within) => done,
+                _ = stopped => return,
+            };
+            match detected {
+                Ok((protocol, stream)) => {
+                    serve_connection(TokioIo::new(stream), protocol, peer, shared, stop).await
+                }
+                Err(e) => debug!(peer = %peer, error = %e, "client connection closed"),
+            }
+        }
+    }
+}
+
+/// Serves one client connection until the client closes it, a timeout closes it, or shutdown
+/// asks it to finish its in-flight requests: HTTP/1.1 with keep-alive and upgrades, or HTTP/2
+/// with the `[http2]` limits, closed when no stream has been open for the header timeout.
+async fn serve_connection<I>(
+    io: I,
+    protocol: Protocol,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
 ) where
     I: Read + Write + Unpin + Send + 'static,
 {
     let cfg = shared.cfg.clone();
-    let service = service_fn(move |req| {
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(&shared, peer, req).await) }
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .keep_alive(true)
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.timeouts.header)
-        .max_header_size(cfg.max_header_bytes.max(1))
-        .max_buf_size(DEFAULT_MAX_BUF.max(cfg.max_header_bytes.saturating_add(MIN_BUF)));
-    let conn = builder.serve_connection(io, service).with_upgrades();
+    match protocol {
+        Protocol::Http1 => {
+            let service = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(respond_to(&shared, peer, req).await) }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .keep_alive(true)
+                .timer(TokioTimer::new())
+                .header_read_timeout(cfg.timeouts.header)
+                .max_header_size(cfg.max_header_bytes.max(1))
+                .max_buf_size(DEFAULT_MAX_BUF.max(cfg.max_header_bytes.saturating_add(MIN_BUF)));
+            let conn = builder.serve_connection(io, service).with_upgrades();
+            drive(conn, |c| c.graceful_shutdown(), peer, stop, None).await;
+        }
+        Protocol::Http2 => {
+            let streams = Streams::new();
+            let counted = streams.clone();
+            let service = service_fn(move |req| {
+                let shared = shared.clone();
+                let open = counted.open();
+                async move {
+                    let response = respond_to(&shared, peer, req).await;
+                    Ok::<_, Infallible>(response.map(|inner| OpenStreamBody { inner, _open: open }))
+                }
+            });
+            let conn =
+                http2::builder(&cfg.http2, cfg.max_header_bytes).serve_connection(io, service);
+            let idle = Some((streams, cfg.timeouts.header));
+            drive(conn, |c| c.graceful_shutdown(), peer, stop, idle).await;
+        }
+    }
+}
+
+/// Runs a connection (hyper's of either protocol) to its end; at shutdown, or when `idle` says
+/// that no stream has been open for that long (HTTP/2), it is asked to finish gracefully.
+async fn drive<C: Future<Output = hyper::Result<()>>>(
+    conn: C,
+    graceful_shutdown: fn(Pin<&mut C>),
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+    idle: Option<(Arc<Streams>, Duration)>,
+) {
     tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                debug!(peer = %peer, error = %e, "client connection ended with an error");
+    let idle_check = |streams: &Streams, limit: Duration| match streams.idle_for() {
+        Some(idle) if idle >= limit => None,
+        Some(idle) => Some(limit - idle),
+        None => Some(limit),
+    };
+    let mut next_check = idle.as_ref().map(|(_, limit)| *limit);
+    let result = loop {
+        let wait = next_check;
+        let idle_wait = async move {
+            match wait {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = conn.as_mut() => break result,
+            _ = async { let _ = stop.wait_for(|stop| *stop).await; } => {
+                graceful_shutdown(conn.as_mut());
+                break conn.await;
+            }
+            _ = idle_wait => {
+                let Some((streams, limit)) = &idle else { continue };
+                next_check = idle_check(streams, *limit);
+                if next_check.is_none() {
+                    debug!(peer = %peer, "closing an idle HTTP/2 connection");
+                    graceful_shutdown(conn.as_mut());
+                    break conn.await;
+                }
             }
         }
-        _ = async { let _ = stop.wait_for(|stop| *stop).await; } => {
-            conn.as_mut().graceful_shutdown();
-            if let Err(e) = conn.await {
-                debug!(peer = %peer, error = %e, "client connection ended with an error");
-            }
-        }
+    };
+    if let Err(e) = result {
+        debug!(peer = %peer, error = %e, "client connection ended with an error");
+    }
+}
+
+/// One request as its listener answers it: a redirect to HTTPS, or proxied.
+async fn respond_to(
+    shared: &Shared,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    match &shared.redirect {
+        Some(redirect) => redirect.answer(&req),
+        None => handle(shared, peer, req).await,
     }
 }
 
@@ -513,6 +662,12 @@ async fn proxy(
 ) -> Response<ProxyBody> {
     if req.method() == Method::CONNECT {
         return text(StatusCode::METHOD_NOT_ALLOWED, NO_CONNECT);
+    }
+    // HTTP/2: the host is `:authority`; `Host` from it, for routing and an HTTP/1.1 upstream.
+    if req.version() == http::Version::HTTP_2 {
+        if let Err(e) = http2::host_from_authority(&mut req) {
+            return text(StatusCode::BAD_REQUEST, e.body());
+        }
     }
 
     // Phase "edge": refused, or made canonical for the route and the upstream alike.
@@ -1365,6 +1520,68 @@ mod tests {
             let took = started.elapsed();
             assert!(took < Duration::from_secs(5), "closed after {took:?}");
             assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
+        })
+        .await
+    }
+
+    /// A client that connects and sends nothing (not even enough to tell HTTP/1.1 from
+    /// HTTP/2) is closed after the header timeout too.
+    #[tokio::test]
+    async fn a_silent_connection_is_closed_after_the_header_timeout() {
+        within(async {
+            let p = proxy()
+                .config(|c| c.timeouts.header = Duration::from_millis(200))
+                .start()
+                .await;
+            for first in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+                let mut raw = TcpStream::connect(p.addr).await.unwrap();
+                raw.write_all(first).await.unwrap();
+                let started = Instant::now();
+                let mut rest = Vec::new();
+                let _ = raw.read_to_end(&mut rest).await;
+                let took = started.elapsed();
+                assert!(took >= Duration::from_millis(200), "closed after {took:?}");
+                assert!(took < Duration::from_secs(5), "closed after {took:?}");
+                assert!(rest.is_empty(), "{rest:?}");
+            }
+        })
+        .await
+    }
+
+    /// HTTP/2 with prior knowledge on a plain listener: requests are served, and a connection
+    /// left with no open stream is closed (GOAWAY) after the header timeout, as an idle
+    /// HTTP/1.1 connection is.
+    #[tokio::test]
+    async fn h2c_is_served_and_an_idle_h2_connection_is_closed() {
+        within(async {
+            let b = echo_backend("stable").await;
+            let p = stable_proxy(b.addr)
+                .config(|c| c.timeouts.header = Duration::from_millis(300))
+                .start()
+                .await;
+            let stream = TcpStream::connect(p.addr).await.unwrap();
+            let (mut sender, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                TokioIo::new(stream),
+            )
+            .await
+            .unwrap();
+            let conn = tokio::spawn(conn);
+            let req = Request::get("http://app.example/h2")
+                .body(full(""))
+                .unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            assert_eq!(resp.version(), http::Version::HTTP_2);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let body = String::from_utf8_lossy(&body).into_owned();
+            assert!(body.starts_with("stable\n"), "{body}");
+            // The upstream got the host from :authority, over HTTP/1.1.
+            assert!(echoed(&body).contains(&"host: app.example"), "{body}");
+            let started = Instant::now();
+            let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+            assert!(ended.is_ok(), "the idle connection stayed open");
+            assert!(started.elapsed() >= Duration::from_millis(200));
         })
         .await
     }

@@ -41,7 +41,7 @@ fn every_kind_of_bad_config_gets_its_own_clear_error() {
         (format!("{listen}{UPSTREAMS}weigth = 1\n"), "graygate.toml:8:1: weigth: unknown field `weigth`, expected "),
         (format!("{listen}[timeouts]\nconect = \"1s\"\n"), "graygate.toml:3:1: conect: unknown field `conect`"),
         (format!("{listen}[[upstreams]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"\n"), "graygate.toml:5:1: servers: invalid array"),
-        ("[[upstreams]]\nname = \"a\"\nservers = []\n".to_string(), "missing field `listen`"),
+        ("[[upstreams]]\nname = \"a\"\nservers = []\n".to_string(), "graygate.toml:1:1: listen: needs at least one address"),
         ("listen = [\"localhost\"]\n".to_string(), "graygate.toml:1:11: listen[0]: `localhost` is not an address"),
         (format!("{listen}[timeouts]\nconnect = \"2 parsecs\"\n"), "graygate.toml:3:1: timeouts.connect: `2 parsecs` is not a duration"),
         (format!("{listen}[store]\nkind = \"etcd\"\n"), "graygate.toml:3:1: store.kind: unknown store `etcd`"),

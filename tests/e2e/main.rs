@@ -21,6 +21,9 @@
 //!   under load, two instances on one Redis;
 //! - [`stores`]: the store contract every store runs, and what only one store does;
 //! - [`check`]: `graygate check` names the file, line and field of every bad config;
+//! - [`tls`]: TLS termination with real clients (curl, openssl, a rustls client): SNI, ALPN,
+//!   certificate rotation under load, the redirect to HTTPS, `graygate check` of certificates;
+//! - [`http2`]: HTTP/2 to clients: curl, h2load, the policy per stream, the flood limits;
 //! - [`demo`]: `graygate demo` does what it prints;
 //! - [`docs`]: the documented `graygate ctl` sequences print what the documents show;
 //! - [`doc_figures`]: the figures and defaults `docs/rollouts.md` and `docs/config.md` state are
@@ -37,6 +40,7 @@ mod doc_figures;
 mod docs;
 mod edge;
 mod health;
+mod http2;
 mod live;
 mod logs;
 mod observe;
@@ -46,3 +50,4 @@ mod rollouts;
 mod routing;
 mod stores;
 mod support;
+mod tls;

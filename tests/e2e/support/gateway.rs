@@ -21,8 +21,8 @@ use super::eventually::{equals, eventually, patient, Eventually};
 use super::{route, Client, Reply};
 use bytes::Bytes;
 use graygate::config::file::{
-    AccessLogFile, AdminFile, ConfigFile, HealthFile, MetricsFile, PassiveFile, RolloutsFile,
-    StoreFile, TokenFile, UpstreamFile,
+    AccessLogFile, AdminFile, CertFile, ConfigFile, HealthFile, MetricsFile, PassiveFile,
+    RolloutsFile, StoreFile, TlsFile, TokenFile, UpstreamFile,
 };
 use graygate::demo::Backend;
 use graygate::policy::model::{RouteDoc, ServiceDoc};
@@ -270,6 +270,46 @@ impl GatewayBuilder {
         self
     }
 
+    /// `[tls]` on a free loopback port with these certificates, `<stem>.pem` and `<stem>.key`
+    /// in the gateway's directory (the first is the default); see [`GatewayBuilder::start_in`].
+    pub fn tls(mut self, stems: &[&str]) -> Self {
+        self.file.tls = Some(TlsFile {
+            listen: vec!["127.0.0.1:0".into()],
+            certs: stems
+                .iter()
+                .map(|stem| CertFile {
+                    cert: format!("{stem}.pem"),
+                    key: format!("{stem}.key"),
+                })
+                .collect(),
+            ..TlsFile::default()
+        });
+        self
+    }
+
+    /// `[tls]` as it will be written, to change in place (after [`GatewayBuilder::tls`]).
+    pub fn tls_mut(&mut self) -> &mut TlsFile {
+        self.file.tls.as_mut().expect("call .tls(..) first")
+    }
+
+    /// `[tls] redirect_http = true`.
+    pub fn redirect_http(mut self) -> Self {
+        self.tls_mut().redirect_http = true;
+        self
+    }
+
+    /// `[tls] watch_interval`.
+    pub fn tls_watch_interval(mut self, every: Duration) -> Self {
+        self.tls_mut().watch_interval = Some(humantime::format_duration(every).to_string());
+        self
+    }
+
+    /// `listen = []`: TLS listeners only.
+    pub fn no_plain_listener(mut self) -> Self {
+        self.file.listen.clear();
+        self
+    }
+
     /// `[log] format`: `text` or `json`.
     pub fn log_format(mut self, format: &str) -> Self {
         self.file.log.format = Some(format.into());
@@ -343,8 +383,9 @@ impl GatewayBuilder {
         self.start_in(dir).await
     }
 
-    /// Starts `graygate run` in `dir` (a stopped gateway's: same store, same files).
-    async fn start_in(self, dir: PathBuf) -> Gateway {
+    /// Starts `graygate run` in `dir` (a stopped gateway's, or one with files the config names:
+    /// certificates), which the gateway owns from then on (removed when it is dropped).
+    pub async fn start_in(self, dir: PathBuf) -> Gateway {
         let path = self.write(&dir);
         let mut child = Command::new(binary())
             .args(["run", "--config"])
@@ -359,26 +400,37 @@ impl GatewayBuilder {
         let mut tx = Some(tx);
         let mut metrics = None;
         let mut admin = None;
+        let mut tls = None;
+        // The TLS lines come first; without a plain listener the first of them is the last line.
+        let tls_only = self.file.listen.is_empty();
         let out = collect(child.stdout.take().expect("piped stdout"), move |line| {
             let addr = |rest: &str| rest.parse::<SocketAddr>().ok();
             if let Some(rest) = line.strip_prefix("graygate: metrics on http://") {
                 metrics = rest.strip_suffix("/metrics").and_then(addr);
             } else if let Some(rest) = line.strip_prefix("graygate: admin on http://") {
                 admin = addr(rest);
+            } else if let Some(rest) = line.strip_prefix("graygate: listening on https://") {
+                tls = tls.or(addr(rest));
+                if let (true, Some(listen)) = (tls_only, tls) {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send((listen, tls, metrics, admin));
+                    }
+                }
             } else if let Some(rest) = line.strip_prefix("graygate: listening on http://") {
                 if let (Some(tx), Some(listen)) = (tx.take(), addr(rest)) {
-                    let _ = tx.send((listen, metrics, admin));
+                    let _ = tx.send((listen, tls, metrics, admin));
                 }
             }
         });
         let started = tokio::time::timeout(patient(Duration::from_secs(20)), rx).await;
-        let Ok(Ok((addr, metrics, admin))) = started else {
+        let Ok(Ok((addr, tls, metrics, admin))) = started else {
             let _ = child.kill();
             let _ = child.wait();
             panic!("graygate did not start; log:\n{}", lock(&log).join("\n"));
         };
         Gateway {
             addr,
+            tls,
             metrics,
             admin,
             dir,
@@ -412,8 +464,10 @@ fn lock(lines: &Mutex<Vec<String>>) -> std::sync::MutexGuard<'_, Vec<String>> {
 
 /// A running `graygate run` process with its config in a temporary directory.
 pub struct Gateway {
-    /// The data plane's address.
+    /// The data plane's address (the first TLS listener's when there is no plain one).
     pub addr: SocketAddr,
+    /// The first TLS listener's address, with `[tls]`.
+    tls: Option<SocketAddr>,
     metrics: Option<SocketAddr>,
     admin: Option<SocketAddr>,
     dir: PathBuf,
@@ -445,6 +499,28 @@ impl Gateway {
             format!("a new connection with {headers:?} answered by {version}"),
             async move || equals(Client::new(addr).version(headers).await, version),
         )
+    }
+
+    /// The first TLS listener; panics if the config has no `[tls]`.
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.tls.expect("graygate runs without a TLS listener")
+    }
+
+    /// The process id (to look at its memory).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until graygate's log has a line containing `text`; that line.
+    pub async fn log_line(&self, text: &str) -> String {
+        eventually(format!("a log line with {text:?}"), async || {
+            lock(&self.log)
+                .iter()
+                .find(|l| l.contains(text))
+                .cloned()
+                .ok_or("not yet")
+        })
+        .await
     }
 
     /// The metrics listener, if the config has `[metrics]`.

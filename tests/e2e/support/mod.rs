@@ -10,14 +10,18 @@
 //!   server that never answers;
 //! - [`client`] and [`ctl`]: HTTP to the data plane and the admin API, and `graygate ctl`;
 //! - [`raw`]: HTTP/1.1 as bytes: a client and upstreams that write exactly what a test gives.
+//! - [`tls`]: a CA of the test's own, leaf certificates, a TLS client that trusts them;
+//! - [`h2raw`]: HTTP/2 frames written by hand, for the flood limits.
 
 pub mod client;
 pub mod ctl;
 pub mod eventually;
 pub mod gateway;
+pub mod h2raw;
 pub mod policy;
 pub mod raw;
 pub mod servers;
+pub mod tls;
 
 /// The admin token the tests that need authentication configure (and `ctl` sends).
 pub const TOKEN: &str = "alice-token-0123456789";
@@ -54,4 +58,24 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .map(|value| value.trim().parse().expect("a number"))
+}
+
+/// Runs a client tool of the tests (`curl`, `openssl`, `h2load`) to its end with `stdin` closed;
+/// a tool that is not installed fails the test, naming the Debian package (`.ci/run` installs
+/// them).
+pub async fn run_tool(program: &str, args: &[&str]) -> std::process::Output {
+    let package = match program {
+        "h2load" => "nghttp2-client",
+        other => other,
+    };
+    let run = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(patient(std::time::Duration::from_secs(60)), run).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(e)) => panic!("cannot run {program} (apt-get install {package}): {e}"),
+        Err(_) => panic!("{program} {args:?} did not finish in time"),
+    }
 }
