@@ -533,7 +533,8 @@ async fn proxy(
     let activity = Arc::new(Activity::new());
     let mut options = SendOptions {
         fallback: choice.upstream != choice.stable_upstream,
-        retry: Replay::of(&req, upgrade),
+        retryable: Replay::allowed(&req, upgrade),
+        retry: None,
         retried: false,
     };
     let req = req.map(|body| TrackedBody::new(body, activity.clone()).boxed());
