@@ -216,7 +216,7 @@ impl Reloader {
         for (verb, names) in [
             ("added", &plan.added),
             ("removed", &plan.removed),
-            ("servers changed", &plan.changed),
+            ("changed", &plan.changed),
         ] {
             if !names.is_empty() {
                 what.push(format!("{verb} {}", names.join(", ")));

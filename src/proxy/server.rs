@@ -721,7 +721,8 @@ async fn proxy(
     }
     let mut options = SendOptions {
         fallback: choice.upstream != choice.stable_upstream,
-        retry: Replay::of(&req, upgrade),
+        retryable: Replay::allowed(&req, upgrade),
+        retry: None,
         retried: false,
     };
     let body_state = Arc::new(edge::BodyState::default());

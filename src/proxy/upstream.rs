@@ -22,7 +22,7 @@
 //!   any connect is tried ([`UpstreamError::OutOfService`]).
 //! - **One retry** (`super::retry`). A `GET`, `HEAD` or `OPTIONS` without a body whose server
 //!   died before answering goes once more: to the next server of the version, else back to the
-//!   caller for stable, else (stable itself, no other server) to the same server again.
+//!   caller for stable.
 //! - **Reloaded without a restart.** The data plane holds a [`LiveUpstreams`]: the table is
 //!   rebuilt from a reloaded config ([`LiveUpstreams::plan`]) and swapped whole
 //!   ([`LiveUpstreams::install`]); a request finishes on the table it started with. Indexes stay
@@ -325,14 +325,18 @@ impl UpstreamError {
     }
 }
 
-/// How one request may use the servers of an upstream ([`Upstreams::send_with`]).
+/// How one request may use the servers of an upstream ([`Upstreams::send_with`]). The same
+/// options go with the request to stable after a fallback, so that it is retried once in all.
 #[derive(Debug, Default)]
 pub struct SendOptions {
     /// The request can go to another upstream (stable) when this one cannot take it: servers
     /// out of service are skipped rather than tried last, and a request to retry comes back
     /// ([`SendError::Unreachable`]) when no other server of this upstream is left.
     pub fallback: bool,
-    /// A copy of the request to send once more if its server dies under it; taken by the retry.
+    /// The request may be sent again if its server dies under it ([`Replay::allowed`]).
+    pub retryable: bool,
+    /// The copy of the request for that, made when a retry could go somewhere; taken by the
+    /// retry.
     pub retry: Option<Replay>,
     /// Set when the copy was used: the request was sent again.
     pub retried: bool,
@@ -564,12 +568,13 @@ impl Upstreams {
     /// send elsewhere.
     ///
     /// Once the request has gone out, a failure is final ([`SendError::Failed`]), except once
-    /// when the server's connection died before the response headers and `options.retry`
-    /// holds a copy of the request: the copy goes to the next server; with none left it comes
-    /// back in [`SendError::Unreachable`] (with `options.fallback`) or goes to the same server
-    /// again (without). No response headers within [`Timeouts::upstream_response`] of the last
-    /// `activity` is [`UpstreamError::ResponseTimeout`]. Every answer and failure is told to
-    /// the upstream's health (passive ejection).
+    /// when the server's connection died before the response headers and the request is
+    /// `options.retryable`: a copy of it (made before it went out, when there is another server
+    /// to try or a fallback) goes to the next server; with none left it comes back in
+    /// [`SendError::Unreachable`] for stable. No response headers within
+    /// [`Timeouts::upstream_response`] of the last `activity` is
+    /// [`UpstreamError::ResponseTimeout`]. Every answer and failure is told to the upstream's
+    /// health (passive ejection).
     ///
     /// The connection goes back to the pool when the response (body included) is complete,
     /// unless it was upgraded (101).
@@ -597,12 +602,16 @@ impl Upstreams {
                 },
             });
         }
+        // A copy to send again, only where it could go: another server, or stable.
+        if options.retryable
+            && options.retry.is_none()
+            && !options.retried
+            && (options.fallback || order.len() > 1)
+        {
+            options.retry = Some(Replay::of(&request));
+        }
         let mut last_error = None;
-        // The server whose connection died under the last attempt, when the copy of the
-        // request has not been sent anywhere since.
-        let mut died = None;
         for server in order.iter().map(|&i| &upstream.servers[i]) {
-            died = None;
             match self.try_server(upstream, server, request, activity).await {
                 Ok(exchange) => return Ok(self.answered(upstream, server, exchange)),
                 Err(Attempt::NotSent(back, error)) => {
@@ -617,7 +626,6 @@ impl Upstreams {
                             debug!(upstream = %upstream.name, server = %server.addr, error = %error, "the server died under an idempotent request: sending it again");
                             options.retried = true;
                             request = copy.request();
-                            died = Some(server);
                             last_error = Some(error);
                         }
                         None => {
@@ -627,25 +635,6 @@ impl Upstreams {
                             })
                         }
                     }
-                }
-            }
-        }
-        if let (Some(server), false) = (died, options.fallback) {
-            // Nowhere else to go: the same server once more, on another connection (a server
-            // that closed a kept-alive connection as the request went out is the usual case).
-            match self.try_server(upstream, server, request, activity).await {
-                Ok(exchange) => return Ok(self.answered(upstream, server, exchange)),
-                Err(Attempt::NotSent(back, error)) => {
-                    upstream.health.failed(&server.health, &error);
-                    request = *back;
-                    last_error = Some(error);
-                }
-                Err(Attempt::Sent(error)) => {
-                    upstream.health.failed(&server.health, &error);
-                    return Err(SendError::Failed {
-                        server: server.addr.clone(),
-                        error,
-                    });
                 }
             }
         }
@@ -1002,8 +991,8 @@ pub struct UpstreamsPlan {
     pub added: Vec<String>,
     /// Upstreams gone from the config: their slots are retired.
     pub removed: Vec<String>,
-    /// Upstreams whose servers changed (or every kept one, when the idle timeout changed):
-    /// rebuilt with new connection pools.
+    /// Upstreams whose servers, `health` or `passive` changed (or every kept one, when the idle
+    /// timeout changed): rebuilt with new connection pools, their servers keeping their health.
     pub changed: Vec<String>,
     /// True when the connect, response or idle timeout differs from the table in use.
     pub timeouts_changed: bool,

@@ -240,16 +240,12 @@ async fn killing_the_canary_under_load_fails_no_request_and_its_share_comes_back
         .await;
     assert_eq!(load.answered_by("canary", killed + interval()), 0);
 
-    // Back on the same port: within two passing checks its share comes back.
+    // Back on the same port: after two passing checks its share comes back (two intervals,
+    // give or take a check that a busy machine made time out).
     canary.restart().await;
     let restarted = Instant::now();
-    load.until_answered(
-        "canary",
-        restarted,
-        1,
-        interval() * 4 + Duration::from_secs(1),
-    )
-    .await;
+    load.until_answered("canary", restarted, 1, Duration::from_secs(5))
+        .await;
     load.until_answered("canary", restarted, 100, Duration::from_secs(20))
         .await;
     let seen = load.stop().await;
