@@ -153,8 +153,26 @@ pub struct TimeoutsFile {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
     pub name: String,
-    /// `"host:port"`, optionally followed by ` weight=N`.
+    /// `"host:port"` (or `"https://host:port"`: TLS), optionally followed by ` weight=N`.
     pub servers: Vec<String>,
+    /// `http1` (default), `h2` (HTTP/2 over TLS) or `h2c` (HTTP/2 over plain TCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// TLS to the servers; default: on when they are written `https://` or `protocol = "h2"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<bool>,
+    /// TLS: the CA file the servers' certificates are verified with; default: the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// TLS: the name sent as SNI and verified; default: each server's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// TLS: a client certificate (chain) for servers that require one, with `client_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    /// TLS: the client certificate's private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
 }
 
 /// `[metrics]`.
@@ -293,10 +311,13 @@ mod tests {
                 UpstreamFile {
                     name: "stable".into(),
                     servers: vec!["127.0.0.1:18080".into()],
+                    ..UpstreamFile::default()
                 },
                 UpstreamFile {
                     name: "canary".into(),
                     servers: vec!["127.0.0.1:19090 weight=3".into()],
+                    protocol: Some("h2c".into()),
+                    ..UpstreamFile::default()
                 },
             ],
             policy: Some(PolicyDoc {
@@ -371,6 +392,7 @@ servers = ["127.0.0.1:18080"]
 [[upstreams]]
 name = "canary"
 servers = ["127.0.0.1:19090 weight=3"]
+protocol = "h2c"
 
 [metrics]
 listen = "127.0.0.1:9091"

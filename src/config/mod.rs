@@ -6,19 +6,21 @@
 //! not parse, a policy that references an unknown upstream) carry a field path that `locate`
 //! turns back into a line.
 //!
-//! Relative paths in the file (`policy_file`, `store.path`) are relative to the file's directory.
+//! Relative paths in the file (`policy_file`, `store.path`, an upstream's `ca`, `client_cert` and
+//! `client_key`) are relative to the file's directory.
 
 mod admin;
 pub mod file;
 pub(crate) mod locate;
 mod observe;
+mod upstream;
 
 pub use crate::proxy::{DEFAULT_MAX_HEADER_BYTES, DEFAULT_VERSION_HEADER};
 pub use admin::{AdminConfig, AdminToken, DEFAULT_ADMIN_LISTEN, MIN_TOKEN_LEN};
 pub use observe::{AccessLogConfig, LogConfig, LogFormat, MetricsConfig};
 
 use crate::policy::{self, PolicyDoc};
-use crate::proxy::{self, ClientIpConfig, ClientIpMode, ServerConfig, Timeouts, UpstreamConfig};
+use crate::proxy::{self, ClientIpConfig, ClientIpMode, Timeouts, UpstreamConfig};
 use crate::store::{CacheConfig, MemcachedConfig, RedisConfig};
 use file::{ConfigFile, StoreFile};
 use http::HeaderName;
@@ -240,17 +242,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
 
     let mut upstreams = Vec::new();
     for (i, u) in file.upstreams.iter().enumerate() {
-        let mut servers = Vec::new();
-        for (j, s) in u.servers.iter().enumerate() {
-            let server = s
-                .parse::<ServerConfig>()
-                .map_err(|e| at(&format!("upstreams[{i}].servers[{j}]"), e.to_string()))?;
-            servers.push(server);
-        }
-        upstreams.push(UpstreamConfig {
-            name: u.name.clone(),
-            servers,
-        });
+        upstreams.push(upstream::upstream_config(i, u, &base, &at)?);
     }
     // The data plane's own rules (names, servers), reported at the line of the field.
     proxy::check_upstreams(&upstreams).map_err(|e| at(&e.field(), e.to_string()))?;
@@ -521,6 +513,7 @@ fn invalid(text: &str, path: &Path, field: &str, message: String) -> ConfigError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::ServerConfig;
 
     const LISTEN: &str = "listen = [\"127.0.0.1:8080\"]\n";
 

@@ -132,6 +132,7 @@ fn demo_config(
             addr: addr.to_string(),
             weight: 1,
         }],
+        transport: Default::default(),
     };
     Config {
         file: PathBuf::from("<demo>"),

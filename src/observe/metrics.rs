@@ -848,6 +848,7 @@ mod tests {
                 addr: addr.into(),
                 weight: 1,
             }],
+            transport: Default::default(),
         };
         let t = Timeouts::default();
         let live = Arc::new(LiveUpstreams::new(vec![config("a", "h:1")], &t).unwrap());

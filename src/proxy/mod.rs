@@ -6,7 +6,8 @@
 //! at one question, [`Router::route`], which the gateway answers from the live policy.
 //!
 //! # The phases of a request
-//! 1. **Accept** ([`serve`]): one task per client connection, HTTP/1.1 with keep-alive. The
+//! 1. **Accept** ([`serve`]): one task per client connection, HTTP/1.1 with keep-alive, or
+//!    HTTP/2 with prior knowledge (h2c) when the connection starts with its preface. The
 //!    request headers must arrive within [`Timeouts::header`] and fit in
 //!    [`ProxyConfig::max_header_bytes`] (hyper answers 431 otherwise).
 //! 2. **Client IP** ([`ClientIpConfig::resolve`]): the peer, or the client behind our own trusted
@@ -16,7 +17,10 @@
 //! 4. **Rewrite** (`forward`): hop-by-hop headers removed, `X-Forwarded-For` appended,
 //!    `X-Real-IP` set, URI in origin-form, `Host` kept as the client sent it.
 //! 5. **Upstream** ([`Upstreams`]): weighted round robin over the servers of the chosen version,
-//!    pooled keep-alive connections. A server that cannot be connected to is skipped; when no
+//!    pooled keep-alive connections (HTTP/1.1), or one shared connection per server (HTTP/2:
+//!    `h2` over TLS, `h2c`), plain or TLS ([`Transport`]); toward HTTP/2, `Host` becomes
+//!    `:authority` and a client's `TE: trailers` is kept. A server that cannot be connected to
+//!    (TCP or TLS) is skipped; when no
 //!    server of a canary can be reached, the request goes to the stable version instead (the
 //!    request body has not started to flow at that point, so nothing is lost). Nothing reachable:
 //!    502. No response headers in time: 504.
@@ -33,14 +37,21 @@
 //! # Files
 //! - `client_ip`: which address a request comes from.
 //! - `upstream`: the upstream table, weighted round robin, connection pools, connect failover.
+//! - `upstream_tls`: TLS toward upstreams: verification, SNI, client certificates, ALPN.
+//! - `upstream_protocol`: HTTP/1.1 or HTTP/2 toward upstreams: the shared HTTP/2 connection and
+//!   the request's shape on each.
+//! - `prior_knowledge`: tells an HTTP/2 (h2c) client from an HTTP/1.1 one on a plain listener.
 //! - `forward`: header and URI rewriting in both directions.
 //! - `server`: the listener, per-connection serving, the request phases above, graceful
 //!   shutdown.
 
 mod client_ip;
 mod forward;
+mod prior_knowledge;
 mod server;
 mod upstream;
+mod upstream_protocol;
+mod upstream_tls;
 
 pub use client_ip::{ClientIpConfig, ClientIpMode, X_FORWARDED_FOR, X_REAL_IP};
 pub use forward::DEFAULT_VERSION_HEADER;
@@ -52,6 +63,8 @@ pub use upstream::{
     ServerError, TrackedBody, UpstreamConfig, UpstreamConfigError, UpstreamError, Upstreams,
     UpstreamsPlan, MAX_WEIGHT,
 };
+pub use upstream_protocol::{Protocol, TeTrailers, Transport, TransportError};
+pub use upstream_tls::{PemFile, TlsError, TlsOptions, UpstreamTls};
 
 use std::future::Future;
 use std::pin::Pin;

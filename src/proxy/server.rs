@@ -39,14 +39,16 @@ use hyper::body::Incoming;
 use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use super::client_ip::ClientIpConfig;
 use super::forward;
+use super::prior_knowledge::{self, Sniffed};
 use super::upstream::{Activity, LiveUpstreams, SendError, TrackedBody, UpstreamError};
+use super::upstream_protocol;
 use super::{Answer, ProxyBody, Router};
 use crate::policy::{Decision, RequestFacts};
 
@@ -290,8 +292,9 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Serves one client connection: HTTP/1.1 with keep-alive and upgrades, until the client
-/// closes it, a timeout closes it, or shutdown asks it to finish its in-flight request.
+/// Serves one client connection: HTTP/1.1 with keep-alive and upgrades, or HTTP/2 when it
+/// starts with the HTTP/2 preface (prior knowledge), until the client closes it, a timeout
+/// closes it, or shutdown asks it to finish its in-flight requests.
 async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
@@ -305,6 +308,35 @@ async fn serve_connection<I>(
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(handle(&shared, peer, req).await) }
     });
+    let io = match prior_knowledge::sniff(io, cfg.timeouts.header).await {
+        Ok(Sniffed::Http1(io)) => io,
+        Ok(Sniffed::Http2(io)) => {
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
+            let conn = builder.serve_connection(io, service);
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        debug!(peer = %peer, error = %e, "client connection ended with an error");
+                    }
+                }
+                _ = async { let _ = stop.wait_for(|stop| *stop).await; } => {
+                    conn.as_mut().graceful_shutdown();
+                    if let Err(e) = conn.await {
+                        debug!(peer = %peer, error = %e, "client connection ended with an error");
+                    }
+                }
+            }
+            return;
+        }
+        Err(e) => {
+            debug!(peer = %peer, error = %e, "client connection ended before its first request");
+            return;
+        }
+    };
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .keep_alive(true)
@@ -514,6 +546,8 @@ async fn proxy(
     // Phase "rewrite". An upgrade's client side must be claimed before the request moves on.
     let upgrade = forward::is_upgrade_request(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // `TE: trailers` is hop-by-hop, but an HTTP/2 upstream (gRPC) is to hear it again.
+    upstream_protocol::note_te_trailers(&mut req);
     forward::rewrite_request(&mut req, peer.ip(), client_ip, upgrade);
     if let Some(name) = &shared.cfg.version_header {
         forward::set_version_header(req.headers_mut(), name, &choice.version);
@@ -937,6 +971,7 @@ mod tests {
                         weight: *weight,
                     })
                     .collect(),
+                transport: Default::default(),
             });
             self
         }

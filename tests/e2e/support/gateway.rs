@@ -80,6 +80,8 @@ pub struct GatewayBuilder {
     policy: PolicyDoc,
     /// Write the policy to this file (relative to the config) instead of inline.
     policy_file: Option<String>,
+    /// Environment variables the process is started with.
+    env: Vec<(String, String)>,
 }
 
 /// A gateway with no upstream, no policy and the embedded store, listening on port 0.
@@ -91,6 +93,7 @@ pub fn gateway() -> GatewayBuilder {
         },
         policy: PolicyDoc::default(),
         policy_file: None,
+        env: Vec::new(),
     }
 }
 
@@ -118,7 +121,20 @@ impl GatewayBuilder {
         self.file.upstreams.push(UpstreamFile {
             name: name.into(),
             servers: vec![server.address().to_string()],
+            ..UpstreamFile::default()
         });
+        self
+    }
+
+    /// An upstream written out in full (TLS, protocol).
+    pub fn upstream_file(mut self, upstream: UpstreamFile) -> Self {
+        self.file.upstreams.push(upstream);
+        self
+    }
+
+    /// Starts the process with the environment variable `key` set to `value`.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -307,6 +323,7 @@ impl GatewayBuilder {
             .args(["run", "--config"])
             .arg(&path)
             .env("GRAYGATE_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -7,25 +7,32 @@
 //! - [`policy`]: `service("web").rule("beta", "canary", header("X-Env").equals("beta"))`;
 //! - [`eventually`]: the one way to wait, with a patience multiplier from the environment;
 //! - [`servers`]: Redis, memcached and a server that never answers;
-//! - [`client`] and [`ctl`]: HTTP to the data plane and the admin API, and `graygate ctl`.
+//! - [`client`] and [`ctl`]: HTTP to the data plane and the admin API, and `graygate ctl`;
+//! - [`backends`]: TLS, h2 and h2c backends and the test PKI they use;
+//! - [`grpc`]: a tonic gRPC echo service and its client.
 
+pub mod backends;
 pub mod client;
 pub mod ctl;
 pub mod eventually;
 pub mod gateway;
+pub mod grpc;
 pub mod policy;
 pub mod servers;
 
 /// The admin token the tests that need authentication configure (and `ctl` sends).
 pub const TOKEN: &str = "alice-token-0123456789";
 
+pub use backends::{h2c_backend, h2c_client, tls_backend, Pki, TlsBackend};
 pub use client::{Client, Reply};
 pub use ctl::{Admin, Ctl};
 pub use eventually::{equals, eventually, patient};
 pub use gateway::{
     binary, check, dead_addr, gateway, run_until_exit, web_gateway, Exited, Gateway, GatewayBuilder,
 };
+pub use graygate::config::file::UpstreamFile;
 pub use graygate::demo::Backend;
+pub use grpc::{EchoClient, GrpcEcho};
 pub use policy::*;
 pub use servers::{
     memcached_store, redis_store, HangingServer, Kind, MemcachedServer, RedisServer, Server,
