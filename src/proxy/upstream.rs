@@ -1659,6 +1659,19 @@ mod tests {
         assert_eq!(e.field(), "upstreams[0].servers");
     }
 
+    #[test]
+    fn another_protocol_is_a_changed_upstream_with_new_connections() {
+        use crate::proxy::Protocol;
+        let t = Timeouts::default();
+        let live = LiveUpstreams::new(vec![config("a", &["h:1"])], &t).unwrap();
+        let mut h2c = config("a", &["h:1"]);
+        h2c.transport = Transport::new(Protocol::H2c, None).unwrap();
+        let plan = live.plan(std::slice::from_ref(&h2c), &t).unwrap();
+        assert_eq!(plan.changed, vec!["a".to_string()]);
+        live.install(plan);
+        assert!(live.plan(&[h2c], &t).unwrap().is_empty(), "as before");
+    }
+
     #[tokio::test]
     async fn a_retired_slot_gives_the_request_back() {
         let t = Timeouts::default();
