@@ -183,9 +183,12 @@ async fn a_promote_and_rollback_cycle_on_the_memcached_layout_changes_no_routing
     let identities: Vec<Identity> = (0..IDENTITIES)
         .map(|i| vec![("X-Real-IP".to_string(), ip(i))])
         .collect();
-    let before = answers(gg.addr, &identities).await;
-    let grays = before.iter().filter(|v| *v == "gray").count();
-    assert_eq!(grays, IDENTITIES.div_ceil(3), "{before:?}");
+    // Flagged "1": gray; "0" or absent: prod. Waited for, not read once: on a busy machine a
+    // first lookup that times out is answered by prod (fail safe), and is right the next time.
+    let before: Vec<String> = (0..IDENTITIES)
+        .map(|i| if i % 3 == 0 { "gray" } else { "prod" }.to_string())
+        .collect();
+    eventually_routes(gg.addr, &identities, &before, "the gray list as set").await;
 
     promote_and_roll_back(&gg, &identities).await;
     eventually_routes(

@@ -861,11 +861,14 @@ async fn on_redis_another_instance_takes_over_a_killed_driver_and_verdicts_sum_b
         .until(
             "a verdict by the new driver",
             Duration::from_secs(10),
+            // The verdict (the working record) and the state it leads to (the policy) are two
+            // writes: a waiting rollout's passing verdict is seen a moment before `progressing`.
             |v| {
                 v.verdicts.len() > verdicts_before
                     && v.verdicts
                         .last()
                         .is_some_and(|d| d.outcome == Outcome::Pass)
+                    && v.state == Some(RolloutState::Progressing)
             },
         )
         .await;
