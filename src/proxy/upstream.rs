@@ -32,9 +32,10 @@
 //!   An upstream whose servers did not change keeps its connection pool and counters.
 //! - **TLS and HTTP/2** (`upstream_tls`, `upstream_protocol`): an upstream's connections may be
 //!   TLS, and may speak HTTP/2 (`h2` over TLS, `h2c` over TCP). An HTTP/2 server has one shared,
-//!   multiplexed connection instead of the pool; connect failover, the down/up bookkeeping and
-//!   the canary-to-stable fallback work the same, since a request still comes back whole when no
-//!   connection to a server can be made.
+//!   multiplexed connection instead of the pool; connect failover, the down/up bookkeeping,
+//!   passive health (a failed TLS handshake is a failed connect) and the canary-to-stable
+//!   fallback work the same, since a request still comes back whole when no connection to a
+//!   server can be made.
 
 use std::error::Error as StdError;
 use std::io;

@@ -178,6 +178,72 @@ async fn an_h2c_canary_that_is_down_falls_back_to_an_http1_stable() {
     }
 }
 
+/// Active health checks speak the upstream's transport: an `h2` upstream (TLS, HTTP/2 only) and
+/// an `h2c` canary are checked over HTTP/2, TLS verified with the upstream's CA, pass, and stay
+/// in service; checked as plain HTTP/1.1 both would fail and the canary's requests would go to
+/// stable. A canary whose certificate is not trusted fails its first check and is out of service
+/// before any request: its share goes to stable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_speak_tls_and_http2_as_the_requests_do() {
+    use graygate::config::file::HealthFile;
+    let pki = Pki::new();
+    let stable = tls_backend("stable", &pki).h2_only().start().await;
+    let canary = h2c_backend("canary").await;
+    let untrusted = tls_backend("untrusted", &pki).h2_only().start().await;
+    let gg = gateway()
+        .upstream_file(UpstreamFile {
+            name: "stable".into(),
+            servers: vec![format!("localhost:{}", stable.addr().port())],
+            protocol: Some("h2".into()),
+            ca: Some(pki.path("ca.pem")),
+            ..UpstreamFile::default()
+        })
+        .health("stable", Some(HealthFile::default()))
+        .upstream_file(h2c("canary", &canary))
+        .health("canary", Some(HealthFile::default()))
+        .upstream_file(UpstreamFile {
+            name: "untrusted".into(),
+            servers: vec![format!("localhost:{}", untrusted.addr().port())],
+            protocol: Some("h2".into()),
+            ..UpstreamFile::default()
+        })
+        .health("untrusted", Some(HealthFile::default()))
+        .route(route("web"))
+        .service(
+            web()
+                .version("untrusted", "untrusted")
+                .rule("beta", "canary", header("X-Env").equals("beta"))
+                .rule("gamma", "untrusted", header("X-Env").equals("gamma")),
+        )
+        .start()
+        .await;
+    let mut c = gg.client();
+    for (env, answer) in [
+        ("prod", "stable\n"),
+        ("beta", "canary\n"),
+        ("gamma", "stable\n"),
+    ] {
+        let r = c.get(&[("X-Env", env)]).await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, answer),
+            "{env}: {r:?}\n{}",
+            gg.log_text()
+        );
+    }
+    let log = gg.log_text();
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("health check failed"))
+        .collect();
+    assert_eq!(failed.len(), 1, "only the untrusted one:\n{log}");
+    assert!(
+        failed[0].contains("untrusted") && failed[0].contains("TLS handshake failed"),
+        "{}",
+        failed[0]
+    );
+}
+
 /// `GET path` on a new connection with `extra` header lines; the whole answer.
 async fn raw_get(gg: &Gateway, path: &str, extra: &str) -> String {
     let mut raw = tokio::net::TcpStream::connect(gg.addr).await.unwrap();
