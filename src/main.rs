@@ -263,6 +263,9 @@ async fn run(config: config::Config, log: LogSwitch) -> anyhow::Result<()> {
         .set_log_format_switch(Box::new(move |format| {
             log.reload(log_writer(format)).map_err(|e| e.to_string())
         }));
+    // SIGHUP is taken over before the listening lines: a script or test that reloads as soon as
+    // it reads them must not meet the default action (the end of the process).
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     if let Some(addr) = running.metrics_addr {
         // Before the listening lines: a script that waits for those knows this one too.
         println!("graygate: metrics on http://{addr}/metrics");
@@ -281,8 +284,7 @@ async fn run(config: config::Config, log: LogSwitch) -> anyhow::Result<()> {
     }
     let reloader = running.reloader.clone();
     let reloads = tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
+        let Ok(mut hup) = hup else {
             return;
         };
         while hup.recv().await.is_some() {

@@ -209,7 +209,7 @@ pub struct TimeoutsFile {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
     pub name: String,
-    /// `"host:port"`, optionally followed by ` weight=N`.
+    /// `"host:port"` (or `"https://host:port"`: TLS), optionally followed by ` weight=N`.
     pub servers: Vec<String>,
     /// `health = { ... }`: active health checks of the servers; absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -217,6 +217,24 @@ pub struct UpstreamFile {
     /// `passive = { ... }`: passive ejection; absent: on, with its defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passive: Option<PassiveFile>,
+    /// `http1` (default), `h2` (HTTP/2 over TLS) or `h2c` (HTTP/2 over plain TCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// TLS to the servers; default: on when they are written `https://` or `protocol = "h2"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<bool>,
+    /// TLS: the CA file the servers' certificates are verified with; default: the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// TLS: the name sent as SNI and verified; default: each server's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// TLS: a client certificate (chain) for servers that require one, with `client_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    /// TLS: the client certificate's private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
 }
 
 /// An upstream's `health`: every key optional (defaults in `docs/config.md`).
@@ -419,6 +437,8 @@ mod tests {
                         ejection: Some("30s".into()),
                         max_ejection: Some("10m".into()),
                     }),
+                    protocol: Some("h2c".into()),
+                    ..UpstreamFile::default()
                 },
             ],
             policy: Some(PolicyDoc {
@@ -505,6 +525,7 @@ name = "canary"
 servers = ["127.0.0.1:19090 weight=3"]
 health = { path = "/ready?deep=1", interval = "5s", timeout = "500ms", healthy = 1, unhealthy = 2, statuses = [200, 204], host = "canary.internal" }
 passive = { failures = 3, ejection = "30s", max_ejection = "10m" }
+protocol = "h2c"
 
 [metrics]
 listen = "127.0.0.1:9091"

@@ -6,7 +6,8 @@
 //! not parse, a policy that references an unknown upstream) carry a field path that `locate`
 //! turns back into a line.
 //!
-//! Relative paths in the file (`policy_file`, `store.path`) are relative to the file's directory.
+//! Relative paths in the file (`policy_file`, `store.path`, an upstream's `ca`, `client_cert` and
+//! `client_key`) are relative to the file's directory.
 
 mod admin;
 pub mod file;
@@ -15,6 +16,7 @@ mod http2;
 pub(crate) mod locate;
 mod observe;
 mod tls;
+mod upstream;
 
 pub use crate::proxy::{DEFAULT_MAX_HEADER_BYTES, DEFAULT_VERSION_HEADER};
 pub use admin::{AdminConfig, AdminToken, DEFAULT_ADMIN_LISTEN, MIN_TOKEN_LEN};
@@ -22,9 +24,7 @@ pub use observe::{AccessLogConfig, LogConfig, LogFormat, MetricsConfig};
 pub use tls::{TlsConfig, DEFAULT_WATCH_INTERVAL};
 
 use crate::policy::{self, PolicyDoc};
-use crate::proxy::{
-    self, ClientIpConfig, ClientIpMode, Http2Settings, ServerConfig, Timeouts, UpstreamConfig,
-};
+use crate::proxy::{self, ClientIpConfig, ClientIpMode, Http2Settings, Timeouts, UpstreamConfig};
 use crate::store::{CacheConfig, MemcachedConfig, RedisConfig};
 use file::{ConfigFile, StoreFile};
 use http::HeaderName;
@@ -261,19 +261,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
 
     let mut upstreams = Vec::new();
     for (i, u) in file.upstreams.iter().enumerate() {
-        let mut servers = Vec::new();
-        for (j, s) in u.servers.iter().enumerate() {
-            let server = s
-                .parse::<ServerConfig>()
-                .map_err(|e| at(&format!("upstreams[{i}].servers[{j}]"), e.to_string()))?;
-            servers.push(server);
-        }
-        upstreams.push(UpstreamConfig {
-            name: u.name.clone(),
-            servers,
-            health: health::health_check(i, u.health.as_ref(), &at)?,
-            passive: health::passive_health(i, u.passive.as_ref(), &at)?,
-        });
+        upstreams.push(upstream::upstream_config(i, u, &base, &at)?);
     }
     // The data plane's own rules (names, servers), reported at the line of the field.
     proxy::check_upstreams(&upstreams).map_err(|e| at(&e.field(), e.to_string()))?;
@@ -559,6 +547,7 @@ fn invalid(text: &str, path: &Path, field: &str, message: String) -> ConfigError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::ServerConfig;
 
     const LISTEN: &str = "listen = [\"127.0.0.1:8080\"]\n";
 

@@ -6,7 +6,8 @@
 //! ([`ServerHealth::in_service`]); everything else here runs when something changes.
 //!
 //! - **Active checks** (`health = { ... }` on an upstream, [`HealthCheck`]): every `interval`, a
-//!   `GET path` to each server (the `probe` module). `unhealthy` failed checks in a row take a
+//!   `GET path` to each server (the `probe` module), spoken as the upstream's requests are
+//!   (TLS with its verification, HTTP/1.1 or HTTP/2: its transport). `unhealthy` failed checks in a row take a
 //!   server out of service, `healthy` passed checks in a row bring it back. The first result of a
 //!   server decides at once: [`crate::app`] runs one round of checks before the traffic
 //!   listeners open, and a reload runs one for the upstreams it adds before they are used, so
@@ -35,6 +36,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
+
+use super::upstream_protocol::Transport;
 
 pub use probe::ProbeError;
 
@@ -425,6 +428,8 @@ pub(super) struct UpstreamHealth {
     prober: Mutex<Option<JoinHandle<()>>>,
     /// Set once checks were started (first round run, prober spawned).
     started: AtomicBool,
+    /// How the checks speak to the servers: as the upstream's requests do (TLS, HTTP/2).
+    transport: Transport,
 }
 
 impl UpstreamHealth {
@@ -465,10 +470,17 @@ impl UpstreamHealth {
             none_in_service: AtomicBool::new(false),
             prober: Mutex::new(None),
             started: AtomicBool::new(false),
+            transport: Transport::default(),
         };
         let none = health.weighted().next().is_some() && !health.any_in_service(now_ms());
         health.none_in_service.store(none, Ordering::Relaxed);
         health
+    }
+
+    /// The checks speak `transport` (the upstream's) instead of plain HTTP/1.1.
+    pub(super) fn with_transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        self
     }
 
     /// The servers that are used (weight above 0).

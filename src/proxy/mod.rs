@@ -23,13 +23,16 @@
 //!    `X-Real-IP` set, URI in origin-form, `Host` kept as the edge left it. Only a WebSocket
 //!    upgrade keeps its `Upgrade` header; any other (`h2c`) is proxied as a plain request.
 //! 5. **Upstream** ([`Upstreams`]): weighted round robin over the servers of the chosen version,
-//!    pooled keep-alive connections. Servers out of service (health checks, passive ejection)
-//!    are skipped; a version with none in service sends the request to stable before any
-//!    connect. A server that cannot be connected to is skipped; when no server of a canary can
-//!    be reached, the request goes to the stable version instead (the request body has not
-//!    started to flow at that point, so nothing is lost). A bodiless `GET`, `HEAD` or `OPTIONS`
-//!    whose server dies before answering is sent once more, to another server or to stable.
-//!    Nothing reachable: 502. No response headers in time: 504.
+//!    pooled keep-alive connections (HTTP/1.1), or one shared connection per server (HTTP/2:
+//!    `h2` over TLS, `h2c`), plain or TLS ([`Transport`]); toward HTTP/2, `Host` becomes
+//!    `:authority` and a client's `TE: trailers` is kept. Servers out of service (health
+//!    checks, passive ejection) are skipped; a version with none in service sends the request
+//!    to stable before any connect. A server that cannot be connected to (TCP or TLS) is
+//!    skipped; when no server of a canary can be reached, the request goes to the stable
+//!    version instead (the request body has not started to flow at that point, so nothing is
+//!    lost). A bodiless `GET`, `HEAD` or `OPTIONS` whose server dies before answering is sent
+//!    once more, to another server or to stable. Nothing reachable: 502. No response headers in
+//!    time: 504.
 //! 6. **Respond**: the response is rewritten (hop-by-hop headers removed, and the optional
 //!    [`ProxyConfig::response_version_header`] set) and its body streamed back as it arrives. A
 //!    `101 Switching Protocols` (WebSocket) turns the two connections into a byte tunnel. A
@@ -49,6 +52,9 @@
 //! - `health`: which servers are in service: active checks (`health/probe`), passive
 //!   ejection, their log lines.
 //! - `retry`: the copy of an idempotent request that is sent again when its server died.
+//! - `upstream_tls`: TLS toward upstreams: verification, SNI, client certificates, ALPN.
+//! - `upstream_protocol`: HTTP/1.1 or HTTP/2 toward upstreams: the shared HTTP/2 connection and
+//!   the request's shape on each.
 //! - `forward`: header and URI rewriting in both directions.
 //! - `server`: the listener, per-connection serving, the request phases above, graceful
 //!   shutdown.
@@ -61,12 +67,14 @@ mod client_ip;
 mod edge;
 mod forward;
 mod health;
-mod retry;
 pub mod http2;
 pub mod protocol;
+mod retry;
 mod server;
 pub mod tls;
 mod upstream;
+mod upstream_protocol;
+mod upstream_tls;
 
 pub use client_ip::{ClientIpConfig, ClientIpMode, X_FORWARDED_FOR, X_REAL_IP};
 pub use edge::{
@@ -78,8 +86,8 @@ pub use health::{
     HealthCheck, HealthConfigError, PassiveHealth, ProbeError, ServerState, ServerStatus,
     DEFAULT_HEALTH_PATH,
 };
-pub use retry::Replay;
 pub use http2::Http2Settings;
+pub use retry::Replay;
 pub use server::{
     bind, serve, serve_front, Front, Observer, ProxyConfig, RequestRecord, Timeouts,
     DEFAULT_MAX_HEADER_BYTES,
@@ -90,6 +98,8 @@ pub use upstream::{
     ServerConfig, ServerError, TrackedBody, UpstreamConfig, UpstreamConfigError, UpstreamError,
     Upstreams, UpstreamsPlan, MAX_WEIGHT,
 };
+pub use upstream_protocol::{Protocol, TeTrailers, Transport, TransportError};
+pub use upstream_tls::{PemFile, TlsError, TlsOptions, UpstreamTls};
 
 use std::future::Future;
 use std::pin::Pin;

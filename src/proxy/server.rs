@@ -58,6 +58,7 @@ use super::protocol::{self, Protocol};
 use super::retry::Replay;
 use super::tls::{HttpsRedirect, TlsTerminator};
 use super::upstream::{LiveUpstreams, SendError, SendOptions, UpstreamError};
+use super::upstream_protocol;
 use super::{edge, forward};
 use super::{Answer, BoxError, ProxyBody, Router};
 use crate::policy::{Decision, RequestFacts};
@@ -708,6 +709,8 @@ async fn proxy(
     let upgrade = req.version() == Version::HTTP_11 && forward::is_websocket_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let unsized_body = req.body().size_hint().exact().is_none();
+    // `TE: trailers` is hop-by-hop, but an HTTP/2 upstream (gRPC) is to hear it again.
+    upstream_protocol::note_te_trailers(&mut req);
     forward::rewrite_request(&mut req, peer.ip(), client_ip, upgrade);
     if unsized_body && !upgrade {
         forward::send_chunked(req.headers_mut());

@@ -30,6 +30,12 @@
 //!   while its name stays in the config, a new one is appended, and a removed one leaves a
 //!   retired slot (no servers, no name a policy can use) that a later reload may fill again.
 //!   An upstream whose servers did not change keeps its connection pool and counters.
+//! - **TLS and HTTP/2** (`upstream_tls`, `upstream_protocol`): an upstream's connections may be
+//!   TLS, and may speak HTTP/2 (`h2` over TLS, `h2c` over TCP). An HTTP/2 server has one shared,
+//!   multiplexed connection instead of the pool; connect failover, the down/up bookkeeping,
+//!   passive health (a failed TLS handshake is a failed connect) and the canary-to-stable
+//!   fallback work the same, since a request still comes back whole when no connection to a
+//!   server can be made.
 
 use std::error::Error as StdError;
 use std::io;
@@ -45,7 +51,9 @@ use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http2, TrySendError};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
@@ -53,6 +61,8 @@ use super::health::{
     self, HealthCheck, HealthConfigError, PassiveHealth, ServerHealth, ServerStatus, UpstreamHealth,
 };
 use super::retry::{self, Replay};
+use super::upstream_protocol::{self, H2Connection, Transport};
+use super::upstream_tls::{TlsError, UpstreamIo};
 use super::{ProxyBody, Timeouts};
 
 /// Idle connections kept per server. Beyond this, a connection that finishes a request is
@@ -71,6 +81,12 @@ const MAX_SCHEDULE: u64 = 10_000;
 /// that a pool of stale connections cannot make one request loop.
 const MAX_STALE_RETRIES: usize = 4;
 
+/// How often an HTTP/2 upstream connection is pinged, also while idle, and how long the answer
+/// may take: a connection whose server vanished without closing it is found dead and replaced
+/// before a request is lost on it, without an idle timeout that would close healthy ones.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// One upstream (a version of a service) as configured.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UpstreamConfig {
@@ -82,6 +98,8 @@ pub struct UpstreamConfig {
     pub health: Option<HealthCheck>,
     /// Passive ejection of its servers, from the answers of real requests.
     pub passive: PassiveHealth,
+    /// How its servers are spoken to: HTTP/1.1 (the default) or HTTP/2, over TCP or TLS.
+    pub transport: Transport,
 }
 
 /// One server of an upstream.
@@ -128,6 +146,13 @@ pub enum UpstreamConfigError {
         upstream: usize,
         error: HealthConfigError,
     },
+    /// A server of a TLS upstream whose host is no name TLS can verify.
+    #[error("{error}")]
+    BadServerName {
+        upstream: usize,
+        server: usize,
+        error: TlsError,
+    },
 }
 
 impl UpstreamConfigError {
@@ -142,6 +167,9 @@ impl UpstreamConfigError {
                 format!("upstreams[{upstream}].servers")
             }
             UpstreamConfigError::BadServer {
+                upstream, server, ..
+            }
+            | UpstreamConfigError::BadServerName {
                 upstream, server, ..
             } => format!("upstreams[{upstream}].servers[{server}]"),
             UpstreamConfigError::Health { upstream, error } => {
@@ -207,8 +235,8 @@ impl std::str::FromStr for ServerConfig {
 }
 
 /// Checks upstream definitions: every upstream has a name of its own and at least one server
-/// with a weight above 0, and every server address is `host:port`. The first mistake found is
-/// returned.
+/// with a weight above 0, and every server address is `host:port` (with a host TLS can verify,
+/// for a TLS upstream). The first mistake found is returned.
 pub fn check_upstreams(configs: &[UpstreamConfig]) -> Result<(), UpstreamConfigError> {
     for (i, cfg) in configs.iter().enumerate() {
         if cfg.name.trim().is_empty() {
@@ -226,6 +254,15 @@ pub fn check_upstreams(configs: &[UpstreamConfig]) -> Result<(), UpstreamConfigE
                 server: j,
                 error,
             })?;
+            if let Some(tls) = cfg.transport.tls() {
+                tls.server_name(&server.addr).map_err(|error| {
+                    UpstreamConfigError::BadServerName {
+                        upstream: i,
+                        server: j,
+                        error,
+                    }
+                })?;
+            }
         }
         if cfg.servers.iter().all(|s| s.weight == 0) {
             return Err(UpstreamConfigError::NoServers {
@@ -255,7 +292,19 @@ pub enum UpstreamError {
         #[source]
         source: io::Error,
     },
-    /// The HTTP/1 handshake over a new connection failed.
+    /// The TLS handshake failed: the certificate is not trusted or not for this name, the
+    /// server refused the client certificate, or it did not agree to HTTP/2.
+    #[error("TLS handshake with {server} failed: {source}")]
+    Tls {
+        server: Arc<str>,
+        #[source]
+        source: io::Error,
+    },
+    /// Another request's connect to this HTTP/2 server failed while this one waited for it:
+    /// the server is not tried again right away.
+    #[error("connect to {server} failed for a concurrent request")]
+    ConcurrentConnectFailed { server: Arc<str> },
+    /// The HTTP handshake over a new connection failed.
     #[error("HTTP handshake with {server} failed: {source}")]
     Handshake {
         server: Arc<str>,
@@ -367,6 +416,8 @@ pub struct Upstreams {
     response_timeout: Duration,
     /// HTTP/1 client settings for every new upstream connection.
     client: http1::Builder,
+    /// HTTP/2 client settings for every new connection to an `h2`/`h2c` upstream.
+    h2_client: http2::Builder<TokioExecutor>,
 }
 
 /// One upstream: a version of a service and its servers.
@@ -375,6 +426,8 @@ struct Upstream {
     name: Arc<str>,
     /// What it was built from; `None` for a slot retired by a reload (no servers).
     config: Option<UpstreamConfig>,
+    /// How its servers are spoken to (a copy of the config's, at hand on every request).
+    transport: Transport,
     servers: Vec<Server>,
     /// Smooth weighted round robin: which server starts the attempt order, by turn.
     schedule: Box<[usize]>,
@@ -395,8 +448,12 @@ struct Server {
     health: Arc<ServerHealth>,
     /// 0: drained, never tried.
     weight: u32,
-    /// Idle keep-alive connections to this server.
+    /// Idle keep-alive connections to this server (HTTP/1.1).
     pool: Arc<Pool>,
+    /// The shared connection to this server (HTTP/2).
+    h2: H2Connection,
+    /// The name sent as SNI and verified in the certificate (TLS).
+    tls_name: Option<ServerName<'static>>,
     /// True after a connect failed, until one succeeds: tried after the others meanwhile.
     down: AtomicBool,
     /// While down, tried after the servers that are up until this time (ms of the health clock).
@@ -436,12 +493,19 @@ impl Upstreams {
     }
 
     fn with(upstreams: Vec<Arc<Upstream>>, timeouts: &Timeouts) -> Self {
+        let mut h2_client = http2::Builder::new(TokioExecutor::new());
+        h2_client
+            .timer(TokioTimer::new())
+            .keep_alive_interval(H2_PING_INTERVAL)
+            .keep_alive_timeout(H2_PING_TIMEOUT)
+            .keep_alive_while_idle(true);
         Upstreams {
             upstreams,
             timeouts: *timeouts,
             connect_timeout: timeouts.connect,
             response_timeout: timeouts.upstream_response,
             client: http1::Builder::new(),
+            h2_client,
         }
     }
 
@@ -717,6 +781,12 @@ impl Upstreams {
         mut request: Request<ProxyBody>,
         activity: &Activity,
     ) -> Result<Exchange, Attempt> {
+        if upstream.transport.protocol().is_http2() {
+            return self
+                .try_server_h2(upstream, server, request, activity)
+                .await;
+        }
+        upstream_protocol::for_http1(&mut request);
         let mut stale_retries = 0;
         loop {
             let pooled = if stale_retries < MAX_STALE_RETRIES {
@@ -734,7 +804,10 @@ impl Upstreams {
             };
             activity.touch();
             let started = Instant::now();
-            match self.exchange(&mut sender, request, activity).await {
+            match self
+                .exchange(sender.try_send_request(request), activity)
+                .await
+            {
                 Ok(response) => {
                     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
                         checkin_when_ready(&server.pool, sender);
@@ -776,34 +849,13 @@ impl Upstreams {
         }
     }
 
-    /// A new connection to `server`, with the down/up bookkeeping.
+    /// A new HTTP/1.1 connection to `server`.
     async fn connect(
         &self,
         upstream: &Upstream,
         server: &Server,
     ) -> Result<SendRequest<ProxyBody>, UpstreamError> {
-        let connected =
-            tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*server.addr)).await;
-        let stream = match connected {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(source)) => {
-                let error = UpstreamError::Connect {
-                    server: server.addr.clone(),
-                    source,
-                };
-                self.mark_down(upstream, server, &error);
-                return Err(error);
-            }
-            Err(_elapsed) => {
-                let error = UpstreamError::ConnectTimeout {
-                    server: server.addr.clone(),
-                };
-                self.mark_down(upstream, server, &error);
-                return Err(error);
-            }
-        };
-        // Requests and their headers are small writes: do not wait for Nagle.
-        let _ = stream.set_nodelay(true);
+        let stream = self.open(upstream, server).await?;
         let (sender, conn) = self
             .client
             .handshake::<_, ProxyBody>(TokioIo::new(stream))
@@ -819,11 +871,176 @@ impl Upstreams {
                 debug!(server = %addr, error = %e, "upstream connection ended with an error");
             }
         });
-        if server.down.load(Ordering::Relaxed) {
-            server.down.store(false, Ordering::Relaxed);
-        }
-        upstream.health.connected(&server.health);
         Ok(sender)
+    }
+
+    /// A new connection to `server`, TCP then TLS when the upstream has it, within the connect
+    /// timeout, with the down/up bookkeeping: a failed TLS handshake marks the server down as a
+    /// refused connect does.
+    async fn open(
+        &self,
+        upstream: &Upstream,
+        server: &Server,
+    ) -> Result<UpstreamIo, UpstreamError> {
+        let connect = async {
+            let stream = TcpStream::connect(&*server.addr).await.map_err(|source| {
+                UpstreamError::Connect {
+                    server: server.addr.clone(),
+                    source,
+                }
+            })?;
+            // Requests and their headers are small writes: do not wait for Nagle.
+            let _ = stream.set_nodelay(true);
+            let Some(tls) = upstream.transport.tls() else {
+                return Ok(UpstreamIo::Plain(stream));
+            };
+            let tls_error = |source| UpstreamError::Tls {
+                server: server.addr.clone(),
+                source,
+            };
+            // `check_upstreams` made sure every server of a TLS upstream has a name.
+            let name = server
+                .tls_name
+                .clone()
+                .ok_or_else(|| tls_error(io::Error::other("no TLS name for the server")))?;
+            match tls.handshake(name, stream).await {
+                Ok(stream) => Ok(UpstreamIo::Tls(Box::new(stream))),
+                Err(source) => Err(tls_error(source)),
+            }
+        };
+        let opened = match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(opened) => opened,
+            Err(_elapsed) => Err(UpstreamError::ConnectTimeout {
+                server: server.addr.clone(),
+            }),
+        };
+        match opened {
+            Ok(stream) => {
+                if server.down.load(Ordering::Relaxed) {
+                    server.down.store(false, Ordering::Relaxed);
+                }
+                upstream.health.connected(&server.health);
+                Ok(stream)
+            }
+            Err(error) => {
+                self.mark_down(upstream, server, &error);
+                Err(error)
+            }
+        }
+    }
+
+    /// One server of an HTTP/2 upstream: the shared connection (made if there is none), then
+    /// the exchange. A connection that turns out closed before the request went out is replaced
+    /// once.
+    async fn try_server_h2(
+        &self,
+        upstream: &Upstream,
+        server: &Server,
+        mut request: Request<ProxyBody>,
+        activity: &Activity,
+    ) -> Result<Exchange, Attempt> {
+        upstream_protocol::for_http2(
+            &mut request,
+            upstream.transport.tls().is_some(),
+            &server.addr,
+        );
+        let mut retried = false;
+        loop {
+            let (mut sender, is_new) = match server.h2.live() {
+                Some(sender) => (sender, false),
+                None => match self.connect_h2(upstream, server).await {
+                    Ok(sender) => (sender, true),
+                    Err(error) => return Err(Attempt::NotSent(Box::new(request), error)),
+                },
+            };
+            activity.touch();
+            let started = Instant::now();
+            match self
+                .exchange(sender.try_send_request(request), activity)
+                .await
+            {
+                Ok(response) => {
+                    return Ok(Exchange {
+                        response,
+                        server: server.addr.clone(),
+                        headers_after: started.elapsed(),
+                    })
+                }
+                Err(ExchangeError::NotSent(back, error)) => {
+                    request = *back;
+                    if !is_new && !retried {
+                        debug!(server = %server.addr, error = %error, "HTTP/2 connection was closed, reconnecting");
+                        retried = true;
+                        continue;
+                    }
+                    return Err(Attempt::NotSent(
+                        Box::new(request),
+                        UpstreamError::Closed {
+                            server: server.addr.clone(),
+                        },
+                    ));
+                }
+                Err(ExchangeError::Timeout) => {
+                    return Err(Attempt::Sent(UpstreamError::ResponseTimeout {
+                        server: server.addr.clone(),
+                        timeout: self.response_timeout,
+                    }))
+                }
+                Err(ExchangeError::Failed(source)) => {
+                    return Err(Attempt::Sent(UpstreamError::Request {
+                        server: server.addr.clone(),
+                        source,
+                    }))
+                }
+            }
+        }
+    }
+
+    /// A sender on a new HTTP/2 connection to `server`, made by one request at a time: the
+    /// others wait for it and share it, or fail at once if it could not be made.
+    async fn connect_h2(
+        &self,
+        upstream: &Upstream,
+        server: &Server,
+    ) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
+        let failures = server.h2.failures.load(Ordering::Relaxed);
+        let _connecting = server.h2.connecting.lock().await;
+        if let Some(sender) = server.h2.live() {
+            return Ok(sender);
+        }
+        if server.h2.failures.load(Ordering::Relaxed) != failures {
+            return Err(UpstreamError::ConcurrentConnectFailed {
+                server: server.addr.clone(),
+            });
+        }
+        let made = async {
+            let stream = self.open(upstream, server).await?;
+            let (sender, conn) = self
+                .h2_client
+                .handshake::<_, ProxyBody>(TokioIo::new(stream))
+                .await
+                .map_err(|source| UpstreamError::Handshake {
+                    server: server.addr.clone(),
+                    source,
+                })?;
+            let addr = server.addr.clone();
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    debug!(server = %addr, error = %e, "upstream HTTP/2 connection ended with an error");
+                }
+            });
+            Ok(sender)
+        };
+        match made.await {
+            Ok(sender) => {
+                server.h2.set(sender.clone());
+                Ok(sender)
+            }
+            Err(error) => {
+                server.h2.failed();
+                Err(error)
+            }
+        }
     }
 
     /// Counts a connect failure; the health logs it once, when the server goes from up to
@@ -836,16 +1053,17 @@ impl Upstreams {
         upstream.health.connect_failed(&server.health, error);
     }
 
-    /// Sends on `sender` and waits for the response headers, bounded by the response timeout
-    /// counted from the last [`Activity`] (so a long upload is not cut off while it moves), and
-    /// held while the request waits for the client's body (the client body timeout bounds that).
+    /// Sends on a connection (`sent`: its `try_send_request`) and waits for the response
+    /// headers, bounded by the response timeout counted from the last [`Activity`] (so a long
+    /// upload is not cut off while it moves), and held while the request waits for the client's
+    /// body (the client body timeout bounds that).
     async fn exchange(
         &self,
-        sender: &mut SendRequest<ProxyBody>,
-        request: Request<ProxyBody>,
+        sent: impl std::future::Future<
+            Output = Result<Response<Incoming>, TrySendError<Request<ProxyBody>>>,
+        >,
         activity: &Activity,
     ) -> Result<Response<Incoming>, ExchangeError> {
-        let sent = sender.try_send_request(request);
         tokio::pin!(sent);
         // When the timer last found the request waiting for the client.
         let mut client_was_late = None;
@@ -910,13 +1128,16 @@ impl Upstream {
             .iter()
             .map(|s| (Arc::from(s.addr.as_str()), s.weight))
             .collect();
-        let health = Arc::new(UpstreamHealth::new(
-            &name,
-            &addrs,
-            cfg.health.clone(),
-            cfg.passive,
-            before.map(|b| &*b.health),
-        ));
+        let health = Arc::new(
+            UpstreamHealth::new(
+                &name,
+                &addrs,
+                cfg.health.clone(),
+                cfg.passive,
+                before.map(|b| &*b.health),
+            )
+            .with_transport(cfg.transport.clone()),
+        );
         let servers: Vec<Server> = cfg
             .servers
             .iter()
@@ -929,6 +1150,11 @@ impl Upstream {
                     idle: Mutex::new(Vec::new()),
                     idle_timeout: timeouts.idle,
                 }),
+                h2: H2Connection::default(),
+                tls_name: cfg
+                    .transport
+                    .tls()
+                    .and_then(|tls| tls.server_name(&s.addr).ok()),
                 down: AtomicBool::new(false),
                 recheck_at_ms: AtomicU64::new(0),
                 connect_failures: AtomicU64::new(failures_before(&s.addr)),
@@ -941,6 +1167,7 @@ impl Upstream {
         Upstream {
             name,
             config: Some(cfg.clone()),
+            transport: cfg.transport.clone(),
             servers,
             schedule: schedule.into_boxed_slice(),
             cursor: AtomicUsize::new(0),
@@ -955,6 +1182,7 @@ impl Upstream {
         Upstream {
             name: name.clone(),
             config: None,
+            transport: Transport::default(),
             servers: Vec::new(),
             schedule: Box::new([]),
             cursor: AtomicUsize::new(0),
@@ -1701,6 +1929,19 @@ mod tests {
         assert_eq!(e.field(), "upstreams[0].servers");
     }
 
+    #[test]
+    fn another_protocol_is_a_changed_upstream_with_new_connections() {
+        use crate::proxy::Protocol;
+        let t = Timeouts::default();
+        let live = LiveUpstreams::new(vec![config("a", &["h:1"])], &t).unwrap();
+        let mut h2c = config("a", &["h:1"]);
+        h2c.transport = Transport::new(Protocol::H2c, None).unwrap();
+        let plan = live.plan(std::slice::from_ref(&h2c), &t).unwrap();
+        assert_eq!(plan.changed, vec!["a".to_string()]);
+        live.install(plan);
+        assert!(live.plan(&[h2c], &t).unwrap().is_empty(), "as before");
+    }
+
     #[tokio::test]
     async fn a_retired_slot_gives_the_request_back() {
         let t = Timeouts::default();
@@ -1719,6 +1960,75 @@ mod tests {
             }) => assert_eq!(&*upstream, "a"),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    /// Five requests at once to an HTTP/2 server whose TLS handshake never completes: one
+    /// connect is tried, the requests that waited for it fail over without trying again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_connect_at_a_time_to_an_http2_server() {
+        use crate::proxy::{PemFile, Protocol, TlsOptions};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertificateParams::new(vec!["ca.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let tls = TlsOptions {
+            ca: Some(PemFile {
+                path: "ca.pem".into(),
+                contents: ca.pem().into_bytes(),
+            }),
+            ..TlsOptions::default()
+        };
+        let transport = Transport::new(Protocol::H2, Some(tls)).unwrap();
+        let t = Timeouts {
+            connect: Duration::from_secs(1),
+            ..Timeouts::default()
+        };
+        let table = Arc::new(
+            Upstreams::new(
+                vec![UpstreamConfig {
+                    name: "h2".into(),
+                    servers: vec![server(&addr, 1)],
+                    transport,
+                    ..UpstreamConfig::default()
+                }],
+                &t,
+            )
+            .unwrap(),
+        );
+        let sends: Vec<_> = (0..5)
+            .map(|_| {
+                let table = table.clone();
+                tokio::spawn(async move {
+                    let req = Request::new(
+                        http_body_util::Empty::<Bytes>::new()
+                            .map_err(|never| match never {})
+                            .boxed(),
+                    );
+                    table.send(0, req, &Activity::new()).await
+                })
+            })
+            .collect();
+        for send in sends {
+            let result = tokio::time::timeout(Duration::from_secs(30), send)
+                .await
+                .expect("answered")
+                .unwrap();
+            assert!(
+                matches!(result, Err(SendError::Unreachable { .. })),
+                "{result:?}"
+            );
+        }
+        assert_eq!(table.connect_failures(0, &addr), Some(1));
+        holder.abort();
     }
 
     #[tokio::test]

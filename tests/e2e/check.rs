@@ -38,7 +38,7 @@ fn every_kind_of_bad_config_gets_its_own_clear_error() {
     let listen = "listen = [\"127.0.0.1:8080\"]\n";
     let cases: Vec<(String, &str)> = vec![
         (format!("{listen}oops = 1\n{UPSTREAMS}"), "graygate.toml:2:1: oops: unknown field `oops`"),
-        (format!("{listen}{UPSTREAMS}weigth = 1\n"), "graygate.toml:8:1: weigth: unknown field `weigth`, expected "),
+        (format!("{listen}{UPSTREAMS}weigth = 1\n"), "graygate.toml:8:1: weigth: unknown field `weigth`, expected one of `name`, `servers`, `health`, `passive`, `protocol`, `tls`, `ca`, `sni`, `client_cert`, `client_key`"),
         (format!("{listen}[timeouts]\nconect = \"1s\"\n"), "graygate.toml:3:1: conect: unknown field `conect`"),
         (format!("{listen}[[upstreams]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"\n"), "graygate.toml:5:1: servers: invalid array"),
         ("[[upstreams]]\nname = \"a\"\nservers = []\n".to_string(), "graygate.toml:1:1: listen: needs at least one address"),

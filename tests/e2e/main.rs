@@ -27,7 +27,13 @@
 //! - [`demo`]: `graygate demo` does what it prints;
 //! - [`docs`]: the documented `graygate ctl` sequences print what the documents show;
 //! - [`doc_figures`]: the figures and defaults `docs/rollouts.md` and `docs/config.md` state are
-//!   what the code computes.
+//!   what the code computes;
+//! - [`upstream_tls`]: `https://` upstreams: CA, system roots, SNI, client certificates, a
+//!   certificate that fails verification;
+//! - [`upstream_h2`]: `h2` and `h2c` upstreams: the request's shape on the way, bodies and
+//!   trailers on the way back;
+//! - [`grpc`]: a tonic client and tonic servers through graygate, unary and streaming, the version
+//!   chosen by metadata.
 //!
 //! [`support`] holds the builders. Waits are bounded; a slow machine stretches every bound with
 //! `GRAYGATE_TEST_PATIENCE=<factor>` (default 1).
@@ -39,6 +45,7 @@ mod demo;
 mod doc_figures;
 mod docs;
 mod edge;
+mod grpc;
 mod health;
 mod http2;
 mod live;
@@ -51,3 +58,5 @@ mod routing;
 mod stores;
 mod support;
 mod tls;
+mod upstream_h2;
+mod upstream_tls;

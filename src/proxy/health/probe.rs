@@ -1,8 +1,9 @@
 //! One active health check, and one round of them over an upstream's servers.
 //!
 //! A check is a plain `GET` on a new connection, never a pooled one: it must find out whether a
-//! connection can be made at all, as a request that finds no idle connection would. It sends
-//! `Connection: close`, is bounded as a whole (connect, request, response headers) by the
+//! connection can be made at all, as a request that finds no idle connection would. It speaks
+//! the upstream's transport: TLS verified as requests are (a failed handshake fails the check),
+//! HTTP/1.1 with `Connection: close`, or HTTP/2 (`h2`, `h2c`). It is bounded as a whole (connect, request, response headers) by the
 //! timeout, and passes when the status is one of the configured ones; the body is not read. All
 //! servers of an upstream are checked at once, so that a round takes one timeout at most.
 
@@ -10,11 +11,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONNECTION, HOST, USER_AGENT};
-use http::Request;
+use http::{Request, Response};
 use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+use super::super::upstream_protocol::Transport;
+use super::super::upstream_tls::UpstreamIo;
 use super::{now_ms, HealthCheck, UpstreamHealth};
 
 /// The `User-Agent` of a check, so that a server's access log tells checks from traffic.
@@ -26,6 +30,9 @@ pub enum ProbeError {
     /// The TCP connect failed (refused, unreachable, name not resolved).
     #[error("connect failed: {0}")]
     Connect(#[source] std::io::Error),
+    /// The TLS handshake failed (certificate not trusted or not for the name, no HTTP/2).
+    #[error("TLS handshake failed: {0}")]
+    Tls(#[source] std::io::Error),
     /// The HTTP/1 handshake over the new connection failed.
     #[error("HTTP handshake failed: {0}")]
     Handshake(#[source] hyper::Error),
@@ -46,9 +53,13 @@ pub enum ProbeError {
     Timeout(Duration),
 }
 
-/// One check of the server at `addr`.
-pub(super) async fn check(addr: &str, check: &HealthCheck) -> Result<(), ProbeError> {
-    match tokio::time::timeout(check.timeout, exchange(addr, check)).await {
+/// One check of the server at `addr`, spoken over `transport`.
+pub(super) async fn check(
+    addr: &str,
+    check: &HealthCheck,
+    transport: &Transport,
+) -> Result<(), ProbeError> {
+    match tokio::time::timeout(check.timeout, exchange(addr, check, transport)).await {
         Ok(result) => result,
         Err(_elapsed) => Err(ProbeError::Timeout(check.timeout)),
     }
@@ -56,22 +67,69 @@ pub(super) async fn check(addr: &str, check: &HealthCheck) -> Result<(), ProbeEr
 
 /// The check's exchange, unbounded (the caller bounds it). The connection is driven here, not
 /// on a task of its own, so that everything about it ends with the check.
-async fn exchange(addr: &str, check: &HealthCheck) -> Result<(), ProbeError> {
+async fn exchange(
+    addr: &str,
+    check: &HealthCheck,
+    transport: &Transport,
+) -> Result<(), ProbeError> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(ProbeError::Connect)?;
     let _ = stream.set_nodelay(true);
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-            .await
-            .map_err(ProbeError::Handshake)?;
-    let request = Request::get(check.path.as_str())
-        .header(HOST, check.host.as_deref().unwrap_or(addr))
-        .header(USER_AGENT, CHECK_USER_AGENT)
-        .header(CONNECTION, "close")
-        .body(Empty::<Bytes>::new())
-        .map_err(ProbeError::Invalid)?;
-    let sent = sender.send_request(request);
+    let io = match transport.tls() {
+        None => UpstreamIo::Plain(stream),
+        Some(tls) => {
+            let name = tls
+                .server_name(addr)
+                .map_err(|e| ProbeError::Tls(std::io::Error::other(e)))?;
+            let stream = tls.handshake(name, stream).await.map_err(ProbeError::Tls)?;
+            UpstreamIo::Tls(Box::new(stream))
+        }
+    };
+    let host = check.host.as_deref().unwrap_or(addr);
+    let response = if transport.protocol().is_http2() {
+        let scheme = if transport.tls().is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let request = Request::get(format!("{scheme}://{host}{}", check.path))
+            .header(USER_AGENT, CHECK_USER_AGENT)
+            .body(Empty::<Bytes>::new())
+            .map_err(ProbeError::Invalid)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                .await
+                .map_err(ProbeError::Handshake)?;
+        let sent = sender.send_request(request);
+        drive(conn, sent).await
+    } else {
+        let request = Request::get(check.path.as_str())
+            .header(HOST, host)
+            .header(USER_AGENT, CHECK_USER_AGENT)
+            .header(CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .map_err(ProbeError::Invalid)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io))
+                .await
+                .map_err(ProbeError::Handshake)?;
+        let sent = sender.send_request(request);
+        drive(conn, sent).await
+    };
+    let status = response?.status().as_u16();
+    if check.statuses.contains(&status) {
+        Ok(())
+    } else {
+        Err(ProbeError::Status(status))
+    }
+}
+
+/// Drives the connection `conn` until the response headers of `sent` are in.
+async fn drive(
+    conn: impl std::future::Future<Output = hyper::Result<()>>,
+    sent: impl std::future::Future<Output = hyper::Result<Response<Incoming>>>,
+) -> Result<Response<Incoming>, ProbeError> {
     tokio::pin!(conn, sent);
     let response = tokio::select! {
         biased;
@@ -82,26 +140,20 @@ async fn exchange(addr: &str, check: &HealthCheck) -> Result<(), ProbeError> {
             Ok(()) => sent.await,
         },
     };
-    let response = response.map_err(|e| {
+    response.map_err(|e| {
         if e.is_canceled() {
             ProbeError::Closed
         } else {
             ProbeError::Request(e)
         }
-    })?;
-    let status = response.status().as_u16();
-    if check.statuses.contains(&status) {
-        Ok(())
-    } else {
-        Err(ProbeError::Status(status))
-    }
+    })
 }
 
 /// One round: every server with a weight checked at once, then the results recorded and the
 /// upstream's state updated.
 pub(super) async fn round(health: &UpstreamHealth, settings: &HealthCheck) {
     let checks = health.weighted().map(|server| async move {
-        let result = check(&server.addr, settings).await;
+        let result = check(&server.addr, settings, &health.transport).await;
         (server, result)
     });
     let results = futures_util::future::join_all(checks).await;
@@ -125,8 +177,14 @@ mod tests {
     use tokio::net::TcpListener;
 
     /// Answers 200 to `/healthz` sent as a check (its `User-Agent`, `Host` the server's
-    /// address) and to `/host` with `Host: app.internal`; 503 to anything else.
+    /// address) and to `/host` with `Host: app.internal`; 503 to anything else. HTTP/1.1.
     async fn server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        serve(false).await
+    }
+
+    /// [`server`], speaking HTTP/1.1 or, with `h2`, HTTP/2 with prior knowledge (h2c), where
+    /// the host is the `:authority`.
+    async fn serve(h2: bool) -> (SocketAddr, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
@@ -140,7 +198,10 @@ mod tests {
                                 .unwrap_or("")
                                 .to_string()
                         };
-                        let (host, agent) = (header(HOST), header(USER_AGENT));
+                        let (mut host, agent) = (header(HOST), header(USER_AGENT));
+                        if let Some(authority) = req.uri().authority() {
+                            host = authority.to_string();
+                        }
                         let ok = match req.uri().path() {
                             "/healthz" => host == addr.to_string() && agent == CHECK_USER_AGENT,
                             "/host" => host == "app.internal",
@@ -154,9 +215,15 @@ mod tests {
                             Ok::<_, Infallible>(response)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    if h2 {
+                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    } else {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
                 });
             }
         });
@@ -176,24 +243,53 @@ mod tests {
         let (addr, task) = server().await;
         let addr = addr.to_string();
         assert_eq!(
-            check(&addr, &settings("/healthz"))
+            check(&addr, &settings("/healthz"), &Transport::default())
                 .await
                 .map_err(|e| e.to_string()),
             Ok(())
         );
-        let failed = check(&addr, &settings("/other")).await.unwrap_err();
+        let failed = check(&addr, &settings("/other"), &Transport::default())
+            .await
+            .unwrap_err();
         assert_eq!(failed.to_string(), "answered 503");
         let accepting_503 = HealthCheck {
             statuses: vec![503],
             ..settings("/other")
         };
-        assert!(check(&addr, &accepting_503).await.is_ok());
+        assert!(check(&addr, &accepting_503, &Transport::default())
+            .await
+            .is_ok());
         let with_host = HealthCheck {
             host: Some("app.internal".into()),
             ..settings("/host")
         };
-        assert!(check(&addr, &with_host).await.is_ok());
-        assert!(check(&addr, &settings("/host")).await.is_err());
+        assert!(check(&addr, &with_host, &Transport::default())
+            .await
+            .is_ok());
+        assert!(check(&addr, &settings("/host"), &Transport::default())
+            .await
+            .is_err());
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn an_h2c_upstream_is_checked_over_http2() {
+        use crate::proxy::Protocol;
+        let (addr, task) = serve(true).await;
+        let addr = addr.to_string();
+        let h2c = Transport::new(Protocol::H2c, None).unwrap();
+        assert_eq!(
+            check(&addr, &settings("/healthz"), &h2c)
+                .await
+                .map_err(|e| e.to_string()),
+            Ok(())
+        );
+        let failed = check(&addr, &settings("/other"), &h2c).await.unwrap_err();
+        assert_eq!(failed.to_string(), "answered 503");
+        // Spoken to as HTTP/1.1, the HTTP/2-only server fails the check.
+        assert!(check(&addr, &settings("/healthz"), &Transport::default())
+            .await
+            .is_err());
         task.abort();
     }
 
@@ -205,7 +301,9 @@ mod tests {
             .local_addr()
             .unwrap()
             .to_string();
-        let refused = check(&closed, &settings("/healthz")).await.unwrap_err();
+        let refused = check(&closed, &settings("/healthz"), &Transport::default())
+            .await
+            .unwrap_err();
         assert!(
             refused.to_string().starts_with("connect failed: "),
             "{refused}"
@@ -221,7 +319,9 @@ mod tests {
             }
         });
         let started = std::time::Instant::now();
-        let timed_out = check(&addr, &settings("/healthz")).await.unwrap_err();
+        let timed_out = check(&addr, &settings("/healthz"), &Transport::default())
+            .await
+            .unwrap_err();
         assert_eq!(timed_out.to_string(), "no answer within 300ms");
         assert!(started.elapsed() < Duration::from_secs(5));
         held.abort();

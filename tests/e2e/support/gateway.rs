@@ -80,6 +80,8 @@ pub struct GatewayBuilder {
     policy: PolicyDoc,
     /// Write the policy to this file (relative to the config) instead of inline.
     policy_file: Option<String>,
+    /// Environment variables the process is started with.
+    env: Vec<(String, String)>,
 }
 
 /// A gateway with no upstream, no policy and the embedded store, listening on port 0.
@@ -91,6 +93,7 @@ pub fn gateway() -> GatewayBuilder {
         },
         policy: PolicyDoc::default(),
         policy_file: None,
+        env: Vec::new(),
     }
 }
 
@@ -147,22 +150,34 @@ impl GatewayBuilder {
 
     /// `health = { ... }` on upstream `name` (added before); `None` removes it.
     pub fn health(mut self, name: &str, health: Option<HealthFile>) -> Self {
-        self.upstream_file(name).health = health;
+        self.upstream_named(name).health = health;
         self
     }
 
     /// `passive = { ... }` on upstream `name` (added before).
     pub fn passive(mut self, name: &str, passive: PassiveFile) -> Self {
-        self.upstream_file(name).passive = Some(passive);
+        self.upstream_named(name).passive = Some(passive);
         self
     }
 
-    fn upstream_file(&mut self, name: &str) -> &mut UpstreamFile {
+    fn upstream_named(&mut self, name: &str) -> &mut UpstreamFile {
         self.file
             .upstreams
             .iter_mut()
             .find(|u| u.name == name)
             .unwrap_or_else(|| panic!("no upstream {name} in the config"))
+    }
+
+    /// An upstream written out in full (TLS, protocol).
+    pub fn upstream_file(mut self, upstream: UpstreamFile) -> Self {
+        self.file.upstreams.push(upstream);
+        self
+    }
+
+    /// Starts the process with the environment variable `key` set to `value`.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
     }
 
     /// A service of the policy.
@@ -391,6 +406,7 @@ impl GatewayBuilder {
             .args(["run", "--config"])
             .arg(&path)
             .env("GRAYGATE_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -11,12 +11,16 @@
 //! - [`client`] and [`ctl`]: HTTP to the data plane and the admin API, and `graygate ctl`;
 //! - [`raw`]: HTTP/1.1 as bytes: a client and upstreams that write exactly what a test gives.
 //! - [`tls`]: a CA of the test's own, leaf certificates, a TLS client that trusts them;
-//! - [`h2raw`]: HTTP/2 frames written by hand, for the flood limits.
+//! - [`h2raw`]: HTTP/2 frames written by hand, for the flood limits;
+//! - [`backends`]: TLS, h2 and h2c backends and the test PKI they use;
+//! - [`grpc`]: a tonic gRPC echo service and its client.
 
+pub mod backends;
 pub mod client;
 pub mod ctl;
 pub mod eventually;
 pub mod gateway;
+pub mod grpc;
 pub mod h2raw;
 pub mod policy;
 pub mod raw;
@@ -26,13 +30,16 @@ pub mod tls;
 /// The admin token the tests that need authentication configure (and `ctl` sends).
 pub const TOKEN: &str = "alice-token-0123456789";
 
+pub use backends::{h2c_backend, h2c_client, tls_backend, Pki, TlsBackend};
 pub use client::{Client, Reply};
 pub use ctl::{Admin, Ctl};
 pub use eventually::{equals, eventually, patient};
 pub use gateway::{
     binary, check, dead_addr, gateway, run_until_exit, web_gateway, Exited, Gateway, GatewayBuilder,
 };
+pub use graygate::config::file::UpstreamFile;
 pub use graygate::demo::Backend;
+pub use grpc::{EchoClient, GrpcEcho};
 pub use policy::*;
 pub use servers::{
     memcached_store, redis_store, HangingServer, Kind, MemcachedServer, NginxBackend, RedisServer,

@@ -19,7 +19,7 @@ use tokio_rustls::client::TlsStream;
 /// (and by curl and openssl given [`TestCa::write_ca`]).
 pub struct TestCa {
     cert: rcgen::Certificate,
-    key: rcgen::KeyPair,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
 /// A certificate and its key, as PEM.
@@ -57,7 +57,10 @@ impl TestCa {
         ];
         let key = rcgen::KeyPair::generate().expect("a CA key");
         let cert = params.self_signed(&key).expect("a CA certificate");
-        TestCa { cert, key }
+        TestCa {
+            cert,
+            issuer: rcgen::Issuer::new(params, key),
+        }
     }
 
     /// A leaf for `names` (DNS names or IP addresses) with common name `cn`, valid now.
@@ -77,7 +80,7 @@ impl TestCa {
         params.not_after = rcgen::date_time_ymd(year, 1, 1);
         let key = rcgen::KeyPair::generate().expect("a key");
         let cert = params
-            .signed_by(&key, &self.cert, &self.key)
+            .signed_by(&key, &self.issuer)
             .expect("a signed certificate");
         Leaf {
             cert: cert.pem(),
