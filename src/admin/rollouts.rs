@@ -99,25 +99,27 @@ pub(super) async fn view(
     });
     let window_end = ended.map_or_else(now_ms, |st| st.since_ms);
     // A window opened when the rollout ended (the guard's end starts none worth showing) is none.
-    let window = current.filter(|r| r.window.started_ms < window_end).map(|r| {
-        let guarding = state == Some(RolloutState::Promoted) || weight >= 100.0;
-        let stable_version = if state == Some(RolloutState::Promoted) {
-            svc.previous_stable.clone().unwrap_or_default()
-        } else {
-            svc.stable.clone()
-        };
-        let stable = if guarding {
-            r.last_stable.clone().unwrap_or_default()
-        } else {
-            r.window.of(&svc.stable)
-        };
-        WindowView {
-            started: time(r.window.started_ms),
-            seconds: window_end.saturating_sub(r.window.started_ms) as f64 / 1000.0,
-            canary: figures(&plan.version, &r.window.of(&plan.version)),
-            stable: figures(&stable_version, &stable),
-        }
-    });
+    let window = current
+        .filter(|r| r.window.started_ms < window_end)
+        .map(|r| {
+            let guarding = state == Some(RolloutState::Promoted) || weight >= 100.0;
+            let stable_version = if state == Some(RolloutState::Promoted) {
+                svc.previous_stable.clone().unwrap_or_default()
+            } else {
+                svc.stable.clone()
+            };
+            let stable = if guarding {
+                r.last_stable.clone().unwrap_or_default()
+            } else {
+                r.window.of(&svc.stable)
+            };
+            WindowView {
+                started: time(r.window.started_ms),
+                seconds: window_end.saturating_sub(r.window.started_ms) as f64 / 1000.0,
+                canary: figures(&plan.version, &r.window.of(&plan.version)),
+                stable: figures(&stable_version, &stable),
+            }
+        });
     let verdicts = record
         .as_ref()
         .map(|r| r.verdicts.clone())
