@@ -179,6 +179,27 @@ fn lines_with(gg: &Gateway, parts: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// Waits until the log (read from the process as it writes it) has a line for each of `lines`
+/// (each given by the parts it contains), then checks that it has exactly one for each.
+async fn logged_once(gg: &Gateway, lines: &[&[&str]]) {
+    let counts = || -> Vec<usize> {
+        lines
+            .iter()
+            .map(|parts| lines_with(gg, parts).len())
+            .collect()
+    };
+    eventually("every change logged", async || {
+        equals(counts().iter().all(|n| *n > 0), true)
+    })
+    .await;
+    assert!(
+        counts().iter().all(|n| *n == 1),
+        "{lines:?}: {:?}\n{}",
+        counts(),
+        gg.log_text()
+    );
+}
+
 /// `web` with half of the users on the canary (sticky by `X-User`).
 fn half_on_the_canary() -> Service {
     web().split("canary", 50.0, by_header("X-User"))
@@ -256,15 +277,16 @@ async fn killing_the_canary_under_load_fails_no_request_and_its_share_comes_back
     // State, not noise: one line when it went down, one when it came back; the same for the
     // upstream having no server in service.
     let server = format!("server={canary_addr}");
-    let down = lines_with(&gg, &["upstream server is down", &server]);
-    let up = lines_with(&gg, &["upstream server is back up", &server]);
-    assert_eq!((down.len(), up.len()), (1, 1), "{down:#?}\n{up:#?}");
-    let none = lines_with(
+    logged_once(
         &gg,
-        &["no server of the upstream is in service", "upstream=canary"],
-    );
-    let again = lines_with(&gg, &["has a server in service again", "upstream=canary"]);
-    assert_eq!((none.len(), again.len()), (1, 1), "{none:#?}\n{again:#?}");
+        &[
+            &["upstream server is down", &server],
+            &["upstream server is back up", &server],
+            &["no server of the upstream is in service", "upstream=canary"],
+            &["has a server in service again", "upstream=canary"],
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,11 +368,12 @@ async fn five_5xx_in_a_row_eject_a_server() {
         "ejected for 1m: 5 failures in a row, the last: answered 500"
     );
     assert_eq!(servers[0]["state"], "up");
-    let down = lines_with(
+    let server = format!("server={}", bad.addr());
+    logged_once(
         &gg,
-        &["upstream server is down", &format!("server={}", bad.addr())],
-    );
-    assert_eq!(down.len(), 1, "{down:#?}");
+        &[&["upstream server is down", &server, "ejected for 1m"]],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
