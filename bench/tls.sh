@@ -132,6 +132,13 @@ for p in $P_NGINX $P_GG; do
     done
 done
 
+# wrk keeps a cleanly closed connection's TLS session (OpenSSL SSL_clear) and may offer it again, so a
+# server that resumes sessions does abbreviated handshakes in test 2. Say which servers resume:
+# reused handshakes out of 5 reconnects of `openssl s_client -reconnect`.
+resumed() { timeout 20 openssl s_client -connect "127.0.0.1:$1" -reconnect </dev/null 2>/dev/null | grep -c '^Reused' || true; }
+RESUME="nginx $(resumed $P_NGINX)/5, graygate $(resumed $P_GG)/5"
+echo "session resumption (reused of 5 reconnects): $RESUME"
+
 RAW=$T/raw
 wrk_one() {  # wrk_one TEST PORT [HEADER] -> "TEST|PORT|rps|p50|p99|errors"
     local args=(-t"$THREADS" -c"$CONNS" ${3:+-H "$3"} "https://127.0.0.1:$2/")
@@ -175,9 +182,9 @@ cat "$TABLE"
 [ "$OUT" = - ] && exit 0
 
 python3 - "$TABLE" "$OUT" "$REPS" "$DUR" "$CONNS" "$THREADS" "$H2N" "$KEY" "$(nproc)" \
-    "$(openssl version)" "$(nginx -v 2>&1 | sed 's|.*nginx/||')" "$(wrk -v 2>&1 | head -1 | awk '{print $2}')" "$(h2load --version | awk '{print $2}')" <<'PY'
+    "$(openssl version)" "$(nginx -v 2>&1 | sed 's|.*nginx/||')" "$(wrk -v 2>&1 | head -1 | awk '{print $2}')" "$(h2load --version | awk '{print $2}')" "$RESUME" <<'PY'
 import sys, re, datetime, os
-table, out, reps, dur, conns, threads, h2n, key, cores, ossl, ngxv, wrkv, h2v = sys.argv[1:14]
+table, out, reps, dur, conns, threads, h2n, key, cores, ossl, ngxv, wrkv, h2v, resume = sys.argv[1:15]
 lines = open(table).read().splitlines()
 rows = {}
 for l in lines[1:]:
@@ -204,7 +211,10 @@ backend (a plain nginx answering `prod`, one worker) behind both, on loopback.
 - Clients on the same 2 cores: wrk {wrkv} (OpenSSL: {ossl}), h2load {h2v}.
   1. HTTPS keep-alive: `wrk -t{threads} -c{conns} -d{dur} --latency https://127.0.0.1:PORT/` (2 s warm-up discarded);
   2. new TLS handshakes: the same with `-H "Connection: close"`, so every request is a new
-     connection and a new handshake (requests/s = handshakes/s);
+     connection and a new handshake (requests/s = handshakes/s). wrk keeps a cleanly closed connection's
+     TLS session and may offer it again on reconnecting, so a server that resumes sessions does
+     abbreviated handshakes here; `openssl s_client -reconnect` before the rounds resumed:
+     {resume} reconnects;
   3. HTTP/2 over TLS (ALPN `h2`, checked): `h2load -n {h2n} -c 10 -m 10 https://127.0.0.1:PORT/`.
      h2load gives no percentiles, so p50/p99 are `-` there.
 
