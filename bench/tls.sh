@@ -19,7 +19,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/docs/benchmarks.md}
 REPS=${REPS:-3} DUR=${DUR:-10s} WARM=${WARM:-2s} CONNS=${CONNS:-50} THREADS=${THREADS:-2}
 H2N=${H2N:-100000} KEY=${KEY:-ec}
-P_BACK=18480 P_NGINX=18443 P_GG=18444
+P_BACK=18480 P_NGINX=18443 P_GG=18444 P_NOSESS=18445
 cd "$ROOT"
 
 need=()
@@ -38,7 +38,7 @@ T=$(mktemp -d /tmp/graygate-tls-bench.XXXXXX)
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for n in backend nginx; do
+    for n in backend nginx nosess; do
         [ -f "$T/$n/nginx.pid" ] && kill "$(cat "$T/$n/nginx.pid")" 2>/dev/null || true
     done
     rm -rf "$T"
@@ -91,6 +91,14 @@ nginx_conf nginx "    upstream backend { server 127.0.0.1:$P_BACK; keepalive 64;
         }
     }"
 
+# The same nginx with session resumption off (no cache is nginx's default; tickets off too): every
+# handshake of test 2 is a full one, as graygate's may be.
+sed -e "s|$T/nginx/|$T/nosess/|g" -e "s|127.0.0.1:$P_NGINX ssl|127.0.0.1:$P_NOSESS ssl|" \
+    -e "s|ssl_certificate_key $T/key.pem;|&\\n        ssl_session_tickets off; ssl_session_cache off;|" \
+    "$T/nginx/nginx.conf" >"$T/nosess.conf"
+mkdir -p "$T/nosess/tmp" && mv "$T/nosess.conf" "$T/nosess/nginx.conf"
+nginx -p "$T/nosess/" -c "$T/nosess/nginx.conf" -e "$T/nosess/error.log"
+
 cat >"$T/graygate.toml" <<EOF
 listen = []
 workers = 1
@@ -119,7 +127,7 @@ EOF
 "$BIN" run --config "$T/graygate.toml" >"$T/graygate.log" 2>&1 &
 pids+=($!)
 
-for p in $P_BACK $P_NGINX $P_GG; do  # bounded: 10 s a port
+for p in $P_BACK $P_NGINX $P_NOSESS $P_GG; do  # bounded: 10 s a port
     for i in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
     [ "$i" -lt 100 ] || { echo "nothing listens on :$p"; cat "$T"/*.log "$T"/*/error.log 2>/dev/null; exit 1; }
 done
@@ -134,10 +142,19 @@ done
 
 # wrk keeps a cleanly closed connection's TLS session (OpenSSL SSL_clear) and may offer it again, so a
 # server that resumes sessions does abbreviated handshakes in test 2. Say which servers resume:
-# reused handshakes out of 5 reconnects of `openssl s_client -reconnect`.
-resumed() { timeout 20 openssl s_client -connect "127.0.0.1:$1" -reconnect </dev/null 2>/dev/null | grep -c '^Reused' || true; }
-RESUME="nginx $(resumed $P_NGINX)/5, graygate $(resumed $P_GG)/5"
-echo "session resumption (reused of 5 reconnects): $RESUME"
+# of 3 connections each offering the session of the one before (after a full request, so TLS 1.3
+# tickets sent after the handshake are read), how many were resumed.
+resumed() {
+    local s=$T/sess n=0 req='GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n'
+    printf "$req" | timeout 5 openssl s_client -connect "127.0.0.1:$1" -ign_eof -sess_out "$s" >/dev/null 2>&1 || true
+    for _ in 1 2 3; do
+        printf "$req" | timeout 5 openssl s_client -connect "127.0.0.1:$1" -ign_eof -sess_in "$s" -sess_out "$s" 2>/dev/null \
+            | grep -q '^Reused' && n=$((n + 1))
+    done
+    rm -f "$s"; echo "$n/3"
+}
+RESUME="nginx $(resumed $P_NGINX), nginx without resumption $(resumed $P_NOSESS), graygate $(resumed $P_GG)"
+echo "sessions resumed: $RESUME"
 
 RAW=$T/raw
 wrk_one() {  # wrk_one TEST PORT [HEADER] -> "TEST|PORT|rps|p50|p99|errors"
@@ -160,16 +177,17 @@ h2_one() {  # h2_one PORT -> "h2|PORT|rps|p50|p99|errors" (h2load gives mean and
 : >"$RAW"
 for rep in $(seq "$REPS"); do
     for p in $P_NGINX $P_GG; do wrk_one keepalive "$p" >>"$RAW"; done
-    for p in $P_NGINX $P_GG; do wrk_one handshake "$p" "Connection: close" >>"$RAW"; done
+    for p in $P_NGINX $P_NOSESS $P_GG; do wrk_one handshake "$p" "Connection: close" >>"$RAW"; done
     for p in $P_NGINX $P_GG; do h2_one "$p" >>"$RAW"; done
 done
 
-name() { [ "$1" = $P_NGINX ] && echo nginx || echo graygate; }
+name() { case $1 in $P_NGINX) echo nginx ;; $P_NOSESS) echo nginx-nores ;; *) echo graygate ;; esac; }
 TABLE=$T/table
 {
     printf '%-28s %-11s %6s %8s %8s %8s %6s  %s\n' test target port req/s p50_ms p99_ms errors "runs (req/s)"
     for t in keepalive handshake h2; do
-        for p in $P_NGINX $P_GG; do
+        ports="$P_NGINX $P_GG"; [ $t = handshake ] && ports="$P_NGINX $P_NOSESS $P_GG"
+        for p in $ports; do
             col() { grep "^$t|$p|" "$RAW" | cut -d'|' -f"$1"; }
             med() { col "$1" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
             case $t in keepalive) d="HTTPS keep-alive (wrk)" ;; handshake) d="new TLS handshakes (wrk)" ;; h2) d="HTTP/2 over TLS (h2load)" ;; esac
@@ -188,14 +206,17 @@ table, out, reps, dur, conns, threads, h2n, key, cores, ossl, ngxv, wrkv, h2v, r
 lines = open(table).read().splitlines()
 rows = {}
 for l in lines[1:]:
-    m = re.match(r"^(.+?)\s{2,}(nginx|graygate)\s+(\d+)\s+(\d+)\s", l)
+    m = re.match(r"^(.+?)\s{2,}(nginx|nginx-nores|graygate)\s+(\d+)\s+(\d+)\s", l)
     if m:
         rows[(m.group(1).strip(), m.group(2))] = int(m.group(4))
 ratios = []
 for test in ["HTTPS keep-alive (wrk)", "new TLS handshakes (wrk)", "HTTP/2 over TLS (h2load)"]:
     g, n = rows.get((test, "graygate")), rows.get((test, "nginx"))
     if g and n:
-        ratios.append(f"| {test} | {g} | {n} | {g / n:.2f}x |")
+        ratios.append(f"| {test} | {g} | nginx {n} | {g / n:.2f}x |")
+    r = rows.get((test, "nginx-nores"))
+    if g and r:
+        ratios.append(f"| {test} | {g} | nginx-nores {r} | {g / r:.2f}x |")
 keytxt = "ECDSA P-256" if key == "ec" else "RSA 2048"
 section = f"""## TLS and HTTP/2, same run
 
@@ -214,7 +235,8 @@ backend (a plain nginx answering `prod`, one worker) behind both, on loopback.
      connection and a new handshake (requests/s = handshakes/s). wrk keeps a cleanly closed connection's
      TLS session and may offer it again on reconnecting, so a server that resumes sessions does
      abbreviated handshakes here; `openssl s_client -reconnect` before the rounds resumed:
-     {resume} reconnects;
+     {resume} connections. `nginx-nores` is the same nginx with `ssl_session_tickets off;
+     ssl_session_cache off;`, measured in test 2 only, so that its handshakes are all full ones;
   3. HTTP/2 over TLS (ALPN `h2`, checked): `h2load -n {h2n} -c 10 -m 10 https://127.0.0.1:PORT/`.
      h2load gives no percentiles, so p50/p99 are `-` there.
 
