@@ -200,7 +200,7 @@ cat "$TABLE"
 [ "$OUT" = - ] && exit 0
 
 python3 - "$TABLE" "$OUT" "$REPS" "$DUR" "$CONNS" "$THREADS" "$H2N" "$KEY" "$(nproc)" \
-    "$(openssl version)" "$(nginx -v 2>&1 | sed 's|.*nginx/||')" "$(wrk -v 2>&1 | head -1 | awk '{print $2}')" "$(h2load --version | awk '{print $2}')" "$RESUME" <<'PY'
+    "$(openssl version | awk '{print $1, $2}')" "$(nginx -v 2>&1 | sed 's|.*nginx/||')" "$(wrk -v 2>&1 | head -1 | awk '{print $2}')" "$(h2load --version | awk '{print $2}')" "$RESUME" <<'PY'
 import sys, re, datetime, os
 table, out, reps, dur, conns, threads, h2n, key, cores, ossl, ngxv, wrkv, h2v, resume = sys.argv[1:15]
 lines = open(table).read().splitlines()
@@ -229,13 +229,13 @@ backend (a plain nginx answering `prod`, one worker) behind both, on loopback.
   `proxy_pass` to an upstream with `keepalive 64`, default TLS settings.
 - graygate, `workers = 1`, `[tls] listen` with the same certificate and key, the backend as the
   stable upstream, a policy with no rules (every request goes to stable).
-- Clients on the same 2 cores: wrk {wrkv} (OpenSSL: {ossl}), h2load {h2v}.
+- Clients on the same 2 cores: wrk {wrkv} (with {ossl}), h2load {h2v}.
   1. HTTPS keep-alive: `wrk -t{threads} -c{conns} -d{dur} --latency https://127.0.0.1:PORT/` (2 s warm-up discarded);
   2. new TLS handshakes: the same with `-H "Connection: close"`, so every request is a new
      connection and a new handshake (requests/s = handshakes/s). wrk keeps a cleanly closed connection's
      TLS session and may offer it again on reconnecting, so a server that resumes sessions does
-     abbreviated handshakes here; `openssl s_client -reconnect` before the rounds resumed:
-     {resume} connections. `nginx-nores` is the same nginx with `ssl_session_tickets off;
+     abbreviated handshakes here. Before the rounds, 3 `openssl s_client` connections each offering
+     the session of the one before were resumed by: {resume}. `nginx-nores` is the same nginx with `ssl_session_tickets off;
      ssl_session_cache off;`, measured in test 2 only, so that its handshakes are all full ones;
   3. HTTP/2 over TLS (ALPN `h2`, checked): `h2load -n {h2n} -c 10 -m 10 https://127.0.0.1:PORT/`.
      h2load gives no percentiles, so p50/p99 are `-` there.
