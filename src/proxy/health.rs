@@ -333,6 +333,9 @@ pub(super) struct ServerHealth {
     /// True from the line that said it is down to the line that says it is back up: each change
     /// is logged once.
     reported_down: AtomicBool,
+    /// When a failure last said it is down (ms of [`now_ms`]): a connect that started before
+    /// then and succeeded after it is older news and does not bring the server back up.
+    down_at_ms: AtomicU64,
     /// Why it is down (for the status); `None` while up.
     note: Mutex<Option<Note>>,
 }
@@ -349,6 +352,7 @@ impl ServerHealth {
             ejections: Mutex::new(Ejections::default()),
             ejected_total: AtomicU64::new(0),
             reported_down: AtomicBool::new(false),
+            down_at_ms: AtomicU64::new(0),
             note: Mutex::new(None),
         }
     }
@@ -603,8 +607,13 @@ impl UpstreamHealth {
     }
 
     /// A connect to `server` succeeded.
-    pub(super) fn connected(&self, server: &ServerHealth) {
-        if server.reported_down.load(Ordering::Relaxed) {
+    /// A connect to `server` that started at `started_ms` succeeded: the server is back up,
+    /// unless a failure said it is down after that connect started (two connects in flight as
+    /// the server died: the late success of the earlier one is not a recovery).
+    pub(super) fn connected(&self, server: &ServerHealth, started_ms: u64) {
+        if server.reported_down.load(Ordering::Relaxed)
+            && started_ms > server.down_at_ms.load(Ordering::Relaxed)
+        {
             self.report_up(server, now_ms());
         }
     }
@@ -651,6 +660,7 @@ impl UpstreamHealth {
 
     /// Logs that `server` is down, once; keeps `reason` for the status.
     fn report_down(&self, server: &ServerHealth, reason: String, now_ms: u64) {
+        server.down_at_ms.fetch_max(now_ms, Ordering::Relaxed);
         {
             let mut note = lock(&server.note);
             let since = note.as_ref().map_or_else(SystemTime::now, |n| n.since);

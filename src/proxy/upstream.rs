@@ -908,6 +908,7 @@ impl Upstreams {
                 Err(source) => Err(tls_error(source)),
             }
         };
+        let started_ms = super::health::now_ms();
         let opened = match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(opened) => opened,
             Err(_elapsed) => Err(UpstreamError::ConnectTimeout {
@@ -919,7 +920,7 @@ impl Upstreams {
                 if server.down.load(Ordering::Relaxed) {
                     server.down.store(false, Ordering::Relaxed);
                 }
-                upstream.health.connected(&server.health);
+                upstream.health.connected(&server.health, started_ms);
                 Ok(stream)
             }
             Err(error) => {

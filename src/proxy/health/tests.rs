@@ -255,11 +255,16 @@ fn a_server_is_reported_down_once_and_back_up_once() {
     assert!(!s.reported_down.load(Ordering::Relaxed));
     assert!(s.in_service(now));
 
-    // Without active checks, a connect that works again brings it back.
+    // Without active checks, a connect that works again brings it back; one that had started
+    // before the failure said it is down (in flight as the server died) does not.
     let plain = upstream(1, None, passive());
+    let before_failure = now_ms().saturating_sub(1);
     plain.connect_failed(plain.server(0), &"connection refused");
     assert!(plain.server(0).reported_down.load(Ordering::Relaxed));
-    plain.connected(plain.server(0));
+    plain.connected(plain.server(0), before_failure);
+    assert!(plain.server(0).reported_down.load(Ordering::Relaxed));
+    let down_at = plain.server(0).down_at_ms.load(Ordering::Relaxed);
+    plain.connected(plain.server(0), down_at + 1);
     assert!(!plain.server(0).reported_down.load(Ordering::Relaxed));
 }
 
