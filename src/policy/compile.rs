@@ -160,7 +160,13 @@ pub fn compile(doc: &PolicyDoc, upstreams: &[&str]) -> Result<Policy, CompileErr
         } else {
             let mut hosts = Vec::new();
             for (h, host) in r.hosts.iter().enumerate() {
+                // Requests are routed on their canonical host, without a trailing dot
+                // (`shop.example.` is `shop.example`): so is the route's.
                 let host = host.trim().to_ascii_lowercase();
+                let host = match host.strip_suffix('.') {
+                    Some(bare) if !bare.is_empty() => bare.to_string(),
+                    _ => host,
+                };
                 if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
                     return err(
                         path.field("hosts").index(h),

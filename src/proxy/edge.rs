@@ -218,6 +218,14 @@ fn admit_host<B>(req: &mut Request<B>) -> Result<(), Refusal> {
 /// `Ok(Some(..))` without the trailing dot of its name (`shop.example.:8080` ->
 /// `shop.example:8080`), `Err` when it is not `host[:port]`.
 pub fn normalize_host(value: &str) -> Result<Option<String>, Refusal> {
+    if plainly_canonical_host(value.as_bytes()) {
+        return Ok(None);
+    }
+    normalize_host_fully(value)
+}
+
+/// [`normalize_host`] without its fast path.
+fn normalize_host_fully(value: &str) -> Result<Option<String>, Refusal> {
     if let Some(rest) = value.strip_prefix('[') {
         let (inside, port) = rest.split_once(']').ok_or(Refusal::BadHost)?;
         inside.parse::<Ipv6Addr>().map_err(|_| Refusal::BadHost)?;
@@ -238,6 +246,30 @@ pub fn normalize_host(value: &str) -> Result<Option<String>, Refusal> {
         return Err(Refusal::BadHost);
     }
     Ok((bare.len() != name.len()).then(|| format!("{bare}{port}")))
+}
+
+/// The host of nearly every request, checked in one pass over its bytes: labels of letters,
+/// digits and `-` joined by single dots, no trailing dot, and an optional port of at most five
+/// digits. True only for hosts that [`normalize_host`] leaves as they are; false sends the host
+/// through the full check.
+fn plainly_canonical_host(host: &[u8]) -> bool {
+    let mut label = 0usize;
+    let mut i = 0;
+    while i < host.len() {
+        match host[i] {
+            b'.' if label > 0 => label = 0,
+            b':' => break,
+            c if c.is_ascii_alphanumeric() || c == b'-' => label += 1,
+            _ => return false,
+        }
+        i += 1;
+    }
+    if label == 0 {
+        // Empty, a trailing dot, or an empty label before the port.
+        return false;
+    }
+    let port = &host[i..];
+    port.is_empty() || (port.len() <= 6 && port[1..].iter().all(u8::is_ascii_digit))
 }
 
 /// `""` or `:` followed by at most five digits (RFC 3986 allows an empty port).

@@ -18,8 +18,8 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, COOKIE, HOST,
+    PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use http::{Request, Response, StatusCode, Uri, Version};
 
@@ -80,7 +80,7 @@ pub fn send_chunked(headers: &mut HeaderMap) {
 /// - `Host` kept as the edge left it (for an absolute-form target, the edge has made its
 ///   authority the `Host` already); taken from the URI authority if there is still none;
 /// - HTTP/1.1 towards the upstream, whatever the client spoke, so that the upstream connection
-///   can be kept alive and pooled.
+///   can be kept alive and pooled; an HTTP/2 client's cookie fields joined into one line;
 pub fn rewrite_request<B>(req: &mut Request<B>, peer: IpAddr, client_ip: IpAddr, upgrade: bool) {
     strip_hop_by_hop(req.headers_mut(), upgrade);
 
@@ -100,12 +100,34 @@ pub fn rewrite_request<B>(req: &mut Request<B>, peer: IpAddr, client_ip: IpAddr,
         };
         *req.uri_mut() = origin_form;
     }
+    if req.version() == Version::HTTP_2 {
+        join_cookies(req.headers_mut());
+    }
     *req.version_mut() = Version::HTTP_11;
 
     let headers = req.headers_mut();
     append_forwarded_for(headers, peer);
     if let Ok(value) = HeaderValue::from_str(&client_ip.to_string()) {
         headers.insert(X_REAL_IP, value);
+    }
+}
+
+/// An HTTP/2 client may send its cookies as several `cookie` fields, one per pair (RFC 9113
+/// 8.2.3, for header compression); an HTTP/1.1 server expects one `Cookie` line (RFC 6265 5.4),
+/// and many read only the first. They are joined with `; `, in order, before the request goes
+/// upstream (an HTTP/2 upstream takes the joined line as well).
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut lines = headers.get_all(COOKIE).iter();
+    let (Some(first), Some(_)) = (lines.next(), lines.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for line in headers.get_all(COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(line.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, value);
     }
 }
 
@@ -135,21 +157,47 @@ pub fn rewrite_response<B>(resp: &mut Response<B>) {
 /// Removes the hop-by-hop headers and every header named in `Connection`. With `keep_upgrade`,
 /// `Connection: upgrade` and `Upgrade: websocket` are put back (and nothing else from
 /// `Connection` or `Upgrade`).
+///
+/// On the request path twice per request (request and response): one pass over the names finds
+/// which hop-by-hop headers are there (nearly always none, or `Connection` alone), and only
+/// those are looked up to be removed; a name in `Connection` is looked up without being
+/// parsed into an owned name unless a header by that name is there.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // `Host` is never dropped this way: without it the upstream cannot serve the request.
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .filter(|n| *n != HOST)
-        .collect();
-    for name in named {
-        headers.remove(name);
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    if present & 1 != 0 {
+        remove_connection_options(headers);
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     if keep_upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(UPGRADE, HeaderValue::from_static(WEBSOCKET));
+    }
+}
+
+/// Removes every header named in `Connection` (RFC 9110 7.6.1), but never `Host` (without it
+/// the upstream cannot serve the request; `Connection` itself goes with the hop-by-hop ones).
+/// Each round removes one header that is there, so it ends.
+fn remove_connection_options(headers: &mut HeaderMap) {
+    loop {
+        let named = connection_tokens(headers)
+            .filter(|t| !t.eq_ignore_ascii_case("host") && !t.eq_ignore_ascii_case("connection"))
+            .find(|t| headers.contains_key(*t))
+            .and_then(|t| HeaderName::from_bytes(t.as_bytes()).ok());
+        match named {
+            Some(name) => {
+                headers.remove(name);
+            }
+            None => return,
+        }
     }
 }
 

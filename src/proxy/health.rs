@@ -502,23 +502,26 @@ impl UpstreamHealth {
         self.weighted().any(|s| s.in_service(now_ms))
     }
 
-    /// An answer came from `server`: a 5xx is a failure, anything else a success.
-    pub(super) fn answered(&self, server: &ServerHealth, status: http::StatusCode) {
+    /// An answer came from `server`, `took` after its request went out: a 5xx is a failure,
+    /// anything else a success.
+    pub(super) fn answered(&self, server: &ServerHealth, status: http::StatusCode, took: Duration) {
         if status.is_server_error() {
             self.failed(server, &format_args!("answered {}", status.as_u16()));
         } else {
-            self.succeeded(server);
+            self.succeeded(server, took);
         }
     }
 
-    /// A request to `server` got its answer. On the request path: a load or two while nothing
-    /// changes.
-    pub(super) fn succeeded(&self, server: &ServerHealth) {
-        self.succeeded_with(server, now_ms);
+    /// A request to `server` got its answer, `took` after it went out. On the request path: a
+    /// load or two while nothing changes.
+    pub(super) fn succeeded(&self, server: &ServerHealth, took: Duration) {
+        self.succeeded_with(server, took, now_ms);
     }
 
-    /// [`UpstreamHealth::succeeded`] with the clock read only when it is needed.
-    fn succeeded_with(&self, server: &ServerHealth, now_ms: impl FnOnce() -> u64) {
+    /// [`UpstreamHealth::succeeded`] with the clock read only when it is needed. An answer to a
+    /// request that went out before a failure said the server is down (on a connection opened
+    /// before it died) does not bring it back up: only one sent after that does.
+    fn succeeded_with(&self, server: &ServerHealth, took: Duration, now_ms: impl FnOnce() -> u64) {
         if server.failures.load(Ordering::Relaxed) != 0 {
             server.failures.store(0, Ordering::Relaxed);
         }
@@ -526,7 +529,11 @@ impl UpstreamHealth {
             server.probation.store(false, Ordering::Relaxed);
         }
         if server.reported_down.load(Ordering::Relaxed) {
-            self.report_up(server, now_ms());
+            let now = now_ms();
+            let sent_ms = now.saturating_sub(u64::try_from(took.as_millis()).unwrap_or(u64::MAX));
+            if sent_ms > server.down_at_ms.load(Ordering::Relaxed) {
+                self.report_up(server, now);
+            }
         }
     }
 

@@ -7,7 +7,10 @@
 //! request from it once: the upstream send path ([`super::Upstreams::send_with`]) sends the copy
 //! to another server of the same version, or hands it back for the stable version. The copy is
 //! made only when one of those exists (a version of one server with no stable to fall back to
-//! has nowhere to send it): it costs a header map clone, about 250 ns.
+//! has nowhere to send it). It is one allocation: the headers are copied into one buffer, not
+//! cloned as a header map (a clone costs an allocation per custom header name and per value
+//! graygate wrote, about 6 per request: that was 4% of a proxied request's CPU). The header map
+//! is rebuilt from the buffer only when the request is sent again.
 //!
 //! Only requests without a body are kept: a body flows to the upstream as the client sends it,
 //! never buffered, so once it started it cannot be sent again. A timeout (the server is slow, not
@@ -17,6 +20,7 @@ use std::error::Error as StdError;
 use std::io;
 
 use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Uri, Version};
 use http_body::Body;
 use http_body_util::{BodyExt, Empty};
@@ -29,7 +33,9 @@ pub struct Replay {
     method: Method,
     uri: Uri,
     version: Version,
-    headers: HeaderMap,
+    /// The headers in order, each as its name's length (2 bytes), its value's length (4
+    /// bytes), the name and the value.
+    headers: Vec<u8>,
 }
 
 impl Replay {
@@ -46,16 +52,31 @@ impl Replay {
 
     /// A copy of `request`'s head (whether it may be retried is [`Replay::allowed`]'s).
     pub fn of<B>(request: &Request<B>) -> Replay {
+        // Room for a usual request's headers: one allocation, and no pass to measure them.
+        let mut headers = Vec::with_capacity(512);
+        for (name, value) in request.headers() {
+            // A name is at most 64 KiB and a value at most 4 GiB long: hyper's header limits
+            // are far below both, but a longer one is cut rather than wrapped.
+            let name = name.as_str().as_bytes();
+            let name = &name[..name.len().min(usize::from(u16::MAX))];
+            let value = value.as_bytes();
+            let value = &value[..value.len().min(u32::MAX as usize)];
+            headers.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            headers.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            headers.extend_from_slice(name);
+            headers.extend_from_slice(value);
+        }
         Replay {
             method: request.method().clone(),
             uri: request.uri().clone(),
             version: request.version(),
-            headers: request.headers().clone(),
+            headers,
         }
     }
 
-    /// The request again, as it was first sent.
-    pub fn request(self) -> Request<ProxyBody> {
+    /// The request again, as it was first sent; `None` if its headers cannot be rebuilt (which
+    /// they always can: they were valid when copied).
+    pub fn request(self) -> Option<Request<ProxyBody>> {
         let mut request = Request::new(
             Empty::<Bytes>::new()
                 .map_err(|never| match never {})
@@ -64,9 +85,28 @@ impl Replay {
         *request.method_mut() = self.method;
         *request.uri_mut() = self.uri;
         *request.version_mut() = self.version;
-        *request.headers_mut() = self.headers;
-        request
+        *request.headers_mut() = headers_from(&self.headers)?;
+        Some(request)
     }
+}
+
+/// The header map written by [`Replay::of`].
+fn headers_from(mut bytes: &[u8]) -> Option<HeaderMap> {
+    let mut headers = HeaderMap::new();
+    while !bytes.is_empty() {
+        let (lengths, rest) = bytes.split_at_checked(6)?;
+        let name_len = usize::from(u16::from_le_bytes([lengths[0], lengths[1]]));
+        let value_len =
+            u32::from_le_bytes([lengths[2], lengths[3], lengths[4], lengths[5]]) as usize;
+        let (name, rest) = rest.split_at_checked(name_len)?;
+        let (value, rest) = rest.split_at_checked(value_len)?;
+        headers.append(
+            HeaderName::from_bytes(name).ok()?,
+            HeaderValue::from_bytes(value).ok()?,
+        );
+        bytes = rest;
+    }
+    Some(headers)
 }
 
 /// True when a failed exchange means the server's connection died before the response headers:
@@ -335,11 +375,39 @@ mod tests {
     #[test]
     fn the_copy_is_the_request_as_it_was() {
         let original = request(Method::GET, "");
-        let again = Replay::of(&original).request();
+        let again = Replay::of(&original).request().unwrap();
         assert_eq!(again.method(), original.method());
         assert_eq!(again.uri(), original.uri());
         assert_eq!(again.version(), original.version());
         assert_eq!(again.headers(), original.headers());
         assert!(again.body().is_end_stream());
+    }
+
+    #[test]
+    fn the_copy_keeps_repeated_fields_their_order_and_any_byte_a_value_may_hold() {
+        let mut original = request(Method::GET, "");
+        let h = original.headers_mut();
+        h.append("cookie", HeaderValue::from_static("a=1"));
+        h.append("cookie", HeaderValue::from_static("b=2"));
+        h.append("x-empty", HeaderValue::from_static(""));
+        h.append("x-latin", HeaderValue::from_bytes(b"caf\xe9\tok").unwrap());
+        h.append(
+            "x-long",
+            HeaderValue::from_str(&"v".repeat(70_000)).unwrap(),
+        );
+        let again = Replay::of(&original).request().unwrap();
+        let fields = |h: &HeaderMap| -> Vec<(String, Vec<u8>)> {
+            h.iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect()
+        };
+        assert_eq!(fields(again.headers()), fields(original.headers()));
+    }
+
+    #[test]
+    fn a_damaged_copy_is_no_request_rather_than_a_wrong_one() {
+        let mut copy = Replay::of(&request(Method::GET, ""));
+        copy.headers.truncate(copy.headers.len() - 1);
+        assert!(copy.request().is_none());
     }
 }

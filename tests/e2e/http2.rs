@@ -153,6 +153,39 @@ async fn two_streams_on_one_connection_land_on_different_versions() {
     }
 }
 
+/// An HTTP/2 client may send its cookies as separate fields (RFC 9113 8.2.3): the policy sees
+/// every one of them, and the HTTP/1.1 upstream gets them as one `Cookie` line, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_fields_of_an_http2_client_reach_an_http1_upstream_as_one_line() {
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    let gg = web_gateway(&stable, &canary)
+        .service(web().rule("beta", "canary", cookie("group").equals("beta")))
+        .start()
+        .await;
+    let tcp = tokio::net::TcpStream::connect(gg.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("an HTTP/2 handshake (prior knowledge)");
+    tokio::spawn(conn);
+    let req = http::Request::get("http://app.test/")
+        .header("cookie", "a=1")
+        .header("cookie", "group=beta")
+        .header("cookie", "z=2")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.expect("a response");
+    let cookies: Vec<_> = resp
+        .headers()
+        .get_all("echo-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(text(&body).trim(), "canary", "the second field decided");
+    assert_eq!(cookies, ["a=1; group=beta; z=2"]);
+}
+
 /// `h2load -n 2000 -c 2 -m 100`: every request succeeds, over h2c and over TLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2load_with_100_streams_per_connection_all_succeed() {

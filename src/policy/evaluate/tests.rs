@@ -515,3 +515,20 @@ fn routes_by_host_and_path_prefix() {
     assert_eq!(route("other", "/static/app.js").as_deref(), Some("a"));
     assert_eq!(route("other", "/"), None);
 }
+
+#[test]
+fn a_route_host_with_a_trailing_dot_is_the_host_without_it() {
+    // Requests arrive with the trailing dot stripped at the edge; the route is written either way.
+    let p = policy(
+        "[[routes]]\nhosts = [\"api.example.com.\", \"*.shop.test.\"]\nservice = \"a\"\n\
+         [[services]]\nname = \"a\"\nstable = \"s\"\nversions = { s = \"prod\" }\n",
+    );
+    let route = |host: &'static str| {
+        let mut r = req();
+        r.host = host;
+        matches!(p.evaluate(&r.facts(), &NoLookups), Evaluation::Decided(_))
+    };
+    assert!(route("api.example.com"));
+    assert!(route("eu.shop.test:8080"));
+    assert!(!route("example.com"));
+}

@@ -117,6 +117,17 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
+    fn the_host_fast_path_passes_only_hosts_the_full_check_leaves_alone(
+        host in "[a-zA-Z0-9.:_~%\\[\\]-]{0,16}"
+    ) {
+        let full = normalize_host_fully(&host);
+        if plainly_canonical_host(host.as_bytes()) {
+            prop_assert_eq!(&full, &Ok(None), "{}", host);
+        }
+        prop_assert_eq!(normalize_host(&host), full, "{}", host);
+    }
+
+    #[test]
     fn the_normaliser_agrees_with_rfc_3986_and_is_stable(
         path in "/[/.a%2eEfF5zZ~_-]{0,24}"
     ) {
@@ -425,4 +436,22 @@ async fn an_upstream_body_that_stalls_is_cut_off() {
     assert_eq!(stalled.after, LIMIT);
     assert!(body.frame().await.is_none());
     drop(tx);
+}
+
+#[test]
+fn usual_hosts_take_the_fast_path() {
+    for host in [
+        "shop.example",
+        "shop.example:8080",
+        "127.0.0.1:18201",
+        "a-b.c1",
+        "localhost:",
+    ] {
+        assert!(plainly_canonical_host(host.as_bytes()), "{host}");
+    }
+    for host in [
+        "", ".a", "a.", "a..b", "a.:80", "a:123456", "a:8x", "[::1]:80", "a_b", "a%41",
+    ] {
+        assert!(!plainly_canonical_host(host.as_bytes()), "{host}");
+    }
 }

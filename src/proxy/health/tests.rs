@@ -88,7 +88,7 @@ fn failures_in_a_row_eject_a_server_and_a_success_resets_the_count() {
     let u = upstream(2, None, passive());
     let now = now_ms();
     fail(&u, 0, 4, now);
-    u.succeeded_with(u.server(0), || now);
+    u.succeeded_with(u.server(0), Duration::ZERO, || now);
     fail(&u, 0, 4, now);
     assert_eq!(in_service(&u, now), [0, 1], "4 failures in a row are not 5");
     fail(&u, 0, 1, now);
@@ -127,7 +127,7 @@ fn after_an_ejection_one_failure_ejects_again_for_longer_and_one_success_ends_it
     );
     // Back again; a success ends the probation: one failure is one failure again.
     let again = back + 20 * SECOND;
-    u.succeeded_with(u.server(0), || again);
+    u.succeeded_with(u.server(0), Duration::ZERO, || again);
     fail(&u, 0, 4, again);
     assert_eq!(in_service(&u, again), [0, 1]);
     assert_eq!(u.statuses(again)[0].state, ServerState::Up);
@@ -247,7 +247,7 @@ fn a_server_is_reported_down_once_and_back_up_once() {
     assert!(!s.in_service(now));
     // A request that got through (stable's last resort) does not bring it back while its
     // checks fail.
-    u.succeeded_with(s, || now);
+    u.succeeded_with(s, Duration::ZERO, || now);
     assert!(s.reported_down.load(Ordering::Relaxed));
     // Its checks pass again: back up.
     u.checked(s, Ok(()), now);
@@ -344,4 +344,20 @@ fn settings_that_cannot_work_are_refused_naming_the_field() {
         Ok(()),
         "off: the durations are not used"
     );
+}
+
+#[test]
+fn an_answer_to_a_request_sent_before_the_server_went_down_does_not_bring_it_back_up() {
+    let u = upstream(2, None, passive());
+    let s = u.server(0);
+    u.connect_failed(s, &"connection refused");
+    let down_at = s.down_at_ms.load(Ordering::Relaxed);
+    assert!(s.reported_down.load(Ordering::Relaxed));
+    // A request that went out 5 s ago, on a connection opened before the failure, is answered
+    // now: the server is not back up on its word.
+    u.succeeded_with(s, Duration::from_secs(5), || down_at + 100);
+    assert!(s.reported_down.load(Ordering::Relaxed));
+    // One sent after the failure is.
+    u.succeeded_with(s, Duration::from_millis(50), || down_at + 100);
+    assert!(!s.reported_down.load(Ordering::Relaxed));
 }
