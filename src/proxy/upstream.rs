@@ -846,20 +846,26 @@ impl Upstreams {
                         },
                     ));
                 }
-                Err(ExchangeError::Timeout) => {
-                    return Err(Attempt::Sent(UpstreamError::ResponseTimeout {
-                        server: server.addr.clone(),
-                        timeout: self.response_timeout,
-                    }))
-                }
-                Err(ExchangeError::Failed(source)) => {
-                    return Err(Attempt::Sent(UpstreamError::Request {
-                        server: server.addr.clone(),
-                        source,
-                    }))
+                Err(error @ (ExchangeError::Timeout | ExchangeError::Failed(_))) => {
+                    return Err(self.sent_and_failed(server, error))
                 }
             }
         }
+    }
+
+    /// An exchange with `server` that failed after the request went out (either protocol):
+    /// no response within the timeout, or the exchange broke.
+    fn sent_and_failed(&self, server: &Server, error: ExchangeError) -> Attempt {
+        let server = server.addr.clone();
+        Attempt::Sent(match error {
+            ExchangeError::Failed(source) | ExchangeError::NotSent(_, source) => {
+                UpstreamError::Request { server, source }
+            }
+            ExchangeError::Timeout => UpstreamError::ResponseTimeout {
+                server,
+                timeout: self.response_timeout,
+            },
+        })
     }
 
     /// A new HTTP/1.1 connection to `server`.
@@ -994,17 +1000,8 @@ impl Upstreams {
                         },
                     ));
                 }
-                Err(ExchangeError::Timeout) => {
-                    return Err(Attempt::Sent(UpstreamError::ResponseTimeout {
-                        server: server.addr.clone(),
-                        timeout: self.response_timeout,
-                    }))
-                }
-                Err(ExchangeError::Failed(source)) => {
-                    return Err(Attempt::Sent(UpstreamError::Request {
-                        server: server.addr.clone(),
-                        source,
-                    }))
+                Err(error @ (ExchangeError::Timeout | ExchangeError::Failed(_))) => {
+                    return Err(self.sent_and_failed(server, error))
                 }
             }
         }

@@ -69,12 +69,7 @@ async fn an_h2c_upgrade_is_proxied_as_a_plain_request_and_the_connection_stays_r
 
     // An upstream that would switch to h2c is never asked to.
     let willing = h2c_willing_upstream().await;
-    let gg = gateway()
-        .upstream("stable", &willing)
-        .service(service("web").stable("stable", "stable"))
-        .route(route("web"))
-        .start()
-        .await;
+    let gg = stable_gateway(&willing).start().await;
     let mut conn = RawConn::open(gg.addr).await;
     for _ in 0..2 {
         conn.send(
@@ -94,12 +89,7 @@ async fn a_switch_to_anything_but_websocket_is_502() {
         b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\nTUNNEL",
     )
     .await;
-    let gg = gateway()
-        .upstream("stable", &switching)
-        .service(service("web").stable("stable", "stable"))
-        .route(route("web"))
-        .start()
-        .await;
+    let gg = stable_gateway(&switching).start().await;
     let plain = exchange(gg.addr, b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n").await;
     assert_eq!(plain.status, 502, "unasked 101: {plain:?}");
     let websocket = exchange(
@@ -227,12 +217,7 @@ async fn a_response_with_content_length_and_transfer_encoding_arrives_whole() {
           1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n",
     )
     .await;
-    let gg = gateway()
-        .upstream("stable", &both)
-        .service(service("web").stable("stable", "stable"))
-        .route(route("web"))
-        .start()
-        .await;
+    let gg = stable_gateway(&both).start().await;
     let mut conn = RawConn::open(gg.addr).await;
     for round in 0..2 {
         conn.send(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
@@ -251,12 +236,7 @@ async fn a_response_with_content_length_and_transfer_encoding_arrives_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gzip_chunked_is_501_from_a_client_and_502_from_an_upstream() {
     let stable = backend("stable").await;
-    let gg = gateway()
-        .upstream("stable", &stable)
-        .service(service("web").stable("stable", "stable"))
-        .route(route("web"))
-        .start()
-        .await;
+    let gg = stable_gateway(&stable).start().await;
     let mut conn = RawConn::open(gg.addr).await;
     conn.send(
         b"POST / HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
@@ -275,12 +255,7 @@ async fn gzip_chunked_is_501_from_a_client_and_502_from_an_upstream() {
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     )
     .await;
-    let gg = gateway()
-        .upstream("stable", &gzip)
-        .service(service("web").stable("stable", "stable"))
-        .route(route("web"))
-        .start()
-        .await;
+    let gg = stable_gateway(&gzip).start().await;
     let answer = exchange(gg.addr, b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n").await;
     assert_eq!(answer.status, 502, "{answer:?}");
     assert_ne!(
@@ -293,12 +268,7 @@ async fn gzip_chunked_is_501_from_a_client_and_502_from_an_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_with_a_chunked_body_is_forwarded_and_the_request_behind_it_kept() {
     let stable = backend("stable").await;
-    let gg = gateway()
-        .upstream("stable", &stable)
-        .service(service("web").stable("stable", "stable"))
-        .route(route("web"))
-        .start()
-        .await;
+    let gg = stable_gateway(&stable).start().await;
     let mut conn = RawConn::open(gg.addr).await;
     // Both requests in one write: the second is pipelined behind the first's body.
     conn.send(
@@ -404,10 +374,7 @@ async fn a_client_body_that_stalls_after_the_response_started_closes_the_connect
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\nstarted\r\n",
     )
     .await;
-    let gg = gateway()
-        .upstream("stable", &eager)
-        .service(service("web").stable("stable", "stable"))
-        .route(route("web"))
+    let gg = stable_gateway(&eager)
         .client_body_timeout(SHORT)
         .start()
         .await;
@@ -432,10 +399,7 @@ async fn an_upstream_body_that_stalls_closes_the_connection_and_a_silent_one_is_
     // Ten of a hundred bytes, then nothing.
     let stalling =
         RawUpstream::answering(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").await;
-    let gg = gateway()
-        .upstream("stable", &stalling)
-        .service(service("web").stable("stable", "stable"))
-        .route(route("web"))
+    let gg = stable_gateway(&stalling)
         .upstream_body_timeout(SHORT)
         .start()
         .await;
@@ -457,10 +421,7 @@ async fn an_upstream_body_that_stalls_closes_the_connection_and_a_silent_one_is_
 
     // No response head at all: 504, as before.
     let silent = RawUpstream::serve(|_| None).await;
-    let gg = gateway()
-        .upstream("stable", &silent)
-        .service(service("web").stable("stable", "stable"))
-        .route(route("web"))
+    let gg = stable_gateway(&silent)
         .upstream_response_timeout(SHORT)
         .start()
         .await;
@@ -549,10 +510,7 @@ async fn a_slow_client_is_not_taken_for_a_slow_upstream() {
     // The upstream must answer within 300 ms of the request's last progress; the client pauses
     // longer than that in the middle of its body, well within the client body timeout.
     let stable = backend("stable").await;
-    let gg = gateway()
-        .upstream("stable", &stable)
-        .service(service("web").stable("stable", "stable"))
-        .route(route("web"))
+    let gg = stable_gateway(&stable)
         .upstream_response_timeout(SHORT)
         .client_body_timeout(Duration::from_secs(30))
         .start()
@@ -573,12 +531,7 @@ async fn a_slow_client_is_not_taken_for_a_slow_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_applies_the_body_timeouts() {
     let stable = backend("stable").await;
-    let mut gg = gateway()
-        .upstream("stable", &stable)
-        .service(service("web").stable("stable", "stable"))
-        .route(route("web"))
-        .start()
-        .await;
+    let mut gg = stable_gateway(&stable).start().await;
     gg.edit_config(|b| b.client_body_timeout(SHORT));
     let log = gg.hup_and_wait().await;
     assert!(log.contains("client_body 300ms"), "{log}");

@@ -67,12 +67,7 @@ async fn host_echo_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_with_prior_knowledge_gets_host_from_authority_and_no_connection_headers() {
     let (upstream, _task) = host_echo_backend().await;
-    let gg = gateway()
-        .upstream("stable", upstream)
-        .service(service("web").stable("stable", "stable"))
-        .route(route("web"))
-        .start()
-        .await;
+    let gg = stable_gateway(upstream).start().await;
     let port = gg.addr.port();
     let resolve = format!("app.test:{port}:127.0.0.1");
     let url = format!("http://app.test:{port}/a?b=1");
@@ -196,13 +191,7 @@ async fn h2load_with_100_streams_per_connection_all_succeed() {
         .unwrap()
         .keep();
     TestCa::new().leaf("app", &["app.test"]).write(&dir, "site");
-    let gg = gateway()
-        .upstream("stable", &stable)
-        .service(service("web").stable("stable", "stable"))
-        .route(route("web"))
-        .tls(&["site"])
-        .start_in(dir)
-        .await;
+    let gg = stable_gateway(&stable).tls(&["site"]).start_in(dir).await;
     for url in [
         format!("http://{}/", gg.addr),
         format!("https://{}/", gg.tls_addr()),
@@ -234,12 +223,7 @@ async fn h2load_with_100_streams_per_connection_all_succeed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rapid_reset_client_is_cut_off() {
     let stable = backend("stable").await;
-    let gg = gateway()
-        .upstream("stable", &stable)
-        .service(service("web").stable("stable", "stable"))
-        .route(route("web"))
-        .start()
-        .await;
+    let gg = stable_gateway(&stable).start().await;
     let tcp = tokio::net::TcpStream::connect(gg.addr).await.unwrap();
     let (mut client, conn) = h2::client::handshake(tcp)
         .await
@@ -296,12 +280,7 @@ async fn the_101st_concurrent_stream_is_refused() {
     let stable = backend("stable").await;
     // Answers wait, so that the first 100 streams stay open.
     stable.delay(Duration::from_millis(1500));
-    let gg = gateway()
-        .upstream("stable", &stable)
-        .service(service("web").stable("stable", "stable"))
-        .route(route("web"))
-        .start()
-        .await;
+    let gg = stable_gateway(&stable).start().await;
     let mut h2 = RawH2::connect(gg.addr).await;
     for i in 0..101u32 {
         let id = 2 * i + 1;
@@ -338,12 +317,7 @@ async fn the_101st_concurrent_stream_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_list_over_the_limit_is_refused() {
     let stable = backend("stable").await;
-    let gg = gateway()
-        .upstream("stable", &stable)
-        .service(service("web").stable("stable", "stable"))
-        .route(route("web"))
-        .start()
-        .await;
+    let gg = stable_gateway(&stable).start().await;
     let mut h2 = RawH2::connect(gg.addr).await;
     let mut block = h2raw::get("app.test", "/");
     block.extend(h2raw::literal("x-big", &vec![b'a'; 40_000]));
@@ -388,12 +362,7 @@ async fn a_header_list_over_the_limit_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_continuation_flood_is_cut_off_without_growing_memory() {
     let stable = backend("stable").await;
-    let gg = gateway()
-        .upstream("stable", &stable)
-        .service(service("web").stable("stable", "stable"))
-        .route(route("web"))
-        .start()
-        .await;
+    let gg = stable_gateway(&stable).start().await;
     let rss = || resident_kib(gg.pid());
     let before = rss();
     let mut h2 = RawH2::connect(gg.addr).await;
@@ -456,12 +425,7 @@ fn resident_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_specific_request_headers_are_refused_over_http2() {
     let stable = backend("stable").await;
-    let gg = gateway()
-        .upstream("stable", &stable)
-        .service(service("web").stable("stable", "stable"))
-        .route(route("web"))
-        .start()
-        .await;
+    let gg = stable_gateway(&stable).start().await;
     let mut h2 = RawH2::connect(gg.addr).await;
     let cases: [(&str, &[u8], bool); 7] = [
         ("connection", b"keep-alive", false),
@@ -505,12 +469,7 @@ async fn connection_specific_request_headers_are_refused_over_http2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_keeps_provoking_resets_is_cut_off() {
     let stable = backend("stable").await;
-    let gg = gateway()
-        .upstream("stable", &stable)
-        .service(service("web").stable("stable", "stable"))
-        .route(route("web"))
-        .start()
-        .await;
+    let gg = stable_gateway(&stable).start().await;
     let mut h2 = RawH2::connect(gg.addr).await;
     let mut block = h2raw::get("app.test", "/");
     block.extend(h2raw::literal("connection", b"keep-alive"));

@@ -100,10 +100,7 @@ async fn sni_chooses_the_certificate_by_its_names() {
         .write(&dir, "wildcard");
     ca.leaf("exact-cert", &["exact.api.test", "other.test"])
         .write(&dir, "exact");
-    let gg = gateway()
-        .upstream("stable", &stable)
-        .service(service("web").stable("stable", "stable"))
-        .route(route("web"))
+    let gg = stable_gateway(&stable)
         .tls(&["default", "wildcard", "exact"])
         .no_plain_listener()
         .start_in(dir)
@@ -156,10 +153,7 @@ async fn certificates_rotate_under_load_without_a_failed_handshake() {
     let dir = gateway_dir();
     let ca = TestCa::new();
     ca.leaf("generation-0", &["app.test"]).write(&dir, "site");
-    let gg = gateway()
-        .upstream("stable", &stable)
-        .service(service("web").stable("stable", "stable"))
-        .route(route("web"))
+    let gg = stable_gateway(&stable)
         .tls(&["site"])
         .tls_watch_interval(Duration::from_millis(100))
         .start_in(dir.clone())
@@ -265,10 +259,7 @@ async fn a_bad_new_file_is_logged_and_the_last_good_set_stays() {
     let dir = gateway_dir();
     let ca = TestCa::new();
     ca.leaf("good", &["app.test"]).write(&dir, "site");
-    let gg = gateway()
-        .upstream("stable", &stable)
-        .service(service("web").stable("stable", "stable"))
-        .route(route("web"))
+    let gg = stable_gateway(&stable)
         .tls(&["site"])
         .tls_watch_interval(Duration::from_millis(100))
         .start_in(dir.clone())
@@ -316,10 +307,7 @@ async fn redirect_http_answers_308_to_the_https_listener() {
     let dir = gateway_dir();
     let ca = TestCa::new();
     ca.leaf("app", &["app.test"]).write(&dir, "site");
-    let gg = gateway()
-        .upstream("stable", &stable)
-        .service(service("web").stable("stable", "stable"))
-        .route(route("web"))
+    let gg = stable_gateway(&stable)
         .tls(&["site"])
         .redirect_http()
         .start_in(dir)

@@ -18,7 +18,7 @@
 
 use super::ctl::{Admin, Ctl};
 use super::eventually::{equals, eventually, patient, Eventually};
-use super::{route, Client, Reply};
+use super::{route, service, Client, Reply};
 use bytes::Bytes;
 use graygate::config::file::{
     AccessLogFile, AdminFile, CertFile, ConfigFile, HealthFile, MetricsFile, PassiveFile,
@@ -45,6 +45,15 @@ pub fn web_gateway(stable: impl Address, canary: impl Address) -> GatewayBuilder
     gateway()
         .upstream("stable", stable)
         .upstream("canary", canary)
+        .route(route("web"))
+}
+
+/// A gateway with one version, `stable`, of service `web` on `stable`, routed for every request:
+/// for tests of what the front door does whatever the policy.
+pub fn stable_gateway(stable: impl Address) -> GatewayBuilder {
+    gateway()
+        .upstream("stable", stable)
+        .service(service("web").stable("stable", "stable"))
         .route(route("web"))
 }
 
