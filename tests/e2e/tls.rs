@@ -381,3 +381,46 @@ async fn check_reports_certificate_problems_with_their_file() {
         "{c:?}"
     );
 }
+
+/// A returning client resumes its session (an abbreviated handshake) however many other clients
+/// came between: session tickets are stateless, as nginx's are, not entries of a bounded cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_client_resumes_its_session_after_300_other_clients() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stable = backend("stable").await;
+    let dir = gateway_dir();
+    let ca = TestCa::new();
+    ca.leaf("app", &["app.test"]).write(&dir, "site");
+    let gg = stable_gateway(&stable)
+        .tls(&["site"])
+        .no_plain_listener()
+        .start_in(dir)
+        .await;
+    let addr = gg.tls_addr();
+    // A client that keeps its tickets (a fresh config: its own ticket store).
+    let mut returning = (*ca.client_config(&[b"http/1.1"])).clone();
+    returning.resumption = rustls::client::Resumption::in_memory_sessions(8);
+    let returning = std::sync::Arc::new(returning);
+    // One request on a connection: TLS 1.3 tickets come after the handshake, with the answer.
+    let visit = |config: std::sync::Arc<rustls::ClientConfig>| async move {
+        let mut tls = connect_with(config, addr, "app.test")
+            .await
+            .expect("a TLS handshake");
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tls.read_to_end(&mut answer).await.unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", text(&answer));
+        tls.get_ref().1.handshake_kind()
+    };
+    let first = visit(returning.clone()).await;
+    assert_eq!(first, Some(rustls::HandshakeKind::Full));
+    // 300 other clients, each handed tickets of its own.
+    let others = ca.client_config(&[b"http/1.1"]);
+    for _ in 0..300 {
+        visit(others.clone()).await;
+    }
+    let again = visit(returning.clone()).await;
+    assert_eq!(again, Some(rustls::HandshakeKind::Resumed));
+}

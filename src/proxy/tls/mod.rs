@@ -92,6 +92,17 @@ impl TlsTerminator {
             .with_no_client_auth()
             .with_cert_resolver(certs.resolver());
         config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
+        // Session resumption by stateless tickets (encrypted with a key rotated every 6 hours),
+        // as nginx does by default: a returning client offers its ticket again and gets an
+        // abbreviated handshake, however many clients came between. rustls's default keeps
+        // sessions in a cache of 256 entries whose TLS 1.3 tickets are good once.
+        // Making the key needs the system's randomness; without it, the cache stays.
+        match rustls::crypto::ring::Ticketer::new() {
+            Ok(ticketer) => config.ticketer = ticketer,
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS session tickets off (no key): sessions resume from a cache of 256")
+            }
+        }
         Ok(TlsTerminator {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
             certs,
