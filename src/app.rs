@@ -9,10 +9,11 @@ use crate::config::{Config, StoreConfig};
 use crate::gateway::VerdictTally;
 use crate::gateway::{Gateway, GatewayError};
 use crate::observe::{
-    self, AccessLog, AccessLogFormat, AccessLogTarget, AccessLogWriter, CacheCounts, Metrics,
-    Observe, PolicyStatsSource, RolloutStats, RolloutStatsSource, StoreStats, StoreStatsSource,
+    self, AccessLog, AccessLogFormat, AccessLogTarget, AccessLogWriter, CacheCounts, CertExpiry,
+    Metrics, Observe, PolicyStatsSource, RolloutStats, RolloutStatsSource, StoreStats,
+    StoreStatsSource, TlsStatsSource,
 };
-use crate::proxy::tls::{CertError, HttpsRedirect};
+use crate::proxy::tls::{CertError, HandshakeFailure, HttpsRedirect};
 use crate::proxy::{self, Front, LiveUpstreams, ProxyConfig, TlsTerminator, UpstreamConfigError};
 use crate::reload::Reloader;
 use crate::rollout::RolloutState;
@@ -158,11 +159,23 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
         upstreams.clone(),
     ));
 
+    // The certificates are loaded before the metrics are made, which read them.
+    let terminator = match &config.tls {
+        Some(tls) => Some(TlsTerminator::new(&tls.certs)?),
+        None => None,
+    };
     let Observation {
         observer,
         metrics,
         access_log,
-    } = observation(config, &gateway, &upstreams, rollouts.verdicts()).await?;
+    } = observation(
+        config,
+        &gateway,
+        &upstreams,
+        rollouts.verdicts(),
+        terminator.as_ref(),
+    )
+    .await?;
 
     // The response header has the same name as the upstream one, or the usual name when the
     // upstream one is off.
@@ -204,8 +217,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
     let mut tls_addrs = Vec::new();
     let mut cert_watcher = None;
     let mut redirect = None;
-    if let Some(tls) = &config.tls {
-        let terminator = TlsTerminator::new(&tls.certs)?;
+    if let (Some(tls), Some(terminator)) = (&config.tls, terminator) {
         reloader.set_tls(terminator.certs().clone());
         cert_watcher = Some(terminator.certs().spawn_watch(tls.watch_interval));
         for addr in &tls.listen {
@@ -292,6 +304,7 @@ async fn observation(
     gateway: &Arc<Gateway>,
     upstreams: &Arc<LiveUpstreams>,
     verdicts: Arc<VerdictTally>,
+    tls: Option<&TlsTerminator>,
 ) -> Result<Observation, StartError> {
     let metrics = config.metrics.listen.map(|_| {
         Arc::new(Metrics::new(observe::Sources {
@@ -303,6 +316,7 @@ async fn observation(
                 gateway: gateway.clone(),
                 verdicts,
             })),
+            tls: tls.map(|t| Arc::new(t.clone()) as Arc<dyn TlsStatsSource>),
         }))
     });
     let (log, writer) = match config.access_log.format {
@@ -351,6 +365,27 @@ impl PolicyStatsSource for Gateway {
 
     fn config_differs(&self) -> Option<bool> {
         Gateway::config_differs(self)
+    }
+}
+
+/// TLS metrics: the terminator's failed handshakes, and the certificates of the set in force
+/// (read at each scrape, so a reload shows at the next one).
+impl TlsStatsSource for TlsTerminator {
+    fn handshake_failures(&self, reason: HandshakeFailure) -> u64 {
+        self.failures().get(reason)
+    }
+
+    fn certificates(&self) -> Vec<CertExpiry> {
+        self.certs()
+            .current()
+            .certs()
+            .iter()
+            .map(|c| CertExpiry {
+                file: c.files.cert.display().to_string(),
+                name: c.names.first().cloned().unwrap_or_default(),
+                not_after: c.not_after,
+            })
+            .collect()
     }
 }
 

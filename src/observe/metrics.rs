@@ -11,10 +11,13 @@
 //!   policy revision and last reload, whether the running policy differs from the config file's,
 //!   upstream connect failures (of the upstream table in use: a reload that adds servers adds
 //!   their series), store and lookup-cache counters, store health, each rollout's state, step,
-//!   weight and verdict counts. Nothing on the request path pays for them.
+//!   weight and verdict counts, failed TLS handshakes (counted by the TLS terminator with one
+//!   atomic add) and the expiry of each certificate in force (so that it follows reloads).
+//!   Nothing on the request path pays for them.
 //!
 //! The pulled values come through small source traits ([`PolicyStatsSource`],
-//! [`StoreStatsSource`], [`RolloutStatsSource`]) that say what the metrics read, so that this
+//! [`StoreStatsSource`], [`RolloutStatsSource`], [`TlsStatsSource`]) that say what the metrics
+//! read, so that this
 //! module, at the end of the request's line, never reaches back to the gateway or the store;
 //! `app` adapts those to them.
 //!
@@ -30,6 +33,7 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::proxy::tls::HandshakeFailure;
 use crate::proxy::{LiveUpstreams, RequestRecord, ServerState, Upstreams};
 use crate::rollout::{Outcome, RolloutState};
 
@@ -111,6 +115,28 @@ pub trait RolloutStatsSource: Send + Sync + 'static {
     fn rollouts(&self) -> Vec<RolloutStats>;
 }
 
+/// A certificate in force, as the expiry metric shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertExpiry {
+    /// The certificate file, as configured (resolved against the config's directory): the
+    /// `file` label.
+    pub file: String,
+    /// Its first DNS name, empty when it has none: the `name` label, to tell certificates apart
+    /// at a glance.
+    pub name: String,
+    /// The end of its validity.
+    pub not_after: SystemTime,
+}
+
+/// Where the TLS metrics come from; read once per scrape.
+pub trait TlsStatsSource: Send + Sync + 'static {
+    /// Handshakes on the TLS listeners that failed for `reason` since start.
+    fn handshake_failures(&self, reason: HandshakeFailure) -> u64;
+    /// Every certificate in force now, in config order. Called on the scrape's task: must not
+    /// block.
+    fn certificates(&self) -> Vec<CertExpiry>;
+}
+
 /// What the scrape reads values from. Every part is optional: what is missing is not exported.
 #[derive(Default, Clone)]
 pub struct Sources {
@@ -122,6 +148,8 @@ pub struct Sources {
     pub store: Option<Arc<dyn StoreStatsSource>>,
     /// Each rollout's state, step, weight and verdict counts.
     pub rollouts: Option<Arc<dyn RolloutStatsSource>>,
+    /// Failed TLS handshakes and the certificates in force (with `[tls]`).
+    pub tls: Option<Arc<dyn TlsStatsSource>>,
 }
 
 /// The connect-failure counters of one upstream table, resolved when a scrape first sees the
@@ -197,6 +225,11 @@ pub struct Metrics {
     rollout_weight: GaugeVec,
     /// `graygate_rollout_verdicts_total{service, outcome}`, pulled.
     rollout_verdicts: IntCounterVec,
+    /// `graygate_tls_handshake_failures_total{reason}`, pulled (registered only with a TLS
+    /// source, as the one below).
+    tls_handshake_failures: IntCounterVec,
+    /// `graygate_tls_certificate_expiry_timestamp_seconds{file, name}`, pulled.
+    tls_cert_expiry: GaugeVec,
     /// Where the pulled values come from.
     sources: Sources,
     /// Serializes scrapes: pulled counters are advanced by the difference to the source's value,
@@ -384,6 +417,26 @@ impl Metrics {
             register(&registry, rollout_weight.clone());
             register(&registry, rollout_verdicts.clone());
         }
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "graygate_tls_handshake_failures_total",
+                "TLS handshakes on the TLS listeners that did not complete, by reason (timeout, eof, alert, incompatible, protocol).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let tls_cert_expiry = GaugeVec::new(
+            Opts::new(
+                "graygate_tls_certificate_expiry_timestamp_seconds",
+                "When each certificate in force expires (its notAfter), in seconds since the Unix epoch, by certificate file and first DNS name.",
+            ),
+            &["file", "name"],
+        )
+        .expect("valid metric");
+        if sources.tls.is_some() {
+            register(&registry, tls_handshake_failures.clone());
+            register(&registry, tls_cert_expiry.clone());
+        }
         Metrics {
             registry,
             requests,
@@ -411,6 +464,8 @@ impl Metrics {
             rollout_step,
             rollout_weight,
             rollout_verdicts,
+            tls_handshake_failures,
+            tls_cert_expiry,
             sources,
             scrape: Mutex::new(Scraped::default()),
         }
@@ -529,6 +584,29 @@ impl Metrics {
         }
         if let Some(source) = &self.sources.rollouts {
             self.pull_rollouts(source.rollouts(), scraped);
+        }
+        if let Some(source) = &self.sources.tls {
+            self.pull_tls(source.as_ref());
+        }
+    }
+
+    /// Sets the TLS series: every reason's failures (0 included, so that a rate is defined
+    /// from the start), and the expiry of the certificates in force from scratch (a file a
+    /// reload took out of `certs` loses its series).
+    fn pull_tls(&self, source: &dyn TlsStatsSource) {
+        for reason in HandshakeFailure::ALL {
+            advance(
+                &self
+                    .tls_handshake_failures
+                    .with_label_values(&[reason.as_str()]),
+                source.handshake_failures(reason),
+            );
+        }
+        self.tls_cert_expiry.reset();
+        for cert in source.certificates() {
+            self.tls_cert_expiry
+                .with_label_values(&[cert.file.as_str(), cert.name.as_str()])
+                .set(unix_seconds(cert.not_after));
         }
     }
 
@@ -1105,6 +1183,74 @@ mod tests {
     fn without_a_rollout_source_no_rollout_series() {
         let text = Metrics::new(Sources::default()).render();
         assert!(!text.contains("graygate_rollout_"), "{text}");
+    }
+
+    struct FakeTls {
+        failures: Mutex<[u64; 5]>,
+        certs: Mutex<Vec<CertExpiry>>,
+    }
+
+    impl TlsStatsSource for FakeTls {
+        fn handshake_failures(&self, reason: HandshakeFailure) -> u64 {
+            self.failures.lock().unwrap()[reason as usize]
+        }
+        fn certificates(&self) -> Vec<CertExpiry> {
+            self.certs.lock().unwrap().clone()
+        }
+    }
+
+    #[test]
+    fn tls_failures_and_expiry_are_pulled_at_scrape_time() {
+        let cert = |file: &str, name: &str, secs| CertExpiry {
+            file: file.into(),
+            name: name.into(),
+            not_after: UNIX_EPOCH + Duration::from_secs(secs),
+        };
+        let source = Arc::new(FakeTls {
+            failures: Mutex::new([0, 3, 0, 0, 1]),
+            certs: Mutex::new(vec![
+                cert("/etc/gg/site.pem", "app.example", 1_900_000_000),
+                cert("/etc/gg/other.pem", "", 1_800_000_000),
+            ]),
+        });
+        let m = Metrics::new(Sources {
+            tls: Some(source.clone()),
+            ..Sources::default()
+        });
+        let scraped = |want: &[(&str, Option<&str>)]| {
+            let text = m.render();
+            for (series, wanted) in want {
+                assert_eq!(value(&text, series).as_deref(), *wanted, "{series}\n{text}");
+            }
+        };
+        #[rustfmt::skip]
+        scraped(&[
+            (r#"graygate_tls_handshake_failures_total{reason="timeout"}"#, Some("0")),
+            (r#"graygate_tls_handshake_failures_total{reason="eof"}"#, Some("3")),
+            (r#"graygate_tls_handshake_failures_total{reason="alert"}"#, Some("0")),
+            (r#"graygate_tls_handshake_failures_total{reason="incompatible"}"#, Some("0")),
+            (r#"graygate_tls_handshake_failures_total{reason="protocol"}"#, Some("1")),
+            (r#"graygate_tls_certificate_expiry_timestamp_seconds{file="/etc/gg/site.pem",name="app.example"}"#, Some("1900000000")),
+            (r#"graygate_tls_certificate_expiry_timestamp_seconds{file="/etc/gg/other.pem",name=""}"#, Some("1800000000")),
+        ]);
+
+        // More failures; a reload renewed one certificate and took the other out.
+        *source.failures.lock().unwrap() = [2, 4, 0, 0, 1];
+        *source.certs.lock().unwrap() =
+            vec![cert("/etc/gg/site.pem", "app.example", 1_950_000_000)];
+        #[rustfmt::skip]
+        scraped(&[
+            (r#"graygate_tls_handshake_failures_total{reason="timeout"}"#, Some("2")),
+            (r#"graygate_tls_handshake_failures_total{reason="eof"}"#, Some("4")),
+            (r#"graygate_tls_certificate_expiry_timestamp_seconds{file="/etc/gg/site.pem",name="app.example"}"#, Some("1950000000")),
+            (r#"graygate_tls_certificate_expiry_timestamp_seconds{file="/etc/gg/other.pem",name=""}"#, None),
+        ]);
+    }
+
+    #[test]
+    fn without_a_tls_source_no_tls_series() {
+        let text = Metrics::new(Sources::default()).render();
+        assert!(!text.contains("graygate_tls_"), "{text}");
     }
 
     #[test]

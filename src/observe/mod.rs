@@ -8,8 +8,9 @@
 //!
 //! # Files
 //! - `metrics`: the metrics, their labels, and the values pulled at scrape time (policy
-//!   revision, connect failures, store counters, rollouts) through source traits, so that nothing
-//!   here reaches back to the gateway or the store. The list is in `docs/metrics.md`.
+//!   revision, connect failures, store counters, rollouts, TLS handshakes and certificates)
+//!   through source traits, so that nothing here reaches back to the gateway or the store. The
+//!   list is in `docs/metrics.md`.
 //! - `listener`: the separate HTTP listener that serves `GET /metrics`.
 //! - `access_log`: the access log records, their text and JSON formats, and the writer task.
 
@@ -23,8 +24,8 @@ pub use access_log::{
 };
 pub use listener::serve_metrics;
 pub use metrics::{
-    status_class, CacheCounts, Metrics, PolicyStatsSource, RolloutStats, RolloutStatsSource,
-    Sources, StoreStats, StoreStatsSource, CONTENT_TYPE,
+    status_class, CacheCounts, CertExpiry, Metrics, PolicyStatsSource, RolloutStats,
+    RolloutStatsSource, Sources, StoreStats, StoreStatsSource, TlsStatsSource, CONTENT_TYPE,
 };
 
 use std::sync::Arc;

@@ -326,6 +326,78 @@ async fn redirect_http_answers_308_to_the_https_listener() {
     assert_eq!(stable.requests(), 0, "a redirected request is not proxied");
 }
 
+/// The TLS metrics: failed handshakes by reason (a handshake that succeeds is not counted), the
+/// expiry of the certificate in force, following a reload; and the warning of a certificate that
+/// ends within two weeks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_handshakes_and_certificate_expiry_are_in_the_metrics() {
+    let stable = backend("stable").await;
+    let dir = gateway_dir();
+    let ca = TestCa::new();
+    let (leaf, ends) = ca.leaf_ending_in("soon", &["app.test"], 10);
+    leaf.write(&dir, "site");
+    let ca_file = ca.write_ca(&dir);
+    let gg = gateway()
+        .upstream("stable", &stable)
+        .service(service("web").stable("stable", "stable"))
+        .route(route("web"))
+        .tls(&["site"])
+        .metrics()
+        .start_in(dir.clone())
+        .await;
+    let port = gg.tls_addr().port();
+    let cert = dir.join("site.pem").display().to_string();
+
+    // Warned about at start, naming the file and the date.
+    let date = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(ends));
+    let line = gg.log_line("expires on").await;
+    assert!(
+        line.contains(&format!(
+            "TLS certificate {cert} (app.test) expires on {date}, in "
+        )),
+        "{line}"
+    );
+    let expiry = format!(
+        "graygate_tls_certificate_expiry_timestamp_seconds{{file=\"{cert}\",name=\"app.test\"}}"
+    );
+    assert_eq!(metric(&gg.scrape().await, &expiry), Some(ends as f64));
+
+    // A handshake that succeeds, then one of each failure a client can cause at once.
+    assert_eq!(
+        curl(&ca_file, port, &["--http1.1"], "/").await,
+        "stable\n\n200 1.1"
+    );
+    // Plain HTTP to the TLS port.
+    let plain = format!("http://127.0.0.1:{port}/");
+    let _ = run_tool("curl", &["-sS", "-m", "10", &plain]).await;
+    // Connects and goes.
+    drop(tokio::net::TcpStream::connect(gg.tls_addr()).await.unwrap());
+    // Does not trust the certificate (openssl does not know the test CA), and says so.
+    let _ = s_client(port, &["-servername", "app.test", "-verify_return_error"]).await;
+    // Speaks no protocol graygate does.
+    let _ = s_client(port, &["-servername", "app.test", "-alpn", "imap"]).await;
+    let reasons = ["timeout", "eof", "alert", "incompatible", "protocol"];
+    eventually("the failed handshakes counted", async || {
+        let text = gg.scrape().await;
+        let counts = reasons.map(|reason| {
+            let series = format!("graygate_tls_handshake_failures_total{{reason=\"{reason}\"}}");
+            metric(&text, &series)
+        });
+        equals(
+            counts,
+            [Some(0.0), Some(1.0), Some(1.0), Some(1.0), Some(1.0)],
+        )
+    })
+    .await;
+
+    // Renewed, through SIGHUP: the metric follows, and there is nothing to warn about.
+    ca.leaf("renewed", &["app.test"]).write(&dir, "site");
+    let log = gg.hup_and_wait().await;
+    assert!(!log.contains("expires on"), "{log}");
+    // 2999-01-01T00:00:00Z.
+    assert_eq!(metric(&gg.scrape().await, &expiry), Some(32_472_144_000.0));
+}
+
 /// `graygate check` names the file of a missing, mismatched or expired certificate or key.
 #[tokio::test]
 async fn check_reports_certificate_problems_with_their_file() {

@@ -11,6 +11,12 @@
 //! A set that fails to load (a file missing, half written, expired, a key that does not match)
 //! is logged once, naming the file and what is wrong, and the set in force stays. Handshakes
 //! under way keep the set they started with; the next ones get the new set.
+//!
+//! A certificate in force that ends within [`EXPIRY_WARNING`] (two weeks) is warned about once:
+//! when its set is put in force (at start, by a reload, by the watcher), or, for a set in force
+//! for a long time, at the first check of the watcher that finds it that close to its end. That
+//! is the case the warning is for: a renewal that failed leaves the files as they were, so
+//! nothing is reloaded and nothing else would say it.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -22,6 +28,10 @@ use tracing::{info, warn};
 
 use super::certs::{self, CertError, CertFiles, PemPair};
 use super::sni::{CertSet, SniResolver};
+
+/// How close to its end a certificate in force gets a warning in the log: two weeks, time enough
+/// to renew it by hand when the renewal that should have happened by then did not.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 60 * 60);
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +61,9 @@ struct State {
     pending: Option<Vec<PemPair>>,
     /// Contents that failed to load, already logged.
     failed: Option<Vec<PemPair>>,
+    /// Which certificates of the set in force (by index) were warned about as ending soon, so
+    /// that each is warned about once; emptied when a new set is put in force.
+    warned: Vec<bool>,
 }
 
 impl LiveCerts {
@@ -64,6 +77,8 @@ impl LiveCerts {
             .map(certs::read)
             .collect::<Result<Vec<_>, _>>()?;
         let set = build(files, &contents, &provider)?;
+        let mut warned = Vec::new();
+        warn_expiring(&set, SystemTime::now(), &mut warned);
         Ok(LiveCerts {
             resolver: Arc::new(SniResolver::new(set)),
             provider,
@@ -72,6 +87,7 @@ impl LiveCerts {
                 applied: contents,
                 pending: None,
                 failed: None,
+                warned,
             }),
         })
     }
@@ -97,12 +113,15 @@ impl LiveCerts {
         match build(files, &contents, &self.provider) {
             Ok(set) => {
                 let described = set.describe();
+                let mut warned = Vec::new();
+                warn_expiring(&set, SystemTime::now(), &mut warned);
                 self.resolver.swap(set);
                 *state = State {
                     files: files.to_vec(),
                     applied: contents,
                     pending: None,
                     failed: None,
+                    warned,
                 };
                 Ok(CertsReloaded::Applied(described))
             }
@@ -117,8 +136,10 @@ impl LiveCerts {
     }
 
     /// One look at the files: applies them once they changed and then read the same twice.
+    /// Also warns of a certificate in force that came within [`EXPIRY_WARNING`] of its end.
     async fn check(&self) {
         let mut state = self.state.lock().await;
+        warn_expiring(&self.current(), SystemTime::now(), &mut state.warned);
         let files = state.files.clone();
         let contents = match read_all(&files).await {
             Ok(contents) => contents,
@@ -152,6 +173,8 @@ impl LiveCerts {
                     "TLS certificates reloaded (the files changed): {}",
                     set.describe()
                 );
+                state.warned.clear();
+                warn_expiring(&set, SystemTime::now(), &mut state.warned);
                 self.resolver.swap(set);
                 state.applied = contents;
                 state.pending = None;
@@ -196,6 +219,34 @@ async fn read_all(files: &[CertFiles]) -> Result<Vec<PemPair>, CertError> {
     Ok(contents)
 }
 
+/// Logs a warning for each certificate of `set` that ends within [`EXPIRY_WARNING`] of `now` and
+/// was not warned about yet; `warned` (by index into the set, empty for a new set) remembers
+/// which were. The number of warnings logged.
+fn warn_expiring(set: &CertSet, now: SystemTime, warned: &mut Vec<bool>) -> usize {
+    warned.resize(set.certs().len(), false);
+    let mut logged = 0;
+    for (cert, warned) in set.certs().iter().zip(warned.iter_mut()) {
+        let left = cert.not_after.duration_since(now).unwrap_or_default();
+        if *warned || left >= EXPIRY_WARNING {
+            continue;
+        }
+        *warned = true;
+        logged += 1;
+        let names = if cert.names.is_empty() {
+            "no DNS name".to_string()
+        } else {
+            cert.names.join(", ")
+        };
+        warn!(
+            "TLS certificate {} ({names}) expires on {}, in {} day(s): renew it",
+            cert.files.cert.display(),
+            humantime::format_rfc3339_seconds(cert.not_after),
+            left.as_secs() / (24 * 60 * 60),
+        );
+    }
+    logged
+}
+
 /// Loads every entry and indexes them; the first error wins.
 fn build(
     files: &[CertFiles],
@@ -224,6 +275,35 @@ mod tests {
         std::fs::write(&files.cert, &pem.cert).unwrap();
         std::fs::write(&files.key, &pem.key).unwrap();
         files
+    }
+
+    #[test]
+    fn a_certificate_near_its_end_is_warned_about_once() {
+        let load = |name: &str, year| {
+            let files = CertFiles {
+                cert: format!("{name}.pem").into(),
+                key: format!("{name}.key").into(),
+            };
+            let pem = self_signed(&[&format!("{name}.example")], year);
+            certs::load(&files, &pem, &provider(), std::time::UNIX_EPOCH).unwrap()
+        };
+        let set = CertSet::new(vec![load("soon", 2999), load("later", 3000)]).unwrap();
+        let [soon, later] = [0, 1].map(|i| set.certs()[i].not_after);
+        let day = Duration::from_secs(24 * 60 * 60);
+        let mut warned = Vec::new();
+
+        // Three weeks before the first ends: nothing to say.
+        assert_eq!(warn_expiring(&set, soon - 21 * day, &mut warned), 0);
+        // A week before: said once, however often the watcher looks.
+        assert_eq!(warn_expiring(&set, soon - 7 * day, &mut warned), 1);
+        assert_eq!(warn_expiring(&set, soon - 6 * day, &mut warned), 0);
+        assert_eq!(warned, [true, false]);
+        // The second one's turn.
+        assert_eq!(warn_expiring(&set, later - day, &mut warned), 1);
+        assert_eq!(warn_expiring(&set, later - day, &mut warned), 0);
+        // A set put in force anew is warned about anew.
+        let mut fresh = Vec::new();
+        assert_eq!(warn_expiring(&set, later - day, &mut fresh), 2);
     }
 
     fn names(live: &LiveCerts) -> Vec<String> {

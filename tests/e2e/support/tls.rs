@@ -70,6 +70,26 @@ impl TestCa {
 
     /// A leaf whose validity ended on January 1st of `year` (an expired one for a year past).
     pub fn leaf_until(&self, cn: &str, names: &[&str], year: i32) -> Leaf {
+        self.leaf_until_date(cn, names, (year, 1, 1))
+    }
+
+    /// A leaf that ends at the midnight (UTC) `days` days from today; and that end, in seconds
+    /// since the Unix epoch.
+    pub fn leaf_ending_in(&self, cn: &str, names: &[&str], days: u64) -> (Leaf, u64) {
+        let today = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs()
+            / 86_400;
+        let end = today + days;
+        (
+            self.leaf_until_date(cn, names, civil_date(end)),
+            end * 86_400,
+        )
+    }
+
+    /// A leaf valid from 2020 until the midnight (UTC) that starts `(year, month, day)`.
+    fn leaf_until_date(&self, cn: &str, names: &[&str], (year, month, day): (i32, u8, u8)) -> Leaf {
         let mut params =
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .expect("valid names");
@@ -77,7 +97,7 @@ impl TestCa {
             .distinguished_name
             .push(rcgen::DnType::CommonName, cn);
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        params.not_after = rcgen::date_time_ymd(year, 1, 1);
+        params.not_after = rcgen::date_time_ymd(year, month, day);
         let key = rcgen::KeyPair::generate().expect("a key");
         let cert = params
             .signed_by(&key, &self.issuer)
@@ -147,4 +167,31 @@ pub fn served_cn(stream: &TlsStream<TcpStream>) -> String {
         .unwrap_or("")
         .to_string();
     cn
+}
+
+/// The calendar date (year, month, day) of a day counted from 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`, for days after the epoch).
+fn civil_date(days: u64) -> (i32, u8, u8) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (
+        i32::try_from(year).expect("a year"),
+        u8::try_from(month).expect("a month"),
+        u8::try_from(day).expect("a day"),
+    )
+}
+
+#[test]
+fn civil_dates() {
+    assert_eq!(civil_date(0), (1970, 1, 1));
+    assert_eq!(civil_date(59), (1970, 3, 1));
+    assert_eq!(civil_date(11_016), (2000, 2, 29));
+    assert_eq!(civil_date(20_454), (2026, 1, 1));
 }
