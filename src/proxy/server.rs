@@ -494,10 +494,18 @@ async fn drive<C: Future<Output = hyper::Result<()>>>(
 async fn respond_to(
     shared: &Shared,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     match &shared.redirect {
-        Some(redirect) => redirect.answer(&req),
+        // The edge's rules for the host first: the redirect names the host the HTTPS side
+        // would route on, or the request is refused as it would be there.
+        Some(redirect) => match edge::admit(&mut req, false) {
+            Ok(()) => redirect.answer(&req),
+            Err(refusal) => {
+                debug!(peer = %peer, refusal = %refusal, "request refused at the edge");
+                closing(text(refusal.status(), refusal.body()))
+            }
+        },
         None => handle(shared, peer, req).await,
     }
 }

@@ -125,7 +125,12 @@ async fn sni_chooses_the_certificate_by_its_names() {
     }
 
     // TLS 1.2 and 1.3, and ALPN h2 then http/1.1.
-    for (version, name) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
+    // The server's order of cipher suites, SHA-256 ones first, whatever openssl prefers (it
+    // lists the SHA-384 suites first).
+    for (version, name, suite) in [
+        ("-tls1_2", "TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256"),
+        ("-tls1_3", "TLSv1.3", "TLS_AES_128_GCM_SHA256"),
+    ] {
         let out = s_client(
             port,
             &[
@@ -142,6 +147,10 @@ async fn sni_chooses_the_certificate_by_its_names() {
             "{version}:\n{out}"
         );
         assert!(out.contains("ALPN protocol: h2"), "{version}:\n{out}");
+        assert!(
+            out.contains(&format!("Cipher is {suite}")),
+            "{version}:\n{out}"
+        );
     }
     let out = s_client(port, &["-alpn", "http/1.1"]).await;
     assert!(out.contains("ALPN protocol: http/1.1"), "{out}");
@@ -324,6 +333,35 @@ async fn redirect_http_answers_308_to_the_https_listener() {
         format!("https://example.com:{tls_port}/shop/cart?item=7&n=2")
     );
     assert_eq!(stable.requests(), 0, "a redirected request is not proxied");
+
+    // The redirect follows the edge's rules for the host, as the HTTPS side would.
+    let addr = gg.addr;
+    let cases: [(&[u8], u16, Option<String>); 6] = [
+        (b"GET /a HTTP/1.1\r\nHost: a@b\r\n\r\n", 400, None),
+        (b"GET /a HTTP/1.1\r\nHost: a..b\r\n\r\n", 400, None),
+        (b"GET /a HTTP/1.1\r\nHost: .a\r\n\r\n", 400, None),
+        (b"GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, None),
+        (
+            b"GET http://abs.example/p?q HTTP/1.1\r\nHost: other\r\n\r\n",
+            308,
+            Some(format!("https://abs.example:{tls_port}/p?q")),
+        ),
+        (
+            b"GET /x/../a HTTP/1.1\r\nHost: app.example.:80\r\n\r\n",
+            308,
+            Some(format!("https://app.example:{tls_port}/a")),
+        ),
+    ];
+    for (request, status, location) in cases {
+        let reply = raw::exchange(addr, request).await;
+        let shown = format!("{:?}", String::from_utf8_lossy(request));
+        assert_eq!(reply.status, status, "{shown}: {reply:?}");
+        assert_eq!(
+            reply.header("location").map(str::to_string),
+            location,
+            "{shown}"
+        );
+    }
 }
 
 /// The TLS metrics: failed handshakes by reason (a handshake that succeeds is not counted), the
