@@ -388,6 +388,10 @@ fn restart_needed(current: &Config, new: &Config) -> Vec<String> {
             current.timeouts.header != new.timeouts.header,
         ),
         (
+            "timeouts.shutdown",
+            current.timeouts.shutdown != new.timeouts.shutdown,
+        ),
+        (
             "max_header_bytes",
             current.max_header_bytes != new.max_header_bytes,
         ),

@@ -202,6 +202,8 @@ pub struct TimeoutsFile {
     pub client_body: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown: Option<String>,
 }
 
 /// One `[[upstreams]]` entry.
@@ -412,6 +414,7 @@ mod tests {
                 idle: Some("4s".into()),
                 client_body: Some("5s".into()),
                 upstream_body: Some("6s".into()),
+                shutdown: Some("7s".into()),
             },
             max_header_bytes: Some(4096),
             upstreams: vec![
@@ -515,6 +518,7 @@ upstream_response = "3s"
 idle = "4s"
 client_body = "5s"
 upstream_body = "6s"
+shutdown = "7s"
 
 [[upstreams]]
 name = "stable"

@@ -224,6 +224,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             &t.upstream_body,
             defaults.upstream_body,
         )?,
+        shutdown: duration("timeouts.shutdown", &t.shutdown, defaults.shutdown)?,
     };
     let reload_interval = duration(
         "reload_interval",

@@ -34,6 +34,7 @@ use std::hash::BuildHasher;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -108,6 +109,11 @@ pub struct Timeouts {
     /// client slow to read does not count against the upstream). Expired: the response has
     /// started, so the client's connection is closed. Default 60 s.
     pub upstream_body: Duration,
+    /// At shutdown (SIGTERM, Ctrl-C), how long the connections that are still open may take to
+    /// finish their in-flight requests; past it they are closed, and the exit says how many.
+    /// Default 20 s: under Kubernetes' 30 s grace period and systemd's 90 s stop timeout, so
+    /// graygate ends on its own terms, not by SIGKILL. Set at start.
+    pub shutdown: Duration,
 }
 
 impl Default for Timeouts {
@@ -119,6 +125,7 @@ impl Default for Timeouts {
             idle: Duration::from_secs(60),
             client_body: Duration::from_secs(30),
             upstream_body: Duration::from_secs(60),
+            shutdown: Duration::from_secs(20),
         }
     }
 }
@@ -299,6 +306,10 @@ pub async fn serve_front(
     // `drain_rx` yields `None` once the last one is gone.
     let (stop_tx, stop_rx) = watch::channel(false);
     let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
+    // Past the shutdown deadline, every connection still open is dropped (closed): `close`
+    // tells them, `open` counts them.
+    let (close_tx, close_rx) = watch::channel(false);
+    let open_now = Arc::new(AtomicUsize::new(0));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -309,8 +320,14 @@ pub async fn serve_front(
                     let open = OpenConnection::new(shared.cfg.observer.clone());
                     let conn = accept(stream, tls.clone(), peer, shared.clone(), stop_rx.clone());
                     let drain = drain_tx.clone();
+                    let mut close = close_rx.clone();
+                    let counted = OpenCount::new(&open_now);
                     tokio::spawn(async move {
-                        conn.await;
+                        tokio::select! {
+                            _ = conn => {}
+                            _ = close.wait_for(|close| *close) => {}
+                        }
+                        drop(counted);
                         drop(open);
                         drop(drain);
                     });
@@ -327,8 +344,37 @@ pub async fn serve_front(
     drop(listener);
     let _ = stop_tx.send(true);
     drop(drain_tx);
-    let _ = drain_rx.recv().await;
+    let deadline = shared.cfg.timeouts.shutdown;
+    if tokio::time::timeout(deadline, drain_rx.recv())
+        .await
+        .is_err()
+    {
+        let left = open_now.load(Ordering::Relaxed);
+        warn!(
+            connections = left,
+            deadline = ?deadline,
+            "shutdown: {left} connection(s) still busy after timeouts.shutdown were closed"
+        );
+        let _ = close_tx.send(true);
+        let _ = drain_rx.recv().await;
+    }
     Ok(())
+}
+
+/// One live connection task in the count of [`serve_front`]'s listener, for as long as it lives.
+struct OpenCount(Arc<AtomicUsize>);
+
+impl OpenCount {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        OpenCount(count.clone())
+    }
+}
+
+impl Drop for OpenCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Tells the observer that a client connection is open for as long as it lives, so that the

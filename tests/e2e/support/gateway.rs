@@ -126,6 +126,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// `[timeouts] shutdown`.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.file.timeouts.shutdown = Some(humantime::format_duration(timeout).to_string());
+        self
+    }
+
     /// `[timeouts] upstream_body`.
     pub fn upstream_body_timeout(mut self, timeout: Duration) -> Self {
         self.file.timeouts.upstream_body = Some(humantime::format_duration(timeout).to_string());
@@ -634,6 +640,22 @@ impl Gateway {
         })
         .await;
         lock(&self.log)[before..].join("\n")
+    }
+
+    /// Sends SIGTERM and waits for the process to exit (the log stays readable); how long that
+    /// took.
+    pub async fn terminate(&mut self) -> Duration {
+        let asked = std::time::Instant::now();
+        signal(self.child.id(), "TERM");
+        let child = &mut self.child;
+        eventually("graygate exits after SIGTERM", async || {
+            match child.try_wait() {
+                Ok(Some(exit)) => Ok(exit),
+                running => Err(running),
+            }
+        })
+        .await;
+        asked.elapsed()
     }
 
     /// Stops the process (SIGTERM) and waits for it to exit; the directory stays for a restart.
