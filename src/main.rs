@@ -45,9 +45,9 @@ enum Command {
         /// The list to write (e.g. gray_ips).
         #[arg(long)]
         list: String,
-        /// Time to live of every entry, like "1h" (default: no expiry).
-        #[arg(long)]
-        ttl: Option<humantime::Duration>,
+        /// Time to live of every entry, like "1h": 1 second to 10 years (default: no expiry).
+        #[arg(long, value_parser = ttl)]
+        ttl: Option<std::time::Duration>,
         /// The file to read; `-` or nothing reads standard input.
         file: Option<PathBuf>,
     },
@@ -110,8 +110,7 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(|c| {
                 init_logging(c.log.format);
-                runtime(Some(1))
-                    .and_then(|rt| rt.block_on(import(c, list, ttl.map(Into::into), file)))
+                runtime(Some(1)).and_then(|rt| rt.block_on(import(c, list, ttl, file)))
             }),
         Command::Demo {
             listen,
@@ -308,6 +307,9 @@ async fn import(
     file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let store = app::open_store(&config).await?;
+    let config_policy = config.policy.as_ref().map(|p| &p.doc);
+    let ip_rule = graygate::import::ip_rule(&*store, config_policy, &list).await?;
+    let ip_rule = ip_rule.as_deref();
     let (name, written) = match file.filter(|f| f.as_os_str() != "-") {
         Some(f) => {
             let input =
@@ -317,6 +319,7 @@ async fn import(
                 &*store,
                 &list,
                 ttl,
+                ip_rule,
                 std::io::BufReader::new(input),
                 &name,
             )
@@ -324,13 +327,25 @@ async fn import(
             (name, n)
         }
         None => {
-            let n = graygate::import::import(&*store, &list, ttl, std::io::stdin().lock(), "stdin")
-                .await?;
+            let n = graygate::import::import(
+                &*store,
+                &list,
+                ttl,
+                ip_rule,
+                std::io::stdin().lock(),
+                "stdin",
+            )
+            .await?;
             ("stdin".to_string(), n)
         }
     };
     println!("graygate: imported {written} entries from {name} into list `{list}`");
     Ok(())
+}
+
+/// `--ttl` of `import`: the TTL bounds of the admin API, as a usage error (exit 2) naming the flag.
+fn ttl(text: &str) -> Result<std::time::Duration, String> {
+    graygate::store::limits::parse_ttl(text).map_err(|e| e.to_string())
 }
 
 /// Completes on Ctrl-C (SIGINT) or SIGTERM.

@@ -14,19 +14,15 @@ use crate::api::{
     RemoveEntries,
 };
 use crate::policy::edit;
-use crate::store::Entry;
+use crate::store::{limits, Entry};
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// Most entries one request may write or remove.
 pub const MAX_ENTRIES: usize = 100_000;
-
-/// Longest key: memcached's limit, which every store can hold.
-const MAX_KEY_LEN: usize = 250;
 
 /// The routes of gray lists.
 pub fn router() -> Router<Arc<AdminState>> {
@@ -59,27 +55,9 @@ fn check_batch(field: &str, len: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Checks a key: every store must be able to hold it, and a list that rules look the client IP
-/// up in only matches IP addresses.
+/// Checks a key with the checks every way in shares ([`limits::check_key`]), naming `field`.
 fn check_key(field: &str, key: &str, ip_list: Option<&str>) -> Result<(), ApiError> {
-    if key.is_empty()
-        || key.len() > MAX_KEY_LEN
-        || key.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Err(ApiError::invalid(
-            field,
-            format!("`{key}` is not a key: 1 to {MAX_KEY_LEN} bytes without spaces or control characters"),
-        ));
-    }
-    if let Some(rule) = ip_list {
-        if key.parse::<IpAddr>().is_err() {
-            return Err(ApiError::invalid(
-                field,
-                format!("`{key}` is not an IP address, and this list is looked up by client IP ({rule}): it would never match"),
-            ));
-        }
-    }
-    Ok(())
+    limits::check_key(key, ip_list).map_err(|e| ApiError::invalid(field, e.to_string()))
 }
 
 /// `POST /v1/lists/{list}/entries`.
@@ -96,24 +74,13 @@ async fn add_entries(
     let mut entries = Vec::with_capacity(body.entries.len());
     for (i, e) in body.entries.iter().enumerate() {
         check_key(&format!("entries[{i}].key"), &e.key, ip_list.as_deref())?;
-        let ttl = match &e.ttl {
-            None => None,
-            Some(text) => match humantime::parse_duration(text) {
-                Ok(d) if d >= Duration::from_secs(1) => Some(d),
-                Ok(_) => {
-                    return Err(ApiError::invalid(
-                        format!("entries[{i}].ttl"),
-                        format!("`{text}` is shorter than a second (stores keep whole seconds)"),
-                    ))
-                }
-                Err(err) => {
-                    return Err(ApiError::invalid(
-                        format!("entries[{i}].ttl"),
-                        format!("`{text}` is not a duration like \"1h\" or \"30m\": {err}"),
-                    ))
-                }
-            },
-        };
+        let ttl =
+            match &e.ttl {
+                None => None,
+                Some(text) => Some(limits::parse_ttl(text).map_err(|err| {
+                    ApiError::invalid(format!("entries[{i}].ttl"), err.to_string())
+                })?),
+            };
         let value = e.value.clone().unwrap_or_else(|| "1".to_string());
         entries.push(Entry::new(e.key.clone(), value, ttl));
     }

@@ -32,6 +32,26 @@ fn err<T>(path: FieldPath, message: impl Into<String>) -> Result<T, CompileError
     })
 }
 
+/// Whether `c` is an RFC 9110 `tchar`: a character a header field value can carry as a token.
+fn is_tchar(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+}
+
+/// Checks that the name of a service, version or rule (`what`) holds only token characters.
+/// Names go out in response headers (`X-Gray-Version`), metric labels and logs: a CR or LF in one
+/// would inject a header, a space or quote would break the log and metric formats.
+fn check_token(path: FieldPath, what: &str, name: &str) -> Result<(), CompileError> {
+    if name.chars().all(is_tchar) {
+        return Ok(());
+    }
+    err(
+        path,
+        format!(
+            "{what} name {name:?} may hold only token characters (letters, digits and !#$%&'*+-.^_`|~)"
+        ),
+    )
+}
+
 /// A compiled, validated policy: immutable, shared by every request that started while it was
 /// current.
 #[derive(Debug)]
@@ -124,6 +144,7 @@ pub fn compile(doc: &PolicyDoc, upstreams: &[&str]) -> Result<Policy, CompileErr
         if s.name.trim().is_empty() {
             return err(path.field("name"), "a service needs a name");
         }
+        check_token(path.field("name"), "service", &s.name)?;
         if service_index.insert(&s.name, i).is_some() {
             return err(
                 path.field("name"),
@@ -235,6 +256,8 @@ fn compile_service(
     }
     let mut versions = Vec::with_capacity(s.versions.len());
     for (name, upstream) in &s.versions {
+        // The path stops at `versions`: the bad name is no key to show as one.
+        check_token(path.field("versions"), "version", name)?;
         let named = |u: &&str| !u.is_empty();
         let Some(u) = upstreams.iter().position(|u| named(u) && u == upstream) else {
             let known: Vec<&str> = upstreams.iter().copied().filter(named).collect();
@@ -301,6 +324,7 @@ fn compile_service(
         if r.name.trim().is_empty() {
             return err(rpath.field("name"), "a rule needs a name");
         }
+        check_token(rpath.field("name"), "rule", &r.name)?;
         if !names.insert(r.name.as_str()) {
             return err(
                 rpath.field("name"),
@@ -709,6 +733,49 @@ mod tests {
             dup.contains("services[1].name: service `a` is defined twice"),
             "{dup}"
         );
+    }
+
+    /// Once accepted: a CR LF in a name went out in the `X-Gray-Version` response header.
+    #[test]
+    fn names_hold_only_token_characters() {
+        let text = |service: &str, version: &str, rule: &str| {
+            format!(
+                "[[services]]\nname = {service:?}\nstable = \"v1\"\nversions = {{ v1 = \"prod\", {version:?} = \"gray\" }}\n\
+                 [[services.rules]]\nname = {rule:?}\nversion = \"v1\"\nwhen = {{ header = \"a\", present = true }}\n"
+            )
+        };
+        let doc: PolicyDoc = toml::from_str(&text("web", "v2.canary~1", "beta_users!")).unwrap();
+        compile(&doc, UPSTREAMS).unwrap();
+        let tokens = "(letters, digits and !#$%&'*+-.^_`|~)";
+        let cases = [
+            (
+                text("web", "v\r\nX-Injected: 1", "r"),
+                format!(
+                    r#"services[0].versions: version name "v\r\nX-Injected: 1" may hold only token characters {tokens}"#
+                ),
+            ),
+            (
+                text("web\n", "v2", "r"),
+                format!(
+                    r#"services[0].name: service name "web\n" may hold only token characters {tokens}"#
+                ),
+            ),
+            (
+                text("web", "v2", "beta users"),
+                format!(
+                    r#"services[0].rules[0].name: rule name "beta users" may hold only token characters {tokens}"#
+                ),
+            ),
+            (
+                text("web", "v\"2", "r"),
+                format!(
+                    r#"services[0].versions: version name "v\"2" may hold only token characters {tokens}"#
+                ),
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(compile_err(&text).to_string(), want);
+        }
     }
 
     #[test]

@@ -333,7 +333,9 @@ pub fn promote(
     }
     st.state = RolloutState::Promoted;
     st.since_ms = now_ms;
-    st.guard_until_ms = (!guard.is_zero()).then(|| now_ms + guard.as_millis() as u64);
+    // Saturating: a `post_promotion` of `500000000000y` guards for good rather than overflowing.
+    let guard_ms = u64::try_from(guard.as_millis()).unwrap_or(u64::MAX);
+    st.guard_until_ms = (!guard.is_zero()).then(|| now_ms.saturating_add(guard_ms));
     st.reason = if guard.is_zero() {
         format!("promoted {version}: {why}")
     } else {
@@ -552,6 +554,18 @@ mod tests {
         assert!(d.active_rollouts().is_empty());
         assert_eq!(in_charge(&d, "web"), None);
         assert_eq!(web(&d).previous_weight, None);
+    }
+
+    /// Once an overflow (a panic in a debug build) when the promote computed the guard's end.
+    #[test]
+    fn a_guard_past_the_clock_guards_for_good() {
+        let mut d = doc();
+        let mut plan = RolloutDoc::new("v2");
+        plan.post_promotion = humantime::parse_duration("500000000000y").unwrap();
+        start(&mut d, "web", plan, 1_000).unwrap();
+        promote(&mut d, "web", "by hand".into(), 2_000).unwrap();
+        let st = web(&d).rollout.as_ref().unwrap().status.clone().unwrap();
+        assert_eq!(st.guard_until_ms, Some(u64::MAX));
     }
 
     #[test]

@@ -25,6 +25,7 @@
 
 pub mod cache;
 pub mod embedded;
+pub mod limits;
 pub mod memcached;
 pub mod redis;
 
@@ -232,7 +233,9 @@ impl Entry {
         Entry {
             key: key.into(),
             value: value.into(),
-            expires_at: ttl.map(|t| SystemTime::now() + t),
+            // A TTL past what the clock can hold keeps the entry until removed, rather than
+            // panicking: callers bound TTLs with [`limits::check_ttl`] before they get here.
+            expires_at: ttl.and_then(|t| SystemTime::now().checked_add(t)),
         }
     }
 }

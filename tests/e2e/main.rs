@@ -48,6 +48,7 @@ mod edge;
 mod grpc;
 mod health;
 mod http2;
+mod import;
 mod lifecycle;
 mod live;
 mod logs;
