@@ -660,15 +660,7 @@ impl Gateway {
 
     /// Stops the process (SIGTERM) and waits for it to exit; the directory stays for a restart.
     pub async fn stop(mut self) -> Stopped {
-        signal(self.child.id(), "TERM");
-        let child = &mut self.child;
-        eventually("graygate exits after SIGTERM", async || {
-            match child.try_wait() {
-                Ok(Some(exit)) => Ok(exit),
-                running => Err(running),
-            }
-        })
-        .await;
+        self.terminate().await;
         Stopped {
             dir: std::mem::take(&mut self.dir),
             builder: self.builder.clone(),
