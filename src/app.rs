@@ -1,5 +1,5 @@
-//! Assembles a running graygate from a validated [`Config`]: opens the store, loads the policy,
-//! builds the upstream pools, binds every listener and serves until told to stop.
+//! Assembles a running graygate from a validated [`Config`]: builds the upstream pools, binds
+//! every listener, loads the policy from the store (seeding it) and serves until told to stop.
 //!
 //! `graygate run` and `graygate demo` both start through here, so the demo exercises the same
 //! path an operator runs in production. The [`Reloader`] made here is what SIGHUP and the admin
@@ -137,14 +137,29 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
 }
 
 /// Starts graygate on `store` (opened from the config by [`open_store`], or handed in by the demo).
+///
+/// Everything that can refuse the start (the upstreams, the certificates, every listener's
+/// address, the access log file) is done before the first store write (the config's policy
+/// seeding an empty store): a start that fails leaves the store as it found it.
 pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, StartError> {
     let upstreams = Arc::new(LiveUpstreams::new(
         config.upstreams.clone(),
         &config.timeouts,
     )?);
+    // The certificates are loaded before the metrics are made, which read them.
+    let terminator = match &config.tls {
+        Some(tls) => Some(TlsTerminator::new(&tls.certs)?),
+        None => None,
+    };
     // The first health check of every checked server, before any listener opens: a server that
     // is down from the start never gets a request.
     upstreams.start_health_checks().await;
+    let sockets = Sockets::bind(config).await?;
+    if let AccessLogTarget::File(path) = &config.access_log.target {
+        if config.access_log.format != AccessLogFormat::Off {
+            open_access_log(path).await?;
+        }
+    }
     let upstream_names = upstreams.current().policy_names();
     let seed = config.policy.as_ref().map(|p| &p.doc);
     // A little above the cache's own bound, so that the cache (which can serve a stale value)
@@ -159,11 +174,6 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
         upstreams.clone(),
     ));
 
-    // The certificates are loaded before the metrics are made, which read them.
-    let terminator = match &config.tls {
-        Some(tls) => Some(TlsTerminator::new(&tls.certs)?),
-        None => None,
-    };
     let Observation {
         observer,
         metrics,
@@ -201,11 +211,16 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
             let _ = stopped.wait_for(|stop| *stop).await;
         }
     };
+    let Sockets {
+        metrics: metrics_socket,
+        tls: tls_sockets,
+        plain: plain_sockets,
+        admin: admin_socket,
+    } = sockets;
     let mut addrs = Vec::new();
     let mut servers = Vec::new();
     let mut metrics_addr = None;
-    if let (Some(addr), Some(metrics)) = (config.metrics.listen, &metrics) {
-        let (listener, bound) = bind(Listener::Metrics, addr).await?;
+    if let (Some((listener, bound)), Some(metrics)) = (metrics_socket, &metrics) {
         metrics_addr = Some(bound);
         servers.push(tokio::spawn(observe::serve_metrics(
             listener,
@@ -220,8 +235,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
     if let (Some(tls), Some(terminator)) = (&config.tls, terminator) {
         reloader.set_tls(terminator.certs().clone());
         cert_watcher = Some(terminator.certs().spawn_watch(tls.watch_interval));
-        for addr in &tls.listen {
-            let (listener, bound) = bind(Listener::Tls, *addr).await?;
+        for (listener, bound) in tls_sockets {
             tls_addrs.push(bound);
             let router: Arc<dyn proxy::Router> = gateway.clone();
             servers.push(tokio::spawn(proxy::serve_front(
@@ -237,8 +251,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
             redirect = tls_addrs.first().map(|a| HttpsRedirect::to_port(a.port()));
         }
     }
-    for addr in &config.listen {
-        let (listener, bound) = bind(Listener::DataPlane, *addr).await?;
+    for (listener, bound) in plain_sockets {
         addrs.push(bound);
         let front = match redirect {
             Some(redirect) => Front::Redirect(redirect),
@@ -254,10 +267,9 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
             shutdown_signal(&stopped),
         )));
     }
-    // The admin API starts last: once it answers, the traffic listeners are up (`/readyz`).
+    // The admin API is served last: once it answers, the traffic listeners are up (`/readyz`).
     let mut admin_addr = None;
-    if let Some(admin) = &config.admin {
-        let (listener, bound) = bind(Listener::Admin, admin.listen).await?;
+    if let (Some(admin), Some((listener, bound))) = (&config.admin, admin_socket) {
         admin_addr = Some(bound);
         let state = crate::admin::AdminState::new(
             gateway.clone(),
@@ -286,6 +298,58 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
         rollouts,
         access_log,
     })
+}
+
+/// Every listener of a config, bound (and its bound address), not yet served.
+struct Sockets {
+    metrics: Option<(tokio::net::TcpListener, SocketAddr)>,
+    tls: Vec<(tokio::net::TcpListener, SocketAddr)>,
+    plain: Vec<(tokio::net::TcpListener, SocketAddr)>,
+    admin: Option<(tokio::net::TcpListener, SocketAddr)>,
+}
+
+impl Sockets {
+    /// Binds them all, or fails naming the first that cannot be bound (those bound before it
+    /// are closed when they are dropped).
+    async fn bind(config: &Config) -> Result<Sockets, StartError> {
+        let metrics = match config.metrics.listen {
+            Some(addr) => Some(bind(Listener::Metrics, addr).await?),
+            None => None,
+        };
+        let mut tls = Vec::new();
+        for addr in config.tls.iter().flat_map(|t| t.listen.iter()) {
+            tls.push(bind(Listener::Tls, *addr).await?);
+        }
+        let mut plain = Vec::new();
+        for addr in &config.listen {
+            plain.push(bind(Listener::DataPlane, *addr).await?);
+        }
+        let admin = match &config.admin {
+            Some(admin) => Some(bind(Listener::Admin, admin.listen).await?),
+            None => None,
+        };
+        Ok(Sockets {
+            metrics,
+            tls,
+            plain,
+            admin,
+        })
+    }
+}
+
+/// Opens (creating it) the access log file once, so that one that cannot be written fails the
+/// start before the store is written; the writer opens it again when it starts.
+async fn open_access_log(path: &std::path::Path) -> Result<(), StartError> {
+    tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
+        .map(drop)
+        .map_err(|source| StartError::AccessLog {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// What observes the traffic: the data plane's observer, and the parts started beside it.

@@ -106,7 +106,7 @@ fn main() -> ExitCode {
             list,
             ttl,
             file,
-        } => config::load(&config)
+        } => config::load_without_admin_secrets(&config)
             .map_err(anyhow::Error::from)
             .and_then(|c| {
                 init_logging(c.log.format);
@@ -143,9 +143,19 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("graygate: {}", error_chain(e.as_ref()));
+            match e.downcast_ref::<config::ConfigError>() {
+                Some(e) => print_config_error(e),
+                None => eprintln!("graygate: {}", error_chain(e.as_ref())),
+            }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A config error, one line per problem (a config can have several, like unset variables).
+fn print_config_error(error: &config::ConfigError) {
+    for e in error.each() {
+        eprintln!("graygate: {}", error_chain(e));
     }
 }
 
@@ -248,7 +258,7 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("graygate: {}", error_chain(&e));
+            print_config_error(&e);
             ExitCode::FAILURE
         }
     }

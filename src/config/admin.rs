@@ -13,7 +13,7 @@
 //! address (checked here) and graygate warns at start.
 
 use super::file::AdminFile;
-use super::ConfigError;
+use super::{AdminSecrets, ConfigError};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
@@ -52,10 +52,13 @@ impl std::fmt::Debug for AdminToken {
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 
 /// Validates `[admin]`. `listen` is the traffic listeners', which the admin listener must not
-/// take. Tokens named by `token_env` are read from the environment now.
+/// take. Tokens named by `token_env` are read from the environment now (with
+/// [`AdminSecrets::Read`]): every variable that is not set is reported, each at its line, so that
+/// `graygate check` lists all of them at once rather than one per run.
 pub(super) fn admin_config(
     file: &AdminFile,
     listen: &[SocketAddr],
+    secrets: AdminSecrets,
     at: &dyn Fn(&str, String) -> ConfigError,
 ) -> Result<AdminConfig, ConfigError> {
     let text = file.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
@@ -69,8 +72,9 @@ pub(super) fn admin_config(
     )?;
 
     let mut tokens = Vec::with_capacity(file.tokens.len());
+    let mut unset = Vec::new();
     let mut names = HashSet::new();
-    let mut secrets = HashSet::new();
+    let mut taken = HashSet::new();
     for (i, t) in file.tokens.iter().enumerate() {
         let field = |key: &str| format!("admin.tokens[{i}].{key}");
         if t.name.trim().is_empty() {
@@ -84,13 +88,15 @@ pub(super) fn admin_config(
         }
         let (secret, key) = match (&t.token, &t.token_env) {
             (Some(token), None) => (token.clone(), "token"),
+            (None, Some(_)) if secrets == AdminSecrets::Skip => continue,
             (None, Some(var)) => match std::env::var(var) {
                 Ok(value) if !value.is_empty() => (value, "token_env"),
                 _ => {
-                    return Err(at(
+                    unset.push(at(
                         &field("token_env"),
                         format!("environment variable {var} is not set (or empty)"),
-                    ))
+                    ));
+                    continue;
                 }
             },
             _ => {
@@ -109,7 +115,7 @@ pub(super) fn admin_config(
                 ),
             ));
         }
-        if !secrets.insert(secret.clone()) {
+        if !taken.insert(secret.clone()) {
             return Err(at(
                 &field(key),
                 format!("the token of `{}` is also another name's token", t.name),
@@ -120,7 +126,13 @@ pub(super) fn admin_config(
             secret,
         });
     }
-    if tokens.is_empty() && !addr.ip().is_loopback() {
+    match unset.len() {
+        0 => {}
+        1 => return Err(unset.remove(0)),
+        _ => return Err(ConfigError::Several(unset)),
+    }
+    // The tokens as written: with `Skip`, those from the environment are not in `tokens`.
+    if file.tokens.is_empty() && !addr.ip().is_loopback() {
         return Err(at(
             "admin.listen",
             format!(
@@ -136,7 +148,7 @@ pub(super) fn admin_config(
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{parse, ConfigError};
+    use crate::config::{parse, parse_with, AdminSecrets, ConfigError};
     use std::path::Path;
 
     fn config(admin: &str) -> Result<crate::config::Config, ConfigError> {
@@ -174,6 +186,40 @@ mod tests {
             !format!("{c:?}").contains("0123456789abcdef"),
             "Debug hides secrets"
         );
+    }
+
+    /// `check` lists every variable that is not set, each at its line, and `import` (which does
+    /// not serve the admin API) does not read them at all.
+    #[test]
+    fn unset_token_variables_are_each_reported_or_skipped() {
+        let text = "listen = [\"127.0.0.1:8080\"]\n[admin]\nlisten = \"0.0.0.0:9901\"\ntokens = [\n  { name = \"a\", token_env = \"GRAYGATE_TEST_UNSET_A\" },\n  { name = \"b\", token = \"0123456789abcdef\" },\n  { name = \"c\", token_env = \"GRAYGATE_TEST_UNSET_C\" },\n]\n";
+        let e = parse(text, Path::new("g.toml")).unwrap_err();
+        let each: Vec<String> = e.each().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            each,
+            [
+                "g.toml:5:17: admin.tokens[0].token_env: environment variable GRAYGATE_TEST_UNSET_A is not set (or empty)",
+                "g.toml:7:17: admin.tokens[2].token_env: environment variable GRAYGATE_TEST_UNSET_C is not set (or empty)",
+            ]
+        );
+        assert_eq!(e.to_string(), each.join("\n"));
+        assert_eq!(e.field(), "admin.tokens[0].token_env");
+
+        let skipped = parse_with(text, Path::new("g.toml"), AdminSecrets::Skip)
+            .unwrap()
+            .admin
+            .unwrap();
+        let names: Vec<&str> = skipped.tokens.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["b"]);
+        // Only tokens from the environment: still a config with tokens, on any address.
+        let only_env = "listen = [\"127.0.0.1:8080\"]\n[admin]\nlisten = \"0.0.0.0:9901\"\ntokens = [{ name = \"a\", token_env = \"GRAYGATE_TEST_UNSET_A\" }]\n";
+        assert!(parse_with(only_env, Path::new("g.toml"), AdminSecrets::Skip).is_ok());
+        // The other rules still hold.
+        let bad = "listen = [\"127.0.0.1:8080\"]\n[admin]\ntokens = [{ name = \"a\", token = \"x\", token_env = \"V\" }]\n";
+        assert!(parse_with(bad, Path::new("g.toml"), AdminSecrets::Skip)
+            .unwrap_err()
+            .to_string()
+            .ends_with("needs exactly one of `token` or `token_env`"));
     }
 
     #[test]

@@ -7,9 +7,8 @@
 //! the config reports at the line of the field like every upstream mistake.
 
 use super::file::{HealthFile, PassiveFile};
-use super::ConfigError;
+use super::{duration, ConfigError};
 use crate::proxy::{HealthCheck, PassiveHealth};
-use std::time::Duration;
 
 /// `health` of upstream `i`, defaults filled in; `None` when the upstream has none.
 pub(super) fn health_check(
@@ -50,26 +49,6 @@ pub(super) fn passive_health(
             at,
         )?,
     })
-}
-
-/// A duration as written (`"2s"`, `"300ms"`), longer than zero; `default` when absent.
-fn duration(
-    field: &str,
-    value: &Option<String>,
-    default: Duration,
-    at: &dyn Fn(&str, String) -> ConfigError,
-) -> Result<Duration, ConfigError> {
-    match value {
-        None => Ok(default),
-        Some(v) => match humantime::parse_duration(v) {
-            Ok(d) if !d.is_zero() => Ok(d),
-            Ok(_) => Err(at(field, "must be longer than zero".into())),
-            Err(e) => Err(at(
-                field,
-                format!("`{v}` is not a duration like \"2s\" or \"300ms\": {e}"),
-            )),
-        },
-    }
 }
 
 #[cfg(test)]

@@ -50,6 +50,10 @@ pub enum ConfigError {
         field: String,
         message: String,
     },
+    /// Several problems found together (each `[admin]` token variable that is not set), one
+    /// [`ConfigError::Invalid`] per line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
 }
 
 impl ConfigError {
@@ -58,6 +62,15 @@ impl ConfigError {
         match self {
             ConfigError::Invalid { field, .. } => field,
             ConfigError::Read { .. } => "",
+            ConfigError::Several(errors) => errors.first().map_or("", ConfigError::field),
+        }
+    }
+
+    /// Each problem on its own: the one itself, or every one of [`ConfigError::Several`].
+    pub fn each(&self) -> Vec<&ConfigError> {
+        match self {
+            ConfigError::Several(errors) => errors.iter().flat_map(ConfigError::each).collect(),
+            one => vec![one],
         }
     }
 }
@@ -135,6 +148,16 @@ pub struct PolicySource {
 /// Default of `reload_interval`: how often the full policy is reloaded from the store.
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The longest duration any setting accepts: 365 days. Timers are deadlines (`Instant + d`),
+/// which overflow (and panic, on every request) for durations of billions of years that
+/// `humantime` reads without complaint; no timeout or interval is meant to be longer than this.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// The largest `max_header_bytes` accepted: 1 MiB. Every connection may buffer that much of a
+/// request head before refusing it (hyper's read buffer is sized from it), so a larger bound only
+/// lets a few clients hold a lot of memory; real request heads are a few KiB.
+pub const MAX_HEADER_BYTES_LIMIT: usize = 1024 * 1024;
+
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = read(path)?;
@@ -148,8 +171,30 @@ fn read(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
+/// [`load`] for a command that does not serve the admin API (`graygate import`): the `[admin]`
+/// tokens named by `token_env` are not read, so their variables need not be set, and are left out
+/// of [`AdminConfig::tokens`]. Everything else is validated as [`load`] does.
+pub fn load_without_admin_secrets(path: &Path) -> Result<Config, ConfigError> {
+    let text = read(path)?;
+    parse_with(&text, path, AdminSecrets::Skip)
+}
+
+/// Whether the `[admin]` tokens named by `token_env` are read from the environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminSecrets {
+    /// Read them; each variable that is not set is an error of the config (`run`, `check`).
+    Read,
+    /// Leave them out: for commands that never serve the admin API.
+    Skip,
+}
+
 /// Validates config text; `path` names it in errors and anchors relative paths.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    parse_with(text, path, AdminSecrets::Read)
+}
+
+/// [`parse`], reading the admin tokens' environment variables or not.
+pub fn parse_with(text: &str, path: &Path, secrets: AdminSecrets) -> Result<Config, ConfigError> {
     let file: ConfigFile = toml::from_str(text).map_err(|e| syntax_error(text, path, &e))?;
     let at = |field: &str, message: String| invalid(text, path, field, message);
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -194,20 +239,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     };
 
     let defaults = Timeouts::default();
-    let duration =
-        |field: &str, value: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
-            match value {
-                None => Ok(default),
-                Some(v) => match humantime::parse_duration(v) {
-                    Ok(d) if !d.is_zero() => Ok(d),
-                    Ok(_) => Err(at(field, "must be longer than zero".into())),
-                    Err(e) => Err(at(
-                        field,
-                        format!("`{v}` is not a duration like \"2s\" or \"300ms\": {e}"),
-                    )),
-                },
-            }
-        };
+    let duration = |field: &str, value: &Option<String>, default: Duration| {
+        duration(field, value, default, &at)
+    };
     let t = &file.timeouts;
     let timeouts = Timeouts {
         connect: duration("timeouts.connect", &t.connect, defaults.connect)?,
@@ -257,6 +291,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         return Err(at(
             "max_header_bytes",
             format!("{max_header_bytes} is too small (at least 1024)"),
+        ));
+    }
+    if max_header_bytes > MAX_HEADER_BYTES_LIMIT {
+        return Err(at(
+            "max_header_bytes",
+            format!(
+                "{max_header_bytes} is too large (at most {MAX_HEADER_BYTES_LIMIT}, 1 MiB): every connection may buffer that much before its request is refused"
+            ),
         ));
     }
 
@@ -328,8 +370,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let admin = file
         .admin
         .as_ref()
-        .map(|a| admin::admin_config(a, &traffic, &at))
+        .map(|a| admin::admin_config(a, &traffic, secrets, &at))
         .transpose()?;
+    distinct_listeners(&file, &listen, tls.as_ref(), &metrics, admin.as_ref(), &at)?;
 
     let driver = crate::gateway::DriverConfig::default();
     let rollouts = crate::gateway::DriverConfig {
@@ -496,6 +539,86 @@ fn field_at(text: &str, offset: usize) -> String {
     String::new()
 }
 
+/// A duration as written (`"2s"`, `"300ms"`): longer than zero and at most [`MAX_DURATION`];
+/// `default` when absent. Every duration of the file is read through here.
+pub(super) fn duration(
+    field: &str,
+    value: &Option<String>,
+    default: Duration,
+    at: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => match humantime::parse_duration(v) {
+            Ok(d) if d.is_zero() => Err(at(field, "must be longer than zero".into())),
+            Ok(d) if d > MAX_DURATION => Err(at(
+                field,
+                format!("`{v}` is longer than 365 days, the longest duration accepted"),
+            )),
+            Ok(d) => Ok(d),
+            Err(e) => Err(at(
+                field,
+                format!("`{v}` is not a duration like \"2s\" or \"300ms\": {e}"),
+            )),
+        },
+    }
+}
+
+/// Whether two listener addresses cannot both be bound: the same address and port, or (on
+/// Linux) the same port where one is the wildcard of the other's family (`0.0.0.0:80` takes
+/// port 80 on every IPv4 address). Port 0 picks a free port, so it never clashes.
+fn clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip()
+            || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
+}
+
+/// Every listener (plain, TLS, metrics, admin) needs an address of its own: `run` could not bind
+/// the second of two that clash. Reported at the later one, naming the earlier.
+fn distinct_listeners(
+    file: &ConfigFile,
+    listen: &[SocketAddr],
+    tls: Option<&TlsConfig>,
+    metrics: &MetricsConfig,
+    admin: Option<&AdminConfig>,
+    at: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    let mut all: Vec<(String, SocketAddr)> = Vec::new();
+    all.extend(
+        listen
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("listen[{i}]"), *a)),
+    );
+    all.extend(
+        tls.iter()
+            .flat_map(|t| t.listen.iter().enumerate())
+            .map(|(i, a)| (format!("tls.listen[{i}]"), *a)),
+    );
+    all.extend(metrics.listen.map(|a| ("metrics.listen".to_string(), a)));
+    // The admin table without `listen` takes the default address: named by its table then.
+    let admin_field = match file.admin.as_ref().and_then(|a| a.listen.as_ref()) {
+        Some(_) => "admin.listen",
+        None => "admin",
+    };
+    all.extend(admin.map(|a| (admin_field.to_string(), a.listen)));
+    for (j, (field, addr)) in all.iter().enumerate() {
+        if let Some((first, other)) = all[..j].iter().find(|(_, other)| clash(*other, *addr)) {
+            let same = if other == addr {
+                "is also".to_string()
+            } else {
+                format!("takes the same port as {other} in")
+            };
+            return Err(at(
+                field,
+                format!("{addr} {same} `{first}`: every listener needs an address of its own"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Reads `text`, the value of `field`, as a socket address; a mistake is answered with an example
 /// on `port`.
 fn address(
@@ -630,6 +753,115 @@ mod tests {
                 weight: 3
             }]
         );
+    }
+
+    /// `run` binds every listener: two that cannot both be bound are refused by `check`, at the
+    /// later one's line.
+    #[test]
+    fn every_listener_needs_an_address_of_its_own() {
+        let cases = [
+            (
+                "[metrics]\nlisten = \"127.0.0.1:9901\"\n[admin]\nlisten = \"127.0.0.1:9901\"\n",
+                "g.toml:5:1: admin.listen: 127.0.0.1:9901 is also `metrics.listen`: every listener needs an address of its own",
+            ),
+            (
+                "[metrics]\nlisten = \"127.0.0.1:9901\"\n[admin]\n",
+                "g.toml:4:2: admin: 127.0.0.1:9901 is also `metrics.listen`: every listener needs an address of its own",
+            ),
+            (
+                "[metrics]\nlisten = \"0.0.0.0:9091\"\n[admin]\nlisten = \"127.0.0.1:9091\"\n",
+                "g.toml:5:1: admin.listen: 127.0.0.1:9091 takes the same port as 0.0.0.0:9091 in `metrics.listen`: every listener needs an address of its own",
+            ),
+        ];
+        for (extra, message) in cases {
+            assert_eq!(error(extra), message, "{extra}");
+        }
+        let twice = parse(
+            "listen = [\"127.0.0.1:8080\", \"[::1]:8080\", \"127.0.0.1:8080\"]\n",
+            Path::new("g.toml"),
+        );
+        assert_eq!(
+            twice.unwrap_err().to_string(),
+            "g.toml:1:43: listen[2]: 127.0.0.1:8080 is also `listen[0]`: every listener needs an address of its own"
+        );
+        let wildcard = parse(
+            "listen = [\"0.0.0.0:8080\", \"10.0.0.1:8080\"]\n",
+            Path::new("g.toml"),
+        );
+        assert!(wildcard.unwrap_err().to_string().starts_with(
+            "g.toml:1:27: listen[1]: 10.0.0.1:8080 takes the same port as 0.0.0.0:8080"
+        ));
+        // Port 0 picks a free port each time; other families and other ports do not clash.
+        assert!(
+            config("[metrics]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n")
+                .is_ok()
+        );
+        assert!(parse(
+            "listen = [\"0.0.0.0:8080\", \"[::1]:8080\", \"127.0.0.1:8081\"]\n",
+            Path::new("g.toml")
+        )
+        .is_ok());
+    }
+
+    /// A timer is a deadline `Instant + d`: a duration of billions of years would panic on every
+    /// request, so every duration of the file is bounded by `MAX_DURATION`.
+    #[test]
+    fn every_duration_is_at_most_a_year() {
+        let fields = [
+            ("[timeouts]\nconnect", "timeouts.connect"),
+            ("[timeouts]\nheader", "timeouts.header"),
+            (
+                "[timeouts]\nupstream_response",
+                "timeouts.upstream_response",
+            ),
+            ("[timeouts]\nidle", "timeouts.idle"),
+            ("[timeouts]\nclient_body", "timeouts.client_body"),
+            ("[timeouts]\nupstream_body", "timeouts.upstream_body"),
+            ("reload_interval", "reload_interval"),
+            ("[cache]\nttl", "cache.ttl"),
+            ("[cache]\nnegative_ttl", "cache.negative_ttl"),
+            ("[cache]\nlookup_timeout", "cache.lookup_timeout"),
+            ("[rollouts]\ntick", "rollouts.tick"),
+            ("[rollouts]\nlease", "rollouts.lease"),
+        ];
+        for (key, field) in fields {
+            let message = error(&format!("{key} = \"500000000000y\"\n"));
+            assert!(
+                message.ends_with(&format!(
+                    "{field}: `500000000000y` is longer than 365 days, the longest duration accepted"
+                )),
+                "{message}"
+            );
+            assert!(message.starts_with("g.toml:"), "{message}");
+        }
+        let upstream = "[[upstreams]]\nname = \"a\"\nservers = [\"h:1\"]\n";
+        for (table, key) in [
+            ("health", "interval"),
+            ("health", "timeout"),
+            ("passive", "ejection"),
+            ("passive", "max_ejection"),
+        ] {
+            let message = error(&format!("{upstream}{table} = {{ {key} = \"366d\" }}\n"));
+            assert!(
+                message.ends_with(&format!(
+                    "upstreams[0].{table}.{key}: `366d` is longer than 365 days, the longest duration accepted"
+                )),
+                "{message}"
+            );
+        }
+        let c = config("[timeouts]\nidle = \"365d\"\n").unwrap();
+        assert_eq!(c.timeouts.idle, MAX_DURATION);
+    }
+
+    /// hyper's read buffer is sized from `max_header_bytes`: it is bounded like the durations.
+    #[test]
+    fn max_header_bytes_is_at_most_a_mebibyte() {
+        assert_eq!(
+            error("max_header_bytes = 67108864\n"),
+            "g.toml:2:1: max_header_bytes: 67108864 is too large (at most 1048576, 1 MiB): every connection may buffer that much before its request is refused"
+        );
+        let c = config("max_header_bytes = 1048576\n").unwrap();
+        assert_eq!(c.max_header_bytes, MAX_HEADER_BYTES_LIMIT);
     }
 
     #[test]

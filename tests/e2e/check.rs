@@ -51,6 +51,14 @@ fn every_kind_of_bad_config_gets_its_own_clear_error() {
         (format!("{listen}[[upstreams]]\nname = \"a\"\nservers = [\"127.0.0.1:1 weight=0\"]\n"), "upstreams[0].servers[0]: weight `0` is not a whole number"),
         (format!("{listen}{UPSTREAMS}[[upstreams]]\nname = \"prod\"\nservers = [\"127.0.0.1:2\"]\n"), "graygate.toml:9:1: upstreams[2].name: upstream `prod` is defined twice"),
         (format!("{listen}max_header_bytes = 10\n"), "graygate.toml:2:1: max_header_bytes: 10 is too small"),
+        (format!("{listen}max_header_bytes = 67108864\n"), "graygate.toml:2:1: max_header_bytes: 67108864 is too large (at most 1048576, 1 MiB)"),
+        (format!("{listen}[timeouts]\nheader = \"500000000000y\"\n"), "graygate.toml:3:1: timeouts.header: `500000000000y` is longer than 365 days, the longest duration accepted"),
+        (format!("{listen}{UPSTREAMS}passive = {{ max_ejection = \"400d\" }}\n"), "graygate.toml:8:13: upstreams[1].passive.max_ejection: `400d` is longer than 365 days"),
+        ("listen = [\"127.0.0.1:8080\", \"127.0.0.1:8080\"]\n".to_string(), "graygate.toml:1:29: listen[1]: 127.0.0.1:8080 is also `listen[0]`: every listener needs an address of its own"),
+        (
+            format!("{listen}[metrics]\nlisten = \"127.0.0.1:9091\"\n[admin]\nlisten = \"127.0.0.1:9091\"\n"),
+            "graygate.toml:5:1: admin.listen: 127.0.0.1:9091 is also `metrics.listen`: every listener needs an address of its own",
+        ),
         (format!("{listen}{UPSTREAMS}health = {{ interval = \"1s\", timeout = \"3s\" }}\n"), "graygate.toml:8:29: upstreams[1].health.timeout: 3s is longer than the interval (1s)"),
         (
             format!("{listen}{UPSTREAMS}[policy]\n[[policy.routes]]\nservice = \"web\"\n[[policy.services]]\nname = \"web\"\nstable = \"v1\"\nversions = {{ v1 = \"nowhere\" }}\n"),
@@ -129,4 +137,35 @@ fn a_valid_config_passes() {
         "{}",
         c.out
     );
+}
+
+/// `check` lists every `[admin]` token variable that is not set, each at its line; `import`,
+/// which does not serve the admin API, does not need them.
+#[test]
+fn unset_token_variables_are_each_reported_and_import_does_not_need_them() {
+    let text = "listen = [\"127.0.0.1:8080\"]\n[admin]\ntokens = [\n  { name = \"a\", token_env = \"GRAYGATE_E2E_UNSET_A\" },\n  { name = \"b\", token_env = \"GRAYGATE_E2E_UNSET_B\" },\n]\n";
+    let (c, dir) = check_files(&[("graygate.toml", text)]);
+    let out = c.out.replace(&format!("{dir}/"), "");
+    assert_eq!(c.code, 1, "{out}");
+    assert_eq!(
+        out,
+        "graygate: graygate.toml:4:17: admin.tokens[0].token_env: environment variable GRAYGATE_E2E_UNSET_A is not set (or empty)\n\
+         graygate: graygate.toml:5:17: admin.tokens[1].token_env: environment variable GRAYGATE_E2E_UNSET_B is not set (or empty)\n"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("graygate.toml");
+    std::fs::write(&config, text).unwrap();
+    std::fs::write(dir.path().join("ips.txt"), "10.0.0.1\n10.0.0.2\n").unwrap();
+    let out = std::process::Command::new(crate::support::binary())
+        .args(["import", "--config"])
+        .arg(&config)
+        .args(["--list", "gray_ips"])
+        .arg(dir.path().join("ips.txt"))
+        .output()
+        .expect("run graygate import");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("imported 2 entries"), "{stdout}{stderr}");
 }

@@ -6,14 +6,17 @@
 //! graygate that started after all is killed.
 
 use crate::support::*;
+use graygate::config::file::HealthFile;
 use std::net::{SocketAddr, TcpListener};
 
-/// A policy and an upstream, so that starting logs something (the seeded policy) before the
-/// listeners bind.
+/// A policy and a health-checked upstream that is down, so that starting logs something (the
+/// failed first health check) before the listeners bind. The policy is not seeded then: a start
+/// that fails writes nothing to the store.
 fn seeded() -> GatewayBuilder {
     let nowhere: SocketAddr = "127.0.0.1:9".parse().unwrap();
     gateway()
         .upstream("stable", nowhere)
+        .health("stable", Some(HealthFile::default()))
         .route(route("web"))
         .service(service("web").stable("v1", "stable"))
 }
@@ -61,10 +64,12 @@ async fn a_bind_error_names_the_data_plane_listener_and_the_log_has_no_colour() 
         "{stderr}"
     );
     assert!(line.ends_with("(os error 98)"), "{stderr}");
-    assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
-    // The seeded policy was logged before the bind failed, without escape codes: stderr is a
+    // Once in the line; the failed health check logged before it has its own (refused).
+    assert_eq!(stderr.matches("os error 98").count(), 1, "{stderr}");
+    // The health check was logged before the bind failed, without escape codes: stderr is a
     // pipe here, not a terminal.
-    assert!(stderr.contains("policy applied"), "{stderr}");
+    assert!(stderr.contains("upstream server is down"), "{stderr}");
+    assert!(!stderr.contains("policy applied"), "{stderr}");
     assert!(!stderr.contains('\u{1b}'), "colour codes in {stderr:?}");
 }
 
@@ -95,16 +100,57 @@ async fn log_format_json_writes_one_object_per_message() {
         .filter(|l| !l.starts_with("graygate: "))
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
         .collect();
-    let applied = messages
+    let down = messages
         .iter()
-        .find(|m| m["fields"]["message"] == "policy applied")
-        .unwrap_or_else(|| panic!("no `policy applied` in {stderr}"));
-    assert_eq!(applied["level"], "INFO");
-    assert_eq!(applied["fields"]["revision"], 1);
+        .find(|m| m["fields"]["message"] == "upstream server is down")
+        .unwrap_or_else(|| panic!("no `upstream server is down` in {stderr}"));
+    assert_eq!(down["level"], "WARN");
+    assert_eq!(down["fields"]["upstream"], "stable");
     assert!(!stderr.contains('\u{1b}'), "colour codes in {stderr:?}");
     // The error graygate exits with stays a plain line.
     assert!(
         error_line(&stderr).starts_with(&format!("graygate: data plane listen {addr}: ")),
         "{stderr}"
     );
+}
+
+/// A start that cannot bind a listener writes nothing to the store: the next start, with another
+/// policy in its config, finds the store empty and seeds its own as revision 1.
+#[tokio::test]
+async fn a_start_that_cannot_bind_writes_no_policy_to_the_store() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("graygate-e2e")
+        .tempdir()
+        .unwrap()
+        .keep();
+    let exited = run_until_exit(&seeded().listen(addr).write(&dir)).await;
+    assert_eq!(exited.code, 1, "{}", exited.stderr);
+    assert!(
+        error_line(&exited.stderr).starts_with(&format!("graygate: data plane listen {addr}: ")),
+        "{}",
+        exited.stderr
+    );
+    assert!(
+        !exited.stderr.contains("policy applied"),
+        "{}",
+        exited.stderr
+    );
+
+    let nowhere: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let good = gateway()
+        .admin()
+        .upstream("stable", nowhere)
+        .route(route("api"))
+        .service(service("api").stable("v1", "stable"))
+        .start_in(dir)
+        .await;
+    let mut admin = good.admin_api();
+    assert_eq!(admin.revision().await, 1);
+    let policy = admin.get("/v1/policy").await;
+    assert!(policy.to_string().contains("\"api\""), "{policy}");
+    assert!(!policy.to_string().contains("\"web\""), "{policy}");
+    let history = admin.get("/v1/history").await;
+    assert_eq!(history["entries"].as_array().unwrap().len(), 1, "{history}");
 }
