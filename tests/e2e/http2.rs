@@ -492,10 +492,21 @@ async fn a_client_that_keeps_provoking_resets_is_cut_off() {
         .read_until(patient(Duration::from_secs(10)), |f| {
             f.kind == h2raw::GOAWAY
         })
-        .await
-        .unwrap_or_else(|| panic!("no GOAWAY after {sent} malformed streams"));
+        .await;
     const ENHANCE_YOUR_CALM: u32 = 0xb;
-    assert_eq!(goaway.error_code(), Some(ENHANCE_YOUR_CALM), "{goaway:?}");
+    match goaway {
+        Some(goaway) => assert_eq!(goaway.error_code(), Some(ENHANCE_YOUR_CALM), "{goaway:?}"),
+        // graygate sends GOAWAY ENHANCE_YOUR_CALM and closes; on a busy machine a client still
+        // writing may see the close reset the connection before it reads the GOAWAY. Cut off
+        // either way: the connection must be closed, not merely quiet.
+        None => {
+            let end = tokio::time::timeout(Duration::from_secs(1), h2.read()).await;
+            assert!(
+                matches!(end, Ok(Ok(None)) | Ok(Err(_))),
+                "no GOAWAY, and the connection still open, after {sent} malformed streams"
+            );
+        }
+    }
     assert_eq!(stable.requests(), 0);
     assert_eq!(gg.client().version(&[]).await, "stable");
 }
