@@ -13,6 +13,7 @@ use crate::observe::{
     Metrics, Observe, PolicyStatsSource, RolloutStats, RolloutStatsSource, StoreStats,
     StoreStatsSource, TlsStatsSource,
 };
+use crate::proxy::listen::{ConnectionLimit, DEFAULT_ADMIN_MAX_CONNECTIONS};
 use crate::proxy::tls::{CertError, HandshakeFailure, HttpsRedirect};
 use crate::proxy::{self, Front, LiveUpstreams, ProxyConfig, TlsTerminator, UpstreamConfigError};
 use crate::reload::Reloader;
@@ -81,17 +82,18 @@ impl fmt::Display for Listener {
     }
 }
 
-/// Binds one listener, naming it in the error.
+/// Binds one listener with the config's `listen_backlog`, naming it in the error.
 async fn bind(
     listener: Listener,
     addr: SocketAddr,
+    backlog: u32,
 ) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
     let bind_error = |source| StartError::Bind {
         listener,
         addr,
         source,
     };
-    let socket = proxy::bind(addr).await.map_err(bind_error)?;
+    let socket = proxy::bind(addr, backlog).map_err(bind_error)?;
     let bound = socket.local_addr().map_err(bind_error)?;
     Ok((socket, bound))
 }
@@ -154,6 +156,8 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
     // The first health check of every checked server, before any listener opens: a server that
     // is down from the start never gets a request.
     upstreams.start_health_checks().await;
+    let limits = ListenerLimits::of(config);
+    proxy::listen::prepare_fd_limit(config.max_connections, limits.others());
     let sockets = Sockets::bind(config).await?;
     if let AccessLogTarget::File(path) = &config.access_log.target {
         if config.access_log.format != AccessLogFormat::Off {
@@ -184,6 +188,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
         &upstreams,
         rollouts.verdicts(),
         terminator.as_ref(),
+        &limits,
     )
     .await?;
 
@@ -203,6 +208,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
         response_version_header,
         observer,
         http2: config.http2,
+        connections: limits.data.clone(),
     });
     let (stop, stopped) = watch::channel(false);
     let shutdown_signal = |stopped: &watch::Receiver<bool>| {
@@ -225,6 +231,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
         servers.push(tokio::spawn(observe::serve_metrics(
             listener,
             metrics.clone(),
+            limits.metrics.clone(),
             shutdown_signal(&stopped),
         )));
     }
@@ -281,6 +288,10 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
         servers.push(tokio::spawn(crate::admin::serve(
             listener,
             state,
+            crate::admin::AdminLimits {
+                connections: limits.admin.clone(),
+                header_timeout: admin.header_timeout,
+            },
             shutdown_signal(&stopped),
         )));
     }
@@ -312,20 +323,21 @@ impl Sockets {
     /// Binds them all, or fails naming the first that cannot be bound (those bound before it
     /// are closed when they are dropped).
     async fn bind(config: &Config) -> Result<Sockets, StartError> {
+        let backlog = config.listen_backlog;
         let metrics = match config.metrics.listen {
-            Some(addr) => Some(bind(Listener::Metrics, addr).await?),
+            Some(addr) => Some(bind(Listener::Metrics, addr, backlog).await?),
             None => None,
         };
         let mut tls = Vec::new();
         for addr in config.tls.iter().flat_map(|t| t.listen.iter()) {
-            tls.push(bind(Listener::Tls, *addr).await?);
+            tls.push(bind(Listener::Tls, *addr, backlog).await?);
         }
         let mut plain = Vec::new();
         for addr in &config.listen {
-            plain.push(bind(Listener::DataPlane, *addr).await?);
+            plain.push(bind(Listener::DataPlane, *addr, backlog).await?);
         }
         let admin = match &config.admin {
-            Some(admin) => Some(bind(Listener::Admin, admin.listen).await?),
+            Some(admin) => Some(bind(Listener::Admin, admin.listen, backlog).await?),
             None => None,
         };
         Ok(Sockets {
@@ -334,6 +346,59 @@ impl Sockets {
             plain,
             admin,
         })
+    }
+}
+
+/// The connection limit of each listener group, made from the config once so that the metrics
+/// read the same counters the listeners count into.
+struct ListenerLimits {
+    /// The data plane, plain and TLS listeners together (`max_connections`).
+    data: ConnectionLimit,
+    /// `[admin] max_connections`.
+    admin: ConnectionLimit,
+    /// `[metrics] max_connections`.
+    metrics: ConnectionLimit,
+    /// Whether the config has an admin listener and a metrics listener.
+    has_admin: bool,
+    has_metrics: bool,
+}
+
+impl ListenerLimits {
+    fn of(config: &Config) -> ListenerLimits {
+        let admin = config
+            .admin
+            .as_ref()
+            .map_or(DEFAULT_ADMIN_MAX_CONNECTIONS, |a| a.max_connections);
+        ListenerLimits {
+            data: ConnectionLimit::new("data", config.max_connections),
+            admin: ConnectionLimit::new("admin", admin),
+            metrics: ConnectionLimit::new("metrics", config.metrics.max_connections),
+            has_admin: config.admin.is_some(),
+            has_metrics: config.metrics.listen.is_some(),
+        }
+    }
+
+    /// Connections the admin and metrics listeners may hold together.
+    fn others(&self) -> usize {
+        let admin = if self.has_admin { self.admin.max() } else { 0 };
+        let metrics = if self.has_metrics {
+            self.metrics.max()
+        } else {
+            0
+        };
+        admin + metrics
+    }
+
+    /// The limits of the listeners the config has, for the metrics.
+    fn in_use(&self) -> Vec<ConnectionLimit> {
+        let mut limits = vec![self.data.clone()];
+        if self.has_admin {
+            limits.push(self.admin.clone());
+        }
+        if self.has_metrics {
+            limits.push(self.metrics.clone());
+        }
+        limits
     }
 }
 
@@ -369,6 +434,7 @@ async fn observation(
     upstreams: &Arc<LiveUpstreams>,
     verdicts: Arc<VerdictTally>,
     tls: Option<&TlsTerminator>,
+    limits: &ListenerLimits,
 ) -> Result<Observation, StartError> {
     let metrics = config.metrics.listen.map(|_| {
         Arc::new(Metrics::new(observe::Sources {
@@ -381,6 +447,7 @@ async fn observation(
                 verdicts,
             })),
             tls: tls.map(|t| Arc::new(t.clone()) as Arc<dyn TlsStatsSource>),
+            listeners: limits.in_use(),
         }))
     });
     let (log, writer) = match config.access_log.format {

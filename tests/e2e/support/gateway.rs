@@ -253,7 +253,7 @@ impl GatewayBuilder {
     pub fn admin(mut self) -> Self {
         self.file.admin = Some(AdminFile {
             listen: Some("127.0.0.1:0".into()),
-            tokens: Vec::new(),
+            ..AdminFile::default()
         });
         self
     }
@@ -262,7 +262,7 @@ impl GatewayBuilder {
     pub fn admin_token(mut self, name: &str, token: &str) -> Self {
         let admin = self.file.admin.get_or_insert_with(|| AdminFile {
             listen: Some("127.0.0.1:0".into()),
-            tokens: Vec::new(),
+            ..AdminFile::default()
         });
         admin.tokens.push(TokenFile {
             name: name.into(),
@@ -290,6 +290,7 @@ impl GatewayBuilder {
     pub fn metrics_listen(mut self, addr: SocketAddr) -> Self {
         self.file.metrics = MetricsFile {
             listen: Some(addr.to_string()),
+            ..self.file.metrics.clone()
         };
         self
     }
