@@ -157,7 +157,6 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
     // is down from the start never gets a request.
     upstreams.start_health_checks().await;
     let limits = ListenerLimits::of(config);
-    proxy::listen::prepare_fd_limit(config.max_connections, limits.others());
     let sockets = Sockets::bind(config).await?;
     if let AccessLogTarget::File(path) = &config.access_log.target {
         if config.access_log.format != AccessLogFormat::Off {
@@ -352,7 +351,8 @@ impl Sockets {
 /// The connection limit of each listener group, made from the config once so that the metrics
 /// read the same counters the listeners count into.
 struct ListenerLimits {
-    /// The data plane, plain and TLS listeners together (`max_connections`).
+    /// The data plane, plain and TLS listeners together (`max_connections`, or sized for the
+    /// open-file limit).
     data: ConnectionLimit,
     /// `[admin] max_connections`.
     admin: ConnectionLimit,
@@ -364,29 +364,30 @@ struct ListenerLimits {
 }
 
 impl ListenerLimits {
+    /// The limits `config` sets; raises the open-file limit first, since the data plane's
+    /// default is sized for it.
     fn of(config: &Config) -> ListenerLimits {
         let admin = config
             .admin
             .as_ref()
             .map_or(DEFAULT_ADMIN_MAX_CONNECTIONS, |a| a.max_connections);
+        let has_admin = config.admin.is_some();
+        let has_metrics = config.metrics.listen.is_some();
+        let others = if has_admin { admin } else { 0 }
+            + if has_metrics {
+                config.metrics.max_connections
+            } else {
+                0
+            };
+        // Raises the open-file limit first: the data plane's limit is sized for it.
+        let data = proxy::listen::prepare_fd_limit(config.max_connections, others);
         ListenerLimits {
-            data: ConnectionLimit::new("data", config.max_connections),
+            data: ConnectionLimit::new("data", data),
             admin: ConnectionLimit::new("admin", admin),
             metrics: ConnectionLimit::new("metrics", config.metrics.max_connections),
-            has_admin: config.admin.is_some(),
-            has_metrics: config.metrics.listen.is_some(),
+            has_admin,
+            has_metrics,
         }
-    }
-
-    /// Connections the admin and metrics listeners may hold together.
-    fn others(&self) -> usize {
-        let admin = if self.has_admin { self.admin.max() } else { 0 };
-        let metrics = if self.has_metrics {
-            self.metrics.max()
-        } else {
-            0
-        };
-        admin + metrics
     }
 
     /// The limits of the listeners the config has, for the metrics.

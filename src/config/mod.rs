@@ -99,8 +99,9 @@ pub struct Config {
     /// limit) makes them wait rather than time out. Default 511, as nginx.
     pub listen_backlog: u32,
     /// Client connections of the data plane open at once, plain and TLS listeners together:
-    /// what bounds the file descriptors clients can take. Default 10,000.
-    pub max_connections: usize,
+    /// what bounds the file descriptors clients can take. `None` (not set): sized at start for
+    /// the open-file limit, at most 10,000 (see `crate::proxy::listen::data_plane_limit`).
+    pub max_connections: Option<usize>,
     pub upstreams: Vec<UpstreamConfig>,
     /// The policy written in the config (inline `[policy]` or `policy_file`), already validated
     /// against the upstreams. It seeds a store that holds no policy yet; a reload (SIGHUP)
@@ -326,12 +327,10 @@ pub fn parse_with(text: &str, path: &Path, secrets: AdminSecrets) -> Result<Conf
             ),
         ));
     }
-    let max_connections = connection_limit(
-        "max_connections",
-        file.max_connections,
-        DEFAULT_MAX_CONNECTIONS,
-        &at,
-    )?;
+    let max_connections = file
+        .max_connections
+        .map(|n| connection_limit("max_connections", Some(n), n, &at))
+        .transpose()?;
 
     let mut upstreams = Vec::new();
     for (i, u) in file.upstreams.iter().enumerate() {
@@ -914,7 +913,10 @@ mod tests {
     fn connection_limits_and_the_backlog_have_defaults_and_bounds() {
         let c = config("").unwrap();
         assert_eq!(c.listen_backlog, 511);
-        assert_eq!(c.max_connections, 10_000);
+        assert_eq!(
+            c.max_connections, None,
+            "sized for the open-file limit at start"
+        );
         assert_eq!(c.metrics.max_connections, 16);
         let c = config("[admin]\n").unwrap();
         let admin = c.admin.unwrap();
@@ -925,7 +927,7 @@ mod tests {
             "listen_backlog = 4096\nmax_connections = 50\n[metrics]\nlisten = \"127.0.0.1:0\"\nmax_connections = 2\n[admin]\nmax_connections = 3\nheader_timeout = \"1s\"\n",
         )
         .unwrap();
-        assert_eq!((c.listen_backlog, c.max_connections), (4096, 50));
+        assert_eq!((c.listen_backlog, c.max_connections), (4096, Some(50)));
         assert_eq!(c.metrics.max_connections, 2);
         let admin = c.admin.unwrap();
         assert_eq!(admin.max_connections, 3);

@@ -154,7 +154,7 @@ fn demo_config(
         timeouts: Timeouts::default(),
         max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
         listen_backlog: crate::config::DEFAULT_LISTEN_BACKLOG,
-        max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
+        max_connections: None,
         upstreams: vec![upstream("stable", stable), upstream("canary", canary)],
         policy: Some(PolicySource {
             doc,

@@ -33,9 +33,9 @@ use tracing::{debug, info, warn};
 pub const DEFAULT_LISTEN_BACKLOG: u32 = 511;
 /// Largest `listen_backlog` accepted (the kernel caps it at `net.core.somaxconn` anyway).
 pub const MAX_LISTEN_BACKLOG: u32 = 65_535;
-/// Default of `max_connections`: client connections of the data plane (plain and TLS together).
-/// Each may need one upstream connection as well, so it fits a file descriptor limit of 65536
-/// with room to spare; graygate raises its soft limit to the hard one at start.
+/// Largest default of `max_connections`: client connections of the data plane (plain and TLS
+/// together). Each may need one upstream connection as well, so it fits an open-file limit of
+/// 65536 with room to spare; below about 20,300 the default is smaller ([`data_plane_limit`]).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default of `[admin] max_connections`: operators and `graygate ctl`, not traffic.
 pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
@@ -240,7 +240,7 @@ impl ConnectionLimit {
             warn!(
                 listener = state.name,
                 max_connections = state.max,
-                "{} listener: {} connections open, its max_connections: not accepting until one closes (new clients wait in the listen backlog)",
+                "{} listener: at max_connections ({} open): not accepting until one closes (new clients wait in the listen backlog)",
                 state.name,
                 state.max
             );
@@ -379,18 +379,59 @@ pub fn fd_budget_shortfall(
     })
 }
 
-/// Raises the open-file limit ([`raise_fd_limit`]) and logs it, with a warning when it cannot
-/// hold the connection limits ([`fd_budget_shortfall`]). Called once at start.
-pub fn prepare_fd_limit(max_connections: usize, other_listeners: usize) {
-    match raise_fd_limit() {
-        Ok(limit) => {
-            info!(open_files = limit, "open-file limit (RLIMIT_NOFILE)");
-            if let Some(warning) = fd_budget_shortfall(max_connections, other_listeners, limit) {
-                warn!("{warning}");
-            }
-        }
-        Err(e) => warn!(error = %e, "cannot read the open-file limit (RLIMIT_NOFILE)"),
+/// The data plane's connection limit: `configured` when the operator set one; else as many as
+/// `fd_limit` holds ([`fd_budget_shortfall`]: two descriptors per connection, the other
+/// listeners' limits, a reserve), at most [`DEFAULT_MAX_CONNECTIONS`] and at least 1. Sized so,
+/// graygate's own clients cannot run it out of descriptors: the ones beyond wait in the backlog.
+pub fn data_plane_limit(
+    configured: Option<usize>,
+    other_listeners: usize,
+    fd_limit: Option<u64>,
+) -> usize {
+    if let Some(n) = configured {
+        return n;
     }
+    let Some(limit) = fd_limit else {
+        return DEFAULT_MAX_CONNECTIONS;
+    };
+    let spare = limit
+        .saturating_sub(FD_RESERVE)
+        .saturating_sub(other_listeners as u64)
+        / 2;
+    usize::try_from(spare)
+        .unwrap_or(usize::MAX)
+        .clamp(1, DEFAULT_MAX_CONNECTIONS)
+}
+
+/// Raises the open-file limit ([`raise_fd_limit`]), logs it, and sizes the data plane's
+/// connection limit ([`data_plane_limit`]), warning when a configured one does not fit
+/// ([`fd_budget_shortfall`]). Called once at start; returns the data plane's limit.
+pub fn prepare_fd_limit(configured: Option<usize>, other_listeners: usize) -> usize {
+    let fd_limit = match raise_fd_limit() {
+        Ok(limit) => Some(limit),
+        Err(e) => {
+            warn!(error = %e, "cannot read the open-file limit (RLIMIT_NOFILE)");
+            None
+        }
+    };
+    let max = data_plane_limit(configured, other_listeners, fd_limit);
+    info!(
+        open_files = fd_limit,
+        max_connections = max,
+        "open-file limit (RLIMIT_NOFILE) {}, data plane max_connections {max}{}",
+        fd_limit.map_or_else(|| "unknown".to_string(), |l| l.to_string()),
+        if configured.is_some() {
+            ""
+        } else {
+            " (sized for it)"
+        }
+    );
+    if let (Some(n), Some(limit)) = (configured, fd_limit) {
+        if let Some(warning) = fd_budget_shortfall(n, other_listeners, limit) {
+            warn!("{warning}");
+        }
+    }
+    max
 }
 
 #[cfg(test)]
@@ -467,6 +508,23 @@ mod tests {
             "{warning}"
         );
         assert!(fd_budget_shortfall(usize::MAX, usize::MAX, u64::MAX).is_none());
+    }
+
+    #[test]
+    fn the_default_limit_is_sized_for_the_open_file_limit() {
+        // Set: as set, whatever the descriptors.
+        assert_eq!(data_plane_limit(Some(50_000), 80, Some(1024)), 50_000);
+        // Not set: two descriptors per connection after the reserve and the other listeners.
+        assert_eq!(data_plane_limit(None, 80, Some(65_536)), 10_000);
+        assert_eq!(data_plane_limit(None, 80, Some(20_000)), 9_928);
+        assert_eq!(data_plane_limit(None, 80, Some(1024)), 440);
+        assert_eq!(data_plane_limit(None, 80, Some(10)), 1);
+        assert_eq!(data_plane_limit(None, 80, None), 10_000);
+        // What the default picks always fits.
+        for limit in [200, 1024, 4096, 20_000, 20_400] {
+            let n = data_plane_limit(None, 80, Some(limit));
+            assert_eq!(fd_budget_shortfall(n, 80, limit), None, "{limit}: {n}");
+        }
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - [`health`]: health checks, passive ejection and retries: backends killed and restarted
 //!   under load with no failed request;
 //! - [`observe`]: metrics and the access log account for every request;
+//! - [`connections`]: connection limits on every listener, the admin port flooded with slow
+//!   requests, running out of file descriptors;
 //! - [`logs`]: what graygate writes to stderr when it cannot start;
 //! - [`admin`]: the admin API refuses bad input naming the field, revisions, tokens, explain, ctl;
 //! - [`ctl_honest`]: `graygate ctl` refuses what is not a graygate admin API, closed pipes, bad
@@ -40,6 +42,7 @@
 
 mod admin;
 mod check;
+mod connections;
 mod ctl_honest;
 mod demo;
 mod doc_figures;
