@@ -7,7 +7,8 @@
 #   bench/conns.sh                         # graygate = target/release/graygate
 #   BEFORE_BIN=/path/to/old/graygate bench/conns.sh    # adds an earlier build in the same rounds
 #
-# Env: CONNS (10000) THREADS (2) DUR (10s) TIMEOUT (5s) REPS (3) BIN (graygate binary).
+# Env: CONNS (10000) THREADS (2) DUR (10s) TIMEOUT (5s) REPS (3) BIN (graygate binary),
+# MAX_CONNECTIONS (max_connections of BIN's graygate, not BEFORE_BIN's; unset: its default).
 # Everything listens on 127.0.0.1 ports 184xx; one nginx worker and one graygate worker each.
 # Creates /tmp/BENCH-RUNNING while wrk runs (removed on exit, also on failure).
 set -euo pipefail
@@ -56,11 +57,12 @@ nginx_conf backend 'server { listen 127.0.0.1:18480 backlog=4096; location / { r
 nginx_conf proxy 'server { listen 127.0.0.1:18481; location / { proxy_http_version 1.1; proxy_set_header Connection ""; proxy_pass http://prod; } }' \
     'upstream prod { server 127.0.0.1:18480; keepalive 64; }'
 
-gg_conf() {  # gg_conf PORT DIR
+gg_conf() {  # gg_conf PORT DIR [EXTRA-TOP-LEVEL-LINE]
     mkdir -p "$2"
     cat >"$2/graygate.toml" <<CONF
 listen = ["127.0.0.1:$1"]
 workers = 1
+${3:-}
 
 [store]
 path = "data"
@@ -79,15 +81,15 @@ stable = "prod"
 versions = { prod = "prod" }
 CONF
 }
-start() {  # start BIN PORT NAME
-    gg_conf "$2" "$WORK/$3"
+start() {  # start BIN PORT NAME [EXTRA-TOP-LEVEL-LINE]
+    gg_conf "$2" "$WORK/$3" "${4:-}"
     "$1" run --config "$WORK/$3/graygate.toml" >"$WORK/$3.log" 2>&1 &
     pids+=($!)
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$2) 2>/dev/null && return; sleep 0.1; done
     echo "graygate on :$2 did not start:"; cat "$WORK/$3.log"; exit 1
 }
 TARGETS=("nginx proxy_pass|18481")
-start "$BIN" 18482 graygate; TARGETS+=("graygate|18482")
+start "$BIN" 18482 graygate "${MAX_CONNECTIONS:+max_connections = $MAX_CONNECTIONS}"; TARGETS+=("graygate|18482")
 if [ -n "${BEFORE_BIN:-}" ]; then start "$BEFORE_BIN" 18483 before; TARGETS+=("graygate BEFORE|18483"); fi
 for t in "${TARGETS[@]}"; do
     port=${t##*|}
