@@ -216,14 +216,20 @@ impl Predecessor {
             Err(_) => Err(UpgradeError::Timeout(STEP_TIMEOUT, "releasing the store")),
             Ok(Ok(Some(line))) if line == "released" => Ok(()),
             Ok(Ok(Some(line))) => Err(UpgradeError::Predecessor(line)),
-            Ok(Ok(None)) => Err(UpgradeError::Predecessor("closed the control socket".into())),
+            Ok(Ok(None)) => Err(UpgradeError::Predecessor(
+                "closed the control socket".into(),
+            )),
             Ok(Err(e)) => Err(e.into()),
         }
     }
 
     /// Tells the old process that this one serves: it stops accepting and exits.
     pub async fn ready(mut self) -> Result<(), UpgradeError> {
-        send(self.control.get_mut(), &format!("ready {}", std::process::id())).await?;
+        send(
+            self.control.get_mut(),
+            &format!("ready {}", std::process::id()),
+        )
+        .await?;
         Ok(())
     }
 }
@@ -297,7 +303,11 @@ impl Successor {
 
     /// Waits (at most [`STEP_TIMEOUT`]) for the successor to say `expected`; its exit, its
     /// silence or anything else is an error.
-    pub async fn expect(&mut self, expected: Said, doing: &'static str) -> Result<(), UpgradeError> {
+    pub async fn expect(
+        &mut self,
+        expected: Said,
+        doing: &'static str,
+    ) -> Result<(), UpgradeError> {
         let wanted = match expected {
             Said::Release => "release",
             Said::Ready => "ready",

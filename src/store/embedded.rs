@@ -290,9 +290,7 @@ impl EmbeddedStore {
     fn load_policy_sync(&self) -> Result<Option<StoredPolicy>, StoreError> {
         const WHAT: &str = "reading the policy";
         let db = self.database()?;
-        let read = db
-            .begin_read()
-            .map_err(|e| self.db_err(WHAT, "meta", e))?;
+        let read = db.begin_read().map_err(|e| self.db_err(WHAT, "meta", e))?;
         let meta = read
             .open_table(META)
             .map_err(|e| self.db_err(WHAT, "meta", e))?;
@@ -1257,13 +1255,20 @@ mod tests {
         store.hand_over().await.unwrap();
 
         // Lookups and list reads go on from memory.
-        assert_eq!(store.lookup_local("ips", "10.0.0.7"), Some(Some("1".into())));
-        assert_eq!(keys(&store.list_entries("ips").await.unwrap()), ["10.0.0.7"]);
+        assert_eq!(
+            store.lookup_local("ips", "10.0.0.7"),
+            Some(Some("1".into()))
+        );
+        assert_eq!(
+            keys(&store.list_entries("ips").await.unwrap()),
+            ["10.0.0.7"]
+        );
         // Writes and reads of the file are refused, saying why.
         let err = store.save_policy("second", Some(1)).await.unwrap_err();
         assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
         assert!(
-            err.to_string().contains("handed over to a new graygate process"),
+            err.to_string()
+                .contains("handed over to a new graygate process"),
             "{err}"
         );
         assert!(store.load_policy().await.is_err());
@@ -1279,7 +1284,10 @@ mod tests {
 
         // Taken back: the file is read again, the other handle's entry included.
         store.take_back().await.unwrap();
-        assert_eq!(store.lookup_local("ips", "10.0.0.8"), Some(Some("1".into())));
+        assert_eq!(
+            store.lookup_local("ips", "10.0.0.8"),
+            Some(Some("1".into()))
+        );
         assert_eq!(store.save_policy("second", Some(1)).await.unwrap(), 2);
         // Taking back what is held is nothing.
         store.take_back().await.unwrap();
