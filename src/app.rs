@@ -189,6 +189,33 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
     Ok(Arc::new(CachedStore::new(store, config.cache)))
 }
 
+/// The store `graygate import` writes to: [`open_store`], except that a memcached store whose
+/// embedded policy store is held by a running graygate is opened without it. The lists live in
+/// memcached, so the import goes on while graygate serves; the keys are then checked against
+/// the config's policy, which the caller is told by `true`.
+pub async fn open_store_for_import(config: &Config) -> Result<(Arc<dyn Store>, bool), StoreError> {
+    let StoreConfig::Memcached { memcached, dir } = &config.store else {
+        return Ok((open_store(config).await?, false));
+    };
+    let (policy, held): (Arc<dyn Store>, bool) = match EmbeddedStore::open(dir) {
+        Ok(store) => (Arc::new(store), false),
+        Err(e)
+            if matches!(
+                e.cause::<redb::Error>(),
+                Some(redb::Error::DatabaseAlreadyOpen)
+            ) =>
+        {
+            (
+                Arc::new(crate::store::held::HeldElsewhere::new(dir.clone())),
+                true,
+            )
+        }
+        Err(e) => return Err(e),
+    };
+    let store = MemcachedStore::connect(memcached.clone(), policy).await?;
+    Ok((Arc::new(store), held))
+}
+
 /// Starts graygate on `store` (opened from the config by [`open_store`], or handed in by the demo).
 ///
 /// Everything that can refuse the start (the upstreams, the certificates, every listener's

@@ -40,7 +40,8 @@ enum Command {
         config: PathBuf,
     },
     /// Bulk-load a list into the store the config names, from lines of `key [value]` (value 1
-    /// when absent). With the embedded store, run it while graygate is stopped.
+    /// when absent). With the embedded store, run it while graygate is stopped; into Redis or memcached it
+    /// runs while graygate serves.
     Import {
         #[arg(long, short, env = "GRAYGATE_CONFIG")]
         config: PathBuf,
@@ -376,9 +377,16 @@ async fn import(
     ttl: Option<std::time::Duration>,
     file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let store = app::open_store(&config).await?;
+    let (store, policy_held) = app::open_store_for_import(&config).await?;
     let config_policy = config.policy.as_ref().map(|p| &p.doc);
-    let ip_rule = graygate::import::ip_rule(&*store, config_policy, &list).await?;
+    let ip_rule = if policy_held {
+        tracing::info!(
+            "the embedded policy store is held by a running graygate: the keys are checked against the config's policy"
+        );
+        graygate::import::ip_rule_of(config_policy, &list)
+    } else {
+        graygate::import::ip_rule(&*store, config_policy, &list).await?
+    };
     let ip_rule = ip_rule.as_deref();
     let (name, written) = match file.filter(|f| f.as_os_str() != "-") {
         Some(f) => {

@@ -25,6 +25,7 @@
 
 pub mod cache;
 pub mod embedded;
+pub mod held;
 pub mod limits;
 pub mod memcached;
 pub mod redis;
