@@ -54,10 +54,15 @@ pub async fn ip_rule(
         }
         None => None,
     };
-    let Some(doc) = stored.as_ref().or(config_policy) else {
-        return Ok(None);
-    };
-    Ok(edit::ip_keyed_lists(doc).get(list).map(ToString::to_string))
+    Ok(ip_rule_of(stored.as_ref().or(config_policy), list))
+}
+
+/// [`ip_rule`] from a policy document at hand (the config's, when the stored one cannot be read
+/// because a running graygate holds it).
+pub fn ip_rule_of(doc: Option<&PolicyDoc>, list: &str) -> Option<String> {
+    edit::ip_keyed_lists(doc?)
+        .get(list)
+        .map(ToString::to_string)
 }
 
 /// Reads `key [value]` lines (blank lines and `#` comments skipped) and writes them to `list`.

@@ -204,6 +204,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .merge(reload::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            refuse_changes_while_handing_over,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             authenticate,
         ));
     Router::new()
@@ -251,6 +255,25 @@ pub async fn serve(
         .await;
     sampler.abort();
     served
+}
+
+/// While this process hands over to a new one (an upgrade, see [`crate::upgrade`]), every
+/// change is refused with 503 `upgrading` and `Retry-After: 1`: the store is the new process's
+/// by then, and a change sent again a moment later reaches it. Reads are answered.
+async fn refuse_changes_while_handing_over(
+    State(state): State<Arc<AdminState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let reads = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
+    if !reads && state.gateway.handing_over() {
+        return ApiError::new(
+            crate::api::ErrorCode::Upgrading,
+            "graygate is handing over to a new process (an upgrade); nothing was changed: send it again in a moment",
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Lets a request through with its [`Caller`], or answers 401/403.

@@ -89,7 +89,7 @@ pub use health::{
 pub use http2::Http2Settings;
 pub use retry::Replay;
 pub use server::{
-    bind, serve, serve_front, Front, Observer, ProxyConfig, RequestRecord, Timeouts,
+    bind, serve, serve_front, Draining, Front, Observer, ProxyConfig, RequestRecord, Timeouts,
     DEFAULT_MAX_HEADER_BYTES,
 };
 pub use tls::TlsTerminator;

@@ -553,6 +553,14 @@ impl Store for CachedStore {
         self.shared.inner.release_lease(name, holder).await
     }
 
+    async fn hand_over(&self) -> Result<(), StoreError> {
+        self.shared.inner.hand_over().await
+    }
+
+    async fn take_back(&self) -> Result<(), StoreError> {
+        self.shared.inner.take_back().await
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.shared.changes.subscribe()
     }

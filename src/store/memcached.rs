@@ -532,6 +532,14 @@ impl Store for MemcachedStore {
         self.shared.policy.release_lease(name, holder).await
     }
 
+    async fn hand_over(&self) -> Result<(), StoreError> {
+        self.shared.policy.hand_over().await
+    }
+
+    async fn take_back(&self) -> Result<(), StoreError> {
+        self.shared.policy.take_back().await
+    }
+
     async fn lookup(&self, list: &str, key: &str) -> Result<Option<Arc<str>>, StoreError> {
         let mkey = self.shared.key_of(list, key);
         if !valid_key(&mkey) {

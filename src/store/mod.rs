@@ -25,6 +25,7 @@
 
 pub mod cache;
 pub mod embedded;
+pub mod held;
 pub mod limits;
 pub mod memcached;
 pub mod redis;
@@ -442,6 +443,20 @@ pub trait Store: Send + Sync + 'static {
     /// take it at once instead of after its expiry. Does nothing when the lease is free, expired,
     /// or held by someone else.
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+
+    /// Lets go of what only one process may hold, so that a new graygate process can take it
+    /// over during an upgrade: the embedded store closes its file (redb lets one process have it
+    /// open). Lookups go on from memory; writes fail with [`StoreError::Unavailable`] until
+    /// [`Store::take_back`]. Shared stores (Redis) hold nothing of the kind.
+    async fn hand_over(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Takes back what [`Store::hand_over`] let go of, when the upgrade failed and this process
+    /// goes on serving.
+    async fn take_back(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// A receiver of every change made from now on. Lagging receivers should reload everything.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change>;

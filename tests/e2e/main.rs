@@ -2,6 +2,9 @@
 //! `redis-server` and `memcached`, everything on 127.0.0.1 port 0.
 //!
 //! One test binary, one module per area:
+//! - [`upgrade`]: SIGUSR2 under load: the new process takes the sockets and the embedded store
+//!   with no refused or failed request and no acknowledged change lost; a failed upgrade leaves
+//!   the old process serving and writable;
 //! - [`routing`]: every matcher, sticky splits across a restart, client IPs, policy swaps under
 //!   load, dead upstreams, large bodies, WebSocket;
 //! - [`edge`]: the strict edge as raw bytes: refused requests, canonical paths and hosts, the
@@ -60,5 +63,6 @@ mod routing;
 mod stores;
 mod support;
 mod tls;
+mod upgrade;
 mod upstream_h2;
 mod upstream_tls;
