@@ -396,3 +396,63 @@ async fn an_upgrade_that_fails_after_the_store_was_handed_over_takes_it_back() {
     gg.eventually_answers(&[("X-Real-IP", "10.0.0.9")], "canary")
         .await;
 }
+
+/// The messages a service manager gets on its notify socket.
+struct NotifySocket {
+    socket: std::os::unix::net::UnixDatagram,
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl NotifySocket {
+    fn bind() -> NotifySocket {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind the notify socket");
+        socket
+            .set_read_timeout(Some(patient(Duration::from_secs(10))))
+            .expect("a read timeout");
+        NotifySocket {
+            socket,
+            path,
+            _dir: dir,
+        }
+    }
+
+    /// The next message, as sent.
+    fn next(&self) -> String {
+        let mut buf = [0u8; 1024];
+        let n = self
+            .socket
+            .recv(&mut buf)
+            .expect("a notify message in time");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_the_new_main_pid_after_an_upgrade_and_stopping() {
+    let stable = backend("stable").await;
+    let canary = backend("canary").await;
+    let notify = NotifySocket::bind();
+    let mut gg = gray_list_gateway(&stable, &canary)
+        .env("NOTIFY_SOCKET", &notify.path.display().to_string())
+        .start()
+        .await;
+    assert_eq!(notify.next(), "READY=1\n");
+
+    let new_pid = gg.upgrade().await;
+    // The new process says it is ready; the old one hands the service over to it.
+    let mut heard = vec![notify.next(), notify.next()];
+    heard.sort();
+    assert_eq!(
+        heard,
+        [
+            format!("MAINPID={new_pid}\nREADY=1\n"),
+            "READY=1\n".to_string()
+        ]
+    );
+
+    gg.terminate().await;
+    assert_eq!(notify.next(), "STOPPING=1\n");
+}
