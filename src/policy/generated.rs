@@ -140,7 +140,7 @@ fn request_value() -> impl Strategy<Value = HeaderValue> {
         "Mozilla/5.0 x beta",
     ];
     prop_oneof![
-        prop::sample::select(words).prop_map(|w| HeaderValue::from_static(w)),
+        prop::sample::select(words).prop_map(HeaderValue::from_static),
         prop::sample::select(NASTY)
             .prop_filter_map("a header value", |b| { HeaderValue::from_bytes(b).ok() }),
     ]
