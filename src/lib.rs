@@ -35,6 +35,8 @@
 //!   protocol.
 //! - [`demo`]: `graygate demo`: built-in backends and an example policy on the embedded store;
 //!   `graygate demo rollout [--failing]` walks through a whole rollout, promoted or aborted.
+//! - `mutate` (tests only): generated bad input for the property tests: valid configs, policies,
+//!   JSON bodies and request heads taken apart, and random bytes.
 
 pub mod admin;
 pub mod api;
@@ -44,6 +46,8 @@ pub mod config;
 pub mod demo;
 pub mod gateway;
 pub mod import;
+#[cfg(test)]
+pub(crate) mod mutate;
 pub mod observe;
 pub mod policy;
 pub mod proxy;

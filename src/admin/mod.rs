@@ -52,6 +52,8 @@
 mod auth;
 mod error;
 mod extract;
+#[cfg(test)]
+mod generated;
 mod history;
 mod lists;
 mod policy;

@@ -11,6 +11,8 @@
 
 mod admin;
 pub mod file;
+#[cfg(test)]
+mod generated;
 mod health;
 mod http2;
 pub(crate) mod locate;
@@ -494,9 +496,18 @@ fn store_config(
 /// upstream names.
 pub fn load_policy_file(path: &Path, upstreams: &[&str]) -> Result<PolicySource, ConfigError> {
     let text = read(path)?;
-    let doc: PolicyDoc = toml::from_str(&text).map_err(|e| syntax_error(&text, path, &e))?;
+    parse_policy(&text, path, upstreams)
+}
+
+/// [`load_policy_file`] of text already read from `path`.
+pub fn parse_policy(
+    text: &str,
+    path: &Path,
+    upstreams: &[&str],
+) -> Result<PolicySource, ConfigError> {
+    let doc: PolicyDoc = toml::from_str(text).map_err(|e| syntax_error(text, path, &e))?;
     policy::compile(&doc, upstreams)
-        .map_err(|e| invalid(&text, path, &e.path.to_string(), e.message))?;
+        .map_err(|e| invalid(text, path, &e.path.to_string(), e.message))?;
     Ok(PolicySource {
         doc,
         file: path.to_path_buf(),
@@ -512,7 +523,23 @@ fn syntax_error(text: &str, path: &Path, e: &toml::de::Error) -> ConfigError {
         line,
         column,
         field,
-        message: e.message().trim().to_string(),
+        message: match e.message().trim() {
+            // The parser names nothing for some bytes (a carriage return without its line
+            // feed, which it reports at the byte after it): say what it stopped at.
+            "" => {
+                let here = text.get(offset..).and_then(|rest| rest.chars().next());
+                let before = text.get(..offset).and_then(|b| b.chars().next_back());
+                match (before, here) {
+                    (Some('\r'), _) | (_, Some('\r')) => {
+                        "invalid TOML: a carriage return (\\r) must be followed by a line feed (\\n)"
+                            .to_string()
+                    }
+                    (_, Some(c)) => format!("invalid TOML: unexpected {c:?}"),
+                    (_, None) => "invalid TOML: unexpected end of the file".to_string(),
+                }
+            }
+            message => message.to_string(),
+        },
     }
 }
 
@@ -703,6 +730,17 @@ mod tests {
             error("version_header = \"bad header\"\n"),
             "g.toml:2:1: version_header: `bad header` is not a valid header name"
         );
+    }
+
+    #[test]
+    fn a_syntax_error_the_parser_names_nothing_for_still_says_what_is_wrong() {
+        // Found by the generated configs (src/config/generated.rs): a carriage return without
+        // its line feed was refused as `g.toml:1:1: : ` and nothing more.
+        let e = parse("\r[", Path::new("g.toml")).expect_err("invalid");
+        let cr = "invalid TOML: a carriage return (\\r) must be followed by a line feed (\\n)";
+        assert_eq!(e.to_string(), format!("g.toml:1:1: : {cr}"));
+        let e = config("[store]\nservers = [\r\"a:1\"]\n").expect_err("invalid");
+        assert_eq!(e.to_string(), format!("g.toml:3:13: servers: {cr}"));
     }
 
     #[test]

@@ -27,6 +27,8 @@ mod compile;
 mod compiled;
 pub mod edit;
 mod evaluate;
+#[cfg(test)]
+mod generated;
 mod hash;
 mod index;
 mod iptable;

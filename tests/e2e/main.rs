@@ -36,7 +36,9 @@
 //! - [`upstream_h2`]: `h2` and `h2c` upstreams: the request's shape on the way, bodies and
 //!   trailers on the way back;
 //! - [`grpc`]: a tonic client and tonic servers through graygate, unary and streaming, the version
-//!   chosen by metadata.
+//!   chosen by metadata;
+//! - [`generated`]: generated request heads (valid ones taken apart, random bytes) against a
+//!   running graygate: each is answered with a status line or closed within the timeouts.
 //!
 //! [`support`] holds the builders. Waits are bounded; a slow machine stretches every bound with
 //! `GRAYGATE_TEST_PATIENCE=<factor>` (default 1).
@@ -48,6 +50,7 @@ mod demo;
 mod doc_figures;
 mod docs;
 mod edge;
+mod generated;
 mod grpc;
 mod health;
 mod http2;

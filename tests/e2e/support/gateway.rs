@@ -120,6 +120,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// `[timeouts] header`: how long a request head may take to arrive, and a kept-alive
+    /// connection may wait for its next one.
+    pub fn header_timeout(mut self, timeout: Duration) -> Self {
+        self.file.timeouts.header = Some(humantime::format_duration(timeout).to_string());
+        self
+    }
+
     /// `[timeouts] client_body`.
     pub fn client_body_timeout(mut self, timeout: Duration) -> Self {
         self.file.timeouts.client_body = Some(humantime::format_duration(timeout).to_string());
