@@ -47,6 +47,7 @@ fn decisions(c: &mut Criterion) {
         path: "/api/items",
         query: None,
         client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+        client_key: None,
         headers: &headers,
         random: 42,
     };
