@@ -812,6 +812,65 @@ mod tests {
         assert!(err.chain().to_string().contains(&addr), "{}", err.chain());
     }
 
+    #[tokio::test]
+    async fn escaped_keys_are_limited_once_escaped_and_counted_without_a_round_trip() {
+        // No memcached: every answer here comes before any round trip.
+        let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = gone.local_addr().unwrap().to_string();
+        drop(gone);
+        let dir = tempfile::tempdir().unwrap();
+        let policy: Arc<dyn Store> =
+            Arc::new(crate::store::EmbeddedStore::open(dir.path()).unwrap());
+        let config = MemcachedConfig {
+            servers: vec![addr],
+            lists: HashMap::from([("tokens".to_owned(), "T:".to_owned())]),
+            key_escape: HashMap::from([
+                ("gray_ips".to_owned(), KeyEscape::Uri),
+                ("tokens".to_owned(), KeyEscape::Uri),
+            ]),
+        };
+        let store = MemcachedStore::connect(config, policy).await.unwrap();
+        assert_eq!(store.key_of("gray_ips", "2001:db8::1"), "2001%3Adb8%3A%3A1");
+        assert_eq!(store.key_of("gray_ips", "10.0.0.7"), "10.0.0.7");
+        // The prefix is escaped with the key, as the original escaped "T:" .. token.
+        assert_eq!(store.key_of("tokens", "a b"), "T%3Aa%20b");
+        // Other lists keep their keys as they are.
+        assert_eq!(store.key_of("plain", "2001:db8::1"), "2001:db8::1");
+
+        // 83 colons are 249 bytes escaped; 84 are 252.
+        store.check_key("gray_ips", &":".repeat(83)).unwrap();
+        let e = store.check_key("gray_ips", &":".repeat(84)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "`{}` is 252 bytes once escaped as the original's memcached client escapes it (`{}`), and a memcached key holds at most 250",
+                ":".repeat(84),
+                "%3A".repeat(84)
+            )
+        );
+        // A space is fine once escaped; unescaped it is no key.
+        store.check_key("gray_ips", "a b").unwrap();
+        assert_eq!(
+            store.check_key("plain", "a b"),
+            Err(EntryError::Key("a b".into()))
+        );
+        let err = store
+            .put_entries("gray_ips", &[Entry::new(":".repeat(84), "1", None)])
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("a memcached key holds at most 250; nothing was written"),
+            "{err}"
+        );
+
+        assert_eq!(store.unusable_keys(), Some(0));
+        let long = ":".repeat(84);
+        assert_eq!(store.lookup("gray_ips", &long).await.unwrap(), None);
+        assert_eq!(store.lookup("plain", "a b").await.unwrap(), None);
+        assert_eq!(store.unusable_keys(), Some(2));
+    }
+
     #[test]
     fn keys_memcached_rejects() {
         assert!(valid_key("10.0.0.7"));
