@@ -577,6 +577,7 @@ impl StoreStatsSource for StoreMetrics {
                 hits: s.hits,
                 misses: s.misses,
             }),
+            unusable_keys: self.0.unusable_keys(),
             degraded: self.0.health().degraded,
         }
     }

@@ -154,6 +154,10 @@ pub struct StoreFile {
     /// redis, memcached: list name -> key prefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lists: Option<HashMap<String, String>>,
+    /// memcached: list name -> how its keys are written, `none` (default) or `uri` (escaped with
+    /// `ngx.escape_uri`, as the original's client writes them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_escape: Option<HashMap<String, String>>,
 }
 
 /// `[cache]`: durations as written (`"200ms"`).

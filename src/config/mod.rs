@@ -27,7 +27,7 @@ pub use tls::{TlsConfig, DEFAULT_WATCH_INTERVAL};
 
 use crate::policy::{self, PolicyDoc};
 use crate::proxy::{self, ClientIpConfig, ClientIpMode, Http2Settings, Timeouts, UpstreamConfig};
-use crate::store::{CacheConfig, MemcachedConfig, RedisConfig};
+use crate::store::{CacheConfig, KeyEscape, MemcachedConfig, RedisConfig};
 use file::{ConfigFile, StoreFile};
 use http::HeaderName;
 use std::net::SocketAddr;
@@ -436,6 +436,7 @@ fn store_config(
     match kind {
         "embedded" => {
             only("url", f.url.is_some(), "redis")?;
+            only("key_escape", f.key_escape.is_some(), "memcached")?;
             only("key_prefix", f.key_prefix.is_some(), "redis")?;
             only("servers", f.servers.is_some(), "memcached")?;
             only("lists", f.lists.is_some(), "redis, memcached")?;
@@ -443,6 +444,7 @@ fn store_config(
         }
         "redis" => {
             only("path", f.path.is_some(), "embedded, memcached")?;
+            only("key_escape", f.key_escape.is_some(), "memcached")?;
             only("servers", f.servers.is_some(), "memcached")?;
             let Some(url) = &f.url else {
                 return Err(at(
@@ -479,9 +481,26 @@ fn store_config(
                     ));
                 }
             }
+            let mut key_escape = std::collections::HashMap::new();
+            // In name order, so that the first mistake reported is always the same one.
+            let given: std::collections::BTreeMap<_, _> = f.key_escape.iter().flatten().collect();
+            for (list, name) in given {
+                let Some(escape) = KeyEscape::from_name(name) else {
+                    let known: Vec<&str> = KeyEscape::ALL.iter().map(|(n, _)| *n).collect();
+                    return Err(at(
+                        &format!("store.key_escape.{list}"),
+                        format!(
+                            "`{name}` is not a key escape (known: {}; `uri` escapes keys as the original's memcached client does)",
+                            known.join(", ")
+                        ),
+                    ));
+                };
+                key_escape.insert(list.clone(), escape);
+            }
             let memcached = MemcachedConfig {
                 servers,
                 lists: f.lists.clone().unwrap_or_default(),
+                key_escape,
             };
             Ok(StoreConfig::Memcached { memcached, dir })
         }
@@ -900,6 +919,37 @@ mod tests {
         );
         let c = config("max_header_bytes = 1048576\n").unwrap();
         assert_eq!(c.max_header_bytes, MAX_HEADER_BYTES_LIMIT);
+    }
+
+    #[test]
+    fn memcached_lists_may_escape_their_keys_as_the_original_does() {
+        let store = |rest: &str| {
+            format!("[store]\nkind = \"memcached\"\nservers = [\"127.0.0.1:11211\"]\n{rest}")
+        };
+        let c = config(&store(
+            "key_escape = { gray_ips = \"uri\", tokens = \"none\" }\n",
+        ))
+        .unwrap();
+        let StoreConfig::Memcached { memcached, .. } = &c.store else {
+            panic!("a memcached store: {:?}", c.store);
+        };
+        assert_eq!(memcached.key_escape["gray_ips"], KeyEscape::Uri);
+        assert_eq!(memcached.key_escape["tokens"], KeyEscape::None);
+        // Unset: keys as they are, as before the setting existed.
+        let c = config(&store("")).unwrap();
+        let StoreConfig::Memcached { memcached, .. } = &c.store else {
+            panic!("a memcached store: {:?}", c.store);
+        };
+        assert!(memcached.key_escape.is_empty());
+
+        assert_eq!(
+            error(&store("key_escape = { gray_ips = \"url\" }\n")),
+            "g.toml:5:16: store.key_escape.gray_ips: `url` is not a key escape (known: none, uri; `uri` escapes keys as the original's memcached client does)"
+        );
+        assert_eq!(
+            error("[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1\"\nkey_escape = { a = \"uri\" }\n"),
+            "g.toml:5:1: store.key_escape: `key_escape` is not a setting of the redis store (only of: memcached)"
+        );
     }
 
     #[test]

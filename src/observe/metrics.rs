@@ -58,6 +58,10 @@ pub struct StoreStats {
     pub errors: Option<u64>,
     /// Lookup-cache hits and misses since start; `None`: no cache in front of the store.
     pub cache: Option<CacheCounts>,
+    /// Lookups answered as absent without asking because the key, as the store writes it, is
+    /// one its server cannot hold (memcached: over 250 bytes once escaped); `None`: the store
+    /// never does that (the series is not exported).
+    pub unusable_keys: Option<u64>,
     /// True while the store cannot be reached.
     pub degraded: bool,
 }
@@ -214,6 +218,8 @@ pub struct Metrics {
     cache_hits: IntCounterVec,
     /// `graygate_store_cache_misses_total{store}`, pulled.
     cache_misses: IntCounterVec,
+    /// `graygate_store_unusable_keys_total{store}`, pulled.
+    unusable_keys: IntCounterVec,
     /// `graygate_store_degraded{store}`, pulled.
     store_degraded: IntGaugeVec,
     /// `graygate_rollout_state{service, state}`, pulled (registered only with a rollout
@@ -349,7 +355,7 @@ impl Metrics {
         );
 
         // The store's counters, all by store, in the order of their fields.
-        let [store_lookups, store_errors, cache_hits, cache_misses] = [
+        let [store_lookups, store_errors, cache_hits, cache_misses, unusable_keys] = [
             (
                 "graygate_store_lookups_total",
                 "List lookups sent to the store (lookup-cache misses that fetched), by store.",
@@ -365,6 +371,10 @@ impl Metrics {
             (
                 "graygate_store_cache_misses_total",
                 "Lookups the lookup cache could not answer, by store.",
+            ),
+            (
+                "graygate_store_unusable_keys_total",
+                "Lookups answered as not on the list without asking, because the key as the store writes it (escaped, prefixed) is one the store cannot hold, by store.",
             ),
         ]
         .map(|(name, help)| counter_vec(name, help, &["store"]));
@@ -459,6 +469,7 @@ impl Metrics {
             store_errors,
             cache_hits,
             cache_misses,
+            unusable_keys,
             store_degraded,
             rollout_state,
             rollout_step,
@@ -573,6 +584,9 @@ impl Metrics {
             }
             if let Some(n) = stats.errors {
                 advance(&self.store_errors.with_label_values(&label), n);
+            }
+            if let Some(n) = stats.unusable_keys {
+                advance(&self.unusable_keys.with_label_values(&label), n);
             }
             if let Some(cache) = stats.cache {
                 advance(&self.cache_hits.with_label_values(&label), cache.hits);
@@ -943,6 +957,7 @@ mod tests {
             lookups: Some(5),
             errors: Some(1),
             cache: Some(CacheCounts { hits: 9, misses: 5 }),
+            unusable_keys: Some(2),
             degraded: true,
         })));
         let m = Metrics::new(Sources {
@@ -962,6 +977,7 @@ mod tests {
             ("errors_total", "1"),
             ("cache_hits_total", "9"),
             ("cache_misses_total", "5"),
+            ("unusable_keys_total", "2"),
             ("degraded", "1"),
         ]);
 

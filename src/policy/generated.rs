@@ -237,6 +237,7 @@ proptest! {
                     path,
                     query,
                     client_ip,
+                    client_key: None,
                     headers: &headers,
                     random: 7,
                 };

@@ -58,6 +58,10 @@ pub enum ClientIpMode {
     /// The order of the original nginx + lua design, kept for migrations that must decide
     /// exactly as before: `X-Real-IP`, else the leftmost `X-Forwarded-For` entry, else the peer.
     /// Trusts the client's own first `X-Forwarded-For` entry if the proxy in front appends.
+    ///
+    /// List lookups by client IP use the header's text itself, as the original passed it to
+    /// memcached ([`ClientIpConfig::lookup_key`]): a multi-hop `X-Forwarded-For` is looked up
+    /// whole, never as its leftmost address.
     Original,
 }
 
@@ -107,6 +111,31 @@ impl ClientIpConfig {
                 .or_else(|| leftmost_forwarded(headers))
                 .unwrap_or(peer),
         }
+    }
+
+    /// The key a list lookup by client IP uses instead of the client IP's own text, if any: in
+    /// `original` mode, from a trusted peer, the text the original design gave memcached
+    /// (`ngx.req.get_headers()["X-Real-IP"]`, else `["X-Forwarded-For"]`) exactly as sent: an
+    /// `X-Real-IP` that is not an address, an IPv6 address in capitals, and a multi-hop
+    /// `X-Forwarded-For` (`10.0.0.7, 10.0.0.9`, the whole header) are looked up as they are.
+    /// Several `X-Forwarded-For` lines gave the original a table instead of a string, whose
+    /// lookup never answered `1`: they are the empty key, which no list holds.
+    ///
+    /// `None` (look up the client IP as [`ClientIpConfig::resolve`] found it) in `forwarded`
+    /// mode, from an untrusted peer, without either header, or for a header that is not text.
+    pub fn lookup_key<'h>(&self, peer: IpAddr, headers: &'h HeaderMap) -> Option<&'h str> {
+        if self.mode != ClientIpMode::Original || !self.is_trusted(peer) {
+            return None;
+        }
+        if let Some(real) = headers.get(X_REAL_IP) {
+            return real.to_str().ok();
+        }
+        let mut lines = headers.get_all(X_FORWARDED_FOR).iter();
+        let first = lines.next()?;
+        if lines.next().is_some() {
+            return Some("");
+        }
+        first.to_str().ok()
     }
 
     /// True when `ip` is one of our own proxies.
@@ -239,6 +268,44 @@ mod tests {
         for (c, peer, h, want, what) in cases {
             assert_eq!(c.resolve(ip(peer), &headers(h)), ip(want), "{what}");
         }
+    }
+
+    #[test]
+    fn the_original_mode_looks_lists_up_by_the_header_text() {
+        const XFF: &str = "x-forwarded-for";
+        const REAL: &str = "x-real-ip";
+        let original = cfg(ClientIpMode::Original, &["10.0.0.0/8"]);
+        let forwarded = cfg(ClientIpMode::Forwarded, &["10.0.0.0/8"]);
+        // The config, the peer, the headers, the lookup key (`None`: the client IP's text).
+        type Case<'a> = (
+            &'a ClientIpConfig,
+            &'a str,
+            &'a [(&'static str, &'a str)],
+            Option<&'a str>,
+        );
+        #[rustfmt::skip]
+        let cases: &[Case] = &[
+            (&original, "10.0.0.1", &[(REAL, "10.0.0.7")], Some("10.0.0.7")),
+            (&original, "10.0.0.1", &[(REAL, "2001:DB8::1")], Some("2001:DB8::1")),
+            (&original, "10.0.0.1", &[(REAL, "nope"), (XFF, "10.0.0.7")], Some("nope")),
+            (&original, "10.0.0.1", &[(XFF, "10.0.0.7, 10.0.0.9")], Some("10.0.0.7, 10.0.0.9")),
+            (&original, "10.0.0.1", &[(XFF, "10.0.0.7"), (XFF, "10.0.0.9")], Some("")),
+            (&original, "10.0.0.1", &[], None),
+            (&original, "203.0.113.7", &[(REAL, "10.0.0.7")], None),
+            (&forwarded, "10.0.0.1", &[(XFF, "10.0.0.7, 10.0.0.9")], None),
+            (&forwarded, "10.0.0.1", &[(REAL, "10.0.0.7")], None),
+        ];
+        for (c, peer, h, want) in cases {
+            assert_eq!(
+                c.lookup_key(ip(peer), &headers(h)),
+                *want,
+                "{c:?} {peer} {h:?}"
+            );
+        }
+        // The client IP itself (for `cidr` tests, the access log, `X-Real-IP` upstream) is
+        // still the leftmost address.
+        let h = headers(&[(XFF, "10.0.0.7, 10.0.0.9")]);
+        assert_eq!(original.resolve(ip("10.0.0.1"), &h), ip("10.0.0.7"));
     }
 
     #[test]

@@ -793,6 +793,7 @@ async fn proxy(
             path: uri.path(),
             query: uri.query(),
             client_ip,
+            client_key: shared.cfg.client_ip.lookup_key(peer.ip(), req.headers()),
             headers: req.headers(),
             random: random_u64(),
         };

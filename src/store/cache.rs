@@ -568,6 +568,14 @@ impl Store for CachedStore {
     fn health(&self) -> StoreHealth {
         self.shared.inner.health()
     }
+
+    fn check_key(&self, list: &str, key: &str) -> Result<(), super::limits::EntryError> {
+        self.shared.inner.check_key(list, key)
+    }
+
+    fn unusable_keys(&self) -> Option<u64> {
+        self.shared.inner.unusable_keys()
+    }
 }
 
 #[cfg(test)]

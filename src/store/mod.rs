@@ -26,6 +26,7 @@
 pub mod cache;
 pub mod embedded;
 pub mod held;
+pub mod key_escape;
 pub mod limits;
 pub mod memcached;
 pub mod redis;
@@ -37,6 +38,7 @@ use std::time::{Duration, SystemTime};
 pub use self::redis::{InvalidationMode, RedisConfig, RedisStore};
 pub use cache::{CacheConfig, CacheStats, CachedStore};
 pub use embedded::EmbeddedStore;
+pub use key_escape::KeyEscape;
 pub use memcached::{MemcachedConfig, MemcachedStore};
 
 /// A store failure. Every variant names what failed so that an operator can act on the message;
@@ -470,6 +472,23 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the store is reachable right now. Local stores are always healthy.
     fn health(&self) -> StoreHealth {
         StoreHealth::default()
+    }
+
+    /// Checks that this store can hold `key` in `list` as it would write it, beyond the checks
+    /// every store shares ([`limits::check_key`]): a memcached list whose keys are escaped as the
+    /// original's client escapes them ([`KeyEscape::Uri`]) can make a key too long. The admin API
+    /// and `graygate import` ask before writing, so that the refusal names the key's field or
+    /// line. The default: every key is fine.
+    fn check_key(&self, list: &str, key: &str) -> Result<(), limits::EntryError> {
+        let _ = (list, key);
+        Ok(())
+    }
+
+    /// How many lookups this store answered as absent without asking its server because the key,
+    /// as it would be written, is one the server cannot hold (memcached: longer than 250 bytes, or
+    /// a space or control character in an unescaped key); `None`: the store never does that.
+    fn unusable_keys(&self) -> Option<u64> {
+        None
     }
 }
 

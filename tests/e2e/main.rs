@@ -22,6 +22,8 @@
 //!   designs' routing, SIGHUP and `ctl reload` never undo runtime changes;
 //! - [`original_layouts`]: the nginx + memcached and OpenResty + Redis designs' data, outages
 //!   under load, two instances on one Redis;
+//! - [`key_escape`]: memcached keys escaped as the original's client escapes them (IPv6
+//!   clients, a multi-hop `X-Forwarded-For`), read and written byte for byte;
 //! - [`stores`]: the store contract every store runs, and what only one store does;
 //! - [`check`]: `graygate check` names the file, line and field of every bad config;
 //! - [`tls`]: TLS termination with real clients (curl, openssl, a rustls client): SNI, ALPN,
@@ -55,6 +57,7 @@ mod grpc;
 mod health;
 mod http2;
 mod import;
+mod key_escape;
 mod lifecycle;
 mod live;
 mod logs;

@@ -236,6 +236,17 @@ impl GatewayBuilder {
         self
     }
 
+    /// `[store] key_escape`: list `list`'s memcached keys are written as `escape` says (`uri`:
+    /// as the original's client escapes them).
+    pub fn key_escape(mut self, list: &str, escape: &str) -> Self {
+        self.file
+            .store
+            .key_escape
+            .get_or_insert_with(Default::default)
+            .insert(list.into(), escape.into());
+        self
+    }
+
     /// `[cache] ttl` and `negative_ttl`.
     pub fn cache_ttl(mut self, ttl: Duration) -> Self {
         let ttl = humantime::format_duration(ttl).to_string();
