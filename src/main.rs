@@ -27,7 +27,7 @@ enum Command {
     /// Run the gateway with a config file. SIGHUP reads the config again: upstreams, timeouts,
     /// the log format and the TLS certificates are applied; the config's policy only when it changed since it was
     /// last applied, never over a rollout in progress (`graygate ctl reload --force` does).
-    /// SIGINT/SIGTERM stop it gracefully.
+    /// SIGUSR1 reopens the access log file (log rotation). SIGINT/SIGTERM stop it gracefully.
     Run {
         #[arg(long, short, env = "GRAYGATE_CONFIG")]
         config: PathBuf,
@@ -275,6 +275,10 @@ async fn run(config: config::Config, log: LogSwitch) -> anyhow::Result<()> {
     // SIGHUP is taken over before the listening lines: a script or test that reloads as soon as
     // it reads them must not meet the default action (the end of the process).
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    // SIGUSR1 (logrotate) likewise: its default action ends the process.
+    let reopens = running
+        .reopen_logs_on_sigusr1()
+        .context("cannot handle SIGUSR1")?;
     if let Some(addr) = running.metrics_addr {
         // Before the listening lines: a script that waits for those knows this one too.
         println!("graygate: metrics on http://{addr}/metrics");
@@ -306,6 +310,7 @@ async fn run(config: config::Config, log: LogSwitch) -> anyhow::Result<()> {
     stop_signal().await;
     tracing::info!("stopping: finishing requests in flight");
     reloads.abort();
+    reopens.abort();
     running.shutdown().await;
     Ok(())
 }
