@@ -118,7 +118,8 @@ fn main() -> ExitCode {
         } => {
             init_logging(LogFormat::Text);
             runtime(None).and_then(|rt| {
-                rt.block_on(demo::run(listen, stop_signal()))
+                // The stop signals are taken over inside the runtime, which they register with.
+                rt.block_on(async { demo::run(listen, stop_signal()).await })
                     .map_err(Into::into)
             })
         }
@@ -135,7 +136,7 @@ fn main() -> ExitCode {
                 demo::rollout::Canary::Healthy
             };
             runtime(None).and_then(|rt| {
-                rt.block_on(demo::rollout::run(canary, stop_signal()))
+                rt.block_on(async { demo::rollout::run(canary, stop_signal()).await })
                     .with_context(|| canary.command())
             })
         }
@@ -275,10 +276,11 @@ async fn run(config: config::Config, log: LogSwitch) -> anyhow::Result<()> {
     // SIGHUP is taken over before the listening lines: a script or test that reloads as soon as
     // it reads them must not meet the default action (the end of the process).
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
-    // SIGUSR1 (logrotate) likewise: its default action ends the process.
+    // SIGUSR1 (logrotate) and SIGTERM/SIGINT likewise: their default action ends the process.
     let reopens = running
         .reopen_logs_on_sigusr1()
         .context("cannot handle SIGUSR1")?;
+    let stop = stop_signal();
     if let Some(addr) = running.metrics_addr {
         // Before the listening lines: a script that waits for those knows this one too.
         println!("graygate: metrics on http://{addr}/metrics");
@@ -307,7 +309,7 @@ async fn run(config: config::Config, log: LogSwitch) -> anyhow::Result<()> {
             }
         }
     });
-    stop_signal().await;
+    stop.await;
     tracing::info!("stopping: finishing requests in flight");
     reloads.abort();
     reopens.abort();
@@ -363,19 +365,35 @@ fn ttl(text: &str) -> Result<std::time::Duration, String> {
     graygate::store::limits::parse_ttl(text).map_err(|e| e.to_string())
 }
 
-/// Completes on Ctrl-C (SIGINT) or SIGTERM.
-async fn stop_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Completes on Ctrl-C (SIGINT) or SIGTERM. The handlers are in place when this returns, not
+/// when the future is first polled: a SIGTERM sent as soon as graygate says it serves (a service
+/// manager stopping it right after the start) must not meet the default action, which ends the
+/// process without finishing its requests.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate());
+    let mut int = signal(SignalKind::interrupt());
+    async move {
+        let term = async {
+            match &mut term {
+                Ok(s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        let int = async {
+            match &mut int {
+                Ok(s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = int => {}
+            _ = term => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }
 

@@ -155,3 +155,255 @@ async fn a_log_that_cannot_be_reopened_is_reported_and_the_old_file_kept() {
         ]
     );
 }
+
+/// The repository's root, where `deploy/` is.
+fn repo_file(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// The settings of a systemd unit file: `(key, value)` in order, comments and sections left out
+/// (a key may come several times, like `ExecReload`).
+fn unit_settings(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with(['#', ';', '[']))
+        .map(|l| {
+            let (key, value) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("not a `key=value` line: {l:?}"));
+            (key.trim().to_string(), value.trim().to_string())
+        })
+        .collect()
+}
+
+/// Every value of `key`.
+fn values<'a>(settings: &'a [(String, String)], key: &str) -> Vec<&'a str> {
+    settings
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// The one value of `key`.
+fn value<'a>(settings: &'a [(String, String)], key: &str) -> &'a str {
+    match values(settings, key).as_slice() {
+        [v] => v,
+        other => panic!("{key}: want one value, found {other:?}"),
+    }
+}
+
+/// The shipped unit runs `graygate run --config <file>`, and that file is the shipped example
+/// (`deploy/graygate.toml`, installed there): its store and access log are in the unit's
+/// StateDirectory and LogsDirectory, `graygate check` accepts it once those exist (systemd makes
+/// them), and the unit waits longer for a stop than the config's shutdown deadline.
+#[test]
+fn the_unit_runs_the_shipped_config_in_its_own_directories() {
+    let unit = std::fs::read_to_string(repo_file("deploy/graygate.service")).unwrap();
+    let unit = unit_settings(&unit);
+    let exec_start: Vec<&str> = value(&unit, "ExecStart").split_whitespace().collect();
+    let ["/usr/local/bin/graygate", "run", "--config", config] = exec_start.as_slice() else {
+        panic!("ExecStart is not `graygate run --config FILE`: {exec_start:?}");
+    };
+    assert_eq!(*config, "/etc/graygate/graygate.toml");
+    // A reload checks the same file with the same binary before it upgrades.
+    assert!(
+        values(&unit, "ExecReload")
+            .contains(&format!("/usr/local/bin/graygate check --config {config}").as_str()),
+        "{unit:?}"
+    );
+    assert_eq!(value(&unit, "Type"), "notify");
+    assert_eq!(value(&unit, "NotifyAccess"), "all");
+    assert_eq!(value(&unit, "DynamicUser"), "yes");
+
+    let text = std::fs::read_to_string(repo_file("deploy/graygate.toml")).unwrap();
+    let file: graygate::config::file::ConfigFile = toml::from_str(&text).unwrap();
+    let state = format!("/var/lib/{}", value(&unit, "StateDirectory"));
+    let logs = format!("/var/log/{}", value(&unit, "LogsDirectory"));
+    assert_eq!(file.store.kind.as_deref(), Some("embedded"));
+    assert_eq!(file.store.path.as_deref(), Some(state.as_str()));
+    let access_log = file.access_log.path.as_deref().expect("an access log file");
+    assert_eq!(
+        Path::new(access_log).parent(),
+        Some(Path::new(&logs)),
+        "the access log is in LogsDirectory"
+    );
+
+    // The directories systemd makes, here in a temporary directory: then `check` accepts it.
+    let dir = tempfile::tempdir().unwrap();
+    let (lib, log) = (dir.path().join("lib"), dir.path().join("log"));
+    std::fs::create_dir(&lib).unwrap();
+    std::fs::create_dir(&log).unwrap();
+    let moved = text
+        .replace(
+            &format!("\"{state}\""),
+            &format!("{:?}", lib.display().to_string()),
+        )
+        .replace(&format!("\"{logs}/"), &format!("\"{}/", log.display()));
+    assert_ne!(moved, text);
+    let path = write_file(&dir, "graygate.toml", &moved);
+    let checked = check(&path);
+    assert_eq!(checked.code, 0, "{}", checked.stderr);
+    assert!(checked.stdout.contains("is valid"), "{}", checked.stdout);
+
+    let stop = value(&unit, "TimeoutStopSec");
+    let stop = humantime::parse_duration(stop).unwrap_or_else(|e| panic!("{stop}: {e}"));
+    let shutdown = match &file.timeouts.shutdown {
+        Some(d) => humantime::parse_duration(d).unwrap(),
+        None => graygate::proxy::Timeouts::default().shutdown,
+    };
+    assert!(
+        stop > shutdown,
+        "TimeoutStopSec {stop:?} must leave the shutdown deadline {shutdown:?} room"
+    );
+}
+
+/// The signals the unit, the container and the logrotate snippet send: `KillSignal=`,
+/// `kill -SIG` in an `Exec*=` line, `STOPSIGNAL`, `--signal=` in `postrotate`.
+fn signals_sent() -> Vec<String> {
+    let unit = std::fs::read_to_string(repo_file("deploy/graygate.service")).unwrap();
+    let unit = unit_settings(&unit);
+    let mut signals = vec![value(&unit, "KillSignal")
+        .trim_start_matches("SIG")
+        .to_string()];
+    for (key, line) in &unit {
+        if key.starts_with("Exec") {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if let [kill, sig, ..] = words.as_slice() {
+                if kill.ends_with("/kill") {
+                    signals.push(sig.trim_start_matches('-').to_string());
+                }
+            }
+        }
+    }
+    let container = std::fs::read_to_string(repo_file("Containerfile")).unwrap();
+    let stop = container_instructions(&container, "STOPSIGNAL");
+    signals.extend(stop.iter().map(|s| s.trim_start_matches("SIG").to_string()));
+    let logrotate = std::fs::read_to_string(repo_file("deploy/logrotate")).unwrap();
+    for word in logrotate.split_whitespace() {
+        if let Some(sig) = word.strip_prefix("--signal=") {
+            signals.push(sig.trim_start_matches("SIG").to_string());
+        }
+    }
+    signals
+}
+
+/// The number of a signal, as `kill -l` says.
+fn signal_number(name: &str) -> u32 {
+    let out = std::process::Command::new("kill")
+        .args(["-l", name])
+        .output()
+        .expect("run kill -l");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("kill -l {name}: {text:?}: {e}"))
+}
+
+/// Whether the process `pid` catches the signal `name`: its bit in `SigCgt` of
+/// /proc/PID/status (a handler is installed). One it does not catch ends it instead: that is the
+/// default action of HUP, INT, TERM, USR1 and USR2 alike.
+fn catches(pid: u32, name: &str) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let caught = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .map(|mask| u64::from_str_radix(mask.trim(), 16).unwrap())
+        .expect("a SigCgt line");
+    caught & (1u64 << (signal_number(name) - 1)) != 0
+}
+
+/// As soon as graygate prints its listening lines, every signal it handles has its handler: a
+/// script, a test or systemd (right after READY) may send one at once.
+#[tokio::test]
+async fn the_signals_graygate_handles_are_caught_once_it_says_it_listens() {
+    let stable = backend("stable").await;
+    let gg = stable_gateway(&stable).start().await;
+    for signal in ["HUP", "INT", "TERM", "USR1"] {
+        assert!(
+            catches(gg.pid(), signal),
+            "graygate does not catch SIG{signal}"
+        );
+    }
+}
+
+/// Every signal the unit and logrotate send is one a running graygate catches, as soon as it
+/// says it listens.
+#[tokio::test]
+async fn the_signals_the_unit_and_logrotate_send_are_ones_graygate_catches() {
+    let signals = signals_sent();
+    assert_eq!(signals, ["TERM", "USR2", "TERM", "USR1"]);
+    let stable = backend("stable").await;
+    let gg = stable_gateway(&stable).start().await;
+    for signal in &signals {
+        assert!(
+            catches(gg.pid(), signal),
+            "graygate does not catch SIG{signal}, which the unit or logrotate sends"
+        );
+    }
+}
+
+/// The arguments of every `instruction` line of a Containerfile (continuation lines joined).
+fn container_instructions(text: &str, instruction: &str) -> Vec<String> {
+    text.replace("\\\n", " ")
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(instruction))
+        .filter(|rest| rest.starts_with(' '))
+        .map(|rest| rest.trim().to_string())
+        .collect()
+}
+
+/// The container image runs `graygate run` with the config the Containerfile copies in
+/// (`deploy/container.toml`), which `graygate check` accepts; it publishes that config's traffic
+/// and metrics ports, keeps its embedded store on a volume, and runs as a non-root user.
+#[test]
+fn the_container_runs_the_shipped_config_with_its_ports_and_volume() {
+    let text = std::fs::read_to_string(repo_file("Containerfile")).unwrap();
+    let one = |instruction: &str| match container_instructions(&text, instruction).as_slice() {
+        [v] => v.clone(),
+        other => panic!("{instruction}: want one, found {other:?}"),
+    };
+    let json = |instruction: &str| -> Vec<String> {
+        serde_json::from_str(&one(instruction))
+            .unwrap_or_else(|e| panic!("{instruction} is not a JSON array: {e}"))
+    };
+    assert_eq!(json("ENTRYPOINT"), ["/usr/local/bin/graygate"]);
+    let cmd = json("CMD");
+    let [run, flag, config] = cmd.as_slice() else {
+        panic!("CMD is not `run --config FILE`: {cmd:?}");
+    };
+    assert_eq!((run.as_str(), flag.as_str()), ("run", "--config"));
+    let copies = container_instructions(&text, "COPY");
+    assert!(
+        copies.contains(&format!("deploy/container.toml {config}")),
+        "the Containerfile copies deploy/container.toml to {config}: {copies:?}"
+    );
+
+    let path = repo_file("deploy/container.toml");
+    let checked = check(&path);
+    assert_eq!(checked.code, 0, "{}", checked.stderr);
+    let file: graygate::config::file::ConfigFile =
+        toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let port = |addr: &str| addr.parse::<std::net::SocketAddr>().unwrap().port();
+    let mut ports: Vec<u16> = file.listen.iter().map(|a| port(a)).collect();
+    ports.push(port(
+        file.metrics.listen.as_deref().expect("[metrics] listen"),
+    ));
+    let exposed: Vec<u16> = one("EXPOSE")
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(exposed, ports);
+    let store = file.store.path.expect("[store] path");
+    assert_eq!(json("VOLUME"), [store]);
+    assert_eq!(
+        file.access_log.path.as_deref(),
+        Some("-"),
+        "a container logs to stdout"
+    );
+    let user = one("USER");
+    assert!(
+        !user.starts_with("0") && !user.starts_with("root"),
+        "USER {user}"
+    );
+}
