@@ -3,15 +3,16 @@
 //!
 //! `graygate run` and `graygate demo` both start through here, so the demo exercises the same
 //! path an operator runs in production. The [`Reloader`] made here is what SIGHUP and the admin
-//! API's `POST /v1/reload` read the config file again with.
+//! API's `POST /v1/reload` read the config file again with; SIGUSR1 reopens the access log file
+//! through [`Running::reopen_logs_on_sigusr1`].
 
 use crate::config::{Config, StoreConfig};
 use crate::gateway::VerdictTally;
 use crate::gateway::{Gateway, GatewayError};
 use crate::observe::{
-    self, AccessLog, AccessLogFormat, AccessLogTarget, AccessLogWriter, CacheCounts, CertExpiry,
-    Metrics, Observe, PolicyStatsSource, RolloutStats, RolloutStatsSource, StoreStats,
-    StoreStatsSource, TlsStatsSource,
+    self, AccessLog, AccessLogFormat, AccessLogReopener, AccessLogTarget, AccessLogWriter,
+    CacheCounts, CertExpiry, Metrics, Observe, PolicyStatsSource, Reopened, RolloutStats,
+    RolloutStatsSource, StoreStats, StoreStatsSource, TlsStatsSource,
 };
 use crate::proxy::tls::{CertError, HandshakeFailure, HttpsRedirect};
 use crate::proxy::{self, Front, LiveUpstreams, ProxyConfig, TlsTerminator, UpstreamConfigError};
@@ -461,6 +462,26 @@ async fn open_access_log(path: &std::path::Path) -> Result<(), StartError> {
         })
 }
 
+/// Reopens the access log file once, logging what came of it.
+async fn reopen_logs(reopener: Option<&AccessLogReopener>) {
+    let Some(reopener) = reopener else {
+        tracing::info!("SIGUSR1: no log file to reopen: the access log is off");
+        return;
+    };
+    match reopener.reopen().await {
+        Ok(Reopened::File(path)) => {
+            tracing::info!(path = %path.display(), "SIGUSR1: access log reopened")
+        }
+        Ok(Reopened::Stdout) => {
+            tracing::info!("SIGUSR1: no log file to reopen: the access log goes to stdout")
+        }
+        Err(e) => tracing::error!(
+            error = %crate::store::ErrorChain(&e),
+            "SIGUSR1: access log not reopened"
+        ),
+    }
+}
+
 /// What observes the traffic: the data plane's observer, and the parts started beside it.
 struct Observation {
     /// `None` when neither metrics nor the access log is on: the data plane then pays nothing.
@@ -625,6 +646,27 @@ impl RolloutStatsSource for RolloutMetrics {
 }
 
 impl Running {
+    /// What reopens the access log file (log rotation); `None` when the access log is off.
+    pub fn access_log_reopener(&self) -> Option<AccessLogReopener> {
+        self.access_log.as_ref().map(AccessLogWriter::reopener)
+    }
+
+    /// Reopens the log files graygate writes on every SIGUSR1, for logrotate: the access log
+    /// file (the process log goes to stderr, which graygate does not open). Each SIGUSR1 is
+    /// logged once with what it did; a file that cannot be reopened is logged as an error and
+    /// written to as before. The handler is in place when this returns, so a SIGUSR1 sent after
+    /// it never meets the default action (the end of the process).
+    pub fn reopen_logs_on_sigusr1(&self) -> std::io::Result<JoinHandle<()>> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut usr1 = signal(SignalKind::user_defined1())?;
+        let reopener = self.access_log_reopener();
+        Ok(tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                reopen_logs(reopener.as_ref()).await;
+            }
+        }))
+    }
+
     /// Stops accepting, lets requests in flight finish, and returns when every listener is done.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);

@@ -27,9 +27,10 @@ enum Command {
     /// Run the gateway with a config file. SIGHUP reads the config again: upstreams, timeouts,
     /// the log format and the TLS certificates are applied; the config's policy only when it changed since it was
     /// last applied, never over a rollout in progress (`graygate ctl reload --force` does).
-    /// SIGUSR2 upgrades with no request lost: the binary at this path is started with the same
-    /// arguments, takes over the listening sockets and the store, and this process stops once it
-    /// serves. SIGINT/SIGTERM stop it gracefully.
+    /// SIGUSR1 reopens the access log file (log rotation). SIGUSR2 upgrades with no request
+    /// lost: the binary at this path is started with the same arguments, takes over the listening
+    /// sockets and the store, and this process stops once it serves. SIGINT/SIGTERM stop it
+    /// gracefully.
     Run {
         #[arg(long, short, env = "GRAYGATE_CONFIG")]
         config: PathBuf,
@@ -125,7 +126,8 @@ fn main() -> ExitCode {
         } => {
             init_logging(LogFormat::Text);
             runtime(None).and_then(|rt| {
-                rt.block_on(demo::run(listen, stop_signal()))
+                // The stop signals are taken over inside the runtime, which they register with.
+                rt.block_on(async { demo::run(listen, stop_signal()).await })
                     .map_err(Into::into)
             })
         }
@@ -142,7 +144,7 @@ fn main() -> ExitCode {
                 demo::rollout::Canary::Healthy
             };
             runtime(None).and_then(|rt| {
-                rt.block_on(demo::rollout::run(canary, stop_signal()))
+                rt.block_on(async { demo::rollout::run(canary, stop_signal()).await })
                     .with_context(|| canary.command())
             })
         }
@@ -304,6 +306,11 @@ async fn run(
     // signals as soon as it reads them must not meet the default action (the end of the process).
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let mut usr2 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())?;
+    // SIGUSR1 (logrotate) and SIGTERM/SIGINT likewise: their default action ends the process.
+    let reopens = running
+        .reopen_logs_on_sigusr1()
+        .context("cannot handle SIGUSR1")?;
+    let stop = stop_signal();
     if let Some(addr) = running.metrics_addr {
         // Before the listening lines: a script that waits for those knows this one too.
         println!("graygate: metrics on http://{addr}/metrics");
@@ -340,7 +347,6 @@ async fn run(
             }
         }
     });
-    let stop = stop_signal();
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -353,6 +359,7 @@ async fn run(
                         successor.pid().unwrap_or_default()
                     );
                     reloads.abort();
+                    reopens.abort();
                     running.hand_over(successor).await;
                     tracing::info!("upgrade: handed over; exiting");
                     return Ok(());
@@ -367,6 +374,7 @@ async fn run(
     tracing::info!("stopping: finishing requests in flight");
     graygate::upgrade::notify_service_manager(graygate::upgrade::ServiceState::Stopping);
     reloads.abort();
+    reopens.abort();
     running.shutdown().await;
     Ok(())
 }
@@ -426,19 +434,35 @@ fn ttl(text: &str) -> Result<std::time::Duration, String> {
     graygate::store::limits::parse_ttl(text).map_err(|e| e.to_string())
 }
 
-/// Completes on Ctrl-C (SIGINT) or SIGTERM.
-async fn stop_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Completes on Ctrl-C (SIGINT) or SIGTERM. The handlers are in place when this returns, not
+/// when the future is first polled: a SIGTERM sent as soon as graygate says it serves (a service
+/// manager stopping it right after the start) must not meet the default action, which ends the
+/// process without finishing its requests.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate());
+    let mut int = signal(SignalKind::interrupt());
+    async move {
+        let term = async {
+            match &mut term {
+                Ok(s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        let int = async {
+            match &mut int {
+                Ok(s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = int => {}
+            _ = term => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }
 

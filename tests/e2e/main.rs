@@ -13,6 +13,8 @@
 //!   under load with no failed request;
 //! - [`observe`]: metrics and the access log account for every request;
 //! - [`logs`]: what graygate writes to stderr when it cannot start;
+//! - [`operations`]: graygate as a service: log rotation with SIGUSR1, the shipped systemd unit,
+//!   its example config and the signals it sends;
 //! - [`admin`]: the admin API refuses bad input naming the field, revisions, tokens, explain, ctl;
 //! - [`ctl_honest`]: `graygate ctl` refuses what is not a graygate admin API, closed pipes, bad
 //!   weights, and names the line of a TOML document's errors;
@@ -62,6 +64,7 @@ mod lifecycle;
 mod live;
 mod logs;
 mod observe;
+mod operations;
 mod original_layouts;
 mod rollout;
 mod rollouts;

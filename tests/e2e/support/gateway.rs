@@ -722,6 +722,31 @@ impl Gateway {
         lock(&self.log)[before..].join("\n")
     }
 
+    /// How many SIGUSR1s graygate has logged having handled (its `SIGUSR1: ` lines).
+    pub fn sigusr1s_done(&self) -> usize {
+        lock(&self.log)
+            .iter()
+            .filter(|l| l.contains("SIGUSR1: "))
+            .count()
+    }
+
+    /// Sends SIGUSR1 (reopen the log files, as logrotate does) and waits until graygate has
+    /// logged handling it; that line.
+    pub async fn usr1_and_wait(&self) -> String {
+        let done = self.sigusr1s_done();
+        signal(self.child.id(), "USR1");
+        eventually("graygate handles the SIGUSR1", async || {
+            equals(self.sigusr1s_done(), done + 1)
+        })
+        .await;
+        lock(&self.log)
+            .iter()
+            .filter(|l| l.contains("SIGUSR1: "))
+            .nth(done)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Sends SIGTERM and waits for the process to exit (the log stays readable); how long that
     /// took.
     pub async fn terminate(&mut self) -> Duration {
