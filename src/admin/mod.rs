@@ -217,7 +217,26 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .merge(v1)
         .fallback(not_found)
         .layer(axum::middleware::map_response(stamp))
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            close_while_handing_over,
+        ))
         .with_state(state)
+}
+
+/// While this process hands over to a new one, every answer closes its connection: a
+/// keep-alive client (a dashboard, a script) sends its next request on a new connection, which
+/// the new process may take, instead of on one the old process is about to close.
+async fn close_while_handing_over(
+    State(state): State<Arc<AdminState>>,
+    mut response: Response,
+) -> Response {
+    if state.gateway.handing_over() {
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Marks an answer as the admin API's.
