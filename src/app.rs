@@ -467,6 +467,10 @@ impl StoreStatsSource for StoreMetrics {
             cache: cache.map(|s| CacheCounts {
                 hits: s.hits,
                 misses: s.misses,
+                entries: s.entries,
+                bytes: s.bytes,
+                shed: s.shed,
+                keys_too_long: s.keys_too_long,
             }),
             degraded: self.0.health().degraded,
         }
