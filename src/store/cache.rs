@@ -128,10 +128,9 @@ pub struct CacheStats {
     pub errors: u64,
     /// Fetches sent to the store (one per key however many lookups waited for it).
     pub fetches: u64,
-    /// Entries held right now (approximate: evictions are applied in batches).
+    /// Entries held right now (evictions due are applied before counting).
     pub entries: u64,
-    /// Bytes held right now, as counted toward [`CacheConfig::max_bytes`] (approximate as
-    /// `entries` is).
+    /// Bytes held right now, as counted toward [`CacheConfig::max_bytes`].
     pub bytes: u64,
     /// Lookups answered at once as if the store were down because
     /// [`CacheConfig::max_in_flight`] fetches were already running.
@@ -295,8 +294,11 @@ impl CachedStore {
         &self.shared.config
     }
 
+    /// The counters now. Applies pending evictions first, so that `entries` and `bytes` are what
+    /// the bounds leave (called once per metrics scrape, off the request path).
     pub fn stats(&self) -> CacheStats {
         let s = &self.shared;
+        s.values.run_pending_tasks();
         CacheStats {
             hits: s.hits.load(Ordering::Relaxed),
             misses: s.misses.load(Ordering::Relaxed),
