@@ -462,7 +462,8 @@ impl Shared {
             }
         };
         drop(permit);
-        if outcome.is_ok() {
+        // The atomic first: a healthy store costs no lock per fetch.
+        if outcome.is_ok() && self.health.is_degraded() {
             self.health.mark_recovered();
         }
         outcome

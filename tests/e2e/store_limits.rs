@@ -136,10 +136,15 @@ async fn a_paused_store_under_load<K: Kind>(
     let after = paused.elapsed();
     eprintln!("{store} paused: degraded after {after:?}");
 
-    // Every view of the store says the same.
+    // Every view of the store says the same: the metric, the admin API, `graygate ctl status`.
     let status = gg.admin_api().get("/v1/status").await;
     assert_eq!(status["store"]["degraded"], true, "{status}");
     assert!(status["store"]["last_error"].is_string(), "{status}");
+    let shown = gg.ctl().ok(&["status"]);
+    assert!(
+        shown.contains(&format!("store {store}: DEGRADED (")),
+        "{shown}"
+    );
 
     // Still under load, the sockets toward the store stay bounded.
     let served = load.served();
@@ -181,6 +186,11 @@ async fn a_paused_store_under_load<K: Kind>(
     );
     let status = gg.admin_api().get("/v1/status").await;
     assert_eq!(status["store"]["degraded"], false, "{status}");
+    let shown = gg.ctl().ok(&["status"]);
+    assert!(
+        shown.contains(&format!("store {store}: healthy")),
+        "{shown}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
