@@ -67,8 +67,9 @@ const CHANGE_CAPACITY: usize = 1024;
 /// Bytes an entry costs beyond its key and value, counted toward [`CacheConfig::max_bytes`]: the
 /// entry itself (the key's `String`, the value's `Arc`, the fetch time) and the cache's own
 /// bookkeeping for it (moka's hash table slot, its access and write order nodes, its timestamps).
-/// An estimate on the high side, so that the bound holds.
-pub const ENTRY_OVERHEAD: u64 = 256;
+/// Measured: 100,000 entries with 40-byte cache keys and no value grew a release build's RSS by
+/// 42.6 MB, about 426 bytes each, so about 380 beyond the key.
+pub const ENTRY_OVERHEAD: u64 = 384;
 
 /// Longest a fetch may run when the store has no timeout of its own that ends it sooner; past it
 /// the fetch is abandoned and the cache reports the store degraded. Longer than the shared stores'
