@@ -597,6 +597,10 @@ impl StoreStatsSource for StoreMetrics {
             cache: cache.map(|s| CacheCounts {
                 hits: s.hits,
                 misses: s.misses,
+                entries: s.entries,
+                bytes: s.bytes,
+                shed: s.shed,
+                keys_too_long: s.keys_too_long,
             }),
             unusable_keys: self.0.unusable_keys(),
             degraded: self.0.health().degraded,

@@ -160,6 +160,17 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// lets a few clients hold a lot of memory; real request heads are a few KiB.
 pub const MAX_HEADER_BYTES_LIMIT: usize = 1024 * 1024;
 
+/// The smallest `cache.max_bytes` accepted: 1 KiB, a few entries. Below it nothing is cached.
+pub const MIN_CACHE_BYTES: u64 = 1024;
+
+/// The largest `cache.max_key_bytes` accepted: 64 KiB. Longer than any identity; a larger bound
+/// would only let a request make the store and the cache hold megabyte keys.
+pub const MAX_LOOKUP_KEY_BYTES: usize = 64 * 1024;
+
+/// The largest `cache.max_in_flight` accepted: more lookups at once than any store serves, and
+/// each may hold a connection to it.
+pub const MAX_IN_FLIGHT: usize = 10_000;
+
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = read(path)?;
@@ -274,6 +285,36 @@ pub fn parse_with(text: &str, path: &Path, secrets: AdminSecrets) -> Result<Conf
             Some(0) => return Err(at("cache.max_entries", "must be at least 1".into())),
             Some(n) => n,
             None => cache_defaults.max_entries,
+        },
+        max_bytes: match c.max_bytes {
+            Some(n) if n < MIN_CACHE_BYTES => {
+                return Err(at(
+                    "cache.max_bytes",
+                    format!("{n} is too small (at least {MIN_CACHE_BYTES}, 1 KiB)"),
+                ))
+            }
+            Some(n) => n,
+            None => cache_defaults.max_bytes,
+        },
+        max_key_bytes: match c.max_key_bytes {
+            Some(n) if !(1..=MAX_LOOKUP_KEY_BYTES).contains(&n) => {
+                return Err(at(
+                    "cache.max_key_bytes",
+                    format!("{n} is out of range (1 to {MAX_LOOKUP_KEY_BYTES}, 64 KiB)"),
+                ))
+            }
+            Some(n) => n,
+            None => cache_defaults.max_key_bytes,
+        },
+        max_in_flight: match c.max_in_flight {
+            Some(n) if !(1..=MAX_IN_FLIGHT).contains(&n) => {
+                return Err(at(
+                    "cache.max_in_flight",
+                    format!("{n} is out of range (1 to {MAX_IN_FLIGHT})"),
+                ))
+            }
+            Some(n) => n,
+            None => cache_defaults.max_in_flight,
         },
         ttl: duration("cache.ttl", &c.ttl, cache_defaults.ttl)?,
         negative_ttl: duration(
@@ -908,6 +949,46 @@ mod tests {
         }
         let c = config("[timeouts]\nidle = \"365d\"\n").unwrap();
         assert_eq!(c.timeouts.idle, MAX_DURATION);
+    }
+
+    #[test]
+    fn cache_bounds_are_checked_and_named() {
+        assert_eq!(
+            error("[cache]\nmax_bytes = 100\n"),
+            "g.toml:3:1: cache.max_bytes: 100 is too small (at least 1024, 1 KiB)"
+        );
+        assert_eq!(
+            error("[cache]\nmax_key_bytes = 0\n"),
+            "g.toml:3:1: cache.max_key_bytes: 0 is out of range (1 to 65536, 64 KiB)"
+        );
+        assert_eq!(
+            error("[cache]\nmax_key_bytes = 70000\n"),
+            "g.toml:3:1: cache.max_key_bytes: 70000 is out of range (1 to 65536, 64 KiB)"
+        );
+        assert_eq!(
+            error("[cache]\nmax_in_flight = 0\n"),
+            "g.toml:3:1: cache.max_in_flight: 0 is out of range (1 to 10000)"
+        );
+        let c = config("[cache]\nmax_bytes = 1048576\nmax_key_bytes = 512\nmax_in_flight = 8\n")
+            .unwrap();
+        assert_eq!(
+            (
+                c.cache.max_bytes,
+                c.cache.max_key_bytes,
+                c.cache.max_in_flight
+            ),
+            (1_048_576, 512, 8)
+        );
+        let defaults = config("").unwrap().cache;
+        assert_eq!(defaults, CacheConfig::default());
+        assert_eq!(
+            (
+                defaults.max_bytes,
+                defaults.max_key_bytes,
+                defaults.max_in_flight
+            ),
+            (64 * 1024 * 1024, 250, 64)
+        );
     }
 
     /// hyper's read buffer is sized from `max_header_bytes`: it is bounded like the durations.

@@ -66,13 +66,23 @@ pub struct StoreStats {
     pub degraded: bool,
 }
 
-/// Hits and misses of a lookup cache.
+/// Counters and size of a lookup cache.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheCounts {
     /// Lookups answered from a fresh cached entry.
     pub hits: u64,
     /// Lookups that had to ask the store.
     pub misses: u64,
+    /// Entries held now.
+    pub entries: u64,
+    /// Bytes held now, as counted toward the cache's byte bound: what shows that large
+    /// identities cannot grow it past `cache.max_bytes`.
+    pub bytes: u64,
+    /// Lookups answered at once as if the store were down because `cache.max_in_flight`
+    /// lookups were already waiting for the store.
+    pub shed: u64,
+    /// Lookups whose key was longer than `cache.max_key_bytes`, answered as no identity.
+    pub keys_too_long: u64,
 }
 
 /// Where the store metrics come from; read once per scrape.
@@ -222,6 +232,13 @@ pub struct Metrics {
     unusable_keys: IntCounterVec,
     /// `graygate_store_degraded{store}`, pulled.
     store_degraded: IntGaugeVec,
+    /// `graygate_store_cache_entries{store}` and `graygate_store_cache_bytes{store}`, pulled.
+    cache_entries: IntGaugeVec,
+    cache_bytes: IntGaugeVec,
+    /// `graygate_store_lookups_shed_total{store}`, pulled.
+    lookups_shed: IntCounterVec,
+    /// `graygate_store_lookup_keys_too_long_total{store}`, pulled.
+    keys_too_long: IntCounterVec,
     /// `graygate_rollout_state{service, state}`, pulled (registered only with a rollout
     /// source, as the three below).
     rollout_state: IntGaugeVec,
@@ -378,6 +395,33 @@ impl Metrics {
             ),
         ]
         .map(|(name, help)| counter_vec(name, help, &["store"]));
+        let [lookups_shed, keys_too_long] = [
+            (
+                "graygate_store_lookups_shed_total",
+                "Lookups answered at once as if the store were down, without asking it, because cache.max_in_flight lookups were already waiting for it, by store.",
+            ),
+            (
+                "graygate_store_lookup_keys_too_long_total",
+                "Lookups whose key was longer than cache.max_key_bytes, answered as no identity without asking the store, by store.",
+            ),
+        ]
+        .map(|(name, help)| counter_vec(name, help, &["store"]));
+        let [cache_entries, cache_bytes] = [
+            (
+                "graygate_store_cache_entries",
+                "Entries held by the lookup cache, by store.",
+            ),
+            (
+                "graygate_store_cache_bytes",
+                "Bytes held by the lookup cache (keys, values and per-entry overhead), bounded by cache.max_bytes, by store.",
+            ),
+        ]
+        .map(|(name, help)| {
+            register(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), &["store"]).expect("valid metric"),
+            )
+        });
         let store_degraded = register(
             &registry,
             IntGaugeVec::new(
@@ -471,6 +515,10 @@ impl Metrics {
             cache_misses,
             unusable_keys,
             store_degraded,
+            cache_entries,
+            cache_bytes,
+            lookups_shed,
+            keys_too_long,
             rollout_state,
             rollout_step,
             rollout_weight,
@@ -591,6 +639,17 @@ impl Metrics {
             if let Some(cache) = stats.cache {
                 advance(&self.cache_hits.with_label_values(&label), cache.hits);
                 advance(&self.cache_misses.with_label_values(&label), cache.misses);
+                advance(&self.lookups_shed.with_label_values(&label), cache.shed);
+                advance(
+                    &self.keys_too_long.with_label_values(&label),
+                    cache.keys_too_long,
+                );
+                let gauge = |g: &IntGaugeVec, n: u64| {
+                    g.with_label_values(&label)
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                };
+                gauge(&self.cache_entries, cache.entries);
+                gauge(&self.cache_bytes, cache.bytes);
             }
             self.store_degraded
                 .with_label_values(&label)
@@ -956,7 +1015,14 @@ mod tests {
             store: "redis",
             lookups: Some(5),
             errors: Some(1),
-            cache: Some(CacheCounts { hits: 9, misses: 5 }),
+            cache: Some(CacheCounts {
+                hits: 9,
+                misses: 5,
+                entries: 3,
+                bytes: 4096,
+                shed: 2,
+                keys_too_long: 7,
+            }),
             unusable_keys: Some(2),
             degraded: true,
         })));
@@ -978,6 +1044,10 @@ mod tests {
             ("cache_hits_total", "9"),
             ("cache_misses_total", "5"),
             ("unusable_keys_total", "2"),
+            ("cache_entries", "3"),
+            ("cache_bytes", "4096"),
+            ("lookups_shed_total", "2"),
+            ("lookup_keys_too_long_total", "7"),
             ("degraded", "1"),
         ]);
 

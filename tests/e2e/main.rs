@@ -27,6 +27,8 @@
 //! - [`key_escape`]: memcached keys escaped as the original's client escapes them (IPv6
 //!   clients, a multi-hop `X-Forwarded-For`), read and written byte for byte;
 //! - [`stores`]: the store contract every store runs, and what only one store does;
+//! - [`store_limits`]: a Redis or memcached paused under load is reported degraded within a
+//!   second, holds few sockets and recovers by itself; 16 KB identities and the cache's byte bound;
 //! - [`check`]: `graygate check` names the file, line and field of every bad config;
 //! - [`tls`]: TLS termination with real clients (curl, openssl, a rustls client): SNI, ALPN,
 //!   certificate rotation under load, the redirect to HTTPS, `graygate check` of certificates;
@@ -69,6 +71,7 @@ mod original_layouts;
 mod rollout;
 mod rollouts;
 mod routing;
+mod store_limits;
 mod stores;
 mod support;
 mod tls;

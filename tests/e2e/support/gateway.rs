@@ -21,8 +21,8 @@ use super::eventually::{equals, eventually, patient, Eventually};
 use super::{route, service, Client, Reply};
 use bytes::Bytes;
 use graygate::config::file::{
-    AccessLogFile, AdminFile, CertFile, ConfigFile, HealthFile, MetricsFile, PassiveFile,
-    RolloutsFile, StoreFile, TlsFile, TokenFile, UpstreamFile,
+    AccessLogFile, AdminFile, CacheFile, CertFile, ConfigFile, HealthFile, MetricsFile,
+    PassiveFile, RolloutsFile, StoreFile, TlsFile, TokenFile, UpstreamFile,
 };
 use graygate::demo::Backend;
 use graygate::policy::model::{RouteDoc, ServiceDoc};
@@ -253,6 +253,11 @@ impl GatewayBuilder {
         self.file.cache.ttl = Some(ttl.clone());
         self.file.cache.negative_ttl = Some(ttl);
         self
+    }
+
+    /// `[cache]` as it will be written, to change in place (`max_bytes`, `max_key_bytes`...).
+    pub fn cache_mut(&mut self) -> &mut CacheFile {
+        &mut self.file.cache
     }
 
     /// `[client_ip] trusted_proxies`.

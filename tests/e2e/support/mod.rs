@@ -51,8 +51,8 @@ pub use graygate::demo::Backend;
 pub use grpc::{EchoClient, GrpcEcho};
 pub use policy::*;
 pub use servers::{
-    memcached_store, redis_store, HangingServer, Kind, MemcachedServer, NginxBackend, RedisServer,
-    Server,
+    memcached_store, redis_store, sockets_toward, HangingServer, Kind, MemcachedServer,
+    NginxBackend, RedisServer, Server,
 };
 
 /// Starts a backend answering as `name`.
