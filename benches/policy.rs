@@ -1,11 +1,13 @@
 //! Micro-benchmarks of the pure policy core: one decision with 10 and with 1,000 rules, a CIDR
-//! lookup among one million networks, and the sticky hash bucketing. `cargo bench --bench policy`;
-//! the figures go to docs/benchmarks.md.
+//! lookup among one million networks, the sticky hash bucketing, and the memcached key of a
+//! client as it is and escaped as the original's client escapes it (`key_escape`).
+//! `cargo bench --bench policy`; the figures go to docs/benchmarks.md.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use graygate::policy::{
     bucket_of, compile, Evaluation, IpTable, NoLookups, PolicyDoc, RequestFacts,
 };
+use graygate::store::KeyEscape;
 use http::HeaderMap;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -47,6 +49,7 @@ fn decisions(c: &mut Criterion) {
         path: "/api/items",
         query: None,
         client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+        client_key: None,
         headers: &headers,
         random: 42,
     };
@@ -90,11 +93,24 @@ fn cidr_lookup(c: &mut Criterion) {
     group.finish();
 }
 
+fn memcached_keys(c: &mut Criterion) {
+    let mut group = c.benchmark_group("memcached_key");
+    for (client, key) in [("ipv4", "10.0.0.7"), ("ipv6", "2001:db8::1")] {
+        for escape in [KeyEscape::None, KeyEscape::Uri] {
+            let id = BenchmarkId::new(format!("{escape:?}").to_lowercase(), client);
+            group.bench_function(id, |b| {
+                b.iter(|| black_box(escape.apply(black_box(key)).len()))
+            });
+        }
+    }
+    group.finish();
+}
+
 fn bucketing(c: &mut Criterion) {
     c.bench_function("bucket_of", |b| {
         b.iter(|| black_box(bucket_of(black_box("web"), black_box("user-1234567"))))
     });
 }
 
-criterion_group!(benches, decisions, cidr_lookup, bucketing);
+criterion_group!(benches, decisions, cidr_lookup, bucketing, memcached_keys);
 criterion_main!(benches);

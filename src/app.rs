@@ -3,15 +3,16 @@
 //!
 //! `graygate run` and `graygate demo` both start through here, so the demo exercises the same
 //! path an operator runs in production. The [`Reloader`] made here is what SIGHUP and the admin
-//! API's `POST /v1/reload` read the config file again with.
+//! API's `POST /v1/reload` read the config file again with; SIGUSR1 reopens the access log file
+//! through [`Running::reopen_logs_on_sigusr1`].
 
 use crate::config::{Config, StoreConfig};
 use crate::gateway::VerdictTally;
 use crate::gateway::{Gateway, GatewayError};
 use crate::observe::{
-    self, AccessLog, AccessLogFormat, AccessLogTarget, AccessLogWriter, CacheCounts, CertExpiry,
-    Metrics, Observe, PolicyStatsSource, RolloutStats, RolloutStatsSource, StoreStats,
-    StoreStatsSource, TlsStatsSource,
+    self, AccessLog, AccessLogFormat, AccessLogReopener, AccessLogTarget, AccessLogWriter,
+    CacheCounts, CertExpiry, Metrics, Observe, PolicyStatsSource, Reopened, RolloutStats,
+    RolloutStatsSource, StoreStats, StoreStatsSource, TlsStatsSource,
 };
 use crate::proxy::listen::{ConnectionLimit, DEFAULT_ADMIN_MAX_CONNECTIONS};
 use crate::proxy::tls::{CertError, HandshakeFailure, HttpsRedirect};
@@ -19,10 +20,15 @@ use crate::proxy::{self, Front, LiveUpstreams, ProxyConfig, TlsTerminator, Upstr
 use crate::reload::Reloader;
 use crate::rollout::RolloutState;
 use crate::store::{CachedStore, EmbeddedStore, MemcachedStore, RedisStore, Store, StoreError};
+use crate::upgrade::{self, Inheritance, Said, Successor, UpgradeError};
+use std::ffi::OsString;
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::SystemTime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -56,6 +62,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// A process started by an upgrade could not take over from the old one.
+    #[error("upgrade: {0}")]
+    Upgrade(#[from] UpgradeError),
 }
 
 /// graygate's listeners, named in bind errors as the config names them.
@@ -71,6 +80,18 @@ pub enum Listener {
     Metrics,
 }
 
+impl Listener {
+    /// Its name in the keys of sockets handed to an upgrade's new process.
+    fn key(self) -> &'static str {
+        match self {
+            Listener::DataPlane => "plain",
+            Listener::Tls => "tls",
+            Listener::Admin => "admin",
+            Listener::Metrics => "metrics",
+        }
+    }
+}
+
 impl fmt::Display for Listener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -82,20 +103,42 @@ impl fmt::Display for Listener {
     }
 }
 
-/// Binds one listener with the config's `listen_backlog`, naming it in the error.
+/// One bound listener: the socket to serve, its bound address, and a copy of it to hand to an
+/// upgrade's new process under its key.
+struct Bound {
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    handed: (String, OwnedFd),
+}
+
+/// Binds one listener with the config's `listen_backlog`, naming it in the error; or takes the one an upgrade's old process handed
+/// over for the same configured address, so that no connection is refused in between.
 async fn bind(
     listener: Listener,
     addr: SocketAddr,
     backlog: u32,
-) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    inherited: &Inheritance,
+) -> Result<Bound, StartError> {
     let bind_error = |source| StartError::Bind {
         listener,
         addr,
         source,
     };
-    let socket = proxy::bind(addr, backlog).map_err(bind_error)?;
+    let key = upgrade::listener_key(listener.key(), addr);
+    let socket = match inherited.take_listener(&key) {
+        Some(socket) => socket
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(socket)),
+        None => proxy::bind(addr, backlog),
+    }
+    .map_err(bind_error)?;
     let bound = socket.local_addr().map_err(bind_error)?;
-    Ok((socket, bound))
+    let copy = socket.as_fd().try_clone_to_owned().map_err(bind_error)?;
+    Ok(Bound {
+        listener: socket,
+        addr: bound,
+        handed: (key, copy),
+    })
 }
 
 /// A started graygate: its bound addresses and the handles to stop it.
@@ -117,10 +160,21 @@ pub struct Running {
     watcher: JoinHandle<()>,
     /// Reads the certificate files for changes (with `[tls]`).
     cert_watcher: Option<JoinHandle<()>>,
-    /// The rollout driver: stopped (its lease given up) at shutdown.
-    rollouts: crate::gateway::RolloutsHandle,
+    /// The rollout driver: stopped (its lease given up) at shutdown, or when an upgrade hands
+    /// the store over.
+    rollouts: Option<crate::gateway::RolloutsHandle>,
+    /// What the rollout driver is started with again when an upgrade fails.
+    driver: crate::gateway::DriverConfig,
+    /// The verdict counts the metrics read, kept by a driver started again.
+    verdicts: Arc<VerdictTally>,
+    /// The policy watcher's full-reload interval, for a watcher started again.
+    reload_interval: Duration,
     /// Flushed after the listeners stop, so that the last requests are logged.
     access_log: Option<AccessLogWriter>,
+    /// A copy of every listening socket, with its key, to hand to an upgrade's new process.
+    handed: Vec<(String, OwnedFd)>,
+    /// Turned on when the listeners are handed over: HTTP/1.1 answers close their connections.
+    draining: proxy::Draining,
 }
 
 /// Opens the store a config names. A shared store (Redis, memcached) gets the lookup cache in
@@ -138,12 +192,50 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
     Ok(Arc::new(CachedStore::new(store, config.cache)))
 }
 
+/// The store `graygate import` writes to: [`open_store`], except that a memcached store whose
+/// embedded policy store is held by a running graygate is opened without it. The lists live in
+/// memcached, so the import goes on while graygate serves; the keys are then checked against
+/// the config's policy, which the caller is told by `true`.
+pub async fn open_store_for_import(config: &Config) -> Result<(Arc<dyn Store>, bool), StoreError> {
+    let StoreConfig::Memcached { memcached, dir } = &config.store else {
+        return Ok((open_store(config).await?, false));
+    };
+    let (policy, held): (Arc<dyn Store>, bool) = match EmbeddedStore::open(dir) {
+        Ok(store) => (Arc::new(store), false),
+        Err(e)
+            if matches!(
+                e.cause::<redb::Error>(),
+                Some(redb::Error::DatabaseAlreadyOpen)
+            ) =>
+        {
+            (
+                Arc::new(crate::store::held::HeldElsewhere::new(dir.clone())),
+                true,
+            )
+        }
+        Err(e) => return Err(e),
+    };
+    let store = MemcachedStore::connect(memcached.clone(), policy).await?;
+    Ok((Arc::new(store), held))
+}
+
 /// Starts graygate on `store` (opened from the config by [`open_store`], or handed in by the demo).
 ///
 /// Everything that can refuse the start (the upstreams, the certificates, every listener's
 /// address, the access log file) is done before the first store write (the config's policy
 /// seeding an empty store): a start that fails leaves the store as it found it.
 pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, StartError> {
+    start_with(config, &Inheritance::default(), async { Ok(store) }).await
+}
+
+/// [`start`] with the listening sockets an upgrade's old process handed over (the others are
+/// bound), and the store opened by `store` once everything else that can refuse the start is
+/// done: a new process asks the old one to let go of the store only then.
+pub async fn start_with(
+    config: &Config,
+    inherited: &Inheritance,
+    store: impl Future<Output = Result<Arc<dyn Store>, StartError>>,
+) -> Result<Running, StartError> {
     let upstreams = Arc::new(LiveUpstreams::new(
         config.upstreams.clone(),
         &config.timeouts,
@@ -157,7 +249,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
     // is down from the start never gets a request.
     upstreams.start_health_checks().await;
     let limits = ListenerLimits::of(config);
-    let sockets = Sockets::bind(config).await?;
+    let sockets = Sockets::bind(config, inherited).await?;
     if let AccessLogTarget::File(path) = &config.access_log.target {
         if config.access_log.format != AccessLogFormat::Off {
             open_access_log(path).await?;
@@ -168,9 +260,11 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
     // A little above the cache's own bound, so that the cache (which can serve a stale value)
     // answers first.
     let lookup_timeout = config.cache.lookup_timeout + std::time::Duration::from_millis(10);
+    let store = store.await?;
     let gateway = Gateway::start(store, upstream_names, seed, lookup_timeout).await?;
     let watcher = gateway.spawn_watcher(config.reload_interval);
     let rollouts = gateway.spawn_rollouts(config.rollouts);
+    let verdicts = rollouts.verdicts();
     let reloader = Arc::new(Reloader::new(
         config.clone(),
         gateway.clone(),
@@ -185,7 +279,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
         config,
         &gateway,
         &upstreams,
-        rollouts.verdicts(),
+        verdicts.clone(),
         terminator.as_ref(),
         &limits,
     )
@@ -208,7 +302,9 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
         observer,
         http2: config.http2,
         connections: limits.data.clone(),
+        draining: proxy::Draining::default(),
     });
+    let draining = proxy_config.draining.clone();
     let (stop, stopped) = watch::channel(false);
     let shutdown_signal = |stopped: &watch::Receiver<bool>| {
         let mut stopped = stopped.clone();
@@ -221,6 +317,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
         tls: tls_sockets,
         plain: plain_sockets,
         admin: admin_socket,
+        handed,
     } = sockets;
     let mut addrs = Vec::new();
     let mut servers = Vec::new();
@@ -305,8 +402,13 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
         stop,
         servers,
         watcher,
-        rollouts,
+        rollouts: Some(rollouts),
+        driver: config.rollouts,
+        verdicts,
+        reload_interval: config.reload_interval,
         access_log,
+        handed,
+        draining,
     })
 }
 
@@ -316,27 +418,40 @@ struct Sockets {
     tls: Vec<(tokio::net::TcpListener, SocketAddr)>,
     plain: Vec<(tokio::net::TcpListener, SocketAddr)>,
     admin: Option<(tokio::net::TcpListener, SocketAddr)>,
+    /// A copy of each, to hand to an upgrade's new process.
+    handed: Vec<(String, OwnedFd)>,
 }
 
 impl Sockets {
-    /// Binds them all, or fails naming the first that cannot be bound (those bound before it
-    /// are closed when they are dropped).
-    async fn bind(config: &Config) -> Result<Sockets, StartError> {
+    /// Binds them all (or takes them over from an upgrade's old process), or fails naming the
+    /// first that cannot be bound (those bound before it are closed when they are dropped).
+    async fn bind(config: &Config, inherited: &Inheritance) -> Result<Sockets, StartError> {
         let backlog = config.listen_backlog;
+        let mut handed = Vec::new();
+        let mut keep = |bound: Bound| {
+            handed.push(bound.handed);
+            (bound.listener, bound.addr)
+        };
         let metrics = match config.metrics.listen {
-            Some(addr) => Some(bind(Listener::Metrics, addr, backlog).await?),
+            Some(addr) => Some(keep(
+                bind(Listener::Metrics, addr, backlog, inherited).await?,
+            )),
             None => None,
         };
         let mut tls = Vec::new();
         for addr in config.tls.iter().flat_map(|t| t.listen.iter()) {
-            tls.push(bind(Listener::Tls, *addr, backlog).await?);
+            tls.push(keep(bind(Listener::Tls, *addr, backlog, inherited).await?));
         }
         let mut plain = Vec::new();
         for addr in &config.listen {
-            plain.push(bind(Listener::DataPlane, *addr, backlog).await?);
+            plain.push(keep(
+                bind(Listener::DataPlane, *addr, backlog, inherited).await?,
+            ));
         }
         let admin = match &config.admin {
-            Some(admin) => Some(bind(Listener::Admin, admin.listen, backlog).await?),
+            Some(admin) => Some(keep(
+                bind(Listener::Admin, admin.listen, backlog, inherited).await?,
+            )),
             None => None,
         };
         Ok(Sockets {
@@ -344,6 +459,7 @@ impl Sockets {
             tls,
             plain,
             admin,
+            handed,
         })
     }
 }
@@ -416,6 +532,26 @@ async fn open_access_log(path: &std::path::Path) -> Result<(), StartError> {
             path: path.to_path_buf(),
             source,
         })
+}
+
+/// Reopens the access log file once, logging what came of it.
+async fn reopen_logs(reopener: Option<&AccessLogReopener>) {
+    let Some(reopener) = reopener else {
+        tracing::info!("SIGUSR1: no log file to reopen: the access log is off");
+        return;
+    };
+    match reopener.reopen().await {
+        Ok(Reopened::File(path)) => {
+            tracing::info!(path = %path.display(), "SIGUSR1: access log reopened")
+        }
+        Ok(Reopened::Stdout) => {
+            tracing::info!("SIGUSR1: no log file to reopen: the access log goes to stdout")
+        }
+        Err(e) => tracing::error!(
+            error = %crate::store::ErrorChain(&e),
+            "SIGUSR1: access log not reopened"
+        ),
+    }
 }
 
 /// What observes the traffic: the data plane's observer, and the parts started beside it.
@@ -535,7 +671,12 @@ impl StoreStatsSource for StoreMetrics {
             cache: cache.map(|s| CacheCounts {
                 hits: s.hits,
                 misses: s.misses,
+                entries: s.entries,
+                bytes: s.bytes,
+                shed: s.shed,
+                keys_too_long: s.keys_too_long,
             }),
+            unusable_keys: self.0.unusable_keys(),
             degraded: self.0.health().degraded,
         }
     }
@@ -583,6 +724,27 @@ impl RolloutStatsSource for RolloutMetrics {
 }
 
 impl Running {
+    /// What reopens the access log file (log rotation); `None` when the access log is off.
+    pub fn access_log_reopener(&self) -> Option<AccessLogReopener> {
+        self.access_log.as_ref().map(AccessLogWriter::reopener)
+    }
+
+    /// Reopens the log files graygate writes on every SIGUSR1, for logrotate: the access log
+    /// file (the process log goes to stderr, which graygate does not open). Each SIGUSR1 is
+    /// logged once with what it did; a file that cannot be reopened is logged as an error and
+    /// written to as before. The handler is in place when this returns, so a SIGUSR1 sent after
+    /// it never meets the default action (the end of the process).
+    pub fn reopen_logs_on_sigusr1(&self) -> std::io::Result<JoinHandle<()>> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut usr1 = signal(SignalKind::user_defined1())?;
+        let reopener = self.access_log_reopener();
+        Ok(tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                reopen_logs(reopener.as_ref()).await;
+            }
+        }))
+    }
+
     /// Stops accepting, lets requests in flight finish, and returns when every listener is done.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
@@ -597,9 +759,88 @@ impl Running {
         if let Some(cert_watcher) = self.cert_watcher {
             cert_watcher.abort();
         }
-        self.rollouts.stop().await;
+        if let Some(rollouts) = self.rollouts {
+            rollouts.stop().await;
+        }
         if let Some(access_log) = self.access_log {
             access_log.finish().await;
         }
+    }
+}
+
+impl Running {
+    /// Starts a new graygate process (`exe` with `args`: this binary's path, so a newly installed
+    /// one, and this process's arguments) and hands it the listening sockets and the store, as
+    /// [`crate::upgrade`] describes. `Ok`: the new process serves; [`Running::hand_over`] then
+    /// stops this one. `Err`: the new process failed or was too slow and was killed, and this one
+    /// goes on serving as before, its store taken back.
+    pub async fn upgrade(
+        &mut self,
+        exe: &Path,
+        args: &[OsString],
+    ) -> Result<Successor, UpgradeError> {
+        let fds: Vec<_> = self
+            .handed
+            .iter()
+            .map(|(key, fd)| (key.clone(), fd.as_raw_fd()))
+            .collect();
+        let mut successor = Successor::spawn(exe, args, &fds)?;
+        tracing::info!(
+            pid = successor.pid().unwrap_or_default(),
+            "upgrade: started {}; it reads the config and checks its upstreams before it takes over",
+            exe.display()
+        );
+        if let Err(e) = successor.expect(Said::Release, "getting ready").await {
+            successor.abandon().await;
+            return Err(e);
+        }
+        // From here until it is taken back, the store is the new process's: no change here.
+        self.gateway.set_handing_over(true);
+        if let Some(rollouts) = self.rollouts.take() {
+            rollouts.stop().await;
+        }
+        self.watcher.abort();
+        let handed = async {
+            self.gateway
+                .store()
+                .hand_over()
+                .await
+                .map_err(|e| UpgradeError::Predecessor(e.chain().to_string()))?;
+            successor.released().await?;
+            successor.expect(Said::Ready, "starting").await
+        }
+        .await;
+        match handed {
+            Ok(()) => Ok(successor),
+            Err(e) => {
+                successor.abandon().await;
+                if let Err(taken) = self.gateway.store().take_back().await {
+                    tracing::error!(
+                        error = %taken.chain(),
+                        "upgrade: the store cannot be taken back: changes are refused until a restart"
+                    );
+                }
+                self.watcher = self.gateway.spawn_watcher(self.reload_interval);
+                self.rollouts = Some(
+                    self.gateway
+                        .spawn_rollouts_counting(self.driver, self.verdicts.clone()),
+                );
+                self.gateway.set_handing_over(false);
+                Err(e)
+            }
+        }
+    }
+
+    /// After a successful [`Running::upgrade`]: tells the service manager that the new process is
+    /// the service's main one, stops accepting (the new process accepts from the same sockets),
+    /// closes HTTP/1.1 keep-alive connections after their next answer, lets the requests in
+    /// flight finish within `[timeouts] shutdown`, and returns.
+    pub async fn hand_over(self, successor: Successor) {
+        if let Some(pid) = successor.pid() {
+            upgrade::notify_service_manager(upgrade::ServiceState::HandedOver(pid));
+        }
+        successor.detach();
+        self.draining.start();
+        self.shutdown().await;
     }
 }

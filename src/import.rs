@@ -3,7 +3,8 @@
 //! writes it). For seeding a new store or moving a list from another system; written in batches so
 //! that a million entries do not become one giant transaction.
 //!
-//! Every key gets the admin API's checks ([`limits::check_key`]): a key no store can hold, or a
+//! Every key gets the admin API's checks ([`limits::check_key`], then the store's own
+//! [`Store::check_key`]): a key no store can hold (or this store cannot, once escaped), or a
 //! key that is not an IP address in a list rules look the client IP up in, stops the import with
 //! the `file:line` at fault, as `POST /v1/lists/{list}/entries` would refuse it.
 
@@ -54,10 +55,15 @@ pub async fn ip_rule(
         }
         None => None,
     };
-    let Some(doc) = stored.as_ref().or(config_policy) else {
-        return Ok(None);
-    };
-    Ok(edit::ip_keyed_lists(doc).get(list).map(ToString::to_string))
+    Ok(ip_rule_of(stored.as_ref().or(config_policy), list))
+}
+
+/// [`ip_rule`] from a policy document at hand (the config's, when the stored one cannot be read
+/// because a running graygate holds it).
+pub fn ip_rule_of(doc: Option<&PolicyDoc>, list: &str) -> Option<String> {
+    edit::ip_keyed_lists(doc?)
+        .get(list)
+        .map(ToString::to_string)
 }
 
 /// Reads `key [value]` lines (blank lines and `#` comments skipped) and writes them to `list`.
@@ -93,7 +99,7 @@ pub async fn import(
                 message: format!("`{line}` has more than a key and a value"),
             });
         }
-        if let Err(e) = limits::check_key(key, ip_rule) {
+        if let Err(e) = limits::check_key(key, ip_rule).and_then(|()| store.check_key(list, key)) {
             return Err(ImportError::Line {
                 source_name: source_name.into(),
                 line: n + 1,

@@ -30,8 +30,13 @@
 //! - [`admin`]: the control plane: an HTTP API (own listener, bearer tokens) to change the policy
 //!   live, run a rollout step by step, explain a decision, and undo.
 //! - [`cli`]: `graygate ctl`: one subcommand per admin endpoint, for people and scripts.
+//! - [`upgrade`]: the zero-downtime upgrade (SIGUSR2): the listening sockets and the embedded
+//!   store handed to a new process, which serves before the old one stops; the systemd notify
+//!   protocol.
 //! - [`demo`]: `graygate demo`: built-in backends and an example policy on the embedded store;
 //!   `graygate demo rollout [--failing]` walks through a whole rollout, promoted or aborted.
+//! - `mutate` (tests only): generated bad input for the property tests: valid configs, policies,
+//!   JSON bodies and request heads taken apart, and random bytes.
 
 pub mod admin;
 pub mod api;
@@ -41,9 +46,12 @@ pub mod config;
 pub mod demo;
 pub mod gateway;
 pub mod import;
+#[cfg(test)]
+pub(crate) mod mutate;
 pub mod observe;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod rollout;
 pub mod store;
+pub mod upgrade;

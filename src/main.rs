@@ -27,7 +27,10 @@ enum Command {
     /// Run the gateway with a config file. SIGHUP reads the config again: upstreams, timeouts,
     /// the log format and the TLS certificates are applied; the config's policy only when it changed since it was
     /// last applied, never over a rollout in progress (`graygate ctl reload --force` does).
-    /// SIGINT/SIGTERM stop it gracefully.
+    /// SIGUSR1 reopens the access log file (log rotation). SIGUSR2 upgrades with no request
+    /// lost: the binary at this path is started with the same arguments, takes over the listening
+    /// sockets and the store, and this process stops once it serves. SIGINT/SIGTERM stop it
+    /// gracefully.
     Run {
         #[arg(long, short, env = "GRAYGATE_CONFIG")]
         config: PathBuf,
@@ -38,7 +41,8 @@ enum Command {
         config: PathBuf,
     },
     /// Bulk-load a list into the store the config names, from lines of `key [value]` (value 1
-    /// when absent). With the embedded store, run it while graygate is stopped.
+    /// when absent). With the embedded store, run it while graygate is stopped; into Redis or memcached it
+    /// runs while graygate serves.
     Import {
         #[arg(long, short, env = "GRAYGATE_CONFIG")]
         config: PathBuf,
@@ -94,11 +98,15 @@ fn main() -> ExitCode {
         }
         // The config says how the log is written, so it is read before anything is logged.
         Command::Run { config } => {
+            // Before any thread starts: reading what an upgrade handed over clears it from the
+            // environment.
+            let inherited = graygate::upgrade::Inheritance::from_env();
             config::load(&config)
                 .map_err(anyhow::Error::from)
                 .and_then(|c| {
                     let log = init_logging(c.log.format);
-                    runtime(c.workers).and_then(|rt| rt.block_on(run(c, log)))
+                    let inherited = inherited?;
+                    runtime(c.workers).and_then(|rt| rt.block_on(run(c, log, inherited)))
                 })
         }
         Command::Import {
@@ -118,7 +126,8 @@ fn main() -> ExitCode {
         } => {
             init_logging(LogFormat::Text);
             runtime(None).and_then(|rt| {
-                rt.block_on(demo::run(listen, stop_signal()))
+                // The stop signals are taken over inside the runtime, which they register with.
+                rt.block_on(async { demo::run(listen, stop_signal()).await })
                     .map_err(Into::into)
             })
         }
@@ -135,7 +144,7 @@ fn main() -> ExitCode {
                 demo::rollout::Canary::Healthy
             };
             runtime(None).and_then(|rt| {
-                rt.block_on(demo::rollout::run(canary, stop_signal()))
+                rt.block_on(async { demo::rollout::run(canary, stop_signal()).await })
                     .with_context(|| canary.command())
             })
         }
@@ -264,17 +273,44 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-async fn run(config: config::Config, log: LogSwitch) -> anyhow::Result<()> {
-    let store = app::open_store(&config).await?;
-    let running = app::start(&config, store).await?;
+async fn run(
+    config: config::Config,
+    log: LogSwitch,
+    inherited: graygate::upgrade::Inheritance,
+) -> anyhow::Result<()> {
+    // This binary's path and arguments, read now: SIGUSR2 starts what is installed at this path
+    // then (a new binary replaces the file; the path stays).
+    let exe = std::env::current_exe().context("cannot find graygate's own path")?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let mut predecessor = inherited.predecessor();
+    let mut running = match &mut predecessor {
+        None => {
+            let store = app::open_store(&config).await?;
+            app::start(&config, store).await?
+        }
+        Some(predecessor) => {
+            let store = async {
+                predecessor.release_store().await?;
+                Ok(app::open_store(&config).await?)
+            };
+            app::start_with(&config, &inherited, store).await?
+        }
+    };
+    drop(inherited);
     running
         .reloader
         .set_log_format_switch(Box::new(move |format| {
             log.reload(log_writer(format)).map_err(|e| e.to_string())
         }));
-    // SIGHUP is taken over before the listening lines: a script or test that reloads as soon as
-    // it reads them must not meet the default action (the end of the process).
+    // SIGHUP and SIGUSR2 are taken over before the listening lines: a script or test that
+    // signals as soon as it reads them must not meet the default action (the end of the process).
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    let mut usr2 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())?;
+    // SIGUSR1 (logrotate) and SIGTERM/SIGINT likewise: their default action ends the process.
+    let reopens = running
+        .reopen_logs_on_sigusr1()
+        .context("cannot handle SIGUSR1")?;
+    let stop = stop_signal();
     if let Some(addr) = running.metrics_addr {
         // Before the listening lines: a script that waits for those knows this one too.
         println!("graygate: metrics on http://{addr}/metrics");
@@ -291,6 +327,14 @@ async fn run(config: config::Config, log: LogSwitch) -> anyhow::Result<()> {
         // A stable line on stdout: scripts and tests read the bound address from it.
         println!("graygate: listening on http://{addr}");
     }
+    if let Some(predecessor) = predecessor {
+        if let Err(e) = predecessor.ready().await {
+            // The old process is gone already (killed): nothing to hand over any more.
+            tracing::warn!(error = %e, "upgrade: cannot tell the old process that this one serves");
+        }
+        tracing::info!(pid = std::process::id(), "upgrade: this new process serves");
+    }
+    graygate::upgrade::notify_service_manager(graygate::upgrade::ServiceState::Ready);
     let reloader = running.reloader.clone();
     let reloads = tokio::spawn(async move {
         let Ok(mut hup) = hup else {
@@ -303,9 +347,34 @@ async fn run(config: config::Config, log: LogSwitch) -> anyhow::Result<()> {
             }
         }
     });
-    stop_signal().await;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = usr2.recv() => match running.upgrade(&exe, &args).await {
+                Ok(successor) => {
+                    tracing::info!(
+                        pid = successor.pid().unwrap_or_default(),
+                        "upgrade: the new process (pid {}) serves; this one stops accepting and finishes its requests",
+                        successor.pid().unwrap_or_default()
+                    );
+                    reloads.abort();
+                    reopens.abort();
+                    running.hand_over(successor).await;
+                    tracing::info!("upgrade: handed over; exiting");
+                    return Ok(());
+                }
+                Err(e) => tracing::error!(
+                    error = %ErrorChain(&e),
+                    "SIGUSR2: upgrade failed; this process goes on serving"
+                ),
+            },
+        }
+    }
     tracing::info!("stopping: finishing requests in flight");
+    graygate::upgrade::notify_service_manager(graygate::upgrade::ServiceState::Stopping);
     reloads.abort();
+    reopens.abort();
     running.shutdown().await;
     Ok(())
 }
@@ -316,9 +385,16 @@ async fn import(
     ttl: Option<std::time::Duration>,
     file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let store = app::open_store(&config).await?;
+    let (store, policy_held) = app::open_store_for_import(&config).await?;
     let config_policy = config.policy.as_ref().map(|p| &p.doc);
-    let ip_rule = graygate::import::ip_rule(&*store, config_policy, &list).await?;
+    let ip_rule = if policy_held {
+        tracing::info!(
+            "the embedded policy store is held by a running graygate: the keys are checked against the config's policy"
+        );
+        graygate::import::ip_rule_of(config_policy, &list)
+    } else {
+        graygate::import::ip_rule(&*store, config_policy, &list).await?
+    };
     let ip_rule = ip_rule.as_deref();
     let (name, written) = match file.filter(|f| f.as_os_str() != "-") {
         Some(f) => {
@@ -358,19 +434,35 @@ fn ttl(text: &str) -> Result<std::time::Duration, String> {
     graygate::store::limits::parse_ttl(text).map_err(|e| e.to_string())
 }
 
-/// Completes on Ctrl-C (SIGINT) or SIGTERM.
-async fn stop_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Completes on Ctrl-C (SIGINT) or SIGTERM. The handlers are in place when this returns, not
+/// when the future is first polled: a SIGTERM sent as soon as graygate says it serves (a service
+/// manager stopping it right after the start) must not meet the default action, which ends the
+/// process without finishing its requests.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate());
+    let mut int = signal(SignalKind::interrupt());
+    async move {
+        let term = async {
+            match &mut term {
+                Ok(s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        let int = async {
+            match &mut int {
+                Ok(s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = int => {}
+            _ = term => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }
 

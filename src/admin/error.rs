@@ -172,6 +172,8 @@ impl IntoResponse for ApiError {
         let body = Json(self.body());
         if status == StatusCode::UNAUTHORIZED {
             (status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
+        } else if self.code == ErrorCode::Upgrading {
+            (status, [(header::RETRY_AFTER, "1")], body).into_response()
         } else {
             (status, body).into_response()
         }

@@ -73,7 +73,13 @@ async fn add_entries(
     let ip_list = ip_lists.get(&list).map(ToString::to_string);
     let mut entries = Vec::with_capacity(body.entries.len());
     for (i, e) in body.entries.iter().enumerate() {
-        check_key(&format!("entries[{i}].key"), &e.key, ip_list.as_deref())?;
+        let field = format!("entries[{i}].key");
+        check_key(&field, &e.key, ip_list.as_deref())?;
+        // As the store will write it: a memcached list escaping its keys can make one too long.
+        s.gateway
+            .store()
+            .check_key(&list, &e.key)
+            .map_err(|err| ApiError::invalid(&field, err.to_string()))?;
         let ttl =
             match &e.ttl {
                 None => None,

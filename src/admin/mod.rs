@@ -58,6 +58,8 @@
 mod auth;
 mod error;
 mod extract;
+#[cfg(test)]
+mod generated;
 mod history;
 mod lists;
 mod policy;
@@ -214,6 +216,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .merge(reload::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            refuse_changes_while_handing_over,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             authenticate,
         ));
     Router::new()
@@ -221,7 +227,26 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .merge(v1)
         .fallback(not_found)
         .layer(axum::middleware::map_response(stamp))
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            close_while_handing_over,
+        ))
         .with_state(state)
+}
+
+/// While this process hands over to a new one, every answer closes its connection: a
+/// keep-alive client (a dashboard, a script) sends its next request on a new connection, which
+/// the new process may take, instead of on one the old process is about to close.
+async fn close_while_handing_over(
+    State(state): State<Arc<AdminState>>,
+    mut response: Response,
+) -> Response {
+    if state.gateway.handing_over() {
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Marks an answer as the admin API's.
@@ -338,6 +363,25 @@ async fn serve_connection(
         tracing::debug!(peer = %peer, error = %e, "admin connection ended with an error");
     }
     drop(slot);
+}
+
+/// While this process hands over to a new one (an upgrade, see [`crate::upgrade`]), every
+/// change is refused with 503 `upgrading` and `Retry-After: 1`: the store is the new process's
+/// by then, and a change sent again a moment later reaches it. Reads are answered.
+async fn refuse_changes_while_handing_over(
+    State(state): State<Arc<AdminState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let reads = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
+    if !reads && state.gateway.handing_over() {
+        return ApiError::new(
+            crate::api::ErrorCode::Upgrading,
+            "graygate is handing over to a new process (an upgrade); nothing was changed: send it again in a moment",
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Lets a request through with its [`Caller`], or answers 401/403.

@@ -197,11 +197,18 @@ async fn explain(
             .build_hasher()
             .finish()
     });
+    // As the data plane: a peer given (no client IP) with original-mode headers looks lists up
+    // by the header's text.
+    let client_key = match (req.client_ip, req.peer) {
+        (None, Some(peer)) => s.client_ip.lookup_key(peer, &headers),
+        _ => None,
+    };
     let facts = RequestFacts {
         host,
         path,
         query,
         client_ip,
+        client_key,
         headers: &headers,
         random,
     };

@@ -41,11 +41,14 @@ pub enum ErrorCode {
     StoreBadData,
     /// 503: the store cannot be reached.
     StoreUnavailable,
+    /// 503 with `Retry-After`: this process is handing over to a new one (an upgrade); the
+    /// change can be sent again in a moment, when the new process answers.
+    Upgrading,
 }
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::MalformedJson,
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
@@ -58,6 +61,7 @@ impl ErrorCode {
         ErrorCode::Invalid,
         ErrorCode::StoreBadData,
         ErrorCode::StoreUnavailable,
+        ErrorCode::Upgrading,
     ];
 
     /// The HTTP status a refusal with this code is sent with.
@@ -71,7 +75,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::StoreBadData => StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::StoreUnavailable | ErrorCode::Upgrading => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -90,6 +94,7 @@ impl ErrorCode {
             ErrorCode::Invalid => "invalid",
             ErrorCode::StoreBadData => "store_bad_data",
             ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::Upgrading => "upgrading",
         }
     }
 }
@@ -137,6 +142,7 @@ mod tests {
             ("invalid", 422),
             ("store_bad_data", 500),
             ("store_unavailable", 503),
+            ("upgrading", 503),
         ];
         for (code, (text, status)) in ErrorCode::ALL.iter().zip(expected) {
             assert_eq!(code.as_str(), text);

@@ -160,6 +160,10 @@ pub struct StoreFile {
     /// redis, memcached: list name -> key prefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lists: Option<HashMap<String, String>>,
+    /// memcached: list name -> how its keys are written, `none` (default) or `uri` (escaped with
+    /// `ngx.escape_uri`, as the original's client writes them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_escape: Option<HashMap<String, String>>,
 }
 
 /// `[cache]`: durations as written (`"200ms"`).
@@ -168,6 +172,15 @@ pub struct StoreFile {
 pub struct CacheFile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_entries: Option<usize>,
+    /// Most bytes of cached answers (keys, values and per-entry overhead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    /// Longest lookup key asked for; longer is answered as no identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_key_bytes: Option<usize>,
+    /// Most lookups in flight to the store at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -413,6 +426,9 @@ mod tests {
             },
             cache: CacheFile {
                 max_entries: Some(10),
+                max_bytes: Some(1_048_576),
+                max_key_bytes: Some(512),
+                max_in_flight: Some(8),
                 ttl: Some("200ms".into()),
                 negative_ttl: Some("1s".into()),
                 lookup_timeout: Some("30ms".into()),
@@ -524,6 +540,9 @@ lists = { redis = "" }
 
 [cache]
 max_entries = 10
+max_bytes = 1048576
+max_key_bytes = 512
+max_in_flight = 8
 ttl = "200ms"
 negative_ttl = "1s"
 lookup_timeout = "30ms"

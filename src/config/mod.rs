@@ -11,6 +11,8 @@
 
 mod admin;
 pub mod file;
+#[cfg(test)]
+mod generated;
 mod health;
 mod http2;
 pub(crate) mod locate;
@@ -30,7 +32,7 @@ pub use tls::{TlsConfig, DEFAULT_WATCH_INTERVAL};
 
 use crate::policy::{self, PolicyDoc};
 use crate::proxy::{self, ClientIpConfig, ClientIpMode, Http2Settings, Timeouts, UpstreamConfig};
-use crate::store::{CacheConfig, MemcachedConfig, RedisConfig};
+use crate::store::{CacheConfig, KeyEscape, MemcachedConfig, RedisConfig};
 use file::{ConfigFile, StoreFile};
 use http::HeaderName;
 use std::net::SocketAddr;
@@ -171,6 +173,17 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// lets a few clients hold a lot of memory; real request heads are a few KiB.
 pub const MAX_HEADER_BYTES_LIMIT: usize = 1024 * 1024;
 
+/// The smallest `cache.max_bytes` accepted: 1 KiB, a few entries. Below it nothing is cached.
+pub const MIN_CACHE_BYTES: u64 = 1024;
+
+/// The largest `cache.max_key_bytes` accepted: 64 KiB. Longer than any identity; a larger bound
+/// would only let a request make the store and the cache hold megabyte keys.
+pub const MAX_LOOKUP_KEY_BYTES: usize = 64 * 1024;
+
+/// The largest `cache.max_in_flight` accepted: more lookups at once than any store serves, and
+/// each may hold a connection to it.
+pub const MAX_IN_FLIGHT: usize = 10_000;
+
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = read(path)?;
@@ -285,6 +298,36 @@ pub fn parse_with(text: &str, path: &Path, secrets: AdminSecrets) -> Result<Conf
             Some(0) => return Err(at("cache.max_entries", "must be at least 1".into())),
             Some(n) => n,
             None => cache_defaults.max_entries,
+        },
+        max_bytes: match c.max_bytes {
+            Some(n) if n < MIN_CACHE_BYTES => {
+                return Err(at(
+                    "cache.max_bytes",
+                    format!("{n} is too small (at least {MIN_CACHE_BYTES}, 1 KiB)"),
+                ))
+            }
+            Some(n) => n,
+            None => cache_defaults.max_bytes,
+        },
+        max_key_bytes: match c.max_key_bytes {
+            Some(n) if !(1..=MAX_LOOKUP_KEY_BYTES).contains(&n) => {
+                return Err(at(
+                    "cache.max_key_bytes",
+                    format!("{n} is out of range (1 to {MAX_LOOKUP_KEY_BYTES}, 64 KiB)"),
+                ))
+            }
+            Some(n) => n,
+            None => cache_defaults.max_key_bytes,
+        },
+        max_in_flight: match c.max_in_flight {
+            Some(n) if !(1..=MAX_IN_FLIGHT).contains(&n) => {
+                return Err(at(
+                    "cache.max_in_flight",
+                    format!("{n} is out of range (1 to {MAX_IN_FLIGHT})"),
+                ))
+            }
+            Some(n) => n,
+            None => cache_defaults.max_in_flight,
         },
         ttl: duration("cache.ttl", &c.ttl, cache_defaults.ttl)?,
         negative_ttl: duration(
@@ -466,6 +509,7 @@ fn store_config(
     match kind {
         "embedded" => {
             only("url", f.url.is_some(), "redis")?;
+            only("key_escape", f.key_escape.is_some(), "memcached")?;
             only("key_prefix", f.key_prefix.is_some(), "redis")?;
             only("servers", f.servers.is_some(), "memcached")?;
             only("lists", f.lists.is_some(), "redis, memcached")?;
@@ -473,6 +517,7 @@ fn store_config(
         }
         "redis" => {
             only("path", f.path.is_some(), "embedded, memcached")?;
+            only("key_escape", f.key_escape.is_some(), "memcached")?;
             only("servers", f.servers.is_some(), "memcached")?;
             let Some(url) = &f.url else {
                 return Err(at(
@@ -509,9 +554,26 @@ fn store_config(
                     ));
                 }
             }
+            let mut key_escape = std::collections::HashMap::new();
+            // In name order, so that the first mistake reported is always the same one.
+            let given: std::collections::BTreeMap<_, _> = f.key_escape.iter().flatten().collect();
+            for (list, name) in given {
+                let Some(escape) = KeyEscape::from_name(name) else {
+                    let known: Vec<&str> = KeyEscape::ALL.iter().map(|(n, _)| *n).collect();
+                    return Err(at(
+                        &format!("store.key_escape.{list}"),
+                        format!(
+                            "`{name}` is not a key escape (known: {}; `uri` escapes keys as the original's memcached client does)",
+                            known.join(", ")
+                        ),
+                    ));
+                };
+                key_escape.insert(list.clone(), escape);
+            }
             let memcached = MemcachedConfig {
                 servers,
                 lists: f.lists.clone().unwrap_or_default(),
+                key_escape,
             };
             Ok(StoreConfig::Memcached { memcached, dir })
         }
@@ -526,9 +588,18 @@ fn store_config(
 /// upstream names.
 pub fn load_policy_file(path: &Path, upstreams: &[&str]) -> Result<PolicySource, ConfigError> {
     let text = read(path)?;
-    let doc: PolicyDoc = toml::from_str(&text).map_err(|e| syntax_error(&text, path, &e))?;
+    parse_policy(&text, path, upstreams)
+}
+
+/// [`load_policy_file`] of text already read from `path`.
+pub fn parse_policy(
+    text: &str,
+    path: &Path,
+    upstreams: &[&str],
+) -> Result<PolicySource, ConfigError> {
+    let doc: PolicyDoc = toml::from_str(text).map_err(|e| syntax_error(text, path, &e))?;
     policy::compile(&doc, upstreams)
-        .map_err(|e| invalid(&text, path, &e.path.to_string(), e.message))?;
+        .map_err(|e| invalid(text, path, &e.path.to_string(), e.message))?;
     Ok(PolicySource {
         doc,
         file: path.to_path_buf(),
@@ -544,7 +615,23 @@ fn syntax_error(text: &str, path: &Path, e: &toml::de::Error) -> ConfigError {
         line,
         column,
         field,
-        message: e.message().trim().to_string(),
+        message: match e.message().trim() {
+            // The parser names nothing for some bytes (a carriage return without its line
+            // feed, which it reports at the byte after it): say what it stopped at.
+            "" => {
+                let here = text.get(offset..).and_then(|rest| rest.chars().next());
+                let before = text.get(..offset).and_then(|b| b.chars().next_back());
+                match (before, here) {
+                    (Some('\r'), _) | (_, Some('\r')) => {
+                        "invalid TOML: a carriage return (\\r) must be followed by a line feed (\\n)"
+                            .to_string()
+                    }
+                    (_, Some(c)) => format!("invalid TOML: unexpected {c:?}"),
+                    (_, None) => "invalid TOML: unexpected end of the file".to_string(),
+                }
+            }
+            message => message.to_string(),
+        },
     }
 }
 
@@ -762,6 +849,17 @@ mod tests {
     }
 
     #[test]
+    fn a_syntax_error_the_parser_names_nothing_for_still_says_what_is_wrong() {
+        // Found by the generated configs (src/config/generated.rs): a carriage return without
+        // its line feed was refused as `g.toml:1:1: : ` and nothing more.
+        let e = parse("\r[", Path::new("g.toml")).expect_err("invalid");
+        let cr = "invalid TOML: a carriage return (\\r) must be followed by a line feed (\\n)";
+        assert_eq!(e.to_string(), format!("g.toml:1:1: : {cr}"));
+        let e = config("[store]\nservers = [\r\"a:1\"]\n").expect_err("invalid");
+        assert_eq!(e.to_string(), format!("g.toml:3:13: servers: {cr}"));
+    }
+
+    #[test]
     fn defaults_are_the_shared_constants() {
         let c = config("").unwrap();
         assert_eq!(c.max_header_bytes, DEFAULT_MAX_HEADER_BYTES);
@@ -968,6 +1066,46 @@ mod tests {
         }
     }
 
+    #[test]
+    fn cache_bounds_are_checked_and_named() {
+        assert_eq!(
+            error("[cache]\nmax_bytes = 100\n"),
+            "g.toml:3:1: cache.max_bytes: 100 is too small (at least 1024, 1 KiB)"
+        );
+        assert_eq!(
+            error("[cache]\nmax_key_bytes = 0\n"),
+            "g.toml:3:1: cache.max_key_bytes: 0 is out of range (1 to 65536, 64 KiB)"
+        );
+        assert_eq!(
+            error("[cache]\nmax_key_bytes = 70000\n"),
+            "g.toml:3:1: cache.max_key_bytes: 70000 is out of range (1 to 65536, 64 KiB)"
+        );
+        assert_eq!(
+            error("[cache]\nmax_in_flight = 0\n"),
+            "g.toml:3:1: cache.max_in_flight: 0 is out of range (1 to 10000)"
+        );
+        let c = config("[cache]\nmax_bytes = 1048576\nmax_key_bytes = 512\nmax_in_flight = 8\n")
+            .unwrap();
+        assert_eq!(
+            (
+                c.cache.max_bytes,
+                c.cache.max_key_bytes,
+                c.cache.max_in_flight
+            ),
+            (1_048_576, 512, 8)
+        );
+        let defaults = config("").unwrap().cache;
+        assert_eq!(defaults, CacheConfig::default());
+        assert_eq!(
+            (
+                defaults.max_bytes,
+                defaults.max_key_bytes,
+                defaults.max_in_flight
+            ),
+            (64 * 1024 * 1024, 250, 64)
+        );
+    }
+
     /// hyper's read buffer is sized from `max_header_bytes`: it is bounded like the durations.
     #[test]
     fn max_header_bytes_is_at_most_a_mebibyte() {
@@ -977,6 +1115,37 @@ mod tests {
         );
         let c = config("max_header_bytes = 1048576\n").unwrap();
         assert_eq!(c.max_header_bytes, MAX_HEADER_BYTES_LIMIT);
+    }
+
+    #[test]
+    fn memcached_lists_may_escape_their_keys_as_the_original_does() {
+        let store = |rest: &str| {
+            format!("[store]\nkind = \"memcached\"\nservers = [\"127.0.0.1:11211\"]\n{rest}")
+        };
+        let c = config(&store(
+            "key_escape = { gray_ips = \"uri\", tokens = \"none\" }\n",
+        ))
+        .unwrap();
+        let StoreConfig::Memcached { memcached, .. } = &c.store else {
+            panic!("a memcached store: {:?}", c.store);
+        };
+        assert_eq!(memcached.key_escape["gray_ips"], KeyEscape::Uri);
+        assert_eq!(memcached.key_escape["tokens"], KeyEscape::None);
+        // Unset: keys as they are, as before the setting existed.
+        let c = config(&store("")).unwrap();
+        let StoreConfig::Memcached { memcached, .. } = &c.store else {
+            panic!("a memcached store: {:?}", c.store);
+        };
+        assert!(memcached.key_escape.is_empty());
+
+        assert_eq!(
+            error(&store("key_escape = { gray_ips = \"url\" }\n")),
+            "g.toml:5:16: store.key_escape.gray_ips: `url` is not a key escape (known: none, uri; `uri` escapes keys as the original's memcached client does)"
+        );
+        assert_eq!(
+            error("[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1\"\nkey_escape = { a = \"uri\" }\n"),
+            "g.toml:5:1: store.key_escape: `key_escape` is not a setting of the redis store (only of: memcached)"
+        );
     }
 
     #[test]

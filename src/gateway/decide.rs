@@ -132,6 +132,7 @@ mod tests {
             path: "/",
             query: None,
             client_ip: client_ip.parse().unwrap(),
+            client_key: None,
             headers: &headers,
             random: 7,
         };

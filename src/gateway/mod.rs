@@ -128,6 +128,9 @@ pub struct Gateway {
     traffic: Traffic,
     /// The config file's policy and whether the running one differs from it (see `seed`).
     config: seed::ConfigState,
+    /// Set while this process hands its store over to a new graygate process (an upgrade): the
+    /// admin API refuses changes meanwhile, asking to retry (see [`crate::upgrade`]).
+    handing_over: std::sync::atomic::AtomicBool,
 }
 
 impl Gateway {
@@ -152,6 +155,7 @@ impl Gateway {
             pending_seed: std::sync::Mutex::new(None),
             traffic: Traffic::new(),
             config: seed::ConfigState::new(seed),
+            handing_over: std::sync::atomic::AtomicBool::new(false),
         });
         match gateway.store.load_policy().await {
             Ok(Some(stored)) => {
@@ -268,6 +272,18 @@ impl Gateway {
         self.install(compiled, stored.revision);
         tracing::info!(revision = stored.revision, "policy reloaded from the store");
         Ok(true)
+    }
+
+    /// Marks this process as handing its store over to a new graygate process (or not any
+    /// more, when the upgrade failed): the admin API refuses changes while it is set.
+    pub fn set_handing_over(&self, on: bool) {
+        self.handing_over
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether this process is handing its store over ([`Gateway::set_handing_over`]).
+    pub fn handing_over(&self) -> bool {
+        self.handing_over.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Follows store changes (push) and reloads every `interval` (safety net) until the task is

@@ -159,8 +159,17 @@ impl Gateway {
     /// Starts the rollout driver of this instance; it runs until the task is dropped. The id
     /// names this instance in the store's counters and lease.
     pub fn spawn_rollouts(self: &Arc<Self>, config: DriverConfig) -> RolloutsHandle {
+        self.spawn_rollouts_counting(config, Arc::new(VerdictTally::default()))
+    }
+
+    /// [`Gateway::spawn_rollouts`] counting its verdicts in `tally`: a driver started again (an
+    /// upgrade that failed) goes on with the counts the metrics already read.
+    pub fn spawn_rollouts_counting(
+        self: &Arc<Self>,
+        config: DriverConfig,
+        tally: Arc<VerdictTally>,
+    ) -> RolloutsHandle {
         let id = instance_id();
-        let tally = Arc::new(VerdictTally::default());
         let driver = Driver {
             gateway: Arc::clone(self),
             id: id.clone(),

@@ -19,11 +19,19 @@
 //! `duration_ms` (whole request), `upstream_ms` (until the upstream's response headers),
 //! `fell_back`. A value that does not apply (no route: no version) is `null` in JSON and `-` in
 //! text.
+//!
+//! # Reopening the file (log rotation)
+//! logrotate moves the file away and asks graygate to open its path again (SIGUSR1, through
+//! [`AccessLogReopener`]). The writer task then writes the records already queued to the file it
+//! has open, flushes, and opens the path anew: every line is in exactly one of the two files, and
+//! none goes to the old one once the reopen is done. A path that cannot be opened again (its
+//! directory gone, no permission) is an error for the caller to log; the writer keeps the file it
+//! had, so that lines are kept rather than lost.
 
 use std::fmt::Write as _;
 use std::io;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -296,29 +304,32 @@ impl AccessLog {
             )
             .map_err(io::Error::other)?,
         };
-        let out: Box<dyn AsyncWrite + Send + Unpin> = match target {
-            AccessLogTarget::Stdout => Box::new(tokio::io::stdout()),
-            AccessLogTarget::File(path) => Box::new(
-                tokio::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .await?,
-            ),
+        let (out, path): (Output, _) = match target {
+            AccessLogTarget::Stdout => (Box::new(tokio::io::stdout()), None),
+            AccessLogTarget::File(path) => (Box::new(open(path).await?), Some(path.clone())),
         };
         let (log, records) = AccessLog::channel(CHANNEL_CAPACITY, dropped);
         let (stop, stopped) = oneshot::channel();
+        let (reopen, reopens) = mpsc::channel(1);
         let task = tokio::spawn(write_records(
-            records,
+            Channels {
+                records,
+                reopens,
+                stop: stopped,
+            },
             format,
             BufWriter::with_capacity(BUFFER_BYTES, out),
-            stopped,
+            path.clone(),
         ));
         Ok((
             log,
             AccessLogWriter {
                 stop: Some(stop),
                 task,
+                reopener: AccessLogReopener {
+                    requests: reopen,
+                    path,
+                },
             },
         ))
     }
@@ -341,14 +352,33 @@ impl AccessLog {
     }
 }
 
+/// Where the writer writes: stdout or the file.
+type Output = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Opens the access log file for appending, creating it if missing.
+async fn open(path: &Path) -> io::Result<tokio::fs::File> {
+    tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
+}
+
 /// The writer task's handle: [`AccessLogWriter::finish`] writes what is queued, flushes and
 /// stops it.
 pub struct AccessLogWriter {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    /// Handed out to whoever reopens the file on a signal ([`AccessLogWriter::reopener`]).
+    reopener: AccessLogReopener,
 }
 
 impl AccessLogWriter {
+    /// What asks this writer to open its file again (log rotation).
+    pub fn reopener(&self) -> AccessLogReopener {
+        self.reopener.clone()
+    }
+
     /// Writes the records already queued, flushes, and returns when the writer has stopped.
     /// Records offered after this are dropped.
     pub async fn finish(mut self) {
@@ -370,14 +400,85 @@ impl Drop for AccessLogWriter {
     }
 }
 
-/// The writer task: formats records into the buffer, flushes every [`FLUSH_INTERVAL`], and at
-/// the end (stop, or every sender gone) writes what is queued and flushes.
+/// Why the access log file could not be opened again.
+#[derive(Debug, thiserror::Error)]
+pub enum ReopenError {
+    /// The path cannot be opened (its directory is gone, no permission): the lines still go to
+    /// the file the writer had open, renamed or not, until a reopen succeeds.
+    #[error(
+        "cannot reopen the access log {path}: {source}; lines still go to the file it had open"
+    )]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// graygate is stopping: the writer has finished.
+    #[error("the access log writer has stopped")]
+    Stopped,
+}
+
+/// What the file was reopened as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reopened {
+    /// This path, opened again: the lines from now on go to it.
+    File(PathBuf),
+    /// The access log goes to stdout: there is no file to reopen (what was queued is flushed).
+    Stdout,
+}
+
+/// Asks the writer task to write what is queued to its file, flush it and open the path again:
+/// after `mv access.log access.log.1`, the next lines go to a new `access.log`. Cheap to clone.
+#[derive(Clone)]
+pub struct AccessLogReopener {
+    /// One request at a time: each carries where the writer says how it went.
+    requests: mpsc::Sender<oneshot::Sender<Result<Reopened, ReopenError>>>,
+    /// The file, for the error when the writer has gone; `None` for stdout.
+    path: Option<PathBuf>,
+}
+
+impl AccessLogReopener {
+    /// Reopens the file and returns once the writer has switched to it: every record offered
+    /// before the call is in the old file, every record offered after it returns is in the new
+    /// one. On error the writer keeps writing to the file it had.
+    pub async fn reopen(&self) -> Result<Reopened, ReopenError> {
+        let (done, outcome) = oneshot::channel();
+        if self.requests.send(done).await.is_err() {
+            return Err(ReopenError::Stopped);
+        }
+        outcome.await.unwrap_or(Err(ReopenError::Stopped))
+    }
+
+    /// The file reopened, `None` when the log goes to stdout.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+}
+
+/// What the writer task listens to besides the clock.
+struct Channels {
+    /// The records from the request path.
+    records: mpsc::Receiver<AccessRecord>,
+    /// Requests to reopen the file ([`AccessLogReopener`]).
+    reopens: mpsc::Receiver<oneshot::Sender<Result<Reopened, ReopenError>>>,
+    /// [`AccessLogWriter::finish`].
+    stop: oneshot::Receiver<()>,
+}
+
+/// The writer task: formats records into the buffer, flushes every [`FLUSH_INTERVAL`], reopens
+/// `path` when asked, and at the end (stop, or every sender gone) writes what is queued and
+/// flushes.
 async fn write_records(
-    mut records: mpsc::Receiver<AccessRecord>,
+    channels: Channels,
     format: AccessLogFormat,
-    mut out: BufWriter<Box<dyn AsyncWrite + Send + Unpin>>,
-    mut stop: oneshot::Receiver<()>,
+    mut out: BufWriter<Output>,
+    path: Option<PathBuf>,
 ) {
+    let Channels {
+        mut records,
+        mut reopens,
+        mut stop,
+    } = channels;
     let mut line = Vec::with_capacity(512);
     let mut failing = false;
     let mut unflushed = false;
@@ -400,6 +501,26 @@ async fn write_records(
                 report(&mut failing, flushed);
                 unflushed = false;
             }
+            Some(done) = reopens.recv() => {
+                // What was offered before the reopen belongs to the old file: at most a
+                // channel's worth, so that a steady stream of records cannot hold the reopen off.
+                for _ in 0..CHANNEL_CAPACITY {
+                    let Ok(record) = records.try_recv() else {
+                        break;
+                    };
+                    line.clear();
+                    record.write(format, &mut line);
+                    let written = out.write_all(&line).await;
+                    report(&mut failing, written);
+                }
+                let flushed = out.flush().await;
+                report(&mut failing, flushed);
+                unflushed = false;
+                let outcome = reopen(&mut out, path.as_deref()).await;
+                // The caller may have gone (a signal handler stopped): the file is reopened
+                // either way.
+                let _ = done.send(outcome);
+            }
             _ = &mut stop => {
                 records.close();
                 while let Ok(record) = records.try_recv() {
@@ -414,6 +535,20 @@ async fn write_records(
     }
     let flushed = out.flush().await;
     report(&mut failing, flushed);
+}
+
+/// Swaps the flushed `out` for the path opened again; keeps it when the path cannot be opened.
+async fn reopen(out: &mut BufWriter<Output>, path: Option<&Path>) -> Result<Reopened, ReopenError> {
+    let Some(path) = path else {
+        return Ok(Reopened::Stdout);
+    };
+    let file = open(path).await.map_err(|source| ReopenError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // The buffer is empty (flushed just before): nothing of the old file's goes to the new one.
+    *out.get_mut() = Box::new(file);
+    Ok(Reopened::File(path.to_path_buf()))
 }
 
 /// Logs a write error once per failing spell, not once per line.
@@ -667,5 +802,158 @@ mod tests {
         // The writer is gone: a late record is dropped and counted, not queued forever.
         log.send(sample());
         assert_eq!(dropped.get(), 1);
+    }
+
+    /// A JSON access log in a temporary directory: the log, its writer, the file's path.
+    async fn file_log(dir: &tempfile::TempDir) -> (AccessLog, AccessLogWriter, PathBuf) {
+        let path = dir.path().join("access.log");
+        let dropped = IntCounter::new("dropped", "dropped").unwrap();
+        let (log, writer) = AccessLog::start(
+            AccessLogFormat::Json,
+            &AccessLogTarget::File(path.clone()),
+            Some(dropped),
+        )
+        .await
+        .unwrap();
+        (log, writer, path)
+    }
+
+    /// The `path` of every line of `file`, in order.
+    fn paths_in(file: &Path) -> Vec<String> {
+        std::fs::read_to_string(file)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["path"].as_str().unwrap().to_string()
+            })
+            .collect()
+    }
+
+    /// A record for request number `n` (its path says which).
+    fn numbered(n: usize) -> AccessRecord {
+        AccessRecord {
+            uri: format!("/r/{n}").parse().unwrap(),
+            ..sample()
+        }
+    }
+
+    fn numbers(range: std::ops::Range<usize>) -> Vec<String> {
+        range.map(|n| format!("/r/{n}")).collect()
+    }
+
+    /// logrotate's `create` mode: the file is renamed, then reopened. What was offered before
+    /// the reopen is in the renamed file, what came after in the new one, each line once.
+    #[tokio::test]
+    async fn a_reopen_after_a_rename_writes_the_next_lines_to_a_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, writer, path) = file_log(&dir).await;
+        let reopener = writer.reopener();
+        assert_eq!(reopener.path(), Some(path.as_path()));
+        for n in 0..3 {
+            log.send(numbered(n));
+        }
+        let rotated = dir.path().join("access.log.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        assert_eq!(
+            reopener.reopen().await.unwrap(),
+            Reopened::File(path.clone())
+        );
+        // Flushed by the reopen: the old file is complete before anything else is written.
+        assert_eq!(paths_in(&rotated), numbers(0..3));
+        assert_eq!(paths_in(&path), Vec::<String>::new());
+        for n in 3..5 {
+            log.send(numbered(n));
+        }
+        writer.finish().await;
+        assert_eq!(paths_in(&rotated), numbers(0..3));
+        assert_eq!(paths_in(&path), numbers(3..5));
+    }
+
+    /// A path that cannot be opened again: the error names it, and the lines go on to the file
+    /// that was open (none lost); a later reopen that can open it switches.
+    #[tokio::test]
+    async fn a_path_that_cannot_be_reopened_keeps_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, writer, path) = file_log(&dir).await;
+        let reopener = writer.reopener();
+        log.send(numbered(0));
+        let rotated = dir.path().join("access.log.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        // A directory where the file was: it cannot be opened for appending, even by root.
+        std::fs::create_dir(&path).unwrap();
+        let e = reopener.reopen().await.unwrap_err();
+        assert!(matches!(e, ReopenError::Open { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "cannot reopen the access log {}: Is a directory (os error 21); lines still go \
+                 to the file it had open",
+                path.display()
+            )
+        );
+        log.send(numbered(1));
+        std::fs::remove_dir(&path).unwrap();
+        assert_eq!(
+            reopener.reopen().await.unwrap(),
+            Reopened::File(path.clone())
+        );
+        log.send(numbered(2));
+        writer.finish().await;
+        assert_eq!(paths_in(&rotated), numbers(0..2));
+        assert_eq!(paths_in(&path), numbers(2..3));
+    }
+
+    /// Records offered while the reopen runs land in one file or the other, never both, never
+    /// lost: every number is written exactly once across the rotated files.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_offered_during_reopens_are_each_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, writer, path) = file_log(&dir).await;
+        let reopener = writer.reopener();
+        const RECORDS: usize = 2000;
+        let sender = std::thread::spawn(move || {
+            for n in 0..RECORDS {
+                // A full channel would drop records; wait for room instead (the test counts
+                // every one).
+                while log.records.try_send(numbered(n)).is_err() {
+                    std::thread::yield_now();
+                }
+            }
+            log
+        });
+        let mut files = Vec::new();
+        for i in 0..5 {
+            let rotated = dir.path().join(format!("access.log.{i}"));
+            std::fs::rename(&path, &rotated).unwrap();
+            reopener.reopen().await.unwrap();
+            files.push(rotated);
+        }
+        let log = sender.join().unwrap();
+        writer.finish().await;
+        drop(log);
+        files.push(path);
+        let written: Vec<String> = files.iter().flat_map(|f| paths_in(f)).collect();
+        // Each once, in order within and across the files: each file holds what came before the
+        // next one.
+        assert_eq!(written, numbers(0..RECORDS));
+    }
+
+    #[tokio::test]
+    async fn stdout_has_nothing_to_reopen_and_a_finished_writer_says_it_stopped() {
+        let dropped = IntCounter::new("dropped", "dropped").unwrap();
+        let (_log, writer) = AccessLog::start(
+            AccessLogFormat::Text,
+            &AccessLogTarget::Stdout,
+            Some(dropped),
+        )
+        .await
+        .unwrap();
+        let reopener = writer.reopener();
+        assert_eq!(reopener.path(), None);
+        assert_eq!(reopener.reopen().await.unwrap(), Reopened::Stdout);
+        writer.finish().await;
+        let e = reopener.reopen().await.unwrap_err();
+        assert_eq!(e.to_string(), "the access log writer has stopped");
     }
 }

@@ -61,17 +61,31 @@ pub struct StoreStats {
     pub errors: Option<u64>,
     /// Lookup-cache hits and misses since start; `None`: no cache in front of the store.
     pub cache: Option<CacheCounts>,
+    /// Lookups answered as absent without asking because the key, as the store writes it, is
+    /// one its server cannot hold (memcached: over 250 bytes once escaped); `None`: the store
+    /// never does that (the series is not exported).
+    pub unusable_keys: Option<u64>,
     /// True while the store cannot be reached.
     pub degraded: bool,
 }
 
-/// Hits and misses of a lookup cache.
+/// Counters and size of a lookup cache.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheCounts {
     /// Lookups answered from a fresh cached entry.
     pub hits: u64,
     /// Lookups that had to ask the store.
     pub misses: u64,
+    /// Entries held now.
+    pub entries: u64,
+    /// Bytes held now, as counted toward the cache's byte bound: what shows that large
+    /// identities cannot grow it past `cache.max_bytes`.
+    pub bytes: u64,
+    /// Lookups answered at once as if the store were down because `cache.max_in_flight`
+    /// lookups were already waiting for the store.
+    pub shed: u64,
+    /// Lookups whose key was longer than `cache.max_key_bytes`, answered as no identity.
+    pub keys_too_long: u64,
 }
 
 /// Where the store metrics come from; read once per scrape.
@@ -219,8 +233,17 @@ pub struct Metrics {
     cache_hits: IntCounterVec,
     /// `graygate_store_cache_misses_total{store}`, pulled.
     cache_misses: IntCounterVec,
+    /// `graygate_store_unusable_keys_total{store}`, pulled.
+    unusable_keys: IntCounterVec,
     /// `graygate_store_degraded{store}`, pulled.
     store_degraded: IntGaugeVec,
+    /// `graygate_store_cache_entries{store}` and `graygate_store_cache_bytes{store}`, pulled.
+    cache_entries: IntGaugeVec,
+    cache_bytes: IntGaugeVec,
+    /// `graygate_store_lookups_shed_total{store}`, pulled.
+    lookups_shed: IntCounterVec,
+    /// `graygate_store_lookup_keys_too_long_total{store}`, pulled.
+    keys_too_long: IntCounterVec,
     /// `graygate_rollout_state{service, state}`, pulled (registered only with a rollout
     /// source, as the three below).
     rollout_state: IntGaugeVec,
@@ -356,7 +379,7 @@ impl Metrics {
         );
 
         // The store's counters, all by store, in the order of their fields.
-        let [store_lookups, store_errors, cache_hits, cache_misses] = [
+        let [store_lookups, store_errors, cache_hits, cache_misses, unusable_keys] = [
             (
                 "graygate_store_lookups_total",
                 "List lookups sent to the store (lookup-cache misses that fetched), by store.",
@@ -373,8 +396,39 @@ impl Metrics {
                 "graygate_store_cache_misses_total",
                 "Lookups the lookup cache could not answer, by store.",
             ),
+            (
+                "graygate_store_unusable_keys_total",
+                "Lookups answered as not on the list without asking, because the key as the store writes it (escaped, prefixed) is one the store cannot hold, by store.",
+            ),
         ]
         .map(|(name, help)| counter_vec(name, help, &["store"]));
+        let [lookups_shed, keys_too_long] = [
+            (
+                "graygate_store_lookups_shed_total",
+                "Lookups answered at once as if the store were down, without asking it, because cache.max_in_flight lookups were already waiting for it, by store.",
+            ),
+            (
+                "graygate_store_lookup_keys_too_long_total",
+                "Lookups whose key was longer than cache.max_key_bytes, answered as no identity without asking the store, by store.",
+            ),
+        ]
+        .map(|(name, help)| counter_vec(name, help, &["store"]));
+        let [cache_entries, cache_bytes] = [
+            (
+                "graygate_store_cache_entries",
+                "Entries held by the lookup cache, by store.",
+            ),
+            (
+                "graygate_store_cache_bytes",
+                "Bytes held by the lookup cache (keys, values and per-entry overhead), bounded by cache.max_bytes, by store.",
+            ),
+        ]
+        .map(|(name, help)| {
+            register(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), &["store"]).expect("valid metric"),
+            )
+        });
         let store_degraded = register(
             &registry,
             IntGaugeVec::new(
@@ -467,7 +521,12 @@ impl Metrics {
             store_errors,
             cache_hits,
             cache_misses,
+            unusable_keys,
             store_degraded,
+            cache_entries,
+            cache_bytes,
+            lookups_shed,
+            keys_too_long,
             rollout_state,
             rollout_step,
             rollout_weight,
@@ -583,9 +642,23 @@ impl Metrics {
             if let Some(n) = stats.errors {
                 advance(&self.store_errors.with_label_values(&label), n);
             }
+            if let Some(n) = stats.unusable_keys {
+                advance(&self.unusable_keys.with_label_values(&label), n);
+            }
             if let Some(cache) = stats.cache {
                 advance(&self.cache_hits.with_label_values(&label), cache.hits);
                 advance(&self.cache_misses.with_label_values(&label), cache.misses);
+                advance(&self.lookups_shed.with_label_values(&label), cache.shed);
+                advance(
+                    &self.keys_too_long.with_label_values(&label),
+                    cache.keys_too_long,
+                );
+                let gauge = |g: &IntGaugeVec, n: u64| {
+                    g.with_label_values(&label)
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                };
+                gauge(&self.cache_entries, cache.entries);
+                gauge(&self.cache_bytes, cache.bytes);
             }
             self.store_degraded
                 .with_label_values(&label)
@@ -952,7 +1025,15 @@ mod tests {
             store: "redis",
             lookups: Some(5),
             errors: Some(1),
-            cache: Some(CacheCounts { hits: 9, misses: 5 }),
+            cache: Some(CacheCounts {
+                hits: 9,
+                misses: 5,
+                entries: 3,
+                bytes: 4096,
+                shed: 2,
+                keys_too_long: 7,
+            }),
+            unusable_keys: Some(2),
             degraded: true,
         })));
         let m = Metrics::new(Sources {
@@ -972,6 +1053,11 @@ mod tests {
             ("errors_total", "1"),
             ("cache_hits_total", "9"),
             ("cache_misses_total", "5"),
+            ("unusable_keys_total", "2"),
+            ("cache_entries", "3"),
+            ("cache_bytes", "4096"),
+            ("lookups_shed_total", "2"),
+            ("lookup_keys_too_long_total", "7"),
             ("degraded", "1"),
         ]);
 

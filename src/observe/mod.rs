@@ -14,7 +14,8 @@
 //! - `connections`: the listener metrics (connections, limits, failed accepts, out of file
 //!   descriptors), pulled from the listeners' own counters.
 //! - `listener`: the separate HTTP listener that serves `GET /metrics`.
-//! - `access_log`: the access log records, their text and JSON formats, and the writer task.
+//! - `access_log`: the access log records, their text and JSON formats, the writer task, and
+//!   the reopen of its file for log rotation (SIGUSR1).
 
 mod access_log;
 mod connections;
@@ -22,8 +23,8 @@ mod listener;
 mod metrics;
 
 pub use access_log::{
-    AccessLog, AccessLogFormat, AccessLogTarget, AccessLogWriter, AccessRecord, CHANNEL_CAPACITY,
-    FLUSH_INTERVAL,
+    AccessLog, AccessLogFormat, AccessLogReopener, AccessLogTarget, AccessLogWriter, AccessRecord,
+    ReopenError, Reopened, CHANNEL_CAPACITY, FLUSH_INTERVAL,
 };
 pub use listener::serve_metrics;
 pub use metrics::{

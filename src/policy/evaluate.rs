@@ -307,12 +307,16 @@ fn eval_cond(
             })
         }
         Cond::Test {
+            source,
             slot,
             lookup: Some(l),
             test,
-            ..
         } => {
-            let Some(raw) = memo.raw(*slot) else {
+            let raw = match (source, memo.facts.client_key) {
+                (Source::ClientIp, Some(key)) => Some(key),
+                _ => memo.raw(*slot),
+            };
+            let Some(raw) = raw else {
                 return Ok(matches!(test, Test::Present(false)));
             };
             let value: Option<Arc<str>> = match lookup_value(l, raw, lookups) {

@@ -27,6 +27,8 @@ mod compile;
 mod compiled;
 pub mod edit;
 mod evaluate;
+#[cfg(test)]
+mod generated;
 mod hash;
 mod index;
 mod iptable;
@@ -56,6 +58,11 @@ pub struct RequestFacts<'a> {
     pub query: Option<&'a str>,
     /// The client IP as the data plane resolved it (trusted proxies applied).
     pub client_ip: IpAddr,
+    /// The key a list lookup by client IP uses instead of `client_ip`'s text, when the client
+    /// IP mode says so (`original`: the header's text as sent, a multi-hop `X-Forwarded-For`
+    /// whole); `None`: the client IP's text. Only lookups read it: `cidr` and every other test
+    /// of `client_ip` see the address.
+    pub client_key: Option<&'a str>,
     pub headers: &'a http::HeaderMap,
     /// A random number for splits without an identity; the caller draws it.
     pub random: u64,

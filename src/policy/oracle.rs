@@ -133,7 +133,11 @@ fn eval_cond(
             if let (Source::ClientIp, None, Test::Cidr(table)) = (source, lookup, test) {
                 return Ok(table.contains(facts.client_ip));
             }
-            let Some(raw) = source_value(source, facts) else {
+            let raw = match (source, lookup, facts.client_key) {
+                (Source::ClientIp, Some(_), Some(key)) => Some(Cow::Borrowed(key)),
+                _ => source_value(source, facts),
+            };
+            let Some(raw) = raw else {
                 return Ok(matches!(test, Test::Present(false)));
             };
             let value: Option<Cow<'_, str>> = match lookup {
@@ -502,6 +506,8 @@ mod equivalence {
         headers: HeaderMap,
         query: Option<String>,
         ip: IpAddr,
+        /// The original client IP mode's header text, looked up instead of `ip`.
+        client_key: Option<String>,
         random: u64,
     }
 
@@ -554,6 +560,12 @@ mod equivalence {
             query,
             ip: rng.pick(IPS).parse().unwrap(),
             random: rng.next(),
+            client_key: if rng.chance(20) {
+                let pool = if rng.chance(50) { IPS } else { WORDS };
+                Some(rng.pick(pool).to_string())
+            } else {
+                None
+            },
         }
     }
 
@@ -598,6 +610,7 @@ mod equivalence {
                     path: "/",
                     query: r.query.as_deref(),
                     client_ip: r.ip,
+                    client_key: r.client_key.as_deref(),
                     headers: &r.headers,
                     random: r.random,
                 };

@@ -236,6 +236,7 @@ mod tests {
             path: "/",
             query: Some("x=1&ab=new%20ui+2&flag&pct=%zz"),
             client_ip: "192.0.2.1".parse::<IpAddr>().unwrap(),
+            client_key: None,
             headers: &headers,
             random: 0,
         };

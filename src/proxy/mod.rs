@@ -94,7 +94,7 @@ pub use http2::Http2Settings;
 pub use listen::{bind, ConnectionLimit};
 pub use retry::Replay;
 pub use server::{
-    serve, serve_front, Front, Observer, ProxyConfig, RequestRecord, Timeouts,
+    serve, serve_front, Draining, Front, Observer, ProxyConfig, RequestRecord, Timeouts,
     DEFAULT_MAX_HEADER_BYTES,
 };
 pub use tls::TlsTerminator;

@@ -158,7 +158,34 @@ pub struct ProxyConfig {
     /// TLS together: `max_connections`): bounds the file descriptors and memory clients can
     /// take. At the limit, new clients wait in the listen backlog.
     pub connections: ConnectionLimit,
+    /// Set when this process hands its listeners to a new one (an upgrade): HTTP/1.1 answers
+    /// then close their connection, so that keep-alive clients move to the new process between
+    /// two requests instead of meeting a connection closed under a request.
+    pub draining: Draining,
 }
+
+/// Whether the listeners are being handed over ([`ProxyConfig::draining`]). Shared by every
+/// listener of a process; once on, it stays on.
+#[derive(Debug, Clone, Default)]
+pub struct Draining(Arc<std::sync::atomic::AtomicBool>);
+
+impl Draining {
+    /// From now on, every HTTP/1.1 answer closes its connection.
+    pub fn start(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`Draining::start`] was called.
+    pub fn is_on(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// How long, after a hand-over, an HTTP/1.1 keep-alive connection of the old process that is
+/// idle may still send one more request (answered, with `Connection: close`) before it is
+/// closed. A client sending all the time moves over within one request; one that is idle longer
+/// than this is closed as at any shutdown.
+pub const HANDOVER_LINGER: Duration = Duration::from_secs(1);
 
 impl Default for ProxyConfig {
     fn default() -> Self {
@@ -171,6 +198,7 @@ impl Default for ProxyConfig {
             observer: None,
             http2: Http2Settings::default(),
             connections: ConnectionLimit::new("data", DEFAULT_MAX_CONNECTIONS),
+            draining: Draining::default(),
         }
     }
 }
@@ -338,8 +366,13 @@ pub async fn serve_front(
         }
     }
     drop(listener);
-    let _ = stop_tx.send(true);
     drop(drain_tx);
+    if shared.cfg.draining.is_on() {
+        // Handed over: the new process accepts from the same sockets. HTTP/1.1 connections close
+        // after their next answer; idle ones get a moment to send one before they are closed.
+        let _ = tokio::time::timeout(HANDOVER_LINGER, drain_rx.recv()).await;
+    }
+    let _ = stop_tx.send(true);
     let deadline = shared.cfg.timeouts.shutdown;
     if tokio::time::timeout(deadline, drain_rx.recv())
         .await
@@ -455,7 +488,17 @@ async fn serve_connection<I>(
         Protocol::Http1 => {
             let service = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(respond_to(&shared, peer, req).await) }
+                async move {
+                    let mut response = respond_to(&shared, peer, req).await;
+                    if shared.cfg.draining.is_on()
+                        && response.status() != StatusCode::SWITCHING_PROTOCOLS
+                    {
+                        response
+                            .headers_mut()
+                            .insert(CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    Ok::<_, Infallible>(response)
+                }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
@@ -746,6 +789,7 @@ async fn proxy(
             path: uri.path(),
             query: uri.query(),
             client_ip,
+            client_key: shared.cfg.client_ip.lookup_key(peer.ip(), req.headers()),
             headers: req.headers(),
             random: random_u64(),
         };

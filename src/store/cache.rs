@@ -3,15 +3,23 @@
 //! A shared store (Redis, memcached) costs a network round trip per lookup; a request must not pay
 //! it for a key that was just looked up. [`CachedStore`] wraps any store and:
 //!
-//! - keeps up to [`CacheConfig::max_entries`] answers, values and *absences* alike (a token that
-//!   maps to nobody is asked about as often as one that does), each fresh for
-//!   [`CacheConfig::ttl`] (absences: [`CacheConfig::negative_ttl`]);
+//! - keeps up to [`CacheConfig::max_entries`] answers and at most [`CacheConfig::max_bytes`]
+//!   bytes of them (key, value and [`ENTRY_OVERHEAD`] each), values and *absences* alike (a token
+//!   that maps to nobody is asked about as often as one that does), each fresh for
+//!   [`CacheConfig::ttl`] (absences: [`CacheConfig::negative_ttl`]); the byte bound is what keeps
+//!   large identities (a 16 KB token header each) from growing the cache to gigabytes;
+//! - answers a key longer than [`CacheConfig::max_key_bytes`] as absent without asking the store
+//!   or caching it: an over-long identity is no identity;
 //! - answers a fresh entry synchronously from [`Store::lookup_local`], so the request path does
 //!   not even enter an `async` lookup for a hit;
 //! - fetches a missing key once, however many requests ask for it at the same time (one fetch in
 //!   flight per key: no stampede on the store when a popular key expires);
-//! - bounds a fetch by [`CacheConfig::lookup_timeout`]; past it the caller gets an error and the
-//!   request is decided as if the store were down;
+//! - bounds the *wait* for a fetch by [`CacheConfig::lookup_timeout`]; past it the caller gets an
+//!   error and the request is decided as if the store were down. The fetch itself goes on until
+//!   the store answers or gives up by its own timeout, so that the store sees its own timeouts
+//!   and turns degraded (see "A store that hangs");
+//! - keeps at most [`CacheConfig::max_in_flight`] fetches in flight; a lookup that would start one
+//!   more is answered at once, as if the store were down, without reaching the store;
 //! - serves the *last known* value of a key while the store fails (down, hanging), for up to
 //!   [`STALE_FACTOR`] times the TTL, so that an outage does not flip decisions it has answers for;
 //! - drops entries as soon as the wrapped store reports a change ([`Change::Key`] for one key,
@@ -27,8 +35,19 @@
 //! last known value (or fails, when there is none) and refreshes the key in the background. The
 //! first successful fetch ends that state. So an outage costs each request at most one lookup
 //! timeout, once, instead of one per request.
+//!
+//! # A store that hangs
+//! A store that accepts connections and never answers (a memcached or Redis under SIGSTOP) must
+//! show as degraded, and must not collect a socket per request. Both follow from letting the fetch
+//! run to the store's own timeout (memcached 100 ms, Redis 250 ms): had the cache cancelled it at
+//! the lookup timeout (50 ms), the store would never see a timeout of its own, never turn
+//! degraded, and open a new connection for every lookup. Once degraded, the store fails lookups at
+//! once without a connection and probes the server in the background, and recovers by itself. The
+//! in-flight bound caps what the store can hold open in the meantime. A store without timeouts of
+//! its own is covered by [`FETCH_LIMIT`]: a fetch that takes longer marks the cache itself
+//! degraded (logged once) until a fetch succeeds again.
 
-use super::{Change, Entry, Store, StoreError, StoreHealth, StoredPolicy};
+use super::{Change, Entry, HealthTracker, Store, StoreError, StoreHealth, StoredPolicy};
 use async_trait::async_trait;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -36,7 +55,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
 
 /// How many times the TTL a value is kept after it stops being fresh, to be served only while the
 /// store fails.
@@ -45,11 +64,34 @@ pub const STALE_FACTOR: u32 = 10;
 /// How many changes a subscriber of the cache may fall behind before it lags.
 const CHANGE_CAPACITY: usize = 1024;
 
+/// Bytes an entry costs beyond its key and value, counted toward [`CacheConfig::max_bytes`]: the
+/// entry itself (the key's `String`, the value's `Arc`, the fetch time) and the cache's own
+/// bookkeeping for it (moka's hash table slot, its access and write order nodes, its timestamps).
+/// Measured: 100,000 entries with 40-byte cache keys and no value grew a release build's RSS by
+/// 42.6 MB, about 426 bytes each, so about 380 beyond the key.
+pub const ENTRY_OVERHEAD: u64 = 384;
+
+/// Longest a fetch may run when the store has no timeout of its own that ends it sooner; past it
+/// the fetch is abandoned and the cache reports the store degraded. Longer than the shared stores'
+/// own bounds (memcached: connect 200 ms + answer 100 ms; Redis: 250 ms), so that they report
+/// first, with their own reason.
+pub const FETCH_LIMIT: Duration = Duration::from_millis(500);
+
 /// Sizes and times of a [`CachedStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheConfig {
     /// Most entries kept (values and absences together); the least useful are evicted first.
     pub max_entries: usize,
+    /// Most bytes kept, keys and values and [`ENTRY_OVERHEAD`] per entry: with large identities
+    /// the entry bound alone would allow gigabytes. Evicts as `max_entries` does.
+    pub max_bytes: u64,
+    /// Longest lookup key asked for; a longer one is answered absent (as a request without the
+    /// identity would be) without reaching the store or the cache, so that nobody can fill either
+    /// with megabyte keys.
+    pub max_key_bytes: usize,
+    /// Most fetches from the store at once. A store that hangs holds each fetch until its own
+    /// timeout; this bound keeps it from collecting a connection per request meanwhile.
+    pub max_in_flight: usize,
     /// How long a value is used without asking the store again. Also the staleness bound when the
     /// store sends no change notifications.
     pub ttl: Duration,
@@ -64,6 +106,9 @@ impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             max_entries: 100_000,
+            max_bytes: 64 * 1024 * 1024,
+            max_key_bytes: super::limits::MAX_KEY_LEN,
+            max_in_flight: 64,
             ttl: Duration::from_secs(1),
             negative_ttl: Duration::from_secs(1),
             lookup_timeout: Duration::from_millis(50),
@@ -84,8 +129,15 @@ pub struct CacheStats {
     pub errors: u64,
     /// Fetches sent to the store (one per key however many lookups waited for it).
     pub fetches: u64,
-    /// Entries held right now (approximate: evictions are applied in batches).
+    /// Entries held right now (evictions due are applied before counting).
     pub entries: u64,
+    /// Bytes held right now, as counted toward [`CacheConfig::max_bytes`].
+    pub bytes: u64,
+    /// Lookups answered at once as if the store were down because
+    /// [`CacheConfig::max_in_flight`] fetches were already running.
+    pub shed: u64,
+    /// Lookups whose key was longer than [`CacheConfig::max_key_bytes`], answered absent.
+    pub keys_too_long: u64,
 }
 
 /// A [`Store`] with a lookup cache in front. See the module documentation.
@@ -127,11 +179,22 @@ struct Shared {
     changes: broadcast::Sender<Change>,
     /// True from a failed fetch until the next successful one: lookups stop waiting for the store.
     failing: AtomicBool,
+    /// One permit per fetch in flight ([`CacheConfig::max_in_flight`]); a fetch holds its permit
+    /// until the store answers or gives up.
+    in_flight: Arc<Semaphore>,
+    /// Bytes of the entries held, as weighed toward [`CacheConfig::max_bytes`]: added on insert,
+    /// taken off by the cache's removal listener, whatever removed the entry.
+    bytes: Arc<AtomicU64>,
+    /// Degraded when a fetch ran past [`FETCH_LIMIT`] (a store without a timeout of its own that
+    /// hangs); recovered by the next successful fetch.
+    health: HealthTracker,
     hits: AtomicU64,
     misses: AtomicU64,
     stale_served: AtomicU64,
     errors: AtomicU64,
     fetches: AtomicU64,
+    shed: AtomicU64,
+    keys_too_long: AtomicU64,
 }
 
 thread_local! {
@@ -153,18 +216,40 @@ fn list_prefix(list: &str) -> String {
     format!("{}:{list}", list.len())
 }
 
+/// What an entry counts toward [`CacheConfig::max_bytes`]: its cache key, its value, and
+/// [`ENTRY_OVERHEAD`].
+fn entry_bytes(key: &str, cached: &Cached) -> u64 {
+    let value = cached.value.as_ref().map_or(0, |v| v.len());
+    key.len() as u64 + value as u64 + ENTRY_OVERHEAD
+}
+
 impl CachedStore {
     /// Wraps `inner`. Must be called inside a Tokio runtime: a task follows `inner`'s changes
     /// until the cache is dropped.
     pub fn new(inner: Arc<dyn Store>, config: CacheConfig) -> CachedStore {
         let keep = config.ttl.max(config.negative_ttl) * STALE_FACTOR;
+        // moka bounds one weight. Each entry weighs its bytes, but at least an equal share of the
+        // byte bound per allowed entry: the sum of weights within `max_bytes` then keeps both the
+        // bytes within `max_bytes` and the entries within `max_entries`.
+        let max_bytes = config.max_bytes.max(1);
+        let share = max_bytes.div_ceil(config.max_entries.max(1) as u64);
+        let bytes = Arc::new(AtomicU64::new(0));
+        let removed = Arc::clone(&bytes);
         let values = moka::sync::Cache::builder()
-            .max_capacity(config.max_entries as u64)
+            .max_capacity(max_bytes)
+            .weigher(move |k: &String, v: &Cached| {
+                let weight = entry_bytes(k, v).max(share);
+                u32::try_from(weight).unwrap_or(u32::MAX)
+            })
+            .eviction_listener(move |k: Arc<String>, v: Cached, _cause| {
+                removed.fetch_sub(entry_bytes(&k, &v), Ordering::Relaxed);
+            })
             .time_to_live(keep.max(Duration::from_millis(1)))
             .support_invalidation_closures()
             .build();
         let (changes, _) = broadcast::channel(CHANGE_CAPACITY);
         let mut source = inner.subscribe();
+        let inner_kind = inner.kind();
         let shared = Arc::new(Shared {
             inner,
             config,
@@ -172,11 +257,16 @@ impl CachedStore {
             flights: Mutex::new(HashMap::new()),
             changes,
             failing: AtomicBool::new(false),
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+            bytes,
+            health: HealthTracker::new(inner_kind),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             stale_served: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             fetches: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
+            keys_too_long: AtomicU64::new(0),
         });
         let follower = {
             let shared = Arc::clone(&shared);
@@ -205,8 +295,11 @@ impl CachedStore {
         &self.shared.config
     }
 
+    /// The counters now. Applies pending evictions first, so that `entries` and `bytes` are what
+    /// the bounds leave (called once per metrics scrape, off the request path).
     pub fn stats(&self) -> CacheStats {
         let s = &self.shared;
+        s.values.run_pending_tasks();
         CacheStats {
             hits: s.hits.load(Ordering::Relaxed),
             misses: s.misses.load(Ordering::Relaxed),
@@ -214,6 +307,9 @@ impl CachedStore {
             errors: s.errors.load(Ordering::Relaxed),
             fetches: s.fetches.load(Ordering::Relaxed),
             entries: s.values.entry_count(),
+            bytes: s.bytes.load(Ordering::Relaxed),
+            shed: s.shed.load(Ordering::Relaxed),
+            keys_too_long: s.keys_too_long.load(Ordering::Relaxed),
         }
     }
 
@@ -292,17 +388,22 @@ impl Shared {
         cached.fetched.elapsed() < ttl
     }
 
-    /// Joins the fetch in flight for `k`, or starts one.
+    /// Joins the fetch in flight for `k`, or starts one; `None` when [`CacheConfig::max_in_flight`]
+    /// fetches already run (counted as shed).
     fn flight(
         self: &Arc<Self>,
         k: &str,
         list: &str,
         key: &str,
-    ) -> watch::Receiver<Option<Outcome>> {
+    ) -> Option<watch::Receiver<Option<Outcome>>> {
         let mut flights = self.lock_flights();
         if let Some(flight) = flights.get(k) {
-            return flight.done.subscribe();
+            return Some(flight.done.subscribe());
         }
+        let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+            self.shed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
         let (done, rx) = watch::channel(None);
         let flight = Arc::new(Flight {
             done,
@@ -314,20 +415,12 @@ impl Shared {
 
         // The fetch runs on its own task: a caller that gives up (its request was cancelled, or it
         // stopped waiting) does not cancel it for the others, and its answer still fills the
-        // cache.
+        // cache. It is not cut at the lookup timeout either: the store's own timeout ends it, so
+        // that the store sees a hang as one and turns degraded (see the module documentation).
         let shared = Arc::clone(self);
         let (k, list, key) = (k.to_owned(), list.to_owned(), key.to_owned());
         tokio::spawn(async move {
-            let timeout = shared.config.lookup_timeout;
-            let outcome: Outcome =
-                match tokio::time::timeout(timeout, shared.inner.lookup(&list, &key)).await {
-                    Ok(Ok(value)) => Ok(value),
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => Err(StoreError::unavailable(
-                        shared.inner.kind(),
-                        format!("did not answer within {timeout:?}"),
-                    )),
-                };
+            let outcome = shared.fetch(&list, &key, permit).await;
             {
                 let mut flights = shared.lock_flights();
                 if let Ok(value) = &outcome {
@@ -337,6 +430,11 @@ impl Shared {
                             value: value.clone(),
                             fetched: Instant::now(),
                         };
+                        // Counted before the insert: the removal listener may take it off at once
+                        // (an entry heavier than the whole bound is not admitted).
+                        shared
+                            .bytes
+                            .fetch_add(entry_bytes(&k, &cached), Ordering::Relaxed);
                         shared.values.insert(k.clone(), cached);
                     }
                 } else {
@@ -348,7 +446,28 @@ impl Shared {
             }
             let _ = flight.done.send(Some(outcome));
         });
-        rx
+        Some(rx)
+    }
+
+    /// Asks the wrapped store, holding `permit` until it answers or gives up, and at most
+    /// [`FETCH_LIMIT`] (or the lookup timeout, if longer): past it the cache reports the store
+    /// degraded until a fetch succeeds again.
+    async fn fetch(&self, list: &str, key: &str, permit: OwnedSemaphorePermit) -> Outcome {
+        let limit = FETCH_LIMIT.max(self.config.lookup_timeout);
+        let outcome = match tokio::time::timeout(limit, self.inner.lookup(list, key)).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                let detail = format!("a lookup got no answer within {limit:?}");
+                self.health.mark_degraded(&detail);
+                Err(self.unavailable(detail))
+            }
+        };
+        drop(permit);
+        // The atomic first: a healthy store costs no lock per fetch.
+        if outcome.is_ok() && self.health.is_degraded() {
+            self.health.mark_recovered();
+        }
+        outcome
     }
 
     /// The answer to give when the store failed with `error`: the last known value if there is
@@ -370,6 +489,15 @@ impl Shared {
                 Err(error())
             }
         }
+    }
+
+    /// Whether `key` is longer than [`CacheConfig::max_key_bytes`]; counts it if so.
+    fn too_long(&self, key: &str) -> bool {
+        let too_long = key.len() > self.config.max_key_bytes;
+        if too_long {
+            self.keys_too_long.fetch_add(1, Ordering::Relaxed);
+        }
+        too_long
     }
 
     /// A failure of the wrapped store that is not an error of the store's own.
@@ -421,6 +549,9 @@ impl Store for CachedStore {
     /// Allocates nothing.
     fn lookup_local(&self, list: &str, key: &str) -> Option<Option<Arc<str>>> {
         let shared = &self.shared;
+        if shared.too_long(key) {
+            return Some(None);
+        }
         if let Some(answer) = shared.inner.lookup_local(list, key) {
             return Some(answer);
         }
@@ -441,6 +572,9 @@ impl Store for CachedStore {
     /// timeout), else the last known value while the store fails, else an error.
     async fn lookup(&self, list: &str, key: &str) -> Result<Option<Arc<str>>, StoreError> {
         let shared = &self.shared;
+        if shared.too_long(key) {
+            return Ok(None);
+        }
         if let Some(answer) = shared.inner.lookup_local(list, key) {
             return Ok(answer);
         }
@@ -454,7 +588,14 @@ impl Store for CachedStore {
             other => other,
         };
         shared.misses.fetch_add(1, Ordering::Relaxed);
-        let mut rx = shared.flight(&k, list, key);
+        let Some(mut rx) = shared.flight(&k, list, key) else {
+            let most = shared.config.max_in_flight;
+            return shared.fallback(stale, || {
+                shared.unavailable(format!(
+                    "{most} lookups already in flight (cache.max_in_flight); answered without asking"
+                ))
+            });
+        };
 
         if shared.failing.load(Ordering::Relaxed) {
             // The store failed a moment ago: answer now; the fetch just started refreshes the key
@@ -553,12 +694,39 @@ impl Store for CachedStore {
         self.shared.inner.release_lease(name, holder).await
     }
 
+    async fn hand_over(&self) -> Result<(), StoreError> {
+        self.shared.inner.hand_over().await
+    }
+
+    async fn take_back(&self) -> Result<(), StoreError> {
+        self.shared.inner.take_back().await
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.shared.changes.subscribe()
     }
 
+    /// The wrapped store's health, or the cache's own when only the cache saw the store hang
+    /// (a fetch past [`FETCH_LIMIT`]).
     fn health(&self) -> StoreHealth {
-        self.shared.inner.health()
+        let inner = self.shared.inner.health();
+        if inner.degraded {
+            return inner;
+        }
+        let own = self.shared.health.snapshot();
+        if own.degraded {
+            own
+        } else {
+            inner
+        }
+    }
+
+    fn check_key(&self, list: &str, key: &str) -> Result<(), super::limits::EntryError> {
+        self.shared.inner.check_key(list, key)
+    }
+
+    fn unusable_keys(&self) -> Option<u64> {
+        self.shared.inner.unusable_keys()
     }
 }
 
@@ -713,6 +881,7 @@ mod tests {
             ttl: Duration::from_millis(ttl_ms),
             negative_ttl: Duration::from_millis(ttl_ms),
             lookup_timeout: Duration::from_millis(50),
+            ..CacheConfig::default()
         }
     }
 
@@ -1021,6 +1190,197 @@ mod tests {
         let entries = cache.stats().entries;
         assert!(entries <= 100, "{entries} entries");
         assert!(entries > 0);
+    }
+
+    /// The byte count the cache reports, against the slow, obvious sum over what it holds.
+    fn bytes_held(cache: &CachedStore) -> (u64, u64) {
+        cache.run_pending_tasks();
+        let summed = cache
+            .shared
+            .values
+            .iter()
+            .map(|(k, v)| entry_bytes(&k, &v))
+            .sum();
+        (cache.stats().bytes, summed)
+    }
+
+    #[tokio::test]
+    async fn large_values_are_bounded_in_bytes_not_only_in_entries() {
+        let fake = FakeStore::new();
+        let big = "v".repeat(16 * 1024);
+        for i in 0..200 {
+            fake.set("l", &format!("k{i}"), &big);
+        }
+        let mut cfg = config(60_000);
+        cfg.max_entries = 100_000;
+        cfg.max_bytes = 256 * 1024;
+        let cache = cached(&fake, cfg);
+        for i in 0..200 {
+            let value = cache.lookup("l", &format!("k{i}")).await.unwrap();
+            assert_eq!(value.map(|v| v.len()), Some(big.len()));
+        }
+        let (reported, summed) = bytes_held(&cache);
+        assert_eq!(reported, summed, "the reported size is what is held");
+        assert!(summed <= cfg.max_bytes, "{summed} bytes held");
+        let entries = cache.stats().entries;
+        assert!((1..=16).contains(&entries), "{entries} entries of 16 KiB");
+
+        // Dropped entries leave the count too, whatever dropped them.
+        fake.notify(Change::Reset);
+        eventually("the reset empties the cache", || {
+            bytes_held(&cache) == (0, 0)
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn an_entry_heavier_than_the_whole_bound_is_not_kept_nor_counted() {
+        let fake = FakeStore::new();
+        fake.set("l", "huge", &"v".repeat(8 * 1024));
+        fake.set("l", "small", "v");
+        let mut cfg = config(60_000);
+        cfg.max_bytes = 4 * 1024;
+        let cache = cached(&fake, cfg);
+        assert!(cache.lookup("l", "huge").await.unwrap().is_some());
+        assert!(cache.lookup("l", "small").await.unwrap().is_some());
+        let (reported, summed) = bytes_held(&cache);
+        assert_eq!(reported, summed);
+        assert!(summed <= cfg.max_bytes, "{summed}");
+        assert_eq!(cache.lookup_local("l", "small"), Some(v("v")));
+    }
+
+    #[tokio::test]
+    async fn the_entry_bound_still_holds_with_the_byte_bound() {
+        let fake = FakeStore::new();
+        let mut cfg = config(60_000);
+        cfg.max_entries = 50;
+        cfg.max_bytes = 64 * 1024 * 1024;
+        let cache = cached(&fake, cfg);
+        for i in 0..500 {
+            cache.lookup("l", &format!("k{i}")).await.unwrap();
+        }
+        cache.run_pending_tasks();
+        let entries = cache.stats().entries;
+        assert!((1..=50).contains(&entries), "{entries} entries");
+    }
+
+    #[tokio::test]
+    async fn an_over_long_key_is_no_identity_never_asked_nor_cached() {
+        let fake = FakeStore::new();
+        let long = "t".repeat(251);
+        fake.set("l", &long, "user-1");
+        let at_cap = "t".repeat(250);
+        fake.set("l", &at_cap, "user-2");
+        let cache = cached(&fake, config(60_000));
+        assert_eq!(cache.config().max_key_bytes, 250);
+
+        assert_eq!(cache.lookup_local("l", &long), Some(None));
+        assert_eq!(cache.lookup("l", &long).await.unwrap(), None);
+        assert_eq!(fake.fetches(), 0, "the store is not asked");
+        cache.run_pending_tasks();
+        let stats = cache.stats();
+        assert_eq!((stats.entries, stats.bytes), (0, 0), "nothing cached");
+        assert_eq!(stats.keys_too_long, 2);
+
+        // At the bound it is an identity like any other.
+        assert_eq!(cache.lookup("l", &at_cap).await.unwrap(), v("user-2"));
+        assert_eq!(fake.fetches(), 1);
+        assert_eq!(cache.stats().keys_too_long, 2);
+    }
+
+    #[tokio::test]
+    async fn fetches_in_flight_are_bounded_and_the_excess_answered_at_once() {
+        let fake = FakeStore::new();
+        fake.delay_ms.store(300, Ordering::SeqCst);
+        let mut cfg = config(60_000);
+        cfg.max_in_flight = 4;
+        let cache = Arc::new(cached(&fake, cfg));
+        let started = Instant::now();
+        let lookups: Vec<_> = (0..20)
+            .map(|i| {
+                let cache = Arc::clone(&cache);
+                tokio::spawn(async move { cache.lookup("l", &format!("k{i}")).await })
+            })
+            .collect();
+        for lookup in lookups {
+            assert!(lookup.await.unwrap().is_err());
+        }
+        // Nobody waited for the store longer than the lookup timeout.
+        assert!(
+            started.elapsed() < Duration::from_millis(250),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            fake.fetches(),
+            4,
+            "only max_in_flight fetches reach the store"
+        );
+        let stats = cache.stats();
+        assert_eq!((stats.fetches, stats.shed), (4, 16), "{stats:?}");
+        let err = {
+            let cache = Arc::clone(&cache);
+            cache.lookup("l", "one-more").await.unwrap_err()
+        };
+        assert_eq!(
+            err.to_string(),
+            "store fake unavailable: 4 lookups already in flight (cache.max_in_flight); answered without asking"
+        );
+
+        // The fetches end (the store answers late); their permits come back.
+        fake.delay_ms.store(0, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while cache.lookup("l", "k0").await.is_err() {
+            assert!(Instant::now() < deadline, "permits never came back");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fetch_outlives_the_lookup_timeout_so_the_store_sees_its_own_timeout() {
+        let fake = FakeStore::new();
+        fake.set("l", "k", "late");
+        // Slower than the lookup timeout, faster than the fetch limit: the store's own timeout
+        // (memcached 100 ms, Redis 250 ms) lives in this gap.
+        fake.delay_ms.store(150, Ordering::SeqCst);
+        let cache = cached(&fake, config(60_000));
+        assert!(
+            cache.lookup("l", "k").await.is_err(),
+            "the caller stops waiting"
+        );
+        // ... but the fetch was not cancelled: its answer fills the cache.
+        eventually("the late answer is cached", || {
+            cache.lookup_local("l", "k") == Some(v("late"))
+        })
+        .await;
+        assert!(!cache.health().degraded);
+    }
+
+    #[tokio::test]
+    async fn a_store_that_hangs_without_a_timeout_of_its_own_shows_degraded_and_recovers() {
+        let fake = FakeStore::new();
+        fake.set("l", "k", "v");
+        fake.delay_ms.store(5_000, Ordering::SeqCst);
+        let cache = cached(&fake, config(60_000));
+        let started = Instant::now();
+        assert!(cache.lookup("l", "k").await.is_err());
+        eventually("the hang is reported", || cache.health().degraded).await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(1), "degraded after {took:?}");
+        let health = cache.health();
+        assert_eq!(
+            health.last_error.as_deref(),
+            Some("a lookup got no answer within 500ms"),
+            "{health:?}"
+        );
+
+        fake.delay_ms.store(0, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while cache.lookup("l", "k").await.is_err() {
+            assert!(Instant::now() < deadline, "never recovered");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!cache.health().degraded);
     }
 
     #[tokio::test]

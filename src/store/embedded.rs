@@ -96,10 +96,24 @@ type MirrorEntry = (Arc<str>, Option<SystemTime>);
 /// list name -> key -> entry.
 type Mirror = HashMap<String, HashMap<String, MirrorEntry>>;
 
+/// The open database, borrowed for one transaction ([`EmbeddedStore::database`]).
+struct Db<'a>(std::sync::RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for Db<'_> {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        // Made only when the database is open, and it stays open while this guard lives.
+        self.0.as_ref().expect("checked open when borrowed")
+    }
+}
+
 /// The redb-backed [`Store`]. See the module documentation.
 pub struct EmbeddedStore {
     /// The open database; redb serializes write transactions and lets reads run alongside them.
-    db: Database,
+    /// `None` while it is handed over to a new graygate process ([`EmbeddedStore::hand_over`]):
+    /// redb lets one process have the file open, and lookups go on from the mirror meanwhile.
+    db: RwLock<Option<Database>>,
     /// Path of the database file, to name it in error messages and logs.
     path: PathBuf,
     /// Every list, as committed on disk, so that request-path lookups never touch the disk.
@@ -209,7 +223,7 @@ impl EmbeddedStore {
 
         let (changes, _) = broadcast::channel(CHANGE_CAPACITY);
         Ok(EmbeddedStore {
-            db,
+            db: RwLock::new(Some(db)),
             path,
             mirror: RwLock::new(mirror),
             writer: Mutex::new(()),
@@ -275,10 +289,8 @@ impl EmbeddedStore {
 
     fn load_policy_sync(&self) -> Result<Option<StoredPolicy>, StoreError> {
         const WHAT: &str = "reading the policy";
-        let read = self
-            .db
-            .begin_read()
-            .map_err(|e| self.db_err(WHAT, "meta", e))?;
+        let db = self.database()?;
+        let read = db.begin_read().map_err(|e| self.db_err(WHAT, "meta", e))?;
         let meta = read
             .open_table(META)
             .map_err(|e| self.db_err(WHAT, "meta", e))?;
@@ -344,8 +356,8 @@ impl EmbeddedStore {
 
     fn load_history_sync(&self, limit: usize) -> Result<Vec<String>, StoreError> {
         const WHAT: &str = "reading the policy history";
-        let read = self
-            .db
+        let db = self.database()?;
+        let read = db
             .begin_read()
             .map_err(|e| self.db_err(WHAT, "history", e))?;
         let history = read
@@ -520,8 +532,8 @@ impl EmbeddedStore {
     fn records_sync(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         const WHAT: &str = "reading records";
         let now = SystemTime::now();
-        let read = self
-            .db
+        let db = self.database()?;
+        let read = db
             .begin_read()
             .map_err(|e| self.db_err(WHAT, "records", e))?;
         let records = read
@@ -548,8 +560,8 @@ impl EmbeddedStore {
 
     fn get_record_sync(&self, key: &str) -> Result<Option<String>, StoreError> {
         const WHAT: &str = "reading a record";
-        let read = self
-            .db
+        let db = self.database()?;
+        let read = db
             .begin_read()
             .map_err(|e| self.db_err(WHAT, "records", e))?;
         let records = read
@@ -574,6 +586,49 @@ impl EmbeddedStore {
         })
     }
 
+    /// The open database, or [`StoreError::Unavailable`] while it is handed over to a new
+    /// graygate process. Held for the whole of a transaction, so that [`EmbeddedStore::hand_over`]
+    /// waits for the transactions in progress and closes the file after the last one.
+    fn database(&self) -> Result<Db<'_>, StoreError> {
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            return Err(StoreError::unavailable(
+                STORE,
+                format!(
+                    "{} is handed over to a new graygate process (an upgrade is in progress); retry in a moment",
+                    self.path.display()
+                ),
+            ));
+        }
+        Ok(Db(guard))
+    }
+
+    /// Closes the database file so that a new graygate process can open it (an upgrade), after
+    /// the transactions in progress. Lookups and list reads go on from memory; writes fail with
+    /// [`StoreError::Unavailable`] until [`EmbeddedStore::take_back`]. Blocks while a write
+    /// finishes.
+    pub fn hand_over_sync(&self) {
+        let _writer = self.lock_writer();
+        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        // Dropping the last handle closes the file and releases redb's lock on it.
+        *db = None;
+    }
+
+    /// Opens the database file again after [`EmbeddedStore::hand_over`] (the upgrade failed and
+    /// this process goes on), reloading the lists, which the new process may have changed.
+    pub fn take_back_sync(&self) -> Result<(), StoreError> {
+        let _writer = self.lock_writer();
+        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        if db.is_some() {
+            return Ok(());
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let fresh = EmbeddedStore::open(dir)?;
+        *self.mirror_write() = std::mem::take(&mut *fresh.mirror_write());
+        *db = fresh.db.write().unwrap_or_else(|e| e.into_inner()).take();
+        Ok(())
+    }
+
     fn lock_leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lease>> {
         // Each update is one statement on plain data: a panic elsewhere leaves nothing half-done.
         self.leases.lock().unwrap_or_else(|e| e.into_inner())
@@ -594,8 +649,8 @@ impl EmbeddedStore {
         what: &str,
         body: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let txn = self
-            .db
+        let db = self.database()?;
+        let txn = db
             .begin_write()
             .map_err(|e| self.db_err(what, "transaction", e))?;
         match body(&txn) {
@@ -762,6 +817,15 @@ impl Store for EmbeddedStore {
             leases.remove(name);
         }
         Ok(())
+    }
+
+    async fn hand_over(&self) -> Result<(), StoreError> {
+        self.hand_over_sync();
+        Ok(())
+    }
+
+    async fn take_back(&self) -> Result<(), StoreError> {
+        self.take_back_sync()
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Change> {
@@ -1107,7 +1171,7 @@ mod tests {
             store.put_record("timed", "t", Some(ttl)).await.unwrap();
             // On disk with an expiry already past, as a record whose TTL ends while graygate is
             // down is found at the next open.
-            let txn = store.db.begin_write().unwrap();
+            let txn = store.database().unwrap().begin_write().unwrap();
             txn.open_table(RECORDS)
                 .unwrap()
                 .insert("gone", ("g", encode_expiry(past())))
@@ -1130,7 +1194,7 @@ mod tests {
             ]
         );
         // The expired record was deleted at open, not only hidden.
-        let read = store.db.begin_read().unwrap();
+        let read = store.database().unwrap().begin_read().unwrap();
         let table = read.open_table(RECORDS).unwrap();
         assert_eq!(redb::ReadableTableMetadata::len(&table).unwrap(), 2);
         // The lease was held by the process that is gone.
@@ -1177,6 +1241,57 @@ mod tests {
         let err = EmbeddedStore::open(dir2.path()).unwrap_err();
         assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
         assert!(err.to_string().contains(DB_FILE), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_handed_over_store_serves_lookups_and_refuses_writes_until_taken_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        store.save_policy("first", None).await.unwrap();
+        store
+            .put_entries("ips", &[Entry::new("10.0.0.7", "1", None)])
+            .await
+            .unwrap();
+        store.hand_over().await.unwrap();
+
+        // Lookups and list reads go on from memory.
+        assert_eq!(
+            store.lookup_local("ips", "10.0.0.7"),
+            Some(Some("1".into()))
+        );
+        assert_eq!(
+            keys(&store.list_entries("ips").await.unwrap()),
+            ["10.0.0.7"]
+        );
+        // Writes and reads of the file are refused, saying why.
+        let err = store.save_policy("second", Some(1)).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("handed over to a new graygate process"),
+            "{err}"
+        );
+        assert!(store.load_policy().await.is_err());
+
+        // Another process (here: another handle) can open the file meanwhile and change it.
+        {
+            let next = open(&dir);
+            assert_eq!(next.load_policy().await.unwrap().unwrap().json, "first");
+            next.put_entries("ips", &[Entry::new("10.0.0.8", "1", None)])
+                .await
+                .unwrap();
+        }
+
+        // Taken back: the file is read again, the other handle's entry included.
+        store.take_back().await.unwrap();
+        assert_eq!(
+            store.lookup_local("ips", "10.0.0.8"),
+            Some(Some("1".into()))
+        );
+        assert_eq!(store.save_policy("second", Some(1)).await.unwrap(), 2);
+        // Taking back what is held is nothing.
+        store.take_back().await.unwrap();
+        assert_eq!(store.load_policy().await.unwrap().unwrap().revision, 2);
     }
 
     #[tokio::test]

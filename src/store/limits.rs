@@ -22,6 +22,13 @@ pub enum EntryError {
     Key(String),
     #[error("`{key}` is not an IP address, and this list is looked up by client IP ({rule}): it would never match")]
     NotIp { key: String, rule: String },
+    #[error("`{}` is {escaped_len} bytes once escaped as the original's memcached client escapes it (`{}`), and a memcached key holds at most {MAX_KEY_LEN}", .key.escape_debug(), .escaped.escape_debug())]
+    EscapedKeyTooLong {
+        key: String,
+        /// The key as memcached would get it.
+        escaped: String,
+        escaped_len: usize,
+    },
     #[error("`{0}` is not a duration like \"1h\" or \"30m\": {1}")]
     NotDuration(String, String),
     #[error("`{0}` is shorter than a second (stores keep whole seconds)")]

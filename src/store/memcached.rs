@@ -16,8 +16,12 @@
 //!
 //! # Keys and servers
 //! A lookup of `key` in `list` is `get <prefix><key>` with the list's prefix from
-//! [`MemcachedConfig::lists`] (default `""`). A key memcached would reject (longer than 250 bytes,
-//! or with a space or a control character) is absent without a round trip. With several servers a
+//! [`MemcachedConfig::lists`] (default `""`). A list set to [`KeyEscape::Uri`] in
+//! [`MemcachedConfig::key_escape`] escapes the whole key, prefix included, as the original's
+//! lua-resty-memcached client does (`memc:get("TOKEN_" .. token)` escapes `TOKEN_<token>`):
+//! `2001:db8::1` is `get 2001%3Adb8%3A%3A1`, for reads and writes alike. A key memcached would
+//! reject (longer than 250 bytes once escaped, or with a space or a control character) is absent
+//! without a round trip, and counted ([`Store::unusable_keys`]); a write of one is refused. With several servers a
 //! key goes to server `xxh3(key) % n`; writers outside graygate must place keys the same way, so a
 //! single server (or a proxy such as mcrouter in front of several) is the simple setup.
 //!
@@ -36,14 +40,17 @@
 //! never be read as the answer to the next command. It has no pool, timeouts or reconnection; this
 //! module adds them.
 
+use super::key_escape::KeyEscape;
+use super::limits::EntryError;
 use super::{
     Change, Entry, ErrorChain, HealthTracker, Store, StoreError, StoreHealth, StoredPolicy,
 };
 use super::{BACKOFF_MAX, BACKOFF_MIN};
 use async_memcached::{AsciiProtocol, Client, Error as McError, Status};
 use async_trait::async_trait;
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, Notify, Semaphore};
@@ -80,6 +87,10 @@ pub struct MemcachedConfig {
     pub servers: Vec<String>,
     /// List name -> key prefix in memcached; a list not named here uses keys as they are.
     pub lists: HashMap<String, String>,
+    /// List name -> how its keys are written: [`KeyEscape::Uri`] reads and writes the keys the
+    /// original's client (which escapes every key) wrote. A list not named here keeps its keys
+    /// as they are, as before this setting existed.
+    pub key_escape: HashMap<String, KeyEscape>,
 }
 
 /// The memcached-backed [`Store`]. See the module documentation.
@@ -92,6 +103,10 @@ pub struct MemcachedStore {
 struct Shared {
     servers: Vec<Server>,
     lists: HashMap<String, String>,
+    /// See [`MemcachedConfig::key_escape`].
+    key_escape: HashMap<String, KeyEscape>,
+    /// Lookups answered as absent because the key cannot be a memcached key.
+    unusable_keys: AtomicU64,
     /// Where the policy lives.
     policy: Arc<dyn Store>,
     changes: broadcast::Sender<Change>,
@@ -154,6 +169,8 @@ impl MemcachedStore {
                 })
                 .collect(),
             lists: config.lists,
+            key_escape: config.key_escape,
+            unusable_keys: AtomicU64::new(0),
             policy: Arc::clone(&policy_store),
             changes,
             health: HealthTracker::new(STORE),
@@ -357,10 +374,36 @@ impl Server {
 
 impl Shared {
     fn key_of(&self, list: &str, key: &str) -> String {
-        match self.lists.get(list) {
-            Some(prefix) => format!("{prefix}{key}"),
-            None => key.to_owned(),
+        let plain = match self.lists.get(list) {
+            Some(prefix) => Cow::Owned(format!("{prefix}{key}")),
+            None => Cow::Borrowed(key),
+        };
+        match self.escape_of(list).apply(&plain) {
+            Cow::Borrowed(_) => plain.into_owned(),
+            Cow::Owned(escaped) => escaped,
         }
+    }
+
+    fn escape_of(&self, list: &str) -> KeyEscape {
+        self.key_escape.get(list).copied().unwrap_or_default()
+    }
+
+    /// Why `key` cannot be written to `list`, as [`limits::check_key`](super::limits::check_key)
+    /// words it; `None`: memcached takes it.
+    fn refusal(&self, list: &str, key: &str) -> Option<EntryError> {
+        let mkey = self.key_of(list, key);
+        if valid_key(&mkey) {
+            return None;
+        }
+        Some(match self.escape_of(list) {
+            // Escaped keys have no space or control character left: only the length can fail.
+            KeyEscape::Uri if !mkey.is_empty() => EntryError::EscapedKeyTooLong {
+                key: key.to_owned(),
+                escaped_len: mkey.len(),
+                escaped: mkey,
+            },
+            _ => EntryError::Key(key.to_owned()),
+        })
     }
 
     fn server_for(&self, key: &str) -> &Server {
@@ -532,9 +575,18 @@ impl Store for MemcachedStore {
         self.shared.policy.release_lease(name, holder).await
     }
 
+    async fn hand_over(&self) -> Result<(), StoreError> {
+        self.shared.policy.hand_over().await
+    }
+
+    async fn take_back(&self) -> Result<(), StoreError> {
+        self.shared.policy.take_back().await
+    }
+
     async fn lookup(&self, list: &str, key: &str) -> Result<Option<Arc<str>>, StoreError> {
         let mkey = self.shared.key_of(list, key);
         if !valid_key(&mkey) {
+            self.shared.unusable_keys.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         }
         let value = self
@@ -553,16 +605,14 @@ impl Store for MemcachedStore {
     /// failure stops at the first entry that failed.
     async fn put_entries(&self, list: &str, entries: &[Entry]) -> Result<(), StoreError> {
         let s = &self.shared;
-        let keys: Vec<String> = entries.iter().map(|e| s.key_of(list, &e.key)).collect();
-        if let Some(bad) = keys.iter().find(|k| !valid_key(k)) {
+        if let Some(refused) = entries.iter().find_map(|e| s.refusal(list, &e.key)) {
             return Err(StoreError::bad_data(
                 STORE,
-                bad.clone(),
-                format!(
-                    "memcached keys must be 1 to {MAX_KEY_LEN} bytes without spaces or control characters; nothing was written"
-                ),
+                list,
+                format!("{refused}; nothing was written"),
             ));
         }
+        let keys: Vec<String> = entries.iter().map(|e| s.key_of(list, &e.key)).collect();
         let now = SystemTime::now();
         let mut result = Ok(());
         for (entry, key) in entries.iter().zip(&keys) {
@@ -651,6 +701,15 @@ impl Store for MemcachedStore {
     fn health(&self) -> StoreHealth {
         self.shared.health.snapshot()
     }
+
+    /// Refuses a key that is not a memcached key once prefixed and escaped.
+    fn check_key(&self, list: &str, key: &str) -> Result<(), EntryError> {
+        self.shared.refusal(list, key).map_or(Ok(()), Err)
+    }
+
+    fn unusable_keys(&self) -> Option<u64> {
+        Some(self.shared.unusable_keys.load(Ordering::Relaxed))
+    }
 }
 
 #[cfg(test)]
@@ -704,6 +763,7 @@ mod tests {
         let config = MemcachedConfig {
             servers: vec![addr],
             lists: HashMap::new(),
+            key_escape: HashMap::new(),
         };
         let store = MemcachedStore::connect(config, Arc::clone(&policy))
             .await
@@ -734,6 +794,7 @@ mod tests {
         let config = MemcachedConfig {
             servers: vec![addr.clone()],
             lists: HashMap::new(),
+            key_escape: HashMap::new(),
         };
         let store = MemcachedStore::connect(config, policy).await.unwrap();
         let err = store.lookup("ips", "10.0.0.1").await.unwrap_err();
@@ -757,6 +818,65 @@ mod tests {
             "{cause:?}"
         );
         assert!(err.chain().to_string().contains(&addr), "{}", err.chain());
+    }
+
+    #[tokio::test]
+    async fn escaped_keys_are_limited_once_escaped_and_counted_without_a_round_trip() {
+        // No memcached: every answer here comes before any round trip.
+        let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = gone.local_addr().unwrap().to_string();
+        drop(gone);
+        let dir = tempfile::tempdir().unwrap();
+        let policy: Arc<dyn Store> =
+            Arc::new(crate::store::EmbeddedStore::open(dir.path()).unwrap());
+        let config = MemcachedConfig {
+            servers: vec![addr],
+            lists: HashMap::from([("tokens".to_owned(), "T:".to_owned())]),
+            key_escape: HashMap::from([
+                ("gray_ips".to_owned(), KeyEscape::Uri),
+                ("tokens".to_owned(), KeyEscape::Uri),
+            ]),
+        };
+        let store = MemcachedStore::connect(config, policy).await.unwrap();
+        assert_eq!(store.key_of("gray_ips", "2001:db8::1"), "2001%3Adb8%3A%3A1");
+        assert_eq!(store.key_of("gray_ips", "10.0.0.7"), "10.0.0.7");
+        // The prefix is escaped with the key, as the original escaped "T:" .. token.
+        assert_eq!(store.key_of("tokens", "a b"), "T%3Aa%20b");
+        // Other lists keep their keys as they are.
+        assert_eq!(store.key_of("plain", "2001:db8::1"), "2001:db8::1");
+
+        // 83 colons are 249 bytes escaped; 84 are 252.
+        store.check_key("gray_ips", &":".repeat(83)).unwrap();
+        let e = store.check_key("gray_ips", &":".repeat(84)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "`{}` is 252 bytes once escaped as the original's memcached client escapes it (`{}`), and a memcached key holds at most 250",
+                ":".repeat(84),
+                "%3A".repeat(84)
+            )
+        );
+        // A space is fine once escaped; unescaped it is no key.
+        store.check_key("gray_ips", "a b").unwrap();
+        assert_eq!(
+            store.check_key("plain", "a b"),
+            Err(EntryError::Key("a b".into()))
+        );
+        let err = store
+            .put_entries("gray_ips", &[Entry::new(":".repeat(84), "1", None)])
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("a memcached key holds at most 250; nothing was written"),
+            "{err}"
+        );
+
+        assert_eq!(store.unusable_keys(), Some(0));
+        let long = ":".repeat(84);
+        assert_eq!(store.lookup("gray_ips", &long).await.unwrap(), None);
+        assert_eq!(store.lookup("plain", "a b").await.unwrap(), None);
+        assert_eq!(store.unusable_keys(), Some(2));
     }
 
     #[test]

@@ -25,6 +25,8 @@
 
 pub mod cache;
 pub mod embedded;
+pub mod held;
+pub mod key_escape;
 pub mod limits;
 pub mod memcached;
 pub mod redis;
@@ -36,6 +38,7 @@ use std::time::{Duration, SystemTime};
 pub use self::redis::{InvalidationMode, RedisConfig, RedisStore};
 pub use cache::{CacheConfig, CacheStats, CachedStore};
 pub use embedded::EmbeddedStore;
+pub use key_escape::KeyEscape;
 pub use memcached::{MemcachedConfig, MemcachedStore};
 
 /// A store failure. Every variant names what failed so that an operator can act on the message;
@@ -443,6 +446,20 @@ pub trait Store: Send + Sync + 'static {
     /// or held by someone else.
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 
+    /// Lets go of what only one process may hold, so that a new graygate process can take it
+    /// over during an upgrade: the embedded store closes its file (redb lets one process have it
+    /// open). Lookups go on from memory; writes fail with [`StoreError::Unavailable`] until
+    /// [`Store::take_back`]. Shared stores (Redis) hold nothing of the kind.
+    async fn hand_over(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Takes back what [`Store::hand_over`] let go of, when the upgrade failed and this process
+    /// goes on serving.
+    async fn take_back(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// A receiver of every change made from now on. Lagging receivers should reload everything.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change>;
 
@@ -455,6 +472,23 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the store is reachable right now. Local stores are always healthy.
     fn health(&self) -> StoreHealth {
         StoreHealth::default()
+    }
+
+    /// Checks that this store can hold `key` in `list` as it would write it, beyond the checks
+    /// every store shares ([`limits::check_key`]): a memcached list whose keys are escaped as the
+    /// original's client escapes them ([`KeyEscape::Uri`]) can make a key too long. The admin API
+    /// and `graygate import` ask before writing, so that the refusal names the key's field or
+    /// line. The default: every key is fine.
+    fn check_key(&self, list: &str, key: &str) -> Result<(), limits::EntryError> {
+        let _ = (list, key);
+        Ok(())
+    }
+
+    /// How many lookups this store answered as absent without asking its server because the key,
+    /// as it would be written, is one the server cannot hold (memcached: longer than 250 bytes, or
+    /// a space or control character in an unescaped key); `None`: the store never does that.
+    fn unusable_keys(&self) -> Option<u64> {
+        None
     }
 }
 

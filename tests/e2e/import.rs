@@ -102,3 +102,55 @@ async fn import_refuses_what_the_admin_api_refuses() {
     assert!(ips["entries"][0]["ttl_seconds"].as_u64().unwrap() > 9 * 365 * 86_400);
     assert_eq!(admin.get("/v1/lists/tokens/count").await["count"], 0);
 }
+
+/// Into a memcached list while graygate serves: the embedded policy store is graygate's (it
+/// failed on its lock before), the lists are memcached's, so the import goes on; the keys are
+/// checked against the config's policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_into_memcached_while_graygate_serves() {
+    let memcached = MemcachedServer::start().await;
+    let stable = backend("stable").await;
+    let canary = backend("canary").await;
+    let gg = web_gateway(&stable, &canary)
+        .store(&memcached)
+        .cache_ttl(std::time::Duration::from_millis(200))
+        .trusted_proxies(["127.0.0.0/8"])
+        .service(web().rule(
+            "gray-ips",
+            "canary",
+            client_ip().lookup("gray_ips").equals("1"),
+        ))
+        .start()
+        .await;
+    let config = gg.dir().join("graygate.toml");
+    std::fs::write(gg.dir().join("ips.txt"), "10.0.0.7\n10.0.0.8 0\n").unwrap();
+    std::fs::write(gg.dir().join("names.txt"), "alice\n").unwrap();
+
+    let got = import(&config, &["--list", "gray_ips", "ips.txt"]);
+    assert_eq!(got.code, 0, "{got:?}");
+    assert!(
+        got.stdout
+            .contains("imported 2 entries from ips.txt into list `gray_ips`"),
+        "{got:?}"
+    );
+    assert!(
+        got.stderr.contains(
+            "held by a running graygate: the keys are checked against the config's policy"
+        ),
+        "{got:?}"
+    );
+    gg.eventually_answers(&[("X-Real-IP", "10.0.0.7")], "canary")
+        .await;
+    assert_eq!(
+        gg.client().version(&[("X-Real-IP", "10.0.0.8")]).await,
+        "stable"
+    );
+    // The config's policy looks the list up by client IP: a name is refused, as before.
+    let got = import(&config, &["--list", "gray_ips", "names.txt"]);
+    assert_eq!(got.code, 1, "{got:?}");
+    assert!(
+        got.stderr
+            .contains("names.txt:1: `alice` is not an IP address"),
+        "{got:?}"
+    );
+}

@@ -2,6 +2,9 @@
 //! `redis-server` and `memcached`, everything on 127.0.0.1 port 0.
 //!
 //! One test binary, one module per area:
+//! - [`upgrade`]: SIGUSR2 under load: the new process takes the sockets and the embedded store
+//!   with no refused or failed request and no acknowledged change lost; a failed upgrade leaves
+//!   the old process serving and writable;
 //! - [`routing`]: every matcher, sticky splits across a restart, client IPs, policy swaps under
 //!   load, dead upstreams, large bodies, WebSocket;
 //! - [`edge`]: the strict edge as raw bytes: refused requests, canonical paths and hosts, the
@@ -12,6 +15,8 @@
 //! - [`connections`]: connection limits on every listener, the admin port flooded with slow
 //!   requests, running out of file descriptors;
 //! - [`logs`]: what graygate writes to stderr when it cannot start;
+//! - [`operations`]: graygate as a service: log rotation with SIGUSR1, the shipped systemd unit,
+//!   its example config and the signals it sends;
 //! - [`admin`]: the admin API refuses bad input naming the field, revisions, tokens, explain, ctl;
 //! - [`ctl_honest`]: `graygate ctl` refuses what is not a graygate admin API, closed pipes, bad
 //!   weights, and names the line of a TOML document's errors;
@@ -21,7 +26,11 @@
 //!   designs' routing, SIGHUP and `ctl reload` never undo runtime changes;
 //! - [`original_layouts`]: the nginx + memcached and OpenResty + Redis designs' data, outages
 //!   under load, two instances on one Redis;
+//! - [`key_escape`]: memcached keys escaped as the original's client escapes them (IPv6
+//!   clients, a multi-hop `X-Forwarded-For`), read and written byte for byte;
 //! - [`stores`]: the store contract every store runs, and what only one store does;
+//! - [`store_limits`]: a Redis or memcached paused under load is reported degraded within a
+//!   second, holds few sockets and recovers by itself; 16 KB identities and the cache's byte bound;
 //! - [`check`]: `graygate check` names the file, line and field of every bad config;
 //! - [`tls`]: TLS termination with real clients (curl, openssl, a rustls client): SNI, ALPN,
 //!   certificate rotation under load, the redirect to HTTPS, `graygate check` of certificates;
@@ -35,7 +44,9 @@
 //! - [`upstream_h2`]: `h2` and `h2c` upstreams: the request's shape on the way, bodies and
 //!   trailers on the way back;
 //! - [`grpc`]: a tonic client and tonic servers through graygate, unary and streaming, the version
-//!   chosen by metadata.
+//!   chosen by metadata;
+//! - [`generated`]: generated request heads (valid ones taken apart, random bytes) against a
+//!   running graygate: each is answered with a status line or closed within the timeouts.
 //!
 //! [`support`] holds the builders. Waits are bounded; a slow machine stretches every bound with
 //! `GRAYGATE_TEST_PATIENCE=<factor>` (default 1).
@@ -48,20 +59,25 @@ mod demo;
 mod doc_figures;
 mod docs;
 mod edge;
+mod generated;
 mod grpc;
 mod health;
 mod http2;
 mod import;
+mod key_escape;
 mod lifecycle;
 mod live;
 mod logs;
 mod observe;
+mod operations;
 mod original_layouts;
 mod rollout;
 mod rollouts;
 mod routing;
+mod store_limits;
 mod stores;
 mod support;
 mod tls;
+mod upgrade;
 mod upstream_h2;
 mod upstream_tls;

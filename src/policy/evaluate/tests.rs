@@ -55,6 +55,7 @@ impl Req {
             path: self.path,
             query: self.query,
             client_ip: self.ip,
+            client_key: None,
             headers: &self.headers,
             random: self.random,
         }
@@ -363,6 +364,45 @@ fn lookups_are_requested_then_used() {
     assert_eq!(&*decision(&p, &r, &known).version, "v1");
     // no header: no lookup at all
     assert_eq!(&*decision(&p, &req(), &known).version, "v1");
+}
+
+#[test]
+fn a_client_key_replaces_the_client_ip_in_lookups_only() {
+    // The original client IP mode looks a multi-hop X-Forwarded-For up whole.
+    let p = web(&format!(
+        "{RULE}when = {{ client_ip = true, lookup = {{ list = \"gray_ips\" }}, equals = \"1\" }}\n\
+         [[services.rules]]\nname = \"office\"\nversion = \"v2\"\nwhen = {{ client_ip = true, cidr = [\"10.0.0.7/32\"] }}\n"
+    ));
+    let r = req().ip("10.0.0.7");
+    let facts = RequestFacts {
+        client_key: Some("10.0.0.7, 10.0.0.9"),
+        ..r.facts()
+    };
+    let mut known = Map(HashMap::new());
+    assert_eq!(
+        p.evaluate(&facts, &known),
+        Evaluation::NeedLookup {
+            list: "gray_ips".into(),
+            key: "10.0.0.7, 10.0.0.9".into()
+        }
+    );
+    // Not on the list under the whole header: the `cidr` rule still sees the address.
+    known.0.insert(
+        ("gray_ips".into(), "10.0.0.7, 10.0.0.9".into()),
+        LookupAnswer::Absent,
+    );
+    let Evaluation::Decided(d) = p.evaluate(&facts, &known) else {
+        panic!("decided")
+    };
+    assert_eq!(d.reason.to_string(), "rule:office");
+    // Without a client key, the address's text is the key.
+    assert_eq!(
+        p.evaluate(&r.facts(), &known),
+        Evaluation::NeedLookup {
+            list: "gray_ips".into(),
+            key: "10.0.0.7".into()
+        }
+    );
 }
 
 #[test]

@@ -402,6 +402,55 @@ mod tests {
         assert!(k.owners("other").is_empty());
     }
 
+    use crate::mutate::{bounded, mutated};
+    use proptest::prelude::*;
+
+    /// A key as a keyspace notification names it: one of a list's, one of graygate's own, taken
+    /// apart, or random text.
+    fn redis_key() -> impl Strategy<Value = String> {
+        let valid = vec![
+            "TOKEN_abc",
+            "graygate:list:ips:10.0.0.1",
+            "graygate:list:tokens:abc",
+            "graygate:record:rollout:web",
+            "graygate:policy",
+            "Grayscale_Range",
+        ];
+        prop_oneof![
+            3 => prop::sample::select(valid).prop_flat_map(|k| mutated(k.as_bytes().to_vec())),
+            1 => prop::collection::vec(any::<u8>(), 0..40),
+        ]
+        .prop_map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+
+    proptest! {
+        #![proptest_config(bounded(256, 5_000))]
+
+        #[test]
+        fn every_owner_of_a_key_names_that_key_back(key in redis_key()) {
+            let k = keys(&[("tokens", "TOKEN_"), ("all", ""), ("range", "Grayscale_")]);
+            let owners = k.owners(&key);
+            if k.is_own(&key) {
+                prop_assert!(owners.is_empty(), "{:?}: {:?}", key, owners);
+            }
+            for (list, entry) in &owners {
+                prop_assert_eq!(&k.entry(list, entry), &key, "{} {}", list, entry);
+            }
+        }
+
+        #[test]
+        fn an_entry_written_is_owned_by_its_list(
+            list in "[a-z_]{1,8}",
+            entry in "\\PC{0,20}",
+        ) {
+            let k = keys(&[("tokens", "TOKEN_")]);
+            let key = k.entry(&list, &entry);
+            if !k.is_own(&key) {
+                prop_assert!(k.owners(&key).contains(&(list.clone(), entry.clone())), "{:?}", key);
+            }
+        }
+    }
+
     #[test]
     fn notices_read_back() {
         let n: Notice = serde_json::from_str(&Notice::list("a\"b")).unwrap();

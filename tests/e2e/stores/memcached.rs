@@ -6,7 +6,6 @@ use super::{lookups_fail_fast, memcached_store, next_change, v};
 use crate::support::{eventually, patient, HangingServer, MemcachedServer};
 use graygate::store::Change;
 use graygate::store::{EmbeddedStore, Entry, MemcachedConfig, MemcachedStore, Store, StoreError};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -164,7 +163,7 @@ async fn configuration_mistakes_fail_connect() {
     assert!(err.to_string().contains("no server configured"), "{err}");
     let config = MemcachedConfig {
         servers: vec!["localhost".into()],
-        lists: HashMap::new(),
+        ..MemcachedConfig::default()
     };
     let err = MemcachedStore::connect(config, policy).await.unwrap_err();
     assert!(err.to_string().contains("host:port"), "{err}");

@@ -198,6 +198,7 @@ pub async fn memcached_store(addr: String) -> (MemcachedStore, tempfile::TempDir
     let config = MemcachedConfig {
         servers: vec![addr],
         lists: HashMap::from([("tokens".to_owned(), "TOKEN_".to_owned())]),
+        ..MemcachedConfig::default()
     };
     let store = MemcachedStore::connect(config, policy)
         .await

@@ -21,8 +21,8 @@ use super::eventually::{equals, eventually, patient, Eventually};
 use super::{route, service, Client, Reply};
 use bytes::Bytes;
 use graygate::config::file::{
-    AccessLogFile, AdminFile, CertFile, ConfigFile, HealthFile, MetricsFile, PassiveFile,
-    RolloutsFile, StoreFile, TlsFile, TokenFile, UpstreamFile,
+    AccessLogFile, AdminFile, CacheFile, CertFile, ConfigFile, HealthFile, MetricsFile,
+    PassiveFile, RolloutsFile, StoreFile, TlsFile, TokenFile, UpstreamFile,
 };
 use graygate::demo::Backend;
 use graygate::policy::model::{RouteDoc, ServiceDoc};
@@ -171,6 +171,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// `[timeouts] header`: how long a request head may take to arrive, and a kept-alive
+    /// connection may wait for its next one.
+    pub fn header_timeout(mut self, timeout: Duration) -> Self {
+        self.file.timeouts.header = Some(humantime::format_duration(timeout).to_string());
+        self
+    }
+
     /// `[timeouts] client_body`.
     pub fn client_body_timeout(mut self, timeout: Duration) -> Self {
         self.file.timeouts.client_body = Some(humantime::format_duration(timeout).to_string());
@@ -280,12 +287,28 @@ impl GatewayBuilder {
         self
     }
 
+    /// `[store] key_escape`: list `list`'s memcached keys are written as `escape` says (`uri`:
+    /// as the original's client escapes them).
+    pub fn key_escape(mut self, list: &str, escape: &str) -> Self {
+        self.file
+            .store
+            .key_escape
+            .get_or_insert_with(Default::default)
+            .insert(list.into(), escape.into());
+        self
+    }
+
     /// `[cache] ttl` and `negative_ttl`.
     pub fn cache_ttl(mut self, ttl: Duration) -> Self {
         let ttl = humantime::format_duration(ttl).to_string();
         self.file.cache.ttl = Some(ttl.clone());
         self.file.cache.negative_ttl = Some(ttl);
         self
+    }
+
+    /// `[cache]` as it will be written, to change in place (`max_bytes`, `max_key_bytes`...).
+    pub fn cache_mut(&mut self) -> &mut CacheFile {
+        &mut self.file.cache
     }
 
     /// `[client_ip] trusted_proxies`.
@@ -521,6 +544,7 @@ impl GatewayBuilder {
             admin,
             dir,
             child,
+            successor: None,
             log,
             out,
             builder: self,
@@ -578,6 +602,9 @@ pub struct Gateway {
     admin: Option<SocketAddr>,
     dir: PathBuf,
     child: Child,
+    /// The process that took over by an upgrade (SIGUSR2), once `child` has handed over to it:
+    /// not a child of the test, so it is signalled and watched by its pid.
+    successor: Option<u32>,
     /// Lines the process wrote to stderr (its log).
     log: Arc<Mutex<Vec<String>>>,
     /// Lines the process wrote to stdout (the access log, when it goes there).
@@ -612,9 +639,67 @@ impl Gateway {
         self.tls.expect("graygate runs without a TLS listener")
     }
 
-    /// The process id (to look at its memory).
+    /// The process id (to look at its memory): the process serving now, the one an upgrade
+    /// started once it took over.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.successor.unwrap_or_else(|| self.child.id())
+    }
+
+    /// Sends SIGUSR2 and waits until the new process it starts serves and the old one has
+    /// exited; the new process's pid. The old process's last lines are in the log.
+    pub async fn upgrade(&mut self) -> u32 {
+        let old = self.pid();
+        let before = lock(&self.log).len();
+        signal(old, "USR2");
+        let line = eventually("the new process serves after SIGUSR2", async || {
+            let log = lock(&self.log);
+            if let Some(failed) = log[before..].iter().find(|l| l.contains("upgrade failed")) {
+                panic!("the upgrade failed: {failed}");
+            }
+            log[before..]
+                .iter()
+                .find(|l| l.contains("upgrade: the new process (pid "))
+                .cloned()
+                .ok_or("not yet")
+        })
+        .await;
+        let pid: u32 = line
+            .split("upgrade: the new process (pid ")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("a pid in {line}"));
+        eventually("the old process exits after handing over", async || {
+            if self.successor.is_none() {
+                match self.child.try_wait() {
+                    Ok(Some(_)) => return Ok(()),
+                    other => return Err(format!("{other:?}")),
+                }
+            }
+            if process_gone(old) {
+                Ok(())
+            } else {
+                Err(format!("{old} runs"))
+            }
+        })
+        .await;
+        self.successor = Some(pid);
+        pid
+    }
+
+    /// Sends SIGUSR2 to an upgrade that is expected to fail; the log line that says why. The
+    /// process serving before goes on serving.
+    pub async fn upgrade_fails(&self) -> String {
+        let before = lock(&self.log).len();
+        signal(self.pid(), "USR2");
+        eventually("the upgrade fails", async || {
+            lock(&self.log)[before..]
+                .iter()
+                .find(|l| l.contains("SIGUSR2: upgrade failed"))
+                .cloned()
+                .ok_or("not yet")
+        })
+        .await
     }
 
     /// Waits until graygate's log has a line containing `text`; that line.
@@ -693,7 +778,7 @@ impl Gateway {
 
     /// Sends SIGHUP: graygate reads its config again.
     pub fn hup(&self) {
-        signal(self.child.id(), "HUP");
+        signal(self.pid(), "HUP");
     }
 
     /// How many SIGHUPs graygate has logged having handled (its `SIGHUP: policy: ` lines).
@@ -717,11 +802,43 @@ impl Gateway {
         lock(&self.log)[before..].join("\n")
     }
 
+    /// How many SIGUSR1s graygate has logged having handled (its `SIGUSR1: ` lines).
+    pub fn sigusr1s_done(&self) -> usize {
+        lock(&self.log)
+            .iter()
+            .filter(|l| l.contains("SIGUSR1: "))
+            .count()
+    }
+
+    /// Sends SIGUSR1 (reopen the log files, as logrotate does) and waits until graygate has
+    /// logged handling it; that line.
+    pub async fn usr1_and_wait(&self) -> String {
+        let done = self.sigusr1s_done();
+        signal(self.child.id(), "USR1");
+        eventually("graygate handles the SIGUSR1", async || {
+            equals(self.sigusr1s_done(), done + 1)
+        })
+        .await;
+        lock(&self.log)
+            .iter()
+            .filter(|l| l.contains("SIGUSR1: "))
+            .nth(done)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Sends SIGTERM and waits for the process to exit (the log stays readable); how long that
     /// took.
     pub async fn terminate(&mut self) -> Duration {
         let asked = std::time::Instant::now();
-        signal(self.child.id(), "TERM");
+        signal(self.pid(), "TERM");
+        if let Some(pid) = self.successor {
+            eventually("graygate exits after SIGTERM", async || {
+                process_gone(pid).then_some(()).ok_or("runs")
+            })
+            .await;
+            return asked.elapsed();
+        }
         let child = &mut self.child;
         eventually("graygate exits after SIGTERM", async || {
             match child.try_wait() {
@@ -757,6 +874,11 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
+        if let Some(pid) = self.successor {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         remove_unless_failing(&self.dir);
@@ -792,6 +914,18 @@ impl Drop for Stopped {
 fn remove_unless_failing(dir: &Path) {
     if !dir.as_os_str().is_empty() && !std::thread::panicking() {
         let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Whether process `pid` has ended: gone, or a zombie nobody reaped yet (a process that is not
+/// the test's child is reaped by init, maybe later).
+fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // `pid (comm) S ...`: the state follows the last `)`.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
     }
 }
 

@@ -10,6 +10,8 @@
 //!   server that never answers;
 //! - [`client`] and [`ctl`]: HTTP to the data plane and the admin API, and `graygate ctl`;
 //! - [`raw`]: HTTP/1.1 as bytes: a client and upstreams that write exactly what a test gives.
+//! - [`mutate`]: generated bad input (valid input taken apart), shared with the library's
+//!   property tests;
 //! - [`tls`]: a CA of the test's own, leaf certificates, a TLS client that trusts them;
 //! - [`h2raw`]: HTTP/2 frames written by hand, for the flood limits;
 //! - [`backends`]: TLS, h2 and h2c backends and the test PKI they use;
@@ -22,6 +24,12 @@ pub mod eventually;
 pub mod gateway;
 pub mod grpc;
 pub mod h2raw;
+// The library's generators of bad input (`src/mutate.rs`, test-only there, so not reachable as
+// `graygate::mutate`): the same edits for request heads as for configs and bodies. Only the byte
+// edits are used here.
+#[allow(dead_code)]
+#[path = "../../../src/mutate.rs"]
+pub mod mutate;
 pub mod policy;
 pub mod raw;
 pub mod servers;
@@ -43,8 +51,8 @@ pub use graygate::demo::Backend;
 pub use grpc::{EchoClient, GrpcEcho};
 pub use policy::*;
 pub use servers::{
-    memcached_store, redis_store, HangingServer, Kind, MemcachedServer, NginxBackend, RedisServer,
-    Server,
+    memcached_store, redis_store, sockets_toward, HangingServer, Kind, MemcachedServer,
+    NginxBackend, RedisServer, Server,
 };
 
 /// Starts a backend answering as `name`.

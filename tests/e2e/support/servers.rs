@@ -589,3 +589,27 @@ impl Drop for HangingServer {
         }
     }
 }
+
+/// TCP sockets on this machine whose far end is `port`, in any state: open connections to the
+/// server there and the ones still closing (an orphan waiting for a paused server to acknowledge
+/// its close holds a socket too). From `/proc/net/tcp` and `tcp6`.
+pub fn sockets_toward(port: u16) -> usize {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .map(|table| {
+            std::fs::read_to_string(table)
+                .unwrap_or_else(|e| panic!("read {table}: {e}"))
+                .lines()
+                .skip(1)
+                .filter(|row| {
+                    // `sl local_address rem_address ...`, addresses as `HEXIP:HEXPORT`.
+                    let remote = row.split_whitespace().nth(2).unwrap_or("");
+                    remote
+                        .rsplit_once(':')
+                        .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                        == Some(port)
+                })
+                .count()
+        })
+        .sum()
+}
