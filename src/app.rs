@@ -14,6 +14,7 @@ use crate::observe::{
     CacheCounts, CertExpiry, Metrics, Observe, PolicyStatsSource, Reopened, RolloutStats,
     RolloutStatsSource, StoreStats, StoreStatsSource, TlsStatsSource,
 };
+use crate::proxy::listen::{ConnectionLimit, DEFAULT_ADMIN_MAX_CONNECTIONS};
 use crate::proxy::tls::{CertError, HandshakeFailure, HttpsRedirect};
 use crate::proxy::{self, Front, LiveUpstreams, ProxyConfig, TlsTerminator, UpstreamConfigError};
 use crate::reload::Reloader;
@@ -110,11 +111,12 @@ struct Bound {
     handed: (String, OwnedFd),
 }
 
-/// Binds one listener, naming it in the error; or takes the one an upgrade's old process handed
+/// Binds one listener with the config's `listen_backlog`, naming it in the error; or takes the one an upgrade's old process handed
 /// over for the same configured address, so that no connection is refused in between.
 async fn bind(
     listener: Listener,
     addr: SocketAddr,
+    backlog: u32,
     inherited: &Inheritance,
 ) -> Result<Bound, StartError> {
     let bind_error = |source| StartError::Bind {
@@ -127,7 +129,7 @@ async fn bind(
         Some(socket) => socket
             .set_nonblocking(true)
             .and_then(|()| tokio::net::TcpListener::from_std(socket)),
-        None => proxy::bind(addr).await,
+        None => proxy::bind(addr, backlog),
     }
     .map_err(bind_error)?;
     let bound = socket.local_addr().map_err(bind_error)?;
@@ -246,6 +248,7 @@ pub async fn start_with(
     // The first health check of every checked server, before any listener opens: a server that
     // is down from the start never gets a request.
     upstreams.start_health_checks().await;
+    let limits = ListenerLimits::of(config);
     let sockets = Sockets::bind(config, inherited).await?;
     if let AccessLogTarget::File(path) = &config.access_log.target {
         if config.access_log.format != AccessLogFormat::Off {
@@ -278,6 +281,7 @@ pub async fn start_with(
         &upstreams,
         verdicts.clone(),
         terminator.as_ref(),
+        &limits,
     )
     .await?;
 
@@ -297,6 +301,7 @@ pub async fn start_with(
         response_version_header,
         observer,
         http2: config.http2,
+        connections: limits.data.clone(),
         draining: proxy::Draining::default(),
     });
     let draining = proxy_config.draining.clone();
@@ -322,6 +327,7 @@ pub async fn start_with(
         servers.push(tokio::spawn(observe::serve_metrics(
             listener,
             metrics.clone(),
+            limits.metrics.clone(),
             shutdown_signal(&stopped),
         )));
     }
@@ -378,6 +384,10 @@ pub async fn start_with(
         servers.push(tokio::spawn(crate::admin::serve(
             listener,
             state,
+            crate::admin::AdminLimits {
+                connections: limits.admin.clone(),
+                header_timeout: admin.header_timeout,
+            },
             shutdown_signal(&stopped),
         )));
     }
@@ -416,25 +426,32 @@ impl Sockets {
     /// Binds them all (or takes them over from an upgrade's old process), or fails naming the
     /// first that cannot be bound (those bound before it are closed when they are dropped).
     async fn bind(config: &Config, inherited: &Inheritance) -> Result<Sockets, StartError> {
+        let backlog = config.listen_backlog;
         let mut handed = Vec::new();
         let mut keep = |bound: Bound| {
             handed.push(bound.handed);
             (bound.listener, bound.addr)
         };
         let metrics = match config.metrics.listen {
-            Some(addr) => Some(keep(bind(Listener::Metrics, addr, inherited).await?)),
+            Some(addr) => Some(keep(
+                bind(Listener::Metrics, addr, backlog, inherited).await?,
+            )),
             None => None,
         };
         let mut tls = Vec::new();
         for addr in config.tls.iter().flat_map(|t| t.listen.iter()) {
-            tls.push(keep(bind(Listener::Tls, *addr, inherited).await?));
+            tls.push(keep(bind(Listener::Tls, *addr, backlog, inherited).await?));
         }
         let mut plain = Vec::new();
         for addr in &config.listen {
-            plain.push(keep(bind(Listener::DataPlane, *addr, inherited).await?));
+            plain.push(keep(
+                bind(Listener::DataPlane, *addr, backlog, inherited).await?,
+            ));
         }
         let admin = match &config.admin {
-            Some(admin) => Some(keep(bind(Listener::Admin, admin.listen, inherited).await?)),
+            Some(admin) => Some(keep(
+                bind(Listener::Admin, admin.listen, backlog, inherited).await?,
+            )),
             None => None,
         };
         Ok(Sockets {
@@ -444,6 +461,61 @@ impl Sockets {
             admin,
             handed,
         })
+    }
+}
+
+/// The connection limit of each listener group, made from the config once so that the metrics
+/// read the same counters the listeners count into.
+struct ListenerLimits {
+    /// The data plane, plain and TLS listeners together (`max_connections`, or sized for the
+    /// open-file limit).
+    data: ConnectionLimit,
+    /// `[admin] max_connections`.
+    admin: ConnectionLimit,
+    /// `[metrics] max_connections`.
+    metrics: ConnectionLimit,
+    /// Whether the config has an admin listener and a metrics listener.
+    has_admin: bool,
+    has_metrics: bool,
+}
+
+impl ListenerLimits {
+    /// The limits `config` sets; raises the open-file limit first, since the data plane's
+    /// default is sized for it.
+    fn of(config: &Config) -> ListenerLimits {
+        let admin = config
+            .admin
+            .as_ref()
+            .map_or(DEFAULT_ADMIN_MAX_CONNECTIONS, |a| a.max_connections);
+        let has_admin = config.admin.is_some();
+        let has_metrics = config.metrics.listen.is_some();
+        let others = if has_admin { admin } else { 0 }
+            + if has_metrics {
+                config.metrics.max_connections
+            } else {
+                0
+            };
+        // Raises the open-file limit first: the data plane's limit is sized for it.
+        let data = proxy::listen::prepare_fd_limit(config.max_connections, others);
+        ListenerLimits {
+            data: ConnectionLimit::new("data", data),
+            admin: ConnectionLimit::new("admin", admin),
+            metrics: ConnectionLimit::new("metrics", config.metrics.max_connections),
+            has_admin,
+            has_metrics,
+        }
+    }
+
+    /// The limits of the listeners the config has, for the metrics.
+    fn in_use(&self) -> Vec<ConnectionLimit> {
+        let mut limits = vec![self.data.clone()];
+        if self.has_admin {
+            limits.push(self.admin.clone());
+        }
+        if self.has_metrics {
+            limits.push(self.metrics.clone());
+        }
+        limits
     }
 }
 
@@ -499,6 +571,7 @@ async fn observation(
     upstreams: &Arc<LiveUpstreams>,
     verdicts: Arc<VerdictTally>,
     tls: Option<&TlsTerminator>,
+    limits: &ListenerLimits,
 ) -> Result<Observation, StartError> {
     let metrics = config.metrics.listen.map(|_| {
         Arc::new(Metrics::new(observe::Sources {
@@ -511,6 +584,7 @@ async fn observation(
                 verdicts,
             })),
             tls: tls.map(|t| Arc::new(t.clone()) as Arc<dyn TlsStatsSource>),
+            listeners: limits.in_use(),
         }))
     });
     let (log, writer) = match config.access_log.format {

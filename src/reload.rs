@@ -396,6 +396,14 @@ fn restart_needed(current: &Config, new: &Config) -> Vec<String> {
             current.max_header_bytes != new.max_header_bytes,
         ),
         (
+            "listen_backlog",
+            current.listen_backlog != new.listen_backlog,
+        ),
+        (
+            "max_connections",
+            current.max_connections != new.max_connections,
+        ),
+        (
             "reload_interval",
             current.reload_interval != new.reload_interval,
         ),

@@ -36,6 +36,12 @@
 //! `graygate ctl` can tell this API from anything else answering on an address (the data plane
 //! passes an application's answers through; they do not carry it).
 //!
+//! # Listener
+//! The admin listener has its own connection limit (`[admin] max_connections`, default 64) and
+//! header timeout (`[admin] header_timeout`, default 10 s), apart from the data plane's: clients
+//! of the admin API, slow or stuck, wait in the listen backlog and are closed when their headers
+//! do not arrive, and can never take the file descriptors traffic needs.
+//!
 //! # Files
 //! The wire types (bodies, error codes, the revision rule, the paths) are [`crate::api`]'s. Here:
 //! - `auth`: bearer tokens (constant-time comparison), loopback-only without tokens.
@@ -75,6 +81,7 @@ pub use extract::Write;
 use crate::api::{ADMIN_HEADER, ADMIN_VERSION};
 use crate::gateway::Gateway;
 use crate::policy::PolicyDoc;
+use crate::proxy::listen::{self, ConnectionLimit, Slot, DEFAULT_ADMIN_MAX_CONNECTIONS};
 use crate::proxy::{ClientIpConfig, LiveUpstreams};
 use crate::reload::Reloader;
 use axum::extract::{ConnectInfo, Request, State};
@@ -82,12 +89,15 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use http::{HeaderName, HeaderValue};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 /// The state extractor every handler uses.
 type Shared = State<Arc<AdminState>>;
@@ -248,10 +258,31 @@ async fn stamp(mut response: Response) -> Response {
     response
 }
 
-/// Serves the admin API on `listener` until `shutdown` completes.
+/// How the admin listener bounds its clients.
+#[derive(Debug, Clone)]
+pub struct AdminLimits {
+    /// Connections open at once (`[admin] max_connections`): more wait in the listen backlog.
+    pub connections: ConnectionLimit,
+    /// A request's headers must arrive within this (`[admin] header_timeout`), or the
+    /// connection is closed; it also bounds how long an idle connection is kept.
+    pub header_timeout: Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        AdminLimits {
+            connections: ConnectionLimit::new("admin", DEFAULT_ADMIN_MAX_CONNECTIONS),
+            header_timeout: crate::config::DEFAULT_ADMIN_HEADER_TIMEOUT,
+        }
+    }
+}
+
+/// Serves the admin API on `listener`, within `limits`, until `shutdown` completes; then stops
+/// accepting and waits for the requests in flight.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
+    limits: AdminLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if state.auth.is_open() {
@@ -270,12 +301,68 @@ pub async fn serve(
             }
         })
     };
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let app = router(state);
+    let (stop, stopped) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            // Reap finished connections so the set does not grow with every request.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            (stream, peer, slot) = listen::accept(&listener, &limits.connections) => {
+                connections.spawn(serve_connection(
+                    stream,
+                    peer,
+                    app.clone(),
+                    limits.header_timeout,
+                    stopped.clone(),
+                    slot,
+                ));
+            }
+        }
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    while connections.join_next().await.is_some() {}
     sampler.abort();
-    served
+    Ok(())
+}
+
+/// One admin connection: HTTP/1.1 with keep-alive, its headers within `header_timeout`, asked to
+/// finish its request in flight at shutdown. Holds its `slot` of the listener's limit.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    header_timeout: Duration,
+    mut stopped: watch::Receiver<bool>,
+    slot: Slot,
+) {
+    // The handlers read the peer (loopback check, explain) as `ConnectInfo`, as axum::serve
+    // gave it.
+    let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let mut app = app.clone();
+        tower_service::Service::call(&mut app, req)
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let served = tokio::select! {
+        served = conn.as_mut() => served,
+        _ = async { let _ = stopped.wait_for(|stop| *stop).await; } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(peer = %peer, error = %e, "admin connection ended with an error");
+    }
+    drop(slot);
 }
 
 /// While this process hands over to a new one (an upgrade, see [`crate::upgrade`]), every

@@ -3,6 +3,8 @@
 //! ```toml
 //! [admin]
 //! listen = "127.0.0.1:9901"          # absent table: no admin listener
+//! max_connections = 64               # connections open at once; more wait in the backlog
+//! header_timeout = "10s"             # a request's headers must arrive within this
 //! tokens = [
 //!   { name = "alice", token_env = "GRAYGATE_TOKEN_ALICE" },   # preferred: out of the file
 //!   { name = "ci", token = "a-long-random-secret" },
@@ -14,8 +16,10 @@
 
 use super::file::AdminFile;
 use super::{AdminSecrets, ConfigError};
+use crate::proxy::listen::DEFAULT_ADMIN_MAX_CONNECTIONS;
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// Shortest token accepted: a guessable token is no protection.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -28,7 +32,17 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Bearer tokens; empty: no authentication, loopback only.
     pub tokens: Vec<AdminToken>,
+    /// Connections open at once. Small and apart from the data plane's `max_connections`, so
+    /// that clients of the admin API (slow, stuck or hostile) can never take the file
+    /// descriptors traffic needs. Default 64.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this, or the connection is closed (slowloris on
+    /// the admin port). Also how long an idle kept-alive connection is kept. Default 10 s.
+    pub header_timeout: Duration,
 }
+
+/// Default of `[admin] header_timeout`, as the data plane's `timeouts.header`.
+pub const DEFAULT_ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A bearer token and the name that changes made with it are recorded under.
 #[derive(Clone, PartialEq, Eq)]
@@ -140,9 +154,23 @@ pub(super) fn admin_config(
             ),
         ));
     }
+    let max_connections = super::connection_limit(
+        "admin.max_connections",
+        file.max_connections,
+        DEFAULT_ADMIN_MAX_CONNECTIONS,
+        at,
+    )?;
+    let header_timeout = super::duration(
+        "admin.header_timeout",
+        &file.header_timeout,
+        DEFAULT_ADMIN_HEADER_TIMEOUT,
+        at,
+    )?;
     Ok(AdminConfig {
         listen: addr,
         tokens,
+        max_connections,
+        header_timeout,
     })
 }
 

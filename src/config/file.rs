@@ -34,6 +34,12 @@ pub struct ConfigFile {
     /// Largest request head accepted, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_header_bytes: Option<usize>,
+    /// Listen backlog of every listener (connections the kernel holds until they are accepted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_backlog: Option<u32>,
+    /// Client connections of the data plane open at once (plain and TLS together).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
     /// `[[upstreams]]`: the servers the policy's versions name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upstreams: Vec<UpstreamFile>,
@@ -301,6 +307,9 @@ pub struct MetricsFile {
     /// Address of the metrics listener; absent: no listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    /// Scrape connections open at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
 }
 
 /// `[access_log]`.
@@ -334,6 +343,12 @@ pub struct AdminFile {
     /// Bearer tokens; none: no authentication, loopback only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tokens: Vec<TokenFile>,
+    /// Admin connections open at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// A request's headers must arrive within this (`"10s"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_timeout: Option<String>,
 }
 
 /// One entry of `[admin] tokens`: exactly one of `token` and `token_env` (checked by validation).
@@ -433,6 +448,8 @@ mod tests {
                 shutdown: Some("7s".into()),
             },
             max_header_bytes: Some(4096),
+            listen_backlog: Some(1024),
+            max_connections: Some(2000),
             upstreams: vec![
                 UpstreamFile {
                     name: "stable".into(),
@@ -470,6 +487,7 @@ mod tests {
             workers: Some(2),
             metrics: MetricsFile {
                 listen: Some("127.0.0.1:9091".into()),
+                max_connections: Some(4),
             },
             access_log: AccessLogFile {
                 format: Some("json".into()),
@@ -486,6 +504,8 @@ mod tests {
                     token: Some("alice-token-0123456789".into()),
                     token_env: None,
                 }],
+                max_connections: Some(8),
+                header_timeout: Some("3s".into()),
             }),
             rollouts: RolloutsFile {
                 tick: Some("500ms".into()),
@@ -505,6 +525,8 @@ mod tests {
     const BY_HAND: &str = r#"
 listen = ["127.0.0.1:8080", "[::1]:8080"]
 max_header_bytes = 4096
+listen_backlog = 1024
+max_connections = 2000
 reload_interval = "7s"
 version_header = "x-served-version"
 workers = 2
@@ -552,6 +574,7 @@ protocol = "h2c"
 
 [metrics]
 listen = "127.0.0.1:9091"
+max_connections = 4
 
 [access_log]
 format = "json"
@@ -563,6 +586,8 @@ format = "json"
 [admin]
 listen = "127.0.0.1:0"
 tokens = [{ name = "alice", token = "alice-token-0123456789" }]
+max_connections = 8
+header_timeout = "3s"
 
 [rollouts]
 tick = "500ms"

@@ -20,8 +20,13 @@ mod observe;
 mod tls;
 mod upstream;
 
+pub use crate::proxy::listen::{
+    DEFAULT_LISTEN_BACKLOG, DEFAULT_MAX_CONNECTIONS, MAX_CONNECTIONS_LIMIT, MAX_LISTEN_BACKLOG,
+};
 pub use crate::proxy::{DEFAULT_MAX_HEADER_BYTES, DEFAULT_VERSION_HEADER};
-pub use admin::{AdminConfig, AdminToken, DEFAULT_ADMIN_LISTEN, MIN_TOKEN_LEN};
+pub use admin::{
+    AdminConfig, AdminToken, DEFAULT_ADMIN_HEADER_TIMEOUT, DEFAULT_ADMIN_LISTEN, MIN_TOKEN_LEN,
+};
 pub use observe::{AccessLogConfig, LogConfig, LogFormat, MetricsConfig};
 pub use tls::{TlsConfig, DEFAULT_WATCH_INTERVAL};
 
@@ -91,6 +96,14 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Largest request head (request line and headers) accepted; larger gets 431.
     pub max_header_bytes: usize,
+    /// Listen backlog of every listener: connections the kernel completes and holds until
+    /// graygate accepts them, so that a burst of new clients (or a listener at its connection
+    /// limit) makes them wait rather than time out. Default 511, as nginx.
+    pub listen_backlog: u32,
+    /// Client connections of the data plane open at once, plain and TLS listeners together:
+    /// what bounds the file descriptors clients can take. `None` (not set): sized at start for
+    /// the open-file limit, at most 10,000 (see `crate::proxy::listen::data_plane_limit`).
+    pub max_connections: Option<usize>,
     pub upstreams: Vec<UpstreamConfig>,
     /// The policy written in the config (inline `[policy]` or `policy_file`), already validated
     /// against the upstreams. It seeds a store that holds no policy yet; a reload (SIGHUP)
@@ -345,6 +358,23 @@ pub fn parse_with(text: &str, path: &Path, secrets: AdminSecrets) -> Result<Conf
         ));
     }
 
+    let listen_backlog = file.listen_backlog.unwrap_or(DEFAULT_LISTEN_BACKLOG);
+    if listen_backlog == 0 {
+        return Err(at("listen_backlog", "must be at least 1".into()));
+    }
+    if listen_backlog > MAX_LISTEN_BACKLOG {
+        return Err(at(
+            "listen_backlog",
+            format!(
+                "{listen_backlog} is too large (at most {MAX_LISTEN_BACKLOG}; the kernel caps it at net.core.somaxconn anyway)"
+            ),
+        ));
+    }
+    let max_connections = file
+        .max_connections
+        .map(|n| connection_limit("max_connections", Some(n), n, &at))
+        .transpose()?;
+
     let mut upstreams = Vec::new();
     for (i, u) in file.upstreams.iter().enumerate() {
         upstreams.push(upstream::upstream_config(i, u, &base, &at)?);
@@ -449,6 +479,8 @@ pub fn parse_with(text: &str, path: &Path, secrets: AdminSecrets) -> Result<Conf
         client_ip,
         timeouts,
         max_header_bytes,
+        listen_backlog,
+        max_connections,
         upstreams,
         policy,
         reload_interval,
@@ -628,6 +660,30 @@ fn field_at(text: &str, offset: usize) -> String {
 
 /// A duration as written (`"2s"`, `"300ms"`): longer than zero and at most [`MAX_DURATION`];
 /// `default` when absent. Every duration of the file is read through here.
+/// A listener's connection limit (`field`), or `default` when it is not set: at least 1, at most
+/// [`MAX_CONNECTIONS_LIMIT`].
+pub(super) fn connection_limit(
+    field: &str,
+    value: Option<usize>,
+    default: usize,
+    at: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<usize, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(0) => Err(at(
+            field,
+            "must be at least 1 (it is how many connections are served at once)".into(),
+        )),
+        Some(n) if n > MAX_CONNECTIONS_LIMIT => Err(at(
+            field,
+            format!(
+                "{n} is too large (at most {MAX_CONNECTIONS_LIMIT}): every connection takes a file descriptor, and each may need one to its upstream"
+            ),
+        )),
+        Some(n) => Ok(n),
+    }
+}
+
 pub(super) fn duration(
     field: &str,
     value: &Option<String>,
@@ -949,6 +1005,65 @@ mod tests {
         }
         let c = config("[timeouts]\nidle = \"365d\"\n").unwrap();
         assert_eq!(c.timeouts.idle, MAX_DURATION);
+    }
+
+    #[test]
+    fn connection_limits_and_the_backlog_have_defaults_and_bounds() {
+        let c = config("").unwrap();
+        assert_eq!(c.listen_backlog, 511);
+        assert_eq!(
+            c.max_connections, None,
+            "sized for the open-file limit at start"
+        );
+        assert_eq!(c.metrics.max_connections, 16);
+        let c = config("[admin]\n").unwrap();
+        let admin = c.admin.unwrap();
+        assert_eq!(admin.max_connections, 64);
+        assert_eq!(admin.header_timeout, Duration::from_secs(10));
+
+        let c = config(
+            "listen_backlog = 4096\nmax_connections = 50\n[metrics]\nlisten = \"127.0.0.1:0\"\nmax_connections = 2\n[admin]\nmax_connections = 3\nheader_timeout = \"1s\"\n",
+        )
+        .unwrap();
+        assert_eq!((c.listen_backlog, c.max_connections), (4096, Some(50)));
+        assert_eq!(c.metrics.max_connections, 2);
+        let admin = c.admin.unwrap();
+        assert_eq!(admin.max_connections, 3);
+        assert_eq!(admin.header_timeout, Duration::from_secs(1));
+
+        for (extra, expected) in [
+            ("listen_backlog = 0\n", "g.toml:2:1: listen_backlog: must be at least 1"),
+            (
+                "listen_backlog = 100000\n",
+                "g.toml:2:1: listen_backlog: 100000 is too large (at most 65535; the kernel caps it at net.core.somaxconn anyway)",
+            ),
+            (
+                "max_connections = 0\n",
+                "g.toml:2:1: max_connections: must be at least 1 (it is how many connections are served at once)",
+            ),
+            (
+                "max_connections = 2000000\n",
+                "g.toml:2:1: max_connections: 2000000 is too large (at most 1000000): every connection takes a file descriptor, and each may need one to its upstream",
+            ),
+            (
+                "[admin]\nmax_connections = 0\n",
+                "g.toml:3:1: admin.max_connections: must be at least 1 (it is how many connections are served at once)",
+            ),
+            (
+                "[admin]\nheader_timeout = \"soon\"\n",
+                "g.toml:3:1: admin.header_timeout: `soon` is not a duration like \"2s\" or \"300ms\": expected number at 0",
+            ),
+            (
+                "[admin]\nheader_timeout = \"0s\"\n",
+                "g.toml:3:1: admin.header_timeout: must be longer than zero",
+            ),
+            (
+                "[metrics]\nlisten = \"127.0.0.1:0\"\nmax_connections = 1000001\n",
+                "g.toml:4:1: metrics.max_connections: 1000001 is too large (at most 1000000): every connection takes a file descriptor, and each may need one to its upstream",
+            ),
+        ] {
+            assert_eq!(error(extra), expected, "{extra}");
+        }
     }
 
     #[test]

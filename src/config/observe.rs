@@ -4,6 +4,7 @@
 //! ```toml
 //! [metrics]
 //! listen = "127.0.0.1:9091"   # absent: no metrics listener
+//! max_connections = 16        # scrape connections open at once
 //!
 //! [access_log]
 //! format = "json"             # off (default), text, json
@@ -16,6 +17,7 @@
 use super::file::{AccessLogFile, LogFile, MetricsFile};
 use super::ConfigError;
 use crate::observe::{AccessLogFormat, AccessLogTarget};
+use crate::proxy::listen::DEFAULT_METRICS_MAX_CONNECTIONS;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -38,11 +40,23 @@ pub struct LogConfig {
 }
 
 /// Where the Prometheus metrics are served.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsConfig {
     /// Address of the metrics listener, apart from the traffic listeners so that the metrics
     /// are not served to clients; `None`: no listener, and nothing is counted.
     pub listen: Option<SocketAddr>,
+    /// Scrape connections open at once: a flood of them can take neither the data plane's file
+    /// descriptors nor more than this many of its own.
+    pub max_connections: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: None,
+            max_connections: DEFAULT_METRICS_MAX_CONNECTIONS,
+        }
+    }
 }
 
 /// Whether and where the access log is written.
@@ -107,9 +121,16 @@ pub(super) fn observe_config(
             AccessLogTarget::File(path)
         }
     };
+    let max_connections = super::connection_limit(
+        "metrics.max_connections",
+        metrics.max_connections,
+        DEFAULT_METRICS_MAX_CONNECTIONS,
+        at,
+    )?;
     Ok((
         MetricsConfig {
             listen: metrics_listen,
+            max_connections,
         },
         AccessLogConfig { format, target },
     ))

@@ -153,6 +153,8 @@ fn demo_config(
         },
         timeouts: Timeouts::default(),
         max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+        listen_backlog: crate::config::DEFAULT_LISTEN_BACKLOG,
+        max_connections: None,
         upstreams: vec![upstream("stable", stable), upstream("canary", canary)],
         policy: Some(PolicySource {
             doc,
@@ -169,6 +171,8 @@ fn demo_config(
         admin: Some(AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             tokens: Vec::new(),
+            max_connections: crate::proxy::listen::DEFAULT_ADMIN_MAX_CONNECTIONS,
+            header_timeout: crate::config::DEFAULT_ADMIN_HEADER_TIMEOUT,
         }),
         rollouts: Default::default(),
         tls: None,

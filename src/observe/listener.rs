@@ -24,15 +24,19 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use super::metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
+use crate::proxy::listen::{self, ConnectionLimit};
 
 /// A scraper must send its request headers within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves `/metrics` on `listener` until `shutdown` resolves; then closes the listener and every
-/// scrape connection (a scrape in progress is cut off: metrics are not worth delaying a stop).
+/// Serves `/metrics` on `listener`, at most `limit` connections at once (`[metrics]
+/// max_connections`: more wait in the listen backlog), until `shutdown` resolves; then closes the
+/// listener and every scrape connection (a scrape in progress is cut off: metrics are not worth
+/// delaying a stop).
 pub async fn serve_metrics(
     listener: TcpListener,
     metrics: Arc<Metrics>,
+    limit: ConnectionLimit,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let mut connections = JoinSet::new();
@@ -42,26 +46,21 @@ pub async fn serve_metrics(
             _ = &mut shutdown => break,
             // Reap finished connections so the set does not grow with every scrape.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+            (stream, _, slot) = listen::accept(&listener, &limit) => {
+                let metrics = metrics.clone();
+                let service = service_fn(move |req| {
                     let metrics = metrics.clone();
-                    let service = service_fn(move |req| {
-                        let metrics = metrics.clone();
-                        async move { Ok::<_, Infallible>(answer(&metrics, &req)) }
-                    });
-                    connections.spawn(async move {
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .header_read_timeout(HEADER_TIMEOUT)
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics listener: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
+                    async move { Ok::<_, Infallible>(answer(&metrics, &req)) }
+                });
+                connections.spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_TIMEOUT)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                    drop(slot);
+                });
+            }
         }
     }
     connections.shutdown().await;
@@ -138,7 +137,8 @@ mod tests {
         let metrics = Arc::new(Metrics::new(Sources::default()));
         metrics.connection_opened();
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(serve_metrics(listener, metrics, async move {
+        let limit = ConnectionLimit::new("metrics", 2);
+        let server = tokio::spawn(serve_metrics(listener, metrics, limit, async move {
             let _ = stopped.await;
         }));
 

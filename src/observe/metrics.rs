@@ -12,7 +12,8 @@
 //!   upstream connect failures (of the upstream table in use: a reload that adds servers adds
 //!   their series), store and lookup-cache counters, store health, each rollout's state, step,
 //!   weight and verdict counts, failed TLS handshakes (counted by the TLS terminator with one
-//!   atomic add) and the expiry of each certificate in force (so that it follows reloads).
+//!   atomic add), the expiry of each certificate in force (so that it follows reloads), and the
+//!   listeners' connections, limits and failed accepts (`connections`).
 //!   Nothing on the request path pays for them.
 //!
 //! The pulled values come through small source traits ([`PolicyStatsSource`],
@@ -33,7 +34,9 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use super::connections::ConnectionMetrics;
 use crate::proxy::tls::HandshakeFailure;
+use crate::proxy::ConnectionLimit;
 use crate::proxy::{LiveUpstreams, RequestRecord, ServerState, Upstreams};
 use crate::rollout::{Outcome, RolloutState};
 
@@ -164,6 +167,8 @@ pub struct Sources {
     pub rollouts: Option<Arc<dyn RolloutStatsSource>>,
     /// Failed TLS handshakes and the certificates in force (with `[tls]`).
     pub tls: Option<Arc<dyn TlsStatsSource>>,
+    /// The connection limit of every listener group, with its counters (`connections`).
+    pub listeners: Vec<ConnectionLimit>,
 }
 
 /// The connect-failure counters of one upstream table, resolved when a scrape first sees the
@@ -253,6 +258,8 @@ pub struct Metrics {
     tls_handshake_failures: IntCounterVec,
     /// `graygate_tls_certificate_expiry_timestamp_seconds{file, name}`, pulled.
     tls_cert_expiry: GaugeVec,
+    /// The listener metrics (`connections`), pulled.
+    connections: ConnectionMetrics,
     /// Where the pulled values come from.
     sources: Sources,
     /// Serializes scrapes: pulled counters are advanced by the difference to the source's value,
@@ -491,6 +498,7 @@ impl Metrics {
             register(&registry, tls_handshake_failures.clone());
             register(&registry, tls_cert_expiry.clone());
         }
+        let connections = ConnectionMetrics::new(&registry);
         Metrics {
             registry,
             requests,
@@ -525,6 +533,7 @@ impl Metrics {
             rollout_verdicts,
             tls_handshake_failures,
             tls_cert_expiry,
+            connections,
             sources,
             scrape: Mutex::new(Scraped::default()),
         }
@@ -661,6 +670,7 @@ impl Metrics {
         if let Some(source) = &self.sources.tls {
             self.pull_tls(source.as_ref());
         }
+        self.connections.pull(&self.sources.listeners);
     }
 
     /// Sets the TLS series: every reason's failures (0 included, so that a rate is defined
@@ -783,7 +793,7 @@ impl Metrics {
 
 /// Registers `metric` in `registry` and gives it back: a name is registered once, at start, so
 /// a clash is a bug here rather than a runtime error.
-fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+pub(super) fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
     registry
         .register(Box::new(metric.clone()))
         .expect("registered once");
@@ -792,7 +802,7 @@ fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M
 
 /// Sets a counter to a value counted elsewhere. A source that went backwards (restarted) starts
 /// the counter over, which Prometheus reads as a counter reset.
-fn advance(counter: &IntCounter, value: u64) {
+pub(super) fn advance(counter: &IntCounter, value: u64) {
     let current = counter.get();
     if value >= current {
         counter.inc_by(value - current);

@@ -11,11 +11,14 @@
 //!   revision, connect failures, store counters, rollouts, TLS handshakes and certificates)
 //!   through source traits, so that nothing here reaches back to the gateway or the store. The
 //!   list is in `docs/metrics.md`.
+//! - `connections`: the listener metrics (connections, limits, failed accepts, out of file
+//!   descriptors), pulled from the listeners' own counters.
 //! - `listener`: the separate HTTP listener that serves `GET /metrics`.
 //! - `access_log`: the access log records, their text and JSON formats, the writer task, and
 //!   the reopen of its file for log rotation (SIGUSR1).
 
 mod access_log;
+mod connections;
 mod listener;
 mod metrics;
 

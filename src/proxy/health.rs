@@ -628,6 +628,13 @@ impl UpstreamHealth {
     /// Records the result of one active check of `server`.
     fn checked(&self, server: &ServerHealth, result: Result<(), ProbeError>, now_ms: u64) {
         let Some(check) = &self.check else { return };
+        // Out of file descriptors is graygate's own state, not the server's: no result.
+        if let Err(ProbeError::Connect(e)) = &result {
+            if super::listen::is_fd_limit(e) {
+                debug!(upstream = %self.name, server = %server.addr, error = %e, "health check not made: no file descriptor left");
+                return;
+            }
+        }
         let (decided, first) = {
             let mut active = lock(&server.active);
             let first = *active == ActiveState::default();

@@ -6,7 +6,8 @@
 //! at one question, [`Router::route`], which the gateway answers from the live policy.
 //!
 //! # The phases of a request
-//! 1. **Accept** ([`serve`], [`serve_front`]): one task per client connection. On a TLS
+//! 1. **Accept** ([`serve`], [`serve_front`]): one task per client connection, at most
+//!    [`ProxyConfig::connections`] at once (more wait in the listen backlog). On a TLS
 //!    listener the handshake first (SNI picks the certificate, ALPN the protocol); on a plain
 //!    one the first bytes tell HTTP/2 with prior knowledge from HTTP/1.1. HTTP/1.1 with
 //!    keep-alive, or HTTP/2 where every stream is a request of its own. The request headers
@@ -56,6 +57,8 @@
 //! - `upstream_protocol`: HTTP/1.1 or HTTP/2 toward upstreams: the shared HTTP/2 connection and
 //!   the request's shape on each.
 //! - `forward`: header and URI rewriting in both directions.
+//! - `listen`: listening sockets (backlog), connection limits, accept paused when out of file
+//!   descriptors; shared by every listener, the admin and metrics ones too.
 //! - `server`: the listener, per-connection serving, the request phases above, graceful
 //!   shutdown.
 //! - `protocol`: which HTTP a client connection speaks (ALPN, or the HTTP/2 preface).
@@ -68,6 +71,7 @@ mod edge;
 mod forward;
 mod health;
 pub mod http2;
+pub mod listen;
 pub mod protocol;
 mod retry;
 mod server;
@@ -87,12 +91,14 @@ pub use health::{
     DEFAULT_HEALTH_PATH,
 };
 pub use http2::Http2Settings;
+pub use listen::{bind, ConnectionLimit};
 pub use retry::Replay;
 pub use server::{
-    bind, serve, serve_front, Draining, Front, Observer, ProxyConfig, RequestRecord, Timeouts,
+    serve, serve_front, Draining, Front, Observer, ProxyConfig, RequestRecord, Timeouts,
     DEFAULT_MAX_HEADER_BYTES,
 };
 pub use tls::TlsTerminator;
+pub use upstream::local_fd_limit_failures;
 pub use upstream::{
     check_host_port, check_upstreams, Activity, Exchange, LiveUpstreams, SendError, SendOptions,
     ServerConfig, ServerError, TrackedBody, UpstreamConfig, UpstreamConfigError, UpstreamError,

@@ -55,6 +55,7 @@ use tracing::{debug, info, warn};
 
 use super::client_ip::ClientIpConfig;
 use super::http2::{self, Http2Settings, OpenStreamBody, Streams};
+use super::listen::{self, ConnectionLimit, DEFAULT_MAX_CONNECTIONS};
 use super::protocol::{self, Protocol};
 use super::retry::Replay;
 use super::tls::{HttpsRedirect, TlsTerminator};
@@ -153,6 +154,10 @@ pub struct ProxyConfig {
     /// Limits of HTTP/2 client connections (`[http2]`); the header list size is
     /// `max_header_bytes`.
     pub http2: Http2Settings,
+    /// Client connections open at once on every listener served with this config (plain and
+    /// TLS together: `max_connections`): bounds the file descriptors and memory clients can
+    /// take. At the limit, new clients wait in the listen backlog.
+    pub connections: ConnectionLimit,
     /// Set when this process hands its listeners to a new one (an upgrade): HTTP/1.1 answers
     /// then close their connection, so that keep-alive clients move to the new process between
     /// two requests instead of meeting a connection closed under a request.
@@ -192,6 +197,7 @@ impl Default for ProxyConfig {
             response_version_header: None,
             observer: None,
             http2: Http2Settings::default(),
+            connections: ConnectionLimit::new("data", DEFAULT_MAX_CONNECTIONS),
             draining: Draining::default(),
         }
     }
@@ -207,6 +213,7 @@ impl std::fmt::Debug for ProxyConfig {
             .field("response_version_header", &self.response_version_header)
             .field("observer", &self.observer.is_some())
             .field("http2", &self.http2)
+            .field("connections", &self.connections)
             .finish()
     }
 }
@@ -265,12 +272,6 @@ pub struct RequestRecord<'a> {
     pub total: Duration,
     /// How long the upstream took to send its response headers, if it did.
     pub upstream_headers: Option<Duration>,
-}
-
-/// Binds the listening socket. Kept apart from [`serve`] so that tests and the binary can bind
-/// port 0 and learn the address before serving.
-pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 /// Everything a request needs, shared by all connections of a listener.
@@ -342,31 +343,26 @@ pub async fn serve_front(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let open = OpenConnection::new(shared.cfg.observer.clone());
-                    let conn = accept(stream, tls.clone(), peer, shared.clone(), stop_rx.clone());
-                    let drain = drain_tx.clone();
-                    let mut close = close_rx.clone();
-                    let counted = OpenCount::new(&open_now);
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            _ = conn => {}
-                            _ = close.wait_for(|close| *close) => {}
-                        }
-                        drop(counted);
-                        drop(open);
-                        drop(drain);
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: the error repeats until a
-                    // connection closes, so pause instead of spinning on it.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
+            // Waits while the listeners are at `max_connections`, and pauses when out of file
+            // descriptors (`listen`).
+            (stream, peer, slot) = listen::accept(&listener, &shared.cfg.connections) => {
+                let _ = stream.set_nodelay(true);
+                let open = OpenConnection::new(shared.cfg.observer.clone());
+                let conn = accept(stream, tls.clone(), peer, shared.clone(), stop_rx.clone());
+                let drain = drain_tx.clone();
+                let mut close = close_rx.clone();
+                let counted = OpenCount::new(&open_now);
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = close.wait_for(|close| *close) => {}
+                    }
+                    drop(counted);
+                    drop(open);
+                    drop(slot);
+                    drop(drain);
+                });
+            }
         }
     }
     drop(listener);
@@ -838,7 +834,9 @@ async fn proxy(
         .upstreams
         .send_with(choice.upstream, req, activity, &mut options)
         .await;
-    if options.fallback {
+    // Out of file descriptors, stable cannot be reached either: no fallback.
+    let local = matches!(&result, Err(SendError::Unreachable { error, .. }) if error.is_local());
+    if options.fallback && !local {
         if let Err(SendError::Unreachable { request, error }) = result {
             debug!(
                 route = %choice.route,
@@ -1327,7 +1325,7 @@ mod tests {
                     name: "test".into(),
                 },
             });
-            let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
+            let listener = listen::bind(SocketAddr::from(([127, 0, 0, 1], 0)), 511).unwrap();
             let addr = listener.local_addr().unwrap();
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(serve(

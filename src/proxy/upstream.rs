@@ -30,6 +30,10 @@
 //!   while its name stays in the config, a new one is appended, and a removed one leaves a
 //!   retired slot (no servers, no name a policy can use) that a later reload may fill again.
 //!   An upstream whose servers did not change keeps its connection pool and counters.
+//! - **Out of file descriptors** (`EMFILE`, `ENFILE` on connect) is graygate's own limit, not
+//!   the server's fault ([`UpstreamError::LocalFdLimit`]): the server is neither marked down nor
+//!   told to passive health, the connect is not counted as the server's failure, and the
+//!   condition is counted on its own ([`local_fd_limit_failures`]) and logged once per episode.
 //! - **TLS and HTTP/2** (`upstream_tls`, `upstream_protocol`): an upstream's connections may be
 //!   TLS, and may speak HTTP/2 (`h2` over TLS, `h2c` over TCP). An HTTP/2 server has one shared,
 //!   multiplexed connection instead of the pool; connect failover, the down/up bookkeeping,
@@ -292,6 +296,10 @@ pub enum UpstreamError {
         #[source]
         source: io::Error,
     },
+    /// No file descriptor was left for the connection (`EMFILE`, `ENFILE`): graygate's own
+    /// limit, not a fault of the server, which is neither marked down nor ejected for it.
+    #[error("no file descriptor left to connect to {server}: graygate's own open-file limit (see `ulimit -n` and max_connections), not the server's fault")]
+    LocalFdLimit { server: Arc<str> },
     /// The TLS handshake failed: the certificate is not trusted or not for this name, the
     /// server refused the client certificate, or it did not agree to HTTP/2.
     #[error("TLS handshake with {server} failed: {source}")]
@@ -364,6 +372,12 @@ impl std::fmt::Debug for SendError {
 }
 
 impl UpstreamError {
+    /// True when the failure is graygate's own (out of file descriptors), not the server's: it
+    /// says nothing about the server's health.
+    pub fn is_local(&self) -> bool {
+        matches!(self, UpstreamError::LocalFdLimit { .. })
+    }
+
     /// True when the request went out and the server's connection died before the response
     /// headers: an idempotent request may be sent again (see `super::retry`).
     pub fn connection_died(&self) -> bool {
@@ -371,6 +385,35 @@ impl UpstreamError {
             UpstreamError::Request { source, .. } => retry::connection_died(source),
             _ => false,
         }
+    }
+}
+
+/// Upstream connects that found no file descriptor left, since start: graygate's own condition,
+/// so counted for the process rather than for a server.
+static LOCAL_FD_LIMIT: AtomicU64 = AtomicU64::new(0);
+/// True while upstream connects find no file descriptor left: logged once per episode.
+static LOCAL_FD_EXHAUSTED: AtomicBool = AtomicBool::new(false);
+
+/// Upstream connects that failed for lack of a file descriptor since start (for the metrics:
+/// `graygate_upstream_connect_fd_limit_total`). Not in any server's connect failures.
+pub fn local_fd_limit_failures() -> u64 {
+    LOCAL_FD_LIMIT.load(Ordering::Relaxed)
+}
+
+/// Counts a connect that found no file descriptor left, logging the start of an episode.
+fn fd_limit_hit(error: &UpstreamError) {
+    LOCAL_FD_LIMIT.fetch_add(1, Ordering::Relaxed);
+    if !LOCAL_FD_EXHAUSTED.swap(true, Ordering::Relaxed) {
+        warn!(error = %error, "upstream connects fail: out of file descriptors (graygate's own limit); the servers are not marked down");
+    }
+}
+
+/// A connect succeeded: an episode of [`fd_limit_hit`] is over.
+fn fd_limit_over() {
+    if LOCAL_FD_EXHAUSTED.load(Ordering::Relaxed)
+        && LOCAL_FD_EXHAUSTED.swap(false, Ordering::Relaxed)
+    {
+        info!("upstream connects have file descriptors again");
     }
 }
 
@@ -682,6 +725,13 @@ impl Upstreams {
         for server in order.iter().map(|&i| &upstream.servers[i]) {
             match self.try_server(upstream, server, request, activity).await {
                 Ok(exchange) => return Ok(self.answered(upstream, server, exchange)),
+                Err(Attempt::NotSent(back, error)) if error.is_local() => {
+                    // Every other server would fail the same way: no use trying them.
+                    return Err(SendError::Unreachable {
+                        request: back,
+                        error,
+                    });
+                }
                 Err(Attempt::NotSent(back, error)) => {
                     upstream.health.failed(&server.health, &error);
                     request = *back;
@@ -903,6 +953,11 @@ impl Upstreams {
     ) -> Result<UpstreamIo, UpstreamError> {
         let connect = async {
             let stream = TcpStream::connect(&*server.addr).await.map_err(|source| {
+                if super::listen::is_fd_limit(&source) {
+                    return UpstreamError::LocalFdLimit {
+                        server: server.addr.clone(),
+                    };
+                }
                 UpstreamError::Connect {
                     server: server.addr.clone(),
                     source,
@@ -940,7 +995,12 @@ impl Upstreams {
                     server.down.store(false, Ordering::Relaxed);
                 }
                 upstream.health.connected(&server.health, started_ms);
+                fd_limit_over();
                 Ok(stream)
+            }
+            Err(error) if error.is_local() => {
+                fd_limit_hit(&error);
+                Err(error)
             }
             Err(error) => {
                 self.mark_down(upstream, server, &error);
@@ -1040,7 +1100,7 @@ impl Upstreams {
                     debug!(server = %addr, error = %e, "upstream HTTP/2 connection ended with an error");
                 }
             });
-            Ok(sender)
+            Ok::<_, UpstreamError>(sender)
         };
         match made.await {
             Ok(sender) => {
@@ -1048,7 +1108,11 @@ impl Upstreams {
                 Ok(sender)
             }
             Err(error) => {
-                server.h2.failed();
+                // Out of file descriptors says nothing of the server: the requests waiting for
+                // this connect try it themselves.
+                if !error.is_local() {
+                    server.h2.failed();
+                }
                 Err(error)
             }
         }

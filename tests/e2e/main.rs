@@ -12,6 +12,8 @@
 //! - [`health`]: health checks, passive ejection and retries: backends killed and restarted
 //!   under load with no failed request;
 //! - [`observe`]: metrics and the access log account for every request;
+//! - [`connections`]: connection limits on every listener, the admin port flooded with slow
+//!   requests, running out of file descriptors;
 //! - [`logs`]: what graygate writes to stderr when it cannot start;
 //! - [`operations`]: graygate as a service: log rotation with SIGUSR1, the shipped systemd unit,
 //!   its example config and the signals it sends;
@@ -51,6 +53,7 @@
 
 mod admin;
 mod check;
+mod connections;
 mod ctl_honest;
 mod demo;
 mod doc_figures;

@@ -91,6 +91,9 @@ pub struct GatewayBuilder {
     policy_file: Option<String>,
     /// Environment variables the process is started with.
     env: Vec<(String, String)>,
+    /// `RLIMIT_NOFILE` (soft and hard) the process is started with: a small limit makes running
+    /// out of file descriptors a matter of a few hundred connections.
+    open_files: Option<u64>,
 }
 
 /// A gateway with no upstream, no policy and the embedded store, listening on port 0.
@@ -103,6 +106,7 @@ pub fn gateway() -> GatewayBuilder {
         policy: PolicyDoc::default(),
         policy_file: None,
         env: Vec::new(),
+        open_files: None,
     }
 }
 
@@ -110,6 +114,53 @@ impl GatewayBuilder {
     /// The config without upstream `name`.
     pub fn without_upstream(mut self, name: &str) -> Self {
         self.file.upstreams.retain(|u| u.name != name);
+        self
+    }
+
+    /// `max_connections`: client connections of the data plane open at once.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.file.max_connections = Some(n);
+        self
+    }
+
+    /// `listen_backlog` of every listener.
+    pub fn listen_backlog(mut self, n: u32) -> Self {
+        self.file.listen_backlog = Some(n);
+        self
+    }
+
+    /// `[admin] max_connections` (adds `[admin]` on a free port if there is none).
+    pub fn admin_max_connections(mut self, n: usize) -> Self {
+        self.admin_file().max_connections = Some(n);
+        self
+    }
+
+    /// `[admin] header_timeout` (adds `[admin]` on a free port if there is none).
+    pub fn admin_header_timeout(mut self, timeout: Duration) -> Self {
+        self.admin_file().header_timeout = Some(humantime::format_duration(timeout).to_string());
+        self
+    }
+
+    fn admin_file(&mut self) -> &mut AdminFile {
+        self.file.admin.get_or_insert_with(|| AdminFile {
+            listen: Some("127.0.0.1:0".into()),
+            ..AdminFile::default()
+        })
+    }
+
+    /// Starts the process with at most `n` open files (`RLIMIT_NOFILE`, soft and hard, so that
+    /// graygate cannot raise it).
+    pub fn open_files(mut self, n: u64) -> Self {
+        self.open_files = Some(n);
+        self
+    }
+
+    /// `[metrics] max_connections` (with `[metrics]` on a free port).
+    pub fn metrics_max_connections(mut self, n: usize) -> Self {
+        if self.file.metrics.listen.is_none() {
+            self = self.metrics();
+        }
+        self.file.metrics.max_connections = Some(n);
         self
     }
 
@@ -276,7 +327,7 @@ impl GatewayBuilder {
     pub fn admin(mut self) -> Self {
         self.file.admin = Some(AdminFile {
             listen: Some("127.0.0.1:0".into()),
-            tokens: Vec::new(),
+            ..AdminFile::default()
         });
         self
     }
@@ -285,7 +336,7 @@ impl GatewayBuilder {
     pub fn admin_token(mut self, name: &str, token: &str) -> Self {
         let admin = self.file.admin.get_or_insert_with(|| AdminFile {
             listen: Some("127.0.0.1:0".into()),
-            tokens: Vec::new(),
+            ..AdminFile::default()
         });
         admin.tokens.push(TokenFile {
             name: name.into(),
@@ -313,6 +364,7 @@ impl GatewayBuilder {
     pub fn metrics_listen(mut self, addr: SocketAddr) -> Self {
         self.file.metrics = MetricsFile {
             listen: Some(addr.to_string()),
+            ..self.file.metrics.clone()
         };
         self
     }
@@ -440,15 +492,18 @@ impl GatewayBuilder {
     /// certificates), which the gateway owns from then on (removed when it is dropped).
     pub async fn start_in(self, dir: PathBuf) -> Gateway {
         let path = self.write(&dir);
-        let mut child = Command::new(binary())
+        let mut command = Command::new(binary());
+        command
             .args(["run", "--config"])
             .arg(&path)
             .env("GRAYGATE_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start graygate");
+            .stderr(Stdio::piped());
+        if let Some(n) = self.open_files {
+            limit_open_files(&mut command, n);
+        }
+        let mut child = command.spawn().expect("start graygate");
         let log = collect(child.stderr.take().expect("piped stderr"), |_| {});
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut tx = Some(tx);
@@ -494,6 +549,26 @@ impl GatewayBuilder {
             out,
             builder: self,
         }
+    }
+}
+
+/// Makes `command` start with at most `n` open files (soft and hard `RLIMIT_NOFILE`).
+fn limit_open_files(command: &mut Command, n: u64) {
+    use std::os::unix::process::CommandExt;
+    let limit = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: between fork and exec only setrlimit runs, which is async-signal-safe and reads
+    // a struct copied into the closure.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
     }
 }
 

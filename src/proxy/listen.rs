@@ -1,0 +1,593 @@
+//! Listening sockets and taking connections off them, for every listener graygate has (the data
+//! plane, TLS, admin, metrics).
+//!
+//! Why it is its own module: what happens at the listening socket decides how graygate behaves
+//! when it is flooded, and that must be the same on every listener.
+//! - **Backlog.** [`bind`] makes every listening socket with `SO_REUSEADDR` and the configured
+//!   backlog (`listen_backlog`, default 511 as nginx: 128, tokio's, drops the SYNs of a burst of
+//!   thousands of new connections, which clients see as connect timeouts).
+//! - **Connection limits.** Each listener group has a [`ConnectionLimit`] (the data plane, plain
+//!   and TLS together; the admin API; the metrics). At the limit, [`accept`] does not call
+//!   `accept(2)` until a connection ends: the clients wait in the kernel's backlog instead of
+//!   being accepted and closed, and the admin or metrics listener can never take the file
+//!   descriptors the data plane needs.
+//! - **Out of file descriptors.** `EMFILE`/`ENFILE` on `accept(2)` repeats until a descriptor is
+//!   freed: [`accept`] pauses that listener for [`FD_LIMIT_PAUSE`] instead of spinning, counts it
+//!   and logs it once per episode. (On an upstream connect the same error is graygate's, not the
+//!   server's: see [`super::UpstreamError::LocalFdLimit`].)
+//!
+//! Each limit's counters ([`ListenerStats`]) are what the metrics export per listener.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info, warn};
+
+/// Default listen backlog of every listener, as nginx's on Linux.
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 511;
+/// Largest `listen_backlog` accepted (the kernel caps it at `net.core.somaxconn` anyway).
+pub const MAX_LISTEN_BACKLOG: u32 = 65_535;
+/// Largest default of `max_connections`: client connections of the data plane (plain and TLS
+/// together). Each may need one upstream connection as well, so it fits an open-file limit of
+/// 65536 with room to spare; below about 20,300 the default is smaller ([`data_plane_limit`]).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default of `[admin] max_connections`: operators and `graygate ctl`, not traffic.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
+/// Default of `[metrics] max_connections`: a few scrapers.
+pub const DEFAULT_METRICS_MAX_CONNECTIONS: usize = 16;
+/// Largest connection limit accepted on any listener.
+pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
+/// How long a listener stops accepting after `accept(2)` found no file descriptor left.
+pub const FD_LIMIT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Binds a listening socket on `addr` with `SO_REUSEADDR` (a restart does not wait for the old
+/// connections' `TIME_WAIT`) and `backlog` (see the module documentation). Must run inside the
+/// tokio runtime.
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Why `accept(2)` failed, as far as what to do next goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptFailure {
+    /// No file descriptor left (`EMFILE`, `ENFILE`): pause, it lasts until one is freed.
+    FdLimit,
+    /// The connection died in the backlog (reset, aborted) or the call was interrupted: only
+    /// that connection is lost, accept the next one at once.
+    Connection,
+    /// Anything else (out of memory, ...): pause as well, so as not to spin on it.
+    Other,
+}
+
+impl AcceptFailure {
+    /// What kind of failure `e` is.
+    pub fn of(e: &io::Error) -> AcceptFailure {
+        if is_fd_limit(e) {
+            return AcceptFailure::FdLimit;
+        }
+        match e.kind() {
+            io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock => AcceptFailure::Connection,
+            _ => AcceptFailure::Other,
+        }
+    }
+
+    /// The `reason` label of `graygate_accept_errors_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcceptFailure::FdLimit => "fd_limit",
+            AcceptFailure::Connection => "connection",
+            AcceptFailure::Other => "other",
+        }
+    }
+
+    /// Every kind, for metrics that show each from the start.
+    pub const ALL: [AcceptFailure; 3] = [
+        AcceptFailure::FdLimit,
+        AcceptFailure::Connection,
+        AcceptFailure::Other,
+    ];
+}
+
+/// True when `e` says the process (`EMFILE`) or the system (`ENFILE`) has no file descriptor
+/// left: graygate's own condition, not a fault of whatever it was talking to.
+pub fn is_fd_limit(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// A condition that lasts (a listener at its limit, out of file descriptors), logged when it
+/// begins and when it ends rather than every time it is seen.
+#[derive(Debug, Default)]
+struct Episode(AtomicBool);
+
+impl Episode {
+    /// Marks the condition as present: true when it was not already (log the start).
+    fn begin(&self) -> bool {
+        !self.0.swap(true, Ordering::Relaxed)
+    }
+
+    /// Marks the condition as gone: true when it was present (log the end).
+    fn end(&self) -> bool {
+        self.0.load(Ordering::Relaxed) && self.0.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// The connection limit of one listener group, with its counters. Cheap to clone: every clone
+/// is the same limit (the plain and TLS listeners of the data plane share one).
+#[derive(Clone)]
+pub struct ConnectionLimit(Arc<LimitState>);
+
+struct LimitState {
+    /// The `listener` label of the metrics and the name in the log (`data`, `admin`, `metrics`).
+    name: &'static str,
+    /// The most connections open at once: file descriptors and memory graygate may spend on
+    /// this listener.
+    max: usize,
+    /// One permit per connection that may still be opened.
+    slots: Arc<Semaphore>,
+    /// Times the limit was reached and accepting stopped until a connection ended.
+    limited: AtomicU64,
+    /// `accept(2)` failures by [`AcceptFailure`] (in the order of [`AcceptFailure::ALL`]).
+    failures: [AtomicU64; 3],
+    /// At the limit now: logged once when it is reached, once when accepting resumes.
+    at_limit: Episode,
+    /// Out of file descriptors now (the same, for `EMFILE`/`ENFILE`).
+    fd_exhausted: Episode,
+}
+
+/// What a [`ConnectionLimit`] counted, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerStats {
+    /// The `listener` label.
+    pub listener: &'static str,
+    /// The configured limit.
+    pub max: usize,
+    /// Connections open now.
+    pub open: usize,
+    /// Times the limit was reached and accepting paused.
+    pub limited: u64,
+    /// `accept(2)` failures: out of file descriptors, a connection lost in the backlog, other.
+    pub fd_limit: u64,
+    pub connection: u64,
+    pub other: u64,
+}
+
+impl ListenerStats {
+    /// The failures of one kind.
+    pub fn failures(&self, kind: AcceptFailure) -> u64 {
+        match kind {
+            AcceptFailure::FdLimit => self.fd_limit,
+            AcceptFailure::Connection => self.connection,
+            AcceptFailure::Other => self.other,
+        }
+    }
+}
+
+impl std::fmt::Debug for ConnectionLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionLimit")
+            .field("listener", &self.0.name)
+            .field("max", &self.0.max)
+            .finish()
+    }
+}
+
+impl ConnectionLimit {
+    /// A limit of `max` connections (at least 1) for the listener group `name`.
+    pub fn new(name: &'static str, max: usize) -> ConnectionLimit {
+        let max = max.clamp(1, Semaphore::MAX_PERMITS);
+        ConnectionLimit(Arc::new(LimitState {
+            name,
+            max,
+            slots: Arc::new(Semaphore::new(max)),
+            limited: AtomicU64::new(0),
+            failures: Default::default(),
+            at_limit: Episode::default(),
+            fd_exhausted: Episode::default(),
+        }))
+    }
+
+    /// The listener group's name (the metrics' `listener` label).
+    pub fn name(&self) -> &'static str {
+        self.0.name
+    }
+
+    /// The configured limit.
+    pub fn max(&self) -> usize {
+        self.0.max
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.0.max - self.0.slots.available_permits()
+    }
+
+    /// Its counters now.
+    pub fn stats(&self) -> ListenerStats {
+        let failures = |kind: AcceptFailure| self.0.failures[kind as usize].load(Ordering::Relaxed);
+        ListenerStats {
+            listener: self.0.name,
+            max: self.0.max,
+            open: self.open(),
+            limited: self.0.limited.load(Ordering::Relaxed),
+            fd_limit: failures(AcceptFailure::FdLimit),
+            connection: failures(AcceptFailure::Connection),
+            other: failures(AcceptFailure::Other),
+        }
+    }
+
+    /// A slot for one more connection, waiting for one to end when the limit is reached.
+    async fn slot(&self) -> Slot {
+        let state = &self.0;
+        if let Ok(permit) = state.slots.clone().try_acquire_owned() {
+            return Slot { _permit: permit };
+        }
+        state.limited.fetch_add(1, Ordering::Relaxed);
+        if state.at_limit.begin() {
+            warn!(
+                listener = state.name,
+                max_connections = state.max,
+                "{} listener: at max_connections ({} open): not accepting until one closes (new clients wait in the listen backlog)",
+                state.name,
+                state.max
+            );
+        }
+        let permit = state
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        if state.at_limit.end() {
+            info!(
+                listener = state.name,
+                "{} listener: below max_connections again, accepting", state.name
+            );
+        }
+        Slot { _permit: permit }
+    }
+
+    /// Counts a failed `accept(2)` and says how long to pause before the next one.
+    fn failed(&self, e: &io::Error) -> Option<Duration> {
+        let state = &self.0;
+        let kind = AcceptFailure::of(e);
+        state.failures[kind as usize].fetch_add(1, Ordering::Relaxed);
+        match kind {
+            AcceptFailure::Connection => {
+                debug!(listener = state.name, error = %e, "a connection was lost before it was accepted");
+                None
+            }
+            AcceptFailure::FdLimit => {
+                if state.fd_exhausted.begin() {
+                    warn!(
+                        listener = state.name,
+                        error = %e,
+                        open = self.open(),
+                        "{} listener: out of file descriptors (graygate's own limit, see `ulimit -n` and max_connections): pausing accept until descriptors are freed",
+                        state.name
+                    );
+                }
+                Some(FD_LIMIT_PAUSE)
+            }
+            AcceptFailure::Other => {
+                warn!(listener = state.name, error = %e, "accept failed");
+                Some(FD_LIMIT_PAUSE)
+            }
+        }
+    }
+
+    /// A connection was accepted: an out-of-descriptors episode is over.
+    fn accepted(&self) {
+        if self.0.fd_exhausted.end() {
+            info!(
+                listener = self.0.name,
+                "{} listener: file descriptors available again, accepting", self.0.name
+            );
+        }
+    }
+}
+
+/// One connection's place in its listener's [`ConnectionLimit`], given back when dropped: keep
+/// it for as long as the connection is open.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The next connection on `listener`, within `limit`: waits for a free slot first (so that at
+/// the limit nothing is accepted and clients wait in the backlog), then for a connection.
+/// Failures of `accept(2)` are counted and, when they would repeat (out of file descriptors),
+/// waited out; this never fails. Cancel-safe: dropping it loses no connection.
+pub async fn accept(
+    listener: &TcpListener,
+    limit: &ConnectionLimit,
+) -> (TcpStream, SocketAddr, Slot) {
+    let slot = limit.slot().await;
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                limit.accepted();
+                return (stream, peer, slot);
+            }
+            Err(e) => {
+                if let Some(pause) = limit.failed(&e) {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+}
+
+/// Raises this process's soft limit of open files (`RLIMIT_NOFILE`) to its hard limit, as
+/// nginx's `worker_rlimit_nofile` does: systemd and most shells start processes at 1024, far
+/// below what `max_connections` needs. Returns the limit in force afterwards.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given, which lives for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct it is given, which lives for the call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Ok(raised.rlim_cur);
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
+/// File descriptors kept for what is not a client connection (the store, log files, the runtime,
+/// health checks) when the limit is compared with the connection limits.
+const FD_RESERVE: u64 = 64;
+
+/// What to warn about when `fd_limit` (`RLIMIT_NOFILE`) cannot hold the connection limits:
+/// every data plane connection may need a second descriptor for its upstream, every admin and
+/// metrics connection one. `None`: it fits.
+pub fn fd_budget_shortfall(
+    max_connections: usize,
+    other_listeners: usize,
+    fd_limit: u64,
+) -> Option<String> {
+    let needed = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(other_listeners as u64)
+        .saturating_add(FD_RESERVE);
+    (needed > fd_limit).then(|| {
+        format!(
+            "the open-file limit ({fd_limit}) is below what max_connections = {max_connections} may need ({needed}: a descriptor per client connection, one per upstream connection, the admin and metrics listeners' limits and {FD_RESERVE} spare): raise `ulimit -n` (LimitNOFILE= under systemd) or lower max_connections; when descriptors run out, accepting pauses and upstream connects fail with a local error"
+        )
+    })
+}
+
+/// The data plane's connection limit: `configured` when the operator set one; else as many as
+/// `fd_limit` holds ([`fd_budget_shortfall`]: two descriptors per connection, the other
+/// listeners' limits, a reserve), at most [`DEFAULT_MAX_CONNECTIONS`] and at least 1. Sized so,
+/// graygate's own clients cannot run it out of descriptors: the ones beyond wait in the backlog.
+pub fn data_plane_limit(
+    configured: Option<usize>,
+    other_listeners: usize,
+    fd_limit: Option<u64>,
+) -> usize {
+    if let Some(n) = configured {
+        return n;
+    }
+    let Some(limit) = fd_limit else {
+        return DEFAULT_MAX_CONNECTIONS;
+    };
+    let spare = limit
+        .saturating_sub(FD_RESERVE)
+        .saturating_sub(other_listeners as u64)
+        / 2;
+    usize::try_from(spare)
+        .unwrap_or(usize::MAX)
+        .clamp(1, DEFAULT_MAX_CONNECTIONS)
+}
+
+/// Raises the open-file limit ([`raise_fd_limit`]), logs it, and sizes the data plane's
+/// connection limit ([`data_plane_limit`]), warning when a configured one does not fit
+/// ([`fd_budget_shortfall`]). Called once at start; returns the data plane's limit.
+pub fn prepare_fd_limit(configured: Option<usize>, other_listeners: usize) -> usize {
+    let fd_limit = match raise_fd_limit() {
+        Ok(limit) => Some(limit),
+        Err(e) => {
+            warn!(error = %e, "cannot read the open-file limit (RLIMIT_NOFILE)");
+            None
+        }
+    };
+    let max = data_plane_limit(configured, other_listeners, fd_limit);
+    info!(
+        open_files = fd_limit,
+        max_connections = max,
+        "open-file limit (RLIMIT_NOFILE) {}, data plane max_connections {max}{}",
+        fd_limit.map_or_else(|| "unknown".to_string(), |l| l.to_string()),
+        if configured.is_some() {
+            ""
+        } else {
+            " (sized for it)"
+        }
+    );
+    if let (Some(n), Some(limit)) = (configured, fd_limit) {
+        if let Some(warning) = fd_budget_shortfall(n, other_listeners, limit) {
+            warn!("{warning}");
+        }
+    }
+    max
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn loopback() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+
+    #[test]
+    fn fd_exhaustion_is_told_from_a_lost_connection_and_other_failures() {
+        let of = |code| AcceptFailure::of(&io::Error::from_raw_os_error(code));
+        assert_eq!(of(libc::EMFILE), AcceptFailure::FdLimit);
+        assert_eq!(of(libc::ENFILE), AcceptFailure::FdLimit);
+        assert_eq!(of(libc::ECONNABORTED), AcceptFailure::Connection);
+        assert_eq!(of(libc::EINTR), AcceptFailure::Connection);
+        assert_eq!(of(libc::ENOMEM), AcceptFailure::Other);
+        assert!(is_fd_limit(&io::Error::from_raw_os_error(libc::EMFILE)));
+        assert!(!is_fd_limit(&io::Error::from_raw_os_error(
+            libc::ECONNREFUSED
+        )));
+        assert!(!is_fd_limit(&io::Error::other("no os error")));
+    }
+
+    #[test]
+    fn an_episode_is_reported_once_when_it_begins_and_once_when_it_ends() {
+        let episode = Episode::default();
+        assert!(!episode.end(), "nothing to end before it began");
+        assert!(episode.begin());
+        assert!(!episode.begin(), "seen again: not a new episode");
+        assert!(episode.end());
+        assert!(!episode.end());
+        assert!(episode.begin(), "a new episode after the end");
+    }
+
+    #[test]
+    fn failures_are_counted_by_kind_and_only_repeating_ones_pause() {
+        let limit = ConnectionLimit::new("data", 4);
+        assert_eq!(
+            limit.failed(&io::Error::from_raw_os_error(libc::EMFILE)),
+            Some(FD_LIMIT_PAUSE)
+        );
+        assert_eq!(
+            limit.failed(&io::Error::from_raw_os_error(libc::ENFILE)),
+            Some(FD_LIMIT_PAUSE)
+        );
+        assert_eq!(
+            limit.failed(&io::Error::from_raw_os_error(libc::ECONNABORTED)),
+            None
+        );
+        assert_eq!(
+            limit.failed(&io::Error::from_raw_os_error(libc::ENOMEM)),
+            Some(FD_LIMIT_PAUSE)
+        );
+        let stats = limit.stats();
+        assert_eq!((stats.fd_limit, stats.connection, stats.other), (2, 1, 1));
+        assert_eq!(stats.failures(AcceptFailure::FdLimit), 2);
+        assert!(limit.0.fd_exhausted.0.load(Ordering::Relaxed));
+        limit.accepted();
+        assert!(!limit.0.fd_exhausted.0.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn the_fd_limit_must_hold_two_descriptors_per_client_connection() {
+        assert_eq!(fd_budget_shortfall(10_000, 80, 65_536), None);
+        assert_eq!(fd_budget_shortfall(100, 80, 1024), None);
+        let warning = fd_budget_shortfall(10_000, 80, 1024).expect("too small");
+        assert!(
+            warning.starts_with(
+                "the open-file limit (1024) is below what max_connections = 10000 may need (20144:"
+            ),
+            "{warning}"
+        );
+        assert!(fd_budget_shortfall(usize::MAX, usize::MAX, u64::MAX).is_none());
+    }
+
+    #[test]
+    fn the_default_limit_is_sized_for_the_open_file_limit() {
+        // Set: as set, whatever the descriptors.
+        assert_eq!(data_plane_limit(Some(50_000), 80, Some(1024)), 50_000);
+        // Not set: two descriptors per connection after the reserve and the other listeners.
+        assert_eq!(data_plane_limit(None, 80, Some(65_536)), 10_000);
+        assert_eq!(data_plane_limit(None, 80, Some(20_000)), 9_928);
+        assert_eq!(data_plane_limit(None, 80, Some(1024)), 440);
+        assert_eq!(data_plane_limit(None, 80, Some(10)), 1);
+        assert_eq!(data_plane_limit(None, 80, None), 10_000);
+        // What the default picks always fits.
+        for limit in [200, 1024, 4096, 20_000, 20_400] {
+            let n = data_plane_limit(None, 80, Some(limit));
+            assert_eq!(fd_budget_shortfall(n, 80, limit), None, "{limit}: {n}");
+        }
+    }
+
+    #[test]
+    fn the_soft_fd_limit_is_raised_to_the_hard_one() {
+        let limit = raise_fd_limit().unwrap();
+        let mut now = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct it is given.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) }, 0);
+        assert_eq!(limit, now.rlim_cur);
+        assert_eq!(now.rlim_cur, now.rlim_max);
+    }
+
+    #[tokio::test]
+    async fn binds_with_the_backlog_and_reuse_address() {
+        let listener = bind(loopback(), 7).unwrap();
+        let addr = listener.local_addr().unwrap();
+        assert_ne!(addr.port(), 0);
+        let socket = socket2::SockRef::from(&listener);
+        assert!(socket.reuse_address().unwrap());
+        // The address is taken while it listens.
+        let e = bind(addr, 7).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        // And a client gets through.
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        client.write_all(b"x").await.unwrap();
+        let mut byte = [0u8; 1];
+        server.read_exact(&mut byte).await.unwrap();
+        assert_eq!(&byte, b"x");
+    }
+
+    #[tokio::test]
+    async fn at_the_limit_clients_wait_in_the_backlog_until_a_connection_ends() {
+        let listener = bind(loopback(), 16).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limit = ConnectionLimit::new("data", 2);
+        let _a = TcpStream::connect(addr).await.unwrap();
+        let _b = TcpStream::connect(addr).await.unwrap();
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let (_, _, first) = accept(&listener, &limit).await;
+        let (_, _, second) = accept(&listener, &limit).await;
+        assert_eq!(limit.open(), 2);
+        // The third client connected (the kernel completed its handshake) but is not accepted
+        // while both slots are taken. A bounded look, not a wait for something to happen.
+        let third = tokio::time::timeout(Duration::from_millis(300), accept(&listener, &limit));
+        assert!(third.await.is_err(), "accepted past the limit");
+        assert_eq!(limit.stats().limited, 1);
+        drop(first);
+        let (mut stream, _, _third) =
+            tokio::time::timeout(Duration::from_secs(10), accept(&listener, &limit))
+                .await
+                .expect("accepted once a slot was freed");
+        stream.write_all(b"y").await.unwrap();
+        let mut byte = [0u8; 1];
+        c.read_exact(&mut byte).await.unwrap();
+        assert_eq!(&byte, b"y", "the waiting client is the one accepted");
+        assert_eq!(limit.open(), 2);
+        drop(second);
+        assert_eq!(limit.open(), 1);
+        let stats = limit.stats();
+        assert_eq!((stats.listener, stats.max, stats.open), ("data", 2, 1));
+    }
+}
