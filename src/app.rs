@@ -165,7 +165,8 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Running, St
     // A little above the cache's own bound, so that the cache (which can serve a stale value)
     // answers first.
     let lookup_timeout = config.cache.lookup_timeout + std::time::Duration::from_millis(10);
-    let gateway = Gateway::start(store, upstream_names, seed, lookup_timeout).await?;
+    let gateway =
+        Gateway::start(store, upstream_names, seed, lookup_timeout, config.history).await?;
     let watcher = gateway.spawn_watcher(config.reload_interval);
     let rollouts = gateway.spawn_rollouts(config.rollouts);
     let reloader = Arc::new(Reloader::new(

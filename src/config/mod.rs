@@ -120,6 +120,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Limits of HTTP/2 client connections (`[http2]`).
     pub http2: Http2Settings,
+    /// How much policy history the store keeps (`[history]`).
+    pub history: crate::store::HistoryRetention,
 }
 
 /// Where the policy and the identity lists are kept.
@@ -389,7 +391,10 @@ pub fn parse_with(text: &str, path: &Path, secrets: AdminSecrets) -> Result<Conf
         ));
     }
 
+    let history = history_retention(&file.history, &at)?;
+
     Ok(Config {
+        history,
         tls,
         http2,
         rollouts,
@@ -537,6 +542,54 @@ fn field_at(text: &str, offset: usize) -> String {
         }
     }
     String::new()
+}
+
+/// The largest `[history] keep`: every record is read by a walk back to the oldest one.
+pub const HISTORY_KEEP_LIMIT: usize = 100_000;
+
+/// The smallest `[history] max_bytes`: 64 KiB, a few dozen records of a small policy.
+pub const HISTORY_MIN_BYTES: u64 = 64 << 10;
+
+/// The largest `[history] max_bytes`: 4 GiB.
+pub const HISTORY_MAX_BYTES: u64 = 4 << 30;
+
+/// The `[history]` table.
+fn history_retention(
+    f: &file::HistoryFile,
+    at: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<crate::store::HistoryRetention, ConfigError> {
+    let defaults = crate::store::HistoryRetention::default();
+    let keep = match f.keep {
+        None => defaults.keep,
+        Some(0) => return Err(at("history.keep", "must be at least 1".into())),
+        Some(n) if n > HISTORY_KEEP_LIMIT => {
+            return Err(at(
+                "history.keep",
+                format!("{n} is too many (at most {HISTORY_KEEP_LIMIT})"),
+            ))
+        }
+        Some(n) => n,
+    };
+    let max_bytes = match &f.max_bytes {
+        None => defaults.max_bytes,
+        Some(text) => {
+            let size: bytesize::ByteSize = text.trim().parse().map_err(|_| {
+                at(
+                    "history.max_bytes",
+                    format!("`{text}` is not a size like \"64MiB\" or \"500kB\""),
+                )
+            })?;
+            let bytes = size.as_u64();
+            if !(HISTORY_MIN_BYTES..=HISTORY_MAX_BYTES).contains(&bytes) {
+                return Err(at(
+                    "history.max_bytes",
+                    format!("`{text}` is out of range (64KiB to 4GiB)"),
+                ));
+            }
+            bytes
+        }
+    };
+    Ok(crate::store::HistoryRetention { keep, max_bytes })
 }
 
 /// A duration as written (`"2s"`, `"300ms"`): longer than zero and at most [`MAX_DURATION`];

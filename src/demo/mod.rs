@@ -153,6 +153,7 @@ fn demo_config(
         },
         timeouts: Timeouts::default(),
         max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+        history: crate::store::HistoryRetention::default(),
         upstreams: vec![upstream("stable", stable), upstream("canary", canary)],
         policy: Some(PolicySource {
             doc,
