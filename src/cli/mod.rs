@@ -429,9 +429,16 @@ async fn history_pages(
         answer.body.body.entries.extend(page.body.body.entries);
         answer.body.body.next = page.body.body.next;
     }
-    answer.body.body.entries.truncate(wanted);
-    if answer.body.body.entries.len() < wanted {
-        answer.body.body.next = None;
+    let entries = &mut answer.body.body.entries;
+    if entries.len() > wanted {
+        entries.truncate(wanted);
+        // The next page starts below the last change kept, not the last one read.
+        answer.body.body.next = entries.last().map(|last| {
+            paths::history(&HistoryQuery {
+                limit: first.limit,
+                before: Some(last.revision),
+            })
+        });
     }
     answer.raw = serde_json::to_value(&answer.body).unwrap_or(Value::Null);
     Ok(answer)

@@ -214,7 +214,7 @@ impl Gateway {
                     )
                 })?;
                 // A record that holds its document whole starts the walk again from it.
-                if let Some(after) = record.after.clone() {
+                if let Some(after) = record.after {
                     doc = after;
                     at = key;
                 }
@@ -224,26 +224,25 @@ impl Gateway {
                         missing: at,
                     });
                 }
-                let before = match (&record.before, &record.undo) {
-                    (Some(before), _) => before.clone(),
-                    (None, Some(undo)) => {
-                        let mut before = doc.clone();
-                        json_patch::patch(&mut before, undo).map_err(|e| {
-                            bad(
-                                format!("history/{key}"),
-                                format!("the record's undo does not apply: {e}"),
-                            )
-                        })?;
-                        before
-                    }
+                // The document after this change, kept only for the change asked for: a walk
+                // past the others patches `doc` in place, without a copy per step.
+                let after = (key == revision).then(|| doc.clone());
+                match (record.before, &record.undo) {
+                    (Some(before), _) => doc = before,
+                    (None, Some(undo)) => json_patch::patch(&mut doc, undo).map_err(|e| {
+                        bad(
+                            format!("history/{key}"),
+                            format!("the record's undo does not apply: {e}"),
+                        )
+                    })?,
                     (None, None) => {
                         return Err(bad(
                             format!("history/{key}"),
                             "the record has neither undo nor before".into(),
                         ))
                     }
-                };
-                if key == revision {
+                }
+                if let Some(after) = after {
                     let as_doc = |value: Value, which: &str| {
                         serde_json::from_value::<PolicyDoc>(value).map_err(|e| {
                             bad(
@@ -257,11 +256,10 @@ impl Gateway {
                         time: record.time,
                         actor: record.actor,
                         summary: record.summary,
-                        before: as_doc(before, "before")?,
-                        after: as_doc(doc, "after")?,
+                        before: as_doc(doc, "before")?,
+                        after: as_doc(after, "after")?,
                     })));
                 }
-                doc = before;
                 at = key - 1;
             }
         }
@@ -291,8 +289,201 @@ pub fn kept_words(retention: HistoryRetention) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{doc, gateway, TestStore, WEB};
     use super::*;
+    use crate::policy::model::SplitDoc;
+    use crate::store::Store;
     use serde_json::json;
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    const TIMEOUT: Duration = Duration::from_secs(1);
+
+    /// The slow, obvious twin of the walk back: every document as it was written, kept whole,
+    /// against what the records rebuild, for a run of changes of every kind.
+    #[tokio::test]
+    async fn every_revision_rebuilds_to_the_document_that_was_written() {
+        let store = TestStore::new();
+        let g = gateway(&store, Some(&doc(WEB)), TIMEOUT).await;
+        let mut written = vec![PolicyDoc::default(), doc(WEB)];
+        // A small deterministic generator: the same run every time.
+        let mut seed = 0x9e37_79b9_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for i in 0..60 {
+            let pick = next() % 4;
+            let weight = (next() % 100) as f64;
+            let applied = g
+                .change(None, "alice", &format!("change {i}"), |d| {
+                    let web = &mut d.services[0];
+                    match pick {
+                        0 => {
+                            web.split = Some(SplitDoc {
+                                weights: BTreeMap::from([("v2".to_owned(), weight)]),
+                                by: None,
+                                salt: None,
+                            })
+                        }
+                        1 => web.split = None,
+                        2 => {
+                            web.versions.insert(format!("v{}", 3 + i), "canary".into());
+                        }
+                        _ => {
+                            let extra: Vec<String> = web
+                                .versions
+                                .keys()
+                                .filter(|v| *v != "v1" && *v != "v2")
+                                .cloned()
+                                .collect();
+                            for v in extra.into_iter().take(2) {
+                                web.versions.remove(&v);
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            if !applied.unchanged {
+                assert_eq!(applied.revision as usize, written.len());
+                written.push(applied.doc);
+            }
+        }
+        assert!(written.len() > 40, "{} revisions", written.len());
+        for revision in 1..written.len() {
+            let entry = g.history_entry(revision as u64).await.unwrap();
+            assert_eq!(entry.after, written[revision], "after revision {revision}");
+            assert_eq!(
+                entry.before,
+                written[revision - 1],
+                "before revision {revision}"
+            );
+        }
+    }
+
+    /// Records written before `undo` existed hold both documents: they are read as they are, and
+    /// newer ones walk back to them.
+    #[tokio::test]
+    async fn records_with_whole_documents_are_read_as_they_are() {
+        let store = TestStore::new();
+        let old = doc(WEB);
+        let json = serde_json::to_string(&old).unwrap();
+        let legacy = json!({"revision": 1, "time": "2026-01-01T00:00:00.000Z",
+            "actor": "config", "summary": "policy from the config file",
+            "before": {"services": []}, "after": old});
+        let keep = HistoryRetention::default();
+        store
+            .save_policy_recorded(&json, 0, &legacy.to_string(), keep)
+            .await
+            .unwrap();
+        let g = gateway(&store, Some(&old), TIMEOUT).await;
+        let applied = g
+            .change(None, "alice", "add v3", |d| {
+                d.services[0].versions.insert("v3".into(), "canary".into());
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(applied.revision, 2);
+        let first = g.history_entry(1).await.unwrap();
+        assert_eq!(
+            (first.before, first.after),
+            (PolicyDoc::default(), old.clone())
+        );
+        let second = g.history_entry(2).await.unwrap();
+        assert_eq!((second.before, second.after), (old, applied.doc));
+        let (page, next) = g.history_page(None, 10).await.unwrap();
+        let summaries: Vec<&str> = page.iter().map(|c| c.summary.as_str()).collect();
+        assert_eq!(summaries, ["add v3", "policy from the config file"]);
+        assert_eq!(next, None);
+    }
+
+    /// A revision written without a record (by something else than graygate) ends the walk: the
+    /// revisions after it rebuild, the ones before are refused naming it.
+    #[tokio::test]
+    async fn a_revision_without_a_record_is_named() {
+        let store = TestStore::new();
+        let g = gateway(&store, Some(&doc(WEB)), TIMEOUT).await;
+        let add = |name: &'static str| {
+            move |d: &mut PolicyDoc| -> Result<(), super::super::ChangeError> {
+                d.services[0].versions.insert(name.into(), "canary".into());
+                Ok(())
+            }
+        };
+        g.change(None, "alice", "add v3", add("v3")).await.unwrap();
+        let (_, current) = g.current_doc().await.unwrap();
+        let mut by_hand = current.clone();
+        by_hand.services[0]
+            .versions
+            .insert("v4".into(), "canary".into());
+        let json = serde_json::to_string(&by_hand).unwrap();
+        assert_eq!(store.save_policy(&json, Some(2)).await.unwrap(), 3);
+        g.change(None, "alice", "add v5", add("v5")).await.unwrap();
+
+        let fourth = g.history_entry(4).await.unwrap();
+        assert_eq!(fourth.before, by_hand);
+        let e = g.history_entry(2).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                HistoryError::Broken {
+                    revision: 2,
+                    missing: 3
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "revision 2 cannot be rebuilt: revision 3 was written without a history record (not through graygate), and revisions older than it cannot be rebuilt from the current policy"
+        );
+        let e = g.history_entry(3).await.unwrap_err();
+        assert!(
+            matches!(e, HistoryError::NotInHistory { revision: 3, .. }),
+            "{e:?}"
+        );
+        let e = g.history_entry(9).await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "revision 9 is not in the history (the history keeps the newest 1000 changes, at most 64.0 MiB of records)"
+        );
+    }
+
+    /// Pages follow each other without a gap or a repeat, and the last has no next.
+    #[tokio::test]
+    async fn pages_follow_each_other() {
+        let store = TestStore::new();
+        let g = gateway(&store, Some(&doc(WEB)), TIMEOUT).await;
+        for i in 0..6 {
+            g.change(None, "alice", &format!("add v{}", i + 3), |d| {
+                d.services[0]
+                    .versions
+                    .insert(format!("v{}", i + 3), "canary".into());
+                Ok(())
+            })
+            .await
+            .unwrap();
+        }
+        let (page, next) = g.history_page(None, 3).await.unwrap();
+        let revisions: Vec<u64> = page.iter().map(|c| c.revision).collect();
+        assert_eq!((revisions, next), (vec![7, 6, 5], Some(5)));
+        let (page, next) = g.history_page(Some(5), 3).await.unwrap();
+        let revisions: Vec<u64> = page.iter().map(|c| c.revision).collect();
+        assert_eq!((revisions, next), (vec![4, 3, 2], Some(2)));
+        let (page, next) = g.history_page(Some(2), 3).await.unwrap();
+        let revisions: Vec<u64> = page.iter().map(|c| c.revision).collect();
+        assert_eq!((revisions, next), (vec![1], None));
+        // Exactly a page left: no next either.
+        let (page, next) = g.history_page(Some(4), 3).await.unwrap();
+        assert_eq!((page.len(), next), (3, None));
+        assert!(page.iter().all(|c| c.bytes > 0 && !c.actor.is_empty()));
+        let (page, next) = g.history_page(None, 0).await.unwrap();
+        assert_eq!((page.len(), next), (0, None));
+    }
 
     #[test]
     fn a_record_starts_with_its_revision_and_holds_only_the_reverse_patch() {

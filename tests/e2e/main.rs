@@ -47,6 +47,7 @@ mod docs;
 mod edge;
 mod grpc;
 mod health;
+mod history;
 mod http2;
 mod import;
 mod lifecycle;
