@@ -737,6 +737,44 @@ mod tests {
     }
 
     #[test]
+    fn the_history_retention_is_read_and_bounded() {
+        let defaults = config("").unwrap().history;
+        assert_eq!(defaults, crate::store::HistoryRetention::default());
+        let set = config("[history]\nkeep = 20\nmax_bytes = \"1 MiB\"\n").unwrap();
+        assert_eq!((set.history.keep, set.history.max_bytes), (20, 1 << 20));
+        let set = config("[history]\nmax_bytes = \"500kB\"\n").unwrap();
+        assert_eq!((set.history.keep, set.history.max_bytes), (1000, 500_000));
+        for (text, want) in [
+            ("keep = 0", "history.keep: must be at least 1"),
+            (
+                "keep = 100001",
+                "history.keep: 100001 is too many (at most 100000)",
+            ),
+            (
+                "max_bytes = \"lots\"",
+                "history.max_bytes: `lots` is not a size like \"64MiB\" or \"500kB\"",
+            ),
+            (
+                "max_bytes = \"1kB\"",
+                "history.max_bytes: `1kB` is out of range (64KiB to 4GiB)",
+            ),
+            (
+                "max_bytes = \"5GiB\"",
+                "history.max_bytes: `5GiB` is out of range (64KiB to 4GiB)",
+            ),
+        ] {
+            let message = error(&format!("[history]\n{text}\n"));
+            assert!(message.starts_with("g.toml:"), "{message}");
+            assert!(
+                message.ends_with(want),
+                "{message} does not end with {want}"
+            );
+        }
+        let message = error("[history]\nkept = 3\n");
+        assert!(message.contains("unknown field `kept`"), "{message}");
+    }
+
+    #[test]
     fn the_version_header_is_a_header_name_checked_once() {
         assert_eq!(
             config("").unwrap().version_header,
