@@ -16,7 +16,7 @@
 //!   revision, so that a page below a revision is one `ZREVRANGEBYSCORE`; added and pruned to the
 //!   [`HistoryRetention`](crate::store::HistoryRetention) by the same Lua script that writes the
 //!   policy. The policy hash's field `history_bytes` keeps the records' summed size, so that the
-//!   byte bound is checked without reading them. Before graygate 0.1 kept its records in a list
+//!   byte bound is checked without reading them. Earlier versions of graygate kept the records in a list
 //!   (newest first): the first script that finds a list turns it into the sorted set
 //!   ([`HISTORY_UPGRADE_LUA`]).
 //! - `<key_prefix>changes`: the pub/sub channel on which every write is announced, as JSON:
