@@ -261,7 +261,8 @@ pub async fn start_with(
     // answers first.
     let lookup_timeout = config.cache.lookup_timeout + std::time::Duration::from_millis(10);
     let store = store.await?;
-    let gateway = Gateway::start(store, upstream_names, seed, lookup_timeout).await?;
+    let gateway =
+        Gateway::start(store, upstream_names, seed, lookup_timeout, config.history).await?;
     let watcher = gateway.spawn_watcher(config.reload_interval);
     let rollouts = gateway.spawn_rollouts(config.rollouts);
     let verdicts = rollouts.verdicts();

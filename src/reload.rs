@@ -416,6 +416,7 @@ fn restart_needed(current: &Config, new: &Config) -> Vec<String> {
             current.response_version_header != new.response_version_header,
         ),
         ("workers", current.workers != new.workers),
+        ("history", current.history != new.history),
         ("metrics", current.metrics != new.metrics),
         ("access_log", current.access_log != new.access_log),
         ("admin", current.admin != new.admin),

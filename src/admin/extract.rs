@@ -227,7 +227,10 @@ mod tests {
     async fn query_errors_name_the_parameter() {
         assert_eq!(
             query::<HistoryQuery>("/v1/history?limit=5").await.unwrap(),
-            HistoryQuery { limit: Some(5) }
+            HistoryQuery {
+                limit: Some(5),
+                before: None
+            }
         );
         let e = query::<HistoryQuery>("/v1/history?limit=ten")
             .await

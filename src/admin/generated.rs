@@ -146,6 +146,7 @@ impl Admin {
                 upstreams,
                 Some(&doc),
                 Duration::from_millis(100),
+                crate::store::HistoryRetention::default(),
             ))
             .expect("the gateway starts");
         let state = AdminState::new(

@@ -34,7 +34,7 @@ mod rollout;
 mod status;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
-pub use history::{History, HistoryEntry, Undo, Undone};
+pub use history::{History, HistoryChange, HistoryEntry, HistoryOne, Undo, Undone};
 pub use lists::{
     EntriesRemoved, EntriesWritten, EntryCount, EntryList, ListedEntry, NewEntries, NewEntry,
     RemoveEntries,

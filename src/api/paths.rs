@@ -50,6 +50,8 @@ pub const LIST_ENTRIES: &str = "/v1/lists/{list}/entries";
 pub const LIST_COUNT: &str = "/v1/lists/{list}/count";
 /// `GET`: every change, newest first.
 pub const HISTORY: &str = "/v1/history";
+/// One change with its documents.
+pub const HISTORY_ONE: &str = "/v1/history/{revision}";
 /// `POST`: back to the policy of a revision.
 pub const UNDO: &str = "/v1/undo";
 /// `POST`: read the config file again, as SIGHUP does.
@@ -159,10 +161,23 @@ pub fn list_count(list: &str) -> String {
 
 /// [`HISTORY`] with its query.
 pub fn history(query: &HistoryQuery) -> String {
-    match query.limit {
-        Some(limit) => format!("{HISTORY}?limit={limit}"),
-        None => HISTORY.to_string(),
+    let mut params = Vec::new();
+    if let Some(limit) = query.limit {
+        params.push(format!("limit={limit}"));
     }
+    if let Some(before) = query.before {
+        params.push(format!("before={before}"));
+    }
+    if params.is_empty() {
+        HISTORY.to_string()
+    } else {
+        format!("{HISTORY}?{}", params.join("&"))
+    }
+}
+
+/// [`HISTORY_ONE`].
+pub fn history_one(revision: u64) -> String {
+    fill(HISTORY_ONE, &[&revision.to_string()])
 }
 
 /// [`RELOAD`] with its query.
@@ -191,17 +206,25 @@ pub struct RuleQuery {
     pub position: Option<usize>,
 }
 
-/// The query of `GET /v1/history`.
+/// The query of `GET /v1/history`: one page.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryQuery {
-    /// How many changes, newest first; absent: [`HistoryQuery::DEFAULT_LIMIT`].
+    /// How many changes, newest first; absent: [`HistoryQuery::DEFAULT_LIMIT`], at most
+    /// [`HistoryQuery::MAX_LIMIT`] (more is refused, not cut: a client that asked for 1000 and
+    /// got 100 would think it has them all).
     #[serde(default, deserialize_with = "whole_number")]
     pub limit: Option<usize>,
+    /// Only changes older than this revision: the cursor of the next page (the `next` of the
+    /// page before names it). Absent: from the newest.
+    #[serde(default, deserialize_with = "whole_number_u64")]
+    pub before: Option<u64>,
 }
 
 impl HistoryQuery {
     /// Changes shown when the query names no limit.
     pub const DEFAULT_LIMIT: usize = 20;
+    /// The largest page: a page is read whole in memory, and its records may be big.
+    pub const MAX_LIMIT: usize = 100;
 }
 
 /// A query parameter that must be a whole number, refused with a message that shows the value
@@ -222,6 +245,11 @@ fn whole_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<usi
         }
     }
     deserializer.deserialize_str(Visitor).map(Some)
+}
+
+/// [`whole_number`] for a revision.
+fn whole_number_u64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    whole_number(deserializer).map(|n| n.map(|n| n as u64))
 }
 
 /// A query parameter that must be `true` or `false`.
@@ -287,8 +315,22 @@ mod tests {
     #[test]
     fn queries_round_trip() {
         for q in [
-            HistoryQuery { limit: Some(7) },
-            HistoryQuery { limit: None },
+            HistoryQuery {
+                limit: Some(7),
+                before: None,
+            },
+            HistoryQuery {
+                limit: None,
+                before: None,
+            },
+            HistoryQuery {
+                limit: Some(100),
+                before: Some(42),
+            },
+            HistoryQuery {
+                limit: None,
+                before: Some(1),
+            },
         ] {
             assert_eq!(read::<HistoryQuery>(&history(&q)), Ok(q));
         }
@@ -316,7 +358,13 @@ mod tests {
         // Other parameters are ignored, as before.
         assert_eq!(
             read::<HistoryQuery>("/v1/history?x=1&limit=3"),
-            Ok(HistoryQuery { limit: Some(3) })
+            Ok(HistoryQuery {
+                limit: Some(3),
+                before: None
+            })
         );
+        let e = read::<HistoryQuery>("/v1/history?before=x7").unwrap_err();
+        assert!(e.ends_with("before: `x7` is not a whole number"), "{e}");
+        assert_eq!(history_one(12), "/v1/history/12");
     }
 }

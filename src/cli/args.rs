@@ -102,11 +102,20 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: RolloutCmd,
     },
-    /// Every change: revision, time, who, what.
+    /// Every change: revision, time, who, what, newest first; with a revision, that change with
+    /// the documents before and after it.
     History {
-        /// How many changes, newest first.
-        #[arg(long, short, default_value_t = crate::api::HistoryQuery::DEFAULT_LIMIT)]
+        /// Show this revision's change with its documents.
+        revision: Option<u64>,
+        /// How many changes (the API's pages are followed).
+        #[arg(long, short, default_value_t = crate::api::HistoryQuery::DEFAULT_LIMIT, conflicts_with = "all")]
         limit: usize,
+        /// Every change the history keeps.
+        #[arg(long)]
+        all: bool,
+        /// Only changes older than this revision.
+        #[arg(long)]
+        before: Option<u64>,
     },
     /// Make the policy of an earlier revision current again (as a new revision).
     Undo {

@@ -37,11 +37,11 @@ pub use args::CtlArgs;
 
 use crate::api::{
     paths, EntriesRemoved, EntriesWritten, EntryCount, EntryList, ErrorCode, Explain, Explanation,
-    History, HistoryQuery, IfMatch, NewEntries, NewEntry, PolicyReplaced, Promote, Promoted,
-    ReloadOutcome, ReloadQuery, Reloaded, RemoveEntries, Revisioned, Rollback, RolledBack,
-    RolloutView, RouteDeleted, RouteList, RoutePut, RuleDeleted, RuleList, RuleQuery, RuleWritten,
-    ServiceDeleted, ServiceList, ServicePut, SetVersion, SetWeights, Status, Undo, Undone,
-    VersionDeleted, VersionList, VersionPut, Weights,
+    History, HistoryOne, HistoryQuery, IfMatch, NewEntries, NewEntry, PolicyReplaced, Promote,
+    Promoted, ReloadOutcome, ReloadQuery, Reloaded, RemoveEntries, Revisioned, Rollback,
+    RolledBack, RolloutView, RouteDeleted, RouteList, RoutePut, RuleDeleted, RuleList, RuleQuery,
+    RuleWritten, ServiceDeleted, ServiceList, ServicePut, SetVersion, SetWeights, Status, Undo,
+    Undone, VersionDeleted, VersionList, VersionPut, Weights,
 };
 use crate::policy::edit::route_name;
 use crate::policy::model::{RouteDoc, RuleDoc, ServiceDoc};
@@ -326,9 +326,22 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
             out.done(&a, &text)?;
         }
         Cmd::Rollout { cmd } => rollout(&api, &out, rev, cmd).await?,
-        Cmd::History { limit } => {
-            let path = paths::history(&HistoryQuery { limit: Some(limit) });
-            let a: Answer<Revisioned<History>> = api.get(&path).await?;
+        Cmd::History {
+            revision: Some(revision),
+            ..
+        } => {
+            let path = paths::history_one(revision);
+            let a: Answer<Revisioned<HistoryOne>> = api.get(&path).await?;
+            out.show(&a, output::history_one)?;
+        }
+        Cmd::History {
+            revision: None,
+            limit,
+            all,
+            before,
+        } => {
+            let wanted = if all { usize::MAX } else { limit };
+            let a = history_pages(&api, wanted, before).await?;
             out.show(&a, output::history)?;
         }
         Cmd::Reload { force } => {
@@ -394,6 +407,41 @@ fn plan(args: StartArgs) -> Result<crate::rollout::RolloutDoc, CtlError> {
         plan.dry_run = true;
     }
     Ok(plan)
+}
+
+/// `ctl history`: up to `wanted` changes older than `before`, following the API's pages (each at
+/// most [`HistoryQuery::MAX_LIMIT`]), as one answer.
+async fn history_pages(
+    api: &Api,
+    wanted: usize,
+    before: Option<u64>,
+) -> Result<Answer<Revisioned<History>>, CtlError> {
+    let first = HistoryQuery {
+        limit: Some(wanted.clamp(1, HistoryQuery::MAX_LIMIT)),
+        before,
+    };
+    let mut answer: Answer<Revisioned<History>> = api.get(&paths::history(&first)).await?;
+    while answer.body.body.entries.len() < wanted {
+        let Some(next) = answer.body.body.next.take() else {
+            break;
+        };
+        let page: Answer<Revisioned<History>> = api.get(&next).await?;
+        answer.body.body.entries.extend(page.body.body.entries);
+        answer.body.body.next = page.body.body.next;
+    }
+    let entries = &mut answer.body.body.entries;
+    if entries.len() > wanted {
+        entries.truncate(wanted);
+        // The next page starts below the last change kept, not the last one read.
+        answer.body.body.next = entries.last().map(|last| {
+            paths::history(&HistoryQuery {
+                limit: first.limit,
+                before: Some(last.revision),
+            })
+        });
+    }
+    answer.raw = serde_json::to_value(&answer.body).unwrap_or(Value::Null);
+    Ok(answer)
 }
 
 async fn rollout(

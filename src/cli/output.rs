@@ -7,8 +7,9 @@
 use super::client::Answer;
 use super::CtlError;
 use crate::api::{
-    EntryList, Explanation, History, Reloaded, Revisioned, RolloutView, RouteList, RuleList,
-    ServerHealthState, ServiceList, Status, VersionFigures, VersionHealth, VersionList, Weights,
+    EntryList, Explanation, History, HistoryOne, Reloaded, Revisioned, RolloutView, RouteList,
+    RuleList, ServerHealthState, ServiceList, Status, VersionFigures, VersionHealth, VersionList,
+    Weights,
 };
 use crate::policy::model::{IdentityDoc, SplitDoc};
 use crate::policy::{buckets_of_percent, BUCKETS};
@@ -495,7 +496,30 @@ pub fn history(v: &Revisioned<History>) -> String {
             ]
         })
         .collect();
-    table(&["REVISION", "TIME", "ACTOR", "CHANGE"], &rows)
+    let mut out = table(&["REVISION", "TIME", "ACTOR", "CHANGE"], &rows);
+    // The next page starts below the oldest change shown.
+    if let (Some(_), Some(oldest)) = (&v.body.next, v.body.entries.last()) {
+        out.push_str(&format!(
+            "\nolder changes: ctl history --before {} (or --all)",
+            oldest.revision
+        ));
+    }
+    out
+}
+
+/// `ctl history <revision>`: the change, then the documents before and after it.
+pub fn history_one(v: &Revisioned<HistoryOne>) -> String {
+    let e = &v.body.entry;
+    let doc = |d| serde_json::to_string_pretty(d).unwrap_or_default();
+    format!(
+        "revision {} at {} by {}: {}\nbefore:\n{}\nafter:\n{}",
+        e.revision,
+        e.time,
+        e.actor,
+        e.summary,
+        doc(&e.before),
+        doc(&e.after)
+    )
 }
 
 /// `web: v2 progressing at step 2/4 (25%): <reason>`

@@ -82,6 +82,22 @@ pub struct ConfigFile {
     /// `[http2]`: limits of HTTP/2 client connections.
     #[serde(default, skip_serializing_if = "is_default")]
     pub http2: Http2File,
+    /// `[history]`: how much policy history the store keeps.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub history: HistoryFile,
+}
+
+/// `[history]`: the retention of the policy history; the oldest records go first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryFile {
+    /// How many changes are kept at most; default 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<usize>,
+    /// How many bytes of history records are kept at most (`"64MiB"`, `"500kB"`, or a number of
+    /// bytes as a string); default `"64MiB"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<String>,
 }
 
 /// `[tls]`: the TLS listeners and their certificates.
@@ -518,6 +534,10 @@ mod tests {
                 max_pending_accept_reset_streams: Some(10),
                 max_local_error_reset_streams: Some(100),
             },
+            history: HistoryFile {
+                keep: Some(500),
+                max_bytes: Some("16MiB".into()),
+            },
         }
     }
 
@@ -597,6 +617,10 @@ lease = "3s"
 max_concurrent_streams = 50
 max_pending_accept_reset_streams = 10
 max_local_error_reset_streams = 100
+
+[history]
+keep = 500
+max_bytes = "16MiB"
 
 [[policy.services]]
 name = "web"

@@ -135,6 +135,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Limits of HTTP/2 client connections (`[http2]`).
     pub http2: Http2Settings,
+    /// How much policy history the store keeps (`[history]`).
+    pub history: crate::store::HistoryRetention,
 }
 
 /// Where the policy and the identity lists are kept.
@@ -462,7 +464,10 @@ pub fn parse_with(text: &str, path: &Path, secrets: AdminSecrets) -> Result<Conf
         ));
     }
 
+    let history = history_retention(&file.history, &at)?;
+
     Ok(Config {
+        history,
         tls,
         http2,
         rollouts,
@@ -658,6 +663,54 @@ fn field_at(text: &str, offset: usize) -> String {
     String::new()
 }
 
+/// The largest `[history] keep`: every record is read by a walk back to the oldest one.
+pub const HISTORY_KEEP_LIMIT: usize = 100_000;
+
+/// The smallest `[history] max_bytes`: 64 KiB, a few dozen records of a small policy.
+pub const HISTORY_MIN_BYTES: u64 = 64 << 10;
+
+/// The largest `[history] max_bytes`: 4 GiB.
+pub const HISTORY_MAX_BYTES: u64 = 4 << 30;
+
+/// The `[history]` table.
+fn history_retention(
+    f: &file::HistoryFile,
+    at: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<crate::store::HistoryRetention, ConfigError> {
+    let defaults = crate::store::HistoryRetention::default();
+    let keep = match f.keep {
+        None => defaults.keep,
+        Some(0) => return Err(at("history.keep", "must be at least 1".into())),
+        Some(n) if n > HISTORY_KEEP_LIMIT => {
+            return Err(at(
+                "history.keep",
+                format!("{n} is too many (at most {HISTORY_KEEP_LIMIT})"),
+            ))
+        }
+        Some(n) => n,
+    };
+    let max_bytes = match &f.max_bytes {
+        None => defaults.max_bytes,
+        Some(text) => {
+            let size: bytesize::ByteSize = text.trim().parse().map_err(|_| {
+                at(
+                    "history.max_bytes",
+                    format!("`{text}` is not a size like \"64MiB\" or \"500kB\""),
+                )
+            })?;
+            let bytes = size.as_u64();
+            if !(HISTORY_MIN_BYTES..=HISTORY_MAX_BYTES).contains(&bytes) {
+                return Err(at(
+                    "history.max_bytes",
+                    format!("`{text}` is out of range (64KiB to 4GiB)"),
+                ));
+            }
+            bytes
+        }
+    };
+    Ok(crate::store::HistoryRetention { keep, max_bytes })
+}
+
 /// A duration as written (`"2s"`, `"300ms"`): longer than zero and at most [`MAX_DURATION`];
 /// `default` when absent. Every duration of the file is read through here.
 /// A listener's connection limit (`field`), or `default` when it is not set: at least 1, at most
@@ -824,6 +877,44 @@ mod tests {
 
     fn error(extra: &str) -> String {
         config(extra).expect_err("invalid").to_string()
+    }
+
+    #[test]
+    fn the_history_retention_is_read_and_bounded() {
+        let defaults = config("").unwrap().history;
+        assert_eq!(defaults, crate::store::HistoryRetention::default());
+        let set = config("[history]\nkeep = 20\nmax_bytes = \"1 MiB\"\n").unwrap();
+        assert_eq!((set.history.keep, set.history.max_bytes), (20, 1 << 20));
+        let set = config("[history]\nmax_bytes = \"500kB\"\n").unwrap();
+        assert_eq!((set.history.keep, set.history.max_bytes), (1000, 500_000));
+        for (text, want) in [
+            ("keep = 0", "history.keep: must be at least 1"),
+            (
+                "keep = 100001",
+                "history.keep: 100001 is too many (at most 100000)",
+            ),
+            (
+                "max_bytes = \"lots\"",
+                "history.max_bytes: `lots` is not a size like \"64MiB\" or \"500kB\"",
+            ),
+            (
+                "max_bytes = \"1kB\"",
+                "history.max_bytes: `1kB` is out of range (64KiB to 4GiB)",
+            ),
+            (
+                "max_bytes = \"5GiB\"",
+                "history.max_bytes: `5GiB` is out of range (64KiB to 4GiB)",
+            ),
+        ] {
+            let message = error(&format!("[history]\n{text}\n"));
+            assert!(message.starts_with("g.toml:"), "{message}");
+            assert!(
+                message.ends_with(want),
+                "{message} does not end with {want}"
+            );
+        }
+        let message = error("[history]\nkept = 3\n");
+        assert!(message.contains("unknown field `kept`"), "{message}");
     }
 
     #[test]

@@ -155,6 +155,7 @@ fn demo_config(
         max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
         listen_backlog: crate::config::DEFAULT_LISTEN_BACKLOG,
         max_connections: None,
+        history: crate::store::HistoryRetention::default(),
         upstreams: vec![upstream("stable", stable), upstream("canary", canary)],
         policy: Some(PolicySource {
             doc,

@@ -10,11 +10,11 @@
 //! nothing: no revision, no history record, and [`Applied::unchanged`] says so. The history then
 //! only holds changes, and an operator never has to tell an empty revision from a real one.
 
+use super::history::Record;
 use super::{Gateway, GatewayError};
 use crate::policy::edit::EditError;
 use crate::policy::{self, PolicyDoc};
 use crate::store::StoreError;
-use std::time::SystemTime;
 
 /// How many times [`Gateway::change`] makes an edit whose write lost a race against another
 /// writer (only when the caller did not name the revision it expects).
@@ -96,21 +96,11 @@ impl Gateway {
             }
             let compiled = self.compile(&after)?;
             let next = current + 1;
-            let record = HistoryEntry {
-                revision: next,
-                time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-                actor: actor.to_string(),
-                summary: summary.to_string(),
-                before,
-                after,
-            };
-            let json =
-                serde_json::to_string(&record.after).expect("a policy document always serializes");
-            let record_json =
-                serde_json::to_string(&record).expect("a history entry always serializes");
+            let record = Record::new(next, actor, summary, &before, &after).to_json();
+            let json = serde_json::to_string(&after).expect("a policy document always serializes");
             match self
                 .store
-                .save_policy_recorded(&json, current, &record_json)
+                .save_policy_recorded(&json, current, &record, self.history_retention)
                 .await
             {
                 Ok(revision) => {
@@ -121,7 +111,7 @@ impl Gateway {
                     return Ok(Applied {
                         revision,
                         value,
-                        doc: record.after,
+                        doc: after,
                         unchanged: false,
                     });
                 }
@@ -174,22 +164,6 @@ impl Gateway {
             }
         }
     }
-
-    /// The newest `limit` changes, newest first, from the store's history. Records that do not
-    /// parse (written by another version of graygate) are skipped.
-    pub async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
-        let records = self.store.load_history(limit).await?;
-        Ok(records
-            .iter()
-            .filter_map(|r| match serde_json::from_str(r) {
-                Ok(entry) => Some(entry),
-                Err(e) => {
-                    tracing::warn!(error = %e, "skipping a history record that does not parse");
-                    None
-                }
-            })
-            .collect())
-    }
 }
 
 /// Why a [`Gateway::change`] was not applied. Nothing changed in every case.
@@ -241,7 +215,7 @@ pub use crate::api::HistoryEntry;
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{doc, gateway, TestStore, WEB};
+    use super::super::testing::{doc, full_history, gateway, TestStore, WEB};
     use super::*;
     use crate::store::Store;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -266,7 +240,7 @@ mod tests {
         assert_eq!(g.revision(), 2);
         assert!(g.policy().doc().services[0].versions.contains_key("v3"));
         assert_eq!(store.load_policy().await.unwrap().unwrap().revision, 2);
-        let history = g.history(10).await.unwrap();
+        let history = full_history(&g, 10).await;
         let actors: Vec<(u64, &str)> = history
             .iter()
             .map(|h| (h.revision, h.actor.as_str()))
@@ -312,7 +286,7 @@ mod tests {
         assert_eq!(g.revision(), 2);
         assert!(Arc::ptr_eq(&before, &g.policy()), "nothing was installed");
         assert_eq!(store.load_policy().await.unwrap().unwrap().revision, 2);
-        assert_eq!(g.history(10).await.unwrap().len(), 2);
+        assert_eq!(full_history(&g, 10).await.len(), 2);
         // A change that does change something is written as before.
         let real = g
             .change(None, "alice", "drop v3", |d| {
@@ -378,7 +352,7 @@ mod tests {
             "the snapshot was replaced"
         );
         assert_eq!(store.load_policy().await.unwrap().unwrap().revision, 1);
-        assert_eq!(g.history(10).await.unwrap().len(), 1);
+        assert_eq!(full_history(&g, 10).await.len(), 1);
     }
 
     #[tokio::test]
@@ -397,7 +371,7 @@ mod tests {
         assert_eq!(edits.load(Ordering::SeqCst), 2, "the edit is made again");
         assert_eq!(applied.revision, 3, "after the rival's revision 2");
         assert_eq!(g.revision(), 3);
-        let history = g.history(10).await.unwrap();
+        let history = full_history(&g, 10).await;
         let actors: Vec<(u64, &str)> = history
             .iter()
             .map(|h| (h.revision, h.actor.as_str()))

@@ -34,6 +34,7 @@
 
 mod change;
 mod decide;
+mod history;
 mod rollouts;
 mod seed;
 #[cfg(test)]
@@ -41,12 +42,13 @@ mod testing;
 mod traffic;
 
 pub use change::{Applied, ChangeError, HistoryEntry};
+pub use history::{kept_words, HistoryError};
 pub use rollouts::{now_ms, DriverConfig, RolloutsHandle, VerdictTally, ACTOR};
 pub use seed::ConfigPolicy;
 
 use crate::policy::edit::EditError;
 use crate::policy::{self, Policy, PolicyDoc};
-use crate::store::{Change, ErrorChain, Store, StoreError};
+use crate::store::{Change, ErrorChain, HistoryRetention, Store, StoreError};
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -110,6 +112,9 @@ pub struct Gateway {
     last_reload_ms: AtomicU64,
     /// Where the policy, its history and the lists live.
     store: Arc<dyn Store>,
+    /// How much history every change leaves in the store (`[history]`): the store prunes to it
+    /// in the write that adds a record.
+    history_retention: HistoryRetention,
     /// Upstream names, in the order of the data plane's upstream table: a compiled policy refers
     /// to upstreams by index into this list (an empty name: a retired slot). Swapped by a config
     /// reload ([`Gateway::set_upstreams`]).
@@ -141,6 +146,7 @@ impl Gateway {
         upstreams: Vec<String>,
         seed: Option<&PolicyDoc>,
         lookup_timeout: Duration,
+        history_retention: HistoryRetention,
     ) -> Result<Arc<Self>, GatewayError> {
         let names: Vec<&str> = upstreams.iter().map(String::as_str).collect();
         let empty = policy::compile(&PolicyDoc::default(), &names)?;
@@ -149,6 +155,7 @@ impl Gateway {
             revision: AtomicU64::new(0),
             last_reload_ms: AtomicU64::new(0),
             store,
+            history_retention,
             upstreams: ArcSwap::from_pointee(upstreams),
             changing: tokio::sync::Mutex::new(()),
             lookup_timeout,

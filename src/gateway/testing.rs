@@ -5,7 +5,8 @@
 use super::Gateway;
 use crate::policy::PolicyDoc;
 use crate::store::{
-    CacheStats, Change, EmbeddedStore, Entry, Store, StoreError, StoreHealth, StoredPolicy,
+    CacheStats, Change, EmbeddedStore, Entry, HistoryRecord, HistoryRetention, Store, StoreError,
+    StoreHealth, StoredPolicy,
 };
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -65,9 +66,28 @@ pub(super) async fn gateway(
 ) -> Arc<Gateway> {
     let upstreams = UPSTREAMS.iter().map(|u| u.to_string()).collect();
     let store: Arc<dyn Store> = store.clone();
-    Gateway::start(store, upstreams, seed, lookup_timeout)
+    let retention = HistoryRetention::default();
+    Gateway::start(store, upstreams, seed, lookup_timeout, retention)
         .await
         .expect("the gateway starts")
+}
+
+/// The newest `limit` changes with their documents, newest first: a page, then each change
+/// rebuilt.
+pub(super) async fn full_history(g: &Gateway, limit: usize) -> Vec<super::HistoryEntry> {
+    let (page, _) = g
+        .history_page(None, limit)
+        .await
+        .expect("the history reads");
+    let mut out = Vec::new();
+    for change in page {
+        out.push(
+            g.history_entry(change.revision)
+                .await
+                .expect("the change rebuilds"),
+        );
+    }
+    out
 }
 
 #[async_trait]
@@ -84,22 +104,40 @@ impl Store for TestStore {
         self.inner.save_policy(json, expected).await
     }
 
-    async fn save_policy_recorded(&self, doc: &str, at: u64, rec: &str) -> Result<u64, StoreError> {
+    async fn save_policy_recorded(
+        &self,
+        doc: &str,
+        at: u64,
+        rec: &str,
+        retention: HistoryRetention,
+    ) -> Result<u64, StoreError> {
         if self.rival() {
+            // The rival writes the stored document again, as a change of its own.
             let mut rival: serde_json::Value =
                 serde_json::from_str(rec).expect("a history record is JSON");
             rival["actor"] = "rival".into();
-            rival["after"] = rival["before"].clone();
-            let same = rival["before"].to_string();
+            rival["undo"] = serde_json::json!([]);
+            let same = self
+                .inner
+                .load_policy()
+                .await?
+                .map(|p| p.json)
+                .unwrap_or_else(|| "{}".to_owned());
             self.inner
-                .save_policy_recorded(&same, at, &rival.to_string())
+                .save_policy_recorded(&same, at, &rival.to_string(), retention)
                 .await?;
         }
-        self.inner.save_policy_recorded(doc, at, rec).await
+        self.inner
+            .save_policy_recorded(doc, at, rec, retention)
+            .await
     }
 
-    async fn load_history(&self, limit: usize) -> Result<Vec<String>, StoreError> {
-        self.inner.load_history(limit).await
+    async fn load_history(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<HistoryRecord>, StoreError> {
+        self.inner.load_history(before, limit).await
     }
 
     fn lookup_local(&self, list: &str, key: &str) -> Option<Option<Arc<str>>> {

@@ -47,7 +47,10 @@
 //! its own is covered by [`FETCH_LIMIT`]: a fetch that takes longer marks the cache itself
 //! degraded (logged once) until a fetch succeeds again.
 
-use super::{Change, Entry, HealthTracker, Store, StoreError, StoreHealth, StoredPolicy};
+use super::{
+    Change, Entry, HealthTracker, HistoryRecord, HistoryRetention, Store, StoreError, StoreHealth,
+    StoredPolicy,
+};
 use async_trait::async_trait;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -534,15 +537,20 @@ impl Store for CachedStore {
         json: &str,
         expected: u64,
         record: &str,
+        retention: HistoryRetention,
     ) -> Result<u64, StoreError> {
         self.shared
             .inner
-            .save_policy_recorded(json, expected, record)
+            .save_policy_recorded(json, expected, record, retention)
             .await
     }
 
-    async fn load_history(&self, limit: usize) -> Result<Vec<String>, StoreError> {
-        self.shared.inner.load_history(limit).await
+    async fn load_history(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<HistoryRecord>, StoreError> {
+        self.shared.inner.load_history(before, limit).await
     }
 
     /// The wrapped store's local answer if it has one, else a fresh cache entry, else `None`.
@@ -800,13 +808,28 @@ mod tests {
             _: &str,
             expected: u64,
             record: &str,
+            _: HistoryRetention,
         ) -> Result<u64, StoreError> {
             self.history.lock().unwrap().push(record.to_owned());
             Ok(expected + 1)
         }
-        async fn load_history(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        async fn load_history(
+            &self,
+            before: Option<u64>,
+            limit: usize,
+        ) -> Result<Vec<HistoryRecord>, StoreError> {
             let history = self.history.lock().unwrap();
-            Ok(history.iter().rev().take(limit).cloned().collect())
+            Ok(history
+                .iter()
+                .enumerate()
+                .rev()
+                .map(|(i, json)| HistoryRecord {
+                    revision: i as u64 + 1,
+                    json: json.clone(),
+                })
+                .filter(|r| before.is_none_or(|b| r.revision < b))
+                .take(limit)
+                .collect())
         }
         async fn lookup(&self, list: &str, key: &str) -> Result<Option<Arc<str>>, StoreError> {
             self.fetches.fetch_add(1, Ordering::SeqCst);
@@ -936,10 +959,20 @@ mod tests {
     async fn history_passes_through() {
         let fake = FakeStore::new();
         let cache = cached(&fake, config(60_000));
-        assert_eq!(cache.save_policy_recorded("p1", 0, "r1").await.unwrap(), 1);
-        assert_eq!(cache.save_policy_recorded("p2", 1, "r2").await.unwrap(), 2);
-        assert_eq!(cache.load_history(10).await.unwrap(), ["r2", "r1"]);
-        assert_eq!(cache.load_history(1).await.unwrap(), ["r2"]);
+        let keep = HistoryRetention::default();
+        let texts = |records: Vec<HistoryRecord>| -> Vec<String> {
+            records.into_iter().map(|r| r.json).collect()
+        };
+        let saved = cache.save_policy_recorded("p1", 0, "r1", keep).await;
+        assert_eq!(saved.unwrap(), 1);
+        let saved = cache.save_policy_recorded("p2", 1, "r2", keep).await;
+        assert_eq!(saved.unwrap(), 2);
+        assert_eq!(
+            texts(cache.load_history(None, 10).await.unwrap()),
+            ["r2", "r1"]
+        );
+        assert_eq!(texts(cache.load_history(None, 1).await.unwrap()), ["r2"]);
+        assert_eq!(texts(cache.load_history(Some(2), 5).await.unwrap()), ["r1"]);
     }
 
     #[tokio::test]

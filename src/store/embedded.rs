@@ -14,7 +14,9 @@
 //! - `entries`: `(list, key)` -> `(value, expires_at)` with `expires_at` in Unix milliseconds,
 //!   `0` meaning "never". Expiry times are absolute, so TTLs keep counting while graygate is down.
 //! - `history`: policy revision -> the history record of the change that made it (JSON), written
-//!   in the policy's own transaction; the newest [`HISTORY_LIMIT`] are kept.
+//!   in the policy's own transaction, which also deletes the oldest records that the
+//!   [`HistoryRetention`] no longer keeps (their sizes are summed from the table in that
+//!   transaction: at most `keep` records, so nothing to keep in step with).
 //! - `records`: record key -> `(value, expires_at)`, expiry encoded as for `entries` (see
 //!   [`Store::put_record`]). Records are few and small; expired ones are deleted at open and by
 //!   every record write.
@@ -37,7 +39,7 @@
 //! deleted lazily: at open, from the list touched by each write, and by
 //! [`EmbeddedStore::purge_expired`].
 
-use super::{Change, Entry, Store, StoreError, StoredPolicy, HISTORY_LIMIT};
+use super::{Change, Entry, HistoryRecord, HistoryRetention, Store, StoreError, StoredPolicy};
 use async_trait::async_trait;
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use std::collections::HashMap;
@@ -310,7 +312,7 @@ impl EmbeddedStore {
         &self,
         json: &str,
         expected: Option<u64>,
-        record: Option<&str>,
+        record: Option<(&str, HistoryRetention)>,
     ) -> Result<u64, StoreError> {
         const WHAT: &str = "saving the policy";
         let _writer = self.lock_writer();
@@ -336,17 +338,30 @@ impl EmbeddedStore {
             })?;
             meta.insert(POLICY_KEY, (next, json))
                 .map_err(|e| self.db_err(WHAT, "meta/policy", e))?;
-            if let Some(record) = record {
+            if let Some((record, retention)) = record {
                 let mut history = txn
                     .open_table(HISTORY)
                     .map_err(|e| self.db_err(WHAT, "history", e))?;
                 history
                     .insert(next, record)
                     .map_err(|e| self.db_err(WHAT, "history", e))?;
-                let keep_from = next.saturating_sub(HISTORY_LIMIT as u64 - 1);
-                history
-                    .retain_in(..keep_from, |_, _| false)
-                    .map_err(|e| self.db_err(WHAT, "history", e))?;
+                // Sizes newest first; the first revision the retention does not keep and every
+                // older one go.
+                let mut sizes = Vec::new();
+                for item in history
+                    .iter()
+                    .map_err(|e| self.db_err(WHAT, "history", e))?
+                    .rev()
+                {
+                    let (revision, record) = item.map_err(|e| self.db_err(WHAT, "history", e))?;
+                    sizes.push((revision.value(), record.value().len() as u64));
+                }
+                let kept = retention.kept(sizes.iter().map(|&(_, size)| size));
+                if let Some(&(newest_dropped, _)) = sizes.get(kept) {
+                    history
+                        .retain_in(..=newest_dropped, |_, _| false)
+                        .map_err(|e| self.db_err(WHAT, "history", e))?;
+                }
             }
             Ok(next)
         })?;
@@ -354,7 +369,11 @@ impl EmbeddedStore {
         Ok(revision)
     }
 
-    fn load_history_sync(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+    fn load_history_sync(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<HistoryRecord>, StoreError> {
         const WHAT: &str = "reading the policy history";
         let db = self.database()?;
         let read = db
@@ -365,11 +384,17 @@ impl EmbeddedStore {
             .map_err(|e| self.db_err(WHAT, "history", e))?;
         let mut out = Vec::new();
         let iter = history
-            .iter()
+            .range::<u64>((
+                std::ops::Bound::Unbounded,
+                before.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
+            ))
             .map_err(|e| self.db_err(WHAT, "history", e))?;
         for item in iter.rev().take(limit) {
-            let (_, record) = item.map_err(|e| self.db_err(WHAT, "history", e))?;
-            out.push(record.value().to_owned());
+            let (revision, record) = item.map_err(|e| self.db_err(WHAT, "history", e))?;
+            out.push(HistoryRecord {
+                revision: revision.value(),
+                json: record.value().to_owned(),
+            });
         }
         Ok(out)
     }
@@ -724,12 +749,17 @@ impl Store for EmbeddedStore {
         json: &str,
         expected: u64,
         record: &str,
+        retention: HistoryRetention,
     ) -> Result<u64, StoreError> {
-        self.save_policy_sync(json, Some(expected), Some(record))
+        self.save_policy_sync(json, Some(expected), Some((record, retention)))
     }
 
-    async fn load_history(&self, limit: usize) -> Result<Vec<String>, StoreError> {
-        self.load_history_sync(limit)
+    async fn load_history(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<HistoryRecord>, StoreError> {
+        self.load_history_sync(before, limit)
     }
 
     fn lookup_local(&self, list: &str, key: &str) -> Option<Option<Arc<str>>> {
@@ -889,11 +919,31 @@ mod tests {
     async fn history_survives_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        assert_eq!(store.save_policy_recorded("p1", 0, "r1").await.unwrap(), 1);
-        assert_eq!(store.save_policy_recorded("p2", 1, "r2").await.unwrap(), 2);
+        let keep = HistoryRetention::default();
+        assert_eq!(
+            store
+                .save_policy_recorded("p1", 0, "r1", keep)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store
+                .save_policy_recorded("p2", 1, "r2", keep)
+                .await
+                .unwrap(),
+            2
+        );
         drop(store);
         let reopened = open(&dir);
-        assert_eq!(reopened.load_history(10).await.unwrap(), ["r2", "r1"]);
+        let texts: Vec<String> = reopened
+            .load_history(None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.json)
+            .collect();
+        assert_eq!(texts, ["r2", "r1"]);
         let stored = reopened.load_policy().await.unwrap().unwrap();
         assert_eq!((stored.revision, stored.json.as_str()), (2, "p2"));
     }
@@ -1344,7 +1394,9 @@ mod tests {
             .map(|i| {
                 let store = Arc::clone(&store);
                 std::thread::spawn(move || {
-                    store.save_policy_sync(&format!("doc {i}"), Some(1), Some(&format!("r{i}")))
+                    let record = format!("r{i}");
+                    let retention = HistoryRetention::default();
+                    store.save_policy_sync(&format!("doc {i}"), Some(1), Some((&record, retention)))
                 })
             })
             .collect();
@@ -1364,7 +1416,7 @@ mod tests {
         }
         assert_eq!(won, 1);
         // Only the winner's record was kept.
-        let history = store.load_history_sync(10).unwrap();
+        let history = store.load_history_sync(None, 10).unwrap();
         assert_eq!(history.len(), 1, "{history:?}");
     }
 

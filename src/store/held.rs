@@ -3,7 +3,7 @@
 //! memcached list while graygate serves. The lists live in memcached and need no policy store;
 //! everything that would need it is refused, naming who holds it.
 
-use super::{Change, Entry, StoreError, StoredPolicy};
+use super::{Change, Entry, HistoryRecord, HistoryRetention, StoreError, StoredPolicy};
 use async_trait::async_trait;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -52,11 +52,21 @@ impl super::Store for HeldElsewhere {
         Err(self.refused())
     }
 
-    async fn save_policy_recorded(&self, _: &str, _: u64, _: &str) -> Result<u64, StoreError> {
+    async fn save_policy_recorded(
+        &self,
+        _: &str,
+        _: u64,
+        _: &str,
+        _: HistoryRetention,
+    ) -> Result<u64, StoreError> {
         Err(self.refused())
     }
 
-    async fn load_history(&self, _: usize) -> Result<Vec<String>, StoreError> {
+    async fn load_history(
+        &self,
+        _: Option<u64>,
+        _: usize,
+    ) -> Result<Vec<HistoryRecord>, StoreError> {
         Err(self.refused())
     }
 

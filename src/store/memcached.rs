@@ -43,7 +43,8 @@
 use super::key_escape::KeyEscape;
 use super::limits::EntryError;
 use super::{
-    Change, Entry, ErrorChain, HealthTracker, Store, StoreError, StoreHealth, StoredPolicy,
+    Change, Entry, ErrorChain, HealthTracker, HistoryRecord, HistoryRetention, Store, StoreError,
+    StoreHealth, StoredPolicy,
 };
 use super::{BACKOFF_MAX, BACKOFF_MIN};
 use async_memcached::{AsciiProtocol, Client, Error as McError, Status};
@@ -523,16 +524,21 @@ impl Store for MemcachedStore {
         json: &str,
         expected: u64,
         record: &str,
+        retention: HistoryRetention,
     ) -> Result<u64, StoreError> {
         self.shared
             .policy
-            .save_policy_recorded(json, expected, record)
+            .save_policy_recorded(json, expected, record, retention)
             .await
     }
 
     /// From the policy store.
-    async fn load_history(&self, limit: usize) -> Result<Vec<String>, StoreError> {
-        self.shared.policy.load_history(limit).await
+    async fn load_history(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<HistoryRecord>, StoreError> {
+        self.shared.policy.load_history(before, limit).await
     }
 
     /// To the policy store.
@@ -768,14 +774,27 @@ mod tests {
         let store = MemcachedStore::connect(config, Arc::clone(&policy))
             .await
             .unwrap();
-        assert_eq!(store.save_policy_recorded("p1", 0, "r1").await.unwrap(), 1);
-        assert_eq!(store.save_policy_recorded("p2", 1, "r2").await.unwrap(), 2);
-        assert_eq!(store.load_history(10).await.unwrap(), ["r2", "r1"]);
-        assert_eq!(policy.load_history(1).await.unwrap(), ["r2"]);
+        let keep = HistoryRetention::default();
+        let texts = |records: Vec<HistoryRecord>| -> Vec<String> {
+            records.into_iter().map(|r| r.json).collect()
+        };
+        let saved = store.save_policy_recorded("p1", 0, "r1", keep).await;
+        assert_eq!(saved.unwrap(), 1);
+        let saved = store.save_policy_recorded("p2", 1, "r2", keep).await;
+        assert_eq!(saved.unwrap(), 2);
+        assert_eq!(
+            texts(store.load_history(None, 10).await.unwrap()),
+            ["r2", "r1"]
+        );
+        assert_eq!(texts(policy.load_history(None, 1).await.unwrap()), ["r2"]);
+        assert_eq!(
+            texts(store.load_history(Some(2), 10).await.unwrap()),
+            ["r1"]
+        );
         // A lost race records nothing.
-        let err = store.save_policy_recorded("p3", 1, "r3").await.unwrap_err();
-        assert!(err.is_lost_race(), "{err:?}");
-        assert_eq!(store.load_history(10).await.unwrap().len(), 2);
+        let err = store.save_policy_recorded("p3", 1, "r3", keep).await;
+        assert!(err.unwrap_err().is_lost_race());
+        assert_eq!(store.load_history(None, 10).await.unwrap().len(), 2);
     }
 
     #[tokio::test]

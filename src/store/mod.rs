@@ -3,9 +3,9 @@
 //! A store holds five things:
 //! - the **policy document** (JSON text of a [`crate::policy::PolicyDoc`]) with a revision that
 //!   grows by one on every change, for optimistic concurrency;
-//! - the **policy history**: one record per change made through the gateway (who, when, before
-//!   and after), written in the same atomic step as the document, the newest [`HISTORY_LIMIT`]
-//!   kept;
+//! - the **policy history**: one record per change made through the gateway (who, when, and how
+//!   to go back), written in the same atomic step as the document and pruned in that same step to
+//!   a [`HistoryRetention`] (the newest `keep` records, at most `max_bytes` of them);
 //! - **lists**: named key -> value tables (gray IPs, token -> user id), each entry with an
 //!   optional expiry, as memcached has;
 //! - **records**: small JSON documents beside the policy (the rollout driver's working state,
@@ -209,8 +209,61 @@ impl std::fmt::Display for ErrorChain<'_> {
 pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(50);
 pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// How many policy history entries a store keeps; older ones are dropped as new ones arrive.
-pub const HISTORY_LIMIT: usize = 1000;
+/// How much policy history a store keeps: the newest records, as many as both bounds allow.
+/// Older records are deleted by the write that adds a new one, in the same atomic step, so that
+/// the history never holds more than this between two writes either.
+///
+/// The newest record is always kept, even alone over `max_bytes`: the change that was just made
+/// stays visible (and can be undone) whatever its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryRetention {
+    /// How many records at most (at least 1).
+    pub keep: usize,
+    /// How many bytes of record text at most, summed over the records kept. A store's own
+    /// overhead (keys, pages) comes on top.
+    pub max_bytes: u64,
+}
+
+impl HistoryRetention {
+    /// Default of `[history] keep`.
+    pub const DEFAULT_KEEP: usize = 1000;
+    /// Default of `[history] max_bytes`: 64 MiB.
+    pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
+
+    /// How many of `sizes` (record sizes in bytes, newest first) this retention keeps: at least
+    /// one when there is one, then as long as both bounds hold. Every store prunes with this rule
+    /// (the Redis script has its Lua twin).
+    pub fn kept(&self, sizes: impl IntoIterator<Item = u64>) -> usize {
+        let mut total = 0u64;
+        let mut kept = 0usize;
+        for size in sizes {
+            total = total.saturating_add(size);
+            if kept >= 1 && (kept >= self.keep || total > self.max_bytes) {
+                break;
+            }
+            kept += 1;
+        }
+        kept
+    }
+}
+
+impl Default for HistoryRetention {
+    fn default() -> Self {
+        HistoryRetention {
+            keep: Self::DEFAULT_KEEP,
+            max_bytes: Self::DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+/// One policy history record as a store hands it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRecord {
+    /// The revision whose change it records (the store's key for it).
+    pub revision: u64,
+    /// The record's text as given to [`Store::save_policy_recorded`].
+    pub json: String,
+}
 
 /// The policy document as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -362,7 +415,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Like [`Store::save_policy`] with `Some(expected)`, and in the same atomic step records
     /// `record` (one history entry, JSON text, describing revision `expected + 1`) in the policy
-    /// history, which keeps the newest [`HISTORY_LIMIT`] entries. A conflict records nothing.
+    /// history and deletes the oldest records that `retention` no longer keeps. A conflict
+    /// records and deletes nothing.
     ///
     /// Every store must keep the record or fail: there is no default, so that a store cannot drop
     /// history silently. A store that keeps its policy elsewhere (memcached) passes the record on
@@ -372,11 +426,16 @@ pub trait Store: Send + Sync + 'static {
         json: &str,
         expected: u64,
         record: &str,
+        retention: HistoryRetention,
     ) -> Result<u64, StoreError>;
 
-    /// The newest `limit` history records (as given to [`Store::save_policy_recorded`]), newest
-    /// first.
-    async fn load_history(&self, limit: usize) -> Result<Vec<String>, StoreError>;
+    /// History records, newest first: at most `limit` of them, only those of revisions below
+    /// `before` when it is given (the cursor of the next page).
+    async fn load_history(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<HistoryRecord>, StoreError>;
 
     /// Answers a lookup from memory, without I/O, if this store can: `Some(Some(v))` value,
     /// `Some(None)` absent, `None` "ask [`Store::lookup`]". Called on the request path.
@@ -553,6 +612,27 @@ mod tests {
             StoreError::open("/data", "cannot create the data directory").to_string(),
             "cannot open store at /data: cannot create the data directory"
         );
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_within_both_bounds_and_always_one() {
+        let r = HistoryRetention {
+            keep: 3,
+            max_bytes: 100,
+        };
+        assert_eq!(r.kept([]), 0);
+        assert_eq!(r.kept([10, 10, 10, 10, 10]), 3);
+        assert_eq!(r.kept([50, 50, 1]), 2);
+        assert_eq!(r.kept([40, 60]), 2);
+        assert_eq!(r.kept([40, 61]), 1);
+        // The newest alone over the byte bound is kept.
+        assert_eq!(r.kept([500, 1]), 1);
+        assert_eq!(r.kept([u64::MAX, u64::MAX]), 1);
+        let one = HistoryRetention {
+            keep: 1,
+            max_bytes: u64::MAX,
+        };
+        assert_eq!(one.kept([1, 1]), 1);
     }
 
     #[test]

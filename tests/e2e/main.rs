@@ -62,6 +62,7 @@ mod edge;
 mod generated;
 mod grpc;
 mod health;
+mod history;
 mod http2;
 mod import;
 mod key_escape;

@@ -274,12 +274,14 @@ async fn rollout(ctl: &Ctl, instances: &[SocketAddr]) {
     let entries = json["entries"].as_array().unwrap();
     assert_eq!(entries[0]["revision"].as_u64(), Some(fifty_rev + 4));
     assert_eq!(entries[5]["revision"].as_u64(), Some(ten_rev));
+    // A page lists the changes; one change shows the policy before and after it.
+    let one = ctl.json(&["history", &ten_rev.to_string()]);
     assert_eq!(
-        entries[5]["before"]["services"][0]["split"],
+        one["entry"]["before"]["services"][0]["split"],
         serde_json::Value::Null
     );
     assert_eq!(
-        entries[5]["after"]["services"][0]["split"]["weights"]["canary"],
+        one["entry"]["after"]["services"][0]["split"]["weights"]["canary"],
         10.0
     );
     // Live traffic per version was counted.
@@ -339,7 +341,7 @@ async fn a_whole_rollout_on_redis_reaches_both_instances() {
     let ctl_b = b.ctl();
     assert_eq!(ctl_b.ok(&["history"]), ctl_a.ok(&["history"]));
     assert_eq!(ctl_b.ok(&["policy", "get"]), ctl_a.ok(&["policy", "get"]));
-    let entries = redis.cli(&["llen", "graygate:history"]);
+    let entries = redis.cli(&["zcard", "graygate:history"]);
     assert_eq!(entries, "8", "one history record per change, seed included");
 }
 

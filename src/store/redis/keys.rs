@@ -12,9 +12,13 @@
 //!   [`RedisConfig::lists`](super::RedisConfig::lists); a list not named there lives under
 //!   `<key_prefix>list:<list>:`. The OpenResty layout (`GET TOKEN_<token>`,
 //!   `GET Grayscale_Range`) is a list with prefix `""`.
-//! - `<key_prefix>history`: a list of policy history records (JSON), newest first, capped at
-//!   [`HISTORY_LIMIT`](crate::store::HISTORY_LIMIT); pushed by the same Lua script that writes
-//!   the policy.
+//! - `<key_prefix>history`: the policy history, a sorted set of records (JSON) scored by their
+//!   revision, so that a page below a revision is one `ZREVRANGEBYSCORE`; added and pruned to the
+//!   [`HistoryRetention`](crate::store::HistoryRetention) by the same Lua script that writes the
+//!   policy. The policy hash's field `history_bytes` keeps the records' summed size, so that the
+//!   byte bound is checked without reading them. Earlier versions of graygate kept the records in a list
+//!   (newest first): the first script that finds a list turns it into the sorted set
+//!   ([`HISTORY_UPGRADE_LUA`]).
 //! - `<key_prefix>changes`: the pub/sub channel on which every write is announced, as JSON:
 //!   `{"revision":N}` for the policy, `{"list":"name"}` for list writes made through graygate
 //!   ([`Notice`]).
@@ -36,13 +40,47 @@
 
 use std::collections::HashMap;
 
+/// Turns a history kept as a list (newest first, as graygate kept it before the sorted set) into
+/// the sorted set, and sums the records' sizes into the policy hash's `history_bytes`; does
+/// nothing to a sorted set. A Lua function `upgrade_history(history, policy)` that the scripts
+/// reading or writing the history call first. A record's revision is read from its start
+/// (graygate writes `{"revision":N,` first) or else by decoding it; one without a revision is
+/// dropped.
+pub(super) const HISTORY_UPGRADE_LUA: &str = r#"
+local function revision_of(record)
+  local r = string.match(record, '^{"revision":(%d+)')
+  if r then return tonumber(r) end
+  local ok, decoded = pcall(cjson.decode, record)
+  if ok and type(decoded) == 'table' then return tonumber(decoded['revision']) end
+  return nil
+end
+local function upgrade_history(history, policy)
+  if redis.call('TYPE', history)['ok'] ~= 'list' then
+    return
+  end
+  local records = redis.call('LRANGE', history, 0, -1)
+  redis.call('DEL', history)
+  local bytes = 0
+  for _, record in ipairs(records) do
+    local revision = revision_of(record)
+    if revision then
+      redis.call('ZADD', history, revision, record)
+      bytes = bytes + #record
+    end
+  end
+  redis.call('HSET', policy, 'history_bytes', string.format('%d', bytes))
+end
+"#;
+
 /// Checks the expected revision, writes the new document with the next revision, records the
-/// change in the history list and announces it, all in one atomic step. `KEYS[1]` policy hash,
-/// `KEYS[2]` history list, `ARGV[1]` JSON, `ARGV[2]` expected revision or `""`, `ARGV[3]` changes
-/// channel, `ARGV[4]` history record or `""` for none, `ARGV[5]` how many records to keep.
+/// change in the history and deletes the oldest records the retention no longer keeps (the Lua
+/// twin of [`HistoryRetention::kept`](crate::store::HistoryRetention::kept)), and announces it,
+/// all in one atomic step. `KEYS[1]` policy hash, `KEYS[2]` history sorted set, `ARGV[1]` JSON,
+/// `ARGV[2]` expected revision or `""`, `ARGV[3]` changes channel, `ARGV[4]` history record or
+/// `""` for none, `ARGV[5]` how many records to keep, `ARGV[6]` how many bytes of records to keep.
 /// Returns `{1, new revision}`, or `{0, stored revision}` when the write lost the race (the stored
 /// revision is not the expected one). A revision field that is not a number fails with an error
-/// whose code is [`BAD_REVISION_CODE`].
+/// whose code is [`BAD_REVISION_CODE`]. Runs after [`HISTORY_UPGRADE_LUA`].
 pub(super) const SAVE_POLICY_LUA: &str = r#"
 local stored = redis.call('HGET', KEYS[1], 'revision')
 local current = 0
@@ -58,11 +96,38 @@ end
 local nextrev = string.format('%d', current + 1)
 redis.call('HSET', KEYS[1], 'revision', nextrev, 'policy', ARGV[1])
 if ARGV[4] ~= '' then
-  redis.call('LPUSH', KEYS[2], ARGV[4])
-  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
+  upgrade_history(KEYS[2], KEYS[1])
+  local count = redis.call('ZCARD', KEYS[2])
+  local bytes = 0
+  if count > 0 then
+    bytes = tonumber(redis.call('HGET', KEYS[1], 'history_bytes') or '0') or 0
+  end
+  redis.call('ZADD', KEYS[2], nextrev, ARGV[4])
+  count = count + 1
+  bytes = bytes + #ARGV[4]
+  local keep = tonumber(ARGV[5])
+  local max_bytes = tonumber(ARGV[6])
+  while count > 1 and (count > keep or bytes > max_bytes) do
+    local oldest = redis.call('ZPOPMIN', KEYS[2])
+    bytes = bytes - #oldest[1]
+    count = count - 1
+  end
+  redis.call('HSET', KEYS[1], 'history_bytes', string.format('%d', bytes))
 end
 redis.call('PUBLISH', ARGV[3], '{"revision":' .. nextrev .. '}')
 return {1, current + 1}
+"#;
+
+/// The newest history records below a revision: `KEYS[1]` history, `KEYS[2]` policy hash,
+/// `ARGV[1]` the revision (exclusive) or `""` for the newest, `ARGV[2]` how many at most. Returns
+/// `record, revision` pairs, newest first. Runs after [`HISTORY_UPGRADE_LUA`].
+pub(super) const LOAD_HISTORY_LUA: &str = r#"
+upgrade_history(KEYS[1], KEYS[2])
+local below = '+inf'
+if ARGV[1] ~= '' then
+  below = '(' .. ARGV[1]
+end
+return redis.call('ZREVRANGEBYSCORE', KEYS[1], below, '-inf', 'WITHSCORES', 'LIMIT', 0, ARGV[2])
 "#;
 
 /// Takes the lease `KEYS[1]` for holder `ARGV[1]` for `ARGV[2]` milliseconds, or renews it when
@@ -121,7 +186,7 @@ pub(super) struct Keys {
     pub default_list_prefix: String,
     /// `<key_prefix>policy`: the policy hash.
     pub policy: String,
-    /// `<key_prefix>history`: the policy history list.
+    /// `<key_prefix>history`: the policy history, a sorted set by revision.
     pub history: String,
     /// `<key_prefix>changes`: the pub/sub channel of announcements.
     pub channel: String,

@@ -55,11 +55,12 @@ mod keys;
 mod watch;
 
 use self::keys::{
-    glob_escape, Keys, Notice, ACQUIRE_LEASE_LUA, BAD_REVISION_CODE, GET_RECORDS_LUA, RECORD_FIELD,
-    RELEASE_LEASE_LUA, SAVE_POLICY_LUA,
+    glob_escape, Keys, Notice, ACQUIRE_LEASE_LUA, BAD_REVISION_CODE, GET_RECORDS_LUA,
+    HISTORY_UPGRADE_LUA, LOAD_HISTORY_LUA, RECORD_FIELD, RELEASE_LEASE_LUA, SAVE_POLICY_LUA,
 };
 use super::{
-    Change, Entry, HealthTracker, Store, StoreError, StoreHealth, StoredPolicy, HISTORY_LIMIT,
+    Change, Entry, HealthTracker, HistoryRecord, HistoryRetention, Store, StoreError, StoreHealth,
+    StoredPolicy,
 };
 use crate::store::{BACKOFF_MAX, BACKOFF_MIN};
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -196,6 +197,8 @@ struct Shared {
     keys: Keys,
     /// [`SAVE_POLICY_LUA`], sent by hash (`EVALSHA`) once the server knows it.
     save_script: ::redis::Script,
+    /// [`LOAD_HISTORY_LUA`].
+    history_script: ::redis::Script,
     /// [`ACQUIRE_LEASE_LUA`], [`RELEASE_LEASE_LUA`] and [`GET_RECORDS_LUA`].
     acquire_script: ::redis::Script,
     release_script: ::redis::Script,
@@ -255,7 +258,10 @@ impl RedisStore {
             client,
             target,
             keys: Keys::new(config.key_prefix, config.lists, db),
-            save_script: ::redis::Script::new(SAVE_POLICY_LUA),
+            save_script: ::redis::Script::new(&format!("{HISTORY_UPGRADE_LUA}{SAVE_POLICY_LUA}")),
+            history_script: ::redis::Script::new(&format!(
+                "{HISTORY_UPGRADE_LUA}{LOAD_HISTORY_LUA}"
+            )),
             acquire_script: ::redis::Script::new(ACQUIRE_LEASE_LUA),
             release_script: ::redis::Script::new(RELEASE_LEASE_LUA),
             records_script: ::redis::Script::new(GET_RECORDS_LUA),
@@ -446,6 +452,7 @@ impl Shared {
         json: &str,
         expected: Option<u64>,
         record: &str,
+        retention: HistoryRetention,
     ) -> Result<u64, StoreError> {
         let s = self;
         let mut conn = s.manager.clone();
@@ -461,7 +468,8 @@ impl Shared {
                     .arg(&expected_arg)
                     .arg(&s.keys.channel)
                     .arg(record)
-                    .arg(HISTORY_LIMIT)
+                    .arg(retention.keep)
+                    .arg(retention.max_bytes)
                     .invoke_async(&mut conn),
             )
             .await?;
@@ -674,7 +682,8 @@ impl Store for RedisStore {
     }
 
     async fn save_policy(&self, json: &str, expected: Option<u64>) -> Result<u64, StoreError> {
-        self.shared.save_policy(json, expected, "").await
+        let retention = HistoryRetention::default();
+        self.shared.save_policy(json, expected, "", retention).await
     }
 
     async fn save_policy_recorded(
@@ -682,28 +691,53 @@ impl Store for RedisStore {
         json: &str,
         expected: u64,
         record: &str,
+        retention: HistoryRetention,
     ) -> Result<u64, StoreError> {
-        self.shared.save_policy(json, Some(expected), record).await
+        self.shared
+            .save_policy(json, Some(expected), record, retention)
+            .await
     }
 
-    /// `LRANGE <key_prefix>history 0 limit-1`.
-    async fn load_history(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+    /// `ZREVRANGEBYSCORE <key_prefix>history (before -inf WITHSCORES LIMIT 0 limit`, in a script
+    /// that first turns a history kept as a list into the sorted set ([`LOAD_HISTORY_LUA`]).
+    async fn load_history(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<HistoryRecord>, StoreError> {
         let s = &self.shared;
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let last = i64::try_from(limit.min(HISTORY_LIMIT)).unwrap_or(i64::MAX) - 1;
         let mut conn = s.manager.clone();
-        s.run(
-            "reading the policy history",
-            &s.keys.history,
-            ::redis::cmd("LRANGE")
-                .arg(&s.keys.history)
-                .arg(0)
-                .arg(last)
-                .query_async(&mut conn),
-        )
-        .await
+        let below = before.map(|b| b.to_string()).unwrap_or_default();
+        let pairs: Vec<(String, String)> = s
+            .run(
+                "reading the policy history",
+                &s.keys.history,
+                s.history_script
+                    .key(&s.keys.history)
+                    .key(&s.keys.policy)
+                    .arg(&below)
+                    // Redis counts in a signed 64-bit number.
+                    .arg(i64::try_from(limit).unwrap_or(i64::MAX))
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        pairs
+            .into_iter()
+            .map(|(json, score)| {
+                // Scores are doubles: Redis writes whole ones without a fraction.
+                let revision = score.parse::<u64>().map_err(|_| {
+                    StoreError::bad_data(
+                        STORE,
+                        s.keys.history.clone(),
+                        format!("a record's score {score:?} is not a revision"),
+                    )
+                })?;
+                Ok(HistoryRecord { revision, json })
+            })
+            .collect()
     }
 
     async fn lookup(&self, list: &str, key: &str) -> Result<Option<Arc<str>>, StoreError> {
@@ -1034,7 +1068,7 @@ mod tests {
             err.to_string(),
             "policy revision conflict: expected 0, store has 1"
         );
-        assert_eq!(store.load_history(10).await.unwrap(), Vec::<String>::new());
+        assert_eq!(store.load_history(None, 10).await.unwrap(), []);
     }
 
     #[tokio::test]

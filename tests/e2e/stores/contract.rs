@@ -9,7 +9,7 @@
 //! share one key space; a second embedded store on the same directory is refused).
 
 use super::{next_change, v, Sharing, Subject};
-use graygate::store::{Change, Entry, StoreError, StoredPolicy, HISTORY_LIMIT};
+use graygate::store::{Change, Entry, HistoryRecord, HistoryRetention, StoreError, StoredPolicy};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::broadcast;
@@ -36,6 +36,9 @@ macro_rules! contract {
 contract!(
     policy_revisions_and_conflicts,
     history_is_recorded_with_the_save,
+    history_is_pruned_to_its_count_in_the_write,
+    history_is_pruned_to_its_bytes_in_the_write,
+    history_pages_below_a_revision,
     concurrent_writers_never_share_a_revision,
     lists_put_lookup_replace_remove,
     entries_expire_on_their_own,
@@ -92,30 +95,122 @@ async fn policy_revisions_and_conflicts(s: &Subject) {
     );
 }
 
-/// A history record is written in the same step as the policy, newest first, the newest
-/// [`HISTORY_LIMIT`] kept; a conflict records nothing.
-async fn history_is_recorded_with_the_save(s: &Subject) {
-    let store = &s.store;
-    assert_eq!(store.load_history(10).await.unwrap(), Vec::<String>::new());
-    assert_eq!(store.save_policy_recorded("p1", 0, "r1").await.unwrap(), 1);
-    assert_eq!(store.save_policy_recorded("p2", 1, "r2").await.unwrap(), 2);
-    let err = store.save_policy_recorded("p3", 1, "r3").await.unwrap_err();
-    assert_eq!(conflict(&err), Some((1, 2)), "{err:?}");
-    assert_eq!(store.load_history(10).await.unwrap(), ["r2", "r1"]);
-    assert_eq!(store.load_history(1).await.unwrap(), ["r2"]);
-    let stored = store.load_policy().await.unwrap().unwrap();
-    assert_eq!((stored.revision, stored.json.as_str()), (2, "p2"));
+/// The records' texts.
+fn texts(records: Vec<HistoryRecord>) -> Vec<String> {
+    records.into_iter().map(|r| r.json).collect()
+}
 
-    for rev in 2..(HISTORY_LIMIT as u64 + 5) {
-        store
-            .save_policy_recorded("p", rev, &format!("r{}", rev + 1))
+/// The records' revisions.
+fn revisions(records: &[HistoryRecord]) -> Vec<u64> {
+    records.iter().map(|r| r.revision).collect()
+}
+
+/// Writes `count` recorded revisions after `from`, record `r<revision>` padded to `size` bytes.
+async fn write_records(s: &Subject, from: u64, count: u64, size: usize, keep: HistoryRetention) {
+    for rev in from..from + count {
+        let record = format!("{:<size$}", format!("r{}", rev + 1));
+        s.store
+            .save_policy_recorded("p", rev, &record, keep)
             .await
             .unwrap();
     }
-    let all = store.load_history(usize::MAX).await.unwrap();
-    assert_eq!(all.len(), HISTORY_LIMIT);
-    assert_eq!(all[0], format!("r{}", HISTORY_LIMIT + 5));
-    assert_eq!(all[HISTORY_LIMIT - 1], "r6");
+}
+
+/// A history record is written in the same step as the policy, newest first, each with its
+/// revision; a conflict records nothing.
+async fn history_is_recorded_with_the_save(s: &Subject) {
+    let store = &s.store;
+    let keep = HistoryRetention::default();
+    assert_eq!(store.load_history(None, 10).await.unwrap(), []);
+    assert_eq!(
+        store
+            .save_policy_recorded("p1", 0, "r1", keep)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .save_policy_recorded("p2", 1, "r2", keep)
+            .await
+            .unwrap(),
+        2
+    );
+    let err = store
+        .save_policy_recorded("p3", 1, "r3", keep)
+        .await
+        .unwrap_err();
+    assert_eq!(conflict(&err), Some((1, 2)), "{err:?}");
+    let history = store.load_history(None, 10).await.unwrap();
+    assert_eq!(revisions(&history), [2, 1]);
+    assert_eq!(texts(history), ["r2", "r1"]);
+    assert_eq!(texts(store.load_history(None, 1).await.unwrap()), ["r2"]);
+    assert_eq!(store.load_history(None, 0).await.unwrap(), []);
+    let stored = store.load_policy().await.unwrap().unwrap();
+    assert_eq!((stored.revision, stored.json.as_str()), (2, "p2"));
+}
+
+/// The write that adds a record deletes the oldest beyond `keep`, in the same step.
+async fn history_is_pruned_to_its_count_in_the_write(s: &Subject) {
+    let keep = HistoryRetention {
+        keep: 5,
+        max_bytes: u64::MAX >> 12,
+    };
+    write_records(s, 0, 12, 3, keep).await;
+    let all = s.store.load_history(None, usize::MAX).await.unwrap();
+    assert_eq!(revisions(&all), [12, 11, 10, 9, 8]);
+    assert_eq!(all[0].json, "r12");
+    // A smaller bound applies from the next write on.
+    let keep = HistoryRetention { keep: 2, ..keep };
+    write_records(s, 12, 1, 3, keep).await;
+    let all = s.store.load_history(None, usize::MAX).await.unwrap();
+    assert_eq!(revisions(&all), [13, 12]);
+}
+
+/// The write that adds a record deletes the oldest until the records' summed size is within
+/// `max_bytes`; the newest stays even when it alone is larger.
+async fn history_is_pruned_to_its_bytes_in_the_write(s: &Subject) {
+    let keep = HistoryRetention {
+        keep: 1000,
+        max_bytes: 100,
+    };
+    // 30 bytes each: three fit in 100, a fourth would not.
+    write_records(s, 0, 8, 30, keep).await;
+    let all = s.store.load_history(None, usize::MAX).await.unwrap();
+    assert_eq!(revisions(&all), [8, 7, 6]);
+    assert!(all.iter().all(|r| r.json.len() == 30), "{all:?}");
+    // One record over the bound alone: kept, and everything older goes.
+    write_records(s, 8, 1, 500, keep).await;
+    let all = s.store.load_history(None, usize::MAX).await.unwrap();
+    assert_eq!(revisions(&all), [9]);
+    // The next small one pushes it out.
+    write_records(s, 9, 2, 30, keep).await;
+    let all = s.store.load_history(None, usize::MAX).await.unwrap();
+    assert_eq!(revisions(&all), [11, 10]);
+}
+
+/// `before` pages the history: only revisions below it, newest first, `limit` at most.
+async fn history_pages_below_a_revision(s: &Subject) {
+    let keep = HistoryRetention::default();
+    write_records(s, 0, 25, 4, keep).await;
+    let page = |before, limit| async move {
+        revisions(&s.store.load_history(before, limit).await.unwrap())
+    };
+    assert_eq!(page(None, 3).await, [25, 24, 23]);
+    assert_eq!(page(Some(23), 3).await, [22, 21, 20]);
+    assert_eq!(page(Some(3), 10).await, [2, 1]);
+    assert_eq!(page(Some(1), 10).await, Vec::<u64>::new());
+    assert_eq!(page(Some(1000), 2).await, [25, 24]);
+    // Walking every page visits every record once, in order.
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let got = s.store.load_history(before, 7).await.unwrap();
+        let Some(last) = got.last() else { break };
+        before = Some(last.revision);
+        seen.extend(revisions(&got));
+    }
+    assert_eq!(seen, (1..=25).rev().collect::<Vec<u64>>());
 }
 
 /// Twenty writers that read revision 1: exactly one wins, with revision 2. Where the policy is

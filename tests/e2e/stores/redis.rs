@@ -6,8 +6,8 @@
 use super::{lookups_fail_fast, next_change, redis_config, redis_store, subscribed, v};
 use crate::support::{equals, eventually, patient, HangingServer, RedisServer};
 use graygate::store::{
-    CacheConfig, CachedStore, Change, Entry, InvalidationMode, RedisConfig, RedisStore, Store,
-    StoreError,
+    CacheConfig, CachedStore, Change, Entry, HistoryRetention, InvalidationMode, RedisConfig,
+    RedisStore, Store, StoreError,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +33,58 @@ async fn the_policy_is_a_hash_that_operators_can_read() {
     let err = store.load_policy().await.unwrap_err();
     assert!(matches!(err, StoreError::BadData { .. }), "{err:?}");
     assert!(err.to_string().contains("graygate:policy"), "{err}");
+}
+
+/// The history is a sorted set by revision that operators can read, with its size in the policy
+/// hash; a history kept as a list (newest first) by an older graygate is turned into it by the
+/// first read, records and size kept.
+#[tokio::test]
+async fn the_history_is_a_sorted_set_and_an_old_list_is_upgraded() {
+    let server = RedisServer::start().await;
+    let store = connect(&server).await;
+    // As an older graygate left it: a list, newest first, records starting with their revision
+    // (and one that does not, found by decoding it).
+    let old =
+        |rev: u64| format!(r#"{{"revision":{rev},"actor":"alice","before":{{}},"after":{{}}}}"#);
+    let odd = r#"{"actor":"bob","revision":3}"#;
+    server.cli(&["HSET", "graygate:policy", "revision", "3", "policy", "{}"]);
+    server.cli(&["RPUSH", "graygate:history", odd, &old(2), &old(1)]);
+
+    let history = store.load_history(None, 10).await.unwrap();
+    let revisions: Vec<u64> = history.iter().map(|r| r.revision).collect();
+    assert_eq!(revisions, [3, 2, 1]);
+    assert_eq!(history[0].json, odd);
+    assert_eq!(history[1].json, old(2));
+    assert_eq!(server.cli(&["TYPE", "graygate:history"]), "zset");
+    let bytes = (odd.len() + old(2).len() + old(1).len()).to_string();
+    assert_eq!(
+        server.cli(&["HGET", "graygate:policy", "history_bytes"]),
+        bytes
+    );
+
+    // Writes go on from there, the size kept up to date and the bound applied.
+    let keep = HistoryRetention {
+        keep: 2,
+        max_bytes: 1 << 20,
+    };
+    let record = r#"{"revision":4,"actor":"carol"}"#;
+    assert_eq!(
+        store
+            .save_policy_recorded("{}", 3, record, keep)
+            .await
+            .unwrap(),
+        4
+    );
+    assert_eq!(server.cli(&["ZCARD", "graygate:history"]), "2");
+    assert_eq!(server.cli(&["ZSCORE", "graygate:history", record]), "4");
+    let bytes = (record.len() + odd.len()).to_string();
+    assert_eq!(
+        server.cli(&["HGET", "graygate:policy", "history_bytes"]),
+        bytes
+    );
+    // The policy hash reads as before.
+    let stored = store.load_policy().await.unwrap().unwrap();
+    assert_eq!((stored.revision, stored.json.as_str()), (4, "{}"));
 }
 
 #[tokio::test]

@@ -21,8 +21,8 @@ use super::eventually::{equals, eventually, patient, Eventually};
 use super::{route, service, Client, Reply};
 use bytes::Bytes;
 use graygate::config::file::{
-    AccessLogFile, AdminFile, CacheFile, CertFile, ConfigFile, HealthFile, MetricsFile,
-    PassiveFile, RolloutsFile, StoreFile, TlsFile, TokenFile, UpstreamFile,
+    AccessLogFile, AdminFile, CacheFile, CertFile, ConfigFile, HealthFile, HistoryFile,
+    MetricsFile, PassiveFile, RolloutsFile, StoreFile, TlsFile, TokenFile, UpstreamFile,
 };
 use graygate::demo::Backend;
 use graygate::policy::model::{RouteDoc, ServiceDoc};
@@ -449,6 +449,15 @@ impl GatewayBuilder {
         self.file.rollouts = RolloutsFile {
             tick: Some(text(tick)),
             lease: Some(text(lease)),
+        };
+        self
+    }
+
+    /// `[history] keep` and `max_bytes` (`"64KiB"`): how much policy history the store keeps.
+    pub fn history(mut self, keep: usize, max_bytes: &str) -> Self {
+        self.file.history = HistoryFile {
+            keep: Some(keep),
+            max_bytes: Some(max_bytes.into()),
         };
         self
     }
