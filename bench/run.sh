@@ -27,7 +27,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 cargo build --release --quiet
-BIN=$ROOT/target/release/graygate
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/graygate
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; "$PEER/stop.sh" >/dev/null 2>&1 || true; }

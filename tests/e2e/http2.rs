@@ -363,7 +363,7 @@ async fn a_header_list_over_the_limit_is_refused() {
 async fn a_continuation_flood_is_cut_off_without_growing_memory() {
     let stable = backend("stable").await;
     let gg = stable_gateway(&stable).start().await;
-    let rss = || resident_kib(gg.pid());
+    let rss = || gg.resident_kib();
     let before = rss();
     let mut h2 = RawH2::connect(gg.addr).await;
     h2.send(
@@ -408,16 +408,6 @@ async fn a_continuation_flood_is_cut_off_without_growing_memory() {
         "graygate grew from {before} KiB to {after} KiB"
     );
     assert_eq!(gg.client().version(&[]).await, "stable");
-}
-
-/// Resident memory of a process, from /proc, in KiB.
-fn resident_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
 }
 
 /// Connection-specific request headers are malformed in HTTP/2 (RFC 9113 8.2.2): such a stream

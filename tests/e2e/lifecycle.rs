@@ -1,5 +1,7 @@
-//! The process's life under load: how it ends. SIGTERM with requests in flight to an upstream
-//! that never answers ends within `[timeouts] shutdown`, and says how many connections it closed.
+//! The process's life under load: how it ends, and what a burst leaves behind. SIGTERM with
+//! requests in flight to an upstream that never answers ends within `[timeouts] shutdown`, and
+//! says how many connections it closed. The memory a burst of connections took is given back
+//! once they are gone (the allocator's choice, docs/benchmarks.md "Allocator").
 
 use crate::support::raw::RawConn;
 use crate::support::*;
@@ -61,4 +63,55 @@ async fn sigterm_with_nothing_in_flight_ends_at_once_and_says_nothing_of_the_dea
         "exit after {took:?}"
     );
     assert!(!gg.log_text().contains("still busy"), "{}", gg.log_text());
+}
+
+/// Connections of the burst, all open at once: with their upstream connections, under the 1024
+/// open files that are a common default soft limit (for this test and for graygate).
+const BURST: usize = 400;
+
+/// Memory a burst of connections takes is given back when they close: glibc's malloc kept it
+/// (RSS stayed at its peak after bursts, until `malloc_trim`); graygate's allocator returns it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_taken_by_a_burst_of_connections_is_given_back() {
+    let stable = backend("stable").await;
+    let gg = stable_gateway(&stable).start().await;
+    assert_eq!(gg.client().version(&[]).await, "stable");
+    let before = gg.resident_kib();
+    // Every connection is opened and sent its request before any answer is read, so that all
+    // of them (and as many upstream connections) are in graygate's memory at the same time.
+    let mut conns = Vec::with_capacity(BURST);
+    for _ in 0..BURST {
+        conns.push(RawConn::open(gg.addr).await);
+    }
+    for conn in &mut conns {
+        conn.send(b"GET /burst HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            .await;
+    }
+    for conn in &mut conns {
+        let response = conn.response().await.expect("a response to the burst");
+        assert_eq!(
+            (response.status, response.text().as_str()),
+            (200, "stable\n")
+        );
+    }
+    let peak = gg.resident_kib();
+    drop(conns);
+    let grown = peak.saturating_sub(before);
+    assert!(
+        grown >= 8 * 1024,
+        "the burst should take memory to give back: {before} KiB -> {peak} KiB"
+    );
+    let now = eventually("half of the burst's memory given back", async || {
+        let now = gg.resident_kib();
+        if now <= before + grown / 2 {
+            Ok(now)
+        } else {
+            Err(format!(
+                "{before} KiB before, {peak} KiB at the peak, {now} KiB now"
+            ))
+        }
+    })
+    .within(Duration::from_secs(30))
+    .await;
+    eprintln!("burst of {BURST} connections: resident {before} KiB -> {peak} KiB -> {now} KiB");
 }

@@ -711,6 +711,18 @@ impl Gateway {
         .await
     }
 
+    /// Its resident memory (VmRSS, from /proc), in KiB.
+    pub fn resident_kib(&self) -> u64 {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+    }
+
     /// Waits until graygate's log has a line containing `text`; that line.
     pub async fn log_line(&self, text: &str) -> String {
         eventually(format!("a log line with {text:?}"), async || {
