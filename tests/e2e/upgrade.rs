@@ -187,6 +187,16 @@ async fn admin_writer(addr: SocketAddr, stop: Arc<AtomicBool>) -> Writes {
     writes
 }
 
+/// Adds `ip` to the gray list through the admin API, as an operator does; it must be taken.
+async fn add_to_gray_list(gg: &Gateway, ip: &str) {
+    let body = json!({"entries": [{"key": ip}]}).to_string();
+    let (reply, _) = gg
+        .admin_api()
+        .send("POST", "/v1/lists/gray_ips/entries", &[], &body)
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+}
+
 fn gray_list_gateway(stable: &Backend, canary: &Backend) -> GatewayBuilder {
     web_gateway(stable, canary)
         .trusted_proxies(["127.0.0.0/8"])
@@ -205,16 +215,7 @@ async fn an_upgrade_under_load_refuses_nothing_fails_nothing_and_keeps_every_cha
     let canary = backend("canary").await;
     let mut gg = gray_list_gateway(&stable, &canary).start().await;
     // An operator's change at runtime, before the upgrade.
-    let (reply, _) = gg
-        .admin_api()
-        .send(
-            "POST",
-            "/v1/lists/gray_ips/entries",
-            &[],
-            &json!({"entries": [{"key": "10.0.0.7"}]}).to_string(),
-        )
-        .await;
-    assert_eq!(reply.status, 200, "{reply:?}");
+    add_to_gray_list(&gg, "10.0.0.7").await;
     assert_eq!(
         gg.client().version(&[("X-Real-IP", "10.0.0.7")]).await,
         "canary"
@@ -292,16 +293,7 @@ async fn an_upgrade_under_load_refuses_nothing_fails_nothing_and_keeps_every_cha
     }
     assert!(keys.contains("10.0.0.7"));
     // And it takes changes.
-    let (reply, _) = gg
-        .admin_api()
-        .send(
-            "POST",
-            "/v1/lists/gray_ips/entries",
-            &[],
-            &json!({"entries": [{"key": "10.0.0.8"}]}).to_string(),
-        )
-        .await;
-    assert_eq!(reply.status, 200, "{reply:?}");
+    add_to_gray_list(&gg, "10.0.0.8").await;
     gg.eventually_answers(&[("X-Real-IP", "10.0.0.8")], "canary")
         .await;
     eprintln!(
@@ -333,16 +325,7 @@ async fn an_upgrade_to_a_config_that_does_not_load_leaves_the_old_process_servin
     assert!(line.contains("the new process exited"), "{line}");
     assert_eq!(gg.pid(), pid);
     // Still serving, and still taking changes.
-    let (reply, _) = gg
-        .admin_api()
-        .send(
-            "POST",
-            "/v1/lists/gray_ips/entries",
-            &[],
-            &json!({"entries": [{"key": "10.0.0.9"}]}).to_string(),
-        )
-        .await;
-    assert_eq!(reply.status, 200, "{reply:?}");
+    add_to_gray_list(&gg, "10.0.0.9").await;
     gg.eventually_answers(&[("X-Real-IP", "10.0.0.9")], "canary")
         .await;
 }
@@ -352,16 +335,7 @@ async fn an_upgrade_that_fails_after_the_store_was_handed_over_takes_it_back() {
     let stable = backend("stable").await;
     let canary = backend("canary").await;
     let mut gg = gray_list_gateway(&stable, &canary).start().await;
-    let (reply, _) = gg
-        .admin_api()
-        .send(
-            "POST",
-            "/v1/lists/gray_ips/entries",
-            &[],
-            &json!({"entries": [{"key": "10.0.0.7"}]}).to_string(),
-        )
-        .await;
-    assert_eq!(reply.status, 200, "{reply:?}");
+    add_to_gray_list(&gg, "10.0.0.7").await;
     // The new process gets everything ready, asks for the store, then cannot open it: its data
     // directory would be under a regular file.
     let blocker = gg.dir().join("not-a-directory");
@@ -383,16 +357,7 @@ async fn an_upgrade_that_fails_after_the_store_was_handed_over_takes_it_back() {
         gg.client().version(&[("X-Real-IP", "10.0.0.7")]).await,
         "canary"
     );
-    let (reply, _) = gg
-        .admin_api()
-        .send(
-            "POST",
-            "/v1/lists/gray_ips/entries",
-            &[],
-            &json!({"entries": [{"key": "10.0.0.9"}]}).to_string(),
-        )
-        .await;
-    assert_eq!(reply.status, 200, "{reply:?}");
+    add_to_gray_list(&gg, "10.0.0.9").await;
     gg.eventually_answers(&[("X-Real-IP", "10.0.0.9")], "canary")
         .await;
 }
