@@ -4,31 +4,6 @@
 //! look the client IP up in, were written).
 
 use crate::support::*;
-use std::path::Path;
-use std::process::Command;
-
-/// How one `graygate import` ended.
-#[derive(Debug)]
-struct Imported {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn import(config: &Path, args: &[&str]) -> Imported {
-    let out = Command::new(binary())
-        .args(["import", "--config"])
-        .arg(config)
-        .args(args)
-        .current_dir(config.parent().unwrap_or(Path::new(".")))
-        .output()
-        .expect("run graygate import");
-    Imported {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_refuses_what_the_admin_api_refuses() {

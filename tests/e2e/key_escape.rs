@@ -7,8 +7,6 @@
 
 use crate::original_layouts::memcached_design;
 use crate::support::*;
-use std::path::Path;
-use std::process::Command;
 
 /// The original's keys for an IPv6 client, a multi-hop `X-Forwarded-For` and an IPv4 client,
 /// each flagged gray, written as lua-resty-memcached writes them.
@@ -102,21 +100,6 @@ fn tokens_design(mc: &MemcachedServer, prod: &Backend, gray: &Backend) -> Gatewa
         ))
 }
 
-fn import(config: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(binary())
-        .args(["import", "--config"])
-        .arg(config)
-        .args(args)
-        .current_dir(config.parent().unwrap_or(Path::new(".")))
-        .output()
-        .expect("run graygate import");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_too_long_once_escaped_is_refused_on_write_and_counted_on_lookup() {
     let (prod, gray) = (backend("prod").await, backend("gray").await);
@@ -132,11 +115,19 @@ async fn a_key_too_long_once_escaped_is_refused_on_write_and_counted_on_lookup()
     // `graygate import` escapes what it writes, and names the line of a key too long escaped.
     std::fs::write(dir.path().join("ok.txt"), "a:b 1\n2001:db8::3 1\n").unwrap();
     std::fs::write(dir.path().join("long.txt"), format!("a:c 1\n{colons} 1\n")).unwrap();
-    let (code, stdout, stderr) = import(&config, &["--list", "tokens", "ok.txt"]);
+    let Imported {
+        code,
+        stdout,
+        stderr,
+    } = import(&config, &["--list", "tokens", "ok.txt"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert_eq!(stored(&mc, "a%3Ab").as_deref(), Some("1"));
     assert_eq!(stored(&mc, "2001%3Adb8%3A%3A3").as_deref(), Some("1"));
-    let (code, stdout, stderr) = import(&config, &["--list", "tokens", "long.txt"]);
+    let Imported {
+        code,
+        stdout,
+        stderr,
+    } = import(&config, &["--list", "tokens", "long.txt"]);
     assert_eq!(code, 1, "{stdout}{stderr}");
     let escaped = "%3A".repeat(90);
     assert!(

@@ -980,6 +980,30 @@ pub fn check(path: &Path) -> Checked {
     }
 }
 
+/// How one `graygate import` ended.
+#[derive(Debug)]
+pub struct Imported {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `graygate import --config <config> <args>` in the config's directory to its end.
+pub fn import(config: &Path, args: &[&str]) -> Imported {
+    let out = Command::new(binary())
+        .args(["import", "--config"])
+        .arg(config)
+        .args(args)
+        .current_dir(config.parent().unwrap_or(Path::new(".")))
+        .output()
+        .expect("run graygate import");
+    Imported {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// How a `graygate run` that was expected to stop by itself ended.
 #[derive(Debug)]
 pub struct Exited {

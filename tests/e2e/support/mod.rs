@@ -43,8 +43,8 @@ pub use client::{Client, Reply};
 pub use ctl::{Admin, Ctl};
 pub use eventually::{equals, eventually, patient};
 pub use gateway::{
-    binary, check, dead_addr, gateway, run_until_exit, stable_gateway, web_gateway, Exited,
-    Gateway, GatewayBuilder,
+    binary, check, dead_addr, gateway, import, run_until_exit, stable_gateway, web_gateway, Exited,
+    Gateway, GatewayBuilder, Imported,
 };
 pub use graygate::config::file::UpstreamFile;
 pub use graygate::demo::Backend;
