@@ -45,6 +45,8 @@
 //! # Files
 //! The wire types (bodies, error codes, the revision rule, the paths) are [`crate::api`]'s. Here:
 //! - `auth`: bearer tokens (constant-time comparison), loopback-only without tokens.
+//! - `browser`: what a page of another site can make a browser send (forms, `text/plain`, a
+//!   foreign `Origin`, a rebound DNS name in `Host`), refused before anything else.
 //! - `error`: [`ApiError`], a refusal with its code and field.
 //! - `extract`: JSON bodies and queries that name the field they trip on, and [`Write`]: the
 //!   caller, `If-Match`, and the one way a handler changes the policy.
@@ -56,6 +58,7 @@
 //!   `status` (with the probes and explain), `reload` (the config file).
 
 mod auth;
+mod browser;
 mod error;
 mod extract;
 #[cfg(test)]
@@ -226,6 +229,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .merge(status::probes())
         .merge(v1)
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_what_browsers_are_made_to_send,
+        ))
         .layer(axum::middleware::map_response(stamp))
         .layer(axum::middleware::map_response_with_state(
             state.clone(),
@@ -382,6 +389,25 @@ async fn refuse_changes_while_handing_over(
         .into_response();
     }
     next.run(req).await
+}
+
+/// Refuses, before anything else, what a page of another site can make a browser send: see
+/// `browser`.
+async fn refuse_what_browsers_are_made_to_send(
+    State(state): State<Arc<AdminState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    // The probes say only whether the process runs and serves, to anything that asks (a
+    // load balancer sends its own `Host`).
+    let probe = [crate::api::paths::HEALTHZ, crate::api::paths::READYZ].contains(&req.uri().path());
+    if probe && matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+        return next.run(req).await;
+    }
+    match browser::check(req.method(), req.headers(), state.auth.is_open()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 /// Lets a request through with its [`Caller`], or answers 401/403.

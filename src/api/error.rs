@@ -23,7 +23,8 @@ pub enum ErrorCode {
     BadRequest,
     /// 401: no bearer token, or a wrong one.
     Unauthorized,
-    /// 403: no tokens are configured and the client is not on loopback.
+    /// 403: no tokens are configured and the client (or the `Host` it asked for) is not on
+    /// loopback; or a change comes from another site (`Origin`, `Sec-Fetch-Site`).
     Forbidden,
     /// 404: no such route, service, version, rule, history revision or endpoint.
     NotFound,
@@ -35,6 +36,9 @@ pub enum ErrorCode {
     Busy,
     /// 413: the body is larger than the admin API accepts.
     TooLarge,
+    /// 415: a change sent as something other than JSON (a form, `text/plain`): what a page of
+    /// another site can make a browser send without asking.
+    UnsupportedMediaType,
     /// 422: the change makes the policy invalid, or the request makes no sense.
     Invalid,
     /// 500: the store holds data graygate did not write.
@@ -48,7 +52,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::MalformedJson,
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
@@ -58,6 +62,7 @@ impl ErrorCode {
         ErrorCode::StaleRevision,
         ErrorCode::Busy,
         ErrorCode::TooLarge,
+        ErrorCode::UnsupportedMediaType,
         ErrorCode::Invalid,
         ErrorCode::StoreBadData,
         ErrorCode::StoreUnavailable,
@@ -73,6 +78,7 @@ impl ErrorCode {
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::Exists | ErrorCode::StaleRevision | ErrorCode::Busy => StatusCode::CONFLICT,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::StoreBadData => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::StoreUnavailable | ErrorCode::Upgrading => StatusCode::SERVICE_UNAVAILABLE,
@@ -91,6 +97,7 @@ impl ErrorCode {
             ErrorCode::StaleRevision => "stale_revision",
             ErrorCode::Busy => "busy",
             ErrorCode::TooLarge => "too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::Invalid => "invalid",
             ErrorCode::StoreBadData => "store_bad_data",
             ErrorCode::StoreUnavailable => "store_unavailable",
@@ -139,6 +146,7 @@ mod tests {
             ("stale_revision", 409),
             ("busy", 409),
             ("too_large", 413),
+            ("unsupported_media_type", 415),
             ("invalid", 422),
             ("store_bad_data", 500),
             ("store_unavailable", 503),

@@ -630,13 +630,15 @@ async fn connect(addr: SocketAddr) -> std::io::Result<SendRequest<Empty<Bytes>>>
     Ok(sender)
 }
 
-/// `GET path` with `headers`: the status and the whole body, within [`REQUEST_TIMEOUT`].
+/// `GET path` with `headers`: the status and the whole body, within [`REQUEST_TIMEOUT`]. The
+/// `Host` is `localhost`, which the admin API without tokens answers (it refuses other names, as
+/// a DNS name rebound to 127.0.0.1 would be).
 async fn get(
     sender: &mut SendRequest<Empty<Bytes>>,
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<(http::StatusCode, Bytes), std::io::Error> {
-    let mut request = hyper::Request::get(path).header(http::header::HOST, "demo");
+    let mut request = hyper::Request::get(path).header(http::header::HOST, "localhost");
     for (name, value) in headers {
         request = request.header(*name, *value);
     }

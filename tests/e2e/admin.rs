@@ -3,6 +3,7 @@
 //! tokens the API is loopback-only; explain; and `graygate ctl`'s exit codes and messages.
 
 use crate::support::*;
+use bytes::Bytes;
 use serde_json::{json, Value};
 
 use crate::support::TOKEN;
@@ -705,4 +706,95 @@ async fn routes_services_versions_and_rules_through_ctl() {
         file.to_str().unwrap(),
     ]);
     assert_eq!(ctl.ok(&["policy", "get"]), policy);
+}
+
+/// What a page of another site can make a browser send, refused on an admin API without tokens
+/// (what `graygate demo` runs with). Before, a `text/plain` POST with a foreign `Origin` added a
+/// rule (201), an HTML form POST promoted the canary, and a DNS name rebound to 127.0.0.1
+/// reached it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_another_site_makes_a_browser_send_is_refused() {
+    let stable = backend("stable").await;
+    let canary = backend("canary").await;
+    let gg = web_gateway(&stable, &canary)
+        .service(web())
+        .admin()
+        .start()
+        .await;
+    let mut admin = gg.admin_api();
+    let revision = admin.revision().await;
+    let host = gg.admin_addr().to_string();
+    let rule =
+        json!({"name": "all", "version": "canary", "when": {"header": "x-any", "present": true}})
+            .to_string();
+    let mut browser = Client::new(gg.admin_addr());
+
+    // A "simple" cross-site POST: text/plain, from another origin.
+    let reply = browser
+        .request(
+            "POST",
+            "/v1/services/web/rules",
+            &[
+                ("host", &host),
+                ("origin", "http://evil.example"),
+                ("content-type", "text/plain"),
+            ],
+            Bytes::from(rule.clone()),
+        )
+        .await;
+    assert_eq!(reply.status, 403, "{reply:?}");
+    assert!(
+        reply
+            .body
+            .contains("a change from another site is refused: Origin `http://evil.example`"),
+        "{reply:?}"
+    );
+    // The same without an Origin (a browser that hides it): not JSON, refused.
+    let reply = browser
+        .request(
+            "POST",
+            "/v1/services/web/rules",
+            &[("host", &host), ("content-type", "text/plain")],
+            Bytes::from(rule),
+        )
+        .await;
+    assert_eq!(reply.status, 415, "{reply:?}");
+    assert!(reply.body.contains("unsupported_media_type"), "{reply:?}");
+    // An HTML form that promotes.
+    let reply = browser
+        .request(
+            "POST",
+            "/v1/services/web/promote",
+            &[
+                ("host", &host),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            Bytes::from_static(b"version=canary"),
+        )
+        .await;
+    assert_eq!(reply.status, 415, "{reply:?}");
+    // A page of evil.example whose name was made to resolve to 127.0.0.1: not even a read.
+    let reply = browser
+        .request(
+            "GET",
+            "/v1/policy",
+            &[("host", &format!("evil.example:{}", gg.admin_addr().port()))],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(reply.status, 403, "{reply:?}");
+    assert!(reply.body.contains("is not this machine"), "{reply:?}");
+
+    // Nothing changed; ctl and a same-origin JSON change still work.
+    assert_eq!(admin.revision().await, revision);
+    let (reply, _) = admin
+        .send(
+            "PUT",
+            "/v1/services/web/weights",
+            &[("origin", &format!("http://{host}"))],
+            &json!({"weights": {"canary": 10}}).to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    gg.ctl().ok(&["status"]);
 }

@@ -61,10 +61,10 @@ impl Client {
                 self.sender = None;
                 continue;
             }
-            let mut req = hyper::Request::builder()
-                .method(method)
-                .uri(path)
-                .header("host", "example.com");
+            let mut req = hyper::Request::builder().method(method).uri(path);
+            if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+                req = req.header("host", "example.com");
+            }
             for (k, v) in headers {
                 req = req.header(*k, *v);
             }

@@ -105,6 +105,8 @@ impl Ctl {
 /// The admin API over HTTP, with an optional bearer token.
 pub struct Admin {
     client: Client,
+    /// Sent as `Host`, as every client of the admin API does (a browser, ctl, curl).
+    authority: String,
     token: Option<String>,
 }
 
@@ -112,6 +114,7 @@ impl Admin {
     pub fn new(addr: SocketAddr, token: Option<&str>) -> Admin {
         Admin {
             client: Client::new(addr),
+            authority: addr.to_string(),
             token: token.map(str::to_string),
         }
     }
@@ -127,6 +130,9 @@ impl Admin {
     ) -> (Reply, serde_json::Value) {
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if !all.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            all.push(("host", &self.authority));
+        }
         if let Some(auth) = &auth {
             all.push(("authorization", auth));
         }
