@@ -362,10 +362,10 @@ async fn run(
             _ = &mut stop => break,
             _ = usr2.recv() => match running.upgrade(&exe, &args).await {
                 Ok(successor) => {
+                    let pid = successor.pid().unwrap_or_default();
                     tracing::info!(
-                        pid = successor.pid().unwrap_or_default(),
-                        "upgrade: the new process (pid {}) serves; this one stops accepting and finishes its requests",
-                        successor.pid().unwrap_or_default()
+                        pid,
+                        "upgrade: the new process (pid {pid}) serves; this one stops accepting and finishes its requests"
                     );
                     reloads.abort();
                     reopens.abort();
@@ -452,26 +452,20 @@ fn stop_signal() -> impl std::future::Future<Output = ()> {
     let mut term = signal(SignalKind::terminate());
     let mut int = signal(SignalKind::interrupt());
     async move {
-        let term = async {
-            match &mut term {
-                Ok(s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        let int = async {
-            match &mut int {
-                Ok(s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
         tokio::select! {
-            _ = int => {}
-            _ = term => {}
+            _ = received(&mut int) => {}
+            _ = received(&mut term) => {}
         }
+    }
+}
+
+/// Completes when `signal` is received; never when its handler could not be installed.
+async fn received(signal: &mut std::io::Result<tokio::signal::unix::Signal>) {
+    match signal {
+        Ok(s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending::<()>().await,
     }
 }
 

@@ -212,14 +212,12 @@ impl Predecessor {
     /// Asks the old process to let go of the store, and waits until it has.
     pub async fn release_store(&mut self) -> Result<(), UpgradeError> {
         send(self.control.get_mut(), "release").await?;
-        match tokio::time::timeout(STEP_TIMEOUT, read_line(&mut self.control)).await {
-            Err(_) => Err(UpgradeError::Timeout(STEP_TIMEOUT, "releasing the store")),
-            Ok(Ok(Some(line))) if line == "released" => Ok(()),
-            Ok(Ok(Some(line))) => Err(UpgradeError::Predecessor(line)),
-            Ok(Ok(None)) => Err(UpgradeError::Predecessor(
+        match next_message(&mut self.control, "releasing the store").await? {
+            Some(line) if line == "released" => Ok(()),
+            Some(line) => Err(UpgradeError::Predecessor(line)),
+            None => Err(UpgradeError::Predecessor(
                 "closed the control socket".into(),
             )),
-            Ok(Err(e)) => Err(e.into()),
         }
     }
 
@@ -229,8 +227,7 @@ impl Predecessor {
             self.control.get_mut(),
             &format!("ready {}", std::process::id()),
         )
-        .await?;
-        Ok(())
+        .await
     }
 }
 
@@ -313,13 +310,11 @@ impl Successor {
             Said::Ready => "ready",
         };
         let line = tokio::select! {
-            line = tokio::time::timeout(STEP_TIMEOUT, read_line(&mut self.control)) => line,
+            line = next_message(&mut self.control, doing) => line?,
             status = self.child.wait() => return Err(UpgradeError::Exited { status: status? }),
         };
         match line {
-            Err(_) => Err(UpgradeError::Timeout(STEP_TIMEOUT, doing)),
-            Ok(Err(e)) => Err(e.into()),
-            Ok(Ok(None)) => {
+            None => {
                 // The control socket closed: the process is exiting; report how it ended.
                 let status = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
                 match status {
@@ -327,8 +322,8 @@ impl Successor {
                     _ => Err(UpgradeError::Unexpected("end of stream".into(), wanted)),
                 }
             }
-            Ok(Ok(Some(line))) if line.split(' ').next() == Some(wanted) => Ok(()),
-            Ok(Ok(Some(line))) => Err(UpgradeError::Unexpected(line, wanted)),
+            Some(line) if line.split(' ').next() == Some(wanted) => Ok(()),
+            Some(line) => Err(UpgradeError::Unexpected(line, wanted)),
         }
     }
 
@@ -353,6 +348,18 @@ impl Successor {
 async fn send(stream: &mut UnixStream, message: &str) -> Result<(), UpgradeError> {
     stream.write_all(format!("{message}\n").as_bytes()).await?;
     Ok(())
+}
+
+/// The next message from the other process while `doing`, within [`STEP_TIMEOUT`]; `None` at the
+/// end of the stream (the other process closed it, or exited).
+async fn next_message(
+    control: &mut BufReader<UnixStream>,
+    doing: &'static str,
+) -> Result<Option<String>, UpgradeError> {
+    match tokio::time::timeout(STEP_TIMEOUT, read_line(control)).await {
+        Err(_) => Err(UpgradeError::Timeout(STEP_TIMEOUT, doing)),
+        Ok(line) => Ok(line?),
+    }
 }
 
 /// One line (without its newline), or `None` at the end of the stream. Bounded: a line longer
