@@ -7,7 +7,9 @@
 
 use super::extract::{JsonBody, Write};
 use super::{AdminState, ApiError, Shared};
-use crate::api::{paths, Revisioned, RolloutView, StartRollout, VersionFigures, WindowView};
+use crate::api::{
+    paths, MoreRequests, Revisioned, RolloutView, StartRollout, VersionFigures, WindowView,
+};
 use crate::gateway::now_ms;
 use crate::policy::edit;
 use crate::policy::PolicyDoc;
@@ -124,6 +126,22 @@ pub(super) async fn view(
         .as_ref()
         .map(|r| r.verdicts.clone())
         .unwrap_or_default();
+    // Only while the rollout waits on a step: an ended or paused one needs nothing more.
+    let analysing = matches!(
+        state,
+        Some(RolloutState::Progressing | RolloutState::Waiting)
+    );
+    let more_requests = window
+        .as_ref()
+        .filter(|_| analysing)
+        .map(|w| {
+            let need = plan.analysis.min_requests;
+            MoreRequests {
+                canary: need.saturating_sub(w.canary.requests),
+                stable: need.saturating_sub(w.stable.requests),
+            }
+        })
+        .filter(|m| m.canary > 0 || m.stable > 0);
     Ok(RolloutView {
         service: service.to_string(),
         version: plan.version.clone(),
@@ -141,6 +159,7 @@ pub(super) async fn view(
         failures: current.map_or(0, |r| r.failures),
         driver: record.as_ref().map(|r| r.driver.clone()),
         window,
+        more_requests,
         verdicts,
         plan,
     })
