@@ -4,9 +4,11 @@
 //!
 //! # Endpoints
 //! Unauthenticated (for probes): `GET /healthz` (the process runs), `GET /readyz` (a policy is
-//! loaded and the listeners are up).
+//! loaded and the listeners are up). The dashboard's files at `/ui/` (`ui`), which hold no data.
+//! `/v1/session` signs in with a token for a session cookie (`session`).
 //!
-//! With a bearer token (`Authorization: Bearer <token>`), everything under `/v1`:
+//! With a bearer token (`Authorization: Bearer <token>`) or a session cookie, everything under
+//! `/v1`:
 //!
 //! | endpoint | what |
 //! |---|---|
@@ -24,6 +26,7 @@
 //! | `POST /v1/explain` | which version a described request would reach, and why |
 //! | `GET /v1/history`, `POST /v1/undo` | every change, and going back to a revision |
 //! | `POST /v1/reload[?force=true]` | read the config file again, as SIGHUP does |
+//! | `GET /v1/live`, `GET /v1/live/history` | the dashboard's live figures: a server-sent event each second, the last five minutes |
 //!
 //! # Changes
 //! Every policy change is a [`Write`] and goes through [`Gateway::change`]: edited on a copy of the stored document,
@@ -45,6 +48,10 @@
 //! # Files
 //! The wire types (bodies, error codes, the revision rule, the paths) are [`crate::api`]'s. Here:
 //! - `auth`: bearer tokens (constant-time comparison), loopback-only without tokens.
+//! - `session`: the dashboard's sign-in: a token exchanged for an `HttpOnly`, `SameSite=Strict`
+//!   session cookie; who a request is from.
+//! - `live`: the live figures of every version, sampled each second, streamed and kept.
+//! - `ui`: the dashboard's files, embedded from `ui/` at build time.
 //! - `browser`: what a page of another site can make a browser send (forms, `text/plain`, a
 //!   foreign `Origin`, a rebound DNS name in `Host`), refused before anything else.
 //! - `error`: [`ApiError`], a refusal with its code and field.
