@@ -13,14 +13,11 @@
 
 use super::error::ApiError;
 use super::{AdminState, Shared};
-use crate::api::{
-    paths, LiveHistory, LiveRollout, LiveSample, LiveService, LiveVersion, StoreStatus,
-};
+use crate::api::{paths, LiveHistory, LiveRollout, LiveSample, LiveService, LiveVersion};
 use crate::gateway::FiguresTable;
 use crate::policy::PolicyDoc;
 use crate::proxy::{ServerState, Upstreams};
-use crate::rollout::record::{rollout_key, WorkingRecord};
-use crate::rollout::{Figures, RolloutState};
+use crate::rollout::Figures;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
@@ -113,7 +110,6 @@ pub(super) async fn sample(state: &AdminState) {
     let doc = policy.doc();
     let verdicts = verdict_counts(state, doc).await;
     let table = state.upstreams.get().map(|u| u.current());
-    let health = gateway.store().health();
     let at = SystemTime::now();
     let sample = Arc::new(LiveSample {
         time: humantime::format_rfc3339_millis(at).to_string(),
@@ -121,14 +117,7 @@ pub(super) async fn sample(state: &AdminState) {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
         revision: gateway.revision(),
-        store: StoreStatus {
-            kind: gateway.store().kind().to_string(),
-            degraded: health.degraded,
-            since: health
-                .since
-                .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
-            last_error: health.last_error,
-        },
+        store: super::status::store_status(gateway),
         services: services(doc, &now, &second, &minute, table.as_deref(), &verdicts),
     });
     {
@@ -156,20 +145,11 @@ async fn verdict_counts(state: &AdminState, doc: &PolicyDoc) -> HashMap<String, 
             .iter()
             .any(|s| &s.name == name && s.rollout.is_some())
     });
-    for svc in doc.services.iter().filter(|s| s.rollout.is_some()) {
-        let run = svc
-            .rollout
-            .as_ref()
-            .and_then(|r| r.status.as_ref())
-            .map(|st| st.started_ms);
-        let key = rollout_key(&svc.name);
-        let read = state.gateway.store().get_record(&key);
-        if let Ok(Ok(json)) = tokio::time::timeout(RECORD_WAIT, read).await {
-            let n = json
-                .and_then(|j| serde_json::from_str::<WorkingRecord>(&j).ok())
-                .filter(|r| Some(r.started_ms) == run)
-                .map_or(0, |r| r.verdicts.len());
-            counts.insert(svc.name.clone(), n);
+    for svc in doc.services.iter() {
+        let Some(plan) = &svc.rollout else { continue };
+        let read = super::rollouts::working_record(state, &svc.name, plan);
+        if let Ok(Ok(record)) = tokio::time::timeout(RECORD_WAIT, read).await {
+            counts.insert(svc.name.clone(), record.map_or(0, |r| r.verdicts.len()));
         }
     }
     *state
@@ -269,27 +249,18 @@ fn services(
                     }
                 })
                 .collect();
-            let rollout = svc.rollout.as_ref().map(|plan| {
-                let state = plan.status.as_ref().map(|st| st.state);
-                LiveRollout {
-                    version: plan.version.clone(),
-                    state,
-                    step: plan.status.as_ref().map_or(0, |st| st.step + 1),
-                    steps: plan.steps.len(),
-                    weight: match state {
-                        Some(RolloutState::Promoted) => 100.0,
-                        _ => weights
-                            .and_then(|w| w.get(&plan.version))
-                            .copied()
-                            .unwrap_or(0.0),
-                    },
-                    reason: plan
-                        .status
-                        .as_ref()
-                        .map(|st| st.reason.clone())
-                        .unwrap_or_default(),
-                    verdicts: verdicts.get(&svc.name).copied().unwrap_or(0),
-                }
+            let rollout = svc.rollout.as_ref().map(|plan| LiveRollout {
+                version: plan.version.clone(),
+                state: plan.status.as_ref().map(|st| st.state),
+                step: plan.status.as_ref().map_or(0, |st| st.step + 1),
+                steps: plan.steps.len(),
+                weight: super::rollouts::canary_weight(svc, plan),
+                reason: plan
+                    .status
+                    .as_ref()
+                    .map(|st| st.reason.clone())
+                    .unwrap_or_default(),
+                verdicts: verdicts.get(&svc.name).copied().unwrap_or(0),
             });
             LiveService {
                 name: svc.name.clone(),

@@ -37,6 +37,31 @@ fn session_cookie(reply: &Reply) -> String {
     set.split(';').next().unwrap().trim().to_string()
 }
 
+/// `POST /v1/session` with `token`.
+async fn sign_in(admin: &mut Admin, token: &str) -> (Reply, Value) {
+    admin
+        .send(
+            "POST",
+            "/v1/session",
+            &[],
+            &json!({ "token": token }).to_string(),
+        )
+        .await
+}
+
+/// `GET /v1/live` sent on a connection of its own, as a browser's `EventSource` does.
+async fn open_stream(gg: &Gateway) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(gg.admin_addr())
+        .await
+        .unwrap();
+    let head = format!(
+        "GET /v1/live HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\n\r\n",
+        gg.admin_addr()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
 #[tokio::test]
 async fn the_dashboard_page_is_served_with_a_strict_policy_and_no_data() {
     let (_s, _c, gg) = start().await;
@@ -94,14 +119,7 @@ async fn a_token_signs_in_for_a_session_cookie_that_names_the_caller() {
     );
     assert!(wrong.headers.get("set-cookie").is_none());
 
-    let (signed, body) = anonymous
-        .send(
-            "POST",
-            "/v1/session",
-            &[],
-            &json!({ "token": TOKEN }).to_string(),
-        )
-        .await;
+    let (signed, body) = sign_in(&mut anonymous, TOKEN).await;
     assert_eq!(signed.status, 200, "{signed:?}");
     assert_eq!(
         (body["name"].as_str(), body["open"].as_bool()),
@@ -182,14 +200,7 @@ async fn a_session_expires_after_the_configured_time() {
         .start()
         .await;
     let mut anonymous = Admin::new(gg.admin_addr(), None);
-    let (signed, _) = anonymous
-        .send(
-            "POST",
-            "/v1/session",
-            &[],
-            &json!({ "token": TOKEN }).to_string(),
-        )
-        .await;
+    let (signed, _) = sign_in(&mut anonymous, TOKEN).await;
     assert!(signed.headers["set-cookie"]
         .to_str()
         .unwrap()
@@ -230,14 +241,7 @@ async fn live_figures_move_under_traffic_and_stream_as_events() {
         )
         .await;
     // Open the stream first, as the dashboard does.
-    let mut stream = tokio::net::TcpStream::connect(gg.admin_addr())
-        .await
-        .unwrap();
-    let head = format!(
-        "GET /v1/live HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\n\r\n",
-        gg.admin_addr()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut stream = open_stream(&gg).await;
 
     // Bounded traffic: 3 s at most, 600 requests at most, one in three to the canary.
     let mut client = gg.client();
@@ -336,14 +340,7 @@ async fn live_figures_move_under_traffic_and_stream_as_events() {
 #[tokio::test]
 async fn an_open_stream_does_not_hold_up_a_stop() {
     let (_s, _c, mut gg) = start().await;
-    let mut stream = tokio::net::TcpStream::connect(gg.admin_addr())
-        .await
-        .unwrap();
-    let head = format!(
-        "GET /v1/live HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n",
-        gg.admin_addr()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut stream = open_stream(&gg).await;
     let mut buf = [0u8; 4096];
     let n = tokio::time::timeout(patient(Duration::from_secs(5)), stream.read(&mut buf))
         .await
