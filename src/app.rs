@@ -375,10 +375,11 @@ pub async fn start_with(
     let mut admin_addr = None;
     if let (Some(admin), Some((listener, bound))) = (&config.admin, admin_socket) {
         admin_addr = Some(bound);
-        let state = crate::admin::AdminState::new(
+        let state = crate::admin::AdminState::with_session_ttl(
             gateway.clone(),
             crate::admin::Auth::new(admin.tokens.clone()),
             config.client_ip.clone(),
+            admin.session_ttl,
         )
         .with_reloader(reloader.clone())
         .with_upstreams(upstreams.clone());

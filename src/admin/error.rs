@@ -62,6 +62,10 @@ impl ApiError {
         ApiError::new(ErrorCode::Unauthorized, detail)
     }
 
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Internal, detail)
+    }
+
     pub fn forbidden(detail: impl Into<String>) -> Self {
         ApiError::new(ErrorCode::Forbidden, detail)
     }

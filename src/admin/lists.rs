@@ -7,11 +7,11 @@
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::extract::JsonBody;
+use super::extract::{JsonBody, Query};
 use super::{AdminState, Shared};
 use crate::api::{
-    paths, EntriesRemoved, EntriesWritten, EntryCount, EntryList, ListedEntry, NewEntries,
-    RemoveEntries,
+    paths, EntriesRemoved, EntriesWritten, EntryCount, EntryList, EntryQuery, ListedEntry,
+    NewEntries, RemoveEntries,
 };
 use crate::policy::edit;
 use crate::store::{limits, Entry};
@@ -115,17 +115,34 @@ async fn remove_entries(
     Ok(Json(EntriesRemoved { list, removed }))
 }
 
-/// `GET /v1/lists/{list}/entries`: every live entry, sorted by key. Not with memcached, which
-/// cannot enumerate keys.
+/// `GET /v1/lists/{list}/entries`: every live entry, sorted by key; with `q` or `limit`, those
+/// whose key contains `q`, at most `limit` of them. Not with memcached, which cannot enumerate
+/// keys.
 async fn list_entries(
     State(s): Shared,
     Path(list): Path<String>,
+    Query(query): Query<EntryQuery>,
 ) -> Result<Json<EntryList>, ApiError> {
     check_list(&list)?;
+    let search = query.q.is_some() || query.limit.is_some();
+    let limit = query.limit.unwrap_or(EntryQuery::DEFAULT_LIMIT);
+    if search && (limit == 0 || limit > EntryQuery::MAX_LIMIT) {
+        return Err(ApiError::invalid(
+            "limit",
+            format!(
+                "a search answers 1 to {} entries, not {limit}",
+                EntryQuery::MAX_LIMIT
+            ),
+        ));
+    }
     let entries = s.gateway.store().list_entries(&list).await?;
+    let count = entries.len();
     let now = SystemTime::now();
-    let shown: Vec<ListedEntry> = entries
-        .into_iter()
+    let needle = query.q.as_deref().unwrap_or("");
+    let mut matching = entries.into_iter().filter(|e| e.key.contains(needle));
+    let shown: Vec<ListedEntry> = matching
+        .by_ref()
+        .take(if search { limit } else { usize::MAX })
         .map(|e| ListedEntry {
             key: e.key,
             value: e.value,
@@ -137,10 +154,12 @@ async fn list_entries(
                 .map(|at| at.duration_since(now).unwrap_or_default().as_secs()),
         })
         .collect();
+    let truncated = matching.next().is_some();
     Ok(Json(EntryList {
         list,
-        count: shown.len(),
+        count,
         entries: shown,
+        truncated,
     }))
 }
 

@@ -4,9 +4,11 @@
 //!
 //! # Endpoints
 //! Unauthenticated (for probes): `GET /healthz` (the process runs), `GET /readyz` (a policy is
-//! loaded and the listeners are up).
+//! loaded and the listeners are up). The dashboard's files at `/ui/` (`ui`), which hold no data.
+//! `/v1/session` signs in with a token for a session cookie (`session`).
 //!
-//! With a bearer token (`Authorization: Bearer <token>`), everything under `/v1`:
+//! With a bearer token (`Authorization: Bearer <token>`) or a session cookie, everything under
+//! `/v1`:
 //!
 //! | endpoint | what |
 //! |---|---|
@@ -24,6 +26,7 @@
 //! | `POST /v1/explain` | which version a described request would reach, and why |
 //! | `GET /v1/history`, `POST /v1/undo` | every change, and going back to a revision |
 //! | `POST /v1/reload[?force=true]` | read the config file again, as SIGHUP does |
+//! | `GET /v1/live`, `GET /v1/live/history` | the dashboard's live figures: a server-sent event each second, the last five minutes |
 //!
 //! # Changes
 //! Every policy change is a [`Write`] and goes through [`Gateway::change`]: edited on a copy of the stored document,
@@ -45,6 +48,10 @@
 //! # Files
 //! The wire types (bodies, error codes, the revision rule, the paths) are [`crate::api`]'s. Here:
 //! - `auth`: bearer tokens (constant-time comparison), loopback-only without tokens.
+//! - `session`: the dashboard's sign-in: a token exchanged for an `HttpOnly`, `SameSite=Strict`
+//!   session cookie; who a request is from.
+//! - `live`: the live figures of every version, sampled each second, streamed and kept.
+//! - `ui`: the dashboard's files, embedded from `ui/` at build time.
 //! - `browser`: what a page of another site can make a browser send (forms, `text/plain`, a
 //!   foreign `Origin`, a rebound DNS name in `Host`), refused before anything else.
 //! - `error`: [`ApiError`], a refusal with its code and field.
@@ -65,6 +72,7 @@ mod extract;
 mod generated;
 mod history;
 mod lists;
+mod live;
 mod policy;
 mod release;
 mod reload;
@@ -73,7 +81,9 @@ mod rollouts;
 mod routes;
 mod rules;
 mod services;
+mod session;
 mod status;
+mod ui;
 mod versions;
 mod weights;
 
@@ -128,10 +138,26 @@ pub struct AdminState {
     /// The data plane's upstream table, for the health of each version's servers in the status
     /// and explain; unset: no health is shown.
     upstreams: OnceLock<Arc<LiveUpstreams>>,
+    /// Dashboard sign-ins.
+    sessions: session::Sessions,
+    /// The dashboard's live samples.
+    live: live::Live,
+    /// Set when the listener stops: long answers (the live stream) end.
+    stopped: watch::Sender<bool>,
 }
 
 impl AdminState {
     pub fn new(gateway: Arc<Gateway>, auth: Auth, client_ip: ClientIpConfig) -> Arc<Self> {
+        Self::with_session_ttl(gateway, auth, client_ip, crate::config::DEFAULT_SESSION_TTL)
+    }
+
+    /// The state with dashboard sign-ins lasting `session_ttl`.
+    pub fn with_session_ttl(
+        gateway: Arc<Gateway>,
+        auth: Auth,
+        client_ip: ClientIpConfig,
+        session_ttl: Duration,
+    ) -> Arc<Self> {
         Arc::new(AdminState {
             gateway,
             auth,
@@ -139,6 +165,9 @@ impl AdminState {
             samples: Mutex::new(VecDeque::new()),
             reloader: OnceLock::new(),
             upstreams: OnceLock::new(),
+            sessions: session::Sessions::new(session_ttl),
+            live: live::Live::default(),
+            stopped: watch::channel(false).0,
         })
     }
 
@@ -217,6 +246,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .merge(lists::router())
         .merge(history::router())
         .merge(reload::router())
+        .merge(live::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             refuse_changes_while_handing_over,
@@ -227,6 +257,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         ));
     Router::new()
         .merge(status::probes())
+        .merge(session::router())
+        .merge(ui::router())
         .merge(v1)
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
@@ -302,13 +334,15 @@ pub async fn serve(
         let state = state.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(TRAFFIC_SAMPLE);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 state.sample();
+                live::sample(&state).await;
             }
         })
     };
-    let app = router(state);
+    let app = router(state.clone());
     let (stop, stopped) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -331,6 +365,7 @@ pub async fn serve(
     }
     drop(listener);
     let _ = stop.send(true);
+    state.stopped.send_replace(true);
     while connections.join_next().await.is_some() {}
     sampler.abort();
     Ok(())
@@ -410,16 +445,16 @@ async fn refuse_what_browsers_are_made_to_send(
     }
 }
 
-/// Lets a request through with its [`Caller`], or answers 401/403.
+/// Lets a request through with its [`Caller`] (bearer token, dashboard session cookie, or open
+/// loopback), or answers 401/403.
 async fn authenticate(
     State(state): State<Arc<AdminState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    let header = req.headers().get(http::header::AUTHORIZATION);
-    match state.auth.check(peer.ip(), header) {
-        Ok(caller) => {
+    match session::identify(&state, peer, req.headers()) {
+        Ok((caller, _)) => {
             req.extensions_mut().insert(caller);
             next.run(req).await
         }

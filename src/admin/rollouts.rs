@@ -7,13 +7,16 @@
 
 use super::extract::{JsonBody, Write};
 use super::{AdminState, ApiError, Shared};
-use crate::api::{paths, Revisioned, RolloutView, StartRollout, VersionFigures, WindowView};
+use crate::api::{
+    paths, MoreRequests, Revisioned, RolloutView, StartRollout, VersionFigures, WindowView,
+};
 use crate::gateway::now_ms;
 use crate::policy::edit;
+use crate::policy::model::ServiceDoc;
 use crate::policy::PolicyDoc;
 use crate::rollout::machine;
 use crate::rollout::record::{rollout_key, WorkingRecord};
-use crate::rollout::{Figures, RolloutState};
+use crate::rollout::{Figures, RolloutDoc, RolloutState};
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::Router;
@@ -52,6 +55,34 @@ fn figures(version: &str, f: &Figures) -> VersionFigures {
     }
 }
 
+/// The driver's record of this run of `service`'s rollout (not of an earlier one), if any.
+pub(super) async fn working_record(
+    s: &AdminState,
+    service: &str,
+    plan: &RolloutDoc,
+) -> Result<Option<WorkingRecord>, ApiError> {
+    let run = plan.status.as_ref().map(|st| st.started_ms);
+    Ok(s.gateway
+        .store()
+        .get_record(&rollout_key(service))
+        .await?
+        .and_then(|json| serde_json::from_str::<WorkingRecord>(&json).ok())
+        .filter(|r| Some(r.started_ms) == run))
+}
+
+/// The weight of the version `plan` rolls out, in percent: 100 once promoted.
+pub(super) fn canary_weight(svc: &ServiceDoc, plan: &RolloutDoc) -> f64 {
+    match plan.status.as_ref().map(|st| st.state) {
+        Some(RolloutState::Promoted) => 100.0,
+        _ => svc
+            .split
+            .as_ref()
+            .and_then(|sp| sp.weights.get(&plan.version))
+            .copied()
+            .unwrap_or(0.0),
+    }
+}
+
 /// The rollout of `service` in `doc` with the driver's working record.
 pub(super) async fn view(
     s: &AdminState,
@@ -64,26 +95,10 @@ pub(super) async fn view(
             "service `{service}` has no rollout; start one with `graygate ctl rollout start --service {service} --version V`"
         )));
     };
-    // The driver's record of this run of the rollout (not of an earlier one).
-    let run = plan.status.as_ref().map(|st| st.started_ms);
-    let record: Option<WorkingRecord> = s
-        .gateway
-        .store()
-        .get_record(&rollout_key(service))
-        .await?
-        .and_then(|json| serde_json::from_str::<WorkingRecord>(&json).ok())
-        .filter(|r| Some(r.started_ms) == run);
+    let record = working_record(s, service, &plan).await?;
     let status = plan.status.clone();
     let state = status.as_ref().map(|st| st.state);
-    let weight = match state {
-        Some(RolloutState::Promoted) => 100.0,
-        _ => svc
-            .split
-            .as_ref()
-            .and_then(|sp| sp.weights.get(&plan.version))
-            .copied()
-            .unwrap_or(0.0),
-    };
+    let weight = canary_weight(svc, &plan);
     // A record left from an earlier rollout, or from before the current step, is not shown
     // as the current window.
     let current = record.as_ref().filter(|r| {
@@ -124,6 +139,22 @@ pub(super) async fn view(
         .as_ref()
         .map(|r| r.verdicts.clone())
         .unwrap_or_default();
+    // Only while the rollout waits on a step: an ended or paused one needs nothing more.
+    let analysing = matches!(
+        state,
+        Some(RolloutState::Progressing | RolloutState::Waiting)
+    );
+    let more_requests = window
+        .as_ref()
+        .filter(|_| analysing)
+        .map(|w| {
+            let need = plan.analysis.min_requests;
+            MoreRequests {
+                canary: need.saturating_sub(w.canary.requests),
+                stable: need.saturating_sub(w.stable.requests),
+            }
+        })
+        .filter(|m| m.canary > 0 || m.stable > 0);
     Ok(RolloutView {
         service: service.to_string(),
         version: plan.version.clone(),
@@ -141,6 +172,7 @@ pub(super) async fn view(
         failures: current.map_or(0, |r| r.failures),
         driver: record.as_ref().map(|r| r.driver.clone()),
         window,
+        more_requests,
         verdicts,
         plan,
     })

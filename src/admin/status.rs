@@ -69,7 +69,6 @@ async fn readyz(State(s): Shared) -> Response {
 async fn status(State(s): Shared) -> Revisioned<Status> {
     let policy = s.gateway.policy();
     let revision = s.gateway.revision();
-    let health = s.gateway.store().health();
     let (counts, rates) = s.traffic();
     let table = s.upstreams.get().map(|u| u.current());
     let services = policy
@@ -131,17 +130,23 @@ async fn status(State(s): Shared) -> Revisioned<Status> {
                 .gateway
                 .last_reload()
                 .map(|t| humantime::format_rfc3339_millis(t).to_string()),
-            store: StoreStatus {
-                kind: s.gateway.store().kind().to_string(),
-                degraded: health.degraded,
-                since: health
-                    .since
-                    .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
-                last_error: health.last_error,
-            },
+            store: store_status(&s.gateway),
             services,
         },
     )
+}
+
+/// The store and its health now.
+pub(super) fn store_status(gateway: &crate::gateway::Gateway) -> StoreStatus {
+    let health = gateway.store().health();
+    StoreStatus {
+        kind: gateway.store().kind().to_string(),
+        degraded: health.degraded,
+        since: health
+            .since
+            .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+        last_error: health.last_error,
+    }
 }
 
 /// `POST /v1/explain`: the version a described request would reach and the reason, from the

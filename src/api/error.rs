@@ -43,6 +43,9 @@ pub enum ErrorCode {
     Invalid,
     /// 500: the store holds data graygate did not write.
     StoreBadData,
+    /// 500: this process could not do what was asked for a reason of its own (the system's
+    /// random number generator failed, so no session could be opened).
+    Internal,
     /// 503: the store cannot be reached.
     StoreUnavailable,
     /// 503 with `Retry-After`: this process is handing over to a new one (an upgrade); the
@@ -52,7 +55,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::MalformedJson,
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
@@ -65,6 +68,7 @@ impl ErrorCode {
         ErrorCode::UnsupportedMediaType,
         ErrorCode::Invalid,
         ErrorCode::StoreBadData,
+        ErrorCode::Internal,
         ErrorCode::StoreUnavailable,
         ErrorCode::Upgrading,
     ];
@@ -80,7 +84,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::StoreBadData => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::StoreBadData | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::StoreUnavailable | ErrorCode::Upgrading => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -100,6 +104,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::Invalid => "invalid",
             ErrorCode::StoreBadData => "store_bad_data",
+            ErrorCode::Internal => "internal",
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::Upgrading => "upgrading",
         }
@@ -149,6 +154,7 @@ mod tests {
             ("unsupported_media_type", 415),
             ("invalid", 422),
             ("store_bad_data", 500),
+            ("internal", 500),
             ("store_unavailable", 503),
             ("upgrading", 503),
         ];

@@ -49,8 +49,12 @@ pub struct EntriesRemoved {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntryList {
     pub list: String,
+    /// Every live entry of the list, whatever the search.
     pub count: usize,
     pub entries: Vec<ListedEntry>,
+    /// True when a search matched more entries than its `limit`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 /// One live entry.

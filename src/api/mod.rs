@@ -22,10 +22,12 @@
 //! - `lists`: gray list entries.
 //! - `rollout`: starting a rollout, and its status with the window and the verdicts.
 //! - `status`: health, readiness, status and explain.
+//! - `live`: the dashboard's sign-in and the live figures of every version.
 
 mod error;
 mod history;
 mod lists;
+mod live;
 pub mod paths;
 mod policy;
 mod reload;
@@ -39,7 +41,8 @@ pub use lists::{
     EntriesRemoved, EntriesWritten, EntryCount, EntryList, ListedEntry, NewEntries, NewEntry,
     RemoveEntries,
 };
-pub use paths::{HistoryQuery, ReloadQuery, RuleQuery};
+pub use live::{LiveHistory, LiveRollout, LiveSample, LiveService, LiveVersion, Session, SignIn};
+pub use paths::{EntryQuery, HistoryQuery, ReloadQuery, RuleQuery};
 pub use policy::{
     NewVersion, PolicyReplaced, Promote, Promoted, Rollback, RolledBack, RouteCreated,
     RouteDeleted, RouteList, RoutePut, RuleDeleted, RuleList, RuleWritten, ServiceCreated,
@@ -48,7 +51,7 @@ pub use policy::{
 };
 pub use reload::{ReloadOutcome, Reloaded, ReloadedPart, ReloadedPolicy};
 pub use revision::{BadRevision, IfMatch, Revision, Revisioned, Tagged};
-pub use rollout::{RolloutView, StartRollout, VersionFigures, WindowView};
+pub use rollout::{MoreRequests, RolloutView, StartRollout, VersionFigures, WindowView};
 pub use status::{
     Explain, Explanation, Fallback, Health, Readiness, Routed, RuleSummary, ServerHealth,
     ServerHealthState, ServiceStatus, Status, StoreStatus, Traffic, VersionHealth,

@@ -56,6 +56,14 @@ pub const HISTORY_ONE: &str = "/v1/history/{revision}";
 pub const UNDO: &str = "/v1/undo";
 /// `POST`: read the config file again, as SIGHUP does.
 pub const RELOAD: &str = "/v1/reload";
+/// `GET`: who is signed in; `POST`: sign in (a session cookie); `DELETE`: sign out.
+pub const SESSION: &str = "/v1/session";
+/// `GET`: a server-sent event with a [`LiveSample`](super::LiveSample) every second.
+pub const LIVE: &str = "/v1/live";
+/// `GET`: the last minutes of live samples.
+pub const LIVE_HISTORY: &str = "/v1/live/history";
+/// The dashboard's page; its files are under it.
+pub const UI: &str = "/ui/";
 
 /// `pattern` with each `{...}` replaced, in order, by the next of `segments`, percent-encoded.
 fn fill(pattern: &str, segments: &[&str]) -> String {
@@ -225,6 +233,26 @@ impl HistoryQuery {
     pub const DEFAULT_LIMIT: usize = 20;
     /// The largest page: a page is read whole in memory, and its records may be big.
     pub const MAX_LIMIT: usize = 100;
+}
+
+/// The query of `GET /v1/lists/{list}/entries`: a search (the dashboard's). Without either,
+/// every entry is answered, as before.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryQuery {
+    /// Only entries whose key contains this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q: Option<String>,
+    /// At most this many entries, by key; absent with `q`: [`EntryQuery::DEFAULT_LIMIT`]; at
+    /// most [`EntryQuery::MAX_LIMIT`].
+    #[serde(default, deserialize_with = "whole_number")]
+    pub limit: Option<usize>,
+}
+
+impl EntryQuery {
+    /// Entries answered to a search that names no limit.
+    pub const DEFAULT_LIMIT: usize = 100;
+    /// The most one search answers.
+    pub const MAX_LIMIT: usize = 1000;
 }
 
 /// A query parameter that must be a whole number, refused with a message that shows the value

@@ -35,12 +35,23 @@ pub struct RolloutView {
     pub plan: RolloutDoc,
     /// The current analysis window, once a driver has looked at it.
     pub window: Option<WindowView>,
+    /// While the current window has fewer requests of a version than the analysis needs
+    /// (`min_requests`): how many more of each it needs before a verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub more_requests: Option<MoreRequests>,
     /// Failing windows in a row now.
     pub failures: u32,
     /// The recorded verdicts, oldest first.
     pub verdicts: Vec<VerdictRecord>,
     /// The instance driving the rollouts (it holds the store lease).
     pub driver: Option<String>,
+}
+
+/// How many more requests of each version a window needs before it can be judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoreRequests {
+    pub canary: u64,
+    pub stable: u64,
 }
 
 /// One analysis window, summed over every instance.

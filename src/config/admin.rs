@@ -5,6 +5,7 @@
 //! listen = "127.0.0.1:9901"          # absent table: no admin listener
 //! max_connections = 64               # connections open at once; more wait in the backlog
 //! header_timeout = "10s"             # a request's headers must arrive within this
+//! session_ttl = "8h"                 # a dashboard sign-in lasts this long
 //! tokens = [
 //!   { name = "alice", token_env = "GRAYGATE_TOKEN_ALICE" },   # preferred: out of the file
 //!   { name = "ci", token = "a-long-random-secret" },
@@ -39,7 +40,13 @@ pub struct AdminConfig {
     /// A request's headers must arrive within this, or the connection is closed (slowloris on
     /// the admin port). Also how long an idle kept-alive connection is kept. Default 10 s.
     pub header_timeout: Duration,
+    /// How long a dashboard sign-in (a session cookie) lasts. Default 8 h: a working day.
+    pub session_ttl: Duration,
 }
+
+/// Default of `[admin] session_ttl`: a working day, so that a dashboard left open over a release
+/// does not sign itself out, and a forgotten one does not stay signed in for days.
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 
 /// Default of `[admin] header_timeout`, as the data plane's `timeouts.header`.
 pub const DEFAULT_ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -166,11 +173,18 @@ pub(super) fn admin_config(
         DEFAULT_ADMIN_HEADER_TIMEOUT,
         at,
     )?;
+    let session_ttl = super::duration(
+        "admin.session_ttl",
+        &file.session_ttl,
+        DEFAULT_SESSION_TTL,
+        at,
+    )?;
     Ok(AdminConfig {
         listen: addr,
         tokens,
         max_connections,
         header_timeout,
+        session_ttl,
     })
 }
 

@@ -365,6 +365,9 @@ pub struct AdminFile {
     /// A request's headers must arrive within this (`"10s"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header_timeout: Option<String>,
+    /// How long a dashboard sign-in lasts (`"8h"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_ttl: Option<String>,
 }
 
 /// One entry of `[admin] tokens`: exactly one of `token` and `token_env` (checked by validation).
@@ -522,6 +525,7 @@ mod tests {
                 }],
                 max_connections: Some(8),
                 header_timeout: Some("3s".into()),
+                session_ttl: Some("1h".into()),
             }),
             rollouts: RolloutsFile {
                 tick: Some("500ms".into()),
@@ -608,6 +612,7 @@ listen = "127.0.0.1:0"
 tokens = [{ name = "alice", token = "alice-token-0123456789" }]
 max_connections = 8
 header_timeout = "3s"
+session_ttl = "1h"
 
 [rollouts]
 tick = "500ms"

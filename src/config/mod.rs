@@ -25,7 +25,8 @@ pub use crate::proxy::listen::{
 };
 pub use crate::proxy::{DEFAULT_MAX_HEADER_BYTES, DEFAULT_VERSION_HEADER};
 pub use admin::{
-    AdminConfig, AdminToken, DEFAULT_ADMIN_HEADER_TIMEOUT, DEFAULT_ADMIN_LISTEN, MIN_TOKEN_LEN,
+    AdminConfig, AdminToken, DEFAULT_ADMIN_HEADER_TIMEOUT, DEFAULT_ADMIN_LISTEN,
+    DEFAULT_SESSION_TTL, MIN_TOKEN_LEN,
 };
 pub use observe::{AccessLogConfig, LogConfig, LogFormat, MetricsConfig};
 pub use tls::{TlsConfig, DEFAULT_WATCH_INTERVAL};

@@ -12,7 +12,7 @@
 
 use crate::app::{self, StartError};
 use crate::config::{
-    AdminConfig, Config, PolicySource, StoreConfig, DEFAULT_MAX_HEADER_BYTES,
+    AdminConfig, AdminToken, Config, PolicySource, StoreConfig, DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_RELOAD_INTERVAL, DEFAULT_VERSION_HEADER,
 };
 use crate::policy::{self, PolicyDoc};
@@ -81,6 +81,29 @@ weights = { canary = 10 }
 by = { header = "X-User-Id" }
 "#;
 
+/// The name the demo's admin token is recorded under in the history.
+pub const DEMO_TOKEN_NAME: &str = "demo";
+
+/// The demo's own traffic, so that the dashboard's charts move: requests a second, user ids
+/// cycling through 1..=10000 (about one in five reaches the canary: the range rule and the 10%
+/// split), for at most this long.
+pub const DEMO_TRAFFIC_RATE: u64 = 50;
+pub const DEMO_TRAFFIC_LIMIT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// A token for one run of the demo: 128 random bits in hex.
+fn random_token() -> String {
+    let mut bytes = [0u8; 16];
+    // No random numbers on this system: a token made from the clock and the process id is
+    // still unguessable enough for a loopback demo.
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes = (nanos ^ (u128::from(std::process::id()) << 64)).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The IP the demo puts on the gray list.
 pub const DEMO_GRAY_IP: &str = "10.0.0.7";
 
@@ -97,6 +120,15 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> Resu
 
     let doc: PolicyDoc = toml::from_str(DEMO_POLICY).expect("the demo policy parses");
     let mut config = demo_config(listen, &dir.0, stable.addr(), canary.addr(), doc);
+    // The admin API (and so the dashboard) with a token, as it should be run: a fresh random one
+    // each run, printed below.
+    let token = random_token();
+    if let Some(admin) = config.admin.as_mut() {
+        admin.tokens = vec![AdminToken {
+            name: DEMO_TOKEN_NAME.to_string(),
+            secret: token.clone(),
+        }];
+    }
     let running = match app::start(&config, store.clone()).await {
         Ok(r) => r,
         Err(StartError::Bind { source, .. }) if source.kind() == std::io::ErrorKind::AddrInUse => {
@@ -111,9 +143,13 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> Resu
         stable.addr(),
         canary.addr(),
         &dir.0,
-        running.admin_addr,
+        running.admin_addr.map(|a| (a, token.as_str())),
     );
+    // Some traffic of its own, so that the dashboard's charts move.
+    let traffic =
+        rollout::Traffic::start(running.addrs[0], DEMO_TRAFFIC_LIMIT, DEMO_TRAFFIC_RATE, 2);
     shutdown.await;
+    drop(traffic);
     println!("graygate demo: stopping");
     running.shutdown().await;
     Ok(())
@@ -174,6 +210,7 @@ fn demo_config(
             tokens: Vec::new(),
             max_connections: crate::proxy::listen::DEFAULT_ADMIN_MAX_CONNECTIONS,
             header_timeout: crate::config::DEFAULT_ADMIN_HEADER_TIMEOUT,
+            session_ttl: crate::config::DEFAULT_SESSION_TTL,
         }),
         rollouts: Default::default(),
         tls: None,
@@ -193,7 +230,7 @@ fn print_tour(
     stable: SocketAddr,
     canary: SocketAddr,
     dir: &std::path::Path,
-    admin: Option<SocketAddr>,
+    admin: Option<(SocketAddr, &str)>,
 ) {
     let url = format!("http://{addr}/");
     let in_split = demo_split_user(true);
@@ -252,11 +289,12 @@ fn print_tour(
         println!("  curl -s {args}{url}    # -> {want}   ({why})");
     }
     println!();
-    if let Some(admin) = admin {
-        let ctl = ctl_prefix(admin);
-        println!(
-            "Run the rollout live through the admin API (loopback only, no token in the demo):"
-        );
+    if let Some((admin, token)) = admin {
+        println!("Watch it live, and drive it, on the dashboard (the demo sends 50 requests a second of its own):");
+        println!("  http://{admin}/ui/    sign in with the token {token}");
+        println!();
+        let ctl = format!("{} --token {token}", ctl_prefix(admin));
+        println!("Or through the admin API with graygate ctl (the token is this run's):");
         println!("  {ctl} status");
         println!("  {ctl} list add gray_ips 10.0.0.9 --ttl 1h");
         println!("  {ctl} weights set --service web canary=50");

@@ -227,7 +227,7 @@ async fn walk(
     }
     println!();
 
-    let traffic = Traffic::start(addr, limit + AFTER * 4);
+    let traffic = Traffic::start(addr, limit + AFTER * 4, RATE, CONNECTIONS);
     println!("Start the rollout, as an operator does:");
     let plan = plan.display().to_string();
     ctl(
@@ -771,21 +771,22 @@ impl Tally {
     }
 }
 
-/// The built-in traffic: [`RATE`] requests a second over [`CONNECTIONS`] keep-alive
-/// connections, user ids cycling through `1..=USERS`. It stops by itself after its time limit
-/// or `RATE` times that many requests; dropping it stops it too.
-struct Traffic {
+/// The built-in traffic: `rate` requests a second over `connections` keep-alive connections
+/// ([`RATE`] and [`CONNECTIONS`] in the walkthroughs), user ids cycling through `1..=USERS`. It
+/// stops by itself after its time limit or `rate` times that many requests; dropping it stops it
+/// too.
+pub(super) struct Traffic {
     tally: Arc<Tally>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Traffic {
-    fn start(addr: SocketAddr, limit: Duration) -> Traffic {
+    pub(super) fn start(addr: SocketAddr, limit: Duration, rate: u64, connections: u64) -> Traffic {
         let tally = Arc::new(Tally::default());
         let deadline = tokio::time::Instant::now() + limit;
-        let max = RATE * limit.as_secs().max(1);
-        let period = Duration::from_micros(1_000_000 * CONNECTIONS / RATE);
-        let tasks = (0..CONNECTIONS)
+        let max = rate * limit.as_secs().max(1);
+        let period = Duration::from_micros(1_000_000 * connections / rate.max(1));
+        let tasks = (0..connections)
             .map(|_| {
                 let tally = Arc::clone(&tally);
                 tokio::spawn(async move {
@@ -879,6 +880,7 @@ mod tests {
             guard_until: None,
             plan: RolloutDoc::new("canary"),
             window: None,
+            more_requests: None,
             failures: 0,
             verdicts: verdicts.to_vec(),
             driver: None,

@@ -142,6 +142,7 @@ mod tests {
             let answer = Answer {
                 status: 200,
                 failed: false,
+                fell_back: false,
                 latency: Duration::from_millis(1),
             };
             g.answered(d, answer);

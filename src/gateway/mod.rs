@@ -45,6 +45,7 @@ pub use change::{Applied, ChangeError, HistoryEntry};
 pub use history::{kept_words, HistoryError};
 pub use rollouts::{now_ms, DriverConfig, RolloutsHandle, VerdictTally, ACTOR};
 pub use seed::ConfigPolicy;
+pub use traffic::FiguresTable;
 
 use crate::policy::edit::EditError;
 use crate::policy::{self, Policy, PolicyDoc};
@@ -255,6 +256,16 @@ impl Gateway {
     /// every version of the running policy.
     pub fn traffic(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
         self.traffic.snapshot()
+    }
+
+    /// Every version's figures since start (this instance only): requests, errors, latencies.
+    pub fn figures(&self) -> FiguresTable {
+        self.traffic.figures()
+    }
+
+    /// Every version's requests that stable answered instead, since start (this instance only).
+    pub fn fallbacks(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        self.traffic.fallbacks()
     }
 
     /// Reloads the stored policy if its revision differs from the running one. A stored document

@@ -15,6 +15,7 @@ use crate::proxy::Answer;
 use crate::rollout::{AnalysisSettings, Figures, StatusSet, VersionCounters};
 use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// One service's counters.
@@ -22,7 +23,15 @@ struct ServiceCounters {
     /// The statuses that count as errors for this service.
     errors: StatusSet,
     /// version -> its counters.
-    versions: HashMap<Arc<str>, Arc<VersionCounters>>,
+    versions: HashMap<Arc<str>, Arc<Counted>>,
+}
+
+/// One version's counters: what the rollout analysis reads, and the requests stable answered for
+/// it (the dashboard's fallbacks).
+#[derive(Default)]
+struct Counted {
+    figures: VersionCounters,
+    fallbacks: AtomicU64,
 }
 
 /// service -> its counters.
@@ -52,7 +61,10 @@ impl Traffic {
         if let Some(s) = table.get(service) {
             if let Some(counters) = s.versions.get(version) {
                 let error = answer.failed || s.errors.contains(answer.status);
-                counters.record(error, answer.latency);
+                counters.figures.record(error, answer.latency);
+                if answer.fell_back {
+                    counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -110,9 +122,26 @@ impl Traffic {
                 let figures = s
                     .versions
                     .iter()
-                    .map(|(v, n)| (v.to_string(), n.snapshot()))
+                    .map(|(v, n)| (v.to_string(), n.figures.snapshot()))
                     .collect();
                 (service.to_string(), figures)
+            })
+            .collect()
+    }
+
+    /// Every version's requests answered by stable instead (cumulative): service -> version ->
+    /// fallbacks.
+    pub(super) fn fallbacks(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        self.table
+            .load()
+            .iter()
+            .map(|(service, s)| {
+                let counts = s
+                    .versions
+                    .iter()
+                    .map(|(v, n)| (v.to_string(), n.fallbacks.load(Ordering::Relaxed)))
+                    .collect();
+                (service.to_string(), counts)
             })
             .collect()
     }
@@ -126,6 +155,7 @@ mod tests {
     const OK: Answer = Answer {
         status: 200,
         failed: false,
+        fell_back: false,
         latency: Duration::from_millis(1),
     };
 

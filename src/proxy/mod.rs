@@ -157,6 +157,9 @@ pub struct Answer {
     /// The answer failed the version the request was meant for whatever its status: graygate
     /// answered 502/504 itself, or the chosen version could not be reached and stable answered.
     pub failed: bool,
+    /// Stable answered instead of the chosen version (it could not be reached, or had no server
+    /// in service): `failed` is set too.
+    pub fell_back: bool,
     /// From the request headers being read to the answer's headers.
     pub latency: std::time::Duration,
 }

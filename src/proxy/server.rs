@@ -924,6 +924,7 @@ async fn proxy(
             Answer {
                 status: response.status().as_u16(),
                 failed: own_error || outcome.fell_back,
+                fell_back: outcome.fell_back,
                 latency: started.elapsed(),
             },
         );

@@ -20,9 +20,17 @@ async fn every_printed_curl_reaches_the_version_it_names() {
     let mut child = Kill(child);
 
     let mut commands = Vec::new();
+    let mut ctls = Vec::new();
+    let mut dashboard = None;
     let mut lines = BufReader::new(stdout).lines();
     for line in lines.by_ref() {
         let line = line.expect("demo output");
+        if let Some((url, token)) = line.trim().split_once("    sign in with the token ") {
+            dashboard = Some((url.to_string(), token.to_string()));
+        }
+        if line.contains(" ctl --addr ") {
+            ctls.push(line.trim().to_string());
+        }
         if let Some((cmd, rest)) = line.trim().split_once("    # -> ") {
             let want = rest.split_whitespace().next().unwrap().to_string();
             commands.push((cmd.to_string(), want));
@@ -48,6 +56,53 @@ async fn every_printed_curl_reaches_the_version_it_names() {
     assert!(
         commands.iter().any(|(_, v)| v == "canary") && commands.iter().any(|(_, v)| v == "stable")
     );
+
+    // The dashboard it prints answers, and the sign-in it prints works.
+    let (url, token) = dashboard.expect("the demo prints the dashboard and a sign-in");
+    let sh = |cmd: String| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .output()
+            .expect("run sh");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (ok, page) = sh(format!("curl -s -m 5 {url}"));
+    assert!(ok && page.contains("<html"), "{url}: {page}");
+    let api = url.trim_end_matches("/ui/");
+    let (ok, signed) = sh(format!(
+        "curl -s -m 5 -H 'Content-Type: application/json' -d '{{\"token\":\"{token}\"}}' {api}/v1/session"
+    ));
+    assert!(ok && signed.contains("\"name\":\"demo\""), "{signed}");
+    // The ctl commands it prints run as printed (their token is this run's).
+    let status = ctls
+        .iter()
+        .find(|c| c.ends_with(" status"))
+        .unwrap_or_else(|| panic!("a ctl status line: {ctls:?}"));
+    let (ok, out) = sh(status.clone());
+    assert!(ok && out.contains("web"), "`{status}`: {out}");
+    // Its own traffic moves both versions' figures on the dashboard.
+    eventually("the demo's own traffic reaches both versions", async || {
+        let (_, history) = sh(format!(
+            "curl -s -m 5 -H 'Authorization: Bearer {token}' {api}/v1/live/history"
+        ));
+        let history: serde_json::Value =
+            serde_json::from_str(&history).map_err(|e| e.to_string())?;
+        let last = history["samples"]
+            .as_array()
+            .and_then(|s| s.last())
+            .cloned()
+            .unwrap_or_default();
+        let moving = last["services"][0]["versions"]
+            .as_array()
+            .is_some_and(|vs| vs.len() == 2 && vs.iter().all(|v| v["rps"].as_f64() > Some(0.0)));
+        moving.then_some(()).ok_or(last.to_string())
+    })
+    .within(patient(Duration::from_secs(10)))
+    .await;
 
     // Ctrl-C: a clean stop.
     let status = Command::new("kill")

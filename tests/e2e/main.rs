@@ -55,6 +55,7 @@ mod admin;
 mod check;
 mod connections;
 mod ctl_honest;
+mod dashboard_api;
 mod demo;
 mod doc_figures;
 mod docs;

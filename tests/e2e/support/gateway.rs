@@ -141,6 +141,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// `[admin] session_ttl` (adds `[admin]` on a free port if there is none).
+    pub fn admin_session_ttl(mut self, ttl: &str) -> Self {
+        self.admin_file().session_ttl = Some(ttl.into());
+        self
+    }
+
     fn admin_file(&mut self) -> &mut AdminFile {
         self.file.admin.get_or_insert_with(|| AdminFile {
             listen: Some("127.0.0.1:0".into()),
