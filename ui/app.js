@@ -19,9 +19,11 @@ const VIEWS = {
   explain: null,
 };
 const STALE_MS = 5000;
+const SESSION_CHECK_MS = 30000;
 
 const signin = $('#signin');
 let live = null;
+let sessionCheck = 0;
 
 /** Shows the sign-in form and nothing else. */
 function showSignIn(note = '') {
@@ -74,11 +76,22 @@ function enter(session) {
   addEventListener('hashchange', route);
   route();
   live = startLive();
+  sessionCheck = setInterval(checkSession, SESSION_CHECK_MS);
+}
+
+/** The live stream outlasts a session: ask now and then whether it still holds. */
+async function checkSession() {
+  try {
+    await get(paths.session);
+  } catch (error) {
+    if (error.status === 401) showSignIn('Your session ended: sign in again.');
+  }
 }
 
 /** Takes the dashboard down: feed closed, views dropped, markup removed. */
 function stopApp() {
   removeEventListener('hashchange', route);
+  clearInterval(sessionCheck);
   if (live) live.stop();
   live = null;
   stopOverview();

@@ -81,7 +81,7 @@ async function loadEntries() {
     const shown = answer.entries.length;
     note.textContent = answer.truncated
       ? `The first ${shown} matching keys are shown: refine the search to see others.`
-      : q ? `${shown} key${shown === 1 ? '' : 's'} contain “${q}”.` : shown ? '' : 'The list is empty.';
+      : q ? `${shown} key${shown === 1 ? ' contains' : 's contain'} “${q}”.` : shown ? '' : 'The list is empty.';
   } catch (error) {
     if (mine !== asked || !root) return;
     fill($('#list-entries', root));

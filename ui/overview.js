@@ -128,7 +128,9 @@ function updatePanel(panel, service, now) {
     (r ? ` · rollout of ${r.version}: ${r.state || 'not started'}` : '');
   service.versions.forEach((v) => panel.cards.get(v.name).update(v));
 
-  const from = now - KEEP_MS;
+  // The charts span what is kept, at least a minute, at most KEEP_MS.
+  const first = history.get(`${service.name}\n${service.versions[0].name}`);
+  const from = Math.max(now - KEEP_MS, Math.min(first && first.length ? first[0].t : now, now - 60000));
   for (const c of panel.charts) {
     const series = [];
     service.versions.forEach((v, i) => {

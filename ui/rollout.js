@@ -111,6 +111,7 @@ export function rolloutBox(service) {
   let inFlight = false;
   let stopped = false;
   let view = null;
+  let prefilled = false;
 
   function render(next) {
     view = next;
@@ -165,7 +166,10 @@ export function rolloutBox(service) {
 
   function update(sample) {
     const versions = sample.versions.filter((v) => v.name !== sample.stable).map((v) => v.name);
-    if (!versionInput.value && versions.length) versionInput.value = versions[0];
+    if (!prefilled && versions.length) {
+      prefilled = true;
+      versionInput.value = versions[0];
+    }
     const r = sample.rollout;
     const key = r ? `${r.version}|${r.state}|${r.verdicts}|${r.step}` : 'none';
     if (key !== lastKey) {
