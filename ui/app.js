@@ -24,6 +24,7 @@ const SESSION_CHECK_MS = 30000;
 const signin = $('#signin');
 let live = null;
 let sessionCheck = 0;
+let openMode = false;
 
 /** Shows the sign-in form and nothing else. */
 function showSignIn(note = '') {
@@ -49,11 +50,12 @@ async function signIn(event) {
 }
 
 async function signOut() {
+  const note = openMode ? 'Signed out. No tokens are configured: sign in with the field left empty.' : 'Signed out.';
   try {
     await del(paths.session);
-    showSignIn('Signed out.');
+    showSignIn(note);
   } catch (error) {
-    if (error.status === 401) showSignIn('Signed out.');
+    if (error.status === 401) showSignIn(note);
     else say(error.message, false);
   }
 }
@@ -64,6 +66,7 @@ function enter(session) {
   signin.hidden = true;
   document.body.append($('#shell').content.cloneNode(true));
   const app = $('#app');
+  openMode = session.open;
   $('#whoami', app).textContent = session.name;
   const until = session.expires_at ? `session until ${new Date(session.expires_at).toLocaleString()}` : 'no expiry';
   $('#whoami', app).title = session.open ? 'open mode: no tokens are configured' : until;

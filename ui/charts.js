@@ -4,7 +4,7 @@
 const NS = 'http://www.w3.org/2000/svg';
 const W = 320;
 const H = 130;
-const LEFT = 46;
+const LEFT = 50;
 const RIGHT = 6;
 const TOP = 8;
 const BOTTOM = 18;
@@ -24,7 +24,7 @@ function niceMax(value) {
 }
 
 function label(value, unit) {
-  const text = value >= 100 ? value.toFixed(0) : value >= 10 ? value.toFixed(0) : String(+value.toFixed(2));
+  const text = value >= 1000 ? `${+(value / 1000).toFixed(1)}k` : value >= 10 ? value.toFixed(0) : String(+value.toFixed(2));
   return `${text} ${unit}`;
 }
 
