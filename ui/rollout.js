@@ -109,6 +109,7 @@ export function rolloutBox(service) {
   let lastKey;
   let lastFetch = 0;
   let inFlight = false;
+  let due = false;
   let stopped = false;
   let view = null;
   let prefilled = false;
@@ -153,6 +154,7 @@ export function rolloutBox(service) {
   async function refresh() {
     if (inFlight || stopped) return;
     inFlight = true;
+    due = false;
     lastFetch = Date.now();
     try {
       render(await get(paths.rollout(service)));
@@ -174,10 +176,15 @@ export function rolloutBox(service) {
     const key = r ? `${r.version}|${r.state}|${r.verdicts}|${r.step}` : 'none';
     if (key !== lastKey) {
       lastKey = key;
-      if (r) refresh(); else render(null);
-    } else if (r && r.state !== 'aborted' && Date.now() - lastFetch >= REFRESH_MS) {
-      refresh();
+      due = !!r;
+      if (!r) render(null);
     }
+    if (!r) return;
+    // A new state or verdict is fetched, and a running rollout's window followed, at most
+    // every REFRESH_MS: the feed ticks every second.
+    const guarding = r.state === 'promoted' && view && view.guard_until && Date.parse(view.guard_until) > Date.now();
+    const moving = ['progressing', 'waiting', 'paused'].includes(r.state) || guarding;
+    if ((due || moving) && Date.now() - lastFetch >= REFRESH_MS) refresh();
   }
 
   function answered(answer, words) {
