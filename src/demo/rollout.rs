@@ -772,7 +772,7 @@ impl Tally {
 }
 
 /// The built-in traffic: `rate` requests a second over `connections` keep-alive connections
-/// ([`RATE`] and [`CONNECTIONS`] in the walkthroughs), user ids cycling through `1..=USERS`. It
+/// ([`RATE`] and [`CONNECTIONS`] in the walkthroughs), user ids cycling through `1..=USERS` in a spread order. It
 /// stops by itself after its time limit or `rate` times that many requests; dropping it stops it
 /// too.
 pub(super) struct Traffic {
@@ -810,7 +810,10 @@ impl Traffic {
                                 }
                             },
                         };
-                        let user = (n % USERS + 1).to_string();
+                        // Every user once per USERS requests, in an order spread over the ids
+                        // (7919 is prime, so coprime with USERS): rules on id ranges see their
+                        // share all along, not in one burst per cycle.
+                        let user = (n * 7919 % USERS + 1).to_string();
                         match get(s, "/", &[("x-user-id", &user)]).await {
                             Ok((status, body)) => tally.answer(status, &body),
                             Err(e) => {
