@@ -214,6 +214,7 @@ async fn walk(
         dir.0.display()
     );
     println!("  graygate on http://{addr}, admin API on http://{admin}");
+    println!("  dashboard on http://{admin}/ui/ (no sign-in: this admin API has no tokens and answers only this machine)");
     println!(
         "  traffic: {RATE} requests a second from {USERS} users (X-User-Id), over {CONNECTIONS} \
          keep-alive connections"
