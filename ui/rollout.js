@@ -88,6 +88,17 @@ export function rolloutBox(service) {
   const details = h('p', { class: 'rollout-details note' });
   const verdicts = h('ul', { class: 'rollout-verdicts' });
   const versionInput = h('input', { class: 'rollout-version', id: `rollout-version-${service}`, autocomplete: 'off', required: true });
+  // The plan, all optional: an empty field keeps the default. Durations as the API takes them
+  // (`90s`, `5m`), steps as weights in percent.
+  const planField = (name, label, placeholder, attrs = {}) => {
+    const input = h('input', { class: `rollout-${name}`, id: `rollout-${name}-${service}`, placeholder, autocomplete: 'off', ...attrs });
+    return [input, h('label', { for: input.id }, label), input];
+  };
+  const [stepsInput, ...stepsField] = planField('steps', 'Steps (%)', '5,25,50,100');
+  const [stepTimeInput, ...stepTimeField] = planField('step-time', 'Each step holds', '5m');
+  const [intervalInput, ...intervalField] = planField('interval', 'Analysis window', '1m');
+  const [minInput, ...minField] = planField('min-requests', 'Requests per window', '100', { type: 'number', min: 1, step: 1, inputmode: 'numeric' });
+  const [maxWaitInput, ...maxWaitField] = planField('max-wait', 'Waits for data at most', '15m');
   const buttons = Object.entries(ACTIONS).map(([action, [label]]) =>
     h('button', { type: 'button', class: `act-${action}`, disabled: true, onclick: () => act(action) }, label));
 
@@ -102,7 +113,9 @@ export function rolloutBox(service) {
     h('form', { class: 'rollout-start', onsubmit: start },
       h('label', { for: versionInput.id }, 'Version to roll out'), versionInput,
       h('button', { type: 'submit', class: 'act-start' }, 'Start rollout'),
-      h('span', { class: 'note' }, 'default plan: 5 → 25 → 50 → 100 %, then promote')),
+      h('details', { class: 'rollout-plan' },
+        h('summary', {}, 'Plan (empty fields: the default plan, 5 → 25 → 50 → 100 %, 5 min a step, then promote)'),
+        h('div', { class: 'form-grid' }, stepsField, stepTimeField, intervalField, minField, maxWaitField))),
     h('h4', {}, 'Verdicts'),
     verdicts);
 
@@ -201,13 +214,32 @@ export function rolloutBox(service) {
       label);
   }
 
+  /** The start body: the version and the plan fields that were filled in; words for the dialog. */
+  function plan(version) {
+    const body = { version };
+    const words = [];
+    const steps = stepsInput.value.trim();
+    if (steps) {
+      // Not a number stays as written, so that the API names the bad step.
+      body.steps = steps.split(/[\s,]+/).filter(Boolean).map((w) => (Number.isFinite(Number(w)) ? Number(w) : w));
+      words.push(`at ${body.steps.map(pct).join(', ')}`);
+    } else words.push('at 5 %, 25 %, 50 %, 100 %');
+    const text = (input) => input.value.trim() || null;
+    if (text(stepTimeInput)) { body.step_time = text(stepTimeInput); words.push(`each step held ${body.step_time}`); }
+    if (text(intervalInput)) { body.interval = text(intervalInput); words.push(`judged every ${body.interval}`); }
+    if (text(minInput)) { body.analysis = { min_requests: Number(text(minInput)) }; words.push(`on at least ${body.analysis.min_requests} requests of each version`); }
+    if (text(maxWaitInput)) { body.max_wait = text(maxWaitInput); words.push(`waiting at most ${body.max_wait} for them`); }
+    return [body, words.join(', ')];
+  }
+
   function start(event) {
     event.preventDefault();
     const version = versionInput.value.trim();
     if (!version) return;
+    const [body, words] = plan(version);
     confirmed(`Start a rollout of ${version} in ${service}?`,
-      `The default plan: ${version} at 5 %, 25 %, 50 %, 100 %, each step judged against stable, then promoted. The first step's weight is set at once.`,
-      async () => answered(await post(paths.rollout(service), { version }), `rollout of ${version} started`),
+      `${version} ${words}, each step judged against stable, then promoted. The first step's weight is set at once.`,
+      async () => answered(await post(paths.rollout(service), body), `rollout of ${version} started`),
       'Start');
   }
 

@@ -35,6 +35,9 @@
 //! - [`tls`]: TLS termination with real clients (curl, openssl, a rustls client): SNI, ALPN,
 //!   certificate rotation under load, the redirect to HTTPS, `graygate check` of certificates;
 //! - [`http2`]: HTTP/2 to clients: curl, h2load, the policy per stream, the flood limits;
+//! - [`dashboard_api`]: what the dashboard stands on over HTTP: the page, sessions, live figures;
+//! - [`dashboard`]: the dashboard in headless Chromium: sign-in, live figures under traffic, a
+//!   rollout aborted on screen, gray lists, undo, a cross-origin form refused;
 //! - [`demo`]: `graygate demo` does what it prints;
 //! - [`docs`]: the documented `graygate ctl` sequences print what the documents show;
 //! - [`doc_figures`]: the figures and defaults `docs/rollouts.md` and `docs/config.md` state are
@@ -55,6 +58,7 @@ mod admin;
 mod check;
 mod connections;
 mod ctl_honest;
+mod dashboard;
 mod dashboard_api;
 mod demo;
 mod doc_figures;

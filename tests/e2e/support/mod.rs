@@ -15,9 +15,11 @@
 //! - [`tls`]: a CA of the test's own, leaf certificates, a TLS client that trusts them;
 //! - [`h2raw`]: HTTP/2 frames written by hand, for the flood limits;
 //! - [`backends`]: TLS, h2 and h2c backends and the test PKI they use;
-//! - [`grpc`]: a tonic gRPC echo service and its client.
+//! - [`grpc`]: a tonic gRPC echo service and its client;
+//! - [`browser`]: headless Chromium over WebDriver, for the dashboard.
 
 pub mod backends;
+pub mod browser;
 pub mod client;
 pub mod ctl;
 pub mod eventually;
@@ -39,6 +41,7 @@ pub mod tls;
 pub const TOKEN: &str = "alice-token-0123456789";
 
 pub use backends::{h2c_backend, h2c_client, tls_backend, Pki, TlsBackend};
+pub use browser::Browser;
 pub use client::{Client, Reply};
 pub use ctl::{Admin, Ctl};
 pub use eventually::{equals, eventually, patient};
