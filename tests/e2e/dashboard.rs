@@ -71,6 +71,28 @@ async fn signed_in(width: u32, height: u32, gg: &Gateway) -> Browser {
     browser
 }
 
+/// Waits until the page's header shows policy revision `n`.
+async fn shows_revision(browser: &Browser, n: u64) {
+    let want = format!("rev {n}");
+    browser
+        .wait_text(
+            "#revision",
+            &format!("revision {n} shown"),
+            Duration::from_secs(10),
+            |t| t == want,
+        )
+        .await;
+}
+
+/// Waits until `GET /` with `headers` is answered by `version` (a change reaches the data plane
+/// by the store's push).
+async fn routed(gg: &Gateway, headers: &[(&str, &str)], version: &str) {
+    eventually(format!("{headers:?} routed to {version}"), || async {
+        equals(gg.client().version(headers).await, version.to_string())
+    })
+    .await;
+}
+
 /// Requests with a new user id each, on a few keep-alive connections, paced, until stopped;
 /// bounded in count and in time.
 struct Traffic {
@@ -180,11 +202,7 @@ async fn signing_in_takes_the_token_once_and_keeps_only_an_http_only_cookie() {
         )
         .await;
     let revision = gg.admin_api().revision().await;
-    browser
-        .wait_text("#revision", "the revision", Duration::from_secs(10), |t| {
-            t == format!("rev {revision}")
-        })
-        .await;
+    shows_revision(&browser, revision).await;
     // Everything the page loaded came from graygate itself: no CDN, no other host. Its weight,
     // for the record: the page and its files as transferred on a first load.
     let loaded = browser
@@ -476,11 +494,7 @@ async fn a_gray_list_entry_added_on_the_page_routes_that_ip_to_the_canary() {
     );
 
     // A request from that IP goes to the canary; any other stays on stable.
-    eventually("10.9.8.7 routed to the canary", || async {
-        let version = gg.client().version(&ip).await;
-        equals(version, "canary".to_string())
-    })
-    .await;
+    routed(&gg, &ip, "canary").await;
     assert_eq!(client.version(&[("x-real-ip", "10.9.8.8")]).await, "stable");
     // The search finds it.
     browser.type_into("#list-search", "9.8").await;
@@ -502,11 +516,7 @@ async fn a_gray_list_entry_added_on_the_page_routes_that_ip_to_the_canary() {
             |t| t == "0",
         )
         .await;
-    eventually("10.9.8.7 back on stable", || async {
-        let version = gg.client().version(&ip).await;
-        equals(version, "stable".to_string())
-    })
-    .await;
+    routed(&gg, &ip, "stable").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -528,19 +538,8 @@ async fn a_weight_set_on_the_page_is_undone_from_the_history() {
         "Set the weight of canary in web to 100 %?"
     );
     let changed = before + 1;
-    browser
-        .wait_text(
-            "#revision",
-            "the new revision",
-            Duration::from_secs(10),
-            |t| t == format!("rev {changed}"),
-        )
-        .await;
-    eventually("everyone on the canary", || async {
-        let version = gg.client().version(&[("x-user-id", "42")]).await;
-        equals(version, "canary".to_string())
-    })
-    .await;
+    shows_revision(&browser, changed).await;
+    routed(&gg, &[("x-user-id", "42")], "canary").await;
 
     // The history shows the change under alice; its diff; undo it.
     browser.click("#nav-history").await;
@@ -559,19 +558,8 @@ async fn a_weight_set_on_the_page_is_undone_from_the_history() {
     browser.click(&format!("{row} button.undo")).await;
     assert_eq!(browser.confirm().await, format!("Undo revision {changed}?"));
     let undone = changed + 1;
-    browser
-        .wait_text(
-            "#revision",
-            "the undo's revision",
-            Duration::from_secs(10),
-            |t| t == format!("rev {undone}"),
-        )
-        .await;
-    eventually("everyone back on stable", || async {
-        let version = gg.client().version(&[("x-user-id", "42")]).await;
-        equals(version, "stable".to_string())
-    })
-    .await;
+    shows_revision(&browser, undone).await;
+    routed(&gg, &[("x-user-id", "42")], "stable").await;
     let weights = admin.get("/v1/services/web/weights").await;
     assert_eq!(
         weights["split"]["weights"]["canary"].as_f64(),
