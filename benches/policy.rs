@@ -52,6 +52,9 @@ fn decisions(c: &mut Criterion) {
         client_key: None,
         headers: &headers,
         random: 42,
+        now: 0,
+        https: false,
+        followed: None,
     };
     let mut group = c.benchmark_group("decision");
     for rules in [10usize, 1000] {

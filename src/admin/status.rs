@@ -216,6 +216,16 @@ async fn explain(
         client_key,
         headers: &headers,
         random,
+        now: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        https: req.https,
+        // As the data plane: believed from a trusted proxy only (a request described without a
+        // peer is taken as it is).
+        followed: req
+            .followed
+            .as_deref()
+            .filter(|_| req.peer.is_none_or(|peer| s.client_ip.is_trusted(peer))),
     };
     let policy = s.gateway.policy();
     let revision = s.gateway.revision();
@@ -261,6 +271,8 @@ async fn explain(
             upstream: s.gateway.upstream_names().get(d.upstream).cloned(),
             rule,
             fallback,
+            note: d.note.map(|n| n.label().to_string()),
+            set_cookie: d.set_cookie.clone(),
         }),
     }))
 }

@@ -156,6 +156,13 @@ pub struct Explain {
     /// The random number (0..) a split without identity would draw; default a random one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub random: Option<u64>,
+    /// The request comes over HTTPS (a new bucket cookie is then `Secure`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub https: bool,
+    /// The version an upstream graygate chose (its version header), for a service that
+    /// `follow`s; believed when `peer` is a trusted proxy or not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub followed: Option<String>,
 }
 
 /// `POST /v1/explain`: the version a described request would reach, and why.
@@ -190,6 +197,13 @@ pub struct Routed {
     /// stable version instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
+    /// What routing passed over or handed out on the way: `override_refused:secret`,
+    /// `bucket_cookie:new`, ... (the `note` label of `graygate_policy_notes_total`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// The `Set-Cookie` the response would carry (a new bucket cookie).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_cookie: Option<String>,
 }
 
 /// Who would answer instead of the chosen version, and why.

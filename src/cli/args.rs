@@ -440,6 +440,13 @@ pub struct ExplainArgs {
     /// proxies and the forwarding headers, as for a real request.
     #[arg(long)]
     pub peer: Option<IpAddr>,
+    /// The request comes over HTTPS.
+    #[arg(long)]
+    pub https: bool,
+    /// The version an upstream graygate chose (its version header), for a service that
+    /// follows it.
+    #[arg(long)]
+    pub followed: Option<String>,
 }
 
 /// Keys from arguments, then from `file` (one per line, `#` comments and blank lines skipped).

@@ -260,7 +260,7 @@ mod tests {
         assert_eq!(
             usage(from_toml::<PolicyDoc>("p.toml", &text)),
             "p.toml:6:1: services[0].stabel: unknown field `stabel`, expected one of `name`, \
-             `stable`, `versions`, `override`, `rules`, `split`, `previous_stable`, \
+             `stable`, `versions`, `override`, `follow`, `rules`, `split`, `previous_stable`, \
              `previous_weight`, `rollout`"
         );
         assert_eq!(

@@ -275,6 +275,8 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
                 client_ip: e.ip,
                 peer: e.peer,
                 random: None,
+                https: e.https,
+                followed: e.followed,
             })?;
             let a: Answer<Explanation> = api
                 .call(Method::POST, paths::EXPLAIN, IfMatch::Any, Some(body))

@@ -447,6 +447,12 @@ pub fn explain(v: &Explanation) -> String {
         ("client ip", v.client_ip.to_string()),
         ("revision", v.revision.to_string()),
     ];
+    if let Some(note) = &routed.note {
+        rows.insert(2, ("note", note.clone()));
+    }
+    if let Some(cookie) = &routed.set_cookie {
+        rows.push(("set-cookie", cookie.clone()));
+    }
     if let Some(f) = &routed.fallback {
         // Right under the version: the answer comes from elsewhere.
         rows.insert(

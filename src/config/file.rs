@@ -416,6 +416,7 @@ mod tests {
                 ("canary".into(), "canary".into()),
             ]),
             override_: None,
+            follow: false,
             rules: vec![RuleDoc {
                 name: "beta".into(),
                 version: "canary".into(),
@@ -429,6 +430,7 @@ mod tests {
                 weights: BTreeMap::from([("canary".into(), 12.5)]),
                 by: None,
                 salt: None,
+                sticky_cookie: None,
             }),
             previous_stable: None,
             previous_weight: None,

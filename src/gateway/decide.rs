@@ -135,6 +135,9 @@ mod tests {
             client_key: None,
             headers: &headers,
             random: 7,
+            now: 0,
+            https: false,
+            followed: None,
         };
         let decision = g.route(facts).await;
         // Answered at once, as the data plane reports it: counted.

@@ -326,6 +326,7 @@ mod tests {
                                 weights: BTreeMap::from([("v2".to_owned(), weight)]),
                                 by: None,
                                 salt: None,
+                                sticky_cookie: None,
                             })
                         }
                         1 => web.split = None,

@@ -199,6 +199,9 @@ pub struct Metrics {
     upstream_duration: HistogramVec,
     /// `graygate_decisions_total{service, version, reason}`.
     decisions: IntCounterVec,
+    /// `graygate_policy_notes_total{service, note}`: overrides and followed versions refused,
+    /// bucket cookies given or replaced.
+    policy_notes: IntCounterVec,
     /// `graygate_fallbacks_total{service, version}`: canary unreachable, stable answered.
     fallbacks: IntCounterVec,
     /// `graygate_unhealthy_fallbacks_total{service, version}`: of those, the ones whose
@@ -305,8 +308,13 @@ impl Metrics {
         );
         let decisions = counter_vec(
             "graygate_decisions_total",
-            "Routing decisions, by service, chosen version and reason (rule:<name>, override:always, override:never, split, default).",
+            "Routing decisions, by service, chosen version and reason (rule:<name>, override:always, override:never, split, split:cookie, followed, default).",
             &["service", "version", "reason"],
+        );
+        let policy_notes = counter_vec(
+            "graygate_policy_notes_total",
+            "What routing passed over or handed out, by service and note: override_refused:network|secret|expired, follow_refused:untrusted|unknown_version, bucket_cookie:new|replaced.",
+            &["service", "note"],
         );
         let fallbacks = counter_vec(
             "graygate_fallbacks_total",
@@ -505,6 +513,7 @@ impl Metrics {
             request_duration,
             upstream_duration,
             decisions,
+            policy_notes,
             fallbacks,
             unhealthy_fallbacks,
             retries,
@@ -558,6 +567,11 @@ impl Metrics {
             self.decisions
                 .with_label_values(&[service, &*choice.version, choice.reason.label()])
                 .inc();
+            if let Some(note) = choice.note {
+                self.policy_notes
+                    .with_label_values(&[service, note.label()])
+                    .inc();
+            }
             if r.fell_back {
                 self.fallbacks
                     .with_label_values(&[service, &*choice.version])
@@ -901,6 +915,8 @@ mod tests {
             version: version.into(),
             stable_version: "stable".into(),
             reason,
+            note: None,
+            set_cookie: None,
         }
     }
 

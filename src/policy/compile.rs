@@ -11,6 +11,7 @@ use super::index::RuleIndex;
 use super::iptable::IpTable;
 use super::model::*;
 use super::path::FieldPath;
+use super::token::SigningKey;
 use http::HeaderName;
 use regex::Regex;
 use std::collections::{HashMap, HashSet};
@@ -100,6 +101,8 @@ pub(super) struct Service {
     pub override_: Option<Override>,
     pub rules: Vec<Rule>,
     pub split: Option<Split>,
+    /// Honour a trusted peer's version header.
+    pub follow: bool,
     /// Every distinct source the override, the rules and the split read; `slot` fields index it.
     pub sources: Vec<Source>,
     /// Finds the first matching rule.
@@ -117,6 +120,10 @@ pub(super) struct Override {
     /// The header or cookie's slot in [`Service::sources`].
     pub slot: usize,
     pub version: usize,
+    /// Networks allowed to say `always`; `None`: any.
+    pub from: Option<IpTable>,
+    pub secret: Option<String>,
+    pub key: Option<SigningKey>,
 }
 
 #[derive(Debug)]
@@ -126,6 +133,19 @@ pub(super) struct Split {
     pub seed: u64,
     /// (bucket upper bound exclusive, version), ascending; buckets past the last go to stable.
     pub bounds: Vec<(u32, usize)>,
+    pub cookie: Option<BucketCookie>,
+}
+
+/// A split's bucket cookie, compiled: its slot, and the `Set-Cookie` attributes written once.
+#[derive(Debug)]
+pub(super) struct BucketCookie {
+    pub slot: usize,
+    pub name: String,
+    /// `; Max-Age=..; Path=..[; HttpOnly]; SameSite=..`
+    pub attributes: String,
+    /// `Secure`: `None` on HTTPS only.
+    pub secure: Option<bool>,
+    pub key: Option<SigningKey>,
 }
 
 /// Buckets per 100%: percentages have two decimals.
@@ -310,9 +330,29 @@ fn compile_service(
                 (None, Some(c)) => Source::Cookie(c.clone()),
                 _ => return err(opath, "needs exactly one of `header` or `cookie`"),
             };
+            let from = if o.from.is_empty() {
+                None
+            } else {
+                let mut table = IpTable::new();
+                for (i, n) in o.from.iter().enumerate() {
+                    table.insert(
+                        IpTable::parse_net(n).or_else(|e| err(opath.field("from").index(i), e))?,
+                    );
+                }
+                Some(table)
+            };
+            if let Some(secret) = &o.secret {
+                secret_text(&opath.field("secret"), secret)?;
+            }
+            if let Some(key) = &o.key {
+                secret_text(&opath.field("key"), key)?;
+            }
             Some(Override {
                 slot: slot_of(&mut sources, &source),
                 version: version(opath.field("version"), &o.version)?,
+                from,
+                secret: o.secret.clone(),
+                key: o.key.as_deref().map(SigningKey::new),
             })
         }
     };
@@ -374,10 +414,16 @@ fn compile_service(
                 bounds.push((total, v));
             }
             let salt = sp.salt.clone().unwrap_or_else(|| s.name.clone());
+            let cookie = sp
+                .sticky_cookie
+                .as_ref()
+                .map(|c| bucket_cookie(c, &spath.field("sticky_cookie"), &mut sources))
+                .transpose()?;
             Some(Split {
                 by,
                 seed: seed_of(&salt),
                 bounds,
+                cookie,
             })
         }
     };
@@ -390,8 +436,74 @@ fn compile_service(
         override_,
         rules,
         split,
+        follow: s.follow,
         sources,
         index,
+    })
+}
+
+/// Secrets and keys are at least 16 bytes: shorter ones are guessed.
+fn secret_text(path: &FieldPath, secret: &str) -> Result<(), CompileError> {
+    if secret.len() < 16 {
+        return err(path.clone(), "needs at least 16 characters");
+    }
+    Ok(())
+}
+
+fn bucket_cookie(
+    c: &StickyCookieDoc,
+    path: &FieldPath,
+    sources: &mut Vec<Source>,
+) -> Result<BucketCookie, CompileError> {
+    let token = |t: &str| !t.is_empty() && t.chars().all(is_tchar);
+    if !token(&c.name) {
+        return err(
+            path.field("name"),
+            format!("{:?} is not a cookie name (token characters only)", c.name),
+        );
+    }
+    if !c.path.starts_with('/') || c.path.chars().any(|ch| ch.is_control() || ch == ';') {
+        return err(
+            path.field("path"),
+            format!(
+                "{:?} is not a cookie path (starts with `/`, no `;`)",
+                c.path
+            ),
+        );
+    }
+    if c.max_age.as_secs() == 0 {
+        return err(path.field("max_age"), "must be at least one second");
+    }
+    if let Some(key) = &c.key {
+        secret_text(&path.field("key"), key)?;
+    }
+    if c.same_site == SameSite::None && c.secure == Some(false) {
+        return err(
+            path.field("same_site"),
+            "SameSite=None needs Secure; browsers drop such a cookie without it",
+        );
+    }
+    let same_site = match c.same_site {
+        SameSite::Lax => "Lax",
+        SameSite::Strict => "Strict",
+        SameSite::None => "None",
+    };
+    let attributes = format!(
+        "; Max-Age={}; Path={}{}; SameSite={same_site}",
+        c.max_age.as_secs(),
+        c.path,
+        if c.http_only { "; HttpOnly" } else { "" },
+    );
+    Ok(BucketCookie {
+        slot: slot_of(sources, &Source::Cookie(c.name.clone())),
+        name: c.name.clone(),
+        attributes,
+        secure: if c.same_site == SameSite::None {
+            Some(true)
+        } else {
+            c.secure
+        },
+        key: c.key.as_deref().map(SigningKey::new),
     })
 }
 

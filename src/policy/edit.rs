@@ -399,6 +399,7 @@ pub fn set_weights(
     s.split = Some(SplitDoc {
         weights,
         by: by.or_else(|| old.as_ref().and_then(|o| o.by.clone())),
+        sticky_cookie: old.as_ref().and_then(|o| o.sticky_cookie.clone()),
         salt: salt.or_else(|| old.and_then(|o| o.salt)),
     });
     if starts_canary {

@@ -9,11 +9,12 @@
 //! indexed rule that matches; only the linear rules before it are evaluated, in order. The plain
 //! evaluator this one is checked against lives in `oracle`.
 
-use super::compile::{seed_of, Policy, RouteEntry, Service, BUCKETS};
+use super::compile::{seed_of, Override, Policy, RouteEntry, Service, BUCKETS};
 use super::compiled::{Cond, Lookup, Source, Test};
 use super::index::{SourceIndex, NONE};
 use super::request::{parse_integer, parse_number, strip_port, Memo, Slot, INLINE_SLOTS};
-use super::{Decision, LookupAnswer, Lookups, OverrideValue, Reason, RequestFacts};
+use super::token;
+use super::{Decision, LookupAnswer, Lookups, Note, OverrideValue, Reason, RequestFacts};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -41,6 +42,48 @@ pub(super) fn bucket_seeded(seed: u64, identity: &str) -> u32 {
     (xxhash_rust::xxh3::xxh3_64_with_seed(identity.as_bytes(), seed) % u64::from(BUCKETS)) as u32
 }
 
+fn decided(service: &Service, route: &RouteEntry, version: usize, reason: Reason) -> Decision {
+    let v = &service.versions[version];
+    let stable = &service.versions[service.stable];
+    Decision {
+        route: route.name.clone(),
+        service: service.name.clone(),
+        version: v.name.clone(),
+        upstream: v.upstream,
+        stable_version: stable.name.clone(),
+        stable_upstream: stable.upstream,
+        reason,
+        note: None,
+        set_cookie: None,
+    }
+}
+
+/// Whether the override's `always` counts for this request: `None` if it does, else why not.
+fn override_allowed(
+    service: &Service,
+    o: &Override,
+    rest: Option<&str>,
+    facts: &RequestFacts<'_>,
+) -> Option<Note> {
+    if let Some(from) = &o.from {
+        if !from.contains(facts.client_ip) {
+            return Some(Note::OverrideFromOutside);
+        }
+    }
+    match token::check_override(
+        rest,
+        o.secret.as_deref(),
+        o.key.as_ref(),
+        &service.name,
+        &service.versions[o.version].name,
+        facts.now,
+    ) {
+        token::OverrideCheck::Valid => None,
+        token::OverrideCheck::BadSecret => Some(Note::OverrideBadSecret),
+        token::OverrideCheck::Expired => Some(Note::OverrideExpired),
+    }
+}
+
 /// Why a condition could not be decided.
 pub(super) enum Stop {
     Need(Arc<str>, String),
@@ -54,18 +97,23 @@ impl Policy {
         };
         let service = &self.services[route.service];
         let decide = |version: usize, reason: Reason| {
-            let v = &service.versions[version];
-            let stable = &service.versions[service.stable];
-            Evaluation::Decided(Decision {
-                route: route.name.clone(),
-                service: service.name.clone(),
-                version: v.name.clone(),
-                upstream: v.upstream,
-                stable_version: stable.name.clone(),
-                stable_upstream: stable.upstream,
-                reason,
-            })
+            Evaluation::Decided(decided(service, route, version, reason))
         };
+
+        // A trusted upstream graygate's choice, when it names a version of this service.
+        let mut note = None;
+        if service.follow {
+            if let Some(name) = facts.followed {
+                match service
+                    .versions
+                    .iter()
+                    .position(|v| &*v.name == name.trim())
+                {
+                    Some(v) => return decide(v, Reason::Followed),
+                    None => note = Some(Note::FollowUnknownVersion),
+                }
+            }
+        }
 
         let mut inline = [Slot::EMPTY; INLINE_SLOTS];
         let mut heap = Vec::new();
@@ -85,15 +133,26 @@ impl Policy {
         if let Some(o) = &service.override_ {
             if let Some(value) = memo.raw(o.slot) {
                 let value = value.trim();
-                if value.eq_ignore_ascii_case("always") {
-                    return decide(
-                        o.version,
-                        Reason::Override {
-                            value: OverrideValue::Always,
-                        },
-                    );
-                }
-                if value.eq_ignore_ascii_case("never") {
+                // `always:<secret>` or `always:<expiry>:<signature>` when the override has a
+                // secret or a key; plain `always` otherwise.
+                let guarded = o.secret.is_some() || o.key.is_some();
+                let (word, rest) = match value.split_once(':') {
+                    Some((word, rest)) if guarded => (word, Some(rest)),
+                    _ => (value, None),
+                };
+                if word.eq_ignore_ascii_case("always") {
+                    match override_allowed(service, o, rest, facts) {
+                        None => {
+                            return decide(
+                                o.version,
+                                Reason::Override {
+                                    value: OverrideValue::Always,
+                                },
+                            )
+                        }
+                        Some(refused) => note = Some(refused),
+                    }
+                } else if word.eq_ignore_ascii_case("never") {
                     return decide(
                         service.stable,
                         Reason::Override {
@@ -103,38 +162,101 @@ impl Policy {
                 }
             }
         }
+        let noted = |e: Evaluation| match e {
+            Evaluation::Decided(mut d) if d.note.is_none() => {
+                d.note = note;
+                Evaluation::Decided(d)
+            }
+            other => other,
+        };
 
         match first_rule(service, &mut memo, lookups) {
             Err(Stop::Need(list, key)) => return Evaluation::NeedLookup { list, key },
             Ok(Some(i)) => {
                 let rule = &service.rules[i];
-                return decide(
+                return noted(decide(
                     rule.version,
                     Reason::Rule {
                         name: rule.name.clone(),
                     },
-                );
+                ));
             }
             Ok(None) => {}
         }
 
         if let Some(split) = &service.split {
-            let (bucket, sticky) = match &split.by {
-                None => ((facts.random % u64::from(BUCKETS)) as u32, false),
-                Some(slot) => match memo.raw(*slot) {
-                    Some(id) => (bucket_seeded(split.seed, id), true),
-                    // No identity to stick to: stable, so that the version never flips for it.
-                    None => return decide(service.stable, Reason::Default),
-                },
+            let identity = split.by.and_then(|slot| memo.raw(slot));
+            let version_of = |bucket: u32| {
+                split
+                    .bounds
+                    .iter()
+                    .find(|(upper, _)| bucket < *upper)
+                    .map_or(service.stable, |(_, v)| *v)
             };
-            let version = split
-                .bounds
-                .iter()
-                .find(|(upper, _)| bucket < *upper)
-                .map_or(service.stable, |(_, v)| *v);
-            return decide(version, Reason::Split { bucket, sticky });
+            let (bucket, reason) = match (identity, &split.cookie) {
+                (Some(id), _) => {
+                    let bucket = bucket_seeded(split.seed, id);
+                    (
+                        bucket,
+                        Reason::Split {
+                            bucket,
+                            sticky: true,
+                        },
+                    )
+                }
+                (None, Some(cookie)) => {
+                    let kept = memo
+                        .raw(cookie.slot)
+                        .map(|v| token::bucket_id_of(v.trim(), cookie.key.as_ref()));
+                    if let Some(Some(id)) = kept {
+                        let bucket = bucket_seeded(split.seed, id);
+                        (bucket, Reason::Bucket { bucket, new: false })
+                    } else {
+                        // Missing or invalid: a new bucket id, kept by the client from now on.
+                        let value = token::new_bucket_id(facts.random, cookie.key.as_ref());
+                        let bucket =
+                            bucket_seeded(split.seed, value.split('.').next().unwrap_or(""));
+                        let secure = cookie.secure.unwrap_or(facts.https);
+                        let header = format!(
+                            "{}={value}{}{}",
+                            cookie.name,
+                            cookie.attributes,
+                            if secure { "; Secure" } else { "" }
+                        );
+                        let replaced = kept.is_some();
+                        let mut d = decided(
+                            service,
+                            route,
+                            version_of(bucket),
+                            Reason::Bucket { bucket, new: true },
+                        );
+                        d.set_cookie = Some(header);
+                        d.note = note.or(Some(if replaced {
+                            Note::BucketCookieReplaced
+                        } else {
+                            Note::BucketCookieNew
+                        }));
+                        return Evaluation::Decided(d);
+                    }
+                }
+                // No identity to stick to: stable, so that the version never flips for it.
+                (None, None) if split.by.is_some() => {
+                    return noted(decide(service.stable, Reason::Default))
+                }
+                (None, None) => {
+                    let bucket = (facts.random % u64::from(BUCKETS)) as u32;
+                    (
+                        bucket,
+                        Reason::Split {
+                            bucket,
+                            sticky: false,
+                        },
+                    )
+                }
+            };
+            return noted(decide(version_of(bucket), reason));
         }
-        decide(service.stable, Reason::Default)
+        noted(decide(service.stable, Reason::Default))
     }
 
     pub(super) fn find_route(&self, host: &str, path: &str) -> Option<&RouteEntry> {

@@ -240,6 +240,9 @@ proptest! {
                     client_key: None,
                     headers: &headers,
                     random: 7,
+                    now: 0,
+                    https: false,
+                    followed: None,
                 };
                 let fast = policy.evaluate(&facts, &lookups);
                 let plain = policy.evaluate_linear(&facts, &lookups);

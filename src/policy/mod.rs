@@ -17,6 +17,7 @@
 //!   client IP, each read at most once per evaluation, and read as a number the way the original
 //!   Lua designs did.
 //! - `evaluate`: request facts -> decision.
+//! - [`token`]: the values the core signs and checks: bucket cookies, tester override secrets.
 //! - `oracle` (tests only): the plain linear evaluator the indexed one is checked against.
 //! - [`path`]: [`FieldPath`], where a field is in a document (`services[0].rules[1].when`), for
 //!   every validation error of compile, edit and the config.
@@ -37,6 +38,7 @@ pub mod model;
 mod oracle;
 pub mod path;
 mod request;
+pub mod token;
 
 pub use compile::{buckets_of_percent, compile, CompileError, Policy, BUCKETS};
 pub use evaluate::{bucket_of, Evaluation};
@@ -64,8 +66,16 @@ pub struct RequestFacts<'a> {
     /// of `client_ip` see the address.
     pub client_key: Option<&'a str>,
     pub headers: &'a http::HeaderMap,
-    /// A random number for splits without an identity; the caller draws it.
+    /// A random number for splits without an identity and for new bucket ids; the caller draws
+    /// it.
     pub random: u64,
+    /// The current time in Unix seconds, for the expiry of signed override values.
+    pub now: u64,
+    /// The request came over HTTPS (a bucket cookie is then `Secure` by default).
+    pub https: bool,
+    /// The version an upstream graygate chose for this request (its version header), passed on
+    /// only when the request came from a trusted proxy; a service that `follow`s honours it.
+    pub followed: Option<&'a str>,
 }
 
 /// The answer of a store lookup, as far as the caller knows it right now.
@@ -110,6 +120,45 @@ pub struct Decision {
     pub stable_version: Arc<str>,
     pub stable_upstream: usize,
     pub reason: Reason,
+    /// Something refused or replaced on the way to the decision (counted and logged).
+    pub note: Option<Note>,
+    /// A `Set-Cookie` value the response carries: the new bucket cookie of a visitor who had
+    /// none (or an invalid one). The only allocation of a decision, once per visitor.
+    pub set_cookie: Option<String>,
+}
+
+/// What a decision passed over: an override or a followed version that was not honoured, or a
+/// bucket cookie that was set. Each has its own counter (`label`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Note {
+    /// The override said `always` from a client outside its `from` networks.
+    OverrideFromOutside,
+    /// The override said `always` without its secret or a valid signature.
+    OverrideBadSecret,
+    /// The override's signed value has expired.
+    OverrideExpired,
+    /// A trusted peer's version header named no version of the service.
+    FollowUnknownVersion,
+    /// A version header came from a peer that is not a trusted proxy: removed, not believed.
+    FollowUntrusted,
+    /// A visitor without a bucket cookie got one.
+    BucketCookieNew,
+    /// A visitor's bucket cookie was invalid (forged, unsigned, malformed) and was replaced.
+    BucketCookieReplaced,
+}
+
+impl Note {
+    pub fn label(self) -> &'static str {
+        match self {
+            Note::OverrideFromOutside => "override_refused:network",
+            Note::OverrideBadSecret => "override_refused:secret",
+            Note::OverrideExpired => "override_refused:expired",
+            Note::FollowUnknownVersion => "follow_refused:unknown_version",
+            Note::FollowUntrusted => "follow_refused:untrusted",
+            Note::BucketCookieNew => "bucket_cookie:new",
+            Note::BucketCookieReplaced => "bucket_cookie:replaced",
+        }
+    }
 }
 
 impl Decision {
@@ -128,6 +177,11 @@ pub enum Reason {
     Rule { name: RuleName },
     /// No rule matched; the weighted split put the request in this bucket (0..10000).
     Split { bucket: u32, sticky: bool },
+    /// No rule matched and the request had no split identity: the split put the bucket id of
+    /// its bucket cookie (`new`: just given) in this bucket.
+    Bucket { bucket: u32, new: bool },
+    /// A trusted upstream graygate chose the version (`follow`).
+    Followed,
     /// No rule matched and no split sent it elsewhere: stable.
     Default,
 }
@@ -153,6 +207,8 @@ impl Reason {
             } => "override:never",
             Reason::Rule { name } => name.label(),
             Reason::Split { .. } => "split",
+            Reason::Bucket { .. } => "split:cookie",
+            Reason::Followed => "followed",
             Reason::Default => "default",
         }
     }
@@ -218,6 +274,9 @@ impl std::fmt::Display for Reason {
                 bucket,
                 sticky: false,
             } => write!(f, "split:random:{bucket}"),
+            Reason::Bucket { bucket, new: false } => write!(f, "split:cookie:{bucket}"),
+            Reason::Bucket { bucket, new: true } => write!(f, "split:cookie:{bucket}:new"),
+            Reason::Followed => f.write_str("followed"),
             Reason::Default => f.write_str("default"),
         }
     }

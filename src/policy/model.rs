@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// The whole routing policy: which requests belong to which service, and which version of that
 /// service answers them.
@@ -50,6 +51,12 @@ pub struct ServiceDoc {
     /// override's version and `never` keeps it on stable. Checked before the rules.
     #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
     pub override_: Option<OverrideDoc>,
+    /// Honour the version an upstream graygate chose (its version header, `X-Graygate-Version`
+    /// by default) when the request comes from a trusted proxy (`client_ip.trusted_proxies`) and
+    /// the header names a version of this service: gray that follows a request across services.
+    /// Checked before the override and the rules. From any other peer the header is removed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub follow: bool,
     /// Ordered rules; the first that matches decides.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<RuleDoc>,
@@ -83,6 +90,19 @@ pub struct OverrideDoc {
     pub cookie: Option<String>,
     /// The version `always` forces.
     pub version: String,
+    /// Only clients whose resolved IP is inside one of these networks may use `always`
+    /// (`10.0.0.0/8`, `::1`). Empty: any client.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<String>,
+    /// A shared secret: `always` then counts only as `always:<secret>` (compared in constant
+    /// time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// An HMAC key for expiring values: `always:<expiry>:<signature>`, made by
+    /// `graygate override-token`, counts until its expiry (Unix seconds). With `secret` too,
+    /// either form is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// One rule: when `when` matches, `version` answers.
@@ -231,6 +251,74 @@ pub struct SplitDoc {
     /// Hash salt; default the service name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub salt: Option<String>,
+    /// Visitors without the `by` identity (or every visitor, with no `by`) are bucketed by a
+    /// random bucket id kept in this cookie, hashed exactly as an identity: the realised split is
+    /// the weight, a visitor keeps its version, and a weight change moves only the marginal
+    /// buckets. Absent: such requests go to stable (with `by`) or are bucketed per request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky_cookie: Option<StickyCookieDoc>,
+}
+
+/// The bucket cookie of a split: its attributes, and an optional HMAC key that signs the bucket
+/// id so that a client cannot choose its bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickyCookieDoc {
+    #[serde(default = "default_cookie_name")]
+    pub name: String,
+    /// `Max-Age`; default one day.
+    #[serde(default = "default_cookie_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    #[serde(default = "default_cookie_path")]
+    pub path: String,
+    #[serde(default = "yes")]
+    pub http_only: bool,
+    #[serde(default)]
+    pub same_site: SameSite,
+    /// `Secure`: default on when the request came over HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure: Option<bool>,
+    /// Signs the bucket id (HMAC-SHA256); a cookie with a bad signature is replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl Default for StickyCookieDoc {
+    fn default() -> Self {
+        StickyCookieDoc {
+            name: default_cookie_name(),
+            max_age: default_cookie_max_age(),
+            path: default_cookie_path(),
+            http_only: true,
+            same_site: SameSite::default(),
+            secure: None,
+            key: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SameSite {
+    #[default]
+    Lax,
+    Strict,
+    None,
+}
+
+fn default_cookie_name() -> String {
+    "graygate_bucket".into()
+}
+
+fn default_cookie_max_age() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+fn default_cookie_path() -> String {
+    "/".into()
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Where an identity is read from: exactly one field.

@@ -37,6 +37,8 @@ impl Policy {
                 stable_version: stable.name.clone(),
                 stable_upstream: stable.upstream,
                 reason,
+                note: None,
+                set_cookie: None,
             })
         };
 
@@ -457,6 +459,9 @@ mod equivalence {
             header: Some("x-a".into()),
             cookie: None,
             version: "v3".into(),
+            from: Vec::new(),
+            secret: None,
+            key: None,
         });
         let split = rng.chance(60).then(|| SplitDoc {
             weights: BTreeMap::from([("v2".to_string(), 30.0), ("v3".to_string(), 20.0)]),
@@ -476,6 +481,7 @@ mod equivalence {
                 }),
             },
             salt: None,
+            sticky_cookie: None,
         });
         PolicyDoc {
             routes: vec![RouteDoc {
@@ -493,6 +499,7 @@ mod equivalence {
                     ("v3".to_string(), "gray".to_string()),
                 ]),
                 override_,
+                follow: false,
                 rules,
                 split,
                 previous_stable: None,
@@ -613,6 +620,9 @@ mod equivalence {
                     client_key: r.client_key.as_deref(),
                     headers: &r.headers,
                     random: r.random,
+                    now: 0,
+                    https: false,
+                    followed: None,
                 };
                 let store = Store {
                     seed: rng.next(),

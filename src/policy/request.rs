@@ -239,6 +239,9 @@ mod tests {
             client_key: None,
             headers: &headers,
             random: 0,
+            now: 0,
+            https: false,
+            followed: None,
         };
         let read = |source: Source| source_value(&source, &facts).map(|v| v.into_owned());
         let header = |name: &str| Source::Header(name.parse().unwrap());

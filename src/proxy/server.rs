@@ -63,7 +63,7 @@ use super::upstream::{LiveUpstreams, SendError, SendOptions, UpstreamError};
 use super::upstream_protocol;
 use super::{edge, forward};
 use super::{Answer, BoxError, ProxyBody, Router};
-use crate::policy::{Decision, RequestFacts};
+use crate::policy::{Decision, Note, RequestFacts};
 
 /// Body of the 404 answered when the policy has no route.
 const NO_ROUTE: &str = "graygate: no route\n";
@@ -282,6 +282,8 @@ struct Shared {
     /// Set on plain listeners when `[tls] redirect_http` is on: every request is answered with
     /// this redirect instead of being proxied.
     redirect: Option<HttpsRedirect>,
+    /// The listener speaks TLS.
+    https: bool,
 }
 
 /// What a listener speaks before HTTP.
@@ -330,6 +332,7 @@ pub async fn serve_front(
         upstreams,
         router,
         redirect,
+        https: tls.is_some(),
     });
     // `stop` tells connections to finish; every connection holds a clone of `drain_tx`, so
     // `drain_rx` yields `None` once the last one is gone.
@@ -775,6 +778,20 @@ async fn proxy(
     // The body timeouts are reloaded with the upstream table.
     let timeouts = shared.upstreams.load().timeouts();
 
+    // Phase "follow": an upstream graygate's choice is believed from a trusted proxy only;
+    // from anyone else it is removed before any rule can read it.
+    let default_header = forward::DEFAULT_VERSION_HEADER;
+    let version_header = shared
+        .cfg
+        .version_header
+        .as_ref()
+        .unwrap_or(&default_header);
+    let mut untrusted_follow = false;
+    if req.headers().contains_key(version_header) && !client_ip_cfg.is_trusted(peer.ip()) {
+        req.headers_mut().remove(version_header);
+        untrusted_follow = true;
+    }
+
     // Phase "route".
     let choice = {
         let uri = req.uri();
@@ -792,12 +809,21 @@ async fn proxy(
             client_key: shared.cfg.client_ip.lookup_key(peer.ip(), req.headers()),
             headers: req.headers(),
             random: random_u64(),
+            now: unix_now(),
+            https: shared.https,
+            followed: req
+                .headers()
+                .get(version_header)
+                .and_then(|v| v.to_str().ok()),
         };
         shared.router.route(facts).await
     };
-    let Some(choice) = choice else {
+    let Some(mut choice) = choice else {
         return text(StatusCode::NOT_FOUND, NO_ROUTE);
     };
+    if untrusted_follow && choice.note.is_none() {
+        choice.note = Some(Note::FollowUntrusted);
+    }
 
     // Phase "rewrite". An upgrade's client side must be claimed before the request moves on.
     let upgrade = req.version() == Version::HTTP_11 && forward::is_websocket_upgrade(req.headers());
@@ -917,6 +943,13 @@ async fn proxy(
         };
         forward::set_version_header(response.headers_mut(), name, version);
     }
+    if let Some(cookie) = choice.set_cookie.as_deref() {
+        if let Ok(value) = HeaderValue::from_str(cookie) {
+            response
+                .headers_mut()
+                .append(http::header::SET_COOKIE, value);
+        }
+    }
     // A request the client broke says nothing about the version: not counted for it.
     if client_fault.is_none() {
         shared.router.answered(
@@ -1015,6 +1048,13 @@ fn empty() -> ProxyBody {
     Empty::<Bytes>::new()
         .map_err(|never| match never {})
         .boxed()
+}
+
+/// The time in Unix seconds ([`RequestFacts::now`]).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A cheap random number per request ([`RequestFacts::random`]) for splits without an identity:
@@ -1325,6 +1365,8 @@ mod tests {
                 reason: Reason::Rule {
                     name: "test".into(),
                 },
+                note: None,
+                set_cookie: None,
             });
             let listener = listen::bind(SocketAddr::from(([127, 0, 0, 1], 0)), 511).unwrap();
             let addr = listener.local_addr().unwrap();

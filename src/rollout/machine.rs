@@ -92,6 +92,7 @@ fn set_weight(s: &mut ServiceDoc, version: &str, weight: f64) {
         weights: BTreeMap::new(),
         by: None,
         salt: None,
+        sticky_cookie: None,
     });
     split.weights.insert(version.to_string(), weight);
 }

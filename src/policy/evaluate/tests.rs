@@ -58,6 +58,9 @@ impl Req {
             client_key: None,
             headers: &self.headers,
             random: self.random,
+            now: 0,
+            https: false,
+            followed: None,
         }
     }
 }
@@ -571,4 +574,272 @@ fn a_route_host_with_a_trailing_dot_is_the_host_without_it() {
     assert!(route("api.example.com"));
     assert!(route("eu.shop.test:8080"));
     assert!(!route("example.com"));
+}
+
+/// A spread of request random numbers, as the data plane's generator gives.
+fn spread(i: u64) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes())
+}
+
+const COOKIE_SPLIT: &str =
+    "[services.split]\nweights = { v2 = 10 }\nsticky_cookie = { name = \"gb\" }\n";
+
+/// The visitor's first request (no cookie): the version, and the cookie it is given.
+fn first_visit(p: &Policy, random: u64) -> (String, String) {
+    let r = Req { random, ..req() };
+    let d = decision(p, &r, &NoLookups);
+    assert!(
+        matches!(d.reason, Reason::Bucket { new: true, .. }),
+        "{:?}",
+        d.reason
+    );
+    assert_eq!(d.note, Some(Note::BucketCookieNew));
+    let set = d.set_cookie.expect("a new visitor gets a bucket cookie");
+    let (pair, attributes) = set.split_once(';').unwrap();
+    assert_eq!(attributes, " Max-Age=86400; Path=/; HttpOnly; SameSite=Lax");
+    (d.version.to_string(), pair.to_string())
+}
+
+fn with_cookie(p: &Policy, cookie: &str, random: u64) -> Decision {
+    decision(
+        p,
+        &Req { random, ..req() }.header("cookie", cookie),
+        &NoLookups,
+    )
+}
+
+#[test]
+fn anonymous_visitors_land_at_the_weight_and_keep_their_version_by_their_bucket_cookie() {
+    let p = web(COOKIE_SPLIT);
+    let mut canary = 0;
+    for client in 0..10_000u64 {
+        let (version, cookie) = first_visit(&p, spread(client));
+        canary += u32::from(version == "v2");
+        for request in 0..20u64 {
+            // Each request draws another random number: the cookie, not the draw, decides.
+            let d = with_cookie(&p, &cookie, spread(1_000_000 + client * 20 + request));
+            assert_eq!(
+                *d.version, *version,
+                "client {client} request {request} flipped"
+            );
+            assert!(matches!(d.reason, Reason::Bucket { new: false, .. }));
+            assert_eq!(
+                (d.set_cookie, d.note),
+                (None, None),
+                "set only when missing"
+            );
+        }
+    }
+    // 10% within one point.
+    assert!(
+        (900..=1100).contains(&canary),
+        "{canary} of 10000 on the canary"
+    );
+}
+
+#[test]
+fn a_wider_weight_moves_only_new_buckets_and_a_rollback_moves_everyone_back() {
+    let clients: Vec<(String, String)> = (0..2_000)
+        .map(|c| first_visit(&web(COOKIE_SPLIT), spread(c)))
+        .collect();
+    let wider = web(&COOKIE_SPLIT.replace("v2 = 10", "v2 = 30"));
+    let back = web(&COOKIE_SPLIT.replace("v2 = 10", "v2 = 0"));
+    let mut now_canary = 0;
+    for (version, cookie) in &clients {
+        let d = with_cookie(&wider, cookie, 1);
+        if version == "v2" {
+            assert_eq!(
+                &*d.version, "v2",
+                "an earlier canary client stays on the canary"
+            );
+        }
+        now_canary += u32::from(&*d.version == "v2");
+        assert_eq!(&*with_cookie(&back, cookie, 1).version, "v1");
+    }
+    assert!(
+        (500..=700).contains(&now_canary),
+        "{now_canary} of 2000 at 30%"
+    );
+}
+
+#[test]
+fn a_signed_bucket_cookie_is_kept_and_a_forged_or_unsigned_one_replaced() {
+    let p = web(&COOKIE_SPLIT.replace(
+        "{ name = \"gb\" }",
+        "{ name = \"gb\", key = \"0123456789abcdef-key\", max_age = \"2h\", secure = true }",
+    ));
+    let d = decision(&p, &Req { random: 5, ..req() }, &NoLookups);
+    let set = d.set_cookie.unwrap();
+    assert!(
+        set.ends_with("; Max-Age=7200; Path=/; HttpOnly; SameSite=Lax; Secure"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap();
+    let kept = with_cookie(&p, cookie, 9);
+    assert_eq!((kept.set_cookie, kept.version), (None, d.version));
+
+    let id = cookie.trim_start_matches("gb=").split('.').next().unwrap();
+    for forged in [
+        format!("gb={id}"),
+        format!("gb={id}.0123"),
+        "gb=00000000000000ff.abcd".into(),
+    ] {
+        let d = with_cookie(&p, &forged, 11);
+        assert_eq!(d.note, Some(Note::BucketCookieReplaced), "{forged}");
+        let new = d.set_cookie.expect("replaced");
+        assert!(!new.starts_with(&forged), "{new}");
+    }
+}
+
+#[test]
+fn the_split_identity_comes_first_and_the_cookie_covers_its_absence() {
+    let p = web(&COOKIE_SPLIT.replace(
+        "weights = { v2 = 10 }",
+        "weights = { v2 = 10 }\nby = { header = \"x-uid\" }",
+    ));
+    let d = decision(&p, &req().header("x-uid", "42"), &NoLookups);
+    assert!(matches!(d.reason, Reason::Split { sticky: true, .. }));
+    assert_eq!(d.set_cookie, None);
+    let d = decision(&p, &req(), &NoLookups);
+    assert!(matches!(d.reason, Reason::Bucket { new: true, .. }));
+    // With an identity but no cookie settings, a request without it stays on stable.
+    let p = web("[services.split]\nweights = { v2 = 100 }\nby = { header = \"x-uid\" }\n");
+    assert_eq!(decision(&p, &req(), &NoLookups).reason, Reason::Default);
+}
+
+#[test]
+fn bad_bucket_cookie_settings_are_refused_with_their_field() {
+    for (cookie, message) in [
+        (
+            "{ name = \"a b\" }",
+            "services[0].split.sticky_cookie.name: \"a b\" is not a cookie name",
+        ),
+        (
+            "{ path = \"x\" }",
+            "services[0].split.sticky_cookie.path: \"x\" is not a cookie path",
+        ),
+        (
+            "{ key = \"short\" }",
+            "services[0].split.sticky_cookie.key: needs at least 16 characters",
+        ),
+        (
+            "{ max_age = \"0s\" }",
+            "services[0].split.sticky_cookie.max_age: must be at least one second",
+        ),
+        (
+            "{ same_site = \"None\", secure = false }",
+            "services[0].split.sticky_cookie.same_site: SameSite=None needs Secure",
+        ),
+    ] {
+        let text = format!(
+            "[[routes]]\nservice = \"web\"\n[[services]]\nname = \"web\"\nstable = \"v1\"\nversions = {{ v1 = \"prod\", v2 = \"gray\" }}\n[services.split]\nweights = {{ v2 = 10 }}\nsticky_cookie = {cookie}\n"
+        );
+        let doc: PolicyDoc = toml::from_str(&text).expect(cookie);
+        let e = compile(&doc, UPSTREAMS).unwrap_err().to_string();
+        assert!(e.starts_with(message), "{e}");
+    }
+}
+
+const GUARDED: &str = "override = { header = \"X-Gray\", version = \"v2\", from = [\"10.0.0.0/8\"], secret = \"0123456789abcdef\" }\n";
+
+#[test]
+fn a_guarded_override_counts_only_from_its_networks_with_its_secret() {
+    let p = web(GUARDED);
+    let tester = || req().ip("10.1.2.3");
+    let d = decision(
+        &p,
+        &tester().header("x-gray", "always:0123456789abcdef"),
+        &NoLookups,
+    );
+    assert_eq!((&*d.version, d.note), ("v2", None));
+    assert!(matches!(d.reason, Reason::Override { .. }));
+
+    for (r, note) in [
+        (
+            req()
+                .ip("192.0.2.1")
+                .header("x-gray", "always:0123456789abcdef"),
+            Note::OverrideFromOutside,
+        ),
+        (tester().header("x-gray", "always"), Note::OverrideBadSecret),
+        (
+            tester().header("x-gray", "always:0123456789abcdeX"),
+            Note::OverrideBadSecret,
+        ),
+    ] {
+        let d = decision(&p, &r, &NoLookups);
+        assert_eq!(
+            (&*d.version, d.reason, d.note),
+            ("v1", Reason::Default, Some(note))
+        );
+    }
+    // `never` needs no secret: it only keeps a request on stable.
+    let d = decision(&p, &req().header("x-gray", "never"), &NoLookups);
+    assert!(matches!(
+        d.reason,
+        Reason::Override {
+            value: OverrideValue::Never
+        }
+    ));
+}
+
+#[test]
+fn a_signed_override_value_works_until_its_expiry() {
+    let p = web(
+        "override = { header = \"X-Gray\", version = \"v2\", key = \"tester-signing-key-1\" }\n",
+    );
+    let key = token::SigningKey::new("tester-signing-key-1");
+    let value = token::override_value(&key, "web", "v2", 1_000);
+    let r = req().header("x-gray", &value);
+    let at = |now| decision_at(&p, &r, now);
+    assert_eq!((&*at(999).version, at(999).note), ("v2", None));
+    assert_eq!(
+        (&*at(1_001).version, at(1_001).note),
+        ("v1", Some(Note::OverrideExpired))
+    );
+}
+
+fn decision_at(p: &Policy, r: &Req, now: u64) -> Decision {
+    match p.evaluate(&RequestFacts { now, ..r.facts() }, &NoLookups) {
+        Evaluation::Decided(d) => d,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_following_service_takes_a_trusted_upstream_choice_that_names_one_of_its_versions() {
+    let p = web("follow = true\n");
+    let r = req();
+    let followed = |name| match p.evaluate(
+        &RequestFacts {
+            followed: Some(name),
+            ..r.facts()
+        },
+        &NoLookups,
+    ) {
+        Evaluation::Decided(d) => d,
+        other => panic!("{other:?}"),
+    };
+    let d = followed("v2");
+    assert_eq!(
+        (&*d.version, d.reason, d.note),
+        ("v2", Reason::Followed, None)
+    );
+    let d = followed("v9");
+    assert_eq!(
+        (&*d.version, d.reason, d.note),
+        ("v1", Reason::Default, Some(Note::FollowUnknownVersion))
+    );
+    // A service that does not follow ignores it.
+    let p = web("");
+    match p.evaluate(
+        &RequestFacts {
+            followed: Some("v2"),
+            ..r.facts()
+        },
+        &NoLookups,
+    ) {
+        Evaluation::Decided(d) => assert_eq!((&*d.version, d.note), ("v1", None)),
+        other => panic!("{other:?}"),
+    }
 }

@@ -7,7 +7,7 @@
 
 use graygate::policy::model::{
     Condition, IdentityDoc, LookupDoc, ModuloDoc, OverrideDoc, RangeDoc, RangeFromDoc, RouteDoc,
-    RuleDoc, ServiceDoc, SplitDoc,
+    RuleDoc, ServiceDoc, SplitDoc, StickyCookieDoc,
 };
 use std::collections::BTreeMap;
 
@@ -22,6 +22,7 @@ pub fn service(name: &str) -> Service {
         stable: String::new(),
         versions: BTreeMap::new(),
         override_: None,
+        follow: false,
         rules: Vec::new(),
         split: None,
         previous_stable: None,
@@ -59,6 +60,9 @@ impl Service {
             header: Some(header.into()),
             cookie: None,
             version: version.into(),
+            from: Vec::new(),
+            secret: None,
+            key: None,
         });
         self
     }
@@ -69,6 +73,9 @@ impl Service {
             header: None,
             cookie: Some(cookie.into()),
             version: version.into(),
+            from: Vec::new(),
+            secret: None,
+            key: None,
         });
         self
     }
@@ -79,9 +86,46 @@ impl Service {
             weights: BTreeMap::new(),
             by: None,
             salt: None,
+            sticky_cookie: None,
         });
         split.weights.insert(version.into(), percent);
         split.by = Some(by);
+        self
+    }
+
+    /// `percent` of the requests no rule decided go to `version`, with no identity: each
+    /// visitor is kept on its version by the bucket cookie `cookie`.
+    pub fn cookie_split(mut self, version: &str, percent: f64, cookie: StickyCookieDoc) -> Self {
+        let split = self.0.split.get_or_insert_with(|| SplitDoc {
+            weights: BTreeMap::new(),
+            by: None,
+            salt: None,
+            sticky_cookie: None,
+        });
+        split.weights.insert(version.into(), percent);
+        split.sticky_cookie = Some(cookie);
+        self
+    }
+
+    /// Only clients inside `nets` may use the override's `always`. Call after an override.
+    pub fn override_from(mut self, nets: &[&str]) -> Self {
+        if let Some(o) = &mut self.0.override_ {
+            o.from = nets.iter().map(|n| n.to_string()).collect();
+        }
+        self
+    }
+
+    /// The override's `always` needs this secret (`always:<secret>`). Call after an override.
+    pub fn override_secret(mut self, secret: &str) -> Self {
+        if let Some(o) = &mut self.0.override_ {
+            o.secret = Some(secret.into());
+        }
+        self
+    }
+
+    /// Honour a trusted upstream graygate's version header.
+    pub fn follow(mut self) -> Self {
+        self.0.follow = true;
         self
     }
 }
