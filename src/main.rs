@@ -273,6 +273,9 @@ fn check(path: &std::path::Path) -> ExitCode {
                 c.listen.len(),
                 c.upstreams.len()
             );
+            for warning in c.warnings() {
+                println!("graygate: warning: {warning}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -75,6 +75,17 @@ pub enum Cmd {
     },
     /// Which version a described request would reach, and why (no traffic is sent).
     Explain(ExplainArgs),
+    /// A tester override value that works until it expires (`always:<expiry>:<signature>`),
+    /// signed with the service's override `key`: testers share it, and it stops working by
+    /// itself. Printed on stdout.
+    OverrideToken {
+        /// The service.
+        #[arg(long, short)]
+        service: String,
+        /// How long it works: `1h`, `2d`.
+        #[arg(long, default_value = "1d", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
     /// Make a version the stable one at once. Rules, the split's identity and salt and other
     /// weights stay; its own weight and the old stable are kept for a rollback.
     Promote {

@@ -183,6 +183,44 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
             let a: Answer<Revisioned<Status>> = api.get(paths::STATUS).await?;
             out.show(&a, output::status)?;
         }
+        Cmd::OverrideToken { service, ttl } => {
+            let a: Answer<PolicyDoc> = api.get(paths::POLICY).await?;
+            let s = a
+                .body
+                .services
+                .iter()
+                .find(|s| s.name == service)
+                .ok_or_else(|| CtlError::Usage(format!("no service named {service}")))?;
+            let (Some(o), Some(key)) = (
+                &s.override_,
+                s.override_.as_ref().and_then(|o| o.key.as_deref()),
+            ) else {
+                return Err(CtlError::Usage(format!(
+                    "service {service} has no override with a `key`: set override.key to sign values"
+                )));
+            };
+            let until = std::time::SystemTime::now() + ttl;
+            let expires = until
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let value = crate::policy::token::override_value(
+                &crate::policy::token::SigningKey::new(key),
+                &service,
+                &o.version,
+                expires,
+            );
+            println!("{value}");
+            let carrier = match (&o.header, &o.cookie) {
+                (Some(h), _) => format!("header {h}"),
+                (_, Some(c)) => format!("cookie {c}"),
+                _ => "override".to_string(),
+            };
+            output::note(&format!(
+                "send it in the {carrier}: {} of {service} until {}",
+                o.version,
+                humantime::format_rfc3339_seconds(until)
+            ));
+        }
         Cmd::Policy { cmd } => match cmd {
             PolicyCmd::Get => {
                 let a: Answer<PolicyDoc> = api.get(paths::POLICY).await?;

@@ -163,6 +163,40 @@ pub struct PolicySource {
     pub file: PathBuf,
 }
 
+impl Config {
+    /// What is valid but probably not meant, for `graygate check`: a tester override that any
+    /// client can use (no `from`, `secret` or `key`) while a listener is reachable beyond
+    /// loopback.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut open: Vec<SocketAddr> = self.listen.clone();
+        if let Some(tls) = &self.tls {
+            open.extend(tls.listen.iter().copied());
+        }
+        open.retain(|a| !a.ip().is_loopback());
+        let (Some(policy), Some(first)) = (&self.policy, open.first()) else {
+            return Vec::new();
+        };
+        policy
+            .doc
+            .services
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let o = s.override_.as_ref()?;
+                if !o.from.is_empty() || o.secret.is_some() || o.key.is_some() {
+                    return None;
+                }
+                Some(format!(
+                    "{}: services[{i}].override: any client of {first} can send `always` and reach version {} of {}; limit it with `from` (networks), `secret` or `key`",
+                    policy.file.display(),
+                    o.version,
+                    s.name
+                ))
+            })
+            .collect()
+    }
+}
+
 /// Default of `reload_interval`: how often the full policy is reloaded from the store.
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 

@@ -137,6 +137,34 @@ fn a_valid_config_passes() {
         "{}",
         c.out
     );
+    assert!(
+        !c.out.contains("warning"),
+        "loopback listeners only: {}",
+        c.out
+    );
+}
+
+/// An override anyone can use is valid, but `check` warns about it when a listener is reachable
+/// beyond loopback; a guarded one (`from`, `secret` or `key`) is not warned about.
+#[test]
+fn an_unguarded_override_on_a_public_listener_is_warned_about() {
+    let config = format!("listen = [\"0.0.0.0:8080\"]\npolicy_file = \"policy.toml\"\n{UPSTREAMS}");
+    let open = format!("{POLICY}override = {{ header = \"X-Gray\", version = \"v2\" }}\n");
+    let (c, dir) = check_files(&[("graygate.toml", &config), ("policy.toml", &open)]);
+    assert_eq!(c.code, 0, "{}", c.out);
+    assert!(
+        c.out.contains(&format!(
+            "graygate: warning: {dir}/policy.toml: services[0].override: any client of 0.0.0.0:8080 can send `always` and reach version v2 of web; limit it with `from` (networks), `secret` or `key`"
+        )),
+        "{}",
+        c.out
+    );
+    let guarded = format!(
+        "{POLICY}override = {{ header = \"X-Gray\", version = \"v2\", from = [\"10.0.0.0/8\"] }}\n"
+    );
+    let (c, _) = check_files(&[("graygate.toml", &config), ("policy.toml", &guarded)]);
+    assert_eq!(c.code, 0, "{}", c.out);
+    assert!(!c.out.contains("warning"), "{}", c.out);
 }
 
 /// `check` lists every `[admin]` token variable that is not set, each at its line; `import`,

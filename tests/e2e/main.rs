@@ -55,6 +55,7 @@
 //! `GRAYGATE_TEST_PATIENCE=<factor>` (default 1).
 
 mod admin;
+mod anonymous;
 mod check;
 mod connections;
 mod ctl_honest;
@@ -83,6 +84,7 @@ mod routing;
 mod store_limits;
 mod stores;
 mod support;
+mod testers;
 mod tls;
 mod upgrade;
 mod upstream_h2;

@@ -228,13 +228,19 @@ impl Browser {
         }
     }
 
-    /// Clicks `css` once it is on the page.
+    /// Clicks `css` once it is on the page. The page re-renders lists as data arrives: an
+    /// element replaced between finding and clicking it is found again (at most 20 times).
     pub async fn click(&self, css: &str) {
-        self.find(css)
-            .await
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+        for _ in 0..20 {
+            match self.find(css).await.click().await {
+                Ok(_) => return,
+                Err(e) if e.to_string().contains("stale element") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("click {css}: {e}"),
+            }
+        }
+        panic!("click {css}: the element went stale 20 times");
     }
 
     /// Replaces what the field `css` holds with `text`, typed as keys.

@@ -140,6 +140,12 @@ impl Service {
     }
 }
 
+impl AsMut<ServiceDoc> for Service {
+    fn as_mut(&mut self) -> &mut ServiceDoc {
+        &mut self.0
+    }
+}
+
 impl From<Service> for ServiceDoc {
     fn from(service: Service) -> ServiceDoc {
         service.0
