@@ -75,10 +75,12 @@ name = "beta-users"
 version = "canary"
 when = { header = "X-User-Id", range = { start = 1, end = 1000 } }
 
-# Everyone else: 10% of users, sticky by user id.
+# Everyone else: 10% of users, sticky by user id; visitors without one are kept on their
+# version by a bucket cookie that graygate gives them on their first request.
 [services.split]
 weights = { canary = 10 }
 by = { header = "X-User-Id" }
+sticky_cookie = { name = "graygate_bucket", max_age = "1d" }
 "#;
 
 /// The name the demo's admin token is recorded under in the history.
@@ -225,6 +227,15 @@ pub fn demo_split_user(canary: bool) -> u64 {
         .expect("some id matches")
 }
 
+/// A bucket cookie id (`anon-<n>`) that the 10% split puts on `canary` (or not): what an
+/// anonymous visitor's cookie could hold.
+pub fn demo_bucket_id(canary: bool) -> String {
+    (1..)
+        .map(|n| format!("anon-{n}"))
+        .find(|id| (policy::bucket_of("web", id) < 1000) == canary)
+        .expect("some id matches")
+}
+
 fn print_tour(
     addr: SocketAddr,
     stable: SocketAddr,
@@ -235,6 +246,7 @@ fn print_tour(
     let url = format!("http://{addr}/");
     let in_split = demo_split_user(true);
     let out_split = demo_split_user(false);
+    let (in_bucket, out_bucket) = (demo_bucket_id(true), demo_bucket_id(false));
     println!("graygate demo: listening on {url}");
     println!(
         "  backends: stable on {stable}, canary on {canary}; embedded store in {}",
@@ -243,11 +255,16 @@ fn print_tour(
     println!("  gray list `gray_ips`: {DEMO_GRAY_IP} = 1");
     println!();
     println!("Each command prints the version that answered:");
-    let tour: [(String, &str, String); 8] = [
+    let tour: [(String, &str, String); 9] = [
         (
-            String::new(),
+            format!("-b graygate_bucket={out_bucket} "),
             "stable",
-            "no rule matches, no user id: stable".into(),
+            "anonymous: this bucket cookie is in the other 90%".into(),
+        ),
+        (
+            format!("-b graygate_bucket={in_bucket} "),
+            "canary",
+            "anonymous: this bucket cookie is in the sticky 10%".into(),
         ),
         (
             format!("-H 'X-Real-IP: {DEMO_GRAY_IP}' "),
@@ -255,7 +272,7 @@ fn print_tour(
             "rule gray-ips: the IP is on the gray list".into(),
         ),
         (
-            "-H 'X-Real-IP: 10.0.0.8' ".into(),
+            format!("-H 'X-Real-IP: 10.0.0.8' -b graygate_bucket={out_bucket} "),
             "stable",
             "10.0.0.8 is not on the gray list".into(),
         ),
@@ -288,6 +305,9 @@ fn print_tour(
     for (args, want, why) in tour {
         println!("  curl -s {args}{url}    # -> {want}   ({why})");
     }
+    println!();
+    println!("A visitor with no user id and no cookie gets a bucket cookie, and keeps its version with it:");
+    println!("  curl -s -i {url} | grep -i set-cookie");
     println!();
     if let Some((admin, token)) = admin {
         println!("Watch it live, and drive it, on the dashboard (the demo sends 50 requests a second of its own):");

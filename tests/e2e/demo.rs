@@ -22,11 +22,15 @@ async fn every_printed_curl_reaches_the_version_it_names() {
     let mut commands = Vec::new();
     let mut ctls = Vec::new();
     let mut dashboard = None;
+    let mut cookie_cmd = None;
     let mut lines = BufReader::new(stdout).lines();
     for line in lines.by_ref() {
         let line = line.expect("demo output");
         if let Some((url, token)) = line.trim().split_once("    sign in with the token ") {
             dashboard = Some((url.to_string(), token.to_string()));
+        }
+        if line.contains("| grep -i set-cookie") {
+            cookie_cmd = Some(line.trim().to_string());
         }
         if line.contains(" ctl --addr ") {
             ctls.push(line.trim().to_string());
@@ -55,6 +59,20 @@ async fn every_printed_curl_reaches_the_version_it_names() {
     }
     assert!(
         commands.iter().any(|(_, v)| v == "canary") && commands.iter().any(|(_, v)| v == "stable")
+    );
+    // An anonymous visitor's first answer sets the bucket cookie.
+    let cookie_cmd = cookie_cmd.expect("the demo shows the bucket cookie");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cookie_cmd.replace("curl -s -i", "curl -s -m 5 -i"))
+        .output()
+        .expect("run curl");
+    let set = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        set.to_ascii_lowercase()
+            .starts_with("set-cookie: graygate_bucket=")
+            && set.contains("Max-Age=86400; Path=/; HttpOnly; SameSite=Lax"),
+        "`{cookie_cmd}`: {set}"
     );
 
     // The dashboard it prints answers, and the sign-in it prints works.
