@@ -41,7 +41,11 @@ export function parseCookies(text) {
 function reasonWords(reason) {
   const [kind, detail, bucket] = reason.split(':');
   if (kind === 'rule') return `the rule ${detail} matched`;
+  if (kind === 'split' && detail === 'cookie') {
+    return `no rule matched and it has no split identity; its bucket cookie put it in bucket ${bucket}`;
+  }
   if (kind === 'split') return `no rule matched; the ${detail} split put it in bucket ${bucket}`;
+  if (kind === 'followed') return 'a trusted graygate in front chose this version';
   if (kind === 'override') return `the tester override said ${detail}`;
   if (kind === 'default') return 'no rule matched and the split left it on the stable version';
   return '';
@@ -71,7 +75,9 @@ async function explain(event) {
       h('p', {}, 'Because: ', h('code', { class: 'reason' }, answer.reason), words ? ` (${words})` : ''),
       h('dl', { class: 'explained' },
         row('Service', answer.service), row('Route', answer.route), row('Upstream', answer.upstream),
-        row('Stable version', answer.stable), row('Client IP', answer.client_ip), row('Policy revision', String(answer.revision))));
+        row('Stable version', answer.stable), row('Client IP', answer.client_ip),
+        row('Passed over', answer.note), row('Sets cookie', answer.set_cookie),
+        row('Policy revision', String(answer.revision))));
   } catch (error) {
     fill(result);
     sayError(error);
