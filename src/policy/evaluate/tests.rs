@@ -843,3 +843,34 @@ fn a_following_service_takes_a_trusted_upstream_choice_that_names_one_of_its_ver
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_bucket_cookie_is_secure_over_https_unless_told_otherwise() {
+    let set_cookie = |extra: &str, https: bool| {
+        let p =
+            web(&COOKIE_SPLIT.replace("{ name = \"gb\" }", &format!("{{ name = \"gb\"{extra} }}")));
+        match p.evaluate(
+            &RequestFacts {
+                https,
+                ..req().facts()
+            },
+            &NoLookups,
+        ) {
+            Evaluation::Decided(d) => d.set_cookie.unwrap(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(set_cookie("", true).ends_with("; SameSite=Lax; Secure"));
+    assert!(set_cookie("", false).ends_with("; SameSite=Lax"));
+    assert!(set_cookie(", secure = false", true).ends_with("; SameSite=Lax"));
+    let strict = set_cookie(
+        ", same_site = \"Strict\", http_only = false, path = \"/shop\"",
+        false,
+    );
+    assert!(
+        strict.ends_with("; Max-Age=86400; Path=/shop; SameSite=Strict"),
+        "{strict}"
+    );
+    // SameSite=None is dropped by browsers without Secure: always Secure.
+    assert!(set_cookie(", same_site = \"None\"", false).ends_with("; SameSite=None; Secure"));
+}
