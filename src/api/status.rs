@@ -156,6 +156,10 @@ pub struct Explain {
     /// The random number (0..) a split without identity would draw; default a random one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub random: Option<u64>,
+    /// The random number (0..) the service's mirror would draw (the data plane draws it apart
+    /// from the split's); default a random one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_random: Option<u64>,
 }
 
 /// `POST /v1/explain`: the version a described request would reach, and why.
@@ -190,6 +194,20 @@ pub struct Routed {
     /// stable version instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
+    /// Set when the service mirrors its traffic: whether this request would be copied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorExplained>,
+}
+
+/// Whether a request would be copied to its service's mirror, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorExplained {
+    /// The mirror version.
+    pub version: String,
+    /// True when a copy would be sent (limits permitting: in flight, body size).
+    pub mirrored: bool,
+    /// `drawn 312 of 10000, under 1000 (10%)`, `method POST is not copied`, ...
+    pub reason: String,
 }
 
 /// Who would answer instead of the chosen version, and why.

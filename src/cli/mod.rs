@@ -275,6 +275,7 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
                 client_ip: e.ip,
                 peer: e.peer,
                 random: None,
+                mirror_random: None,
             })?;
             let a: Answer<Explanation> = api
                 .call(Method::POST, paths::EXPLAIN, IfMatch::Any, Some(body))

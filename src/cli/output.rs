@@ -447,6 +447,10 @@ pub fn explain(v: &Explanation) -> String {
         ("client ip", v.client_ip.to_string()),
         ("revision", v.revision.to_string()),
     ];
+    if let Some(m) = &routed.mirror {
+        let copied = if m.mirrored { "copied" } else { "not copied" };
+        rows.push(("mirror", format!("{} {copied}: {}", m.version, m.reason)));
+    }
     if let Some(f) = &routed.fallback {
         // Right under the version: the answer comes from elsewhere.
         rows.insert(

@@ -12,7 +12,7 @@
 
 use super::Gateway;
 use crate::policy::{Decision, Evaluation, LookupAnswer, Lookups, Policy, RequestFacts};
-use crate::proxy::{Answer, Router};
+use crate::proxy::{Answer, MirrorTarget, Router};
 use crate::store::Store;
 use std::future::Future;
 use std::pin::Pin;
@@ -104,6 +104,11 @@ impl Router for Gateway {
     fn answered(&self, decision: &Decision, answer: Answer) {
         self.traffic
             .count(&decision.service, &decision.version, answer);
+    }
+
+    fn mirror(&self, decision: &Decision) -> Option<Arc<MirrorTarget>> {
+        let mirrors = self.mirrors.load();
+        mirrors.get(&decision.service).cloned()
     }
 }
 

@@ -498,6 +498,7 @@ mod equivalence {
                 previous_stable: None,
                 previous_weight: None,
                 rollout: None,
+                mirror: None,
             }],
         }
     }
