@@ -342,3 +342,132 @@ async fn the_comparison_counts_matches_and_a_deliberate_mismatch() {
     )
     .await;
 }
+
+/// A mirror is set, explained and taken away at runtime through the admin API, like any other
+/// part of a service: a bad one is refused naming its field, `explain` (API and `ctl`) says
+/// whether a request would be copied, and copies start and stop with the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_is_set_explained_and_removed_through_the_admin_api() {
+    let stable = backend("stable").await;
+    let shadow = backend("shadow").await;
+    let gg = gateway()
+        .upstream("stable", &stable)
+        .upstream("shadow", &shadow)
+        .route(route("web"))
+        .service(
+            service("web")
+                .stable("stable", "stable")
+                .version("shadow", "shadow"),
+        )
+        .admin()
+        .metrics()
+        .start()
+        .await;
+    let mut admin = gg.admin_api();
+    let mut client = gg.client();
+    let web = |mirror: &str| {
+        format!(
+            r#"{{"name": "web", "stable": "stable", "versions": {{"stable": "stable", "shadow": "shadow"}}{mirror}}}"#
+        )
+    };
+
+    let (reply, json) = admin
+        .send(
+            "PUT",
+            "/v1/services/web",
+            &[],
+            &web(r#", "mirror": {"version": "shadow", "percent": 0}"#),
+        )
+        .await;
+    assert_eq!(reply.status, 422, "{reply:?}");
+    assert_eq!(
+        json["error"]["field"], "services[0].mirror.percent",
+        "{json}"
+    );
+    let (reply, json) = admin
+        .send(
+            "PUT",
+            "/v1/services/web",
+            &[],
+            &web(r#", "mirror": {"version": "shadow", "percent": 10, "timeout": "soon"}"#),
+        )
+        .await;
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert!(json.to_string().contains("timeout"), "{json}");
+
+    let e = admin.explain(r#"{"path": "/a"}"#).await;
+    assert!(e.get("mirror").is_none(), "no mirror yet: {e}");
+    assert_eq!(client.get(&[]).await.body, "stable\n");
+    assert_eq!(shadow.requests(), 0);
+
+    let (reply, _) = admin
+        .send(
+            "PUT",
+            "/v1/services/web",
+            &[],
+            &web(r#", "mirror": {"version": "shadow", "percent": 50}"#),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let e = admin
+        .explain(r#"{"path": "/a", "mirror_random": 4999}"#)
+        .await;
+    assert_eq!(e["version"], "stable", "the primary is unchanged: {e}");
+    assert_eq!(e["mirror"]["version"], "shadow", "{e}");
+    assert_eq!(e["mirror"]["mirrored"], true, "{e}");
+    let e = admin
+        .explain(r#"{"path": "/a", "mirror_random": 5000}"#)
+        .await;
+    assert_eq!(e["mirror"]["mirrored"], false, "{e}");
+    let e = admin
+        .explain(r#"{"method": "POST", "path": "/a", "mirror_random": 1}"#)
+        .await;
+    assert_eq!(e["mirror"]["mirrored"], false, "{e}");
+    assert_eq!(e["mirror"]["reason"], "method POST is not copied", "{e}");
+    let out = gg.ctl().ok(&["explain", "--method", "POST"]);
+    assert!(
+        out.contains("mirror     shadow not copied: method POST is not copied"),
+        "{out}"
+    );
+
+    for _ in 0..200 {
+        assert_eq!(client.get(&[]).await.body, "stable\n");
+    }
+    let mirrored =
+        "graygate_mirror_decisions_total{decision=\"mirrored\",service=\"web\",version=\"shadow\"}";
+    let in_flight = "graygate_mirror_in_flight{service=\"web\",version=\"shadow\"}";
+    let copied = eventually("every copy drawn has reached the mirror", async || {
+        let text = gg.scrape().await;
+        let drawn = metric(&text, mirrored).unwrap_or(0.0);
+        let running = metric(&text, in_flight).unwrap_or(0.0);
+        equals(
+            (drawn as usize, running, shadow.requests()),
+            (shadow.requests(), 0.0, drawn as usize),
+        )
+        .map(|_| drawn as usize)
+    })
+    .await;
+    assert!(
+        (60..=140).contains(&copied),
+        "about half of 200 copied: {copied}"
+    );
+
+    let (reply, _) = admin.send("PUT", "/v1/services/web", &[], &web("")).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    for _ in 0..50 {
+        assert_eq!(client.get(&[]).await.body, "stable\n");
+    }
+    let text = gg.scrape().await;
+    assert_eq!(
+        metric(&text, mirrored),
+        Some(copied as f64),
+        "no request drawn after the mirror is removed"
+    );
+    assert_eq!(metric(&text, in_flight), Some(0.0));
+    assert_eq!(shadow.requests(), copied);
+    assert!(admin
+        .explain(r#"{"path": "/a"}"#)
+        .await
+        .get("mirror")
+        .is_none());
+}
