@@ -286,7 +286,10 @@ fn explain_mirror(target: &MirrorTarget, method: &str, random: u64) -> MirrorExp
     let copied_method = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
         .map(|method| m.copies(&method))
         .unwrap_or(false);
-    let (mirrored, reason) = if !m.draws(random) {
+    // The method first: it decides whatever the draw.
+    let (mirrored, reason) = if !copied_method {
+        (false, format!("method {method} is not copied"))
+    } else if !m.draws(random) {
         (
             false,
             format!(
@@ -295,8 +298,6 @@ fn explain_mirror(target: &MirrorTarget, method: &str, random: u64) -> MirrorExp
                 m.buckets
             ),
         )
-    } else if !copied_method {
-        (false, format!("method {method} is not copied"))
     } else {
         (
             true,

@@ -199,6 +199,34 @@ pub struct Routed {
     pub mirror: Option<MirrorExplained>,
 }
 
+/// `GET /v1/services/{name}/mirror`: a service's mirror now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorStatus {
+    pub service: String,
+    /// The mirror version.
+    pub version: String,
+    /// Copies running now, and their cap.
+    pub in_flight: usize,
+    pub max_in_flight: usize,
+    /// Whether the answers are compared.
+    pub compare: bool,
+    /// The last mismatches of the comparison (at most 20, on this instance), oldest first.
+    pub mismatches: Vec<MirrorMismatch>,
+}
+
+/// One answer of the mirror that differed from the primary's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorMismatch {
+    /// When, RFC 3339.
+    pub at: String,
+    /// The request's path (without its query).
+    pub path: String,
+    pub primary_status: u16,
+    pub mirror_status: u16,
+    /// Both bodies hashed the same: only the statuses differ.
+    pub same_body: bool,
+}
+
 /// Whether a request would be copied to its service's mirror, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MirrorExplained {

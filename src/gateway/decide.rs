@@ -63,6 +63,13 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// The running policy's mirror of `service`, if it has one.
+    pub fn mirror_of(&self, service: &str) -> Option<Arc<MirrorTarget>> {
+        self.mirrors.load().get(service).cloned()
+    }
+}
+
 /// Store values for one request: what was fetched for it, else what the store knows in memory.
 struct RequestLookups<'a> {
     store: &'a dyn Store,
@@ -107,8 +114,7 @@ impl Router for Gateway {
     }
 
     fn mirror(&self, decision: &Decision) -> Option<Arc<MirrorTarget>> {
-        let mirrors = self.mirrors.load();
-        mirrors.get(&decision.service).cloned()
+        self.mirror_of(&decision.service)
     }
 }
 

@@ -16,7 +16,8 @@
 //!   connections and no latency;
 //! - with `compare`, the primary's response body is hashed as it passes to the client
 //!   ([`HashingBody`]: no frame waits for anything), and the task compares status and hash with the
-//!   mirror's answer once both are done (bodies above `max_body` are not compared).
+//!   mirror's answer once both are done (bodies above `max_body` are not compared); the last
+//!   [`MISMATCHES_KEPT`] mismatches are kept for the admin API, and a few a minute are logged.
 //!
 //! What happens is told to the [`Observer`] as [`MirrorRecord`]s (metrics).
 //!
@@ -59,12 +60,53 @@ pub struct MirrorTarget {
     /// Shared with the target of the same service and version in the table a policy change
     /// replaces, so that a change does not reset the cap under copies still in flight.
     in_flight: Arc<InFlight>,
+    /// The last mismatches found by the comparison, kept across policy changes likewise.
+    mismatches: Arc<Mismatches>,
 }
 
 impl MirrorTarget {
     /// Copies in flight now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.now()
+    }
+
+    /// The last [`MISMATCHES_KEPT`] mismatches, oldest first.
+    pub fn mismatches(&self) -> Vec<Mismatch> {
+        self.mismatches.snapshot()
+    }
+}
+
+/// How many mismatches each mirror keeps for the admin API.
+pub const MISMATCHES_KEPT: usize = 20;
+
+/// One mismatch of the comparison, as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub at: std::time::SystemTime,
+    /// The request's path (without the query: it may carry secrets).
+    pub path: String,
+    pub primary_status: u16,
+    pub mirror_status: u16,
+    /// True when both bodies hashed the same (only the statuses differ).
+    pub same_body: bool,
+}
+
+/// A ring of the last [`MISMATCHES_KEPT`] mismatches.
+#[derive(Debug, Default)]
+struct Mismatches(std::sync::Mutex<std::collections::VecDeque<Mismatch>>);
+
+impl Mismatches {
+    fn push(&self, mismatch: Mismatch) {
+        let mut ring = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if ring.len() == MISMATCHES_KEPT {
+            ring.pop_front();
+        }
+        ring.push_back(mismatch);
+    }
+
+    fn snapshot(&self) -> Vec<Mismatch> {
+        let ring = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        ring.iter().cloned().collect()
     }
 }
 
@@ -81,14 +123,14 @@ impl MirrorTable {
         let targets = mirrors
             .into_iter()
             .map(|mirror| {
-                let in_flight = previous
-                    .targets
-                    .iter()
-                    .find(|t| {
-                        t.mirror.service == mirror.service && t.mirror.version == mirror.version
-                    })
-                    .map_or_else(|| Arc::new(InFlight::default()), |t| t.in_flight.clone());
-                Arc::new(MirrorTarget { mirror, in_flight })
+                let same = previous.targets.iter().find(|t| {
+                    t.mirror.service == mirror.service && t.mirror.version == mirror.version
+                });
+                Arc::new(MirrorTarget {
+                    mirror,
+                    in_flight: same.map_or_else(Default::default, |t| t.in_flight.clone()),
+                    mismatches: same.map_or_else(Default::default, |t| t.mismatches.clone()),
+                })
             })
             .collect();
         MirrorTable { targets }
@@ -445,19 +487,31 @@ async fn run(place: Place, copy: Copy, upstreams: Arc<LiveUpstreams>) {
         Some(p) => compare(p, status, hash),
         None => Comparison::NotCompared,
     };
+    let mismatch = match (result, answer) {
+        (Comparison::Mismatch, Some(p)) => Some(Mismatch {
+            at: std::time::SystemTime::now(),
+            path: uri.path().to_string(),
+            primary_status: p.status.as_u16(),
+            mirror_status: status.as_u16(),
+            same_body: p.hash.is_some() && p.hash == hash,
+        }),
+        _ => None,
+    };
+    // Kept before it is counted, so that whoever sees the count finds it in the ring.
+    if let Some(m) = &mismatch {
+        place.target.mismatches.push(m.clone());
+    }
     tell(observer, mirror, MirrorEvent::Compared(result));
-    if let (Comparison::Mismatch, Some(p)) = (result, answer) {
-        if mismatch_log_allowed() {
-            warn!(
-                service = %mirror.service,
-                version = %mirror.version,
-                path = %uri.path(),
-                primary_status = p.status.as_u16(),
-                mirror_status = status.as_u16(),
-                same_body = p.hash.is_some() && p.hash == hash,
-                "mirror answered differently from the primary",
-            );
-        }
+    if let Some(m) = mismatch.filter(|_| mismatch_log_allowed()) {
+        warn!(
+            service = %mirror.service,
+            version = %mirror.version,
+            path = %m.path,
+            primary_status = m.primary_status,
+            mirror_status = m.mirror_status,
+            same_body = m.same_body,
+            "mirror answered differently from the primary",
+        );
     }
 }
 
@@ -739,6 +793,23 @@ mod tests {
             assert_eq!(answer.status, StatusCode::OK);
             assert_eq!(answer.hash, expected, "max {max}");
         }
+    }
+
+    #[test]
+    fn the_mismatch_ring_keeps_the_last_ones() {
+        let ring = Mismatches::default();
+        for i in 0..MISMATCHES_KEPT + 5 {
+            ring.push(Mismatch {
+                at: std::time::SystemTime::UNIX_EPOCH,
+                path: format!("/{i}"),
+                primary_status: 200,
+                mirror_status: 500,
+                same_body: false,
+            });
+        }
+        let kept: Vec<String> = ring.snapshot().into_iter().map(|m| m.path).collect();
+        let want: Vec<String> = (5..MISMATCHES_KEPT + 5).map(|i| format!("/{i}")).collect();
+        assert_eq!(kept, want);
     }
 
     #[test]

@@ -279,7 +279,8 @@ async fn a_hanging_mirror_adds_no_latency_and_holds_at_most_its_cap() {
 }
 
 /// With `compare`, a mirror that answers as the primary does is counted as matching, one that
-/// answers a different body as a mismatch, which is logged with both statuses and the path.
+/// answers a different body as a mismatch, which is logged with both statuses and the path and
+/// kept for the admin API (`GET /v1/services/{name}/mirror`).
 #[tokio::test]
 async fn the_comparison_counts_matches_and_a_deliberate_mismatch() {
     let stable = backend("stable").await;
@@ -306,6 +307,7 @@ async fn the_comparison_counts_matches_and_a_deliberate_mismatch() {
                 .mirror("other", 100.0, compared),
         )
         .metrics()
+        .admin()
         .start()
         .await;
     let mut client = gg.client();
@@ -329,6 +331,30 @@ async fn the_comparison_counts_matches_and_a_deliberate_mismatch() {
     assert_eq!(metric(&text, &series("diff", "other", "match")), None);
     assert_eq!(twin.requests(), 10);
     assert_eq!(other.requests(), 10);
+    let mut admin = gg.admin_api();
+    let diff = admin.get("/v1/services/diff/mirror").await;
+    assert_eq!(
+        (&diff["version"], &diff["compare"]),
+        (&"other".into(), &true.into()),
+        "{diff}"
+    );
+    let mismatches = diff["mismatches"].as_array().expect("mismatches");
+    assert_eq!(mismatches.len(), 10, "{diff}");
+    for m in mismatches {
+        assert_eq!(m["path"], "/diff/page", "{m}");
+        assert_eq!(
+            (&m["primary_status"], &m["mirror_status"]),
+            (&200.into(), &200.into()),
+            "{m}"
+        );
+        assert_eq!(m["same_body"], false, "{m}");
+    }
+    let same = admin.get("/v1/services/same/mirror").await;
+    assert_eq!(same["mismatches"], serde_json::json!([]), "{same}");
+    let (reply, _) = admin
+        .send("GET", "/v1/services/nothing/mirror", &[], "")
+        .await;
+    assert_eq!(reply.status, 404, "{reply:?}");
     eventually(
         "a mismatch is logged with the path and both statuses",
         async || {
