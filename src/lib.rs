@@ -14,7 +14,8 @@
 //!   counters, the statistics and the verdict on a window of canary against stable traffic.
 //! - [`proxy`]: the data plane on hyper: listener, TLS termination (SNI, certificates reloaded
 //!   without a restart), HTTP/1.1 and HTTP/2 to clients, client IP, the strict edge, forwarding,
-//!   upstream pools, health checks and passive ejection, fallback, retries.
+//!   upstream pools, health checks and passive ejection, fallback, retries, traffic mirroring
+//!   (copies of a share of a service's requests to another version, fire and forget).
 //! - [`observe`]: the end of the line: Prometheus metrics (on their own listener) and the access
 //!   log, fed by the data plane once per request without making it wait.
 //! - [`config`]: the TOML startup config, validated into the types above; errors name file, line

@@ -16,6 +16,7 @@
 //! | `GET, PUT /v1/policy` | the whole policy document |
 //! | `GET, POST /v1/routes`, `GET, PUT, DELETE /v1/routes/{name}` | routes |
 //! | `GET, POST /v1/services`, `GET, PUT, DELETE /v1/services/{name}` | services |
+//! | `GET /v1/services/{name}/mirror` | a service's mirror as it runs: in flight, last mismatches |
 //! | `GET, POST /v1/services/{s}/versions`, `GET, PUT, DELETE .../versions/{v}` | versions (name -> upstream) |
 //! | `GET, POST /v1/services/{s}/rules`, `GET, PUT, DELETE .../rules/{r}` | rules, in order |
 //! | `GET, PUT /v1/services/{s}/weights` | the weighted split |

@@ -1,11 +1,13 @@
 //! Services (stable version, versions, rules, split), as whole documents. Plain create, read,
-//! replace, delete; a service a route leads to cannot be deleted.
+//! replace, delete; a service a route leads to cannot be deleted. And a service's mirror as it
+//! runs (copies in flight, the last mismatches of its comparison).
 
 use super::extract::{JsonBody, Write};
 use super::reply::created_or_ok;
 use super::{AdminState, ApiError, Shared};
 use crate::api::{
-    paths, Revisioned, ServiceCreated, ServiceDeleted, ServiceList, ServicePut, Tagged,
+    paths, MirrorMismatch, MirrorStatus, Revisioned, ServiceCreated, ServiceDeleted, ServiceList,
+    ServicePut, Tagged,
 };
 use crate::policy::edit;
 use crate::policy::model::ServiceDoc;
@@ -20,6 +22,39 @@ pub fn router() -> Router<Arc<AdminState>> {
     Router::new()
         .route(paths::SERVICES, get(list).post(create))
         .route(paths::SERVICE, get(get_one).put(put).delete(delete))
+        .route(paths::MIRROR, get(mirror))
+}
+
+/// `GET /v1/services/{name}/mirror`: the running mirror of a service on this instance; 404 when
+/// the service has none.
+async fn mirror(
+    State(s): Shared,
+    Path(name): Path<String>,
+) -> Result<axum::Json<MirrorStatus>, ApiError> {
+    let Some(target) = s.gateway.mirror_of(&name) else {
+        return Err(ApiError::not_found(format!(
+            "service `{name}` has no mirror in the running policy"
+        )));
+    };
+    let m = &target.mirror;
+    Ok(axum::Json(MirrorStatus {
+        service: m.service.to_string(),
+        version: m.version.to_string(),
+        in_flight: target.in_flight(),
+        max_in_flight: m.max_in_flight,
+        compare: m.compare,
+        mismatches: target
+            .mismatches()
+            .into_iter()
+            .map(|x| MirrorMismatch {
+                at: humantime::format_rfc3339_seconds(x.at).to_string(),
+                path: x.path,
+                primary_status: x.primary_status,
+                mirror_status: x.mirror_status,
+                same_body: x.same_body,
+            })
+            .collect(),
+    }))
 }
 
 async fn list(State(s): Shared) -> Result<Revisioned<ServiceList>, ApiError> {

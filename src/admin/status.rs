@@ -4,12 +4,12 @@ use super::error::ApiError;
 use super::extract::JsonBody;
 use super::{AdminState, Shared};
 use crate::api::{
-    paths, Explain, Explanation, Fallback, Health, Readiness, Revision, Revisioned, Routed,
-    RuleSummary, ServerHealth, ServerHealthState, ServiceStatus, Status, StoreStatus, Traffic,
-    VersionHealth,
+    paths, Explain, Explanation, Fallback, Health, MirrorExplained, Readiness, Revision,
+    Revisioned, Routed, RuleSummary, ServerHealth, ServerHealthState, ServiceStatus, Status,
+    StoreStatus, Traffic, VersionHealth,
 };
 use crate::policy::{Reason, RequestFacts};
-use crate::proxy::{ServerState, ServerStatus, Upstreams};
+use crate::proxy::{MirrorTarget, Router as DataPlane, ServerState, ServerStatus, Upstreams};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -258,6 +258,14 @@ async fn explain(
             reason: out_of_service(&table, d.upstream),
         })
     });
+    let mirror = DataPlane::mirror(&*s.gateway, &d).map(|target| {
+        let random = req.mirror_random.unwrap_or_else(|| {
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        });
+        explain_mirror(&target, &method, random)
+    });
     Ok(Json(Explanation {
         revision: Revision(revision),
         method,
@@ -273,8 +281,52 @@ async fn explain(
             fallback,
             note: d.note.map(|n| n.label().to_string()),
             set_cookie: d.set_cookie.clone(),
+            mirror,
         }),
     }))
+}
+
+/// Whether the data plane would copy a request of `method` to the mirror of the decided
+/// service, with the mirror's number `random`.
+fn explain_mirror(target: &MirrorTarget, method: &str, random: u64) -> MirrorExplained {
+    let m = &target.mirror;
+    let drawn = random % u64::from(crate::policy::BUCKETS);
+    let share = format!(
+        "{}%",
+        f64::from(m.buckets) / (f64::from(crate::policy::BUCKETS) / 100.0)
+    );
+    let copied_method = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .map(|method| m.copies(&method))
+        .unwrap_or(false);
+    // The method first: it decides whatever the draw.
+    let (mirrored, reason) = if !copied_method {
+        (false, format!("method {method} is not copied"))
+    } else if !m.draws(random) {
+        (
+            false,
+            format!(
+                "drawn {drawn} of {}, not under {} ({share})",
+                crate::policy::BUCKETS,
+                m.buckets
+            ),
+        )
+    } else {
+        (
+            true,
+            format!(
+                "drawn {drawn} of {}, under {} ({share}); copies in flight {} of {}",
+                crate::policy::BUCKETS,
+                m.buckets,
+                target.in_flight(),
+                m.max_in_flight
+            ),
+        )
+    };
+    MirrorExplained {
+        version: m.version.to_string(),
+        mirrored,
+        reason,
+    }
 }
 
 /// The health of upstream `name`'s servers; `None` when the table has no such upstream.

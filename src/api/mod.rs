@@ -53,8 +53,9 @@ pub use reload::{ReloadOutcome, Reloaded, ReloadedPart, ReloadedPolicy};
 pub use revision::{BadRevision, IfMatch, Revision, Revisioned, Tagged};
 pub use rollout::{MoreRequests, RolloutView, StartRollout, VersionFigures, WindowView};
 pub use status::{
-    Explain, Explanation, Fallback, Health, Readiness, Routed, RuleSummary, ServerHealth,
-    ServerHealthState, ServiceStatus, Status, StoreStatus, Traffic, VersionHealth,
+    Explain, Explanation, Fallback, Health, MirrorExplained, MirrorMismatch, MirrorStatus,
+    Readiness, Routed, RuleSummary, ServerHealth, ServerHealthState, ServiceStatus, Status,
+    StoreStatus, Traffic, VersionHealth,
 };
 
 /// The header every answer of the admin API carries, with graygate's version: how `graygate ctl`

@@ -38,6 +38,8 @@ pub const RULE: &str = "/v1/services/{name}/rules/{rule}";
 pub const WEIGHTS: &str = "/v1/services/{name}/weights";
 /// `POST`: the canary becomes stable.
 pub const PROMOTE: &str = "/v1/services/{name}/promote";
+/// `GET`: a service's mirror now: copies in flight and the last mismatches of its comparison.
+pub const MIRROR: &str = "/v1/services/{name}/mirror";
 /// `POST`: everyone back to stable.
 pub const ROLLBACK: &str = "/v1/services/{name}/rollback";
 /// `GET`: a service's rollout; `POST`: start one.
@@ -150,6 +152,11 @@ pub fn rollout_action(service: &str, action: &str) -> String {
 /// [`PROMOTE`].
 pub fn promote(service: &str) -> String {
     fill(PROMOTE, &[service])
+}
+
+/// [`MIRROR`].
+pub fn mirror(service: &str) -> String {
+    fill(MIRROR, &[service])
 }
 
 /// [`ROLLBACK`].
@@ -316,6 +323,7 @@ mod tests {
             (RULE, rule("x", "y")),
             (WEIGHTS, weights("x")),
             (PROMOTE, promote("x")),
+            (MIRROR, mirror("x")),
             (ROLLBACK, rollback("x")),
             (LIST_ENTRIES, list_entries("x")),
             (LIST_COUNT, list_count("x")),

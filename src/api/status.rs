@@ -163,6 +163,10 @@ pub struct Explain {
     /// `follow`s; believed when `peer` is a trusted proxy or not given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub followed: Option<String>,
+    /// The random number (0..) the service's mirror would draw (the data plane draws it apart
+    /// from the split's); default a random one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_random: Option<u64>,
 }
 
 /// `POST /v1/explain`: the version a described request would reach, and why.
@@ -204,6 +208,48 @@ pub struct Routed {
     /// The `Set-Cookie` the response would carry (a new bucket cookie).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set_cookie: Option<String>,
+    /// Set when the service mirrors its traffic: whether this request would be copied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorExplained>,
+}
+
+/// `GET /v1/services/{name}/mirror`: a service's mirror now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorStatus {
+    pub service: String,
+    /// The mirror version.
+    pub version: String,
+    /// Copies running now, and their cap.
+    pub in_flight: usize,
+    pub max_in_flight: usize,
+    /// Whether the answers are compared.
+    pub compare: bool,
+    /// The last mismatches of the comparison (at most 20, on this instance), oldest first.
+    pub mismatches: Vec<MirrorMismatch>,
+}
+
+/// One answer of the mirror that differed from the primary's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorMismatch {
+    /// When, RFC 3339.
+    pub at: String,
+    /// The request's path (without its query).
+    pub path: String,
+    pub primary_status: u16,
+    pub mirror_status: u16,
+    /// Both bodies hashed the same: only the statuses differ.
+    pub same_body: bool,
+}
+
+/// Whether a request would be copied to its service's mirror, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorExplained {
+    /// The mirror version.
+    pub version: String,
+    /// True when a copy would be sent (limits permitting: in flight, body size).
+    pub mirrored: bool,
+    /// `drawn 312 of 10000, under 1000 (10%)`, `method POST is not copied`, ...
+    pub reason: String,
 }
 
 /// Who would answer instead of the chosen version, and why.

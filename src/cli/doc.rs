@@ -261,7 +261,7 @@ mod tests {
             usage(from_toml::<PolicyDoc>("p.toml", &text)),
             "p.toml:6:1: services[0].stabel: unknown field `stabel`, expected one of `name`, \
              `stable`, `versions`, `override`, `follow`, `rules`, `split`, `previous_stable`, \
-             `previous_weight`, `rollout`"
+             `previous_weight`, `rollout`, `mirror`"
         );
         assert_eq!(
             toml_error("name = \"x\"\nversion = 3\nwhen = {}\n"),

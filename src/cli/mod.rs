@@ -315,6 +315,7 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
                 random: None,
                 https: e.https,
                 followed: e.followed,
+                mirror_random: None,
             })?;
             let a: Answer<Explanation> = api
                 .call(Method::POST, paths::EXPLAIN, IfMatch::Any, Some(body))

@@ -453,6 +453,10 @@ pub fn explain(v: &Explanation) -> String {
     if let Some(cookie) = &routed.set_cookie {
         rows.push(("set-cookie", cookie.clone()));
     }
+    if let Some(m) = &routed.mirror {
+        let copied = if m.mirrored { "copied" } else { "not copied" };
+        rows.push(("mirror", format!("{} {copied}: {}", m.version, m.reason)));
+    }
     if let Some(f) = &routed.fallback {
         // Right under the version: the answer comes from elsewhere.
         rows.insert(

@@ -435,6 +435,7 @@ mod tests {
             previous_stable: None,
             previous_weight: None,
             rollout: None,
+            mirror: None,
         };
         ConfigFile {
             listen: vec!["127.0.0.1:8080".into(), "[::1]:8080".into()],

@@ -12,7 +12,7 @@
 
 use super::Gateway;
 use crate::policy::{Decision, Evaluation, LookupAnswer, Lookups, Policy, RequestFacts};
-use crate::proxy::{Answer, Router};
+use crate::proxy::{Answer, MirrorTarget, Router};
 use crate::store::Store;
 use std::future::Future;
 use std::pin::Pin;
@@ -63,6 +63,13 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// The running policy's mirror of `service`, if it has one.
+    pub fn mirror_of(&self, service: &str) -> Option<Arc<MirrorTarget>> {
+        self.mirrors.load().get(service).cloned()
+    }
+}
+
 /// Store values for one request: what was fetched for it, else what the store knows in memory.
 struct RequestLookups<'a> {
     store: &'a dyn Store,
@@ -104,6 +111,10 @@ impl Router for Gateway {
     fn answered(&self, decision: &Decision, answer: Answer) {
         self.traffic
             .count(&decision.service, &decision.version, answer);
+    }
+
+    fn mirror(&self, decision: &Decision) -> Option<Arc<MirrorTarget>> {
+        self.mirror_of(&decision.service)
     }
 }
 

@@ -49,6 +49,7 @@ pub use traffic::FiguresTable;
 
 use crate::policy::edit::EditError;
 use crate::policy::{self, Policy, PolicyDoc};
+use crate::proxy::MirrorTable;
 use crate::store::{Change, ErrorChain, HistoryRetention, Store, StoreError};
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
@@ -137,6 +138,9 @@ pub struct Gateway {
     /// Set while this process hands its store over to a new graygate process (an upgrade): the
     /// admin API refuses changes meanwhile, asking to retry (see [`crate::upgrade`]).
     handing_over: std::sync::atomic::AtomicBool,
+    /// The running policy's mirrors, for the data plane ([`crate::proxy::Router::mirror`]):
+    /// rebuilt with the policy, keeping the in-flight counts of the mirrors that stay.
+    mirrors: ArcSwap<MirrorTable>,
 }
 
 impl Gateway {
@@ -164,6 +168,7 @@ impl Gateway {
             traffic: Traffic::new(),
             config: seed::ConfigState::new(seed),
             handing_over: std::sync::atomic::AtomicBool::new(false),
+            mirrors: ArcSwap::from_pointee(MirrorTable::default()),
         });
         match gateway.store.load_policy().await {
             Ok(Some(stored)) => {
@@ -364,6 +369,11 @@ impl Gateway {
 
     fn install(&self, policy: Policy, revision: u64) {
         self.traffic.rebuild(policy.doc());
+        let upstreams = self.upstreams.load();
+        let names: Vec<&str> = upstreams.iter().map(String::as_str).collect();
+        let mirrors = policy::mirror::mirrors(policy.doc(), &names);
+        let table = MirrorTable::build(mirrors, &self.mirrors.load());
+        self.mirrors.store(Arc::new(table));
         self.config.compare(policy.doc(), revision);
         self.policy.store(Arc::new(policy));
         self.revision.store(revision, Ordering::Release);

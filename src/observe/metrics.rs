@@ -37,12 +37,12 @@ use prometheus::{
 use super::connections::ConnectionMetrics;
 use crate::proxy::tls::HandshakeFailure;
 use crate::proxy::ConnectionLimit;
-use crate::proxy::{LiveUpstreams, RequestRecord, ServerState, Upstreams};
+use crate::proxy::{LiveUpstreams, MirrorRecord, RequestRecord, ServerState, Upstreams};
 use crate::rollout::{Outcome, RolloutState};
 
 /// Upper bounds (seconds) of the latency histograms: from a 1 ms local answer to a 30 s
 /// upstream timeout.
-const LATENCY_BUCKETS: &[f64] = &[
+pub(super) const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
@@ -263,6 +263,8 @@ pub struct Metrics {
     tls_cert_expiry: GaugeVec,
     /// The listener metrics (`connections`), pulled.
     connections: ConnectionMetrics,
+    /// The mirror metrics (`mirror`), counted as the data plane tells them.
+    mirror: super::mirror::MirrorMetrics,
     /// Where the pulled values come from.
     sources: Sources,
     /// Serializes scrapes: pulled counters are advanced by the difference to the source's value,
@@ -507,6 +509,7 @@ impl Metrics {
             register(&registry, tls_cert_expiry.clone());
         }
         let connections = ConnectionMetrics::new(&registry);
+        let mirror = super::mirror::MirrorMetrics::new(&registry);
         Metrics {
             registry,
             requests,
@@ -543,6 +546,7 @@ impl Metrics {
             tls_handshake_failures,
             tls_cert_expiry,
             connections,
+            mirror,
             sources,
             scrape: Mutex::new(Scraped::default()),
         }
@@ -588,6 +592,11 @@ impl Metrics {
                     .inc();
             }
         }
+    }
+
+    /// Counts what happened to a mirror. Called on the request path and the copies' tasks.
+    pub fn mirror(&self, r: &MirrorRecord<'_>) {
+        self.mirror.record(r);
     }
 
     /// A client connection was accepted.

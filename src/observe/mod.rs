@@ -13,6 +13,8 @@
 //!   list is in `docs/metrics.md`.
 //! - `connections`: the listener metrics (connections, limits, failed accepts, out of file
 //!   descriptors), pulled from the listeners' own counters.
+//! - `mirror`: the traffic mirror's metrics (decisions, copies by status, latency, skips by
+//!   reason, in flight, comparisons).
 //! - `listener`: the separate HTTP listener that serves `GET /metrics`.
 //! - `access_log`: the access log records, their text and JSON formats, the writer task, and
 //!   the reopen of its file for log rotation (SIGUSR1).
@@ -21,6 +23,7 @@ mod access_log;
 mod connections;
 mod listener;
 mod metrics;
+mod mirror;
 
 pub use access_log::{
     AccessLog, AccessLogFormat, AccessLogReopener, AccessLogTarget, AccessLogWriter, AccessRecord,
@@ -34,7 +37,7 @@ pub use metrics::{
 
 use std::sync::Arc;
 
-use crate::proxy::{Observer, RequestRecord};
+use crate::proxy::{MirrorRecord, Observer, RequestRecord};
 
 /// The data plane's observer: feeds the metrics and the access log, whichever are on.
 pub struct Observe {
@@ -60,6 +63,12 @@ impl Observer for Observe {
         }
         if let Some(log) = &self.log {
             log.record(record);
+        }
+    }
+
+    fn on_mirror(&self, record: &MirrorRecord<'_>) {
+        if let Some(metrics) = &self.metrics {
+            metrics.mirror(record);
         }
     }
 

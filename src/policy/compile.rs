@@ -319,6 +319,9 @@ fn compile_service(
             return err(field, message);
         }
     }
+    if let Some(mirror) = &s.mirror {
+        super::mirror::compile_mirror(mirror, s, &path.field("mirror"), upstreams)?;
+    }
 
     let mut sources: Vec<Source> = Vec::new();
     let override_ = match &s.override_ {

@@ -21,6 +21,8 @@
 //! - `oracle` (tests only): the plain linear evaluator the indexed one is checked against.
 //! - [`path`]: [`FieldPath`], where a field is in a document (`services[0].rules[1].when`), for
 //!   every validation error of compile, edit and the config.
+//! - [`mirror`]: a service's traffic mirror (shadow traffic): its settings, checks and
+//!   compiled form.
 //! - [`edit`]: the admin API's edits of a document (routes, rules, weights, promote, rollback)
 //!   as pure functions, and the checks it makes beyond `compile`.
 
@@ -33,6 +35,7 @@ mod generated;
 mod hash;
 mod index;
 mod iptable;
+pub mod mirror;
 pub mod model;
 #[cfg(test)]
 mod oracle;

@@ -79,6 +79,10 @@ pub struct ServiceDoc {
     /// and where it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<crate::rollout::RolloutDoc>,
+    /// Copies of a share of this service's requests to one of its versions (shadow traffic):
+    /// see [`super::mirror`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<super::mirror::MirrorDoc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -505,6 +505,7 @@ mod equivalence {
                 previous_stable: None,
                 previous_weight: None,
                 rollout: None,
+                mirror: None,
             }],
         }
     }

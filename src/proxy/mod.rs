@@ -44,7 +44,11 @@
 //!    and the whole duration. The observer also hears of every connection opening and closing.
 //!
 //! Bodies are never buffered: a request body flows to the upstream as the client sends it, a
-//! response body flows back as the upstream sends it.
+//! response body flows back as the upstream sends it. (A mirrored request keeps a copy of its
+//! body on the way, up to the mirror's `max_body`: see `mirror`.)
+//!
+//! Beside phase 5, a service with a mirror ([`Router::mirror`]) sends a copy of a share of its
+//! requests to another version, fire and forget (`mirror`).
 //!
 //! # Files
 //! - `client_ip`: which address a request comes from.
@@ -57,6 +61,8 @@
 //! - `upstream_protocol`: HTTP/1.1 or HTTP/2 toward upstreams: the shared HTTP/2 connection and
 //!   the request's shape on each.
 //! - `forward`: header and URI rewriting in both directions.
+//! - `mirror`: traffic mirroring: copies sent to a mirror version, their limits, and the
+//!   comparison of the two answers.
 //! - `listen`: listening sockets (backlog), connection limits, accept paused when out of file
 //!   descriptors; shared by every listener, the admin and metrics ones too.
 //! - `server`: the listener, per-connection serving, the request phases above, graceful
@@ -72,6 +78,7 @@ mod forward;
 mod health;
 pub mod http2;
 pub mod listen;
+pub mod mirror;
 pub mod protocol;
 mod retry;
 mod server;
@@ -92,6 +99,9 @@ pub use health::{
 };
 pub use http2::Http2Settings;
 pub use listen::{bind, ConnectionLimit};
+pub use mirror::{
+    Comparison, MirrorEvent, MirrorRecord, MirrorTable, MirrorTarget, SkipReason, MIRROR_HEADER,
+};
 pub use retry::Replay;
 pub use server::{
     serve, serve_front, Draining, Front, Observer, ProxyConfig, RequestRecord, Timeouts,
@@ -146,6 +156,14 @@ pub trait Router: Send + Sync + 'static {
     /// Runs on the request path: count, do not wait.
     fn answered(&self, decision: &Decision, answer: Answer) {
         let _ = (decision, answer);
+    }
+
+    /// Called once per routed request, after [`Router::route`]: the mirror of the decided
+    /// service, if it has one (see `mirror`). Runs on the request path: a lookup, no
+    /// allocation; `None` (the default) costs nothing.
+    fn mirror(&self, decision: &Decision) -> Option<std::sync::Arc<MirrorTarget>> {
+        let _ = decision;
+        None
     }
 }
 

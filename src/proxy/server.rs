@@ -56,6 +56,7 @@ use tracing::{debug, info, warn};
 use super::client_ip::ClientIpConfig;
 use super::http2::{self, Http2Settings, OpenStreamBody, Streams};
 use super::listen::{self, ConnectionLimit, DEFAULT_MAX_CONNECTIONS};
+use super::mirror::{self as mirroring, MirrorRecord};
 use super::protocol::{self, Protocol};
 use super::retry::Replay;
 use super::tls::{HttpsRedirect, TlsTerminator};
@@ -236,6 +237,12 @@ pub trait Observer: Send + Sync + 'static {
     /// (also when its task is dropped at shutdown). A connection upgraded to a tunnel
     /// (WebSocket) counts as ended when the upgrade completes.
     fn on_connection_close(&self) {}
+
+    /// Called for what happens to a service's mirror ([`MirrorRecord`]): on the request path
+    /// for the decision and a skip, on the copy's task for the rest. Keep it short.
+    fn on_mirror(&self, record: &MirrorRecord<'_>) {
+        let _ = record;
+    }
 }
 
 /// What happened to one request. Borrowed: an observer copies what it keeps.
@@ -848,10 +855,32 @@ async fn proxy(
         retry: None,
         retried: false,
     };
+    // Beside phase "upstream": a copy to the service's mirror, if this request is drawn (never
+    // of a WebSocket upgrade: a tunnel cannot be copied).
+    let target = if upgrade {
+        None
+    } else {
+        shared.router.mirror(&choice)
+    };
+    let mut copying = target.and_then(|target| {
+        mirroring::begin(
+            &target,
+            random_u64(),
+            &req,
+            shared.cfg.version_header.as_ref(),
+            &shared.cfg.observer,
+            &shared.upstreams,
+        )
+    });
     let body_state = Arc::new(edge::BodyState::default());
     let activity = &body_state.activity;
-    let req = req
-        .map(|body| edge::ClientBody::new(body, body_state.clone(), timeouts.client_body).boxed());
+    let req = req.map(|body| {
+        let body = edge::ClientBody::new(body, body_state.clone(), timeouts.client_body).boxed();
+        match &mut copying {
+            Some(copying) => copying.tee(body),
+            None => body,
+        }
+    });
 
     // Phase "upstream", with the canary -> stable fallback while the body is still unread (or
     // the request can be sent again).
@@ -963,7 +992,10 @@ async fn proxy(
         );
     }
     outcome.choice = Some(choice);
-    response
+    match &mut copying {
+        Some(copying) => copying.watch_response(response),
+        None => response,
+    }
 }
 
 /// Phase "respond": the upstream's response, rewritten, its body streamed as is (bounded by

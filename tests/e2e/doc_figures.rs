@@ -4,7 +4,8 @@
 //!   [`graygate::rollout::requests_to_detect`], row by row, and the borderline case's "at most about
 //!   45% of windows" with [`detection_chance`];
 //! - every default in the settings tables is written into a plan (or the config) and must give
-//!   exactly the default plan, analysis settings and driver settings; and every setting has a row.
+//!   exactly the default plan, analysis settings and driver settings; and every setting has a row;
+//! - the mirror's defaults in docs/config.md are those of a mirror written with its required keys.
 //!
 //! A table is found by the HTML comment on the line before it (`<!-- checked: NAME ... -->`), so that moving
 //! it around the page keeps it checked, and removing the marker fails the test.
@@ -206,4 +207,47 @@ fn the_driver_settings_have_their_defaults_in_the_config_reference() {
         seen.push(key);
     }
     assert_eq!(seen, ["tick", "lease"]);
+}
+
+/// The mirror defaults docs/config.md gives are the ones a mirror written with only its
+/// required keys gets, and the table lists every key.
+#[test]
+fn the_mirror_settings_have_their_defaults_in_the_config_reference() {
+    use graygate::policy::mirror::MirrorDoc;
+    let rows = table_after(CONFIG, "docs/config.md", "mirror defaults");
+    let defaults: MirrorDoc = toml::from_str("version = \"canary\"\npercent = 10").unwrap();
+    let mut seen = Vec::new();
+    for row in &rows {
+        let key = code(&row[0]).expect("a key");
+        let written = row[1].as_str();
+        let matches = match key {
+            "version" | "percent" => written == "required",
+            "methods" => code(written) == Some(&format!("{:?}", defaults.methods)[..]),
+            "max_body" => code(written) == Some(&format!("{:?}", defaults.max_body)[..]),
+            "max_in_flight" => code(written) == Some(&defaults.max_in_flight.to_string()[..]),
+            "timeout" => {
+                code(written)
+                    == Some(&format!("\"{}\"", humantime::format_duration(defaults.timeout))[..])
+            }
+            "compare" => code(written) == Some(&defaults.compare.to_string()[..]),
+            other => panic!("docs/config.md: no mirror setting `{other}`"),
+        };
+        assert!(
+            matches,
+            "docs/config.md: the default of mirror {key}: {written}"
+        );
+        seen.push(key);
+    }
+    assert_eq!(
+        seen,
+        [
+            "version",
+            "percent",
+            "methods",
+            "max_body",
+            "max_in_flight",
+            "timeout",
+            "compare"
+        ]
+    );
 }

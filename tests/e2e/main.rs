@@ -12,6 +12,8 @@
 //! - [`health`]: health checks, passive ejection and retries: backends killed and restarted
 //!   under load with no failed request;
 //! - [`observe`]: metrics and the access log account for every request;
+//! - [`mirror`]: traffic mirroring: copies marked and fire and forget, a hanging mirror under
+//!   load adds no latency and holds at most its cap, the comparison of the two answers;
 //! - [`connections`]: connection limits on every listener, the admin port flooded with slow
 //!   requests, running out of file descriptors;
 //! - [`logs`]: what graygate writes to stderr when it cannot start;
@@ -75,6 +77,7 @@ mod key_escape;
 mod lifecycle;
 mod live;
 mod logs;
+mod mirror;
 mod observe;
 mod operations;
 mod original_layouts;

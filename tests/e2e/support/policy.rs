@@ -5,6 +5,7 @@
 //! They build the very structs graygate reads; the gateway builder writes them with the TOML
 //! serializer.
 
+use graygate::policy::mirror::MirrorDoc;
 use graygate::policy::model::{
     Condition, IdentityDoc, LookupDoc, ModuloDoc, OverrideDoc, RangeDoc, RangeFromDoc, RouteDoc,
     RuleDoc, ServiceDoc, SplitDoc, StickyCookieDoc,
@@ -28,6 +29,7 @@ pub fn service(name: &str) -> Service {
         previous_stable: None,
         previous_weight: None,
         rollout: None,
+        mirror: None,
     })
 }
 
@@ -143,6 +145,24 @@ impl Service {
 impl AsMut<ServiceDoc> for Service {
     fn as_mut(&mut self) -> &mut ServiceDoc {
         &mut self.0
+    }
+}
+
+impl Service {
+    /// A mirror: copies of `percent` of the requests go to `version` too; `tweak` changes the
+    /// other settings from their defaults.
+    pub fn mirror(
+        mut self,
+        version: &str,
+        percent: f64,
+        tweak: impl FnOnce(&mut MirrorDoc),
+    ) -> Self {
+        let mut mirror: MirrorDoc =
+            toml::from_str(&format!("version = {version:?}\npercent = {percent:?}"))
+                .expect("a mirror with its defaults");
+        tweak(&mut mirror);
+        self.0.mirror = Some(mirror);
+        self
     }
 }
 
