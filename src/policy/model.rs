@@ -243,7 +243,7 @@ pub struct ModuloDoc {
 }
 
 /// A weighted split of the requests no rule decided.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SplitDoc {
     /// Version -> percent (two decimals); what is left of 100 goes to stable.

@@ -84,12 +84,7 @@ impl Service {
 
     /// `percent` of the requests no rule decided go to `version`, sticky by `by`.
     pub fn split(mut self, version: &str, percent: f64, by: IdentityDoc) -> Self {
-        let split = self.0.split.get_or_insert_with(|| SplitDoc {
-            weights: BTreeMap::new(),
-            by: None,
-            salt: None,
-            sticky_cookie: None,
-        });
+        let split = self.0.split.get_or_insert_with(SplitDoc::default);
         split.weights.insert(version.into(), percent);
         split.by = Some(by);
         self
@@ -98,12 +93,7 @@ impl Service {
     /// `percent` of the requests no rule decided go to `version`, with no identity: each
     /// visitor is kept on its version by the bucket cookie `cookie`.
     pub fn cookie_split(mut self, version: &str, percent: f64, cookie: StickyCookieDoc) -> Self {
-        let split = self.0.split.get_or_insert_with(|| SplitDoc {
-            weights: BTreeMap::new(),
-            by: None,
-            salt: None,
-            sticky_cookie: None,
-        });
+        let split = self.0.split.get_or_insert_with(SplitDoc::default);
         split.weights.insert(version.into(), percent);
         split.sticky_cookie = Some(cookie);
         self
