@@ -644,11 +644,34 @@ impl Shared {
         let _ = self.changes.send(change);
     }
 
+    fn is_cluster(&self) -> bool {
+        matches!(self.topology, Topology::Cluster { .. })
+    }
+
+    /// In a cluster, announces a write to `list` on its own: the cluster client routes a
+    /// pipeline to one slot, and `PUBLISH` (which reaches every node) has none. Elsewhere the
+    /// announcement went with the write's transaction.
+    async fn publish_list_in_cluster(&self, list: &str, what: &str) -> Result<(), StoreError> {
+        if !self.is_cluster() {
+            return Ok(());
+        }
+        let mut conn = self.conn()?;
+        self.run(
+            what,
+            list,
+            ::redis::cmd("PUBLISH")
+                .arg(&self.keys.channel)
+                .arg(Notice::list(list))
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
     /// The indices of `keys` grouped by hash slot in a cluster, in the order of their first key,
     /// so that each group can be one transaction or one multi-key command; one group of all of
     /// them otherwise.
     fn slot_groups<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<Vec<usize>> {
-        if !matches!(self.topology, Topology::Cluster { .. }) {
+        if !self.is_cluster() {
             return vec![(0..keys.len()).collect()];
         }
         let mut groups: Vec<Vec<usize>> = Vec::new();
@@ -1043,7 +1066,7 @@ impl Store for RedisStore {
                     },
                 };
             }
-            if n == last {
+            if n == last && !s.is_cluster() {
                 pipe.cmd("PUBLISH")
                     .arg(&s.keys.channel)
                     .arg(Notice::list(list))
@@ -1057,6 +1080,8 @@ impl Store for RedisStore {
             )
             .await?;
         }
+        s.publish_list_in_cluster(list, "writing list entries")
+            .await?;
         s.send(Change::List {
             list: list.to_owned(),
         });
@@ -1080,7 +1105,7 @@ impl Store for RedisStore {
             pipe.atomic();
             let group: Vec<&String> = group.into_iter().map(|i| &redis_keys[i]).collect();
             pipe.cmd("DEL").arg(&group);
-            if n == last {
+            if n == last && !s.is_cluster() {
                 pipe.cmd("PUBLISH")
                     .arg(&s.keys.channel)
                     .arg(Notice::list(list))
@@ -1092,6 +1117,8 @@ impl Store for RedisStore {
                 .await?;
             removed += count;
         }
+        s.publish_list_in_cluster(list, "removing list entries")
+            .await?;
         s.send(Change::List {
             list: list.to_owned(),
         });
