@@ -270,3 +270,71 @@ async fn a_sentinel_that_is_down_is_skipped() {
     ]);
     gg.eventually_answers(&[("X-User", "u1")], "gray").await;
 }
+
+/// A failover ordered by hand (`SENTINEL FAILOVER`) leaves the old primary running as a replica:
+/// connections to it stay open, and writes there are refused with `READONLY`. graygate notices
+/// (the primary's `ROLE`, a refused write), asks the sentinels, and writes land on the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_primary_leads_to_the_new_one_never_to_a_lost_write() {
+    let (prod, gray) = (backend("prod").await, backend("gray").await);
+    let mut set = SentinelSet::start().await;
+    for (key, value) in SEED {
+        set.primary().cli(&["SET", key, value]);
+    }
+    let gg = both_designs(&set, &prod, &gray).start().await;
+    let first = set.primary_port();
+    let sentinel = set.sentinels[0].port();
+    crate::support::servers::cli(sentinel, &["SENTINEL", "FAILOVER", "graygate-primary"]);
+    eventually("the sentinels name a new primary", async || {
+        let now = set.primary_port();
+        if now != first {
+            Ok(())
+        } else {
+            Err(now)
+        }
+    })
+    .within(Duration::from_secs(15))
+    .await;
+    let ctl = gg.ctl();
+    eventually("a write is taken by the new primary", async || {
+        let run = tokio::task::block_in_place(|| {
+            ctl.run(&[
+                "weights",
+                "set",
+                "-s",
+                "app",
+                "gray=100",
+                "--by",
+                "header:X-User",
+            ])
+        });
+        if run.code == 0 {
+            Ok(())
+        } else {
+            Err(run.stderr)
+        }
+    })
+    .within(Duration::from_secs(10))
+    .await;
+    // The write is on the new primary, and the old one has it too once it is a replica: the
+    // write was not lost on the old primary.
+    let revision = gg.admin_api().revision().await.to_string();
+    let primary = set.primary_port();
+    for port in [primary, first] {
+        eventually("the revision is on both servers", async || {
+            let stored =
+                crate::support::servers::cli(port, &["HGET", "graygate:policy", "revision"]);
+            if stored == revision {
+                Ok(())
+            } else {
+                Err(format!("port {port} (new primary {primary}, first {first}): {stored}; graygate's log:\n{}", gg.log_text()))
+            }
+        })
+        // The sentinels turn the old primary into a replica when they next look at it.
+        .within(Duration::from_secs(20))
+        .await;
+    }
+    gg.eventually_answers(&[("X-User", "u1"), ("TOKEN", "def")], "gray")
+        .await;
+    gg.client().assert_versions(&EXPECTED[..1]).await;
+}

@@ -15,14 +15,16 @@
 use super::topology::Topology;
 use super::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 use crate::store::BACKOFF_MIN;
-use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use ::redis::cluster::ClusterClientBuilder;
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use ::redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
 use ::redis::{
-    Client, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, ProtocolVersion, RedisError,
-    RedisFuture, RedisResult, Value,
+    AsyncConnectionConfig, Client, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline,
+    ProtocolVersion, RedisError, RedisFuture, RedisResult, Value,
 };
 use std::time::Duration;
 
@@ -179,6 +181,77 @@ pub(super) async fn discover_primary(
     })??;
     let address = found.get_connection_info().addr().to_string();
     Ok((found, address))
+}
+
+/// Direct connections to the sentinels, to ask them cheaply which server is the primary
+/// (`SENTINEL get-master-addr-by-name`) without the `ROLE` check of a full discovery: the
+/// background task asks every second, and a policy save asks before it writes, so that a write
+/// does not go to a primary the sentinels have already replaced (it would be lost when that
+/// server turns replica).
+pub(super) struct SentinelWatch {
+    master: String,
+    clients: Vec<Client>,
+    /// One cached connection per sentinel, in the URL's order.
+    conns: tokio::sync::Mutex<Vec<Option<MultiplexedConnection>>>,
+}
+
+impl SentinelWatch {
+    pub fn new(topology: &Topology) -> RedisResult<Option<SentinelWatch>> {
+        let Topology::Sentinel {
+            sentinels, master, ..
+        } = topology
+        else {
+            return Ok(None);
+        };
+        let clients = sentinels
+            .iter()
+            .map(|(h, p)| {
+                let host = if h.contains(':') {
+                    format!("[{h}]")
+                } else {
+                    h.clone()
+                };
+                Client::open(format!("redis://{host}:{p}"))
+            })
+            .collect::<RedisResult<Vec<Client>>>()?;
+        let conns = tokio::sync::Mutex::new(vec![None; clients.len()]);
+        Ok(Some(SentinelWatch {
+            master: master.clone(),
+            clients,
+            conns,
+        }))
+    }
+
+    /// `host:port` of the primary as the first sentinel that answers names it; `None` when none
+    /// answers (a sentinel that is down is skipped).
+    pub async fn named_primary(&self) -> Option<String> {
+        let mut conns = self.conns.lock().await;
+        for (client, cached) in self.clients.iter().zip(conns.iter_mut()) {
+            if cached.is_none() {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT));
+                let connect = client.get_multiplexed_async_connection_with_config(&config);
+                match tokio::time::timeout(CONNECT_TIMEOUT + RESPONSE_TIMEOUT, connect).await {
+                    Ok(Ok(conn)) => *cached = Some(conn),
+                    _ => continue,
+                }
+            }
+            let Some(conn) = cached.as_mut() else {
+                continue;
+            };
+            let mut cmd = ::redis::cmd("SENTINEL");
+            cmd.arg("get-master-addr-by-name").arg(&self.master);
+            let asked = cmd.query_async::<Option<(String, u16)>>(conn);
+            match tokio::time::timeout(RESPONSE_TIMEOUT + RESPONSE_TIMEOUT, asked).await {
+                Ok(Ok(Some((host, port)))) => return Some(format!("{host}:{port}")),
+                // This sentinel does not know the name: ask the next.
+                Ok(Ok(None)) => {}
+                _ => *cached = None,
+            }
+        }
+        None
+    }
 }
 
 /// The `ROLE` of the server behind `conn`: whether it is a primary.

@@ -255,6 +255,8 @@ struct Shared {
     link: RwLock<Option<Arc<Link>>>,
     /// The sentinels (Sentinel only), asked by the background task; one discovery at a time.
     sentinel: tokio::sync::Mutex<Option<::redis::sentinel::Sentinel>>,
+    /// The sentinels again, for the cheap "is it still the primary?" question (Sentinel only).
+    sentinel_watch: Option<link::SentinelWatch>,
     /// The URL without its password, for messages.
     target: String,
     /// Where everything lives in the database.
@@ -337,11 +339,14 @@ impl RedisStore {
             }
         };
 
+        let sentinel_watch =
+            link::SentinelWatch::new(&topology).map_err(|e| open_err("invalid Redis URL", e))?;
         let (changes, _) = broadcast::channel(CHANGE_CAPACITY);
         let shared = Arc::new(Shared {
             topology,
             link: RwLock::new(link),
             sentinel: tokio::sync::Mutex::new(sentinel),
+            sentinel_watch,
             target,
             keys: Keys::new(config.key_prefix, config.lists, db),
             save_script: ::redis::Script::new(&format!("{HISTORY_UPGRADE_LUA}{SAVE_POLICY_LUA}")),
@@ -582,6 +587,26 @@ impl Shared {
         }
     }
 
+    /// With Sentinel: an error when a sentinel names another primary than the one the link points
+    /// at (the link's primary was replaced and may not have turned replica yet; a write there
+    /// would be lost). The store turns degraded and the background task follows the sentinels.
+    /// Nothing otherwise, or when no sentinel answers (the primary's own `ROLE` still counts).
+    async fn still_primary(&self) -> Result<(), RedisError> {
+        let (Some(watch), Some(link)) = (&self.sentinel_watch, self.link()) else {
+            return Ok(());
+        };
+        match watch.named_primary().await {
+            Some(named) if named != link.primary => Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                format!(
+                    "the sentinels name {named} as the primary, no longer {}",
+                    link.primary
+                ),
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// [`Shared::relink_if`] at startup: the link is there except with Sentinel.
     async fn relink(&self) -> Result<(), RedisError> {
         self.relink_if(false).await
@@ -619,6 +644,7 @@ impl Shared {
                 // PING below says what is wrong.
                 Ok(Err(_)) | Err(_) => {}
             }
+            self.still_primary().await?;
         }
         let mut last = None;
         for _ in 0..2 {
@@ -696,6 +722,16 @@ impl Shared {
         retention: HistoryRetention,
     ) -> Result<u64, StoreError> {
         let s = self;
+        // With Sentinel, not on a primary the sentinels have replaced: the write would be lost.
+        // (Bounded by the sentinels' own timeouts, not OP_TIMEOUT: a sentinel that hangs is
+        // skipped after its connect timeout rather than failing the save.)
+        if !s.health.is_degraded() {
+            if let Err(e) = s.still_primary().await {
+                s.health.mark_degraded(&e.to_string());
+                s.wake.notify_one();
+                return Err(s.failed("saving the policy", e));
+            }
+        }
         let mut conn = s.conn()?;
         let expected_arg = expected.map(|e| e.to_string()).unwrap_or_default();
         let (saved, revision): (i64, u64) = s

@@ -20,12 +20,14 @@
 //!
 //! # Reconnecting
 //! When either connection fails ([`WatchError`] says how), the store turns degraded and the task
-//! reconnects with exponential backoff (50 ms doubling up to 5 s). When the server is back it
-//! sends [`Change::Reset`] (invalidations may have been missed) and [`Change::Policy`] with the
-//! current revision (a policy change may have been missed).
+//! reconnects with exponential backoff (50 ms doubling up to 5 s; up to 250 ms with Sentinel,
+//! where each attempt first asks the sentinels which server is the primary now). When the server
+//! is back it sends [`Change::Reset`] (invalidations may have been missed) and
+//! [`Change::Policy`] with the current revision (a policy change may have been missed).
 
 use super::keys::Notice;
 use super::link::{cluster_primaries, Link};
+use super::topology::Topology;
 use super::{
     is_connection_error, InvalidationMode, Shared, BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT,
     OP_TIMEOUT, PING_INTERVAL, RESPONSE_TIMEOUT,
@@ -43,6 +45,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// The longest wait between two reconnects with Sentinel (see [`Shared::max_backoff`]).
+pub(super) const SENTINEL_BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 /// Why the subscription could not be opened, or why it ended. Its text ends up in the store's
 /// health ([`crate::store::StoreHealth::last_error`]) and in the log, with its cause.
@@ -215,7 +220,17 @@ impl Shared {
                 }
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            backoff = (backoff * 2).min(self.max_backoff());
+        }
+    }
+
+    /// The longest wait between two reconnects: with Sentinel a new primary is usually named
+    /// within seconds of a failure, and asking the sentinels is cheap, so the store asks at least
+    /// every [`SENTINEL_BACKOFF_MAX`] to take writes again soon after a failover.
+    fn max_backoff(&self) -> Duration {
+        match self.topology {
+            Topology::Sentinel { .. } => SENTINEL_BACKOFF_MAX,
+            _ => BACKOFF_MAX,
         }
     }
 
