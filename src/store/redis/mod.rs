@@ -17,10 +17,11 @@
 //! taken, renewed and given up by Lua scripts that check its holder. See `keys` for the details.
 //!
 //! # Connections
-//! - Commands go through a [`ConnectionManager`] (one multiplexed connection, reconnected by the
-//!   manager) with short timeouts (connect 500 ms, response 200 ms), and every command is bounded
-//!   by [`OP_TIMEOUT`] as a whole, so a server that accepts connections but never answers stalls
-//!   nothing.
+//! - Commands go through a [`ConnectionManager`](::redis::aio::ConnectionManager) (one
+//!   multiplexed connection, reconnected by the manager; in a cluster the cluster client's
+//!   connections) with short timeouts (connect 500 ms, response 200 ms), and every command is
+//!   bounded by [`OP_TIMEOUT`] as a whole, so a server that accepts connections but never answers
+//!   stalls nothing.
 //! - A background task owns a second, RESP3 connection that subscribes to the changes channel and
 //!   receives Redis' client-side caching invalidations: a `SET`/`DEL`/expiry of a list key by
 //!   *any* client becomes a [`Change::Key`] within milliseconds. Without RESP3 or `CLIENT
@@ -42,14 +43,43 @@
 //! `redis://[<user>][:<password>@]<host>[:<port>][/<db>]`, `rediss://` for TLS (rustls, checked
 //! against the Mozilla root certificates), `redis+unix:///path?db=N&pass=P` for a Unix socket.
 //!
-//! Redis Sentinel and Redis Cluster are **not supported** by this store. The redis crate has
-//! Sentinel and Cluster clients (behind its `sentinel` and `cluster-async` features, with no
-//! `redis+sentinel://` URL form), but graygate does not use them: the policy script and the
-//! change channel assume one primary, and Cluster would need the channel and keys in one hash slot.
-//! With Sentinel, point graygate at a stable address that always reaches the current primary (a
-//! TCP proxy such as HAProxy checking `role:master`, or a virtual IP moved by the failover); after
-//! a failover graygate reconnects by itself and reloads everything. For Cluster, use one
-//! non-cluster Redis (or a replica set behind such an address) for graygate's keys.
+//! **Redis Sentinel**: `redis+sentinel://[<user>][:<password>@]h1:26379,h2:26379,h3:26379/<master
+//! name>[/<db>]` (see `topology`). The store asks the sentinels for the primary through the redis
+//! crate's Sentinel client (it asks them in turn, skipping one that is down, and checks the
+//! `ROLE` of the server it is told about), and follows failovers (see `link`):
+//! - the background task checks every second that the primary still answers `ROLE` as a primary
+//!   and that the sentinels still name it; after any loss of connection it asks the sentinels
+//!   again before it reconnects (at least every 250 ms while down), and opens both the command
+//!   connection and the subscription (changes channel and tracking) on the new primary, then sends
+//!   [`Change::Reset`] and [`Change::Policy`] as after any reconnect;
+//! - a write refused with `READONLY` (a demoted primary) or `MASTERDOWN` degrades the store and
+//!   wakes that rediscovery: the write fails, it is never lost in silence;
+//! - a policy save first asks the sentinels whether the primary is still theirs, so that a save
+//!   does not land on a primary they have already replaced (after a failover by hand the old
+//!   primary keeps answering as one until the sentinels turn it into a replica, which drops what
+//!   it took meanwhile). Replication is asynchronous, so a write taken by a primary in the very
+//!   moment it dies can still be lost: Redis' own bound for that is `min-replicas-to-write` on
+//!   the primary.
+//!
+//! **Redis Cluster**: `redis+cluster://[<user>][:<password>@]h1:p1,h2:p2,...`, through the redis
+//! crate's cluster client (slot routing, `MOVED`/`ASK`, the cluster's own failovers). graygate's
+//! keys (policy, history, records, leases, lists without a prefix) must share one hash slot for its
+//! scripts to stay atomic: the default `key_prefix` is `{graygate}:`, and a prefix without a
+//! complete hash tag is refused naming `key_prefix`. The original layouts' keys (`TOKEN_<token>`,
+//! `Grayscale_Range`, an IP gray list under prefix `""`) live in any slot: lookups are routed to
+//! their slots, listings `SCAN` every primary, and writes of several entries are one
+//! `MULTI`/`EXEC` per slot (so not atomic as a whole, unlike on one server), announced by a
+//! `PUBLISH` of their own, which the cluster delivers on every node. Invalidations: client
+//! tracking is per node, so the background task opens one RESP3 connection per primary (from
+//! `CLUSTER SLOTS`), each with `CLIENT TRACKING ON BCAST`, and subscribes to the changes channel on
+//! the first: [`InvalidationMode::Tracking`]. Where tracking is refused it falls back to keyspace
+//! notifications on every primary ([`InvalidationMode::KeyspaceEvents`]) and else to
+//! [`InvalidationMode::TtlOnly`]: values written by other clients are then stale for up to the
+//! lookup cache's TTL (`[cache] ttl`). A primary added later (resharding) is tracked after the
+//! next reconnect. Cluster needs Redis 6 or later (RESP3).
+//!
+//! TLS to sentinels and cluster nodes is not offered (`rediss+sentinel://` and
+//! `rediss+cluster://` are refused by name).
 
 mod keys;
 mod link;
