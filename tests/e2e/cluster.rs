@@ -32,6 +32,12 @@ async fn both_layouts_route_across_the_slots_of_a_cluster_and_changes_reach_ever
         gg.client().assert_versions(EXPECTED).await;
     }
 
+    // In a cluster, invalidations come from every primary (one tracking connection each).
+    for gg in &instances {
+        let status = gg.admin_api().get("/v1/status").await;
+        assert_eq!(status["store"]["invalidation"], "tracking", "{status}");
+    }
+
     // graygate's own keys share the hash tag of the default prefix: one slot, one node.
     let revision = cluster.cli(&["HGET", "{graygate}:policy", "revision"]);
     assert!(

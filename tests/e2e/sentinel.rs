@@ -190,6 +190,19 @@ async fn a_sentinel_failover_under_load_fails_no_request_and_changes_reach_every
         let mut c = gg.client();
         c.assert_versions(EXPECTED).await;
     }
+    // The subscription follows the new primary: tracking again on every instance.
+    for gg in &instances {
+        let mut admin = gg.admin_api();
+        eventually("tracking on the new primary", async || {
+            let status = admin.get("/v1/status").await;
+            if status["store"]["invalidation"] == "tracking" {
+                Ok(())
+            } else {
+                Err(status)
+            }
+        })
+        .await;
+    }
     let primary = set.primary();
     primary.cli(&["SET", "TOKEN_new", "10"]);
     primary.cli(&["SET", "10.0.0.8", "1"]);

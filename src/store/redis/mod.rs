@@ -1338,7 +1338,10 @@ impl Store for RedisStore {
     }
 
     fn health(&self) -> StoreHealth {
-        self.shared.health.snapshot()
+        StoreHealth {
+            invalidation: Some(self.invalidation().as_str()),
+            ..self.shared.health.snapshot()
+        }
     }
 }
 
