@@ -1584,6 +1584,77 @@ mod tests {
     }
 
     #[test]
+    fn a_demoted_primary_is_told_from_other_errors() {
+        use ::redis::ServerErrorKind;
+        let readonly = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ReadOnly),
+            "You can't write against a read only replica.",
+        ));
+        assert!(is_demoted(&readonly), "{readonly:?}");
+        let master_down = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::MasterDown),
+            "Link with MASTER is down",
+        ));
+        assert!(is_demoted(&master_down), "{master_down:?}");
+        // Inside a script the error arrives as the script's.
+        let in_script = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "script failed",
+            "READONLY You can't write against a read only replica. script: abc".to_owned(),
+        ));
+        assert!(is_demoted(&in_script), "{in_script:?}");
+        let wrongtype = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+        ));
+        assert!(!is_demoted(&wrongtype));
+        assert!(!is_demoted(&RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused"
+        ))));
+    }
+
+    #[test]
+    fn sentinel_and_cluster_urls_are_redacted_and_checked_before_connecting() {
+        assert_eq!(
+            redact_url("redis+sentinel://u:secret@h1:26379,h2:26379/m/1"),
+            "redis+sentinel://u:***@h1:26379,h2:26379/m/1"
+        );
+        let problem = RedisConfig {
+            key_prefix: "gg:".to_owned(),
+            ..RedisConfig::new("redis+cluster://:secret@h1:7000")
+        }
+        .check()
+        .unwrap_err();
+        assert_eq!(problem.field, "key_prefix");
+        let problem = RedisConfig::new("redis+cluster://:secret@h1:x")
+            .check()
+            .unwrap_err();
+        assert_eq!(
+            problem.to_string(),
+            "url: `redis+cluster://:***@h1:x`: `h1:x` is not host[:port]"
+        );
+    }
+
+    /// A Sentinel store whose sentinels cannot be reached starts degraded (as a single server
+    /// that cannot be reached does) and fails calls at once, naming what it waits for.
+    #[tokio::test]
+    async fn a_sentinel_store_without_sentinels_starts_degraded() {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = dead.local_addr().unwrap().port();
+        drop(dead);
+        let store = RedisStore::connect(RedisConfig::new(format!(
+            "redis+sentinel://127.0.0.1:{port}/m"
+        )))
+        .await
+        .expect("a store, degraded");
+        assert!(store.health().degraded);
+        assert_eq!(store.health().invalidation, Some("disconnected"));
+        let err = store.lookup("ips", "10.0.0.1").await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+    }
+
+    #[test]
     fn passwords_are_redacted() {
         assert_eq!(
             redact_url("redis://127.0.0.1:6379/0"),
