@@ -330,22 +330,18 @@ impl RedisStore {
         }
         let topology = match config.check() {
             Ok(topology) => topology,
-            // The redis crate's own reason, as its cause.
-            Err(problem)
-                if problem.field == "url"
-                    && !config.url.contains("+sentinel:")
-                    && !config.url.contains("+cluster:") =>
-            {
-                let e = Client::open(config.url.as_str()).err().unwrap_or_else(|| {
-                    RedisError::from((ErrorKind::InvalidClientConfig, "invalid URL"))
-                });
-                return Err(open_err("invalid Redis URL", e));
-            }
             Err(problem) => {
+                // A one-server URL the redis crate refuses: its error is the cause.
+                if let (Ok(Topology::Single), Err(e)) = (
+                    topology::parse(&config.url),
+                    Client::open(config.url.as_str()),
+                ) {
+                    return Err(open_err("invalid Redis URL", e));
+                }
                 return Err(StoreError::open(
                     target,
                     format!("invalid Redis store setting {problem}"),
-                ))
+                ));
             }
         };
         let (link, db, sentinel) = match &topology {
