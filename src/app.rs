@@ -666,6 +666,7 @@ struct StoreMetrics(Arc<dyn Store>);
 impl StoreStatsSource for StoreMetrics {
     fn store_stats(&self) -> StoreStats {
         let cache = self.0.cache_stats();
+        let health = self.0.health();
         StoreStats {
             store: self.0.kind(),
             lookups: cache.map(|s| s.fetches),
@@ -679,7 +680,8 @@ impl StoreStatsSource for StoreMetrics {
                 keys_too_long: s.keys_too_long,
             }),
             unusable_keys: self.0.unusable_keys(),
-            degraded: self.0.health().degraded,
+            degraded: health.degraded,
+            invalidation: health.invalidation,
         }
     }
 }

@@ -146,6 +146,7 @@ pub(super) fn store_status(gateway: &crate::gateway::Gateway) -> StoreStatus {
             .since
             .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
         last_error: health.last_error,
+        invalidation: health.invalidation.map(str::to_owned),
     }
 }
 

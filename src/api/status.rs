@@ -41,6 +41,11 @@ pub struct StoreStatus {
     /// Since when it is degraded, RFC 3339 UTC.
     pub since: Option<String>,
     pub last_error: Option<String>,
+    /// How values written by other clients reach this instance's lookup cache (Redis:
+    /// `tracking`, `keyspace-events`, `ttl-only` — stale for up to the cache TTL — or
+    /// `disconnected`); absent for other stores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalidation: Option<String>,
 }
 
 /// One service as it runs.

@@ -177,6 +177,10 @@ pub fn status(v: &Revisioned<Status>) -> String {
     } else {
         "healthy".to_string()
     };
+    let store = match &s.store.invalidation {
+        Some(mode) => format!("{store}, invalidations: {mode}"),
+        None => store,
+    };
     let mut out = format!(
         "revision {}, store {}: {store}\n\n",
         v.revision, s.store.kind

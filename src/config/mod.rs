@@ -565,14 +565,15 @@ fn store_config(
                     "the redis store needs `url`, like \"redis://127.0.0.1:6379/0\"".into(),
                 ));
             };
-            if let Err(e) = redis::Client::open(url.as_str()) {
-                return Err(at("store.url", format!("`{url}` is not a Redis URL: {e}")));
-            }
+            // Sentinel and Cluster URL forms too; a cluster's default prefix carries a hash tag.
             let mut config = RedisConfig::new(url.clone());
             if let Some(p) = &f.key_prefix {
                 config.key_prefix = p.clone();
             }
             config.lists = f.lists.clone().unwrap_or_default();
+            if let Err(problem) = config.check() {
+                return Err(at(&format!("store.{}", problem.field), problem.detail));
+            }
             Ok(StoreConfig::Redis(config))
         }
         "memcached" => {
@@ -1271,6 +1272,48 @@ mod tests {
         assert_eq!(
             error("[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1\"\nkey_escape = { a = \"uri\" }\n"),
             "g.toml:5:1: store.key_escape: `key_escape` is not a setting of the redis store (only of: memcached)"
+        );
+    }
+
+    #[test]
+    fn redis_sentinel_and_cluster_urls_are_read_and_checked() {
+        let store =
+            |url: &str, extra: &str| format!("[store]\nkind = \"redis\"\nurl = \"{url}\"\n{extra}");
+        let redis = |text: &str| match config(text).unwrap().store {
+            StoreConfig::Redis(r) => r,
+            other => panic!("a redis store: {other:?}"),
+        };
+        let r = redis(&store(
+            "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster/1",
+            "",
+        ));
+        assert_eq!(r.key_prefix, "graygate:");
+        // A cluster's default prefix carries a hash tag; a configured one with a tag is kept.
+        let r = redis(&store("redis+cluster://127.0.0.1:7000,127.0.0.1:7001", ""));
+        assert_eq!(r.key_prefix, "{graygate}:");
+        let r = redis(&store(
+            "redis+cluster://127.0.0.1:7000",
+            "key_prefix = \"app:{gg}:\"\n",
+        ));
+        assert_eq!(r.key_prefix, "app:{gg}:");
+
+        assert_eq!(
+            error(&store("redis+cluster://127.0.0.1:7000", "key_prefix = \"gg:\"\n")),
+            "g.toml:5:1: store.key_prefix: `gg:` has no hash tag: in a Redis Cluster graygate's keys must share one slot for its scripts to stay atomic; use a prefix with a tag such as \"{graygate}:\""
+        );
+        assert_eq!(
+            error(&store("redis+sentinel://:secret@h1:x/m", "")),
+            "g.toml:4:1: store.url: `redis+sentinel://:***@h1:x/m`: `h1:x` is not host[:port]"
+        );
+        assert_eq!(
+            error(&store("redis+sentinel://h1,h2", "")),
+            "g.toml:4:1: store.url: `redis+sentinel://h1,h2`: no master name: redis+sentinel://host:26379,.../<master name>[/<db>]"
+        );
+        assert!(
+            error(&store("http://h1", ""))
+                .starts_with("g.toml:4:1: store.url: `http://h1` is not a Redis URL: "),
+            "{}",
+            error(&store("http://h1", ""))
         );
     }
 

@@ -67,7 +67,15 @@ pub struct StoreStats {
     pub unusable_keys: Option<u64>,
     /// True while the store cannot be reached.
     pub degraded: bool,
+    /// How values written by other clients reach the lookup cache (Redis: `tracking`,
+    /// `keyspace-events`, `ttl-only`, `disconnected`); `None`: not told (the series is not
+    /// exported).
+    pub invalidation: Option<&'static str>,
 }
+
+/// Every value of [`StoreStats::invalidation`], so that the series of the modes not in force
+/// read 0 rather than vanish.
+const INVALIDATION_MODES: [&str; 4] = ["tracking", "keyspace-events", "ttl-only", "disconnected"];
 
 /// Counters and size of a lookup cache.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -240,6 +248,8 @@ pub struct Metrics {
     unusable_keys: IntCounterVec,
     /// `graygate_store_degraded{store}`, pulled.
     store_degraded: IntGaugeVec,
+    /// `graygate_store_invalidation{store,mode}`: 1 for the mode in force, pulled.
+    store_invalidation: IntGaugeVec,
     /// `graygate_store_cache_entries{store}` and `graygate_store_cache_bytes{store}`, pulled.
     cache_entries: IntGaugeVec,
     cache_bytes: IntGaugeVec,
@@ -439,6 +449,17 @@ impl Metrics {
                 IntGaugeVec::new(Opts::new(name, help), &["store"]).expect("valid metric"),
             )
         });
+        let store_invalidation = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "graygate_store_invalidation",
+                    "1 for the way values written by other clients reach the lookup cache now (tracking, keyspace-events, ttl-only: stale up to the cache TTL, disconnected), 0 for the others; Redis only.",
+                ),
+                &["store", "mode"],
+            )
+            .expect("valid metric"),
+        );
         let store_degraded = register(
             &registry,
             IntGaugeVec::new(
@@ -535,6 +556,7 @@ impl Metrics {
             cache_misses,
             unusable_keys,
             store_degraded,
+            store_invalidation,
             cache_entries,
             cache_bytes,
             lookups_shed,
@@ -686,6 +708,13 @@ impl Metrics {
             self.store_degraded
                 .with_label_values(&label)
                 .set(i64::from(stats.degraded));
+            if let Some(now) = stats.invalidation {
+                for mode in INVALIDATION_MODES {
+                    self.store_invalidation
+                        .with_label_values(&[stats.store, mode])
+                        .set(i64::from(mode == now));
+                }
+            }
         }
         if let Some(source) = &self.sources.rollouts {
             self.pull_rollouts(source.rollouts(), scraped);
@@ -1060,6 +1089,7 @@ mod tests {
             }),
             unusable_keys: Some(2),
             degraded: true,
+            invalidation: Some("tracking"),
         })));
         let m = Metrics::new(Sources {
             store: Some(source.clone()),
@@ -1092,6 +1122,17 @@ mod tests {
             s.degraded = false;
         }
         scraped(&[("lookups_total", "8"), ("degraded", "0")]);
+
+        // The invalidation mode: 1 for the one in force, 0 for the others.
+        let mode = |mode: &str| {
+            let series = format!("graygate_store_invalidation{{mode=\"{mode}\",store=\"redis\"}}");
+            value(&m.render(), &series)
+        };
+        assert_eq!(mode("tracking").as_deref(), Some("1"));
+        assert_eq!(mode("ttl-only").as_deref(), Some("0"));
+        source.0.lock().unwrap().invalidation = Some("ttl-only");
+        assert_eq!(mode("tracking").as_deref(), Some("0"));
+        assert_eq!(mode("ttl-only").as_deref(), Some("1"));
     }
 
     struct FakePolicy(u64, Option<SystemTime>);

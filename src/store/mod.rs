@@ -324,6 +324,10 @@ pub struct StoreHealth {
     /// The last connection error seen, kept after recovery so that an operator can see what
     /// happened.
     pub last_error: Option<String>,
+    /// How values written by other clients reach this instance (Redis:
+    /// [`InvalidationMode::as_str`]: `tracking`, `keyspace-events`, `ttl-only`, `disconnected`);
+    /// `None` for a store without such a notion.
+    pub invalidation: Option<&'static str>,
 }
 
 /// Tracks a shared store's [`StoreHealth`] and logs each change of state once (`warn` when it

@@ -31,6 +31,10 @@
 //! - [`key_escape`]: memcached keys escaped as the original's client escapes them (IPv6
 //!   clients, a multi-hop `X-Forwarded-For`), read and written byte for byte;
 //! - [`stores`]: the store contract every store runs, and what only one store does;
+//! - [`sentinel`]: Redis Sentinel: the primary killed under load with three instances, no
+//!   failed request, writes back on the new primary, changes and lookups everywhere;
+//! - [`cluster`]: a Redis Cluster of three primaries: both original layouts across slots and
+//!   nodes, graygate's keys under one hash tag, changes everywhere;
 //! - [`store_limits`]: a Redis or memcached paused under load is reported degraded within a
 //!   second, holds few sockets and recovers by itself; 16 KB identities and the cache's byte bound;
 //! - [`check`]: `graygate check` names the file, line and field of every bad config;
@@ -59,6 +63,7 @@
 mod admin;
 mod anonymous;
 mod check;
+mod cluster;
 mod connections;
 mod ctl_honest;
 mod dashboard;
@@ -84,6 +89,7 @@ mod original_layouts;
 mod rollout;
 mod rollouts;
 mod routing;
+mod sentinel;
 mod store_limits;
 mod stores;
 mod support;

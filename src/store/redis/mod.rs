@@ -17,10 +17,11 @@
 //! taken, renewed and given up by Lua scripts that check its holder. See `keys` for the details.
 //!
 //! # Connections
-//! - Commands go through a [`ConnectionManager`] (one multiplexed connection, reconnected by the
-//!   manager) with short timeouts (connect 500 ms, response 200 ms), and every command is bounded
-//!   by [`OP_TIMEOUT`] as a whole, so a server that accepts connections but never answers stalls
-//!   nothing.
+//! - Commands go through a [`ConnectionManager`](::redis::aio::ConnectionManager) (one
+//!   multiplexed connection, reconnected by the manager; in a cluster the cluster client's
+//!   connections) with short timeouts (connect 500 ms, response 200 ms), and every command is
+//!   bounded by [`OP_TIMEOUT`] as a whole, so a server that accepts connections but never answers
+//!   stalls nothing.
 //! - A background task owns a second, RESP3 connection that subscribes to the changes channel and
 //!   receives Redis' client-side caching invalidations: a `SET`/`DEL`/expiry of a list key by
 //!   *any* client becomes a [`Change::Key`] within milliseconds. Without RESP3 or `CLIENT
@@ -42,35 +43,68 @@
 //! `redis://[<user>][:<password>@]<host>[:<port>][/<db>]`, `rediss://` for TLS (rustls, checked
 //! against the Mozilla root certificates), `redis+unix:///path?db=N&pass=P` for a Unix socket.
 //!
-//! Redis Sentinel and Redis Cluster are **not supported** by this store. The redis crate has
-//! Sentinel and Cluster clients (behind its `sentinel` and `cluster-async` features, with no
-//! `redis+sentinel://` URL form), but graygate does not use them: the policy script and the
-//! change channel assume one primary, and Cluster would need the channel and keys in one hash slot.
-//! With Sentinel, point graygate at a stable address that always reaches the current primary (a
-//! TCP proxy such as HAProxy checking `role:master`, or a virtual IP moved by the failover); after
-//! a failover graygate reconnects by itself and reloads everything. For Cluster, use one
-//! non-cluster Redis (or a replica set behind such an address) for graygate's keys.
+//! **Redis Sentinel**: `redis+sentinel://[<user>][:<password>@]h1:26379,h2:26379,h3:26379/<master
+//! name>[/<db>]` (see `topology`). The store asks the sentinels for the primary through the redis
+//! crate's Sentinel client (it asks them in turn, skipping one that is down, and checks the
+//! `ROLE` of the server it is told about), and follows failovers (see `link`):
+//! - the background task checks every second that the primary still answers `ROLE` as a primary
+//!   and that the sentinels still name it; after any loss of connection it asks the sentinels
+//!   again before it reconnects (at least every 250 ms while down), and opens both the command
+//!   connection and the subscription (changes channel and tracking) on the new primary, then sends
+//!   [`Change::Reset`] and [`Change::Policy`] as after any reconnect;
+//! - a write refused with `READONLY` (a demoted primary) or `MASTERDOWN` degrades the store and
+//!   wakes that rediscovery: the write fails, it is never lost in silence;
+//! - a policy save first asks the sentinels whether the primary is still theirs, so that a save
+//!   does not land on a primary they have already replaced (after a failover by hand the old
+//!   primary keeps answering as one until the sentinels turn it into a replica, which drops what
+//!   it took meanwhile). Replication is asynchronous, so a write taken by a primary in the very
+//!   moment it dies can still be lost: Redis' own bound for that is `min-replicas-to-write` on
+//!   the primary.
+//!
+//! **Redis Cluster**: `redis+cluster://[<user>][:<password>@]h1:p1,h2:p2,...`, through the redis
+//! crate's cluster client (slot routing, `MOVED`/`ASK`, the cluster's own failovers). graygate's
+//! keys (policy, history, records, leases, lists without a prefix) must share one hash slot for its
+//! scripts to stay atomic: the default `key_prefix` is `{graygate}:`, and a prefix without a
+//! complete hash tag is refused naming `key_prefix`. The original layouts' keys (`TOKEN_<token>`,
+//! `Grayscale_Range`, an IP gray list under prefix `""`) live in any slot: lookups are routed to
+//! their slots, listings `SCAN` every primary, and writes of several entries are one
+//! `MULTI`/`EXEC` per slot (so not atomic as a whole, unlike on one server), announced by a
+//! `PUBLISH` of their own, which the cluster delivers on every node. Invalidations: client
+//! tracking is per node, so the background task opens one RESP3 connection per primary (from
+//! `CLUSTER SLOTS`), each with `CLIENT TRACKING ON BCAST`, and subscribes to the changes channel on
+//! the first: [`InvalidationMode::Tracking`]. Where tracking is refused it falls back to keyspace
+//! notifications on every primary ([`InvalidationMode::KeyspaceEvents`]) and else to
+//! [`InvalidationMode::TtlOnly`]: values written by other clients are then stale for up to the
+//! lookup cache's TTL (`[cache] ttl`). A primary added later (resharding) is tracked after the
+//! next reconnect. Cluster needs Redis 6 or later (RESP3).
+//!
+//! TLS to sentinels and cluster nodes is not offered (`rediss+sentinel://` and
+//! `rediss+cluster://` are refused by name).
 
 mod keys;
+mod link;
+pub mod topology;
 mod watch;
 
 use self::keys::{
     glob_escape, Keys, Notice, ACQUIRE_LEASE_LUA, BAD_REVISION_CODE, GET_RECORDS_LUA,
     HISTORY_UPGRADE_LUA, LOAD_HISTORY_LUA, RECORD_FIELD, RELEASE_LEASE_LUA, SAVE_POLICY_LUA,
 };
+use self::link::{Conn, Link};
+use self::topology::Topology;
 use super::{
     Change, Entry, HealthTracker, HistoryRecord, HistoryRetention, Store, StoreError, StoreHealth,
     StoredPolicy,
 };
 use crate::store::{BACKOFF_MAX, BACKOFF_MIN};
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, ErrorKind, ProtocolVersion, RedisError, Value};
+use ::redis::{Client, ErrorKind, RedisError, Value};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::sync::RwLock;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{broadcast, Notify};
 
@@ -122,13 +156,61 @@ impl Default for RedisConfig {
 }
 
 impl RedisConfig {
-    /// The default layout on the server at `url`.
+    /// The default layout on the server at `url`; in a Redis Cluster (`redis+cluster://`) the
+    /// default prefix is [`topology::CLUSTER_KEY_PREFIX`] (one hash tag, see [`topology`]).
     pub fn new(url: impl Into<String>) -> Self {
+        let url = url.into();
+        let key_prefix = match topology::parse(&url) {
+            Ok(Topology::Cluster { .. }) => topology::CLUSTER_KEY_PREFIX.to_owned(),
+            _ => RedisConfig::default().key_prefix,
+        };
         RedisConfig {
-            url: url.into(),
-            ..RedisConfig::default()
+            url,
+            key_prefix,
+            lists: HashMap::new(),
         }
     }
+
+    /// Checks what [`RedisStore::connect`] checks before it connects: the URL's form and, in a
+    /// cluster, the hash tag of `key_prefix`. The error names the setting (`url` or
+    /// `key_prefix`) and says what is wrong.
+    pub fn check(&self) -> Result<Topology, ConfigProblem> {
+        let topology = topology::parse(&self.url).map_err(|e| ConfigProblem {
+            field: "url",
+            detail: format!("`{}`: {e}", redact_url(&self.url)),
+        })?;
+        if let Topology::Single = topology {
+            if let Err(e) = Client::open(self.url.as_str()) {
+                return Err(ConfigProblem {
+                    field: "url",
+                    detail: format!("`{}` is not a Redis URL: {e}", redact_url(&self.url)),
+                });
+            }
+        }
+        if matches!(topology, Topology::Cluster { .. })
+            && topology::hash_tag(&self.key_prefix).is_none()
+        {
+            return Err(ConfigProblem {
+                field: "key_prefix",
+                detail: format!(
+                    "`{}` has no hash tag: in a Redis Cluster graygate's keys must share one slot for its scripts to stay atomic; use a prefix with a tag such as \"{}\"",
+                    self.key_prefix,
+                    topology::CLUSTER_KEY_PREFIX
+                ),
+            });
+        }
+        Ok(topology)
+    }
+}
+
+/// A Redis store setting that cannot work, found before connecting ([`RedisConfig::check`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {detail}")]
+pub struct ConfigProblem {
+    /// The setting: `url` or `key_prefix`.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub detail: String,
 }
 
 /// How writes made by other clients reach this instance (see the module documentation).
@@ -143,6 +225,18 @@ pub enum InvalidationMode {
     /// Neither is available: only writes made through graygate are announced; a value set by
     /// another client is seen when the lookup cache's entry expires.
     TtlOnly,
+}
+
+impl InvalidationMode {
+    /// The mode's name as status and metrics report it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvalidationMode::Disconnected => "disconnected",
+            InvalidationMode::Tracking => "tracking",
+            InvalidationMode::KeyspaceEvents => "keyspace-events",
+            InvalidationMode::TtlOnly => "ttl-only",
+        }
+    }
 }
 
 impl InvalidationMode {
@@ -184,13 +278,15 @@ impl fmt::Debug for RedisStore {
 
 /// What the store and its background task share.
 struct Shared {
-    /// Commands. Cloning it is cheap and shares the one connection.
-    manager: ConnectionManager,
-    /// The same server with RESP3, for the subscription connection.
-    resp3: Client,
-    /// The server as the user configured it (RESP2 unless the URL says otherwise), for the RESP2
-    /// fallback subscription.
-    client: Client,
+    /// The deployment (one server, Sentinel, Cluster).
+    topology: Topology,
+    /// The connections of the moment; `None` until the sentinels named a primary. Replaced by
+    /// the background task after a failover (see `link`).
+    link: RwLock<Option<Arc<Link>>>,
+    /// The sentinels (Sentinel only), asked by the background task; one discovery at a time.
+    sentinel: tokio::sync::Mutex<Option<::redis::sentinel::Sentinel>>,
+    /// The sentinels again, for the cheap "is it still the primary?" question (Sentinel only).
+    sentinel_watch: Option<link::SentinelWatch>,
     /// The URL without its password, for messages.
     target: String,
     /// Where everything lives in the database.
@@ -232,30 +328,51 @@ impl RedisStore {
             // harmlessly when the process already has one.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client =
-            Client::open(config.url.as_str()).map_err(|e| open_err("invalid Redis URL", e))?;
-        let info = client.get_connection_info().clone();
-        let db = info.redis_settings().db();
-        let resp3_settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let resp3 = Client::open(info.set_redis_settings(resp3_settings))
-            .map_err(|e| open_err("invalid Redis URL", e))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_min_delay(BACKOFF_MIN)
-            .set_max_delay(BACKOFF_MIN * 4);
-        let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
-            .map_err(|e| open_err("cannot set up the connection", e))?;
+        let topology = match config.check() {
+            Ok(topology) => topology,
+            Err(problem) => {
+                // A one-server URL the redis crate refuses: its error is the cause.
+                if let (Ok(Topology::Single), Err(e)) = (
+                    topology::parse(&config.url),
+                    Client::open(config.url.as_str()),
+                ) {
+                    return Err(open_err("invalid Redis URL", e));
+                }
+                return Err(StoreError::open(
+                    target,
+                    format!("invalid Redis store setting {problem}"),
+                ));
+            }
+        };
+        let (link, db, sentinel) = match &topology {
+            Topology::Single => {
+                let client = Client::open(config.url.as_str())
+                    .map_err(|e| open_err("invalid Redis URL", e))?;
+                let db = client.get_connection_info().redis_settings().db();
+                let link = Link::single(client, String::new())
+                    .map_err(|e| open_err("cannot set up the connection", e))?;
+                (Some(Arc::new(link)), db, None)
+            }
+            Topology::Sentinel { db, .. } => {
+                let sentinel =
+                    link::sentinels(&topology).map_err(|e| open_err("invalid Redis URL", e))?;
+                (None, *db, sentinel)
+            }
+            Topology::Cluster { nodes, .. } => {
+                let link = Link::cluster(&topology, nodes)
+                    .map_err(|e| open_err("cannot set up the connection", e))?;
+                (Some(Arc::new(link)), 0, None)
+            }
+        };
 
+        let sentinel_watch =
+            link::SentinelWatch::new(&topology).map_err(|e| open_err("invalid Redis URL", e))?;
         let (changes, _) = broadcast::channel(CHANGE_CAPACITY);
         let shared = Arc::new(Shared {
-            manager,
-            resp3,
-            client,
+            topology,
+            link: RwLock::new(link),
+            sentinel: tokio::sync::Mutex::new(sentinel),
+            sentinel_watch,
             target,
             keys: Keys::new(config.key_prefix, config.lists, db),
             save_script: ::redis::Script::new(&format!("{HISTORY_UPGRADE_LUA}{SAVE_POLICY_LUA}")),
@@ -272,7 +389,8 @@ impl RedisStore {
             wake: Notify::new(),
         });
 
-        match shared.ping().await {
+        let linked = shared.relink().await;
+        match linked.and(shared.ping().await) {
             Ok(()) => {}
             Err(e) if is_connection_error(&e) => shared
                 .health
@@ -318,6 +436,15 @@ fn is_connection_error(e: &RedisError) -> bool {
             || e.is_timeout()
             || e.is_connection_dropped()
             || e.is_connection_refusal())
+}
+
+/// Whether `e` says the server is not (or no longer) a primary that takes writes: `READONLY` (a
+/// replica, such as a primary demoted by a failover; in a script or a transaction too) or
+/// `MASTERDOWN`.
+fn is_demoted(e: &RedisError) -> bool {
+    matches!(e.code(), Some("READONLY" | "MASTERDOWN"))
+        || e.to_string()
+            .contains("READONLY You can't write against a read only replica")
 }
 
 /// `url` with its password replaced by `***`.
@@ -397,7 +524,9 @@ impl Shared {
         }
         match tokio::time::timeout(OP_TIMEOUT, call).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) if is_connection_error(&e) => {
+            // A demoted primary refuses writes (Sentinel failover, or a cluster in the middle
+            // of one): the background task finds the new primary; meanwhile calls fail at once.
+            Ok(Err(e)) if is_connection_error(&e) || is_demoted(&e) => {
                 self.health.mark_degraded(&e.to_string());
                 self.wake.notify_one();
                 Err(self.failed(what, e))
@@ -419,12 +548,133 @@ impl Shared {
         }
     }
 
+    /// The command connection of the moment, if there is one.
+    fn link(&self) -> Option<Arc<Link>> {
+        self.link
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The command connection for a store call: none (the store is degraded then) until the
+    /// sentinels named a primary.
+    fn conn(&self) -> Result<Conn, StoreError> {
+        match self.link() {
+            Some(link) => Ok(link.conn.clone()),
+            None => Err(self.unavailable(
+                "connecting",
+                "no primary known yet; asking the sentinels in the background",
+            )),
+        }
+    }
+
+    /// Makes sure the link points where it should (see `link`): with Sentinel, asks the sentinels
+    /// for the primary and replaces the link when they name another one; in a cluster, rebuilds the
+    /// link when `rebuild` (the cluster could not be reached). Nothing for one server.
+    async fn relink_if(&self, rebuild: bool) -> Result<(), RedisError> {
+        match &self.topology {
+            Topology::Single => Ok(()),
+            Topology::Cluster { nodes, .. } => {
+                if rebuild {
+                    let link = Link::cluster(&self.topology, nodes)?;
+                    self.set_link(link);
+                }
+                Ok(())
+            }
+            Topology::Sentinel { master, .. } => {
+                let mut sentinel = self.sentinel.lock().await;
+                let Some(sentinel) = sentinel.as_mut() else {
+                    return Ok(());
+                };
+                let (client, primary) = link::discover_primary(sentinel, &self.topology).await?;
+                let current = self.link();
+                let before = current.as_ref().map(|l| l.primary.clone());
+                if before.as_deref() == Some(primary.as_str()) {
+                    return Ok(());
+                }
+                match &before {
+                    Some(old) => tracing::warn!(
+                        store = %self.target,
+                        master = %master,
+                        from = %old,
+                        to = %primary,
+                        "the sentinels name a new primary; following the failover"
+                    ),
+                    None => tracing::info!(
+                        store = %self.target,
+                        master = %master,
+                        primary = %primary,
+                        "the sentinels name the primary"
+                    ),
+                }
+                self.set_link(Link::single(client, primary)?);
+                Ok(())
+            }
+        }
+    }
+
+    /// With Sentinel: an error when a sentinel names another primary than the one the link points
+    /// at (the link's primary was replaced and may not have turned replica yet; a write there
+    /// would be lost). The store turns degraded and the background task follows the sentinels.
+    /// Nothing otherwise, or when no sentinel answers (the primary's own `ROLE` still counts).
+    async fn still_primary(&self) -> Result<(), RedisError> {
+        let (Some(watch), Some(link)) = (&self.sentinel_watch, self.link()) else {
+            return Ok(());
+        };
+        match watch.named_primary().await {
+            Some(named) if named != link.primary => Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                format!(
+                    "the sentinels name {named} as the primary, no longer {}",
+                    link.primary
+                ),
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`Shared::relink_if`] at startup: the link is there except with Sentinel.
+    async fn relink(&self) -> Result<(), RedisError> {
+        self.relink_if(false).await
+    }
+
+    fn set_link(&self, link: Link) {
+        *self
+            .link
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(link));
+    }
+
     /// `PING` through the command connection, bypassing the degraded gate. Tries twice: after a
-    /// lost connection the first attempt only tells the manager to reconnect.
+    /// lost connection the first attempt only tells the manager to reconnect. With Sentinel, a
+    /// server that answers but is no longer the primary (`ROLE`) fails the check: writes would be
+    /// refused with `READONLY`.
     async fn ping(&self) -> Result<(), RedisError> {
+        let Some(link) = self.link() else {
+            return Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "no primary known yet",
+            )));
+        };
+        if let Topology::Sentinel { .. } = self.topology {
+            let mut conn = link.conn.clone();
+            let role = link::is_primary(&mut conn);
+            match tokio::time::timeout(CONNECT_TIMEOUT + RESPONSE_TIMEOUT, role).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => {
+                    return Err(RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        format!("{} is no longer the primary", link.primary),
+                    )))
+                }
+                // PING below says what is wrong.
+                Ok(Err(_)) | Err(_) => {}
+            }
+            self.still_primary().await?;
+        }
         let mut last = None;
         for _ in 0..2 {
-            let mut conn = self.manager.clone();
+            let mut conn = link.conn.clone();
             let cmd = ::redis::cmd("PING");
             let ping = cmd.query_async::<()>(&mut conn);
             match tokio::time::timeout(CONNECT_TIMEOUT + RESPONSE_TIMEOUT, ping).await {
@@ -446,6 +696,49 @@ impl Shared {
         let _ = self.changes.send(change);
     }
 
+    fn is_cluster(&self) -> bool {
+        matches!(self.topology, Topology::Cluster { .. })
+    }
+
+    /// In a cluster, announces a write to `list` on its own: the cluster client routes a
+    /// pipeline to one slot, and `PUBLISH` (which reaches every node) has none. Elsewhere the
+    /// announcement went with the write's transaction.
+    async fn publish_list_in_cluster(&self, list: &str, what: &str) -> Result<(), StoreError> {
+        if !self.is_cluster() {
+            return Ok(());
+        }
+        let mut conn = self.conn()?;
+        self.run(
+            what,
+            list,
+            ::redis::cmd("PUBLISH")
+                .arg(&self.keys.channel)
+                .arg(Notice::list(list))
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    /// The indices of `keys` grouped by hash slot in a cluster, in the order of their first key,
+    /// so that each group can be one transaction or one multi-key command; one group of all of
+    /// them otherwise.
+    fn slot_groups<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<Vec<usize>> {
+        if !self.is_cluster() {
+            return vec![(0..keys.len()).collect()];
+        }
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut index: HashMap<::redis::cluster_routing::Slot, usize> = HashMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            let slot = ::redis::cluster_routing::Slot::for_key(key.as_ref());
+            let g = *index.entry(slot).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[g].push(i);
+        }
+        groups
+    }
+
     /// Runs the policy script (see [`SAVE_POLICY_LUA`]); `record` `""` records no history.
     async fn save_policy(
         &self,
@@ -455,7 +748,17 @@ impl Shared {
         retention: HistoryRetention,
     ) -> Result<u64, StoreError> {
         let s = self;
-        let mut conn = s.manager.clone();
+        // With Sentinel, not on a primary the sentinels have replaced: the write would be lost.
+        // (Bounded by the sentinels' own timeouts, not OP_TIMEOUT: a sentinel that hangs is
+        // skipped after its connect timeout rather than failing the save.)
+        if !s.health.is_degraded() {
+            if let Err(e) = s.still_primary().await {
+                s.health.mark_degraded(&e.to_string());
+                s.wake.notify_one();
+                return Err(s.failed("saving the policy", e));
+            }
+        }
+        let mut conn = s.conn()?;
         let expected_arg = expected.map(|e| e.to_string()).unwrap_or_default();
         let (saved, revision): (i64, u64) = s
             .run(
@@ -495,7 +798,7 @@ impl Shared {
         // scores are all 0. `(prefix\xff` bounds it above (no UTF-8 text holds 0xff).
         let mut upper = full_prefix.clone().into_bytes();
         upper.push(0xff);
-        let mut conn = self.manager.clone();
+        let mut conn = self.conn()?;
         let members: Vec<Vec<u8>> = self
             .run(
                 WHAT,
@@ -526,7 +829,7 @@ impl Shared {
         for batch in keys.chunks(MGET_BATCH) {
             let mut invocation = self.records_script.prepare_invoke();
             invocation.key(batch).arg(RECORD_FIELD);
-            let mut conn = self.manager.clone();
+            let mut conn = self.conn()?;
             let values: Vec<Option<String>> = self
                 .run(WHAT, &full_prefix, invocation.invoke_async(&mut conn))
                 .await?;
@@ -541,7 +844,7 @@ impl Shared {
         }
         // Records that expired (or were deleted by hand) leave the index now.
         if !gone.is_empty() {
-            let mut conn = self.manager.clone();
+            let mut conn = self.conn()?;
             self.run(
                 WHAT,
                 &full_prefix,
@@ -561,34 +864,52 @@ impl Shared {
         let pattern = format!("{}*", glob_escape(&prefix));
         // SCAN may return a key more than once; a set also sorts them.
         let mut keys: BTreeSet<Vec<u8>> = BTreeSet::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let mut conn = self.manager.clone();
-            let (next, batch): (u64, Vec<Vec<u8>>) = self
-                .run(
-                    WHAT,
-                    list,
-                    ::redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(SCAN_COUNT)
-                        .query_async(&mut conn),
-                )
-                .await?;
-            keys.extend(batch);
-            if keys.len() > LIST_LIMIT {
-                return Err(self.unavailable(
-                    WHAT,
-                    format_args!(
-                        "list {list} has more than {LIST_LIMIT} keys under {prefix:?}; list them with redis-cli --scan --pattern '{pattern}'"
-                    ),
-                ));
+        // Every primary of a cluster holds some of the keys; one server holds them all.
+        let nodes: Vec<Option<(String, u16)>> = match self.topology {
+            Topology::Cluster { .. } => {
+                let mut conn = self.conn()?;
+                self.run(WHAT, list, link::cluster_primaries(&mut conn))
+                    .await?
+                    .into_iter()
+                    .map(Some)
+                    .collect()
             }
-            cursor = next;
-            if cursor == 0 {
-                break;
+            _ => vec![None],
+        };
+        for node in &nodes {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut conn = self.conn()?;
+                let mut scan = ::redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT);
+                let (next, batch): (u64, Vec<Vec<u8>>) = self
+                    .run(WHAT, list, async {
+                        let reply: Value = match node {
+                            Some((host, port)) => {
+                                link::on_node(&mut conn, host, *port, scan).await?
+                            }
+                            None => scan.query_async(&mut conn).await?,
+                        };
+                        Ok::<_, RedisError>(::redis::from_redis_value(reply)?)
+                    })
+                    .await?;
+                keys.extend(batch);
+                if keys.len() > LIST_LIMIT {
+                    return Err(self.unavailable(
+                        WHAT,
+                        format_args!(
+                            "list {list} has more than {LIST_LIMIT} keys under {prefix:?}; list them with redis-cli --scan --pattern '{pattern}'"
+                        ),
+                    ));
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
             }
         }
 
@@ -596,24 +917,41 @@ impl Shared {
         let mut found: BTreeMap<String, Entry> = BTreeMap::new();
         let now = SystemTime::now();
         for batch in keys.chunks(MGET_BATCH) {
-            let mut pipe = ::redis::pipe();
-            pipe.cmd("MGET").arg(batch);
-            for key in batch {
-                pipe.cmd("PTTL").arg(key);
-            }
-            let mut conn = self.manager.clone();
-            let (values, ttls): (Vec<Option<Vec<u8>>>, Vec<i64>) = self
-                .run(WHAT, list, async {
+            let conn = self.conn()?;
+            // One `MGET` and the `PTTL`s per group; in a cluster a group is one hash slot (a
+            // multi-key command cannot span slots), and the groups are asked at once.
+            let groups = self.slot_groups(batch);
+            let fetches = groups.iter().map(|group| {
+                let mut conn = conn.clone();
+                let mut pipe = ::redis::pipe();
+                let group_keys: Vec<&Vec<u8>> = group.iter().map(|&i| &batch[i]).collect();
+                pipe.cmd("MGET").arg(&group_keys);
+                for key in &group_keys {
+                    pipe.cmd("PTTL").arg(*key);
+                }
+                async move {
                     let mut reply: Vec<Value> = pipe.query_async(&mut conn).await?;
                     let ttls = reply.split_off(1);
-                    let values = ::redis::from_redis_value(reply.pop().unwrap_or(Value::Nil))?;
+                    let values: Vec<Option<Vec<u8>>> =
+                        ::redis::from_redis_value(reply.pop().unwrap_or(Value::Nil))?;
                     let ttls = ttls
                         .into_iter()
                         .map(::redis::from_redis_value)
                         .collect::<Result<Vec<i64>, _>>()?;
-                    Ok((values, ttls))
-                })
+                    Ok::<_, RedisError>((values, ttls))
+                }
+            });
+            let replies = self
+                .run(WHAT, list, futures_util::future::try_join_all(fetches))
                 .await?;
+            let mut values: Vec<Option<Vec<u8>>> = vec![None; batch.len()];
+            let mut ttls: Vec<i64> = vec![-2; batch.len()];
+            for (group, (group_values, group_ttls)) in groups.iter().zip(replies) {
+                for ((&i, value), ttl) in group.iter().zip(group_values).zip(group_ttls) {
+                    values[i] = value;
+                    ttls[i] = ttl;
+                }
+            }
             for ((key, value), ttl) in batch.iter().zip(values).zip(ttls) {
                 // Gone since SCAN, not a string, or not text: not an entry.
                 let Some(value) = value.and_then(|v| String::from_utf8(v).ok()) else {
@@ -650,7 +988,7 @@ impl Store for RedisStore {
 
     async fn load_policy(&self) -> Result<Option<StoredPolicy>, StoreError> {
         let s = &self.shared;
-        let mut conn = s.manager.clone();
+        let mut conn = s.conn()?;
         let (revision, json): (Option<String>, Option<String>) = s
             .run(
                 "reading the policy",
@@ -709,7 +1047,7 @@ impl Store for RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut conn = s.manager.clone();
+        let mut conn = s.conn()?;
         let below = before.map(|b| b.to_string()).unwrap_or_default();
         let pairs: Vec<(String, String)> = s
             .run(
@@ -743,7 +1081,7 @@ impl Store for RedisStore {
     async fn lookup(&self, list: &str, key: &str) -> Result<Option<Arc<str>>, StoreError> {
         let s = &self.shared;
         let redis_key = s.keys.entry(list, key);
-        let mut conn = s.manager.clone();
+        let mut conn = s.conn()?;
         let value: Option<String> = s
             .run(
                 "lookup",
@@ -755,7 +1093,9 @@ impl Store for RedisStore {
     }
 
     /// One `MULTI`/`EXEC`: every `SET` (with `PX` for entries that expire; a `DEL` for entries
-    /// already expired) and the announcement on the changes channel.
+    /// already expired) and the announcement on the changes channel. In a cluster, one
+    /// `MULTI`/`EXEC` per hash slot (a transaction cannot span slots), the announcement with the
+    /// last.
     async fn put_entries(&self, list: &str, entries: &[Entry]) -> Result<(), StoreError> {
         if entries.is_empty() {
             return Ok(());
@@ -763,59 +1103,83 @@ impl Store for RedisStore {
         let s = &self.shared;
         let prefix = s.keys.list_prefix(list);
         let now = SystemTime::now();
-        let mut pipe = ::redis::pipe();
-        pipe.atomic();
-        for entry in entries {
-            let key = format!("{prefix}{}", entry.key);
-            match entry.expires_at {
-                None => pipe.cmd("SET").arg(key).arg(&entry.value).ignore(),
-                Some(at) => match millis_until(at, now) {
-                    Some(ms) => pipe
-                        .cmd("SET")
-                        .arg(key)
-                        .arg(&entry.value)
-                        .arg("PX")
-                        .arg(ms)
-                        .ignore(),
-                    None => pipe.cmd("DEL").arg(key).ignore(),
-                },
-            };
+        let keys: Vec<String> = entries
+            .iter()
+            .map(|e| format!("{prefix}{}", e.key))
+            .collect();
+        let groups = s.slot_groups(&keys);
+        let last = groups.len() - 1;
+        for (n, group) in groups.into_iter().enumerate() {
+            let mut pipe = ::redis::pipe();
+            pipe.atomic();
+            for i in group {
+                let (key, entry) = (&keys[i], &entries[i]);
+                match entry.expires_at {
+                    None => pipe.cmd("SET").arg(key).arg(&entry.value).ignore(),
+                    Some(at) => match millis_until(at, now) {
+                        Some(ms) => pipe
+                            .cmd("SET")
+                            .arg(key)
+                            .arg(&entry.value)
+                            .arg("PX")
+                            .arg(ms)
+                            .ignore(),
+                        None => pipe.cmd("DEL").arg(key).ignore(),
+                    },
+                };
+            }
+            if n == last && !s.is_cluster() {
+                pipe.cmd("PUBLISH")
+                    .arg(&s.keys.channel)
+                    .arg(Notice::list(list))
+                    .ignore();
+            }
+            let mut conn = s.conn()?;
+            s.run(
+                "writing list entries",
+                list,
+                pipe.query_async::<()>(&mut conn),
+            )
+            .await?;
         }
-        pipe.cmd("PUBLISH")
-            .arg(&s.keys.channel)
-            .arg(Notice::list(list))
-            .ignore();
-        let mut conn = s.manager.clone();
-        s.run(
-            "writing list entries",
-            list,
-            pipe.query_async::<()>(&mut conn),
-        )
-        .await?;
+        s.publish_list_in_cluster(list, "writing list entries")
+            .await?;
         s.send(Change::List {
             list: list.to_owned(),
         });
         Ok(())
     }
 
-    /// One `MULTI`/`EXEC`: `DEL` of every key and the announcement on the changes channel.
+    /// One `MULTI`/`EXEC`: `DEL` of every key and the announcement on the changes channel (in a
+    /// cluster one per hash slot, as for [`Store::put_entries`]).
     async fn remove_entries(&self, list: &str, keys: &[String]) -> Result<usize, StoreError> {
         if keys.is_empty() {
             return Ok(0);
         }
         let s = &self.shared;
         let prefix = s.keys.list_prefix(list);
-        let mut pipe = ::redis::pipe();
-        pipe.atomic();
         let redis_keys: Vec<String> = keys.iter().map(|k| format!("{prefix}{k}")).collect();
-        pipe.cmd("DEL").arg(&redis_keys);
-        pipe.cmd("PUBLISH")
-            .arg(&s.keys.channel)
-            .arg(Notice::list(list))
-            .ignore();
-        let mut conn = s.manager.clone();
-        let (removed,): (usize,) = s
-            .run("removing list entries", list, pipe.query_async(&mut conn))
+        let groups = s.slot_groups(&redis_keys);
+        let last = groups.len() - 1;
+        let mut removed = 0;
+        for (n, group) in groups.into_iter().enumerate() {
+            let mut pipe = ::redis::pipe();
+            pipe.atomic();
+            let group: Vec<&String> = group.into_iter().map(|i| &redis_keys[i]).collect();
+            pipe.cmd("DEL").arg(&group);
+            if n == last && !s.is_cluster() {
+                pipe.cmd("PUBLISH")
+                    .arg(&s.keys.channel)
+                    .arg(Notice::list(list))
+                    .ignore();
+            }
+            let mut conn = s.conn()?;
+            let (count,): (usize,) = s
+                .run("removing list entries", list, pipe.query_async(&mut conn))
+                .await?;
+            removed += count;
+        }
+        s.publish_list_in_cluster(list, "removing list entries")
             .await?;
         s.send(Change::List {
             list: list.to_owned(),
@@ -866,7 +1230,7 @@ impl Store for RedisStore {
                 }
             }
         }
-        let mut conn = s.manager.clone();
+        let mut conn = s.conn()?;
         s.run(
             "writing a record",
             &redis_key,
@@ -879,7 +1243,7 @@ impl Store for RedisStore {
     async fn get_record(&self, key: &str) -> Result<Option<String>, StoreError> {
         let s = &self.shared;
         let redis_key = s.keys.record(key);
-        let mut conn = s.manager.clone();
+        let mut conn = s.conn()?;
         s.run(
             "reading a record",
             &redis_key,
@@ -901,7 +1265,7 @@ impl Store for RedisStore {
     async fn delete_record(&self, key: &str) -> Result<(), StoreError> {
         let s = &self.shared;
         let redis_key = s.keys.record(key);
-        let mut conn = s.manager.clone();
+        let mut conn = s.conn()?;
         s.run(
             "deleting a record",
             &redis_key,
@@ -931,7 +1295,7 @@ impl Store for RedisStore {
         let redis_key = s.keys.lease(name);
         // PEXPIRE 0 would delete the lease just taken: the shortest term is 1 ms.
         let ms = ttl_millis(ttl).unwrap_or(1);
-        let mut conn = s.manager.clone();
+        let mut conn = s.conn()?;
         let held: i64 = s
             .run(
                 "taking a lease",
@@ -951,7 +1315,7 @@ impl Store for RedisStore {
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         let s = &self.shared;
         let redis_key = s.keys.lease(name);
-        let mut conn = s.manager.clone();
+        let mut conn = s.conn()?;
         let _released: i64 = s
             .run(
                 "giving up a lease",
@@ -970,7 +1334,10 @@ impl Store for RedisStore {
     }
 
     fn health(&self) -> StoreHealth {
-        self.shared.health.snapshot()
+        StoreHealth {
+            invalidation: Some(self.invalidation().as_str()),
+            ..self.shared.health.snapshot()
+        }
     }
 }
 
@@ -1210,6 +1577,77 @@ mod tests {
             .map(|(k, _)| k)
             .collect();
         assert_eq!(keys, ["counters/*"]);
+    }
+
+    #[test]
+    fn a_demoted_primary_is_told_from_other_errors() {
+        use ::redis::ServerErrorKind;
+        let readonly = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ReadOnly),
+            "You can't write against a read only replica.",
+        ));
+        assert!(is_demoted(&readonly), "{readonly:?}");
+        let master_down = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::MasterDown),
+            "Link with MASTER is down",
+        ));
+        assert!(is_demoted(&master_down), "{master_down:?}");
+        // Inside a script the error arrives as the script's.
+        let in_script = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "script failed",
+            "READONLY You can't write against a read only replica. script: abc".to_owned(),
+        ));
+        assert!(is_demoted(&in_script), "{in_script:?}");
+        let wrongtype = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+        ));
+        assert!(!is_demoted(&wrongtype));
+        assert!(!is_demoted(&RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused"
+        ))));
+    }
+
+    #[test]
+    fn sentinel_and_cluster_urls_are_redacted_and_checked_before_connecting() {
+        assert_eq!(
+            redact_url("redis+sentinel://u:secret@h1:26379,h2:26379/m/1"),
+            "redis+sentinel://u:***@h1:26379,h2:26379/m/1"
+        );
+        let problem = RedisConfig {
+            key_prefix: "gg:".to_owned(),
+            ..RedisConfig::new("redis+cluster://:secret@h1:7000")
+        }
+        .check()
+        .unwrap_err();
+        assert_eq!(problem.field, "key_prefix");
+        let problem = RedisConfig::new("redis+cluster://:secret@h1:x")
+            .check()
+            .unwrap_err();
+        assert_eq!(
+            problem.to_string(),
+            "url: `redis+cluster://:***@h1:x`: `h1:x` is not host[:port]"
+        );
+    }
+
+    /// A Sentinel store whose sentinels cannot be reached starts degraded (as a single server
+    /// that cannot be reached does) and fails calls at once, naming what it waits for.
+    #[tokio::test]
+    async fn a_sentinel_store_without_sentinels_starts_degraded() {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = dead.local_addr().unwrap().port();
+        drop(dead);
+        let store = RedisStore::connect(RedisConfig::new(format!(
+            "redis+sentinel://127.0.0.1:{port}/m"
+        )))
+        .await
+        .expect("a store, degraded");
+        assert!(store.health().degraded);
+        assert_eq!(store.health().invalidation, Some("disconnected"));
+        let err = store.lookup("ips", "10.0.0.1").await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
     }
 
     #[test]

@@ -20,18 +20,24 @@
 //!
 //! # Reconnecting
 //! When either connection fails ([`WatchError`] says how), the store turns degraded and the task
-//! reconnects with exponential backoff (50 ms doubling up to 5 s). When the server is back it
-//! sends [`Change::Reset`] (invalidations may have been missed) and [`Change::Policy`] with the
-//! current revision (a policy change may have been missed).
+//! reconnects with exponential backoff (50 ms doubling up to 5 s; up to 250 ms with Sentinel,
+//! where each attempt first asks the sentinels which server is the primary now). When the server
+//! is back it sends [`Change::Reset`] (invalidations may have been missed) and
+//! [`Change::Policy`] with the current revision (a policy change may have been missed).
 
 use super::keys::Notice;
+use super::link::{cluster_primaries, Link};
+use super::topology::Topology;
 use super::{
     is_connection_error, InvalidationMode, Shared, BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT,
     OP_TIMEOUT, PING_INTERVAL, RESPONSE_TIMEOUT,
 };
 use crate::store::{Change, ErrorChain};
 use ::redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
-use ::redis::{AsyncConnectionConfig, Msg, PushInfo, PushKind, RedisError, Value};
+use ::redis::{
+    AsyncConnectionConfig, Client, IntoConnectionInfo, Msg, ProtocolVersion, PushInfo, PushKind,
+    RedisError, Value,
+};
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::future::Future;
@@ -39,6 +45,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// The longest wait between two reconnects with Sentinel (see [`Shared::max_backoff`]).
+pub(super) const SENTINEL_BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 /// Why the subscription could not be opened, or why it ended. Its text ends up in the store's
 /// health ([`crate::store::StoreHealth::last_error`]) and in the log, with its cause.
@@ -68,6 +77,10 @@ pub(crate) enum WatchError {
     /// The server closed the subscription connection.
     #[error("the {0} connection closed")]
     Closed(&'static str),
+    /// No sentinel named a primary that answers as one (Sentinel), or the cluster client could
+    /// not be set up.
+    #[error("cannot find the primary")]
+    Discover(#[source] RedisError),
 }
 
 impl WatchError {
@@ -99,8 +112,10 @@ async fn command<T>(
 
 /// The subscription connection, in whichever protocol the server speaks.
 enum Watch {
+    /// One connection per server (one for a single server or the sentinels' primary, one per
+    /// primary in a cluster), all pushing into `pushes`.
     Resp3 {
-        conn: MultiplexedConnection,
+        conns: Vec<MultiplexedConnection>,
         pushes: mpsc::UnboundedReceiver<PushInfo>,
     },
     Resp2 {
@@ -148,7 +163,12 @@ impl Watch {
 
     async fn ping(&mut self) -> Result<(), RedisError> {
         match self {
-            Watch::Resp3 { conn, .. } => ::redis::cmd("PING").query_async::<Value>(conn).await,
+            Watch::Resp3 { conns, .. } => {
+                for conn in conns {
+                    ::redis::cmd("PING").query_async::<Value>(conn).await?;
+                }
+                Ok(Value::Okay)
+            }
             Watch::Resp2 { sink, .. } => sink.ping::<Value>().await,
         }
         .map(drop)
@@ -163,6 +183,11 @@ impl Shared {
         let mut announce = self.health.is_degraded();
         loop {
             let connected = async {
+                if announce {
+                    // After a loss: with Sentinel the primary may have changed (failover), and a
+                    // cluster link that could reach nothing is rebuilt.
+                    self.relink_if(true).await.map_err(WatchError::Discover)?;
+                }
                 let watch = self.open_watch().await?;
                 self.ping().await.map_err(WatchError::Ping)?;
                 Ok::<_, WatchError>(watch)
@@ -195,7 +220,17 @@ impl Shared {
                 }
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            backoff = (backoff * 2).min(self.max_backoff());
+        }
+    }
+
+    /// The longest wait between two reconnects: with Sentinel a new primary is usually named
+    /// within seconds of a failure, and asking the sentinels is cheap, so the store asks at least
+    /// every [`SENTINEL_BACKOFF_MAX`] to take writes again soon after a failover.
+    fn max_backoff(&self) -> Duration {
+        match self.topology {
+            Topology::Sentinel { .. } => SENTINEL_BACKOFF_MAX,
+            _ => BACKOFF_MAX,
         }
     }
 
@@ -203,7 +238,9 @@ impl Shared {
     /// and the policy may have changed.
     async fn announce_reconnect(&self) {
         self.send(Change::Reset);
-        let mut conn = self.manager.clone();
+        let Ok(mut conn) = self.conn() else {
+            return;
+        };
         let mut cmd = ::redis::cmd("HGET");
         cmd.arg(&self.keys.policy).arg("revision");
         let revision = cmd.query_async::<Option<u64>>(&mut conn);
@@ -213,72 +250,119 @@ impl Shared {
     }
 
     /// Opens the subscription connection: RESP3 with tracking (or keyspace events), else RESP2.
+    /// In a cluster, one RESP3 connection per primary (client tracking and keyspace events are
+    /// per node); the changes channel is subscribed on the first, since `PUBLISH` reaches every
+    /// node of a cluster.
     async fn open_watch(&self) -> Result<Watch, WatchError> {
+        let link = self.link().ok_or(WatchError::Closed("command"))?;
+        let targets: Vec<Client> = match &link.resp3 {
+            Some(resp3) => vec![resp3.clone()],
+            None => {
+                let mut conn = link.conn.clone();
+                let primaries = command("CLUSTER SLOTS", cluster_primaries(&mut conn)).await?;
+                if primaries.is_empty() {
+                    return Err(WatchError::Closed("cluster (no primaries)"));
+                }
+                primaries
+                    .iter()
+                    .map(|(host, port)| {
+                        let url = self.topology.node_url(host, *port);
+                        let info = url.as_str().into_connection_info()?;
+                        let settings = info
+                            .redis_settings()
+                            .clone()
+                            .set_protocol(ProtocolVersion::RESP3);
+                        Client::open(info.set_redis_settings(settings))
+                    })
+                    .collect::<Result<_, RedisError>>()
+                    .map_err(WatchError::Connect)?
+            }
+        };
         let (tx, pushes) = mpsc::unbounded_channel();
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_push_sender(tx);
-        let after = CONNECT_TIMEOUT + RESPONSE_TIMEOUT;
-        let conn = tokio::time::timeout(
-            after,
-            self.resp3
-                .get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
-        .map_err(|_| WatchError::Timeout {
-            step: "connecting",
-            after,
-        })?;
-        match conn {
-            Ok(conn) => self.watch_resp3(conn, pushes).await,
-            Err(e) if is_connection_error(&e) => Err(WatchError::Connect(e)),
-            // No RESP3 (Redis < 6): subscribe over RESP2.
-            Err(e) => {
-                tracing::debug!(error = %e, "RESP3 refused; subscribing over RESP2");
-                self.watch_resp2().await
+        let mut conns = Vec::with_capacity(targets.len());
+        for target in &targets {
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                .set_push_sender(tx.clone());
+            let after = CONNECT_TIMEOUT + RESPONSE_TIMEOUT;
+            let conn = tokio::time::timeout(
+                after,
+                target.get_multiplexed_async_connection_with_config(&config),
+            )
+            .await
+            .map_err(|_| WatchError::Timeout {
+                step: "connecting",
+                after,
+            })?;
+            match conn {
+                Ok(conn) => conns.push(conn),
+                Err(e) if is_connection_error(&e) => return Err(WatchError::Connect(e)),
+                // No RESP3 (Redis < 6): subscribe over RESP2 (one server only: a cluster
+                // needs Redis 6 here).
+                Err(e) if targets.len() == 1 && link.client.is_some() => {
+                    tracing::debug!(error = %e, "RESP3 refused; subscribing over RESP2");
+                    return self.watch_resp2(&link).await;
+                }
+                Err(e) => return Err(WatchError::Connect(e)),
             }
         }
+        self.watch_resp3(conns, pushes).await
     }
 
     async fn watch_resp3(
         &self,
-        mut conn: MultiplexedConnection,
+        mut conns: Vec<MultiplexedConnection>,
         pushes: mpsc::UnboundedReceiver<PushInfo>,
     ) -> Result<Watch, WatchError> {
-        command("SUBSCRIBE", conn.subscribe(&self.keys.channel)).await?;
+        if let Some(first) = conns.first_mut() {
+            command("SUBSCRIBE", first.subscribe(&self.keys.channel)).await?;
+        }
         let mut tracking = ::redis::cmd("CLIENT");
         tracking.arg("TRACKING").arg("ON").arg("BCAST");
         for prefix in self.keys.watched_prefixes().unwrap_or_default() {
             tracking.arg("PREFIX").arg(prefix);
         }
-        let mode = match bounded("CLIENT TRACKING", tracking.query_async::<()>(&mut conn)).await? {
-            Ok(()) => InvalidationMode::Tracking,
-            Err(e) if is_connection_error(&e) => {
-                return Err(WatchError::command("CLIENT TRACKING")(e))
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "CLIENT TRACKING refused; trying keyspace notifications");
-                match self.keyspace_patterns(&mut conn).await? {
-                    Some(patterns) => {
-                        command("PSUBSCRIBE", conn.psubscribe(patterns)).await?;
-                        InvalidationMode::KeyspaceEvents
-                    }
-                    None => InvalidationMode::TtlOnly,
+        let mut mode = InvalidationMode::Tracking;
+        for conn in &mut conns {
+            match bounded("CLIENT TRACKING", tracking.query_async::<()>(conn)).await? {
+                Ok(()) => {}
+                Err(e) if is_connection_error(&e) => {
+                    return Err(WatchError::command("CLIENT TRACKING")(e))
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "CLIENT TRACKING refused; trying keyspace notifications");
+                    mode = InvalidationMode::KeyspaceEvents;
+                    break;
                 }
             }
-        };
+        }
+        if mode == InvalidationMode::KeyspaceEvents {
+            // Every node must send them, or some keys would go unnoticed.
+            for conn in &mut conns {
+                match self.keyspace_patterns(conn).await? {
+                    Some(patterns) => {
+                        command("PSUBSCRIBE", conn.psubscribe(patterns)).await?;
+                    }
+                    None => {
+                        mode = InvalidationMode::TtlOnly;
+                        break;
+                    }
+                }
+            }
+        }
         self.set_mode(mode);
-        Ok(Watch::Resp3 { conn, pushes })
+        Ok(Watch::Resp3 { conns, pushes })
     }
 
-    async fn watch_resp2(&self) -> Result<Watch, WatchError> {
-        let pubsub = bounded("connecting", self.client.get_async_pubsub())
+    async fn watch_resp2(&self, link: &Link) -> Result<Watch, WatchError> {
+        let client = link.client.as_ref().ok_or(WatchError::Closed("command"))?;
+        let pubsub = bounded("connecting", client.get_async_pubsub())
             .await?
             .map_err(WatchError::Connect)?;
         let (mut sink, stream) = pubsub.split();
         command("SUBSCRIBE", sink.subscribe(&self.keys.channel)).await?;
-        let mut conn = self.manager.clone();
+        let mut conn = link.conn.clone();
         let mode = match self.keyspace_patterns(&mut conn).await? {
             Some(patterns) => {
                 command("PSUBSCRIBE", sink.psubscribe(patterns)).await?;

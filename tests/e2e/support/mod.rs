@@ -57,6 +57,7 @@ pub use servers::{
     memcached_store, redis_store, sockets_toward, HangingServer, Kind, MemcachedServer,
     NginxBackend, RedisServer, Server,
 };
+pub use servers::{RedisCluster, SentinelSet};
 
 /// Starts a backend answering as `name`.
 pub async fn backend(name: &str) -> Backend {

@@ -613,3 +613,260 @@ pub fn sockets_toward(port: u16) -> usize {
         })
         .sum()
 }
+
+/// `redis-sentinel`, with its config file in a directory of its own (a sentinel rewrites it).
+pub struct Sentinel {
+    _dir: tempfile::TempDir,
+}
+
+impl Kind for Sentinel {
+    const PROGRAM: &'static str = "redis-sentinel";
+
+    fn pid_request(&self) -> (String, &'static str) {
+        ("INFO server\r\n".into(), "tcp_port:")
+    }
+
+    fn pid_line(pid: u32) -> String {
+        format!("process_id:{pid}\r\n")
+    }
+}
+
+/// The name under which a [`SentinelSet`]'s sentinels monitor its primary.
+pub const SENTINEL_MASTER: &str = "graygate-primary";
+
+/// A Redis Sentinel set on free loopback ports: one primary, one replica, three sentinels (quorum
+/// 2) that declare a primary down after 500 ms and fail over within a few seconds. Every process
+/// is stopped in `Drop`.
+pub struct SentinelSet {
+    /// The servers: the primary first, as started; a failover swaps their roles, not this order.
+    pub servers: Vec<RedisServer>,
+    pub sentinels: Vec<Server<Sentinel>>,
+}
+
+impl SentinelSet {
+    pub async fn start() -> SentinelSet {
+        let primary = RedisServer::start().await;
+        let primary_port = primary.port().to_string();
+        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary_port]).await;
+        eventually("the replica is in sync", async || {
+            let info = replica.cli(&["INFO", "replication"]);
+            if info.contains("master_link_status:up") {
+                Ok(())
+            } else {
+                Err(info)
+            }
+        })
+        .await;
+        let mut sentinels = Vec::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().expect("temp dir for redis-sentinel");
+            let path = dir.path().to_str().expect("a UTF-8 temp dir").to_owned();
+            let primary_port = primary_port.clone();
+            let args = move |port: &str| {
+                let config = format!(
+                    "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {path}\n\
+                     sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary_port} 2\n\
+                     sentinel down-after-milliseconds {SENTINEL_MASTER} 500\n\
+                     sentinel failover-timeout {SENTINEL_MASTER} 2000\n\
+                     sentinel parallel-syncs {SENTINEL_MASTER} 1\n"
+                );
+                let file = format!("{path}/sentinel.conf");
+                std::fs::write(&file, config).expect("write sentinel.conf");
+                vec![file]
+            };
+            sentinels.push(Server::start_on_a_free_port(Sentinel { _dir: dir }, args).await);
+        }
+        let set = SentinelSet {
+            servers: vec![primary, replica],
+            sentinels,
+        };
+        // A failover needs the sentinels to know each other (hello messages every 2 s) and the
+        // replica.
+        for sentinel in &set.sentinels {
+            eventually(
+                "the sentinels know each other and the replica",
+                async || {
+                    let master = cli(sentinel.port(), &["SENTINEL", "MASTER", SENTINEL_MASTER]);
+                    let field = |name: &str| {
+                        let mut lines = master.lines();
+                        lines.find(|l| *l == name)?;
+                        lines.next().map(str::to_owned)
+                    };
+                    match (field("num-other-sentinels"), field("num-slaves")) {
+                        (Some(s), Some(r)) if s == "2" && r == "1" => Ok(()),
+                        seen => Err(seen),
+                    }
+                },
+            )
+            .within(Duration::from_secs(15))
+            .await;
+        }
+        set
+    }
+
+    /// `redis+sentinel://<every sentinel>/<master>`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.sentinels.iter().map(|s| s.addr()).collect();
+        format!("redis+sentinel://{}/{SENTINEL_MASTER}", hosts.join(","))
+    }
+
+    /// The port of the primary as the first sentinel that answers names it.
+    pub fn primary_port(&self) -> u16 {
+        for sentinel in &self.sentinels {
+            let out = Command::new("redis-cli")
+                .args(["-p", &sentinel.port().to_string()])
+                .args(["SENTINEL", "get-master-addr-by-name", SENTINEL_MASTER])
+                .output();
+            if let Ok(out) = out {
+                let text = String::from_utf8_lossy(&out.stdout);
+                if let Some(port) = text.lines().nth(1).and_then(|p| p.trim().parse().ok()) {
+                    return port;
+                }
+            }
+        }
+        panic!("no sentinel names the primary");
+    }
+
+    /// The server that is the primary now.
+    pub fn primary(&mut self) -> &mut RedisServer {
+        let port = self.primary_port();
+        self.servers
+            .iter_mut()
+            .find(|s| s.port() == port)
+            .expect("the primary is one of the set's servers")
+    }
+}
+
+/// `redis-cli -p <port> <args>`, trimmed (a sentinel, or a server of any kind).
+pub fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("run redis-cli");
+    assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A Redis Cluster of three primaries on free loopback ports (no replicas), created with
+/// `redis-cli --cluster create`; each node in a directory of its own. Every process is stopped
+/// in `Drop`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub async fn start() -> RedisCluster {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().expect("temp dir for a cluster node");
+            let dir_text = dir.path().to_str().expect("a UTF-8 temp dir").to_owned();
+            // The cluster bus port defaults to port + 10000, which may not exist or be taken: a
+            // free one of its own.
+            let bus = super::gateway::dead_addr().port().to_string();
+            let args = move |port: &str| {
+                [
+                    "--port",
+                    port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--daemonize",
+                    "no",
+                    "--dir",
+                    &dir_text,
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-port",
+                    &bus,
+                ]
+                .map(str::to_string)
+                .to_vec()
+            };
+            let kind = Redis {
+                password: None,
+                _dir: dir,
+            };
+            nodes.push(Server::start_on_a_free_port(kind, args).await);
+        }
+        let addrs: Vec<String> = nodes.iter().map(|n| n.addr()).collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .arg("--cluster-yes")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(out.status.success(), "redis-cli --cluster create: {out:?}");
+        for node in &nodes {
+            eventually("the cluster is up on every node", async || {
+                let info = node.cli(&["CLUSTER", "INFO"]);
+                if info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3") {
+                    Ok(())
+                } else {
+                    Err(info)
+                }
+            })
+            .within(Duration::from_secs(15))
+            .await;
+        }
+        RedisCluster { nodes }
+    }
+
+    /// `redis+cluster://<every node>`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.nodes.iter().map(|n| n.addr()).collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// `redis-cli -c` (following redirections) on the first node.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .arg("-c")
+            .arg("-p")
+            .arg(self.nodes[0].port().to_string())
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// The hash slot of `key`, as the cluster computes it.
+    pub fn slot(&self, key: &str) -> u16 {
+        self.cli(&["CLUSTER", "KEYSLOT", key])
+            .parse()
+            .expect("a slot number")
+    }
+
+    /// The port of the node that holds the existing key `key` (the one that counts a key in its
+    /// slot; the others count none).
+    pub fn node_of(&self, key: &str) -> u16 {
+        let slot = self.slot(key).to_string();
+        self.nodes
+            .iter()
+            .find(|n| n.cli(&["CLUSTER", "COUNTKEYSINSLOT", &slot]) != "0")
+            .map_or_else(|| panic!("no node holds {key}"), |n| n.port())
+    }
+}
+
+impl From<&SentinelSet> for StoreFile {
+    fn from(set: &SentinelSet) -> StoreFile {
+        redis_store(set.url())
+    }
+}
+
+impl From<&RedisCluster> for StoreFile {
+    fn from(cluster: &RedisCluster) -> StoreFile {
+        redis_store(cluster.url())
+    }
+}
