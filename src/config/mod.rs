@@ -30,6 +30,7 @@ pub use admin::{
 };
 pub use observe::{AccessLogConfig, LogConfig, LogFormat, MetricsConfig};
 pub use tls::{TlsConfig, DEFAULT_WATCH_INTERVAL};
+pub use upstream::{shared_upstream, SharedUpstreamError};
 
 use crate::policy::{self, PolicyDoc};
 use crate::proxy::{self, ClientIpConfig, ClientIpMode, Http2Settings, Timeouts, UpstreamConfig};
@@ -414,7 +415,12 @@ pub fn parse_with(text: &str, path: &Path, secrets: AdminSecrets) -> Result<Conf
 
     let mut upstreams = Vec::new();
     for (i, u) in file.upstreams.iter().enumerate() {
-        upstreams.push(upstream::upstream_config(i, u, &base, &at)?);
+        upstreams.push(upstream::upstream_config(
+            &format!("upstreams[{i}]"),
+            u,
+            &base,
+            &at,
+        )?);
     }
     // The data plane's own rules (names, servers), reported at the line of the field.
     proxy::check_upstreams(&upstreams).map_err(|e| at(&e.field(), e.to_string()))?;

@@ -94,7 +94,7 @@ impl Gateway {
                     unchanged: true,
                 });
             }
-            let compiled = self.compile(&after)?;
+            let compiled = self.prepare(&after).await.map_err(ChangeError::from)?;
             let next = current + 1;
             let record = Record::new(next, actor, summary, &before, &after).to_json();
             let json = serde_json::to_string(&after).expect("a policy document always serializes");
@@ -105,7 +105,7 @@ impl Gateway {
             {
                 Ok(revision) => {
                     if revision >= self.revision() {
-                        self.install(compiled, revision);
+                        self.install_prepared(compiled, revision);
                     }
                     tracing::info!(revision, actor, summary, "policy changed");
                     return Ok(Applied {
