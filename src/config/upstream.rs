@@ -327,4 +327,84 @@ mod tests {
             assert_eq!(error(upstream), message, "{upstream}");
         }
     }
+
+    #[test]
+    fn the_policys_upstreams_are_checked_and_named_like_the_files() {
+        let config = |policy: &str| {
+            parse(
+                &format!("{LISTEN}[[upstreams]]\nname = \"stable\"\nservers = [\"h:1\"]\n{policy}"),
+                Path::new("/nowhere/g.toml"),
+            )
+        };
+        let good = config(
+            "[[policy.services]]\nname = \"web\"\nstable = \"v1\"\nversions = { v1 = \"stable\", v2 = \"api\" }\n\
+             [policy.upstreams.api]\nservers = [{ address = \"h:2\", weight = 3 }, { address = \"h:3\", drained = true }]\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            good.policy.unwrap().doc.upstreams["api"].servers[0].weight,
+            3
+        );
+        let bad = config(
+            "[policy.upstreams.api]\nservers = [{ address = \"h:2\" }, { address = \"nohost\" }]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            bad.ends_with("policy.upstreams.api.servers[1]: `nohost` has no port: write host:port"),
+            "{bad}"
+        );
+    }
+
+    #[test]
+    fn a_shared_upstream_is_built_as_a_file_upstream_with_drained_servers_at_weight_0() {
+        use crate::policy::upstreams::{ServerDoc, UpstreamDoc};
+        let doc = UpstreamDoc {
+            servers: vec![
+                ServerDoc::new("http://h:1"),
+                ServerDoc {
+                    address: "h:2".into(),
+                    weight: 4,
+                    drained: true,
+                },
+                ServerDoc {
+                    address: "h:3".into(),
+                    weight: 2,
+                    drained: false,
+                },
+            ],
+            protocol: Some("h2c".into()),
+            ..UpstreamDoc::default()
+        };
+        let built = super::shared_upstream("api.v2", &doc, Path::new("/nowhere")).unwrap();
+        assert_eq!(built.name, "api.v2");
+        let weights: Vec<(&str, u32)> = built
+            .servers
+            .iter()
+            .map(|s| (s.addr.as_str(), s.weight))
+            .collect();
+        assert_eq!(weights, [("h:1", 1), ("h:2", 0), ("h:3", 2)]);
+        assert_eq!(built.transport.protocol(), Protocol::H2c);
+
+        let mut tls = doc.clone();
+        tls.protocol = None;
+        tls.ca = Some("ca.pem".into());
+        let e = super::shared_upstream("api.v2", &tls, Path::new("/nowhere")).unwrap_err();
+        assert_eq!(e.upstream, "api.v2");
+        assert_eq!(e.field.to_string(), "upstreams.api.v2.ca");
+        assert_eq!(
+            e.message,
+            "`ca` is a TLS setting, but the upstream does not use TLS: write its servers as https://host:port or set tls = true"
+        );
+        let mut health = doc.clone();
+        health.health = Some(crate::config::file::HealthFile {
+            interval: Some("soon".into()),
+            ..Default::default()
+        });
+        let e = super::shared_upstream("api", &health, Path::new("/nowhere")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "upstreams.api.health.interval: `soon` is not a duration like \"2s\" or \"300ms\": expected number at 0"
+        );
+    }
 }
