@@ -113,7 +113,21 @@ async fn servers_added_drained_and_weighted_through_one_instance_route_on_both()
         assert_eq!(split.get("api-2"), Some(&100), "{split:?}");
     }
 
-    // Drained through `graygate ctl` on B: neither instance sends it new requests.
+    // Drained through `graygate ctl` on B while a slow request is in flight on it through A:
+    // that request finishes on the table it started with; neither instance sends it new ones.
+    api2.delay(patient(Duration::from_secs(3)));
+    let arrived = api2.requests();
+    // Four turns of the 3:1 schedule: one of them is api-2's.
+    let slow: Vec<_> = (0..4)
+        .map(|_| {
+            let mut client = a.client();
+            tokio::spawn(async move { client.get(&[]).await })
+        })
+        .collect();
+    eventually("a request is in flight on api-2", async || {
+        equals(api2.requests(), arrived + 1)
+    })
+    .await;
     let out = b.ctl().ok(&["upstreams", "drain", "api", &api2_addr]);
     assert!(
         out.contains(&format!("upstream api: server {api2_addr} drained")),
@@ -122,6 +136,19 @@ async fn servers_added_drained_and_weighted_through_one_instance_route_on_both()
     let drained = ab.revision().await;
     runs(&mut aa, drained, "A").await;
     runs(&mut ab, drained, "B").await;
+    assert!(
+        !slow.iter().all(|t| t.is_finished()),
+        "the slow request was still in flight when A swapped its table"
+    );
+    let mut answered = Vec::new();
+    for task in slow {
+        let reply = task.await.expect("the request task");
+        assert_eq!(reply.status, 200, "{reply:?}");
+        answered.push(reply.body.trim().to_string());
+    }
+    answered.sort();
+    assert_eq!(answered, ["api-1", "api-1", "api-1", "api-2"]);
+    api2.delay(Duration::ZERO);
     let before = api2.requests();
     assert_eq!(
         spread(&mut ca, 50).await,
