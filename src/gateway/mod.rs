@@ -16,6 +16,8 @@
 //! removes upstreams swaps them ([`Gateway::set_upstreams`]) together with the data plane's
 //! table, and recompiles the running policy against them. One change, reload or swap runs at a
 //! time on an instance, so that nothing compiled against the old names is installed after them.
+//! The policy may define upstreams of its own (shared by every instance): a revision that
+//! changes them rebuilds the table before it is installed (`upstreams`).
 //!
 //! # Files
 //! - `mod.rs`: the [`Gateway`] itself: start, the running snapshot, install, the upstream
@@ -31,6 +33,10 @@
 //!   and of the rollout analysis.
 //! - `rollouts`: the rollout driver: publishes this instance's counters, and on the instance
 //!   holding the store lease, judges every rollout's window and moves it.
+//! - `upstreams`: the table an instance runs, its config file's upstreams overlaid by the
+//!   policy's ([`EffectiveUpstreams`]): rebuilt with stable indexes when a revision or a config
+//!   reload changes either side; a revision whose upstreams this instance cannot build is not
+//!   applied ([`GatewayError::UnbuildableUpstream`]).
 
 mod change;
 mod decide;
