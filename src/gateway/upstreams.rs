@@ -328,6 +328,47 @@ impl Gateway {
         Ok(Prepared { policy, table })
     }
 
+    /// Whether a change whose document this instance cannot build may still be written: when
+    /// every upstream the edit defines or changes builds here, and the failure is an upstream
+    /// the stored policy had already (the fleet runs it; this instance lacks, say, its CA file),
+    /// the change is the fleet's to make, and refusing it would leave this instance's admin API
+    /// refusing every change. The document must still compile (against the names it would
+    /// have). `Err`: refused, as a 422 about the field.
+    pub(super) fn unbuildable_here(
+        &self,
+        before: &PolicyDoc,
+        after: &PolicyDoc,
+        failure: Unbuildable,
+    ) -> Result<(), super::ChangeError> {
+        let Unbuildable::Upstream(e) = &failure else {
+            return Err(failure.into());
+        };
+        if before.upstreams.get(&e.upstream) != after.upstreams.get(&e.upstream) {
+            return Err(failure.into());
+        }
+        let Some(effective) = &self.table else {
+            return Err(failure.into());
+        };
+        for (name, doc) in &after.upstreams {
+            if before.upstreams.get(name) != Some(doc) {
+                shared_upstream(name, doc, &effective.base)
+                    .map_err(|e| super::ChangeError::from(Unbuildable::Upstream(e)))?;
+            }
+        }
+        let current = self.upstream_names();
+        let mut names: Vec<&str> = current.iter().map(String::as_str).collect();
+        names.extend(
+            after
+                .upstreams
+                .keys()
+                .map(String::as_str)
+                .filter(|n| !current.iter().any(|c| c == n)),
+        );
+        policy::compile(after, &names).map_err(super::ChangeError::Rejected)?;
+        tracing::warn!(upstream = %e.upstream, field = %e.field, detail = %e.message, "a change made through this instance is written for the fleet, but this instance cannot build an upstream of the policy");
+        Ok(())
+    }
+
     /// Installs a prepared policy: its table first (then the names it compiled against), then
     /// the policy.
     pub(super) fn install_prepared(&self, prepared: Prepared, revision: u64) {
@@ -582,6 +623,43 @@ mod tests {
             .current()
             .index_of("api")
             .is_none());
+
+        // A change made through this instance meanwhile is the fleet's: written, not applied
+        // here (its admin API does not refuse every change)...
+        let applied = g
+            .change(None, "alice", "v4", |d| {
+                d.services[0].versions.insert("v4".into(), "canary".into());
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(applied.revision, 3);
+        assert_eq!(store.load_policy().await.unwrap().unwrap().revision, 3);
+        assert_eq!(g.revision(), 1, "still the old policy here");
+        // ... unless it is wrong for everyone, or changes the upstream this instance cannot build.
+        let wrong = g
+            .change(None, "alice", "v5", |d| {
+                d.services[0].versions.insert("v5".into(), "nowhere".into());
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            wrong.to_string().contains("unknown upstream `nowhere`"),
+            "{wrong}"
+        );
+        let still = g
+            .change(None, "alice", "api again", |d| {
+                d.upstreams.get_mut("api").unwrap().sni = Some("a.example".into());
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            still.to_string(),
+            "policy rejected: upstreams.api.ca: cannot read /nowhere/missing-ca.pem: No such file or directory (os error 2)"
+        );
+        assert_eq!(store.load_policy().await.unwrap().unwrap().revision, 3);
     }
 
     #[tokio::test]

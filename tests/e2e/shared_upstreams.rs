@@ -3,7 +3,7 @@
 //! `graygate ctl`) changes where both send requests; an invalid definition is refused naming its
 //! field and writes nothing; an upstream only in the config files works as before; a revision
 //! one instance cannot build (a CA file only the other has) leaves that instance on its old
-//! policy while the other runs it.
+//! policy while the other runs it, and its admin API still takes changes (for the fleet).
 
 use crate::support::*;
 use graygate::policy::upstreams::{ServerDoc, UpstreamDoc};
@@ -307,6 +307,21 @@ async fn a_revision_one_instance_cannot_build_leaves_it_on_its_old_policy() {
     for client in [&mut ca, &mut cb] {
         assert_eq!(client.version(&[]).await, "api-1");
     }
+    // B's admin API still takes changes: they are the fleet's (A runs them); B stays as it is.
+    let (reply, json) = ab
+        .send(
+            "PATCH",
+            &format!("/v1/upstreams/api/servers/{}", api1.addr()),
+            &[],
+            r#"{"weight":2}"#,
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let next = json["revision"].as_u64().unwrap();
+    runs(&mut aa, next, "A").await;
+    assert_eq!(running(&mut ab).await, before);
+    assert_eq!(cb.version(&[]).await, "api-1");
+
     // Once B has the file too, the next reload applies the revision.
     std::fs::copy(pki.path("ca.pem"), b.dir().join("ca.pem")).expect("copy the CA");
     eventually("B applies the revision once it has the CA", async || {
