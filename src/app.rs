@@ -255,14 +255,25 @@ pub async fn start_with(
             open_access_log(path).await?;
         }
     }
-    let upstream_names = upstreams.current().policy_names();
+    // The table the gateway rebuilds when the policy's upstreams change: the config's
+    // upstreams overlaid by the policy's, whose relative file paths are read from the config's
+    // directory.
+    let table = crate::gateway::EffectiveUpstreams::new(
+        upstreams.clone(),
+        config.upstreams.clone(),
+        config.timeouts,
+        config
+            .file
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default(),
+    );
     let seed = config.policy.as_ref().map(|p| &p.doc);
     // A little above the cache's own bound, so that the cache (which can serve a stale value)
     // answers first.
     let lookup_timeout = config.cache.lookup_timeout + std::time::Duration::from_millis(10);
     let store = store.await?;
-    let gateway =
-        Gateway::start(store, upstream_names, seed, lookup_timeout, config.history).await?;
+    let gateway = Gateway::start(store, table, seed, lookup_timeout, config.history).await?;
     let watcher = gateway.spawn_watcher(config.reload_interval);
     let rollouts = gateway.spawn_rollouts(config.rollouts);
     let verdicts = rollouts.verdicts();

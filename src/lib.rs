@@ -21,7 +21,8 @@
 //! - [`config`]: the TOML startup config, validated into the types above; errors name file, line
 //!   and field.
 //! - [`gateway`]: glue that keeps the live policy snapshot, answers the data plane's routing
-//!   question from it, and applies store changes without a restart.
+//!   question from it, and applies store changes without a restart, with the upstream table
+//!   they need (the config file's upstreams overlaid by the policy's shared ones).
 //! - [`reload`]: the config file read again while running (SIGHUP, `POST /v1/reload`): upstreams,
 //!   timeouts, the log format and the TLS certificates applied; the config's policy seeds the store and is applied
 //!   again only when it changed, never over a rollout in progress unless forced.

@@ -24,7 +24,7 @@
 
 use crate::api::{ReloadOutcome, Reloaded, ReloadedPart, ReloadedPolicy};
 use crate::config::{self, Config, ConfigError, LogFormat};
-use crate::gateway::{ConfigPolicy, Gateway};
+use crate::gateway::{ConfigPolicy, Gateway, GatewayError, TableChange};
 use crate::proxy::tls::{CertsReloaded, LiveCerts};
 use crate::proxy::LiveUpstreams;
 use crate::store::ErrorChain;
@@ -175,7 +175,8 @@ impl Reloader {
     }
 
     /// Rebuilds the upstream table if the upstreams or their timeouts changed, and swaps it with
-    /// the gateway's upstream names.
+    /// the gateway's upstream names. With a gateway that owns the table, the file's upstreams
+    /// are overlaid by the running policy's ([`Gateway::set_file_upstreams`]).
     async fn upstreams_and_timeouts(
         &self,
         current: &Config,
@@ -183,58 +184,24 @@ impl Reloader {
     ) -> (ReloadedPart, ReloadedPart) {
         let part = |outcome, message: String| ReloadedPart { outcome, message };
         let timeouts_text = timeouts_text(new);
-        let plan = match self.upstreams.plan(&new.upstreams, &new.timeouts) {
-            // The first health check of the servers of new and rebuilt upstreams, before a
-            // request can reach them.
-            Ok(plan) => {
-                plan.start_health_checks().await;
-                plan
-            }
-            // The config checked them already: only a table built in code could get here.
-            Err(e) => {
-                let message = format!("not applied: {}: {e}", e.field());
-                return (
-                    part(ReloadOutcome::Failed, message.clone()),
-                    part(ReloadOutcome::Failed, message),
-                );
-            }
-        };
-        if plan.is_empty() {
-            let names: Vec<&str> = new.upstreams.iter().map(|u| u.name.as_str()).collect();
-            return (
-                part(
-                    ReloadOutcome::Unchanged,
-                    format!("{} as before", names.join(", ")),
-                ),
-                part(
-                    ReloadOutcome::Unchanged,
-                    format!("{timeouts_text}, as before"),
-                ),
-            );
-        }
-        let mut what = Vec::new();
-        for (verb, names) in [
-            ("added", &plan.added),
-            ("removed", &plan.removed),
-            ("changed", &plan.changed),
-        ] {
-            if !names.is_empty() {
-                what.push(format!("{verb} {}", names.join(", ")));
-            }
-        }
-        let timeouts_changed = plan.timeouts_changed;
-        let renamed = !plan.added.is_empty() || !plan.removed.is_empty();
-        let swapped = if renamed {
-            let names = plan.policy_names();
-            self.gateway
-                .set_upstreams(names, || self.upstreams.install(plan))
+        let swapped = match self.gateway.upstream_table() {
+            Some(_) => self
+                .gateway
+                .set_file_upstreams(new.upstreams.clone(), new.timeouts)
                 .await
-        } else {
-            self.upstreams.install(plan);
-            Ok(())
+                .map_err(|e| match e {
+                    GatewayError::UpstreamInUse { .. } => {
+                        (ReloadOutcome::Refused, ErrorChain(&e).to_string())
+                    }
+                    e => (
+                        ReloadOutcome::Failed,
+                        format!("not applied: {}", ErrorChain(&e)),
+                    ),
+                }),
+            None => self.plan_and_install(new).await,
         };
-        let timeouts_part = |applied: ReloadOutcome| {
-            if timeouts_changed {
+        let timeouts_part = |applied: ReloadOutcome, changed: bool| {
+            if changed {
                 part(applied, timeouts_text.clone())
             } else {
                 part(
@@ -244,7 +211,17 @@ impl Reloader {
             }
         };
         match swapped {
-            Ok(()) => {
+            Ok(change) => {
+                let mut what = Vec::new();
+                for (verb, names) in [
+                    ("added", &change.added),
+                    ("removed", &change.removed),
+                    ("changed", &change.changed),
+                ] {
+                    if !names.is_empty() {
+                        what.push(format!("{verb} {}", names.join(", ")));
+                    }
+                }
                 let upstreams = if what.is_empty() {
                     let names: Vec<&str> =
                         current.upstreams.iter().map(|u| u.name.as_str()).collect();
@@ -255,21 +232,71 @@ impl Reloader {
                 } else {
                     part(ReloadOutcome::Applied, what.join("; "))
                 };
-                (upstreams, timeouts_part(ReloadOutcome::Applied))
+                (
+                    upstreams,
+                    timeouts_part(ReloadOutcome::Applied, change.timeouts_changed),
+                )
             }
-            Err(e) => {
-                let message = ErrorChain(&e).to_string();
+            Err((ReloadOutcome::Failed, message)) => (
+                part(ReloadOutcome::Failed, message.clone()),
+                part(ReloadOutcome::Failed, message),
+            ),
+            Err((outcome, message)) => {
+                let timeouts_changed = current.timeouts.connect != new.timeouts.connect
+                    || current.timeouts.upstream_response != new.timeouts.upstream_response
+                    || current.timeouts.idle != new.timeouts.idle
+                    || current.timeouts.client_body != new.timeouts.client_body
+                    || current.timeouts.upstream_body != new.timeouts.upstream_body;
                 let timeouts = if timeouts_changed {
                     part(
-                        ReloadOutcome::Refused,
+                        outcome,
                         "not applied: they come with the upstreams, which were refused".into(),
                     )
                 } else {
-                    timeouts_part(ReloadOutcome::Unchanged)
+                    timeouts_part(ReloadOutcome::Unchanged, false)
                 };
-                (part(ReloadOutcome::Refused, message), timeouts)
+                (part(outcome, message), timeouts)
             }
         }
+    }
+
+    /// The table of a gateway that has upstream names only: planned from the file alone and
+    /// installed here.
+    async fn plan_and_install(&self, new: &Config) -> Result<TableChange, (ReloadOutcome, String)> {
+        let plan = match self.upstreams.plan(&new.upstreams, &new.timeouts) {
+            // The first health check of the servers of new and rebuilt upstreams, before a
+            // request can reach them.
+            Ok(plan) => {
+                plan.start_health_checks().await;
+                plan
+            }
+            // The config checked them already: only a table built in code could get here.
+            Err(e) => {
+                return Err((
+                    ReloadOutcome::Failed,
+                    format!("not applied: {}: {e}", e.field()),
+                ))
+            }
+        };
+        let change = TableChange {
+            added: plan.added.clone(),
+            removed: plan.removed.clone(),
+            changed: plan.changed.clone(),
+            timeouts_changed: plan.timeouts_changed,
+        };
+        if plan.is_empty() {
+            return Ok(change);
+        }
+        if !plan.added.is_empty() || !plan.removed.is_empty() {
+            let names = plan.policy_names();
+            self.gateway
+                .set_upstreams(names, || self.upstreams.install(plan))
+                .await
+                .map_err(|e| (ReloadOutcome::Refused, ErrorChain(&e).to_string()))?;
+        } else {
+            self.upstreams.install(plan);
+        }
+        Ok(change)
     }
 
     /// Switches the log format if it changed and the process can.

@@ -20,6 +20,7 @@
 //! | `GET, POST /v1/services/{s}/versions`, `GET, PUT, DELETE .../versions/{v}` | versions (name -> upstream) |
 //! | `GET, POST /v1/services/{s}/rules`, `GET, PUT, DELETE .../rules/{r}` | rules, in order |
 //! | `GET, PUT /v1/services/{s}/weights` | the weighted split |
+//! | `GET /v1/upstreams`, `GET, PUT, DELETE /v1/upstreams/{name}`, `POST .../servers`, `PATCH, DELETE .../servers/{server}` | upstreams: the table this instance runs, and the shared ones (servers, weights, drain) |
 //! | `POST /v1/services/{s}/promote` | the canary becomes stable, in one step |
 //! | `POST /v1/services/{s}/rollback` | everyone back to stable, in one step |
 //! | `GET, POST /v1/services/{s}/rollout`, `POST .../rollout/{pause,resume,promote,abort,retry}` | a rollout: start it, see its window and verdicts, drive it |
@@ -63,7 +64,8 @@
 //!   `versions`, `rules`, `weights`, `release` (promote and rollback: rollout steps that move the
 //!   stable version, the rules and the split at once, not a resource of their own), `rollouts`
 //!   (start, status, and the actions on a service's rollout), `lists`, `history` (with undo),
-//!   `status` (with the probes and explain), `reload` (the config file).
+//!   `status` (with the probes and explain), `reload` (the config file), `upstreams` (the
+//!   table this instance runs and the shared upstreams).
 
 mod auth;
 mod browser;
@@ -85,6 +87,7 @@ mod services;
 mod session;
 mod status;
 mod ui;
+mod upstreams;
 mod versions;
 mod weights;
 
@@ -242,6 +245,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .merge(versions::router())
         .merge(rules::router())
         .merge(weights::router())
+        .merge(upstreams::router())
         .merge(release::router())
         .merge(rollouts::router())
         .merge(lists::router())

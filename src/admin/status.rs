@@ -331,7 +331,7 @@ fn explain_mirror(target: &MirrorTarget, method: &str, random: u64) -> MirrorExp
 }
 
 /// The health of upstream `name`'s servers; `None` when the table has no such upstream.
-fn version_health(table: &Upstreams, name: &str) -> Option<VersionHealth> {
+pub(super) fn version_health(table: &Upstreams, name: &str) -> Option<VersionHealth> {
     let index = table.index_of(name)?;
     let servers: Vec<ServerStatus> = table.health(index);
     let in_service = servers

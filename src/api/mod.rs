@@ -23,6 +23,7 @@
 //! - `rollout`: starting a rollout, and its status with the window and the verdicts.
 //! - `status`: health, readiness, status and explain.
 //! - `live`: the dashboard's sign-in and the live figures of every version.
+//! - `upstreams`: the upstreams an instance runs, and the changes of the shared ones.
 
 mod error;
 mod history;
@@ -34,6 +35,7 @@ mod reload;
 mod revision;
 mod rollout;
 mod status;
+mod upstreams;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use history::{History, HistoryChange, HistoryEntry, HistoryOne, Undo, Undone};
@@ -56,6 +58,10 @@ pub use status::{
     Explain, Explanation, Fallback, Health, MirrorExplained, MirrorMismatch, MirrorStatus,
     Readiness, Routed, RuleSummary, ServerHealth, ServerHealthState, ServiceStatus, Status,
     StoreStatus, Traffic, VersionHealth,
+};
+pub use upstreams::{
+    ServerView, ServerWritten, SetServer, UpstreamDeleted, UpstreamList, UpstreamPut,
+    UpstreamSource, UpstreamView,
 };
 
 /// The header every answer of the admin API carries, with graygate's version: how `graygate ctl`

@@ -64,6 +64,14 @@ pub const SESSION: &str = "/v1/session";
 pub const LIVE: &str = "/v1/live";
 /// `GET`: the last minutes of live samples.
 pub const LIVE_HISTORY: &str = "/v1/live/history";
+/// `GET`: the upstreams this instance runs (config file and shared policy).
+pub const UPSTREAMS: &str = "/v1/upstreams";
+/// `GET`: one upstream as run; `PUT`: define or replace it in the policy; `DELETE`: delete it.
+pub const UPSTREAM: &str = "/v1/upstreams/{name}";
+/// `POST`: add a server to a policy upstream.
+pub const UPSTREAM_SERVERS: &str = "/v1/upstreams/{name}/servers";
+/// `PATCH`: a server's weight or drained; `DELETE`: remove it. `{server}` is its `host:port`.
+pub const UPSTREAM_SERVER: &str = "/v1/upstreams/{name}/servers/{server}";
 /// The dashboard's page; its files are under it.
 pub const UI: &str = "/ui/";
 
@@ -93,6 +101,21 @@ fn encode_segment(segment: &str, out: &mut String) {
             out.push_str(&format!("%{b:02X}"));
         }
     }
+}
+
+/// [`UPSTREAM`].
+pub fn upstream(name: &str) -> String {
+    fill(UPSTREAM, &[name])
+}
+
+/// [`UPSTREAM_SERVERS`].
+pub fn upstream_servers(name: &str) -> String {
+    fill(UPSTREAM_SERVERS, &[name])
+}
+
+/// [`UPSTREAM_SERVER`].
+pub fn upstream_server(name: &str, server: &str) -> String {
+    fill(UPSTREAM_SERVER, &[name, server])
 }
 
 /// [`ROUTE`].

@@ -68,6 +68,12 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: WeightsCmd,
     },
+    /// Upstreams: the table this instance runs (config file and shared policy, with the source
+    /// of each), and the shared ones: define, delete, add or remove a server, drain, weight.
+    Upstreams {
+        #[command(subcommand)]
+        cmd: UpstreamsCmd,
+    },
     /// Gray list entries (identities, IPs) in the store.
     List {
         #[command(subcommand)]
@@ -276,6 +282,74 @@ pub enum WeightsCmd {
         /// Hash salt of the split (default: kept, or the service name).
         #[arg(long)]
         salt: Option<String>,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum UpstreamsCmd {
+    /// Every upstream this instance runs: source (config or policy), servers, weights, drained,
+    /// health.
+    List,
+    /// One upstream as this instance runs it, as JSON (with the policy's definition).
+    Get {
+        /// The upstream.
+        name: String,
+    },
+    /// Define an upstream in the shared policy, or replace its definition: a policy upstream
+    /// replaces the config file's upstream of the same name on every instance.
+    Put {
+        /// The upstream.
+        name: String,
+        /// JSON or TOML file, `-` for stdin, or inline JSON: `{"servers":[{"address":"10.0.0.5:8080"}]}`.
+        file: String,
+    },
+    /// Delete an upstream from the shared policy (refused while a version uses it).
+    Delete {
+        /// The upstream.
+        name: String,
+    },
+    /// Add a server to an upstream of the shared policy.
+    AddServer {
+        /// The upstream.
+        name: String,
+        /// `host:port` (or `https://host:port`).
+        address: String,
+        /// Its weight, 1 to 1000.
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        /// Add it drained (no requests until `undrain`).
+        #[arg(long)]
+        drained: bool,
+    },
+    /// Remove a server from an upstream of the shared policy.
+    RemoveServer {
+        /// The upstream.
+        name: String,
+        /// Its `host:port`.
+        address: String,
+    },
+    /// Drain a server: no new requests go to it; requests in flight finish.
+    Drain {
+        /// The upstream.
+        name: String,
+        /// Its `host:port`.
+        address: String,
+    },
+    /// Undrain a server: it takes requests again, with its weight.
+    Undrain {
+        /// The upstream.
+        name: String,
+        /// Its `host:port`.
+        address: String,
+    },
+    /// Change a server's weight (1 to 1000).
+    Weight {
+        /// The upstream.
+        name: String,
+        /// Its `host:port`.
+        address: String,
+        /// The new weight.
+        weight: u32,
     },
 }
 

@@ -47,7 +47,8 @@ use crate::policy::edit::route_name;
 use crate::policy::model::{RouteDoc, RuleDoc, ServiceDoc};
 use crate::policy::PolicyDoc;
 use args::{
-    Cmd, DocCmd, ListCmd, PolicyCmd, RolloutCmd, RulesCmd, StartArgs, VersionsCmd, WeightsCmd,
+    Cmd, DocCmd, ListCmd, PolicyCmd, RolloutCmd, RulesCmd, StartArgs, UpstreamsCmd, VersionsCmd,
+    WeightsCmd,
 };
 use client::{Answer, Api};
 use doc::Part;
@@ -291,6 +292,7 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
                 out.show(&a, output::weights)?;
             }
         },
+        Cmd::Upstreams { cmd } => upstreams(&api, &out, rev, cmd).await?,
         Cmd::List { cmd } => lists(&api, &out, cmd).await?,
         Cmd::Explain(e) => {
             let mut headers = BTreeMap::new();
@@ -543,6 +545,104 @@ fn created_or_replaced(created: bool) -> &'static str {
     } else {
         "replaced"
     }
+}
+
+/// `upstreams`: the table an instance runs, and the changes of the shared ones.
+async fn upstreams(
+    api: &Api,
+    out: &output::Printer,
+    rev: IfMatch,
+    cmd: UpstreamsCmd,
+) -> Result<(), CtlError> {
+    use crate::api::{ServerWritten, SetServer, UpstreamDeleted, UpstreamList, UpstreamPut};
+    use crate::policy::upstreams::{ServerDoc, UpstreamDoc};
+    let set = |name: &str, address: &str, body: SetServer| {
+        let path = paths::upstream_server(name, address);
+        async move {
+            let body = json_body(&body)?;
+            api.call::<Revisioned<ServerWritten>>(Method::PATCH, &path, rev, Some(body))
+                .await
+        }
+    };
+    match cmd {
+        UpstreamsCmd::List => {
+            let a: Answer<Revisioned<UpstreamList>> = api.get(paths::UPSTREAMS).await?;
+            out.show(&a, output::upstreams)?;
+        }
+        UpstreamsCmd::Get { name } => {
+            let a: Answer<serde_json::Value> = api.get(&paths::upstream(&name)).await?;
+            out.pretty(&a.raw)?;
+        }
+        UpstreamsCmd::Put { name, file } => {
+            let doc = doc::read::<UpstreamDoc>(&file, Part::Policy)?;
+            let path = paths::upstream(&name);
+            let a: Answer<Revisioned<UpstreamPut>> = doc.send(api, Method::PUT, &path, rev).await?;
+            let verb = if a.body.body.created {
+                "defined"
+            } else {
+                "replaced"
+            };
+            out.done(&a, &format!("upstream {name} {verb}"))?;
+        }
+        UpstreamsCmd::Delete { name } => {
+            let a: Answer<Revisioned<UpstreamDeleted>> =
+                delete(api, rev, &paths::upstream(&name)).await?;
+            out.done(&a, &format!("upstream {name} deleted"))?;
+        }
+        UpstreamsCmd::AddServer {
+            name,
+            address,
+            weight,
+            drained,
+        } => {
+            let body = json_body(&ServerDoc {
+                address: address.clone(),
+                weight,
+                drained,
+            })?;
+            let path = paths::upstream_servers(&name);
+            let a: Answer<Revisioned<ServerWritten>> =
+                api.call(Method::POST, &path, rev, Some(body)).await?;
+            out.done(&a, &format!("upstream {name}: server {address} added"))?;
+        }
+        UpstreamsCmd::RemoveServer { name, address } => {
+            let a: Answer<Revisioned<ServerWritten>> =
+                delete(api, rev, &paths::upstream_server(&name, &address)).await?;
+            out.done(&a, &format!("upstream {name}: server {address} removed"))?;
+        }
+        UpstreamsCmd::Drain { name, address } => {
+            let body = SetServer {
+                drained: Some(true),
+                ..SetServer::default()
+            };
+            let a = set(&name, &address, body).await?;
+            out.done(&a, &format!("upstream {name}: server {address} drained"))?;
+        }
+        UpstreamsCmd::Undrain { name, address } => {
+            let body = SetServer {
+                drained: Some(false),
+                ..SetServer::default()
+            };
+            let a = set(&name, &address, body).await?;
+            out.done(&a, &format!("upstream {name}: server {address} undrained"))?;
+        }
+        UpstreamsCmd::Weight {
+            name,
+            address,
+            weight,
+        } => {
+            let body = SetServer {
+                weight: Some(weight),
+                ..SetServer::default()
+            };
+            let a = set(&name, &address, body).await?;
+            out.done(
+                &a,
+                &format!("upstream {name}: server {address} weight {weight}"),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// `routes`: list, get, put, delete.

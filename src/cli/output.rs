@@ -417,6 +417,54 @@ pub fn weights(v: &Revisioned<Weights>) -> String {
     )
 }
 
+/// `ctl upstreams list`: one row per server, with where its upstream is defined.
+pub fn upstreams(v: &Revisioned<crate::api::UpstreamList>) -> String {
+    use crate::api::UpstreamSource;
+    let mut rows = Vec::new();
+    for u in &v.body.upstreams {
+        let source = match (u.source, u.replaces_config) {
+            (UpstreamSource::Config, _) => "config",
+            (UpstreamSource::Policy, false) => "policy",
+            (UpstreamSource::Policy, true) => "policy (replaces config)",
+        };
+        let proto = if u.tls {
+            format!("{}+tls", u.protocol)
+        } else {
+            u.protocol.clone()
+        };
+        for (i, s) in u.servers.iter().enumerate() {
+            let health = u
+                .health
+                .as_ref()
+                .and_then(|h| h.servers.iter().find(|h| h.server == s.address))
+                .map(|h| format!("{:?}", h.state).to_lowercase())
+                .unwrap_or_else(|| "-".into());
+            let first = i == 0;
+            rows.push(vec![
+                if first { u.name.clone() } else { String::new() },
+                if first {
+                    source.to_string()
+                } else {
+                    String::new()
+                },
+                if first { proto.clone() } else { String::new() },
+                s.address.clone(),
+                s.weight.to_string(),
+                if s.drained { "yes" } else { "no" }.to_string(),
+                health,
+            ]);
+        }
+    }
+    format!(
+        "{}\n{}",
+        revision(v),
+        table(
+            &["UPSTREAM", "SOURCE", "PROTOCOL", "SERVER", "WEIGHT", "DRAINED", "HEALTH"],
+            &rows
+        )
+    )
+}
+
 /// `ctl list show`.
 pub fn entries(v: &EntryList) -> String {
     let rows: Vec<Vec<String>> = v

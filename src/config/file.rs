@@ -502,6 +502,7 @@ mod tests {
             policy: Some(PolicyDoc {
                 routes: Vec::new(),
                 services: vec![web],
+                ..PolicyDoc::default()
             }),
             policy_file: None,
             reload_interval: Some("7s".into()),

@@ -10,15 +10,16 @@ use super::file::{HealthFile, PassiveFile};
 use super::{duration, ConfigError};
 use crate::proxy::{HealthCheck, PassiveHealth};
 
-/// `health` of upstream `i`, defaults filled in; `None` when the upstream has none.
+/// `health` of the upstream at `prefix` (`upstreams[0]`), defaults filled in; `None` when the
+/// upstream has none.
 pub(super) fn health_check(
-    i: usize,
+    prefix: &str,
     file: Option<&HealthFile>,
     at: &dyn Fn(&str, String) -> ConfigError,
 ) -> Result<Option<HealthCheck>, ConfigError> {
     let Some(f) = file else { return Ok(None) };
     let defaults = HealthCheck::default();
-    let field = |name: &str| format!("upstreams[{i}].health.{name}");
+    let field = |name: &str| format!("{prefix}.health.{name}");
     Ok(Some(HealthCheck {
         path: f.path.clone().unwrap_or(defaults.path),
         interval: duration(&field("interval"), &f.interval, defaults.interval, at)?,
@@ -30,15 +31,15 @@ pub(super) fn health_check(
     }))
 }
 
-/// `passive` of upstream `i`, defaults filled in (the defaults when absent).
+/// `passive` of the upstream at `prefix`, defaults filled in (the defaults when absent).
 pub(super) fn passive_health(
-    i: usize,
+    prefix: &str,
     file: Option<&PassiveFile>,
     at: &dyn Fn(&str, String) -> ConfigError,
 ) -> Result<PassiveHealth, ConfigError> {
     let defaults = PassiveHealth::default();
     let Some(f) = file else { return Ok(defaults) };
-    let field = |name: &str| format!("upstreams[{i}].passive.{name}");
+    let field = |name: &str| format!("{prefix}.passive.{name}");
     Ok(PassiveHealth {
         failures: f.failures.unwrap_or(defaults.failures),
         ejection: duration(&field("ejection"), &f.ejection, defaults.ejection, at)?,

@@ -30,6 +30,7 @@ pub use admin::{
 };
 pub use observe::{AccessLogConfig, LogConfig, LogFormat, MetricsConfig};
 pub use tls::{TlsConfig, DEFAULT_WATCH_INTERVAL};
+pub use upstream::{shared_upstream, SharedUpstreamError};
 
 use crate::policy::{self, PolicyDoc};
 use crate::proxy::{self, ClientIpConfig, ClientIpMode, Http2Settings, Timeouts, UpstreamConfig};
@@ -414,7 +415,12 @@ pub fn parse_with(text: &str, path: &Path, secrets: AdminSecrets) -> Result<Conf
 
     let mut upstreams = Vec::new();
     for (i, u) in file.upstreams.iter().enumerate() {
-        upstreams.push(upstream::upstream_config(i, u, &base, &at)?);
+        upstreams.push(upstream::upstream_config(
+            &format!("upstreams[{i}]"),
+            u,
+            &base,
+            &at,
+        )?);
     }
     // The data plane's own rules (names, servers), reported at the line of the field.
     proxy::check_upstreams(&upstreams).map_err(|e| at(&e.field(), e.to_string()))?;
@@ -428,7 +434,9 @@ pub fn parse_with(text: &str, path: &Path, secrets: AdminSecrets) -> Result<Conf
             ))
         }
         (Some(doc), None) => {
-            policy::compile(doc, &upstream_names)
+            let names = policy_upstreams(doc, &upstream_names, &base)
+                .map_err(|e| at(&format!("policy.{}", e.field), e.message))?;
+            policy::compile(doc, &names)
                 .map_err(|e| at(&format!("policy.{}", e.path), e.message))?;
             Some(PolicySource {
                 doc: doc.clone(),
@@ -632,6 +640,23 @@ pub fn load_policy_file(path: &Path, upstreams: &[&str]) -> Result<PolicySource,
     parse_policy(&text, path, upstreams)
 }
 
+/// The upstream names a policy compiles against: the config file's and the policy's own
+/// (`upstreams`, each checked as this instance would build it, relative paths from `base`).
+fn policy_upstreams<'a>(
+    doc: &'a PolicyDoc,
+    file: &[&'a str],
+    base: &Path,
+) -> Result<Vec<&'a str>, SharedUpstreamError> {
+    let mut names = file.to_vec();
+    for (name, upstream) in &doc.upstreams {
+        shared_upstream(name, upstream, base)?;
+        if !names.contains(&name.as_str()) {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
 /// [`load_policy_file`] of text already read from `path`.
 pub fn parse_policy(
     text: &str,
@@ -639,7 +664,10 @@ pub fn parse_policy(
     upstreams: &[&str],
 ) -> Result<PolicySource, ConfigError> {
     let doc: PolicyDoc = toml::from_str(text).map_err(|e| syntax_error(text, path, &e))?;
-    policy::compile(&doc, upstreams)
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let names = policy_upstreams(&doc, upstreams, &base)
+        .map_err(|e| invalid(text, path, &e.field.to_string(), e.message))?;
+    policy::compile(&doc, &names)
         .map_err(|e| invalid(text, path, &e.path.to_string(), e.message))?;
     Ok(PolicySource {
         doc,

@@ -15,7 +15,97 @@ use std::path::Path;
 
 use super::file::UpstreamFile;
 use super::ConfigError;
+use crate::policy::upstreams::{check_servers, upstream_field, UpstreamDoc};
+use crate::policy::FieldPath;
 use crate::proxy::{PemFile, Protocol, ServerConfig, TlsOptions, Transport, UpstreamConfig};
+
+/// Why this instance cannot build an upstream of the shared policy: which upstream, the field
+/// (`upstreams.api.servers[1]`) and what is wrong with it. The same rules as a config file's
+/// `[[upstreams]]`, so the message is the one `graygate check` would give for that line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SharedUpstreamError {
+    /// The upstream's name.
+    pub upstream: String,
+    /// The field at fault, from the root of the policy document.
+    pub field: FieldPath,
+    /// What is wrong, without the field.
+    pub message: String,
+}
+
+/// Upstream `name` of the shared policy as the data plane takes it, checked as a config file's
+/// upstream is. Relative file paths (`ca`, `client_cert`, `client_key`) are read from `base`,
+/// this instance's config directory: a file this instance lacks is an error here, and the
+/// revision is not applied on this instance.
+pub fn shared_upstream(
+    name: &str,
+    doc: &UpstreamDoc,
+    base: &Path,
+) -> Result<UpstreamConfig, SharedUpstreamError> {
+    let root = upstream_field(name);
+    // The inner checks write fields under a prefix of their own; it is swapped for the
+    // upstream's path, so that a name with a dot in it stays one segment.
+    const PREFIX: &str = "upstream";
+    let error = |field: &str, message: String| {
+        let rest = field
+            .strip_prefix(PREFIX)
+            .unwrap_or(field)
+            .trim_start_matches('.');
+        SharedUpstreamError {
+            upstream: name.to_string(),
+            field: root.join(&FieldPath::parse(rest)),
+            message,
+        }
+    };
+    check_servers(name, doc).map_err(|e| SharedUpstreamError {
+        upstream: name.to_string(),
+        field: e.field.unwrap_or_else(|| root.clone()),
+        message: e.message,
+    })?;
+    let file = UpstreamFile {
+        name: name.to_string(),
+        servers: doc
+            .servers
+            .iter()
+            .map(|s| match s.weight {
+                1 => s.address.clone(),
+                w => format!("{} weight={w}", s.address),
+            })
+            .collect(),
+        protocol: doc.protocol.clone(),
+        tls: doc.tls,
+        ca: doc.ca.clone(),
+        sni: doc.sni.clone(),
+        client_cert: doc.client_cert.clone(),
+        client_key: doc.client_key.clone(),
+        health: doc.health.clone(),
+        passive: doc.passive.clone(),
+    };
+    let at = |field: &str, message: String| ConfigError::Invalid {
+        file: String::new(),
+        line: 0,
+        column: 0,
+        field: field.to_string(),
+        message,
+    };
+    let mut config = upstream_config(PREFIX, &file, base, &at).map_err(|e| match e {
+        ConfigError::Invalid { field, message, .. } => error(&field, message),
+        other => error("", other.to_string()),
+    })?;
+    for (server, given) in config.servers.iter_mut().zip(&doc.servers) {
+        if given.drained {
+            server.weight = 0;
+        }
+    }
+    // The data plane's own rules (a TLS name for every server, health values that work
+    // together), as for a config file; its fields start with `upstreams[0]`.
+    crate::proxy::check_upstreams(std::slice::from_ref(&config)).map_err(|e| {
+        let field = e.field();
+        let rest = field.strip_prefix("upstreams[0]").unwrap_or(&field);
+        error(&format!("{PREFIX}{rest}"), e.to_string())
+    })?;
+    Ok(config)
+}
 
 /// How a server line asked to be spoken to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,15 +118,16 @@ enum Scheme {
     Https,
 }
 
-/// `upstreams[i]` as the data plane takes it; `base` is the config's directory, `at` places an
-/// error at a field.
+/// An upstream as the data plane takes it; `prefix` is where it is written (`upstreams[2]` in a
+/// config file, `upstreams.api` in the shared policy), `base` the config's directory, `at`
+/// places an error at a field.
 pub(super) fn upstream_config(
-    i: usize,
+    prefix: &str,
     u: &UpstreamFile,
     base: &Path,
     at: &dyn Fn(&str, String) -> ConfigError,
 ) -> Result<UpstreamConfig, ConfigError> {
-    let field = |name: &str| format!("upstreams[{i}].{name}");
+    let field = |name: &str| format!("{prefix}.{name}");
     let mut servers = Vec::new();
     let mut schemes = Vec::new();
     for (j, line) in u.servers.iter().enumerate() {
@@ -143,8 +234,8 @@ pub(super) fn upstream_config(
         name: u.name.clone(),
         servers,
         transport,
-        health: super::health::health_check(i, u.health.as_ref(), at)?,
-        passive: super::health::passive_health(i, u.passive.as_ref(), at)?,
+        health: super::health::health_check(prefix, u.health.as_ref(), at)?,
+        passive: super::health::passive_health(prefix, u.passive.as_ref(), at)?,
     })
 }
 
@@ -235,5 +326,85 @@ mod tests {
         for (upstream, message) in cases {
             assert_eq!(error(upstream), message, "{upstream}");
         }
+    }
+
+    #[test]
+    fn the_policys_upstreams_are_checked_and_named_like_the_files() {
+        let config = |policy: &str| {
+            parse(
+                &format!("{LISTEN}[[upstreams]]\nname = \"stable\"\nservers = [\"h:1\"]\n{policy}"),
+                Path::new("/nowhere/g.toml"),
+            )
+        };
+        let good = config(
+            "[[policy.services]]\nname = \"web\"\nstable = \"v1\"\nversions = { v1 = \"stable\", v2 = \"api\" }\n\
+             [policy.upstreams.api]\nservers = [{ address = \"h:2\", weight = 3 }, { address = \"h:3\", drained = true }]\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            good.policy.unwrap().doc.upstreams["api"].servers[0].weight,
+            3
+        );
+        let bad = config(
+            "[policy.upstreams.api]\nservers = [{ address = \"h:2\" }, { address = \"nohost\" }]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            bad.ends_with("policy.upstreams.api.servers[1]: `nohost` has no port: write host:port"),
+            "{bad}"
+        );
+    }
+
+    #[test]
+    fn a_shared_upstream_is_built_as_a_file_upstream_with_drained_servers_at_weight_0() {
+        use crate::policy::upstreams::{ServerDoc, UpstreamDoc};
+        let doc = UpstreamDoc {
+            servers: vec![
+                ServerDoc::new("http://h:1"),
+                ServerDoc {
+                    address: "h:2".into(),
+                    weight: 4,
+                    drained: true,
+                },
+                ServerDoc {
+                    address: "h:3".into(),
+                    weight: 2,
+                    drained: false,
+                },
+            ],
+            protocol: Some("h2c".into()),
+            ..UpstreamDoc::default()
+        };
+        let built = super::shared_upstream("api.v2", &doc, Path::new("/nowhere")).unwrap();
+        assert_eq!(built.name, "api.v2");
+        let weights: Vec<(&str, u32)> = built
+            .servers
+            .iter()
+            .map(|s| (s.addr.as_str(), s.weight))
+            .collect();
+        assert_eq!(weights, [("h:1", 1), ("h:2", 0), ("h:3", 2)]);
+        assert_eq!(built.transport.protocol(), Protocol::H2c);
+
+        let mut tls = doc.clone();
+        tls.protocol = None;
+        tls.ca = Some("ca.pem".into());
+        let e = super::shared_upstream("api.v2", &tls, Path::new("/nowhere")).unwrap_err();
+        assert_eq!(e.upstream, "api.v2");
+        assert_eq!(e.field.to_string(), "upstreams.api.v2.ca");
+        assert_eq!(
+            e.message,
+            "`ca` is a TLS setting, but the upstream does not use TLS: write its servers as https://host:port or set tls = true"
+        );
+        let mut health = doc.clone();
+        health.health = Some(crate::config::file::HealthFile {
+            interval: Some("soon".into()),
+            ..Default::default()
+        });
+        let e = super::shared_upstream("api", &health, Path::new("/nowhere")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "upstreams.api.health.interval: `soon` is not a duration like \"2s\" or \"300ms\": expected number at 0"
+        );
     }
 }

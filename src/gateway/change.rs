@@ -94,7 +94,12 @@ impl Gateway {
                     unchanged: true,
                 });
             }
-            let compiled = self.compile(&after)?;
+            // `None`: valid for the fleet, but it names an upstream (unchanged by this edit) that
+            // this instance cannot build: written, not installed here (see `upstreams`).
+            let compiled = match self.prepare(&after).await {
+                Ok(prepared) => Some(prepared),
+                Err(e) => self.unbuildable_here(&before, &after, e).map(|()| None)?,
+            };
             let next = current + 1;
             let record = Record::new(next, actor, summary, &before, &after).to_json();
             let json = serde_json::to_string(&after).expect("a policy document always serializes");
@@ -104,8 +109,12 @@ impl Gateway {
                 .await
             {
                 Ok(revision) => {
-                    if revision >= self.revision() {
-                        self.install(compiled, revision);
+                    match compiled {
+                        Some(compiled) if revision >= self.revision() => {
+                            self.install_prepared(compiled, revision)
+                        }
+                        Some(_) => {}
+                        None => tracing::error!(revision, actor, summary, "policy changed in the store, but not applied on this instance: it cannot build an upstream of the policy (the reload says which); the running policy stays"),
                     }
                     tracing::info!(revision, actor, summary, "policy changed");
                     return Ok(Applied {

@@ -16,6 +16,8 @@
 //! removes upstreams swaps them ([`Gateway::set_upstreams`]) together with the data plane's
 //! table, and recompiles the running policy against them. One change, reload or swap runs at a
 //! time on an instance, so that nothing compiled against the old names is installed after them.
+//! The policy may define upstreams of its own (shared by every instance): a revision that
+//! changes them rebuilds the table before it is installed (`upstreams`).
 //!
 //! # Files
 //! - `mod.rs`: the [`Gateway`] itself: start, the running snapshot, install, the upstream
@@ -31,6 +33,10 @@
 //!   and of the rollout analysis.
 //! - `rollouts`: the rollout driver: publishes this instance's counters, and on the instance
 //!   holding the store lease, judges every rollout's window and moves it.
+//! - `upstreams`: the table an instance runs, its config file's upstreams overlaid by the
+//!   policy's ([`EffectiveUpstreams`]): rebuilt with stable indexes when a revision or a config
+//!   reload changes either side; a revision whose upstreams this instance cannot build is not
+//!   applied ([`GatewayError::UnbuildableUpstream`]).
 
 mod change;
 mod decide;
@@ -40,12 +46,14 @@ mod seed;
 #[cfg(test)]
 mod testing;
 mod traffic;
+mod upstreams;
 
 pub use change::{Applied, ChangeError, HistoryEntry};
 pub use history::{kept_words, HistoryError};
 pub use rollouts::{now_ms, DriverConfig, RolloutsHandle, VerdictTally, ACTOR};
 pub use seed::ConfigPolicy;
 pub use traffic::FiguresTable;
+pub use upstreams::{EffectiveUpstream, EffectiveUpstreams, TableChange, UpstreamOrigin};
 
 use crate::policy::edit::EditError;
 use crate::policy::{self, Policy, PolicyDoc};
@@ -85,6 +93,37 @@ pub enum GatewayError {
         revision: u64,
         source: policy::CompileError,
     },
+    /// A revision whose shared upstreams this instance cannot build (a server line that does
+    /// not parse, a CA file this instance lacks): not applied here; the running policy
+    /// (`running`) and its upstream table stay.
+    #[error("revision {revision} is not applied on this instance: upstream `{}` cannot be built here: {source}; the running policy (revision {running}) and its upstreams stay", .source.upstream)]
+    UnbuildableUpstream {
+        revision: u64,
+        running: u64,
+        source: crate::config::SharedUpstreamError,
+    },
+}
+
+/// The upstreams a gateway starts with: the data plane's table, which it rebuilds when the
+/// policy's upstreams change ([`EffectiveUpstreams`]), or only the names of a fixed table.
+pub enum UpstreamSource {
+    /// Names only, in table order: policies compile against them; the policy's own upstreams
+    /// cannot be built.
+    Names(Vec<String>),
+    /// The table, rebuilt with the policy's upstreams.
+    Table(Arc<EffectiveUpstreams>),
+}
+
+impl From<Vec<String>> for UpstreamSource {
+    fn from(names: Vec<String>) -> Self {
+        UpstreamSource::Names(names)
+    }
+}
+
+impl From<Arc<EffectiveUpstreams>> for UpstreamSource {
+    fn from(table: Arc<EffectiveUpstreams>) -> Self {
+        UpstreamSource::Table(table)
+    }
 }
 
 impl From<ChangeError> for GatewayError {
@@ -119,8 +158,11 @@ pub struct Gateway {
     history_retention: HistoryRetention,
     /// Upstream names, in the order of the data plane's upstream table: a compiled policy refers
     /// to upstreams by index into this list (an empty name: a retired slot). Swapped by a config
-    /// reload ([`Gateway::set_upstreams`]).
+    /// reload ([`Gateway::set_upstreams`]) and by a revision that changes the policy's upstreams.
     upstreams: ArcSwap<Vec<String>>,
+    /// The data plane's table, rebuilt when the policy's or the file's upstreams change
+    /// (`upstreams`); `None`: upstream names only.
+    table: Option<Arc<EffectiveUpstreams>>,
     /// Held by every change, store reload and upstream swap of this instance while it compiles
     /// and installs, so that a policy compiled against old upstream names is never installed
     /// after new ones (the store's conditional write orders changes between instances).
@@ -148,11 +190,15 @@ impl Gateway {
     /// to it first; with neither, the policy is empty and every request gets 404 until one is set.
     pub async fn start(
         store: Arc<dyn Store>,
-        upstreams: Vec<String>,
+        upstreams: impl Into<UpstreamSource>,
         seed: Option<&PolicyDoc>,
         lookup_timeout: Duration,
         history_retention: HistoryRetention,
     ) -> Result<Arc<Self>, GatewayError> {
+        let (upstreams, table) = match upstreams.into() {
+            UpstreamSource::Names(names) => (names, None),
+            UpstreamSource::Table(t) => (t.live().current().policy_names(), Some(t)),
+        };
         let names: Vec<&str> = upstreams.iter().map(String::as_str).collect();
         let empty = policy::compile(&PolicyDoc::default(), &names)?;
         let gateway = Arc::new(Gateway {
@@ -162,6 +208,7 @@ impl Gateway {
             store,
             history_retention,
             upstreams: ArcSwap::from_pointee(upstreams),
+            table,
             changing: tokio::sync::Mutex::new(()),
             lookup_timeout,
             pending_seed: std::sync::Mutex::new(None),
@@ -172,8 +219,8 @@ impl Gateway {
         });
         match gateway.store.load_policy().await {
             Ok(Some(stored)) => {
-                let compiled = gateway.compile_json(stored.revision, &stored.json)?;
-                gateway.install(compiled, stored.revision);
+                let prepared = gateway.prepare_json(stored.revision, &stored.json).await?;
+                gateway.install_prepared(prepared, stored.revision);
                 if let Some(doc) = seed {
                     gateway.seen_at_start(doc, stored.revision).await;
                 }
@@ -192,7 +239,8 @@ impl Gateway {
             Err(e) => match seed {
                 Some(doc) => {
                     tracing::warn!(error = %ErrorChain(&e), "store unavailable at start: serving the config's policy until it answers");
-                    gateway.install(gateway.compile(doc)?, 0);
+                    let prepared = gateway.prepare(doc).await.map_err(|e| e.stored(0, 0))?;
+                    gateway.install_prepared(prepared, 0);
                     *gateway.pending_seed.lock().expect("seed lock") = Some(doc.clone());
                 }
                 None => return Err(e.into()),
@@ -291,8 +339,8 @@ impl Gateway {
         if stored.revision == self.revision() {
             return Ok(false);
         }
-        let compiled = self.compile_json(stored.revision, &stored.json)?;
-        self.install(compiled, stored.revision);
+        let prepared = self.prepare_json(stored.revision, &stored.json).await?;
+        self.install_prepared(prepared, stored.revision);
         tracing::info!(revision = stored.revision, "policy reloaded from the store");
         Ok(true)
     }
@@ -340,6 +388,15 @@ impl Gateway {
                         tracing::error!(revision, %detail, "stored policy rejected; the running policy stays");
                     }
                     Err(GatewayError::BadStoredPolicy { .. }) => {}
+                    Err(GatewayError::UnbuildableUpstream {
+                        revision,
+                        running,
+                        source,
+                    }) if revision != rejected_revision => {
+                        rejected_revision = revision;
+                        tracing::error!(revision, running, upstream = %source.upstream, field = %source.field, detail = %source.message, "stored policy not applied on this instance: an upstream cannot be built here; the running policy stays");
+                    }
+                    Err(GatewayError::UnbuildableUpstream { .. }) => {}
                     Err(e) => {
                         tracing::debug!(error = %ErrorChain(&e), "policy reload failed; retrying at the next tick")
                     }
@@ -352,19 +409,6 @@ impl Gateway {
         let upstreams = self.upstreams.load();
         let names: Vec<&str> = upstreams.iter().map(String::as_str).collect();
         policy::compile(doc, &names)
-    }
-
-    fn compile_json(&self, revision: u64, json: &str) -> Result<Policy, GatewayError> {
-        let doc: PolicyDoc =
-            serde_json::from_str(json).map_err(|e| GatewayError::BadStoredPolicy {
-                revision,
-                detail: e.to_string(),
-            })?;
-        self.compile(&doc)
-            .map_err(|e| GatewayError::BadStoredPolicy {
-                revision,
-                detail: e.to_string(),
-            })
     }
 
     fn install(&self, policy: Policy, revision: u64) {

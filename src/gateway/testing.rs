@@ -64,7 +64,7 @@ pub(super) async fn gateway(
     seed: Option<&PolicyDoc>,
     lookup_timeout: Duration,
 ) -> Arc<Gateway> {
-    let upstreams = UPSTREAMS.iter().map(|u| u.to_string()).collect();
+    let upstreams: Vec<String> = UPSTREAMS.iter().map(|u| u.to_string()).collect();
     let store: Arc<dyn Store> = store.clone();
     let retention = HistoryRetention::default();
     Gateway::start(store, upstreams, seed, lookup_timeout, retention)

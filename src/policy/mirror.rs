@@ -358,12 +358,14 @@ mod tests {
         let doc = PolicyDoc {
             routes: vec![],
             services: vec![service("version = \"v3\"\npercent = 10")],
+            ..PolicyDoc::default()
         };
         let e = compile(&doc, UPSTREAMS).unwrap_err();
         assert_eq!(e.path.to_string(), "services[0].mirror.version");
         let good = PolicyDoc {
             routes: vec![],
             services: vec![service("version = \"v2\"\npercent = 10")],
+            ..PolicyDoc::default()
         };
         compile(&good, UPSTREAMS).unwrap();
         assert_eq!(mirrors(&good, UPSTREAMS).len(), 1);

@@ -23,6 +23,8 @@
 //!   every validation error of compile, edit and the config.
 //! - [`mirror`]: a service's traffic mirror (shadow traffic): its settings, checks and
 //!   compiled form.
+//! - [`upstreams`]: upstreams in the shared policy (servers, weights, drained, protocol, TLS,
+//!   health) and their edits; built into the data plane's table outside the core.
 //! - [`edit`]: the admin API's edits of a document (routes, rules, weights, promote, rollback)
 //!   as pure functions, and the checks it makes beyond `compile`.
 
@@ -42,6 +44,7 @@ mod oracle;
 pub mod path;
 mod request;
 pub mod token;
+pub mod upstreams;
 
 pub use compile::{buckets_of_percent, compile, CompileError, Policy, BUCKETS};
 pub use evaluate::{bucket_of, Evaluation};

@@ -17,6 +17,11 @@ pub struct PolicyDoc {
     /// Services by name; each route names one.
     #[serde(default)]
     pub services: Vec<ServiceDoc>,
+    /// Upstreams shared by every instance (see [`super::upstreams`]): each replaces the config
+    /// file's upstream of the same name. Left out when empty, so that documents without them
+    /// read and write as before.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub upstreams: BTreeMap<String, super::upstreams::UpstreamDoc>,
 }
 
 /// Sends requests for some hosts and/or a path prefix to a service.
@@ -45,7 +50,8 @@ pub struct ServiceDoc {
     pub name: String,
     /// The version that answers when nothing else decides (production).
     pub stable: String,
-    /// Version name -> upstream name (an upstream of the startup config).
+    /// Version name -> upstream name (an upstream of the policy's `upstreams` or of the config
+    /// file).
     pub versions: BTreeMap<String, String>,
     /// A tester override: a header or cookie whose value `always` sends the request to the
     /// override's version and `never` keeps it on stable. Checked before the rules.

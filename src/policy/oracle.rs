@@ -507,6 +507,7 @@ mod equivalence {
                 rollout: None,
                 mirror: None,
             }],
+            ..PolicyDoc::default()
         }
     }
 

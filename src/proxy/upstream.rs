@@ -1190,12 +1190,22 @@ impl std::fmt::Debug for Upstreams {
 impl Upstream {
     /// An upstream as `cfg` says, its servers' connect failures carried over from `before` (the
     /// same upstream in the table being replaced) for the servers it had too, so that the
-    /// metrics' counters never go down.
+    /// metrics' counters never go down. A server it had too keeps its idle HTTP/1.1 connections
+    /// when the upstream is spoken to the same way and the idle timeout stays: a weight changed
+    /// or a server drained, added or removed (a runtime change of a shared upstream) does not
+    /// close the connections of the other servers.
     fn new(cfg: &UpstreamConfig, timeouts: &Timeouts, before: Option<&Upstream>) -> Upstream {
         let failures_before = |addr: &str| {
             before
                 .and_then(|b| b.servers.iter().find(|s| &*s.addr == addr))
                 .map_or(0, |s| s.connect_failures.load(Ordering::Relaxed))
+        };
+        let pool_before = |addr: &str| {
+            before
+                .filter(|b| b.transport == cfg.transport)
+                .and_then(|b| b.servers.iter().find(|s| &*s.addr == addr))
+                .filter(|s| s.pool.idle_timeout == timeouts.idle)
+                .map(|s| s.pool.clone())
         };
         let name: Arc<str> = Arc::from(cfg.name.as_str());
         let addrs: Vec<(Arc<str>, u32)> = cfg
@@ -1221,9 +1231,11 @@ impl Upstream {
                 addr: addrs[i].0.clone(),
                 health: health.server(i).clone(),
                 weight: s.weight,
-                pool: Arc::new(Pool {
-                    idle: Mutex::new(Vec::new()),
-                    idle_timeout: timeouts.idle,
+                pool: pool_before(&s.addr).unwrap_or_else(|| {
+                    Arc::new(Pool {
+                        idle: Mutex::new(Vec::new()),
+                        idle_timeout: timeouts.idle,
+                    })
                 }),
                 h2: H2Connection::default(),
                 tls_name: cfg
@@ -1886,6 +1898,36 @@ mod tests {
             name,
             &addrs.iter().map(|a| server(a, 1)).collect::<Vec<_>>(),
         )
+    }
+
+    #[test]
+    fn a_server_that_stays_keeps_its_pool_when_another_is_drained_or_weighted() {
+        let t = Timeouts::default();
+        let live = LiveUpstreams::new(vec![config("a", &["h:1", "h:2"])], &t).unwrap();
+        let before = live.current();
+        let plan = live
+            .plan(&[upstream("a", &[server("h:1", 3), server("h:2", 0)])], &t)
+            .unwrap();
+        assert_eq!(plan.changed, vec!["a".to_string()]);
+        live.install(plan);
+        let after = live.current();
+        for i in 0..2 {
+            assert!(Arc::ptr_eq(
+                &before.upstreams[0].servers[i].pool,
+                &after.upstreams[0].servers[i].pool
+            ));
+        }
+        // Another idle timeout, or another transport, gets new pools.
+        let idle = Timeouts {
+            idle: Duration::from_secs(5),
+            ..t
+        };
+        let plan = live.plan(&[config("a", &["h:1", "h:2"])], &idle).unwrap();
+        live.install(plan);
+        assert!(!Arc::ptr_eq(
+            &after.upstreams[0].servers[0].pool,
+            &live.current().upstreams[0].servers[0].pool
+        ));
     }
 
     #[test]

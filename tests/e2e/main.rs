@@ -54,6 +54,9 @@
 //!   trailers on the way back;
 //! - [`grpc`]: a tonic client and tonic servers through graygate, unary and streaming, the version
 //!   chosen by metadata;
+//! - [`shared_upstreams`]: upstreams in the shared policy: two instances on one Redis follow a
+//!   server added, drained or weighted through either; a revision one cannot build leaves it on
+//!   its old policy;
 //! - [`generated`]: generated request heads (valid ones taken apart, random bytes) against a
 //!   running graygate: each is answered with a status line or closed within the timeouts.
 //!
@@ -90,6 +93,7 @@ mod rollout;
 mod rollouts;
 mod routing;
 mod sentinel;
+mod shared_upstreams;
 mod store_limits;
 mod stores;
 mod support;
