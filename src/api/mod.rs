@@ -23,8 +23,10 @@
 //! - `rollout`: starting a rollout, and its status with the window and the verdicts.
 //! - `status`: health, readiness, status and explain.
 //! - `live`: the dashboard's sign-in and the live figures of every version.
+//! - `fleet`: every instance sharing the store, and how many applied a revision.
 
 mod error;
+mod fleet;
 mod history;
 mod lists;
 mod live;
@@ -36,6 +38,7 @@ mod rollout;
 mod status;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use fleet::{AppliedBy, Diverged, Fleet, FleetInstance, Lagging, SnapshotView};
 pub use history::{History, HistoryChange, HistoryEntry, HistoryOne, Undo, Undone};
 pub use lists::{
     EntriesRemoved, EntriesWritten, EntryCount, EntryList, ListedEntry, NewEntries, NewEntry,

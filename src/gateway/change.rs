@@ -75,6 +75,10 @@ impl Gateway {
                 doc: before,
                 as_stored,
             } = self.stored().await?;
+            if self.settle_behind(current).await? {
+                // Restored (or another instance did): the edit starts from the store again.
+                continue;
+            }
             if let Some(expected) = expected {
                 if expected != current {
                     return Err(ChangeError::Stale {
@@ -94,7 +98,19 @@ impl Gateway {
                     unchanged: true,
                 });
             }
-            let compiled = self.compile(&after)?;
+            // Validated against this instance's upstreams; failing that, against them plus the
+            // ones the stored document already uses (another instance may have an upstream
+            // this one lacks): such a change is written, and this instance diverges from it
+            // rather than refusing every change from now on.
+            let (compiled, not_here) = match self.compile(&after) {
+                Ok(compiled) => (Some(compiled), None),
+                Err(here) => {
+                    let names = self.names_with(&before);
+                    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                    policy::compile(&after, &refs)?;
+                    (None, Some(here))
+                }
+            };
             let next = current + 1;
             let record = Record::new(next, actor, summary, &before, &after).to_json();
             let json = serde_json::to_string(&after).expect("a policy document always serializes");
@@ -104,8 +120,16 @@ impl Gateway {
                 .await
             {
                 Ok(revision) => {
-                    if revision >= self.revision() {
-                        self.install(compiled, revision);
+                    match (compiled, not_here) {
+                        (Some(compiled), _) => {
+                            if revision >= self.revision() {
+                                self.install(compiled, revision);
+                                self.fleet.set_source(super::PolicySource::Store);
+                                self.converge(revision);
+                            }
+                        }
+                        (None, Some(here)) => self.diverge(revision, &here.to_string()),
+                        (None, None) => {}
                     }
                     tracing::info!(revision, actor, summary, "policy changed");
                     return Ok(Applied {
@@ -131,9 +155,61 @@ impl Gateway {
     /// The stored revision and document: what a change starts from and what the admin API shows.
     /// A stored document that does not parse (written by something else) is replaced by the
     /// running one; an empty store that still owes the config's policy shows that.
+    ///
+    /// A store behind this instance (it lost its data) is restored first, or, with
+    /// `on_store_behind = "refuse"`, the read is refused naming the condition: the admin API
+    /// never shows an empty or older policy than the one that routes.
     pub async fn current_doc(&self) -> Result<(u64, PolicyDoc), ChangeError> {
         let stored = self.stored().await?;
+        if self.revision() > 0 && stored.revision < self.revision() {
+            let _one_at_a_time = self.changing.lock().await;
+            let again = self.stored().await?;
+            if !self.settle_behind(again.revision).await? {
+                return Ok((again.revision, again.doc));
+            }
+            let restored = self.stored().await?;
+            return Ok((restored.revision, restored.doc));
+        }
         Ok((stored.revision, stored.doc))
+    }
+
+    /// With the change lock held: when the store is at `current`, older than the revision this
+    /// instance applied, restores it (true: read it again) or refuses; false: not behind.
+    async fn settle_behind(&self, current: u64) -> Result<bool, ChangeError> {
+        let applied = self.revision();
+        if applied == 0 || current >= applied {
+            return Ok(false);
+        }
+        match self.store_behind(current).await {
+            Ok(_) => Ok(true),
+            Err(GatewayError::StoreBehind { stored, applied }) => {
+                Err(ChangeError::StoreBehind { stored, applied })
+            }
+            Err(GatewayError::Store(e)) => Err(ChangeError::Store(e)),
+            Err(other) => Err(ChangeError::Store(crate::store::StoreError::unavailable(
+                self.store.kind(),
+                other.to_string(),
+            ))),
+        }
+    }
+
+    /// This instance's upstream names and those `doc` uses, for validating a change that
+    /// another instance's upstreams may serve.
+    fn names_with(&self, doc: &PolicyDoc) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .upstream_names()
+            .iter()
+            .filter(|n| !n.is_empty())
+            .cloned()
+            .collect();
+        for service in &doc.services {
+            for upstream in service.versions.values() {
+                if !names.contains(upstream) {
+                    names.push(upstream.clone());
+                }
+            }
+        }
+        names
     }
 
     /// [`Gateway::current_doc`], saying whether the document is the stored one.
@@ -184,6 +260,10 @@ pub enum ChangeError {
     /// The store could not be read or written.
     #[error(transparent)]
     Store(StoreError),
+    /// The store holds an older revision than this instance applied (it lost its data) and
+    /// this instance does not restore it by itself.
+    #[error("{}", super::fleet::behind_message(*stored, *applied))]
+    StoreBehind { stored: u64, applied: u64 },
 }
 
 /// What a change starts from: the stored revision and its document.

@@ -31,17 +31,27 @@
 //!   and of the rollout analysis.
 //! - `rollouts`: the rollout driver: publishes this instance's counters, and on the instance
 //!   holding the store lease, judges every rollout's window and moves it.
+//! - `snapshot`: the last-known-good snapshot file: the last policy this instance applied,
+//!   written atomically after every install, read at start when the store is down.
+//! - `fleet`: this instance among others on one store: a store behind (restore or refuse),
+//!   divergence, the heartbeat record and the fleet view.
 
 mod change;
 mod decide;
+mod fleet;
 mod history;
 mod rollouts;
 mod seed;
+pub mod snapshot;
 #[cfg(test)]
 mod testing;
 mod traffic;
 
 pub use change::{Applied, ChangeError, HistoryEntry};
+pub use fleet::{
+    Divergence, FleetOptions, OnStoreBehind, PolicySource, StoreSeen, DEFAULT_HEARTBEAT,
+    FLEET_PREFIX,
+};
 pub use history::{kept_words, HistoryError};
 pub use rollouts::{now_ms, DriverConfig, RolloutsHandle, VerdictTally, ACTOR};
 pub use seed::ConfigPolicy;
@@ -85,6 +95,13 @@ pub enum GatewayError {
         revision: u64,
         source: policy::CompileError,
     },
+    /// The store holds an older revision than this instance applied (or none), and this
+    /// instance does not restore it by itself (`on_store_behind = "refuse"`).
+    #[error("{}", fleet::behind_message(*stored, *applied))]
+    StoreBehind { stored: u64, applied: u64 },
+    /// An operator asked to restore a store that is not behind this instance.
+    #[error("the store is at revision {stored}, not behind revision {applied} that this instance routes with: nothing to restore")]
+    NotBehind { stored: u64, applied: u64 },
 }
 
 impl From<ChangeError> for GatewayError {
@@ -99,6 +116,9 @@ impl From<ChangeError> for GatewayError {
             },
             ChangeError::Busy { attempts, actual } => GatewayError::LostRace { attempts, actual },
             ChangeError::Store(e) => GatewayError::Store(e),
+            ChangeError::StoreBehind { stored, applied } => {
+                GatewayError::StoreBehind { stored, applied }
+            }
         }
     }
 }
@@ -141,6 +161,9 @@ pub struct Gateway {
     /// The running policy's mirrors, for the data plane ([`crate::proxy::Router::mirror`]):
     /// rebuilt with the policy, keeping the in-flight counts of the mirrors that stay.
     mirrors: ArcSwap<MirrorTable>,
+    /// This instance among the others on the store: its id, snapshot, divergence, the store's
+    /// state as seen from here (see `fleet`).
+    fleet: fleet::FleetState,
 }
 
 impl Gateway {
@@ -152,6 +175,30 @@ impl Gateway {
         seed: Option<&PolicyDoc>,
         lookup_timeout: Duration,
         history_retention: HistoryRetention,
+    ) -> Result<Arc<Self>, GatewayError> {
+        let options = FleetOptions::default();
+        Self::start_in_fleet(
+            store,
+            upstreams,
+            seed,
+            lookup_timeout,
+            history_retention,
+            &options,
+        )
+        .await
+    }
+
+    /// [`Gateway::start`] with a last-known-good snapshot and the fleet settings: when the store
+    /// cannot be read, the snapshot (if there is one) runs instead of the config's policy, and a
+    /// store that answers with an older revision than the snapshot's, or none, is handled as
+    /// `options.on_store_behind` says.
+    pub async fn start_in_fleet(
+        store: Arc<dyn Store>,
+        upstreams: Vec<String>,
+        seed: Option<&PolicyDoc>,
+        lookup_timeout: Duration,
+        history_retention: HistoryRetention,
+        options: &FleetOptions,
     ) -> Result<Arc<Self>, GatewayError> {
         let names: Vec<&str> = upstreams.iter().map(String::as_str).collect();
         let empty = policy::compile(&PolicyDoc::default(), &names)?;
@@ -169,15 +216,72 @@ impl Gateway {
             config: seed::ConfigState::new(seed),
             handing_over: std::sync::atomic::AtomicBool::new(false),
             mirrors: ArcSwap::from_pointee(MirrorTable::default()),
+            fleet: fleet::FleetState::new(options, rollouts::instance_id()),
         });
-        match gateway.store.load_policy().await {
-            Ok(Some(stored)) => {
-                let compiled = gateway.compile_json(stored.revision, &stored.json)?;
-                gateway.install(compiled, stored.revision);
-                if let Some(doc) = seed {
-                    gateway.seen_at_start(doc, stored.revision).await;
+        let snapshot = Self::read_snapshot(options.snapshot.as_ref())
+            .and_then(|snap| match gateway.compile(&snap.policy) {
+                Ok(compiled) => Some((snap, compiled)),
+                Err(e) => {
+                    tracing::error!(revision = snap.revision, error = %e, "the last-known-good snapshot does not compile against this instance's upstreams: ignored");
+                    None
+                }
+            })
+            .filter(|(snap, _)| snap.revision > 0);
+        let loaded = gateway.store.load_policy().await;
+        // A store behind the snapshot (empty, or older): start from the snapshot, then
+        // restore or refuse as configured.
+        let behind = match (&loaded, &snapshot) {
+            (Ok(stored), Some((snap, _))) => {
+                stored.as_ref().map_or(0, |s| s.revision) < snap.revision
+            }
+            _ => false,
+        };
+        if behind {
+            let stored = loaded
+                .as_ref()
+                .ok()
+                .and_then(Option::as_ref)
+                .map_or(0, |s| s.revision);
+            let (snap, compiled) = snapshot.expect("checked above");
+            gateway.install(compiled, snap.revision);
+            gateway.fleet.set_source(PolicySource::Snapshot);
+            {
+                let _one_at_a_time = gateway.changing.lock().await;
+                match gateway.store_behind(stored).await {
+                    Ok(_) | Err(GatewayError::StoreBehind { .. }) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %ErrorChain(&e), "cannot restore the snapshot into the store at start; retrying at the next reload")
+                    }
                 }
             }
+            return Ok(gateway);
+        }
+        match loaded {
+            Ok(Some(stored)) => match gateway.compile_json(stored.revision, &stored.json) {
+                Ok(compiled) => {
+                    gateway.install(compiled, stored.revision);
+                    if let Some(doc) = seed {
+                        gateway.seen_at_start(doc, stored.revision).await;
+                    }
+                }
+                // Divergence at start: this instance cannot apply the stored revision. Run the
+                // snapshot if there is one, else the config's policy, and say so; the store is
+                // left as it is, and a revision that applies clears it.
+                Err(e) => {
+                    let fallback = snapshot
+                        .map(|(snap, compiled)| (compiled, snap.revision, PolicySource::Snapshot))
+                        .or_else(|| {
+                            let doc = seed?;
+                            Some((gateway.compile(doc).ok()?, 0, PolicySource::Config))
+                        });
+                    let Some((compiled, revision, source)) = fallback else {
+                        return Err(e);
+                    };
+                    gateway.install(compiled, revision);
+                    gateway.fleet.set_source(source);
+                    gateway.diverge(stored.revision, &reason_of(&e));
+                }
+            },
             Ok(None) => match seed {
                 Some(doc) => {
                     let applied = gateway.apply(doc).await?;
@@ -189,14 +293,36 @@ impl Gateway {
             },
             // A shared store that is down must not keep graygate from serving: run on the
             // config's policy and write it once the store answers (see `reload`).
-            Err(e) => match seed {
-                Some(doc) => {
-                    tracing::warn!(error = %ErrorChain(&e), "store unavailable at start: serving the config's policy until it answers");
-                    gateway.install(gateway.compile(doc)?, 0);
-                    *gateway.pending_seed.lock().expect("seed lock") = Some(doc.clone());
+            Err(e) => {
+                gateway.fleet.see_store(StoreSeen::Degraded {
+                    error: ErrorChain(&e).to_string(),
+                });
+                match (snapshot, seed) {
+                    (Some((snap, compiled)), _) => {
+                        let age = snap.age();
+                        tracing::warn!(
+                            error = %ErrorChain(&e),
+                            revision = snap.revision,
+                            file = %options.snapshot.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                            age = %humantime::format_duration(Duration::from_secs(age.as_secs())),
+                            written_by = %snap.instance,
+                            "store unavailable at start: serving the last-known-good snapshot until it answers"
+                        );
+                        gateway.install(compiled, snap.revision);
+                        gateway.fleet.set_source(PolicySource::Snapshot);
+                        if let Some(writer) = &gateway.fleet.snapshot {
+                            writer.started_from(&snap);
+                        }
+                    }
+                    (None, Some(doc)) => {
+                        tracing::warn!(error = %ErrorChain(&e), "store unavailable at start: serving the config's policy until it answers");
+                        gateway.install(gateway.compile(doc)?, 0);
+                        gateway.fleet.set_source(PolicySource::Config);
+                        *gateway.pending_seed.lock().expect("seed lock") = Some(doc.clone());
+                    }
+                    (None, None) => return Err(e.into()),
                 }
-                None => return Err(e.into()),
-            },
+            }
         }
         Ok(gateway)
     }
@@ -275,9 +401,28 @@ impl Gateway {
 
     /// Reloads the stored policy if its revision differs from the running one. A stored document
     /// that does not compile is logged once and the running policy stays.
+    ///
+    /// A store behind this instance (an older revision than it applied, or none) is restored or
+    /// refused as configured (see `fleet`); a stored revision this instance cannot apply makes
+    /// it diverged ([`Gateway::diverge`]).
     pub async fn reload(&self) -> Result<bool, GatewayError> {
         let one_at_a_time = self.changing.lock().await;
-        let Some(stored) = self.store.load_policy().await? else {
+        let loaded = match self.store.load_policy().await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                self.fleet.see_store(StoreSeen::Degraded {
+                    error: ErrorChain(&e).to_string(),
+                });
+                return Err(e.into());
+            }
+        };
+        let applied = self.revision();
+        let stored_revision = loaded.as_ref().map_or(0, |s| s.revision);
+        if applied > 0 && stored_revision < applied {
+            return self.store_behind(stored_revision).await;
+        }
+        self.fleet.see_store(StoreSeen::Healthy);
+        let Some(stored) = loaded else {
             drop(one_at_a_time);
             let seed = self.pending_seed.lock().expect("seed lock").take();
             if let Some(doc) = seed {
@@ -288,11 +433,28 @@ impl Gateway {
             return Ok(false);
         };
         self.pending_seed.lock().expect("seed lock").take();
-        if stored.revision == self.revision() {
+        if stored.revision == applied {
+            if self.fleet.source() != PolicySource::Store {
+                tracing::info!(
+                    revision = applied,
+                    "the store answers with the revision this instance runs: caught up"
+                );
+                self.fleet.set_source(PolicySource::Store);
+                self.fleet.beat.notify_one();
+            }
+            self.converge(applied);
             return Ok(false);
         }
-        let compiled = self.compile_json(stored.revision, &stored.json)?;
+        let compiled = match self.compile_json(stored.revision, &stored.json) {
+            Ok(compiled) => compiled,
+            Err(e) => {
+                self.diverge(stored.revision, &reason_of(&e));
+                return Err(e);
+            }
+        };
         self.install(compiled, stored.revision);
+        self.fleet.set_source(PolicySource::Store);
+        self.converge(stored.revision);
         tracing::info!(revision = stored.revision, "policy reloaded from the store");
         Ok(true)
     }
@@ -317,7 +479,6 @@ impl Gateway {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut rejected_revision = 0;
             loop {
                 let reload = tokio::select! {
                     change = changes.recv() => match change {
@@ -333,13 +494,11 @@ impl Gateway {
                 }
                 match gateway.reload().await {
                     Ok(_) => {}
-                    Err(GatewayError::BadStoredPolicy { revision, detail })
-                        if revision != rejected_revision =>
-                    {
-                        rejected_revision = revision;
-                        tracing::error!(revision, %detail, "stored policy rejected; the running policy stays");
-                    }
-                    Err(GatewayError::BadStoredPolicy { .. }) => {}
+                    // Logged once per revision by `diverge`, and once per episode by
+                    // `store_behind`.
+                    Err(
+                        GatewayError::BadStoredPolicy { .. } | GatewayError::StoreBehind { .. },
+                    ) => {}
                     Err(e) => {
                         tracing::debug!(error = %ErrorChain(&e), "policy reload failed; retrying at the next tick")
                     }
@@ -381,6 +540,15 @@ impl Gateway {
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_millis().max(1) as u64);
         self.last_reload_ms.store(now_ms, Ordering::Release);
+        self.offer_snapshot(revision);
+    }
+}
+
+/// The reason a stored revision cannot be applied, for the divergence report.
+fn reason_of(e: &GatewayError) -> String {
+    match e {
+        GatewayError::BadStoredPolicy { detail, .. } => detail.clone(),
+        other => ErrorChain(other).to_string(),
     }
 }
 
