@@ -533,8 +533,10 @@ impl Gateway {
 
     /// Every live instance, from their heartbeat records (this one's as it is now, even when
     /// its record could not be written).
+    /// While the store cannot be read, only this instance is listed, and the store's revision
+    /// is `None`.
     pub async fn fleet_view(&self) -> Result<Fleet, StoreError> {
-        let records = self.store.records(FLEET_PREFIX).await?;
+        let records = self.store.records(FLEET_PREFIX).await.unwrap_or_default();
         let mut instances: Vec<FleetInstance> = records
             .iter()
             .filter_map(|(_, json)| serde_json::from_str(json).ok())

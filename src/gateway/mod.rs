@@ -483,6 +483,9 @@ impl Gateway {
                 let reload = tokio::select! {
                     change = changes.recv() => match change {
                         Ok(Change::Policy { revision }) => revision != gateway.revision(),
+                        // Notifications may have been missed (a reconnect, maybe to a server
+                        // that restarted empty): look at once rather than at the next tick.
+                        Ok(Change::Reset) => true,
                         Ok(_) => false,
                         Err(RecvError::Lagged(_)) => true,
                         Err(RecvError::Closed) => return,

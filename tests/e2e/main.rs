@@ -67,6 +67,7 @@ mod demo;
 mod doc_figures;
 mod docs;
 mod edge;
+mod fleet;
 mod generated;
 mod grpc;
 mod health;
