@@ -119,7 +119,8 @@ impl Api {
         if !status.is_success() {
             return Err(refusal(status, raw));
         }
-        if let Some(applied) = &applied {
+        // With `--wait` only, so that scripts reading a change's answer see what they saw before.
+        if let Some(applied) = applied.as_ref().filter(|_| self.wait.is_some()) {
             // Said on stderr, so that stdout stays the answer; and in the JSON for `--json`.
             super::output::note(&applied.to_string());
             if let Value::Object(map) = &mut raw {
