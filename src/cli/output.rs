@@ -627,6 +627,70 @@ fn outcome(o: crate::rollout::Outcome) -> &'static str {
     }
 }
 
+/// `graygate ctl fleet`: one line per instance; `*` marks the one that answered, and the last
+/// column says what needs attention (diverged, lagging behind the store, the store behind it).
+pub fn fleet(f: &crate::api::Fleet) -> String {
+    let store = match f.revision {
+        Some(r) => format!("store at revision {r}"),
+        None => "store unreadable".to_string(),
+    };
+    let rows: Vec<Vec<String>> = f
+        .instances
+        .iter()
+        .map(|i| {
+            let mut notes = Vec::new();
+            if let Some(d) = &i.diverged {
+                notes.push(format!("DIVERGED at {}: {}", d.revision, d.reason));
+            } else if f.revision.is_some_and(|r| i.revision < r) {
+                notes.push("LAGGING".to_string());
+            }
+            if i.store != "healthy" {
+                notes.push(format!("store {}", i.store));
+            }
+            if let Some(e) = i.snapshot.as_ref().and_then(|s| s.error.as_ref()) {
+                notes.push(format!("snapshot: {e}"));
+            }
+            let snapshot = match &i.snapshot {
+                Some(s) => s.revision.map_or("-".to_string(), |r| r.to_string()),
+                None => "off".to_string(),
+            };
+            let this = if i.id == f.this { "*" } else { "" };
+            vec![
+                format!("{}{this}", i.id),
+                i.revision.to_string(),
+                i.source.clone(),
+                snapshot,
+                i.admin.clone().unwrap_or_else(|| "-".into()),
+                i.version.clone(),
+                i.last_seen.clone(),
+                if notes.is_empty() {
+                    "ok".to_string()
+                } else {
+                    notes.join("; ")
+                },
+            ]
+        })
+        .collect();
+    format!(
+        "{store}; {} live instance(s)\n{}",
+        f.instances.len(),
+        table(
+            &[
+                "INSTANCE",
+                "REVISION",
+                "SOURCE",
+                "SNAPSHOT",
+                "ADMIN",
+                "VERSION",
+                "LAST SEEN",
+                "STATE"
+            ],
+            &rows
+        )
+        .trim_end()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -785,68 +849,4 @@ mod tests {
         .unwrap();
         assert_eq!(explain(&v), "no route");
     }
-}
-
-/// `graygate ctl fleet`: one line per instance; `*` marks the one that answered, and the last
-/// column says what needs attention (diverged, lagging behind the store, the store behind it).
-pub fn fleet(f: &crate::api::Fleet) -> String {
-    let store = match f.revision {
-        Some(r) => format!("store at revision {r}"),
-        None => "store unreadable".to_string(),
-    };
-    let rows: Vec<Vec<String>> = f
-        .instances
-        .iter()
-        .map(|i| {
-            let mut notes = Vec::new();
-            if let Some(d) = &i.diverged {
-                notes.push(format!("DIVERGED at {}: {}", d.revision, d.reason));
-            } else if f.revision.is_some_and(|r| i.revision < r) {
-                notes.push("LAGGING".to_string());
-            }
-            if i.store != "healthy" {
-                notes.push(format!("store {}", i.store));
-            }
-            if let Some(e) = i.snapshot.as_ref().and_then(|s| s.error.as_ref()) {
-                notes.push(format!("snapshot: {e}"));
-            }
-            let snapshot = match &i.snapshot {
-                Some(s) => s.revision.map_or("-".to_string(), |r| r.to_string()),
-                None => "off".to_string(),
-            };
-            let this = if i.id == f.this { "*" } else { "" };
-            vec![
-                format!("{}{this}", i.id),
-                i.revision.to_string(),
-                i.source.clone(),
-                snapshot,
-                i.admin.clone().unwrap_or_else(|| "-".into()),
-                i.version.clone(),
-                i.last_seen.clone(),
-                if notes.is_empty() {
-                    "ok".to_string()
-                } else {
-                    notes.join("; ")
-                },
-            ]
-        })
-        .collect();
-    format!(
-        "{store}; {} live instance(s)\n{}",
-        f.instances.len(),
-        table(
-            &[
-                "INSTANCE",
-                "REVISION",
-                "SOURCE",
-                "SNAPSHOT",
-                "ADMIN",
-                "VERSION",
-                "LAST SEEN",
-                "STATE"
-            ],
-            &rows
-        )
-        .trim_end()
-    )
 }

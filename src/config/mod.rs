@@ -705,12 +705,16 @@ fn field_at(text: &str, offset: usize) -> String {
 /// The default snapshot file, beside the config.
 pub const DEFAULT_SNAPSHOT: &str = "graygate-snapshot.json";
 
+/// How the parser reads a duration field: name, value as written, default.
+type ReadDuration<'a> =
+    &'a dyn Fn(&str, &Option<String>, Duration) -> Result<Duration, ConfigError>;
+
 /// The `[fleet]` table.
 fn fleet_options(
     f: &file::FleetFile,
     base: &Path,
     at: &dyn Fn(&str, String) -> ConfigError,
-    duration: &dyn Fn(&str, &Option<String>, Duration) -> Result<Duration, ConfigError>,
+    duration: ReadDuration<'_>,
 ) -> Result<crate::gateway::FleetOptions, ConfigError> {
     use crate::gateway::{FleetOptions, OnStoreBehind, DEFAULT_HEARTBEAT};
     let snapshot = match f.snapshot.as_deref() {
