@@ -146,6 +146,7 @@ async fn status(State(s): Shared) -> Revisioned<Status> {
                 .map(|t| humantime::format_rfc3339_millis(t).to_string()),
             store: store_status(&s.gateway),
             services,
+            instance: Some(s.gateway.fleet_record()),
         },
     )
 }

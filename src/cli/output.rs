@@ -177,10 +177,25 @@ pub fn status(v: &Revisioned<Status>) -> String {
     } else {
         "healthy".to_string()
     };
-    let mut out = format!(
-        "revision {}, store {}: {store}\n\n",
-        v.revision, s.store.kind
-    );
+    let mut out = format!("revision {}, store {}: {store}\n", v.revision, s.store.kind);
+    if let Some(i) = &s.instance {
+        if i.source != "store" {
+            out.push_str(&format!(
+                "policy from the {} (the store could not give it), instance {}\n",
+                i.source, i.id
+            ));
+        }
+        if let Some(d) = &i.diverged {
+            out.push_str(&format!(
+                "DIVERGED: cannot apply the store's revision {}: {}\n",
+                d.revision, d.reason
+            ));
+        }
+        if i.store == "behind" {
+            out.push_str("the store is BEHIND this instance: see graygate ctl fleet\n");
+        }
+    }
+    out.push('\n');
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     // The health column only when there is something to say: active checks somewhere, or a

@@ -254,6 +254,8 @@ async fn a_new_instance_starts_from_its_snapshot_while_redis_is_down_and_catches
     let view = fleet(&gg);
     assert_eq!(view["instances"][0]["source"], "snapshot", "{view}");
     assert_eq!(view["instances"][0]["store"], "degraded", "{view}");
+    let status = gg.ctl().ok(&["status"]);
+    assert!(status.contains("policy from the snapshot"), "{status}");
 
     // Redis returns holding a newer revision (another instance moved on meanwhile).
     redis.restart().await;
