@@ -243,7 +243,15 @@ async fn a_new_instance_starts_from_its_snapshot_while_redis_is_down_and_catches
     .await;
     let stored: Value =
         serde_json::from_str(&redis.cli(&["HGET", "graygate:policy", "policy"])).unwrap();
+    let id = fleet(&gg)["this"].as_str().unwrap().to_string();
+    let record = format!("graygate:record:fleet:{id}");
+    assert_eq!(redis.cli(&["EXISTS", &record]), "1");
     let stopped = gg.stop().await;
+    assert_eq!(
+        redis.cli(&["EXISTS", &record]),
+        "0",
+        "a clean stop leaves the fleet"
+    );
 
     redis.stop();
     let gg = stopped.start().await;
@@ -323,4 +331,67 @@ async fn a_change_waits_for_every_instance() {
         .json(&["--wait=0s", "weights", "set", "-s", "web", "canary=30"]);
     assert_eq!(json["applied"]["revision"], 3, "{json}");
     assert_eq!(json["applied"]["live"], 3, "{json}");
+}
+
+/// With `on_store_behind = "refuse"`, a Redis restarted empty is not written: routing goes on,
+/// the admin API refuses to show or change the policy naming the condition and the fix, `/readyz`
+/// is 503 and the metric says so, until `graygate ctl fleet restore`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusing_a_redis_restarted_empty_waits_for_an_operator() {
+    let mut redis = RedisServer::start().await;
+    let stable = backend("stable").await;
+    let canary = backend("canary").await;
+    let gg = on_redis(&redis, &stable, &canary)
+        .fleet(HEARTBEAT, "refuse")
+        .start()
+        .await;
+    gg.ctl().ok(&["weights", "set", "-s", "web", "canary=100"]);
+    redis.restart().await;
+    eventually("the instance refuses the store behind it", async || {
+        let (ready, body) = gg.admin_api().send("GET", "/readyz", &[], "").await;
+        equals(
+            (
+                ready.status,
+                body["reason"]
+                    .as_str()
+                    .map(|r| r.contains("holds no policy")),
+            ),
+            (503, Some(true)),
+        )
+    })
+    .await;
+    assert_eq!(
+        redis.cli(&["EXISTS", "graygate:policy"]),
+        "0",
+        "nothing written"
+    );
+    assert_eq!(
+        gg.client().get(&[]).await.body,
+        "canary\n",
+        "routing goes on"
+    );
+    assert_eq!(
+        metric(&gg.scrape().await, "graygate_store_behind"),
+        Some(1.0)
+    );
+    let get = gg.ctl().run(&["policy", "get"]);
+    assert_ne!(get.code, 0, "{get:?}");
+    assert!(get.stderr.contains("graygate ctl fleet restore"), "{get:?}");
+    let change = gg.ctl().run(&["weights", "set", "-s", "web", "canary=50"]);
+    assert_ne!(change.code, 0, "{change:?}");
+    assert!(change.stderr.contains("holds no policy"), "{change:?}");
+
+    let restored = gg.ctl().ok(&["fleet", "restore"]);
+    assert!(
+        restored.starts_with("the store holds revision 2 again"),
+        "{restored}"
+    );
+    assert_eq!(redis.cli(&["HGET", "graygate:policy", "revision"]), "2");
+    let (ready, _) = gg.admin_api().send("GET", "/readyz", &[], "").await;
+    assert_eq!(ready.status, 200);
+    gg.ctl().ok(&["weights", "set", "-s", "web", "canary=50"]);
+    assert_eq!(redis.cli(&["HGET", "graygate:policy", "revision"]), "3");
+    let again = gg.ctl().run(&["fleet", "restore"]);
+    assert_eq!(again.code, 1, "{again:?}");
+    assert!(again.stderr.contains("nothing to restore"), "{again:?}");
 }
