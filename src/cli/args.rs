@@ -31,7 +31,8 @@ pub struct CtlArgs {
     #[arg(long, global = true, value_name = "N")]
     pub revision: Option<u64>,
     /// For a change: wait until every live instance sharing the store applied it, at most this
-    /// long (`--wait` alone: 30s), then say which ones lag. Reads ignore it.
+    /// long (`--wait` alone: 30s), then say which ones lag: exit 1 when some still do (the
+    /// change was made). Reads ignore it.
     #[arg(
         long,
         global = true,

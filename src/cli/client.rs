@@ -32,6 +32,8 @@ pub struct Api {
     token: Option<String>,
     /// Sent with every change as `?wait=`: how long the API waits for every instance.
     wait: Option<Duration>,
+    /// Set when a change's wait ran out with instances lagging: what the API said.
+    ran_out: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// A successful answer: read into its wire type, the JSON as the API sent it (what `--json`
@@ -67,7 +69,16 @@ impl Api {
             authority: authority.to_string(),
             token: token.filter(|t| !t.is_empty()),
             wait: None,
+            ran_out: Default::default(),
         })
+    }
+
+    /// What the API said when a change's `--wait` ran out with instances lagging.
+    pub fn ran_out(&self) -> Option<String> {
+        self.ran_out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Every change waits until every live instance applied it, at most `wait`.
@@ -123,6 +134,9 @@ impl Api {
         if let Some(applied) = applied.as_ref().filter(|_| self.wait.is_some()) {
             // Said on stderr, so that stdout stays the answer; and in the JSON for `--json`.
             super::output::note(&applied.to_string());
+            if applied.timed_out {
+                *self.ran_out.lock().unwrap_or_else(|e| e.into_inner()) = Some(applied.to_string());
+            }
             if let Value::Object(map) = &mut raw {
                 map.insert(
                     "applied".into(),

@@ -429,6 +429,12 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
             }
         },
     }
+    // `--wait` that ran out: the change was made, but not every instance applies it.
+    if let Some(lagging) = api.ran_out() {
+        return Err(CtlError::Incomplete(format!(
+            "the change was made, but not every live instance applied it within the wait: {lagging}"
+        )));
+    }
     Ok(())
 }
 

@@ -123,12 +123,32 @@ async fn an_instance_that_cannot_apply_a_revision_is_diverged_and_the_others_kee
         assert_eq!((reply.status, reply.body.as_str()), (200, "stable\n"));
     }
 
+    // A change through A waits for B in vain, and says why B lags (exit 1: made, not applied
+    // everywhere).
+    let waited = a.ctl().run(&[
+        "--wait=500ms",
+        "versions",
+        "set",
+        "-s",
+        "web",
+        "v5",
+        "canary",
+    ]);
+    assert_eq!(waited.code, 1, "{waited:?}");
+    assert!(
+        waited.stderr.contains(&format!(
+            "applied: 1 of 2 instances; lagging: {b_id} (at 1, diverged: "
+        )),
+        "{waited:?}"
+    );
+    assert!(waited.stdout.starts_with("revision 3: "), "{waited:?}");
+
     // B's admin API accepts a change (written; B stays diverged from it).
     let run = b
         .ctl()
         .run(&["versions", "set", "-s", "web", "v4", "canary"]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert_eq!(redis.cli(&["HGET", "graygate:policy", "revision"]), "3");
+    assert_eq!(redis.cli(&["HGET", "graygate:policy", "revision"]), "4");
 
     // A revision B can apply arrives: B converges.
     a.ctl().ok(&["versions", "delete", "-s", "web", "v3"]);
@@ -139,7 +159,7 @@ async fn an_instance_that_cannot_apply_a_revision_is_diverged_and_the_others_kee
     .await;
     let view = fleet(&a);
     let b_now = instance(&view, &b_id).unwrap();
-    assert_eq!(b_now["revision"], 4);
+    assert_eq!(b_now["revision"], 5);
     assert!(b_now["diverged"].is_null(), "{b_now}");
     assert_eq!(
         metric(&b.scrape().await, "graygate_policy_diverged"),
