@@ -696,6 +696,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_diverged_instance_given_the_missing_upstream_converges_at_once() {
+        let store = TestStore::new();
+        let options = FleetOptions::default();
+        let a = gateway_in_fleet(&store, &["extra"], Some(&doc(WEB)), &options).await;
+        let b = gateway_in_fleet(&store, &[], Some(&doc(WEB)), &options).await;
+        a.change(None, "alice", "v3 on extra", with_extra)
+            .await
+            .unwrap();
+        assert!(b.reload().await.is_err());
+        assert!(b.divergence().is_some());
+        let names = ["stable", "canary", "extra"].map(String::from).to_vec();
+        b.set_upstreams(names, || {}).await.unwrap();
+        assert_eq!(b.divergence(), None);
+        assert_eq!(b.revision(), 2);
+    }
+
+    #[tokio::test]
     async fn an_empty_store_is_restored_at_the_snapshots_revision_with_a_gap_in_the_history() {
         let dir = tempfile::tempdir().unwrap();
         let options = FleetOptions {

@@ -371,15 +371,22 @@ impl Gateway {
         names: Vec<String>,
         install_table: impl FnOnce(),
     ) -> Result<(), GatewayError> {
-        let _one_at_a_time = self.changing.lock().await;
-        let running = self.policy();
-        let revision = self.revision();
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let compiled = policy::compile(running.doc(), &refs)
-            .map_err(|source| GatewayError::UpstreamInUse { revision, source })?;
-        install_table();
-        self.upstreams.store(Arc::new(names));
-        self.install(compiled, revision);
+        {
+            let _one_at_a_time = self.changing.lock().await;
+            let running = self.policy();
+            let revision = self.revision();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let compiled = policy::compile(running.doc(), &refs)
+                .map_err(|source| GatewayError::UpstreamInUse { revision, source })?;
+            install_table();
+            self.upstreams.store(Arc::new(names));
+            self.install(compiled, revision);
+        }
+        // A diverged instance may have just been given the upstream it lacked: try the store's
+        // revision now rather than at the next tick.
+        if self.divergence().is_some() {
+            let _ = self.reload().await;
+        }
         Ok(())
     }
 
