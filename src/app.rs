@@ -160,6 +160,9 @@ pub struct Running {
     watcher: JoinHandle<()>,
     /// Reads the certificate files for changes (with `[tls]`).
     cert_watcher: Option<JoinHandle<()>>,
+    /// Renews this instance's record in the fleet view; stopped, and the record removed, at
+    /// shutdown.
+    heartbeat: JoinHandle<()>,
     /// The rollout driver: stopped (its lease given up) at shutdown, or when an upgrade hands
     /// the store over.
     rollouts: Option<crate::gateway::RolloutsHandle>,
@@ -273,7 +276,15 @@ pub async fn start_with(
     // answers first.
     let lookup_timeout = config.cache.lookup_timeout + std::time::Duration::from_millis(10);
     let store = store.await?;
-    let gateway = Gateway::start(store, table, seed, lookup_timeout, config.history).await?;
+    let gateway = Gateway::start_in_fleet(
+        store,
+        table,
+        seed,
+        lookup_timeout,
+        config.history,
+        &config.fleet,
+    )
+    .await?;
     let watcher = gateway.spawn_watcher(config.reload_interval);
     let rollouts = gateway.spawn_rollouts(config.rollouts);
     let verdicts = rollouts.verdicts();
@@ -404,10 +415,20 @@ pub async fn start_with(
             shutdown_signal(&stopped),
         )));
     }
+    gateway.set_addresses(
+        admin_addr.map(|a| a.to_string()),
+        addrs
+            .iter()
+            .chain(&tls_addrs)
+            .map(|a| a.to_string())
+            .collect(),
+    );
+    let heartbeat = gateway.spawn_heartbeat();
     Ok(Running {
         addrs,
         tls_addrs,
         cert_watcher,
+        heartbeat,
         gateway,
         metrics_addr,
         admin_addr,
@@ -647,6 +668,17 @@ impl PolicyStatsSource for Gateway {
     fn config_differs(&self) -> Option<bool> {
         Gateway::config_differs(self)
     }
+
+    fn fleet(&self) -> crate::observe::FleetStats {
+        crate::observe::FleetStats {
+            diverged: self.divergence().map(|d| d.revision),
+            store_behind: matches!(
+                self.store_seen().0,
+                crate::gateway::StoreSeen::Behind { .. }
+            ),
+            restores: self.restores(),
+        }
+    }
 }
 
 /// TLS metrics: the terminator's failed handshakes, and the certificates of the set in force
@@ -771,6 +803,8 @@ impl Running {
             }
         }
         self.watcher.abort();
+        self.heartbeat.abort();
+        self.gateway.leave_fleet().await;
         if let Some(cert_watcher) = self.cert_watcher {
             cert_watcher.abort();
         }

@@ -67,7 +67,8 @@ enum Command {
     /// Control a running graygate through its admin API: gray lists, weights, explain, promote,
     /// rollback, history, undo, reload. Exit codes: 0 done, 1 refused by the API, 2 usage, 3
     /// unreachable, failed, or not a graygate admin API.
-    Ctl(graygate::cli::CtlArgs),
+    // Boxed: the largest variant by far, and only one command runs.
+    Ctl(Box<graygate::cli::CtlArgs>),
     /// Start a self-contained demo: built-in stable and canary backends, an embedded store and an
     /// example policy, then print curl commands that show each rule. `demo rollout` shows a
     /// whole rollout instead.
@@ -103,7 +104,7 @@ fn main() -> ExitCode {
         }
         Command::Ctl(args) => {
             init_logging(LogFormat::Text);
-            return graygate::cli::run(args);
+            return graygate::cli::run(*args);
         }
         // The config says how the log is written, so it is read before anything is logged.
         Command::Run { config } => {

@@ -149,6 +149,9 @@ impl From<ChangeError> for ApiError {
             ChangeError::Stale { .. } => ApiError::new(ErrorCode::StaleRevision, e.to_string()),
             ChangeError::Busy { .. } => ApiError::new(ErrorCode::Busy, e.to_string()),
             ChangeError::Store(e) => e.into(),
+            ChangeError::StoreBehind { .. } => {
+                ApiError::new(ErrorCode::StoreUnavailable, e.to_string())
+            }
         }
     }
 }

@@ -96,6 +96,7 @@ impl From<HistoryError> for ApiError {
         match e {
             HistoryError::NotInHistory { .. } => ApiError::not_found(e.to_string()),
             HistoryError::Broken { .. } => ApiError::new(ErrorCode::StoreBadData, e.to_string()),
+            HistoryError::Gap { .. } => ApiError::not_found(e.to_string()),
             HistoryError::Store(e) => e.into(),
         }
     }

@@ -29,6 +29,10 @@
 //! | `GET /v1/history`, `POST /v1/undo` | every change, and going back to a revision |
 //! | `POST /v1/reload[?force=true]` | read the config file again, as SIGHUP does |
 //! | `GET /v1/live`, `GET /v1/live/history` | the dashboard's live figures: a server-sent event each second, the last five minutes |
+//! | `GET /v1/fleet`, `POST /v1/fleet/restore` | every instance sharing the store; write this instance's policy back into a store that lost it |
+//!
+//! Every change's answer says in `X-Graygate-Applied` how many live instances applied its
+//! revision; `?wait=<duration>` waits for all of them (`fleet`).
 //!
 //! # Changes
 //! Every policy change is a [`Write`] and goes through [`Gateway::change`]: edited on a copy of the stored document,
@@ -71,6 +75,7 @@ mod auth;
 mod browser;
 mod error;
 mod extract;
+mod fleet;
 #[cfg(test)]
 mod generated;
 mod history;
@@ -252,6 +257,11 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .merge(history::router())
         .merge(reload::router())
         .merge(live::router())
+        .merge(fleet::router())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            fleet::applied_by,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             refuse_changes_while_handing_over,

@@ -41,8 +41,22 @@ async fn healthz() -> Json<Health> {
 }
 
 /// `GET /readyz`: 200 once a policy is loaded (the admin listener starts after the traffic
-/// listeners are bound, so they are up when this answers); 503 before.
+/// listeners are bound, so they are up when this answers); 503 before, and while this instance
+/// diverged from the store or refuses a store that is behind it.
 async fn readyz(State(s): Shared) -> Response {
+    if let (Some(_), Some(problem)) = (s.gateway.last_reload(), s.gateway.fleet_problem()) {
+        // Diverged, or a store behind that this instance does not restore: it routes, but
+        // with another policy than the store's, so the load balancer should prefer the others.
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Readiness {
+                status: "not ready".to_string(),
+                revision: Some(Revision(s.gateway.revision())),
+                reason: Some(problem),
+            }),
+        )
+            .into_response();
+    }
     match s.gateway.last_reload() {
         Some(_) => Json(Readiness {
             status: "ready".to_string(),
@@ -132,6 +146,7 @@ async fn status(State(s): Shared) -> Revisioned<Status> {
                 .map(|t| humantime::format_rfc3339_millis(t).to_string()),
             store: store_status(&s.gateway),
             services,
+            instance: Some(s.gateway.fleet_record()),
         },
     )
 }

@@ -24,8 +24,10 @@
 //! - `status`: health, readiness, status and explain.
 //! - `live`: the dashboard's sign-in and the live figures of every version.
 //! - `upstreams`: the upstreams an instance runs, and the changes of the shared ones.
+//! - `fleet`: every instance sharing the store, and how many applied a revision.
 
 mod error;
+mod fleet;
 mod history;
 mod lists;
 mod live;
@@ -38,6 +40,7 @@ mod status;
 mod upstreams;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use fleet::{AppliedBy, Diverged, Fleet, FleetInstance, Lagging, SnapshotView};
 pub use history::{History, HistoryChange, HistoryEntry, HistoryOne, Undo, Undone};
 pub use lists::{
     EntriesRemoved, EntriesWritten, EntryCount, EntryList, ListedEntry, NewEntries, NewEntry,

@@ -74,6 +74,18 @@ pub const UPSTREAM_SERVERS: &str = "/v1/upstreams/{name}/servers";
 pub const UPSTREAM_SERVER: &str = "/v1/upstreams/{name}/servers/{server}";
 /// The dashboard's page; its files are under it.
 pub const UI: &str = "/ui/";
+/// `GET`: every live instance sharing the store ([`Fleet`](super::Fleet)).
+pub const FLEET: &str = "/v1/fleet";
+/// `POST`: write this instance's policy back into a store that lost it (behind).
+pub const FLEET_RESTORE: &str = "/v1/fleet/restore";
+/// The header of a change's answer that says how many live instances applied its revision
+/// ([`AppliedBy`](super::AppliedBy), as JSON).
+pub const APPLIED_HEADER: &str = "x-graygate-applied";
+/// The query parameter of any change: wait until every live instance applied it, at most this
+/// long (`"10s"`; at most [`MAX_WAIT`]).
+pub const WAIT_PARAM: &str = "wait";
+/// The longest wait a change may ask for.
+pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// `pattern` with each `{...}` replaced, in order, by the next of `segments`, percent-encoded.
 fn fill(pattern: &str, segments: &[&str]) -> String {

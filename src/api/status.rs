@@ -29,6 +29,10 @@ pub struct Status {
     pub last_reload: Option<String>,
     pub store: StoreStatus,
     pub services: Vec<ServiceStatus>,
+    /// This instance as the fleet view shows it: where its policy came from (the store, its
+    /// snapshot while the store was down), divergence, the store as it sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<super::FleetInstance>,
 }
 
 /// The store and its health.

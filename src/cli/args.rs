@@ -30,6 +30,19 @@ pub struct CtlArgs {
     /// else exit 1. Reads ignore it.
     #[arg(long, global = true, value_name = "N")]
     pub revision: Option<u64>,
+    /// For a change: wait until every live instance sharing the store applied it, at most this
+    /// long (`--wait` alone: 30s), then say which ones lag: exit 1 when some still do (the
+    /// change was made). Reads ignore it.
+    #[arg(
+        long,
+        global = true,
+        value_name = "TIMEOUT",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "30s",
+        value_parser = humantime::parse_duration
+    )]
+    pub wait: Option<std::time::Duration>,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -148,6 +161,21 @@ pub enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Every graygate instance sharing the store: its revision, the store as it sees it,
+    /// whether it diverged, its snapshot. Marks diverged and lagging instances.
+    Fleet {
+        #[command(subcommand)]
+        cmd: Option<FleetCmd>,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum FleetCmd {
+    /// The table of instances (the default).
+    List,
+    /// Write the policy this instance routes with back into a store that lost it (empty, or at
+    /// an older revision), at its revision: the fix when `on_store_behind = "refuse"`.
+    Restore,
 }
 
 #[derive(clap::Subcommand, Debug)]

@@ -7,7 +7,7 @@
 //! so that a change is never sent to something that is not the admin API.
 
 use super::{CtlError, Refusal};
-use crate::api::{paths, ErrorBody, IfMatch, Revision, ADMIN_HEADER};
+use crate::api::{paths, AppliedBy, ErrorBody, IfMatch, Revision, ADMIN_HEADER};
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -30,6 +30,10 @@ pub struct Api {
     /// `host:port`.
     authority: String,
     token: Option<String>,
+    /// Sent with every change as `?wait=`: how long the API waits for every instance.
+    wait: Option<Duration>,
+    /// Set when a change's wait ran out with instances lagging: what the API said.
+    ran_out: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// A successful answer: read into its wire type, the JSON as the API sent it (what `--json`
@@ -64,7 +68,23 @@ impl Api {
         Ok(Api {
             authority: authority.to_string(),
             token: token.filter(|t| !t.is_empty()),
+            wait: None,
+            ran_out: Default::default(),
         })
+    }
+
+    /// What the API said when a change's `--wait` ran out with instances lagging.
+    pub fn ran_out(&self) -> Option<String> {
+        self.ran_out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Every change waits until every live instance applied it, at most `wait`.
+    pub fn with_wait(mut self, wait: Option<Duration>) -> Api {
+        self.wait = wait;
+        self
     }
 
     /// The address, as messages name it.
@@ -86,8 +106,18 @@ impl Api {
         body: Option<Vec<u8>>,
     ) -> Result<Answer<T>, CtlError> {
         let what = format!("{method} {path}");
-        let (status, revision, bytes) =
-            tokio::time::timeout(CALL_TIMEOUT, self.exchange(method, path, if_match, body))
+        let path = match self.wait.filter(|_| method != Method::GET) {
+            Some(wait) => {
+                let sep = if path.contains('?') { '&' } else { '?' };
+                let ms = wait.min(paths::MAX_WAIT).as_millis();
+                format!("{path}{sep}{}={ms}ms", paths::WAIT_PARAM)
+            }
+            None => path.to_string(),
+        };
+        let path = path.as_str();
+        let limit = CALL_TIMEOUT + self.wait.unwrap_or_default().min(paths::MAX_WAIT);
+        let (status, revision, applied, bytes) =
+            tokio::time::timeout(limit, self.exchange(method, path, if_match, body))
                 .await
                 .map_err(|_| {
                     CtlError::Unreachable(format!(
@@ -95,10 +125,24 @@ impl Api {
                         self.url()
                     ))
                 })??;
-        let raw: Value = serde_json::from_slice(&bytes)
+        let mut raw: Value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         if !status.is_success() {
             return Err(refusal(status, raw));
+        }
+        // With `--wait` only, so that scripts reading a change's answer see what they saw before.
+        if let Some(applied) = applied.as_ref().filter(|_| self.wait.is_some()) {
+            // Said on stderr, so that stdout stays the answer; and in the JSON for `--json`.
+            super::output::note(&applied.to_string());
+            if applied.timed_out {
+                *self.ran_out.lock().unwrap_or_else(|e| e.into_inner()) = Some(applied.to_string());
+            }
+            if let Value::Object(map) = &mut raw {
+                map.insert(
+                    "applied".into(),
+                    serde_json::to_value(applied).unwrap_or_default(),
+                );
+            }
         }
         let body = serde_json::from_value(raw.clone()).map_err(|source| CtlError::Unexpected {
             addr: self.url(),
@@ -118,7 +162,7 @@ impl Api {
         path: &str,
         if_match: IfMatch,
         body: Option<Vec<u8>>,
-    ) -> Result<(StatusCode, Option<Revision>, Bytes), CtlError> {
+    ) -> Result<(StatusCode, Option<Revision>, Option<AppliedBy>, Bytes), CtlError> {
         let unreachable =
             |e: &dyn std::fmt::Display| CtlError::Unreachable(format!("{}: {e}", self.url()));
         let stream = tokio::time::timeout(
@@ -152,13 +196,17 @@ impl Api {
             .get(header::ETAG)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| Revision::parse_tag(v).ok());
+        let applied = resp
+            .headers()
+            .get(paths::APPLIED_HEADER)
+            .and_then(|v| serde_json::from_slice::<AppliedBy>(v.as_bytes()).ok());
         let bytes = resp
             .into_body()
             .collect()
             .await
             .map_err(|e| unreachable(&e))?
             .to_bytes();
-        Ok((status, revision, bytes))
+        Ok((status, revision, applied, bytes))
     }
 
     fn request(

@@ -176,7 +176,7 @@ fn json_body(value: &impl Serialize) -> Result<Vec<u8>, CtlError> {
 }
 
 async fn execute(args: CtlArgs) -> Result<(), CtlError> {
-    let api = Api::new(&args.addr, args.token.clone())?;
+    let api = Api::new(&args.addr, args.token.clone())?.with_wait(args.wait);
     let rev = IfMatch::from(args.revision);
     let out = output::Printer { json: args.json };
     match args.command {
@@ -412,6 +412,30 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
             let what = format!("policy of revision {} restored", a.body.body.restored);
             out.done(&a, &what)?;
         }
+        Cmd::Fleet { cmd } => match cmd.unwrap_or(args::FleetCmd::List) {
+            args::FleetCmd::List => {
+                let a: Answer<crate::api::Fleet> = api.get(paths::FLEET).await?;
+                out.show(&a, output::fleet)?;
+            }
+            args::FleetCmd::Restore => {
+                let a: Answer<crate::api::Fleet> = api
+                    .call(Method::POST, paths::FLEET_RESTORE, IfMatch::Any, None)
+                    .await?;
+                out.show(&a, |f| {
+                    format!(
+                        "the store holds revision {} again\n{}",
+                        f.revision.unwrap_or_default(),
+                        output::fleet(f)
+                    )
+                })?;
+            }
+        },
+    }
+    // `--wait` that ran out: the change was made, but not every instance applies it.
+    if let Some(lagging) = api.ran_out() {
+        return Err(CtlError::Incomplete(format!(
+            "the change was made, but not every live instance applied it within the wait: {lagging}"
+        )));
     }
     Ok(())
 }

@@ -181,10 +181,25 @@ pub fn status(v: &Revisioned<Status>) -> String {
         Some(mode) => format!("{store}, invalidations: {mode}"),
         None => store,
     };
-    let mut out = format!(
-        "revision {}, store {}: {store}\n\n",
-        v.revision, s.store.kind
-    );
+    let mut out = format!("revision {}, store {}: {store}\n", v.revision, s.store.kind);
+    if let Some(i) = &s.instance {
+        if i.source != "store" {
+            out.push_str(&format!(
+                "policy from the {} (the store could not give it), instance {}\n",
+                i.source, i.id
+            ));
+        }
+        if let Some(d) = &i.diverged {
+            out.push_str(&format!(
+                "DIVERGED: cannot apply the store's revision {}: {}\n",
+                d.revision, d.reason
+            ));
+        }
+        if i.store == "behind" {
+            out.push_str("the store is BEHIND this instance: see graygate ctl fleet\n");
+        }
+    }
+    out.push('\n');
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     // The health column only when there is something to say: active checks somewhere, or a
@@ -677,6 +692,70 @@ fn outcome(o: crate::rollout::Outcome) -> &'static str {
         crate::rollout::Outcome::Abort => "ABORT",
         crate::rollout::Outcome::NotEnoughData => "waiting",
     }
+}
+
+/// `graygate ctl fleet`: one line per instance; `*` marks the one that answered, and the last
+/// column says what needs attention (diverged, lagging behind the store, the store behind it).
+pub fn fleet(f: &crate::api::Fleet) -> String {
+    let store = match f.revision {
+        Some(r) => format!("store at revision {r}"),
+        None => "store unreadable".to_string(),
+    };
+    let rows: Vec<Vec<String>> = f
+        .instances
+        .iter()
+        .map(|i| {
+            let mut notes = Vec::new();
+            if let Some(d) = &i.diverged {
+                notes.push(format!("DIVERGED at {}: {}", d.revision, d.reason));
+            } else if f.revision.is_some_and(|r| i.revision < r) {
+                notes.push("LAGGING".to_string());
+            }
+            if i.store != "healthy" {
+                notes.push(format!("store {}", i.store));
+            }
+            if let Some(e) = i.snapshot.as_ref().and_then(|s| s.error.as_ref()) {
+                notes.push(format!("snapshot: {e}"));
+            }
+            let snapshot = match &i.snapshot {
+                Some(s) => s.revision.map_or("-".to_string(), |r| r.to_string()),
+                None => "off".to_string(),
+            };
+            let this = if i.id == f.this { "*" } else { "" };
+            vec![
+                format!("{}{this}", i.id),
+                i.revision.to_string(),
+                i.source.clone(),
+                snapshot,
+                i.admin.clone().unwrap_or_else(|| "-".into()),
+                i.version.clone(),
+                i.last_seen.clone(),
+                if notes.is_empty() {
+                    "ok".to_string()
+                } else {
+                    notes.join("; ")
+                },
+            ]
+        })
+        .collect();
+    format!(
+        "{store}; {} live instance(s)\n{}",
+        f.instances.len(),
+        table(
+            &[
+                "INSTANCE",
+                "REVISION",
+                "SOURCE",
+                "SNAPSHOT",
+                "ADMIN",
+                "VERSION",
+                "LAST SEEN",
+                "STATE"
+            ],
+            &rows
+        )
+        .trim_end()
+    )
 }
 
 #[cfg(test)]

@@ -85,6 +85,26 @@ pub struct ConfigFile {
     /// `[history]`: how much policy history the store keeps.
     #[serde(default, skip_serializing_if = "is_default")]
     pub history: HistoryFile,
+    /// `[fleet]`: the last-known-good snapshot, a store that lost its data, the heartbeat.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub fleet: FleetFile,
+}
+
+/// `[fleet]`: how this instance keeps its last-known-good policy and meets the others.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetFile {
+    /// The snapshot file, relative to the config's directory; default
+    /// `graygate-snapshot.json` beside the config; `""` keeps none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// `"reseed"` (default) or `"refuse"`: what to do when the store holds an older revision
+    /// than this instance applied, or none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_store_behind: Option<String>,
+    /// How often the heartbeat record is renewed (`"2s"`, the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<String>,
 }
 
 /// `[history]`: the retention of the policy history; the oldest records go first.
@@ -546,6 +566,11 @@ mod tests {
                 keep: Some(500),
                 max_bytes: Some("16MiB".into()),
             },
+            fleet: FleetFile {
+                snapshot: Some("state/snapshot.json".into()),
+                on_store_behind: Some("refuse".into()),
+                heartbeat: Some("1s".into()),
+            },
         }
     }
 
@@ -630,6 +655,11 @@ max_local_error_reset_streams = 100
 [history]
 keep = 500
 max_bytes = "16MiB"
+
+[fleet]
+snapshot = "state/snapshot.json"
+on_store_behind = "refuse"
+heartbeat = "1s"
 
 [[policy.services]]
 name = "web"

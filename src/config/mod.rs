@@ -139,6 +139,8 @@ pub struct Config {
     pub http2: Http2Settings,
     /// How much policy history the store keeps (`[history]`).
     pub history: crate::store::HistoryRetention,
+    /// The snapshot, what to do with a store behind, the heartbeat (`[fleet]`).
+    pub fleet: crate::gateway::FleetOptions,
 }
 
 /// Where the policy and the identity lists are kept.
@@ -508,8 +510,10 @@ pub fn parse_with(text: &str, path: &Path, secrets: AdminSecrets) -> Result<Conf
     }
 
     let history = history_retention(&file.history, &at)?;
+    let fleet = fleet_options(&file.fleet, &base, &at, &duration)?;
 
     Ok(Config {
+        fleet,
         history,
         tls,
         http2,
@@ -725,6 +729,44 @@ fn field_at(text: &str, offset: usize) -> String {
         }
     }
     String::new()
+}
+
+/// The default snapshot file, beside the config.
+pub const DEFAULT_SNAPSHOT: &str = "graygate-snapshot.json";
+
+/// How the parser reads a duration field: name, value as written, default.
+type ReadDuration<'a> =
+    &'a dyn Fn(&str, &Option<String>, Duration) -> Result<Duration, ConfigError>;
+
+/// The `[fleet]` table.
+fn fleet_options(
+    f: &file::FleetFile,
+    base: &Path,
+    at: &dyn Fn(&str, String) -> ConfigError,
+    duration: ReadDuration<'_>,
+) -> Result<crate::gateway::FleetOptions, ConfigError> {
+    use crate::gateway::{FleetOptions, OnStoreBehind, DEFAULT_HEARTBEAT};
+    let snapshot = match f.snapshot.as_deref() {
+        Some("") => None,
+        Some(p) => Some(base.join(p)),
+        None => Some(base.join(DEFAULT_SNAPSHOT)),
+    };
+    let on_store_behind = match f.on_store_behind.as_deref() {
+        None | Some("reseed") => OnStoreBehind::Reseed,
+        Some("refuse") => OnStoreBehind::Refuse,
+        Some(other) => {
+            return Err(at(
+                "fleet.on_store_behind",
+                format!("`{other}` is not one of \"reseed\", \"refuse\""),
+            ))
+        }
+    };
+    let heartbeat = duration("fleet.heartbeat", &f.heartbeat, DEFAULT_HEARTBEAT)?;
+    Ok(FleetOptions {
+        snapshot,
+        on_store_behind,
+        heartbeat,
+    })
 }
 
 /// The largest `[history] keep`: every record is read by a walk back to the oldest one.
@@ -979,6 +1021,36 @@ mod tests {
         }
         let message = error("[history]\nkept = 3\n");
         assert!(message.contains("unknown field `kept`"), "{message}");
+    }
+
+    #[test]
+    fn the_fleet_table_is_read_with_its_defaults() {
+        use crate::gateway::OnStoreBehind;
+        let defaults = config("").unwrap().fleet;
+        assert_eq!(
+            defaults.snapshot,
+            Some(PathBuf::from("graygate-snapshot.json"))
+        );
+        assert_eq!(defaults.on_store_behind, OnStoreBehind::Reseed);
+        assert_eq!(defaults.heartbeat, Duration::from_secs(2));
+        let set = config(
+            "[fleet]\nsnapshot = \"state/last.json\"\non_store_behind = \"refuse\"\nheartbeat = \"500ms\"\n",
+        )
+        .unwrap()
+        .fleet;
+        assert_eq!(set.snapshot, Some(PathBuf::from("state/last.json")));
+        assert_eq!(set.on_store_behind, OnStoreBehind::Refuse);
+        assert_eq!(set.heartbeat, Duration::from_millis(500));
+        assert_eq!(
+            config("[fleet]\nsnapshot = \"\"\n").unwrap().fleet.snapshot,
+            None
+        );
+        let message = error("[fleet]\non_store_behind = \"follow\"\n");
+        assert!(
+            message
+                .ends_with("fleet.on_store_behind: `follow` is not one of \"reseed\", \"refuse\""),
+            "{message}"
+        );
     }
 
     #[test]

@@ -194,6 +194,8 @@ fn demo_config(
         listen_backlog: crate::config::DEFAULT_LISTEN_BACKLOG,
         max_connections: None,
         history: crate::store::HistoryRetention::default(),
+        // The demo's store is new on every run: a snapshot would only ever restore a past run.
+        fleet: crate::gateway::FleetOptions::default(),
         upstreams: vec![upstream("stable", stable), upstream("canary", canary)],
         policy: Some(PolicySource {
             doc,

@@ -75,6 +75,10 @@ impl Gateway {
                 doc: before,
                 as_stored,
             } = self.stored().await?;
+            if self.settle_behind(current).await? {
+                // Restored (or another instance did): the edit starts from the store again.
+                continue;
+            }
             if let Some(expected) = expected {
                 if expected != current {
                     return Err(ChangeError::Stale {
@@ -94,11 +98,35 @@ impl Gateway {
                     unchanged: true,
                 });
             }
-            // `None`: valid for the fleet, but it names an upstream (unchanged by this edit) that
-            // this instance cannot build: written, not installed here (see `upstreams`).
-            let compiled = match self.prepare(&after).await {
-                Ok(prepared) => Some(prepared),
-                Err(e) => self.unbuildable_here(&before, &after, e).map(|()| None)?,
+            // Validated against this instance's upstream table. Failing that, the change may
+            // still be the fleet's to make: an upstream this instance cannot build that the
+            // stored policy already had (`unbuildable_here`), or names this instance lacks that
+            // the stored document already uses or the edited one defines (another instance has
+            // them). Such a change is written, and this instance diverges from it rather than
+            // refusing every change from now on.
+            let (compiled, not_here) = match self.prepare(&after).await {
+                Ok(prepared) => (Some(prepared), None),
+                Err(super::upstreams::Unbuildable::Compile(here)) => {
+                    let mut names = self.names_with(&before);
+                    for name in after.upstreams.keys() {
+                        if !names.contains(name) {
+                            names.push(name.clone());
+                        }
+                    }
+                    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                    policy::compile(&after, &refs)?;
+                    (None, Some(here.to_string()))
+                }
+                Err(failure) => {
+                    let reason = match &failure {
+                        super::upstreams::Unbuildable::Upstream(e) => {
+                            format!("upstream `{}` cannot be built here: {e}", e.upstream)
+                        }
+                        super::upstreams::Unbuildable::Compile(e) => e.to_string(),
+                    };
+                    self.unbuildable_here(&before, &after, failure)?;
+                    (None, Some(reason))
+                }
             };
             let next = current + 1;
             let record = Record::new(next, actor, summary, &before, &after).to_json();
@@ -109,12 +137,16 @@ impl Gateway {
                 .await
             {
                 Ok(revision) => {
-                    match compiled {
-                        Some(compiled) if revision >= self.revision() => {
-                            self.install_prepared(compiled, revision)
+                    match (compiled, not_here) {
+                        (Some(prepared), _) => {
+                            if revision >= self.revision() {
+                                self.install_prepared(prepared, revision);
+                                self.fleet.set_source(super::PolicySource::Store);
+                                self.converge(revision);
+                            }
                         }
-                        Some(_) => {}
-                        None => tracing::error!(revision, actor, summary, "policy changed in the store, but not applied on this instance: it cannot build an upstream of the policy (the reload says which); the running policy stays"),
+                        (None, Some(here)) => self.diverge(revision, &here),
+                        (None, None) => {}
                     }
                     tracing::info!(revision, actor, summary, "policy changed");
                     return Ok(Applied {
@@ -140,9 +172,61 @@ impl Gateway {
     /// The stored revision and document: what a change starts from and what the admin API shows.
     /// A stored document that does not parse (written by something else) is replaced by the
     /// running one; an empty store that still owes the config's policy shows that.
+    ///
+    /// A store behind this instance (it lost its data) is restored first, or, with
+    /// `on_store_behind = "refuse"`, the read is refused naming the condition: the admin API
+    /// never shows an empty or older policy than the one that routes.
     pub async fn current_doc(&self) -> Result<(u64, PolicyDoc), ChangeError> {
         let stored = self.stored().await?;
+        if self.revision() > 0 && stored.revision < self.revision() {
+            let _one_at_a_time = self.changing.lock().await;
+            let again = self.stored().await?;
+            if !self.settle_behind(again.revision).await? {
+                return Ok((again.revision, again.doc));
+            }
+            let restored = self.stored().await?;
+            return Ok((restored.revision, restored.doc));
+        }
         Ok((stored.revision, stored.doc))
+    }
+
+    /// With the change lock held: when the store is at `current`, older than the revision this
+    /// instance applied, restores it (true: read it again) or refuses; false: not behind.
+    async fn settle_behind(&self, current: u64) -> Result<bool, ChangeError> {
+        let applied = self.revision();
+        if applied == 0 || current >= applied {
+            return Ok(false);
+        }
+        match self.store_behind(current).await {
+            Ok(_) => Ok(true),
+            Err(GatewayError::StoreBehind { stored, applied }) => {
+                Err(ChangeError::StoreBehind { stored, applied })
+            }
+            Err(GatewayError::Store(e)) => Err(ChangeError::Store(e)),
+            Err(other) => Err(ChangeError::Store(crate::store::StoreError::unavailable(
+                self.store.kind(),
+                other.to_string(),
+            ))),
+        }
+    }
+
+    /// This instance's upstream names and those `doc` uses, for validating a change that
+    /// another instance's upstreams may serve.
+    fn names_with(&self, doc: &PolicyDoc) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .upstream_names()
+            .iter()
+            .filter(|n| !n.is_empty())
+            .cloned()
+            .collect();
+        for service in &doc.services {
+            for upstream in service.versions.values() {
+                if !names.contains(upstream) {
+                    names.push(upstream.clone());
+                }
+            }
+        }
+        names
     }
 
     /// [`Gateway::current_doc`], saying whether the document is the stored one.
@@ -193,6 +277,10 @@ pub enum ChangeError {
     /// The store could not be read or written.
     #[error(transparent)]
     Store(StoreError),
+    /// The store holds an older revision than this instance applied (it lost its data) and
+    /// this instance does not restore it by itself.
+    #[error("{}", super::fleet::behind_message(*stored, *applied))]
+    StoreBehind { stored: u64, applied: u64 },
 }
 
 /// What a change starts from: the stored revision and its document.

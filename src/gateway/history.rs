@@ -51,6 +51,11 @@ pub(super) struct Record {
     /// Records written before `undo` existed: the document the change made, whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<Value>,
+    /// Set on the record of a restore (the store had lost its data and an instance wrote its
+    /// policy back): the revision the store was at then (0: empty). The record has no `undo`:
+    /// what came before is lost, and walks back stop here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap_from: Option<u64>,
 }
 
 impl Record {
@@ -72,6 +77,23 @@ impl Record {
             undo: Some(json_patch::diff(&after, &before)),
             before: None,
             after: None,
+            gap_from: None,
+        }
+    }
+
+    /// The record of a restore at `revision` by `actor`: the store was at `from` (0: empty), and
+    /// `doc` is the document restored. It holds the document whole (`after`), so that a walk
+    /// back can start at it, and no way back past it.
+    pub fn gap(revision: u64, actor: &str, summary: &str, from: u64, doc: &PolicyDoc) -> Record {
+        Record {
+            revision,
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            actor: actor.to_owned(),
+            summary: summary.to_owned(),
+            undo: None,
+            before: None,
+            after: Some(serde_json::to_value(doc).expect("a policy document always serializes")),
+            gap_from: Some(from),
         }
     }
 
@@ -105,6 +127,14 @@ pub enum HistoryError {
     /// history record, so the documents cannot be rebuilt past it.
     #[error("revision {revision} cannot be rebuilt: revision {missing} was written without a history record (not through graygate), and revisions older than it cannot be rebuilt from the current policy")]
     Broken { revision: u64, missing: u64 },
+    /// The store lost its data and revision `restored` was written back from an instance's
+    /// last-known-good policy: what came before it is lost.
+    #[error("revision {revision} cannot be rebuilt: the store lost its data and revision {restored} was restored from an instance's last-known-good policy (the store was at {from} then); the history before revision {restored} is lost")]
+    Gap {
+        revision: u64,
+        restored: u64,
+        from: u64,
+    },
     /// A record or the stored policy is not what graygate wrote.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -227,6 +257,31 @@ impl Gateway {
                 // The document after this change, kept only for the change asked for: a walk
                 // past the others patches `doc` in place, without a copy per step.
                 let after = (key == revision).then(|| doc.clone());
+                if let Some(from) = record.gap_from {
+                    // A restore: its document is known, what came before it is not. The
+                    // restore itself shows as a change that changed nothing.
+                    let Some(after) = after else {
+                        return Err(HistoryError::Gap {
+                            revision,
+                            restored: key,
+                            from,
+                        });
+                    };
+                    let as_doc = serde_json::from_value::<PolicyDoc>(after).map_err(|e| {
+                        bad(
+                            format!("history/{key}"),
+                            format!("the restored document is not a policy: {e}"),
+                        )
+                    })?;
+                    return Ok(Walk::Found(Box::new(HistoryEntry {
+                        revision,
+                        time: record.time,
+                        actor: record.actor,
+                        summary: record.summary,
+                        before: as_doc.clone(),
+                        after: as_doc,
+                    })));
+                }
                 match (record.before, &record.undo) {
                     (Some(before), _) => doc = before,
                     (None, Some(undo)) => json_patch::patch(&mut doc, undo).map_err(|e| {

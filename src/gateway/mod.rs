@@ -37,18 +37,28 @@
 //!   policy's ([`EffectiveUpstreams`]): rebuilt with stable indexes when a revision or a config
 //!   reload changes either side; a revision whose upstreams this instance cannot build is not
 //!   applied ([`GatewayError::UnbuildableUpstream`]).
+//! - `snapshot`: the last-known-good snapshot file: the last policy this instance applied,
+//!   written atomically after every install, read at start when the store is down.
+//! - `fleet`: this instance among others on one store: a store behind (restore or refuse),
+//!   divergence, the heartbeat record and the fleet view.
 
 mod change;
 mod decide;
+mod fleet;
 mod history;
 mod rollouts;
 mod seed;
+pub mod snapshot;
 #[cfg(test)]
 mod testing;
 mod traffic;
 mod upstreams;
 
 pub use change::{Applied, ChangeError, HistoryEntry};
+pub use fleet::{
+    Divergence, FleetOptions, OnStoreBehind, PolicySource, StoreSeen, DEFAULT_HEARTBEAT,
+    FLEET_PREFIX,
+};
 pub use history::{kept_words, HistoryError};
 pub use rollouts::{now_ms, DriverConfig, RolloutsHandle, VerdictTally, ACTOR};
 pub use seed::ConfigPolicy;
@@ -102,6 +112,13 @@ pub enum GatewayError {
         running: u64,
         source: crate::config::SharedUpstreamError,
     },
+    /// The store holds an older revision than this instance applied (or none), and this
+    /// instance does not restore it by itself (`on_store_behind = "refuse"`).
+    #[error("{}", fleet::behind_message(*stored, *applied))]
+    StoreBehind { stored: u64, applied: u64 },
+    /// An operator asked to restore a store that is not behind this instance.
+    #[error("the store is at revision {stored}, not behind revision {applied} that this instance routes with: nothing to restore")]
+    NotBehind { stored: u64, applied: u64 },
 }
 
 /// The upstreams a gateway starts with: the data plane's table, which it rebuilds when the
@@ -138,6 +155,9 @@ impl From<ChangeError> for GatewayError {
             },
             ChangeError::Busy { attempts, actual } => GatewayError::LostRace { attempts, actual },
             ChangeError::Store(e) => GatewayError::Store(e),
+            ChangeError::StoreBehind { stored, applied } => {
+                GatewayError::StoreBehind { stored, applied }
+            }
         }
     }
 }
@@ -183,6 +203,9 @@ pub struct Gateway {
     /// The running policy's mirrors, for the data plane ([`crate::proxy::Router::mirror`]):
     /// rebuilt with the policy, keeping the in-flight counts of the mirrors that stay.
     mirrors: ArcSwap<MirrorTable>,
+    /// This instance among the others on the store: its id, snapshot, divergence, the store's
+    /// state as seen from here (see `fleet`).
+    fleet: fleet::FleetState,
 }
 
 impl Gateway {
@@ -194,6 +217,30 @@ impl Gateway {
         seed: Option<&PolicyDoc>,
         lookup_timeout: Duration,
         history_retention: HistoryRetention,
+    ) -> Result<Arc<Self>, GatewayError> {
+        let options = FleetOptions::default();
+        Self::start_in_fleet(
+            store,
+            upstreams,
+            seed,
+            lookup_timeout,
+            history_retention,
+            &options,
+        )
+        .await
+    }
+
+    /// [`Gateway::start`] with a last-known-good snapshot and the fleet settings: when the store
+    /// cannot be read, the snapshot (if there is one) runs instead of the config's policy, and a
+    /// store that answers with an older revision than the snapshot's, or none, is handled as
+    /// `options.on_store_behind` says.
+    pub async fn start_in_fleet(
+        store: Arc<dyn Store>,
+        upstreams: impl Into<UpstreamSource>,
+        seed: Option<&PolicyDoc>,
+        lookup_timeout: Duration,
+        history_retention: HistoryRetention,
+        options: &FleetOptions,
     ) -> Result<Arc<Self>, GatewayError> {
         let (upstreams, table) = match upstreams.into() {
             UpstreamSource::Names(names) => (names, None),
@@ -216,15 +263,81 @@ impl Gateway {
             config: seed::ConfigState::new(seed),
             handing_over: std::sync::atomic::AtomicBool::new(false),
             mirrors: ArcSwap::from_pointee(MirrorTable::default()),
+            fleet: fleet::FleetState::new(options, rollouts::instance_id()),
         });
-        match gateway.store.load_policy().await {
-            Ok(Some(stored)) => {
-                let prepared = gateway.prepare_json(stored.revision, &stored.json).await?;
-                gateway.install_prepared(prepared, stored.revision);
-                if let Some(doc) = seed {
-                    gateway.seen_at_start(doc, stored.revision).await;
+        let snapshot = match Self::read_snapshot(options.snapshot.as_ref())
+            .filter(|snap| snap.revision > 0)
+        {
+            Some(snap) => match gateway.prepare(&snap.policy).await {
+                Ok(prepared) => Some((snap, prepared)),
+                Err(e) => {
+                    let e = e.stored(snap.revision, 0);
+                    tracing::error!(revision = snap.revision, error = %e, "the last-known-good snapshot cannot run on this instance (its upstreams): ignored");
+                    None
+                }
+            },
+            None => None,
+        };
+        let loaded = gateway.store.load_policy().await;
+        // A store behind the snapshot (empty, or older): start from the snapshot, then
+        // restore or refuse as configured.
+        let behind = match (&loaded, &snapshot) {
+            (Ok(stored), Some((snap, _))) => {
+                stored.as_ref().map_or(0, |s| s.revision) < snap.revision
+            }
+            _ => false,
+        };
+        if behind {
+            let stored = loaded
+                .as_ref()
+                .ok()
+                .and_then(Option::as_ref)
+                .map_or(0, |s| s.revision);
+            let (snap, prepared) = snapshot.expect("checked above");
+            gateway.install_prepared(prepared, snap.revision);
+            gateway.fleet.set_source(PolicySource::Snapshot);
+            {
+                let _one_at_a_time = gateway.changing.lock().await;
+                match gateway.store_behind(stored).await {
+                    Ok(_) | Err(GatewayError::StoreBehind { .. }) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %ErrorChain(&e), "cannot restore the snapshot into the store at start; retrying at the next reload")
+                    }
                 }
             }
+            return Ok(gateway);
+        }
+        match loaded {
+            Ok(Some(stored)) => match gateway.prepare_json(stored.revision, &stored.json).await {
+                Ok(prepared) => {
+                    gateway.install_prepared(prepared, stored.revision);
+                    if let Some(doc) = seed {
+                        gateway.seen_at_start(doc, stored.revision).await;
+                    }
+                }
+                // Divergence at start: this instance cannot apply the stored revision. Run the
+                // snapshot if there is one, else the config's policy, and say so; the store is
+                // left as it is, and a revision that applies clears it.
+                Err(e) => {
+                    let fallback = match (snapshot, seed) {
+                        (Some((snap, prepared)), _) => {
+                            Some((prepared, snap.revision, PolicySource::Snapshot))
+                        }
+                        (None, Some(doc)) => gateway
+                            .prepare(doc)
+                            .await
+                            .ok()
+                            .map(|prepared| (prepared, 0, PolicySource::Config)),
+                        (None, None) => None,
+                    };
+                    let Some((prepared, revision, source)) = fallback else {
+                        return Err(e);
+                    };
+                    gateway.install_prepared(prepared, revision);
+                    gateway.fleet.set_source(source);
+                    gateway.diverge(stored.revision, &reason_of(&e));
+                }
+            },
             Ok(None) => match seed {
                 Some(doc) => {
                     let applied = gateway.apply(doc).await?;
@@ -236,15 +349,37 @@ impl Gateway {
             },
             // A shared store that is down must not keep graygate from serving: run on the
             // config's policy and write it once the store answers (see `reload`).
-            Err(e) => match seed {
-                Some(doc) => {
-                    tracing::warn!(error = %ErrorChain(&e), "store unavailable at start: serving the config's policy until it answers");
-                    let prepared = gateway.prepare(doc).await.map_err(|e| e.stored(0, 0))?;
-                    gateway.install_prepared(prepared, 0);
-                    *gateway.pending_seed.lock().expect("seed lock") = Some(doc.clone());
+            Err(e) => {
+                gateway.fleet.see_store(StoreSeen::Degraded {
+                    error: ErrorChain(&e).to_string(),
+                });
+                match (snapshot, seed) {
+                    (Some((snap, prepared)), _) => {
+                        let age = snap.age();
+                        tracing::warn!(
+                            error = %ErrorChain(&e),
+                            revision = snap.revision,
+                            file = %options.snapshot.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                            age = %humantime::format_duration(Duration::from_secs(age.as_secs())),
+                            written_by = %snap.instance,
+                            "store unavailable at start: serving the last-known-good snapshot until it answers"
+                        );
+                        gateway.install_prepared(prepared, snap.revision);
+                        gateway.fleet.set_source(PolicySource::Snapshot);
+                        if let Some(writer) = &gateway.fleet.snapshot {
+                            writer.started_from(&snap);
+                        }
+                    }
+                    (None, Some(doc)) => {
+                        tracing::warn!(error = %ErrorChain(&e), "store unavailable at start: serving the config's policy until it answers");
+                        let prepared = gateway.prepare(doc).await.map_err(|e| e.stored(0, 0))?;
+                        gateway.install_prepared(prepared, 0);
+                        gateway.fleet.set_source(PolicySource::Config);
+                        *gateway.pending_seed.lock().expect("seed lock") = Some(doc.clone());
+                    }
+                    (None, None) => return Err(e.into()),
                 }
-                None => return Err(e.into()),
-            },
+            }
         }
         Ok(gateway)
     }
@@ -293,15 +428,22 @@ impl Gateway {
         names: Vec<String>,
         install_table: impl FnOnce(),
     ) -> Result<(), GatewayError> {
-        let _one_at_a_time = self.changing.lock().await;
-        let running = self.policy();
-        let revision = self.revision();
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let compiled = policy::compile(running.doc(), &refs)
-            .map_err(|source| GatewayError::UpstreamInUse { revision, source })?;
-        install_table();
-        self.upstreams.store(Arc::new(names));
-        self.install(compiled, revision);
+        {
+            let _one_at_a_time = self.changing.lock().await;
+            let running = self.policy();
+            let revision = self.revision();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let compiled = policy::compile(running.doc(), &refs)
+                .map_err(|source| GatewayError::UpstreamInUse { revision, source })?;
+            install_table();
+            self.upstreams.store(Arc::new(names));
+            self.install(compiled, revision);
+        }
+        // A diverged instance may have just been given the upstream it lacked: try the store's
+        // revision now rather than at the next tick.
+        if self.divergence().is_some() {
+            let _ = self.reload().await;
+        }
         Ok(())
     }
 
@@ -323,9 +465,28 @@ impl Gateway {
 
     /// Reloads the stored policy if its revision differs from the running one. A stored document
     /// that does not compile is logged once and the running policy stays.
+    ///
+    /// A store behind this instance (an older revision than it applied, or none) is restored or
+    /// refused as configured (see `fleet`); a stored revision this instance cannot apply makes
+    /// it diverged ([`Gateway::diverge`]).
     pub async fn reload(&self) -> Result<bool, GatewayError> {
         let one_at_a_time = self.changing.lock().await;
-        let Some(stored) = self.store.load_policy().await? else {
+        let loaded = match self.store.load_policy().await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                self.fleet.see_store(StoreSeen::Degraded {
+                    error: ErrorChain(&e).to_string(),
+                });
+                return Err(e.into());
+            }
+        };
+        let applied = self.revision();
+        let stored_revision = loaded.as_ref().map_or(0, |s| s.revision);
+        if applied > 0 && stored_revision < applied {
+            return self.store_behind(stored_revision).await;
+        }
+        self.fleet.see_store(StoreSeen::Healthy);
+        let Some(stored) = loaded else {
             drop(one_at_a_time);
             let seed = self.pending_seed.lock().expect("seed lock").take();
             if let Some(doc) = seed {
@@ -336,11 +497,28 @@ impl Gateway {
             return Ok(false);
         };
         self.pending_seed.lock().expect("seed lock").take();
-        if stored.revision == self.revision() {
+        if stored.revision == applied {
+            if self.fleet.source() != PolicySource::Store {
+                tracing::info!(
+                    revision = applied,
+                    "the store answers with the revision this instance runs: caught up"
+                );
+                self.fleet.set_source(PolicySource::Store);
+                self.fleet.beat.notify_one();
+            }
+            self.converge(applied);
             return Ok(false);
         }
-        let prepared = self.prepare_json(stored.revision, &stored.json).await?;
+        let prepared = match self.prepare_json(stored.revision, &stored.json).await {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                self.diverge(stored.revision, &reason_of(&e));
+                return Err(e);
+            }
+        };
         self.install_prepared(prepared, stored.revision);
+        self.fleet.set_source(PolicySource::Store);
+        self.converge(stored.revision);
         tracing::info!(revision = stored.revision, "policy reloaded from the store");
         Ok(true)
     }
@@ -365,11 +543,13 @@ impl Gateway {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut rejected_revision = 0;
             loop {
                 let reload = tokio::select! {
                     change = changes.recv() => match change {
                         Ok(Change::Policy { revision }) => revision != gateway.revision(),
+                        // Notifications may have been missed (a reconnect, maybe to a server
+                        // that restarted empty): look at once rather than at the next tick.
+                        Ok(Change::Reset) => true,
                         Ok(_) => false,
                         Err(RecvError::Lagged(_)) => true,
                         Err(RecvError::Closed) => return,
@@ -381,22 +561,13 @@ impl Gateway {
                 }
                 match gateway.reload().await {
                     Ok(_) => {}
-                    Err(GatewayError::BadStoredPolicy { revision, detail })
-                        if revision != rejected_revision =>
-                    {
-                        rejected_revision = revision;
-                        tracing::error!(revision, %detail, "stored policy rejected; the running policy stays");
-                    }
-                    Err(GatewayError::BadStoredPolicy { .. }) => {}
-                    Err(GatewayError::UnbuildableUpstream {
-                        revision,
-                        running,
-                        source,
-                    }) if revision != rejected_revision => {
-                        rejected_revision = revision;
-                        tracing::error!(revision, running, upstream = %source.upstream, field = %source.field, detail = %source.message, "stored policy not applied on this instance: an upstream cannot be built here; the running policy stays");
-                    }
-                    Err(GatewayError::UnbuildableUpstream { .. }) => {}
+                    // Logged once per revision by `diverge`, and once per episode by
+                    // `store_behind`.
+                    Err(
+                        GatewayError::BadStoredPolicy { .. }
+                        | GatewayError::UnbuildableUpstream { .. }
+                        | GatewayError::StoreBehind { .. },
+                    ) => {}
                     Err(e) => {
                         tracing::debug!(error = %ErrorChain(&e), "policy reload failed; retrying at the next tick")
                     }
@@ -425,6 +596,15 @@ impl Gateway {
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_millis().max(1) as u64);
         self.last_reload_ms.store(now_ms, Ordering::Release);
+        self.offer_snapshot(revision);
+    }
+}
+
+/// The reason a stored revision cannot be applied, for the divergence report.
+fn reason_of(e: &GatewayError) -> String {
+    match e {
+        GatewayError::BadStoredPolicy { detail, .. } => detail.clone(),
+        other => ErrorChain(other).to_string(),
     }
 }
 

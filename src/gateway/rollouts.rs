@@ -62,8 +62,9 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A random instance id (16 hex digits), new for every process.
-fn instance_id() -> String {
+/// A random instance id (16 hex digits), new for every process: the gateway makes one at start
+/// ([`Gateway::instance_id`]), and the driver, the counters and the heartbeat all use it.
+pub(super) fn instance_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -169,7 +170,7 @@ impl Gateway {
         config: DriverConfig,
         tally: Arc<VerdictTally>,
     ) -> RolloutsHandle {
-        let id = instance_id();
+        let id = self.instance_id().to_string();
         let driver = Driver {
             gateway: Arc::clone(self),
             id: id.clone(),

@@ -141,6 +141,13 @@ impl Gateway {
         let Some(doc) = doc else {
             return Ok(ConfigPolicy::None);
         };
+        // A store that lost its data is restored (or refused) before the record of the config
+        // policy last applied is read: it lived in the store too, and its absence must not make
+        // the file's policy look new and put it over the restored one.
+        match self.reload().await {
+            Ok(_) | Err(GatewayError::BadStoredPolicy { .. }) => {}
+            Err(e) => return Err(e),
+        }
         let record = self.applied_record().await?;
         if let Some(record) = record.filter(|r| r.digest == digest(doc) && !force) {
             return Ok(ConfigPolicy::NotChanged {
@@ -216,6 +223,28 @@ impl Gateway {
         let json = serde_json::to_string(&record).expect("a record always serializes");
         if let Err(e) = self.store.put_record(APPLIED_KEY, &json, None).await {
             tracing::warn!(error = %ErrorChain(&e), revision, "cannot record which config policy was applied: the next reload applies it again");
+        }
+    }
+
+    /// The config file's policy as last read, if it has one.
+    pub(super) fn config_file_policy(&self) -> Option<PolicyDoc> {
+        self.config
+            .file
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records `doc` as the config policy applied at `revision` when the store holds no record
+    /// (it lost it with the policy): the restored policy then counts as what the file gave, and
+    /// a reload applies the file only once it changes.
+    pub(super) async fn record_applied_if_missing(&self, doc: &PolicyDoc, revision: u64) {
+        match self.applied_record().await {
+            Ok(Some(_)) => {}
+            Ok(None) => self.record_applied(doc, revision).await,
+            Err(e) => {
+                tracing::warn!(error = %ErrorChain(&e), "cannot read which config policy was last applied")
+            }
         }
     }
 

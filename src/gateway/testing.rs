@@ -72,6 +72,33 @@ pub(super) async fn gateway(
         .expect("the gateway starts")
 }
 
+/// A gateway over `store` with the test upstreams plus `extra`, seeded with `seed`, with the
+/// fleet settings `options`.
+pub(super) async fn gateway_in_fleet(
+    store: &Arc<TestStore>,
+    extra: &[&str],
+    seed: Option<&PolicyDoc>,
+    options: &super::FleetOptions,
+) -> Arc<Gateway> {
+    let upstreams = UPSTREAMS
+        .iter()
+        .chain(extra)
+        .map(|u| u.to_string())
+        .collect();
+    let store: Arc<dyn Store> = store.clone();
+    let retention = HistoryRetention::default();
+    Gateway::start_in_fleet(
+        store,
+        upstreams,
+        seed,
+        Duration::from_secs(1),
+        retention,
+        options,
+    )
+    .await
+    .expect("the gateway starts")
+}
+
 /// The newest `limit` changes with their documents, newest first: a page, then each change
 /// rebuilt.
 pub(super) async fn full_history(g: &Gateway, limit: usize) -> Vec<super::HistoryEntry> {
@@ -129,6 +156,18 @@ impl Store for TestStore {
         }
         self.inner
             .save_policy_recorded(doc, at, rec, retention)
+            .await
+    }
+
+    async fn restore_policy(
+        &self,
+        json: &str,
+        revision: u64,
+        record: &str,
+        retention: HistoryRetention,
+    ) -> Result<crate::store::Restore, StoreError> {
+        self.inner
+            .restore_policy(json, revision, record, retention)
             .await
     }
 

@@ -114,6 +114,21 @@ pub trait PolicyStatsSource: Send + Sync + 'static {
     fn config_differs(&self) -> Option<bool> {
         None
     }
+    /// This instance among the others on the store: divergence, a store behind, restores.
+    fn fleet(&self) -> FleetStats {
+        FleetStats::default()
+    }
+}
+
+/// What the fleet metrics show, read at scrape time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FleetStats {
+    /// The store's revision this instance cannot apply, while it cannot.
+    pub diverged: Option<u64>,
+    /// True while the store is behind this instance and it does not restore it.
+    pub store_behind: bool,
+    /// How many times this instance put its policy back into a store that lost it.
+    pub restores: u64,
 }
 
 /// One service's rollout as the metrics show it, read at scrape time.
@@ -228,6 +243,9 @@ pub struct Metrics {
     policy_last_reload: Gauge,
     /// `graygate_policy_config_differs`, pulled (likewise).
     policy_config_differs: IntGauge,
+    /// `graygate_policy_diverged`, `graygate_policy_diverged_revision`,
+    /// `graygate_store_behind`, `graygate_store_restores`: pulled (likewise).
+    fleet_gauges: [IntGauge; 4],
     /// `graygate_upstream_connect_failures_total{upstream, server}`, pulled.
     connect_failures: IntCounterVec,
     /// Its handles for the servers of the upstream table in use.
@@ -371,10 +389,32 @@ impl Metrics {
             "1 while the running policy differs from the policy in the config file (runtime changes, or a file edited and not reloaded), else 0 (also when the config has no policy).",
         )
         .expect("valid metric");
+        let fleet_gauges = [
+            (
+                "graygate_policy_diverged",
+                "1 while this instance cannot apply the store's policy revision (it routes with the last one it applied), else 0.",
+            ),
+            (
+                "graygate_policy_diverged_revision",
+                "The store's revision this instance cannot apply (0: none).",
+            ),
+            (
+                "graygate_store_behind",
+                "1 while the store holds an older policy revision than this instance applied (or none) and this instance does not restore it (on_store_behind = \"refuse\"), else 0.",
+            ),
+            (
+                "graygate_store_restores",
+                "How many times this instance wrote its policy back into a store that had lost it, since start.",
+            ),
+        ]
+        .map(|(name, help)| IntGauge::new(name, help).expect("valid metric"));
         if sources.policy.is_some() {
             register(&registry, policy_revision.clone());
             register(&registry, policy_last_reload.clone());
             register(&registry, policy_config_differs.clone());
+            for gauge in &fleet_gauges {
+                register(&registry, gauge.clone());
+            }
         }
         let connect_failures = counter_vec(
             "graygate_upstream_connect_failures_total",
@@ -546,6 +586,7 @@ impl Metrics {
             policy_revision,
             policy_last_reload,
             policy_config_differs,
+            fleet_gauges,
             connect_failures,
             server_failures: Mutex::new(TableFailures::default()),
             server_healthy,
@@ -655,6 +696,12 @@ impl Metrics {
                 .set(policy.last_reload().map_or(0.0, unix_seconds));
             self.policy_config_differs
                 .set(i64::from(policy.config_differs().unwrap_or(false)));
+            let fleet = policy.fleet();
+            let [diverged, revision, behind, restores] = &self.fleet_gauges;
+            diverged.set(i64::from(fleet.diverged.is_some()));
+            revision.set(i64::try_from(fleet.diverged.unwrap_or(0)).unwrap_or(i64::MAX));
+            behind.set(i64::from(fleet.store_behind));
+            restores.set(i64::try_from(fleet.restores).unwrap_or(i64::MAX));
         }
         if let Some(upstreams) = &self.sources.upstreams {
             let table = upstreams.current();

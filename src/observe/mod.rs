@@ -31,7 +31,7 @@ pub use access_log::{
 };
 pub use listener::serve_metrics;
 pub use metrics::{
-    status_class, CacheCounts, CertExpiry, Metrics, PolicyStatsSource, RolloutStats,
+    status_class, CacheCounts, CertExpiry, FleetStats, Metrics, PolicyStatsSource, RolloutStats,
     RolloutStatsSource, Sources, StoreStats, StoreStatsSource, TlsStatsSource, CONTENT_TYPE,
 };
 

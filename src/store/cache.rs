@@ -545,6 +545,19 @@ impl Store for CachedStore {
             .await
     }
 
+    async fn restore_policy(
+        &self,
+        json: &str,
+        revision: u64,
+        record: &str,
+        retention: HistoryRetention,
+    ) -> Result<super::Restore, StoreError> {
+        self.shared
+            .inner
+            .restore_policy(json, revision, record, retention)
+            .await
+    }
+
     async fn load_history(
         &self,
         before: Option<u64>,
@@ -812,6 +825,15 @@ mod tests {
         ) -> Result<u64, StoreError> {
             self.history.lock().unwrap().push(record.to_owned());
             Ok(expected + 1)
+        }
+        async fn restore_policy(
+            &self,
+            _: &str,
+            _: u64,
+            _: &str,
+            _: HistoryRetention,
+        ) -> Result<crate::store::Restore, StoreError> {
+            Ok(crate::store::Restore::NotBehind { actual: 0 })
         }
         async fn load_history(
             &self,

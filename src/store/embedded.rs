@@ -39,7 +39,9 @@
 //! deleted lazily: at open, from the list touched by each write, and by
 //! [`EmbeddedStore::purge_expired`].
 
-use super::{Change, Entry, HistoryRecord, HistoryRetention, Store, StoreError, StoredPolicy};
+use super::{
+    Change, Entry, HistoryRecord, HistoryRetention, Restore, Store, StoreError, StoredPolicy,
+};
 use async_trait::async_trait;
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use std::collections::HashMap;
@@ -367,6 +369,59 @@ impl EmbeddedStore {
         })?;
         let _ = self.changes.send(Change::Policy { revision });
         Ok(revision)
+    }
+
+    /// [`Store::restore_policy`]: one write transaction that checks the stored revision, puts
+    /// the document at `revision` and its record in the history, pruned as a save prunes it.
+    fn restore_policy_sync(
+        &self,
+        json: &str,
+        revision: u64,
+        record: &str,
+        retention: HistoryRetention,
+    ) -> Result<Restore, StoreError> {
+        const WHAT: &str = "restoring the policy";
+        let _writer = self.lock_writer();
+        let done = self.write_txn(WHAT, |txn| {
+            let mut meta = txn
+                .open_table(META)
+                .map_err(|e| self.db_err(WHAT, "meta", e))?;
+            let actual = meta
+                .get(POLICY_KEY)
+                .map_err(|e| self.db_err(WHAT, "meta/policy", e))?
+                .map_or(0, |guard| guard.value().0);
+            if actual >= revision {
+                return Ok(Restore::NotBehind { actual });
+            }
+            meta.insert(POLICY_KEY, (revision, json))
+                .map_err(|e| self.db_err(WHAT, "meta/policy", e))?;
+            let mut history = txn
+                .open_table(HISTORY)
+                .map_err(|e| self.db_err(WHAT, "history", e))?;
+            history
+                .insert(revision, record)
+                .map_err(|e| self.db_err(WHAT, "history", e))?;
+            let mut sizes = Vec::new();
+            for item in history
+                .iter()
+                .map_err(|e| self.db_err(WHAT, "history", e))?
+                .rev()
+            {
+                let (revision, record) = item.map_err(|e| self.db_err(WHAT, "history", e))?;
+                sizes.push((revision.value(), record.value().len() as u64));
+            }
+            let kept = retention.kept(sizes.iter().map(|&(_, size)| size));
+            if let Some(&(newest_dropped, _)) = sizes.get(kept) {
+                history
+                    .retain_in(..=newest_dropped, |_, _| false)
+                    .map_err(|e| self.db_err(WHAT, "history", e))?;
+            }
+            Ok(Restore::Restored { from: actual })
+        })?;
+        if matches!(done, Restore::Restored { .. }) {
+            let _ = self.changes.send(Change::Policy { revision });
+        }
+        Ok(done)
     }
 
     fn load_history_sync(
@@ -752,6 +807,16 @@ impl Store for EmbeddedStore {
         retention: HistoryRetention,
     ) -> Result<u64, StoreError> {
         self.save_policy_sync(json, Some(expected), Some((record, retention)))
+    }
+
+    async fn restore_policy(
+        &self,
+        json: &str,
+        revision: u64,
+        record: &str,
+        retention: HistoryRetention,
+    ) -> Result<Restore, StoreError> {
+        self.restore_policy_sync(json, revision, record, retention)
     }
 
     async fn load_history(

@@ -62,6 +62,16 @@ impl super::Store for HeldElsewhere {
         Err(self.refused())
     }
 
+    async fn restore_policy(
+        &self,
+        _: &str,
+        _: u64,
+        _: &str,
+        _: HistoryRetention,
+    ) -> Result<super::Restore, StoreError> {
+        Err(self.refused())
+    }
+
     async fn load_history(
         &self,
         _: Option<u64>,

@@ -532,6 +532,20 @@ impl Store for MemcachedStore {
             .await
     }
 
+    /// To the policy store, with its history.
+    async fn restore_policy(
+        &self,
+        json: &str,
+        revision: u64,
+        record: &str,
+        retention: HistoryRetention,
+    ) -> Result<super::Restore, StoreError> {
+        self.shared
+            .policy
+            .restore_policy(json, revision, record, retention)
+            .await
+    }
+
     /// From the policy store.
     async fn load_history(
         &self,

@@ -274,6 +274,16 @@ pub struct StoredPolicy {
     pub json: String,
 }
 
+/// What [`Store::restore_policy`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restore {
+    /// Written: the store was at revision `from` (0: it held no policy).
+    Restored { from: u64 },
+    /// Not written: the store is at `actual`, which is not lower than the revision offered
+    /// (another instance restored first, or the store was never behind).
+    NotBehind { actual: u64 },
+}
+
 /// One list entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -432,6 +442,24 @@ pub trait Store: Send + Sync + 'static {
         record: &str,
         retention: HistoryRetention,
     ) -> Result<u64, StoreError>;
+
+    /// Puts a policy back AT `revision` (not the next one), with `record` as that revision's
+    /// history entry, when the store has lost what it held: it came back empty, or with an older
+    /// revision than an instance had applied (a Redis restarted without persistence, a restored
+    /// backup). Conditional and atomic: it writes only if the stored revision is lower than
+    /// `revision` (no policy stored: 0), so that every instance of a fleet may try and the newest
+    /// revision in the fleet wins; the history is pruned to `retention` in the same step.
+    /// Subscribers get [`Change::Policy`] when it wrote.
+    ///
+    /// Every store must implement it (no default): a store that cannot restore must say so, not
+    /// drop the fleet's last-known-good policy silently.
+    async fn restore_policy(
+        &self,
+        json: &str,
+        revision: u64,
+        record: &str,
+        retention: HistoryRetention,
+    ) -> Result<Restore, StoreError>;
 
     /// History records, newest first: at most `limit` of them, only those of revisions below
     /// `before` when it is given (the cursor of the next page).

@@ -75,6 +75,7 @@ mod demo;
 mod doc_figures;
 mod docs;
 mod edge;
+mod fleet;
 mod generated;
 mod grpc;
 mod health;

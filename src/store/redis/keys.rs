@@ -118,6 +118,49 @@ redis.call('PUBLISH', ARGV[3], '{"revision":' .. nextrev .. '}')
 return {1, current + 1}
 "#;
 
+/// Puts a policy back at a given revision when the store lost it (restarted empty, or restored
+/// from an older backup): checks that the stored revision is lower than `ARGV[2]` (none: 0),
+/// writes the document at that revision, records `ARGV[4]` in the history at that revision,
+/// prunes as [`SAVE_POLICY_LUA`] does, and announces it, all in one atomic step, so that every
+/// instance may try and the newest revision wins. `KEYS[1]` policy hash, `KEYS[2]` history,
+/// `ARGV[1]` JSON, `ARGV[2]` the revision, `ARGV[3]` changes channel, `ARGV[4]` history record,
+/// `ARGV[5]` how many records to keep, `ARGV[6]` how many bytes. Returns `{1, revision the store
+/// was at}` or `{0, stored revision}` when it is not behind. Runs after [`HISTORY_UPGRADE_LUA`].
+pub(super) const RESTORE_POLICY_LUA: &str = r#"
+local stored = redis.call('HGET', KEYS[1], 'revision')
+local current = 0
+if stored then
+  current = tonumber(stored)
+  if current == nil then
+    return redis.error_reply('GRAYGATE revision field is not a number: ' .. stored)
+  end
+end
+local target = tonumber(ARGV[2])
+if current >= target then
+  return {0, current}
+end
+redis.call('HSET', KEYS[1], 'revision', ARGV[2], 'policy', ARGV[1])
+upgrade_history(KEYS[2], KEYS[1])
+local count = redis.call('ZCARD', KEYS[2])
+local bytes = 0
+if count > 0 then
+  bytes = tonumber(redis.call('HGET', KEYS[1], 'history_bytes') or '0') or 0
+end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
+count = count + 1
+bytes = bytes + #ARGV[4]
+local keep = tonumber(ARGV[5])
+local max_bytes = tonumber(ARGV[6])
+while count > 1 and (count > keep or bytes > max_bytes) do
+  local oldest = redis.call('ZPOPMIN', KEYS[2])
+  bytes = bytes - #oldest[1]
+  count = count - 1
+end
+redis.call('HSET', KEYS[1], 'history_bytes', string.format('%d', bytes))
+redis.call('PUBLISH', ARGV[3], '{"revision":' .. ARGV[2] .. '}')
+return {1, current}
+"#;
+
 /// The newest history records below a revision: `KEYS[1]` history, `KEYS[2]` policy hash,
 /// `ARGV[1]` the revision (exclusive) or `""` for the newest, `ARGV[2]` how many at most. Returns
 /// `record, revision` pairs, newest first. Runs after [`HISTORY_UPGRADE_LUA`].

@@ -1036,6 +1036,53 @@ impl Store for RedisStore {
             .await
     }
 
+    /// [`RESTORE_POLICY_LUA`]: the check, the write at `revision`, its history record and the
+    /// announcement in one script. Rare (a store that lost its data), so the script is made here
+    /// rather than kept with the others.
+    async fn restore_policy(
+        &self,
+        json: &str,
+        revision: u64,
+        record: &str,
+        retention: HistoryRetention,
+    ) -> Result<super::Restore, StoreError> {
+        let s = &self.shared;
+        let script = ::redis::Script::new(&format!(
+            "{HISTORY_UPGRADE_LUA}{}",
+            keys::RESTORE_POLICY_LUA
+        ));
+        // As a save: never onto a primary the sentinels have replaced.
+        if !s.health.is_degraded() {
+            if let Err(e) = s.still_primary().await {
+                s.health.mark_degraded(&e.to_string());
+                s.wake.notify_one();
+                return Err(s.failed("restoring the policy", e));
+            }
+        }
+        let mut conn = s.conn()?;
+        let (written, at): (i64, u64) = s
+            .run(
+                "restoring the policy",
+                &s.keys.policy,
+                script
+                    .key(&s.keys.policy)
+                    .key(&s.keys.history)
+                    .arg(json)
+                    .arg(revision)
+                    .arg(&s.keys.channel)
+                    .arg(record)
+                    .arg(retention.keep)
+                    .arg(retention.max_bytes)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        if written != 1 {
+            return Ok(super::Restore::NotBehind { actual: at });
+        }
+        s.send(Change::Policy { revision });
+        Ok(super::Restore::Restored { from: at })
+    }
+
     /// `ZREVRANGEBYSCORE <key_prefix>history (before -inf WITHSCORES LIMIT 0 limit`, in a script
     /// that first turns a history kept as a list into the sorted set ([`LOAD_HISTORY_LUA`]).
     async fn load_history(

@@ -9,7 +9,9 @@
 //! share one key space; a second embedded store on the same directory is refused).
 
 use super::{next_change, v, Sharing, Subject};
-use graygate::store::{Change, Entry, HistoryRecord, HistoryRetention, StoreError, StoredPolicy};
+use graygate::store::{
+    Change, Entry, HistoryRecord, HistoryRetention, Restore, StoreError, StoredPolicy,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::broadcast;
@@ -47,6 +49,7 @@ contract!(
     records_put_get_list_delete,
     records_expire_on_their_own,
     a_lease_has_one_holder_at_a_time,
+    a_restore_writes_only_over_an_older_revision,
 );
 
 /// The keys of the live entries of `list`, in the store's order (by key).
@@ -665,4 +668,59 @@ async fn a_lease_has_one_holder_at_a_time(s: &Subject) {
     assert!(!b.acquire_lease(lease, "two", long).await.unwrap());
     // Releasing a free lease is fine too.
     a.release_lease("never-taken", "one").await.unwrap();
+}
+
+/// A restore puts a policy back AT its revision, with its history record, only over a store that
+/// is behind it (empty counts as 0); it is announced; the revision counter continues from it; a
+/// store at that revision or newer is left as it is.
+async fn a_restore_writes_only_over_an_older_revision(s: &Subject) {
+    let store = &s.store;
+    let keep = HistoryRetention::default();
+    let mut changes = store.subscribe();
+
+    // Empty: written at revision 7.
+    assert_eq!(
+        store.restore_policy("p7", 7, "r7", keep).await.unwrap(),
+        Restore::Restored { from: 0 }
+    );
+    let announced = next_change(&mut changes, Duration::from_secs(2), |c| {
+        !matches!(c, Change::Policy { .. })
+    })
+    .await;
+    assert_eq!(announced, Some(Change::Policy { revision: 7 }));
+    let stored = store.load_policy().await.unwrap().unwrap();
+    assert_eq!((stored.revision, stored.json.as_str()), (7, "p7"));
+    let history = store.load_history(None, 10).await.unwrap();
+    assert_eq!(revisions(&history), [7]);
+    assert_eq!(texts(history), ["r7"]);
+
+    // Not behind: at the same revision, or an older one offered; nothing changes.
+    for (json, revision) in [("other", 7), ("older", 5)] {
+        assert_eq!(
+            store
+                .restore_policy(json, revision, "x", keep)
+                .await
+                .unwrap(),
+            Restore::NotBehind { actual: 7 }
+        );
+    }
+    assert_eq!(store.load_policy().await.unwrap().unwrap().json, "p7");
+
+    // The counter continues from the restored revision.
+    assert_eq!(
+        store
+            .save_policy_recorded("p8", 7, "r8", keep)
+            .await
+            .unwrap(),
+        8
+    );
+    // Behind (at 8), a newer snapshot (10) wins, and the older records stay below it.
+    assert_eq!(
+        store.restore_policy("p10", 10, "r10", keep).await.unwrap(),
+        Restore::Restored { from: 8 }
+    );
+    let history = store.load_history(None, 10).await.unwrap();
+    assert_eq!(revisions(&history), [10, 8, 7]);
+    let stored = store.load_policy().await.unwrap().unwrap();
+    assert_eq!((stored.revision, stored.json.as_str()), (10, "p10"));
 }

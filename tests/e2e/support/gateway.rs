@@ -468,6 +468,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// `[fleet] heartbeat` and `on_store_behind` (`"reseed"` or `"refuse"`).
+    pub fn fleet(mut self, heartbeat: Duration, on_store_behind: &str) -> Self {
+        self.file.fleet.heartbeat = Some(humantime::format_duration(heartbeat).to_string());
+        self.file.fleet.on_store_behind = Some(on_store_behind.into());
+        self
+    }
+
     /// The token the admin API is called with, if any.
     fn token(&self) -> Option<String> {
         let admin = self.file.admin.as_ref()?;
