@@ -80,7 +80,7 @@ pub(super) async fn gateway_in_fleet(
     seed: Option<&PolicyDoc>,
     options: &super::FleetOptions,
 ) -> Arc<Gateway> {
-    let upstreams = UPSTREAMS
+    let upstreams: Vec<String> = UPSTREAMS
         .iter()
         .chain(extra)
         .map(|u| u.to_string())
