@@ -510,7 +510,11 @@ pub fn parse_with(text: &str, path: &Path, secrets: AdminSecrets) -> Result<Conf
     }
 
     let history = history_retention(&file.history, &at)?;
-    let fleet = fleet_options(&file.fleet, &base, &at, &duration)?;
+    let state_dir = match &store {
+        StoreConfig::Embedded { dir } | StoreConfig::Memcached { dir, .. } => Some(dir.as_path()),
+        StoreConfig::Redis(_) => None,
+    };
+    let fleet = fleet_options(&file.fleet, &base, state_dir, &at, &duration)?;
 
     Ok(Config {
         fleet,
@@ -731,7 +735,8 @@ fn field_at(text: &str, offset: usize) -> String {
     String::new()
 }
 
-/// The default snapshot file, beside the config.
+/// The default snapshot file's name: in the store's data directory, or beside the config when the
+/// store has none (Redis).
 pub const DEFAULT_SNAPSHOT: &str = "graygate-snapshot.json";
 
 /// How the parser reads a duration field: name, value as written, default.
@@ -742,6 +747,7 @@ type ReadDuration<'a> =
 fn fleet_options(
     f: &file::FleetFile,
     base: &Path,
+    state_dir: Option<&Path>,
     at: &dyn Fn(&str, String) -> ConfigError,
     duration: ReadDuration<'_>,
 ) -> Result<crate::gateway::FleetOptions, ConfigError> {
@@ -749,7 +755,9 @@ fn fleet_options(
     let snapshot = match f.snapshot.as_deref() {
         Some("") => None,
         Some(p) => Some(base.join(p)),
-        None => Some(base.join(DEFAULT_SNAPSHOT)),
+        // In the store's data directory when it has one (writable by graygate, as a config
+        // directory under systemd or a Kubernetes ConfigMap is not), else beside the config.
+        None => Some(state_dir.unwrap_or(base).join(DEFAULT_SNAPSHOT)),
     };
     let on_store_behind = match f.on_store_behind.as_deref() {
         None | Some("reseed") => OnStoreBehind::Reseed,
@@ -1026,11 +1034,23 @@ mod tests {
     #[test]
     fn the_fleet_table_is_read_with_its_defaults() {
         use crate::gateway::OnStoreBehind;
-        let defaults = config("").unwrap().fleet;
+        let embedded = config("").unwrap();
+        let StoreConfig::Embedded { dir } = &embedded.store else {
+            panic!("the default store is embedded: {:?}", embedded.store);
+        };
+        // In the store's data directory; with Redis (no directory), beside the config.
         assert_eq!(
-            defaults.snapshot,
+            embedded.fleet.snapshot,
+            Some(dir.join("graygate-snapshot.json"))
+        );
+        assert_eq!(
+            config("[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\n")
+                .unwrap()
+                .fleet
+                .snapshot,
             Some(PathBuf::from("graygate-snapshot.json"))
         );
+        let defaults = embedded.fleet;
         assert_eq!(defaults.on_store_behind, OnStoreBehind::Reseed);
         assert_eq!(defaults.heartbeat, Duration::from_secs(2));
         let set = config(

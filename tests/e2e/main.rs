@@ -72,6 +72,7 @@ mod ctl_honest;
 mod dashboard;
 mod dashboard_api;
 mod demo;
+mod deploy_fleet;
 mod doc_figures;
 mod docs;
 mod edge;

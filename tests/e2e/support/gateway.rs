@@ -475,6 +475,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// `[fleet] snapshot`: the snapshot file (`""`: none).
+    pub fn snapshot(mut self, path: &str) -> Self {
+        self.file.fleet.snapshot = Some(path.into());
+        self
+    }
+
     /// The token the admin API is called with, if any.
     fn token(&self) -> Option<String> {
         let admin = self.file.admin.as_ref()?;
