@@ -66,6 +66,7 @@ export const paths = {
   liveHistory: '/v1/live/history',
   policy: '/v1/policy',
   explain: '/v1/explain',
+  fleet: '/v1/fleet',
   undo: '/v1/undo',
   weights: (service) => `/v1/services/${seg(service)}/weights`,
   rollout: (service) => `/v1/services/${seg(service)}/rollout`,

@@ -10,6 +10,7 @@ import { startLists, stopLists, showLists } from './lists.js';
 import { startRules, stopRules, showRules } from './rules.js';
 import { startHistory, stopHistory, showHistory } from './history.js';
 import { startExplain, stopExplain } from './explain.js';
+import { startFleet, stopFleet } from './fleet.js';
 
 const VIEWS = {
   overview: null,
@@ -76,6 +77,7 @@ function enter(session) {
   startRules($('#rules-body', app));
   startHistory($('#history', app));
   startExplain($('#explain', app));
+  startFleet($('#fleet-panel', app));
   addEventListener('hashchange', route);
   route();
   live = startLive();
@@ -102,6 +104,7 @@ function stopApp() {
   stopRules();
   stopHistory();
   stopExplain();
+  stopFleet();
   const app = $('#app');
   if (app) app.remove();
 }

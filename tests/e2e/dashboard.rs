@@ -11,6 +11,9 @@
 //!   sends it back;
 //! - a weight set from the page and undone from the history: routing follows both, and the
 //!   history names the signed-in user;
+//! - the fleet panel: two instances on one Redis, both listed on one's page; one that cannot apply
+//!   a change (it lacks an upstream the change uses) is shown diverged with the reason, in red;
+//!   a fleet view that cannot be read is said in the panel, and the page stays;
 //! - a form POST from another origin (another port of 127.0.0.1, so the same site, where
 //!   `SameSite` does not hold the cookie back) is refused and changes nothing.
 
@@ -650,4 +653,192 @@ async fn a_form_post_from_another_origin_is_refused_though_signed_in() {
     assert_eq!(admin.revision().await, before, "nothing changed");
     let rules = admin.get("/v1/services/web").await;
     assert!(!rules.to_string().contains("evil"), "{rules}");
+}
+
+/// The heartbeat of the fleet panel's instances.
+const HEARTBEAT: Duration = Duration::from_millis(300);
+
+/// The fleet panel's row of instance `id`, or the cell `cell` of it.
+fn fleet_row(id: &str, cell: &str) -> String {
+    format!("#fleet-panel tr.instance[data-instance='{id}'] {cell}")
+        .trim_end()
+        .to_string()
+}
+
+/// Two instances on one Redis, A with an upstream B lacks: A's page lists both (A marked as
+/// the one serving it), and after a change through A that uses that upstream the panel shows B
+/// diverged with the reason, in red, and the header says so. When A's admin API goes away, the
+/// panel says it cannot read the fleet and the page stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_panel_lists_every_instance_and_shows_one_that_cannot_apply_a_change() {
+    let redis = RedisServer::start().await;
+    let stable = backend("stable").await;
+    let canary = backend("canary").await;
+    let extra = backend("extra").await;
+    let on_redis = || {
+        web_gateway(&stable, &canary)
+            .service(web())
+            .store(redis_store(redis.url()))
+            .admin_token("alice", TOKEN)
+            .fleet(HEARTBEAT, "reseed")
+    };
+    let a = on_redis().upstream("extra", &extra).start().await;
+    let b = on_redis().start().await;
+    let a_id = a.admin_api().get("/v1/fleet").await["this"]
+        .as_str()
+        .expect("A's id")
+        .to_string();
+    let b_id = b.admin_api().get("/v1/fleet").await["this"]
+        .as_str()
+        .expect("B's id")
+        .to_string();
+
+    // A's page lists both, A as the one serving the page, both in step.
+    let browser = signed_in(1280, 900, &a).await;
+    browser
+        .wait_text(
+            "#fleet-summary",
+            "both instances listed",
+            Duration::from_secs(10),
+            |t| t == "store at revision 1; 2 live instances, all in step",
+        )
+        .await;
+    assert_eq!(
+        browser.text(&fleet_row(&a_id, ".role")).await,
+        "this page",
+        "A marks itself"
+    );
+    assert!(
+        browser.all(&fleet_row(&b_id, ".role")).await.is_empty(),
+        "B is not the page's instance"
+    );
+    for id in [&a_id, &b_id] {
+        assert_eq!(browser.text(&fleet_row(id, ".instance-state")).await, "ok");
+        assert_eq!(
+            browser.text(&fleet_row(id, ".instance-revision")).await,
+            "1"
+        );
+        assert_eq!(
+            browser.text(&fleet_row(id, ".instance-source")).await,
+            "store"
+        );
+        assert_eq!(
+            browser.text(&fleet_row(id, ".instance-store")).await,
+            "healthy"
+        );
+    }
+    let seen = browser.text(&fleet_row(&b_id, ".instance-seen")).await;
+    assert!(seen.ends_with(" s ago"), "last seen, as a time ago: {seen}");
+    assert_eq!(browser.text("#fleet-state").await, "fleet: 2 in step");
+
+    // A change through A that B cannot apply: B is diverged at 2, with the reason, in red.
+    a.ctl().ok(&["versions", "set", "-s", "web", "v3", "extra"]);
+    let state = browser
+        .wait_text(
+            &fleet_row(&b_id, ".instance-state"),
+            "B diverged on A's page",
+            Duration::from_secs(10),
+            |t| t.starts_with("DIVERGED at 2: "),
+        )
+        .await;
+    assert!(state.contains("unknown upstream `extra`"), "{state}");
+    assert_eq!(
+        browser.text(&fleet_row(&b_id, ".instance-revision")).await,
+        "1 (store 2)",
+        "B routes with what it applied"
+    );
+    let class = browser
+        .js(&format!(
+            "return document.querySelector(\"{}\").className",
+            fleet_row(&b_id, "")
+        ))
+        .await;
+    assert_eq!(class, Value::from("instance bad"), "B's row is marked red");
+    let colour = browser
+        .js(&format!(
+            "return getComputedStyle(document.querySelector(\"{}\")).color",
+            fleet_row(&b_id, ".instance-state")
+        ))
+        .await;
+    assert_eq!(
+        colour,
+        Value::from("rgb(185, 28, 28)"),
+        "in the colour of trouble"
+    );
+    browser
+        .wait_text(
+            &fleet_row(&a_id, ".instance-revision"),
+            "A at 2",
+            Duration::from_secs(10),
+            |t| t == "2",
+        )
+        .await;
+    assert_eq!(
+        browser.text(&fleet_row(&a_id, ".instance-state")).await,
+        "ok"
+    );
+    assert_eq!(
+        browser.text("#fleet-summary").await,
+        "store at revision 2; 2 live instances; 1 needs attention"
+    );
+    assert_eq!(browser.text("#fleet-state").await, "fleet: 1 diverged");
+
+    // Screenshots of the header and the panel at desktop and phone widths; nothing runs off a
+    // phone's side.
+    let header = browser.screenshot("fleet-header-1280").await;
+    browser
+        .js("document.getElementById('fleet-panel').scrollIntoView()")
+        .await;
+    let desktop = browser.screenshot("fleet-1280").await;
+    browser.resize(390, 844).await;
+    browser
+        .js("document.getElementById('fleet-panel').scrollIntoView()")
+        .await;
+    let overflow = browser
+        .js("return document.documentElement.scrollWidth - window.innerWidth")
+        .await;
+    assert!(
+        overflow.as_i64().is_some_and(|px| px <= 0),
+        "the page is {overflow} px wider than a 390 px phone"
+    );
+    let phone = browser.screenshot("fleet-390").await;
+    eprintln!(
+        "screenshots: {} {} {}",
+        header.display(),
+        desktop.display(),
+        phone.display()
+    );
+
+    // A's admin API goes away: the panel says it cannot read the fleet, keeps the last table,
+    // and the page stays up.
+    a.kill();
+    let error = browser
+        .wait_text(
+            "#fleet-error",
+            "the failed read said in the panel",
+            Duration::from_secs(10),
+            |t| !t.is_empty(),
+        )
+        .await;
+    assert!(
+        error.starts_with("The fleet view cannot be read: the admin API cannot be reached")
+            && error.contains("The table below is as read at"),
+        "{error}"
+    );
+    assert!(browser
+        .find("#fleet-error")
+        .await
+        .is_displayed()
+        .await
+        .unwrap());
+    assert_eq!(browser.text("#fleet-state").await, "fleet: unknown");
+    assert!(
+        browser
+            .text(&fleet_row(&b_id, ".instance-state"))
+            .await
+            .starts_with("DIVERGED at 2"),
+        "the last table stays"
+    );
+    assert_eq!(browser.all("#app").await.len(), 1, "the page stays");
+    drop(b);
 }
