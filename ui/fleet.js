@@ -122,15 +122,17 @@ function render(fleet) {
   const states = instances.map((i) => attention(i, fleet.revision));
   const diverged = instances.filter((i) => i.diverged).length;
   const needs = states.filter((s) => s.level !== 'good').length;
-  const store = fleet.revision != null ? `store at revision ${fleet.revision}` : 'store unreadable';
-  $('#fleet-summary', root).textContent =
-    `${store}; ${instances.length} live instance${instances.length === 1 ? '' : 's'}` +
-    (needs ? `; ${needs} need${needs === 1 ? 's' : ''} attention` : ', all in step');
+  const count = `${instances.length} live instance${instances.length === 1 ? '' : 's'}`;
+  // Without the store, the others' records cannot be read either: say the list may be short.
+  const store = fleet.revision != null ? `store at revision ${fleet.revision}; ${count}`
+    : `store unreadable: other instances may be missing; ${instances.length} listed`;
+  const attend = `${needs} need${needs === 1 ? 's' : ''} attention`;
+  $('#fleet-summary', root).textContent = store + (needs ? `; ${attend}` : ', all in step');
   const error = $('#fleet-error', root);
   error.hidden = true;
   error.textContent = '';
   fill($('#fleet-rows', root), instances.map((i) => row(i, fleet)));
-  pill(diverged ? `fleet: ${diverged} diverged` : needs ? `fleet: ${needs} need attention` : `fleet: ${instances.length} in step`,
+  pill(diverged ? `fleet: ${diverged} diverged` : needs ? `fleet: ${attend}` : `fleet: ${instances.length} in step`,
     diverged ? 'bad' : needs ? 'warn' : 'good');
 }
 

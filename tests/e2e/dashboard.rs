@@ -13,7 +13,8 @@
 //!   history names the signed-in user;
 //! - the fleet panel: two instances on one Redis, both listed on one's page; one that cannot apply
 //!   a change (it lacks an upstream the change uses) is shown diverged with the reason, in red;
-//!   a fleet view that cannot be read is said in the panel, and the page stays;
+//!   a store that cannot be read and a fleet view that cannot be read are said in the panel, and
+//!   the page stays;
 //! - a form POST from another origin (another port of 127.0.0.1, so the same site, where
 //!   `SameSite` does not hold the cookie back) is refused and changes nothing.
 
@@ -667,11 +668,12 @@ fn fleet_row(id: &str, cell: &str) -> String {
 
 /// Two instances on one Redis, A with an upstream B lacks: A's page lists both (A marked as
 /// the one serving it), and after a change through A that uses that upstream the panel shows B
-/// diverged with the reason, in red, and the header says so. When A's admin API goes away, the
-/// panel says it cannot read the fleet and the page stays.
+/// diverged with the reason, in red, in ctl fleet's words, and the header says so. When Redis
+/// goes away the panel says the store is unreadable; when A's admin API goes away, it says it
+/// cannot read the fleet and the page stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fleet_panel_lists_every_instance_and_shows_one_that_cannot_apply_a_change() {
-    let redis = RedisServer::start().await;
+    let mut redis = RedisServer::start().await;
     let stable = backend("stable").await;
     let canary = backend("canary").await;
     let extra = backend("extra").await;
@@ -782,6 +784,13 @@ async fn the_fleet_panel_lists_every_instance_and_shows_one_that_cannot_apply_a_
         "store at revision 2; 2 live instances; 1 needs attention"
     );
     assert_eq!(browser.text("#fleet-state").await, "fleet: 1 diverged");
+    // The page's words are ctl fleet's: its table's line for B ends with the same state.
+    let table = a.ctl().ok(&["fleet"]);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(b_id.as_str()))
+        .unwrap_or_else(|| panic!("B in ctl fleet: {table}"));
+    assert!(line.ends_with(&state), "ctl: `{line}`, page: `{state}`");
 
     // Screenshots of the header and the panel at desktop and phone widths; nothing runs off a
     // phone's side.
@@ -809,6 +818,38 @@ async fn the_fleet_panel_lists_every_instance_and_shows_one_that_cannot_apply_a_
         phone.display()
     );
 
+    // Redis goes away: A's page says the store is unreadable and A's store degraded (B's record
+    // cannot be read any more).
+    browser.resize(1280, 900).await;
+    redis.stop();
+    browser
+        .wait_text(
+            &fleet_row(&a_id, ".instance-state"),
+            "A's store degraded",
+            Duration::from_secs(15),
+            |t| t == "store degraded",
+        )
+        .await;
+    assert_eq!(
+        browser.text("#fleet-summary").await,
+        "store unreadable: other instances may be missing; 1 listed; 1 needs attention"
+    );
+    assert!(
+        browser
+            .text(&fleet_row(&a_id, ".instance-store"))
+            .await
+            .starts_with("degraded since "),
+        "since when"
+    );
+    assert_eq!(
+        browser.text("#fleet-state").await,
+        "fleet: 1 needs attention"
+    );
+    browser
+        .js("document.getElementById('fleet-panel').scrollIntoView()")
+        .await;
+    browser.screenshot("fleet-store-down-1280").await;
+
     // A's admin API goes away: the panel says it cannot read the fleet, keeps the last table,
     // and the page stays up.
     a.kill();
@@ -832,11 +873,9 @@ async fn the_fleet_panel_lists_every_instance_and_shows_one_that_cannot_apply_a_
         .await
         .unwrap());
     assert_eq!(browser.text("#fleet-state").await, "fleet: unknown");
-    assert!(
-        browser
-            .text(&fleet_row(&b_id, ".instance-state"))
-            .await
-            .starts_with("DIVERGED at 2"),
+    assert_eq!(
+        browser.text(&fleet_row(&a_id, ".instance-state")).await,
+        "store degraded",
         "the last table stays"
     );
     assert_eq!(browser.all("#app").await.len(), 1, "the page stays");
