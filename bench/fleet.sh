@@ -99,12 +99,17 @@ stop_instances() {
 }
 
 # load SECONDS: wrk through each instance; leaves its outputs in $WORK/wrk-i.txt.
+WRK_PIDS=()
 load() {
     local i
+    WRK_PIDS=()
     for i in 1 2 3; do
         wrk -t1 -c20 -d"$1"s "http://127.0.0.1:${GG[$i]}/" >"$WORK/wrk-$i.txt" 2>&1 &
+        WRK_PIDS+=($!)
     done
 }
+# Waits for the load to end.
+load_done() { wait "${WRK_PIDS[@]}"; }
 # failed: requests, socket errors and non-2xx summed over the three wrk outputs.
 failed() {
     awk '/requests in/{r+=$1} /Socket errors/{gsub(",", ""); e+=$4+$6+$8+$10} /Non-2xx/{n+=$NF} END{printf "%d requests, %d socket errors, %d non-2xx\n", r, e, n}' "$WORK"/wrk-?.txt
@@ -213,12 +218,12 @@ EOF
         redis-sentinel "$WORK/s$s/sentinel.conf" --daemonize yes --logfile "$WORK/s$s/log" --pidfile "$WORK/s$s/pid"
     done
     sleep 2
-    start_instances "SENTINEL_URL"
+    start_instances "redis+sentinel://127.0.0.1:$s1,127.0.0.1:$s2,127.0.0.1:$s3/graygate"
     load 20
     sleep 5
     kill -9 "$(cat "$WORK/primary/pid")"
     python3 "$WORK/probe.py" refused "${ADMIN[1]}" 14
-    wait
+    load_done
     failed
     redis-cli -p "$s1" sentinel get-master-addr-by-name graygate | paste -sd: | sed 's/^/primary now: /'
     stop_instances
@@ -244,7 +249,7 @@ part_reseed() {
     until [ "$(redis-cli -p "$port" hget graygate:policy revision)" = "$want" ]; do sleep 0.001; done
     local t1; t1=$(date +%s%N)
     echo "re-seeded at revision $want $(( (t1 - t0) / 1000000 )) ms after Redis answered again"
-    wait
+    load_done
     failed
     stop_instances
     redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true

@@ -95,8 +95,8 @@ pub struct ConfigFile {
 #[serde(deny_unknown_fields)]
 pub struct FleetFile {
     /// The snapshot file, relative to the config's directory; default
-    /// `graygate-snapshot.json` in the store's data directory (embedded, memcached), beside the
-    /// config for Redis; `""` keeps none.
+    /// `<config file stem>.snapshot.json` in the store's data directory (embedded, memcached),
+    /// beside the config for Redis; `""` keeps none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
     /// `"reseed"` (default) or `"refuse"`: what to do when the store holds an older revision

@@ -514,7 +514,7 @@ pub fn parse_with(text: &str, path: &Path, secrets: AdminSecrets) -> Result<Conf
         StoreConfig::Embedded { dir } | StoreConfig::Memcached { dir, .. } => Some(dir.as_path()),
         StoreConfig::Redis(_) => None,
     };
-    let fleet = fleet_options(&file.fleet, &base, state_dir, &at, &duration)?;
+    let fleet = fleet_options(&file.fleet, &base, path, state_dir, &at, &duration)?;
 
     Ok(Config {
         fleet,
@@ -735,9 +735,10 @@ fn field_at(text: &str, offset: usize) -> String {
     String::new()
 }
 
-/// The default snapshot file's name: in the store's data directory, or beside the config when the
-/// store has none (Redis).
-pub const DEFAULT_SNAPSHOT: &str = "graygate-snapshot.json";
+/// The default snapshot file's name after the config file's (`graygate.toml`:
+/// `graygate.snapshot.json`): in the store's data directory, or beside the config when the store
+/// has none (Redis).
+pub const DEFAULT_SNAPSHOT_SUFFIX: &str = ".snapshot.json";
 
 /// How the parser reads a duration field: name, value as written, default.
 type ReadDuration<'a> =
@@ -747,6 +748,7 @@ type ReadDuration<'a> =
 fn fleet_options(
     f: &file::FleetFile,
     base: &Path,
+    config_path: &Path,
     state_dir: Option<&Path>,
     at: &dyn Fn(&str, String) -> ConfigError,
     duration: ReadDuration<'_>,
@@ -757,7 +759,18 @@ fn fleet_options(
         Some(p) => Some(base.join(p)),
         // In the store's data directory when it has one (writable by graygate, as a config
         // directory under systemd or a Kubernetes ConfigMap is not), else beside the config.
-        None => Some(state_dir.unwrap_or(base).join(DEFAULT_SNAPSHOT)),
+        // Named after the config file, so that instances with a config each on one machine
+        // keep a snapshot each.
+        None => {
+            let stem = config_path
+                .file_stem()
+                .map_or_else(|| "graygate".into(), |s| s.to_string_lossy());
+            Some(
+                state_dir
+                    .unwrap_or(base)
+                    .join(format!("{stem}{DEFAULT_SNAPSHOT_SUFFIX}")),
+            )
+        }
     };
     let on_store_behind = match f.on_store_behind.as_deref() {
         None | Some("reseed") => OnStoreBehind::Reseed,
@@ -1039,16 +1052,13 @@ mod tests {
             panic!("the default store is embedded: {:?}", embedded.store);
         };
         // In the store's data directory; with Redis (no directory), beside the config.
-        assert_eq!(
-            embedded.fleet.snapshot,
-            Some(dir.join("graygate-snapshot.json"))
-        );
+        assert_eq!(embedded.fleet.snapshot, Some(dir.join("g.snapshot.json")));
         assert_eq!(
             config("[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\n")
                 .unwrap()
                 .fleet
                 .snapshot,
-            Some(PathBuf::from("graygate-snapshot.json"))
+            Some(PathBuf::from("g.snapshot.json"))
         );
         let defaults = embedded.fleet;
         assert_eq!(defaults.on_store_behind, OnStoreBehind::Reseed);

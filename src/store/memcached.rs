@@ -31,7 +31,7 @@
 //! closed, never reused. Connecting is bounded by [`CONNECT_TIMEOUT`] and each command by
 //! [`RESPONSE_TIMEOUT`]. When a server cannot be reached or does not answer, the store turns
 //! degraded (logged once): its keys fail at once with [`StoreError::Unavailable`] while a
-//! background task reconnects with exponential backoff (50 ms doubling up to 5 s), then logs the
+//! background task reconnects with exponential backoff (50 ms doubling up to 1 s), then logs the
 //! recovery once and sends [`Change::Reset`] so that values cached during the outage are refetched.
 //!
 //! # Client

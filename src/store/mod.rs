@@ -205,9 +205,10 @@ impl std::fmt::Display for ErrorChain<'_> {
 }
 
 /// First and last delay between a shared store's reconnection attempts (Redis, memcached); it
-/// doubles in between, so a store that is down costs a few attempts a second at most.
+/// doubles in between, so a store that is down costs a few attempts a second at most, and one
+/// that is back is seen within a second (a Redis restarted empty is re-seeded that soon).
 pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(50);
-pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// How much policy history a store keeps: the newest records, as many as both bounds allow.
 /// Older records are deleted by the write that adds a new one, in the same atomic step, so that

@@ -254,7 +254,7 @@ async fn a_new_instance_starts_from_its_snapshot_while_redis_is_down_and_catches
     let canary = backend("canary").await;
     let gg = on_redis(&redis, &stable, &canary).start().await;
     gg.ctl().ok(&["weights", "set", "-s", "web", "canary=100"]);
-    let snapshot = gg.dir().join("graygate-snapshot.json");
+    let snapshot = gg.dir().join("graygate.snapshot.json");
     eventually("the snapshot holds revision 2", async || {
         let text = std::fs::read_to_string(&snapshot).unwrap_or_default();
         let v: Value = serde_json::from_str(&text).unwrap_or_default();
@@ -277,7 +277,7 @@ async fn a_new_instance_starts_from_its_snapshot_while_redis_is_down_and_catches
     let gg = stopped.start().await;
     let line = gg.log_line("serving the last-known-good snapshot").await;
     assert!(line.contains("revision=2"), "{line}");
-    assert!(line.contains("graygate-snapshot.json"), "{line}");
+    assert!(line.contains("graygate.snapshot.json"), "{line}");
     assert_eq!(gg.client().get(&[]).await.body, "canary\n");
     let view = fleet(&gg);
     assert_eq!(view["instances"][0]["source"], "snapshot", "{view}");
@@ -345,12 +345,23 @@ async fn a_change_waits_for_every_instance() {
             .clone();
         assert_eq!(me["revision"], 2);
     }
-    // `--wait=0s` does not wait: the answer counts what it finds.
-    let json = all[1]
-        .ctl()
-        .json(&["--wait=0s", "weights", "set", "-s", "web", "canary=30"]);
+    // `--wait=0s` does not wait: the answer counts what it finds, and exits 1 when that is not
+    // every instance yet (the others may or may not have heard of the change).
+    let run = all[1].ctl().run(&[
+        "--json",
+        "--wait=0s",
+        "weights",
+        "set",
+        "-s",
+        "web",
+        "canary=30",
+    ]);
+    let json: Value = serde_json::from_str(&run.stdout).expect("a JSON answer");
     assert_eq!(json["applied"]["revision"], 3, "{json}");
     assert_eq!(json["applied"]["live"], 3, "{json}");
+    let applied = json["applied"]["applied"].as_u64().unwrap();
+    assert!((1..=3).contains(&applied), "{json}");
+    assert_eq!(run.code, if applied == 3 { 0 } else { 1 }, "{run:?}");
 }
 
 /// With `on_store_behind = "refuse"`, a Redis restarted empty is not written: routing goes on,

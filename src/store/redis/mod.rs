@@ -32,7 +32,7 @@
 //! When the server is stopped, killed or hangs, the store turns *degraded* (logged once, see
 //! [`Store::health`]): every call fails at once with [`StoreError::Unavailable`] instead of waiting,
 //! so the lookup cache serves the last known value or the request is decided as if the store were
-//! down. The background task reconnects with exponential backoff (50 ms doubling up to 5 s); when it
+//! down. The background task reconnects with exponential backoff (50 ms doubling up to 1 s); when it
 //! is back the store logs its recovery once, and sends [`Change::Reset`] (invalidations may have
 //! been missed) and [`Change::Policy`] with the current revision (a policy change may have been
 //! missed). A server unreachable at startup starts the store degraded instead of failing it; a

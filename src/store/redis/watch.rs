@@ -20,7 +20,7 @@
 //!
 //! # Reconnecting
 //! When either connection fails ([`WatchError`] says how), the store turns degraded and the task
-//! reconnects with exponential backoff (50 ms doubling up to 5 s; up to 250 ms with Sentinel,
+//! reconnects with exponential backoff (50 ms doubling up to 1 s; up to 250 ms with Sentinel,
 //! where each attempt first asks the sentinels which server is the primary now). When the server
 //! is back it sends [`Change::Reset`] (invalidations may have been missed) and
 //! [`Change::Policy`] with the current revision (a policy change may have been missed).
