@@ -341,34 +341,48 @@ impl EmbeddedStore {
             meta.insert(POLICY_KEY, (next, json))
                 .map_err(|e| self.db_err(WHAT, "meta/policy", e))?;
             if let Some((record, retention)) = record {
-                let mut history = txn
-                    .open_table(HISTORY)
-                    .map_err(|e| self.db_err(WHAT, "history", e))?;
-                history
-                    .insert(next, record)
-                    .map_err(|e| self.db_err(WHAT, "history", e))?;
-                // Sizes newest first; the first revision the retention does not keep and every
-                // older one go.
-                let mut sizes = Vec::new();
-                for item in history
-                    .iter()
-                    .map_err(|e| self.db_err(WHAT, "history", e))?
-                    .rev()
-                {
-                    let (revision, record) = item.map_err(|e| self.db_err(WHAT, "history", e))?;
-                    sizes.push((revision.value(), record.value().len() as u64));
-                }
-                let kept = retention.kept(sizes.iter().map(|&(_, size)| size));
-                if let Some(&(newest_dropped, _)) = sizes.get(kept) {
-                    history
-                        .retain_in(..=newest_dropped, |_, _| false)
-                        .map_err(|e| self.db_err(WHAT, "history", e))?;
-                }
+                self.record_and_prune(txn, WHAT, next, record, retention)?;
             }
             Ok(next)
         })?;
         let _ = self.changes.send(Change::Policy { revision });
         Ok(revision)
+    }
+
+    /// Within a write transaction: puts `record` in the history at `revision`, then deletes the
+    /// oldest records `retention` no longer keeps (a save and a restore prune alike).
+    fn record_and_prune(
+        &self,
+        txn: &WriteTransaction,
+        what: &str,
+        revision: u64,
+        record: &str,
+        retention: HistoryRetention,
+    ) -> Result<(), StoreError> {
+        let mut history = txn
+            .open_table(HISTORY)
+            .map_err(|e| self.db_err(what, "history", e))?;
+        history
+            .insert(revision, record)
+            .map_err(|e| self.db_err(what, "history", e))?;
+        // Sizes newest first; the first revision the retention does not keep and every older
+        // one go.
+        let mut sizes = Vec::new();
+        for item in history
+            .iter()
+            .map_err(|e| self.db_err(what, "history", e))?
+            .rev()
+        {
+            let (revision, record) = item.map_err(|e| self.db_err(what, "history", e))?;
+            sizes.push((revision.value(), record.value().len() as u64));
+        }
+        let kept = retention.kept(sizes.iter().map(|&(_, size)| size));
+        if let Some(&(newest_dropped, _)) = sizes.get(kept) {
+            history
+                .retain_in(..=newest_dropped, |_, _| false)
+                .map_err(|e| self.db_err(what, "history", e))?;
+        }
+        Ok(())
     }
 
     /// [`Store::restore_policy`]: one write transaction that checks the stored revision, puts
@@ -395,27 +409,7 @@ impl EmbeddedStore {
             }
             meta.insert(POLICY_KEY, (revision, json))
                 .map_err(|e| self.db_err(WHAT, "meta/policy", e))?;
-            let mut history = txn
-                .open_table(HISTORY)
-                .map_err(|e| self.db_err(WHAT, "history", e))?;
-            history
-                .insert(revision, record)
-                .map_err(|e| self.db_err(WHAT, "history", e))?;
-            let mut sizes = Vec::new();
-            for item in history
-                .iter()
-                .map_err(|e| self.db_err(WHAT, "history", e))?
-                .rev()
-            {
-                let (revision, record) = item.map_err(|e| self.db_err(WHAT, "history", e))?;
-                sizes.push((revision.value(), record.value().len() as u64));
-            }
-            let kept = retention.kept(sizes.iter().map(|&(_, size)| size));
-            if let Some(&(newest_dropped, _)) = sizes.get(kept) {
-                history
-                    .retain_in(..=newest_dropped, |_, _| false)
-                    .map_err(|e| self.db_err(WHAT, "history", e))?;
-            }
+            self.record_and_prune(txn, WHAT, revision, record, retention)?;
             Ok(Restore::Restored { from: actual })
         })?;
         if matches!(done, Restore::Restored { .. }) {

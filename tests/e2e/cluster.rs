@@ -3,10 +3,10 @@
 //! followed (one tracking connection per primary), graygate's own keys share one hash tag, and a
 //! change made through one instance reaches all of them.
 
-use crate::sentinel::{both_designs, EXPECTED, SEED};
+use crate::sentinel::{a_change_reaches_every_instance, both_designs, EXPECTED, SEED};
 use crate::support::*;
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_layouts_route_across_the_slots_of_a_cluster_and_changes_reach_every_instance() {
@@ -73,34 +73,7 @@ async fn both_layouts_route_across_the_slots_of_a_cluster_and_changes_reach_ever
     cluster.cli(&["SET", "TOKEN_abc", "1234"]);
 
     // A change through one instance reaches every instance; routing and the admin API agree.
-    let changed_at = Instant::now();
-    instances[2].ctl().ok(&[
-        "weights",
-        "set",
-        "-s",
-        "app",
-        "gray=100",
-        "--by",
-        "header:X-User",
-    ]);
-    for gg in &instances {
-        gg.eventually_answers(&[("X-User", "u1"), ("TOKEN", "def")], "gray")
-            .within(Duration::from_secs(5))
-            .await;
-    }
-    eprintln!(
-        "On a Redis Cluster, a change reached all {} instances within {:?}",
-        instances.len(),
-        changed_at.elapsed()
-    );
-    let policies: Vec<String> = instances
-        .iter()
-        .map(|gg| gg.ctl().ok(&["policy", "get"]))
-        .collect();
-    assert!(
-        policies.iter().all(|p| p == &policies[0]),
-        "the instances' policies differ: {policies:#?}"
-    );
+    a_change_reaches_every_instance(&instances, 2, "On a Redis Cluster").await;
     // The history went with the policy, atomically, in the tagged slot.
     let history = instances[0].ctl().ok(&["history"]);
     assert!(history.contains("gray=100"), "{history}");

@@ -221,34 +221,7 @@ async fn a_sentinel_failover_under_load_fails_no_request_and_changes_reach_every
 
     // A change through the second instance reaches every instance: routing and the admin API
     // agree everywhere.
-    let changed_at = Instant::now();
-    instances[1].ctl().ok(&[
-        "weights",
-        "set",
-        "-s",
-        "app",
-        "gray=100",
-        "--by",
-        "header:X-User",
-    ]);
-    for gg in &instances {
-        gg.eventually_answers(&[("X-User", "u1"), ("TOKEN", "def")], "gray")
-            .within(Duration::from_secs(5))
-            .await;
-    }
-    eprintln!(
-        "After the failover, a change reached all {} instances within {:?}",
-        instances.len(),
-        changed_at.elapsed()
-    );
-    let policies: Vec<String> = instances
-        .iter()
-        .map(|gg| gg.ctl().ok(&["policy", "get"]))
-        .collect();
-    assert!(
-        policies.iter().all(|p| p == &policies[0]),
-        "the instances' policies differ: {policies:#?}"
-    );
+    a_change_reaches_every_instance(&instances, 1, "After the failover").await;
     for gg in &instances {
         let weights = gg.ctl().ok(&["weights", "get", "-s", "app"]);
         assert!(weights.contains("gray=100%"), "{weights}");
@@ -350,4 +323,42 @@ async fn a_demoted_primary_leads_to_the_new_one_never_to_a_lost_write() {
     gg.eventually_answers(&[("X-User", "u1"), ("TOKEN", "def")], "gray")
         .await;
     gg.client().assert_versions(&EXPECTED[..1]).await;
+}
+
+/// Sends everyone with an `X-User` to `gray` through `instances[through]`'s admin API, and waits
+/// until every instance routes so and shows the same policy (routing and the admin API agree
+/// everywhere); prints how long that took after `when` (never asserted).
+pub(crate) async fn a_change_reaches_every_instance(
+    instances: &[Gateway],
+    through: usize,
+    when: &str,
+) {
+    let changed_at = Instant::now();
+    instances[through].ctl().ok(&[
+        "weights",
+        "set",
+        "-s",
+        "app",
+        "gray=100",
+        "--by",
+        "header:X-User",
+    ]);
+    for gg in instances {
+        gg.eventually_answers(&[("X-User", "u1"), ("TOKEN", "def")], "gray")
+            .within(Duration::from_secs(5))
+            .await;
+    }
+    eprintln!(
+        "{when}, a change reached all {} instances within {:?}",
+        instances.len(),
+        changed_at.elapsed()
+    );
+    let policies: Vec<String> = instances
+        .iter()
+        .map(|gg| gg.ctl().ok(&["policy", "get"]))
+        .collect();
+    assert!(
+        policies.iter().all(|p| p == &policies[0]),
+        "the instances' policies differ: {policies:#?}"
+    );
 }
