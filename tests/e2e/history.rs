@@ -79,7 +79,10 @@ fn canary_weight(doc: &Value) -> Value {
 async fn a_big_policy_and_weight_changes_keep_the_history_small() {
     let stable = backend("stable").await;
     let canary = backend("canary").await;
+    // The last-known-good snapshot (one copy of the policy, rewritten through a temporary file
+    // after every change) is kept out of the data directory whose growth is measured.
     let gg = web_gateway(&stable, &canary)
+        .snapshot("snapshot.json")
         .service(web())
         .admin_token("alice", TOKEN)
         .start()
@@ -105,7 +108,9 @@ async fn a_big_policy_and_weight_changes_keep_the_history_small() {
     let policy_len = policy.len() as u64;
     let (after_5, after_10) = (sizes[4], sizes[9]);
     assert!(
-        after_10 - after_policy < 10 * policy_len && after_10 - after_5 < policy_len,
+        // redb may also give pages back and shrink its file: no growth then.
+        after_10.saturating_sub(after_policy) < 10 * policy_len
+            && after_10.saturating_sub(after_5) < policy_len,
         "10 weight changes grew the data directory from {after_policy} to {after_10} bytes \
          ({after_5} after 5; policy: {policy_len} bytes): {sizes:?}"
     );
