@@ -45,7 +45,10 @@ use std::collections::HashMap;
 /// nothing to a sorted set. A Lua function `upgrade_history(history, policy)` that the scripts
 /// reading or writing the history call first. A record's revision is read from its start
 /// (graygate writes `{"revision":N,` first) or else by decoding it; one without a revision is
-/// dropped.
+/// dropped. Also defines `record_history(history, policy, revision, record, keep, max_bytes)`:
+/// adds a record and deletes the oldest ones the retention no longer keeps (the Lua twin of
+/// [`HistoryRetention::kept`](crate::store::HistoryRetention::kept)), keeping `history_bytes`;
+/// a save and a restore both record through it.
 pub(super) const HISTORY_UPGRADE_LUA: &str = r#"
 local function revision_of(record)
   local r = string.match(record, '^{"revision":(%d+)')
@@ -67,6 +70,23 @@ local function upgrade_history(history, policy)
       redis.call('ZADD', history, revision, record)
       bytes = bytes + #record
     end
+  end
+  redis.call('HSET', policy, 'history_bytes', string.format('%d', bytes))
+end
+local function record_history(history, policy, revision, record, keep, max_bytes)
+  upgrade_history(history, policy)
+  local count = redis.call('ZCARD', history)
+  local bytes = 0
+  if count > 0 then
+    bytes = tonumber(redis.call('HGET', policy, 'history_bytes') or '0') or 0
+  end
+  redis.call('ZADD', history, revision, record)
+  count = count + 1
+  bytes = bytes + #record
+  while count > 1 and (count > keep or bytes > max_bytes) do
+    local oldest = redis.call('ZPOPMIN', history)
+    bytes = bytes - #oldest[1]
+    count = count - 1
   end
   redis.call('HSET', policy, 'history_bytes', string.format('%d', bytes))
 end
@@ -96,23 +116,7 @@ end
 local nextrev = string.format('%d', current + 1)
 redis.call('HSET', KEYS[1], 'revision', nextrev, 'policy', ARGV[1])
 if ARGV[4] ~= '' then
-  upgrade_history(KEYS[2], KEYS[1])
-  local count = redis.call('ZCARD', KEYS[2])
-  local bytes = 0
-  if count > 0 then
-    bytes = tonumber(redis.call('HGET', KEYS[1], 'history_bytes') or '0') or 0
-  end
-  redis.call('ZADD', KEYS[2], nextrev, ARGV[4])
-  count = count + 1
-  bytes = bytes + #ARGV[4]
-  local keep = tonumber(ARGV[5])
-  local max_bytes = tonumber(ARGV[6])
-  while count > 1 and (count > keep or bytes > max_bytes) do
-    local oldest = redis.call('ZPOPMIN', KEYS[2])
-    bytes = bytes - #oldest[1]
-    count = count - 1
-  end
-  redis.call('HSET', KEYS[1], 'history_bytes', string.format('%d', bytes))
+  record_history(KEYS[2], KEYS[1], nextrev, ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))
 end
 redis.call('PUBLISH', ARGV[3], '{"revision":' .. nextrev .. '}')
 return {1, current + 1}
@@ -140,23 +144,7 @@ if current >= target then
   return {0, current}
 end
 redis.call('HSET', KEYS[1], 'revision', ARGV[2], 'policy', ARGV[1])
-upgrade_history(KEYS[2], KEYS[1])
-local count = redis.call('ZCARD', KEYS[2])
-local bytes = 0
-if count > 0 then
-  bytes = tonumber(redis.call('HGET', KEYS[1], 'history_bytes') or '0') or 0
-end
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
-count = count + 1
-bytes = bytes + #ARGV[4]
-local keep = tonumber(ARGV[5])
-local max_bytes = tonumber(ARGV[6])
-while count > 1 and (count > keep or bytes > max_bytes) do
-  local oldest = redis.call('ZPOPMIN', KEYS[2])
-  bytes = bytes - #oldest[1]
-  count = count - 1
-end
-redis.call('HSET', KEYS[1], 'history_bytes', string.format('%d', bytes))
+record_history(KEYS[2], KEYS[1], ARGV[2], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))
 redis.call('PUBLISH', ARGV[3], '{"revision":' .. ARGV[2] .. '}')
 return {1, current}
 "#;
