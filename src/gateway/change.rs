@@ -107,23 +107,14 @@ impl Gateway {
             let (compiled, not_here) = match self.prepare(&after).await {
                 Ok(prepared) => (Some(prepared), None),
                 Err(super::upstreams::Unbuildable::Compile(here)) => {
-                    let mut names = self.names_with(&before);
-                    for name in after.upstreams.keys() {
-                        if !names.contains(name) {
-                            names.push(name.clone());
-                        }
-                    }
+                    let names = self.names_with(&before, &after);
                     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
                     policy::compile(&after, &refs)?;
                     (None, Some(here.to_string()))
                 }
-                Err(failure) => {
-                    let reason = match &failure {
-                        super::upstreams::Unbuildable::Upstream(e) => {
-                            format!("upstream `{}` cannot be built here: {e}", e.upstream)
-                        }
-                        super::upstreams::Unbuildable::Compile(e) => e.to_string(),
-                    };
+                Err(super::upstreams::Unbuildable::Upstream(e)) => {
+                    let reason = format!("upstream `{}` cannot be built here: {e}", e.upstream);
+                    let failure = super::upstreams::Unbuildable::Upstream(e);
                     self.unbuildable_here(&before, &after, failure)?;
                     (None, Some(reason))
                 }
@@ -210,20 +201,20 @@ impl Gateway {
         }
     }
 
-    /// This instance's upstream names and those `doc` uses, for validating a change that
-    /// another instance's upstreams may serve.
-    fn names_with(&self, doc: &PolicyDoc) -> Vec<String> {
+    /// This instance's upstream names, those the stored document `before` already uses, and
+    /// those the edited one `after` defines, for validating a change that another instance's
+    /// upstreams may serve.
+    fn names_with(&self, before: &PolicyDoc, after: &PolicyDoc) -> Vec<String> {
         let mut names: Vec<String> = self
             .upstream_names()
             .iter()
             .filter(|n| !n.is_empty())
             .cloned()
             .collect();
-        for service in &doc.services {
-            for upstream in service.versions.values() {
-                if !names.contains(upstream) {
-                    names.push(upstream.clone());
-                }
+        let used = before.services.iter().flat_map(|s| s.versions.values());
+        for upstream in used.chain(after.upstreams.keys()) {
+            if !names.contains(upstream) {
+                names.push(upstream.clone());
             }
         }
         names
