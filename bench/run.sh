@@ -21,7 +21,11 @@ need=()
 for c in nginx:nginx wrk:wrk redis-server:redis-server memcached:memcached curl:curl; do
     command -v "${c%%:*}" >/dev/null 2>&1 || need+=("${c##*:}")
 done
-[ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] || need+=(libnginx-mod-http-lua lua-nginx-redis lua-nginx-memcached lua-cjson)
+# The peers' lua module and the libraries their scripts load, each checked (the module alone
+# does not bring them).
+for p in libnginx-mod-http-lua lua-nginx-redis lua-nginx-memcached lua-cjson; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
