@@ -75,6 +75,7 @@
 mod client_ip;
 mod edge;
 mod forward;
+mod h1;
 mod health;
 pub mod http2;
 pub mod listen;
@@ -110,9 +111,9 @@ pub use server::{
 pub use tls::TlsTerminator;
 pub use upstream::local_fd_limit_failures;
 pub use upstream::{
-    check_host_port, check_upstreams, Activity, Exchange, LiveUpstreams, SendError, SendOptions,
-    ServerConfig, ServerError, TrackedBody, UpstreamConfig, UpstreamConfigError, UpstreamError,
-    Upstreams, UpstreamsPlan, MAX_WEIGHT,
+    check_host_port, check_upstreams, Activity, Exchange, ExchangeFailure, LiveUpstreams,
+    SendError, SendOptions, ServerConfig, ServerError, TrackedBody, UpstreamConfig,
+    UpstreamConfigError, UpstreamError, UpstreamIncoming, Upstreams, UpstreamsPlan, MAX_WEIGHT,
 };
 pub use upstream_protocol::{Protocol, TeTrailers, Transport, TransportError};
 pub use upstream_tls::{PemFile, TlsError, TlsOptions, UpstreamTls};

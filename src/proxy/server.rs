@@ -60,7 +60,7 @@ use super::mirror::{self as mirroring, MirrorRecord};
 use super::protocol::{self, Protocol};
 use super::retry::Replay;
 use super::tls::{HttpsRedirect, TlsTerminator};
-use super::upstream::{LiveUpstreams, SendError, SendOptions, UpstreamError};
+use super::upstream::{LiveUpstreams, SendError, SendOptions, UpstreamError, UpstreamIncoming};
 use super::upstream_protocol;
 use super::{edge, forward};
 use super::{Answer, BoxError, ProxyBody, Router};
@@ -1002,7 +1002,7 @@ async fn proxy(
 /// `upstream_body` per frame). A 101 to a WebSocket upgrade request starts the tunnel between
 /// the two upgraded connections. The flag is true when graygate answered itself (502) instead.
 fn respond(
-    mut response: Response<Incoming>,
+    mut response: Response<UpstreamIncoming>,
     client_upgrade: Option<OnUpgrade>,
     choice: &Decision,
     server: &Arc<str>,

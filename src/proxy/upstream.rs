@@ -61,13 +61,14 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use super::h1::{self, H1Error};
 use super::health::{
     self, HealthCheck, HealthConfigError, PassiveHealth, ServerHealth, ServerStatus, UpstreamHealth,
 };
 use super::retry::{self, Replay};
 use super::upstream_protocol::{self, H2Connection, Transport};
 use super::upstream_tls::{TlsError, UpstreamIo};
-use super::{ProxyBody, Timeouts};
+use super::{BoxError, ProxyBody, Timeouts};
 
 /// Idle connections kept per server. Beyond this, a connection that finishes a request is
 /// closed: enough to absorb bursts, small enough not to hold thousands of sockets open.
@@ -336,8 +337,60 @@ pub enum UpstreamError {
     Request {
         server: Arc<str>,
         #[source]
-        source: hyper::Error,
+        source: ExchangeFailure,
     },
+}
+
+/// How an exchange that went out failed, by the client that carried it: hyper's, or graygate's
+/// own for requests without a body (`super::h1`).
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeFailure {
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error(transparent)]
+    Own(#[from] H1Error),
+}
+
+/// An upstream's response body, from whichever client carried the exchange.
+#[derive(Debug)]
+pub enum UpstreamIncoming {
+    /// hyper's client (requests with a body, upgrades, TLS, HTTP/2).
+    Hyper(Incoming),
+    /// graygate's own HTTP/1.1 client, read from the upstream socket as it is polled.
+    Own(h1::ResponseBody),
+}
+
+impl Body for UpstreamIncoming {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamIncoming::Hyper(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BoxError::from))),
+            UpstreamIncoming::Own(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BoxError::from))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamIncoming::Hyper(body) => body.is_end_stream(),
+            UpstreamIncoming::Own(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamIncoming::Hyper(body) => body.size_hint(),
+            UpstreamIncoming::Own(body) => body.size_hint(),
+        }
+    }
 }
 
 /// A request that could not be exchanged, and whether it can still go elsewhere.
@@ -382,7 +435,14 @@ impl UpstreamError {
     /// headers: an idempotent request may be sent again (see `super::retry`).
     pub fn connection_died(&self) -> bool {
         match self {
-            UpstreamError::Request { source, .. } => retry::connection_died(source),
+            UpstreamError::Request {
+                source: ExchangeFailure::Hyper(source),
+                ..
+            } => retry::connection_died(source),
+            UpstreamError::Request {
+                source: ExchangeFailure::Own(source),
+                ..
+            } => source.connection_died(),
             _ => false,
         }
     }
@@ -442,7 +502,7 @@ pub struct SendOptions {
 #[derive(Debug)]
 pub struct Exchange {
     /// The upstream's response; its body streams from the upstream connection.
-    pub response: Response<Incoming>,
+    pub response: Response<UpstreamIncoming>,
     /// The server (`host:port`) that answered: for the access log.
     pub server: Arc<str>,
     /// From the request going out on a connection until the response headers came back.
@@ -509,12 +569,20 @@ struct Server {
     connect_failures: AtomicU64,
 }
 
-/// Idle connections to one server, newest last (reused first, so the oldest ones expire).
+/// Idle connections to one server, newest last (reused first, so the oldest ones expire): hyper's
+/// and graygate's own (`super::h1`), each kind for the requests its client carries.
 struct Pool {
     idle: Mutex<Vec<IdleSender>>,
+    own: Mutex<Vec<IdleConn>>,
     /// Connections idle longer than this are closed, not reused: the upstream may have closed
     /// them already.
     idle_timeout: Duration,
+}
+
+/// One of graygate's own connections that finished its last exchange at `since`.
+struct IdleConn {
+    conn: h1::Conn,
+    since: Instant,
 }
 
 /// A connection that finished its last exchange at `since`.
@@ -850,6 +918,11 @@ impl Upstreams {
             return Box::pin(self.try_server_h2(upstream, server, request, activity)).await;
         }
         upstream_protocol::for_http1(&mut request);
+        if upstream.transport.tls().is_none() && h1_carries(&request) {
+            return self
+                .try_server_own(upstream, server, request, activity)
+                .await;
+        }
         let mut stale_retries = 0;
         loop {
             let pooled = if stale_retries < MAX_STALE_RETRIES {
@@ -876,7 +949,7 @@ impl Upstreams {
                         checkin_when_ready(&server.pool, sender);
                     }
                     return Ok(Exchange {
-                        response,
+                        response: response.map(UpstreamIncoming::Hyper),
                         server: server.addr.clone(),
                         headers_after: started.elapsed(),
                     });
@@ -903,13 +976,103 @@ impl Upstreams {
         }
     }
 
+    /// One server, on graygate's own HTTP/1.1 client (`super::h1`): a pooled connection if one
+    /// is alive, else a new one; then the exchange. A head that could not be written comes back
+    /// as on hyper's client (a pooled connection is replaced, a new one is the server's
+    /// failure); a pooled connection that closes before any answer is replaced too, for an
+    /// idempotent request (the server may not have read it: it closed an idle connection).
+    async fn try_server_own(
+        &self,
+        upstream: &Upstream,
+        server: &Server,
+        request: Request<ProxyBody>,
+        activity: &Activity,
+    ) -> Result<Exchange, Attempt> {
+        let mut stale_retries = 0;
+        loop {
+            let pooled = if stale_retries < MAX_STALE_RETRIES {
+                server.pool.take_own()
+            } else {
+                None
+            };
+            let is_pooled = pooled.is_some();
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => match Box::pin(self.connect_own(upstream, server)).await {
+                    Ok(conn) => conn,
+                    Err(error) => return Err(Attempt::NotSent(Box::new(request), error)),
+                },
+            };
+            activity.touch();
+            let started = Instant::now();
+            let home: Arc<dyn h1::Home> = server.pool.clone();
+            match conn.exchange(&request, self.response_timeout, home).await {
+                Ok(response) => {
+                    return Ok(Exchange {
+                        response: response.map(UpstreamIncoming::Own),
+                        server: server.addr.clone(),
+                        headers_after: started.elapsed(),
+                    })
+                }
+                Err(error)
+                    if is_pooled
+                        && (matches!(error, H1Error::Write(_))
+                            || (error.connection_died() && request.method().is_idempotent())) =>
+                {
+                    debug!(server = %server.addr, error = %error, "pooled connection was dead, retrying");
+                    stale_retries += 1;
+                }
+                Err(H1Error::Write(error)) => {
+                    debug!(server = %server.addr, error = %error, "new connection closed before the request was sent");
+                    return Err(Attempt::NotSent(
+                        Box::new(request),
+                        UpstreamError::Closed {
+                            server: server.addr.clone(),
+                        },
+                    ));
+                }
+                Err(H1Error::ResponseTimeout) => {
+                    return Err(Attempt::Sent(UpstreamError::ResponseTimeout {
+                        server: server.addr.clone(),
+                        timeout: self.response_timeout,
+                    }))
+                }
+                Err(error) => {
+                    return Err(Attempt::Sent(UpstreamError::Request {
+                        server: server.addr.clone(),
+                        source: error.into(),
+                    }))
+                }
+            }
+        }
+    }
+
+    /// A new plain-TCP connection to `server` for graygate's own client.
+    async fn connect_own(
+        &self,
+        upstream: &Upstream,
+        server: &Server,
+    ) -> Result<h1::Conn, UpstreamError> {
+        match self.open(upstream, server).await? {
+            UpstreamIo::Plain(stream) => Ok(h1::Conn::new(stream)),
+            // Not chosen for TLS upstreams (`try_server`); a connection that is not plain TCP
+            // cannot be used here.
+            UpstreamIo::Tls(_) => Err(UpstreamError::Closed {
+                server: server.addr.clone(),
+            }),
+        }
+    }
+
     /// An exchange with `server` that failed after the request went out (either protocol):
     /// no response within the timeout, or the exchange broke.
     fn sent_and_failed(&self, server: &Server, error: ExchangeError) -> Attempt {
         let server = server.addr.clone();
         Attempt::Sent(match error {
             ExchangeError::Failed(source) | ExchangeError::NotSent(_, source) => {
-                UpstreamError::Request { server, source }
+                UpstreamError::Request {
+                    server,
+                    source: source.into(),
+                }
             }
             ExchangeError::Timeout => UpstreamError::ResponseTimeout {
                 server,
@@ -1041,7 +1204,7 @@ impl Upstreams {
             {
                 Ok(response) => {
                     return Ok(Exchange {
-                        response,
+                        response: response.map(UpstreamIncoming::Hyper),
                         server: server.addr.clone(),
                         headers_after: started.elapsed(),
                     })
@@ -1234,6 +1397,7 @@ impl Upstream {
                 pool: pool_before(&s.addr).unwrap_or_else(|| {
                     Arc::new(Pool {
                         idle: Mutex::new(Vec::new()),
+                        own: Mutex::new(Vec::new()),
                         idle_timeout: timeouts.idle,
                     })
                 }),
@@ -1522,6 +1686,45 @@ impl Pool {
             idle.push(IdleSender { sender, since: now });
         }
     }
+}
+
+impl Pool {
+    /// A live idle connection of graygate's own client, if any. Expired and dead ones met on
+    /// the way are dropped.
+    fn take_own(&self) -> Option<h1::Conn> {
+        let mut idle = self.own.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(mut entry) = idle.pop() {
+            if entry.since.elapsed() < self.idle_timeout && entry.conn.is_reusable() {
+                return Some(entry.conn);
+            }
+        }
+        None
+    }
+}
+
+impl h1::Home for Pool {
+    /// Keeps `conn` for reuse, unless the pool is full (expired ones dropped as in `put`).
+    fn check_in(&self, conn: h1::Conn) {
+        let mut idle = self.own.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let expired = idle
+            .iter()
+            .take_while(|e| now.duration_since(e.since) >= self.idle_timeout)
+            .count();
+        idle.drain(..expired);
+        if idle.len() < MAX_IDLE_PER_SERVER {
+            idle.push(IdleConn { conn, since: now });
+        }
+    }
+}
+
+/// True when graygate's own HTTP/1.1 client carries `request` (`super::h1`): an HTTP/1.1
+/// request without a body that asks for no upgrade. The rest goes on hyper's.
+fn h1_carries(request: &Request<ProxyBody>) -> bool {
+    request.version() == http::Version::HTTP_11
+        && request.body().is_end_stream()
+        && *request.method() != http::Method::CONNECT
+        && !request.headers().contains_key(http::header::UPGRADE)
 }
 
 /// Returns the connection to the pool once it can take the next request: HTTP/1 carries one
