@@ -781,12 +781,11 @@ impl Upstreams {
                 },
             });
         }
-        // A copy to send again, only where it could go: another server, or stable.
-        if options.retryable
-            && options.retry.is_none()
-            && !options.retried
-            && (options.fallback || order.len() > 1)
-        {
+        // A copy to send again, only where it could go: another server, or stable. Not for
+        // graygate's own client, which gives a failed request back whole (`Attempt::SentBack`).
+        let may_retry =
+            options.retryable && !options.retried && (options.fallback || order.len() > 1);
+        if may_retry && options.retry.is_none() && !carries_own(upstream, &request) {
             options.retry = Some(Replay::of(&request));
         }
         let mut last_error = None;
@@ -804,6 +803,20 @@ impl Upstreams {
                     upstream.health.failed(&server.health, &error);
                     request = *back;
                     last_error = Some(error);
+                }
+                Err(Attempt::SentBack(back, error)) => {
+                    upstream.health.failed(&server.health, &error);
+                    if may_retry && !options.retried && error.connection_died() {
+                        debug!(upstream = %upstream.name, server = %server.addr, error = %error, "the server died under an idempotent request: sending it again");
+                        options.retried = true;
+                        request = *back;
+                        last_error = Some(error);
+                        continue;
+                    }
+                    return Err(SendError::Failed {
+                        server: server.addr.clone(),
+                        error,
+                    });
                 }
                 Err(Attempt::Sent(error)) => {
                     upstream.health.failed(&server.health, &error);
@@ -918,7 +931,7 @@ impl Upstreams {
             return Box::pin(self.try_server_h2(upstream, server, request, activity)).await;
         }
         upstream_protocol::for_http1(&mut request);
-        if upstream.transport.tls().is_none() && h1_carries(&request) {
+        if carries_own(upstream, &request) {
             return self
                 .try_server_own(upstream, server, request, activity)
                 .await;
@@ -1032,16 +1045,22 @@ impl Upstreams {
                     ));
                 }
                 Err(H1Error::ResponseTimeout) => {
-                    return Err(Attempt::Sent(UpstreamError::ResponseTimeout {
-                        server: server.addr.clone(),
-                        timeout: self.response_timeout,
-                    }))
+                    return Err(Attempt::SentBack(
+                        Box::new(request),
+                        UpstreamError::ResponseTimeout {
+                            server: server.addr.clone(),
+                            timeout: self.response_timeout,
+                        },
+                    ))
                 }
                 Err(error) => {
-                    return Err(Attempt::Sent(UpstreamError::Request {
-                        server: server.addr.clone(),
-                        source: error.into(),
-                    }))
+                    return Err(Attempt::SentBack(
+                        Box::new(request),
+                        UpstreamError::Request {
+                            server: server.addr.clone(),
+                            source: error.into(),
+                        },
+                    ))
                 }
             }
         }
@@ -1643,6 +1662,9 @@ enum Attempt {
     NotSent(Box<Request<ProxyBody>>, UpstreamError),
     /// The request went out: final.
     Sent(UpstreamError),
+    /// The request went out on graygate's own client and failed; having no body, it is still
+    /// whole, and may go again where a copy would have ([`SendOptions::retry`]).
+    SentBack(Box<Request<ProxyBody>>, UpstreamError),
 }
 
 /// The outcome of one exchange on one connection.
@@ -1716,6 +1738,13 @@ impl h1::Home for Pool {
             idle.push(IdleConn { conn, since: now });
         }
     }
+}
+
+/// True when `upstream` sends `request` on graygate's own client (plain TCP, HTTP/1.1).
+fn carries_own(upstream: &Upstream, request: &Request<ProxyBody>) -> bool {
+    upstream.transport.protocol() == upstream_protocol::Protocol::Http1
+        && upstream.transport.tls().is_none()
+        && h1_carries(request)
 }
 
 /// True when graygate's own HTTP/1.1 client carries `request` (`super::h1`): an HTTP/1.1
