@@ -67,6 +67,8 @@
 //!   descriptors; shared by every listener, the admin and metrics ones too.
 //! - `server`: the listener, per-connection serving, the request phases above, graceful
 //!   shutdown.
+//! - `workers`: the data plane's worker threads, a single-threaded runtime each, and which
+//!   listening socket each serves.
 //! - `protocol`: which HTTP a client connection speaks (ALPN, or the HTTP/2 preface).
 //! - `http2`: HTTP/2 to clients: the flood limits, `:authority` and `Host`.
 //! - `tls`: TLS termination: certificates by SNI, reloaded without a restart, the redirect to
@@ -87,6 +89,7 @@ pub mod tls;
 mod upstream;
 mod upstream_protocol;
 mod upstream_tls;
+pub mod workers;
 
 pub use client_ip::{ClientIpConfig, ClientIpMode, X_FORWARDED_FOR, X_REAL_IP};
 pub use edge::{
@@ -99,7 +102,7 @@ pub use health::{
     DEFAULT_HEALTH_PATH,
 };
 pub use http2::Http2Settings;
-pub use listen::{bind, ConnectionLimit};
+pub use listen::{bind, bind_each, ConnectionLimit};
 pub use mirror::{
     Comparison, MirrorEvent, MirrorRecord, MirrorTable, MirrorTarget, SkipReason, MIRROR_HEADER,
 };
