@@ -171,7 +171,11 @@ for line in lines:
                                 p99=float(m.group(5)), errors=int(m.group(6)), runs=m.group(7))
 def ratio(a, b):
     return rows[a]["rps"] / rows[b]["rps"] if a in rows and b in rows and rows[b]["rps"] else float("nan")
+def missing(*ports):
+    return [p for p in ports if p not in rows]
 def line(gg, peer, target):
+    if missing(gg, peer):
+        return f"| {' / '.join(missing(gg, peer))} | (not run: ONLY) | {target}x | |"
     r = ratio(gg, peer)
     ok = "met" if r >= target else "NOT met"
     return f"| {rows[gg]['name']} / {rows[peer]['name']} | {r:.2f}x | {target}x | {ok} |"
@@ -181,11 +185,13 @@ def scaling(one, two):
     a, b = rows[one]["rps"], rows[two]["rps"]
     return f"| {rows[one]['name']} | {a} | {b} | {b / a if a else float('nan'):.2f}x |"
 def p99(gg, peer):
+    if missing(gg, peer):
+        return f"| {' / '.join(missing(gg, peer))} | (not run: ONLY) | | |"
     a, b = rows[gg]["p99"], rows[peer]["p99"]
     return f"| {rows[gg]['name']} | {a:.2f} ms | {rows[peer]['name']} {b:.2f} ms | {'met' if a <= b else 'NOT met'} |"
 micro = open(micro_path).read().strip() if os.path.exists(micro_path) else "(skipped)"
 before_after = ""
-if "18211" in rows:
+if "18211" in rows and not missing("18201", "18003"):
     b, a, n = rows["18211"], rows["18201"], rows["18003"]
     pairs = zip(a["runs"].split(), b["runs"].split())
     rounds = ", ".join(f"{int(x)/int(y):.2f}x" for x, y in pairs if int(y))
