@@ -6,7 +6,8 @@
 //! at one question, [`Router::route`], which the gateway answers from the live policy.
 //!
 //! # The phases of a request
-//! 1. **Accept** ([`serve`], [`serve_front`]): one task per client connection, at most
+//! 1. **Accept** ([`serve`], [`serve_front`]): one task per client connection, on the worker
+//!    whose listening socket the kernel queued it on (`workers`), at most
 //!    [`ProxyConfig::connections`] at once (more wait in the listen backlog). On a TLS
 //!    listener the handshake first (SNI picks the certificate, ALPN the protocol); on a plain
 //!    one the first bytes tell HTTP/2 with prior knowledge from HTTP/1.1. HTTP/1.1 with
