@@ -84,12 +84,17 @@ pub const WORKERS_ENV: &str = "GRAYGATE_WORKERS";
 /// The number of data plane workers: [`WORKERS_ENV`], else the config's `workers`, else one
 /// per core.
 pub fn worker_count(config: &Config) -> Result<usize, StartError> {
-    let configured = match std::env::var(WORKERS_ENV) {
-        Ok(text) => match text.trim().parse::<usize>() {
+    workers_from(std::env::var(WORKERS_ENV).ok(), config.workers)
+}
+
+/// [`worker_count`] from the environment's value and the config's.
+fn workers_from(env: Option<String>, configured: Option<usize>) -> Result<usize, StartError> {
+    let configured = match env {
+        Some(text) => match text.trim().parse::<usize>() {
             Ok(n) if n > 0 => Some(n),
             _ => return Err(StartError::WorkersEnv(text)),
         },
-        Err(_) => config.workers,
+        None => configured,
     };
     Ok(proxy::workers::resolve(configured))
 }
@@ -1081,5 +1086,24 @@ impl Running {
         successor.detach();
         self.draining.start();
         self.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_environment_overrides_the_configured_workers_and_must_be_a_count() {
+        assert_eq!(workers_from(None, Some(2)).unwrap(), 2);
+        assert_eq!(workers_from(Some(" 3 ".into()), Some(2)).unwrap(), 3);
+        assert!(workers_from(None, None).unwrap() >= 1, "one per core");
+        for bad in ["two", "0", "-1", ""] {
+            let e = workers_from(Some(bad.into()), Some(1)).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("GRAYGATE_WORKERS must be a whole number of at least 1, not `{bad}`")
+            );
+        }
     }
 }
