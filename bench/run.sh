@@ -9,6 +9,9 @@
 # and bench/embedded-1m.toml (IP list of one million identities in the embedded store), each with
 # one worker thread as the peers run one nginx worker, runs ../shared/peer/bench.sh over all of
 # them, samples graygate's RSS, runs the policy micro-benchmarks, and writes docs/benchmarks.md.
+# Two workers in the same rounds: plain nginx proxy_pass with `worker_processes 2` (port 18023,
+# its conf made from the peers' plain.conf) and the three graygate configs with `workers = 2`
+# (ports 18221-18223), for the scaling table (1 -> 2 workers).
 # Env: passed to bench.sh (DUR, CONNS, THREADS, WARM, REPS); SKIP_MICRO=1 skips criterion.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,8 +36,21 @@ fi
 cargo build --release --quiet
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/graygate
 
+# A graygate or nginx left running on one of this script's ports would be measured instead of the
+# one started here (start() only waits for the port to answer): refuse to run beside it (before
+# the exit trap, which would stop the peers someone else started).
+for p in 18201 18202 18203 18211 18221 18222 18223 18023; do
+    if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
+        echo "port $p is taken (a graygate or a bench left running?): stop it first"; exit 1
+    fi
+done
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; "$PEER/stop.sh" >/dev/null 2>&1 || true; }
+NGINX2=$WORK/nginx2
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    [ -s "$NGINX2/logs/nginx.pid" ] && kill "$(cat "$NGINX2/logs/nginx.pid")" 2>/dev/null || true
+    "$PEER/stop.sh" >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 
 "$PEER/start.sh" >/dev/null
@@ -59,6 +75,7 @@ with open(sys.argv[1], "w") as f:
         n += 1
 PY
 "$BIN" import --config bench/embedded-1m.toml --list gray_ips "$WORK/ids.txt" >"$WORK/import.log" 2>&1
+cp -r /tmp/graygate-bench/embedded-1m /tmp/graygate-bench/embedded-1m-w2
 
 start() {  # start CONFIG PORT -> pid
     "$BIN" run --config "$1" >"$WORK/$2.log" 2>&1 &
@@ -69,6 +86,31 @@ start() {  # start CONFIG PORT -> pid
 start examples/peer-seed-000.toml 18201; PID_A=${pids[-1]}
 start examples/peer-seed-001.toml 18202; PID_B=${pids[-1]}
 start bench/embedded-1m.toml 18203; PID_E=${pids[-1]}
+
+# Two workers: the same three configs with `workers = 2`, each on its own port and store (the
+# embedded one a copy of the imported million, made above while no graygate held it)...
+two_workers() {  # two_workers CONFIG PORT STORE_FROM STORE_TO -> $WORK/w2-PORT.toml
+    sed -e "s/127.0.0.1:1820\([0-9]\)/127.0.0.1:1822\1/" -e 's/^workers = 1$/workers = 2/' \
+        -e "s|$3|$4|" "$1" >"$WORK/w2-$2.toml"
+    grep -q '^workers = 2$' "$WORK/w2-$2.toml" || { echo "$1: no 'workers = 1' line to change"; exit 1; }
+}
+two_workers examples/peer-seed-000.toml 18221 graygate-data/peer-seed-000 /tmp/graygate-bench/w2-seed-000
+two_workers examples/peer-seed-001.toml 18222 NONE NONE
+two_workers bench/embedded-1m.toml 18223 /tmp/graygate-bench/embedded-1m /tmp/graygate-bench/embedded-1m-w2
+start "$WORK/w2-18221.toml" 18221
+start "$WORK/w2-18222.toml" 18222
+start "$WORK/w2-18223.toml" 18223
+# ...and plain nginx proxy_pass with `worker_processes 2`: the peers' plain.conf and its includes,
+# rendered as start.sh renders them, with two workers and port 18023 (../shared is left as it is).
+mkdir -p "$NGINX2/conf" "$NGINX2/logs" "$NGINX2/tmp"
+for f in main.inc http.inc plain.conf; do sed "s|@PEER@|$PEER|g" "$PEER/conf/$f" >"$NGINX2/conf/$f"; done
+sed -i 's/^worker_processes 1;/worker_processes 2;/' "$NGINX2/conf/main.inc"
+sed -i 's/127.0.0.1:18003/127.0.0.1:18023/' "$NGINX2/conf/plain.conf"
+grep -q '^worker_processes 2;' "$NGINX2/conf/main.inc" && grep -q '127.0.0.1:18023' "$NGINX2/conf/plain.conf" \
+    || { echo "cannot make the two-worker nginx conf from $PEER/conf"; exit 1; }
+nginx -p "$NGINX2/" -c "$NGINX2/conf/plain.conf" -e logs/error.log
+for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/18023) 2>/dev/null && break; sleep 0.1; done
+[ "$(curl -s -m 3 http://127.0.0.1:18023/)" = prod ] || { echo "nginx x2 on :18023 does not proxy"; exit 1; }
 
 # Optional: an earlier build of graygate in the same rounds (BEFORE_BIN=path), for a before/after
 # of a change, on the memcached layout at port 18211.
@@ -82,7 +124,8 @@ if [ -n "${BEFORE_BIN:-}" ]; then
 fi
 
 # Routing check before measuring: each graygate target sends the gray identity to the canary.
-for t in "18201 X-Real-IP: 10.0.0.7" "18202 TOKEN: abc" "18203 X-Real-IP: 10.0.0.7"; do
+for t in "18201 X-Real-IP: 10.0.0.7" "18202 TOKEN: abc" "18203 X-Real-IP: 10.0.0.7" \
+         "18221 X-Real-IP: 10.0.0.7" "18222 TOKEN: abc" "18223 X-Real-IP: 10.0.0.7"; do
     set -- $t; got=$(curl -s -m 3 -H "${*:2}" "http://127.0.0.1:$1/")
     [ "$got" = canary ] || { echo "graygate :$1 answered '$got' for ${*:2}, not canary"; exit 1; }
 done
@@ -102,7 +145,8 @@ peak="$WORK/peak"; echo "0 0 0" >"$peak"
   done ) &
 sampler=$!; pids+=($sampler)
 
-TARGETS_EXTRA=$'graygate seed-000 (memc)|18201|X-Real-IP: 10.0.0.7\ngraygate seed-001 (redis)|18202|TOKEN: abc\ngraygate embedded 1M|18203|X-Real-IP: 10.0.0.7'"$extra_before" \
+two=$'\nplain nginx proxy x2|18023|\ngraygate seed-000 x2|18221|X-Real-IP: 10.0.0.7\ngraygate seed-001 x2|18222|TOKEN: abc\ngraygate embedded x2|18223|X-Real-IP: 10.0.0.7'
+TARGETS_EXTRA=$'graygate seed-000 (memc)|18201|X-Real-IP: 10.0.0.7\ngraygate seed-001 (redis)|18202|TOKEN: abc\ngraygate embedded 1M|18203|X-Real-IP: 10.0.0.7'"$two$extra_before" \
     "$PEER/bench.sh" | tee "$WORK/table.txt"
 kill $sampler 2>/dev/null || true
 read -r peak_a peak_b peak_e <"$peak"
@@ -127,16 +171,27 @@ for line in lines:
                                 p99=float(m.group(5)), errors=int(m.group(6)), runs=m.group(7))
 def ratio(a, b):
     return rows[a]["rps"] / rows[b]["rps"] if a in rows and b in rows and rows[b]["rps"] else float("nan")
+def missing(*ports):
+    return [p for p in ports if p not in rows]
 def line(gg, peer, target):
+    if missing(gg, peer):
+        return f"| {' / '.join(missing(gg, peer))} | (not run: ONLY) | {target}x | |"
     r = ratio(gg, peer)
     ok = "met" if r >= target else "NOT met"
     return f"| {rows[gg]['name']} / {rows[peer]['name']} | {r:.2f}x | {target}x | {ok} |"
+def scaling(one, two):
+    if one not in rows or two not in rows:
+        return f"| {rows.get(one, {}).get('name', one)} | (not run) | | |"
+    a, b = rows[one]["rps"], rows[two]["rps"]
+    return f"| {rows[one]['name']} | {a} | {b} | {b / a if a else float('nan'):.2f}x |"
 def p99(gg, peer):
+    if missing(gg, peer):
+        return f"| {' / '.join(missing(gg, peer))} | (not run: ONLY) | | |"
     a, b = rows[gg]["p99"], rows[peer]["p99"]
     return f"| {rows[gg]['name']} | {a:.2f} ms | {rows[peer]['name']} {b:.2f} ms | {'met' if a <= b else 'NOT met'} |"
 micro = open(micro_path).read().strip() if os.path.exists(micro_path) else "(skipped)"
 before_after = ""
-if "18211" in rows:
+if "18211" in rows and not missing("18201", "18003"):
     b, a, n = rows["18211"], rows["18201"], rows["18003"]
     pairs = zip(a["runs"].split(), b["runs"].split())
     rounds = ", ".join(f"{int(x)/int(y):.2f}x" for x, y in pairs if int(y))
@@ -160,8 +215,10 @@ project's machine ({cores} cores). Every figure below comes from that one run: t
 targets measured in the same interleaved rounds of `../shared/peer/bench.sh`.
 
 Equal cores: every nginx runs one worker, and every graygate runs one worker thread (`workers = 1`
-in `examples/peer-seed-*.toml` and `bench/embedded-1m.toml`). wrk (2 threads), the backends, Redis
-and memcached share the same 2 cores with the system under test.
+in `examples/peer-seed-*.toml` and `bench/embedded-1m.toml`), except the rows marked x2: plain
+nginx proxy_pass with `worker_processes 2` (port 18023, the peers' `plain.conf` with two workers)
+and the same three graygate configs with `workers = 2` (ports 18221-18223). wrk (2 threads), the
+backends, Redis and memcached share the same 2 cores with the system under test.
 
 The graygate targets send the gray identity, so every request goes down the lookup path to the
 canary: `X-Real-IP: 10.0.0.7` (memcached list, and the embedded list of one million identities)
@@ -192,6 +249,27 @@ p99 latency against plain nginx proxy_pass (target: no worse):
 {p99('18201', '18003')}
 {p99('18202', '18003')}
 {p99('18203', '18003')}
+
+## Scaling: one worker to two (Issue 15)
+
+Requests per second with one worker and with two (nginx `worker_processes`, graygate `workers`),
+in the same rounds. On {cores} cores shared with wrk, the backends and the stores, a second worker
+mostly takes the CPU time the first one left to the others.
+
+| target | 1 worker | 2 workers | 2 / 1 |
+|---|---|---|---|
+{scaling('18003', '18023')}
+{scaling('18201', '18221')}
+{scaling('18202', '18222')}
+{scaling('18203', '18223')}
+
+Target at two workers: graygate at least as fast as plain nginx proxy_pass with two workers.
+
+| graygate / peer | ratio | target | |
+|---|---|---|---|
+{line('18221', '18023', 1.0)}
+{line('18222', '18023', 1.0)}
+{line('18223', '18023', 1.0)}
 
 {before_after}
 ## Memory (RSS)

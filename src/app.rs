@@ -65,6 +65,38 @@ pub enum StartError {
     /// A process started by an upgrade could not take over from the old one.
     #[error("upgrade: {0}")]
     Upgrade(#[from] UpgradeError),
+    /// `GRAYGATE_WORKERS` is set to something that is not a number of workers.
+    #[error("{WORKERS_ENV} must be a whole number of at least 1, not `{0}`")]
+    WorkersEnv(String),
+    /// A data plane worker thread could not be started (the system's thread limit).
+    #[error("cannot start data plane worker {index}: {source}")]
+    Worker {
+        index: usize,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Overrides the config's `workers` (a container's CPU share is often known only where it
+/// runs).
+pub const WORKERS_ENV: &str = "GRAYGATE_WORKERS";
+
+/// The number of data plane workers: [`WORKERS_ENV`], else the config's `workers`, else one
+/// per core.
+pub fn worker_count(config: &Config) -> Result<usize, StartError> {
+    workers_from(std::env::var(WORKERS_ENV).ok(), config.workers)
+}
+
+/// [`worker_count`] from the environment's value and the config's.
+fn workers_from(env: Option<String>, configured: Option<usize>) -> Result<usize, StartError> {
+    let configured = match env {
+        Some(text) => match text.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => return Err(StartError::WorkersEnv(text)),
+        },
+        None => configured,
+    };
+    Ok(proxy::workers::resolve(configured))
 }
 
 /// graygate's listeners, named in bind errors as the config names them.
@@ -138,6 +170,57 @@ async fn bind(
         listener: socket,
         addr: bound,
         handed: (key, copy),
+    })
+}
+
+/// The listening sockets of one data plane address: one per worker when they could be bound so,
+/// else those an upgrade's old process handed over (see `proxy::workers`). Not yet taken by a
+/// runtime: each worker takes its own.
+struct Group {
+    /// Which listener, for errors.
+    listener: Listener,
+    sockets: Vec<std::net::TcpListener>,
+    /// The bound address (port 0 in the config becomes the port the OS chose).
+    addr: SocketAddr,
+}
+
+/// Binds the sockets of one data plane address for `workers` workers
+/// ([`proxy::listen::bind_each`]), or takes every one an upgrade's old process handed over for
+/// it. Inherited sockets with `SO_REUSEPORT` get company up to one per worker; inherited ones
+/// without it (an old process with one worker) are shared by the workers.
+fn bind_group(
+    listener: Listener,
+    addr: SocketAddr,
+    backlog: u32,
+    workers: usize,
+    inherited: &Inheritance,
+    handed: &mut Vec<(String, OwnedFd)>,
+) -> Result<Group, StartError> {
+    let bind_error = |source| StartError::Bind {
+        listener,
+        addr,
+        source,
+    };
+    let key = upgrade::listener_key(listener.key(), addr);
+    let mut sockets = inherited.take_listeners(&key);
+    if sockets.is_empty() {
+        sockets = proxy::bind_each(addr, backlog, workers).map_err(bind_error)?;
+    } else if sockets.len() < workers && proxy::listen::has_reuse_port(&sockets[0]) {
+        let at = sockets[0].local_addr().map_err(bind_error)?;
+        while sockets.len() < workers {
+            sockets.push(proxy::listen::bind_std(at, backlog, true).map_err(bind_error)?);
+        }
+    }
+    for socket in &sockets {
+        socket.set_nonblocking(true).map_err(bind_error)?;
+        let copy = socket.as_fd().try_clone_to_owned().map_err(bind_error)?;
+        handed.push((key.clone(), copy));
+    }
+    let bound = sockets[0].local_addr().map_err(bind_error)?;
+    Ok(Group {
+        listener,
+        sockets,
+        addr: bound,
     })
 }
 
@@ -239,6 +322,9 @@ pub async fn start_with(
     inherited: &Inheritance,
     store: impl Future<Output = Result<Arc<dyn Store>, StartError>>,
 ) -> Result<Running, StartError> {
+    let workers = worker_count(config)?;
+    // Before the upstream pools are made: they keep idle connections per worker.
+    proxy::workers::set_count(workers);
     let upstreams = Arc::new(LiveUpstreams::new(
         config.upstreams.clone(),
         &config.timeouts,
@@ -251,8 +337,8 @@ pub async fn start_with(
     // The first health check of every checked server, before any listener opens: a server that
     // is down from the start never gets a request.
     upstreams.start_health_checks().await;
-    let limits = ListenerLimits::of(config);
-    let sockets = Sockets::bind(config, inherited).await?;
+    let limits = ListenerLimits::of(config, workers);
+    let sockets = Sockets::bind(config, workers, inherited).await?;
     if let AccessLogTarget::File(path) = &config.access_log.target {
         if config.access_log.format != AccessLogFormat::Off {
             open_access_log(path).await?;
@@ -329,12 +415,6 @@ pub async fn start_with(
     });
     let draining = proxy_config.draining.clone();
     let (stop, stopped) = watch::channel(false);
-    let shutdown_signal = |stopped: &watch::Receiver<bool>| {
-        let mut stopped = stopped.clone();
-        async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }
-    };
     let Sockets {
         metrics: metrics_socket,
         tls: tls_sockets,
@@ -358,41 +438,32 @@ pub async fn start_with(
     let mut tls_addrs = Vec::new();
     let mut cert_watcher = None;
     let mut redirect = None;
+    let mut data_plane = Vec::new();
     if let (Some(tls), Some(terminator)) = (&config.tls, terminator) {
         reloader.set_tls(terminator.certs().clone());
         cert_watcher = Some(terminator.certs().spawn_watch(tls.watch_interval));
-        for (listener, bound) in tls_sockets {
-            tls_addrs.push(bound);
-            let router: Arc<dyn proxy::Router> = gateway.clone();
-            servers.push(tokio::spawn(proxy::serve_front(
-                listener,
-                Front::Tls(terminator.clone()),
-                proxy_config.clone(),
-                upstreams.clone(),
-                router,
-                shutdown_signal(&stopped),
-            )));
+        for group in tls_sockets {
+            tls_addrs.push(group.addr);
+            data_plane.push((group, Front::Tls(terminator.clone())));
         }
         if tls.redirect_http {
             redirect = tls_addrs.first().map(|a| HttpsRedirect::to_port(a.port()));
         }
     }
-    for (listener, bound) in plain_sockets {
-        addrs.push(bound);
+    for group in plain_sockets {
+        addrs.push(group.addr);
         let front = match redirect {
             Some(redirect) => Front::Redirect(redirect),
             None => Front::Plain,
         };
-        let router: Arc<dyn proxy::Router> = gateway.clone();
-        servers.push(tokio::spawn(proxy::serve_front(
-            listener,
-            front,
-            proxy_config.clone(),
-            upstreams.clone(),
-            router,
-            shutdown_signal(&stopped),
-        )));
+        data_plane.push((group, front));
     }
+    let plane = DataPlane {
+        cfg: proxy_config.clone(),
+        upstreams: upstreams.clone(),
+        router: gateway.clone(),
+    };
+    servers.extend(serve_data_plane(data_plane, workers, plane, &stopped)?);
     // The admin API is served last: once it answers, the traffic listeners are up (`/readyz`).
     let mut admin_addr = None;
     if let (Some(admin), Some((listener, bound))) = (&config.admin, admin_socket) {
@@ -446,11 +517,121 @@ pub async fn start_with(
     })
 }
 
+/// Completes when `stopped` turns true (or its sender is gone: a start that failed half-way).
+fn shutdown_signal(stopped: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    let mut stopped = stopped.clone();
+    async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    }
+}
+
+/// What every data plane listener serves with, whichever worker it runs on.
+#[derive(Clone)]
+struct DataPlane {
+    cfg: Arc<ProxyConfig>,
+    upstreams: Arc<LiveUpstreams>,
+    router: Arc<dyn proxy::Router>,
+}
+
+impl DataPlane {
+    /// Serves `listener` until `stopped` (see [`proxy::serve_front`]).
+    fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        front: Front,
+        stopped: &watch::Receiver<bool>,
+    ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
+        proxy::serve_front(
+            listener,
+            front,
+            self.cfg.clone(),
+            self.upstreams.clone(),
+            self.router.clone(),
+            shutdown_signal(stopped),
+        )
+    }
+}
+
+/// Serves the data plane's sockets until `stopped`: with one worker on this runtime, as before
+/// workers existed; with more, on as many worker threads (`proxy::workers`), each serving the
+/// sockets [`proxy::workers::spread`] gives it. One task per listener (one alone), or per worker.
+fn serve_data_plane(
+    groups: Vec<(Group, Front)>,
+    workers: usize,
+    plane: DataPlane,
+    stopped: &watch::Receiver<bool>,
+) -> Result<Vec<JoinHandle<std::io::Result<()>>>, StartError> {
+    // Each worker's sockets. A socket that several workers serve is a descriptor of its own in
+    // each (every runtime registers the one it was given); the originals close at the end.
+    let mut each: Vec<Vec<(std::net::TcpListener, Front)>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    for (group, front) in groups {
+        let spread = proxy::workers::spread(group.sockets.len(), workers);
+        for (worker, served) in spread.into_iter().enumerate() {
+            for j in served {
+                let socket = group.sockets[j]
+                    .try_clone()
+                    .map_err(|source| StartError::Bind {
+                        listener: group.listener,
+                        addr: group.addr,
+                        source,
+                    })?;
+                each[worker].push((socket, front.clone()));
+            }
+        }
+    }
+    if workers == 1 {
+        let mut servers = Vec::new();
+        for (socket, front) in each.into_iter().flatten() {
+            let listener = tokio::net::TcpListener::from_std(socket)
+                .map_err(|source| StartError::Worker { index: 0, source })?;
+            servers.push(tokio::spawn(plane.serve(listener, front, stopped)));
+        }
+        return Ok(servers);
+    }
+    let each = each
+        .into_iter()
+        .enumerate()
+        .map(|(index, sockets)| {
+            let plane = plane.clone();
+            let stopped = stopped.clone();
+            move || serve_worker(index, sockets, plane, stopped)
+        })
+        .collect();
+    proxy::workers::spawn_all(each).map_err(|(index, source)| StartError::Worker { index, source })
+}
+
+/// One worker's part of the data plane, run on its own runtime: serves its sockets until
+/// `stopped`, and ends with the first error a listener ended with.
+async fn serve_worker(
+    index: usize,
+    sockets: Vec<(std::net::TcpListener, Front)>,
+    plane: DataPlane,
+    stopped: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let mut served = Vec::new();
+    for (socket, front) in sockets {
+        let listener = tokio::net::TcpListener::from_std(socket).inspect_err(|e| {
+            tracing::error!(worker = index, error = %e, "data plane worker cannot serve its listening socket");
+        })?;
+        served.push(tokio::spawn(plane.serve(listener, front, &stopped)));
+    }
+    let mut ended = Ok(());
+    for listener in served {
+        match listener.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => ended = Err(e),
+            Err(e) => ended = Err(std::io::Error::other(e)),
+        }
+    }
+    ended
+}
+
 /// Every listener of a config, bound (and its bound address), not yet served.
 struct Sockets {
     metrics: Option<(tokio::net::TcpListener, SocketAddr)>,
-    tls: Vec<(tokio::net::TcpListener, SocketAddr)>,
-    plain: Vec<(tokio::net::TcpListener, SocketAddr)>,
+    tls: Vec<Group>,
+    plain: Vec<Group>,
     admin: Option<(tokio::net::TcpListener, SocketAddr)>,
     /// A copy of each, to hand to an upgrade's new process.
     handed: Vec<(String, OwnedFd)>,
@@ -459,33 +640,47 @@ struct Sockets {
 impl Sockets {
     /// Binds them all (or takes them over from an upgrade's old process), or fails naming the
     /// first that cannot be bound (those bound before it are closed when they are dropped).
-    async fn bind(config: &Config, inherited: &Inheritance) -> Result<Sockets, StartError> {
+    async fn bind(
+        config: &Config,
+        workers: usize,
+        inherited: &Inheritance,
+    ) -> Result<Sockets, StartError> {
         let backlog = config.listen_backlog;
         let mut handed = Vec::new();
-        let mut keep = |bound: Bound| {
+        let keep = |handed: &mut Vec<(String, OwnedFd)>, bound: Bound| {
             handed.push(bound.handed);
             (bound.listener, bound.addr)
         };
         let metrics = match config.metrics.listen {
-            Some(addr) => Some(keep(
-                bind(Listener::Metrics, addr, backlog, inherited).await?,
-            )),
+            Some(addr) => {
+                let bound = bind(Listener::Metrics, addr, backlog, inherited).await?;
+                Some(keep(&mut handed, bound))
+            }
             None => None,
         };
         let mut tls = Vec::new();
         for addr in config.tls.iter().flat_map(|t| t.listen.iter()) {
-            tls.push(keep(bind(Listener::Tls, *addr, backlog, inherited).await?));
+            let group = bind_group(
+                Listener::Tls,
+                *addr,
+                backlog,
+                workers,
+                inherited,
+                &mut handed,
+            )?;
+            tls.push(group);
         }
         let mut plain = Vec::new();
         for addr in &config.listen {
-            plain.push(keep(
-                bind(Listener::DataPlane, *addr, backlog, inherited).await?,
-            ));
+            let listener = Listener::DataPlane;
+            let group = bind_group(listener, *addr, backlog, workers, inherited, &mut handed)?;
+            plain.push(group);
         }
         let admin = match &config.admin {
-            Some(admin) => Some(keep(
-                bind(Listener::Admin, admin.listen, backlog, inherited).await?,
-            )),
+            Some(admin) => {
+                let bound = bind(Listener::Admin, admin.listen, backlog, inherited).await?;
+                Some(keep(&mut handed, bound))
+            }
             None => None,
         };
         Ok(Sockets {
@@ -516,7 +711,7 @@ struct ListenerLimits {
 impl ListenerLimits {
     /// The limits `config` sets; raises the open-file limit first, since the data plane's
     /// default is sized for it.
-    fn of(config: &Config) -> ListenerLimits {
+    fn of(config: &Config, workers: usize) -> ListenerLimits {
         let admin = config
             .admin
             .as_ref()
@@ -532,7 +727,7 @@ impl ListenerLimits {
         // Raises the open-file limit first: the data plane's limit is sized for it.
         let data = proxy::listen::prepare_fd_limit(config.max_connections, others);
         ListenerLimits {
-            data: ConnectionLimit::new("data", data),
+            data: ConnectionLimit::of_workers("data", data, workers),
             admin: ConnectionLimit::new("admin", admin),
             metrics: ConnectionLimit::new("metrics", config.metrics.max_connections),
             has_admin,
@@ -891,5 +1086,24 @@ impl Running {
         successor.detach();
         self.draining.start();
         self.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_environment_overrides_the_configured_workers_and_must_be_a_count() {
+        assert_eq!(workers_from(None, Some(2)).unwrap(), 2);
+        assert_eq!(workers_from(Some(" 3 ".into()), Some(2)).unwrap(), 3);
+        assert!(workers_from(None, None).unwrap() >= 1, "one per core");
+        for bad in ["two", "0", "-1", ""] {
+            let e = workers_from(Some(bad.into()), Some(1)).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("GRAYGATE_WORKERS must be a whole number of at least 1, not `{bad}`")
+            );
+        }
     }
 }

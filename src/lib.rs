@@ -12,7 +12,8 @@
 //!   embedded store (redb) is the default.
 //! - [`rollout`]: PURE core of rollouts: the plan and its states, the transitions, the per-version
 //!   counters, the statistics and the verdict on a window of canary against stable traffic.
-//! - [`proxy`]: the data plane on hyper: listener, TLS termination (SNI, certificates reloaded
+//! - [`proxy`]: the data plane on hyper: its workers (a thread and an event loop each, a
+//!   listening socket each), listener, TLS termination (SNI, certificates reloaded
 //!   without a restart), HTTP/1.1 and HTTP/2 to clients, client IP, the strict edge, forwarding,
 //!   upstream pools, health checks and passive ejection, fallback, retries, traffic mirroring
 //!   (copies of a share of a service's requests to another version, fire and forget).

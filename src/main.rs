@@ -116,7 +116,7 @@ fn main() -> ExitCode {
                 .and_then(|c| {
                     let log = init_logging(c.log.format);
                     let inherited = inherited?;
-                    runtime(c.workers).and_then(|rt| rt.block_on(run(c, log, inherited)))
+                    runtime(false).and_then(|rt| rt.block_on(run(c, log, inherited)))
                 })
         }
         Command::Import {
@@ -128,14 +128,14 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(|c| {
                 init_logging(c.log.format);
-                runtime(Some(1)).and_then(|rt| rt.block_on(import(c, list, ttl, file)))
+                runtime(false).and_then(|rt| rt.block_on(import(c, list, ttl, file)))
             }),
         Command::Demo {
             listen,
             walkthrough: None,
         } => {
             init_logging(LogFormat::Text);
-            runtime(None).and_then(|rt| {
+            runtime(true).and_then(|rt| {
                 // The stop signals are taken over inside the runtime, which they register with.
                 rt.block_on(async { demo::run(listen, stop_signal()).await })
                     .map_err(Into::into)
@@ -153,7 +153,7 @@ fn main() -> ExitCode {
             } else {
                 demo::rollout::Canary::Healthy
             };
-            runtime(None).and_then(|rt| {
+            runtime(true).and_then(|rt| {
                 rt.block_on(async { demo::rollout::run(canary, stop_signal()).await })
                     .with_context(|| canary.command())
             })
@@ -222,25 +222,15 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     graygate::store::ErrorChain(error).to_string()
 }
 
-/// Worker threads: `GRAYGATE_WORKERS`, else the config's `workers`, else one per core.
-fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let from_env = match std::env::var("GRAYGATE_WORKERS") {
-        Ok(n) => Some(
-            n.parse::<usize>()
-                .context("GRAYGATE_WORKERS must be a whole number")?,
-        ),
-        Err(_) => None,
-    };
-    let mut builder = match from_env.or(workers) {
-        // One worker: everything on this thread, so no wake-up ever crosses threads (measured:
-        // the multi-thread scheduler with one worker spends its time in cross-thread wake-ups).
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n.max(1));
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
+/// The main runtime. `run` uses a single-threaded one: the data plane runs on worker threads of
+/// its own (`workers`, see `graygate::proxy::workers`), or on this one with one worker, where no
+/// wake-up then ever crosses threads (measured: the multi-thread scheduler with one worker
+/// spends its time in cross-thread wake-ups). The demos use the multi-thread one.
+fn runtime(multi_thread: bool) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
     };
     builder
         .enable_all()

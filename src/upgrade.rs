@@ -5,7 +5,9 @@
 //!
 //! The listening sockets are inherited, not bound again: the kernel's queue of connections not
 //! yet accepted belongs to the socket, so no connection is refused or reset in between, and the
-//! old process and the new one both accept from it until the old one stops.
+//! old process and the new one both accept from it until the old one stops. A data plane
+//! address has one socket per worker (`SO_REUSEPORT`): all of them are handed over and all are
+//! served by the new process, whatever its number of workers (`proxy::workers::spread`).
 //!
 //! The two processes speak over a Unix socket pair, one line per message:
 //! 1. the successor reads its config, builds its upstreams and certificates, runs its first
@@ -133,6 +135,13 @@ impl Inheritance {
             listeners.remove(key);
         }
         Some(std::net::TcpListener::from(fd))
+    }
+
+    /// Every inherited listening socket with `key`, in the order they were handed (a data plane
+    /// address has one per worker of the old process); empty when there is none.
+    pub fn take_listeners(&self, key: &str) -> Vec<std::net::TcpListener> {
+        let fds = lock(&self.listeners).remove(key).unwrap_or_default();
+        fds.into_iter().map(std::net::TcpListener::from).collect()
     }
 
     /// The control socket to the predecessor, once.
@@ -421,6 +430,7 @@ mod tests {
         let none = Inheritance::default();
         assert!(!none.is_successor());
         assert!(none.take_listener("plain@127.0.0.1:0").is_none());
+        assert!(none.take_listeners("plain@127.0.0.1:0").is_empty());
         assert!(none.predecessor().is_none());
     }
 

@@ -1,6 +1,7 @@
 //! The listener metrics: per listener group (`data`, `admin`, `metrics`), the connections open and
 //! the limit, how often the limit stopped accepting, and the failures of `accept(2)` by reason;
-//! and the upstream connects that found no file descriptor left.
+//! and the upstream connects that found no file descriptor left; and the connections each data
+//! plane worker accepted.
 //!
 //! Kept apart from the request metrics (`metrics`) because they are about graygate's own
 //! resources, not the traffic: they are what tells "out of file descriptors" from "upstream
@@ -24,6 +25,8 @@ pub(super) struct ConnectionMetrics {
     accept_errors: IntCounterVec,
     /// `graygate_upstream_connect_fd_limit_total`.
     upstream_fd_limit: IntCounter,
+    /// `graygate_worker_connections_total{worker}`.
+    worker_connections: IntCounterVec,
 }
 
 impl ConnectionMetrics {
@@ -68,12 +71,26 @@ impl ConnectionMetrics {
                 )
                 .expect("valid metric"),
             ),
+            worker_connections: counter(
+                "graygate_worker_connections_total",
+                "Client connections accepted by each data plane worker (plain and TLS), by worker index: how the kernel spreads them over the workers' listening sockets.",
+                &["worker"],
+            ),
         }
     }
 
     /// Brings the series up to date from the listeners' counters.
     pub(super) fn pull(&self, limits: &[ConnectionLimit]) {
         for limit in limits {
+            for (worker, accepted) in limit.accepted_by_worker().into_iter().enumerate() {
+                let worker = worker.to_string();
+                advance(
+                    &self
+                        .worker_connections
+                        .with_label_values(&[worker.as_str()]),
+                    accepted,
+                );
+            }
             let stats = limit.stats();
             let name = [stats.listener];
             self.open
@@ -129,5 +146,28 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("listener=\"metrics\""), "{text}");
+    }
+
+    #[test]
+    fn the_connections_of_each_data_plane_worker_are_exported() {
+        let data = ConnectionLimit::of_workers("data", 100, 2);
+        let admin = ConnectionLimit::new("admin", 8);
+        let metrics = Metrics::new(Sources {
+            listeners: vec![data, admin],
+            ..Sources::default()
+        });
+        let text = metrics.render();
+        for line in [
+            "graygate_worker_connections_total{worker=\"0\"} 0",
+            "graygate_worker_connections_total{worker=\"1\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
+        // The admin listener runs on the main runtime: no worker of its own.
+        let workers = text
+            .lines()
+            .filter(|l| l.starts_with("graygate_worker_connections_total{"))
+            .count();
+        assert_eq!(workers, 2, "{text}");
     }
 }

@@ -6,6 +6,9 @@
 //! - **Backlog.** [`bind`] makes every listening socket with `SO_REUSEADDR` and the configured
 //!   backlog (`listen_backlog`, default 511 as nginx: 128, tokio's, drops the SYNs of a burst of
 //!   thousands of new connections, which clients see as connect timeouts).
+//! - **One socket per worker.** With several data plane workers, [`bind_each`] binds one
+//!   socket per worker on the same address with `SO_REUSEPORT`: the kernel spreads new
+//!   connections over their queues, so an accept wakes one worker (see `workers`).
 //! - **Connection limits.** Each listener group has a [`ConnectionLimit`] (the data plane, plain
 //!   and TLS together; the admin API; the metrics). At the limit, [`accept`] does not call
 //!   `accept(2)` until a connection ends: the clients wait in the kernel's backlog instead of
@@ -20,6 +23,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,12 +54,95 @@ pub const FD_LIMIT_PAUSE: Duration = Duration::from_millis(100);
 /// connections' `TIME_WAIT`) and `backlog` (see the module documentation). Must run inside the
 /// tokio runtime.
 pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    TcpListener::from_std(bind_std(addr, backlog, false)?)
+}
+
+/// [`bind`] without a runtime: the socket is non-blocking, for a runtime to take it later (a
+/// worker thread's, see `workers`). With `reuse_port`, `SO_REUSEPORT` is set too, so that
+/// more sockets can listen on the same address, each with its own queue of connections.
+pub fn bind_std(
+    addr: SocketAddr,
+    backlog: u32,
+    reuse_port: bool,
+) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        set_reuse_port(&socket)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
+}
+
+/// `count` listening sockets on `addr`, one per data plane worker: with more than one, each has
+/// `SO_REUSEPORT` and the kernel spreads new connections over them (a port 0 in `addr` becomes
+/// the port the first one got, for all). One alone is bound as [`bind`] binds it.
+///
+/// `SO_REUSEPORT` would also let these sockets join sockets already listening on the address
+/// with it (another graygate with several workers, left running): the address is checked first
+/// with a socket without it, which any listener there refuses (`EADDRINUSE`), so that a
+/// forgotten instance is an error at start, not a silent half of the traffic.
+pub fn bind_each(
+    addr: SocketAddr,
+    backlog: u32,
+    count: usize,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    if count <= 1 {
+        return Ok(vec![bind_std(addr, backlog, false)?]);
+    }
+    if addr.port() != 0 {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into())?;
+    }
+    let first = bind_std(addr, backlog, true)?;
+    let bound = first.local_addr()?;
+    let mut sockets = vec![first];
+    while sockets.len() < count {
+        sockets.push(bind_std(bound, backlog, true)?);
+    }
+    Ok(sockets)
+}
+
+/// Sets `SO_REUSEPORT` on `socket` (socket2 has it only behind a feature that would rebuild
+/// tokio and everything on it).
+fn set_reuse_port(socket: &impl AsRawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads `len` bytes from `on`, which lives for the call.
+    let done = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEPORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether `socket` has `SO_REUSEPORT`: more sockets can then be bound beside it (an upgrade's
+/// new process with more workers than the old one handed sockets to).
+pub fn has_reuse_port(socket: &impl AsRawFd) -> bool {
+    let mut on: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `on`, which lives for the call.
+    let done = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEPORT,
+            (&mut on as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    done == 0 && on != 0
 }
 
 /// Why `accept(2)` failed, as far as what to do next goes.
@@ -146,6 +233,10 @@ struct LimitState {
     at_limit: Episode,
     /// Out of file descriptors now (the same, for `EMFILE`/`ENFILE`).
     fd_exhausted: Episode,
+    /// Connections accepted by each data plane worker, so that an operator sees the kernel
+    /// spread them (`graygate_worker_connections_total`). Empty for a listener the main
+    /// runtime serves alone (admin, metrics).
+    by_worker: Box<[AtomicU64]>,
 }
 
 /// What a [`ConnectionLimit`] counted, for the metrics.
@@ -188,6 +279,12 @@ impl std::fmt::Debug for ConnectionLimit {
 impl ConnectionLimit {
     /// A limit of `max` connections (at least 1) for the listener group `name`.
     pub fn new(name: &'static str, max: usize) -> ConnectionLimit {
+        ConnectionLimit::of_workers(name, max, 0)
+    }
+
+    /// [`ConnectionLimit::new`] for a listener group served by `workers` data plane workers,
+    /// whose accepts are also counted per worker.
+    pub fn of_workers(name: &'static str, max: usize, workers: usize) -> ConnectionLimit {
         let max = max.clamp(1, Semaphore::MAX_PERMITS);
         ConnectionLimit(Arc::new(LimitState {
             name,
@@ -197,7 +294,17 @@ impl ConnectionLimit {
             failures: Default::default(),
             at_limit: Episode::default(),
             fd_exhausted: Episode::default(),
+            by_worker: (0..workers).map(|_| AtomicU64::new(0)).collect(),
         }))
+    }
+
+    /// Connections accepted so far by each worker, in worker order; empty when not counted.
+    pub fn accepted_by_worker(&self) -> Vec<u64> {
+        self.0
+            .by_worker
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// The listener group's name (the metrics' `listener` label).
@@ -289,8 +396,13 @@ impl ConnectionLimit {
         }
     }
 
-    /// A connection was accepted: an out-of-descriptors episode is over.
+    /// A connection was accepted (by the worker this runs on): an out-of-descriptors episode is
+    /// over.
     fn accepted(&self) {
+        let by_worker = &self.0.by_worker;
+        if !by_worker.is_empty() {
+            by_worker[super::workers::shard(by_worker.len())].fetch_add(1, Ordering::Relaxed);
+        }
         if self.0.fd_exhausted.end() {
             info!(
                 listener = self.0.name,
@@ -557,6 +669,92 @@ mod tests {
         let mut byte = [0u8; 1];
         server.read_exact(&mut byte).await.unwrap();
         assert_eq!(&byte, b"x");
+    }
+
+    #[test]
+    fn each_worker_gets_a_socket_on_the_same_address_and_the_kernel_spreads_connections() {
+        let sockets = bind_each(loopback(), 128, 3).unwrap();
+        assert_eq!(sockets.len(), 3);
+        let addr = sockets[0].local_addr().unwrap();
+        assert_ne!(addr.port(), 0);
+        for socket in &sockets {
+            assert_eq!(socket.local_addr().unwrap(), addr);
+            assert!(has_reuse_port(socket));
+        }
+        // Each new connection is queued on one socket, by a hash of its addresses: every socket
+        // gets some of 64 (the chance that one gets none is below 3 * (2/3)^64).
+        let clients: Vec<_> = (0..64)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let mut accepted = [0usize; 3];
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while accepted.iter().sum::<usize>() < clients.len() && std::time::Instant::now() < deadline
+        {
+            for (socket, n) in sockets.iter().zip(&mut accepted) {
+                while socket.accept().is_ok() {
+                    *n += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(accepted.iter().sum::<usize>(), 64, "{accepted:?}");
+        assert!(accepted.iter().all(|&n| n > 0), "{accepted:?}");
+    }
+
+    #[test]
+    fn a_second_group_on_a_taken_address_is_refused() {
+        let group = bind_each(loopback(), 16, 2).unwrap();
+        let addr = group[0].local_addr().unwrap();
+        // Another graygate with workers on the same port would join the group through
+        // SO_REUSEPORT and take half of the traffic: refused, like any taken address.
+        let e = bind_each(addr, 16, 2).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        let e = bind_each(addr, 16, 1).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        // One worker binds as before, without SO_REUSEPORT, and holds its address alone.
+        let single = bind_each(loopback(), 16, 1).unwrap();
+        assert_eq!(single.len(), 1);
+        assert!(!has_reuse_port(&single[0]));
+        let e = bind_each(single[0].local_addr().unwrap(), 16, 2).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    #[tokio::test]
+    async fn accepts_are_counted_by_the_worker_that_made_them() {
+        let limit = ConnectionLimit::of_workers("data", 8, 2);
+        let listener = bind_std(loopback(), 16, false).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _a = TcpStream::connect(addr).await.unwrap();
+        let _b = TcpStream::connect(addr).await.unwrap();
+        // Off the workers (the main runtime): the first worker's count.
+        let here = TcpListener::from_std(listener.try_clone().unwrap()).unwrap();
+        let (_first, _, _slot) = accept(&here, &limit).await;
+        assert_eq!(limit.accepted_by_worker(), vec![1, 0]);
+        // Worker 1 accepts the second connection; worker 0 nothing.
+        let each = (0..2)
+            .map(|index| {
+                let listener = listener.try_clone().unwrap();
+                let counted = limit.clone();
+                move || async move {
+                    if index == 1 {
+                        let listener = TcpListener::from_std(listener)?;
+                        let (_second, _, _slot) = accept(&listener, &counted).await;
+                    }
+                    Ok(())
+                }
+            })
+            .collect();
+        for worker in super::super::workers::spawn_all(each).unwrap() {
+            tokio::time::timeout(Duration::from_secs(10), worker)
+                .await
+                .expect("the worker accepted")
+                .unwrap()
+                .unwrap();
+        }
+        assert_eq!(limit.accepted_by_worker(), vec![1, 1]);
+        assert!(ConnectionLimit::new("admin", 8)
+            .accepted_by_worker()
+            .is_empty());
     }
 
     #[tokio::test]

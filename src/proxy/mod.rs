@@ -6,7 +6,8 @@
 //! at one question, [`Router::route`], which the gateway answers from the live policy.
 //!
 //! # The phases of a request
-//! 1. **Accept** ([`serve`], [`serve_front`]): one task per client connection, at most
+//! 1. **Accept** ([`serve`], [`serve_front`]): one task per client connection, on the worker
+//!    whose listening socket the kernel queued it on (`workers`), at most
 //!    [`ProxyConfig::connections`] at once (more wait in the listen backlog). On a TLS
 //!    listener the handshake first (SNI picks the certificate, ALPN the protocol); on a plain
 //!    one the first bytes tell HTTP/2 with prior knowledge from HTTP/1.1. HTTP/1.1 with
@@ -67,6 +68,8 @@
 //!   descriptors; shared by every listener, the admin and metrics ones too.
 //! - `server`: the listener, per-connection serving, the request phases above, graceful
 //!   shutdown.
+//! - `workers`: the data plane's worker threads, a single-threaded runtime each, and which
+//!   listening socket each serves.
 //! - `protocol`: which HTTP a client connection speaks (ALPN, or the HTTP/2 preface).
 //! - `http2`: HTTP/2 to clients: the flood limits, `:authority` and `Host`.
 //! - `tls`: TLS termination: certificates by SNI, reloaded without a restart, the redirect to
@@ -87,6 +90,7 @@ pub mod tls;
 mod upstream;
 mod upstream_protocol;
 mod upstream_tls;
+pub mod workers;
 
 pub use client_ip::{ClientIpConfig, ClientIpMode, X_FORWARDED_FOR, X_REAL_IP};
 pub use edge::{
@@ -99,7 +103,7 @@ pub use health::{
     DEFAULT_HEALTH_PATH,
 };
 pub use http2::Http2Settings;
-pub use listen::{bind, ConnectionLimit};
+pub use listen::{bind, bind_each, ConnectionLimit};
 pub use mirror::{
     Comparison, MirrorEvent, MirrorRecord, MirrorTable, MirrorTarget, SkipReason, MIRROR_HEADER,
 };

@@ -389,9 +389,11 @@ pub async fn serve_front(
         .is_err()
     {
         let left = open_now.load(Ordering::Relaxed);
+        // One line per listening socket: with several workers, each worker's own.
         warn!(
             connections = left,
             deadline = ?deadline,
+            worker = super::workers::current(),
             "shutdown: {left} connection(s) still busy after timeouts.shutdown were closed"
         );
         let _ = close_tx.send(true);

@@ -70,7 +70,8 @@ use super::upstream_protocol::{self, H2Connection, Transport};
 use super::upstream_tls::{TlsError, UpstreamIo};
 use super::{BoxError, ProxyBody, Timeouts};
 
-/// Idle connections kept per server. Beyond this, a connection that finishes a request is
+/// Idle connections kept per server and data plane worker (as nginx's `keepalive`, which is per
+/// worker process). Beyond this, a connection that finishes a request is
 /// closed: enough to absorb bursts, small enough not to hold thousands of sockets open.
 const MAX_IDLE_PER_SERVER: usize = 64;
 
@@ -572,8 +573,10 @@ struct Server {
 /// Idle connections to one server, newest last (reused first, so the oldest ones expire): hyper's
 /// and graygate's own (`super::h1`), each kind for the requests its client carries.
 struct Pool {
-    idle: Mutex<Vec<IdleSender>>,
-    own: Mutex<Vec<IdleConn>>,
+    /// One set of lists per data plane worker (`workers`): a connection is driven by the
+    /// runtime of the worker that opened it, so it is reused by that worker's requests only
+    /// (another worker's would wake it across threads on every exchange).
+    idle: Box<[WorkerIdle]>,
     /// Connections idle longer than this are closed, not reused: the upstream may have closed
     /// them already.
     idle_timeout: Duration,
@@ -583,6 +586,16 @@ struct Pool {
 struct IdleConn {
     conn: h1::Conn,
     since: Instant,
+}
+
+/// One worker's idle connections to one server (hyper's senders, graygate's own connections),
+/// aligned to a cache line pair of its own so that two workers taking and returning
+/// connections never write to the same line.
+#[repr(align(128))]
+#[derive(Default)]
+struct WorkerIdle {
+    senders: Mutex<Vec<IdleSender>>,
+    own: Mutex<Vec<IdleConn>>,
 }
 
 /// A connection that finished its last exchange at `since`.
@@ -1415,8 +1428,9 @@ impl Upstream {
                 weight: s.weight,
                 pool: pool_before(&s.addr).unwrap_or_else(|| {
                     Arc::new(Pool {
-                        idle: Mutex::new(Vec::new()),
-                        own: Mutex::new(Vec::new()),
+                        idle: (0..super::workers::count())
+                            .map(|_| WorkerIdle::default())
+                            .collect(),
                         idle_timeout: timeouts.idle,
                     })
                 }),
@@ -1675,9 +1689,26 @@ enum ExchangeError {
 }
 
 impl Pool {
+    /// The idle connections of the worker the caller runs on.
+    fn worker(&self) -> &WorkerIdle {
+        &self.idle[super::workers::shard(self.idle.len())]
+    }
+
+    /// The idle hyper senders of the worker the caller runs on.
+    fn worker_idle(&self) -> std::sync::MutexGuard<'_, Vec<IdleSender>> {
+        let idle = &self.worker().senders;
+        idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The idle connections of graygate's own client of the worker the caller runs on.
+    fn worker_own(&self) -> std::sync::MutexGuard<'_, Vec<IdleConn>> {
+        let own = &self.worker().own;
+        own.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// A live idle connection, if any. Expired and closed ones met on the way are dropped.
     fn take(&self) -> Option<SendRequest<ProxyBody>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.worker_idle();
         while let Some(entry) = idle.pop() {
             if entry.since.elapsed() < self.idle_timeout
                 && !entry.sender.is_closed()
@@ -1694,7 +1725,7 @@ impl Pool {
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.worker_idle();
         // Entries are pushed in time order, so the expired ones are a prefix: drop it, reading
         // the clock once (the profile showed a full `retain` with a clock read per idle
         // connection on every check-in). Closed ones are skipped by `take`.
@@ -1714,7 +1745,7 @@ impl Pool {
     /// A live idle connection of graygate's own client, if any. Expired and dead ones met on
     /// the way are dropped.
     fn take_own(&self) -> Option<h1::Conn> {
-        let mut idle = self.own.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.worker_own();
         while let Some(mut entry) = idle.pop() {
             if entry.since.elapsed() < self.idle_timeout && entry.conn.is_reusable() {
                 return Some(entry.conn);
@@ -1727,7 +1758,7 @@ impl Pool {
 impl h1::Home for Pool {
     /// Keeps `conn` for reuse, unless the pool is full (expired ones dropped as in `put`).
     fn check_in(&self, conn: h1::Conn) {
-        let mut idle = self.own.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.worker_own();
         let now = Instant::now();
         let expired = idle
             .iter()

@@ -57,6 +57,9 @@
 //! - [`shared_upstreams`]: upstreams in the shared policy: two instances on one Redis follow a
 //!   server added, drained or weighted through either; a revision one cannot build leaves it on
 //!   its old policy;
+//! - [`workers`]: `workers = 2`: both workers serve (plain and TLS), a policy change and a new
+//!   certificate reach both, an upgrade hands every worker's socket over, a second graygate on
+//!   the same port is refused;
 //! - [`generated`]: generated request heads (valid ones taken apart, random bytes) against a
 //!   running graygate: each is answered with a status line or closed within the timeouts.
 //!
@@ -104,3 +107,4 @@ mod tls;
 mod upgrade;
 mod upstream_h2;
 mod upstream_tls;
+mod workers;

@@ -375,6 +375,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// `workers`: data plane workers (not set: one per core).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.file.workers = Some(n);
+        self
+    }
+
     /// `listen`: the data plane on this address instead of a free port.
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.file.listen = vec![addr.to_string()];
