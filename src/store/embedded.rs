@@ -27,9 +27,10 @@
 //! none is left behind by a process that died. Its expiry is measured by the monotonic clock.
 //!
 //! # Reads and writes
-//! Every list is mirrored in a `HashMap` behind a [`RwLock`], loaded at [`EmbeddedStore::open`]:
-//! [`Store::lookup_local`] runs on the request path and answers from memory, without I/O and
-//! without allocating (a hit clones an `Arc`). Writes (admin-driven, rare) go to redb first, in one
+//! Every list is mirrored in a [`CompactList`] behind a [`RwLock`], loaded at
+//! [`EmbeddedStore::open`]: [`Store::lookup_local`] runs on the request path and answers from
+//! memory, without I/O and without allocating (a hit clones an `Arc`). The compact form (IP keys
+//! packed into integers, values interned) keeps a list of a million IP addresses in about 20 MiB. Writes (admin-driven, rare) go to redb first, in one
 //! write transaction that is committed (fsync) before the mirror is updated and subscribers are
 //! told, so that memory never shows data the disk does not hold. redb calls block for a few
 //! milliseconds; they are called directly from the async methods, which is acceptable for rare
@@ -39,6 +40,7 @@
 //! deleted lazily: at open, from the list touched by each write, and by
 //! [`EmbeddedStore::purge_expired`].
 
+use super::compact::CompactList;
 use super::{
     Change, Entry, HistoryRecord, HistoryRetention, Restore, Store, StoreError, StoredPolicy,
 };
@@ -81,24 +83,8 @@ type EntriesTable<'txn> = redb::Table<'txn, (&'static str, &'static str), (&'sta
 /// redb's page cache size.
 const REDB_CACHE_BYTES: usize = 16 << 20;
 
-/// The value as shared in the mirror. Gray lists hold the same few values (`1`, `0`) for millions
-/// of keys: those share one allocation instead of one each.
-fn shared_value(value: &str) -> Arc<str> {
-    static COMMON: std::sync::OnceLock<[Arc<str>; 2]> = std::sync::OnceLock::new();
-    let [one, zero] = COMMON.get_or_init(|| [Arc::from("1"), Arc::from("0")]);
-    match value {
-        "1" => one.clone(),
-        "0" => zero.clone(),
-        _ => Arc::from(value),
-    }
-}
-
-/// A list entry as mirrored in memory: the value, shared with callers without copying, and when
-/// it stops counting.
-type MirrorEntry = (Arc<str>, Option<SystemTime>);
-
-/// list name -> key -> entry.
-type Mirror = HashMap<String, HashMap<String, MirrorEntry>>;
+/// list name -> its entries.
+type Mirror = HashMap<String, CompactList>;
 
 /// The open database, borrowed for one transaction ([`EmbeddedStore::database`]).
 struct Db<'a>(std::sync::RwLockReadGuard<'a, Option<Database>>);
@@ -217,10 +203,12 @@ impl EmbeddedStore {
             let (k, v) = item.map_err(|e| open_err("cannot read table entries", e.into()))?;
             let (list, key) = k.value();
             let (value, ms) = v.value();
-            mirror
-                .entry(list.to_owned())
-                .or_default()
-                .insert(key.to_owned(), (shared_value(value), decode_expiry(ms)));
+            // Not `entry(list.to_owned())`: that would allocate the name once per entry.
+            let entries = match mirror.get_mut(list) {
+                Some(entries) => entries,
+                None => mirror.entry(list.to_owned()).or_default(),
+            };
+            entries.insert(key, value, decode_expiry(ms));
         }
         drop(entries);
         drop(read);
@@ -264,7 +252,7 @@ impl EmbeddedStore {
         })?;
         let mut mirror = self.mirror_write();
         mirror.retain(|_, entries| {
-            entries.retain(|_, (_, at)| live(*at, now));
+            entries.retain_live(now);
             !entries.is_empty()
         });
         Ok(purged)
@@ -276,7 +264,7 @@ impl EmbeddedStore {
         let mirror = self.mirror_read();
         let mut names: Vec<String> = mirror
             .iter()
-            .filter(|(_, entries)| entries.values().any(|(_, at)| live(*at, now)))
+            .filter(|(_, entries)| entries.live_count(now) > 0)
             .map(|(name, _)| name.clone())
             .collect();
         names.sort_unstable();
@@ -286,9 +274,9 @@ impl EmbeddedStore {
     /// How many live entries `list` holds (0 for an unknown list).
     pub fn count(&self, list: &str) -> usize {
         let now = SystemTime::now();
-        self.mirror_read().get(list).map_or(0, |entries| {
-            entries.values().filter(|(_, at)| live(*at, now)).count()
-        })
+        self.mirror_read()
+            .get(list)
+            .map_or(0, |entries| entries.live_count(now))
     }
 
     fn load_policy_sync(&self) -> Result<Option<StoredPolicy>, StoreError> {
@@ -477,7 +465,7 @@ impl EmbeddedStore {
             for entry in entries {
                 // Through the on-disk encoding, so that memory matches what a reopen would load.
                 let at = decode_expiry(encode_expiry(entry.expires_at));
-                map.insert(entry.key.clone(), (shared_value(&entry.value), at));
+                map.insert(&entry.key, &entry.value, at);
             }
             if map.is_empty() {
                 mirror.remove(list);
@@ -529,11 +517,11 @@ impl EmbeddedStore {
         let now = SystemTime::now();
         let mut out: Vec<Entry> = self.mirror_read().get(list).map_or_else(Vec::new, |map| {
             map.iter()
-                .filter(|(_, (_, at))| live(*at, now))
-                .map(|(key, (value, at))| Entry {
-                    key: key.clone(),
+                .filter(|(_, _, at)| live(*at, now))
+                .map(|(key, value, at)| Entry {
+                    key,
                     value: value.to_string(),
-                    expires_at: *at,
+                    expires_at: at,
                 })
                 .collect()
         });
@@ -822,13 +810,7 @@ impl Store for EmbeddedStore {
     }
 
     fn lookup_local(&self, list: &str, key: &str) -> Option<Option<Arc<str>>> {
-        let mirror = self.mirror_read();
-        let hit = match mirror.get(list).and_then(|map| map.get(key)) {
-            Some((value, None)) => Some(Arc::clone(value)),
-            Some((value, Some(at))) if *at > SystemTime::now() => Some(Arc::clone(value)),
-            _ => None,
-        };
-        Some(hit)
+        Some(self.mirror_read().get(list).and_then(|map| map.get(key)))
     }
 
     async fn lookup(&self, list: &str, key: &str) -> Result<Option<Arc<str>>, StoreError> {
