@@ -159,6 +159,21 @@ impl CompactList {
         removed.len()
     }
 
+    /// The keys of the entries expired at `now`, in no particular order. Looks at the entries
+    /// that have an expiry only.
+    pub fn expired_keys(&self, now: SystemTime) -> Vec<String> {
+        let v4 = self
+            .v4
+            .expired(now)
+            .map(|ip| Ipv4Addr::from(*ip).to_string());
+        let v6 = self
+            .v6
+            .expired(now)
+            .map(|ip| Ipv6Addr::from(*ip).to_string());
+        let text = self.text.expired(now).map(|text| String::from(&**text));
+        v4.chain(v6).chain(text).collect()
+    }
+
     /// Every entry, expired ones included, in no particular order: key (as given), value and
     /// expiry.
     pub fn iter(&self) -> impl Iterator<Item = (String, Arc<str>, Option<SystemTime>)> + '_ {
@@ -254,6 +269,14 @@ impl<K: Hash + Eq + Clone> Keyed<K> {
 
     fn expired_count(&self, now: SystemTime) -> usize {
         self.expiry.values().filter(|&&at| at <= now).count()
+    }
+
+    /// The keys expired at `now`.
+    fn expired(&self, now: SystemTime) -> impl Iterator<Item = &K> + '_ {
+        self.expiry
+            .iter()
+            .filter(move |&(_, &at)| at <= now)
+            .map(|(key, _)| key)
     }
 
     /// Removes the entries expired at `now`; returns their value indexes.
@@ -642,6 +665,15 @@ mod tests {
                 for now in [0, 10, 29] {
                     let live = model.values().filter(|(_, at)| at.is_none_or(|at| at > t(now)));
                     prop_assert_eq!(list.live_count(t(now)), live.count());
+                    let mut expired: Vec<&String> = model
+                        .iter()
+                        .filter(|(_, (_, at))| at.is_some_and(|at| at <= t(now)))
+                        .map(|(key, _)| key)
+                        .collect();
+                    expired.sort();
+                    let mut listed = list.expired_keys(t(now));
+                    listed.sort();
+                    prop_assert_eq!(listed.iter().collect::<Vec<_>>(), expired);
                 }
                 for (key, (value, at)) in &model {
                     prop_assert_eq!(list.entry(key), Some((Arc::from(value.as_str()), *at)));

@@ -535,6 +535,13 @@ impl EmbeddedStore {
     }
 
     /// Deletes the expired entries of `list` inside `table`'s transaction and returns their keys.
+    ///
+    /// They are found in the mirror, not by reading the list from disk: the caller holds the
+    /// writer lock, under which the mirror holds exactly what is committed (every write updates
+    /// it after its commit, under that lock), and the mirror keeps the expiry of the entries that
+    /// have one apart. So a write to a list of a million entries without expiry reads none of
+    /// them (reading them all took about 0.3 s per write, and made an import's batches slower
+    /// as the list grew).
     fn purge_list(
         &self,
         table: &mut EntriesTable<'_>,
@@ -542,22 +549,10 @@ impl EmbeddedStore {
         now: SystemTime,
     ) -> Result<Vec<String>, StoreError> {
         const WHAT: &str = "purging expired entries";
-        let mut expired_keys = Vec::new();
-        // Keys are ordered by list then key, so the list's entries are one run starting at
-        // `(list, "")`.
-        let range = table
-            .range((list, "")..)
-            .map_err(|e| self.db_err(WHAT, list, e))?;
-        for item in range {
-            let (k, v) = item.map_err(|e| self.db_err(WHAT, list, e))?;
-            let (l, key) = k.value();
-            if l != list {
-                break;
-            }
-            if expired(v.value().1, now) {
-                expired_keys.push(key.to_owned());
-            }
-        }
+        let expired_keys = self
+            .mirror_read()
+            .get(list)
+            .map_or_else(Vec::new, |entries| entries.expired_keys(now));
         for key in &expired_keys {
             table
                 .remove((list, key.as_str()))
@@ -1162,6 +1157,66 @@ mod tests {
         assert_eq!(store.purge_expired().unwrap(), 1);
         assert_eq!(store.purge_expired().unwrap(), 0);
         assert_eq!(store.lookup_local("ips", "new"), Some(Some(Arc::from("y"))));
+    }
+
+    /// The expired entries a write deletes are found through the mirror: they must be gone from
+    /// the disk, in the written list only.
+    #[tokio::test]
+    async fn a_write_deletes_the_lists_expired_entries_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let old = |key: &str| Entry {
+            key: key.into(),
+            value: "1".into(),
+            expires_at: past(),
+        };
+        store
+            .put_entries(
+                "ips",
+                &[
+                    old("10.0.0.1"),
+                    old("token"),
+                    Entry::new("10.0.0.2", "1", None),
+                ],
+            )
+            .await
+            .unwrap();
+        store
+            .put_entries("other", &[old("10.0.0.1")])
+            .await
+            .unwrap();
+        let on_disk = || {
+            let read = store.database().unwrap().begin_read().unwrap();
+            let table = read.open_table(ENTRIES).unwrap();
+            let keys: Vec<(String, String)> = table
+                .iter()
+                .unwrap()
+                .map(|item| {
+                    let (k, _) = item.unwrap();
+                    let (list, key) = k.value();
+                    (list.to_owned(), key.to_owned())
+                })
+                .collect();
+            keys
+        };
+        let pair = |l: &str, k: &str| (l.to_owned(), k.to_owned());
+        assert_eq!(on_disk().len(), 4);
+
+        store
+            .put_entries("ips", &[Entry::new("10.0.0.3", "0", None)])
+            .await
+            .unwrap();
+        assert_eq!(
+            on_disk(),
+            [
+                pair("ips", "10.0.0.2"),
+                pair("ips", "10.0.0.3"),
+                pair("other", "10.0.0.1")
+            ]
+        );
+        assert_eq!(store.remove_entries("other", &[]).await.unwrap(), 0);
+        assert_eq!(on_disk().len(), 2);
+        assert_eq!(store.purge_expired().unwrap(), 0);
     }
 
     #[tokio::test]
