@@ -1,16 +1,22 @@
 //! Micro-benchmarks of the pure policy core: one decision with 10 and with 1,000 rules, a CIDR
 //! lookup among one million networks, the sticky hash bucketing, and the memcached key of a
-//! client as it is and escaped as the original's client escapes it (`key_escape`).
+//! client as it is and escaped as the original's client escapes it (`key_escape`), and a lookup in
+//! the embedded store's in-memory list of one million IP addresses ([`CompactList`]) beside the
+//! plain string map it replaced.
 //! `cargo bench --bench policy`; the figures go to docs/benchmarks.md.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use graygate::policy::{
     bucket_of, compile, Evaluation, IpTable, NoLookups, PolicyDoc, RequestFacts,
 };
+use graygate::store::compact::CompactList;
 use graygate::store::KeyEscape;
 use http::HeaderMap;
+use std::collections::HashMap;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 /// A service whose `rules` rules each test a different header value, the last one a range; the
 /// request matches none of them, so a decision walks every rule (the worst case), then the split.
@@ -96,6 +102,44 @@ fn cidr_lookup(c: &mut Criterion) {
     group.finish();
 }
 
+/// One million IPv4 keys flagged `1` or `0`, as bench/embedded-1m.toml imports them, looked up by
+/// the client IP's text as the request path does: in the compact list, and in the plain
+/// `HashMap<String, (Arc<str>, Option<SystemTime>)>` the embedded store kept before, as reference.
+fn list_lookup(c: &mut Criterion) {
+    let mut compact = CompactList::new();
+    let mut plain: HashMap<String, (Arc<str>, Option<SystemTime>)> = HashMap::new();
+    let (one, zero): (Arc<str>, Arc<str>) = (Arc::from("1"), Arc::from("0"));
+    for i in 0u32..1_000_000 {
+        let key = Ipv4Addr::from(0x0A00_0000 + i).to_string();
+        let value = if i % 2 == 0 { &one } else { &zero };
+        compact.insert(&key, value, None);
+        plain.insert(key, (Arc::clone(value), None));
+    }
+    let hit = Ipv4Addr::from(0x0A00_0000 + 500_001).to_string();
+    let miss = "203.0.113.9";
+    assert_eq!(compact.get(&hit).as_deref(), Some("0"));
+    assert!(compact.get(miss).is_none());
+    let mut group = c.benchmark_group("list_1m");
+    group.bench_function("compact_hit", |b| {
+        b.iter(|| black_box(compact.get(black_box(&hit))))
+    });
+    group.bench_function("compact_miss", |b| {
+        b.iter(|| black_box(compact.get(black_box(miss))))
+    });
+    let plain_get = |key: &str| match plain.get(key) {
+        Some((value, None)) => Some(Arc::clone(value)),
+        Some((value, Some(at))) if *at > SystemTime::now() => Some(Arc::clone(value)),
+        _ => None,
+    };
+    group.bench_function("string_map_hit", |b| {
+        b.iter(|| black_box(plain_get(black_box(&hit))))
+    });
+    group.bench_function("string_map_miss", |b| {
+        b.iter(|| black_box(plain_get(black_box(miss))))
+    });
+    group.finish();
+}
+
 fn memcached_keys(c: &mut Criterion) {
     let mut group = c.benchmark_group("memcached_key");
     for (client, key) in [("ipv4", "10.0.0.7"), ("ipv6", "2001:db8::1")] {
@@ -115,5 +159,12 @@ fn bucketing(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decisions, cidr_lookup, bucketing, memcached_keys);
+criterion_group!(
+    benches,
+    decisions,
+    cidr_lookup,
+    list_lookup,
+    bucketing,
+    memcached_keys
+);
 criterion_main!(benches);

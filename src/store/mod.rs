@@ -21,9 +21,11 @@
 //!
 //! Implementations: `embedded` (redb, the default), `redis` (policy and lists shared by every
 //! instance, with push invalidation), `memcached` (identity lists only; the policy stays in another
-//! store). `cache` puts a bounded lookup cache in front of any of them.
+//! store). `cache` puts a bounded lookup cache in front of any of them. `compact` is the form in
+//! which the embedded store keeps each list in memory (IP keys packed, values interned).
 
 pub mod cache;
+pub mod compact;
 pub mod embedded;
 pub mod held;
 pub mod key_escape;
