@@ -127,6 +127,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // An empty `Bytes` advanced to its end still holds the whole buffer `detect`
+                // read into (8 KiB): let it go now, not when the connection closes, so that an
+                // idle kept-alive connection does not keep it.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
@@ -204,6 +210,23 @@ mod tests {
         rewound.read_exact(&mut all).await.unwrap();
         assert_eq!(&all[..H2_PREFACE.len()], H2_PREFACE);
         assert_eq!(&all[H2_PREFACE.len()..], b"rest");
+    }
+
+    #[tokio::test]
+    async fn the_read_buffer_is_let_go_once_read_again() {
+        // Seen from outside: the prefix's buffer has one owner again (this test's) as soon as
+        // its last byte was read, while the stream itself lives on.
+        let first = Bytes::from(b"GET / HTTP/1.1\r\n".to_vec());
+        let (_client, server) = tokio::io::duplex(64);
+        let mut rewound = Rewind::new(first.clone(), server);
+        let mut part = [0u8; 4];
+        rewound.read_exact(&mut part).await.unwrap();
+        assert_eq!(&part, b"GET ");
+        assert!(!first.is_unique(), "let go before its end");
+        let mut rest = vec![0u8; first.len() - 4];
+        rewound.read_exact(&mut rest).await.unwrap();
+        assert_eq!(rest, &first[4..]);
+        assert!(first.is_unique(), "still held after its last byte was read");
     }
 
     #[tokio::test]

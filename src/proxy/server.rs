@@ -450,36 +450,65 @@ async fn accept(
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
 ) {
+    match tls {
+        // Boxed, so that a connection's task is the size of what it runs: inline, the state of
+        // a TLS connection (the handshake, rustls' connection, hyper over it) is tens of
+        // kilobytes, and every task, plain ones too, would be that large for its whole life.
+        Some(tls) => Box::pin(accept_tls(stream, tls, peer, shared, stop)).await,
+        None => accept_plain(stream, peer, shared, stop).await,
+    }
+}
+
+/// [`accept`] on a TLS listener: the handshake, then HTTP as ALPN chose.
+async fn accept_tls(
+    stream: tokio::net::TcpStream,
+    tls: TlsTerminator,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) {
     let within = shared.cfg.timeouts.header;
     let mut stopping = stop.clone();
-    let stopped = async move {
-        let _ = stopping.wait_for(|stop| *stop).await;
+    let handshake = tokio::select! {
+        done = tls.handshake(stream, within) => done,
+        _ = stopping.wait_for(|stop| *stop) => return,
     };
-    match tls {
-        Some(tls) => {
-            let handshake = tokio::select! {
-                done = tls.handshake(stream, within) => done,
-                _ = stopped => return,
-            };
-            match handshake {
-                Ok((stream, protocol)) => {
-                    serve_connection(TokioIo::new(stream), protocol, peer, shared, stop).await
-                }
-                Err(e) => debug!(peer = %peer, error = %e, "TLS connection closed"),
-            }
+    match handshake {
+        Ok((stream, protocol)) => {
+            serve_connection(TokioIo::new(stream), protocol, peer, shared, stop).await
         }
-        None => {
-            let detected = tokio::select! {
-                done = protocol::detect(stream, within) => done,
-                _ = stopped => return,
-            };
-            match detected {
-                Ok((protocol, stream)) => {
-                    serve_connection(TokioIo::new(stream), protocol, peer, shared, stop).await
-                }
-                Err(e) => debug!(peer = %peer, error = %e, "client connection closed"),
-            }
+        Err(e) => debug!(peer = %peer, error = %e, "TLS connection closed"),
+    }
+}
+
+/// [`accept`] on a plain listener: HTTP/1.1, or HTTP/2 with prior knowledge.
+async fn accept_plain(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) {
+    let within = shared.cfg.timeouts.header;
+    let mut stopping = stop.clone();
+    let detected = tokio::select! {
+        done = protocol::detect(stream, within) => done,
+        _ = stopping.wait_for(|stop| *stop) => return,
+    };
+    match detected {
+        Ok((protocol, stream)) => {
+            // Boxed: a future awaited inside another is stored in it more than once (its
+            // arguments, then its running state), at every level; one box of its own size
+            // keeps the task that holds it small.
+            Box::pin(serve_connection(
+                TokioIo::new(stream),
+                protocol,
+                peer,
+                shared,
+                stop,
+            ))
+            .await
         }
+        Err(e) => debug!(peer = %peer, error = %e, "client connection closed"),
     }
 }
 
@@ -500,7 +529,7 @@ async fn serve_connection<I>(
         Protocol::Http1 => {
             let service = service_fn(move |req| {
                 let shared = shared.clone();
-                async move {
+                let answer = async move {
                     let mut response = respond_to(&shared, peer, req).await;
                     if shared.cfg.draining.is_on()
                         && response.status() != StatusCode::SWITCHING_PROTOCOLS
@@ -510,7 +539,12 @@ async fn serve_connection<I>(
                             .insert(CONNECTION, HeaderValue::from_static("close"));
                     }
                     Ok::<_, Infallible>(response)
-                }
+                };
+                // Boxed per request: hyper keeps a slot the size of the service's future for the
+                // whole life of the connection, idle or not, and a request's future is
+                // kilobytes. Boxed, the slot is a pointer, and the memory is held only while a
+                // request is in flight.
+                Box::pin(answer)
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
@@ -536,7 +570,9 @@ async fn serve_connection<I>(
             let conn =
                 http2::builder(&cfg.http2, cfg.max_header_bytes).serve_connection(io, service);
             let idle = Some((streams, cfg.timeouts.header));
-            drive(conn, |c| c.graceful_shutdown(), peer, stop, idle).await;
+            // Boxed for the reason `accept` boxes TLS: HTTP/2's connection state is several
+            // times HTTP/1.1's, and most connections are HTTP/1.1.
+            Box::pin(drive(conn, |c| c.graceful_shutdown(), peer, stop, idle)).await;
         }
     }
 }
