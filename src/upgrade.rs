@@ -197,19 +197,7 @@ fn set_cloexec(fd: RawFd, on: bool) -> bool {
 }
 
 fn is_listening_socket(fd: RawFd) -> bool {
-    let mut accepting: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `accepting`.
-    let ok = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ACCEPTCONN,
-            (&mut accepting as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    ok == 0 && accepting == 1
+    crate::proxy::listen::socket_option_on(fd, libc::SO_ACCEPTCONN)
 }
 
 /// The successor's side of the control socket.

@@ -91,13 +91,7 @@ impl H1Error {
     pub fn connection_died(&self) -> bool {
         match self {
             H1Error::ClosedBeforeResponse | H1Error::ClosedInHead => true,
-            H1Error::Io(e) => matches!(
-                e.kind(),
-                io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::BrokenPipe
-                    | io::ErrorKind::UnexpectedEof
-            ),
+            H1Error::Io(e) => super::retry::io_died(e),
             _ => false,
         }
     }
@@ -216,6 +210,16 @@ impl Conn {
         }
         let mut limited = bytes::BufMut::limit(&mut self.read, room);
         tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut limited)
+    }
+
+    /// One read of more body bytes, for a body whose end the server must say (by its length or
+    /// its last chunk): the connection closing first is [`H1Error::ClosedInBody`].
+    fn poll_body_more(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<Result<(), H1Error>> {
+        self.poll_read_more(cx, room).map(|read| match read {
+            Ok(0) => Err(H1Error::ClosedInBody),
+            Ok(_) => Ok(()),
+            Err(e) => Err(H1Error::Io(e)),
+        })
     }
 
     /// The response of `head`, its body reading on from this connection.
@@ -657,11 +661,8 @@ impl Body for ResponseBody {
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                     let room = (*left).min(MAX_READ as u64) as usize;
-                    match conn.poll_read_more(cx, room) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Ok(0)) => return this.fail(H1Error::ClosedInBody),
-                        Poll::Ready(Ok(_)) => {}
-                        Poll::Ready(Err(e)) => return this.fail(H1Error::Io(e)),
+                    if let Err(e) = std::task::ready!(conn.poll_body_more(cx, room)) {
+                        return this.fail(e);
                     }
                 }
                 Framing::Close => {
@@ -687,12 +688,11 @@ impl Body for ResponseBody {
                         this.finish();
                         return Poll::Ready(None);
                     }
-                    Ok(Step::NeedMore) => match conn.poll_read_more(cx, READ_ROOM) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Ok(0)) => return this.fail(H1Error::ClosedInBody),
-                        Poll::Ready(Ok(_)) => {}
-                        Poll::Ready(Err(e)) => return this.fail(H1Error::Io(e)),
-                    },
+                    Ok(Step::NeedMore) => {
+                        if let Err(e) = std::task::ready!(conn.poll_body_more(cx, READ_ROOM)) {
+                            return this.fail(e);
+                        }
+                    }
                 },
             }
         }

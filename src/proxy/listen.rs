@@ -130,14 +130,20 @@ fn set_reuse_port(socket: &impl AsRawFd) -> io::Result<()> {
 /// Whether `socket` has `SO_REUSEPORT`: more sockets can then be bound beside it (an upgrade's
 /// new process with more workers than the old one handed sockets to).
 pub fn has_reuse_port(socket: &impl AsRawFd) -> bool {
+    socket_option_on(socket.as_raw_fd(), libc::SO_REUSEPORT)
+}
+
+/// Whether the yes/no `SOL_SOCKET` option `option` is on for the socket `fd` (false when it
+/// cannot be read: `fd` is no socket).
+pub fn socket_option_on(fd: std::os::fd::RawFd, option: libc::c_int) -> bool {
     let mut on: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `on`, which lives for the call.
     let done = unsafe {
         libc::getsockopt(
-            socket.as_raw_fd(),
+            fd,
             libc::SOL_SOCKET,
-            libc::SO_REUSEPORT,
+            option,
             (&mut on as *mut libc::c_int).cast(),
             &mut len,
         )

@@ -119,17 +119,23 @@ pub(super) fn connection_died(error: &hyper::Error) -> bool {
     let mut source = error.source();
     while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<io::Error>() {
-            return matches!(
-                io.kind(),
-                io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::BrokenPipe
-                    | io::ErrorKind::UnexpectedEof
-            );
+            return io_died(io);
         }
         source = e.source();
     }
     false
+}
+
+/// True when a read or write failed because the connection died (reset, aborted, broken, or
+/// closed in the middle): for hyper's client above and graygate's own (`super::h1`).
+pub(super) fn io_died(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+    )
 }
 
 #[cfg(test)]
