@@ -138,7 +138,7 @@ impl fmt::Display for Listener {
 /// One bound listener: the socket to serve, its bound address, and a copy of it to hand to an
 /// upgrade's new process under its key.
 struct Bound {
-    listener: tokio::net::TcpListener,
+    listener: proxy::listen::Listener,
     addr: SocketAddr,
     handed: (String, OwnedFd),
 }
@@ -160,7 +160,7 @@ async fn bind(
     let socket = match inherited.take_listener(&key) {
         Some(socket) => socket
             .set_nonblocking(true)
-            .and_then(|()| tokio::net::TcpListener::from_std(socket)),
+            .and_then(|()| proxy::listen::Listener::from_std(socket)),
         None => proxy::bind(addr, backlog),
     }
     .map_err(bind_error)?;
@@ -537,7 +537,7 @@ impl DataPlane {
     /// Serves `listener` until `stopped` (see [`proxy::serve_front`]).
     fn serve(
         &self,
-        listener: tokio::net::TcpListener,
+        listener: proxy::listen::Listener,
         front: Front,
         stopped: &watch::Receiver<bool>,
     ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
@@ -583,7 +583,7 @@ fn serve_data_plane(
     if workers == 1 {
         let mut servers = Vec::new();
         for (socket, front) in each.into_iter().flatten() {
-            let listener = tokio::net::TcpListener::from_std(socket)
+            let listener = proxy::listen::Listener::from_std(socket)
                 .map_err(|source| StartError::Worker { index: 0, source })?;
             servers.push(tokio::spawn(plane.serve(listener, front, stopped)));
         }
@@ -611,7 +611,7 @@ async fn serve_worker(
 ) -> std::io::Result<()> {
     let mut served = Vec::new();
     for (socket, front) in sockets {
-        let listener = tokio::net::TcpListener::from_std(socket).inspect_err(|e| {
+        let listener = proxy::listen::Listener::from_std(socket).inspect_err(|e| {
             tracing::error!(worker = index, error = %e, "data plane worker cannot serve its listening socket");
         })?;
         served.push(tokio::spawn(plane.serve(listener, front, &stopped)));
@@ -629,10 +629,10 @@ async fn serve_worker(
 
 /// Every listener of a config, bound (and its bound address), not yet served.
 struct Sockets {
-    metrics: Option<(tokio::net::TcpListener, SocketAddr)>,
+    metrics: Option<(proxy::listen::Listener, SocketAddr)>,
     tls: Vec<Group>,
     plain: Vec<Group>,
-    admin: Option<(tokio::net::TcpListener, SocketAddr)>,
+    admin: Option<(proxy::listen::Listener, SocketAddr)>,
     /// A copy of each, to hand to an upgrade's new process.
     handed: Vec<(String, OwnedFd)>,
 }

@@ -104,7 +104,7 @@ use crate::api::{ADMIN_HEADER, ADMIN_VERSION};
 use crate::gateway::Gateway;
 use crate::policy::PolicyDoc;
 use crate::proxy::listen::{self, ConnectionLimit, Slot, DEFAULT_ADMIN_MAX_CONNECTIONS};
-use crate::proxy::{ClientIpConfig, LiveUpstreams};
+use crate::proxy::{ClientIpConfig, LiveUpstreams, HANDOVER_LINGER};
 use crate::reload::Reloader;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
@@ -117,7 +117,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -334,7 +334,7 @@ impl Default for AdminLimits {
 /// Serves the admin API on `listener`, within `limits`, until `shutdown` completes; then stops
 /// accepting and waits for the requests in flight.
 pub async fn serve(
-    listener: TcpListener,
+    listener: listen::Listener,
     state: Arc<AdminState>,
     limits: AdminLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -373,6 +373,10 @@ pub async fn serve(
                     app.clone(),
                     limits.header_timeout,
                     stopped.clone(),
+                    {
+                        let state = state.clone();
+                        move || state.gateway.handing_over()
+                    },
                     slot,
                 ));
             }
@@ -387,13 +391,14 @@ pub async fn serve(
 }
 
 /// One admin connection: HTTP/1.1 with keep-alive, its headers within `header_timeout`, asked to
-/// finish its request in flight at shutdown. Holds its `slot` of the listener's limit.
+/// finish its request in flight at shutdown (after [`HANDOVER_LINGER`] when `handing_over`). Holds its `slot` of the listener's limit.
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     app: Router,
     header_timeout: Duration,
     mut stopped: watch::Receiver<bool>,
+    handing_over: impl Fn() -> bool,
     slot: Slot,
 ) {
     // The handlers read the peer (loopback check, explain) as `ConnectInfo`, as axum::serve
@@ -412,8 +417,21 @@ async fn serve_connection(
     let served = tokio::select! {
         served = conn.as_mut() => served,
         _ = async { let _ = stopped.wait_for(|stop| *stop).await; } => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+            // Handed over: an idle keep-alive client may still send one more request for a
+            // moment (answered with `Connection: close`) instead of having its connection
+            // closed under a request it is sending, as the data plane does.
+            let lingered = if handing_over() {
+                tokio::time::timeout(HANDOVER_LINGER, conn.as_mut()).await.ok()
+            } else {
+                None
+            };
+            match lingered {
+                Some(served) => served,
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
         }
     };
     if let Err(e) = served {
@@ -424,21 +442,32 @@ async fn serve_connection(
 
 /// While this process hands over to a new one (an upgrade, see [`crate::upgrade`]), every
 /// change is refused with 503 `upgrading` and `Retry-After: 1`: the store is the new process's
-/// by then, and a change sent again a moment later reaches it. Reads are answered.
+/// by then, and a change sent again a moment later reaches it. Reads are answered. Every
+/// answer then closes its connection (`Connection: close`).
 async fn refuse_changes_while_handing_over(
     State(state): State<Arc<AdminState>>,
     req: Request,
     next: Next,
 ) -> Response {
     let reads = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
-    if !reads && state.gateway.handing_over() {
-        return ApiError::new(
+    let mut response = if !reads && state.gateway.handing_over() {
+        ApiError::new(
             crate::api::ErrorCode::Upgrading,
             "graygate is handing over to a new process (an upgrade); nothing was changed: send it again in a moment",
         )
-        .into_response();
+        .into_response()
+    } else {
+        next.run(req).await
+    };
+    // The client's next request belongs to the new process: it opens a new connection for it
+    // instead of racing this one's close.
+    if state.gateway.handing_over() {
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
     }
-    next.run(req).await
+    response
 }
 
 /// Refuses, before anything else, what a page of another site can make a browser send: see

@@ -20,7 +20,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use super::metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
@@ -34,7 +33,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// listener and every scrape connection (a scrape in progress is cut off: metrics are not worth
 /// delaying a stop).
 pub async fn serve_metrics(
-    listener: TcpListener,
+    listener: listen::Listener,
     metrics: Arc<Metrics>,
     limit: ConnectionLimit,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -132,7 +131,7 @@ mod tests {
 
     #[tokio::test]
     async fn answers_metrics_and_nothing_else_and_stops() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = listen::bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
         let addr = listener.local_addr().unwrap();
         let metrics = Arc::new(Metrics::new(Sources::default()));
         metrics.connection_opened();

@@ -13,7 +13,10 @@
 //!   and TLS together; the admin API; the metrics). At the limit, [`accept`] does not call
 //!   `accept(2)` until a connection ends: the clients wait in the kernel's backlog instead of
 //!   being accepted and closed, and the admin or metrics listener can never take the file
-//!   descriptors the data plane needs.
+//!   descriptors the data plane needs. A slot is taken only once a connection waits on the
+//!   socket ([`Listener`] is polled for readiness, not for a connection): with several workers
+//!   sharing one limit, a freed slot goes to a worker whose queue holds a client, never to one
+//!   that would sit on it waiting for a client that the kernel queued on another socket.
 //! - **Out of file descriptors.** `EMFILE`/`ENFILE` on `accept(2)` repeats until a descriptor is
 //!   freed: [`accept`] pauses that listener for [`FD_LIMIT_PAUSE`] instead of spinning, counts it
 //!   and logs it once per episode. (On an upstream connect the same error is graygate's, not the
@@ -29,7 +32,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
@@ -50,11 +54,42 @@ pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
 /// How long a listener stops accepting after `accept(2)` found no file descriptor left.
 pub const FD_LIMIT_PAUSE: Duration = Duration::from_millis(100);
 
+/// A listening socket registered with the runtime that serves it. Unlike tokio's
+/// `TcpListener` it can be waited on for a connection without accepting it, which [`accept`]
+/// needs to take a connection slot only when there is a connection to use it.
+#[derive(Debug)]
+pub struct Listener(AsyncFd<mio::net::TcpListener>);
+
+impl Listener {
+    /// Registers `socket` with the current runtime (made non-blocking first). Must run inside
+    /// the tokio runtime that is to serve it.
+    pub fn from_std(socket: std::net::TcpListener) -> io::Result<Listener> {
+        socket.set_nonblocking(true)?;
+        let socket = mio::net::TcpListener::from_std(socket);
+        // SAFETY: the `TcpListener` owns its descriptor, keeps it open and returns the same one
+        // until it is dropped, and nothing here takes it out of the `AsyncFd` or replaces it.
+        let registered =
+            unsafe { AsyncFd::register_with_interest(socket, tokio::io::Interest::READABLE) };
+        Ok(Listener(registered.map_err(|e| e.into_parts().1)?))
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.get_ref().local_addr()
+    }
+}
+
+impl std::os::fd::AsFd for Listener {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.get_ref().as_fd()
+    }
+}
+
 /// Binds a listening socket on `addr` with `SO_REUSEADDR` (a restart does not wait for the old
 /// connections' `TIME_WAIT`) and `backlog` (see the module documentation). Must run inside the
 /// tokio runtime.
-pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
-    TcpListener::from_std(bind_std(addr, backlog, false)?)
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<Listener> {
+    Listener::from_std(bind_std(addr, backlog, false)?)
 }
 
 /// [`bind`] without a runtime: the socket is non-blocking, for a runtime to take it later (a
@@ -342,11 +377,18 @@ impl ConnectionLimit {
         }
     }
 
-    /// A slot for one more connection, waiting for one to end when the limit is reached.
-    async fn slot(&self) -> Slot {
+    /// A slot for one more connection, if one is free.
+    fn try_slot(&self) -> Option<Slot> {
+        let permit = self.0.slots.clone().try_acquire_owned().ok()?;
+        Some(Slot { _permit: permit })
+    }
+
+    /// A slot for one more connection at the limit: waits for a connection to end, counted and
+    /// logged once per episode.
+    async fn slot_at_limit(&self) -> Slot {
         let state = &self.0;
-        if let Ok(permit) = state.slots.clone().try_acquire_owned() {
-            return Slot { _permit: permit };
+        if let Some(slot) = self.try_slot() {
+            return slot;
         }
         state.limited.fetch_add(1, Ordering::Relaxed);
         if state.at_limit.begin() {
@@ -425,28 +467,73 @@ pub struct Slot {
     _permit: OwnedSemaphorePermit,
 }
 
-/// The next connection on `listener`, within `limit`: waits for a free slot first (so that at
-/// the limit nothing is accepted and clients wait in the backlog), then for a connection.
-/// Failures of `accept(2)` are counted and, when they would repeat (out of file descriptors),
-/// waited out; this never fails. Cancel-safe: dropping it loses no connection.
-pub async fn accept(
-    listener: &TcpListener,
-    limit: &ConnectionLimit,
-) -> (TcpStream, SocketAddr, Slot) {
-    let slot = limit.slot().await;
+/// The next connection on `listener`, within `limit`: waits for a connection to be queued on
+/// the socket first, then for a free slot (so that at the limit nothing is accepted and clients
+/// wait in the backlog), then accepts it. The order matters when several workers share `limit`:
+/// a worker holding a slot while it waits for a client would keep it from the worker whose
+/// socket has one. Failures of `accept(2)` are counted and, when they would repeat (out of file
+/// descriptors), waited out; this never fails. Cancel-safe: dropping it loses no connection.
+pub async fn accept(listener: &Listener, limit: &ConnectionLimit) -> (TcpStream, SocketAddr, Slot) {
     loop {
-        match listener.accept().await {
+        let mut ready = match listener.0.readable().await {
+            Ok(ready) => ready,
+            // Only when the runtime is going away; nothing to accept then.
+            Err(e) => {
+                limit.failed(&e);
+                tokio::time::sleep(FD_LIMIT_PAUSE).await;
+                continue;
+            }
+        };
+        let slot = match limit.try_slot() {
+            Some(slot) => slot,
+            // At the limit, wait for a slot only while a client really waits on this socket:
+            // the readiness may be left from the last accept, and a slot taken for nothing
+            // would be kept from a worker whose socket has a client.
+            None if connection_queued(listener) => limit.slot_at_limit().await,
+            None => {
+                ready.clear_ready();
+                continue;
+            }
+        };
+        let accepted = match ready.try_io(|socket| socket.get_ref().accept()) {
+            Ok(accepted) => accepted,
+            // Gone meanwhile (another worker sharing the socket took it): the slot is given
+            // back, and the readiness was cleared for the next wait.
+            Err(_would_block) => continue,
+        };
+        drop(ready);
+        match accepted.and_then(|(stream, peer)| {
+            // Non-blocking from `accept4` already.
+            Ok((
+                TcpStream::from_std(std::net::TcpStream::from(stream))?,
+                peer,
+            ))
+        }) {
             Ok((stream, peer)) => {
                 limit.accepted();
                 return (stream, peer, slot);
             }
             Err(e) => {
+                drop(slot);
                 if let Some(pause) = limit.failed(&e) {
                     tokio::time::sleep(pause).await;
                 }
             }
         }
     }
+}
+
+/// Whether a connection waits in `listener`'s queue now, without accepting it.
+fn connection_queued(listener: &Listener) -> bool {
+    let mut poll = libc::pollfd {
+        fd: listener.0.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll reads and writes the one pollfd it is given, which lives for the call; a
+    // timeout of 0 returns at once.
+    let n = unsafe { libc::poll(&mut poll, 1, 0) };
+    n > 0 && poll.revents & libc::POLLIN != 0
 }
 
 /// Raises this process's soft limit of open files (`RLIMIT_NOFILE`) to its hard limit, as
@@ -670,7 +757,7 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
         // And a client gets through.
         let mut client = TcpStream::connect(addr).await.unwrap();
-        let (mut server, _) = listener.accept().await.unwrap();
+        let (mut server, _, _slot) = accept(&listener, &ConnectionLimit::new("data", 1)).await;
         client.write_all(b"x").await.unwrap();
         let mut byte = [0u8; 1];
         server.read_exact(&mut byte).await.unwrap();
@@ -733,7 +820,7 @@ mod tests {
         let _a = TcpStream::connect(addr).await.unwrap();
         let _b = TcpStream::connect(addr).await.unwrap();
         // Off the workers (the main runtime): the first worker's count.
-        let here = TcpListener::from_std(listener.try_clone().unwrap()).unwrap();
+        let here = Listener::from_std(listener.try_clone().unwrap()).unwrap();
         let (_first, _, _slot) = accept(&here, &limit).await;
         assert_eq!(limit.accepted_by_worker(), vec![1, 0]);
         // Worker 1 accepts the second connection; worker 0 nothing.
@@ -743,7 +830,7 @@ mod tests {
                 let counted = limit.clone();
                 move || async move {
                     if index == 1 {
-                        let listener = TcpListener::from_std(listener)?;
+                        let listener = Listener::from_std(listener)?;
                         let (_second, _, _slot) = accept(&listener, &counted).await;
                     }
                     Ok(())
@@ -793,5 +880,51 @@ mod tests {
         assert_eq!(limit.open(), 1);
         let stats = limit.stats();
         assert_eq!((stats.listener, stats.max, stats.open), ("data", 2, 1));
+    }
+
+    #[tokio::test]
+    async fn a_shared_limit_is_never_held_by_a_listener_without_a_client() {
+        // Two sockets under one limit of 1, each served by its own accept loop, as the workers'
+        // sockets (or the plain and TLS listeners) are. `first` is polled first: were a slot
+        // taken before a client waits, it would sit on the only one, and a client of `second`
+        // would never be accepted while nothing at all is open.
+        let limit = ConnectionLimit::new("data", 1);
+        let first = bind(loopback(), 16).unwrap();
+        let second = bind(loopback(), 16).unwrap();
+        let (to_first, to_second) = (first.local_addr().unwrap(), second.local_addr().unwrap());
+        let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+        for (name, listener) in [("first", first), ("second", second)] {
+            let limit = limit.clone();
+            let accepted_tx = accepted_tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    let conn = accept(&listener, &limit).await;
+                    if accepted_tx.send((name, conn)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        tokio::task::yield_now().await;
+        let _y = TcpStream::connect(to_second).await.unwrap();
+        let (name, (_, _, y_slot)) = tokio::time::timeout(Duration::from_secs(10), accepted.recv())
+            .await
+            .expect("a client of the second socket is accepted while nothing is open")
+            .unwrap();
+        assert_eq!(name, "second");
+        assert_eq!(limit.open(), 1);
+        // At the limit, a client of the first waits in its backlog; once the slot is freed,
+        // it is the one accepted.
+        let _x = TcpStream::connect(to_first).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(300), accepted.recv()).await;
+        assert!(waited.is_err(), "accepted past the limit");
+        drop(y_slot);
+        let (name, (_, _, _x_slot)) =
+            tokio::time::timeout(Duration::from_secs(10), accepted.recv())
+                .await
+                .expect("the waiting client is accepted once the slot is freed")
+                .unwrap();
+        assert_eq!(name, "first");
+        assert_eq!(limit.open(), 1);
     }
 }

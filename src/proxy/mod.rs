@@ -110,7 +110,7 @@ pub use mirror::{
 pub use retry::Replay;
 pub use server::{
     serve, serve_front, Draining, Front, Observer, ProxyConfig, RequestRecord, Timeouts,
-    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_HEADER_BYTES, HANDOVER_LINGER,
 };
 pub use tls::TlsTerminator;
 pub use upstream::local_fd_limit_failures;

@@ -49,7 +49,6 @@ use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -311,7 +310,7 @@ pub enum Front {
 /// Upgraded connections (WebSocket tunnels) are not waited for: they run on until either side
 /// closes them.
 pub async fn serve(
-    listener: TcpListener,
+    listener: listen::Listener,
     cfg: Arc<ProxyConfig>,
     upstreams: Arc<LiveUpstreams>,
     router: Arc<dyn Router>,
@@ -322,7 +321,7 @@ pub async fn serve(
 
 /// [`serve`] with what the listener speaks before HTTP: plain, redirecting, or TLS.
 pub async fn serve_front(
-    listener: TcpListener,
+    listener: listen::Listener,
     front: Front,
     cfg: Arc<ProxyConfig>,
     upstreams: Arc<LiveUpstreams>,
@@ -1163,6 +1162,7 @@ mod tests {
     use super::*;
     use crate::policy::Reason;
     use crate::proxy::{ServerConfig, UpstreamConfig, DEFAULT_VERSION_HEADER};
+    use tokio::net::TcpListener;
 
     use std::pin::Pin;
     use std::sync::atomic::{AtomicUsize, Ordering};

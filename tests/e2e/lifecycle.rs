@@ -30,6 +30,12 @@ async fn sigterm_with_requests_stuck_on_a_hung_upstream_ends_within_the_shutdown
         equals(open().await, Some(20.0))
     })
     .await;
+    // And every request read and sent on (a connection whose request is not read yet is
+    // closed at once by a stop, as it should be, and would not count as busy).
+    eventually("20 requests at the hung upstream", async || {
+        equals(hung.accepted(), 20)
+    })
+    .await;
 
     let took = gg.terminate().await;
     // Before the deadline: 60 s (the upstream timeout) at least; with it, 1 s and a little.

@@ -13,7 +13,7 @@ use graygate::config::file::StoreFile;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -539,6 +539,8 @@ impl From<&MemcachedServer> for StoreFile {
 pub struct HangingServer {
     port: u16,
     stop: Arc<AtomicBool>,
+    /// Connections it has accepted (and holds).
+    accepted: Arc<AtomicUsize>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -547,8 +549,10 @@ impl HangingServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind hanging server");
         let port = listener.local_addr().expect("a bound address").port();
         let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
         let thread = {
             let stop = Arc::clone(&stop);
+            let accepted = Arc::clone(&accepted);
             std::thread::spawn(move || {
                 let mut held = Vec::new();
                 for stream in listener.incoming() {
@@ -557,6 +561,7 @@ impl HangingServer {
                     }
                     if let Ok(stream) = stream {
                         held.push(stream);
+                        accepted.fetch_add(1, Ordering::SeqCst);
                     }
                 }
                 for stream in held {
@@ -567,8 +572,14 @@ impl HangingServer {
         HangingServer {
             port,
             stop,
+            accepted,
             thread: Some(thread),
         }
+    }
+
+    /// How many connections it has accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     pub fn addr(&self) -> String {
