@@ -51,6 +51,7 @@ pub use evaluate::{bucket_of, Evaluation};
 pub use iptable::IpTable;
 pub use model::PolicyDoc;
 pub use path::FieldPath;
+pub use request::push_ip;
 
 use std::net::IpAddr;
 use std::sync::Arc;
