@@ -659,14 +659,18 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
     let started = Instant::now();
     // Phase "client IP".
     let client_ip = shared.cfg.client_ip.resolve(peer.ip(), req.headers());
-    let Some(observer) = shared.cfg.observer.as_ref() else {
-        let mut outcome = Outcome::default();
-        return proxy(shared, peer, client_ip, req, &mut outcome, started).await;
-    };
-    let method = req.method().clone();
-    let uri = req.uri().clone();
+    // What the observer needs of the request, taken before it moves on. One `proxy` call for
+    // both cases: two would each keep room for its future in this one.
+    let observed = shared
+        .cfg
+        .observer
+        .as_ref()
+        .map(|observer| (observer, req.method().clone(), req.uri().clone()));
     let mut outcome = Outcome::default();
     let response = proxy(shared, peer, client_ip, req, &mut outcome, started).await;
+    let Some((observer, method, uri)) = observed else {
+        return response;
+    };
     // Phase "observe": reported when the body is done, so the record has its byte count.
     let report = Report {
         observer: observer.clone(),
@@ -945,10 +949,15 @@ async fn proxy(
             outcome.unhealthy = matches!(error, UpstreamError::OutOfService { .. });
             outcome.upstream = Some(choice.stable_upstream);
             options.fallback = false;
-            result = shared
-                .upstreams
-                .send_with(choice.stable_upstream, request, activity, &mut options)
-                .await;
+            // Boxed: a second upstream exchange in the request's future would double its size
+            // (and the copy of it every request pays) for a path few requests take.
+            result = Box::pin(shared.upstreams.send_with(
+                choice.stable_upstream,
+                request,
+                activity,
+                &mut options,
+            ))
+            .await;
         }
     }
     outcome.retried = options.retried;

@@ -309,7 +309,7 @@ async fn a_demoted_primary_leads_to_the_new_one_never_to_a_lost_write() {
     for port in [primary, first] {
         eventually("the revision is on both servers", async || {
             let stored =
-                crate::support::servers::cli(port, &["HGET", "graygate:policy", "revision"]);
+                crate::support::servers::try_cli(port, &["HGET", "graygate:policy", "revision"])?;
             if stored == revision {
                 Ok(())
             } else {

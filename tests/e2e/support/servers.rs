@@ -750,14 +750,23 @@ impl SentinelSet {
 
 /// `redis-cli -p <port> <args>`, trimmed (a sentinel, or a server of any kind).
 pub fn cli(port: u16, args: &[&str]) -> String {
+    try_cli(port, args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`cli`] for a server that may drop the connection meanwhile (a primary that the sentinels
+/// are turning into a replica closes its clients): the failure, to look again.
+pub fn try_cli(port: u16, args: &[&str]) -> Result<String, String> {
     let out = Command::new("redis-cli")
         .arg("-p")
         .arg(port.to_string())
         .args(args)
         .output()
         .expect("run redis-cli");
-    assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(format!("redis-cli -p {port} {args:?}: {out:?}"))
+    }
 }
 
 /// A Redis Cluster of three primaries on free loopback ports (no replicas), created with
