@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, counted rather than timed (wall-clock rounds on a
+# shared 2-core machine move by 5 to 30%): graygate's release build under callgrind, on the
+# memcached layout (examples/peer-seed-000.toml), with ../shared/peer running (its start.sh).
+# Two runs, of 200 and 2,200 keep-alive GETs to the canary from one curl; the difference over
+# 2,000 leaves out start-up and shut-down.
+#
+#   bench/callgrind.sh [BIN]     # BIN defaults to target/release/graygate; about 3 minutes
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${1:-$ROOT/target/release/graygate}
+WORK=/tmp/graygate-callgrind
+command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install -y valgrind)"; exit 1; }
+[ "$(curl -s -m 3 http://127.0.0.1:19090/)" = canary ] || { echo "start ../shared/peer/start.sh first"; exit 1; }
+if (exec 3<>/dev/tcp/127.0.0.1/18201) 2>/dev/null; then echo "port 18201 is taken: stop what listens there"; exit 1; fi
+
+count() {  # count N -> total instructions of a run with N requests
+    rm -rf "$WORK"; mkdir -p "$WORK"
+    sed -e "s|graygate-data/peer-seed-000|$WORK/store|" "$ROOT/examples/peer-seed-000.toml" >"$WORK/c.toml"
+    valgrind --tool=callgrind --callgrind-out-file="$WORK/out" "$BIN" run --config "$WORK/c.toml" >"$WORK/log" 2>&1 &
+    local vg=$!
+    for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/18201) 2>/dev/null && break; sleep 0.2; done
+    local urls=() i
+    for i in $(seq "$1"); do urls+=(http://127.0.0.1:18201/); done
+    local answers
+    answers=$(curl -s -H "X-Real-IP: 10.0.0.7" "${urls[@]}" | grep -c '^canary$' || true)
+    kill -INT "$vg"; wait "$vg" || true
+    [ "$answers" = "$1" ] || { echo "$answers of $1 requests answered by the canary" >&2; exit 1; }
+    callgrind_annotate "$WORK/out" | awk '/PROGRAM TOTALS/ && !n++ {gsub(",", "", $1); print $1}'
+}
+small=$(count 200)
+large=$(count 2200)
+echo "instructions per request: $(( (large - small) / 2000 ))  ($small for 200 requests, $large for 2,200)"
