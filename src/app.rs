@@ -158,9 +158,8 @@ async fn bind(
     };
     let key = upgrade::listener_key(listener.key(), addr);
     let socket = match inherited.take_listener(&key) {
-        Some(socket) => socket
-            .set_nonblocking(true)
-            .and_then(|()| proxy::listen::Listener::from_std(socket)),
+        // Made non-blocking by `Listener::from_std`.
+        Some(socket) => proxy::listen::Listener::from_std(socket),
         None => proxy::bind(addr, backlog),
     }
     .map_err(bind_error)?;

@@ -502,13 +502,8 @@ pub async fn accept(listener: &Listener, limit: &ConnectionLimit) -> (TcpStream,
             Err(_would_block) => continue,
         };
         drop(ready);
-        match accepted.and_then(|(stream, peer)| {
-            // Non-blocking from `accept4` already.
-            Ok((
-                TcpStream::from_std(std::net::TcpStream::from(stream))?,
-                peer,
-            ))
-        }) {
+        // Non-blocking from `accept4` already.
+        match accepted.and_then(|(stream, peer)| Ok((TcpStream::from_std(stream.into())?, peer))) {
             Ok((stream, peer)) => {
                 limit.accepted();
                 return (stream, peer, slot);
