@@ -44,7 +44,6 @@ use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
 use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
@@ -64,6 +63,8 @@ use super::upstream_protocol;
 use super::{edge, forward};
 use super::{Answer, BoxError, ProxyBody, Router};
 use crate::policy::{Decision, Note, RequestFacts};
+
+mod http1;
 
 /// Body of the 404 answered when the policy has no route.
 const NO_ROUTE: &str = "graygate: no route\n";
@@ -494,6 +495,11 @@ async fn accept_plain(
         _ = stopping.wait_for(|stop| *stop) => return,
     };
     match detected {
+        // HTTP/1.1: graygate's own loop, which leaves to hyper what it does not take.
+        Ok((Protocol::Http1, stream)) => {
+            let (first, stream) = stream.into_parts();
+            http1::serve(stream, first, peer, shared, stop).await
+        }
         Ok((protocol, stream)) => {
             // Boxed: a future awaited inside another is stored in it more than once (its
             // arguments, then its running state), at every level; one box of its own size
@@ -528,17 +534,7 @@ async fn serve_connection<I>(
         Protocol::Http1 => {
             let service = service_fn(move |req| {
                 let shared = shared.clone();
-                let answer = async move {
-                    let mut response = respond_to(&shared, peer, req).await;
-                    if shared.cfg.draining.is_on()
-                        && response.status() != StatusCode::SWITCHING_PROTOCOLS
-                    {
-                        response
-                            .headers_mut()
-                            .insert(CONNECTION, HeaderValue::from_static("close"));
-                    }
-                    Ok::<_, Infallible>(response)
-                };
+                let answer = async move { Ok::<_, Infallible>(answer(&shared, peer, req).await) };
                 // Boxed per request: hyper keeps a slot the size of the service's future for the
                 // whole life of the connection, idle or not, and a request's future is
                 // kilobytes. Boxed, the slot is a pointer, and the memory is held only while a
@@ -622,11 +618,36 @@ async fn drive<C: Future<Output = hyper::Result<()>>>(
     }
 }
 
-/// One request as its listener answers it: a redirect to HTTPS, or proxied.
-async fn respond_to(
+/// One HTTP/1.1 request's answer ([`respond_to`]); while the listeners are handed over, with
+/// `Connection: close`, so that the client's next request goes to the new process.
+async fn answer<B: ClientBody>(
     shared: &Shared,
     peer: SocketAddr,
-    mut req: Request<Incoming>,
+    req: Request<B>,
+) -> Response<ProxyBody> {
+    let mut response = respond_to(shared, peer, req).await;
+    if shared.cfg.draining.is_on() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// A client's request body as the request path takes it: hyper's, or none at all (a request
+/// the own HTTP/1.1 loop took, [`http1`]).
+trait ClientBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + Unpin + 'static {}
+
+impl<B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + Unpin + 'static> ClientBody
+    for B
+{
+}
+
+/// One request as its listener answers it: a redirect to HTTPS, or proxied.
+async fn respond_to<B: ClientBody>(
+    shared: &Shared,
+    peer: SocketAddr,
+    mut req: Request<B>,
 ) -> Response<ProxyBody> {
     match &shared.redirect {
         // The edge's rules for the host first: the redirect names the host the HTTPS side
@@ -655,7 +676,11 @@ struct Outcome {
 }
 
 /// One request, all phases. Never fails: every error becomes a response.
-async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn handle<B: ClientBody>(
+    shared: &Shared,
+    peer: SocketAddr,
+    req: Request<B>,
+) -> Response<ProxyBody> {
     let started = Instant::now();
     // Phase "client IP".
     let client_ip = shared.cfg.client_ip.resolve(peer.ip(), req.headers());
@@ -797,11 +822,11 @@ impl Drop for ObservedBody {
 }
 
 /// Phases "route", "rewrite", "upstream" and "respond".
-async fn proxy(
+async fn proxy<B: ClientBody>(
     shared: &Shared,
     peer: SocketAddr,
     client_ip: IpAddr,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
     outcome: &mut Outcome,
     started: Instant,
 ) -> Response<ProxyBody> {
@@ -1171,6 +1196,7 @@ mod tests {
     use super::*;
     use crate::policy::Reason;
     use crate::proxy::{ServerConfig, UpstreamConfig, DEFAULT_VERSION_HEADER};
+    use hyper::body::Incoming;
     use tokio::net::TcpListener;
 
     use std::pin::Pin;
