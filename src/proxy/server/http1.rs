@@ -181,7 +181,7 @@ fn connection_tokens(value: &HeaderValue) -> Option<bool> {
 /// from HTTP/2), until the client closes it, the header timeout closes it, shutdown asks it to
 /// finish, or a request is not one of this loop's: then hyper serves the rest of it.
 pub(super) async fn serve(
-    stream: TcpStream,
+    mut stream: TcpStream,
     first: Bytes,
     peer: SocketAddr,
     shared: Arc<Shared>,
@@ -196,13 +196,18 @@ pub(super) async fn serve(
         // hyper's `header_read_timeout`, which also bounds an idle kept-alive connection).
         let deadline = tokio::time::Instant::now() + shared.cfg.timeouts.header;
         let (request, keep_alive) = loop {
-            match parse(&mut read, limit) {
+            let head = if read.is_empty() {
+                Head::Partial
+            } else {
+                parse(&mut read, limit)
+            };
+            match head {
                 Head::Request(request, keep_alive) => break (request, keep_alive),
                 Head::Hyper => return Box::pin(to_hyper(stream, read, peer, shared, stop)).await,
                 Head::Partial => {}
             }
             let waited = tokio::select! {
-                more = read_more(&stream, &mut read) => Wait::More(more),
+                more = read_more(&mut stream, &mut read) => Wait::More(more),
                 _ = tokio::time::sleep_until(deadline) => Wait::TimedOut,
                 _ = stop.wait_for(|stop| *stop) => Wait::Stop,
             };
@@ -238,8 +243,8 @@ pub(super) async fn serve(
             return close(stream).await;
         }
         if read.is_empty() {
-            // Nothing pipelined: the buffer goes while the connection idles.
-            read = BytesMut::new();
+            // Nothing pipelined: the buffer goes back to the pool while the connection idles.
+            pool::give_read(std::mem::take(&mut read));
         }
     }
 }
@@ -264,14 +269,80 @@ async fn to_hyper(
 }
 
 /// Reads what the socket has into `read` once it is readable; 0 at the end of the stream.
-async fn read_more(stream: &TcpStream, read: &mut BytesMut) -> io::Result<usize> {
-    loop {
-        stream.readable().await?;
+///
+/// The buffer is taken from the worker's pool only once there is something to read, so a
+/// connection idles without one. The read goes through tokio's `poll_read`, which marks the
+/// socket not ready after a short read: the next wait then needs no read that only says EAGAIN.
+async fn read_more(stream: &mut TcpStream, read: &mut BytesMut) -> io::Result<usize> {
+    stream.readable().await?;
+    if read.capacity() == 0 {
+        *read = pool::take_read();
+    }
+    if read.capacity() - read.len() < READ_ROOM {
         read.reserve(READ_ROOM);
-        match stream.try_read_buf(read) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            done => return done,
+    }
+    std::future::poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, read)).await
+}
+
+/// Buffers kept by each worker thread for its connections: a request's read buffer and a
+/// response's head go back here when the connection idles, instead of to the allocator and
+/// back per request; an idle connection holds none.
+mod pool {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    /// At most this many of each are kept per worker (8 KiB and about 0.5 KiB each).
+    const KEPT: usize = 256;
+
+    thread_local! {
+        static READS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+        static WRITES: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// An empty read buffer with room for a head.
+    pub fn take_read() -> BytesMut {
+        READS
+            .with(|kept| kept.borrow_mut().pop())
+            .unwrap_or_else(|| BytesMut::with_capacity(super::READ_ROOM))
+    }
+
+    /// Gives back an emptied read buffer. One still shared with a request's head (a header
+    /// value kept somewhere) is dropped instead: it could not be written into from its start.
+    pub fn give_read(mut read: BytesMut) {
+        read.clear();
+        // `reserve` within the allocation succeeds, without allocating, only when the buffer is
+        // no longer shared; then its whole room is usable again.
+        if !read.try_reclaim(super::READ_ROOM) {
+            return;
         }
+        READS.with(|kept| {
+            let mut kept = kept.borrow_mut();
+            if kept.len() < KEPT {
+                kept.push(read);
+            }
+        });
+    }
+
+    /// An empty buffer for a response head.
+    pub fn take_write() -> Vec<u8> {
+        WRITES
+            .with(|kept| kept.borrow_mut().pop())
+            .unwrap_or_else(|| Vec::with_capacity(512))
+    }
+
+    /// Gives back a response head buffer (not one a large body grew).
+    pub fn give_write(mut out: Vec<u8>) {
+        if out.capacity() > 4096 {
+            return;
+        }
+        out.clear();
+        WRITES.with(|kept| {
+            let mut kept = kept.borrow_mut();
+            if kept.len() < KEPT {
+                kept.push(out);
+            }
+        });
     }
 }
 
@@ -567,7 +638,7 @@ async fn respond(
         .extensions
         .get::<hyper::ext::ReasonPhrase>()
         .map(|r| r.as_bytes().to_vec());
-    let mut out = Vec::with_capacity(512);
+    let mut out = pool::take_write();
     let encoded = match encode_head(
         parts.status,
         parts.version,
@@ -594,6 +665,7 @@ async fn respond(
         send_body(stream, &mut body, encoded.framing, &mut out).await?
     };
     write(stream, &mut out).await?;
+    pool::give_write(out);
     Ok(complete && !encoded.last)
 }
 
