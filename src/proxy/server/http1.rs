@@ -185,16 +185,27 @@ pub(super) async fn serve(
     first: Bytes,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let mut read = first
         .try_into_mut()
         .unwrap_or_else(|b| BytesMut::from(&b[..]));
     let limit = shared.cfg.max_header_bytes.max(1);
+    let within = shared.cfg.timeouts.header;
+    // One timer and one wait for shutdown for the connection's life, not one per request: a
+    // timer moved later is only marked so (tokio moves it when it would have fired), and the
+    // wait stays registered between requests.
+    let header_timer = tokio::time::sleep(within);
+    tokio::pin!(header_timer);
+    let mut watching = stop.clone();
+    let stopped = watching.wait_for(|stop| *stop);
+    tokio::pin!(stopped);
     loop {
         // A head, within the header timeout from the moment the connection waits for one (as
         // hyper's `header_read_timeout`, which also bounds an idle kept-alive connection).
-        let deadline = tokio::time::Instant::now() + shared.cfg.timeouts.header;
+        header_timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + within);
         let (request, keep_alive) = loop {
             let head = if read.is_empty() {
                 Head::Partial
@@ -207,9 +218,10 @@ pub(super) async fn serve(
                 Head::Partial => {}
             }
             let waited = tokio::select! {
+                biased;
                 more = read_more(&mut stream, &mut read) => Wait::More(more),
-                _ = tokio::time::sleep_until(deadline) => Wait::TimedOut,
-                _ = stop.wait_for(|stop| *stop) => Wait::Stop,
+                _ = header_timer.as_mut() => Wait::TimedOut,
+                _ = stopped.as_mut() => Wait::Stop,
             };
             match waited {
                 Wait::More(Ok(0)) | Wait::Stop if read.is_empty() => return,
