@@ -241,9 +241,11 @@ pub(super) async fn serve(
                 }
             }
         };
-        let response = answer(&shared, peer, request).await;
+        // Boxed: a request's future is kilobytes, and inline it would be part of the
+        // connection's task for the connection's whole life, idle or not.
+        let response = Box::pin(answer(&shared, peer, request)).await;
         let keep_alive = keep_alive && !*stop.borrow();
-        match respond(&stream, response, keep_alive).await {
+        match Box::pin(respond(&stream, response, keep_alive)).await {
             Ok(true) => {}
             Ok(false) => return close(stream).await,
             Err(e) => {
