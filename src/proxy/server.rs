@@ -1611,6 +1611,38 @@ mod tests {
         .await
     }
 
+    /// One connection, requests pipelined: the first taken by the own HTTP/1.1 loop, the second
+    /// (a body) handed to hyper with the bytes after it, the third served by hyper in turn; all
+    /// answered, in order.
+    #[tokio::test]
+    async fn a_connection_moves_from_the_own_loop_to_hyper_mid_stream() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        within(async {
+            let b = echo_backend("stable").await;
+            let p = stable_proxy(b.addr).start().await;
+            let mut stream = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+            stream
+                .write_all(
+                    b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n\
+                      POST /2 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc\
+                      GET /3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                )
+                .await
+                .unwrap();
+            let mut answers = Vec::new();
+            stream.read_to_end(&mut answers).await.unwrap();
+            let answers = String::from_utf8_lossy(&answers);
+            assert_eq!(
+                answers.matches("HTTP/1.1 200 OK\r\n").count(),
+                3,
+                "{answers}"
+            );
+            let at = |path: &str| answers.find(&format!("\nstable\n{path}\n")).expect(path);
+            assert!(at("/1") < at("/2") && at("/2") < at("/3"), "{answers}");
+        })
+        .await
+    }
+
     #[tokio::test]
     async fn no_route_is_404() {
         within(async {
