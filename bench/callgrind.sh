@@ -2,8 +2,9 @@
 # User-space instructions per proxied request, counted rather than timed (wall-clock rounds on a
 # shared 2-core machine move by 5 to 30%): graygate's release build under callgrind, on the
 # memcached layout (examples/peer-seed-000.toml), with ../shared/peer running (its start.sh).
-# Two runs, of 200 and 2,200 keep-alive GETs to the canary from one curl; the difference over
-# 2,000 leaves out start-up and shut-down.
+# Two runs, of 200 and 6,200 keep-alive GETs to the canary from one curl; the difference over
+# 6,000 leaves out start-up and shut-down (with 2,000, the start-up's own variance moved the count
+# of one build by up to 1,000 instructions per request between runs).
 #
 #   bench/callgrind.sh [BIN]     # BIN defaults to target/release/graygate; about 3 minutes
 set -euo pipefail
@@ -29,5 +30,5 @@ count() {  # count N -> total instructions of a run with N requests
     callgrind_annotate "$WORK/out" | awk '/PROGRAM TOTALS/ && !n++ {gsub(",", "", $1); print $1}'
 }
 small=$(count 200)
-large=$(count 2200)
-echo "instructions per request: $(( (large - small) / 2000 ))  ($small for 200 requests, $large for 2,200)"
+large=$(count 6200)
+echo "instructions per request: $(( (large - small) / 6000 ))  ($small for 200 requests, $large for 6,200)"

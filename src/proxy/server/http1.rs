@@ -503,40 +503,23 @@ pub(crate) fn encode_head(
                 }
                 wrote_len = true;
                 must_write_chunked = !is_chunked(&value);
-                if open.is_none() {
+                if join(out, &mut open, name, &value) {
                     framing = Framing::Chunked;
-                    out.extend_from_slice(b"transfer-encoding: ");
-                    open = Some(header::TRANSFER_ENCODING);
-                } else {
-                    out.extend_from_slice(b", ");
                 }
-                out.extend_from_slice(value.as_bytes());
                 continue;
             }
             header::CONNECTION => {
                 if has_close(&value) {
                     last = true;
                 }
-                if open.is_none() {
-                    out.extend_from_slice(b"connection: ");
-                    open = Some(header::CONNECTION);
-                } else {
-                    out.extend_from_slice(b", ");
-                }
-                out.extend_from_slice(value.as_bytes());
+                join(out, &mut open, name, &value);
                 continue;
             }
             header::TRAILER => {
                 if http10 || !can_chunk {
                     continue;
                 }
-                if open.is_none() {
-                    out.extend_from_slice(b"trailer: ");
-                    open = Some(header::TRAILER);
-                } else {
-                    out.extend_from_slice(b", ");
-                }
-                out.extend_from_slice(value.as_bytes());
+                join(out, &mut open, name, &value);
                 continue;
             }
             header::DATE => wrote_date = true,
@@ -589,6 +572,27 @@ pub(crate) fn encode_head(
         last = true;
     }
     Ok(Encoded { framing, last })
+}
+
+/// Writes `value` on the one line of `name`, whose values are joined with ", " (hyper joins
+/// `transfer-encoding`, `connection` and `trailer`): the line is started when none is open.
+/// True when it started it.
+fn join(
+    out: &mut Vec<u8>,
+    open: &mut Option<HeaderName>,
+    name: &HeaderName,
+    value: &HeaderValue,
+) -> bool {
+    let start = open.is_none();
+    if start {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        *open = Some(name.clone());
+    } else {
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(value.as_bytes());
+    start
 }
 
 /// Ends a header line whose values were joined; a `transfer-encoding` that did not end in
