@@ -321,12 +321,16 @@ mod pool {
             .unwrap_or_else(|| BytesMut::with_capacity(super::READ_ROOM))
     }
 
-    /// Gives back an emptied read buffer. One still shared with a request's head (a header
-    /// value kept somewhere) is dropped instead: it could not be written into from its start.
+    /// Gives back an emptied read buffer. One that grew for a large head is dropped instead,
+    /// so that the pool holds at most `KEPT` buffers of about `READ_ROOM` each, whatever
+    /// `max_header_bytes` allows.
     pub fn give_read(mut read: BytesMut) {
         read.clear();
-        // `reserve` within the allocation succeeds, without allocating, only when the buffer is
-        // no longer shared; then its whole room is usable again.
+        if read.capacity() > 2 * super::READ_ROOM {
+            return;
+        }
+        // Room for a head again from its start; when that cannot be had without allocating,
+        // the buffer is not kept.
         if !read.try_reclaim(super::READ_ROOM) {
             return;
         }

@@ -571,3 +571,16 @@ fn a_body_longer_than_its_length_is_cut_there_and_one_shorter_closes() {
     assert!(without_dates(&ours).ends_with("\r\n\r\nabc"));
     assert!(!again, "a body short of its length ends the connection");
 }
+
+#[test]
+fn the_pool_keeps_head_sized_read_buffers_only() {
+    let mut grown = pool::take_read();
+    grown.reserve(64 * READ_ROOM);
+    let big = grown.capacity();
+    pool::give_read(grown);
+    // A buffer grown for a large head is not kept: the next one is head-sized.
+    let next = pool::take_read();
+    assert!(next.capacity() < big, "{} of {big}", next.capacity());
+    assert!(next.capacity() >= READ_ROOM);
+    pool::give_read(next);
+}
