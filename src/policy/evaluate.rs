@@ -15,6 +15,7 @@ use super::index::{SourceIndex, NONE};
 use super::request::{parse_integer, parse_number, strip_port, Memo, Slot, INLINE_SLOTS};
 use super::token;
 use super::{Decision, LookupAnswer, Lookups, Note, OverrideValue, Reason, RequestFacts};
+use smallvec::SmallVec;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -115,19 +116,14 @@ impl Policy {
             }
         }
 
-        let mut inline = [Slot::EMPTY; INLINE_SLOTS];
-        let mut heap = Vec::new();
-        let count = service.sources.len();
-        let slots = if count <= INLINE_SLOTS {
-            &mut inline[..count]
-        } else {
-            heap.extend((0..count).map(|_| Slot::EMPTY));
-            &mut heap[..]
-        };
+        // Only the service's own slots are written (and dropped), not the whole inline array,
+        // and in place (a collected SmallVec is copied out whole).
+        let mut slots: SmallVec<[Slot<'_>; INLINE_SLOTS]> = SmallVec::new();
+        slots.extend((0..service.sources.len()).map(|_| Slot::EMPTY));
         let mut memo = Memo {
             facts,
             sources: &service.sources,
-            slots,
+            slots: &mut slots[..],
         };
 
         if let Some(o) = &service.override_ {

@@ -88,6 +88,11 @@ pub(super) fn strip_port(host: &str) -> &str {
 /// A number as Lua's `tonumber` reads it (the original designs compare with it): surrounding
 /// white space allowed, decimal with optional fraction and exponent, or `0x` hexadecimal.
 pub(super) fn parse_number(text: &str) -> Option<f64> {
+    // The usual identity, a plain decimal integer short enough to be exact as an `f64`, without
+    // the float parser (profile of issue 15); the same value the general path reads.
+    if (1..=15).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(text.bytes().fold(0u64, |n, b| n * 10 + u64::from(b - b'0')) as f64);
+    }
     let t = text.trim();
     let (neg, body) = match t.strip_prefix('-') {
         Some(rest) => (true, rest),
@@ -137,16 +142,23 @@ pub(super) fn source_value<'a>(source: &Source, facts: &RequestFacts<'a>) -> Opt
 }
 
 /// The first cookie named `name`, with surrounding white space and quotes removed.
+///
+/// A header value that `to_str` accepts holds visible ASCII, spaces and tabs only, so the ASCII
+/// trim is the whole of `str::trim` here, without its Unicode tables (profile of issue 15).
 fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            (k.trim() == name).then(|| v.trim().trim_matches('"'))
-        })
+        .find_map(|v| cookie_in(v, name))
+}
+
+/// The first cookie named `name` in one `Cookie` header value.
+fn cookie_in<'a>(value: &'a str, name: &str) -> Option<&'a str> {
+    value.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k.trim_ascii() == name).then(|| v.trim_ascii().trim_matches('"'))
+    })
 }
 
 /// The first query parameter named `name`, percent-decoded; a bare `name` reads as empty.
@@ -253,6 +265,26 @@ mod tests {
         assert_eq!(parse_number("inf"), None);
         assert_eq!(parse_number("12abc"), None);
         assert_eq!(parse_number(""), None);
+    }
+
+    proptest::proptest! {
+        /// The integer fast path reads what the float parser reads.
+        #[test]
+        fn plain_integers_read_as_the_float_parser_reads_them(n in 0u64..1_000_000_000_000_000, zeros in 0usize..3) {
+            let text = format!("{}{n}", "0".repeat(zeros));
+            let expected = text.parse::<f64>().ok().filter(|_| !text.is_empty());
+            proptest::prop_assert_eq!(parse_number(&text), expected);
+        }
+
+        /// The ASCII trim finds what `str::trim` found in any header value `to_str` accepts.
+        #[test]
+        fn cookies_read_as_with_the_unicode_trim(value in "[ \t!-~]{0,40}", name in "[ a-z=\"]{0,4}") {
+            let before = value.split(';').find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                (k.trim() == name).then(|| v.trim().trim_matches('"'))
+            });
+            proptest::prop_assert_eq!(cookie_in(&value, &name), before);
+        }
     }
 
     #[test]
