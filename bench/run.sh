@@ -202,7 +202,7 @@ work = os.path.dirname(micro_path)
 tls_text = open(os.path.join(work, "tls.txt")).read() if os.path.exists(os.path.join(work, "tls.txt")) else ""
 tls_rows = {}
 for l in tls_text.splitlines():
-    m = re.match(r"^(.+?)\s{2,}(nginx-nores|nginx|graygate)\s+(\d+)\s+(\d+)\s", l)
+    m = re.match(r"^(.+?)\s{2,}(nginx-nores|nginx-tls12|nginx|graygate)\s+(\d+)\s+(\d+)\s", l)
     if m:
         tls_rows[(m.group(1).strip(), m.group(2))] = int(m.group(4))
 tls_lines = []
@@ -214,7 +214,10 @@ tls_table = [l for l in tls_text.splitlines() if re.match(r"^(test |HTTPS|new TL
 tls_section = "" if not tls_text.strip() else f"""## HTTPS and HTTP/2 (`bench/tls.sh`, same run)
 
 One worker each, one self-signed ECDSA P-256 certificate served by both, the same backend behind
-both (see `bench/tls.sh` for the exact commands). Target: graygate at least nginx's req/s.
+both, both speaking TLS 1.3 (see `bench/tls.sh` for the exact commands). Target: graygate at
+least nginx's req/s. `nginx-nores` (no session resumption) and `nginx-tls12` (this nginx 1.22's
+own default protocols, TLS 1.2 at most, whose resumed sessions need no key exchange) are for
+reference.
 
 ```
 {chr(10).join(tls_table)}

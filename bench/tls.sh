@@ -6,7 +6,11 @@
 # One self-signed certificate (openssl req -x509, into a temp dir) serves both. One backend (a plain
 # nginx answering "prod" on 127.0.0.1:18480) behind both. nginx: one worker, `listen ... ssl http2`,
 # proxy_pass to a keepalive upstream. graygate: one worker thread (`workers = 1`), `[tls] listen`,
-# the backend as its only (stable) upstream, a policy with no rules. Three measurements a round,
+# the backend as its only (stable) upstream, a policy with no rules. Both speak TLS 1.3: nginx is
+# given `ssl_protocols TLSv1.2 TLSv1.3` (its default since 1.23.4; Debian 12's nginx 1.22 still
+# defaults to TLSv1 to TLSv1.2, so that every client would get TLS 1.2 from it and TLS 1.3 from
+# graygate, and test 2 would compare two protocols). nginx-tls12, that same nginx with its 1.22
+# default, is measured in test 2 as well, for reference. Three measurements a round,
 # each against nginx then graygate:
 #   1. HTTPS keep-alive:  wrk -t2 -c50 -d10s https://127.0.0.1:PORT/
 #   2. new handshakes:    the same with -H "Connection: close" (one TLS handshake per request)
@@ -19,7 +23,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/docs/benchmarks.md}
 REPS=${REPS:-3} DUR=${DUR:-10s} WARM=${WARM:-2s} CONNS=${CONNS:-50} THREADS=${THREADS:-2}
 H2N=${H2N:-100000} KEY=${KEY:-ec}
-P_BACK=18480 P_NGINX=18443 P_GG=18444 P_NOSESS=18445
+P_BACK=18480 P_NGINX=18443 P_GG=18444 P_NOSESS=18445 P_TLS12=18446
 cd "$ROOT"
 
 need=()
@@ -38,7 +42,7 @@ T=$(mktemp -d /tmp/graygate-tls-bench.XXXXXX)
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for n in backend nginx nosess; do
+    for n in backend nginx nosess tls12; do
         [ -f "$T/$n/nginx.pid" ] && kill "$(cat "$T/$n/nginx.pid")" 2>/dev/null || true
     done
     rm -rf "$T"
@@ -84,6 +88,7 @@ nginx_conf nginx "    upstream backend { server 127.0.0.1:$P_BACK; keepalive 64;
         listen 127.0.0.1:$P_NGINX ssl http2 backlog=4096;
         ssl_certificate $T/cert.pem;
         ssl_certificate_key $T/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
         location / {
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
@@ -98,6 +103,13 @@ sed -e "s|$T/nginx/|$T/nosess/|g" -e "s|127.0.0.1:$P_NGINX ssl|127.0.0.1:$P_NOSE
     "$T/nginx/nginx.conf" >"$T/nosess.conf"
 mkdir -p "$T/nosess/tmp" && mv "$T/nosess.conf" "$T/nosess/nginx.conf"
 nginx -p "$T/nosess/" -c "$T/nosess/nginx.conf" -e "$T/nosess/error.log"
+# The same nginx with nginx 1.22's own protocols (TLSv1 to TLSv1.2): resumed TLS 1.2 sessions
+# need no key exchange, resumed TLS 1.3 ones one X25519 exchange (RFC 8446's psk_dhe_ke, the
+# only mode OpenSSL's client offers).
+sed -e "s|$T/nginx/|$T/tls12/|g" -e "s|127.0.0.1:$P_NGINX ssl|127.0.0.1:$P_TLS12 ssl|" \
+    -e "/ssl_protocols TLSv1.2 TLSv1.3;/d" "$T/nginx/nginx.conf" >"$T/tls12.conf"
+mkdir -p "$T/tls12/tmp" && mv "$T/tls12.conf" "$T/tls12/nginx.conf"
+nginx -p "$T/tls12/" -c "$T/tls12/nginx.conf" -e "$T/tls12/error.log"
 
 cat >"$T/graygate.toml" <<EOF
 listen = []
@@ -127,7 +139,7 @@ EOF
 "$BIN" run --config "$T/graygate.toml" >"$T/graygate.log" 2>&1 &
 pids+=($!)
 
-for p in $P_BACK $P_NGINX $P_NOSESS $P_GG; do  # bounded: 10 s a port
+for p in $P_BACK $P_NGINX $P_NOSESS $P_TLS12 $P_GG; do  # bounded: 10 s a port
     for i in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
     [ "$i" -lt 100 ] || { echo "nothing listens on :$p"; cat "$T"/*.log "$T"/*/error.log 2>/dev/null; exit 1; }
 done
@@ -177,16 +189,16 @@ h2_one() {  # h2_one PORT -> "h2|PORT|rps|p50|p99|errors" (h2load gives mean and
 : >"$RAW"
 for rep in $(seq "$REPS"); do
     for p in $P_NGINX $P_GG; do wrk_one keepalive "$p" >>"$RAW"; done
-    for p in $P_NGINX $P_NOSESS $P_GG; do wrk_one handshake "$p" "Connection: close" >>"$RAW"; done
+    for p in $P_NGINX $P_NOSESS $P_TLS12 $P_GG; do wrk_one handshake "$p" "Connection: close" >>"$RAW"; done
     for p in $P_NGINX $P_GG; do h2_one "$p" >>"$RAW"; done
 done
 
-name() { case $1 in $P_NGINX) echo nginx ;; $P_NOSESS) echo nginx-nores ;; *) echo graygate ;; esac; }
+name() { case $1 in $P_NGINX) echo nginx ;; $P_NOSESS) echo nginx-nores ;; $P_TLS12) echo nginx-tls12 ;; *) echo graygate ;; esac; }
 TABLE=$T/table
 {
     printf '%-28s %-11s %6s %8s %8s %8s %6s  %s\n' test target port req/s p50_ms p99_ms errors "runs (req/s)"
     for t in keepalive handshake h2; do
-        ports="$P_NGINX $P_GG"; [ $t = handshake ] && ports="$P_NGINX $P_NOSESS $P_GG"
+        ports="$P_NGINX $P_GG"; [ $t = handshake ] && ports="$P_NGINX $P_NOSESS $P_TLS12 $P_GG"
         for p in $ports; do
             col() { grep "^$t|$p|" "$RAW" | cut -d'|' -f"$1"; }
             med() { col "$1" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
@@ -206,7 +218,7 @@ table, out, reps, dur, conns, threads, h2n, key, cores, ossl, ngxv, wrkv, h2v, r
 lines = open(table).read().splitlines()
 rows = {}
 for l in lines[1:]:
-    m = re.match(r"^(.+?)\s{2,}(nginx|nginx-nores|graygate)\s+(\d+)\s+(\d+)\s", l)
+    m = re.match(r"^(.+?)\s{2,}(nginx-nores|nginx-tls12|nginx|graygate)\s+(\d+)\s+(\d+)\s", l)
     if m:
         rows[(m.group(1).strip(), m.group(2))] = int(m.group(4))
 ratios = []
@@ -214,9 +226,10 @@ for test in ["HTTPS keep-alive (wrk)", "new TLS handshakes (wrk)", "HTTP/2 over 
     g, n = rows.get((test, "graygate")), rows.get((test, "nginx"))
     if g and n:
         ratios.append(f"| {test} | {g} | nginx {n} | {g / n:.2f}x |")
-    r = rows.get((test, "nginx-nores"))
-    if g and r:
-        ratios.append(f"| {test} | {g} | nginx-nores {r} | {g / r:.2f}x |")
+    for other in ["nginx-nores", "nginx-tls12"]:
+        r = rows.get((test, other))
+        if g and r:
+            ratios.append(f"| {test} | {g} | {other} {r} | {g / r:.2f}x |")
 keytxt = "ECDSA P-256" if key == "ec" else "RSA 2048"
 section = f"""## TLS and HTTP/2, same run
 
@@ -226,7 +239,9 @@ round), median shown. One self-signed {keytxt} certificate (`openssl req -x509`)
 backend (a plain nginx answering `prod`, one worker) behind both, on loopback.
 
 - nginx {ngxv} (Debian's; it predates `http2 on;`, so `listen ... ssl http2`), one worker,
-  `proxy_pass` to an upstream with `keepalive 64`, default TLS settings.
+  `proxy_pass` to an upstream with `keepalive 64`, `ssl_protocols TLSv1.2 TLSv1.3` (the default
+  of nginx 1.23.4 and later; this nginx's own default stops at TLS 1.2, and graygate speaks TLS
+  1.3), the other TLS settings nginx's defaults.
 - graygate, `workers = 1`, `[tls] listen` with the same certificate and key, the backend as the
   stable upstream, a policy with no rules (every request goes to stable).
 - Clients on the same 2 cores: wrk {wrkv} (with {ossl}), h2load {h2v}.
@@ -237,6 +252,9 @@ backend (a plain nginx answering `prod`, one worker) behind both, on loopback.
      abbreviated handshakes here. Before the rounds, 3 `openssl s_client` connections each offering
      the session of the one before were resumed by: {resume}. `nginx-nores` is the same nginx with `ssl_session_tickets off;
      ssl_session_cache off;`, measured in test 2 only, so that its handshakes are all full ones;
+     `nginx-tls12` is the same nginx with this version's own default protocols (TLS 1.2 at most),
+     also in test 2 only: a resumed TLS 1.2 session needs no key exchange, a resumed TLS 1.3 one
+     an X25519 exchange;
   3. HTTP/2 over TLS (ALPN `h2`, checked): `h2load -n {h2n} -c 10 -m 10 https://127.0.0.1:PORT/`.
      h2load gives no percentiles, so p50/p99 are `-` there.
 

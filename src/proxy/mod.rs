@@ -13,9 +13,9 @@
 //!    one the first bytes tell HTTP/2 with prior knowledge from HTTP/1.1. HTTP/1.1 with
 //!    keep-alive, or HTTP/2 where every stream is a request of its own. The request headers
 //!    must arrive within [`Timeouts::header`] and fit in [`ProxyConfig::max_header_bytes`]
-//!    (hyper answers 431 otherwise). On plain TCP, HTTP/1.1 requests without a body are read
-//!    and answered by graygate's own loop (`server/http1`); the first request it does not
-//!    take moves the connection to hyper's server for good.
+//!    (hyper answers 431 otherwise). HTTP/1.1 requests without a body, on plain TCP or over
+//!    TLS, are read and answered by graygate's own loop (`server/http1`); the first request it
+//!    does not take moves the connection to hyper's server for good.
 //! 2. **Client IP** ([`ClientIpConfig::resolve`]): the peer, or the client behind our own trusted
 //!    proxies. Rules match on it, so a header from an untrusted peer is never believed.
 //! 3. **Route** ([`Router::route`]): first the edge (`edge`) refuses what cannot be proxied
@@ -69,7 +69,7 @@
 //! - `listen`: listening sockets (backlog), connection limits, accept paused when out of file
 //!   descriptors; shared by every listener, the admin and metrics ones too.
 //! - `server`: the listener, per-connection serving, the request phases above, graceful
-//!   shutdown; `server/http1`: graygate's own HTTP/1.1 loop for plain-TCP connections, which
+//!   shutdown; `server/http1`: graygate's own HTTP/1.1 loop for plain and TLS connections, which
 //!   reads bodiless requests and writes their answers itself and hands everything else to
 //!   hyper's server with the bytes it read.
 //! - `h1`: graygate's own HTTP/1.1 client for bodiless requests to plain-TCP upstreams.

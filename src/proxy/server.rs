@@ -6,10 +6,10 @@
 //! TCP, plain TCP answering with redirects to HTTPS, or TLS. Each connection then finds its
 //! protocol (ALPN on TLS, the HTTP/2 preface on plain TCP: `protocol`) and is served by one
 //! function, `serve_connection`, generic over its I/O, with hyper's HTTP/1.1 or HTTP/2 server.
-//! A plain HTTP/1.1 connection starts on graygate's own loop instead (`http1`), which serves
-//! bodiless requests itself and gives the connection to `serve_connection` at the first request
-//! it does not take. Every request of any of them, every HTTP/2 stream, goes through the same
-//! `handle`.
+//! An HTTP/1.1 connection, plain or TLS, starts on graygate's own loop instead (`http1`), which
+//! serves bodiless requests itself and gives the connection to `serve_connection` at the first
+//! request it does not take. Every request of any of them, every HTTP/2 stream, goes through
+//! the same `handle`.
 //!
 //! Every request walks the phases listed in the module overview ([`crate::proxy`]): client IP,
 //! route, rewrite, upstream (with fallback to stable), respond, observe. Errors of graygate's own
@@ -477,6 +477,10 @@ async fn accept_tls(
         _ = stopping.wait_for(|stop| *stop) => return,
     };
     match handshake {
+        // HTTP/1.1: graygate's own loop, as on plain TCP.
+        Ok((stream, Protocol::Http1)) => {
+            http1::serve(stream, Bytes::new(), peer, shared, stop).await
+        }
         Ok((stream, protocol)) => {
             serve_connection(TokioIo::new(stream), protocol, peer, shared, stop).await
         }

@@ -72,6 +72,81 @@ async fn curl_speaks_http2_and_http1_over_tls_and_the_policy_decides_each_reques
     assert_eq!(gg.client().version(&[]).await, "stable");
 }
 
+/// HTTP/1.1 over TLS is served by graygate's own loop as on plain TCP: kept-alive requests one
+/// after another (the connection idles between them, waiting on the socket), then pipelined ones,
+/// where a request with a body moves the connection to hyper mid-stream. All are answered, in
+/// order, on one TLS connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_over_tls_keeps_alive_and_moves_to_hyper_mid_stream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stable = backend("stable").await;
+    let dir = gateway_dir();
+    let ca = TestCa::new();
+    ca.leaf("app", &["app.test"]).write(&dir, "site");
+    let gg = stable_gateway(&stable).tls(&["site"]).start_in(dir).await;
+    let config = ca.client_config(&[b"http/1.1"]);
+    let mut stream = connect_with(config, gg.tls_addr(), "app.test")
+        .await
+        .expect("a TLS connection");
+
+    for n in 1..=3 {
+        let request = format!("GET /{n} HTTP/1.1\r\nHost: app.test\r\nX-N: {n}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !answer.ends_with(b"\r\n\r\nstable\n") {
+            let read =
+                tokio::time::timeout(patient(Duration::from_secs(10)), stream.read(&mut chunk))
+                    .await
+                    .expect("an answer in time")
+                    .unwrap();
+            assert!(read > 0, "closed after {}", text(&answer));
+            answer.extend_from_slice(&chunk[..read]);
+        }
+        let answer = text(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(
+            answer.contains(&format!("\r\necho-x-n: {n}\r\n")),
+            "{answer}"
+        );
+        // Idle between requests, as a kept-alive client is.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    stream
+        .write_all(
+            b"GET /4 HTTP/1.1\r\nHost: app.test\r\nX-N: 4\r\n\r\n\
+              POST /5 HTTP/1.1\r\nHost: app.test\r\nX-N: 5\r\nContent-Length: 3\r\n\r\nabc\
+              GET /6 HTTP/1.1\r\nHost: app.test\r\nX-N: 6\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answers = Vec::new();
+    let _ = tokio::time::timeout(
+        patient(Duration::from_secs(10)),
+        stream.read_to_end(&mut answers),
+    )
+    .await
+    .expect("the answers in time");
+    let answers = text(&answers);
+    assert_eq!(
+        answers.matches("HTTP/1.1 200 OK\r\n").count(),
+        3,
+        "{answers}"
+    );
+    let at = |n: u32| {
+        answers
+            .find(&format!("echo-x-n: {n}\r\n"))
+            .unwrap_or_else(|| panic!("no answer to {n}: {answers}"))
+    };
+    assert!(at(4) < at(5) && at(5) < at(6), "{answers}");
+    let bodies: Vec<&str> = answers
+        .split("\r\n")
+        .filter_map(|l| l.strip_prefix("x-body-bytes: "))
+        .collect();
+    assert_eq!(bodies, ["0", "3", "0"], "{answers}");
+}
+
 /// `openssl s_client` for one handshake; its whole output.
 async fn s_client(port: u16, extra: &[&str]) -> String {
     let connect = format!("127.0.0.1:{port}");

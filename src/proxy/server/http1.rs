@@ -1,5 +1,5 @@
-//! graygate's own HTTP/1.1 server loop for the common case on a plain-TCP connection: requests
-//! without a body, read and answered by the connection's task itself.
+//! graygate's own HTTP/1.1 server loop for the common case: requests without a body, read and
+//! answered by the connection's task itself, on plain TCP and over TLS alike ([`Client`]).
 //!
 //! Why our own: the profile of issue 15 put about a third of a proxied request's instructions in
 //! hyper's server side (its dispatcher, the buffers it keeps and copies, a header map per
@@ -25,6 +25,7 @@
 //! writes an error of its own about a request; what it accepts, hyper would have accepted as
 //! the same request (a differential test on generated heads checks it: `tests.rs`).
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -38,9 +39,10 @@ use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use smallvec::SmallVec;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
 use super::{answer, serve_connection, Shared};
@@ -177,11 +179,61 @@ fn connection_tokens(value: &HeaderValue) -> Option<bool> {
     Some(close)
 }
 
-/// Serves one plain HTTP/1.1 connection, whose first bytes `first` were read already (to tell it
-/// from HTTP/2), until the client closes it, the header timeout closes it, shutdown asks it to
+/// The client side of a connection the loop serves: what it needs beyond reading and writing.
+pub(super) trait Client: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Waits until a read may find something, without holding a buffer meanwhile: an idle
+    /// connection waits here.
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Writes all of `bytes` to the client.
+    fn write_all<'a>(&'a mut self, bytes: &'a [u8]) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+impl Client for TcpStream {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        TcpStream::readable(self)
+    }
+
+    /// Straight to the socket, waiting for it only when it is full.
+    async fn write_all<'a>(&'a mut self, mut bytes: &'a [u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            match self.try_write(bytes) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Client for TlsStream<TcpStream> {
+    /// The socket's readiness, unless rustls holds decrypted bytes not read yet (or has seen the
+    /// end of the stream): then a read finds them at once, whatever the socket says.
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        let (tcp, tls) = self.get_ref();
+        let wait = tls.wants_read().then(|| tcp.readable());
+        async move {
+            match wait {
+                Some(wait) => wait.await,
+                None => Ok(()),
+            }
+        }
+    }
+
+    /// Encrypted into rustls, then flushed to the socket.
+    async fn write_all<'a>(&'a mut self, bytes: &'a [u8]) -> io::Result<()> {
+        AsyncWriteExt::write_all(self, bytes).await?;
+        self.flush().await
+    }
+}
+
+/// Serves one HTTP/1.1 connection, whose first bytes `first` were read already (on plain TCP, to
+/// tell it from HTTP/2), until the client closes it, the header timeout closes it, shutdown asks it to
 /// finish, or a request is not one of this loop's: then hyper serves the rest of it.
-pub(super) async fn serve(
-    mut stream: TcpStream,
+pub(super) async fn serve<S: Client>(
+    mut stream: S,
     first: Bytes,
     peer: SocketAddr,
     shared: Arc<Shared>,
@@ -245,7 +297,7 @@ pub(super) async fn serve(
         // connection's task for the connection's whole life, idle or not.
         let response = Box::pin(answer(&shared, peer, request)).await;
         let keep_alive = keep_alive && !*stop.borrow();
-        match Box::pin(respond(&stream, response, keep_alive)).await {
+        match Box::pin(respond(&mut stream, response, keep_alive)).await {
             Ok(true) => {}
             Ok(false) => return close(stream).await,
             Err(e) => {
@@ -271,8 +323,8 @@ enum Wait {
 }
 
 /// The rest of the connection on hyper's server, from the first byte not yet answered.
-async fn to_hyper(
-    stream: TcpStream,
+async fn to_hyper<S: Client>(
+    stream: S,
     read: BytesMut,
     peer: SocketAddr,
     shared: Arc<Shared>,
@@ -287,7 +339,7 @@ async fn to_hyper(
 /// The buffer is taken from the worker's pool only once there is something to read, so a
 /// connection idles without one. The read goes through tokio's `poll_read`, which marks the
 /// socket not ready after a short read: the next wait then needs no read that only says EAGAIN.
-async fn read_more(stream: &mut TcpStream, read: &mut BytesMut) -> io::Result<usize> {
+async fn read_more<S: Client>(stream: &mut S, read: &mut BytesMut) -> io::Result<usize> {
     stream.readable().await?;
     if read.capacity() == 0 {
         *read = pool::take_read();
@@ -366,7 +418,7 @@ mod pool {
 
 /// Ends a connection after its last answer: the write side is shut, so that the client reads
 /// the end of the stream after the answer.
-async fn close(mut stream: TcpStream) {
+async fn close<S: Client>(mut stream: S) {
     let _ = stream.shutdown().await;
 }
 
@@ -639,8 +691,8 @@ fn digits(bytes: &[u8]) -> Option<u64> {
 /// Writes `response` to the client: its head, then its body framed as the head says. `Ok(true)`
 /// when the connection may serve another request, `Ok(false)` when it is to be closed (the
 /// head said so, or the body broke off: the client sees the connection end early, as with hyper).
-async fn respond(
-    stream: &TcpStream,
+async fn respond<S: Client>(
+    stream: &mut S,
     response: Response<ProxyBody>,
     keep_alive: bool,
 ) -> io::Result<bool> {
@@ -693,8 +745,8 @@ async fn respond(
 
 /// Streams a body framed by `framing` after what `out` holds; false if it ended before its
 /// length or failed. Bytes past a body's length are not sent (hyper's server does the same).
-async fn send_body(
-    stream: &TcpStream,
+async fn send_body<S: Client>(
+    stream: &mut S,
     body: &mut ProxyBody,
     framing: Framing,
     out: &mut Vec<u8>,
@@ -771,35 +823,22 @@ fn poll_now(body: &mut ProxyBody) -> Poll<Option<Result<Frame<Bytes>, crate::pro
 }
 
 /// `data` after `out`: copied behind it if small, else written after it as it is.
-async fn put(stream: &TcpStream, out: &mut Vec<u8>, data: &Bytes) -> io::Result<()> {
+async fn put<S: Client>(stream: &mut S, out: &mut Vec<u8>, data: &Bytes) -> io::Result<()> {
     if data.len() < COPY_LIMIT {
         out.extend_from_slice(data);
         return Ok(());
     }
     write(stream, out).await?;
-    write_all(stream, data).await
+    stream.write_all(data).await
 }
 
 /// Writes and empties `out`.
-async fn write(stream: &TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
+async fn write<S: Client>(stream: &mut S, out: &mut Vec<u8>) -> io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
-    write_all(stream, out).await?;
+    stream.write_all(out).await?;
     out.clear();
-    Ok(())
-}
-
-/// All of `bytes`, waiting for the socket as needed.
-async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        match stream.try_write(bytes) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
-            Err(e) => return Err(e),
-        }
-    }
     Ok(())
 }
 

@@ -451,8 +451,8 @@ async fn own_writes(case: &Case) -> (Vec<u8>, bool) {
     let mut client = TcpStream::connect(listener.local_addr().unwrap())
         .await
         .unwrap();
-    let (server, _) = listener.accept().await.unwrap();
-    let again = respond(&server, case.response(), case.keep_alive)
+    let (mut server, _) = listener.accept().await.unwrap();
+    let again = respond(&mut server, case.response(), case.keep_alive)
         .await
         .unwrap();
     drop(server);
