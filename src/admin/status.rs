@@ -270,7 +270,7 @@ async fn explain(
             return None;
         }
         Some(Fallback {
-            version: d.stable_version.to_string(),
+            version: d.stable_version().to_string(),
             reason: out_of_service(&table, d.upstream),
         })
     });
@@ -286,12 +286,12 @@ async fn explain(
         revision: Revision(revision),
         method,
         client_ip,
-        route: Some(d.route.to_string()),
-        version: Some(d.version.to_string()),
+        route: Some(d.route().to_string()),
+        version: Some(d.version().to_string()),
         reason: d.reason.to_string(),
         routed: Some(Routed {
-            service: d.service.to_string(),
-            stable: d.stable_version.to_string(),
+            service: d.service().to_string(),
+            stable: d.stable_version().to_string(),
             upstream: s.gateway.upstream_names().get(d.upstream).cloned(),
             rule,
             fallback,

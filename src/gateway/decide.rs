@@ -110,11 +110,11 @@ impl Router for Gateway {
 
     fn answered(&self, decision: &Decision, answer: Answer) {
         self.traffic
-            .count(&decision.service, &decision.version, answer);
+            .count(decision.service(), decision.version(), answer);
     }
 
     fn mirror(&self, decision: &Decision) -> Option<Arc<MirrorTarget>> {
-        self.mirror_of(&decision.service)
+        self.mirror_of(decision.service())
     }
 }
 
@@ -167,7 +167,7 @@ mod tests {
     /// `v2 by rule:gray`: the version and the reason of a decision.
     fn decided(d: &Option<Decision>) -> String {
         match d {
-            Some(d) => format!("{} by {}", d.version, d.reason),
+            Some(d) => format!("{} by {}", d.version(), d.reason),
             None => "no route".into(),
         }
     }

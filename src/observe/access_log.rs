@@ -119,13 +119,13 @@ impl AccessRecord {
             client_ip: r.client_ip,
             method: r.method.clone(),
             uri: r.uri.clone(),
-            route: choice.map(|c| c.route.clone()),
-            service: choice.map(|c| c.service.clone()),
+            route: choice.map(|c| c.names.route.clone()),
+            service: choice.map(|c| c.names.service.clone()),
             version: choice.map(|c| {
                 if r.fell_back {
-                    c.stable_version.clone()
+                    c.names.stable_version.clone()
                 } else {
-                    c.version.clone()
+                    c.names.version.clone()
                 }
             }),
             reason: choice.map(|c| c.reason.clone()),

@@ -617,7 +617,7 @@ impl Metrics {
 
     /// Counts one finished request. Called on the request path.
     pub fn record(&self, r: &RequestRecord<'_>) {
-        let (route, service) = r.choice.map_or(("", ""), |c| (&*c.route, &*c.service));
+        let (route, service) = r.choice.map_or(("", ""), |c| (c.route(), c.service()));
         let version = r.version.unwrap_or("");
         self.requests
             .with_label_values(&[route, version, status_class(r.status)])
@@ -632,7 +632,7 @@ impl Metrics {
         }
         if let Some(choice) = r.choice {
             self.decisions
-                .with_label_values(&[service, &*choice.version, choice.reason.label()])
+                .with_label_values(&[service, choice.version(), choice.reason.label()])
                 .inc();
             if let Some(note) = choice.note {
                 self.policy_notes
@@ -641,17 +641,17 @@ impl Metrics {
             }
             if r.fell_back {
                 self.fallbacks
-                    .with_label_values(&[service, &*choice.version])
+                    .with_label_values(&[service, choice.version()])
                     .inc();
             }
             if r.unhealthy {
                 self.unhealthy_fallbacks
-                    .with_label_values(&[service, &*choice.version])
+                    .with_label_values(&[service, choice.version()])
                     .inc();
             }
             if r.retried {
                 self.retries
-                    .with_label_values(&[service, &*choice.version])
+                    .with_label_values(&[service, choice.version()])
                     .inc();
             }
         }
@@ -932,7 +932,7 @@ fn unix_seconds(t: SystemTime) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Decision, OverrideValue, Reason};
+    use crate::policy::{Decision, DecisionNames, OverrideValue, Reason};
     use http::{Method, Uri};
     use std::time::Duration;
 
@@ -995,10 +995,7 @@ mod tests {
         Decision {
             upstream: 1,
             stable_upstream: 0,
-            route: "web".into(),
-            service: "web".into(),
-            version: version.into(),
-            stable_version: "stable".into(),
+            names: DecisionNames::new("web", "web", version, "stable"),
             reason,
             note: None,
             set_cookie: None,

@@ -89,8 +89,9 @@ pub(super) struct RouteTable {
 pub(super) struct RouteEntry {
     /// Without a trailing `/` (empty for `/`), so that matching on `/` boundaries is a comparison.
     pub prefix: String,
-    pub name: Arc<str>,
     pub service: usize,
+    /// A decision's names on this route, one per version of the service, by version index.
+    pub names: Arc<[Arc<super::DecisionNames>]>,
 }
 
 #[derive(Debug)]
@@ -191,10 +192,24 @@ pub fn compile(doc: &PolicyDoc, upstreams: &[&str]) -> Result<Policy, CompileErr
                 format!("`{prefix}` must start with `/`"),
             );
         }
+        let name: Arc<str> = Arc::from(r.name.as_deref().unwrap_or(&r.service));
+        let s = &services[service];
+        let names = s
+            .versions
+            .iter()
+            .map(|v| {
+                super::DecisionNames::new(
+                    name.clone(),
+                    s.name.clone(),
+                    v.name.clone(),
+                    s.versions[s.stable].name.clone(),
+                )
+            })
+            .collect();
         let entry = RouteEntry {
             prefix: prefix.trim_end_matches('/').to_string(),
-            name: Arc::from(r.name.as_deref().unwrap_or(&r.service)),
             service,
+            names,
         };
         let hosts: Vec<Option<String>> = if r.hosts.is_empty() {
             vec![None]

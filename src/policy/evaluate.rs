@@ -44,15 +44,10 @@ pub(super) fn bucket_seeded(seed: u64, identity: &str) -> u32 {
 }
 
 fn decided(service: &Service, route: &RouteEntry, version: usize, reason: Reason) -> Decision {
-    let v = &service.versions[version];
-    let stable = &service.versions[service.stable];
     Decision {
-        route: route.name.clone(),
-        service: service.name.clone(),
-        version: v.name.clone(),
-        upstream: v.upstream,
-        stable_version: stable.name.clone(),
-        stable_upstream: stable.upstream,
+        names: route.names[version].clone(),
+        upstream: service.versions[version].upstream,
+        stable_upstream: service.versions[service.stable].upstream,
         reason,
         note: None,
         set_cookie: None,

@@ -113,18 +113,14 @@ impl Lookups for NoLookups {
     }
 }
 
-/// Which version answers a request. Names are shared with the [`Policy`] they came from (cloning
-/// an `Arc<str>` costs no allocation).
+/// Which version answers a request. Its names are shared with the [`Policy`] it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
-    pub route: Arc<str>,
-    pub service: Arc<str>,
-    pub version: Arc<str>,
+    /// The route, service and version names ([`Decision::route`] and the others read them).
+    pub names: Arc<DecisionNames>,
     /// Index into the upstream names given to [`compile`].
     pub upstream: usize,
-    /// The service's stable version and its upstream: where the request goes if `upstream`
-    /// cannot be reached.
-    pub stable_version: Arc<str>,
+    /// The stable version's upstream: where the request goes if `upstream` cannot be reached.
     pub stable_upstream: usize,
     pub reason: Reason,
     /// Something refused or replaced on the way to the decision (counted and logged).
@@ -168,10 +164,56 @@ impl Note {
     }
 }
 
+/// The names a decision carries, made once per route and version when the policy is compiled:
+/// a decision shares all four through one reference count, not one each (every count is an
+/// atomic add when a decision is made and another when it is dropped).
+#[derive(Debug, PartialEq, Eq)]
+pub struct DecisionNames {
+    pub route: Arc<str>,
+    pub service: Arc<str>,
+    pub version: Arc<str>,
+    /// The service's stable version.
+    pub stable_version: Arc<str>,
+}
+
+impl DecisionNames {
+    /// The four names, shared.
+    pub fn new(
+        route: impl Into<Arc<str>>,
+        service: impl Into<Arc<str>>,
+        version: impl Into<Arc<str>>,
+        stable_version: impl Into<Arc<str>>,
+    ) -> Arc<DecisionNames> {
+        Arc::new(DecisionNames {
+            route: route.into(),
+            service: service.into(),
+            version: version.into(),
+            stable_version: stable_version.into(),
+        })
+    }
+}
+
 impl Decision {
+    pub fn route(&self) -> &str {
+        &self.names.route
+    }
+
+    pub fn service(&self) -> &str {
+        &self.names.service
+    }
+
+    pub fn version(&self) -> &str {
+        &self.names.version
+    }
+
+    /// The service's stable version: where the request goes if the chosen one cannot be reached.
+    pub fn stable_version(&self) -> &str {
+        &self.names.stable_version
+    }
+
     /// True when the decision sends the request to the stable version.
     pub fn is_stable(&self) -> bool {
-        self.version == self.stable_version
+        self.names.version == self.names.stable_version
     }
 }
 

@@ -10,7 +10,7 @@ use super::compile::{Policy, BUCKETS};
 use super::compiled::{Cond, Source, Test};
 use super::evaluate::{bucket_seeded, in_stored_range, key_of, lookup_value, Evaluation, Stop};
 use super::request::{parse_integer, parse_number, source_value};
-use super::{Decision, LookupAnswer, Lookups, OverrideValue, Reason, RequestFacts};
+use super::{Decision, DecisionNames, LookupAnswer, Lookups, OverrideValue, Reason, RequestFacts};
 use std::borrow::Cow;
 use std::net::IpAddr;
 
@@ -30,11 +30,13 @@ impl Policy {
             let v = &service.versions[version];
             let stable = &service.versions[service.stable];
             Evaluation::Decided(Decision {
-                route: route.name.clone(),
-                service: service.name.clone(),
-                version: v.name.clone(),
+                names: DecisionNames::new(
+                    route.names[0].route.clone(),
+                    service.name.clone(),
+                    v.name.clone(),
+                    stable.name.clone(),
+                ),
                 upstream: v.upstream,
-                stable_version: stable.name.clone(),
                 stable_upstream: stable.upstream,
                 reason,
                 note: None,

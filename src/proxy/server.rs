@@ -744,9 +744,9 @@ impl Report {
         let choice = outcome.choice.as_ref();
         let version = choice.map(|c| {
             if outcome.fell_back {
-                &*c.stable_version
+                c.stable_version()
             } else {
-                &*c.version
+                c.version()
             }
         });
         self.observer.on_response(&RequestRecord {
@@ -916,7 +916,7 @@ async fn proxy<B: ClientBody>(
         forward::send_chunked(req.headers_mut());
     }
     match &shared.cfg.version_header {
-        Some(name) => forward::set_version_header(req.headers_mut(), name, &choice.version),
+        Some(name) => forward::set_version_header(req.headers_mut(), name, choice.version()),
         // No version header is sent, and none of the client's passes either.
         None => {
             req.headers_mut().remove(forward::DEFAULT_VERSION_HEADER);
@@ -967,15 +967,15 @@ async fn proxy<B: ClientBody>(
     if options.fallback && !local {
         if let Err(SendError::Unreachable { request, error }) = result {
             debug!(
-                route = %choice.route,
-                version = %choice.version,
-                stable = %choice.stable_version,
+                route = %choice.route(),
+                version = %choice.version(),
+                stable = %choice.stable_version(),
                 error = %error,
                 "falling back to stable",
             );
             let mut request = *request;
             if let Some(name) = &shared.cfg.version_header {
-                forward::set_version_header(request.headers_mut(), name, &choice.stable_version);
+                forward::set_version_header(request.headers_mut(), name, choice.stable_version());
             }
             outcome.fell_back = true;
             outcome.unhealthy = matches!(error, UpstreamError::OutOfService { .. });
@@ -1013,8 +1013,8 @@ async fn proxy<B: ClientBody>(
         Err(SendError::Unreachable { error, .. }) => {
             own_error = true;
             warn!(
-                route = %choice.route,
-                version = %choice.version,
+                route = %choice.route(),
+                version = %choice.version(),
                 fell_back = outcome.fell_back,
                 error = %error,
                 "502: upstream unavailable",
@@ -1027,16 +1027,16 @@ async fn proxy<B: ClientBody>(
             if let Some(fault) = body_state.fault() {
                 // The client broke its body or let it stall: its error, not the upstream's.
                 // Logged as nginx logs a client timeout: at info, naming the client's fault.
-                info!(route = %choice.route, version = %choice.version, client_ip = %client_ip, "{}: client error: {}", fault.status().as_u16(), fault.body().trim_start_matches("graygate: ").trim_end());
+                info!(route = %choice.route(), version = %choice.version(), client_ip = %client_ip, "{}: client error: {}", fault.status().as_u16(), fault.body().trim_start_matches("graygate: ").trim_end());
                 client_fault = Some(fault);
                 closing(text(fault.status(), fault.body()))
             } else if timed_out {
                 own_error = true;
-                warn!(route = %choice.route, version = %choice.version, error = %error, "504: upstream timed out");
+                warn!(route = %choice.route(), version = %choice.version(), error = %error, "504: upstream timed out");
                 text(StatusCode::GATEWAY_TIMEOUT, TIMED_OUT)
             } else {
                 own_error = true;
-                warn!(route = %choice.route, version = %choice.version, error = %error, "502: upstream request failed");
+                warn!(route = %choice.route(), version = %choice.version(), error = %error, "502: upstream request failed");
                 text(StatusCode::BAD_GATEWAY, UNAVAILABLE)
             }
         }
@@ -1044,9 +1044,9 @@ async fn proxy<B: ClientBody>(
     let mut response = response;
     if let Some(name) = &shared.cfg.response_version_header {
         let version = if outcome.fell_back {
-            &choice.stable_version
+            &choice.stable_version()
         } else {
-            &choice.version
+            &choice.version()
         };
         forward::set_version_header(response.headers_mut(), name, version);
     }
@@ -1089,12 +1089,12 @@ fn respond(
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
             // The upstream switched protocols nobody asked for: the client could not follow.
-            warn!(route = %choice.route, version = %choice.version, "502: unrequested 101 from upstream");
+            warn!(route = %choice.route(), version = %choice.version(), "502: unrequested 101 from upstream");
             return (text(StatusCode::BAD_GATEWAY, UNAVAILABLE), true);
         };
         if !forward::is_websocket_switch(response.headers()) {
             // Only WebSocket is tunnelled: anything else would leave the connection unrouted.
-            warn!(route = %choice.route, version = %choice.version, "502: upstream switched to a protocol other than WebSocket");
+            warn!(route = %choice.route(), version = %choice.version(), "502: upstream switched to a protocol other than WebSocket");
             return (text(StatusCode::BAD_GATEWAY, UNAVAILABLE), true);
         }
         let upstream_upgrade = hyper::upgrade::on(&mut response);
@@ -1103,7 +1103,7 @@ fn respond(
         return (response.map(|_| empty()), false);
     }
     if let Err(error) = edge::check_response_framing(response.headers_mut()) {
-        warn!(route = %choice.route, version = %choice.version, server = %server, error = %error, "502: upstream response framing");
+        warn!(route = %choice.route(), version = %choice.version(), server = %server, error = %error, "502: upstream response framing");
         return (text(StatusCode::BAD_GATEWAY, UNAVAILABLE), true);
     }
     forward::rewrite_response(&mut response);
@@ -1201,7 +1201,7 @@ mod tests {
     //! is stopped by its guard's `Drop`, also when the test fails.
 
     use super::*;
-    use crate::policy::Reason;
+    use crate::policy::{DecisionNames, Reason};
     use crate::proxy::{ServerConfig, UpstreamConfig, DEFAULT_VERSION_HEADER};
     use hyper::body::Incoming;
     use tokio::net::TcpListener;
@@ -1470,10 +1470,7 @@ mod tests {
             let choice = self.route.map(|(version, stable)| Decision {
                 upstream: table.index_of(version).unwrap(),
                 stable_upstream: table.index_of(stable).unwrap(),
-                route: "test-route".into(),
-                service: "shop".into(),
-                version: version.into(),
-                stable_version: stable.into(),
+                names: DecisionNames::new("test-route", "shop", version, stable),
                 reason: Reason::Rule {
                     name: "test".into(),
                 },

@@ -67,7 +67,7 @@ impl Req {
 
 fn version(p: &Policy, r: &Req) -> String {
     match p.evaluate(&r.facts(), &NoLookups) {
-        Evaluation::Decided(d) => d.version.to_string(),
+        Evaluation::Decided(d) => d.version().to_string(),
         other => panic!("not decided: {other:?}"),
     }
 }
@@ -86,7 +86,7 @@ fn stable_when_nothing_matches() {
     let p = web("");
     let d = decision(&p, &req(), &NoLookups);
     assert_eq!(
-        (&*d.version, d.upstream, d.reason.clone()),
+        (d.version(), d.upstream, d.reason.clone()),
         ("v1", 0, Reason::Default)
     );
     assert!(d.is_stable());
@@ -245,7 +245,7 @@ fn split_sticky_random_and_missing_identity() {
     }
     assert!((2850..=3150).contains(&hits), "30% split, got {hits}");
     let d = decision(&p, &req(), &NoLookups);
-    assert_eq!((&*d.version, d.reason.clone()), ("v1", Reason::Default));
+    assert_eq!((d.version(), d.reason.clone()), ("v1", Reason::Default));
 
     let p = web("[services.split]\nweights = { v2 = 50 }");
     let mut r = req();
@@ -355,18 +355,18 @@ fn lookups_are_requested_then_used() {
         ("redis".into(), "TOKEN_abc".into()),
         LookupAnswer::Value("1234".into()),
     );
-    assert_eq!(&*decision(&p, &r, &known).version, "v2");
+    assert_eq!(decision(&p, &r, &known).version(), "v2");
     known.0.insert(
         ("redis".into(), "TOKEN_abc".into()),
         LookupAnswer::Value("9000".into()),
     );
-    assert_eq!(&*decision(&p, &r, &known).version, "v1");
+    assert_eq!(decision(&p, &r, &known).version(), "v1");
     known
         .0
         .insert(("redis".into(), "TOKEN_abc".into()), LookupAnswer::Absent);
-    assert_eq!(&*decision(&p, &r, &known).version, "v1");
+    assert_eq!(decision(&p, &r, &known).version(), "v1");
     // no header: no lookup at all
-    assert_eq!(&*decision(&p, &req(), &known).version, "v1");
+    assert_eq!(decision(&p, &req(), &known).version(), "v1");
 }
 
 #[test]
@@ -440,7 +440,7 @@ fn the_original_token_and_stored_range_layout() {
     ];
     for (range, want) in cases {
         set(&mut known, "Grayscale_Range", *range);
-        assert_eq!(&*decision(&p, &r, &known).version, *want, "range {range:?}");
+        assert_eq!(decision(&p, &r, &known).version(), *want, "range {range:?}");
     }
     set(
         &mut known,
@@ -448,10 +448,10 @@ fn the_original_token_and_stored_range_layout() {
         Some(r#"{"idStart":1,"idEnd":5000}"#),
     );
     set(&mut known, "TOKEN_abc", Some("12x"));
-    assert_eq!(&*decision(&p, &r, &known).version, "v1");
+    assert_eq!(decision(&p, &r, &known).version(), "v1");
     set(&mut known, "TOKEN_abc", None);
-    assert_eq!(&*decision(&p, &r, &known).version, "v1");
-    assert_eq!(&*decision(&p, &req(), &known).version, "v1");
+    assert_eq!(decision(&p, &r, &known).version(), "v1");
+    assert_eq!(decision(&p, &req(), &known).version(), "v1");
 }
 
 #[test]
@@ -464,12 +464,12 @@ fn unavailable_store_never_selects_the_rule() {
         ("ips".into(), "192.0.2.1".into()),
         LookupAnswer::Unavailable,
     )]));
-    assert_eq!(&*decision(&p, &r, &known).version, "v1");
+    assert_eq!(decision(&p, &r, &known).version(), "v1");
     let known = Map(HashMap::from([(
         ("ips".into(), "192.0.2.1".into()),
         LookupAnswer::Absent,
     )]));
-    assert_eq!(&*decision(&p, &r, &known).version, "v2");
+    assert_eq!(decision(&p, &r, &known).version(), "v2");
 }
 
 #[test]
@@ -546,7 +546,7 @@ fn routes_by_host_and_path_prefix() {
         r.host = host;
         r.path = path;
         match p.evaluate(&r.facts(), &NoLookups) {
-            Evaluation::Decided(d) => Some(d.service.to_string()),
+            Evaluation::Decided(d) => Some(d.service().to_string()),
             _ => None,
         }
     };
@@ -594,10 +594,13 @@ fn first_visit(p: &Policy, random: u64) -> (String, String) {
         d.reason
     );
     assert_eq!(d.note, Some(Note::BucketCookieNew));
-    let set = d.set_cookie.expect("a new visitor gets a bucket cookie");
+    let set = d
+        .set_cookie
+        .clone()
+        .expect("a new visitor gets a bucket cookie");
     let (pair, attributes) = set.split_once(';').unwrap();
     assert_eq!(attributes, " Max-Age=86400; Path=/; HttpOnly; SameSite=Lax");
-    (d.version.to_string(), pair.to_string())
+    (d.version().to_string(), pair.to_string())
 }
 
 fn with_cookie(p: &Policy, cookie: &str, random: u64) -> Decision {
@@ -619,7 +622,8 @@ fn anonymous_visitors_land_at_the_weight_and_keep_their_version_by_their_bucket_
             // Each request draws another random number: the cookie, not the draw, decides.
             let d = with_cookie(&p, &cookie, spread(1_000_000 + client * 20 + request));
             assert_eq!(
-                *d.version, *version,
+                *d.version(),
+                *version,
                 "client {client} request {request} flipped"
             );
             assert!(matches!(d.reason, Reason::Bucket { new: false, .. }));
@@ -649,12 +653,13 @@ fn a_wider_weight_moves_only_new_buckets_and_a_rollback_moves_everyone_back() {
         let d = with_cookie(&wider, cookie, 1);
         if version == "v2" {
             assert_eq!(
-                &*d.version, "v2",
+                d.version(),
+                "v2",
                 "an earlier canary client stays on the canary"
             );
         }
-        now_canary += u32::from(&*d.version == "v2");
-        assert_eq!(&*with_cookie(&back, cookie, 1).version, "v1");
+        now_canary += u32::from(d.version() == "v2");
+        assert_eq!(with_cookie(&back, cookie, 1).version(), "v1");
     }
     assert!(
         (500..=700).contains(&now_canary),
@@ -669,14 +674,17 @@ fn a_signed_bucket_cookie_is_kept_and_a_forged_or_unsigned_one_replaced() {
         "{ name = \"gb\", key = \"0123456789abcdef-key\", max_age = \"2h\", secure = true }",
     ));
     let d = decision(&p, &Req { random: 5, ..req() }, &NoLookups);
-    let set = d.set_cookie.unwrap();
+    let set = d.set_cookie.clone().unwrap();
     assert!(
         set.ends_with("; Max-Age=7200; Path=/; HttpOnly; SameSite=Lax; Secure"),
         "{set}"
     );
     let cookie = set.split(';').next().unwrap();
     let kept = with_cookie(&p, cookie, 9);
-    assert_eq!((kept.set_cookie, kept.version), (None, d.version));
+    assert_eq!(
+        (kept.set_cookie.clone(), kept.version()),
+        (None, d.version())
+    );
 
     let id = cookie.trim_start_matches("gb=").split('.').next().unwrap();
     for forged in [
@@ -751,7 +759,7 @@ fn a_guarded_override_counts_only_from_its_networks_with_its_secret() {
         &tester().header("x-gray", "always:0123456789abcdef"),
         &NoLookups,
     );
-    assert_eq!((&*d.version, d.note), ("v2", None));
+    assert_eq!((d.version(), d.note), ("v2", None));
     assert!(matches!(d.reason, Reason::Override { .. }));
 
     for (r, note) in [
@@ -769,7 +777,7 @@ fn a_guarded_override_counts_only_from_its_networks_with_its_secret() {
     ] {
         let d = decision(&p, &r, &NoLookups);
         assert_eq!(
-            (&*d.version, d.reason, d.note),
+            (d.version(), d.reason.clone(), d.note),
             ("v1", Reason::Default, Some(note))
         );
     }
@@ -792,9 +800,9 @@ fn a_signed_override_value_works_until_its_expiry() {
     let value = token::override_value(&key, "web", "v2", 1_000);
     let r = req().header("x-gray", &value);
     let at = |now| decision_at(&p, &r, now);
-    assert_eq!((&*at(999).version, at(999).note), ("v2", None));
+    assert_eq!((at(999).version(), at(999).note), ("v2", None));
     assert_eq!(
-        (&*at(1_001).version, at(1_001).note),
+        (at(1_001).version(), at(1_001).note),
         ("v1", Some(Note::OverrideExpired))
     );
 }
@@ -822,12 +830,12 @@ fn a_following_service_takes_a_trusted_upstream_choice_that_names_one_of_its_ver
     };
     let d = followed("v2");
     assert_eq!(
-        (&*d.version, d.reason, d.note),
+        (d.version(), d.reason.clone(), d.note),
         ("v2", Reason::Followed, None)
     );
     let d = followed("v9");
     assert_eq!(
-        (&*d.version, d.reason, d.note),
+        (d.version(), d.reason.clone(), d.note),
         ("v1", Reason::Default, Some(Note::FollowUnknownVersion))
     );
     // A service that does not follow ignores it.
@@ -839,7 +847,7 @@ fn a_following_service_takes_a_trusted_upstream_choice_that_names_one_of_its_ver
         },
         &NoLookups,
     ) {
-        Evaluation::Decided(d) => assert_eq!((&*d.version, d.note), ("v1", None)),
+        Evaluation::Decided(d) => assert_eq!((d.version(), d.note), ("v1", None)),
         other => panic!("{other:?}"),
     }
 }
