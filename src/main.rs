@@ -20,6 +20,14 @@ use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 #[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+// jemalloc's options of our own, read at its first allocation (after its built-in ones, which
+// start the background thread; before `_RJEM_MALLOC_CONF`, which can still override them): a
+// freed page that stays unused goes back to the system within about a second instead of ten, so
+// that RSS falls back after a burst of connections closes (bench/idle-conns.sh: +30% -> +6% ten
+// seconds after 10,000 connections closed; docs/benchmarks.md).
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[export_name = "_rjem_malloc_conf"]
+static MALLOC_CONF: &[u8; 20] = b"dirty_decay_ms:1000\0";
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
