@@ -96,20 +96,21 @@ nginx_conf nginx "    upstream backend { server 127.0.0.1:$P_BACK; keepalive 64;
         }
     }"
 
-# The same nginx with session resumption off (no cache is nginx's default; tickets off too): every
-# handshake of test 2 is a full one, as graygate's may be.
-sed -e "s|$T/nginx/|$T/nosess/|g" -e "s|127.0.0.1:$P_NGINX ssl|127.0.0.1:$P_NOSESS ssl|" \
-    -e "s|ssl_certificate_key $T/key.pem;|&\\n        ssl_session_tickets off; ssl_session_cache off;|" \
-    "$T/nginx/nginx.conf" >"$T/nosess.conf"
-mkdir -p "$T/nosess/tmp" && mv "$T/nosess.conf" "$T/nosess/nginx.conf"
-nginx -p "$T/nosess/" -c "$T/nosess/nginx.conf" -e "$T/nosess/error.log"
-# The same nginx with nginx 1.22's own protocols (TLSv1 to TLSv1.2): resumed TLS 1.2 sessions
-# need no key exchange, resumed TLS 1.3 ones one X25519 exchange (RFC 8446's psk_dhe_ke, the
-# only mode OpenSSL's client offers).
-sed -e "s|$T/nginx/|$T/tls12/|g" -e "s|127.0.0.1:$P_NGINX ssl|127.0.0.1:$P_TLS12 ssl|" \
-    -e "/ssl_protocols TLSv1.2 TLSv1.3;/d" "$T/nginx/nginx.conf" >"$T/tls12.conf"
-mkdir -p "$T/tls12/tmp" && mv "$T/tls12.conf" "$T/tls12/nginx.conf"
-nginx -p "$T/tls12/" -c "$T/tls12/nginx.conf" -e "$T/tls12/error.log"
+# Variants of that nginx, measured in test 2 only: NAME on PORT, its conf edited by SED-EXPR.
+nginx_variant() {  # nginx_variant NAME PORT SED-EXPR
+    mkdir -p "$T/$1/tmp"
+    sed -e "s|$T/nginx/|$T/$1/|g" -e "s|127.0.0.1:$P_NGINX ssl|127.0.0.1:$2 ssl|" -e "$3" \
+        "$T/nginx/nginx.conf" >"$T/$1/nginx.conf"
+    nginx -p "$T/$1/" -c "$T/$1/nginx.conf" -e "$T/$1/error.log"
+}
+# Session resumption off (no cache is nginx's default; tickets off too): every handshake of test
+# 2 is a full one, as graygate's may be.
+nginx_variant nosess $P_NOSESS \
+    "s|ssl_certificate_key $T/key.pem;|&\\n        ssl_session_tickets off; ssl_session_cache off;|"
+# nginx 1.22's own protocols (TLSv1 to TLSv1.2): resumed TLS 1.2 sessions need no key exchange,
+# resumed TLS 1.3 ones one X25519 exchange (RFC 8446's psk_dhe_ke, the only mode OpenSSL's
+# client offers).
+nginx_variant tls12 $P_TLS12 "/ssl_protocols TLSv1.2 TLSv1.3;/d"
 
 cat >"$T/graygate.toml" <<EOF
 listen = []

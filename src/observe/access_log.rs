@@ -121,13 +121,7 @@ impl AccessRecord {
             uri: r.uri.clone(),
             route: choice.map(|c| c.names.route.clone()),
             service: choice.map(|c| c.names.service.clone()),
-            version: choice.map(|c| {
-                if r.fell_back {
-                    c.names.stable_version.clone()
-                } else {
-                    c.names.version.clone()
-                }
-            }),
+            version: choice.map(|c| c.answered_by(r.fell_back).clone()),
             reason: choice.map(|c| c.reason.clone()),
             upstream: r.upstream.map(str::to_string),
             server: r.server.map(str::to_string),

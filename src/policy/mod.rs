@@ -211,6 +211,15 @@ impl Decision {
         &self.names.stable_version
     }
 
+    /// The version that answered: the chosen one, or stable when the request fell back to it.
+    pub fn answered_by(&self, fell_back: bool) -> &Arc<str> {
+        if fell_back {
+            &self.names.stable_version
+        } else {
+            &self.names.version
+        }
+    }
+
     /// True when the decision sends the request to the stable version.
     pub fn is_stable(&self) -> bool {
         self.names.version == self.names.stable_version

@@ -742,13 +742,7 @@ impl Report {
         let outcome = &self.outcome;
         let table = self.upstreams.load();
         let choice = outcome.choice.as_ref();
-        let version = choice.map(|c| {
-            if outcome.fell_back {
-                c.stable_version()
-            } else {
-                c.version()
-            }
-        });
+        let version = choice.map(|c| c.answered_by(outcome.fell_back).as_ref());
         self.observer.on_response(&RequestRecord {
             method: &self.method,
             uri: &self.uri,
@@ -1043,11 +1037,7 @@ async fn proxy<B: ClientBody>(
     };
     let mut response = response;
     if let Some(name) = &shared.cfg.response_version_header {
-        let version = if outcome.fell_back {
-            &choice.stable_version()
-        } else {
-            &choice.version()
-        };
+        let version = choice.answered_by(outcome.fell_back);
         forward::set_version_header(response.headers_mut(), name, version);
     }
     if let Some(cookie) = choice.set_cookie.as_deref() {

@@ -188,8 +188,9 @@ pub(super) trait Client: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// connection waits here.
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
 
-    /// Writes all of `bytes` to the client.
-    fn write_all<'a>(&'a mut self, bytes: &'a [u8]) -> impl Future<Output = io::Result<()>> + Send;
+    /// Writes all of `bytes` to the client (named apart from `AsyncWriteExt::write_all`, which
+    /// would not flush a TLS stream).
+    fn send_all<'a>(&'a mut self, bytes: &'a [u8]) -> impl Future<Output = io::Result<()>> + Send;
 }
 
 impl Client for TcpStream {
@@ -198,7 +199,7 @@ impl Client for TcpStream {
     }
 
     /// Straight to the socket, waiting for it only when it is full.
-    async fn write_all<'a>(&'a mut self, mut bytes: &'a [u8]) -> io::Result<()> {
+    async fn send_all<'a>(&'a mut self, mut bytes: &'a [u8]) -> io::Result<()> {
         while !bytes.is_empty() {
             match self.try_write(bytes) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -226,15 +227,15 @@ impl Client for TlsStream<TcpStream> {
     }
 
     /// Encrypted into rustls, then flushed to the socket.
-    async fn write_all<'a>(&'a mut self, bytes: &'a [u8]) -> io::Result<()> {
-        AsyncWriteExt::write_all(self, bytes).await?;
+    async fn send_all<'a>(&'a mut self, bytes: &'a [u8]) -> io::Result<()> {
+        self.write_all(bytes).await?;
         self.flush().await
     }
 }
 
 /// Serves one HTTP/1.1 connection, whose first bytes `first` were read already (on plain TCP, to
-/// tell it from HTTP/2), until the client closes it, the header timeout closes it, shutdown asks it to
-/// finish, or a request is not one of this loop's: then hyper serves the rest of it.
+/// tell it from HTTP/2), until the client closes it, the header timeout closes it, shutdown asks
+/// it to finish, or a request is not one of this loop's: then hyper serves the rest of it.
 pub(super) async fn serve<S: Client>(
     mut stream: S,
     first: Bytes,
@@ -832,7 +833,7 @@ async fn put<S: Client>(stream: &mut S, out: &mut Vec<u8>, data: &Bytes) -> io::
         return Ok(());
     }
     write(stream, out).await?;
-    stream.write_all(data).await
+    stream.send_all(data).await
 }
 
 /// Writes and empties `out`.
@@ -840,7 +841,7 @@ async fn write<S: Client>(stream: &mut S, out: &mut Vec<u8>) -> io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
-    stream.write_all(out).await?;
+    stream.send_all(out).await?;
     out.clear();
     Ok(())
 }
