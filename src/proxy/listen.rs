@@ -34,7 +34,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 /// Default listen backlog of every listener, as nginx's on Linux.
@@ -378,9 +378,9 @@ impl ConnectionLimit {
     }
 
     /// A slot for one more connection, if one is free.
-    fn try_slot(&self) -> Option<Slot> {
-        let permit = self.0.slots.clone().try_acquire_owned().ok()?;
-        Some(Slot { _permit: permit })
+    pub(crate) fn try_slot(&self) -> Option<Slot> {
+        self.0.slots.try_acquire().ok()?.forget();
+        Some(Slot(self.0.slots.clone()))
     }
 
     /// A slot for one more connection at the limit: waits for a connection to end, counted and
@@ -400,19 +400,19 @@ impl ConnectionLimit {
                 state.max
             );
         }
-        let permit = state
+        state
             .slots
-            .clone()
-            .acquire_owned()
+            .acquire()
             .await
-            .expect("the semaphore is never closed");
+            .expect("the semaphore is never closed")
+            .forget();
         if state.at_limit.end() {
             info!(
                 listener = state.name,
                 "{} listener: below max_connections again, accepting", state.name
             );
         }
-        Slot { _permit: permit }
+        Slot(state.slots.clone())
     }
 
     /// Counts a failed `accept(2)` and says how long to pause before the next one.
@@ -462,9 +462,16 @@ impl ConnectionLimit {
 
 /// One connection's place in its listener's [`ConnectionLimit`], given back when dropped: keep
 /// it for as long as the connection is open.
+///
+/// The semaphore's permit itself is let go (`forget`) and its place given back by hand: so a
+/// slot is one pointer, not a permit's two words, in every connection's task.
 #[derive(Debug)]
-pub struct Slot {
-    _permit: OwnedSemaphorePermit,
+pub struct Slot(Arc<Semaphore>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.add_permits(1);
+    }
 }
 
 /// The next connection on `listener`, within `limit`: waits for a connection to be queued on

@@ -3,8 +3,8 @@
 //! On a TLS listener the client said it in the handshake (ALPN `h2` or `http/1.1`, nothing means
 //! HTTP/1.1). On a plain listener a client may start HTTP/2 with prior knowledge (h2c): its first
 //! bytes are then the connection preface, `PRI * HTTP/2.0`. [`detect`] reads until the first bytes
-//! either are the preface or cannot be, and hands them back in front of the stream ([`Rewind`]),
-//! so that the chosen protocol reads the connection from its first byte.
+//! either are the preface or cannot be, and leaves them for the chosen protocol to read first
+//! (in front of the stream, [`Rewind`]), so that it reads the connection from its first byte.
 //!
 //! Why not hyper-util's `auto` builder, which does the same: its HTTP/1 side has no
 //! `max_header_size` (graygate's `max_header_bytes` and its 431 would be lost), and its preface
@@ -65,30 +65,34 @@ pub enum DetectError {
     Io(#[from] io::Error),
 }
 
-/// Reads the first bytes of a plain connection, at most `within`, until they are the HTTP/2
-/// preface (HTTP/2 with prior knowledge) or cannot be (HTTP/1.1: any request line does not start
-/// with `PRI *`). The bytes read are given back in front of the stream.
+/// Reads the first bytes of a plain connection into `read`, at most `within`, until they are
+/// the HTTP/2 preface (HTTP/2 with prior knowledge) or cannot be (HTTP/1.1: any request line does
+/// not start with `PRI *`). The bytes read stay in `read`, for the chosen protocol to read first
+/// ([`Rewind`]). The stream is borrowed, not taken, so that the connection's task holds it in one
+/// place through this look and after it.
 pub async fn detect<S>(
-    mut stream: S,
+    stream: &mut S,
+    read: &mut BytesMut,
     within: Duration,
-) -> Result<(Protocol, Rewind<S>), DetectError>
+) -> Result<Protocol, DetectError>
 where
     S: AsyncRead + Unpin,
 {
-    let mut read = BytesMut::with_capacity(FIRST_READ);
-    let decided = tokio::time::timeout(within, async {
+    if read.capacity() < FIRST_READ {
+        read.reserve(FIRST_READ);
+    }
+    tokio::time::timeout(within, async {
         loop {
-            if let Some(protocol) = decide(&read) {
+            if let Some(protocol) = decide(read) {
                 return Ok(protocol);
             }
-            if stream.read_buf(&mut read).await? == 0 {
+            if stream.read_buf(read).await? == 0 {
                 return Err(DetectError::Closed);
             }
         }
     })
     .await
-    .map_err(|_| DetectError::TimedOut(within))??;
-    Ok((decided, Rewind::new(read.freeze(), stream)))
+    .map_err(|_| DetectError::TimedOut(within))?
 }
 
 /// `Some` once the first bytes decide the protocol.
@@ -203,14 +207,19 @@ mod tests {
 
     #[tokio::test]
     async fn detected_bytes_are_read_again() {
-        let (mut client, server) = tokio::io::duplex(64);
+        let (mut client, mut server) = tokio::io::duplex(64);
         client.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
-        let detecting = tokio::spawn(detect(server, Duration::from_secs(5)));
+        let detecting = tokio::spawn(async move {
+            let mut read = BytesMut::new();
+            let protocol = detect(&mut server, &mut read, Duration::from_secs(5)).await;
+            (protocol, read, server)
+        });
         // The preface in two writes: undecided after the first.
         tokio::task::yield_now().await;
         client.write_all(b"\r\nSM\r\n\r\nrest").await.unwrap();
-        let (protocol, mut rewound) = detecting.await.unwrap().unwrap();
-        assert_eq!(protocol, Protocol::Http2);
+        let (protocol, read, server) = detecting.await.unwrap();
+        assert_eq!(protocol.unwrap(), Protocol::Http2);
+        let mut rewound = Rewind::new(read.freeze(), server);
         let mut all = vec![0u8; H2_PREFACE.len() + 4];
         rewound.read_exact(&mut all).await.unwrap();
         assert_eq!(&all[..H2_PREFACE.len()], H2_PREFACE);
@@ -236,16 +245,16 @@ mod tests {
 
     #[tokio::test]
     async fn silence_and_early_close_end_the_wait() {
-        let (_client, server) = tokio::io::duplex(64);
-        let silent = detect(server, Duration::from_millis(50)).await;
+        let (_client, mut server) = tokio::io::duplex(64);
+        let silent = detect(&mut server, &mut BytesMut::new(), Duration::from_millis(50)).await;
         assert!(
             matches!(silent, Err(DetectError::TimedOut(_))),
             "{silent:?}"
         );
 
-        let (client, server) = tokio::io::duplex(64);
+        let (client, mut server) = tokio::io::duplex(64);
         drop(client);
-        let closed = detect(server, Duration::from_secs(5)).await;
+        let closed = detect(&mut server, &mut BytesMut::new(), Duration::from_secs(5)).await;
         assert!(matches!(closed, Err(DetectError::Closed)), "{closed:?}");
     }
 }

@@ -37,12 +37,12 @@ use std::hash::BuildHasher;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -51,14 +51,13 @@ use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::client_ip::ClientIpConfig;
 use super::http2::{self, Http2Settings, OpenStreamBody, Streams};
 use super::listen::{self, ConnectionLimit, DEFAULT_MAX_CONNECTIONS};
 use super::mirror::{self as mirroring, MirrorRecord};
-use super::protocol::{self, Protocol};
+use super::protocol::{self, Protocol, Rewind};
 use super::retry::Replay;
 use super::tls::{HttpsRedirect, TlsTerminator};
 use super::upstream::{LiveUpstreams, SendError, SendOptions, UpstreamError, UpstreamIncoming};
@@ -66,8 +65,10 @@ use super::upstream_protocol;
 use super::{edge, forward};
 use super::{Answer, BoxError, ProxyBody, Router};
 use crate::policy::{Decision, Note, RequestFacts};
+use shutdown::Shutdown;
 
 mod http1;
+mod shutdown;
 
 /// Body of the 404 answered when the policy has no route.
 const NO_ROUTE: &str = "graygate: no route\n";
@@ -294,6 +295,8 @@ struct Shared {
     redirect: Option<HttpsRedirect>,
     /// The listener speaks TLS.
     https: bool,
+    /// Tells this listener's connections to stop, then to close.
+    shutdown: Shutdown,
 }
 
 /// What a listener speaks before HTTP.
@@ -343,15 +346,10 @@ pub async fn serve_front(
         router,
         redirect,
         https: tls.is_some(),
+        shutdown: Shutdown::default(),
     });
-    // `stop` tells connections to finish; every connection holds a clone of `drain_tx`, so
-    // `drain_rx` yields `None` once the last one is gone.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
-    // Past the shutdown deadline, every connection still open is dropped (closed): `close`
-    // tells them, `open` counts them.
-    let (close_tx, close_rx) = watch::channel(false);
-    let open_now = Arc::new(AtomicUsize::new(0));
+    // `shared.shutdown` tells connections to finish, and past the shutdown deadline to close;
+    // it counts them too (`Open`).
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -360,38 +358,42 @@ pub async fn serve_front(
             // descriptors (`listen`).
             (stream, peer, slot) = listen::accept(&listener, &shared.cfg.connections) => {
                 let _ = stream.set_nodelay(true);
-                let open = OpenConnection::new(shared.cfg.observer.clone());
-                let conn = accept(stream, tls.clone(), peer, shared.clone(), stop_rx.clone());
-                let drain = drain_tx.clone();
-                let mut close = close_rx.clone();
-                let counted = OpenCount::new(&open_now);
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = close.wait_for(|close| *close) => {}
+                let open = Open::new(shared.clone(), slot);
+                // Every step of a connection ends at close by itself (`Shutdown`), so its task
+                // waits on nothing else.
+                match &tls {
+                    None => {
+                        let read = BytesMut::new();
+                        tokio::spawn(plain(http1::Conn { stream, read, peer }, open))
                     }
-                    drop(counted);
-                    drop(open);
-                    drop(slot);
-                    drop(drain);
-                });
+                    Some(tls) => {
+                        let tls = tls.clone();
+                        // Boxed, so that the task is the size of what it runs: the state of a
+                        // TLS connection (the handshake, rustls' connection, hyper over it) is
+                        // tens of kilobytes.
+                        tokio::spawn(async move {
+                            Box::pin(accept_tls(stream, tls, peer, open.shared.clone())).await;
+                            drop(open);
+                        })
+                    }
+                };
             }
         }
     }
     drop(listener);
-    drop(drain_tx);
+    let shutdown = &shared.shutdown;
     if shared.cfg.draining.is_on() {
         // Handed over: the new process accepts from the same sockets. HTTP/1.1 connections close
         // after their next answer; idle ones get a moment to send one before they are closed.
-        let _ = tokio::time::timeout(HANDOVER_LINGER, drain_rx.recv()).await;
+        let _ = tokio::time::timeout(HANDOVER_LINGER, shutdown.all_gone()).await;
     }
-    let _ = stop_tx.send(true);
+    shutdown.stop();
     let deadline = shared.cfg.timeouts.shutdown;
-    if tokio::time::timeout(deadline, drain_rx.recv())
+    if tokio::time::timeout(deadline, shutdown.all_gone())
         .await
         .is_err()
     {
-        let left = open_now.load(Ordering::Relaxed);
+        let left = shutdown.open();
         // One line per listening socket: with several workers, each worker's own.
         warn!(
             connections = left,
@@ -399,144 +401,129 @@ pub async fn serve_front(
             worker = super::workers::current(),
             "shutdown: {left} connection(s) still busy after timeouts.shutdown were closed"
         );
-        let _ = close_tx.send(true);
-        let _ = drain_rx.recv().await;
+        shutdown.close();
+        shutdown.all_gone().await;
     }
     Ok(())
 }
 
-/// One live connection task in the count of [`serve_front`]'s listener, for as long as it lives.
-struct OpenCount(Arc<AtomicUsize>);
-
-impl OpenCount {
-    fn new(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        OpenCount(count.clone())
-    }
+/// One open client connection, for as long as its task lives (also when the task is dropped):
+/// it holds the connection's place in the listener's limit, counts it as open for shutdown,
+/// and tells the observer of the open and the close, however the task ends. It also holds the
+/// listener's shared state, which the connection reads through it: one reference per
+/// connection, where a task held four (its share of the state, the count, the observer and the
+/// shutdown's channel).
+struct Open {
+    shared: Arc<Shared>,
+    _slot: listen::Slot,
 }
 
-impl Drop for OpenCount {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Tells the observer that a client connection is open for as long as it lives, so that the
-/// close is reported however the connection task ends (also when it is dropped).
-struct OpenConnection(Option<Arc<dyn Observer>>);
-
-impl OpenConnection {
-    fn new(observer: Option<Arc<dyn Observer>>) -> Self {
-        if let Some(observer) = &observer {
+impl Open {
+    fn new(shared: Arc<Shared>, slot: listen::Slot) -> Self {
+        shared.shutdown.opened();
+        if let Some(observer) = &shared.cfg.observer {
             observer.on_connection_open();
         }
-        OpenConnection(observer)
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        if let Some(observer) = &self.0 {
-            observer.on_connection_close();
+        Open {
+            shared,
+            _slot: slot,
         }
     }
 }
 
-/// Everything before HTTP on one accepted connection: the TLS handshake, or on plain TCP the
-/// look at the first bytes that tells HTTP/2 with prior knowledge from HTTP/1.1. Both are
-/// bounded by the header timeout (a client that connects and sends nothing is closed then), and
-/// given up at shutdown.
-async fn accept(
-    stream: tokio::net::TcpStream,
-    tls: Option<TlsTerminator>,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    stop: watch::Receiver<bool>,
-) {
-    match tls {
-        // Boxed, so that a connection's task is the size of what it runs: inline, the state of
-        // a TLS connection (the handshake, rustls' connection, hyper over it) is tens of
-        // kilobytes, and every task, plain ones too, would be that large for its whole life.
-        Some(tls) => Box::pin(accept_tls(stream, tls, peer, shared, stop)).await,
-        None => accept_plain(stream, peer, shared, stop).await,
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(observer) = &self.shared.cfg.observer {
+            observer.on_connection_close();
+        }
+        self.shared.shutdown.closed_one();
     }
 }
 
-/// [`accept`] on a TLS listener: the handshake, then HTTP as ALPN chose.
+/// The task of one plain-TCP connection: the look at its first bytes that tells HTTP/2 with
+/// prior knowledge from HTTP/1.1 (bounded by the header timeout: a client that connects and
+/// sends nothing is closed then; given up at stop), then graygate's own HTTP/1.1 loop, which
+/// leaves to hyper what it does not take, or hyper's HTTP/2.
+///
+/// A block over its arguments, used in place, not an `async fn` (which would move each into a
+/// local of its own and keep both): an idle kept-alive connection is this task, so each byte of
+/// it is a byte per idle connection (issue 15 asks for no more than 1.5x nginx's).
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` keeps a second copy of its arguments"
+)]
+fn plain(
+    mut conn: http1::Conn<tokio::net::TcpStream>,
+    open: Open,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let within = open.shared.cfg.timeouts.header;
+        let detect = protocol::detect(&mut conn.stream, &mut conn.read, within);
+        // Boxed: the look's timer is held only while it looks.
+        let protocol = match Box::pin(open.shared.shutdown.unless_stopped(detect)).await {
+            Some(Ok(protocol)) => protocol,
+            Some(Err(e)) => {
+                return debug!(peer = %conn.peer, error = %e, "client connection closed")
+            }
+            None => return,
+        };
+        if protocol == Protocol::Http1 {
+            if http1::serve(&mut conn, &open.shared).await == http1::Next::Hyper {
+                Box::pin(http1::to_hyper(conn, open.shared.clone())).await
+            }
+        } else {
+            // Boxed: a future awaited inside another is stored in it more than once (its
+            // arguments, then its running state), at every level; one box of its own size
+            // keeps the task that holds it small.
+            let io = TokioIo::new(Rewind::new(conn.read.freeze(), conn.stream));
+            Box::pin(serve_connection(
+                io,
+                protocol,
+                conn.peer,
+                open.shared.clone(),
+            ))
+            .await
+        }
+    }
+}
+
+/// The TLS handshake of a connection on a TLS listener (bounded by the header timeout, given up
+/// at stop), then HTTP as ALPN chose: graygate's own HTTP/1.1 loop, as on plain TCP, or hyper.
 async fn accept_tls(
     stream: tokio::net::TcpStream,
     tls: TlsTerminator,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    stop: watch::Receiver<bool>,
 ) {
     let within = shared.cfg.timeouts.header;
-    let mut stopping = stop.clone();
-    let handshake = tokio::select! {
-        done = tls.handshake(stream, within) => done,
-        _ = stopping.wait_for(|stop| *stop) => return,
+    let handshake = tls.handshake(stream, within);
+    let Some(handshake) = shared.shutdown.unless_stopped(handshake).await else {
+        return;
     };
     match handshake {
-        // HTTP/1.1: graygate's own loop, as on plain TCP.
         Ok((stream, Protocol::Http1)) => {
-            http1::serve(stream, Bytes::new(), peer, shared, stop).await
+            let read = BytesMut::new();
+            let mut conn = http1::Conn { stream, read, peer };
+            if http1::serve(&mut conn, &shared).await == http1::Next::Hyper {
+                http1::to_hyper(conn, shared).await
+            }
         }
         Ok((stream, protocol)) => {
-            serve_connection(TokioIo::new(stream), protocol, peer, shared, stop).await
+            serve_connection(TokioIo::new(stream), protocol, peer, shared).await
         }
         Err(e) => debug!(peer = %peer, error = %e, "TLS connection closed"),
-    }
-}
-
-/// [`accept`] on a plain listener: HTTP/1.1, or HTTP/2 with prior knowledge.
-async fn accept_plain(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    stop: watch::Receiver<bool>,
-) {
-    let within = shared.cfg.timeouts.header;
-    let mut stopping = stop.clone();
-    let detected = tokio::select! {
-        done = protocol::detect(stream, within) => done,
-        _ = stopping.wait_for(|stop| *stop) => return,
-    };
-    match detected {
-        // HTTP/1.1: graygate's own loop, which leaves to hyper what it does not take.
-        Ok((Protocol::Http1, stream)) => {
-            let (first, stream) = stream.into_parts();
-            http1::serve(stream, first, peer, shared, stop).await
-        }
-        Ok((protocol, stream)) => {
-            // Boxed: a future awaited inside another is stored in it more than once (its
-            // arguments, then its running state), at every level; one box of its own size
-            // keeps the task that holds it small.
-            Box::pin(serve_connection(
-                TokioIo::new(stream),
-                protocol,
-                peer,
-                shared,
-                stop,
-            ))
-            .await
-        }
-        Err(e) => debug!(peer = %peer, error = %e, "client connection closed"),
     }
 }
 
 /// Serves one client connection until the client closes it, a timeout closes it, or shutdown
 /// asks it to finish its in-flight requests: HTTP/1.1 with keep-alive and upgrades, or HTTP/2
 /// with the `[http2]` limits, closed when no stream has been open for the header timeout.
-async fn serve_connection<I>(
-    io: I,
-    protocol: Protocol,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    stop: watch::Receiver<bool>,
-) where
+async fn serve_connection<I>(io: I, protocol: Protocol, peer: SocketAddr, shared: Arc<Shared>)
+where
     I: Read + Write + Unpin + Send + 'static,
 {
     let cfg = shared.cfg.clone();
+    let driving = shared.clone();
     match protocol {
         Protocol::Http1 => {
             let service = service_fn(move |req| {
@@ -556,7 +543,14 @@ async fn serve_connection<I>(
                 .max_header_size(cfg.max_header_bytes.max(1))
                 .max_buf_size(DEFAULT_MAX_BUF.max(cfg.max_header_bytes.saturating_add(MIN_BUF)));
             let conn = builder.serve_connection(io, service).with_upgrades();
-            drive(conn, |c| c.graceful_shutdown(), peer, stop, None).await;
+            drive(
+                conn,
+                |c| c.graceful_shutdown(),
+                peer,
+                &driving.shutdown,
+                None,
+            )
+            .await;
         }
         Protocol::Http2 => {
             let streams = Streams::new();
@@ -572,22 +566,49 @@ async fn serve_connection<I>(
             let conn =
                 http2::builder(&cfg.http2, cfg.max_header_bytes).serve_connection(io, service);
             let idle = Some((streams, cfg.timeouts.header));
-            // Boxed for the reason `accept` boxes TLS: HTTP/2's connection state is several
+            // Boxed for the reason `serve_front` boxes TLS: HTTP/2's connection state is several
             // times HTTP/1.1's, and most connections are HTTP/1.1.
-            Box::pin(drive(conn, |c| c.graceful_shutdown(), peer, stop, idle)).await;
+            Box::pin(drive(
+                conn,
+                |c| c.graceful_shutdown(),
+                peer,
+                &driving.shutdown,
+                idle,
+            ))
+            .await;
         }
     }
 }
 
-/// Runs a connection (hyper's of either protocol) to its end; at shutdown, or when `idle` says
-/// that no stream has been open for that long (HTTP/2), it is asked to finish gracefully.
+/// Runs a connection (hyper's of either protocol) to its end; at stop, or when `idle` says
+/// that no stream has been open for that long (HTTP/2), it is asked to finish gracefully; at
+/// close, it is dropped.
 async fn drive<C: Future<Output = hyper::Result<()>>>(
     conn: C,
     graceful_shutdown: fn(Pin<&mut C>),
     peer: SocketAddr,
-    mut stop: watch::Receiver<bool>,
+    shutdown: &Shutdown,
     idle: Option<(Arc<Streams>, Duration)>,
 ) {
+    let Some(result) = shutdown
+        .unless_closed(run(conn, graceful_shutdown, peer, shutdown, idle))
+        .await
+    else {
+        return;
+    };
+    if let Err(e) = result {
+        debug!(peer = %peer, error = %e, "client connection ended with an error");
+    }
+}
+
+/// [`drive`] until close.
+async fn run<C: Future<Output = hyper::Result<()>>>(
+    conn: C,
+    graceful_shutdown: fn(Pin<&mut C>),
+    peer: SocketAddr,
+    shutdown: &Shutdown,
+    idle: Option<(Arc<Streams>, Duration)>,
+) -> hyper::Result<()> {
     tokio::pin!(conn);
     let idle_check = |streams: &Streams, limit: Duration| match streams.idle_for() {
         Some(idle) if idle >= limit => None,
@@ -595,7 +616,7 @@ async fn drive<C: Future<Output = hyper::Result<()>>>(
         None => Some(limit),
     };
     let mut next_check = idle.as_ref().map(|(_, limit)| *limit);
-    let result = loop {
+    loop {
         let wait = next_check;
         let idle_wait = async move {
             match wait {
@@ -605,7 +626,7 @@ async fn drive<C: Future<Output = hyper::Result<()>>>(
         };
         tokio::select! {
             result = conn.as_mut() => break result,
-            _ = async { let _ = stop.wait_for(|stop| *stop).await; } => {
+            () = shutdown.stopped() => {
                 graceful_shutdown(conn.as_mut());
                 break conn.await;
             }
@@ -619,9 +640,6 @@ async fn drive<C: Future<Output = hyper::Result<()>>>(
                 }
             }
         }
-    };
-    if let Err(e) = result {
-        debug!(peer = %peer, error = %e, "client connection ended with an error");
     }
 }
 
@@ -1486,6 +1504,36 @@ mod tests {
                 task,
             }
         }
+    }
+
+    /// An idle kept-alive plain connection is its task (and tokio's 256-byte record of its
+    /// socket). tokio lays a task out as its future plus 104 bytes, in steps of 128: a future of
+    /// at most 408 bytes keeps that at 512, where it was 5 KiB before issue 15's idle memory
+    /// work (`bench/idle-conns.sh`: 6,670 -> about 850 bytes per idle connection). Grown past
+    /// this, the task takes 640 bytes or more: look at what the connection's wait holds across
+    /// its `.await` (`-Zprint-type-sizes` on nightly lists it).
+    #[tokio::test]
+    async fn an_idle_plain_connection_task_stays_small() {
+        let cfg = ProxyConfig::default();
+        let upstreams = Arc::new(LiveUpstreams::new(Vec::new(), &cfg.timeouts).unwrap());
+        let shared = Arc::new(Shared {
+            cfg: Arc::new(cfg),
+            upstreams,
+            router: Arc::new(Fixed(None)),
+            redirect: None,
+            https: false,
+            shutdown: Shutdown::default(),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let peer = stream.local_addr().unwrap();
+        let slot = ConnectionLimit::new("test", 1).try_slot().unwrap();
+        let read = BytesMut::new();
+        let task = plain(http1::Conn { stream, read, peer }, Open::new(shared, slot));
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 408, "a plain connection's task future is {size} bytes");
     }
 
     // ----- a client -----

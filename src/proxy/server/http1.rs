@@ -41,7 +41,6 @@ use hyper_util::rt::TokioIo;
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
@@ -184,9 +183,9 @@ fn connection_tokens(value: &HeaderValue) -> Option<bool> {
 
 /// The client side of a connection the loop serves: what it needs beyond reading and writing.
 pub(super) trait Client: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// Waits until a read may find something, without holding a buffer meanwhile: an idle
-    /// connection waits here.
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Ready when a read may find something. It waits without a buffer, and without a waiter
+    /// of its own: the socket's read waker is the one the read itself would register.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 
     /// Writes all of `bytes` to the client (named apart from `AsyncWriteExt::write_all`, which
     /// would not flush a TLS stream).
@@ -194,8 +193,8 @@ pub(super) trait Client: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 }
 
 impl Client for TcpStream {
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        TcpStream::readable(self)
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
     }
 
     /// Straight to the socket, waiting for it only when it is full.
@@ -215,14 +214,12 @@ impl Client for TcpStream {
 impl Client for TlsStream<TcpStream> {
     /// The socket's readiness, unless rustls holds decrypted bytes not read yet (or has seen the
     /// end of the stream): then a read finds them at once, whatever the socket says.
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let (tcp, tls) = self.get_ref();
-        let wait = tls.wants_read().then(|| tcp.readable());
-        async move {
-            match wait {
-                Some(wait) => wait.await,
-                None => Ok(()),
-            }
+        if tls.wants_read() {
+            tcp.poll_read_ready(cx)
+        } else {
+            Poll::Ready(Ok(()))
         }
     }
 
@@ -233,88 +230,116 @@ impl Client for TlsStream<TcpStream> {
     }
 }
 
-/// Serves one HTTP/1.1 connection, whose first bytes `first` were read already (on plain TCP, to
-/// tell it from HTTP/2), until the client closes it, the header timeout closes it, shutdown asks
-/// it to finish, or a request is not one of this loop's: then hyper serves the rest of it.
-pub(super) async fn serve<S: Client>(
-    mut stream: S,
-    first: Bytes,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    stop: watch::Receiver<bool>,
-) {
-    let mut read = first
-        .try_into_mut()
-        .unwrap_or_else(|b| BytesMut::from(&b[..]));
-    let limit = shared.cfg.max_header_bytes.max(1);
-    let within = shared.cfg.timeouts.header;
-    // One timer and one wait for shutdown for the connection's life, not one per request: a
-    // timer moved later is only marked so (tokio moves it when it would have fired), and the
-    // wait stays registered between requests.
-    let header_timer = tokio::time::sleep(within);
-    tokio::pin!(header_timer);
-    let mut watching = stop.clone();
-    let stopped = watching.wait_for(|stop| *stop);
-    tokio::pin!(stopped);
-    loop {
-        // A head, within the header timeout from the moment the connection waits for one (as
-        // hyper's `header_read_timeout`, which also bounds an idle kept-alive connection).
-        header_timer
-            .as_mut()
-            .reset(tokio::time::Instant::now() + within);
-        let (request, keep_alive) = loop {
-            let head = if read.is_empty() {
-                Head::Partial
-            } else {
-                parse(&mut read, limit)
+/// One client connection as the loop serves it.
+pub(super) struct Conn<S> {
+    pub stream: S,
+    /// Bytes read from the client and not taken yet: the start of the next request (or, on
+    /// plain TCP, the first bytes, read to tell HTTP/1.1 from HTTP/2).
+    pub read: BytesMut,
+    pub peer: SocketAddr,
+}
+
+/// What is left of a connection when [`serve`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Next {
+    /// Nothing: it is over (closed, or to be closed by dropping it).
+    Done,
+    /// The rest is hyper's ([`to_hyper`]), from the bytes left in the read buffer.
+    Hyper,
+}
+
+/// Serves one HTTP/1.1 connection, whose first bytes may be read already, until the client closes it, the header timeout closes it,
+/// shutdown asks it to finish, or a request is not one of this loop's: then [`Next::Hyper`].
+///
+/// Its state while it waits for a request is, with the socket, all that an idle kept-alive
+/// connection costs, so it is kept small: the connection is borrowed from the task that holds
+/// it (in a block over it, not an `async fn`, which would keep a copy of each argument), and the wait is one `poll_fn` over the socket's readiness, one timer and one wait
+/// for stop, each polled in place. Whatever a request needs is boxed, and held only while the
+/// request is answered.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` keeps a second copy of its arguments"
+)]
+pub(super) fn serve<'a, S: Client>(
+    conn: &'a mut Conn<S>,
+    shared: &'a Shared,
+) -> impl Future<Output = Next> + Send + 'a {
+    async move {
+        // One timer and one wait for stop for the connection's life, not one per request: a
+        // timer moved later is only marked so (tokio moves it when it would have fired), and
+        // the wait stays registered between requests.
+        let mut header_timer = std::pin::pin!(tokio::time::sleep(shared.cfg.timeouts.header));
+        let mut stopped = std::pin::pin!(shared.shutdown.stopped());
+        loop {
+            // A head, within the header timeout from the moment the connection waits for one
+            // (as hyper's `header_read_timeout`, which also bounds an idle kept-alive one).
+            header_timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + shared.cfg.timeouts.header);
+            let (request, keep_alive) = loop {
+                if !conn.read.is_empty() {
+                    match parse(&mut conn.read, shared.cfg.max_header_bytes.max(1)) {
+                        Head::Request(request, keep_alive) => break (request, keep_alive),
+                        Head::Hyper => return Next::Hyper,
+                        Head::Partial => {}
+                    }
+                }
+                // In this order: bytes that came first are read before a timeout or a stop.
+                let waited = std::future::poll_fn(|cx| {
+                    // The whole connection, borrowed once (not its two fields apart).
+                    let conn = &mut *conn;
+                    if let Poll::Ready(more) = read_more(&mut conn.stream, &mut conn.read, cx) {
+                        return Poll::Ready(Wait::More(more));
+                    }
+                    if header_timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Wait::TimedOut);
+                    }
+                    if stopped.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Wait::Stop);
+                    }
+                    Poll::Pending
+                })
+                .await;
+                match waited {
+                    Wait::More(Ok(0)) | Wait::Stop if conn.read.is_empty() => return Next::Done,
+                    // Closed mid-head, or asked to stop mid-head: hyper's, which says what it
+                    // says to that, or finishes the request and closes.
+                    Wait::More(Ok(0)) | Wait::Stop => return Next::Hyper,
+                    Wait::More(Ok(_)) => {}
+                    Wait::More(Err(e)) => {
+                        debug!(peer = %conn.peer, error = %e, "client connection ended with an error");
+                        return Next::Done;
+                    }
+                    Wait::TimedOut => {
+                        debug!(peer = %conn.peer, "client connection closed: no request head within the header timeout");
+                        return Next::Done;
+                    }
+                }
             };
-            match head {
-                Head::Request(request, keep_alive) => break (request, keep_alive),
-                Head::Hyper => return Box::pin(to_hyper(stream, read, peer, shared, stop)).await,
-                Head::Partial => {}
-            }
-            let waited = tokio::select! {
-                biased;
-                more = read_more(&mut stream, &mut read) => Wait::More(more),
-                _ = header_timer.as_mut() => Wait::TimedOut,
-                _ = stopped.as_mut() => Wait::Stop,
+            // Boxed: a request's future is kilobytes, and inline it would be part of the
+            // connection's task for the connection's whole life, idle or not. Dropped at close.
+            let exchange = async {
+                let response = answer(shared, conn.peer, request).await;
+                let keep_alive = keep_alive && !shared.shutdown.is_stopping();
+                respond(&mut conn.stream, response, keep_alive).await
             };
-            match waited {
-                Wait::More(Ok(0)) | Wait::Stop if read.is_empty() => return,
-                // Closed mid-head, or asked to stop mid-head: hyper's, which says what it says
-                // to that, or finishes the request and closes.
-                Wait::More(Ok(0)) | Wait::Stop => {
-                    return Box::pin(to_hyper(stream, read, peer, shared, stop)).await
+            match Box::pin(shared.shutdown.unless_closed(exchange)).await {
+                Some(Ok(true)) => {}
+                Some(Ok(false)) => return Box::pin(close(conn, &shared.shutdown)).await,
+                Some(Err(e)) => {
+                    debug!(peer = %conn.peer, error = %e, "client connection ended with an error");
+                    return Next::Done;
                 }
-                Wait::More(Ok(_)) => {}
-                Wait::More(Err(e)) => {
-                    debug!(peer = %peer, error = %e, "client connection ended with an error");
-                    return;
-                }
-                Wait::TimedOut => {
-                    debug!(peer = %peer, "client connection closed: no request head within the header timeout");
-                    return;
-                }
+                None => return Next::Done,
             }
-        };
-        // Boxed: a request's future is kilobytes, and inline it would be part of the
-        // connection's task for the connection's whole life, idle or not.
-        let response = Box::pin(answer(&shared, peer, request)).await;
-        let keep_alive = keep_alive && !*stop.borrow();
-        match Box::pin(respond(&mut stream, response, keep_alive)).await {
-            Ok(true) => {}
-            Ok(false) => return close(stream).await,
-            Err(e) => {
-                debug!(peer = %peer, error = %e, "client connection ended with an error");
-                return;
+            if shared.shutdown.is_stopping() {
+                return Box::pin(close(conn, &shared.shutdown)).await;
             }
-        }
-        if *stop.borrow() {
-            return close(stream).await;
-        }
-        if read.is_empty() {
-            // Nothing pipelined: the buffer goes back to the pool while the connection idles.
-            pool::give_read(std::mem::take(&mut read));
+            if conn.read.is_empty() {
+                // Nothing pipelined: the buffer goes back to the pool while the connection
+                // idles.
+                pool::give_read(std::mem::take(&mut conn.read));
+            }
         }
     }
 }
@@ -327,31 +352,34 @@ enum Wait {
 }
 
 /// The rest of the connection on hyper's server, from the first byte not yet answered.
-async fn to_hyper<S: Client>(
-    stream: S,
-    read: BytesMut,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    stop: watch::Receiver<bool>,
-) {
-    let io = TokioIo::new(Rewind::new(read.freeze(), stream));
-    serve_connection(io, Protocol::Http1, peer, shared, stop).await
+pub(super) async fn to_hyper<S: Client>(conn: Conn<S>, shared: Arc<Shared>) {
+    let io = TokioIo::new(Rewind::new(conn.read.freeze(), conn.stream));
+    serve_connection(io, Protocol::Http1, conn.peer, shared).await
 }
 
 /// Reads what the socket has into `read` once it is readable; 0 at the end of the stream.
 ///
 /// The buffer is taken from the worker's pool only once there is something to read, so a
-/// connection idles without one. The read goes through tokio's `poll_read`, which marks the
-/// socket not ready after a short read: the next wait then needs no read that only says EAGAIN.
-async fn read_more<S: Client>(stream: &mut S, read: &mut BytesMut) -> io::Result<usize> {
-    stream.readable().await?;
+/// connection idles without one, and goes back to it if the read finds nothing after all. The
+/// read goes through tokio's `poll_read`, which marks the socket not ready after a short read:
+/// the next wait then needs no read that only says EAGAIN.
+fn read_more<S: Client>(
+    stream: &mut S,
+    read: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    std::task::ready!(stream.poll_readable(cx))?;
     if read.capacity() == 0 {
         *read = pool::take_read();
     }
     if read.capacity() - read.len() < READ_ROOM {
         read.reserve(READ_ROOM);
     }
-    std::future::poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, read)).await
+    let polled = tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, read);
+    if polled.is_pending() && read.is_empty() {
+        pool::give_read(std::mem::take(read));
+    }
+    polled
 }
 
 /// Buffers kept by each worker thread for its connections: a request's read buffer and a
@@ -362,8 +390,13 @@ mod pool {
 
     use bytes::BytesMut;
 
-    /// At most this many of each are kept per worker (8 KiB and about 0.5 KiB each).
-    const KEPT: usize = 256;
+    /// At most this many of each are kept per worker (8 KiB and about 0.5 KiB each): about as
+    /// many as one worker has requests in flight under load (the benchmarks' 50 connections),
+    /// so that most requests take a buffer from here. More would be memory held for a burst
+    /// that is over: 256 kept read buffers (each touched for about a page) were 90 of the bytes
+    /// per idle connection that `bench/idle-conns.sh` counts after its 10,000-connection
+    /// burst. A request that finds none takes one from the allocator.
+    const KEPT: usize = 32;
 
     thread_local! {
         static READS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
@@ -421,9 +454,11 @@ mod pool {
 }
 
 /// Ends a connection after its last answer: the write side is shut, so that the client reads
-/// the end of the stream after the answer.
-async fn close<S: Client>(mut stream: S) {
-    let _ = stream.shutdown().await;
+/// the end of the stream after the answer (over TLS, after a `close_notify`, given up at
+/// close).
+async fn close<S: Client>(conn: &mut Conn<S>, shutdown: &super::Shutdown) -> Next {
+    let _ = shutdown.unless_closed(conn.stream.shutdown()).await;
+    Next::Done
 }
 
 /// The length of a response body as the head announces it: hyper's `BodyLength`, or `None`
