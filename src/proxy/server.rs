@@ -65,9 +65,11 @@ use super::upstream_protocol;
 use super::{edge, forward};
 use super::{Answer, BoxError, ProxyBody, Router};
 use crate::policy::{Decision, Note, RequestFacts};
+use idle::IdleClock;
 use shutdown::Shutdown;
 
 mod http1;
+mod idle;
 mod shutdown;
 
 /// Body of the 404 answered when the policy has no route.
@@ -297,6 +299,8 @@ struct Shared {
     https: bool,
     /// Tells this listener's connections to stop, then to close.
     shutdown: Shutdown,
+    /// The header timeout of its idle HTTP/1.1 connections.
+    idle: IdleClock,
 }
 
 /// What a listener speaks before HTTP.
@@ -340,6 +344,7 @@ pub async fn serve_front(
         Front::Redirect(redirect) => (Some(redirect), None),
         Front::Tls(tls) => (None, Some(tls)),
     };
+    let idle = IdleClock::new(cfg.timeouts.header);
     let shared = Arc::new(Shared {
         cfg,
         upstreams,
@@ -347,7 +352,14 @@ pub async fn serve_front(
         redirect,
         https: tls.is_some(),
         shutdown: Shutdown::default(),
+        idle,
     });
+    // Wakes idle connections at their header timeout, until stop.
+    tokio::spawn(idle::sweep(
+        Arc::downgrade(&shared),
+        |shared: &Shared| &shared.idle,
+        |shared: &Shared| shared.shutdown.is_stopping(),
+    ));
     // `shared.shutdown` tells connections to finish, and past the shutdown deadline to close;
     // it counts them too (`Open`).
     tokio::pin!(shutdown);
@@ -388,6 +400,7 @@ pub async fn serve_front(
         let _ = tokio::time::timeout(HANDOVER_LINGER, shutdown.all_gone()).await;
     }
     shutdown.stop();
+    shared.idle.wake_all();
     let deadline = shared.cfg.timeouts.shutdown;
     if tokio::time::timeout(deadline, shutdown.all_gone())
         .await
@@ -1508,9 +1521,9 @@ mod tests {
 
     /// An idle kept-alive plain connection is its task (and tokio's 256-byte record of its
     /// socket). tokio lays a task out as its future plus 104 bytes, in steps of 128: a future of
-    /// at most 408 bytes keeps that at 512, where it was 5 KiB before issue 15's idle memory
-    /// work (`bench/idle-conns.sh`: 6,670 -> about 850 bytes per idle connection). Grown past
-    /// this, the task takes 640 bytes or more: look at what the connection's wait holds across
+    /// at most 280 bytes keeps that at 384, where it was 5 KiB before issue 15's idle memory
+    /// work (`bench/idle-conns.sh`: 6,670 -> about 700 bytes per idle connection). Grown past
+    /// this, the task takes 512 bytes or more: look at what the connection's wait holds across
     /// its `.await` (`-Zprint-type-sizes` on nightly lists it).
     #[tokio::test]
     async fn an_idle_plain_connection_task_stays_small() {
@@ -1523,6 +1536,7 @@ mod tests {
             redirect: None,
             https: false,
             shutdown: Shutdown::default(),
+            idle: IdleClock::new(Duration::from_secs(10)),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stream = TcpStream::connect(listener.local_addr().unwrap())
@@ -1533,7 +1547,10 @@ mod tests {
         let read = BytesMut::new();
         let task = plain(http1::Conn { stream, read, peer }, Open::new(shared, slot));
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 408, "a plain connection's task future is {size} bytes");
+        assert!(
+            size <= 280,
+            "a plain connection's task future is {size} bytes"
+        );
     }
 
     // ----- a client -----

@@ -41,6 +41,7 @@ use hyper_util::rt::TokioIo;
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::futures::Notified;
 use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
@@ -265,17 +266,14 @@ pub(super) fn serve<'a, S: Client>(
     shared: &'a Shared,
 ) -> impl Future<Output = Next> + Send + 'a {
     async move {
-        // One timer and one wait for stop for the connection's life, not one per request: a
-        // timer moved later is only marked so (tokio moves it when it would have fired), and
-        // the wait stays registered between requests.
-        let mut header_timer = std::pin::pin!(tokio::time::sleep(shared.cfg.timeouts.header));
-        let mut stopped = std::pin::pin!(shared.shutdown.stopped());
+        // One wait for the header timeout and stop for the connection's life (`idle`): a
+        // request only moves the deadline, and the wait stays registered between requests.
+        let mut deadline = shared.idle.deadline();
+        let mut waiting = std::pin::pin!(shared.idle.wait_for(deadline));
         loop {
             // A head, within the header timeout from the moment the connection waits for one
             // (as hyper's `header_read_timeout`, which also bounds an idle kept-alive one).
-            header_timer
-                .as_mut()
-                .reset(tokio::time::Instant::now() + shared.cfg.timeouts.header);
+            deadline = shared.idle.deadline();
             let (request, keep_alive) = loop {
                 if !conn.read.is_empty() {
                     match parse(&mut conn.read, shared.cfg.max_header_bytes.max(1)) {
@@ -291,13 +289,7 @@ pub(super) fn serve<'a, S: Client>(
                     if let Poll::Ready(more) = read_more(&mut conn.stream, &mut conn.read, cx) {
                         return Poll::Ready(Wait::More(more));
                     }
-                    if header_timer.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Wait::TimedOut);
-                    }
-                    if stopped.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Wait::Stop);
-                    }
-                    Poll::Pending
+                    poll_idle(shared, waiting.as_mut(), deadline, cx)
                 })
                 .await;
                 match waited {
@@ -323,16 +315,17 @@ pub(super) fn serve<'a, S: Client>(
                 let keep_alive = keep_alive && !shared.shutdown.is_stopping();
                 respond(&mut conn.stream, response, keep_alive).await
             };
-            match Box::pin(shared.shutdown.unless_closed(exchange)).await {
-                Some(Ok(true)) => {}
-                Some(Ok(false)) => return Box::pin(close(conn, &shared.shutdown)).await,
+            // Whether to go on, decided before the next `.await`: the exchange's result is not
+            // kept in the connection's state through the close.
+            let go_on = match Box::pin(shared.shutdown.unless_closed(exchange)).await {
+                Some(Ok(go_on)) => go_on,
                 Some(Err(e)) => {
                     debug!(peer = %conn.peer, error = %e, "client connection ended with an error");
                     return Next::Done;
                 }
                 None => return Next::Done,
-            }
-            if shared.shutdown.is_stopping() {
+            };
+            if !go_on || shared.shutdown.is_stopping() {
                 return Box::pin(close(conn, &shared.shutdown)).await;
             }
             if conn.read.is_empty() {
@@ -341,6 +334,33 @@ pub(super) fn serve<'a, S: Client>(
                 pool::give_read(std::mem::take(&mut conn.read));
             }
         }
+    }
+}
+
+/// Polls a connection's wait for the header timeout and stop (see `super::idle`): `Stop` once
+/// stop is told, `TimedOut` once the clock is past `deadline`; otherwise pending, with the
+/// wait registered on `deadline`'s tick.
+fn poll_idle<'a>(
+    shared: &'a Shared,
+    mut wait: Pin<&mut Notified<'a>>,
+    deadline: u64,
+    cx: &mut Context<'_>,
+) -> Poll<Wait> {
+    loop {
+        // Polled before the flag is read: a stop told after that wakes it.
+        let woken = wait.as_mut().poll(cx).is_ready();
+        if shared.shutdown.is_stopping() {
+            return Poll::Ready(Wait::Stop);
+        }
+        if !woken {
+            return Poll::Pending;
+        }
+        // Woken by a tick (or registered on an earlier deadline's): timed out, or wait again
+        // on this deadline's tick, which has not been swept since the clock is before it.
+        if shared.idle.now() >= deadline {
+            return Poll::Ready(Wait::TimedOut);
+        }
+        wait.set(shared.idle.wait_for(deadline));
     }
 }
 

@@ -2,14 +2,15 @@
 //! request, finish the ones in flight; an idle connection closes) and, once the shutdown
 //! deadline has passed, **close** (drop every connection still open, busy or not).
 //!
-//! One flag and one [`Notify`] for the whole listener, read by every connection. Why not a
-//! `watch` channel per step, as before: a connection waits on this with one `Notified` (64
-//! bytes), where a `watch` receiver's `wait_for` took 144 bytes and a connection held two (one
-//! for each step) for its whole life. An idle kept-alive connection's task is the size of what
-//! it waits on, and issue 15 asks idle connections to cost no more than 1.5x nginx's memory.
-//! So close is not waited on by an idle connection at all: it has stopped first, and an idle
-//! connection ends at stop. Only a busy step (a request, a handshake, hyper's connection)
-//! waits for close, inside the box that holds it while it runs.
+//! One flag and one [`Notify`] for the whole listener, read by every connection, where there
+//! were two `watch` channels: a connection waited on each with a `wait_for` (144 bytes) held
+//! in its task for its whole life, and an idle kept-alive connection is its task (issue 15 asks
+//! idle connections to cost no more than 1.5x nginx's memory). Now an idle connection of the own
+//! HTTP/1.1 loop learns of stop through the wait it has anyway, for its header timeout (`idle`:
+//! the server wakes every such wait at stop), and does not wait for close at all: close comes
+//! after stop, and stop ends an idle connection. A busy step (the look at the first bytes, a
+//! request, a TLS handshake, hyper's connection) waits here, inside the box that holds it while
+//! it runs.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
