@@ -428,7 +428,9 @@ pub async fn serve_front(
 /// shutdown's channel).
 struct Open {
     shared: Arc<Shared>,
-    _slot: listen::Slot,
+    /// Given back before the connection stops being counted (`Drop`), so that when the last
+    /// count is gone, so is every slot.
+    slot: Option<listen::Slot>,
 }
 
 impl Open {
@@ -439,13 +441,14 @@ impl Open {
         }
         Open {
             shared,
-            _slot: slot,
+            slot: Some(slot),
         }
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
+        drop(self.slot.take());
         if let Some(observer) = &self.shared.cfg.observer {
             observer.on_connection_close();
         }

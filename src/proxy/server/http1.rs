@@ -346,21 +346,28 @@ fn poll_idle<'a>(
     deadline: u64,
     cx: &mut Context<'_>,
 ) -> Poll<Wait> {
+    // True once the wait was made anew here: it is then polled, and the clock read after that.
+    let mut made = false;
     loop {
         // Polled before the flag is read: a stop told after that wakes it.
         let woken = wait.as_mut().poll(cx).is_ready();
         if shared.shutdown.is_stopping() {
             return Poll::Ready(Wait::Stop);
         }
-        if !woken {
+        if !woken && !made {
             return Poll::Pending;
         }
-        // Woken by a tick (or registered on an earlier deadline's): timed out, or wait again
-        // on this deadline's tick, which has not been swept since the clock is before it.
+        // Woken by a tick (or registered on an earlier deadline's), or just made: the clock is
+        // read after the wait was made, so a tick swept in between (which would not wake it)
+        // is seen here as a deadline passed.
         if shared.idle.now() >= deadline {
             return Poll::Ready(Wait::TimedOut);
         }
+        if !woken {
+            return Poll::Pending;
+        }
         wait.set(shared.idle.wait_for(deadline));
+        made = true;
     }
 }
 

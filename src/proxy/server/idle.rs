@@ -64,9 +64,12 @@ impl IdleClock {
         u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The deadline of a wait for a request head that starts now.
+    /// The deadline of a wait for a request head that starts now: rounded up to the next
+    /// millisecond, so that [`Self::now`] (rounded down) never reaches it early.
     pub fn deadline(&self) -> u64 {
-        self.now().saturating_add(self.timeout_ms)
+        let elapsed = Instant::now().saturating_duration_since(self.epoch);
+        let ms = u64::try_from(elapsed.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+        ms.saturating_add(self.timeout_ms)
     }
 
     /// The first tick at or after `deadline`.
@@ -76,9 +79,9 @@ impl IdleClock {
 
     /// A wait that is woken at the first tick at or after `deadline` (or earlier, by stop, or
     /// by a tick a whole ring before when the sweeper is that late: read the clock when woken).
-    /// Poll it once to be woken; it counts wakes from the moment it is made. A deadline whose
-    /// tick was swept already has passed: read the clock before waiting on a deadline made
-    /// earlier.
+    /// Poll it once to be woken; it counts wakes from the moment it is made. A tick swept
+    /// before the wait was made does not wake it, but such a tick means the deadline has
+    /// passed: read the clock after making the wait, and do not wait if it is past.
     pub fn wait_for(&self, deadline: u64) -> Notified<'_> {
         let tick = self.tick_of(deadline);
         self.ticks[(tick % self.ticks.len() as u64) as usize].notified()
@@ -166,8 +169,8 @@ mod tests {
     async fn a_wait_is_woken_after_its_deadline_never_before() {
         let clock = Arc::new(IdleClock::new(Duration::from_millis(640)));
         let sweeper = tokio::spawn(sweep(Arc::downgrade(&clock), |c| c, |_| false));
-        let deadline = clock.deadline();
         let started = Instant::now();
+        let deadline = clock.deadline();
         {
             let mut wait = pin!(clock.wait_for(deadline));
             assert!(!poll_once(wait.as_mut()), "woken before any tick");
