@@ -606,56 +606,45 @@ async fn drive<C: Future<Output = hyper::Result<()>>>(
     shutdown: &Shutdown,
     idle: Option<(Arc<Streams>, Duration)>,
 ) {
-    let Some(result) = shutdown
-        .unless_closed(run(conn, graceful_shutdown, peer, shutdown, idle))
-        .await
-    else {
+    let run = async move {
+        tokio::pin!(conn);
+        let idle_check = |streams: &Streams, limit: Duration| match streams.idle_for() {
+            Some(idle) if idle >= limit => None,
+            Some(idle) => Some(limit - idle),
+            None => Some(limit),
+        };
+        let mut next_check = idle.as_ref().map(|(_, limit)| *limit);
+        loop {
+            let wait = next_check;
+            let idle_wait = async move {
+                match wait {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                result = conn.as_mut() => break result,
+                () = shutdown.stopped() => {
+                    graceful_shutdown(conn.as_mut());
+                    break conn.await;
+                }
+                _ = idle_wait => {
+                    let Some((streams, limit)) = &idle else { continue };
+                    next_check = idle_check(streams, *limit);
+                    if next_check.is_none() {
+                        debug!(peer = %peer, "closing an idle HTTP/2 connection");
+                        graceful_shutdown(conn.as_mut());
+                        break conn.await;
+                    }
+                }
+            }
+        }
+    };
+    let Some(result) = shutdown.unless_closed(run).await else {
         return;
     };
     if let Err(e) = result {
         debug!(peer = %peer, error = %e, "client connection ended with an error");
-    }
-}
-
-/// [`drive`] until close.
-async fn run<C: Future<Output = hyper::Result<()>>>(
-    conn: C,
-    graceful_shutdown: fn(Pin<&mut C>),
-    peer: SocketAddr,
-    shutdown: &Shutdown,
-    idle: Option<(Arc<Streams>, Duration)>,
-) -> hyper::Result<()> {
-    tokio::pin!(conn);
-    let idle_check = |streams: &Streams, limit: Duration| match streams.idle_for() {
-        Some(idle) if idle >= limit => None,
-        Some(idle) => Some(limit - idle),
-        None => Some(limit),
-    };
-    let mut next_check = idle.as_ref().map(|(_, limit)| *limit);
-    loop {
-        let wait = next_check;
-        let idle_wait = async move {
-            match wait {
-                Some(wait) => tokio::time::sleep(wait).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            result = conn.as_mut() => break result,
-            () = shutdown.stopped() => {
-                graceful_shutdown(conn.as_mut());
-                break conn.await;
-            }
-            _ = idle_wait => {
-                let Some((streams, limit)) = &idle else { continue };
-                next_check = idle_check(streams, *limit);
-                if next_check.is_none() {
-                    debug!(peer = %peer, "closing an idle HTTP/2 connection");
-                    graceful_shutdown(conn.as_mut());
-                    break conn.await;
-                }
-            }
-        }
     }
 }
 

@@ -268,12 +268,12 @@ pub(super) fn serve<'a, S: Client>(
     async move {
         // One wait for the header timeout and stop for the connection's life (`idle`): a
         // request only moves the deadline, and the wait stays registered between requests.
+        // A head, within the header timeout from the moment the connection waits for one (as
+        // hyper's `header_read_timeout`, which also bounds an idle kept-alive one): the
+        // deadline is set here and again after each answer.
         let mut deadline = shared.idle.deadline();
         let mut waiting = std::pin::pin!(shared.idle.wait_for(deadline));
         loop {
-            // A head, within the header timeout from the moment the connection waits for one
-            // (as hyper's `header_read_timeout`, which also bounds an idle kept-alive one).
-            deadline = shared.idle.deadline();
             let (request, keep_alive) = loop {
                 if !conn.read.is_empty() {
                     match parse(&mut conn.read, shared.cfg.max_header_bytes.max(1)) {
@@ -333,6 +333,7 @@ pub(super) fn serve<'a, S: Client>(
                 // idles.
                 pool::give_read(std::mem::take(&mut conn.read));
             }
+            deadline = shared.idle.deadline();
         }
     }
 }

@@ -72,18 +72,9 @@ impl Shutdown {
         reason = "an `async fn` keeps a second copy of its arguments"
     )]
     fn reached(&self, step: u8) -> impl Future<Output = ()> + Send + '_ {
-        async move {
-            loop {
-                // Made before the flag is read: a `Notified` is woken by every
-                // `notify_waiters` after it was made, polled or not, so a step taken between
-                // the two is not missed.
-                let changed = self.changed.notified();
-                if self.step.load(Ordering::SeqCst) >= step {
-                    return;
-                }
-                changed.await;
-            }
-        }
+        until(&self.changed, move || {
+            self.step.load(Ordering::SeqCst) >= step
+        })
     }
 
     /// Counts a connection as open, until [`Self::closed_one`].
@@ -104,14 +95,8 @@ impl Shutdown {
     }
 
     /// Done once no connection is open (at once if none is).
-    pub async fn all_gone(&self) {
-        loop {
-            let gone = self.none_open.notified();
-            if self.open() == 0 {
-                return;
-            }
-            gone.await;
-        }
+    pub fn all_gone(&self) -> impl Future<Output = ()> + Send + '_ {
+        until(&self.none_open, || self.open() == 0)
     }
 
     /// `work`'s output, or `None` if stop is told first (`work` is dropped then).
@@ -129,6 +114,28 @@ impl Shutdown {
             biased;
             done = work => Some(done),
             () = self.closed() => None,
+        }
+    }
+}
+
+/// Done once `done` is true, read each time `notify` wakes its waiters (and at once).
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` keeps a second copy of its arguments"
+)]
+fn until<'a>(
+    notify: &'a Notify,
+    done: impl Fn() -> bool + Send + 'a,
+) -> impl Future<Output = ()> + Send + 'a {
+    async move {
+        loop {
+            // Made before `done` is read: a `Notified` is woken by every `notify_waiters`
+            // after it was made, polled or not, so a change between the two is not missed.
+            let changed = notify.notified();
+            if done() {
+                return;
+            }
+            changed.await;
         }
     }
 }
