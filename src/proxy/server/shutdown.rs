@@ -13,7 +13,9 @@
 //! it runs.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 
 use tokio::sync::Notify;
 
@@ -100,21 +102,52 @@ impl Shutdown {
     }
 
     /// `work`'s output, or `None` if stop is told first (`work` is dropped then).
-    pub async fn unless_stopped<T>(&self, work: impl Future<Output = T>) -> Option<T> {
-        tokio::select! {
-            biased;
-            done = work => Some(done),
-            () = self.stopped() => None,
+    pub fn unless_stopped<'a, W: Future + 'a>(
+        &'a self,
+        work: W,
+    ) -> Unless<W, impl Future<Output = ()> + Send + 'a> {
+        Unless {
+            work,
+            step: self.stopped(),
         }
     }
 
     /// `work`'s output, or `None` if close is told first (`work` is dropped then).
-    pub async fn unless_closed<T>(&self, work: impl Future<Output = T>) -> Option<T> {
-        tokio::select! {
-            biased;
-            done = work => Some(done),
-            () = self.closed() => None,
+    pub fn unless_closed<'a, W: Future + 'a>(
+        &'a self,
+        work: W,
+    ) -> Unless<W, impl Future<Output = ()> + Send + 'a> {
+        Unless {
+            work,
+            step: self.closed(),
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// `work`'s output, or `None` once `step` is done first ([`Shutdown::unless_stopped`],
+    /// [`Shutdown::unless_closed`]). A future of its own rather than an `async fn` with a
+    /// `select!`: that kept `work` twice (as its argument, then as the running `select!`'s) and
+    /// moved it from one to the other when first polled, and `work` is a request's whole
+    /// exchange, about 6 KB, so every request paid that copy.
+    pub(super) struct Unless<W, S> {
+        #[pin]
+        work: W,
+        #[pin]
+        step: S,
+    }
+}
+
+impl<W: Future, S: Future<Output = ()>> Future for Unless<W, S> {
+    type Output = Option<W::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        // `work` first: what is done by the time the step is taken still counts.
+        if let Poll::Ready(done) = this.work.poll(cx) {
+            return Poll::Ready(Some(done));
+        }
+        this.step.poll(cx).map(|()| None)
     }
 }
 
