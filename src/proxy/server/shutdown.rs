@@ -211,6 +211,33 @@ mod tests {
         shutdown.closed().await;
     }
 
+    /// A request's exchange (kilobytes) runs inside `unless_closed`: the wrapper must hold it
+    /// once, in place. An `async fn` with a `select!` held it twice and copied it from one to
+    /// the other at its first poll, on every request.
+    #[tokio::test]
+    async fn unless_closed_holds_its_work_once() {
+        let shutdown = Shutdown::default();
+        let big = [7u8; 4096];
+        let work = async move {
+            tokio::task::yield_now().await;
+            big.iter().map(|&b| usize::from(b)).sum::<usize>()
+        };
+        let work_size = std::mem::size_of_val(&work);
+        let wrapped = shutdown.unless_closed(work);
+        let wrapped_size = std::mem::size_of_val(&wrapped);
+        assert!(work_size >= 4096, "the work holds its array: {work_size}");
+        assert!(
+            wrapped_size <= work_size + 256,
+            "unless_closed adds {} bytes to work of {work_size}",
+            wrapped_size - work_size
+        );
+        assert_eq!(wrapped.await, Some(7 * 4096));
+        // Closed first: the work is dropped unfinished.
+        shutdown.close();
+        let never = shutdown.unless_closed(std::future::pending::<()>());
+        assert_eq!(never.await, None);
+    }
+
     #[tokio::test]
     async fn all_gone_waits_for_the_last_open_connection() {
         let shutdown = Arc::new(Shutdown::default());
