@@ -10,7 +10,7 @@
 //! Which statuses count as errors is decided per service when the table is built (the rollout's
 //! `error_statuses`, else 5xx), so that the request path tests one bit.
 
-use crate::policy::PolicyDoc;
+use crate::policy::{FastState, PolicyDoc};
 use crate::proxy::Answer;
 use crate::rollout::{AnalysisSettings, Figures, StatusSet, VersionCounters};
 use arc_swap::ArcSwap;
@@ -23,7 +23,7 @@ struct ServiceCounters {
     /// The statuses that count as errors for this service.
     errors: StatusSet,
     /// version -> its counters.
-    versions: HashMap<Arc<str>, Arc<Counted>>,
+    versions: HashMap<Arc<str>, Arc<Counted>, FastState>,
 }
 
 /// One version's counters: what the rollout analysis reads, and the requests stable answered for
@@ -34,8 +34,10 @@ struct Counted {
     fallbacks: AtomicU64,
 }
 
-/// service -> its counters.
-type Table = HashMap<Arc<str>, ServiceCounters>;
+/// service -> its counters. Both tables' keys are the policy's names (never a request's), so
+/// they take the request path's fast hasher: two SipHash lookups were about 1% of a request's
+/// instructions.
+type Table = HashMap<Arc<str>, ServiceCounters, FastState>;
 
 /// service -> version -> figures.
 pub type FiguresTable = BTreeMap<String, BTreeMap<String, Figures>>;
@@ -50,7 +52,7 @@ impl Traffic {
     /// No versions, nothing counted.
     pub(super) fn new() -> Self {
         Traffic {
-            table: ArcSwap::from_pointee(Table::new()),
+            table: ArcSwap::from_pointee(Table::default()),
         }
     }
 
@@ -72,7 +74,7 @@ impl Traffic {
     /// Counters for every version of `doc`, reusing the counters of versions that stay.
     pub(super) fn rebuild(&self, doc: &PolicyDoc) {
         let old = self.table.load();
-        let mut table = Table::new();
+        let mut table = Table::default();
         for s in &doc.services {
             let service: Arc<str> = Arc::from(s.name.as_str());
             let known = old.get(&service);

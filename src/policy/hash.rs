@@ -1,4 +1,5 @@
-//! A fast hasher for the request path's lookup tables (IP tables, rule indexes).
+//! A fast hasher for the request path's lookup tables (IP tables, rule indexes, the per-version
+//! traffic counters).
 //!
 //! The tables' keys come from the policy (operators), never from requests: a request only looks
 //! keys up. So the hasher need not resist chosen-key flooding the way SipHash does; it must spread
@@ -22,7 +23,7 @@ fn fold(a: u64, b: u64) -> u64 {
 
 /// Builds [`FastHasher`]s with a per-table random seed.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct FastState {
+pub(crate) struct FastState {
     seed: u64,
     key: u64,
     /// The key of the final fold in [`FastHasher::finish`]; odd, as `key` is.
@@ -56,7 +57,7 @@ impl BuildHasher for FastState {
 
 /// See the module documentation.
 #[derive(Debug, Clone)]
-pub(super) struct FastHasher {
+pub(crate) struct FastHasher {
     h: u64,
     key: u64,
     last: u64,

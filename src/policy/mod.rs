@@ -35,6 +35,7 @@ mod evaluate;
 #[cfg(test)]
 mod generated;
 mod hash;
+pub(crate) use hash::FastState;
 mod index;
 mod iptable;
 pub mod mirror;

@@ -337,11 +337,13 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
             continue;
         }
         let mut headers = HeaderMap::with_capacity(spans.len());
+        let mut seen = Seen::default();
         for &(name_at, name_len, value_at, value_len) in &spans {
             let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
                 .map_err(|_| H1Error::Invalid("header name"))?;
             let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
                 .map_err(|_| H1Error::Invalid("header value"))?;
+            seen.note(&name);
             headers.append(name, value);
         }
         let version = if minor == 0 {
@@ -349,8 +351,14 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
         } else {
             Version::HTTP_11
         };
-        let (framing, framing_keeps) = framing(&headers, status, method)?;
-        let keep_alive = framing_keeps && keeps_alive(&headers, version);
+        let (framing, framing_keeps) = framing(&headers, seen, status, method)?;
+        let keep_alive = framing_keeps
+            && if seen.connection {
+                keeps_alive(&headers, version)
+            } else {
+                // What `keeps_alive` makes of no `Connection` header.
+                version == Version::HTTP_11
+            };
         return Ok(Some(Head {
             status,
             version,
@@ -379,10 +387,33 @@ fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
     !close && (version == Version::HTTP_11 || keep_alive)
 }
 
+/// Which of the headers that frame a response (or end its connection) a head has, noted while
+/// its headers are read: the usual response has no `Transfer-Encoding`, and looking each of them
+/// up in the map afterwards cost more than the comparisons.
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    connection: bool,
+    content_length: bool,
+    transfer_encoding: bool,
+}
+
+impl Seen {
+    fn note(&mut self, name: &HeaderName) {
+        if *name == CONNECTION {
+            self.connection = true;
+        } else if *name == CONTENT_LENGTH {
+            self.content_length = true;
+        } else if *name == TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        }
+    }
+}
+
 /// How the body of a response is delimited (RFC 9112 6.3), and whether the connection can be
 /// reused after it as far as framing goes.
 fn framing(
     headers: &HeaderMap,
+    seen: Seen,
     status: StatusCode,
     method: &Method,
 ) -> Result<(Framing, bool), H1Error> {
@@ -392,7 +423,7 @@ fn framing(
     {
         return Ok((Framing::Length(0), true));
     }
-    if headers.contains_key(TRANSFER_ENCODING) {
+    if seen.transfer_encoding {
         let last = headers
             .get_all(TRANSFER_ENCODING)
             .iter()
@@ -401,7 +432,7 @@ fn framing(
             .rfind(|t| !t.is_empty());
         let chunked = last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
         // With Content-Length as well, the connection must close after it (RFC 9112 6.3).
-        let reusable = chunked && !headers.contains_key(CONTENT_LENGTH);
+        let reusable = chunked && !seen.content_length;
         return Ok(if chunked {
             (
                 Framing::Chunked(Chunked::Size(SizeLine::default())),
@@ -412,6 +443,9 @@ fn framing(
         });
     }
     let mut length = None;
+    if !seen.content_length {
+        return Ok((Framing::Close, false));
+    }
     for value in headers.get_all(CONTENT_LENGTH) {
         for part in value.as_bytes().split(|&b| b == b',') {
             let part = part.trim_ascii();

@@ -54,7 +54,6 @@ use super::{
 use async_trait::async_trait;
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -210,7 +209,9 @@ thread_local! {
 /// with [`list_prefix`].
 fn cache_key(out: &mut String, list: &str, key: &str) {
     out.clear();
-    let _ = write!(out, "{}:", list.len());
+    // `itoa`, not `write!`: the formatting machinery was about 1% of a request's instructions.
+    out.push_str(itoa::Buffer::new().format(list.len()));
+    out.push(':');
     out.push_str(list);
     out.push_str(key);
 }
