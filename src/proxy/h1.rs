@@ -442,10 +442,10 @@ fn framing(
             (Framing::Close, false)
         });
     }
-    let mut length = None;
     if !seen.content_length {
         return Ok((Framing::Close, false));
     }
+    let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
         for part in value.as_bytes().split(|&b| b == b',') {
             let part = part.trim_ascii();
