@@ -269,6 +269,60 @@ proptest! {
         prop_assert_eq!(in_stored_range(&doc, "idStart", "idEnd", exclusive, &value), want, "{} {}", doc, value);
     }
 
+    /// The in-place reader of a stored range against the reading it replaced: the whole
+    /// document as a `serde_json::Value`, its two bounds taken from that. Documents: the range
+    /// with bytes edited, the range with its JSON edited (values swapped for other kinds,
+    /// fields added or dropped), and objects whose fields repeat, nest or are escaped.
+    #[test]
+    fn a_stored_range_reads_as_the_whole_document_would(
+        doc in prop_oneof![
+            3 => stored_value(),
+            3 => mutated_json(json!({"idStart": 1, "idEnd": 5000, "note": [1, {"a": null}]}))
+                .prop_map(|v| v.to_string()),
+            2 => prop::collection::vec(
+                (
+                    prop::sample::select(vec!["idStart", "idEnd", "id\\u0053tart", "x"]),
+                    prop::sample::select(vec![
+                        "1", "-3", "4.5e3", "\" 7 \"", "\"x\"", "null", "true", "[1,2]",
+                        "{\"idStart\":2}", "1e999", "18446744073709551616",
+                    ]),
+                ),
+                0..5,
+            )
+            .prop_map(|fields| {
+                let body: Vec<String> =
+                    fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                format!("{{{}}}", body.join(","))
+            }),
+        ],
+        n in -10i64..6000,
+        exclusive in any::<bool>(),
+    ) {
+        let value = n.to_string();
+        let whole = |doc: &str| -> bool {
+            let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(doc) else {
+                return false;
+            };
+            let bound = |name: &str| match fields.get(name)? {
+                Value::Number(n) => n.as_f64(),
+                Value::String(s) => parse_number(s),
+                _ => None,
+            };
+            let (Some(lo), Some(hi), Some(n)) = (bound("idStart"), bound("idEnd"), parse_number(&value))
+            else {
+                return false;
+            };
+            if exclusive { lo < n && n < hi } else { lo <= n && n <= hi }
+        };
+        prop_assert_eq!(
+            in_stored_range(&doc, "idStart", "idEnd", exclusive, &value),
+            whole(&doc),
+            "{} {}",
+            doc,
+            value
+        );
+    }
+
     #[test]
     fn a_stored_value_taken_apart_matches_only_when_it_is_a_range(
         doc in stored_value(),

@@ -57,6 +57,8 @@ const MAX_HEADERS: usize = 100;
 const READ_ROOM: usize = 8192;
 /// Response bytes gathered before they are written, when the body has more at once.
 const WRITE_BATCH: usize = 64 * 1024;
+/// How many headers the request path adds to a request before it goes upstream, at most.
+const ADDED_UPSTREAM: usize = 3;
 /// A body chunk at least this large is written as it is rather than copied behind the head.
 const COPY_LIMIT: usize = 16 * 1024;
 
@@ -125,7 +127,10 @@ pub(crate) fn parse(read: &mut BytesMut, max_header_bytes: usize) -> Head {
         // Refused back to hyper with the bytes put back: it reads the same head.
         return unsplit(read, head);
     };
-    let mut map = HeaderMap::with_capacity(count);
+    // Room for the headers the proxy adds on the way up (`X-Forwarded-For`, `X-Real-IP`, the
+    // version header), so that adding them does not grow the map (a reallocation of both of
+    // its tables).
+    let mut map = HeaderMap::with_capacity(count + ADDED_UPSTREAM);
     let mut keep_alive = true;
     for &(n0, n1, v0, v1) in &at {
         let Ok(name) = HeaderName::from_bytes(&head[n0..n1]) else {
