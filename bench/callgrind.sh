@@ -1,30 +1,38 @@
 #!/usr/bin/env bash
 # User-space instructions per proxied request, counted rather than timed (wall-clock rounds on a
 # shared 2-core machine move by 5 to 30%): graygate's release build under callgrind, on the
-# memcached layout (examples/peer-seed-000.toml), with ../shared/peer running (its start.sh).
+# memcached layout (examples/peer-seed-000.toml, `X-Real-IP: 10.0.0.7`) or, with LAYOUT=redis,
+# the Redis one (examples/peer-seed-001.toml, `TOKEN: abc`), with ../shared/peer running (its
+# start.sh).
 # Two runs, of 200 and 6,200 keep-alive GETs to the canary from one curl; the difference over
 # 6,000 leaves out start-up and shut-down (with 2,000, the start-up's own variance moved the count
 # of one build by up to 1,000 instructions per request between runs).
 #
-#   bench/callgrind.sh [BIN]     # BIN defaults to target/release/graygate; about 3 minutes
+#   bench/callgrind.sh [BIN]              # BIN defaults to target/release/graygate; about 3 minutes
+#   LAYOUT=redis bench/callgrind.sh [BIN]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${1:-$ROOT/target/release/graygate}
 WORK=/tmp/graygate-callgrind
+case ${LAYOUT:-memcached} in
+    memcached) CONF=peer-seed-000 PORT=18201 HEADER="X-Real-IP: 10.0.0.7" ;;
+    redis) CONF=peer-seed-001 PORT=18202 HEADER="TOKEN: abc" ;;
+    *) echo "LAYOUT is memcached or redis, not $LAYOUT"; exit 1 ;;
+esac
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install -y valgrind)"; exit 1; }
 [ "$(curl -s -m 3 http://127.0.0.1:19090/)" = canary ] || { echo "start ../shared/peer/start.sh first"; exit 1; }
-if (exec 3<>/dev/tcp/127.0.0.1/18201) 2>/dev/null; then echo "port 18201 is taken: stop what listens there"; exit 1; fi
+if (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null; then echo "port $PORT is taken: stop what listens there"; exit 1; fi
 
 count() {  # count N -> total instructions of a run with N requests
     rm -rf "$WORK"; mkdir -p "$WORK"
-    sed -e "s|graygate-data/peer-seed-000|$WORK/store|" "$ROOT/examples/peer-seed-000.toml" >"$WORK/c.toml"
+    sed -e "s|graygate-data/$CONF|$WORK/store|" "$ROOT/examples/$CONF.toml" >"$WORK/c.toml"
     valgrind --tool=callgrind --callgrind-out-file="$WORK/out" "$BIN" run --config "$WORK/c.toml" >"$WORK/log" 2>&1 &
     local vg=$!
-    for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/18201) 2>/dev/null && break; sleep 0.2; done
+    for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.2; done
     local urls=() i
-    for i in $(seq "$1"); do urls+=(http://127.0.0.1:18201/); done
+    for i in $(seq "$1"); do urls+=(http://127.0.0.1:$PORT/); done
     local answers
-    answers=$(curl -s -H "X-Real-IP: 10.0.0.7" "${urls[@]}" | grep -c '^canary$' || true)
+    answers=$(curl -s -H "$HEADER" "${urls[@]}" | grep -c '^canary$' || true)
     kill -INT "$vg"; wait "$vg" || true
     [ "$answers" = "$1" ] || { echo "$answers of $1 requests answered by the canary" >&2; exit 1; }
     callgrind_annotate "$WORK/out" | awk '/PROGRAM TOTALS/ && !n++ {gsub(",", "", $1); print $1}'
