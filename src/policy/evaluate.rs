@@ -594,7 +594,7 @@ type Bounds = Option<(Option<f64>, Option<f64>)>;
 
 /// The bounds named `start` and `end` of the JSON object `doc`.
 fn range_bounds(doc: &str, start: &str, end: &str) -> Result<Bounds, serde_json::Error> {
-    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    use serde::de::{Deserializer, MapAccess, Visitor};
     use std::fmt;
 
     /// Which field a key names.
@@ -633,7 +633,10 @@ fn range_bounds(doc: &str, start: &str, end: &str) -> Result<Bounds, serde_json:
     }
 
     /// A bound as `Value` would give it to `bound`: a number as `as_f64`, a string through
-    /// `parse_number`, anything else (read through) `None`.
+    /// `parse_number`, anything else (read through) `None`. It also reads through every value
+    /// that is not a bound. Not `IgnoredAny`: serde_json skips that without its recursion
+    /// limit, and `Value` refuses a document nested deeper than it; through `deserialize_any`
+    /// the limit holds here too, which also bounds this reader's own recursion.
     struct Bound(Option<f64>);
 
     impl<'de> serde::Deserialize<'de> for Bound {
@@ -668,11 +671,11 @@ fn range_bounds(doc: &str, start: &str, end: &str) -> Result<Bounds, serde_json:
             Ok(Bound(None))
         }
         fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Bound, A::Error> {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            while seq.next_element::<Bound>()?.is_some() {}
             Ok(Bound(None))
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Bound, A::Error> {
-            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            while map.next_entry::<Bound, Bound>()?.is_some() {}
             Ok(Bound(None))
         }
     }
@@ -698,7 +701,7 @@ fn range_bounds(doc: &str, start: &str, end: &str) -> Result<Bounds, serde_json:
                     Field::Start => lo = map.next_value::<Bound>()?.0,
                     Field::End => hi = map.next_value::<Bound>()?.0,
                     Field::Other => {
-                        map.next_value::<IgnoredAny>()?;
+                        map.next_value::<Bound>()?;
                     }
                 }
             }
@@ -727,7 +730,7 @@ fn range_bounds(doc: &str, start: &str, end: &str) -> Result<Bounds, serde_json:
             self,
             mut seq: A,
         ) -> Result<Self::Value, A::Error> {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            while seq.next_element::<Bound>()?.is_some() {}
             Ok(None)
         }
     }

@@ -882,3 +882,33 @@ fn a_bucket_cookie_is_secure_over_https_unless_told_otherwise() {
     // SameSite=None is dropped by browsers without Secure: always Secure.
     assert!(set_cookie(", same_site = \"None\"", false).ends_with("; SameSite=None; Secure"));
 }
+
+/// A range document nested far deeper than any JSON reader should follow, in the field that
+/// is skipped, in a bound and as the whole document: no match, and no stack overflow (the
+/// reader keeps serde_json's recursion limit, as the `Value` reading did).
+#[test]
+fn a_deeply_nested_range_document_matches_nothing() {
+    let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+    for doc in [
+        format!(r#"{{"idStart":1,"idEnd":5000,"x":{deep}}}"#),
+        format!(r#"{{"idStart":{deep},"idEnd":5000}}"#),
+        deep.clone(),
+        format!(
+            r#"{{"idStart":1,"idEnd":5000,"x":{}}}"#,
+            "{\"a\":".repeat(100_000)
+        ),
+    ] {
+        assert!(
+            !super::in_stored_range(&doc, "idStart", "idEnd", true, "1234"),
+            "{}",
+            &doc[..40]
+        );
+    }
+    assert!(super::in_stored_range(
+        r#"{"idStart":1,"idEnd":5000,"x":[[[1]]]}"#,
+        "idStart",
+        "idEnd",
+        true,
+        "1234"
+    ));
+}
