@@ -575,7 +575,7 @@ pub(super) fn in_stored_range(
     exclusive: bool,
     value: &str,
 ) -> bool {
-    let Ok(Some((Some(lo), Some(hi)))) = range_bounds(doc, start, end) else {
+    let Ok((Some(lo), Some(hi))) = range_bounds(doc, start, end) else {
         return false;
     };
     let Some(n) = parse_number(value) else {
@@ -588,12 +588,13 @@ pub(super) fn in_stored_range(
     }
 }
 
-/// A range document's two bounds, each `None` when absent or neither a number nor a numeric
-/// string; `None` in all when the document is valid JSON but not an object.
-type Bounds = Option<(Option<f64>, Option<f64>)>;
-
-/// The bounds named `start` and `end` of the JSON object `doc`.
-fn range_bounds(doc: &str, start: &str, end: &str) -> Result<Bounds, serde_json::Error> {
+/// The bounds named `start` and `end` of the JSON object `doc`, each `None` when absent or
+/// neither a number nor a numeric string; an error when `doc` is not a JSON object.
+fn range_bounds(
+    doc: &str,
+    start: &str,
+    end: &str,
+) -> Result<(Option<f64>, Option<f64>), serde_json::Error> {
     use serde::de::{Deserializer, MapAccess, Visitor};
     use std::fmt;
 
@@ -686,9 +687,9 @@ fn range_bounds(doc: &str, start: &str, end: &str) -> Result<Bounds, serde_json:
     }
 
     impl<'de> Visitor<'de> for Doc<'_> {
-        type Value = Bounds;
+        type Value = (Option<f64>, Option<f64>);
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("any JSON value")
+            f.write_str("a JSON object")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let (mut lo, mut hi) = (None, None);
@@ -705,38 +706,12 @@ fn range_bounds(doc: &str, start: &str, end: &str) -> Result<Bounds, serde_json:
                     }
                 }
             }
-            Ok(Some((lo, hi)))
-        }
-        // Any other JSON value: read through, not a range.
-        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(
-            self,
-            mut seq: A,
-        ) -> Result<Self::Value, A::Error> {
-            while seq.next_element::<Bound>()?.is_some() {}
-            Ok(None)
+            Ok((lo, hi))
         }
     }
 
     let mut reader = serde_json::Deserializer::from_str(doc);
-    let bounds = (&mut reader).deserialize_any(Doc { start, end })?;
+    let bounds = (&mut reader).deserialize_map(Doc { start, end })?;
     reader.end()?;
     Ok(bounds)
 }

@@ -352,13 +352,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
             Version::HTTP_11
         };
         let (framing, framing_keeps) = framing(&headers, seen, status, method)?;
-        let keep_alive = framing_keeps
-            && if seen.connection {
-                keeps_alive(&headers, version)
-            } else {
-                // What `keeps_alive` makes of no `Connection` header.
-                version == Version::HTTP_11
-            };
+        let keep_alive = framing_keeps && keeps_alive(&headers, seen, version);
         return Ok(Some(Head {
             status,
             version,
@@ -370,11 +364,12 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
 }
 
 /// True when the connection may carry another request after this response (by its version and
-/// `Connection` header).
-fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
+/// `Connection` header). The map is read only when the head has a `Connection` header.
+fn keeps_alive(headers: &HeaderMap, seen: Seen, version: Version) -> bool {
     let mut close = false;
     let mut keep_alive = false;
-    for value in headers.get_all(CONNECTION) {
+    let connection = seen.connection.then(|| headers.get_all(CONNECTION));
+    for value in connection.into_iter().flatten() {
         for token in value.as_bytes().split(|&b| b == b',') {
             let token = token.trim_ascii();
             if token.eq_ignore_ascii_case(b"close") {
