@@ -204,13 +204,26 @@ fn hop_by_hop_index(name: &str) -> Option<usize> {
     })
 }
 
+/// [`hop_by_hop_index`] of a `Connection` token, in whatever case it was sent.
+fn hop_by_hop_token(token: &str) -> Option<usize> {
+    // The longest hop-by-hop name, `proxy-authorization`, is 19 bytes.
+    let mut lower = [0u8; 19];
+    let lower = lower.get_mut(..token.len())?;
+    for (l, b) in lower.iter_mut().zip(token.as_bytes()) {
+        *l = b.to_ascii_lowercase();
+    }
+    hop_by_hop_index(std::str::from_utf8(lower).ok()?)
+}
+
 /// Removes every header named in `Connection` (RFC 9110 7.6.1), but never `Host` (without it
 /// the upstream cannot serve the request; `Connection` itself goes with the hop-by-hop ones).
-/// Each round removes one header that is there, so it ends.
+/// Each round removes one header that is there, so it ends. A token that names a hop-by-hop
+/// header (`keep-alive`, nearly every response's only one) is not looked up: the caller removes
+/// those whenever they are there.
 fn remove_connection_options(headers: &mut HeaderMap) {
     loop {
         let named = connection_tokens(headers)
-            .filter(|t| !t.eq_ignore_ascii_case("host") && !t.eq_ignore_ascii_case("connection"))
+            .filter(|t| hop_by_hop_token(t).is_none() && !t.eq_ignore_ascii_case("host"))
             .find(|t| headers.contains_key(*t))
             .and_then(|t| HeaderName::from_bytes(t.as_bytes()).ok());
         match named {
@@ -283,6 +296,16 @@ mod tests {
         }
         assert_eq!(hop_by_hop_index("host"), None);
         assert_eq!(hop_by_hop_index("x-real-ip"), None);
+    }
+
+    #[test]
+    fn a_connection_token_names_a_hop_by_hop_header_in_any_case() {
+        assert_eq!(hop_by_hop_token("Keep-Alive"), Some(2));
+        assert_eq!(hop_by_hop_token("PROXY-AUTHORIZATION"), Some(4));
+        assert_eq!(hop_by_hop_token("upgrade"), Some(9));
+        assert_eq!(hop_by_hop_token("close"), None);
+        assert_eq!(hop_by_hop_token("x-proxy-authorization"), None);
+        assert_eq!(hop_by_hop_token(""), None);
     }
 
     const PEER: &str = "192.0.2.10";

@@ -31,7 +31,6 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
@@ -39,6 +38,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+use super::ticks::{TickClock, Within};
 
 /// Most headers a response may have (hyper's default as well).
 const MAX_HEADERS: usize = 100;
@@ -153,12 +154,13 @@ impl Conn {
     }
 
     /// Sends `request`'s head (its body must be empty) and reads the response head, within
-    /// `timeout` for the response to start; the response's body reads on from this
-    /// connection, which it hands to `home` at its end when it can be used again.
+    /// `clock`'s timeout (the response timeout) for the response to start; the response's body
+    /// reads on from this connection, which it hands to `home` at its end when it can be used
+    /// again.
     pub async fn exchange<B>(
         mut self,
         request: &Request<B>,
-        timeout: Duration,
+        clock: &TickClock,
         home: Arc<dyn Home>,
     ) -> Result<Response<ResponseBody>, H1Error> {
         encode_head(request, &mut self.write);
@@ -168,9 +170,9 @@ impl Conn {
             self.write = Vec::new();
         }
         written.map_err(H1Error::Write)?;
-        let head = match tokio::time::timeout(timeout, self.read_head(request.method())).await {
-            Ok(head) => head?,
-            Err(_elapsed) => return Err(H1Error::ResponseTimeout),
+        let head = match Within::new(clock, self.read_head(request.method())).await {
+            Some(head) => head?,
+            None => return Err(H1Error::ResponseTimeout),
         };
         Ok(self.respond(head, home))
     }
@@ -300,9 +302,10 @@ struct Head {
 /// this client never asks to switch protocols.
 fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Error> {
     loop {
-        // Where each name and value lies in `buf`, so that the values can be slices of it.
-        let mut spans: smallvec::SmallVec<[(usize, usize, usize, usize); 24]> =
-            smallvec::SmallVec::new();
+        // Where each name and value lies in `buf`, so that the values can be slices of it (as
+        // `u32`s, half the bytes to make and move: the buffer holds less than `MAX_HEAD` plus
+        // one read while a head is read).
+        let mut spans: smallvec::SmallVec<[(u32, u32, u32, u32); 24]> = smallvec::SmallVec::new();
         let (len, code, minor) = {
             // Uninitialised room for the headers: filling 100 empty ones cost more than
             // parsing a usual head (profile of issue 15).
@@ -319,10 +322,14 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
                 Err(e) => return Err(H1Error::Parse(e)),
             };
             let base = buf.as_ptr() as usize;
+            let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
             for h in parsed.headers.iter() {
-                let name = h.name.as_ptr() as usize - base;
-                let value = h.value.as_ptr() as usize - base;
-                spans.push((name, h.name.len(), value, h.value.len()));
+                spans.push((
+                    at(h.name.as_bytes()),
+                    h.name.len() as u32,
+                    at(h.value),
+                    h.value.len() as u32,
+                ));
             }
             (len, parsed.code.unwrap_or(0), parsed.version.unwrap_or(1))
         };
@@ -339,6 +346,8 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Err
         let mut headers = HeaderMap::with_capacity(spans.len());
         let mut seen = Seen::default();
         for &(name_at, name_len, value_at, value_len) in &spans {
+            let (name_at, name_len) = (name_at as usize, name_len as usize);
+            let (value_at, value_len) = (value_at as usize, value_len as usize);
             let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
                 .map_err(|_| H1Error::Invalid("header name"))?;
             let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))

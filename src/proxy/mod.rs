@@ -91,6 +91,7 @@ pub mod mirror;
 pub mod protocol;
 mod retry;
 mod server;
+mod ticks;
 pub mod tls;
 mod upstream;
 mod upstream_protocol;

@@ -59,17 +59,16 @@ use super::listen::{self, ConnectionLimit, DEFAULT_MAX_CONNECTIONS};
 use super::mirror::{self as mirroring, MirrorRecord};
 use super::protocol::{self, Protocol, Rewind};
 use super::retry::Replay;
+use super::ticks::{self, TickClock};
 use super::tls::{HttpsRedirect, TlsTerminator};
 use super::upstream::{LiveUpstreams, SendError, SendOptions, UpstreamError, UpstreamIncoming};
 use super::upstream_protocol;
 use super::{edge, forward};
 use super::{Answer, BoxError, ProxyBody, Router};
 use crate::policy::{Decision, Note, RequestFacts};
-use idle::IdleClock;
 use shutdown::Shutdown;
 
 mod http1;
-mod idle;
 mod shutdown;
 
 /// Body of the 404 answered when the policy has no route.
@@ -300,7 +299,7 @@ struct Shared {
     /// Tells this listener's connections to stop, then to close.
     shutdown: Shutdown,
     /// The header timeout of its idle HTTP/1.1 connections.
-    idle: IdleClock,
+    idle: TickClock,
 }
 
 /// What a listener speaks before HTTP.
@@ -344,7 +343,7 @@ pub async fn serve_front(
         Front::Redirect(redirect) => (Some(redirect), None),
         Front::Tls(tls) => (None, Some(tls)),
     };
-    let idle = IdleClock::new(cfg.timeouts.header);
+    let idle = TickClock::new(cfg.timeouts.header);
     let shared = Arc::new(Shared {
         cfg,
         upstreams,
@@ -355,7 +354,7 @@ pub async fn serve_front(
         idle,
     });
     // Wakes idle connections at their header timeout, until stop.
-    tokio::spawn(idle::sweep(
+    tokio::spawn(ticks::sweep(
         Arc::downgrade(&shared),
         |shared: &Shared| &shared.idle,
         |shared: &Shared| shared.shutdown.is_stopping(),
@@ -884,9 +883,12 @@ async fn proxy<B: ClientBody>(
         .as_ref()
         .unwrap_or(&default_header);
     let mut untrusted_follow = false;
-    if req.headers().contains_key(version_header) && !client_ip_cfg.is_trusted(peer.ip()) {
+    // Whether a choice is to be followed at all, found once: nearly no request has one.
+    let mut follows = req.headers().contains_key(version_header);
+    if follows && !client_ip_cfg.is_trusted(peer.ip()) {
         req.headers_mut().remove(version_header);
         untrusted_follow = true;
+        follows = false;
     }
 
     // Phase "route".
@@ -908,9 +910,9 @@ async fn proxy<B: ClientBody>(
             random: random_u64(),
             now: unix_now(),
             https: shared.https,
-            followed: req
-                .headers()
-                .get(version_header)
+            followed: follows
+                .then(|| req.headers().get(version_header))
+                .flatten()
                 .and_then(|v| v.to_str().ok()),
         };
         shared.router.route(facts).await
@@ -1528,7 +1530,7 @@ mod tests {
             redirect: None,
             https: false,
             shutdown: Shutdown::default(),
-            idle: IdleClock::new(Duration::from_secs(10)),
+            idle: TickClock::new(Duration::from_secs(10)),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stream = TcpStream::connect(listener.local_addr().unwrap())

@@ -66,6 +66,7 @@ use super::health::{
     self, HealthCheck, HealthConfigError, PassiveHealth, ServerHealth, ServerStatus, UpstreamHealth,
 };
 use super::retry::{self, Replay};
+use super::ticks::{self, TickClock};
 use super::upstream_protocol::{self, H2Connection, Transport};
 use super::upstream_tls::{TlsError, UpstreamIo};
 use super::{BoxError, ProxyBody, Timeouts};
@@ -522,6 +523,11 @@ pub struct Upstreams {
     connect_timeout: Duration,
     /// Bound of the wait for response headers while nothing moves ([`Activity`]).
     response_timeout: Duration,
+    /// The same bound on graygate's own client, kept without a timer per request
+    /// (`super::ticks`); its sweeper is started by the first request that waits on it
+    /// ([`Upstreams::response_clock`]): a table is built outside any runtime.
+    response_clock: Arc<TickClock>,
+    response_sweeper: AtomicBool,
     /// HTTP/1 client settings for every new upstream connection.
     client: http1::Builder,
     /// HTTP/2 client settings for every new connection to an `h2`/`h2c` upstream.
@@ -657,6 +663,8 @@ impl Upstreams {
             timeouts: *timeouts,
             connect_timeout: timeouts.connect,
             response_timeout: timeouts.upstream_response,
+            response_clock: Arc::new(TickClock::new(timeouts.upstream_response)),
+            response_sweeper: AtomicBool::new(false),
             client: http1::Builder::new(),
             h2_client,
         }
@@ -1057,7 +1065,7 @@ impl Upstreams {
             activity.touch();
             let started = Instant::now();
             let home: Arc<dyn h1::Home> = server.pool.clone();
-            match conn.exchange(&request, self.response_timeout, home).await {
+            match conn.exchange(&request, self.response_clock(), home).await {
                 Ok(response) => {
                     return Ok(Exchange {
                         response: response.map(UpstreamIncoming::Own),
@@ -1387,6 +1395,21 @@ impl Upstreams {
                 }
             }
         }
+    }
+
+    /// The response timeout's clock, its sweeper started the first time (on the runtime of the
+    /// request that asks: it ends when the table is gone).
+    fn response_clock(&self) -> &TickClock {
+        if !self.response_sweeper.load(Ordering::Relaxed)
+            && !self.response_sweeper.swap(true, Ordering::Relaxed)
+        {
+            tokio::spawn(ticks::sweep(
+                Arc::downgrade(&self.response_clock),
+                |clock| clock,
+                |_| false,
+            ));
+        }
+        &self.response_clock
     }
 
     /// The clock of down-server rechecks and health: milliseconds, one origin for every table.

@@ -1,4 +1,5 @@
 use std::sync::Mutex;
+use std::time::Duration;
 
 use http_body_util::BodyExt;
 use proptest::prelude::*;
@@ -6,6 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::*;
+use crate::proxy::ticks;
 
 fn head_of<B>(request: &Request<B>) -> String {
     let mut out = Vec::new();
@@ -303,6 +305,13 @@ async fn text(response: Response<ResponseBody>) -> String {
 
 const SECOND: Duration = Duration::from_secs(5);
 
+/// A response timeout's clock with its sweeper running, as an upstream table keeps one.
+fn clock(timeout: Duration) -> Arc<TickClock> {
+    let clock = Arc::new(TickClock::new(timeout));
+    tokio::spawn(ticks::sweep(Arc::downgrade(&clock), |c| c, |_| false));
+    clock
+}
+
 #[tokio::test]
 async fn a_connection_goes_home_after_each_body_and_serves_the_next_request() {
     let addr = server(vec![
@@ -313,18 +322,27 @@ async fn a_connection_goes_home_after_each_body_and_serves_the_next_request() {
     .await;
     let shelf = Arc::new(Shelf::default());
     let conn = connect(addr).await;
-    let response = conn.exchange(&get(), SECOND, shelf.clone()).await.unwrap();
+    let response = conn
+        .exchange(&get(), &clock(SECOND), shelf.clone())
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert!(shelf.take().is_none(), "home only at the body's end");
     assert_eq!(text(response).await, "first");
 
     let mut conn = shelf.take().expect("checked in after the body");
     assert!(conn.is_reusable());
-    let response = conn.exchange(&get(), SECOND, shelf.clone()).await.unwrap();
+    let response = conn
+        .exchange(&get(), &clock(SECOND), shelf.clone())
+        .await
+        .unwrap();
     assert_eq!(text(response).await, "second");
 
     let conn = shelf.take().expect("checked in after the chunked body");
-    let response = conn.exchange(&get(), SECOND, shelf.clone()).await.unwrap();
+    let response = conn
+        .exchange(&get(), &clock(SECOND), shelf.clone())
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     // An empty body: home at once, before anyone reads it.
     let mut conn = shelf.take().expect("checked in at once");
@@ -343,7 +361,7 @@ async fn closing_answers_and_unread_bodies_do_not_go_home() {
     let shelf = Arc::new(Shelf::default());
     let response = connect(addr)
         .await
-        .exchange(&get(), SECOND, shelf.clone())
+        .exchange(&get(), &clock(SECOND), shelf.clone())
         .await
         .unwrap();
     assert_eq!(text(response).await, "ok");
@@ -352,7 +370,7 @@ async fn closing_answers_and_unread_bodies_do_not_go_home() {
     let addr = server(vec!["HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort"]).await;
     let response = connect(addr)
         .await
-        .exchange(&get(), SECOND, shelf.clone())
+        .exchange(&get(), &clock(SECOND), shelf.clone())
         .await
         .unwrap();
     let error = response.into_body().collect().await.unwrap_err();
@@ -362,7 +380,7 @@ async fn closing_answers_and_unread_bodies_do_not_go_home() {
     let addr = server(vec!["HTTP/1.1 200 OK\r\n\r\nto the close"]).await;
     let response = connect(addr)
         .await
-        .exchange(&get(), SECOND, shelf.clone())
+        .exchange(&get(), &clock(SECOND), shelf.clone())
         .await
         .unwrap();
     assert_eq!(text(response).await, "to the close");
@@ -374,7 +392,7 @@ async fn a_connection_closed_before_any_answer_died_and_a_silent_one_times_out()
     let addr = server(vec![]).await;
     let error = connect(addr)
         .await
-        .exchange(&get(), SECOND, Arc::new(Shelf::default()))
+        .exchange(&get(), &clock(SECOND), Arc::new(Shelf::default()))
         .await
         .unwrap_err();
     assert!(error.connection_died(), "{error}");
@@ -386,7 +404,7 @@ async fn a_connection_closed_before_any_answer_died_and_a_silent_one_times_out()
         .await
         .exchange(
             &get(),
-            Duration::from_millis(100),
+            &clock(Duration::from_millis(100)),
             Arc::new(Shelf::default()),
         )
         .await

@@ -110,17 +110,27 @@ pub(crate) fn parse(read: &mut BytesMut, max_header_bytes: usize) -> Head {
     if method == Method::HEAD || method == Method::CONNECT {
         return Head::Hyper;
     }
-    // Offsets into the buffer, so that the head can be split off and shared.
+    // Offsets into the buffer, so that the head can be split off and shared; as `u32`s, so
+    // that the list on the stack is half the bytes to make and move (a head over 4 GiB is
+    // hyper's to refuse).
+    if u32::try_from(len).is_err() {
+        return Head::Hyper;
+    }
     let base = read.as_ptr() as usize;
-    let offset = |s: &[u8]| s.as_ptr() as usize - base;
-    let target_at = offset(target.as_bytes());
+    let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+    let target_at = offset(target.as_bytes()) as usize;
     let target_range = target_at..target_at + target.len();
     let count = req.headers.len();
-    let mut at: SmallVec<[(usize, usize, usize, usize); 24]> = SmallVec::with_capacity(count);
+    let mut at: SmallVec<[(u32, u32, u32, u32); 24]> = SmallVec::new();
     for h in req.headers.iter() {
         let name = offset(h.name.as_bytes());
         let value = offset(h.value);
-        at.push((name, name + h.name.len(), value, value + h.value.len()));
+        at.push((
+            name,
+            name + h.name.len() as u32,
+            value,
+            value + h.value.len() as u32,
+        ));
     }
     let head = read.split_to(len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(head.slice(target_range)) else {
@@ -133,10 +143,10 @@ pub(crate) fn parse(read: &mut BytesMut, max_header_bytes: usize) -> Head {
     let mut map = HeaderMap::with_capacity(count + ADDED_UPSTREAM);
     let mut keep_alive = true;
     for &(n0, n1, v0, v1) in &at {
-        let Ok(name) = HeaderName::from_bytes(&head[n0..n1]) else {
+        let Ok(name) = HeaderName::from_bytes(&head[n0 as usize..n1 as usize]) else {
             return unsplit(read, head);
         };
-        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(v0..v1)) else {
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize)) else {
             return unsplit(read, head);
         };
         match name {
@@ -343,7 +353,7 @@ pub(super) fn serve<'a, S: Client>(
     }
 }
 
-/// Polls a connection's wait for the header timeout and stop (see `super::idle`): `Stop` once
+/// Polls a connection's wait for the header timeout and stop (see `crate::proxy::ticks`): `Stop` once
 /// stop is told, `TimedOut` once the clock is past `deadline`; otherwise pending, with the
 /// wait registered on `deadline`'s tick.
 fn poll_idle<'a>(
