@@ -202,28 +202,18 @@ fn percent_decode(v: &str) -> Cow<'_, str> {
 pub fn push_ip(out: &mut String, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            // Into a buffer on the stack, then one append: a `push` per digit checks the
-            // string's room and encodes a `char` each time.
-            let mut text = [0u8; 15];
-            let mut len = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    text[len] = b'.';
-                    len += 1;
+                    out.push('.');
                 }
                 if octet >= 100 {
-                    text[len] = b'0' + octet / 100;
-                    len += 1;
+                    out.push(char::from(b'0' + octet / 100));
                 }
                 if octet >= 10 {
-                    text[len] = b'0' + octet / 10 % 10;
-                    len += 1;
+                    out.push(char::from(b'0' + octet / 10 % 10));
                 }
-                text[len] = b'0' + octet % 10;
-                len += 1;
+                out.push(char::from(b'0' + octet % 10));
             }
-            // Only ASCII digits and dots were written.
-            out.push_str(std::str::from_utf8(&text[..len]).unwrap_or_default());
         }
         IpAddr::V6(v6) => {
             let _ = write!(out, "{v6}");

@@ -189,17 +189,22 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// Where `name` is in [`HOP_BY_HOP`]: a `match` on the text (its length first), cheaper per
 /// header than comparing it with each of the ten names.
 fn hop_by_hop_index(name: &str) -> Option<usize> {
+    hop_by_hop_bytes(name.as_bytes())
+}
+
+/// [`hop_by_hop_index`] of a name's bytes, in lower case.
+fn hop_by_hop_bytes(name: &[u8]) -> Option<usize> {
     Some(match name {
-        "connection" => 0,
-        "http2-settings" => 1,
-        "keep-alive" => 2,
-        "proxy-authenticate" => 3,
-        "proxy-authorization" => 4,
-        "proxy-connection" => 5,
-        "te" => 6,
-        "trailer" => 7,
-        "transfer-encoding" => 8,
-        "upgrade" => 9,
+        b"connection" => 0,
+        b"http2-settings" => 1,
+        b"keep-alive" => 2,
+        b"proxy-authenticate" => 3,
+        b"proxy-authorization" => 4,
+        b"proxy-connection" => 5,
+        b"te" => 6,
+        b"trailer" => 7,
+        b"transfer-encoding" => 8,
+        b"upgrade" => 9,
         _ => return None,
     })
 }
@@ -212,7 +217,7 @@ fn hop_by_hop_token(token: &str) -> Option<usize> {
     for (l, b) in lower.iter_mut().zip(token.as_bytes()) {
         *l = b.to_ascii_lowercase();
     }
-    hop_by_hop_index(std::str::from_utf8(lower).ok()?)
+    hop_by_hop_bytes(lower)
 }
 
 /// Removes every header named in `Connection` (RFC 9110 7.6.1), but never `Host` (without it
