@@ -107,10 +107,12 @@ async fn memory_taken_by_a_burst_of_connections_is_given_back() {
     let peak = gg.resident_kib();
     drop(conns);
     let grown = peak.saturating_sub(before);
-    // 6 to 9 MiB in the debug build: with jemalloc's 1 s decay (src/main.rs) some of it is
-    // already given back while the burst is answered; 4 MiB is well above an idle process's drift.
+    // 3.4 to 7.2 MiB in the debug build on a 2-core machine (twelve runs, this build and two
+    // before it alike): with jemalloc's 1 s decay (src/main.rs) some of it is already given back
+    // while the burst is answered, more or less by run. 2 MiB is well above an idle process's
+    // drift.
     assert!(
-        grown >= 4 * 1024,
+        grown >= 2 * 1024,
         "the burst should take memory to give back: {before} KiB -> {peak} KiB"
     );
     let now = eventually("half of the burst's memory given back", async || {
