@@ -98,6 +98,41 @@ impl TickClock {
         self.ticks[(tick % self.ticks.len() as u64) as usize].notified()
     }
 
+    /// Polls `wait`, made by [`Self::wait_for`]`(deadline)`: `Stopped` once `stopping` says so,
+    /// `Past` once the clock is past `deadline`; otherwise pending, with the wait registered on
+    /// `deadline`'s tick (made anew when a tick a whole ring early woke it).
+    pub fn poll_wait<'a>(
+        &'a self,
+        mut wait: Pin<&mut Notified<'a>>,
+        deadline: u64,
+        stopping: impl Fn() -> bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Ended> {
+        // True once the wait was made anew here: it is then polled, and the clock read after that.
+        let mut made = false;
+        loop {
+            // Polled before the flag is read: a stop told after that wakes it.
+            let woken = wait.as_mut().poll(cx).is_ready();
+            if stopping() {
+                return Poll::Ready(Ended::Stopped);
+            }
+            if !woken && !made {
+                return Poll::Pending;
+            }
+            // Woken by a tick (or registered on an earlier deadline's), or just made: the clock
+            // is read after the wait was made, so a tick swept in between (which would not wake
+            // it) is seen here as a deadline passed.
+            if self.now() >= deadline {
+                return Poll::Ready(Ended::Past);
+            }
+            if !woken {
+                return Poll::Pending;
+            }
+            wait.set(self.wait_for(deadline));
+            made = true;
+        }
+    }
+
     /// Wakes every waiter, whatever its tick (at stop).
     pub fn wake_all(&self) {
         for tick in self.ticks.iter() {
@@ -123,6 +158,15 @@ impl TickClock {
         }
         self.swept.store(now.max(swept), Ordering::SeqCst);
     }
+}
+
+/// How a wait on a [`TickClock`] ended ([`TickClock::poll_wait`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// The owner is stopping.
+    Stopped,
+    /// The clock is past the deadline.
+    Past,
 }
 
 /// The sweeper of a clock's ticks: wakes each tick's waiters as it passes, until stop, or until
@@ -175,31 +219,18 @@ impl<'a, F: Future> Within<'a, F> {
     }
 }
 
-impl<F: Future> Future for Within<'_, F> {
+impl<'a, F: Future> Future for Within<'a, F> {
     type Output = Option<F::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         if let Poll::Ready(output) = this.work.poll(cx) {
             return Poll::Ready(Some(output));
         }
-        // As a connection's idle wait (`server::http1::poll_idle`): woken by its tick, or by a
-        // tick a whole ring before it when the sweeper is that late, the clock says which.
-        let mut made = false;
-        loop {
-            let woken = this.wait.as_mut().poll(cx).is_ready();
-            if !woken && !made {
-                return Poll::Pending;
-            }
-            if this.clock.now() >= *this.deadline {
-                return Poll::Ready(None);
-            }
-            if !woken {
-                return Poll::Pending;
-            }
-            this.wait.set(this.clock.wait_for(*this.deadline));
-            made = true;
-        }
+        let clock: &'a TickClock = this.clock;
+        clock
+            .poll_wait(this.wait, *this.deadline, || false, cx)
+            .map(|_past| None)
     }
 }
 

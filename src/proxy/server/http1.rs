@@ -47,6 +47,7 @@ use tracing::debug;
 
 use super::{answer, serve_connection, Shared};
 use crate::proxy::protocol::{Protocol, Rewind};
+use crate::proxy::ticks::Ended;
 use crate::proxy::ProxyBody;
 
 /// hyper's limit on the request target (`MAX_URI_LEN`): longer ones are hyper's to refuse (414).
@@ -353,38 +354,22 @@ pub(super) fn serve<'a, S: Client>(
     }
 }
 
-/// Polls a connection's wait for the header timeout and stop (see `crate::proxy::ticks`): `Stop` once
-/// stop is told, `TimedOut` once the clock is past `deadline`; otherwise pending, with the
+/// Polls a connection's wait for the header timeout and stop (see `crate::proxy::ticks`): `Stop`
+/// once stop is told, `TimedOut` once the clock is past `deadline`; otherwise pending, with the
 /// wait registered on `deadline`'s tick.
 fn poll_idle<'a>(
     shared: &'a Shared,
-    mut wait: Pin<&mut Notified<'a>>,
+    wait: Pin<&mut Notified<'a>>,
     deadline: u64,
     cx: &mut Context<'_>,
 ) -> Poll<Wait> {
-    // True once the wait was made anew here: it is then polled, and the clock read after that.
-    let mut made = false;
-    loop {
-        // Polled before the flag is read: a stop told after that wakes it.
-        let woken = wait.as_mut().poll(cx).is_ready();
-        if shared.shutdown.is_stopping() {
-            return Poll::Ready(Wait::Stop);
-        }
-        if !woken && !made {
-            return Poll::Pending;
-        }
-        // Woken by a tick (or registered on an earlier deadline's), or just made: the clock is
-        // read after the wait was made, so a tick swept in between (which would not wake it)
-        // is seen here as a deadline passed.
-        if shared.idle.now() >= deadline {
-            return Poll::Ready(Wait::TimedOut);
-        }
-        if !woken {
-            return Poll::Pending;
-        }
-        wait.set(shared.idle.wait_for(deadline));
-        made = true;
-    }
+    shared
+        .idle
+        .poll_wait(wait, deadline, || shared.shutdown.is_stopping(), cx)
+        .map(|ended| match ended {
+            Ended::Stopped => Wait::Stop,
+            Ended::Past => Wait::TimedOut,
+        })
 }
 
 /// What a wait for more of a head ended with.
